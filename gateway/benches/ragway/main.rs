@@ -1,0 +1,33 @@
+//! ragway's benchmark: `cargo bench -p ragway-gateway --bench ragway -- [embed|rerank|llm|search|all]`.
+//! Prints Markdown tables (medians over repeated runs) for docs/BENCHMARKS.md.
+//!
+//! - embed:  sentences/s of the candle MiniLM embedder at batch 32
+//! - rerank: pairs/s of a MiniLM-L6-sized cross-encoder (random weights: speed does not depend on them)
+//! - llm:    SmolLM2 prefill and decode tokens/s, quantized and dequantized weights side by side
+//! - search: ingest trec-dl-5k through HTTP, `/search` p50/p99, and retrieval quality
+//!           (nDCG@10, Recall@100, MRR@10) of BM25, dense and hybrid RRF
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+mod quality;
+mod speed;
+
+fn main() -> anyhow::Result<()> {
+    let what = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_else(|| "all".into());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        if what == "embed" || what == "all" {
+            speed::embed().await?;
+        }
+        if what == "rerank" || what == "all" {
+            speed::rerank().await?;
+        }
+        if what == "llm" || what == "all" {
+            speed::llm().await?;
+        }
+        if what == "search" || what == "all" {
+            quality::search().await?;
+        }
+        Ok(())
+    })
+}

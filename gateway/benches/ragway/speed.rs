@@ -1,0 +1,151 @@
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use ragway_llm::{rag_messages, GenerationRequest, Generator, LocalLlm, LocalLlmOptions, Passage};
+use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
+use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, Embedder};
+
+pub fn models_dir() -> PathBuf {
+    ragway_gateway::config::default_models_dir()
+}
+
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+pub fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let i = ((xs.len() as f64 - 1.0) * p).round() as usize;
+    xs[i]
+}
+
+/// Passage-length sentences (≈ 40–60 words), from the benchmark corpus.
+pub fn passages(n: usize) -> Vec<String> {
+    let corpus = crate::quality::data_dir().join("corpus.jsonl");
+    std::fs::read_to_string(corpus)
+        .expect("trec-dl-5k corpus")
+        .lines()
+        .take(n)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+pub async fn embed() -> anyhow::Result<()> {
+    let embedder = BertEmbedder::load(&models_dir().join("all-minilm-l6-v2"), "minilm", BertEmbedderOptions::default())?;
+    let texts = passages(32 * 8);
+    embedder.embed(texts[..32].to_vec()).await?; // warm-up
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        for batch in texts.chunks(32) {
+            embedder.embed(batch.to_vec()).await?;
+        }
+        rates.push(texts.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    println!("\n### Embedding (all-MiniLM-L6-v2, candle, CPU)\n");
+    println!("| batch | sentences | median sentences/s | min | max |\n|---|---|---|---|---|");
+    println!(
+        "| 32 | {} (MS MARCO passages) | {:.1} | {:.1} | {:.1} |",
+        texts.len(),
+        median(rates.clone()),
+        rates.iter().cloned().fold(f64::MAX, f64::min),
+        rates.iter().cloned().fold(0.0, f64::max)
+    );
+    Ok(())
+}
+
+/// A BertForSequenceClassification with MiniLM-L6's shape (6 layers, 384 hidden, 12 heads) and
+/// random weights, written next to MiniLM's tokenizer.
+fn random_minilm_cross_encoder(dir: &Path) -> anyhow::Result<()> {
+    let minilm = models_dir().join("all-minilm-l6-v2");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(minilm.join("config.json"))?)?;
+    config["id2label"] = serde_json::json!({"0": "LABEL_0"});
+    std::fs::write(dir.join("config.json"), config.to_string())?;
+    std::fs::copy(minilm.join("tokenizer.json"), dir.join("tokenizer.json"))?;
+    let bert_config: candle_transformers::models::bert::Config = serde_json::from_value(config)?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    candle_transformers::models::bert::BertModel::load(vb.pp("bert"), &bert_config)?;
+    candle_nn::linear(384, 384, vb.pp("bert.pooler.dense"))?;
+    candle_nn::linear(384, 1, vb.pp("classifier"))?;
+    varmap.save(dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+pub async fn rerank() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    random_minilm_cross_encoder(dir.path())?;
+    let reranker = CrossEncoder::load(dir.path(), "random-minilm-l6", CrossEncoderOptions::default())?;
+    let query = "what causes left ventricular hypertrophy".to_string();
+    let docs = passages(20);
+    reranker.score(query.clone(), docs.clone()).await?;
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        reranker.score(query.clone(), docs.clone()).await?;
+        rates.push(docs.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    println!("\n### Cross-encoder (MiniLM-L6 shape, random weights, candle, CPU)\n");
+    println!("| pairs per call | median pairs/s | median ms per call |\n|---|---|---|");
+    let m = median(rates);
+    println!("| {} | {:.1} | {:.0} |", docs.len(), m, docs.len() as f64 / m * 1e3);
+    Ok(())
+}
+
+pub async fn llm() -> anyhow::Result<()> {
+    let gguf = models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let docs = passages(6);
+    let passages: Vec<Passage> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Passage {
+            doc_id: if i % 2 == 0 { "a" } else { "b" },
+            text: t,
+        })
+        .collect();
+    let messages = rag_messages("What does the first passage say? Answer in detail.", &passages);
+    println!("\n### Local LLM (SmolLM2-135M-Instruct Q4_1 GGUF, candle, CPU)\n");
+    println!("| weights | prompt tokens | median prefill ms | prefill tokens/s | decode tokens/s |\n|---|---|---|---|---|");
+    for dequantize in [false, true] {
+        let options = LocalLlmOptions {
+            dequantize,
+            ..Default::default()
+        };
+        let llm = LocalLlm::load(&gguf, "local", options)?;
+        let request = |max_tokens| GenerationRequest {
+            messages: messages.clone(),
+            max_tokens,
+            temperature: 0.0,
+        };
+        llm.generate(request(1)).await?; // warm-up
+        let mut prefill = Vec::new();
+        let mut decode = Vec::new();
+        let mut prompt_tokens = 0;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let first = llm.generate(request(1)).await?;
+            let t1 = started.elapsed().as_secs_f64();
+            prompt_tokens = first.prompt_tokens;
+            let started = Instant::now();
+            let long = llm.generate(request(64)).await?;
+            let tn = started.elapsed().as_secs_f64();
+            prefill.push(t1);
+            if long.completion_tokens > 1 {
+                decode.push((long.completion_tokens - 1) as f64 / (tn - t1).max(1e-9));
+            }
+        }
+        let p = median(prefill);
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.1} |",
+            if dequantize { "dequantized f32" } else { "Q4_1 (quantized)" },
+            prompt_tokens,
+            p * 1e3,
+            prompt_tokens as f64 / p,
+            median(decode)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! Wiring: config → stage implementations → pipeline → router.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use candle_core::Device;
+use metrics_exporter_prometheus::PrometheusHandle;
+use ragway_cache::LocalCache;
+use ragway_llm::{Generator, LocalLlm, LocalLlmOptions, OpenAiBackend, OpenAiBackendOptions};
+use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
+use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, EdgeDenseStore, Embedder, TantivyKeywordStore};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::collections::Collections;
+use crate::config::{Config, LlmBackendKind};
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::routes::{answers, collections, embeddings, health};
+use crate::{models, openapi_doc};
+
+const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub collections: Arc<Collections>,
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// Loads the models and opens the stores named by `config`.
+    pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<Self> {
+        let device = device(config.models.use_gpu);
+        let cache_dir = &config.models.cache_dir;
+
+        let started = Instant::now();
+        let embedder_dir = models::model_dir(&config.models.embedder, cache_dir, &MODEL_FILES).await?;
+        let embedder_options = BertEmbedderOptions {
+            max_batch: config.retrieval.embed_batch,
+            device: device.clone(),
+            ..Default::default()
+        };
+        let embedder: Arc<dyn Embedder> =
+            Arc::new(BertEmbedder::load(&embedder_dir, &model_id(&config.models.embedder), embedder_options)?);
+        tracing::info!(dir = %embedder_dir.display(), seconds = started.elapsed().as_secs_f32(), "embedder loaded");
+
+        let reranker: Option<Arc<dyn Reranker>> = if config.models.reranker.is_empty() {
+            None
+        } else {
+            let dir = models::model_dir(&config.models.reranker, cache_dir, &MODEL_FILES).await?;
+            let options = CrossEncoderOptions {
+                device: device.clone(),
+                ..Default::default()
+            };
+            Some(Arc::new(CrossEncoder::load(&dir, &model_id(&config.models.reranker), options)?))
+        };
+
+        let mut llms: Vec<Arc<dyn Generator>> = Vec::new();
+        for backend in &config.llm {
+            llms.push(match &backend.kind {
+                LlmBackendKind::Local { model, dequantize } => {
+                    let started = Instant::now();
+                    let path = models::gguf_file(model, cache_dir).await?;
+                    let options = LocalLlmOptions {
+                        device: device.clone(),
+                        dequantize: *dequantize,
+                        ..Default::default()
+                    };
+                    let llm = LocalLlm::load(&path, &backend.name, options)?;
+                    tracing::info!(backend = backend.name, path = %path.display(), seconds = started.elapsed().as_secs_f32(), "local LLM loaded");
+                    Arc::new(llm)
+                }
+                LlmBackendKind::Openai {
+                    base_url,
+                    model,
+                    api_key_env,
+                    timeout_ms,
+                } => Arc::new(OpenAiBackend::new(OpenAiBackendOptions {
+                    name: backend.name.clone(),
+                    base_url: base_url.clone(),
+                    api_key: api_key_env
+                        .as_deref()
+                        .and_then(|var| std::env::var(var).ok())
+                        .unwrap_or_default(),
+                    model: model.clone(),
+                    timeout: Duration::from_millis(*timeout_ms),
+                })?),
+            });
+        }
+
+        let data = &config.server.data_dir;
+        let dense = Arc::new(EdgeDenseStore::new(&data.join("dense"), embedder.dimension()));
+        let keyword = Arc::new(TantivyKeywordStore::new(&data.join("keyword")));
+        let collections =
+            Collections::open(&data.join("collections"), embedder.clone(), dense.clone(), keyword.clone()).await?;
+
+        let pipeline = Pipeline {
+            embedder,
+            dense,
+            keyword,
+            reranker,
+            llms,
+            query_embeddings: LocalCache::new(10_000, Duration::from_secs(3_600)),
+            settings: PipelineSettings {
+                rrf_k: config.retrieval.rrf_k,
+                candidates: config.retrieval.candidates,
+                rerank_candidates: config.retrieval.rerank_candidates,
+                max_tokens: config.generation.max_tokens,
+                temperature: config.generation.temperature,
+            },
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            collections: Arc::new(collections),
+            pipeline: Arc::new(pipeline),
+            metrics,
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.server.max_body_bytes;
+    let api = Router::new()
+        .route("/v1/collections", post(collections::create).get(collections::list))
+        .route("/v1/collections/{name}", get(collections::get).delete(collections::delete))
+        .route("/v1/collections/{name}/documents", post(collections::ingest))
+        .route("/v1/collections/{name}/documents/{id}", delete(collections::delete_document))
+        .route("/v1/collections/{name}/search", post(answers::search))
+        .route("/v1/collections/{name}/query", post(answers::query))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn(count_request))
+        .with_state(state);
+    Router::new()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi_doc::ApiDoc::openapi()))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// `ragway_requests_total{route,status}`, with the route template (bounded) as label.
+async fn count_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    metrics::counter!("ragway_requests_total", "route" => route, "status" => response.status().as_u16().to_string())
+        .increment(1);
+    response
+}
+
+fn device(use_gpu: bool) -> Device {
+    if !use_gpu {
+        return Device::Cpu;
+    }
+    match Device::cuda_if_available(0) {
+        Ok(device) => device,
+        Err(e) => {
+            tracing::warn!(error = %e, "no usable GPU; running models on the CPU");
+            Device::Cpu
+        }
+    }
+}
+
+/// A short, stable model id for cache keys and reports: the last path component or the hub id.
+fn model_id(spec: &str) -> String {
+    spec.strip_prefix("hf:")
+        .map(str::to_string)
+        .or_else(|| {
+            std::path::Path::new(spec)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| spec.to_string())
+}

@@ -1,0 +1,343 @@
+//! One typed configuration: defaults → TOML file → `RAGWAY__SECTION__KEY` env vars → CLI flags.
+//! Unknown keys are rejected; [`Config::validate`] names the bad key and the fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub models: ModelsConfig,
+    pub retrieval: RetrievalConfig,
+    pub generation: GenerationConfig,
+    /// Ordered: the first backend is the primary.
+    pub llm: Vec<LlmBackendConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Collections (dense and keyword indexes, manifests) live under `<data_dir>/collections`.
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub max_query_chars: usize,
+    pub max_documents_per_request: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Where fetched models live (scripts/fetch-models.sh and Hugging Face downloads).
+    pub cache_dir: PathBuf,
+    /// A model directory, or `hf:<model id>`.
+    pub embedder: String,
+    /// A cross-encoder directory, or `hf:<model id>`; empty means no reranking.
+    pub reranker: String,
+    /// Use a GPU when built with the `cuda` feature and one is present.
+    pub use_gpu: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrievalConfig {
+    pub chunk_words: usize,
+    pub chunk_overlap_words: usize,
+    pub rrf_k: f32,
+    pub default_top_k: usize,
+    pub max_top_k: usize,
+    /// Hits each engine contributes to fusion.
+    pub candidates: usize,
+    /// Fused hits the cross-encoder rescores.
+    pub rerank_candidates: usize,
+    pub embed_batch: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationConfig {
+    pub max_tokens: usize,
+    pub temperature: f64,
+    /// Passages given to the LLM when the request does not say.
+    pub default_passages: usize,
+}
+
+// No `deny_unknown_fields` here: serde does not support it beside `flatten`; the flattened enum
+// below rejects unknown keys instead.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LlmBackendConfig {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: LlmBackendKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LlmBackendKind {
+    /// A GGUF chat model run in process.
+    Local {
+        /// A `.gguf` file, a directory holding one, or `hf:<repo>/<file>.gguf`.
+        model: String,
+        #[serde(default = "yes")]
+        dequantize: bool,
+    },
+    /// An OpenAI-compatible chat completions server.
+    Openai {
+        base_url: String,
+        model: String,
+        /// Name of the environment variable holding the API key (the key itself never sits in
+        /// config files or logs).
+        #[serde(default)]
+        api_key_env: Option<String>,
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+pub fn default_models_dir() -> PathBuf {
+    std::env::var_os("RAGWAY_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/ragway/models")))
+        .unwrap_or_else(|| PathBuf::from("models"))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let models = default_models_dir();
+        Self {
+            server: ServerConfig::default(),
+            models: ModelsConfig::default(),
+            retrieval: RetrievalConfig::default(),
+            generation: GenerationConfig::default(),
+            llm: vec![LlmBackendConfig {
+                name: "local".into(),
+                kind: LlmBackendKind::Local {
+                    model: models.join("smollm2-135m-instruct").display().to_string(),
+                    dequantize: true,
+                },
+            }],
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("data"),
+            max_body_bytes: 16 * 1024 * 1024,
+            max_query_chars: 2_000,
+            max_documents_per_request: 1_000,
+        }
+    }
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        let cache_dir = default_models_dir();
+        Self {
+            embedder: cache_dir.join("all-minilm-l6-v2").display().to_string(),
+            reranker: String::new(),
+            cache_dir,
+            use_gpu: true,
+        }
+    }
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        Self {
+            chunk_words: 120,
+            chunk_overlap_words: 24,
+            rrf_k: 60.0,
+            default_top_k: 5,
+            max_top_k: 100,
+            candidates: 100,
+            rerank_candidates: 20,
+            embed_batch: 32,
+        }
+    }
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_tokens: 160,
+            temperature: 0.0,
+            default_passages: 3,
+        }
+    }
+}
+
+/// CLI flags that override everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Layers defaults, the TOML file (if given), `RAGWAY__…` env vars and CLI flags.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(format!("config file {} does not exist", file.display()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("RAGWAY__").split("__"));
+        if let Some(listen) = &overrides.listen {
+            figment = figment.merge(("server.listen", listen));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(("server.data_dir", dir));
+        }
+        let config: Config = figment.extract().map_err(|e| {
+            e.into_iter()
+                .map(|e| format!("configuration error: {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot; each message names the key and how to fix it.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "server.listen = {:?} is not an address: use host:port, e.g. 127.0.0.1:8080",
+                self.server.listen
+            ));
+        }
+        let r = &self.retrieval;
+        if r.chunk_words == 0 {
+            problems.push("retrieval.chunk_words must be at least 1".to_string());
+        }
+        if r.chunk_overlap_words >= r.chunk_words {
+            problems.push(format!(
+                "retrieval.chunk_overlap_words ({}) must be smaller than retrieval.chunk_words ({})",
+                r.chunk_overlap_words, r.chunk_words
+            ));
+        }
+        if !(r.rrf_k > 0.0) {
+            problems.push("retrieval.rrf_k must be positive (60 is the usual value)".to_string());
+        }
+        if r.max_top_k == 0 || r.default_top_k == 0 || r.default_top_k > r.max_top_k {
+            problems.push("retrieval.default_top_k must be between 1 and retrieval.max_top_k".to_string());
+        }
+        if r.candidates < r.max_top_k {
+            problems.push("retrieval.candidates must be at least retrieval.max_top_k".to_string());
+        }
+        if r.embed_batch == 0 {
+            problems.push("retrieval.embed_batch must be at least 1".to_string());
+        }
+        let g = &self.generation;
+        if g.max_tokens == 0 {
+            problems.push("generation.max_tokens must be at least 1".to_string());
+        }
+        if !(0.0..=2.0).contains(&g.temperature) {
+            problems.push("generation.temperature must be between 0 and 2".to_string());
+        }
+        if g.default_passages == 0 || g.default_passages > r.max_top_k {
+            problems.push("generation.default_passages must be between 1 and retrieval.max_top_k".to_string());
+        }
+        if self.llm.is_empty() {
+            problems.push("llm: configure at least one backend ([[llm]] with name and kind)".to_string());
+        }
+        for (i, backend) in self.llm.iter().enumerate() {
+            if backend.name.is_empty() || !backend.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                problems.push(format!("llm[{i}].name = {:?}: use letters, digits, - and _", backend.name));
+            }
+            if self.llm[..i].iter().any(|b| b.name == backend.name) {
+                problems.push(format!("llm[{i}].name = {:?} is used twice: names must be unique", backend.name));
+            }
+            if let LlmBackendKind::Openai { api_key_env: Some(var), .. } = &backend.kind {
+                if std::env::var_os(var).is_none() {
+                    problems.push(format!("llm[{i}].api_key_env names {var}, which is not set: export it"));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn file_then_env_then_cli() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("ragway.toml");
+        std::fs::write(&file, "[retrieval]\nchunk_words = 50\nrrf_k = 10.0\n")?;
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RAGWAY__RETRIEVAL__RRF_K", "20");
+            let overrides = Overrides {
+                listen: Some("127.0.0.1:9999".into()),
+                data_dir: None,
+            };
+            let config = Config::load(Some(&file), &overrides).map_err(|e| e.to_string())?;
+            assert_eq!(config.retrieval.chunk_words, 50);
+            assert_eq!(config.retrieval.rrf_k, 20.0);
+            assert_eq!(config.server.listen, "127.0.0.1:9999");
+            Ok(())
+        });
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[retrieval]\nchunk_wrds = 5\n")?;
+            let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).err();
+            assert!(err.is_some_and(|e| e.contains("chunk_wrds")));
+            jail.create_file("bad2.toml", "[retrieval]\nchunk_words = 10\nchunk_overlap_words = 10\n")?;
+            let err = Config::load(Some(Path::new("bad2.toml")), &Overrides::default()).err();
+            assert!(err.is_some_and(|e| e.contains("retrieval.chunk_overlap_words")));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn llm_backends_parse_from_toml() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "llm.toml",
+                "[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"/m.gguf\"\n",
+            )?;
+            let config = Config::load(Some(Path::new("llm.toml")), &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.llm.len(), 2);
+            assert!(matches!(&config.llm[0].kind, LlmBackendKind::Openai { timeout_ms: 30_000, .. }));
+            assert!(matches!(&config.llm[1].kind, LlmBackendKind::Local { dequantize: true, .. }));
+            jail.create_file("llm2.toml", "[[llm]]\nname = \"l\"\nkind = \"local\"\nmodel = \"m\"\nmodle = 1\n")?;
+            let err = Config::load(Some(Path::new("llm2.toml")), &Overrides::default()).err();
+            assert!(err.is_some_and(|e| e.contains("modle")));
+            Ok(())
+        });
+    }
+}

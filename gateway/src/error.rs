@@ -1,0 +1,100 @@
+//! The one place where errors become HTTP responses.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ragway_openapi::ErrorBody;
+use ragway_retrieval::RetrievalError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Input that can never succeed as sent; `code` says which rule it broke.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("collection `{0}` does not exist")]
+    CollectionNotFound(String),
+    #[error("document `{document}` does not exist in collection `{collection}`")]
+    DocumentNotFound { collection: String, document: String },
+    #[error("collection `{0}` already exists")]
+    CollectionExists(String),
+    #[error("request body is larger than the server's limit (server.max_body_bytes)")]
+    BodyTooLarge,
+    /// A dependency failed and nothing could be served instead.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Self::CollectionNotFound(_) | Self::DocumentNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::CollectionExists(_) => StatusCode::CONFLICT,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid { code, .. } | Self::Unavailable { code, .. } => code,
+            Self::CollectionNotFound(_) => "collection_not_found",
+            Self::DocumentNotFound { .. } => "document_not_found",
+            Self::CollectionExists(_) => "collection_exists",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if matches!(self, Self::Internal(_) | Self::Unavailable { .. }) {
+            tracing::error!(error = %self, "request failed");
+        }
+        (self.status(), Json(ErrorBody::new(self.code(), self.to_string()))).into_response()
+    }
+}
+
+impl From<RetrievalError> for ApiError {
+    fn from(e: RetrievalError) -> Self {
+        match e {
+            RetrievalError::UnknownCollection(name) => Self::CollectionNotFound(name),
+            RetrievalError::Model(_)
+            | RetrievalError::WorkerGone
+            | RetrievalError::Dense(_)
+            | RetrievalError::Keyword(_) => Self::Unavailable {
+                code: e.code(),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => Self::invalid("invalid_body", e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => Self::invalid("malformed_json", e.body_text()),
+            JsonRejection::MissingJsonContentType(e) => Self::invalid("missing_content_type", e.body_text()),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::BodyTooLarge,
+            other => Self::invalid("invalid_body", other.body_text()),
+        }
+    }
+}
+
+/// `axum::Json`, with rejections answered in ragway's error shape.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);

@@ -1,0 +1,80 @@
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use ragway_gateway::app::{router, AppState};
+use ragway_gateway::config::{Config, Overrides};
+use tracing_subscriber::EnvFilter;
+
+/// ragway: a RAG gateway. Configuration: defaults → --config file → RAGWAY__SECTION__KEY env → flags.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long, env = "RAGWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (server.listen), e.g. 127.0.0.1:8080; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory (server.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Check the configuration, print the effective values (JSON), and exit.
+    #[arg(long)]
+    validate_and_exit: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        data_dir: cli.data_dir,
+    };
+    let config = Config::load(cli.config.as_deref(), &overrides).map_err(anyhow::Error::msg)?;
+    if cli.validate_and_exit {
+        // API keys are never in the config itself, only the names of their env variables.
+        let effective = format!("{:#}\n", serde_json::to_value(&config)?);
+        std::io::Write::write_all(&mut std::io::stdout(), effective.as_bytes())?;
+        return Ok(());
+    }
+    let metrics = ragway_gateway::metrics::install()?;
+    let listen = config.server.listen.clone();
+    let state = AppState::load(config, metrics).await?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    // Tests and scripts read this line to find the port when listening on port 0.
+    tracing::info!(address = %listener.local_addr()?, "ragway listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("ragway stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

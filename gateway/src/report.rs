@@ -1,0 +1,187 @@
+//! What each stage did for one request, and the single `mode` label that follows from it.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use ragway_openapi::{Degradation, DegradationReason, Mode, StageStatus, Stages};
+
+/// Which LLM wrote the answer, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorship {
+    /// The first configured backend.
+    Primary(String),
+    /// A later backend, after the ones before it failed.
+    Fallback(String),
+    /// No backend answered; the answer quotes passages.
+    Extractive,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub embed: StageStatus,
+    pub dense: StageStatus,
+    pub keyword: StageStatus,
+    pub rerank: StageStatus,
+    pub authorship: Option<Authorship>,
+    degraded: Vec<Degradation>,
+    pub timings_ms: BTreeMap<String, f64>,
+    started: Instant,
+}
+
+impl Report {
+    pub fn new() -> Self {
+        Self {
+            embed: StageStatus::Skipped,
+            dense: StageStatus::Skipped,
+            keyword: StageStatus::Skipped,
+            rerank: StageStatus::Skipped,
+            authorship: None,
+            degraded: Vec::new(),
+            timings_ms: BTreeMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn degrade(&mut self, stage: impl Into<String>, reason: DegradationReason) {
+        self.degraded.push(Degradation {
+            stage: stage.into(),
+            reason,
+        });
+    }
+
+    /// Takes in what a branch that ran on its own report did: its stage statuses (where it ran
+    /// them), timings and degradations.
+    pub fn merge(&mut self, branch: Report) {
+        let stages = [
+            (&mut self.embed, branch.embed),
+            (&mut self.dense, branch.dense),
+            (&mut self.keyword, branch.keyword),
+            (&mut self.rerank, branch.rerank),
+        ];
+        for (mine, theirs) in stages {
+            if theirs != StageStatus::Skipped {
+                *mine = theirs;
+            }
+        }
+        self.timings_ms.extend(branch.timings_ms);
+        self.degraded.extend(branch.degraded);
+    }
+
+    pub fn record_time(&mut self, stage: &str, since: Instant) {
+        let seconds = since.elapsed().as_secs_f64();
+        metrics::histogram!("ragway_stage_duration_seconds", "stage" => stage.to_string()).record(seconds);
+        self.timings_ms.insert(stage.to_string(), seconds * 1e3);
+    }
+
+    fn dense_path_ok(&self) -> bool {
+        self.embed == StageStatus::Ok && self.dense == StageStatus::Ok
+    }
+
+    /// The most severe consequence of what happened; see DESIGN.md's table of modes.
+    pub fn mode(&self) -> Mode {
+        let keyword_ok = self.keyword == StageStatus::Ok;
+        if !self.dense_path_ok() && !keyword_ok {
+            return Mode::Error;
+        }
+        if self.authorship == Some(Authorship::Extractive) {
+            return Mode::Extractive;
+        }
+        if !self.dense_path_ok() {
+            return Mode::KeywordOnly;
+        }
+        if !keyword_ok {
+            return Mode::DenseOnly;
+        }
+        if matches!(self.authorship, Some(Authorship::Fallback(_))) {
+            return Mode::FallbackLlm;
+        }
+        if self.rerank == StageStatus::Failed || self.rerank == StageStatus::Skipped {
+            return Mode::NoRerank;
+        }
+        Mode::Normal
+    }
+
+    /// Every degradation, most severe first (in the order of the mode table), then in the
+    /// order they happened.
+    pub fn degraded(&self) -> Vec<Degradation> {
+        let extractive = self.authorship == Some(Authorship::Extractive);
+        let severity = |d: &Degradation| match d.stage.as_str() {
+            s if s.starts_with("llm:") && extractive => 0,
+            "embed" | "dense" => 1,
+            "keyword" => 2,
+            s if s.starts_with("llm:") => 3,
+            _ => 4,
+        };
+        let mut degraded = self.degraded.clone();
+        degraded.sort_by_key(severity);
+        degraded
+    }
+
+    pub fn stages(&self) -> Stages {
+        Stages {
+            embed: self.embed,
+            dense: self.dense,
+            keyword: self.keyword,
+            rerank: self.rerank,
+            llm: self.authorship.as_ref().map(|a| match a {
+                Authorship::Primary(name) | Authorship::Fallback(name) => name.clone(),
+                Authorship::Extractive => "extractive".to_string(),
+            }),
+        }
+    }
+
+    /// Total time so far, recorded as `total`.
+    pub fn finish(&mut self) {
+        self.timings_ms
+            .insert("total".into(), self.started.elapsed().as_secs_f64() * 1e3);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_ok() -> Report {
+        let mut r = Report::new();
+        r.embed = StageStatus::Ok;
+        r.dense = StageStatus::Ok;
+        r.keyword = StageStatus::Ok;
+        r.rerank = StageStatus::Ok;
+        r.authorship = Some(Authorship::Primary("local".into()));
+        r
+    }
+
+    #[test]
+    fn modes_follow_the_table() {
+        assert_eq!(all_ok().mode(), Mode::Normal);
+        let mut r = all_ok();
+        r.rerank = StageStatus::NotConfigured;
+        assert_eq!(r.mode(), Mode::Normal, "no reranker configured is still normal");
+        r.rerank = StageStatus::Failed;
+        assert_eq!(r.mode(), Mode::NoRerank);
+        r.authorship = Some(Authorship::Fallback("b".into()));
+        assert_eq!(r.mode(), Mode::FallbackLlm);
+        r.keyword = StageStatus::Failed;
+        assert_eq!(r.mode(), Mode::DenseOnly);
+        r.keyword = StageStatus::Ok;
+        r.embed = StageStatus::Failed;
+        assert_eq!(r.mode(), Mode::KeywordOnly);
+        r.authorship = Some(Authorship::Extractive);
+        assert_eq!(r.mode(), Mode::Extractive);
+        r.keyword = StageStatus::Failed;
+        assert_eq!(r.mode(), Mode::Error);
+    }
+
+    #[test]
+    fn degradations_most_severe_first() {
+        let mut r = all_ok();
+        r.degrade("rerank", DegradationReason::Timeout);
+        r.degrade("llm:a", DegradationReason::Error);
+        r.degrade("keyword", DegradationReason::Error);
+        let stages: Vec<_> = r.degraded().into_iter().map(|d| d.stage).collect();
+        assert_eq!(stages, ["keyword", "llm:a", "rerank"]);
+        r.authorship = Some(Authorship::Extractive);
+        let stages: Vec<_> = r.degraded().into_iter().map(|d| d.stage).collect();
+        assert_eq!(stages, ["llm:a", "keyword", "rerank"]);
+    }
+}

@@ -1,0 +1,110 @@
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ragway_openapi::{Citation, ErrorBody, Hit, Mode, QueryRequest, QueryResponse, SearchRequest, SearchResponse};
+use ragway_retrieval::ScoredChunk;
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiJson};
+use crate::validate;
+
+#[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "answers", request_body = SearchRequest,
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, body = SearchResponse, headers(("x-ragway-mode" = String))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = SearchResponse, description = "No retrieval path: `mode` is `error`")))]
+pub async fn search(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<SearchRequest>,
+) -> Result<Response, ApiError> {
+    let limits = &state.config;
+    validate::query_text(&request.query, limits.server.max_query_chars)?;
+    let top_k = validate::top_k(request.top_k, limits.retrieval.default_top_k, limits.retrieval.max_top_k)?;
+    let filter = validate::filter(request.filter.as_ref())?;
+    let collection = state.collections.get(&name)?;
+    let retrieved = state.pipeline.retrieve(&collection.name, &request.query, filter, top_k).await;
+    let mut report = retrieved.report;
+    report.finish();
+    let mode = report.mode();
+    let body = SearchResponse {
+        hits: retrieved.hits.into_iter().map(hit).collect(),
+        mode,
+        degraded: report.degraded(),
+        stages: report.stages(),
+        timings_ms: report.timings_ms,
+    };
+    Ok(answer_response(mode, body))
+}
+
+#[utoipa::path(post, path = "/v1/collections/{name}/query", tag = "answers", request_body = QueryRequest,
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, body = QueryResponse, headers(("x-ragway-mode" = String))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = QueryResponse, description = "No retrieval path: `mode` is `error`")))]
+pub async fn query(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<QueryRequest>,
+) -> Result<Response, ApiError> {
+    let limits = &state.config;
+    validate::query_text(&request.query, limits.server.max_query_chars)?;
+    let passages = validate::top_k(request.top_k, limits.generation.default_passages, limits.retrieval.max_top_k)?;
+    let filter = validate::filter(request.filter.as_ref())?;
+    if request.stream == Some(true) {
+        return Err(ApiError::invalid("stream_unsupported", "streamed answers are not served yet; send stream: false"));
+    }
+    let collection = state.collections.get(&name)?;
+    let answer = state.pipeline.answer(&collection.name, &request.query, filter, passages).await;
+    let mut report = answer.report;
+    report.finish();
+    let mode = report.mode();
+    let body = QueryResponse {
+        answer: answer.text,
+        citations: answer
+            .citations
+            .into_iter()
+            .map(|(index, h)| Citation {
+                index,
+                doc_id: h.chunk.doc_id,
+                chunk_id: h.chunk.chunk_id,
+                text: h.chunk.text,
+                score: h.score,
+            })
+            .collect(),
+        mode,
+        degraded: report.degraded(),
+        stages: report.stages(),
+        timings_ms: report.timings_ms,
+        usage: answer.usage,
+    };
+    Ok(answer_response(mode, body))
+}
+
+fn hit(h: ScoredChunk) -> Hit {
+    Hit {
+        doc_id: h.chunk.doc_id,
+        chunk_id: h.chunk.chunk_id,
+        text: h.chunk.text,
+        score: h.score,
+        metadata: h.chunk.metadata,
+    }
+}
+
+/// Every answer carries its mode in the `x-ragway-mode` header and is counted by mode; `error`
+/// answers are 503 with the same body shape.
+fn answer_response(mode: Mode, body: impl Serialize) -> Response {
+    metrics::counter!("ragway_answers_total", "mode" => mode.as_str()).increment(1);
+    let status = if mode == Mode::Error {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("x-ragway-mode", HeaderValue::from_static(mode.as_str()));
+    response
+}

@@ -1,0 +1,47 @@
+use axum::extract::State;
+use axum::Json;
+use ragway_openapi::{EmbeddingData, EmbeddingUsage, EmbeddingsRequest, EmbeddingsResponse, ErrorBody};
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiJson};
+
+const MAX_INPUTS: usize = 2_048;
+
+/// OpenAI-compatible embeddings from the configured embedder.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingsRequest,
+    responses((status = 200, body = EmbeddingsResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn embeddings(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<EmbeddingsRequest>,
+) -> Result<Json<EmbeddingsResponse>, ApiError> {
+    if request.encoding_format.as_deref().is_some_and(|f| f != "float") {
+        return Err(ApiError::invalid("unsupported_encoding", "only encoding_format \"float\" is supported"));
+    }
+    let texts = request.input.into_vec();
+    if texts.is_empty() || texts.len() > MAX_INPUTS {
+        return Err(ApiError::invalid("invalid_input", format!("send 1 to {MAX_INPUTS} inputs")));
+    }
+    if texts.iter().any(|t| t.is_empty()) {
+        return Err(ApiError::invalid("invalid_input", "inputs must not be empty strings"));
+    }
+    let embedder = &state.pipeline.embedder;
+    let embeddings = embedder.embed(texts).await?;
+    Ok(Json(EmbeddingsResponse {
+        object: "list".into(),
+        data: embeddings
+            .vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, embedding)| EmbeddingData {
+                object: "embedding".into(),
+                index,
+                embedding,
+            })
+            .collect(),
+        model: embedder.model_id().to_string(),
+        usage: EmbeddingUsage {
+            prompt_tokens: embeddings.tokens,
+            total_tokens: embeddings.tokens,
+        },
+    }))
+}

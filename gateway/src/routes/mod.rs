@@ -1,0 +1,4 @@
+pub mod answers;
+pub mod collections;
+pub mod embeddings;
+pub mod health;

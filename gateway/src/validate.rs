@@ -1,0 +1,138 @@
+//! Input rules, checked before anything is stored or computed.
+
+use ragway_openapi::MetadataFilter as JsonFilter;
+use ragway_retrieval::{FilterValue, MetadataFilter};
+
+use crate::error::ApiError;
+
+pub const MAX_NAME_CHARS: usize = 64;
+pub const MAX_DOC_ID_CHARS: usize = 256;
+const MAX_FILTER_KEYS: usize = 16;
+
+/// 1–64 chars of `[a-z0-9_-]`, starting with a letter or digit: safe as a directory name.
+pub fn collection_name(name: &str) -> Result<(), ApiError> {
+    let valid_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let valid_start = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty() || name.len() > MAX_NAME_CHARS || !valid_chars || !valid_start {
+        return Err(ApiError::invalid(
+            "invalid_collection_name",
+            format!(
+                "collection name {name:?} is invalid: use 1-{MAX_NAME_CHARS} lowercase letters, digits, '-' or '_', starting with a letter or digit"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn document_id(id: &str) -> Result<(), ApiError> {
+    if id.trim().is_empty() || id.chars().count() > MAX_DOC_ID_CHARS || id.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "invalid_document_id",
+            format!("document id {id:?} is invalid: use 1-{MAX_DOC_ID_CHARS} characters, no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn query_text(query: &str, max_chars: usize) -> Result<(), ApiError> {
+    if query.trim().is_empty() {
+        return Err(ApiError::invalid("empty_query", "query is empty"));
+    }
+    let chars = query.chars().count();
+    if chars > max_chars {
+        return Err(ApiError::invalid(
+            "query_too_long",
+            format!("query has {chars} characters; the limit is {max_chars}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn top_k(requested: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match requested {
+        None => Ok(default),
+        Some(k) if (1..=max).contains(&k) => Ok(k),
+        Some(k) => Err(ApiError::invalid(
+            "top_k_out_of_range",
+            format!("top_k = {k} is out of range: use 1 to {max}"),
+        )),
+    }
+}
+
+/// Turns `{"key": value}` into store filters. Keys are limited to `[A-Za-z0-9_-]` because they
+/// become payload paths in Qdrant.
+pub fn filter(filter: Option<&JsonFilter>) -> Result<MetadataFilter, ApiError> {
+    let Some(filter) = filter else {
+        return Ok(Vec::new());
+    };
+    if filter.len() > MAX_FILTER_KEYS {
+        return Err(ApiError::invalid(
+            "invalid_filter",
+            format!("filter has {} keys; the limit is {MAX_FILTER_KEYS}", filter.len()),
+        ));
+    }
+    filter
+        .iter()
+        .map(|(key, value)| {
+            let key_ok = !key.is_empty()
+                && key.len() <= MAX_NAME_CHARS
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !key_ok {
+                return Err(ApiError::invalid(
+                    "invalid_filter",
+                    format!("filter key {key:?} is invalid: use 1-{MAX_NAME_CHARS} letters, digits, '-' or '_'"),
+                ));
+            }
+            let value = FilterValue::from_json(value).ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid_filter",
+                    format!("filter value for {key:?} must be a string, an integer or a boolean"),
+                )
+            })?;
+            Ok((key.clone(), value))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn collection_names() {
+        for ok in ["docs", "a", "tenant-1_docs", "0abc"] {
+            assert!(collection_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Docs", "-x", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(collection_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn top_k_bounds() {
+        assert_eq!(top_k(None, 5, 100).ok(), Some(5));
+        assert_eq!(top_k(Some(100), 5, 100).ok(), Some(100));
+        assert!(top_k(Some(0), 5, 100).is_err());
+        assert!(top_k(Some(101), 5, 100).is_err());
+    }
+
+    #[test]
+    fn filters() -> Result<(), ApiError> {
+        let f = json!({"lang": "en", "year": 2024, "draft": false});
+        let parsed = filter(f.as_object())?;
+        assert_eq!(parsed.len(), 3);
+        assert!(filter(json!({"x": 1.5}).as_object()).is_err());
+        assert!(filter(json!({"a.b": "c"}).as_object()).is_err());
+        assert!(filter(json!({"x": ["a"]}).as_object()).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn queries() {
+        assert!(query_text("  ", 10).is_err());
+        assert!(query_text("hello", 5).is_ok());
+        assert!(query_text("héllo!", 5).is_err());
+    }
+}

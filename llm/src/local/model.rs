@@ -1,0 +1,160 @@
+use std::fs::File;
+use std::io::Cursor;
+use std::path::Path;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use candle_transformers::utils::apply_repeat_penalty;
+use tokenizers::Tokenizer;
+
+use super::tokenizer::tokenizer_from_gguf;
+use super::LocalLlmOptions;
+use crate::{ChatMessage, Generation, GenerationRequest, LlmError, Role};
+
+// Small models loop without a mild penalty on recently generated tokens.
+const REPEAT_PENALTY: f32 = 1.1;
+const REPEAT_WINDOW: usize = 64;
+
+/// The loaded model and everything needed to turn messages into an answer, used synchronously on
+/// the worker thread.
+pub(crate) struct ChatModel {
+    weights: ModelWeights,
+    tokenizer: Tokenizer,
+    device: Device,
+    stop_tokens: Vec<u32>,
+    context: usize,
+    seed: u64,
+}
+
+impl ChatModel {
+    pub(crate) fn load(path: &Path, options: &LocalLlmOptions) -> Result<Self, LlmError> {
+        let open_error = |e: std::io::Error| LlmError::Model(format!("cannot open {}: {e}", path.display()));
+        let mut file = File::open(path).map_err(open_error)?;
+        let content = gguf_file::Content::read(&mut file)?;
+        let tokenizer = tokenizer_from_gguf(&content)?;
+        let context = content
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(2048) as usize;
+        let stop_tokens = ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .collect::<Vec<_>>();
+        if stop_tokens.is_empty() {
+            return Err(LlmError::Model("the GGUF vocabulary has no <|im_end|> token: not a ChatML model".into()));
+        }
+        let weights = if options.dequantize {
+            let (content, mut reader) = dequantized(&content, &mut file)?;
+            ModelWeights::from_gguf(content, &mut reader, &options.device)?
+        } else {
+            ModelWeights::from_gguf(content, &mut file, &options.device)?
+        };
+        Ok(Self {
+            weights,
+            tokenizer,
+            device: options.device.clone(),
+            stop_tokens,
+            context,
+            seed: options.seed,
+        })
+    }
+
+    pub(crate) fn generate(&mut self, request: &GenerationRequest) -> Result<Generation, LlmError> {
+        let prompt = self.encode(&chatml(&request.messages))?;
+        if prompt.len() + request.max_tokens > self.context {
+            return Err(LlmError::PromptTooLong {
+                prompt: prompt.len(),
+                max_tokens: request.max_tokens,
+                context: self.context,
+            });
+        }
+        let sampling = if request.temperature <= 0.0 {
+            Sampling::ArgMax
+        } else {
+            Sampling::All {
+                temperature: request.temperature,
+            }
+        };
+        let mut sampler = LogitsProcessor::from_sampling(self.seed, sampling);
+        let mut generated: Vec<u32> = Vec::new();
+        // Prefill: the whole prompt in one forward pass; the KV cache restarts at position 0.
+        let mut input = Tensor::new(prompt.as_slice(), &self.device)?.unsqueeze(0)?;
+        let mut position = 0;
+        while generated.len() < request.max_tokens {
+            let logits = self.weights.forward(&input, position)?.squeeze(0)?;
+            position += input.dim(1)?;
+            let start = generated.len().saturating_sub(REPEAT_WINDOW);
+            let logits = apply_repeat_penalty(&logits, REPEAT_PENALTY, &generated[start..])?;
+            let next = sampler.sample(&logits)?;
+            if self.stop_tokens.contains(&next) {
+                break;
+            }
+            generated.push(next);
+            input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
+        }
+        let text = self
+            .tokenizer
+            .decode(&generated, true)
+            .map_err(|e| LlmError::Model(format!("decode: {e}")))?;
+        Ok(Generation {
+            text: text.trim().to_string(),
+            prompt_tokens: prompt.len(),
+            completion_tokens: generated.len(),
+        })
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| LlmError::Model(format!("tokenizer: {e}")))?
+            .get_ids()
+            .to_vec())
+    }
+}
+
+/// SmolLM2's chat template (ChatML), ending with an open assistant turn.
+fn chatml(messages: &[ChatMessage]) -> String {
+    let mut prompt = String::new();
+    for m in messages {
+        let role = match m.role {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        prompt.push_str(&format!("<|im_start|>{role}\n{}<|im_end|>\n", m.content));
+    }
+    prompt.push_str("<|im_start|>assistant\n");
+    prompt
+}
+
+/// The same model with every tensor stored as f32, as an in-memory GGUF. candle keeps f32 GGUF
+/// tensors as plain tensors, so every matmul becomes a dense f32 GEMM.
+fn dequantized(content: &gguf_file::Content, file: &mut File) -> Result<(gguf_file::Content, Cursor<Vec<u8>>), LlmError> {
+    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
+    for name in content.tensor_infos.keys() {
+        let tensor = content.tensor(file, name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
+        tensors.push((name.as_str(), QTensor::quantize(&tensor, GgmlDType::F32)?));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let mut buffer = Cursor::new(Vec::new());
+    gguf_file::write(&mut buffer, &metadata, &tensor_refs)?;
+    buffer.set_position(0);
+    let content = gguf_file::Content::read(&mut buffer)?;
+    Ok((content, buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_ends_with_an_open_assistant_turn() {
+        let prompt = chatml(&[ChatMessage::new(Role::System, "s"), ChatMessage::new(Role::User, "u")]);
+        assert_eq!(prompt, "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n");
+    }
+}

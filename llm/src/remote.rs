@@ -1,0 +1,104 @@
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs,
+};
+use async_openai::Client;
+use async_trait::async_trait;
+
+use crate::{ChatMessage, Generation, GenerationRequest, Generator, LlmError, Role};
+
+#[derive(Debug, Clone)]
+pub struct OpenAiBackendOptions {
+    /// Name in config, reported in `stages.llm`.
+    pub name: String,
+    /// e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    pub api_key: String,
+    pub model: String,
+    pub timeout: Duration,
+}
+
+/// Any OpenAI-compatible chat completions server (vLLM, llama.cpp server, OpenAI, another ragway).
+pub struct OpenAiBackend {
+    client: Client<OpenAIConfig>,
+    name: String,
+    model: String,
+}
+
+impl OpenAiBackend {
+    pub fn new(options: OpenAiBackendOptions) -> Result<Self, LlmError> {
+        let http = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .build()
+            .map_err(|e| LlmError::Remote {
+                backend: options.name.clone(),
+                message: format!("cannot build HTTP client: {e}"),
+            })?;
+        let config = OpenAIConfig::new()
+            .with_api_base(options.base_url)
+            .with_api_key(options.api_key);
+        Ok(Self {
+            client: Client::with_config(config).with_http_client(http),
+            name: options.name,
+            model: options.model,
+        })
+    }
+
+    fn remote_error(&self, message: impl ToString) -> LlmError {
+        LlmError::Remote {
+            backend: self.name.clone(),
+            message: message.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Generator for OpenAiBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError> {
+        let messages: Vec<ChatCompletionRequestMessage> = request.messages.into_iter().map(to_openai).collect();
+        let body = CreateChatCompletionRequestArgs::default()
+            .model(&self.model)
+            .messages(messages)
+            .max_completion_tokens(u32::try_from(request.max_tokens).unwrap_or(u32::MAX))
+            .temperature(request.temperature as f32)
+            .build()
+            .map_err(|e| self.remote_error(e))?;
+        let response = self.client.chat().create(body).await.map_err(|e| self.remote_error(e))?;
+        let text = response
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .ok_or_else(|| LlmError::EmptyResponse {
+                backend: self.name.clone(),
+            })?;
+        let (prompt_tokens, completion_tokens) = response
+            .usage
+            .map(|u| (u.prompt_tokens as usize, u.completion_tokens as usize))
+            .unwrap_or((0, 0));
+        Ok(Generation {
+            text: text.trim().to_string(),
+            prompt_tokens,
+            completion_tokens,
+        })
+    }
+}
+
+fn to_openai(message: ChatMessage) -> ChatCompletionRequestMessage {
+    match message.role {
+        Role::System => ChatCompletionRequestSystemMessage::from(message.content).into(),
+        Role::User => ChatCompletionRequestUserMessage::from(message.content).into(),
+        Role::Assistant => ChatCompletionRequestAssistantMessage::from(message.content).into(),
+    }
+}

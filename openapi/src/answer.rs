@@ -1,0 +1,166 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// How an answer was produced; one label per answer. See DESIGN.md, "Modes".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Normal,
+    NoRerank,
+    DenseOnly,
+    KeywordOnly,
+    CacheOnly,
+    FallbackLlm,
+    Extractive,
+    Error,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 8] = [
+        Mode::Normal,
+        Mode::NoRerank,
+        Mode::DenseOnly,
+        Mode::KeywordOnly,
+        Mode::CacheOnly,
+        Mode::FallbackLlm,
+        Mode::Extractive,
+        Mode::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::NoRerank => "no_rerank",
+            Mode::DenseOnly => "dense_only",
+            Mode::KeywordOnly => "keyword_only",
+            Mode::CacheOnly => "cache_only",
+            Mode::FallbackLlm => "fallback_llm",
+            Mode::Extractive => "extractive",
+            Mode::Error => "error",
+        }
+    }
+}
+
+/// One thing that did not run as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Degradation {
+    /// `embed`, `dense`, `keyword`, `rerank` or `llm:<backend>`.
+    pub stage: String,
+    pub reason: DegradationReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DegradationReason {
+    Error,
+    Timeout,
+    BreakerOpen,
+    Deadline,
+}
+
+/// What one pipeline stage did for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Ok,
+    Skipped,
+    Failed,
+    NotConfigured,
+}
+
+/// Per-stage report on every search and query answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Stages {
+    pub embed: StageStatus,
+    pub dense: StageStatus,
+    pub keyword: StageStatus,
+    pub rerank: StageStatus,
+    /// The LLM backend that wrote the answer; absent on `/search`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<String>,
+}
+
+/// Equality filter on document metadata: every key must hold the given value.
+/// Values may be strings, integers or booleans.
+pub type MetadataFilter = Map<String, Value>;
+
+/// `POST /v1/collections/{name}/search`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    pub query: String,
+    /// 1–100; the server default applies when absent.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<MetadataFilter>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Hit {
+    pub doc_id: String,
+    pub chunk_id: String,
+    pub text: String,
+    /// Fused (RRF) or reranker score; higher is better.
+    pub score: f32,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SearchResponse {
+    pub hits: Vec<Hit>,
+    pub mode: Mode,
+    pub degraded: Vec<Degradation>,
+    pub stages: Stages,
+    /// Milliseconds spent per stage, and `total`.
+    pub timings_ms: BTreeMap<String, f64>,
+}
+
+/// `POST /v1/collections/{name}/query`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub query: String,
+    /// Passages given to the LLM, 1–100; the server default applies when absent.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<MetadataFilter>,
+    /// Server-Sent Events are not served yet; `true` is rejected with 400.
+    #[serde(default)]
+    pub stream: Option<bool>,
+}
+
+/// A passage the answer was grounded on; `index` is the `[n]` used in the answer text.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Citation {
+    pub index: usize,
+    pub doc_id: String,
+    pub chunk_id: String,
+    pub text: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueryResponse {
+    pub answer: String,
+    /// Passages cited in the answer; when the model cited none explicitly, the passages it was given.
+    pub citations: Vec<Citation>,
+    pub mode: Mode,
+    pub degraded: Vec<Degradation>,
+    pub stages: Stages,
+    pub timings_ms: BTreeMap<String, f64>,
+    pub usage: TokenUsage,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+pub struct TokenUsage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}

@@ -1,0 +1,71 @@
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// `POST /v1/collections`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCollectionRequest {
+    /// 1–64 characters: lowercase letters, digits, `-` and `_`, starting with a letter or digit.
+    pub name: String,
+    /// Words per chunk; the server default applies when absent.
+    #[serde(default)]
+    pub chunk_words: Option<usize>,
+    /// Words shared by consecutive chunks; the server default applies when absent.
+    #[serde(default)]
+    pub chunk_overlap_words: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CollectionInfo {
+    pub name: String,
+    pub documents: usize,
+    pub chunks: usize,
+    pub chunk_words: usize,
+    pub chunk_overlap_words: usize,
+    /// Bumped on every change to the collection; part of every cache key.
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CollectionList {
+    pub collections: Vec<CollectionInfo>,
+}
+
+/// `POST /v1/collections/{name}/documents`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngestRequest {
+    pub documents: Vec<DocumentInput>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentInput {
+    /// Caller-chosen id, unique within the collection. Re-sending the same id with the same text
+    /// and metadata is a no-op; with different content it replaces the document.
+    pub id: String,
+    pub text: String,
+    /// Flat JSON object; string, integer and boolean values can be used in search filters.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IngestResponse {
+    /// Documents that were new or changed and are now indexed.
+    pub indexed: usize,
+    /// Documents whose id and content hash were already indexed.
+    pub unchanged: usize,
+    /// Chunks written for the indexed documents.
+    pub chunks: usize,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeleteDocumentResponse {
+    pub id: String,
+    pub chunks_removed: usize,
+    pub epoch: u64,
+}

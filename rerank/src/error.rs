@@ -1,0 +1,23 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RerankError {
+    #[error("cross-encoder model error: {0}")]
+    Model(String),
+    #[error("the reranker worker has stopped")]
+    WorkerGone,
+}
+
+impl RerankError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Model(_) | Self::WorkerGone => "reranker_failed",
+        }
+    }
+}
+
+impl From<candle_core::Error> for RerankError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Model(e.to_string())
+    }
+}

@@ -1,0 +1,265 @@
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use qdrant_edge::external::uuid::Uuid;
+use qdrant_edge::{
+    Condition, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition, Filter,
+    JsonPath, Match, MatchValue, NamedQuery, PointId, PointInsertOperations, PointOperations,
+    PointStruct, QueryEnum, QueryRequest, ScoringQuery, UpdateOperation, ValueVariants,
+    WithPayloadInterface, WithVector,
+};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::blocking::run_blocking;
+use crate::error::RetrievalError;
+use crate::filter::{FilterValue, MetadataFilter};
+use crate::types::{Chunk, EmbeddedChunk, ScoredChunk};
+
+/// Nearest-neighbour search over chunk embeddings, one index per collection.
+#[async_trait]
+pub trait DenseStore: Send + Sync {
+    /// Creates the collection's index, or opens it if it already exists.
+    async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError>;
+    async fn drop_collection(&self, collection: &str) -> Result<(), RetrievalError>;
+    async fn upsert(&self, collection: &str, chunks: Vec<EmbeddedChunk>) -> Result<(), RetrievalError>;
+    async fn delete_documents(&self, collection: &str, doc_ids: Vec<String>) -> Result<(), RetrievalError>;
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        filter: MetadataFilter,
+        limit: usize,
+    ) -> Result<Vec<ScoredChunk>, RetrievalError>;
+}
+
+/// Qdrant's engine in process (Qdrant Edge): one shard per collection under `root/<collection>`.
+pub struct EdgeDenseStore {
+    shards: Arc<EdgeShards>,
+}
+
+struct EdgeShards {
+    root: PathBuf,
+    dimension: usize,
+    shards: RwLock<HashMap<String, Arc<EdgeShard>>>,
+}
+
+impl EdgeDenseStore {
+    pub fn new(root: &Path, dimension: usize) -> Self {
+        Self {
+            shards: Arc::new(EdgeShards {
+                root: root.to_path_buf(),
+                dimension,
+                shards: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl EdgeShards {
+    fn shard(&self, collection: &str) -> Result<Arc<EdgeShard>, RetrievalError> {
+        let shards = self.shards.read().map_err(|_| poisoned())?;
+        shards
+            .get(collection)
+            .cloned()
+            .ok_or_else(|| RetrievalError::UnknownCollection(collection.to_string()))
+    }
+
+    fn open_blocking(&self, collection: &str) -> Result<(), RetrievalError> {
+        let mut shards = self.shards.write().map_err(|_| poisoned())?;
+        if shards.contains_key(collection) {
+            return Ok(());
+        }
+        let path = self.root.join(collection);
+        let shard = if path.join("edge_config.json").exists() {
+            EdgeShard::load(&path, None)?
+        } else {
+            std::fs::create_dir_all(&path).map_err(|e| RetrievalError::Dense(e.to_string()))?;
+            let config = EdgeConfigBuilder::new()
+                .vector("", EdgeVectorParamsBuilder::new(self.dimension, Distance::Cosine).build())
+                .build();
+            EdgeShard::new(&path, config)?
+        };
+        shards.insert(collection.to_string(), Arc::new(shard));
+        Ok(())
+    }
+
+    fn drop_blocking(&self, collection: &str) -> Result<(), RetrievalError> {
+        let removed = self.shards.write().map_err(|_| poisoned())?.remove(collection);
+        // The shard flushes on drop; drop it before its files go.
+        drop(removed);
+        let path = self.root.join(collection);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| RetrievalError::Dense(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DenseStore for EdgeDenseStore {
+    async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError> {
+        let shards = self.shards.clone();
+        let collection = collection.to_string();
+        run_blocking(RetrievalError::Dense, move || shards.open_blocking(&collection)).await
+    }
+
+    async fn drop_collection(&self, collection: &str) -> Result<(), RetrievalError> {
+        let shards = self.shards.clone();
+        let collection = collection.to_string();
+        run_blocking(RetrievalError::Dense, move || shards.drop_blocking(&collection)).await
+    }
+
+    async fn upsert(&self, collection: &str, chunks: Vec<EmbeddedChunk>) -> Result<(), RetrievalError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let shard = self.shards.shard(collection)?;
+        run_blocking(RetrievalError::Dense, move || {
+            let points = chunks
+                .into_iter()
+                .map(|c| PointStruct::new(point_id(&c.chunk.chunk_id), c.vector, payload(&c.chunk)).into())
+                .collect();
+            shard.update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                PointInsertOperations::PointsList(points),
+            )))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_documents(&self, collection: &str, doc_ids: Vec<String>) -> Result<(), RetrievalError> {
+        if doc_ids.is_empty() {
+            return Ok(());
+        }
+        let shard = self.shards.shard(collection)?;
+        run_blocking(RetrievalError::Dense, move || {
+            let key = json_path("doc_id")?;
+            let conditions = doc_ids
+                .into_iter()
+                .map(|id| match_condition(key.clone(), ValueVariants::String(id)))
+                .collect();
+            let filter = Filter {
+                should: Some(conditions),
+                min_should: None,
+                must: None,
+                must_not: None,
+            };
+            shard.update(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter)))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        filter: MetadataFilter,
+        limit: usize,
+    ) -> Result<Vec<ScoredChunk>, RetrievalError> {
+        let shard = self.shards.shard(collection)?;
+        run_blocking(RetrievalError::Dense, move || {
+            let request = QueryRequest {
+                prefetches: vec![],
+                query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                    query: vector.into(),
+                    using: None,
+                }))),
+                filter: qdrant_filter(&filter)?,
+                score_threshold: None,
+                limit,
+                offset: 0,
+                params: None,
+                with_vector: WithVector::Bool(false),
+                with_payload: WithPayloadInterface::Bool(true),
+            };
+            shard
+                .query(request)?
+                .into_iter()
+                .map(|point| {
+                    let payload = point.payload.map(|p| p.0).unwrap_or_default();
+                    Ok(ScoredChunk {
+                        chunk: chunk_from_payload(payload)?,
+                        score: point.score,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+/// Qdrant wants u64 or UUID ids; a hash of the chunk id makes re-ingest overwrite in place.
+fn point_id(chunk_id: &str) -> PointId {
+    let digest = Sha256::digest(chunk_id.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    PointId::Uuid(Uuid::from_bytes(bytes))
+}
+
+fn payload(chunk: &Chunk) -> Value {
+    json!({
+        "chunk_id": chunk.chunk_id,
+        "doc_id": chunk.doc_id,
+        "text": chunk.text,
+        "metadata": chunk.metadata,
+    })
+}
+
+fn chunk_from_payload(mut payload: Map<String, Value>) -> Result<Chunk, RetrievalError> {
+    let mut text_field = |name: &str| match payload.remove(name) {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(RetrievalError::Dense(format!("point payload lacks `{name}`"))),
+    };
+    let chunk_id = text_field("chunk_id")?;
+    let doc_id = text_field("doc_id")?;
+    let text = text_field("text")?;
+    let metadata = match payload.remove("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    Ok(Chunk {
+        chunk_id,
+        doc_id,
+        text,
+        metadata,
+    })
+}
+
+fn qdrant_filter(filter: &MetadataFilter) -> Result<Option<Filter>, RetrievalError> {
+    if filter.is_empty() {
+        return Ok(None);
+    }
+    let must = filter
+        .iter()
+        .map(|(key, value)| {
+            let value = match value {
+                FilterValue::String(s) => ValueVariants::String(s.clone()),
+                FilterValue::Integer(i) => ValueVariants::Integer(*i),
+                FilterValue::Bool(b) => ValueVariants::Bool(*b),
+            };
+            Ok(match_condition(json_path(&format!("metadata.{key}"))?, value))
+        })
+        .collect::<Result<Vec<_>, RetrievalError>>()?;
+    Ok(Some(Filter {
+        should: None,
+        min_should: None,
+        must: Some(must),
+        must_not: None,
+    }))
+}
+
+fn match_condition(key: JsonPath, value: ValueVariants) -> Condition {
+    Condition::Field(FieldCondition::new_match(key, Match::Value(MatchValue { value })))
+}
+
+fn json_path(path: &str) -> Result<JsonPath, RetrievalError> {
+    JsonPath::try_from(path).map_err(|_| RetrievalError::Dense(format!("invalid payload path `{path}`")))
+}
+
+fn poisoned() -> RetrievalError {
+    RetrievalError::Dense("shard map lock poisoned".into())
+}

@@ -1,0 +1,229 @@
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::thread;
+
+use async_trait::async_trait;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokio::sync::oneshot;
+
+use super::{Embedder, Embeddings};
+use crate::error::RetrievalError;
+
+#[derive(Debug, Clone)]
+pub struct BertEmbedderOptions {
+    /// Texts per forward pass.
+    pub max_batch: usize,
+    /// Longer inputs are truncated; all-MiniLM-L6-v2 was trained on 256.
+    pub max_tokens: usize,
+    pub device: Device,
+}
+
+impl Default for BertEmbedderOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            max_tokens: 256,
+            device: Device::Cpu,
+        }
+    }
+}
+
+struct Job {
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Embeddings, RetrievalError>>,
+    span: tracing::Span,
+}
+
+/// A sentence-transformers BERT (mean pooling, L2 norm) on its own thread, so that model work never
+/// blocks the async runtime. Requests queued while a batch runs are merged into the next one.
+pub struct BertEmbedder {
+    jobs: std_mpsc::Sender<Job>,
+    model_id: String,
+    dimension: usize,
+}
+
+impl BertEmbedder {
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
+    pub fn load(dir: &Path, model_id: &str, options: BertEmbedderOptions) -> Result<Self, RetrievalError> {
+        let model = SentenceBert::load(dir, &options)?;
+        let dimension = model.dimension;
+        let (jobs, queue) = std_mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("embedder".into())
+            .spawn(move || run_worker(model, queue, options.max_batch))
+            .map_err(|e| RetrievalError::Model(format!("cannot start embedder thread: {e}")))?;
+        Ok(Self {
+            jobs,
+            model_id: model_id.to_string(),
+            dimension,
+        })
+    }
+}
+
+#[async_trait]
+impl Embedder for BertEmbedder {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    async fn embed(&self, texts: Vec<String>) -> Result<Embeddings, RetrievalError> {
+        if texts.is_empty() {
+            return Ok(Embeddings {
+                vectors: Vec::new(),
+                tokens: 0,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            texts,
+            reply,
+            span: tracing::Span::current(),
+        };
+        self.jobs.send(job).map_err(|_| RetrievalError::WorkerGone)?;
+        answer.await.map_err(|_| RetrievalError::WorkerGone)?
+    }
+}
+
+fn run_worker(model: SentenceBert, queue: std_mpsc::Receiver<Job>, max_batch: usize) {
+    while let Ok(first) = queue.recv() {
+        // Merge whatever else is already waiting, up to one batch worth of texts.
+        let mut jobs = vec![first];
+        let mut queued: usize = jobs[0].texts.len();
+        while queued < max_batch {
+            match queue.try_recv() {
+                Ok(job) => {
+                    queued += job.texts.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let texts: Vec<&str> = jobs
+            .iter()
+            .flat_map(|j| j.texts.iter().map(String::as_str))
+            .collect();
+        let total = texts.len();
+        let span = jobs[0].span.clone();
+        let result = span.in_scope(|| model.embed(&texts, max_batch));
+        let mut offset = 0;
+        for job in jobs {
+            let n = job.texts.len();
+            let part = match &result {
+                Ok((vectors, tokens)) => Ok(Embeddings {
+                    vectors: vectors[offset..offset + n].to_vec(),
+                    // Tokens are attributed to each job in proportion to its share of texts.
+                    tokens: tokens * n / total.max(1),
+                }),
+                Err(e) => Err(RetrievalError::Model(e.to_string())),
+            };
+            offset += n;
+            // The caller may have given up (deadline); nothing to do then.
+            let _ = job.reply.send(part);
+        }
+    }
+}
+
+struct SentenceBert {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dimension: usize,
+}
+
+impl SentenceBert {
+    fn load(dir: &Path, options: &BertEmbedderOptions) -> Result<Self, RetrievalError> {
+        let read = |name: &str| {
+            std::fs::read(dir.join(name))
+                .map_err(|e| RetrievalError::Model(format!("cannot read {}: {e}", dir.join(name).display())))
+        };
+        let config: Config = serde_json::from_slice(&read("config.json")?)
+            .map_err(|e| RetrievalError::Model(format!("bad config.json: {e}")))?;
+        let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
+            .map_err(|e| RetrievalError::Model(format!("bad tokenizer.json: {e}")))?;
+        // The shipped tokenizer pads every input to a fixed 128 tokens; pad to the longest input of
+        // each batch instead and truncate at the model's real window.
+        let padding = PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..tokenizer.get_padding().cloned().unwrap_or_default()
+        };
+        tokenizer.with_padding(Some(padding));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: options.max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| RetrievalError::Model(format!("bad truncation: {e}")))?;
+        // Read into memory instead of mmap: candle's mmap constructor is `unsafe`, which the
+        // workspace forbids, and a 90 MB copy at start-up costs nothing that matters.
+        let vb = VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, &options.device)
+            .map_err(|e| RetrievalError::Model(format!("cannot load model.safetensors: {e}")))?;
+        let model = BertModel::load(vb, &config)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            device: options.device.clone(),
+            dimension: config.hidden_size,
+        })
+    }
+
+    /// Embeds texts sorted by length so that each batch pads little, then restores input order.
+    fn embed(&self, texts: &[&str], max_batch: usize) -> Result<(Vec<Vec<f32>>, usize), RetrievalError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| RetrievalError::Model(format!("tokenizer: {e}")))?;
+        let lengths: Vec<usize> = encodings
+            .iter()
+            .map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count())
+            .collect();
+        let tokens = lengths.iter().sum();
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| lengths[i]);
+        let mut vectors = vec![Vec::new(); texts.len()];
+        for batch in order.chunks(max_batch.max(1)) {
+            // Padding is on the right, so cutting every row at this batch's longest input only
+            // drops padding.
+            let width = batch.iter().map(|&i| lengths[i]).max().unwrap_or(0).max(1);
+            let rows: Vec<&tokenizers::Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
+            for (&i, v) in batch.iter().zip(self.forward(&rows, width)?) {
+                vectors[i] = v;
+            }
+        }
+        Ok((vectors, tokens))
+    }
+
+    fn forward(&self, rows: &[&tokenizers::Encoding], width: usize) -> Result<Vec<Vec<f32>>, RetrievalError> {
+        let ids = stack(rows, |e| e.get_ids(), width, &self.device)?;
+        let mask = stack(rows, |e| e.get_attention_mask(), width, &self.device)?;
+        let type_ids = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        // Mean over real tokens only, then L2 normalisation: sentence-transformers' pooling.
+        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let counts = mask.sum(1)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?;
+        let unit = mean.broadcast_div(&norms)?;
+        Ok(unit.to_vec2::<f32>()?)
+    }
+}
+
+fn stack(
+    rows: &[&tokenizers::Encoding],
+    field: impl Fn(&tokenizers::Encoding) -> &[u32],
+    width: usize,
+    device: &Device,
+) -> Result<Tensor, RetrievalError> {
+    let rows = rows
+        .iter()
+        .map(|e| Tensor::new(&field(e)[..width], device))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&rows, 0)?)
+}

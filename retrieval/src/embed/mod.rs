@@ -1,0 +1,23 @@
+mod bert;
+
+pub use bert::{BertEmbedder, BertEmbedderOptions};
+
+use async_trait::async_trait;
+
+use crate::error::RetrievalError;
+
+/// Vectors for a batch of texts, in input order, and the tokens they took.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub tokens: usize,
+}
+
+/// Turns texts into unit-length vectors.
+#[async_trait]
+pub trait Embedder: Send + Sync {
+    /// Identifies the model; part of the embedding cache key.
+    fn model_id(&self) -> &str;
+    fn dimension(&self) -> usize;
+    async fn embed(&self, texts: Vec<String>) -> Result<Embeddings, RetrievalError>;
+}

@@ -1,0 +1,45 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RetrievalError {
+    #[error("embedding model error: {0}")]
+    Model(String),
+    #[error("dense store error: {0}")]
+    Dense(String),
+    #[error("keyword store error: {0}")]
+    Keyword(String),
+    #[error("collection `{0}` does not exist in the store")]
+    UnknownCollection(String),
+    #[error("the embedding worker has stopped")]
+    WorkerGone,
+}
+
+impl RetrievalError {
+    /// A stable code for logs and API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Model(_) | Self::WorkerGone => "embedder_failed",
+            Self::Dense(_) => "dense_store_failed",
+            Self::Keyword(_) => "keyword_store_failed",
+            Self::UnknownCollection(_) => "collection_not_found",
+        }
+    }
+}
+
+impl From<candle_core::Error> for RetrievalError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Model(e.to_string())
+    }
+}
+
+impl From<tantivy::TantivyError> for RetrievalError {
+    fn from(e: tantivy::TantivyError) -> Self {
+        Self::Keyword(e.to_string())
+    }
+}
+
+impl From<qdrant_edge::OperationError> for RetrievalError {
+    fn from(e: qdrant_edge::OperationError) -> Self {
+        Self::Dense(e.to_string())
+    }
+}

@@ -1,0 +1,24 @@
+//! Retrieval: turning text into vectors, storing chunks in a dense (Qdrant Edge) and a keyword
+//! (tantivy BM25) index, and fusing what both find.
+//!
+//! Each concern is one small async trait ([`Embedder`], [`DenseStore`], [`KeywordStore`]) with its
+//! implementations beside it; the gateway picks implementations from its config.
+
+mod blocking;
+mod chunk;
+mod dense;
+mod embed;
+mod error;
+mod filter;
+mod fusion;
+mod keyword;
+mod types;
+
+pub use chunk::{chunk_document, ChunkingOptions};
+pub use dense::{DenseStore, EdgeDenseStore};
+pub use embed::{BertEmbedder, BertEmbedderOptions, Embedder, Embeddings};
+pub use error::RetrievalError;
+pub use filter::{FilterValue, MetadataFilter};
+pub use fusion::reciprocal_rank_fusion;
+pub use keyword::{KeywordStore, TantivyKeywordStore};
+pub use types::{Chunk, EmbeddedChunk, ScoredChunk};

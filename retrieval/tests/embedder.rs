@@ -1,0 +1,61 @@
+//! The candle embedder reproduces sentence-transformers' all-MiniLM-L6-v2 vectors
+//! (fixture: scripts/fixtures/make_embedding_reference.py).
+
+use std::path::{Path, PathBuf};
+
+use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, Embedder};
+
+fn model_dir() -> PathBuf {
+    let models = std::env::var_os("RAGWAY_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/ragway/models")))
+        .unwrap_or_default();
+    let dir = models.join("all-minilm-l6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/fetch-models.sh (or set RAGWAY_MODELS)",
+        dir.display()
+    );
+    dir
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    text: String,
+    vector: Vec<f32>,
+}
+
+#[tokio::test]
+async fn vectors_match_sentence_transformers() -> Result<(), Box<dyn std::error::Error>> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
+    let references: Vec<Reference> = serde_json::from_slice(&std::fs::read(fixture)?)?;
+    // A batch of 2 forces the length-sorted batching and padding paths.
+    let options = BertEmbedderOptions {
+        max_batch: 2,
+        ..Default::default()
+    };
+    let embedder = BertEmbedder::load(&model_dir(), "all-minilm-l6-v2", options)?;
+    assert_eq!(embedder.dimension(), 384);
+    let texts: Vec<String> = references.iter().map(|r| r.text.clone()).collect();
+    let embeddings = embedder.embed(texts).await?;
+    assert_eq!(embeddings.vectors.len(), references.len());
+    // The long text is truncated at 256 tokens, so the count is bounded by it.
+    assert!(embeddings.tokens > 256 && embeddings.tokens <= 256 + 2 * 40, "{}", embeddings.tokens);
+    for (got, reference) in embeddings.vectors.iter().zip(&references) {
+        let max_diff = got
+            .iter()
+            .zip(&reference.vector)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max_diff < 1e-4, "{:.40}: max difference {max_diff}", reference.text);
+    }
+    // One at a time gives the same vector as inside a padded batch.
+    let single = embedder.embed(vec![references[1].text.clone()]).await?;
+    let diff = single.vectors[0]
+        .iter()
+        .zip(&embeddings.vectors[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-5, "{diff}");
+    Ok(())
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# From a fresh clone: fetch the models, build ragway, serve it on 127.0.0.1:8080 (RAGWAY_LISTEN to
+# change), load this project's own docs as the collection `ragway-docs`, and print a curl to try.
+# Extra arguments go to the ragway binary (e.g. --config my.toml). Ctrl-C stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "cargo is needed: install Rust from https://rustup.rs" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 (with pip) is needed to fetch the models: apt-get install -y python3-pip" >&2; exit 1; }
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}"
+
+scripts/fetch-models.sh
+echo "building ragway (release; the first build takes several minutes)"
+cargo build --release --quiet -p ragway-gateway --bin ragway
+
+listen="${RAGWAY_LISTEN:-127.0.0.1:8080}"
+"$CARGO_TARGET_DIR/release/ragway" --listen "$listen" "$@" &
+server=$!
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' EXIT INT TERM
+
+python3 scripts/load-sample.py "http://$listen" "$server"
+
+cat <<MSG
+
+ragway is serving on http://$listen  (API docs: http://$listen/docs)
+Ask it about itself:
+
+  curl -s http://$listen/v1/collections/ragway-docs/query \\
+    -H 'content-type: application/json' \\
+    -d '{"query": "When does ragway answer in keyword_only mode?"}'
+
+MSG
+wait "$server"

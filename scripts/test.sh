@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every check and test from a fresh clone: fetches the models, then formatting, clippy, and
+# the unit, integration and end-to-end tests (which start the real binary) in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "cargo is needed: install Rust from https://rustup.rs" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 (with pip) is needed to fetch the models: apt-get install -y python3-pip" >&2; exit 1; }
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}"
+
+scripts/fetch-models.sh
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+# The end-to-end tests start the real binary; build it before they run.
+cargo build --release -p ragway-gateway --bin ragway
+cargo test --release --workspace

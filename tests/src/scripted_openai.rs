@@ -1,0 +1,101 @@
+//! A scripted stand-in for an OpenAI-compatible chat server, named as such: it answers
+//! `/v1/chat/completions` the way its [`Script`] says, so that tests can make a remote LLM backend
+//! fail on cue. It is used only for failure shapes no real server here can be made to produce.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// Answer with this text.
+    Answer(String),
+    /// Fail with this HTTP status.
+    Status(u16),
+}
+
+#[derive(Clone)]
+struct Shared {
+    script: Arc<Mutex<Script>>,
+    calls: Arc<AtomicUsize>,
+    last_request: Arc<Mutex<Option<Value>>>,
+}
+
+pub struct ScriptedOpenAi {
+    pub base_url: String,
+    shared: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedOpenAi {
+    pub async fn start(script: Script) -> anyhow::Result<Self> {
+        let shared = Shared {
+            script: Arc::new(Mutex::new(script)),
+            calls: Arc::new(AtomicUsize::new(0)),
+            last_request: Arc::new(Mutex::new(None)),
+        };
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}/v1", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { base_url, shared, task })
+    }
+
+    pub fn set(&self, script: Script) {
+        if let Ok(mut s) = self.shared.script.lock() {
+            *s = script;
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// The last request body the server received.
+    pub fn last_request(&self) -> Option<Value> {
+        self.shared.last_request.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+impl Drop for ScriptedOpenAi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Response {
+    shared.calls.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut last) = shared.last_request.lock() {
+        *last = Some(request.clone());
+    }
+    let script = shared.script.lock().map(|s| s.clone()).unwrap_or(Script::Status(500));
+    match script {
+        Script::Answer(text) => Json(json!({
+            "id": "chatcmpl-scripted",
+            "object": "chat.completion",
+            "created": 0,
+            "model": request.get("model").cloned().unwrap_or(Value::Null),
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop"
+            }],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+        }))
+        .into_response(),
+        Script::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, Json(json!({"error": {"message": "scripted failure", "type": "server_error"}}))).into_response()
+        }
+    }
+}

@@ -1,0 +1,175 @@
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::Reply;
+
+/// The model cache the set-up scripts fill (scripts/fetch-models.sh).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("RAGWAY_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/ragway/models")))
+        .unwrap_or_else(|| PathBuf::from("models"))
+}
+
+/// The `ragway` binary of the same build profile as the running test.
+fn binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/ragway
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target directory")?;
+    let bin = profile_dir.join("ragway");
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: build it first with `cargo build --release -p ragway-gateway` (scripts/test.sh does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Extra TOML appended to the test config.
+    pub config_toml: String,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts ragway on `data_dir` and waits until it listens.
+    pub async fn start(data_dir: &Path, options: &ServerOptions) -> anyhow::Result<Self> {
+        let models = models_dir();
+        for needed in ["all-minilm-l6-v2/model.safetensors", "smollm2-135m-instruct"] {
+            if !models.join(needed).exists() {
+                bail!(
+                    "model {} is missing: run scripts/fetch-models.sh (or set RAGWAY_MODELS)",
+                    models.join(needed).display()
+                );
+            }
+        }
+        let config_path = data_dir.join("test-config.toml");
+        std::fs::create_dir_all(data_dir)?;
+        // Short answers keep the tests quick; everything else is the shipped default.
+        let config = format!("[generation]\nmax_tokens = 40\n\n{}", options.config_toml);
+        std::fs::write(&config_path, config)?;
+        let mut child = Command::new(binary()?)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RAGWAY_MODELS", &models)
+            .env("RUST_LOG", "info")
+            .envs(options.env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (address_tx, address_rx) = mpsc::channel();
+        // Echo the server's log into the test output, and report the address it listens on.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[ragway] {line}");
+                if let Some(rest) = line.split("address=").nth(1) {
+                    let address = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = address_tx.send(address);
+                }
+            }
+        });
+        let address = tokio::task::spawn_blocking(move || address_rx.recv_timeout(Duration::from_secs(180)))
+            .await?
+            .context("ragway did not report its address within 180 s (see its log above)")?;
+        Ok(Self {
+            child,
+            base: format!("http://{address}"),
+            data_dir: data_dir.to_path_buf(),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        reply(self.http.get(self.url(path)).send().await?).await
+    }
+
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self.http.get(self.url(path)).send().await?.text().await?)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
+        reply(self.http.post(self.url(path)).json(body).send().await?).await
+    }
+
+    /// Posts raw bytes as JSON, for malformed-input tests.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> anyhow::Result<Reply> {
+        let request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        reply(request.send().await?).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
+        reply(self.http.delete(self.url(path)).send().await?).await
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let exit = self.child.wait()?;
+        if !exit.success() {
+            bail!("ragway exited with {exit} after SIGTERM");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn reply(response: reqwest::Response) -> anyhow::Result<Reply> {
+    let status = response.status().as_u16();
+    let mode_header = response
+        .headers()
+        .get("x-ragway-mode")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = response.bytes().await?;
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).with_context(|| format!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)))?
+    };
+    Ok(Reply {
+        status,
+        mode_header,
+        body,
+    })
+}
