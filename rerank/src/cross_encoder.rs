@@ -104,17 +104,8 @@ impl SequenceClassifier {
             std::fs::read(dir.join(name))
                 .map_err(|e| RerankError::Model(format!("cannot read {}: {e}", dir.join(name).display())))
         };
-        let config_json: serde_json::Value = serde_json::from_slice(&read("config.json")?)
+        let config: Config = serde_json::from_slice(&read("config.json")?)
             .map_err(|e| RerankError::Model(format!("bad config.json: {e}")))?;
-        let config: Config = serde_json::from_value(config_json.clone())
-            .map_err(|e| RerankError::Model(format!("bad config.json: {e}")))?;
-        // Hugging Face stores the label count as `id2label`; `num_labels` is not always written.
-        let num_labels = config_json
-            .get("id2label")
-            .and_then(|m| m.as_object())
-            .map(|m| m.len())
-            .or_else(|| config_json.get("num_labels").and_then(|n| n.as_u64()).map(|n| n as usize))
-            .unwrap_or(1);
         let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
             .map_err(|e| RerankError::Model(format!("bad tokenizer.json: {e}")))?;
         let padding = PaddingParams {
@@ -129,7 +120,14 @@ impl SequenceClassifier {
             }))
             .map_err(|e| RerankError::Model(format!("bad truncation: {e}")))?;
         // In memory rather than mmap: candle's mmap constructor is `unsafe`, which the workspace forbids.
-        let vb = VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, &options.device)?;
+        let tensors = candle_core::safetensors::load_buffer(&read("model.safetensors")?, &options.device)?;
+        // The classifier's shape is the label count; config files do not always state it
+        // (transformers omits the default of two).
+        let num_labels = tensors
+            .get("classifier.weight")
+            .ok_or_else(|| RerankError::Model("model.safetensors has no classifier.weight: not a sequence classifier".into()))?
+            .dim(0)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &options.device);
         let bert = BertModel::load(vb.pp("bert"), &config)?;
         let pooler = linear(config.hidden_size, config.hidden_size, vb.pp("bert.pooler.dense"))?;
         let classifier = linear(config.hidden_size, num_labels, vb.pp("classifier"))?;

@@ -97,12 +97,20 @@ mod tests {
             chunk_words: 10,
             overlap_words: 3,
         };
-        let chunks = chunk_document("doc", &words(25), &Map::new(), opts);
-        // starts at 0, 7, 14 (ends at 24 = last word)
+        // Windows start every 7 words: 0, 7, 14; the third reaches the last word (w23).
+        let chunks = chunk_document("doc", &words(24), &Map::new(), opts);
         assert_eq!(chunks.len(), 3);
         assert!(chunks[0].text.starts_with("w0 ") && chunks[0].text.ends_with(" w9"));
         assert!(chunks[1].text.starts_with("w7 ") && chunks[1].text.ends_with(" w16"));
-        assert!(chunks[2].text.starts_with("w14 ") && chunks[2].text.ends_with(" w24"));
+        assert!(chunks[2].text.starts_with("w14 ") && chunks[2].text.ends_with(" w23"));
+        // One word more needs a fourth window.
+        let chunks = chunk_document("doc", &words(25), &Map::new(), opts);
+        assert_eq!(chunks.len(), 4);
+        assert!(chunks[3].text.starts_with("w21 ") && chunks[3].text.ends_with(" w24"));
+        for i in 0..25 {
+            let word = format!("w{i}");
+            assert!(chunks.iter().any(|c| c.text.split(' ').any(|w| w == word)), "{word} lost");
+        }
     }
 
     #[test]

@@ -81,14 +81,14 @@ mod tests {
         path
     }
 
-    fn tokenizer() -> Result<Tokenizer, Box<dyn std::error::Error>> {
+    fn tokenizer() -> Result<Tokenizer, Box<dyn std::error::Error + Send + Sync>> {
         let mut file = std::fs::File::open(gguf())?;
         let content = Content::read(&mut file)?;
         Ok(tokenizer_from_gguf(&content)?)
     }
 
     #[test]
-    fn chatml_markers_are_single_special_tokens() -> Result<(), Box<dyn std::error::Error>> {
+    fn chatml_markers_are_single_special_tokens() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let tokenizer = tokenizer()?;
         let ids = tokenizer.encode("<|im_start|>user\nHi<|im_end|>", false)?.get_ids().to_vec();
         assert_eq!(ids.first(), Some(&1), "{ids:?}");
@@ -100,7 +100,7 @@ mod tests {
     }
 
     #[test]
-    fn text_round_trips_and_digits_split_one_by_one() -> Result<(), Box<dyn std::error::Error>> {
+    fn text_round_trips_and_digits_split_one_by_one() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let tokenizer = tokenizer()?;
         for text in ["Hello, world!", "  two  spaces\nand a newline", "café — naïve ✓", "x = 12345;"] {
             let ids = tokenizer.encode(text, false)?.get_ids().to_vec();
