@@ -26,7 +26,10 @@ mod tests {
 
     #[test]
     fn parts_are_delimited_and_layers_separate() {
-        assert_ne!(CacheKey::new("l2", &[b"ab", b"c"]), CacheKey::new("l2", &[b"a", b"bc"]));
+        assert_ne!(
+            CacheKey::new("l2", &[b"ab", b"c"]),
+            CacheKey::new("l2", &[b"a", b"bc"])
+        );
         assert_ne!(CacheKey::new("l1", &[b"x"]), CacheKey::new("l2", &[b"x"]));
         assert_eq!(CacheKey::new("l2", &[b"x"]), CacheKey::new("l2", &[b"x"]));
         assert_eq!(CacheKey::new("l2", &[b"x"]).hex().len(), 64);

@@ -11,7 +11,10 @@ pub struct LocalCache<V: Clone + Send + Sync + 'static> {
 impl<V: Clone + Send + Sync + 'static> LocalCache<V> {
     pub fn new(max_entries: u64, ttl: Duration) -> Self {
         Self {
-            entries: moka::future::Cache::builder().max_capacity(max_entries).time_to_live(ttl).build(),
+            entries: moka::future::Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl)
+                .build(),
         }
     }
 

@@ -47,8 +47,11 @@ impl AppState {
             device: device.clone(),
             ..Default::default()
         };
-        let embedder: Arc<dyn Embedder> =
-            Arc::new(BertEmbedder::load(&embedder_dir, &model_id(&config.models.embedder), embedder_options)?);
+        let embedder: Arc<dyn Embedder> = Arc::new(BertEmbedder::load(
+            &embedder_dir,
+            &model_id(&config.models.embedder),
+            embedder_options,
+        )?);
         tracing::info!(dir = %embedder_dir.display(), seconds = started.elapsed().as_secs_f32(), "embedder loaded");
 
         let reranker: Option<Arc<dyn Reranker>> = if config.models.reranker.is_empty() {
@@ -59,7 +62,11 @@ impl AppState {
                 device: device.clone(),
                 ..Default::default()
             };
-            Some(Arc::new(CrossEncoder::load(&dir, &model_id(&config.models.reranker), options)?))
+            Some(Arc::new(CrossEncoder::load(
+                &dir,
+                &model_id(&config.models.reranker),
+                options,
+            )?))
         };
 
         let mut llms: Vec<Arc<dyn Generator>> = Vec::new();
@@ -98,8 +105,13 @@ impl AppState {
         let data = &config.server.data_dir;
         let dense = Arc::new(EdgeDenseStore::new(&data.join("dense"), embedder.dimension()));
         let keyword = Arc::new(TantivyKeywordStore::new(&data.join("keyword")));
-        let collections =
-            Collections::open(&data.join("collections"), embedder.clone(), dense.clone(), keyword.clone()).await?;
+        let collections = Collections::open(
+            &data.join("collections"),
+            embedder.clone(),
+            dense.clone(),
+            keyword.clone(),
+        )
+        .await?;
 
         let pipeline = Pipeline {
             embedder,
@@ -128,10 +140,19 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
     let api = Router::new()
-        .route("/v1/collections", post(collections::create).get(collections::list))
-        .route("/v1/collections/{name}", get(collections::get).delete(collections::delete))
+        .route(
+            "/v1/collections",
+            post(collections::create).get(collections::list),
+        )
+        .route(
+            "/v1/collections/{name}",
+            get(collections::get).delete(collections::delete),
+        )
         .route("/v1/collections/{name}/documents", post(collections::ingest))
-        .route("/v1/collections/{name}/documents/{id}", delete(collections::delete_document))
+        .route(
+            "/v1/collections/{name}/documents/{id}",
+            delete(collections::delete_document),
+        )
         .route("/v1/collections/{name}/search", post(answers::search))
         .route("/v1/collections/{name}/query", post(answers::query))
         .route("/v1/embeddings", post(embeddings::embeddings))

@@ -149,7 +149,11 @@ impl Collections {
 
     /// Indexes new and changed documents; documents whose id and content hash are already indexed
     /// are left alone.
-    pub async fn ingest(&self, name: &str, documents: Vec<DocumentInput>) -> Result<IngestResponse, ApiError> {
+    pub async fn ingest(
+        &self,
+        name: &str,
+        documents: Vec<DocumentInput>,
+    ) -> Result<IngestResponse, ApiError> {
         let collection = self.get(name)?;
         let mut manifest = collection.manifest.lock().await;
         let chunking = ChunkingOptions {
@@ -161,7 +165,11 @@ impl Collections {
         for doc in documents {
             let metadata = doc.metadata.unwrap_or_default();
             let hash = content_hash(&doc.text, &metadata);
-            if manifest.documents.get(&doc.id).is_some_and(|d| d.content_hash == hash) {
+            if manifest
+                .documents
+                .get(&doc.id)
+                .is_some_and(|d| d.content_hash == hash)
+            {
                 unchanged += 1;
                 continue;
             }

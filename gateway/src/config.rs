@@ -235,7 +235,7 @@ impl Config {
                 r.chunk_overlap_words, r.chunk_words
             ));
         }
-        if !(r.rrf_k > 0.0) {
+        if r.rrf_k.is_nan() || r.rrf_k <= 0.0 {
             problems.push("retrieval.rrf_k must be positive (60 is the usual value)".to_string());
         }
         if r.max_top_k == 0 || r.default_top_k == 0 || r.default_top_k > r.max_top_k {
@@ -255,21 +255,39 @@ impl Config {
             problems.push("generation.temperature must be between 0 and 2".to_string());
         }
         if g.default_passages == 0 || g.default_passages > r.max_top_k {
-            problems.push("generation.default_passages must be between 1 and retrieval.max_top_k".to_string());
+            problems
+                .push("generation.default_passages must be between 1 and retrieval.max_top_k".to_string());
         }
         if self.llm.is_empty() {
             problems.push("llm: configure at least one backend ([[llm]] with name and kind)".to_string());
         }
         for (i, backend) in self.llm.iter().enumerate() {
-            if backend.name.is_empty() || !backend.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                problems.push(format!("llm[{i}].name = {:?}: use letters, digits, - and _", backend.name));
+            if backend.name.is_empty()
+                || !backend
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problems.push(format!(
+                    "llm[{i}].name = {:?}: use letters, digits, - and _",
+                    backend.name
+                ));
             }
             if self.llm[..i].iter().any(|b| b.name == backend.name) {
-                problems.push(format!("llm[{i}].name = {:?} is used twice: names must be unique", backend.name));
+                problems.push(format!(
+                    "llm[{i}].name = {:?} is used twice: names must be unique",
+                    backend.name
+                ));
             }
-            if let LlmBackendKind::Openai { api_key_env: Some(var), .. } = &backend.kind {
+            if let LlmBackendKind::Openai {
+                api_key_env: Some(var),
+                ..
+            } = &backend.kind
+            {
                 if std::env::var_os(var).is_none() {
-                    problems.push(format!("llm[{i}].api_key_env names {var}, which is not set: export it"));
+                    problems.push(format!(
+                        "llm[{i}].api_key_env names {var}, which is not set: export it"
+                    ));
                 }
             }
         }
@@ -282,6 +300,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's Jail closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -316,7 +336,10 @@ mod tests {
             jail.create_file("bad.toml", "[retrieval]\nchunk_wrds = 5\n")?;
             let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).err();
             assert!(err.is_some_and(|e| e.contains("chunk_wrds")));
-            jail.create_file("bad2.toml", "[retrieval]\nchunk_words = 10\nchunk_overlap_words = 10\n")?;
+            jail.create_file(
+                "bad2.toml",
+                "[retrieval]\nchunk_words = 10\nchunk_overlap_words = 10\n",
+            )?;
             let err = Config::load(Some(Path::new("bad2.toml")), &Overrides::default()).err();
             assert!(err.is_some_and(|e| e.contains("retrieval.chunk_overlap_words")));
             Ok(())
@@ -330,11 +353,24 @@ mod tests {
                 "llm.toml",
                 "[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"/m.gguf\"\n",
             )?;
-            let config = Config::load(Some(Path::new("llm.toml")), &Overrides::default()).map_err(|e| e.to_string())?;
+            let config = Config::load(Some(Path::new("llm.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
             assert_eq!(config.llm.len(), 2);
-            assert!(matches!(&config.llm[0].kind, LlmBackendKind::Openai { timeout_ms: 30_000, .. }));
-            assert!(matches!(&config.llm[1].kind, LlmBackendKind::Local { dequantize: true, .. }));
-            jail.create_file("llm2.toml", "[[llm]]\nname = \"l\"\nkind = \"local\"\nmodel = \"m\"\nmodle = 1\n")?;
+            assert!(matches!(
+                &config.llm[0].kind,
+                LlmBackendKind::Openai {
+                    timeout_ms: 30_000,
+                    ..
+                }
+            ));
+            assert!(matches!(
+                &config.llm[1].kind,
+                LlmBackendKind::Local { dequantize: true, .. }
+            ));
+            jail.create_file(
+                "llm2.toml",
+                "[[llm]]\nname = \"l\"\nkind = \"local\"\nmodel = \"m\"\nmodle = 1\n",
+            )?;
             let err = Config::load(Some(Path::new("llm2.toml")), &Overrides::default()).err();
             assert!(err.is_some_and(|e| e.contains("modle")));
             Ok(())

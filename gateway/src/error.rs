@@ -88,7 +88,9 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonDataError(e) => Self::invalid("invalid_body", e.body_text()),
             JsonRejection::JsonSyntaxError(e) => Self::invalid("malformed_json", e.body_text()),
             JsonRejection::MissingJsonContentType(e) => Self::invalid("missing_content_type", e.body_text()),
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::BodyTooLarge,
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::BodyTooLarge
+            }
             other => Self::invalid("invalid_body", other.body_text()),
         }
     }

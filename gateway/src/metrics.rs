@@ -11,13 +11,29 @@ const STAGE_BUCKETS: &[f64] = &[
 /// Installs the process-wide recorder. Returns the handle `/metrics` renders from.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("ragway_stage_duration_seconds".into()), STAGE_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("ragway_stage_duration_seconds".into()),
+            STAGE_BUCKETS,
+        )?
         .install_recorder()?;
-    describe_counter!("ragway_requests_total", "HTTP requests by route template and status code");
-    describe_histogram!("ragway_stage_duration_seconds", Unit::Seconds, "Time spent per pipeline stage");
+    describe_counter!(
+        "ragway_requests_total",
+        "HTTP requests by route template and status code"
+    );
+    describe_histogram!(
+        "ragway_stage_duration_seconds",
+        Unit::Seconds,
+        "Time spent per pipeline stage"
+    );
     describe_counter!("ragway_answers_total", "Search and query answers by mode");
-    describe_counter!("ragway_cache_requests_total", "Cache lookups by layer and result (hit, miss)");
-    describe_counter!("ragway_llm_tokens_total", "LLM tokens by backend and kind (prompt, completion)");
+    describe_counter!(
+        "ragway_cache_requests_total",
+        "Cache lookups by layer and result (hit, miss)"
+    );
+    describe_counter!(
+        "ragway_llm_tokens_total",
+        "LLM tokens by backend and kind (prompt, completion)"
+    );
     // Every mode is exported from the start, so a dashboard can tell zero from missing.
     for mode in ragway_openapi::Mode::ALL {
         metrics::counter!("ragway_answers_total", "mode" => mode.as_str()).increment(0);

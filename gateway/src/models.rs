@@ -48,13 +48,21 @@ pub async fn gguf_file(spec: &str, cache_dir: &Path) -> anyhow::Result<PathBuf> 
         return Ok(path);
     }
     let ggufs: Vec<PathBuf> = std::fs::read_dir(&path)
-        .with_context(|| format!("LLM model {} is neither a file nor a directory; run scripts/fetch-models.sh", path.display()))?
+        .with_context(|| {
+            format!(
+                "LLM model {} is neither a file nor a directory; run scripts/fetch-models.sh",
+                path.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
         .collect();
     match ggufs.as_slice() {
         [one] => Ok(one.clone()),
-        [] => bail!("{} holds no .gguf file; run scripts/fetch-models.sh", path.display()),
+        [] => bail!(
+            "{} holds no .gguf file; run scripts/fetch-models.sh",
+            path.display()
+        ),
         _ => bail!("{} holds several .gguf files; name one", path.display()),
     }
 }
@@ -68,8 +76,15 @@ async fn hf_download(repo: &str, file: &str, target: &Path) -> anyhow::Result<()
     let response = reqwest::get(&url)
         .await
         .and_then(|r| r.error_for_status())
-        .with_context(|| format!("cannot download {url}: is the Hugging Face Hub reachable? Or give a local model directory"))?;
-    let bytes = response.bytes().await.with_context(|| format!("download of {url} broke off"))?;
+        .with_context(|| {
+            format!(
+                "cannot download {url}: is the Hugging Face Hub reachable? Or give a local model directory"
+            )
+        })?;
+    let bytes = response
+        .bytes()
+        .await
+        .with_context(|| format!("download of {url} broke off"))?;
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -9,7 +9,9 @@ use ragway_cache::{CacheKey, LocalCache};
 use ragway_llm::{cited_passages, rag_messages, Generation, GenerationRequest, Generator, Passage};
 use ragway_openapi::{DegradationReason, StageStatus, TokenUsage};
 use ragway_rerank::Reranker;
-use ragway_retrieval::{reciprocal_rank_fusion, DenseStore, Embedder, KeywordStore, MetadataFilter, ScoredChunk};
+use ragway_retrieval::{
+    reciprocal_rank_fusion, DenseStore, Embedder, KeywordStore, MetadataFilter, ScoredChunk,
+};
 
 use crate::report::{Authorship, Report};
 
@@ -50,8 +52,14 @@ pub struct Answer {
 
 impl Pipeline {
     /// Hybrid retrieval and reranking: the `top_k` best chunks.
-    pub async fn retrieve(&self, collection: &str, query: &str, filter: MetadataFilter, top_k: usize) -> Retrieved {
-        let mut report = Report::new();
+    pub async fn retrieve(
+        &self,
+        collection: &str,
+        query: &str,
+        filter: MetadataFilter,
+        top_k: usize,
+    ) -> Retrieved {
+        let mut report = Report::default();
         let started = Instant::now();
         // Each branch reports on its own stages; join! needs them to borrow nothing mutably.
         let ((dense_hits, dense_report), (keyword_hits, keyword_report)) = tokio::join!(
@@ -61,7 +69,11 @@ impl Pipeline {
         report.merge(dense_report);
         report.merge(keyword_report);
         let lists: Vec<Vec<ScoredChunk>> = [dense_hits, keyword_hits].into_iter().flatten().collect();
-        let fused = reciprocal_rank_fusion(&lists, self.settings.rrf_k, self.settings.rerank_candidates.max(top_k));
+        let fused = reciprocal_rank_fusion(
+            &lists,
+            self.settings.rrf_k,
+            self.settings.rerank_candidates.max(top_k),
+        );
         report.record_time("retrieval", started);
         let hits = self.rerank(query, fused, top_k, &mut report).await;
         Retrieved { hits, report }
@@ -74,9 +86,12 @@ impl Pipeline {
         query: &str,
         filter: MetadataFilter,
     ) -> (Option<Vec<ScoredChunk>>, Report) {
-        let mut report = Report::new();
+        let mut report = Report::default();
         let started = Instant::now();
-        let key = CacheKey::new("l2_embedding", &[self.embedder.model_id().as_bytes(), query.as_bytes()]);
+        let key = CacheKey::new(
+            "l2_embedding",
+            &[self.embedder.model_id().as_bytes(), query.as_bytes()],
+        );
         let vector = match self.query_embeddings.get(&key).await {
             Some(v) => {
                 metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "hit").increment(1);
@@ -84,12 +99,14 @@ impl Pipeline {
             }
             None => {
                 metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "miss").increment(1);
-                self.embedder.embed(vec![query.to_string()]).await.and_then(|mut e| {
-                    e.vectors
-                        .pop()
-                        .map(Arc::new)
-                        .ok_or_else(|| ragway_retrieval::RetrievalError::Model("no vector returned".into()))
-                })
+                self.embedder
+                    .embed(vec![query.to_string()])
+                    .await
+                    .and_then(|mut e| {
+                        e.vectors.pop().map(Arc::new).ok_or_else(|| {
+                            ragway_retrieval::RetrievalError::Model("no vector returned".into())
+                        })
+                    })
             }
         };
         report.record_time("embed", started);
@@ -109,7 +126,12 @@ impl Pipeline {
         let started = Instant::now();
         let hits = self
             .dense
-            .search(collection, vector.as_ref().clone(), filter, self.settings.candidates)
+            .search(
+                collection,
+                vector.as_ref().clone(),
+                filter,
+                self.settings.candidates,
+            )
             .await;
         report.record_time("dense", started);
         match hits {
@@ -132,7 +154,7 @@ impl Pipeline {
         query: &str,
         filter: MetadataFilter,
     ) -> (Option<Vec<ScoredChunk>>, Report) {
-        let mut report = Report::new();
+        let mut report = Report::default();
         let started = Instant::now();
         let hits = self
             .keyword
@@ -154,7 +176,13 @@ impl Pipeline {
     }
 
     /// Reorders fused hits by cross-encoder score; keeps the fused order when the reranker fails.
-    async fn rerank(&self, query: &str, mut fused: Vec<ScoredChunk>, top_k: usize, report: &mut Report) -> Vec<ScoredChunk> {
+    async fn rerank(
+        &self,
+        query: &str,
+        mut fused: Vec<ScoredChunk>,
+        top_k: usize,
+        report: &mut Report,
+    ) -> Vec<ScoredChunk> {
         let Some(reranker) = &self.reranker else {
             report.rerank = StageStatus::NotConfigured;
             fused.truncate(top_k);
@@ -189,7 +217,13 @@ impl Pipeline {
 
     /// Retrieval, then a grounded answer from the first LLM that can give one, or quoted passages
     /// when none can.
-    pub async fn answer(&self, collection: &str, query: &str, filter: MetadataFilter, passages: usize) -> Answer {
+    pub async fn answer(
+        &self,
+        collection: &str,
+        query: &str,
+        filter: MetadataFilter,
+        passages: usize,
+    ) -> Answer {
         let Retrieved { hits, mut report } = self.retrieve(collection, query, filter, passages).await;
         if report.mode() == ragway_openapi::Mode::Error {
             return Answer {

@@ -28,8 +28,8 @@ pub struct Report {
     started: Instant,
 }
 
-impl Report {
-    pub fn new() -> Self {
+impl Default for Report {
+    fn default() -> Self {
         Self {
             embed: StageStatus::Skipped,
             dense: StageStatus::Skipped,
@@ -41,7 +41,9 @@ impl Report {
             started: Instant::now(),
         }
     }
+}
 
+impl Report {
     pub fn degrade(&mut self, stage: impl Into<String>, reason: DegradationReason) {
         self.degraded.push(Degradation {
             stage: stage.into(),
@@ -142,13 +144,14 @@ mod tests {
     use super::*;
 
     fn all_ok() -> Report {
-        let mut r = Report::new();
-        r.embed = StageStatus::Ok;
-        r.dense = StageStatus::Ok;
-        r.keyword = StageStatus::Ok;
-        r.rerank = StageStatus::Ok;
-        r.authorship = Some(Authorship::Primary("local".into()));
-        r
+        Report {
+            embed: StageStatus::Ok,
+            dense: StageStatus::Ok,
+            keyword: StageStatus::Ok,
+            rerank: StageStatus::Ok,
+            authorship: Some(Authorship::Primary("local".into())),
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -11,8 +11,13 @@ const MAX_FILTER_KEYS: usize = 16;
 
 /// 1–64 chars of `[a-z0-9_-]`, starting with a letter or digit: safe as a directory name.
 pub fn collection_name(name: &str) -> Result<(), ApiError> {
-    let valid_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    let valid_start = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let valid_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let valid_start = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if name.is_empty() || name.len() > MAX_NAME_CHARS || !valid_chars || !valid_start {
         return Err(ApiError::invalid(
             "invalid_collection_name",
@@ -28,7 +33,9 @@ pub fn document_id(id: &str) -> Result<(), ApiError> {
     if id.trim().is_empty() || id.chars().count() > MAX_DOC_ID_CHARS || id.chars().any(char::is_control) {
         return Err(ApiError::invalid(
             "invalid_document_id",
-            format!("document id {id:?} is invalid: use 1-{MAX_DOC_ID_CHARS} characters, no control characters"),
+            format!(
+                "document id {id:?} is invalid: use 1-{MAX_DOC_ID_CHARS} characters, no control characters"
+            ),
         ));
     }
     Ok(())
@@ -76,11 +83,15 @@ pub fn filter(filter: Option<&JsonFilter>) -> Result<MetadataFilter, ApiError> {
         .map(|(key, value)| {
             let key_ok = !key.is_empty()
                 && key.len() <= MAX_NAME_CHARS
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !key_ok {
                 return Err(ApiError::invalid(
                     "invalid_filter",
-                    format!("filter key {key:?} is invalid: use 1-{MAX_NAME_CHARS} letters, digits, '-' or '_'"),
+                    format!(
+                        "filter key {key:?} is invalid: use 1-{MAX_NAME_CHARS} letters, digits, '-' or '_'"
+                    ),
                 ));
             }
             let value = FilterValue::from_json(value).ok_or_else(|| {

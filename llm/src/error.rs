@@ -4,7 +4,9 @@ use thiserror::Error;
 pub enum LlmError {
     #[error("local model error: {0}")]
     Model(String),
-    #[error("prompt of {prompt} tokens leaves no room for {max_tokens} new tokens in a {context}-token context")]
+    #[error(
+        "prompt of {prompt} tokens leaves no room for {max_tokens} new tokens in a {context}-token context"
+    )]
     PromptTooLong {
         prompt: usize,
         max_tokens: usize,

@@ -19,7 +19,10 @@ pub fn rag_messages(question: &str, passages: &[Passage<'_>]) -> Vec<ChatMessage
     }
     vec![
         ChatMessage::new(Role::System, SYSTEM),
-        ChatMessage::new(Role::User, format!("Passages:\n\n{context}Question: {}", question.trim())),
+        ChatMessage::new(
+            Role::User,
+            format!("Passages:\n\n{context}Question: {}", question.trim()),
+        ),
     ]
 }
 
@@ -51,17 +54,29 @@ mod tests {
     #[test]
     fn passages_are_numbered_in_order() {
         let passages = [
-            Passage { doc_id: "a", text: "alpha" },
-            Passage { doc_id: "b", text: " beta " },
+            Passage {
+                doc_id: "a",
+                text: "alpha",
+            },
+            Passage {
+                doc_id: "b",
+                text: " beta ",
+            },
         ];
         let messages = rag_messages("why?", &passages);
         assert_eq!(messages[0].role, Role::System);
-        assert_eq!(messages[1].content, "Passages:\n\n[1] (from a) alpha\n\n[2] (from b) beta\n\nQuestion: why?");
+        assert_eq!(
+            messages[1].content,
+            "Passages:\n\n[1] (from a) alpha\n\n[2] (from b) beta\n\nQuestion: why?"
+        );
     }
 
     #[test]
     fn citations_are_parsed_once_and_bounded() {
-        assert_eq!(cited_passages("Yes [2]. Also [1, 2] and [7] and [x] [3]", 3), vec![2, 1, 3]);
+        assert_eq!(
+            cited_passages("Yes [2]. Also [1, 2] and [7] and [x] [3]", 3),
+            vec![2, 1, 3]
+        );
         assert!(cited_passages("no markers", 3).is_empty());
         assert!(cited_passages("broken [1", 3).is_empty());
     }

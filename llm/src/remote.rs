@@ -66,7 +66,8 @@ impl Generator for OpenAiBackend {
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError> {
-        let messages: Vec<ChatCompletionRequestMessage> = request.messages.into_iter().map(to_openai).collect();
+        let messages: Vec<ChatCompletionRequestMessage> =
+            request.messages.into_iter().map(to_openai).collect();
         let body = CreateChatCompletionRequestArgs::default()
             .model(&self.model)
             .messages(messages)
@@ -74,7 +75,12 @@ impl Generator for OpenAiBackend {
             .temperature(request.temperature as f32)
             .build()
             .map_err(|e| self.remote_error(e))?;
-        let response = self.client.chat().create(body).await.map_err(|e| self.remote_error(e))?;
+        let response = self
+            .client
+            .chat()
+            .create(body)
+            .await
+            .map_err(|e| self.remote_error(e))?;
         let text = response
             .choices
             .into_iter()

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use ragway_llm::{rag_messages, ChatMessage, GenerationRequest, Generator, LocalLlm, LocalLlmOptions, Passage, Role};
+use ragway_llm::{
+    rag_messages, ChatMessage, GenerationRequest, Generator, LocalLlm, LocalLlmOptions, Passage, Role,
+};
 
 fn gguf() -> PathBuf {
     let models = std::env::var_os("RAGWAY_MODELS")
@@ -10,7 +12,11 @@ fn gguf() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/ragway/models")))
         .unwrap_or_default();
     let path = models.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.is_file(), "{} is missing: run scripts/fetch-models.sh", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-models.sh",
+        path.display()
+    );
     path
 }
 
@@ -33,7 +39,11 @@ async fn both_weight_paths_answer_and_stop_at_end_of_turn() -> Result<(), Box<dy
         assert_eq!(llm.name(), "local");
         assert_eq!(llm.model(), "SmolLM2-135M-Instruct.Q4_1");
         let answer = llm.generate(question(48)).await?;
-        assert!(answer.text.contains("Paris"), "dequantize={dequantize}: {:?}", answer.text);
+        assert!(
+            answer.text.contains("Paris"),
+            "dequantize={dequantize}: {:?}",
+            answer.text
+        );
         assert!(answer.prompt_tokens > 5);
         assert!(
             answer.completion_tokens > 0 && answer.completion_tokens < 48,
@@ -45,7 +55,8 @@ async fn both_weight_paths_answer_and_stop_at_end_of_turn() -> Result<(), Box<dy
 }
 
 #[tokio::test]
-async fn grounded_prompt_is_answered_from_the_passage_and_max_tokens_is_respected() -> Result<(), Box<dyn std::error::Error>> {
+async fn grounded_prompt_is_answered_from_the_passage_and_max_tokens_is_respected(
+) -> Result<(), Box<dyn std::error::Error>> {
     let llm = LocalLlm::load(&gguf(), "local", LocalLlmOptions::default())?;
     let passages = [Passage {
         doc_id: "zorblat",

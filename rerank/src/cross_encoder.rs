@@ -55,7 +55,9 @@ impl CrossEncoder {
             .name("reranker".into())
             .spawn(move || {
                 while let Ok(job) = queue.recv() {
-                    let result = job.span.in_scope(|| model.score(&job.query, &job.passages, max_batch));
+                    let result = job
+                        .span
+                        .in_scope(|| model.score(&job.query, &job.passages, max_batch));
                     let _ = job.reply.send(result);
                 }
             })
@@ -125,7 +127,11 @@ impl SequenceClassifier {
         // (transformers omits the default of two).
         let num_labels = tensors
             .get("classifier.weight")
-            .ok_or_else(|| RerankError::Model("model.safetensors has no classifier.weight: not a sequence classifier".into()))?
+            .ok_or_else(|| {
+                RerankError::Model(
+                    "model.safetensors has no classifier.weight: not a sequence classifier".into(),
+                )
+            })?
             .dim(0)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &options.device);
         let bert = BertModel::load(vb.pp("bert"), &config)?;
@@ -141,12 +147,22 @@ impl SequenceClassifier {
     }
 
     /// Relevance score per passage (the last label's logit), in passage order.
-    pub(crate) fn score(&self, query: &str, passages: &[String], max_batch: usize) -> Result<Vec<f32>, RerankError> {
+    pub(crate) fn score(
+        &self,
+        query: &str,
+        passages: &[String],
+        max_batch: usize,
+    ) -> Result<Vec<f32>, RerankError> {
         let mut scores = Vec::with_capacity(passages.len());
         for batch in passages.chunks(max_batch) {
             let logits = self.logits(query, batch)?;
             let last = logits.dim(D::Minus1)? - 1;
-            scores.extend(logits.narrow(D::Minus1, last, 1)?.squeeze(D::Minus1)?.to_vec1::<f32>()?);
+            scores.extend(
+                logits
+                    .narrow(D::Minus1, last, 1)?
+                    .squeeze(D::Minus1)?
+                    .to_vec1::<f32>()?,
+            );
         }
         Ok(scores)
     }
@@ -172,7 +188,11 @@ impl SequenceClassifier {
     }
 }
 
-fn stack(encodings: &[Encoding], field: fn(&Encoding) -> &[u32], device: &Device) -> Result<Tensor, RerankError> {
+fn stack(
+    encodings: &[Encoding],
+    field: fn(&Encoding) -> &[u32],
+    device: &Device,
+) -> Result<Tensor, RerankError> {
     let rows = encodings
         .iter()
         .map(|e| Tensor::new(field(e), device))
@@ -206,14 +226,23 @@ mod tests {
             serde_json::from_slice(&std::fs::read(fixture().join("expected_logits.json"))?)?;
         let model = SequenceClassifier::load(&fixture(), &CrossEncoderOptions::default())?;
         let mut checked = 0;
-        for query in ["what is the capital of france", "how does ragway answer a question", "unknownword xyz"] {
+        for query in [
+            "what is the capital of france",
+            "how does ragway answer a question",
+            "unknownword xyz",
+        ] {
             let cases: Vec<&Expected> = expected.iter().filter(|e| e.query == query).collect();
             let passages: Vec<String> = cases.iter().map(|e| e.passage.clone()).collect();
             let logits = model.logits(query, &passages)?.to_vec2::<f32>()?;
             for (case, got) in cases.iter().zip(&logits) {
                 assert_eq!(got.len(), case.logits.len());
                 for (g, e) in got.iter().zip(&case.logits) {
-                    assert!((g - e).abs() < 1e-4, "{query} / {}: {got:?} vs {:?}", case.passage, case.logits);
+                    assert!(
+                        (g - e).abs() < 1e-4,
+                        "{query} / {}: {got:?} vs {:?}",
+                        case.passage,
+                        case.logits
+                    );
                 }
                 checked += 1;
             }

@@ -109,7 +109,10 @@ mod tests {
         assert!(chunks[3].text.starts_with("w21 ") && chunks[3].text.ends_with(" w24"));
         for i in 0..25 {
             let word = format!("w{i}");
-            assert!(chunks.iter().any(|c| c.text.split(' ').any(|w| w == word)), "{word} lost");
+            assert!(
+                chunks.iter().any(|c| c.text.split(' ').any(|w| w == word)),
+                "{word} lost"
+            );
         }
     }
 

@@ -6,9 +6,8 @@ use async_trait::async_trait;
 use qdrant_edge::external::uuid::Uuid;
 use qdrant_edge::{
     Condition, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition, Filter,
-    JsonPath, Match, MatchValue, NamedQuery, PointId, PointInsertOperations, PointOperations,
-    PointStruct, QueryEnum, QueryRequest, ScoringQuery, UpdateOperation, ValueVariants,
-    WithPayloadInterface, WithVector,
+    JsonPath, Match, MatchValue, NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct,
+    QueryEnum, QueryRequest, ScoringQuery, UpdateOperation, ValueVariants, WithPayloadInterface, WithVector,
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -78,7 +77,10 @@ impl EdgeShards {
         } else {
             std::fs::create_dir_all(&path).map_err(|e| RetrievalError::Dense(e.to_string()))?;
             let config = EdgeConfigBuilder::new()
-                .vector("", EdgeVectorParamsBuilder::new(self.dimension, Distance::Cosine).build())
+                .vector(
+                    "",
+                    EdgeVectorParamsBuilder::new(self.dimension, Distance::Cosine).build(),
+                )
                 .build();
             EdgeShard::new(&path, config)?
         };
@@ -147,7 +149,9 @@ impl DenseStore for EdgeDenseStore {
                 must: None,
                 must_not: None,
             };
-            shard.update(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter)))?;
+            shard.update(UpdateOperation::PointOperation(
+                PointOperations::DeletePointsByFilter(filter),
+            ))?;
             Ok(())
         })
         .await

@@ -116,7 +116,10 @@ impl KeywordIndexes {
             .map_err(|e| RetrievalError::Keyword(e.to_string()))?;
         let index = Index::open_or_create(dir, schema)?;
         let writer = index.writer_with_num_threads(WRITER_THREADS, WRITER_MEMORY)?;
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
         open.insert(
             collection.to_string(),
             Arc::new(KeywordIndex {
@@ -142,7 +145,10 @@ impl KeywordIndexes {
 
 impl KeywordIndex {
     /// Applies `edit` to the writer, commits, and makes the result visible to searches.
-    fn write(&self, edit: impl FnOnce(&mut IndexWriter, &Fields) -> Result<(), RetrievalError>) -> Result<(), RetrievalError> {
+    fn write(
+        &self,
+        edit: impl FnOnce(&mut IndexWriter, &Fields) -> Result<(), RetrievalError>,
+    ) -> Result<(), RetrievalError> {
         let mut writer = self.writer.lock().map_err(|_| poisoned())?;
         if let Err(e) = edit(&mut writer, &self.fields) {
             writer.rollback()?;
@@ -153,17 +159,28 @@ impl KeywordIndex {
         Ok(())
     }
 
-    fn search(&self, query: &str, filter: &MetadataFilter, limit: usize) -> Result<Vec<ScoredChunk>, RetrievalError> {
+    fn search(
+        &self,
+        query: &str,
+        filter: &MetadataFilter,
+        limit: usize,
+    ) -> Result<Vec<ScoredChunk>, RetrievalError> {
         let Some(text_query) = self.text_query(query)? else {
             return Ok(Vec::new());
         };
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, text_query)];
         for (key, value) in filter {
             let term = Term::from_field_text(self.fields.filter_terms, &value.term(key));
-            clauses.push((Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+            ));
         }
         let searcher = self.reader.searcher();
-        let top = searcher.search(&BooleanQuery::new(clauses), &TopDocs::with_limit(limit).order_by_score())?;
+        let top = searcher.search(
+            &BooleanQuery::new(clauses),
+            &TopDocs::with_limit(limit).order_by_score(),
+        )?;
         top.into_iter()
             .map(|(score, address)| {
                 let doc: TantivyDocument = searcher.doc(address)?;
@@ -191,7 +208,12 @@ impl KeywordIndex {
         }
         let should: Vec<(Occur, Box<dyn Query>)> = terms
             .into_iter()
-            .map(|t| (Occur::Should, Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs)) as Box<dyn Query>))
+            .map(|t| {
+                (
+                    Occur::Should,
+                    Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs)) as Box<dyn Query>,
+                )
+            })
             .collect();
         Ok(Some(Box::new(BooleanQuery::new(should))))
     }
@@ -219,13 +241,19 @@ impl KeywordStore for TantivyKeywordStore {
     async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError> {
         let indexes = self.indexes.clone();
         let collection = collection.to_string();
-        run_blocking(RetrievalError::Keyword, move || indexes.open_blocking(&collection)).await
+        run_blocking(RetrievalError::Keyword, move || {
+            indexes.open_blocking(&collection)
+        })
+        .await
     }
 
     async fn drop_collection(&self, collection: &str) -> Result<(), RetrievalError> {
         let indexes = self.indexes.clone();
         let collection = collection.to_string();
-        run_blocking(RetrievalError::Keyword, move || indexes.drop_blocking(&collection)).await
+        run_blocking(RetrievalError::Keyword, move || {
+            indexes.drop_blocking(&collection)
+        })
+        .await
     }
 
     async fn upsert(&self, collection: &str, chunks: Vec<Chunk>) -> Result<(), RetrievalError> {
@@ -281,7 +309,10 @@ impl KeywordStore for TantivyKeywordStore {
         limit: usize,
     ) -> Result<Vec<ScoredChunk>, RetrievalError> {
         let index = self.indexes.get(collection)?;
-        run_blocking(RetrievalError::Keyword, move || index.search(&query, &filter, limit)).await
+        run_blocking(RetrievalError::Keyword, move || {
+            index.search(&query, &filter, limit)
+        })
+        .await
     }
 }
 

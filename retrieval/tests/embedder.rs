@@ -40,14 +40,22 @@ async fn vectors_match_sentence_transformers() -> Result<(), Box<dyn std::error:
     let embeddings = embedder.embed(texts).await?;
     assert_eq!(embeddings.vectors.len(), references.len());
     // The long text is truncated at 256 tokens, so the count is bounded by it.
-    assert!(embeddings.tokens > 256 && embeddings.tokens <= 256 + 2 * 40, "{}", embeddings.tokens);
+    assert!(
+        embeddings.tokens > 256 && embeddings.tokens <= 256 + 2 * 40,
+        "{}",
+        embeddings.tokens
+    );
     for (got, reference) in embeddings.vectors.iter().zip(&references) {
         let max_diff = got
             .iter()
             .zip(&reference.vector)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        assert!(max_diff < 1e-4, "{:.40}: max difference {max_diff}", reference.text);
+        assert!(
+            max_diff < 1e-4,
+            "{:.40}: max difference {max_diff}",
+            reference.text
+        );
     }
     // One at a time gives the same vector as inside a padded batch.
     let single = embedder.embed(vec![references[1].text.clone()]).await?;

@@ -16,10 +16,30 @@ fn chunk(doc: &str, n: usize, text: &str, metadata: Value) -> Chunk {
 
 fn chunks() -> Vec<Chunk> {
     vec![
-        chunk("rust", 0, "Rust has ownership and borrowing rules", json!({"lang": "en", "year": 2015})),
-        chunk("rust", 1, "Cargo builds Rust crates", json!({"lang": "en", "year": 2015})),
-        chunk("python", 0, "Python uses indentation for blocks", json!({"lang": "en", "year": 1991})),
-        chunk("kaffee", 0, "Kaffee wird aus gerösteten Bohnen gebrüht", json!({"lang": "de", "draft": true})),
+        chunk(
+            "rust",
+            0,
+            "Rust has ownership and borrowing rules",
+            json!({"lang": "en", "year": 2015}),
+        ),
+        chunk(
+            "rust",
+            1,
+            "Cargo builds Rust crates",
+            json!({"lang": "en", "year": 2015}),
+        ),
+        chunk(
+            "python",
+            0,
+            "Python uses indentation for blocks",
+            json!({"lang": "en", "year": 1991}),
+        ),
+        chunk(
+            "kaffee",
+            0,
+            "Kaffee wird aus gerösteten Bohnen gebrüht",
+            json!({"lang": "de", "draft": true}),
+        ),
     ]
 }
 
@@ -39,7 +59,10 @@ async fn dense_store_searches_filters_deletes_and_persists() -> Result<(), Box<d
         let embedded = chunks()
             .into_iter()
             .enumerate()
-            .map(|(i, chunk)| EmbeddedChunk { chunk, vector: axis(i) })
+            .map(|(i, chunk)| EmbeddedChunk {
+                chunk,
+                vector: axis(i),
+            })
             .collect();
         store.upsert("c", embedded).await?;
         let hits = store.search("c", axis(2), vec![], 10).await?;
@@ -49,15 +72,27 @@ async fn dense_store_searches_filters_deletes_and_persists() -> Result<(), Box<d
         assert_eq!(hits[0].chunk.metadata["year"], 1991);
 
         let german = store
-            .search("c", axis(0), vec![("lang".into(), FilterValue::String("de".into()))], 10)
+            .search(
+                "c",
+                axis(0),
+                vec![("lang".into(), FilterValue::String("de".into()))],
+                10,
+            )
             .await?;
         assert_eq!(german.len(), 1);
         assert_eq!(german[0].chunk.doc_id, "kaffee");
         let by_year = store
-            .search("c", axis(3), vec![("year".into(), FilterValue::Integer(2015))], 10)
+            .search(
+                "c",
+                axis(3),
+                vec![("year".into(), FilterValue::Integer(2015))],
+                10,
+            )
             .await?;
         assert_eq!(by_year.len(), 2);
-        let drafts = store.search("c", axis(3), vec![("draft".into(), FilterValue::Bool(true))], 10).await?;
+        let drafts = store
+            .search("c", axis(3), vec![("draft".into(), FilterValue::Bool(true))], 10)
+            .await?;
         assert_eq!(drafts.len(), 1);
 
         store.delete_documents("c", vec!["rust".into()]).await?;
@@ -76,7 +111,8 @@ async fn dense_store_searches_filters_deletes_and_persists() -> Result<(), Box<d
 }
 
 #[tokio::test]
-async fn keyword_store_ranks_with_bm25_filters_deletes_and_persists() -> Result<(), Box<dyn std::error::Error>> {
+async fn keyword_store_ranks_with_bm25_filters_deletes_and_persists() -> Result<(), Box<dyn std::error::Error>>
+{
     let dir = tempfile::tempdir()?;
     {
         let store = TantivyKeywordStore::new(dir.path());
@@ -88,22 +124,43 @@ async fn keyword_store_ranks_with_bm25_filters_deletes_and_persists() -> Result<
         assert_eq!(hits[0].chunk.metadata["lang"], "en");
         assert!(store.search("c", "   ".into(), vec![], 10).await?.is_empty());
         let filtered = store
-            .search("c", "Rust Python".into(), vec![("year".into(), FilterValue::Integer(1991))], 10)
+            .search(
+                "c",
+                "Rust Python".into(),
+                vec![("year".into(), FilterValue::Integer(1991))],
+                10,
+            )
             .await?;
         assert_eq!(filtered.len(), 1);
         assert_eq!(filtered[0].chunk.doc_id, "python");
 
         // Re-upserting a chunk id replaces it instead of duplicating it.
-        store.upsert("c", vec![chunk("python", 0, "Python is named after Monty Python", json!({}))]).await?;
+        store
+            .upsert(
+                "c",
+                vec![chunk(
+                    "python",
+                    0,
+                    "Python is named after Monty Python",
+                    json!({}),
+                )],
+            )
+            .await?;
         let python = store.search("c", "python".into(), vec![], 10).await?;
         assert_eq!(python.len(), 1);
         assert!(python[0].chunk.text.contains("Monty"));
 
         store.delete_documents("c", vec!["rust".into()]).await?;
-        assert!(store.search("c", "rust cargo".into(), vec![], 10).await?.is_empty());
+        assert!(store
+            .search("c", "rust cargo".into(), vec![], 10)
+            .await?
+            .is_empty());
     }
     let store = TantivyKeywordStore::new(dir.path());
     store.open_collection("c").await?;
-    assert_eq!(store.search("c", "kaffee bohnen".into(), vec![], 10).await?.len(), 1);
+    assert_eq!(
+        store.search("c", "kaffee bohnen".into(), vec![], 10).await?.len(),
+        1
+    );
     Ok(())
 }

@@ -4,7 +4,7 @@
 mod scripted_openai;
 mod server;
 
-pub use scripted_openai::{ScriptedOpenAi, Script};
+pub use scripted_openai::{Script, ScriptedOpenAi};
 pub use server::{models_dir, Server, ServerOptions};
 
 use serde_json::Value;

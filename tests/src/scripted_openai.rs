@@ -48,7 +48,11 @@ impl ScriptedOpenAi {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { base_url, shared, task })
+        Ok(Self {
+            base_url,
+            shared,
+            task,
+        })
     }
 
     pub fn set(&self, script: Script) {
@@ -78,7 +82,11 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
     if let Ok(mut last) = shared.last_request.lock() {
         *last = Some(request.clone());
     }
-    let script = shared.script.lock().map(|s| s.clone()).unwrap_or(Script::Status(500));
+    let script = shared
+        .script
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or(Script::Status(500));
     match script {
         Script::Answer(text) => Json(json!({
             "id": "chatcmpl-scripted",
@@ -95,7 +103,11 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
         .into_response(),
         Script::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, Json(json!({"error": {"message": "scripted failure", "type": "server_error"}}))).into_response()
+            (
+                status,
+                Json(json!({"error": {"message": "scripted failure", "type": "server_error"}})),
+            )
+                .into_response()
         }
     }
 }

@@ -135,7 +135,10 @@ impl Server {
 
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }
@@ -165,7 +168,8 @@ async fn reply(response: reqwest::Response) -> anyhow::Result<Reply> {
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).with_context(|| format!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)))?
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)))?
     };
     Ok(Reply {
         status,

@@ -14,8 +14,20 @@ async fn bad_input_gets_a_json_4xx_and_stores_nothing() -> anyhow::Result<()> {
         ..Default::default()
     };
     let server = Server::start(dir.path(), &options).await?;
-    assert_eq!(server.post("/v1/collections", &json!({"name": "facts"})).await?.status, 201);
-    assert_eq!(server.post("/v1/collections/facts/documents", &corpus()).await?.status, 200);
+    assert_eq!(
+        server
+            .post("/v1/collections", &json!({"name": "facts"}))
+            .await?
+            .status,
+        201
+    );
+    assert_eq!(
+        server
+            .post("/v1/collections/facts/documents", &corpus())
+            .await?
+            .status,
+        200
+    );
     let before = server.get("/v1/collections").await?.body;
 
     let search = "/v1/collections/facts/search";
@@ -23,47 +35,196 @@ async fn bad_input_gets_a_json_4xx_and_stores_nothing() -> anyhow::Result<()> {
     let docs = "/v1/collections/facts/documents";
     let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
         ("empty query", search, json!({"query": "   "}), 400, "empty_query"),
-        ("empty query (answer)", query, json!({"query": ""}), 400, "empty_query"),
-        ("oversized query", search, json!({"query": "x".repeat(201)}), 400, "query_too_long"),
-        ("top_k zero", search, json!({"query": "q", "top_k": 0}), 400, "top_k_out_of_range"),
-        ("top_k too large", query, json!({"query": "q", "top_k": 101}), 400, "top_k_out_of_range"),
-        ("top_k negative", search, json!({"query": "q", "top_k": -1}), 400, "invalid_body"),
-        ("unknown field", search, json!({"query": "q", "topk": 3}), 400, "invalid_body"),
-        ("float filter", search, json!({"query": "q", "filter": {"year": 1.5}}), 400, "invalid_filter"),
-        ("nested filter key", search, json!({"query": "q", "filter": {"a.b": "c"}}), 400, "invalid_filter"),
-        ("unknown collection", "/v1/collections/nope/search", json!({"query": "q"}), 404, "collection_not_found"),
-        ("unknown collection ingest", "/v1/collections/nope/documents", corpus(), 404, "collection_not_found"),
-        ("invalid name", "/v1/collections", json!({"name": "Bad Name!"}), 400, "invalid_collection_name"),
-        ("path-like name", "/v1/collections", json!({"name": "../etc"}), 400, "invalid_collection_name"),
-        ("duplicate collection", "/v1/collections", json!({"name": "facts"}), 409, "collection_exists"),
-        ("bad chunking", "/v1/collections", json!({"name": "c2", "chunk_words": 10, "chunk_overlap_words": 10}), 400, "invalid_chunking"),
-        ("no documents", docs, json!({"documents": []}), 400, "invalid_documents"),
-        ("empty document", docs, json!({"documents": [{"id": "new", "text": " "}]}), 400, "empty_document"),
-        ("empty id", docs, json!({"documents": [{"id": "", "text": "t"}]}), 400, "invalid_document_id"),
-        ("duplicate ids", docs, json!({"documents": [{"id": "a", "text": "t"}, {"id": "a", "text": "u"}]}), 400, "duplicate_document_id"),
-        ("metadata not an object", docs, json!({"documents": [{"id": "new", "text": "t", "metadata": [1]}]}), 400, "invalid_body"),
-        ("missing text", docs, json!({"documents": [{"id": "new"}]}), 400, "invalid_body"),
-        ("stream not served", query, json!({"query": "q", "stream": true}), 400, "stream_unsupported"),
-        ("embeddings empty", "/v1/embeddings", json!({"input": []}), 400, "invalid_input"),
+        (
+            "empty query (answer)",
+            query,
+            json!({"query": ""}),
+            400,
+            "empty_query",
+        ),
+        (
+            "oversized query",
+            search,
+            json!({"query": "x".repeat(201)}),
+            400,
+            "query_too_long",
+        ),
+        (
+            "top_k zero",
+            search,
+            json!({"query": "q", "top_k": 0}),
+            400,
+            "top_k_out_of_range",
+        ),
+        (
+            "top_k too large",
+            query,
+            json!({"query": "q", "top_k": 101}),
+            400,
+            "top_k_out_of_range",
+        ),
+        (
+            "top_k negative",
+            search,
+            json!({"query": "q", "top_k": -1}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "unknown field",
+            search,
+            json!({"query": "q", "topk": 3}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "float filter",
+            search,
+            json!({"query": "q", "filter": {"year": 1.5}}),
+            400,
+            "invalid_filter",
+        ),
+        (
+            "nested filter key",
+            search,
+            json!({"query": "q", "filter": {"a.b": "c"}}),
+            400,
+            "invalid_filter",
+        ),
+        (
+            "unknown collection",
+            "/v1/collections/nope/search",
+            json!({"query": "q"}),
+            404,
+            "collection_not_found",
+        ),
+        (
+            "unknown collection ingest",
+            "/v1/collections/nope/documents",
+            corpus(),
+            404,
+            "collection_not_found",
+        ),
+        (
+            "invalid name",
+            "/v1/collections",
+            json!({"name": "Bad Name!"}),
+            400,
+            "invalid_collection_name",
+        ),
+        (
+            "path-like name",
+            "/v1/collections",
+            json!({"name": "../etc"}),
+            400,
+            "invalid_collection_name",
+        ),
+        (
+            "duplicate collection",
+            "/v1/collections",
+            json!({"name": "facts"}),
+            409,
+            "collection_exists",
+        ),
+        (
+            "bad chunking",
+            "/v1/collections",
+            json!({"name": "c2", "chunk_words": 10, "chunk_overlap_words": 10}),
+            400,
+            "invalid_chunking",
+        ),
+        (
+            "no documents",
+            docs,
+            json!({"documents": []}),
+            400,
+            "invalid_documents",
+        ),
+        (
+            "empty document",
+            docs,
+            json!({"documents": [{"id": "new", "text": " "}]}),
+            400,
+            "empty_document",
+        ),
+        (
+            "empty id",
+            docs,
+            json!({"documents": [{"id": "", "text": "t"}]}),
+            400,
+            "invalid_document_id",
+        ),
+        (
+            "duplicate ids",
+            docs,
+            json!({"documents": [{"id": "a", "text": "t"}, {"id": "a", "text": "u"}]}),
+            400,
+            "duplicate_document_id",
+        ),
+        (
+            "metadata not an object",
+            docs,
+            json!({"documents": [{"id": "new", "text": "t", "metadata": [1]}]}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "missing text",
+            docs,
+            json!({"documents": [{"id": "new"}]}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "stream not served",
+            query,
+            json!({"query": "q", "stream": true}),
+            400,
+            "stream_unsupported",
+        ),
+        (
+            "embeddings empty",
+            "/v1/embeddings",
+            json!({"input": []}),
+            400,
+            "invalid_input",
+        ),
     ];
     for (what, path, body, status, code) in cases {
         let reply = server.post(path, &body).await?;
         assert_eq!(reply.status, status, "{what}: {:?}", reply.body);
         assert_eq!(reply.error_code(), Some(code), "{what}: {:?}", reply.body);
-        assert!(reply.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
     }
 
     let malformed = server.post_raw(search, "{\"query\": ").await?;
-    assert_eq!((malformed.status, malformed.error_code()), (400, Some("malformed_json")));
+    assert_eq!(
+        (malformed.status, malformed.error_code()),
+        (400, Some("malformed_json"))
+    );
     let not_json = server.post_raw("/v1/collections", "name=facts").await?;
-    assert_eq!((not_json.status, not_json.error_code()), (400, Some("malformed_json")));
+    assert_eq!(
+        (not_json.status, not_json.error_code()),
+        (400, Some("malformed_json"))
+    );
     let huge = json!({"documents": [{"id": "huge", "text": "word ".repeat(20_000)}]}).to_string();
     let too_large = server.post_raw(docs, huge).await?;
-    assert_eq!((too_large.status, too_large.error_code()), (413, Some("body_too_large")));
+    assert_eq!(
+        (too_large.status, too_large.error_code()),
+        (413, Some("body_too_large"))
+    );
 
     // Nothing was stored by any of the above.
     assert_eq!(server.get("/v1/collections").await?.body, before);
     let unknown_doc = server.delete("/v1/collections/facts/documents/new").await?;
-    assert_eq!((unknown_doc.status, unknown_doc.error_code()), (404, Some("document_not_found")));
+    assert_eq!(
+        (unknown_doc.status, unknown_doc.error_code()),
+        (404, Some("document_not_found"))
+    );
     server.stop().await
 }

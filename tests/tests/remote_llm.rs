@@ -29,13 +29,20 @@ async fn remote_backend_answers_and_local_model_takes_over_when_it_fails() -> an
     assert_eq!(answer.body["answer"], "Nine bars of pressure [1].");
     assert_eq!(answer.body["mode"], "normal");
     assert_eq!(answer.body["stages"]["llm"], "remote");
-    assert_eq!(doc_ids(&answer.body, "citations"), ["espresso"], "only [1] is cited");
+    assert_eq!(
+        doc_ids(&answer.body, "citations"),
+        ["espresso"],
+        "only [1] is cited"
+    );
     assert_eq!(answer.body["usage"]["prompt_tokens"], 11);
     // The remote saw the grounded prompt, the configured model and the key.
     let sent = remote.last_request().unwrap_or_default();
     assert_eq!(sent["model"], "scripted-model");
     let prompt = sent["messages"][1]["content"].as_str().unwrap_or_default();
-    assert!(prompt.contains("[1] (from espresso)") && prompt.contains("Question: What pressure"), "{prompt}");
+    assert!(
+        prompt.contains("[1] (from espresso)") && prompt.contains("Question: What pressure"),
+        "{prompt}"
+    );
 
     remote.set(Script::Status(500));
     let fallback = server.post("/v1/collections/facts/query", &question).await?;
@@ -43,7 +50,10 @@ async fn remote_backend_answers_and_local_model_takes_over_when_it_fails() -> an
     assert_eq!(fallback.body["mode"], "fallback_llm");
     assert_eq!(fallback.mode_header.as_deref(), Some("fallback_llm"));
     assert_eq!(fallback.body["stages"]["llm"], "local");
-    assert_eq!(fallback.body["degraded"], json!([{"stage": "llm:remote", "reason": "error"}]));
+    assert_eq!(
+        fallback.body["degraded"],
+        json!([{"stage": "llm:remote", "reason": "error"}])
+    );
     assert!(!fallback.body["answer"].as_str().unwrap_or_default().is_empty());
     assert!(remote.calls() >= 2);
     server.stop().await

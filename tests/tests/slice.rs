@@ -20,7 +20,10 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
 
     for (question, expected) in QUESTIONS {
         let reply = server
-            .post("/v1/collections/facts/search", &json!({"query": question, "top_k": 3}))
+            .post(
+                "/v1/collections/facts/search",
+                &json!({"query": question, "top_k": 3}),
+            )
             .await?;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.body["mode"], "normal");
@@ -32,7 +35,11 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
         assert_eq!(reply.body["stages"]["rerank"], "not_configured");
         assert!(reply.body["timings_ms"]["total"].as_f64().is_some());
         let ids = doc_ids(&reply.body, "hits");
-        assert_eq!(ids.first().map(String::as_str), Some(expected), "{question}: {ids:?}");
+        assert_eq!(
+            ids.first().map(String::as_str),
+            Some(expected),
+            "{question}: {ids:?}"
+        );
     }
 
     // Metadata filters apply to both engines.
@@ -44,7 +51,10 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
         .await?;
     let ids = doc_ids(&filtered.body, "hits");
     assert_eq!(ids.first().map(String::as_str), Some("honeybees"));
-    assert!(ids.iter().all(|id| id == "honeybees" || id == "photosynthesis"), "{ids:?}");
+    assert!(
+        ids.iter().all(|id| id == "honeybees" || id == "photosynthesis"),
+        "{ids:?}"
+    );
     let by_year = server
         .post(
             "/v1/collections/facts/search",
@@ -55,7 +65,10 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
 
     // A generated answer, grounded on and citing the right document.
     let answer = server
-        .post("/v1/collections/facts/query", &json!({"query": "What pressure is used to brew an espresso?"}))
+        .post(
+            "/v1/collections/facts/query",
+            &json!({"query": "What pressure is used to brew an espresso?"}),
+        )
         .await?;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["mode"], "normal");
@@ -64,13 +77,21 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
     let text = answer.body["answer"].as_str().unwrap_or_default();
     assert!(!text.is_empty(), "empty answer");
     let cited = doc_ids(&answer.body, "citations");
-    assert_eq!(cited.first().map(String::as_str), Some("espresso"), "{:?}", answer.body);
+    assert_eq!(
+        cited.first().map(String::as_str),
+        Some("espresso"),
+        "{:?}",
+        answer.body
+    );
     assert!(answer.body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0);
     assert!(answer.body["timings_ms"]["llm"].as_f64().is_some());
 
     // OpenAI-compatible embeddings: 384 unit-length floats per input.
     let embedded = server
-        .post("/v1/embeddings", &json!({"input": ["hello world", "second"], "model": "x"}))
+        .post(
+            "/v1/embeddings",
+            &json!({"input": ["hello world", "second"], "model": "x"}),
+        )
         .await?;
     assert_eq!(embedded.status, 200);
     let data = embedded.body["data"].as_array().cloned().unwrap_or_default();
@@ -85,7 +106,9 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
 
     // The OpenAPI document lists every route, and the docs page is served from the binary.
     let openapi = server.get("/openapi.json").await?;
-    assert!(openapi.body["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    assert!(openapi.body["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.")));
     for path in [
         "/v1/collections",
         "/v1/collections/{name}",
@@ -98,15 +121,23 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
         "/readyz",
         "/metrics",
     ] {
-        assert!(openapi.body["paths"][path].is_object(), "{path} missing from openapi.json");
+        assert!(
+            openapi.body["paths"][path].is_object(),
+            "{path} missing from openapi.json"
+        );
     }
     let docs_page = server.get_text("/docs/").await?;
     assert!(docs_page.contains("swagger"), "docs page: {docs_page:.200}");
 
     let metrics = server.get_text("/metrics").await?;
-    assert!(metrics.contains("ragway_answers_total{mode=\"normal\"} 9"), "{metrics}");
+    assert!(
+        metrics.contains("ragway_answers_total{mode=\"normal\"} 9"),
+        "{metrics}"
+    );
     assert!(metrics.contains("ragway_stage_duration_seconds_bucket{stage=\"dense\""));
-    assert!(metrics.contains("ragway_requests_total{route=\"/v1/collections/{name}/search\",status=\"200\"} 8"));
+    assert!(
+        metrics.contains("ragway_requests_total{route=\"/v1/collections/{name}/search\",status=\"200\"} 8")
+    );
     assert!(metrics.contains("ragway_llm_tokens_total{backend=\"local\",kind=\"completion\"}"));
 
     let ready = server.get("/readyz").await?;
@@ -119,7 +150,16 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
 async fn collections_persist_reingest_is_idempotent_and_delete_reaches_both_stores() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path(), &ServerOptions::default()).await?;
-    assert_eq!(server.post("/v1/collections", &json!({"name": "facts", "chunk_words": 20, "chunk_overlap_words": 5})).await?.status, 201);
+    assert_eq!(
+        server
+            .post(
+                "/v1/collections",
+                &json!({"name": "facts", "chunk_words": 20, "chunk_overlap_words": 5})
+            )
+            .await?
+            .status,
+        201
+    );
     let first = server.post("/v1/collections/facts/documents", &corpus()).await?;
     assert_eq!(first.body["indexed"], 6);
     let chunks = first.body["chunks"].as_u64().unwrap_or(0);
@@ -127,7 +167,10 @@ async fn collections_persist_reingest_is_idempotent_and_delete_reaches_both_stor
 
     // Same ids, same content: nothing is rewritten and the epoch stays.
     let again = server.post("/v1/collections/facts/documents", &corpus()).await?;
-    assert_eq!((again.body["indexed"].clone(), again.body["unchanged"].clone()), (json!(0), json!(6)));
+    assert_eq!(
+        (again.body["indexed"].clone(), again.body["unchanged"].clone()),
+        (json!(0), json!(6))
+    );
     assert_eq!(again.body["epoch"], first.body["epoch"]);
 
     // Changed content replaces the old version in both stores.
@@ -135,10 +178,17 @@ async fn collections_persist_reingest_is_idempotent_and_delete_reaches_both_stor
     let replaced = server.post("/v1/collections/facts/documents", &changed).await?;
     assert_eq!(replaced.body["indexed"], 1);
     let crema = server
-        .post("/v1/collections/facts/search", &json!({"query": "crema nine bars pressure", "top_k": 100}))
+        .post(
+            "/v1/collections/facts/search",
+            &json!({"query": "crema nine bars pressure", "top_k": 100}),
+        )
         .await?;
     let hits = crema.body["hits"].as_array().cloned().unwrap_or_default();
-    assert!(hits.iter().all(|h| !h["text"].as_str().unwrap_or("").contains("crema")), "old version still found");
+    assert!(
+        hits.iter()
+            .all(|h| !h["text"].as_str().unwrap_or("").contains("crema")),
+        "old version still found"
+    );
 
     // Restart on the same data directory: everything is still there.
     let info_before = server.get("/v1/collections/facts").await?.body;
@@ -149,9 +199,15 @@ async fn collections_persist_reingest_is_idempotent_and_delete_reaches_both_stor
     let listed = server.get("/v1/collections").await?;
     assert_eq!(listed.body["collections"][0]["name"], "facts");
     let volcano = server
-        .post("/v1/collections/facts/search", &json!({"query": "Which volcano in Sicily erupts often?"}))
+        .post(
+            "/v1/collections/facts/search",
+            &json!({"query": "Which volcano in Sicily erupts often?"}),
+        )
         .await?;
-    assert_eq!(doc_ids(&volcano.body, "hits").first().map(String::as_str), Some("volcanoes"));
+    assert_eq!(
+        doc_ids(&volcano.body, "hits").first().map(String::as_str),
+        Some("volcanoes")
+    );
     assert_eq!(volcano.body["mode"], "normal");
 
     // Delete: gone from both engines. With top_k above the collection's size the dense engine
@@ -160,12 +216,18 @@ async fn collections_persist_reingest_is_idempotent_and_delete_reaches_both_stor
     assert_eq!(deleted.status, 200, "{:?}", deleted.body);
     assert!(deleted.body["chunks_removed"].as_u64().unwrap_or(0) >= 1);
     let tcp = server
-        .post("/v1/collections/facts/search", &json!({"query": "TCP three-way handshake SYN ACK", "top_k": 100}))
+        .post(
+            "/v1/collections/facts/search",
+            &json!({"query": "TCP three-way handshake SYN ACK", "top_k": 100}),
+        )
         .await?;
     let ids = doc_ids(&tcp.body, "hits");
     assert!(!ids.is_empty());
     assert!(!ids.contains(&"tcp".to_string()), "{ids:?}");
-    assert_eq!(server.delete("/v1/collections/facts/documents/tcp").await?.status, 404);
+    assert_eq!(
+        server.delete("/v1/collections/facts/documents/tcp").await?.status,
+        404
+    );
 
     // Dropping the collection removes it and its files.
     assert_eq!(server.delete("/v1/collections/facts").await?.status, 204);

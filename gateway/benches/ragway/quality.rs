@@ -32,8 +32,14 @@ fn load() -> anyhow::Result<Dataset> {
         Ok(text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
     };
     let field = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
-    let corpus = jsonl("corpus.jsonl")?.iter().map(|v| (field(v, "_id"), field(v, "text"))).collect();
-    let queries = jsonl("queries.jsonl")?.iter().map(|v| (field(v, "_id"), field(v, "text"))).collect();
+    let corpus = jsonl("corpus.jsonl")?
+        .iter()
+        .map(|v| (field(v, "_id"), field(v, "text")))
+        .collect();
+    let queries = jsonl("queries.jsonl")?
+        .iter()
+        .map(|v| (field(v, "_id"), field(v, "text")))
+        .collect();
     let mut qrels: HashMap<String, HashMap<String, u32>> = HashMap::new();
     for line in std::fs::read_to_string(dir.join("qrels.tsv"))?.lines() {
         let parts: Vec<&str> = line.split('\t').collect();
@@ -41,7 +47,11 @@ fn load() -> anyhow::Result<Dataset> {
             qrels.entry(q.into()).or_default().insert(d.into(), g.parse()?);
         }
     }
-    Ok(Dataset { corpus, queries, qrels })
+    Ok(Dataset {
+        corpus,
+        queries,
+        qrels,
+    })
 }
 
 /// Doc ids in rank order, first chunk of each doc counts.
@@ -66,21 +76,37 @@ impl Scores {
     /// (BEIR's conventions).
     fn add(&mut self, ranking: &[String], judged: &HashMap<String, u32>) {
         let gain = |d: &String| f64::from(*judged.get(d).unwrap_or(&0));
-        let dcg: f64 = ranking.iter().take(10).enumerate().map(|(i, d)| gain(d) / (i as f64 + 2.0).log2()).sum();
+        let dcg: f64 = ranking
+            .iter()
+            .take(10)
+            .enumerate()
+            .map(|(i, d)| gain(d) / (i as f64 + 2.0).log2())
+            .sum();
         let mut ideal: Vec<f64> = judged.values().map(|&g| f64::from(g)).collect();
         ideal.sort_by(|a, b| b.total_cmp(a));
-        let idcg: f64 = ideal.iter().take(10).enumerate().map(|(i, g)| g / (i as f64 + 2.0).log2()).sum();
+        let idcg: f64 = ideal
+            .iter()
+            .take(10)
+            .enumerate()
+            .map(|(i, g)| g / (i as f64 + 2.0).log2())
+            .sum();
         self.ndcg10.push(if idcg > 0.0 { dcg / idcg } else { 0.0 });
         let relevant: HashSet<&String> = judged.iter().filter(|(_, &g)| g > 0).map(|(d, _)| d).collect();
         let found = ranking.iter().take(100).filter(|d| relevant.contains(d)).count();
         self.recall100.push(found as f64 / relevant.len().max(1) as f64);
         let first = ranking.iter().take(10).position(|d| relevant.contains(d));
-        self.mrr10.push(first.map(|p| 1.0 / (p as f64 + 1.0)).unwrap_or(0.0));
+        self.mrr10
+            .push(first.map(|p| 1.0 / (p as f64 + 1.0)).unwrap_or(0.0));
     }
 
     fn row(&self, name: &str) -> String {
         let mean = |xs: &Vec<f64>| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
-        format!("| {name} | {:.4} | {:.4} | {:.4} |", mean(&self.ndcg10), mean(&self.recall100), mean(&self.mrr10))
+        format!(
+            "| {name} | {:.4} | {:.4} | {:.4} |",
+            mean(&self.ndcg10),
+            mean(&self.recall100),
+            mean(&self.mrr10)
+        )
     }
 }
 
@@ -105,7 +131,10 @@ pub async fn search() -> anyhow::Result<()> {
         .error_for_status()?;
     let started = Instant::now();
     for batch in data.corpus.chunks(500) {
-        let documents: Vec<Value> = batch.iter().map(|(id, text)| json!({"id": id, "text": text})).collect();
+        let documents: Vec<Value> = batch
+            .iter()
+            .map(|(id, text)| json!({"id": id, "text": text}))
+            .collect();
         http.post(format!("{base}/v1/collections/trec/documents"))
             .json(&json!({ "documents": documents }))
             .send()
@@ -113,7 +142,12 @@ pub async fn search() -> anyhow::Result<()> {
             .error_for_status()?;
     }
     let ingest_s = started.elapsed().as_secs_f64();
-    let info: Value = http.get(format!("{base}/v1/collections/trec")).send().await?.json().await?;
+    let info: Value = http
+        .get(format!("{base}/v1/collections/trec"))
+        .send()
+        .await?
+        .json()
+        .await?;
     let chunks = info["chunks"].as_u64().unwrap_or(0);
 
     // Latency: the 50 queries once with a cold L2 (embedding computed), then 10 more rounds with
@@ -132,29 +166,66 @@ pub async fn search() -> anyhow::Result<()> {
                 .await?;
             let ms = started.elapsed().as_secs_f64() * 1e3;
             assert_eq!(reply["mode"], "normal");
-            if round == 0 { cold.push(ms) } else { warm.push(ms) }
+            if round == 0 {
+                cold.push(ms)
+            } else {
+                warm.push(ms)
+            }
         }
     }
     println!("\n### Ingest and `/search` over HTTP (trec-dl-5k, {chunks} chunks)\n");
-    println!("Ingest: {} passages → {chunks} chunks in {ingest_s:.1} s ({:.0} chunks/s, embedding included).\n", data.corpus.len(), chunks as f64 / ingest_s);
+    println!(
+        "Ingest: {} passages → {chunks} chunks in {ingest_s:.1} s ({:.0} chunks/s, embedding included).\n",
+        data.corpus.len(),
+        chunks as f64 / ingest_s
+    );
     println!("| queries | requests | p50 ms | p99 ms |\n|---|---|---|---|");
-    println!("| distinct (embedding computed) | {} | {:.1} | {:.1} |", cold.len(), median(cold.clone()), percentile(cold, 0.99));
-    println!("| repeated (embedding from L2 cache) | {} | {:.1} | {:.1} |", warm.len(), median(warm.clone()), percentile(warm, 0.99));
+    println!(
+        "| distinct (embedding computed) | {} | {:.1} | {:.1} |",
+        cold.len(),
+        median(cold.clone()),
+        percentile(cold, 0.99)
+    );
+    println!(
+        "| repeated (embedding from L2 cache) | {} | {:.1} | {:.1} |",
+        warm.len(),
+        median(warm.clone()),
+        percentile(warm, 0.99)
+    );
 
     // Quality per engine, straight from the stores the gateway uses.
     let pipeline = &state.pipeline;
     let mut by_engine: BTreeMap<&str, Scores> = BTreeMap::new();
     for (qid, text) in &data.queries {
-        let Some(judged) = data.qrels.get(qid) else { continue };
-        let vector = pipeline.embedder.embed(vec![text.clone()]).await?.vectors.remove(0);
+        let Some(judged) = data.qrels.get(qid) else {
+            continue;
+        };
+        let vector = pipeline
+            .embedder
+            .embed(vec![text.clone()])
+            .await?
+            .vectors
+            .remove(0);
         let dense = pipeline.dense.search("trec", vector, vec![], 300).await?;
         let keyword = pipeline.keyword.search("trec", text.clone(), vec![], 300).await?;
         let hybrid = reciprocal_rank_fusion(&[dense.clone(), keyword.clone()], 60.0, 600);
-        by_engine.entry("BM25 (tantivy)").or_default().add(&doc_ranking(&keyword, 100), judged);
-        by_engine.entry("dense (MiniLM + Qdrant Edge)").or_default().add(&doc_ranking(&dense, 100), judged);
-        by_engine.entry("hybrid RRF (k=60)").or_default().add(&doc_ranking(&hybrid, 100), judged);
+        by_engine
+            .entry("BM25 (tantivy)")
+            .or_default()
+            .add(&doc_ranking(&keyword, 100), judged);
+        by_engine
+            .entry("dense (MiniLM + Qdrant Edge)")
+            .or_default()
+            .add(&doc_ranking(&dense, 100), judged);
+        by_engine
+            .entry("hybrid RRF (k=60)")
+            .or_default()
+            .add(&doc_ranking(&hybrid, 100), judged);
     }
-    println!("\n### Retrieval quality (trec-dl-5k, {} judged queries)\n", by_engine.values().next().map(|s| s.ndcg10.len()).unwrap_or(0));
+    println!(
+        "\n### Retrieval quality (trec-dl-5k, {} judged queries)\n",
+        by_engine.values().next().map(|s| s.ndcg10.len()).unwrap_or(0)
+    );
     println!("| engine | nDCG@10 | Recall@100 | MRR@10 |\n|---|---|---|---|");
     for (name, scores) in &by_engine {
         println!("{}", scores.row(name));

@@ -29,12 +29,21 @@ pub fn passages(n: usize) -> Vec<String> {
         .expect("trec-dl-5k corpus")
         .lines()
         .take(n)
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 
 pub async fn embed() -> anyhow::Result<()> {
-    let embedder = BertEmbedder::load(&models_dir().join("all-minilm-l6-v2"), "minilm", BertEmbedderOptions::default())?;
+    let embedder = BertEmbedder::load(
+        &models_dir().join("all-minilm-l6-v2"),
+        "minilm",
+        BertEmbedderOptions::default(),
+    )?;
     let texts = passages(32 * 8);
     embedder.embed(texts[..32].to_vec()).await?; // warm-up
     let mut rates = Vec::new();
@@ -91,7 +100,12 @@ pub async fn rerank() -> anyhow::Result<()> {
     println!("\n### Cross-encoder (MiniLM-L6 shape, random weights, candle, CPU)\n");
     println!("| pairs per call | median pairs/s | median ms per call |\n|---|---|---|");
     let m = median(rates);
-    println!("| {} | {:.1} | {:.0} |", docs.len(), m, docs.len() as f64 / m * 1e3);
+    println!(
+        "| {} | {:.1} | {:.0} |",
+        docs.len(),
+        m,
+        docs.len() as f64 / m * 1e3
+    );
     Ok(())
 }
 
@@ -140,7 +154,11 @@ pub async fn llm() -> anyhow::Result<()> {
         let p = median(prefill);
         println!(
             "| {} | {} | {:.0} | {:.0} | {:.1} |",
-            if dequantize { "dequantized f32" } else { "Q4_1 (quantized)" },
+            if dequantize {
+                "dequantized f32"
+            } else {
+                "Q4_1 (quantized)"
+            },
             prompt_tokens,
             p * 1e3,
             prompt_tokens as f64 / p,

@@ -2,7 +2,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ragway_openapi::{Citation, ErrorBody, Hit, Mode, QueryRequest, QueryResponse, SearchRequest, SearchResponse};
+use ragway_openapi::{
+    Citation, ErrorBody, Hit, Mode, QueryRequest, QueryResponse, SearchRequest, SearchResponse,
+};
 use ragway_retrieval::ScoredChunk;
 use serde::Serialize;
 
@@ -22,10 +24,17 @@ pub async fn search(
 ) -> Result<Response, ApiError> {
     let limits = &state.config;
     validate::query_text(&request.query, limits.server.max_query_chars)?;
-    let top_k = validate::top_k(request.top_k, limits.retrieval.default_top_k, limits.retrieval.max_top_k)?;
+    let top_k = validate::top_k(
+        request.top_k,
+        limits.retrieval.default_top_k,
+        limits.retrieval.max_top_k,
+    )?;
     let filter = validate::filter(request.filter.as_ref())?;
     let collection = state.collections.get(&name)?;
-    let retrieved = state.pipeline.retrieve(&collection.name, &request.query, filter, top_k).await;
+    let retrieved = state
+        .pipeline
+        .retrieve(&collection.name, &request.query, filter, top_k)
+        .await;
     let mut report = retrieved.report;
     report.finish();
     let mode = report.mode();
@@ -51,13 +60,23 @@ pub async fn query(
 ) -> Result<Response, ApiError> {
     let limits = &state.config;
     validate::query_text(&request.query, limits.server.max_query_chars)?;
-    let passages = validate::top_k(request.top_k, limits.generation.default_passages, limits.retrieval.max_top_k)?;
+    let passages = validate::top_k(
+        request.top_k,
+        limits.generation.default_passages,
+        limits.retrieval.max_top_k,
+    )?;
     let filter = validate::filter(request.filter.as_ref())?;
     if request.stream == Some(true) {
-        return Err(ApiError::invalid("stream_unsupported", "streamed answers are not served yet; send stream: false"));
+        return Err(ApiError::invalid(
+            "stream_unsupported",
+            "streamed answers are not served yet; send stream: false",
+        ));
     }
     let collection = state.collections.get(&name)?;
-    let answer = state.pipeline.answer(&collection.name, &request.query, filter, passages).await;
+    let answer = state
+        .pipeline
+        .answer(&collection.name, &request.query, filter, passages)
+        .await;
     let mut report = answer.report;
     report.finish();
     let mode = report.mode();

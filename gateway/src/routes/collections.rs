@@ -2,8 +2,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use ragway_openapi::{
-    CollectionInfo, CollectionList, CreateCollectionRequest, DeleteDocumentResponse, ErrorBody, IngestRequest,
-    IngestResponse,
+    CollectionInfo, CollectionList, CreateCollectionRequest, DeleteDocumentResponse, ErrorBody,
+    IngestRequest, IngestResponse,
 };
 use ragway_retrieval::ChunkingOptions;
 
@@ -21,7 +21,9 @@ pub async fn create(
     let defaults = &state.config.retrieval;
     let chunking = ChunkingOptions {
         chunk_words: request.chunk_words.unwrap_or(defaults.chunk_words),
-        overlap_words: request.chunk_overlap_words.unwrap_or(defaults.chunk_overlap_words),
+        overlap_words: request
+            .chunk_overlap_words
+            .unwrap_or(defaults.chunk_overlap_words),
     };
     // Chunks beyond ~200 words would be cut by the embedder's 256-token window.
     if !(1..=1_000).contains(&chunking.chunk_words) || chunking.overlap_words >= chunking.chunk_words {
@@ -46,7 +48,10 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<CollectionList>,
 #[utoipa::path(get, path = "/v1/collections/{name}", tag = "collections",
     params(("name" = String, Path, description = "Collection name")),
     responses((status = 200, body = CollectionInfo), (status = 404, body = ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<CollectionInfo>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<CollectionInfo>, ApiError> {
     Ok(Json(state.collections.get(&name)?.info().await))
 }
 
@@ -85,7 +90,10 @@ pub async fn ingest(
             ));
         }
         if doc.text.trim().is_empty() {
-            return Err(ApiError::invalid("empty_document", format!("document {:?} has no text", doc.id)));
+            return Err(ApiError::invalid(
+                "empty_document",
+                format!("document {:?} has no text", doc.id),
+            ));
         }
     }
     Ok(Json(state.collections.ingest(&name, request.documents).await?))
@@ -99,5 +107,9 @@ pub async fn delete_document(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<DeleteDocumentResponse>, ApiError> {
     let (chunks_removed, epoch) = state.collections.delete_document(&name, &id).await?;
-    Ok(Json(DeleteDocumentResponse { id, chunks_removed, epoch }))
+    Ok(Json(DeleteDocumentResponse {
+        id,
+        chunks_removed,
+        epoch,
+    }))
 }

@@ -15,14 +15,23 @@ pub async fn embeddings(
     ApiJson(request): ApiJson<EmbeddingsRequest>,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
     if request.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return Err(ApiError::invalid("unsupported_encoding", "only encoding_format \"float\" is supported"));
+        return Err(ApiError::invalid(
+            "unsupported_encoding",
+            "only encoding_format \"float\" is supported",
+        ));
     }
     let texts = request.input.into_vec();
     if texts.is_empty() || texts.len() > MAX_INPUTS {
-        return Err(ApiError::invalid("invalid_input", format!("send 1 to {MAX_INPUTS} inputs")));
+        return Err(ApiError::invalid(
+            "invalid_input",
+            format!("send 1 to {MAX_INPUTS} inputs"),
+        ));
     }
     if texts.iter().any(|t| t.is_empty()) {
-        return Err(ApiError::invalid("invalid_input", "inputs must not be empty strings"));
+        return Err(ApiError::invalid(
+            "invalid_input",
+            "inputs must not be empty strings",
+        ));
     }
     let embedder = &state.pipeline.embedder;
     let embeddings = embedder.embed(texts).await?;

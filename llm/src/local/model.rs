@@ -44,7 +44,9 @@ impl ChatModel {
             .filter_map(|t| tokenizer.token_to_id(t))
             .collect::<Vec<_>>();
         if stop_tokens.is_empty() {
-            return Err(LlmError::Model("the GGUF vocabulary has no <|im_end|> token: not a ChatML model".into()));
+            return Err(LlmError::Model(
+                "the GGUF vocabulary has no <|im_end|> token: not a ChatML model".into(),
+            ));
         }
         let weights = if options.dequantize {
             let (content, mut reader) = dequantized(&content, &mut file)?;
@@ -133,13 +135,19 @@ fn chatml(messages: &[ChatMessage]) -> String {
 
 /// The same model with every tensor stored as f32, as an in-memory GGUF. candle keeps f32 GGUF
 /// tensors as plain tensors, so every matmul becomes a dense f32 GEMM.
-fn dequantized(content: &gguf_file::Content, file: &mut File) -> Result<(gguf_file::Content, Cursor<Vec<u8>>), LlmError> {
+fn dequantized(
+    content: &gguf_file::Content,
+    file: &mut File,
+) -> Result<(gguf_file::Content, Cursor<Vec<u8>>), LlmError> {
     let mut tensors = Vec::with_capacity(content.tensor_infos.len());
     for name in content.tensor_infos.keys() {
-        let tensor = content.tensor(file, name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
+        let tensor = content
+            .tensor(file, name, &Device::Cpu)?
+            .dequantize(&Device::Cpu)?;
         tensors.push((name.as_str(), QTensor::quantize(&tensor, GgmlDType::F32)?));
     }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
     let mut buffer = Cursor::new(Vec::new());
     gguf_file::write(&mut buffer, &metadata, &tensor_refs)?;
@@ -154,7 +162,13 @@ mod tests {
 
     #[test]
     fn chatml_ends_with_an_open_assistant_turn() {
-        let prompt = chatml(&[ChatMessage::new(Role::System, "s"), ChatMessage::new(Role::User, "u")]);
-        assert_eq!(prompt, "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n");
+        let prompt = chatml(&[
+            ChatMessage::new(Role::System, "s"),
+            ChatMessage::new(Role::User, "u"),
+        ]);
+        assert_eq!(
+            prompt,
+            "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 }

@@ -44,13 +44,18 @@ pub(crate) fn tokenizer_from_gguf(content: &Content) -> Result<Tokenizer, LlmErr
         .map(|v| v.to_i32().map(i64::from))
         .collect::<Result<Vec<i64>, _>>()?;
 
-    let vocab: AHashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: AHashMap<String, u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()
         .map_err(|e| LlmError::Model(format!("BPE from GGUF vocabulary: {e}")))?;
     let mut tokenizer = Tokenizer::new(bpe);
-    let pre: Vec<PreTokenizerWrapper> = vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()];
+    let pre: Vec<PreTokenizerWrapper> =
+        vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()];
     tokenizer.with_pre_tokenizer(Some(Sequence::new(pre)));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
     let specials: Vec<AddedToken> = tokens
@@ -77,7 +82,11 @@ mod tests {
             .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/ragway/models")))
             .unwrap_or_default();
         let path = models.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(path.is_file(), "{} is missing: run scripts/fetch-models.sh", path.display());
+        assert!(
+            path.is_file(),
+            "{} is missing: run scripts/fetch-models.sh",
+            path.display()
+        );
         path
     }
 
@@ -90,7 +99,10 @@ mod tests {
     #[test]
     fn chatml_markers_are_single_special_tokens() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let tokenizer = tokenizer()?;
-        let ids = tokenizer.encode("<|im_start|>user\nHi<|im_end|>", false)?.get_ids().to_vec();
+        let ids = tokenizer
+            .encode("<|im_start|>user\nHi<|im_end|>", false)?
+            .get_ids()
+            .to_vec();
         assert_eq!(ids.first(), Some(&1), "{ids:?}");
         assert_eq!(ids.last(), Some(&2), "{ids:?}");
         assert_eq!(tokenizer.token_to_id("<|im_end|>"), Some(2));
@@ -100,9 +112,15 @@ mod tests {
     }
 
     #[test]
-    fn text_round_trips_and_digits_split_one_by_one() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    fn text_round_trips_and_digits_split_one_by_one() -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    {
         let tokenizer = tokenizer()?;
-        for text in ["Hello, world!", "  two  spaces\nand a newline", "café — naïve ✓", "x = 12345;"] {
+        for text in [
+            "Hello, world!",
+            "  two  spaces\nand a newline",
+            "café — naïve ✓",
+            "x = 12345;",
+        ] {
             let ids = tokenizer.encode(text, false)?.get_ids().to_vec();
             assert_eq!(tokenizer.decode(&ids, false)?, text);
         }

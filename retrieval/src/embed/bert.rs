@@ -162,8 +162,9 @@ impl SentenceBert {
             .map_err(|e| RetrievalError::Model(format!("bad truncation: {e}")))?;
         // Read into memory instead of mmap: candle's mmap constructor is `unsafe`, which the
         // workspace forbids, and a 90 MB copy at start-up costs nothing that matters.
-        let vb = VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, &options.device)
-            .map_err(|e| RetrievalError::Model(format!("cannot load model.safetensors: {e}")))?;
+        let vb =
+            VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, &options.device)
+                .map_err(|e| RetrievalError::Model(format!("cannot load model.safetensors: {e}")))?;
         let model = BertModel::load(vb, &config)?;
         Ok(Self {
             model,

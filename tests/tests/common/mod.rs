@@ -21,7 +21,10 @@ pub const QUESTIONS: [(&str, &str); 6] = [
     ("Which volcano in Sicily erupts often?", "volcanoes"),
     ("How do plants make oxygen from sunlight?", "photosynthesis"),
     ("What pressure is used to brew coffee shots?", "espresso"),
-    ("How is a reliable network connection opened with a handshake?", "tcp"),
+    (
+        "How is a reliable network connection opened with a handshake?",
+        "tcp",
+    ),
     ("How long is the running race from the Greek legend?", "marathon"),
     ("How do bees tell each other where flowers are?", "honeybees"),
 ];
