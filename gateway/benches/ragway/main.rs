@@ -1,11 +1,11 @@
 //! ragway's benchmark: `cargo bench -p ragway-gateway --bench ragway -- [embed|rerank|llm|search|all]`.
 //! Prints Markdown tables (medians over repeated runs) for docs/BENCHMARKS.md.
 //!
-//! - embed:  sentences/s of the candle MiniLM embedder at batch 32
+//! - embed: sentences/s of the candle MiniLM embedder at batch 32
 //! - rerank: pairs/s of a MiniLM-L6-sized cross-encoder (random weights: speed does not depend on them)
-//! - llm:    SmolLM2 prefill and decode tokens/s, quantized and dequantized weights side by side
+//! - llm: SmolLM2 prefill and decode tokens/s, quantized and dequantized weights side by side
 //! - search: ingest trec-dl-5k through HTTP, `/search` p50/p99, and retrieval quality
-//!           (nDCG@10, Recall@100, MRR@10) of BM25, dense and hybrid RRF
+//!   (nDCG@10, Recall@100, MRR@10) of BM25, dense and hybrid RRF
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
