@@ -20,8 +20,13 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::collections::Collections;
 use crate::config::{Config, LlmBackendKind};
-use crate::pipeline::{Pipeline, PipelineSettings};
-use crate::routes::{answers, collections, embeddings, health};
+use crate::breaker::BreakerSettings;
+use crate::faults::Faults;
+use crate::guard::Guard;
+use crate::llm_pool::{Backend, LlmPool};
+use crate::pipeline::{Pipeline, PipelineSettings, StageGuards};
+use crate::rerank_cost::RerankCost;
+use crate::routes::{admin, answers, collections, embeddings, health, openai};
 use crate::{models, openapi_doc};
 
 const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
@@ -31,6 +36,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub collections: Arc<Collections>,
     pub pipeline: Arc<Pipeline>,
+    pub faults: Arc<Faults>,
+    /// From the environment variable named by `resilience.admin_key_env`; `None` closes `/admin`.
+    pub admin_key: Option<String>,
     pub metrics: PrometheusHandle,
 }
 
@@ -69,10 +77,21 @@ impl AppState {
             )?))
         };
 
-        let mut llms: Vec<Arc<dyn Generator>> = Vec::new();
-        for backend in &config.llm {
-            llms.push(match &backend.kind {
-                LlmBackendKind::Local { model, dequantize } => {
+        let faults = Arc::new(Faults::default());
+        let z = &config.resilience;
+        let breaker = BreakerSettings {
+            failure_threshold: z.breaker_failures,
+            open: Duration::from_millis(z.breaker_open_ms),
+            max_open: Duration::from_millis(z.breaker_max_open_ms),
+        };
+        let guard = |name: &str, timeout_ms: u64| {
+            Guard::new(name, Duration::from_millis(timeout_ms), &breaker, faults.clone())
+        };
+
+        let mut backends = Vec::new();
+        for (position, backend) in config.llm.iter().enumerate() {
+            let generator: Arc<dyn Generator> = match &backend.kind {
+                LlmBackendKind::Local { model, dequantize, .. } => {
                     let started = Instant::now();
                     let path = models::gguf_file(model, cache_dir).await?;
                     let options = LocalLlmOptions {
@@ -89,6 +108,7 @@ impl AppState {
                     model,
                     api_key_env,
                     timeout_ms,
+                    ..
                 } => Arc::new(OpenAiBackend::new(OpenAiBackendOptions {
                     name: backend.name.clone(),
                     base_url: base_url.clone(),
@@ -99,7 +119,10 @@ impl AppState {
                     model: model.clone(),
                     timeout: Duration::from_millis(*timeout_ms),
                 })?),
-            });
+            };
+            let (priority, timeout, _ttft, retries) = backend.limits(position);
+            let guard = Guard::new(&format!("llm:{}", backend.name), timeout, &breaker, faults.clone());
+            backends.push(Backend::new(generator, guard, priority, retries));
         }
 
         let data = &config.server.data_dir;
@@ -118,7 +141,14 @@ impl AppState {
             dense,
             keyword,
             reranker,
-            llms,
+            guards: StageGuards {
+                embed: guard("embedder", z.embed_timeout_ms),
+                dense: guard("dense", z.dense_timeout_ms),
+                keyword: guard("keyword", z.keyword_timeout_ms),
+                rerank: guard("reranker", z.rerank_timeout_ms),
+            },
+            rerank_cost: RerankCost::default(),
+            llm: LlmPool::new(backends),
             query_embeddings: LocalCache::new(10_000, Duration::from_secs(3_600)),
             settings: PipelineSettings {
                 rrf_k: config.retrieval.rrf_k,
@@ -128,10 +158,13 @@ impl AppState {
                 temperature: config.generation.temperature,
             },
         };
+        let admin_key = std::env::var(&config.resilience.admin_key_env).ok().filter(|k| !k.is_empty());
         Ok(Self {
             config: Arc::new(config),
             collections: Arc::new(collections),
             pipeline: Arc::new(pipeline),
+            faults,
+            admin_key,
             metrics,
         })
     }
@@ -156,9 +189,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/collections/{name}/search", post(answers::search))
         .route("/v1/collections/{name}/query", post(answers::query))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route(
+            "/admin/faults",
+            post(admin::set_fault).get(admin::list_faults).delete(admin::clear_faults),
+        )
         .route_layer(middleware::from_fn(count_request))
         .with_state(state);
     Router::new()

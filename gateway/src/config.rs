@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -15,8 +16,31 @@ pub struct Config {
     pub models: ModelsConfig,
     pub retrieval: RetrievalConfig,
     pub generation: GenerationConfig,
-    /// Ordered: the first backend is the primary.
+    pub resilience: ResilienceConfig,
+    /// Tried in order of `priority` (default: position in this list); backends of equal priority
+    /// share load, the lowest priority is the primary.
     pub llm: Vec<LlmBackendConfig>,
+}
+
+/// Deadlines, stage timeouts and circuit breakers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceConfig {
+    /// Deadline of a request that does not set `deadline_ms`.
+    pub default_deadline_ms: u64,
+    /// The most a request may ask for.
+    pub max_deadline_ms: u64,
+    pub embed_timeout_ms: u64,
+    pub dense_timeout_ms: u64,
+    pub keyword_timeout_ms: u64,
+    pub rerank_timeout_ms: u64,
+    /// Consecutive failures or timeouts that open a dependency's breaker.
+    pub breaker_failures: u32,
+    /// First open period; doubles after each failed probe, up to `breaker_max_open_ms`.
+    pub breaker_open_ms: u64,
+    pub breaker_max_open_ms: u64,
+    /// Name of the environment variable holding the admin key (`/admin/*`); unset disables them.
+    pub admin_key_env: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,6 +109,12 @@ pub enum LlmBackendKind {
         model: String,
         #[serde(default = "yes")]
         dequantize: bool,
+        #[serde(default)]
+        priority: Option<u32>,
+        #[serde(default = "default_local_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default = "default_local_ttft_ms")]
+        ttft_timeout_ms: u64,
     },
     /// An OpenAI-compatible chat completions server.
     Openai {
@@ -94,9 +124,47 @@ pub enum LlmBackendKind {
         /// config files or logs).
         #[serde(default)]
         api_key_env: Option<String>,
+        #[serde(default)]
+        priority: Option<u32>,
         #[serde(default = "default_timeout_ms")]
         timeout_ms: u64,
+        #[serde(default = "default_ttft_ms")]
+        ttft_timeout_ms: u64,
+        /// Retries of retryable failures (connect, 429, 5xx), with jittered backoff.
+        #[serde(default = "default_retries")]
+        max_retries: u32,
     },
+}
+
+impl LlmBackendConfig {
+    /// `(priority, timeout, time-to-first-token timeout, retries)`; priority defaults to `position`.
+    pub fn limits(&self, position: usize) -> (u32, Duration, Duration, u32) {
+        match &self.kind {
+            LlmBackendKind::Local {
+                priority,
+                timeout_ms,
+                ttft_timeout_ms,
+                ..
+            } => (
+                priority.unwrap_or(position as u32),
+                Duration::from_millis(*timeout_ms),
+                Duration::from_millis(*ttft_timeout_ms),
+                0,
+            ),
+            LlmBackendKind::Openai {
+                priority,
+                timeout_ms,
+                ttft_timeout_ms,
+                max_retries,
+                ..
+            } => (
+                priority.unwrap_or(position as u32),
+                Duration::from_millis(*timeout_ms),
+                Duration::from_millis(*ttft_timeout_ms),
+                *max_retries,
+            ),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -105,6 +173,23 @@ fn yes() -> bool {
 
 fn default_timeout_ms() -> u64 {
     30_000
+}
+
+fn default_ttft_ms() -> u64 {
+    10_000
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+// The local model on a CPU needs seconds for a long prompt before its first token.
+fn default_local_timeout_ms() -> u64 {
+    120_000
+}
+
+fn default_local_ttft_ms() -> u64 {
+    60_000
 }
 
 pub fn default_models_dir() -> PathBuf {
@@ -122,11 +207,15 @@ impl Default for Config {
             models: ModelsConfig::default(),
             retrieval: RetrievalConfig::default(),
             generation: GenerationConfig::default(),
+            resilience: ResilienceConfig::default(),
             llm: vec![LlmBackendConfig {
                 name: "local".into(),
                 kind: LlmBackendKind::Local {
                     model: models.join("smollm2-135m-instruct").display().to_string(),
                     dequantize: true,
+                    priority: None,
+                    timeout_ms: default_local_timeout_ms(),
+                    ttft_timeout_ms: default_local_ttft_ms(),
                 },
             }],
         }
@@ -168,6 +257,23 @@ impl Default for RetrievalConfig {
             candidates: 100,
             rerank_candidates: 20,
             embed_batch: 32,
+        }
+    }
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            default_deadline_ms: 60_000,
+            max_deadline_ms: 300_000,
+            embed_timeout_ms: 2_000,
+            dense_timeout_ms: 2_000,
+            keyword_timeout_ms: 2_000,
+            rerank_timeout_ms: 5_000,
+            breaker_failures: 3,
+            breaker_open_ms: 5_000,
+            breaker_max_open_ms: 60_000,
+            admin_key_env: "RAGWAY_ADMIN_KEY".into(),
         }
     }
 }
@@ -257,6 +363,13 @@ impl Config {
         if g.default_passages == 0 || g.default_passages > r.max_top_k {
             problems
                 .push("generation.default_passages must be between 1 and retrieval.max_top_k".to_string());
+        }
+        let z = &self.resilience;
+        if z.default_deadline_ms == 0 || z.default_deadline_ms > z.max_deadline_ms {
+            problems.push("resilience.default_deadline_ms must be between 1 and resilience.max_deadline_ms".to_string());
+        }
+        if z.breaker_failures == 0 || z.breaker_open_ms == 0 {
+            problems.push("resilience.breaker_failures and resilience.breaker_open_ms must be at least 1".to_string());
         }
         if self.llm.is_empty() {
             problems.push("llm: configure at least one backend ([[llm]] with name and kind)".to_string());

@@ -16,8 +16,14 @@ pub enum ApiError {
     CollectionNotFound(String),
     #[error("document `{document}` does not exist in collection `{collection}`")]
     DocumentNotFound { collection: String, document: String },
+    #[error("model `{0}` is neither a collection nor an LLM backend (see GET /v1/models)")]
+    ModelNotFound(String),
     #[error("collection `{0}` already exists")]
     CollectionExists(String),
+    #[error("this route needs `Authorization: Bearer <admin key>`")]
+    Unauthorized,
+    #[error("the admin key is wrong, or no admin key is configured (resilience.admin_key_env)")]
+    Forbidden,
     #[error("request body is larger than the server's limit (server.max_body_bytes)")]
     BodyTooLarge,
     /// A dependency failed and nothing could be served instead.
@@ -38,8 +44,12 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
-            Self::CollectionNotFound(_) | Self::DocumentNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::CollectionNotFound(_) | Self::DocumentNotFound { .. } | Self::ModelNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::CollectionExists(_) => StatusCode::CONFLICT,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -52,6 +62,9 @@ impl ApiError {
             Self::CollectionNotFound(_) => "collection_not_found",
             Self::DocumentNotFound { .. } => "document_not_found",
             Self::CollectionExists(_) => "collection_exists",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::BodyTooLarge => "body_too_large",
             Self::Internal(_) => "internal",
         }

@@ -1,13 +1,19 @@
 //! The ragway gateway: configuration, HTTP routes, and the orchestration of the stage crates.
 
 pub mod app;
+pub mod breaker;
 pub mod collections;
 pub mod config;
+pub mod deadline;
 pub mod error;
+pub mod faults;
+pub mod guard;
+pub mod llm_pool;
 pub mod metrics;
 pub mod models;
 pub mod openapi_doc;
 pub mod pipeline;
 pub mod report;
+pub mod rerank_cost;
 pub mod routes;
 pub mod validate;

@@ -1,6 +1,9 @@
 use utoipa::OpenApi;
 
-use crate::routes::{answers, collections, embeddings, health};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::Modify;
+
+use crate::routes::{admin, answers, collections, embeddings, health, openai};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -9,16 +12,32 @@ use crate::routes::{answers, collections, embeddings, health};
         collections::create, collections::list, collections::get, collections::delete,
         collections::ingest, collections::delete_document,
         answers::search, answers::query,
-        embeddings::embeddings,
+        embeddings::embeddings, openai::chat_completions, openai::models,
         health::healthz, health::readyz, health::metrics,
+        admin::set_fault, admin::list_faults, admin::clear_faults,
     ),
     components(schemas(health::Health, health::Readiness)),
+    modifiers(&AdminKey),
     tags(
         (name = "collections", description = "Create, list and drop collections"),
         (name = "documents", description = "Ingest and delete documents"),
         (name = "answers", description = "Search and grounded answers"),
         (name = "openai", description = "OpenAI-compatible endpoints"),
         (name = "operations", description = "Health, readiness, metrics"),
+        (name = "admin", description = "Operator endpoints; `Authorization: Bearer <admin key>`"),
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the admin bearer key the `/admin` routes require.
+struct AdminKey;
+
+impl Modify for AdminKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("admin_key", scheme);
+    }
+}

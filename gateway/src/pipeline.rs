@@ -2,18 +2,23 @@
 //! records what it did in a [`Report`]; a failed stage degrades the answer instead of failing it
 //! while another path can still serve.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ragway_cache::{CacheKey, LocalCache};
-use ragway_llm::{cited_passages, rag_messages, Generation, GenerationRequest, Generator, Passage};
+use ragway_llm::{cited_passages, rag_messages, GenerationRequest, Passage};
 use ragway_openapi::{DegradationReason, StageStatus, TokenUsage};
 use ragway_rerank::Reranker;
 use ragway_retrieval::{
     reciprocal_rank_fusion, DenseStore, Embedder, KeywordStore, MetadataFilter, ScoredChunk,
 };
 
+use crate::deadline::Deadline;
+use crate::guard::{Failure, Guard};
+use crate::llm_pool::LlmPool;
 use crate::report::{Authorship, Report};
+use crate::rerank_cost::RerankCost;
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -25,13 +30,22 @@ pub struct PipelineSettings {
     pub temperature: f64,
 }
 
+/// The breaker-and-timeout guard of each retrieval dependency.
+pub struct StageGuards {
+    pub embed: Guard,
+    pub dense: Guard,
+    pub keyword: Guard,
+    pub rerank: Guard,
+}
+
 pub struct Pipeline {
     pub embedder: Arc<dyn Embedder>,
     pub dense: Arc<dyn DenseStore>,
     pub keyword: Arc<dyn KeywordStore>,
     pub reranker: Option<Arc<dyn Reranker>>,
-    /// Ordered: the first is the primary, the rest are fallbacks.
-    pub llms: Vec<Arc<dyn Generator>>,
+    pub guards: StageGuards,
+    pub rerank_cost: RerankCost,
+    pub llm: LlmPool,
     /// L2: query embeddings by model and text.
     pub query_embeddings: LocalCache<Arc<Vec<f32>>>,
     pub settings: PipelineSettings,
@@ -39,6 +53,9 @@ pub struct Pipeline {
 
 pub struct Retrieved {
     pub hits: Vec<ScoredChunk>,
+    /// Chunk ids each engine found, so every hit can say where it came from.
+    pub dense_ids: HashSet<String>,
+    pub keyword_ids: HashSet<String>,
     pub report: Report,
 }
 
@@ -50,24 +67,39 @@ pub struct Answer {
     pub report: Report,
 }
 
+/// Records a failed guarded stage in `report` and returns its status.
+fn degrade<E: std::fmt::Display>(report: &mut Report, stage: &str, failure: &Failure<E>) -> StageStatus {
+    tracing::warn!(stage, error = %failure, "stage degraded");
+    report.degrade(stage, failure.reason());
+    match failure {
+        Failure::Deadline => StageStatus::Skipped,
+        Failure::BreakerOpen | Failure::Timeout | Failure::Injected(_) | Failure::Error(_) => StageStatus::Failed,
+    }
+}
+
 impl Pipeline {
-    /// Hybrid retrieval and reranking: the `top_k` best chunks.
+    /// Hybrid retrieval and reranking: the `top_k` best chunks, within `deadline`.
     pub async fn retrieve(
         &self,
         collection: &str,
         query: &str,
         filter: MetadataFilter,
         top_k: usize,
+        deadline: &Deadline,
     ) -> Retrieved {
         let mut report = Report::default();
         let started = Instant::now();
         // Each branch reports on its own stages; join! needs them to borrow nothing mutably.
         let ((dense_hits, dense_report), (keyword_hits, keyword_report)) = tokio::join!(
-            self.dense_hits(collection, query, filter.clone()),
-            self.keyword_hits(collection, query, filter),
+            self.dense_hits(collection, query, filter.clone(), deadline),
+            self.keyword_hits(collection, query, filter, deadline),
         );
         report.merge(dense_report);
         report.merge(keyword_report);
+        let ids = |hits: &Option<Vec<ScoredChunk>>| -> HashSet<String> {
+            hits.iter().flatten().map(|h| h.chunk.chunk_id.clone()).collect()
+        };
+        let (dense_ids, keyword_ids) = (ids(&dense_hits), ids(&keyword_hits));
         let lists: Vec<Vec<ScoredChunk>> = [dense_hits, keyword_hits].into_iter().flatten().collect();
         let fused = reciprocal_rank_fusion(
             &lists,
@@ -75,8 +107,13 @@ impl Pipeline {
             self.settings.rerank_candidates.max(top_k),
         );
         report.record_time("retrieval", started);
-        let hits = self.rerank(query, fused, top_k, &mut report).await;
-        Retrieved { hits, report }
+        let hits = self.rerank(query, fused, top_k, deadline, &mut report).await;
+        Retrieved {
+            hits,
+            dense_ids,
+            keyword_ids,
+            report,
+        }
     }
 
     /// Embeds the query (through the L2 cache) and searches the dense store.
@@ -85,67 +122,55 @@ impl Pipeline {
         collection: &str,
         query: &str,
         filter: MetadataFilter,
+        deadline: &Deadline,
     ) -> (Option<Vec<ScoredChunk>>, Report) {
         let mut report = Report::default();
         let started = Instant::now();
-        let key = CacheKey::new(
-            "l2_embedding",
-            &[self.embedder.model_id().as_bytes(), query.as_bytes()],
-        );
-        let vector = match self.query_embeddings.get(&key).await {
-            Some(v) => {
-                metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "hit").increment(1);
-                Ok(v)
-            }
-            None => {
-                metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "miss").increment(1);
-                self.embedder
-                    .embed(vec![query.to_string()])
-                    .await
-                    .and_then(|mut e| {
-                        e.vectors.pop().map(Arc::new).ok_or_else(|| {
-                            ragway_retrieval::RetrievalError::Model("no vector returned".into())
-                        })
-                    })
-            }
-        };
+        let vector = self.query_vector(query, deadline).await;
         report.record_time("embed", started);
         let vector = match vector {
             Ok(v) => {
-                self.query_embeddings.insert(key, v.clone()).await;
                 report.embed = StageStatus::Ok;
                 v
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "query embedding failed");
-                report.embed = StageStatus::Failed;
-                report.degrade("embed", DegradationReason::Error);
+            Err(failure) => {
+                report.embed = degrade(&mut report, "embed", &failure);
                 return (None, report);
             }
         };
         let started = Instant::now();
-        let hits = self
-            .dense
-            .search(
-                collection,
-                vector.as_ref().clone(),
-                filter,
-                self.settings.candidates,
-            )
-            .await;
+        let search = self.dense.search(collection, vector.as_ref().clone(), filter, self.settings.candidates);
+        let hits = self.guards.dense.run(deadline, search).await;
         report.record_time("dense", started);
         match hits {
             Ok(hits) => {
                 report.dense = StageStatus::Ok;
                 (Some(hits), report)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "dense search failed");
-                report.dense = StageStatus::Failed;
-                report.degrade("dense", DegradationReason::Error);
+            Err(failure) => {
+                report.dense = degrade(&mut report, "dense", &failure);
                 (None, report)
             }
         }
+    }
+
+    async fn query_vector(
+        &self,
+        query: &str,
+        deadline: &Deadline,
+    ) -> Result<Arc<Vec<f32>>, Failure<ragway_retrieval::RetrievalError>> {
+        let key = CacheKey::new("l2_embedding", &[self.embedder.model_id().as_bytes(), query.as_bytes()]);
+        if let Some(vector) = self.query_embeddings.get(&key).await {
+            metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "hit").increment(1);
+            return Ok(vector);
+        }
+        metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "miss").increment(1);
+        let embedded = self.guards.embed.run(deadline, self.embedder.embed(vec![query.to_string()])).await?;
+        let vector = embedded.vectors.into_iter().next().map(Arc::new).ok_or_else(|| {
+            Failure::Error(ragway_retrieval::RetrievalError::Model("no vector returned".into()))
+        })?;
+        self.query_embeddings.insert(key, vector.clone()).await;
+        Ok(vector)
     }
 
     async fn keyword_hits(
@@ -153,34 +178,35 @@ impl Pipeline {
         collection: &str,
         query: &str,
         filter: MetadataFilter,
+        deadline: &Deadline,
     ) -> (Option<Vec<ScoredChunk>>, Report) {
         let mut report = Report::default();
         let started = Instant::now();
-        let hits = self
+        let search = self
             .keyword
-            .search(collection, query.to_string(), filter, self.settings.candidates)
-            .await;
+            .search(collection, query.to_string(), filter, self.settings.candidates);
+        let hits = self.guards.keyword.run(deadline, search).await;
         report.record_time("keyword", started);
         match hits {
             Ok(hits) => {
                 report.keyword = StageStatus::Ok;
                 (Some(hits), report)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "keyword search failed");
-                report.keyword = StageStatus::Failed;
-                report.degrade("keyword", DegradationReason::Error);
+            Err(failure) => {
+                report.keyword = degrade(&mut report, "keyword", &failure);
                 (None, report)
             }
         }
     }
 
-    /// Reorders fused hits by cross-encoder score; keeps the fused order when the reranker fails.
+    /// Reorders fused hits by cross-encoder score. Keeps the fused order when the reranker fails,
+    /// or when its recent cost for this many candidates does not fit the time left.
     async fn rerank(
         &self,
         query: &str,
         mut fused: Vec<ScoredChunk>,
         top_k: usize,
+        deadline: &Deadline,
         report: &mut Report,
     ) -> Vec<ScoredChunk> {
         let Some(reranker) = &self.reranker else {
@@ -193,38 +219,42 @@ impl Pipeline {
             report.rerank = StageStatus::Ok;
             return fused;
         }
+        if self.rerank_cost.estimate(fused.len()).is_some_and(|cost| cost > deadline.remaining()) {
+            report.rerank = StageStatus::Skipped;
+            report.degrade("rerank", DegradationReason::Deadline);
+            fused.truncate(top_k);
+            return fused;
+        }
         let started = Instant::now();
         let passages = fused.iter().map(|h| h.chunk.text.clone()).collect();
-        let scores = reranker.score(query.to_string(), passages).await;
+        let scores = self.guards.rerank.run(deadline, reranker.score(query.to_string(), passages)).await;
         report.record_time("rerank", started);
         match scores {
             Ok(scores) => {
+                self.rerank_cost.record(fused.len(), started.elapsed());
                 report.rerank = StageStatus::Ok;
                 for (hit, score) in fused.iter_mut().zip(scores) {
                     hit.score = score;
                 }
                 fused.sort_by(|a, b| b.score.total_cmp(&a.score));
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "rerank failed");
-                report.rerank = StageStatus::Failed;
-                report.degrade("rerank", DegradationReason::Error);
-            }
+            Err(failure) => report.rerank = degrade(report, "rerank", &failure),
         }
         fused.truncate(top_k);
         fused
     }
 
-    /// Retrieval, then a grounded answer from the first LLM that can give one, or quoted passages
-    /// when none can.
+    /// Retrieval, then a grounded answer from the first LLM of the pool that can give one, or
+    /// quoted passages when none can.
     pub async fn answer(
         &self,
         collection: &str,
         query: &str,
         filter: MetadataFilter,
         passages: usize,
+        deadline: &Deadline,
     ) -> Answer {
-        let Retrieved { hits, mut report } = self.retrieve(collection, query, filter, passages).await;
+        let Retrieved { hits, mut report, .. } = self.retrieve(collection, query, filter, passages, deadline).await;
         if report.mode() == ragway_openapi::Mode::Error {
             return Answer {
                 text: String::new(),
@@ -233,20 +263,13 @@ impl Pipeline {
                 report,
             };
         }
-        let prompt_passages: Vec<Passage<'_>> = hits
-            .iter()
-            .map(|h| Passage {
-                doc_id: &h.chunk.doc_id,
-                text: &h.chunk.text,
-            })
-            .collect();
         let request = GenerationRequest {
-            messages: rag_messages(query, &prompt_passages),
+            messages: rag_messages(query, &prompt_passages(&hits)),
             max_tokens: self.settings.max_tokens,
             temperature: self.settings.temperature,
         };
         let started = Instant::now();
-        let generated = self.generate(request, &mut report).await;
+        let generated = self.llm.generate(&request, deadline, &mut report, None).await;
         report.record_time("llm", started);
         let numbered = || hits.iter().cloned().enumerate().map(|(i, h)| (i + 1, h));
         match generated {
@@ -279,32 +302,15 @@ impl Pipeline {
             }
         }
     }
+}
 
-    /// Walks the backends in order; the first answer wins.
-    async fn generate(&self, request: GenerationRequest, report: &mut Report) -> Option<Generation> {
-        for (i, llm) in self.llms.iter().enumerate() {
-            match llm.generate(request.clone()).await {
-                Ok(generation) => {
-                    let backend = llm.name().to_string();
-                    metrics::counter!("ragway_llm_tokens_total", "backend" => backend.clone(), "kind" => "prompt")
-                        .increment(generation.prompt_tokens as u64);
-                    metrics::counter!("ragway_llm_tokens_total", "backend" => backend.clone(), "kind" => "completion")
-                        .increment(generation.completion_tokens as u64);
-                    report.authorship = Some(if i == 0 {
-                        Authorship::Primary(backend)
-                    } else {
-                        Authorship::Fallback(backend)
-                    });
-                    return Some(generation);
-                }
-                Err(e) => {
-                    tracing::warn!(backend = llm.name(), error = %e, "LLM backend failed");
-                    report.degrade(format!("llm:{}", llm.name()), DegradationReason::Error);
-                }
-            }
-        }
-        None
-    }
+fn prompt_passages(hits: &[ScoredChunk]) -> Vec<Passage<'_>> {
+    hits.iter()
+        .map(|h| Passage {
+            doc_id: &h.chunk.doc_id,
+            text: &h.chunk.text,
+        })
+        .collect()
 }
 
 /// The answer when no LLM could write one: the best passages, quoted and numbered.

@@ -1,4 +1,16 @@
+use std::time::Duration;
+
 use thiserror::Error;
+
+/// Whether a failed call may succeed if tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    Never,
+    /// Transient (connection refused, 5xx, 429 without a hint): back off and retry.
+    Backoff,
+    /// The server said when (`Retry-After`).
+    After(Duration),
+}
 
 #[derive(Debug, Error)]
 pub enum LlmError {
@@ -15,7 +27,11 @@ pub enum LlmError {
     #[error("the local model worker has stopped")]
     WorkerGone,
     #[error("remote backend `{backend}` failed: {message}")]
-    Remote { backend: String, message: String },
+    Remote {
+        backend: String,
+        message: String,
+        retry: Retry,
+    },
     #[error("remote backend `{backend}` returned no text")]
     EmptyResponse { backend: String },
 }
@@ -26,6 +42,17 @@ impl LlmError {
             Self::Model(_) | Self::WorkerGone => "llm_failed",
             Self::PromptTooLong { .. } => "prompt_too_long",
             Self::Remote { .. } | Self::EmptyResponse { .. } => "llm_backend_failed",
+        }
+    }
+}
+
+impl LlmError {
+    pub fn retry(&self) -> Retry {
+        match self {
+            Self::Remote { retry, .. } => *retry,
+            Self::Model(_) | Self::PromptTooLong { .. } | Self::WorkerGone | Self::EmptyResponse { .. } => {
+                Retry::Never
+            }
         }
     }
 }

@@ -5,8 +5,9 @@ mod error;
 mod local;
 mod prompt;
 mod remote;
+mod retry_after;
 
-pub use error::LlmError;
+pub use error::{LlmError, Retry};
 pub use local::{LocalLlm, LocalLlmOptions};
 pub use prompt::{cited_passages, rag_messages, Passage};
 pub use remote::{OpenAiBackend, OpenAiBackendOptions};

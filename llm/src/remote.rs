@@ -1,6 +1,8 @@
 use std::time::Duration;
 
 use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs,
@@ -8,7 +10,8 @@ use async_openai::types::chat::{
 use async_openai::Client;
 use async_trait::async_trait;
 
-use crate::{ChatMessage, Generation, GenerationRequest, Generator, LlmError, Role};
+use crate::retry_after::{RateLimited, RetryAfterCapture};
+use crate::{ChatMessage, Generation, GenerationRequest, Generator, LlmError, Retry, Role};
 
 #[derive(Debug, Clone)]
 pub struct OpenAiBackendOptions {
@@ -36,21 +39,23 @@ impl OpenAiBackend {
             .map_err(|e| LlmError::Remote {
                 backend: options.name.clone(),
                 message: format!("cannot build HTTP client: {e}"),
+                retry: Retry::Never,
             })?;
         let config = OpenAIConfig::new()
             .with_api_base(options.base_url)
             .with_api_key(options.api_key);
         Ok(Self {
-            client: Client::with_config(config).with_http_client(http),
+            client: Client::with_config(config).with_http_service(RetryAfterCapture::new(ReqwestService::new(http))),
             name: options.name,
             model: options.model,
         })
     }
 
-    fn remote_error(&self, message: impl ToString) -> LlmError {
+    fn remote_error(&self, error: OpenAIError) -> LlmError {
         LlmError::Remote {
             backend: self.name.clone(),
-            message: message.to_string(),
+            retry: classify(&error),
+            message: error.to_string(),
         }
     }
 }
@@ -98,6 +103,25 @@ impl Generator for OpenAiBackend {
             prompt_tokens,
             completion_tokens,
         })
+    }
+}
+
+/// Connection failures, 429 and 5xx are worth retrying; other errors are not.
+fn classify(error: &OpenAIError) -> Retry {
+    match error {
+        OpenAIError::Reqwest(e) if e.is_connect() => Retry::Backoff,
+        OpenAIError::Reqwest(e) => match e.status() {
+            Some(s) if s.as_u16() == 429 || s.is_server_error() => Retry::Backoff,
+            _ => Retry::Never,
+        },
+        OpenAIError::ApiError(e) if e.status_code.as_u16() == 429 || e.status_code.is_server_error() => {
+            Retry::Backoff
+        }
+        OpenAIError::Boxed(boxed) => match boxed.downcast_ref::<RateLimited>() {
+            Some(limited) => limited.retry_after.map_or(Retry::Backoff, Retry::After),
+            None => Retry::Never,
+        },
+        _ => Retry::Never,
     }
 }
 

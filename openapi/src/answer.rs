@@ -98,6 +98,10 @@ pub struct SearchRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<MetadataFilter>,
+    /// Time budget for this request in ms; at most the server's maximum. Stages that cannot fit
+    /// are skipped and reported.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -109,6 +113,8 @@ pub struct Hit {
     pub score: f32,
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
+    /// Which engines found this chunk: `dense`, `keyword`.
+    pub engines: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -135,6 +141,9 @@ pub struct QueryRequest {
     /// Server-Sent Events are not served yet; `true` is rejected with 400.
     #[serde(default)]
     pub stream: Option<bool>,
+    /// Time budget for this request in ms; at most the server's maximum.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 /// A passage the answer was grounded on; `index` is the `[n]` used in the answer text.

@@ -4,11 +4,13 @@
 //! the OpenAPI document be generated from exactly the types the handlers use.
 
 mod answer;
+mod chat;
 mod collections;
 mod embeddings;
 mod error;
 
 pub use answer::*;
+pub use chat::*;
 pub use collections::*;
 pub use embeddings::*;
 pub use error::*;

@@ -18,6 +18,14 @@ pub enum Script {
     Answer(String),
     /// Fail with this HTTP status.
     Status(u16),
+    /// 429 with a `Retry-After` header (seconds) for the next `times` calls, then answer.
+    RateLimited {
+        retry_after_s: u64,
+        times: usize,
+        then: String,
+    },
+    /// Accept the request and never answer.
+    Hang,
 }
 
 #[derive(Clone)]
@@ -88,6 +96,22 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
         .map(|s| s.clone())
         .unwrap_or(Script::Status(500));
     match script {
+        Script::Hang => std::future::pending().await,
+        Script::RateLimited { retry_after_s, times, then } => {
+            if let Ok(mut s) = shared.script.lock() {
+                *s = if times > 1 {
+                    Script::RateLimited { retry_after_s, times: times - 1, then }
+                } else {
+                    Script::Answer(then)
+                };
+            }
+            let body = Json(json!({"error": {"message": "slow down", "type": "rate_limit"}}));
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, body).into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from(retry_after_s));
+            response
+        }
         Script::Answer(text) => Json(json!({
             "id": "chatcmpl-scripted",
             "object": "chat.completion",

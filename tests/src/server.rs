@@ -129,6 +129,15 @@ impl Server {
         reply(request.send().await?).await
     }
 
+    /// Sends `body` to an admin route with `Authorization: Bearer <key>`.
+    pub async fn admin(&self, method: reqwest::Method, path: &str, key: &str, body: Option<&Value>) -> anyhow::Result<Reply> {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        reply(request.send().await?).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
         reply(self.http.delete(self.url(path)).send().await?).await
     }

@@ -112,9 +112,15 @@ impl Scores {
 
 pub async fn search() -> anyhow::Result<()> {
     let data = load()?;
-    let dir = tempfile::tempdir()?;
+    // RAGWAY_BENCH_DATA keeps the ingested collection between runs, so latency and quality can
+    // be measured again without re-embedding 10k chunks.
+    let scratch = tempfile::tempdir()?;
+    let data_dir = std::env::var_os("RAGWAY_BENCH_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| scratch.path().to_path_buf());
+    let reuse = data_dir.join("collections/trec.json").is_file();
     let mut config = Config::default();
-    config.server.data_dir = dir.path().to_path_buf();
+    config.server.data_dir = data_dir;
     let metrics = ragway_gateway::metrics::install()?;
     let state = AppState::load(config, metrics).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -124,13 +130,15 @@ pub async fn search() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
 
     // 40-word chunks with 8 words of overlap turn the 5,000 passages into ~10k chunks.
-    http.post(format!("{base}/v1/collections"))
-        .json(&json!({"name": "trec", "chunk_words": 40, "chunk_overlap_words": 8}))
-        .send()
-        .await?
-        .error_for_status()?;
+    if !reuse {
+        http.post(format!("{base}/v1/collections"))
+            .json(&json!({"name": "trec", "chunk_words": 40, "chunk_overlap_words": 8}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
     let started = Instant::now();
-    for batch in data.corpus.chunks(500) {
+    for batch in data.corpus.chunks(500).filter(|_| !reuse) {
         let documents: Vec<Value> = batch
             .iter()
             .map(|(id, text)| json!({"id": id, "text": text}))
@@ -150,6 +158,9 @@ pub async fn search() -> anyhow::Result<()> {
         .await?;
     let chunks = info["chunks"].as_u64().unwrap_or(0);
 
+    if std::env::var_os("RAGWAY_BENCH_INGEST_ONLY").is_some() {
+        return Ok(());
+    }
     // Latency: the 50 queries once with a cold L2 (embedding computed), then 10 more rounds with
     // the query embedding cached.
     let mut cold = Vec::new();

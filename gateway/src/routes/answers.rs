@@ -8,7 +8,10 @@ use ragway_openapi::{
 use ragway_retrieval::ScoredChunk;
 use serde::Serialize;
 
+use std::collections::HashSet;
+
 use crate::app::AppState;
+use crate::deadline::Deadline;
 use crate::error::{ApiError, ApiJson};
 use crate::validate;
 
@@ -30,16 +33,18 @@ pub async fn search(
         limits.retrieval.max_top_k,
     )?;
     let filter = validate::filter(request.filter.as_ref())?;
+    let deadline = deadline(&state, request.deadline_ms)?;
     let collection = state.collections.get(&name)?;
     let retrieved = state
         .pipeline
-        .retrieve(&collection.name, &request.query, filter, top_k)
+        .retrieve(&collection.name, &request.query, filter, top_k, &deadline)
         .await;
     let mut report = retrieved.report;
     report.finish();
     let mode = report.mode();
+    let (dense, keyword) = (&retrieved.dense_ids, &retrieved.keyword_ids);
     let body = SearchResponse {
-        hits: retrieved.hits.into_iter().map(hit).collect(),
+        hits: retrieved.hits.into_iter().map(|h| hit(h, dense, keyword)).collect(),
         mode,
         degraded: report.degraded(),
         stages: report.stages(),
@@ -72,27 +77,18 @@ pub async fn query(
             "streamed answers are not served yet; send stream: false",
         ));
     }
+    let deadline = deadline(&state, request.deadline_ms)?;
     let collection = state.collections.get(&name)?;
     let answer = state
         .pipeline
-        .answer(&collection.name, &request.query, filter, passages)
+        .answer(&collection.name, &request.query, filter, passages, &deadline)
         .await;
     let mut report = answer.report;
     report.finish();
     let mode = report.mode();
     let body = QueryResponse {
         answer: answer.text,
-        citations: answer
-            .citations
-            .into_iter()
-            .map(|(index, h)| Citation {
-                index,
-                doc_id: h.chunk.doc_id,
-                chunk_id: h.chunk.chunk_id,
-                text: h.chunk.text,
-                score: h.score,
-            })
-            .collect(),
+        citations: answer.citations.into_iter().map(citation).collect(),
         mode,
         degraded: report.degraded(),
         stages: report.stages(),
@@ -102,19 +98,40 @@ pub async fn query(
     Ok(answer_response(mode, body))
 }
 
-fn hit(h: ScoredChunk) -> Hit {
+pub(crate) fn citation((index, h): (usize, ScoredChunk)) -> Citation {
+    Citation {
+        index,
+        doc_id: h.chunk.doc_id,
+        chunk_id: h.chunk.chunk_id,
+        text: h.chunk.text,
+        score: h.score,
+    }
+}
+
+pub(crate) fn deadline(state: &AppState, requested_ms: Option<u64>) -> Result<Deadline, ApiError> {
+    let limits = &state.config.resilience;
+    Deadline::for_request(requested_ms, limits.default_deadline_ms, limits.max_deadline_ms)
+}
+
+fn hit(h: ScoredChunk, dense: &HashSet<String>, keyword: &HashSet<String>) -> Hit {
+    let engines = [("dense", dense), ("keyword", keyword)]
+        .into_iter()
+        .filter(|(_, ids)| ids.contains(&h.chunk.chunk_id))
+        .map(|(engine, _)| engine.to_string())
+        .collect();
     Hit {
         doc_id: h.chunk.doc_id,
         chunk_id: h.chunk.chunk_id,
         text: h.chunk.text,
         score: h.score,
         metadata: h.chunk.metadata,
+        engines,
     }
 }
 
 /// Every answer carries its mode in the `x-ragway-mode` header and is counted by mode; `error`
 /// answers are 503 with the same body shape.
-fn answer_response(mode: Mode, body: impl Serialize) -> Response {
+pub(crate) fn answer_response(mode: Mode, body: impl Serialize) -> Response {
     metrics::counter!("ragway_answers_total", "mode" => mode.as_str()).increment(1);
     let status = if mode == Mode::Error {
         StatusCode::SERVICE_UNAVAILABLE

@@ -5,7 +5,10 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use std::collections::BTreeMap;
+
 use crate::app::AppState;
+use crate::breaker::BreakerState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -14,11 +17,14 @@ pub struct Health {
 
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
+    /// At least one retrieval path (embedder + dense, or keyword) and one answer path (an LLM
+    /// backend, or the extractive answer, which needs only retrieval) are available.
     ready: bool,
     collections: usize,
     embedder: String,
     reranker: Option<String>,
-    llm_backends: Vec<String>,
+    /// Breaker state per dependency: `embedder`, `dense`, `keyword`, `reranker`, `llm:<backend>`.
+    dependencies: BTreeMap<String, BreakerState>,
 }
 
 /// Liveness: the process is up and serving HTTP.
@@ -33,12 +39,26 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let collections = state.collections.list();
     let pipeline = &state.pipeline;
+    let guards = &pipeline.guards;
+    let mut dependencies: BTreeMap<String, BreakerState> = [&guards.embed, &guards.dense, &guards.keyword]
+        .into_iter()
+        .map(|g| (g.name.clone(), g.state()))
+        .collect();
+    if pipeline.reranker.is_some() {
+        dependencies.insert(guards.rerank.name.clone(), guards.rerank.state());
+    }
+    for backend in pipeline.llm.backends() {
+        dependencies.insert(format!("llm:{}", backend.name()), backend.state());
+    }
+    let usable = |g: &crate::guard::Guard| g.state() != BreakerState::Open;
+    let dense_path = usable(&guards.embed) && usable(&guards.dense);
+    // The extractive answer needs only retrieval, so retrieval decides readiness.
     let body = Readiness {
-        ready: collections.is_ok() && !pipeline.llms.is_empty(),
+        ready: collections.is_ok() && (dense_path || usable(&guards.keyword)),
         collections: collections.map(|c| c.len()).unwrap_or(0),
         embedder: pipeline.embedder.model_id().to_string(),
         reranker: pipeline.reranker.as_ref().map(|r| r.model_id().to_string()),
-        llm_backends: pipeline.llms.iter().map(|l| l.name().to_string()).collect(),
+        dependencies,
     };
     let status = if body.ready {
         StatusCode::OK

@@ -1,4 +1,6 @@
+pub mod admin;
 pub mod answers;
 pub mod collections;
 pub mod embeddings;
 pub mod health;
+pub mod openai;

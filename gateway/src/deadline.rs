@@ -1,0 +1,34 @@
+//! A request's deadline: every stage gets what is left of it.
+
+use std::time::{Duration, Instant};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Instant,
+}
+
+impl Deadline {
+    pub fn after(budget: Duration) -> Self {
+        Self {
+            at: Instant::now() + budget,
+        }
+    }
+
+    /// The request's own `deadline_ms` if given (never more than `max_ms`), else `default_ms`.
+    pub fn for_request(requested_ms: Option<u64>, default_ms: u64, max_ms: u64) -> Result<Self, ApiError> {
+        match requested_ms {
+            None => Ok(Self::after(Duration::from_millis(default_ms))),
+            Some(ms) if (1..=max_ms).contains(&ms) => Ok(Self::after(Duration::from_millis(ms))),
+            Some(ms) => Err(ApiError::invalid(
+                "deadline_out_of_range",
+                format!("deadline_ms = {ms} is out of range: use 1 to {max_ms}"),
+            )),
+        }
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+}

@@ -1,0 +1,181 @@
+//! The LLM pool: backends tried by priority (lowest first); among equal priorities the one with
+//! the fewest requests in flight goes first. Each backend has its own guard (breaker, timeout);
+//! retryable failures (connect, 429, 5xx) are retried with jittered backoff within the deadline.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ragway_llm::{Generation, GenerationRequest, Generator, LlmError, Retry};
+
+use crate::breaker::BreakerState;
+use crate::deadline::Deadline;
+use crate::guard::{Failure, Guard};
+use crate::report::{Authorship, Report};
+
+pub struct Backend {
+    pub generator: Arc<dyn Generator>,
+    pub guard: Guard,
+    pub priority: u32,
+    pub max_retries: u32,
+    in_flight: AtomicUsize,
+}
+
+impl Backend {
+    pub fn new(generator: Arc<dyn Generator>, guard: Guard, priority: u32, max_retries: u32) -> Self {
+        Self {
+            generator,
+            guard,
+            priority,
+            max_retries,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.generator.name()
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.guard.state()
+    }
+}
+
+/// Decrements the in-flight count however the call ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct LlmPool {
+    backends: Vec<Backend>,
+}
+
+const RETRY_BASE: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl LlmPool {
+    pub fn new(mut backends: Vec<Backend>) -> Self {
+        backends.sort_by_key(|b| b.priority);
+        Self { backends }
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    fn primary_priority(&self) -> Option<u32> {
+        self.backends.first().map(|b| b.priority)
+    }
+
+    /// Backends in the order to try: by priority, then fewest in flight.
+    fn order(&self, only: Option<&str>) -> Vec<&Backend> {
+        let mut order: Vec<&Backend> = self
+            .backends
+            .iter()
+            .filter(|b| only.is_none_or(|name| b.name() == name))
+            .collect();
+        order.sort_by_key(|b| (b.priority, b.in_flight.load(Ordering::Acquire)));
+        order
+    }
+
+    /// The first answer down the order; every failure is recorded in `report` as
+    /// `llm:<backend>`. `only` restricts the pool to one backend (a bare-LLM chat request).
+    pub async fn generate(
+        &self,
+        request: &GenerationRequest,
+        deadline: &Deadline,
+        report: &mut Report,
+        only: Option<&str>,
+    ) -> Option<Generation> {
+        let primary = self.primary_priority();
+        for backend in self.order(only) {
+            match self.attempt(backend, request, deadline).await {
+                Ok(generation) => {
+                    count_tokens(backend.name(), &generation);
+                    let name = backend.name().to_string();
+                    report.authorship = Some(if Some(backend.priority) == primary || only.is_some() {
+                        Authorship::Primary(name)
+                    } else {
+                        Authorship::Fallback(name)
+                    });
+                    return Some(generation);
+                }
+                Err(failure) => {
+                    tracing::warn!(backend = backend.name(), error = %failure, "LLM backend failed");
+                    report.degrade(format!("llm:{}", backend.name()), failure.reason());
+                }
+            }
+        }
+        None
+    }
+
+    /// One backend, with retries of retryable errors while the deadline allows.
+    async fn attempt(
+        &self,
+        backend: &Backend,
+        request: &GenerationRequest,
+        deadline: &Deadline,
+    ) -> Result<Generation, Failure<LlmError>> {
+        backend.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _in_flight = InFlight(&backend.in_flight);
+        let mut attempt = 0;
+        loop {
+            let result = backend
+                .guard
+                .run(deadline, backend.generator.generate(request.clone()))
+                .await;
+            let Err(Failure::Error(error)) = &result else {
+                return result;
+            };
+            let wait = match error.retry() {
+                Retry::Never => return result,
+                Retry::Backoff => jittered_backoff(attempt),
+                Retry::After(wait) => wait,
+            };
+            if attempt >= backend.max_retries {
+                return result;
+            }
+            if wait >= deadline.remaining() {
+                return result;
+            }
+            tracing::info!(backend = backend.name(), attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Full jitter: uniform in [0, min(max, base · 2^attempt)].
+fn jittered_backoff(attempt: u32) -> Duration {
+    let cap = RETRY_BASE.saturating_mul(1 << attempt.min(10)).min(RETRY_MAX);
+    // Sub-second clock noise is random enough to spread retries; no RNG dependency needed.
+    let noise = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    cap.mul_f64(f64::from(noise % 1_000) / 1_000.0)
+}
+
+fn count_tokens(backend: &str, generation: &Generation) {
+    metrics::counter!("ragway_llm_tokens_total", "backend" => backend.to_string(), "kind" => "prompt")
+        .increment(generation.prompt_tokens as u64);
+    metrics::counter!("ragway_llm_tokens_total", "backend" => backend.to_string(), "kind" => "completion")
+        .increment(generation.completion_tokens as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_grows() {
+        for attempt in 0..20 {
+            let wait = jittered_backoff(attempt);
+            assert!(wait <= RETRY_BASE.saturating_mul(1 << attempt.min(10)).min(RETRY_MAX));
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Recent reranker cost, to skip reranking when it cannot fit the time left.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const WINDOW: usize = 64;
+
+/// Milliseconds per candidate of the last calls.
+#[derive(Default)]
+pub struct RerankCost {
+    per_candidate_ms: Mutex<VecDeque<f64>>,
+}
+
+impl RerankCost {
+    pub fn record(&self, candidates: usize, took: Duration) {
+        if candidates == 0 {
+            return;
+        }
+        if let Ok(mut samples) = self.per_candidate_ms.lock() {
+            if samples.len() == WINDOW {
+                samples.pop_front();
+            }
+            samples.push_back(took.as_secs_f64() * 1e3 / candidates as f64);
+        }
+    }
+
+    /// The p95 of recent per-candidate cost times `candidates`; `None` before any call.
+    pub fn estimate(&self, candidates: usize) -> Option<Duration> {
+        let samples = self.per_candidate_ms.lock().ok()?;
+        if samples.is_empty() {
+            return None;
+        }
+        let mut sorted: Vec<f64> = samples.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let p95 = sorted[((sorted.len() - 1) as f64 * 0.95).round() as usize];
+        Some(Duration::from_secs_f64(p95 * candidates as f64 / 1e3))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimate_scales_with_candidates_and_uses_the_slow_tail() {
+        let cost = RerankCost::default();
+        assert_eq!(cost.estimate(10), None);
+        for _ in 0..18 {
+            cost.record(10, Duration::from_millis(10)); // 1 ms per candidate
+        }
+        // Two slow calls in twenty: 10 ms per candidate is the 95th percentile.
+        cost.record(10, Duration::from_millis(100));
+        cost.record(10, Duration::from_millis(100));
+        assert_eq!(cost.estimate(20), Some(Duration::from_millis(200)));
+    }
+}

@@ -1,0 +1,87 @@
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use ragway_openapi::ErrorBody;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiJson};
+use crate::faults::{ActiveFault, FaultRequest};
+
+#[derive(Serialize, ToSchema)]
+pub struct FaultList {
+    faults: Vec<ActiveFault>,
+}
+
+/// Only a bearer token equal to the configured admin key passes; without a configured key the
+/// admin API is closed.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Err(ApiError::Unauthorized);
+    };
+    match &state.admin_key {
+        Some(key) if constant_time_eq(key.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) | None => Err(ApiError::Forbidden),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn known_stage(state: &AppState, stage: &str) -> bool {
+    match stage.strip_prefix("llm:") {
+        Some(backend) => state.pipeline.llm.backends().iter().any(|b| b.name() == backend),
+        None => matches!(stage, "embedder" | "dense" | "keyword" | "reranker"),
+    }
+}
+
+/// Make a stage fail, hang or slow down for a while (operators and tests).
+#[utoipa::path(post, path = "/admin/faults", tag = "admin", request_body = FaultRequest,
+    security(("admin_key" = [])),
+    responses((status = 200, body = FaultList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn set_fault(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<FaultRequest>,
+) -> Result<Json<FaultList>, ApiError> {
+    authorize(&state, &headers)?;
+    if !known_stage(&state, &request.stage) {
+        return Err(ApiError::invalid(
+            "unknown_stage",
+            format!(
+                "stage {:?} is not one of embedder, dense, keyword, reranker, llm:<configured backend>",
+                request.stage
+            ),
+        ));
+    }
+    if !(request.duration_s.is_finite() && request.duration_s > 0.0 && request.duration_s <= 86_400.0) {
+        return Err(ApiError::invalid("invalid_duration", "duration_s must be between 0 and 86400"));
+    }
+    state.faults.set(&request);
+    Ok(Json(FaultList {
+        faults: state.faults.list(),
+    }))
+}
+
+#[utoipa::path(get, path = "/admin/faults", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, body = FaultList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_faults(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<FaultList>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(FaultList {
+        faults: state.faults.list(),
+    }))
+}
+
+#[utoipa::path(delete, path = "/admin/faults", tag = "admin", security(("admin_key" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn clear_faults(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers)?;
+    state.faults.clear();
+    Ok(StatusCode::NO_CONTENT)
+}

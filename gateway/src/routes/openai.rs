@@ -1,0 +1,161 @@
+//! OpenAI-compatible chat: what chat frontends point at, and what lets one ragway serve as
+//! another's LLM backend.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::Json;
+use ragway_llm::{ChatMessage, GenerationRequest, Role};
+use ragway_openapi::{
+    ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut, ChatUsage, ErrorBody, Mode, ModelCard,
+    ModelList, RagwayAnswerInfo,
+};
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiJson};
+use crate::report::Report;
+use crate::routes::answers::{answer_response, citation, deadline};
+use crate::validate;
+
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = ModelList)))]
+pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
+    let card = |id: &str, kind: &str| ModelCard {
+        id: id.to_string(),
+        object: "model".into(),
+        created: 0,
+        owned_by: "ragway".into(),
+        ragway_kind: kind.into(),
+    };
+    let mut data: Vec<ModelCard> = state
+        .collections
+        .list()?
+        .iter()
+        .map(|c| card(&c.name, "collection"))
+        .collect();
+    data.extend(state.pipeline.llm.backends().iter().map(|b| card(b.name(), "llm")));
+    Ok(Json(ModelList {
+        object: "list".into(),
+        data,
+    }))
+}
+
+/// `model` is a collection (RAG over it) or an LLM backend (plain chat); collections win a name
+/// clash. The mode is in the `x-ragway-mode` header and, for RAG, in the `ragway` field.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatCompletionRequest,
+    responses((status = 200, body = ChatCompletion, headers(("x-ragway-mode" = String))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    if request.stream == Some(true) {
+        return Err(ApiError::invalid("stream_unsupported", "streamed chat is not served yet; send stream: false"));
+    }
+    let messages = messages(&request)?;
+    let max_tokens = request
+        .max_completion_tokens
+        .or(request.max_tokens)
+        .unwrap_or(state.config.generation.max_tokens)
+        .clamp(1, 4_096);
+    let temperature = request.temperature.unwrap_or(state.config.generation.temperature);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid("invalid_temperature", "temperature must be between 0 and 2"));
+    }
+    let deadline = deadline(&state, None)?;
+    if let Ok(collection) = state.collections.get(&request.model) {
+        let question = messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.clone())
+            .ok_or_else(|| ApiError::invalid("no_user_message", "messages hold no user message to answer"))?;
+        validate::query_text(&question, state.config.server.max_query_chars)?;
+        let answer = state
+            .pipeline
+            .answer(&collection.name, &question, Vec::new(), state.config.generation.default_passages, &deadline)
+            .await;
+        let mut report = answer.report;
+        report.finish();
+        let mode = report.mode();
+        let info = RagwayAnswerInfo {
+            mode,
+            degraded: report.degraded(),
+            citations: answer.citations.into_iter().map(citation).collect(),
+        };
+        let usage = (answer.usage.prompt_tokens, answer.usage.completion_tokens);
+        return Ok(answer_response(mode, completion(&request.model, answer.text, usage, Some(info))));
+    }
+    let Some(backend) = state.pipeline.llm.backends().iter().find(|b| b.name() == request.model) else {
+        return Err(ApiError::ModelNotFound(request.model));
+    };
+    let generation_request = GenerationRequest {
+        messages,
+        max_tokens,
+        temperature,
+    };
+    let mut report = Report::default();
+    let name = backend.name().to_string();
+    let Some(generation) = state
+        .pipeline
+        .llm
+        .generate(&generation_request, &deadline, &mut report, Some(&name))
+        .await
+    else {
+        let reasons: Vec<String> = report.degraded().iter().map(|d| format!("{:?}", d.reason)).collect();
+        return Err(ApiError::Unavailable {
+            code: "llm_unavailable",
+            message: format!("backend `{name}` did not answer ({})", reasons.join(", ")),
+        });
+    };
+    let usage = (generation.prompt_tokens, generation.completion_tokens);
+    Ok(answer_response(Mode::Normal, completion(&request.model, generation.text, usage, None)))
+}
+
+fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid("no_messages", "messages is empty"));
+    }
+    request
+        .messages
+        .iter()
+        .map(|m| {
+            let role = match m.role.as_str() {
+                "system" | "developer" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                other => {
+                    return Err(ApiError::invalid(
+                        "invalid_role",
+                        format!("role {other:?} is not one of system, user, assistant"),
+                    ))
+                }
+            };
+            Ok(ChatMessage::new(role, m.content.clone()))
+        })
+        .collect()
+}
+
+fn completion(model: &str, text: String, (prompt, completion): (usize, usize), ragway: Option<RagwayAnswerInfo>) -> ChatCompletion {
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    ChatCompletion {
+        id: format!("chatcmpl-ragway-{created}"),
+        object: "chat.completion".into(),
+        created,
+        model: model.to_string(),
+        choices: vec![ChatChoice {
+            index: 0,
+            message: ChatMessageOut {
+                role: "assistant".into(),
+                content: text,
+            },
+            finish_reason: "stop".into(),
+        }],
+        usage: ChatUsage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+        },
+        ragway,
+    }
+}

@@ -1,0 +1,68 @@
+//! async-openai turns a failed response into an error without its headers. This transport layer
+//! reads `Retry-After` from 429 and 503 responses first, so retries can honour it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_openai::error::OpenAIError;
+use async_openai::middleware::{HttpRequestFactory, ReqwestService};
+
+/// A 429 or 503 answer, with the server's `Retry-After` (in seconds) when it sent one.
+#[derive(Debug)]
+pub struct RateLimited {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+}
+
+impl std::fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.retry_after {
+            Some(d) => write!(f, "HTTP {} (retry after {} ms)", self.status, d.as_millis()),
+            None => write!(f, "HTTP {}", self.status),
+        }
+    }
+}
+
+impl std::error::Error for RateLimited {}
+
+#[derive(Clone, Debug)]
+pub struct RetryAfterCapture {
+    inner: ReqwestService,
+}
+
+impl RetryAfterCapture {
+    pub fn new(inner: ReqwestService) -> Self {
+        Self { inner }
+    }
+}
+
+impl tower::Service<HttpRequestFactory> for RetryAfterCapture {
+    type Response = reqwest::Response;
+    type Error = OpenAIError;
+    type Future = Pin<Box<dyn Future<Output = Result<reqwest::Response, OpenAIError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), OpenAIError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequestFactory) -> Self::Future {
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            let status = response.status().as_u16();
+            if status != 429 && status != 503 {
+                return Ok(response);
+            }
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64);
+            Err(OpenAIError::Boxed(Box::new(RateLimited { status, retry_after })))
+        })
+    }
+}
