@@ -18,9 +18,9 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::breaker::BreakerSettings;
 use crate::collections::Collections;
 use crate::config::{Config, LlmBackendKind};
-use crate::breaker::BreakerSettings;
 use crate::faults::Faults;
 use crate::guard::Guard;
 use crate::llm_pool::{Backend, LlmPool};
@@ -91,7 +91,9 @@ impl AppState {
         let mut backends = Vec::new();
         for (position, backend) in config.llm.iter().enumerate() {
             let generator: Arc<dyn Generator> = match &backend.kind {
-                LlmBackendKind::Local { model, dequantize, .. } => {
+                LlmBackendKind::Local {
+                    model, dequantize, ..
+                } => {
                     let started = Instant::now();
                     let path = models::gguf_file(model, cache_dir).await?;
                     let options = LocalLlmOptions {
@@ -107,7 +109,6 @@ impl AppState {
                     base_url,
                     model,
                     api_key_env,
-                    timeout_ms,
                     ..
                 } => Arc::new(OpenAiBackend::new(OpenAiBackendOptions {
                     name: backend.name.clone(),
@@ -117,11 +118,16 @@ impl AppState {
                         .and_then(|var| std::env::var(var).ok())
                         .unwrap_or_default(),
                     model: model.clone(),
-                    timeout: Duration::from_millis(*timeout_ms),
+                    connect_timeout: Duration::from_secs(5),
                 })?),
             };
             let (priority, timeout, _ttft, retries) = backend.limits(position);
-            let guard = Guard::new(&format!("llm:{}", backend.name), timeout, &breaker, faults.clone());
+            let guard = Guard::new(
+                &format!("llm:{}", backend.name),
+                timeout,
+                &breaker,
+                faults.clone(),
+            );
             backends.push(Backend::new(generator, guard, priority, retries));
         }
 
@@ -158,7 +164,9 @@ impl AppState {
                 temperature: config.generation.temperature,
             },
         };
-        let admin_key = std::env::var(&config.resilience.admin_key_env).ok().filter(|k| !k.is_empty());
+        let admin_key = std::env::var(&config.resilience.admin_key_env)
+            .ok()
+            .filter(|k| !k.is_empty());
         Ok(Self {
             config: Arc::new(config),
             collections: Arc::new(collections),
@@ -196,7 +204,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route(
             "/admin/faults",
-            post(admin::set_fault).get(admin::list_faults).delete(admin::clear_faults),
+            post(admin::set_fault)
+                .get(admin::list_faults)
+                .delete(admin::clear_faults),
         )
         .route_layer(middleware::from_fn(count_request))
         .with_state(state);

@@ -37,7 +37,8 @@ struct StateMirror {
 impl StateMirror {
     fn set(&self, state: BreakerState) {
         self.state.store(state as u8, Ordering::Release);
-        metrics::gauge!("ragway_breaker_state", "dependency" => self.dependency.clone()).set(f64::from(state as u8));
+        metrics::gauge!("ragway_breaker_state", "dependency" => self.dependency.clone())
+            .set(f64::from(state as u8));
         tracing::info!(dependency = self.dependency, state = ?state, "breaker state changed");
     }
 }
@@ -122,7 +123,10 @@ impl Breaker {
 
     /// `None` while open, and while half-open with the probe already out.
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
-        let _admission = self.admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _admission = self
+            .admission
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if !self.machine.is_call_permitted() {
             return None;
         }
@@ -190,7 +194,10 @@ mod tests {
         let probe = b.try_acquire();
         assert!(probe.is_some());
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(b.try_acquire().is_none(), "a second call while the probe is out is rejected");
+        assert!(
+            b.try_acquire().is_none(),
+            "a second call while the probe is out is rejected"
+        );
         probe.map(|p| p.record(true));
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.try_acquire().is_some());

@@ -366,10 +366,14 @@ impl Config {
         }
         let z = &self.resilience;
         if z.default_deadline_ms == 0 || z.default_deadline_ms > z.max_deadline_ms {
-            problems.push("resilience.default_deadline_ms must be between 1 and resilience.max_deadline_ms".to_string());
+            problems.push(
+                "resilience.default_deadline_ms must be between 1 and resilience.max_deadline_ms".to_string(),
+            );
         }
         if z.breaker_failures == 0 || z.breaker_open_ms == 0 {
-            problems.push("resilience.breaker_failures and resilience.breaker_open_ms must be at least 1".to_string());
+            problems.push(
+                "resilience.breaker_failures and resilience.breaker_open_ms must be at least 1".to_string(),
+            );
         }
         if self.llm.is_empty() {
             problems.push("llm: configure at least one backend ([[llm]] with name and kind)".to_string());

@@ -103,7 +103,8 @@ impl Faults {
         match self.current(stage) {
             None => Ok(call.await),
             Some(Fault {
-                kind: FaultKind::Error, ..
+                kind: FaultKind::Error,
+                ..
             }) => Err(format!("injected fault: {stage} fails")),
             Some(Fault {
                 kind: FaultKind::Timeout,

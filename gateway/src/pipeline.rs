@@ -73,7 +73,9 @@ fn degrade<E: std::fmt::Display>(report: &mut Report, stage: &str, failure: &Fai
     report.degrade(stage, failure.reason());
     match failure {
         Failure::Deadline => StageStatus::Skipped,
-        Failure::BreakerOpen | Failure::Timeout | Failure::Injected(_) | Failure::Error(_) => StageStatus::Failed,
+        Failure::BreakerOpen | Failure::Timeout | Failure::Injected(_) | Failure::Error(_) => {
+            StageStatus::Failed
+        }
     }
 }
 
@@ -139,7 +141,12 @@ impl Pipeline {
             }
         };
         let started = Instant::now();
-        let search = self.dense.search(collection, vector.as_ref().clone(), filter, self.settings.candidates);
+        let search = self.dense.search(
+            collection,
+            vector.as_ref().clone(),
+            filter,
+            self.settings.candidates,
+        );
         let hits = self.guards.dense.run(deadline, search).await;
         report.record_time("dense", started);
         match hits {
@@ -159,15 +166,26 @@ impl Pipeline {
         query: &str,
         deadline: &Deadline,
     ) -> Result<Arc<Vec<f32>>, Failure<ragway_retrieval::RetrievalError>> {
-        let key = CacheKey::new("l2_embedding", &[self.embedder.model_id().as_bytes(), query.as_bytes()]);
+        let key = CacheKey::new(
+            "l2_embedding",
+            &[self.embedder.model_id().as_bytes(), query.as_bytes()],
+        );
         if let Some(vector) = self.query_embeddings.get(&key).await {
-            metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "hit").increment(1);
+            metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "hit")
+                .increment(1);
             return Ok(vector);
         }
-        metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "miss").increment(1);
-        let embedded = self.guards.embed.run(deadline, self.embedder.embed(vec![query.to_string()])).await?;
+        metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "miss")
+            .increment(1);
+        let embedded = self
+            .guards
+            .embed
+            .run(deadline, self.embedder.embed(vec![query.to_string()]))
+            .await?;
         let vector = embedded.vectors.into_iter().next().map(Arc::new).ok_or_else(|| {
-            Failure::Error(ragway_retrieval::RetrievalError::Model("no vector returned".into()))
+            Failure::Error(ragway_retrieval::RetrievalError::Model(
+                "no vector returned".into(),
+            ))
         })?;
         self.query_embeddings.insert(key, vector.clone()).await;
         Ok(vector)
@@ -219,7 +237,11 @@ impl Pipeline {
             report.rerank = StageStatus::Ok;
             return fused;
         }
-        if self.rerank_cost.estimate(fused.len()).is_some_and(|cost| cost > deadline.remaining()) {
+        if self
+            .rerank_cost
+            .estimate(fused.len())
+            .is_some_and(|cost| cost > deadline.remaining())
+        {
             report.rerank = StageStatus::Skipped;
             report.degrade("rerank", DegradationReason::Deadline);
             fused.truncate(top_k);
@@ -227,7 +249,11 @@ impl Pipeline {
         }
         let started = Instant::now();
         let passages = fused.iter().map(|h| h.chunk.text.clone()).collect();
-        let scores = self.guards.rerank.run(deadline, reranker.score(query.to_string(), passages)).await;
+        let scores = self
+            .guards
+            .rerank
+            .run(deadline, reranker.score(query.to_string(), passages))
+            .await;
         report.record_time("rerank", started);
         match scores {
             Ok(scores) => {
@@ -254,7 +280,8 @@ impl Pipeline {
         passages: usize,
         deadline: &Deadline,
     ) -> Answer {
-        let Retrieved { hits, mut report, .. } = self.retrieve(collection, query, filter, passages, deadline).await;
+        let Retrieved { hits, mut report, .. } =
+            self.retrieve(collection, query, filter, passages, deadline).await;
         if report.mode() == ragway_openapi::Mode::Error {
             return Answer {
                 text: String::new(),

@@ -21,7 +21,9 @@ pub struct OpenAiBackendOptions {
     pub base_url: String,
     pub api_key: String,
     pub model: String,
-    pub timeout: Duration,
+    /// Only for establishing the connection: the caller bounds the whole call (the gateway's
+    /// guard), so that a slow answer is reported as a timeout, not as a transport error.
+    pub connect_timeout: Duration,
 }
 
 /// Any OpenAI-compatible chat completions server (vLLM, llama.cpp server, OpenAI, another ragway).
@@ -34,7 +36,7 @@ pub struct OpenAiBackend {
 impl OpenAiBackend {
     pub fn new(options: OpenAiBackendOptions) -> Result<Self, LlmError> {
         let http = reqwest::Client::builder()
-            .timeout(options.timeout)
+            .connect_timeout(options.connect_timeout)
             .build()
             .map_err(|e| LlmError::Remote {
                 backend: options.name.clone(),
@@ -45,7 +47,8 @@ impl OpenAiBackend {
             .with_api_base(options.base_url)
             .with_api_key(options.api_key);
         Ok(Self {
-            client: Client::with_config(config).with_http_service(RetryAfterCapture::new(ReqwestService::new(http))),
+            client: Client::with_config(config)
+                .with_http_service(RetryAfterCapture::new(ReqwestService::new(http))),
             name: options.name,
             model: options.model,
         })

@@ -97,10 +97,18 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
         .unwrap_or(Script::Status(500));
     match script {
         Script::Hang => std::future::pending().await,
-        Script::RateLimited { retry_after_s, times, then } => {
+        Script::RateLimited {
+            retry_after_s,
+            times,
+            then,
+        } => {
             if let Ok(mut s) = shared.script.lock() {
                 *s = if times > 1 {
-                    Script::RateLimited { retry_after_s, times: times - 1, then }
+                    Script::RateLimited {
+                        retry_after_s,
+                        times: times - 1,
+                        then,
+                    }
                 } else {
                     Script::Answer(then)
                 };

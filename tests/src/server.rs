@@ -130,7 +130,13 @@ impl Server {
     }
 
     /// Sends `body` to an admin route with `Authorization: Bearer <key>`.
-    pub async fn admin(&self, method: reqwest::Method, path: &str, key: &str, body: Option<&Value>) -> anyhow::Result<Reply> {
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Reply> {
         let mut request = self.http.request(method, self.url(path)).bearer_auth(key);
         if let Some(body) = body {
             request = request.json(body);

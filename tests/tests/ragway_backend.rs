@@ -27,7 +27,9 @@ async fn a_second_ragway_is_a_real_llm_backend_and_chat_speaks_openai() -> anyho
     assert_eq!(chat.status, 200, "{:?}", chat.body);
     assert_eq!(chat.mode_header.as_deref(), Some("normal"));
     assert_eq!(chat.body["object"], "chat.completion");
-    let text = chat.body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    let text = chat.body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
     assert!(text.contains("Paris"), "{text}");
     assert!(chat.body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0);
 
@@ -49,7 +51,10 @@ async fn a_second_ragway_is_a_real_llm_backend_and_chat_speaks_openai() -> anyho
     assert_eq!(answer.body["mode"], "normal");
     assert_eq!(answer.body["stages"]["llm"], "upstream");
     assert!(!answer.body["answer"].as_str().unwrap_or_default().is_empty());
-    assert!(answer.body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "usage comes from upstream");
+    assert!(
+        answer.body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
+        "usage comes from upstream"
+    );
 
     // Chat over a collection: RAG, with the mode in the header and the `ragway` field.
     let rag_chat = gateway
@@ -66,20 +71,36 @@ async fn a_second_ragway_is_a_real_llm_backend_and_chat_speaks_openai() -> anyho
     assert_eq!(rag_chat.body["ragway"]["mode"], "normal");
     let cited: Vec<String> = rag_chat.body["ragway"]["citations"]
         .as_array()
-        .map(|c| c.iter().filter_map(|x| x["doc_id"].as_str().map(str::to_string)).collect())
+        .map(|c| {
+            c.iter()
+                .filter_map(|x| x["doc_id"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(cited.contains(&"espresso".to_string()), "{cited:?}");
     let unknown = gateway
-        .post("/v1/chat/completions", &json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}))
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
+        )
         .await?;
-    assert_eq!((unknown.status, unknown.error_code()), (404, Some("model_not_found")));
+    assert_eq!(
+        (unknown.status, unknown.error_code()),
+        (404, Some("model_not_found"))
+    );
 
     // The upstream goes away: no LLM is left, so the gateway quotes passages.
     upstream.stop().await?;
     let extractive = gateway.post("/v1/collections/facts/query", &question).await?;
     assert_eq!(extractive.status, 200);
     assert_eq!(extractive.body["mode"], "extractive");
-    assert_eq!(extractive.body["degraded"], json!([{"stage": "llm:upstream", "reason": "error"}]));
-    assert_eq!(doc_ids(&extractive.body, "citations").first().map(String::as_str), Some("espresso"));
+    assert_eq!(
+        extractive.body["degraded"],
+        json!([{"stage": "llm:upstream", "reason": "error"}])
+    );
+    assert_eq!(
+        doc_ids(&extractive.body, "citations").first().map(String::as_str),
+        Some("espresso")
+    );
     gateway.stop().await
 }

@@ -61,7 +61,10 @@ pub async fn set_fault(
         ));
     }
     if !(request.duration_s.is_finite() && request.duration_s > 0.0 && request.duration_s <= 86_400.0) {
-        return Err(ApiError::invalid("invalid_duration", "duration_s must be between 0 and 86400"));
+        return Err(ApiError::invalid(
+            "invalid_duration",
+            "duration_s must be between 0 and 86400",
+        ));
     }
     state.faults.set(&request);
     Ok(Json(FaultList {
@@ -71,7 +74,10 @@ pub async fn set_fault(
 
 #[utoipa::path(get, path = "/admin/faults", tag = "admin", security(("admin_key" = [])),
     responses((status = 200, body = FaultList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn list_faults(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<FaultList>, ApiError> {
+pub async fn list_faults(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<FaultList>, ApiError> {
     authorize(&state, &headers)?;
     Ok(Json(FaultList {
         faults: state.faults.list(),

@@ -44,7 +44,11 @@ pub async fn search(
     let mode = report.mode();
     let (dense, keyword) = (&retrieved.dense_ids, &retrieved.keyword_ids);
     let body = SearchResponse {
-        hits: retrieved.hits.into_iter().map(|h| hit(h, dense, keyword)).collect(),
+        hits: retrieved
+            .hits
+            .into_iter()
+            .map(|h| hit(h, dense, keyword))
+            .collect(),
         mode,
         degraded: report.degraded(),
         stages: report.stages(),

@@ -33,7 +33,14 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
         .iter()
         .map(|c| card(&c.name, "collection"))
         .collect();
-    data.extend(state.pipeline.llm.backends().iter().map(|b| card(b.name(), "llm")));
+    data.extend(
+        state
+            .pipeline
+            .llm
+            .backends()
+            .iter()
+            .map(|b| card(b.name(), "llm")),
+    );
     Ok(Json(ModelList {
         object: "list".into(),
         data,
@@ -50,7 +57,10 @@ pub async fn chat_completions(
     ApiJson(request): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     if request.stream == Some(true) {
-        return Err(ApiError::invalid("stream_unsupported", "streamed chat is not served yet; send stream: false"));
+        return Err(ApiError::invalid(
+            "stream_unsupported",
+            "streamed chat is not served yet; send stream: false",
+        ));
     }
     let messages = messages(&request)?;
     let max_tokens = request
@@ -60,7 +70,10 @@ pub async fn chat_completions(
         .clamp(1, 4_096);
     let temperature = request.temperature.unwrap_or(state.config.generation.temperature);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid("invalid_temperature", "temperature must be between 0 and 2"));
+        return Err(ApiError::invalid(
+            "invalid_temperature",
+            "temperature must be between 0 and 2",
+        ));
     }
     let deadline = deadline(&state, None)?;
     if let Ok(collection) = state.collections.get(&request.model) {
@@ -73,7 +86,13 @@ pub async fn chat_completions(
         validate::query_text(&question, state.config.server.max_query_chars)?;
         let answer = state
             .pipeline
-            .answer(&collection.name, &question, Vec::new(), state.config.generation.default_passages, &deadline)
+            .answer(
+                &collection.name,
+                &question,
+                Vec::new(),
+                state.config.generation.default_passages,
+                &deadline,
+            )
             .await;
         let mut report = answer.report;
         report.finish();
@@ -84,9 +103,18 @@ pub async fn chat_completions(
             citations: answer.citations.into_iter().map(citation).collect(),
         };
         let usage = (answer.usage.prompt_tokens, answer.usage.completion_tokens);
-        return Ok(answer_response(mode, completion(&request.model, answer.text, usage, Some(info))));
+        return Ok(answer_response(
+            mode,
+            completion(&request.model, answer.text, usage, Some(info)),
+        ));
     }
-    let Some(backend) = state.pipeline.llm.backends().iter().find(|b| b.name() == request.model) else {
+    let Some(backend) = state
+        .pipeline
+        .llm
+        .backends()
+        .iter()
+        .find(|b| b.name() == request.model)
+    else {
         return Err(ApiError::ModelNotFound(request.model));
     };
     let generation_request = GenerationRequest {
@@ -102,14 +130,21 @@ pub async fn chat_completions(
         .generate(&generation_request, &deadline, &mut report, Some(&name))
         .await
     else {
-        let reasons: Vec<String> = report.degraded().iter().map(|d| format!("{:?}", d.reason)).collect();
+        let reasons: Vec<String> = report
+            .degraded()
+            .iter()
+            .map(|d| format!("{:?}", d.reason))
+            .collect();
         return Err(ApiError::Unavailable {
             code: "llm_unavailable",
             message: format!("backend `{name}` did not answer ({})", reasons.join(", ")),
         });
     };
     let usage = (generation.prompt_tokens, generation.completion_tokens);
-    Ok(answer_response(Mode::Normal, completion(&request.model, generation.text, usage, None)))
+    Ok(answer_response(
+        Mode::Normal,
+        completion(&request.model, generation.text, usage, None),
+    ))
 }
 
 fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
@@ -136,8 +171,16 @@ fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiErro
         .collect()
 }
 
-fn completion(model: &str, text: String, (prompt, completion): (usize, usize), ragway: Option<RagwayAnswerInfo>) -> ChatCompletion {
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+fn completion(
+    model: &str,
+    text: String,
+    (prompt, completion): (usize, usize),
+    ragway: Option<RagwayAnswerInfo>,
+) -> ChatCompletion {
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     ChatCompletion {
         id: format!("chatcmpl-ragway-{created}"),
         object: "chat.completion".into(),
