@@ -170,6 +170,14 @@ impl Drop for Permit<'_> {
 mod tests {
     use super::*;
 
+    /// One permitted call that succeeds or fails.
+    fn call(b: &Breaker, success: bool) {
+        match b.try_acquire() {
+            Some(permit) => permit.record(success),
+            None => panic!("call rejected"),
+        }
+    }
+
     fn breaker(open_ms: u64) -> Breaker {
         Breaker::new(
             "test",
@@ -184,9 +192,9 @@ mod tests {
     #[test]
     fn opens_after_consecutive_failures_and_lets_one_probe_through() {
         let b = breaker(50);
-        b.try_acquire().map(|p| p.record(false));
+        call(&b, false);
         assert_eq!(b.state(), BreakerState::Closed);
-        b.try_acquire().map(|p| p.record(false));
+        call(&b, false);
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.try_acquire().is_none());
 
@@ -198,7 +206,9 @@ mod tests {
             b.try_acquire().is_none(),
             "a second call while the probe is out is rejected"
         );
-        probe.map(|p| p.record(true));
+        if let Some(p) = probe {
+            p.record(true);
+        }
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.try_acquire().is_some());
     }
@@ -207,14 +217,16 @@ mod tests {
     fn failed_probe_reopens_and_abandoned_probe_frees_the_slot() {
         let b = breaker(30);
         for _ in 0..2 {
-            b.try_acquire().map(|p| p.record(false));
+            call(&b, false);
         }
         std::thread::sleep(Duration::from_millis(50));
         drop(b.try_acquire());
         assert_eq!(b.state(), BreakerState::HalfOpen);
         let probe = b.try_acquire();
         assert!(probe.is_some(), "an abandoned probe does not block the next one");
-        probe.map(|p| p.record(false));
+        if let Some(p) = probe {
+            p.record(false);
+        }
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.try_acquire().is_none());
     }
