@@ -121,14 +121,14 @@ impl AppState {
                     connect_timeout: Duration::from_secs(5),
                 })?),
             };
-            let (priority, timeout, _ttft, retries) = backend.limits(position);
+            let limits = backend.limits(position);
             let guard = Guard::new(
                 &format!("llm:{}", backend.name),
-                timeout,
+                limits.timeout,
                 &breaker,
                 faults.clone(),
             );
-            backends.push(Backend::new(generator, guard, priority, retries));
+            backends.push(Backend::new(generator, guard, limits));
         }
 
         let data = &config.server.data_dir;

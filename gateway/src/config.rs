@@ -136,33 +136,42 @@ pub enum LlmBackendKind {
     },
 }
 
+/// A backend's place in the pool and its time limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackendLimits {
+    pub priority: u32,
+    pub timeout: Duration,
+    pub time_to_first_token: Duration,
+    pub max_retries: u32,
+}
+
 impl LlmBackendConfig {
-    /// `(priority, timeout, time-to-first-token timeout, retries)`; priority defaults to `position`.
-    pub fn limits(&self, position: usize) -> (u32, Duration, Duration, u32) {
+    /// The backend's limits; its priority defaults to its `position` in the list.
+    pub fn limits(&self, position: usize) -> BackendLimits {
         match &self.kind {
             LlmBackendKind::Local {
                 priority,
                 timeout_ms,
                 ttft_timeout_ms,
                 ..
-            } => (
-                priority.unwrap_or(position as u32),
-                Duration::from_millis(*timeout_ms),
-                Duration::from_millis(*ttft_timeout_ms),
-                0,
-            ),
+            } => BackendLimits {
+                priority: priority.unwrap_or(position as u32),
+                timeout: Duration::from_millis(*timeout_ms),
+                time_to_first_token: Duration::from_millis(*ttft_timeout_ms),
+                max_retries: 0,
+            },
             LlmBackendKind::Openai {
                 priority,
                 timeout_ms,
                 ttft_timeout_ms,
                 max_retries,
                 ..
-            } => (
-                priority.unwrap_or(position as u32),
-                Duration::from_millis(*timeout_ms),
-                Duration::from_millis(*ttft_timeout_ms),
-                *max_retries,
-            ),
+            } => BackendLimits {
+                priority: priority.unwrap_or(position as u32),
+                timeout: Duration::from_millis(*timeout_ms),
+                time_to_first_token: Duration::from_millis(*ttft_timeout_ms),
+                max_retries: *max_retries,
+            },
         }
     }
 }

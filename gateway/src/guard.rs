@@ -77,13 +77,26 @@ impl Guard {
     where
         F: Future<Output = Result<T, E>>,
     {
+        self.run_within(deadline, self.timeout, call).await
+    }
+
+    /// As [`Guard::run`], with a timeout other than the stage's own (e.g. time to first token).
+    pub async fn run_within<T, E, F>(
+        &self,
+        deadline: &Deadline,
+        timeout: Duration,
+        call: F,
+    ) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
         let budget = deadline.remaining();
         if budget.is_zero() {
             return Err(Failure::Deadline);
         }
         let permit = self.breaker.try_acquire().ok_or(Failure::BreakerOpen)?;
-        let limited_by_deadline = budget < self.timeout;
-        match tokio::time::timeout(budget.min(self.timeout), self.faults.apply(&self.name, call)).await {
+        let limited_by_deadline = budget < timeout;
+        match tokio::time::timeout(budget.min(timeout), self.faults.apply(&self.name, call)).await {
             Ok(Ok(Ok(value))) => {
                 permit.record(true);
                 Ok(value)

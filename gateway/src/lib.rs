@@ -1,5 +1,6 @@
 //! The ragway gateway: configuration, HTTP routes, and the orchestration of the stage crates.
 
+pub mod answer_stream;
 pub mod app;
 pub mod breaker;
 pub mod collections;

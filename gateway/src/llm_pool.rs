@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ragway_llm::{Generation, GenerationRequest, Generator, LlmError, Retry};
+use futures::StreamExt;
+use ragway_llm::{Generation, GenerationRequest, Generator, LlmError, Retry, StreamEvent, TokenStream};
 
 use crate::breaker::BreakerState;
+use crate::config::BackendLimits;
 use crate::deadline::Deadline;
 use crate::guard::{Failure, Guard};
 use crate::report::{Authorship, Report};
@@ -18,16 +20,29 @@ pub struct Backend {
     pub guard: Guard,
     pub priority: u32,
     pub max_retries: u32,
+    /// How long a stream may take to produce its first text.
+    pub time_to_first_token: Duration,
+    /// The guard's timeout, for whole (non-streamed) answers.
+    pub timeout: Duration,
     in_flight: AtomicUsize,
 }
 
+/// A stream that has produced its first text, and the backend it comes from.
+pub struct OpenedStream {
+    pub backend: String,
+    pub first: String,
+    pub rest: TokenStream,
+}
+
 impl Backend {
-    pub fn new(generator: Arc<dyn Generator>, guard: Guard, priority: u32, max_retries: u32) -> Self {
+    pub fn new(generator: Arc<dyn Generator>, guard: Guard, limits: BackendLimits) -> Self {
         Self {
             generator,
             guard,
-            priority,
-            max_retries,
+            priority: limits.priority,
+            max_retries: limits.max_retries,
+            time_to_first_token: limits.time_to_first_token,
+            timeout: limits.timeout,
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -91,17 +106,16 @@ impl LlmPool {
         report: &mut Report,
         only: Option<&str>,
     ) -> Option<Generation> {
-        let primary = self.primary_priority();
         for backend in self.order(only) {
-            match self.attempt(backend, request, deadline).await {
+            let call = || backend.generator.generate(request.clone());
+            match self.attempt(backend, deadline, backend.timeout, call).await {
                 Ok(generation) => {
-                    count_tokens(backend.name(), &generation);
-                    let name = backend.name().to_string();
-                    report.authorship = Some(if Some(backend.priority) == primary || only.is_some() {
-                        Authorship::Primary(name)
-                    } else {
-                        Authorship::Fallback(name)
-                    });
+                    count_tokens(
+                        backend.name(),
+                        generation.prompt_tokens,
+                        generation.completion_tokens,
+                    );
+                    report.authorship = Some(self.authorship(backend, only.is_some()));
                     return Some(generation);
                 }
                 Err(failure) => {
@@ -113,21 +127,71 @@ impl LlmPool {
         None
     }
 
-    /// One backend, with retries of retryable errors while the deadline allows.
-    async fn attempt(
+    /// A streamed answer from the first backend, down the order, whose stream produces text
+    /// within its time-to-first-token limit. Backends named in `skip` are passed over (they failed
+    /// earlier in this answer). Failures are recorded in `report`.
+    pub async fn open_stream(
         &self,
-        backend: &Backend,
         request: &GenerationRequest,
         deadline: &Deadline,
-    ) -> Result<Generation, Failure<LlmError>> {
+        report: &mut Report,
+        only: Option<&str>,
+        skip: &[String],
+    ) -> Option<OpenedStream> {
+        for backend in self
+            .order(only)
+            .into_iter()
+            .filter(|b| !skip.iter().any(|s| s == b.name()))
+        {
+            let call = || first_text(backend.generator.clone(), request.clone());
+            match self
+                .attempt(backend, deadline, backend.time_to_first_token, call)
+                .await
+            {
+                Ok((first, rest)) => {
+                    report.authorship = Some(self.authorship(backend, only.is_some()));
+                    return Some(OpenedStream {
+                        backend: backend.name().to_string(),
+                        first,
+                        rest,
+                    });
+                }
+                Err(failure) => {
+                    tracing::warn!(backend = backend.name(), error = %failure, "LLM stream failed to start");
+                    report.degrade(format!("llm:{}", backend.name()), failure.reason());
+                }
+            }
+        }
+        None
+    }
+
+    /// Primary when it is of the lowest priority (or the caller asked for it by name).
+    fn authorship(&self, backend: &Backend, named: bool) -> Authorship {
+        let name = backend.name().to_string();
+        if named || Some(backend.priority) == self.primary_priority() {
+            Authorship::Primary(name)
+        } else {
+            Authorship::Fallback(name)
+        }
+    }
+
+    /// One backend, with retries of retryable errors while the deadline allows.
+    async fn attempt<T, F, Fut>(
+        &self,
+        backend: &Backend,
+        deadline: &Deadline,
+        timeout: Duration,
+        call: F,
+    ) -> Result<T, Failure<LlmError>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, LlmError>>,
+    {
         backend.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(&backend.in_flight);
         let mut attempt = 0;
         loop {
-            let result = backend
-                .guard
-                .run(deadline, backend.generator.generate(request.clone()))
-                .await;
+            let result = backend.guard.run_within(deadline, timeout, call()).await;
             let Err(Failure::Error(error)) = &result else {
                 return result;
             };
@@ -160,11 +224,31 @@ fn jittered_backoff(attempt: u32) -> Duration {
     cap.mul_f64(f64::from(noise % 1_000) / 1_000.0)
 }
 
-fn count_tokens(backend: &str, generation: &Generation) {
+/// Opens a stream and waits for its first text (or its end, for an empty answer).
+async fn first_text(
+    generator: Arc<dyn Generator>,
+    request: GenerationRequest,
+) -> Result<(String, TokenStream), LlmError> {
+    let mut stream = generator.stream(request).await?;
+    while let Some(event) = stream.next().await {
+        match event? {
+            StreamEvent::Text(text) if text.is_empty() => continue,
+            StreamEvent::Text(text) => return Ok((text, stream)),
+            done @ StreamEvent::Done { .. } => {
+                return Ok((String::new(), Box::pin(futures::stream::once(async { Ok(done) }))));
+            }
+        }
+    }
+    Err(LlmError::EmptyResponse {
+        backend: generator.name().to_string(),
+    })
+}
+
+pub fn count_tokens(backend: &str, prompt_tokens: usize, completion_tokens: usize) {
     metrics::counter!("ragway_llm_tokens_total", "backend" => backend.to_string(), "kind" => "prompt")
-        .increment(generation.prompt_tokens as u64);
+        .increment(prompt_tokens as u64);
     metrics::counter!("ragway_llm_tokens_total", "backend" => backend.to_string(), "kind" => "completion")
-        .increment(generation.completion_tokens as u64);
+        .increment(completion_tokens as u64);
 }
 
 #[cfg(test)]

@@ -290,11 +290,7 @@ impl Pipeline {
                 report,
             };
         }
-        let request = GenerationRequest {
-            messages: rag_messages(query, &prompt_passages(&hits)),
-            max_tokens: self.settings.max_tokens,
-            temperature: self.settings.temperature,
-        };
+        let request = self.rag_request(query, &hits);
         let started = Instant::now();
         let generated = self.llm.generate(&request, deadline, &mut report, None).await;
         report.record_time("llm", started);
@@ -331,17 +327,26 @@ impl Pipeline {
     }
 }
 
-fn prompt_passages(hits: &[ScoredChunk]) -> Vec<Passage<'_>> {
-    hits.iter()
-        .map(|h| Passage {
-            doc_id: &h.chunk.doc_id,
-            text: &h.chunk.text,
-        })
-        .collect()
+impl Pipeline {
+    /// The grounded prompt for `query` over `hits`, with the configured generation settings.
+    pub fn rag_request(&self, query: &str, hits: &[ScoredChunk]) -> GenerationRequest {
+        let passages: Vec<Passage<'_>> = hits
+            .iter()
+            .map(|h| Passage {
+                doc_id: &h.chunk.doc_id,
+                text: &h.chunk.text,
+            })
+            .collect();
+        GenerationRequest {
+            messages: rag_messages(query, &passages),
+            max_tokens: self.settings.max_tokens,
+            temperature: self.settings.temperature,
+        }
+    }
 }
 
 /// The answer when no LLM could write one: the best passages, quoted and numbered.
-fn extractive_answer(hits: &[ScoredChunk]) -> String {
+pub fn extractive_answer(hits: &[ScoredChunk]) -> String {
     if hits.is_empty() {
         return "No language model is available and no passage matched the question.".into();
     }

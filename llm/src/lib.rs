@@ -12,7 +12,10 @@ pub use local::{LocalLlm, LocalLlmOptions};
 pub use prompt::{cited_passages, rag_messages, Passage};
 pub use remote::{OpenAiBackend, OpenAiBackendOptions};
 
+use std::pin::Pin;
+
 use async_trait::async_trait;
+use futures::{Stream, StreamExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -51,12 +54,54 @@ pub struct Generation {
     pub completion_tokens: usize,
 }
 
+/// A piece of a streamed completion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Text(String),
+    /// The last event, with the token counts of the whole completion.
+    Done {
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+}
+
+pub type TokenStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, LlmError>> + Send>>;
+
 /// Writes a chat completion. Implementations: [`LocalLlm`], [`OpenAiBackend`].
+///
+/// A conversation whose last message is from the assistant asks for that message to be
+/// continued (used to resume an answer on another backend).
 #[async_trait]
 pub trait Generator: Send + Sync {
     /// The backend's name in config; reported in `stages.llm`.
     fn name(&self) -> &str;
     /// The model it runs.
     fn model(&self) -> &str;
-    async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError>;
+    /// Streams the completion as it is written.
+    async fn stream(&self, request: GenerationRequest) -> Result<TokenStream, LlmError>;
+
+    /// The whole completion at once.
+    async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError> {
+        let mut stream = self.stream(request).await?;
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            match event? {
+                StreamEvent::Text(piece) => text.push_str(&piece),
+                StreamEvent::Done {
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    return Ok(Generation {
+                        text: text.trim().to_string(),
+                        prompt_tokens,
+                        completion_tokens,
+                    })
+                }
+            }
+        }
+        Err(LlmError::Model(format!(
+            "`{}` ended its stream without finishing",
+            self.name()
+        )))
+    }
 }

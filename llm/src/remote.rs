@@ -5,13 +5,17 @@ use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-    ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs,
+    ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, CreateChatCompletionRequest,
+    CreateChatCompletionRequestArgs,
 };
 use async_openai::Client;
 use async_trait::async_trait;
+use futures::StreamExt;
 
 use crate::retry_after::{RateLimited, RetryAfterCapture};
-use crate::{ChatMessage, Generation, GenerationRequest, Generator, LlmError, Retry, Role};
+use crate::{
+    ChatMessage, Generation, GenerationRequest, Generator, LlmError, Retry, Role, StreamEvent, TokenStream,
+};
 
 #[derive(Debug, Clone)]
 pub struct OpenAiBackendOptions {
@@ -34,6 +38,27 @@ pub struct OpenAiBackend {
 }
 
 impl OpenAiBackend {
+    fn body(
+        &self,
+        request: GenerationRequest,
+        stream: bool,
+    ) -> Result<CreateChatCompletionRequest, LlmError> {
+        let messages: Vec<ChatCompletionRequestMessage> =
+            request.messages.into_iter().map(to_openai).collect();
+        let mut body = CreateChatCompletionRequestArgs::default();
+        body.model(&self.model)
+            .messages(messages)
+            .max_completion_tokens(u32::try_from(request.max_tokens).unwrap_or(u32::MAX))
+            .temperature(request.temperature as f32);
+        if stream {
+            body.stream_options(ChatCompletionStreamOptions {
+                include_usage: Some(true),
+                include_obfuscation: None,
+            });
+        }
+        body.build().map_err(|e| self.remote_error(e))
+    }
+
     pub fn new(options: OpenAiBackendOptions) -> Result<Self, LlmError> {
         let http = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
@@ -65,6 +90,54 @@ impl OpenAiBackend {
 
 #[async_trait]
 impl Generator for OpenAiBackend {
+    async fn stream(&self, request: GenerationRequest) -> Result<TokenStream, LlmError> {
+        let body = self.body(request, true)?;
+        let chunks = self
+            .client
+            .chat()
+            .create_stream(body)
+            .await
+            .map_err(|e| self.remote_error(e))?;
+        let backend = self.name.clone();
+        let mut usage = (0, 0);
+        let mut failed = false;
+        // Text pieces as they come; `Done` once the server ends the stream cleanly.
+        let events = chunks
+            .map(Some)
+            .chain(futures::stream::once(async { None }))
+            .filter_map(move |chunk| {
+                let event = match chunk {
+                    Some(Ok(chunk)) => {
+                        if let Some(u) = chunk.usage {
+                            usage = (u.prompt_tokens as usize, u.completion_tokens as usize);
+                        }
+                        chunk
+                            .choices
+                            .into_iter()
+                            .next()
+                            .and_then(|c| c.delta.content)
+                            .filter(|t| !t.is_empty())
+                            .map(|t| Ok(StreamEvent::Text(t)))
+                    }
+                    Some(Err(e)) => {
+                        failed = true;
+                        Some(Err(LlmError::Remote {
+                            backend: backend.clone(),
+                            retry: classify(&e),
+                            message: e.to_string(),
+                        }))
+                    }
+                    None if failed => None,
+                    None => Some(Ok(StreamEvent::Done {
+                        prompt_tokens: usage.0,
+                        completion_tokens: usage.1,
+                    })),
+                };
+                futures::future::ready(event)
+            });
+        Ok(Box::pin(events))
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -74,15 +147,7 @@ impl Generator for OpenAiBackend {
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError> {
-        let messages: Vec<ChatCompletionRequestMessage> =
-            request.messages.into_iter().map(to_openai).collect();
-        let body = CreateChatCompletionRequestArgs::default()
-            .model(&self.model)
-            .messages(messages)
-            .max_completion_tokens(u32::try_from(request.max_tokens).unwrap_or(u32::MAX))
-            .temperature(request.temperature as f32)
-            .build()
-            .map_err(|e| self.remote_error(e))?;
+        let body = self.body(request, false)?;
         let response = self
             .client
             .chat()

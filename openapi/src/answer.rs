@@ -138,7 +138,8 @@ pub struct QueryRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<MetadataFilter>,
-    /// Server-Sent Events are not served yet; `true` is rejected with 400.
+    /// Answer as Server-Sent Events: `meta` (mode, degraded, stages, citations), `delta`…,
+    /// `degraded` (a backend failed mid-answer), `done`.
     #[serde(default)]
     pub stream: Option<bool>,
     /// Time budget for this request in ms; at most the server's maximum.

@@ -17,6 +17,34 @@ pub struct Reply {
     pub body: Value,
 }
 
+/// One Server-Sent Event: its name (`message` when unnamed) and data.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+}
+
+/// Splits a complete SSE body into events (comments and keep-alives dropped).
+pub fn parse_sse(body: &str) -> Vec<SseEvent> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut event = "message".to_string();
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = name.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push(d.strip_prefix(' ').unwrap_or(d).to_string());
+                }
+            }
+            (!data.is_empty()).then(|| SseEvent {
+                event,
+                data: data.join("\n"),
+            })
+        })
+        .collect()
+}
+
 impl Reply {
     pub fn error_code(&self) -> Option<&str> {
         self.body.pointer("/error/code").and_then(Value::as_str)

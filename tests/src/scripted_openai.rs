@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub enum Script {
     },
     /// Accept the request and never answer.
     Hang,
+    /// Stream the first `words` words of `text`, then break the connection (streamed requests).
+    BreakAfter { text: String, words: usize },
 }
 
 #[derive(Clone)]
@@ -90,6 +93,7 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
     if let Ok(mut last) = shared.last_request.lock() {
         *last = Some(request.clone());
     }
+    let streamed = request.get("stream").and_then(Value::as_bool) == Some(true);
     let script = shared
         .script
         .lock()
@@ -120,6 +124,8 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
                 .insert("retry-after", axum::http::HeaderValue::from(retry_after_s));
             response
         }
+        Script::Answer(text) if streamed => sse(&request, &text, None),
+        Script::BreakAfter { text, words } => sse(&request, &text, Some(words)),
         Script::Answer(text) => Json(json!({
             "id": "chatcmpl-scripted",
             "object": "chat.completion",
@@ -142,4 +148,39 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
                 .into_response()
         }
     }
+}
+
+/// An OpenAI streaming response: one chunk per word, a usage chunk, `[DONE]`; or, with `break_after`,
+/// that many words and then a broken connection.
+fn sse(request: &Value, text: &str, break_after: Option<usize>) -> Response {
+    let model = request.get("model").cloned().unwrap_or(Value::Null);
+    let words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+    let chunk = |delta: Value, usage: Value| {
+        let body = json!({
+            "id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": if delta.is_null() { json!([]) } else { json!([{"index": 0, "delta": delta, "finish_reason": null}]) },
+            "usage": usage,
+        });
+        Ok::<_, std::io::Error>(axum::body::Bytes::from(format!("data: {body}\n\n")))
+    };
+    let mut parts = Vec::new();
+    for word in words.iter().take(break_after.unwrap_or(usize::MAX)) {
+        parts.push(chunk(json!({"content": word}), Value::Null));
+    }
+    match break_after {
+        Some(_) => parts.push(Err(std::io::Error::other("scripted connection break"))),
+        None => {
+            parts.push(chunk(Value::Null, json!({"prompt_tokens": 11, "completion_tokens": words.len(), "total_tokens": 11 + words.len()})));
+            parts.push(Ok(axum::body::Bytes::from("data: [DONE]\n\n")));
+        }
+    }
+    // A short pause between chunks, so a break really happens mid-stream.
+    let body = futures::stream::iter(parts).then(|part| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        part
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

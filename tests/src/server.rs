@@ -144,6 +144,28 @@ impl Server {
         reply(request.send().await?).await
     }
 
+    /// Posts and reads the whole (SSE) body: status, `x-ragway-mode`, content type and text.
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Option<String>, String, String)> {
+        let response = self.http.post(self.url(path)).json(body).send().await?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (mode, content_type) = (
+            header("x-ragway-mode"),
+            header("content-type").unwrap_or_default(),
+        );
+        let status = response.status().as_u16();
+        Ok((status, mode, content_type, response.text().await?))
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
         reply(self.http.delete(self.url(path)).send().await?).await
     }

@@ -176,13 +176,6 @@ async fn bad_input_gets_a_json_4xx_and_stores_nothing() -> anyhow::Result<()> {
             "invalid_body",
         ),
         (
-            "stream not served",
-            query,
-            json!({"query": "q", "stream": true}),
-            400,
-            "stream_unsupported",
-        ),
-        (
             "embeddings empty",
             "/v1/embeddings",
             json!({"input": []}),

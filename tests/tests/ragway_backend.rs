@@ -33,6 +33,20 @@ async fn a_second_ragway_is_a_real_llm_backend_and_chat_speaks_openai() -> anyho
     assert!(text.contains("Paris"), "{text}");
     assert!(chat.body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0);
 
+    // The local model streams too: OpenAI chunks, token by token.
+    let streamed = json!({"model": "local", "stream": true, "max_tokens": 24, "temperature": 0,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    let (status, _, _, body) = upstream.post_stream("/v1/chat/completions", &streamed).await?;
+    assert_eq!(status, 200, "{body}");
+    let pieces: Vec<String> = ragway_e2e::parse_sse(&body)
+        .iter()
+        .filter_map(|c| serde_json::from_str::<serde_json::Value>(&c.data).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert!(pieces.len() > 2, "several chunks: {pieces:?}");
+    assert!(pieces.concat().contains("Paris"), "{pieces:?}");
+
     let gateway_dir = tempfile::tempdir()?;
     let options = ServerOptions {
         config_toml: format!(

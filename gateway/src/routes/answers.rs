@@ -10,9 +10,12 @@ use serde::Serialize;
 
 use std::collections::HashSet;
 
+use crate::answer_stream::StreamJob;
 use crate::app::AppState;
 use crate::deadline::Deadline;
 use crate::error::{ApiError, ApiJson};
+use crate::pipeline::extractive_answer;
+use crate::routes::streams;
 use crate::validate;
 
 #[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "answers", request_body = SearchRequest,
@@ -75,14 +78,19 @@ pub async fn query(
         limits.retrieval.max_top_k,
     )?;
     let filter = validate::filter(request.filter.as_ref())?;
-    if request.stream == Some(true) {
-        return Err(ApiError::invalid(
-            "stream_unsupported",
-            "streamed answers are not served yet; send stream: false",
-        ));
-    }
     let deadline = deadline(&state, request.deadline_ms)?;
     let collection = state.collections.get(&name)?;
+    if request.stream == Some(true) {
+        return stream_answer(
+            state.clone(),
+            &collection.name,
+            &request.query,
+            filter,
+            passages,
+            deadline,
+        )
+        .await;
+    }
     let answer = state
         .pipeline
         .answer(&collection.name, &request.query, filter, passages, &deadline)
@@ -100,6 +108,50 @@ pub async fn query(
         usage: answer.usage,
     };
     Ok(answer_response(mode, body))
+}
+
+/// Retrieval, then the answer as Server-Sent Events; no retrieval path is still a 503 JSON answer.
+pub(crate) async fn stream_answer(
+    state: AppState,
+    collection: &str,
+    query: &str,
+    filter: ragway_retrieval::MetadataFilter,
+    passages: usize,
+    deadline: Deadline,
+) -> Result<Response, ApiError> {
+    let retrieved = state
+        .pipeline
+        .retrieve(collection, query, filter, passages, &deadline)
+        .await;
+    let mut report = retrieved.report;
+    if report.mode() == Mode::Error {
+        report.finish();
+        let body = QueryResponse {
+            answer: String::new(),
+            citations: Vec::new(),
+            mode: Mode::Error,
+            degraded: report.degraded(),
+            stages: report.stages(),
+            timings_ms: report.timings_ms,
+            usage: Default::default(),
+        };
+        return Ok(answer_response(Mode::Error, body));
+    }
+    let job = StreamJob {
+        request: state.pipeline.rag_request(query, &retrieved.hits),
+        fallback_text: extractive_answer(&retrieved.hits),
+        citations: retrieved
+            .hits
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| citation((i + 1, h)))
+            .collect(),
+        report,
+        only: None,
+        deadline,
+        state,
+    };
+    streams::ragway_events(job).await
 }
 
 pub(crate) fn citation((index, h): (usize, ScoredChunk)) -> Citation {

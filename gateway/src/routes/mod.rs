@@ -4,3 +4,4 @@ pub mod collections;
 pub mod embeddings;
 pub mod health;
 pub mod openai;
+pub mod streams;

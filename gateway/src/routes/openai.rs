@@ -12,10 +12,13 @@ use ragway_openapi::{
     ModelList, RagwayAnswerInfo,
 };
 
+use crate::answer_stream::StreamJob;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson};
+use crate::pipeline::extractive_answer;
 use crate::report::Report;
 use crate::routes::answers::{answer_response, citation, deadline};
+use crate::routes::streams;
 use crate::validate;
 
 #[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = ModelList)))]
@@ -56,12 +59,6 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    if request.stream == Some(true) {
-        return Err(ApiError::invalid(
-            "stream_unsupported",
-            "streamed chat is not served yet; send stream: false",
-        ));
-    }
     let messages = messages(&request)?;
     let max_tokens = request
         .max_completion_tokens
@@ -84,6 +81,18 @@ pub async fn chat_completions(
             .map(|m| m.content.clone())
             .ok_or_else(|| ApiError::invalid("no_user_message", "messages hold no user message to answer"))?;
         validate::query_text(&question, state.config.server.max_query_chars)?;
+        let passages = state.config.generation.default_passages;
+        if request.stream == Some(true) {
+            return stream_rag_chat(
+                state.clone(),
+                &collection.name,
+                &question,
+                passages,
+                deadline,
+                request.model,
+            )
+            .await;
+        }
         let answer = state
             .pipeline
             .answer(
@@ -122,8 +131,20 @@ pub async fn chat_completions(
         max_tokens,
         temperature,
     };
-    let mut report = Report::default();
     let name = backend.name().to_string();
+    if request.stream == Some(true) {
+        let job = StreamJob {
+            state: state.clone(),
+            request: generation_request,
+            report: Report::default(),
+            citations: Vec::new(),
+            fallback_text: String::new(),
+            only: Some(name),
+            deadline,
+        };
+        return streams::openai_chunks(job, request.model, true).await;
+    }
+    let mut report = Report::default();
     let Some(generation) = state
         .pipeline
         .llm
@@ -145,6 +166,42 @@ pub async fn chat_completions(
         Mode::Normal,
         completion(&request.model, generation.text, usage, None),
     ))
+}
+
+/// RAG chat, streamed as OpenAI chunks.
+async fn stream_rag_chat(
+    state: AppState,
+    collection: &str,
+    question: &str,
+    passages: usize,
+    deadline: crate::deadline::Deadline,
+    model: String,
+) -> Result<Response, ApiError> {
+    let retrieved = state
+        .pipeline
+        .retrieve(collection, question, Vec::new(), passages, &deadline)
+        .await;
+    if retrieved.report.mode() == Mode::Error {
+        return Err(ApiError::Unavailable {
+            code: "no_retrieval_path",
+            message: "neither retrieval engine is available (mode: error)".into(),
+        });
+    }
+    let job = StreamJob {
+        request: state.pipeline.rag_request(question, &retrieved.hits),
+        fallback_text: extractive_answer(&retrieved.hits),
+        citations: retrieved
+            .hits
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| citation((i + 1, h)))
+            .collect(),
+        report: retrieved.report,
+        only: None,
+        deadline,
+        state,
+    };
+    streams::openai_chunks(job, model, false).await
 }
 
 fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {

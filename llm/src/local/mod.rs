@@ -7,9 +7,9 @@ use std::thread;
 
 use async_trait::async_trait;
 use candle_core::Device;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
-use crate::{Generation, GenerationRequest, Generator, LlmError};
+use crate::{GenerationRequest, Generator, LlmError, StreamEvent, TokenStream};
 pub(crate) use model::ChatModel;
 
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ impl Default for LocalLlmOptions {
 
 struct Job {
     request: GenerationRequest,
-    reply: oneshot::Sender<Result<Generation, LlmError>>,
+    events: mpsc::UnboundedSender<Result<StreamEvent, LlmError>>,
     span: tracing::Span,
 }
 
@@ -59,12 +59,22 @@ impl LocalLlm {
             .name(format!("llm-{name}"))
             .spawn(move || {
                 while let Ok(job) = queue.recv() {
-                    // A caller that gave up (deadline) no longer needs its answer.
-                    if job.reply.is_closed() {
+                    // A caller that gave up (deadline, client gone) no longer needs its answer;
+                    // generation stops as soon as nobody listens.
+                    if job.events.is_closed() {
                         continue;
                     }
-                    let result = job.span.in_scope(|| chat.generate(&job.request));
-                    let _ = job.reply.send(result);
+                    let events = &job.events;
+                    let result = job.span.in_scope(|| {
+                        chat.generate(&job.request, &mut |piece| {
+                            events.send(Ok(StreamEvent::Text(piece.to_string()))).is_ok()
+                        })
+                    });
+                    let last = result.map(|g| StreamEvent::Done {
+                        prompt_tokens: g.prompt_tokens,
+                        completion_tokens: g.completion_tokens,
+                    });
+                    let _ = events.send(last);
                 }
             })
             .map_err(|e| LlmError::Model(format!("cannot start LLM thread: {e}")))?;
@@ -86,14 +96,20 @@ impl Generator for LocalLlm {
         &self.model
     }
 
-    async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError> {
-        let (reply, answer) = oneshot::channel();
+    async fn stream(&self, request: GenerationRequest) -> Result<TokenStream, LlmError> {
+        let (events, receiver) = mpsc::unbounded_channel();
         let job = Job {
             request,
-            reply,
+            events,
             span: tracing::Span::current(),
         };
         self.jobs.send(job).map_err(|_| LlmError::WorkerGone)?;
-        answer.await.map_err(|_| LlmError::WorkerGone)?
+        Ok(Box::pin(tokio_stream_from(receiver)))
     }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut receiver: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }

@@ -64,7 +64,13 @@ impl ChatModel {
         })
     }
 
-    pub(crate) fn generate(&mut self, request: &GenerationRequest) -> Result<Generation, LlmError> {
+    /// Generates the answer, handing each new piece of text to `on_text` as soon as it decodes;
+    /// stops early when `on_text` returns false (nobody is listening any more).
+    pub(crate) fn generate(
+        &mut self,
+        request: &GenerationRequest,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation, LlmError> {
         let prompt = self.encode(&chatml(&request.messages))?;
         if prompt.len() + request.max_tokens > self.context {
             return Err(LlmError::PromptTooLong {
@@ -82,6 +88,7 @@ impl ChatModel {
         };
         let mut sampler = LogitsProcessor::from_sampling(self.seed, sampling);
         let mut generated: Vec<u32> = Vec::new();
+        let mut emitted = 0;
         // Prefill: the whole prompt in one forward pass; the KV cache restarts at position 0.
         let mut input = Tensor::new(prompt.as_slice(), &self.device)?.unsqueeze(0)?;
         let mut position = 0;
@@ -95,17 +102,31 @@ impl ChatModel {
                 break;
             }
             generated.push(next);
+            // Byte-level BPE may split a character across tokens; hold text back until it decodes.
+            let text = self.decode(&generated)?;
+            if text.len() > emitted && !text.ends_with('\u{FFFD}') {
+                if !on_text(&text[emitted..]) {
+                    break;
+                }
+                emitted = text.len();
+            }
             input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
         }
-        let text = self
-            .tokenizer
-            .decode(&generated, true)
-            .map_err(|e| LlmError::Model(format!("decode: {e}")))?;
+        let text = self.decode(&generated)?;
+        if text.len() > emitted {
+            on_text(&text[emitted..]);
+        }
         Ok(Generation {
             text: text.trim().to_string(),
             prompt_tokens: prompt.len(),
             completion_tokens: generated.len(),
         })
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, LlmError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| LlmError::Model(format!("decode: {e}")))
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
@@ -118,10 +139,15 @@ impl ChatModel {
     }
 }
 
-/// SmolLM2's chat template (ChatML), ending with an open assistant turn.
+/// SmolLM2's chat template (ChatML), ending with an open assistant turn. A trailing assistant
+/// message is left open, so the model continues it.
 fn chatml(messages: &[ChatMessage]) -> String {
     let mut prompt = String::new();
-    for m in messages {
+    let (open, closed) = match messages.split_last() {
+        Some((last, rest)) if last.role == Role::Assistant => (Some(last), rest),
+        _ => (None, messages),
+    };
+    for m in closed {
         let role = match m.role {
             Role::System => "system",
             Role::User => "user",
@@ -130,6 +156,9 @@ fn chatml(messages: &[ChatMessage]) -> String {
         prompt.push_str(&format!("<|im_start|>{role}\n{}<|im_end|>\n", m.content));
     }
     prompt.push_str("<|im_start|>assistant\n");
+    if let Some(partial) = open {
+        prompt.push_str(&partial.content);
+    }
     prompt
 }
 

@@ -1,0 +1,130 @@
+//! Server-Sent Events for streamed answers: ragway's own events on `/query`, OpenAI chunks on
+//! `/v1/chat/completions`. The response is sent once the first event is known, so the
+//! `x-ragway-mode` header carries the mode of the first event.
+
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderValue;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::answer_stream::{self, AnswerEvent, StreamJob};
+use crate::error::ApiError;
+
+/// Starts the job and waits for its first event (`Meta`).
+async fn first_event(job: StreamJob) -> Result<(AnswerEvent, mpsc::Receiver<AnswerEvent>), ApiError> {
+    let mut events = answer_stream::start(job).await;
+    let first = events
+        .recv()
+        .await
+        .ok_or_else(|| ApiError::Internal("the answer stream ended before it began".into()))?;
+    Ok((first, events))
+}
+
+fn mode_of(event: &AnswerEvent) -> &'static str {
+    match event {
+        AnswerEvent::Meta { mode, .. }
+        | AnswerEvent::Degraded { mode, .. }
+        | AnswerEvent::Done { mode, .. } => mode.as_str(),
+        AnswerEvent::Delta { .. } => "normal",
+    }
+}
+
+fn respond(mode: &'static str, stream: impl Stream<Item = Event> + Send + 'static) -> Response {
+    let mut response = Sse::new(stream.map(Ok::<Event, Infallible>))
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-ragway-mode", HeaderValue::from_static(mode));
+    response
+}
+
+fn receiver_stream(mut events: mpsc::Receiver<AnswerEvent>) -> impl Stream<Item = AnswerEvent> + Send {
+    futures::stream::poll_fn(move |cx| events.poll_recv(cx))
+}
+
+fn json_event(name: &'static str, value: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(value)
+        .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
+}
+
+/// `/query` with `stream: true`: events `meta`, `delta`…, `degraded` (if any), `done`.
+pub async fn ragway_events(job: StreamJob) -> Result<Response, ApiError> {
+    let (first, events) = first_event(job).await?;
+    let mode = mode_of(&first);
+    let stream = futures::stream::once(async move { first })
+        .chain(receiver_stream(events))
+        .map(|event| json_event(event.name(), &event));
+    Ok(respond(mode, stream))
+}
+
+/// The OpenAI chunk rendering of an answer, with ragway's mode in a `ragway` field of the first
+/// chunk (and of any chunk announcing a degradation), ending with `[DONE]`.
+pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Result<Response, ApiError> {
+    let (first, events) = first_event(job).await?;
+    if bare_llm {
+        if let AnswerEvent::Meta { mode, degraded, .. } = &first {
+            if *mode == ragway_openapi::Mode::Extractive {
+                let reasons: Vec<String> = degraded
+                    .iter()
+                    .map(|d| format!("{}: {:?}", d.stage, d.reason))
+                    .collect();
+                return Err(ApiError::Unavailable {
+                    code: "llm_unavailable",
+                    message: format!("backend `{model}` did not answer ({})", reasons.join(", ")),
+                });
+            }
+        }
+    }
+    let mode = if bare_llm { "normal" } else { mode_of(&first) };
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let id = format!("chatcmpl-ragway-{created}");
+    let chunk = move |choices: Value, extra: Option<(&str, Value)>| {
+        let mut chunk = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices,
+        });
+        if let (Some(map), Some((key, value))) = (chunk.as_object_mut(), extra) {
+            map.insert(key.to_string(), value);
+        }
+        Event::default().data(chunk.to_string())
+    };
+    let stream = futures::stream::once(async move { first })
+        .chain(receiver_stream(events))
+        .map(move |event| match event {
+            AnswerEvent::Meta {
+                mode,
+                degraded,
+                citations,
+                ..
+            } => {
+                let info = (!bare_llm).then(|| ("ragway", json!({"mode": mode, "degraded": degraded, "citations": citations})));
+                chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]), info)
+            }
+            AnswerEvent::Delta { text } => {
+                chunk(json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]), None)
+            }
+            AnswerEvent::Degraded { degradation, mode } => {
+                chunk(json!([]), Some(("ragway", json!({"mode": mode, "degraded": [degradation]}))))
+            }
+            AnswerEvent::Done { usage, .. } => {
+                let usage = json!({
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                });
+                chunk(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]), Some(("usage", usage)))
+            }
+        })
+        .chain(futures::stream::once(async { Event::default().data("[DONE]") }));
+    Ok(respond(mode, stream))
+}
