@@ -1,4 +1,4 @@
-//! ragway's benchmark: `cargo bench -p ragway-gateway --bench ragway -- [embed|rerank|llm|search|all]`.
+//! ragway's benchmark: `cargo bench -p ragway-gateway --bench ragway -- [embed|rerank|llm|search|resilience|all]`.
 //! Prints Markdown tables (medians over repeated runs) for docs/BENCHMARKS.md.
 //!
 //! - embed: sentences/s of the candle MiniLM embedder at batch 32
@@ -6,10 +6,13 @@
 //! - llm: SmolLM2 prefill and decode tokens/s, quantized and dequantized weights side by side
 //! - search: ingest trec-dl-5k through HTTP, `/search` p50/p99, and retrieval quality
 //!   (nDCG@10, Recall@100, MRR@10) of BM25, dense and hybrid RRF
+//! - resilience: the guard's cost on the normal path, and time to detect a hanging dependency and
+//!   to recover
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 mod quality;
+mod resilience;
 mod speed;
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +33,9 @@ fn main() -> anyhow::Result<()> {
         }
         if what == "search" || what == "all" {
             quality::search().await?;
+        }
+        if what == "resilience" || what == "all" {
+            resilience::run().await?;
         }
         Ok(())
     })

@@ -158,6 +158,16 @@ pub async fn search() -> anyhow::Result<()> {
         .await?;
     let chunks = info["chunks"].as_u64().unwrap_or(0);
 
+    println!("\n### Ingest and `/search` over HTTP (trec-dl-5k, {chunks} chunks)\n");
+    if reuse {
+        println!("(Collection reused from RAGWAY_BENCH_DATA; ingest not measured in this run.)\n");
+    } else {
+        println!(
+            "Ingest: {} passages → {chunks} chunks in {ingest_s:.1} s ({:.1} chunks/s, embedding included).\n",
+            data.corpus.len(),
+            chunks as f64 / ingest_s
+        );
+    }
     if std::env::var_os("RAGWAY_BENCH_INGEST_ONLY").is_some() {
         return Ok(());
     }
@@ -184,12 +194,6 @@ pub async fn search() -> anyhow::Result<()> {
             }
         }
     }
-    println!("\n### Ingest and `/search` over HTTP (trec-dl-5k, {chunks} chunks)\n");
-    println!(
-        "Ingest: {} passages → {chunks} chunks in {ingest_s:.1} s ({:.0} chunks/s, embedding included).\n",
-        data.corpus.len(),
-        chunks as f64 / ingest_s
-    );
     println!("| queries | requests | p50 ms | p99 ms |\n|---|---|---|---|");
     println!(
         "| distinct (embedding computed) | {} | {:.1} | {:.1} |",
