@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use crate::app::AppState;
 use crate::deadline::Deadline;
 use crate::llm_pool::{count_tokens, OpenedStream};
+use crate::pipeline::{extractive_answer, Retrieved};
 use crate::report::{Authorship, Report};
+use crate::routes::answers::citation;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -64,6 +66,27 @@ pub struct StreamJob {
     /// Restrict to one backend (bare-LLM chat).
     pub only: Option<String>,
     pub deadline: Deadline,
+}
+
+impl StreamJob {
+    /// A grounded answer over retrieved hits: they are the prompt's passages, the citations, and
+    /// the extractive answer should no LLM answer.
+    pub fn grounded(state: AppState, query: &str, retrieved: Retrieved, deadline: Deadline) -> Self {
+        Self {
+            request: state.pipeline.rag_request(query, &retrieved.hits),
+            fallback_text: extractive_answer(&retrieved.hits),
+            citations: retrieved
+                .hits
+                .into_iter()
+                .enumerate()
+                .map(|(i, h)| citation((i + 1, h)))
+                .collect(),
+            report: retrieved.report,
+            only: None,
+            deadline,
+            state,
+        }
+    }
 }
 
 /// Starts the answer; returns the receiver of its events, whose first event is `Meta`.

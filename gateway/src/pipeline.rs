@@ -67,14 +67,25 @@ pub struct Answer {
     pub report: Report,
 }
 
-/// Records a failed guarded stage in `report` and returns its status.
-fn degrade<E: std::fmt::Display>(report: &mut Report, stage: &str, failure: &Failure<E>) -> StageStatus {
-    tracing::warn!(stage, error = %failure, "stage degraded");
-    report.degrade(stage, failure.reason());
-    match failure {
-        Failure::Deadline => StageStatus::Skipped,
-        Failure::BreakerOpen | Failure::Timeout | Failure::Injected(_) | Failure::Error(_) => {
-            StageStatus::Failed
+/// A guarded stage's value, or `None` with its failure recorded in `report`; and the stage's
+/// status either way (a stage the deadline left no time for was skipped, not failed).
+fn settle<T, E: std::fmt::Display>(
+    report: &mut Report,
+    stage: &str,
+    result: Result<T, Failure<E>>,
+) -> (Option<T>, StageStatus) {
+    match result {
+        Ok(value) => (Some(value), StageStatus::Ok),
+        Err(failure) => {
+            tracing::warn!(stage, error = %failure, "stage degraded");
+            report.degrade(stage, failure.reason());
+            let status = match failure {
+                Failure::Deadline => StageStatus::Skipped,
+                Failure::BreakerOpen | Failure::Timeout | Failure::Injected(_) | Failure::Error(_) => {
+                    StageStatus::Failed
+                }
+            };
+            (None, status)
         }
     }
 }
@@ -130,15 +141,10 @@ impl Pipeline {
         let started = Instant::now();
         let vector = self.query_vector(query, deadline).await;
         report.record_time("embed", started);
-        let vector = match vector {
-            Ok(v) => {
-                report.embed = StageStatus::Ok;
-                v
-            }
-            Err(failure) => {
-                report.embed = degrade(&mut report, "embed", &failure);
-                return (None, report);
-            }
+        let (vector, status) = settle(&mut report, "embed", vector);
+        report.embed = status;
+        let Some(vector) = vector else {
+            return (None, report);
         };
         let started = Instant::now();
         let search = self.dense.search(
@@ -149,16 +155,9 @@ impl Pipeline {
         );
         let hits = self.guards.dense.run(deadline, search).await;
         report.record_time("dense", started);
-        match hits {
-            Ok(hits) => {
-                report.dense = StageStatus::Ok;
-                (Some(hits), report)
-            }
-            Err(failure) => {
-                report.dense = degrade(&mut report, "dense", &failure);
-                (None, report)
-            }
-        }
+        let (hits, status) = settle(&mut report, "dense", hits);
+        report.dense = status;
+        (hits, report)
     }
 
     async fn query_vector(
@@ -205,16 +204,9 @@ impl Pipeline {
             .search(collection, query.to_string(), filter, self.settings.candidates);
         let hits = self.guards.keyword.run(deadline, search).await;
         report.record_time("keyword", started);
-        match hits {
-            Ok(hits) => {
-                report.keyword = StageStatus::Ok;
-                (Some(hits), report)
-            }
-            Err(failure) => {
-                report.keyword = degrade(&mut report, "keyword", &failure);
-                (None, report)
-            }
-        }
+        let (hits, status) = settle(&mut report, "keyword", hits);
+        report.keyword = status;
+        (hits, report)
     }
 
     /// Reorders fused hits by cross-encoder score. Keeps the fused order when the reranker fails,
@@ -255,16 +247,14 @@ impl Pipeline {
             .run(deadline, reranker.score(query.to_string(), passages))
             .await;
         report.record_time("rerank", started);
-        match scores {
-            Ok(scores) => {
-                self.rerank_cost.record(fused.len(), started.elapsed());
-                report.rerank = StageStatus::Ok;
-                for (hit, score) in fused.iter_mut().zip(scores) {
-                    hit.score = score;
-                }
-                fused.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let (scores, status) = settle(report, "rerank", scores);
+        report.rerank = status;
+        if let Some(scores) = scores {
+            self.rerank_cost.record(fused.len(), started.elapsed());
+            for (hit, score) in fused.iter_mut().zip(scores) {
+                hit.score = score;
             }
-            Err(failure) => report.rerank = degrade(report, "rerank", &failure),
+            fused.sort_by(|a, b| b.score.total_cmp(&a.score));
         }
         fused.truncate(top_k);
         fused

@@ -14,7 +14,6 @@ use crate::answer_stream::StreamJob;
 use crate::app::AppState;
 use crate::deadline::Deadline;
 use crate::error::{ApiError, ApiJson};
-use crate::pipeline::extractive_answer;
 use crate::routes::streams;
 use crate::validate;
 
@@ -123,8 +122,8 @@ pub(crate) async fn stream_answer(
         .pipeline
         .retrieve(collection, query, filter, passages, &deadline)
         .await;
-    let mut report = retrieved.report;
-    if report.mode() == Mode::Error {
+    if retrieved.report.mode() == Mode::Error {
+        let mut report = retrieved.report;
         report.finish();
         let body = QueryResponse {
             answer: String::new(),
@@ -137,21 +136,7 @@ pub(crate) async fn stream_answer(
         };
         return Ok(answer_response(Mode::Error, body));
     }
-    let job = StreamJob {
-        request: state.pipeline.rag_request(query, &retrieved.hits),
-        fallback_text: extractive_answer(&retrieved.hits),
-        citations: retrieved
-            .hits
-            .into_iter()
-            .enumerate()
-            .map(|(i, h)| citation((i + 1, h)))
-            .collect(),
-        report,
-        only: None,
-        deadline,
-        state,
-    };
-    streams::ragway_events(job).await
+    streams::ragway_events(StreamJob::grounded(state, query, retrieved, deadline)).await
 }
 
 pub(crate) fn citation((index, h): (usize, ScoredChunk)) -> Citation {

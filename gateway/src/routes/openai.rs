@@ -15,7 +15,6 @@ use ragway_openapi::{
 use crate::answer_stream::StreamJob;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson};
-use crate::pipeline::extractive_answer;
 use crate::report::Report;
 use crate::routes::answers::{answer_response, citation, deadline};
 use crate::routes::streams;
@@ -187,21 +186,12 @@ async fn stream_rag_chat(
             message: "neither retrieval engine is available (mode: error)".into(),
         });
     }
-    let job = StreamJob {
-        request: state.pipeline.rag_request(question, &retrieved.hits),
-        fallback_text: extractive_answer(&retrieved.hits),
-        citations: retrieved
-            .hits
-            .into_iter()
-            .enumerate()
-            .map(|(i, h)| citation((i + 1, h)))
-            .collect(),
-        report: retrieved.report,
-        only: None,
-        deadline,
-        state,
-    };
-    streams::openai_chunks(job, model, false).await
+    streams::openai_chunks(
+        StreamJob::grounded(state, question, retrieved, deadline),
+        model,
+        false,
+    )
+    .await
 }
 
 fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
