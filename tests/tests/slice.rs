@@ -104,8 +104,10 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
     let norm: f64 = vector.iter().map(|x| x * x).sum::<f64>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4);
 
-    // The OpenAPI document lists every route, and the docs page is served from the binary.
+    // The OpenAPI document is valid OpenAPI 3 and lists every route; the docs page is served
+    // from the binary.
     let openapi = server.get("/openapi.json").await?;
+    validate_openapi(&openapi.body)?;
     assert!(openapi.body["openapi"]
         .as_str()
         .is_some_and(|v| v.starts_with("3.")));
@@ -144,6 +146,31 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
     assert_eq!(ready.status, 200);
     assert_eq!(ready.body["collections"], 1);
     server.stop().await
+}
+
+/// Runs openapi-spec-validator (scripts/test.sh installs it and sets RAGWAY_PYTHON).
+fn validate_openapi(spec: &serde_json::Value) -> anyhow::Result<()> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), spec.to_string())?;
+    let python = std::env::var("RAGWAY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = std::process::Command::new(&python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(file.path())
+        .output()?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !report.contains("No module named"),
+        "openapi-spec-validator is missing for {python}: run scripts/test.sh, or pip install openapi-spec-validator"
+    );
+    assert!(
+        output.status.success(),
+        "/openapi.json is not valid OpenAPI:\n{report}"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -44,7 +44,7 @@ fn known_stage(state: &AppState, stage: &str) -> bool {
 /// Make a stage fail, hang or slow down for a while (operators and tests).
 #[utoipa::path(post, path = "/admin/faults", tag = "admin", request_body = FaultRequest,
     security(("admin_key" = [])),
-    responses((status = 200, body = FaultList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = FaultList), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
 pub async fn set_fault(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -73,7 +73,7 @@ pub async fn set_fault(
 }
 
 #[utoipa::path(get, path = "/admin/faults", tag = "admin", security(("admin_key" = [])),
-    responses((status = 200, body = FaultList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = FaultList), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
 pub async fn list_faults(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -85,7 +85,7 @@ pub async fn list_faults(
 }
 
 #[utoipa::path(delete, path = "/admin/faults", tag = "admin", security(("admin_key" = [])),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 204, description = "No content"), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
 pub async fn clear_faults(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers)?;
     state.faults.clear();

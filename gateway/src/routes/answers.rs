@@ -19,8 +19,8 @@ use crate::validate;
 
 #[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "answers", request_body = SearchRequest,
     params(("name" = String, Path, description = "Collection name")),
-    responses((status = 200, body = SearchResponse, headers(("x-ragway-mode" = String))),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, description = "OK", body = SearchResponse, headers(("x-ragway-mode" = String))),
+        (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 503, body = SearchResponse, description = "No retrieval path: `mode` is `error`")))]
 pub async fn search(
     State(state): State<AppState>,
@@ -61,8 +61,8 @@ pub async fn search(
 
 #[utoipa::path(post, path = "/v1/collections/{name}/query", tag = "answers", request_body = QueryRequest,
     params(("name" = String, Path, description = "Collection name")),
-    responses((status = 200, body = QueryResponse, headers(("x-ragway-mode" = String))),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, description = "OK", body = QueryResponse, headers(("x-ragway-mode" = String))),
+        (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 503, body = QueryResponse, description = "No retrieval path: `mode` is `error`")))]
 pub async fn query(
     State(state): State<AppState>,

@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiJson};
 use crate::validate;
 
 #[utoipa::path(post, path = "/v1/collections", tag = "collections", request_body = CreateCollectionRequest,
-    responses((status = 201, body = CollectionInfo), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = CollectionInfo), (status = 400, description = "Invalid input", body = ErrorBody), (status = 409, description = "Already exists", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateCollectionRequest>,
@@ -36,7 +36,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-#[utoipa::path(get, path = "/v1/collections", tag = "collections", responses((status = 200, body = CollectionList)))]
+#[utoipa::path(get, path = "/v1/collections", tag = "collections", responses((status = 200, description = "OK", body = CollectionList)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<CollectionList>, ApiError> {
     let mut collections = Vec::new();
     for collection in state.collections.list()? {
@@ -47,7 +47,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<CollectionList>,
 
 #[utoipa::path(get, path = "/v1/collections/{name}", tag = "collections",
     params(("name" = String, Path, description = "Collection name")),
-    responses((status = 200, body = CollectionInfo), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = CollectionInfo), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -57,7 +57,7 @@ pub async fn get(
 
 #[utoipa::path(delete, path = "/v1/collections/{name}", tag = "collections",
     params(("name" = String, Path, description = "Collection name")),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "No content"), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     state.collections.drop_collection(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -65,8 +65,8 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
 
 #[utoipa::path(post, path = "/v1/collections/{name}/documents", tag = "documents", request_body = IngestRequest,
     params(("name" = String, Path, description = "Collection name")),
-    responses((status = 200, body = IngestResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = IngestResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody), (status = 503, description = "Unavailable", body = ErrorBody)))]
 pub async fn ingest(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -101,7 +101,7 @@ pub async fn ingest(
 
 #[utoipa::path(delete, path = "/v1/collections/{name}/documents/{id}", tag = "documents",
     params(("name" = String, Path, description = "Collection name"), ("id" = String, Path, description = "Document id")),
-    responses((status = 200, body = DeleteDocumentResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = DeleteDocumentResponse), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn delete_document(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,

@@ -9,7 +9,7 @@ const MAX_INPUTS: usize = 2_048;
 
 /// OpenAI-compatible embeddings from the configured embedder.
 #[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingsRequest,
-    responses((status = 200, body = EmbeddingsResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = EmbeddingsResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 503, description = "Unavailable", body = ErrorBody)))]
 pub async fn embeddings(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<EmbeddingsRequest>,

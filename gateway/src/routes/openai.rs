@@ -20,7 +20,7 @@ use crate::routes::answers::{answer_response, citation, deadline};
 use crate::routes::streams;
 use crate::validate;
 
-#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = ModelList)))]
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "OK", body = ModelList)))]
 pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
     let card = |id: &str, kind: &str| ModelCard {
         id: id.to_string(),
@@ -52,8 +52,8 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
 /// `model` is a collection (RAG over it) or an LLM backend (plain chat); collections win a name
 /// clash. The mode is in the `x-ragway-mode` header and, for RAG, in the `ragway` field.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatCompletionRequest,
-    responses((status = 200, body = ChatCompletion, headers(("x-ragway-mode" = String))),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = ChatCompletion, headers(("x-ragway-mode" = String))),
+        (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Unavailable", body = ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ChatCompletionRequest>,
