@@ -162,6 +162,14 @@ async fn every_fault_gives_the_mode_of_the_table() -> anyhow::Result<()> {
         !keyword_hits.is_empty() && keyword_hits.iter().all(|e| e == &["keyword"]),
         "{keyword_hits:?}"
     );
+    // The OpenAI-compatible embeddings route goes through the same guard.
+    let embeddings = server
+        .post("/v1/embeddings", &json!({"input": "anything"}))
+        .await?;
+    assert_eq!(
+        (embeddings.status, embeddings.error_code()),
+        (503, Some("embedder_unavailable"))
+    );
     clear(&server).await?;
 
     fault(&server, "dense", "error", 0).await?;

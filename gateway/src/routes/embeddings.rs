@@ -4,6 +4,7 @@ use ragway_openapi::{EmbeddingData, EmbeddingUsage, EmbeddingsRequest, Embedding
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson};
+use crate::routes::answers::deadline;
 
 const MAX_INPUTS: usize = 2_048;
 
@@ -33,8 +34,19 @@ pub async fn embeddings(
             "inputs must not be empty strings",
         ));
     }
+    // Through the embedder's guard, so its breaker, timeout and injected faults apply here too.
     let embedder = &state.pipeline.embedder;
-    let embeddings = embedder.embed(texts).await?;
+    let deadline = deadline(&state, None)?;
+    let embeddings = state
+        .pipeline
+        .guards
+        .embed
+        .run(&deadline, embedder.embed(texts))
+        .await
+        .map_err(|failure| ApiError::Unavailable {
+            code: "embedder_unavailable",
+            message: format!("the embedder did not answer: {failure}"),
+        })?;
     Ok(Json(EmbeddingsResponse {
         object: "list".into(),
         data: embeddings
