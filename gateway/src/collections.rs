@@ -80,14 +80,52 @@ impl Collections {
             keyword.open_collection(&manifest.name).await?;
             open.insert(manifest.name.clone(), Arc::new(collection(manifest)));
         }
-        Ok(Self {
+        let collections = Self {
             manifests_dir: manifests_dir.to_path_buf(),
             open: RwLock::new(open),
             lifecycle: tokio::sync::Mutex::new(()),
             embedder,
             dense,
             keyword,
-        })
+        };
+        for collection in collections.list()? {
+            collections.reconcile(&collection).await?;
+        }
+        Ok(collections)
+    }
+
+    /// After a crash between the store writes and the manifest write, a document may sit in one
+    /// store only, or in the stores but not in the manifest. Such documents are removed from both
+    /// stores and the manifest, so that each document is searchable in both engines or in neither;
+    /// a client re-sends them.
+    async fn reconcile(&self, collection: &Collection) -> anyhow::Result<()> {
+        let name = &collection.name;
+        let mut manifest = collection.manifest.lock().await;
+        let in_dense = self.dense.document_ids(name).await?;
+        let in_keyword = self.keyword.document_ids(name).await?;
+        let everywhere = |id: &String| in_dense.contains(id) && in_keyword.contains(id);
+        let stray: Vec<String> = in_dense
+            .iter()
+            .chain(&in_keyword)
+            .chain(manifest.documents.keys())
+            .filter(|id| !(everywhere(id) && manifest.documents.contains_key(*id)))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if stray.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(collection = %name, documents = ?stray, "removing documents not fully indexed (interrupted write)");
+        self.dense.delete_documents(name, stray.clone()).await?;
+        self.keyword.delete_documents(name, stray.clone()).await?;
+        for id in &stray {
+            manifest.documents.remove(id);
+        }
+        manifest.epoch += 1;
+        self.save(&manifest)?;
+        collection.epoch.store(manifest.epoch, Ordering::Release);
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Collection>, ApiError> {

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -7,7 +7,8 @@ use qdrant_edge::external::uuid::Uuid;
 use qdrant_edge::{
     Condition, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition, Filter,
     JsonPath, Match, MatchValue, NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct,
-    QueryEnum, QueryRequest, ScoringQuery, UpdateOperation, ValueVariants, WithPayloadInterface, WithVector,
+    QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants,
+    WithPayloadInterface, WithVector,
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -32,6 +33,8 @@ pub trait DenseStore: Send + Sync {
         filter: MetadataFilter,
         limit: usize,
     ) -> Result<Vec<ScoredChunk>, RetrievalError>;
+    /// Every document id with at least one chunk in the collection (start-up reconciliation).
+    async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError>;
 }
 
 /// Qdrant's engine in process (Qdrant Edge): one shard per collection under `root/<collection>`.
@@ -193,6 +196,40 @@ impl DenseStore for EdgeDenseStore {
                 .collect()
         })
         .await
+    }
+
+    async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError> {
+        let shard = self.shards.shard(collection)?;
+        run_blocking(RetrievalError::Dense, move || Self::document_ids_blocking(&shard)).await
+    }
+}
+
+/// Points per scroll page when listing a collection.
+const SCROLL_PAGE: usize = 1_000;
+
+impl EdgeDenseStore {
+    fn document_ids_blocking(shard: &EdgeShard) -> Result<HashSet<String>, RetrievalError> {
+        let mut ids = HashSet::new();
+        let mut offset = None;
+        loop {
+            let (records, next) = shard.scroll(ScrollRequest {
+                offset,
+                limit: Some(SCROLL_PAGE),
+                filter: None,
+                with_payload: Some(WithPayloadInterface::Fields(vec![json_path("doc_id")?])),
+                with_vector: WithVector::Bool(false),
+                order_by: None,
+            })?;
+            for record in records {
+                if let Some(Value::String(id)) = record.payload.and_then(|mut p| p.0.remove("doc_id")) {
+                    ids.insert(id);
+                }
+            }
+            match next {
+                Some(next) => offset = Some(next),
+                None => return Ok(ids),
+            }
+        }
     }
 }
 

@@ -1,11 +1,11 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value as JsonValue};
-use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
 };
@@ -32,6 +32,8 @@ pub trait KeywordStore: Send + Sync {
         filter: MetadataFilter,
         limit: usize,
     ) -> Result<Vec<ScoredChunk>, RetrievalError>;
+    /// Every document id with at least one chunk in the collection (start-up reconciliation).
+    async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError>;
 }
 
 /// tantivy on disk under `root/<collection>`, English stemming, BM25 scoring.
@@ -218,6 +220,18 @@ impl KeywordIndex {
         Ok(Some(Box::new(BooleanQuery::new(should))))
     }
 
+    fn document_ids(&self) -> Result<HashSet<String>, RetrievalError> {
+        let searcher = self.reader.searcher();
+        let mut ids = HashSet::new();
+        for address in searcher.search(&AllQuery, &DocSetCollector)? {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            if let Some(id) = doc.get_first(self.fields.doc_id).and_then(|v| v.as_str()) {
+                ids.insert(id.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
     fn chunk_from_doc(&self, doc: &TantivyDocument) -> Result<Chunk, RetrievalError> {
         let text = |field: Field, name: &str| {
             doc.get_first(field)
@@ -313,6 +327,11 @@ impl KeywordStore for TantivyKeywordStore {
             index.search(&query, &filter, limit)
         })
         .await
+    }
+
+    async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError> {
+        let index = self.indexes.get(collection)?;
+        run_blocking(RetrievalError::Keyword, move || index.document_ids()).await
     }
 }
 
