@@ -82,10 +82,6 @@ impl LlmPool {
         &self.backends
     }
 
-    fn primary_priority(&self) -> Option<u32> {
-        self.backends.first().map(|b| b.priority)
-    }
-
     /// Backends in the order to try: by priority, then fewest in flight.
     fn order(&self, only: Option<&str>) -> Vec<&Backend> {
         let mut order: Vec<&Backend> = self
@@ -106,7 +102,7 @@ impl LlmPool {
         report: &mut Report,
         only: Option<&str>,
     ) -> Option<Generation> {
-        for backend in self.order(only) {
+        for (tried, backend) in self.order(only).into_iter().enumerate() {
             let call = || backend.generator.generate(request.clone());
             match self.attempt(backend, deadline, backend.timeout, call).await {
                 Ok(generation) => {
@@ -115,7 +111,7 @@ impl LlmPool {
                         generation.prompt_tokens,
                         generation.completion_tokens,
                     );
-                    report.authorship = Some(self.authorship(backend, only.is_some()));
+                    report.authorship = Some(authorship(backend, tried == 0));
                     return Some(generation);
                 }
                 Err(failure) => {
@@ -138,18 +134,19 @@ impl LlmPool {
         only: Option<&str>,
         skip: &[String],
     ) -> Option<OpenedStream> {
-        for backend in self
+        let candidates = self
             .order(only)
             .into_iter()
-            .filter(|b| !skip.iter().any(|s| s == b.name()))
-        {
+            .filter(|b| !skip.iter().any(|s| s == b.name()));
+        for (tried, backend) in candidates.enumerate() {
             let call = || first_text(backend.generator.clone(), request.clone());
             match self
                 .attempt(backend, deadline, backend.time_to_first_token, call)
                 .await
             {
                 Ok((first, rest)) => {
-                    report.authorship = Some(self.authorship(backend, only.is_some()));
+                    // A continuation (`skip` not empty) is by definition a fallback.
+                    report.authorship = Some(authorship(backend, tried == 0 && skip.is_empty()));
                     return Some(OpenedStream {
                         backend: backend.name().to_string(),
                         first,
@@ -163,16 +160,6 @@ impl LlmPool {
             }
         }
         None
-    }
-
-    /// Primary when it is of the lowest priority (or the caller asked for it by name).
-    fn authorship(&self, backend: &Backend, named: bool) -> Authorship {
-        let name = backend.name().to_string();
-        if named || Some(backend.priority) == self.primary_priority() {
-            Authorship::Primary(name)
-        } else {
-            Authorship::Fallback(name)
-        }
     }
 
     /// One backend, with retries of retryable errors while the deadline allows.
@@ -222,6 +209,17 @@ fn jittered_backoff(attempt: u32) -> Duration {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     cap.mul_f64(f64::from(noise % 1_000) / 1_000.0)
+}
+
+/// The first backend tried for a request is its primary; one that answers after others failed
+/// is a fallback (mode `fallback_llm`), whatever their priorities.
+fn authorship(backend: &Backend, first_tried: bool) -> Authorship {
+    let name = backend.name().to_string();
+    if first_tried {
+        Authorship::Primary(name)
+    } else {
+        Authorship::Fallback(name)
+    }
 }
 
 /// Opens a stream and waits for its first text (or its end, for an empty answer).

@@ -27,6 +27,8 @@ pub enum Script {
     },
     /// Accept the request and never answer.
     Hang,
+    /// Answer after a pause.
+    Slow { text: String, delay_ms: u64 },
     /// Stream the first `words` words of `text`, then break the connection (streamed requests).
     BreakAfter { text: String, words: usize },
 }
@@ -101,6 +103,16 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
         .unwrap_or(Script::Status(500));
     match script {
         Script::Hang => std::future::pending().await,
+        Script::Slow { text, delay_ms } => {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            Json(json!({
+                "id": "chatcmpl-scripted", "object": "chat.completion", "created": 0,
+                "model": request.get("model").cloned().unwrap_or(Value::Null),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+            }))
+            .into_response()
+        }
         Script::RateLimited {
             retry_after_s,
             times,
