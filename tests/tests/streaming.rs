@@ -13,6 +13,18 @@ fn data(event: &SseEvent) -> Value {
     serde_json::from_str(&event.data).unwrap_or(Value::Null)
 }
 
+/// The text of an OpenAI chunk stream.
+fn chunk_text(body: &str) -> String {
+    parse_sse(body)
+        .iter()
+        .filter_map(|c| {
+            data(c)["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 fn deltas(events: &[SseEvent]) -> String {
     events
         .iter()
@@ -122,28 +134,12 @@ async fn streamed_answers_carry_the_mode_and_survive_a_failing_backend() -> anyh
     let first = data(&chunks[0]);
     assert_eq!(first["object"], "chat.completion.chunk");
     assert_eq!(first["ragway"]["mode"], "normal");
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| {
-            data(c)["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(text, "Nine bars [1].");
+    assert_eq!(chunk_text(&body), "Nine bars [1].");
 
     // A bare LLM of the pool, streamed.
     let bare = json!({"model": "secondary", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let (status, _, _, body) = server.post_stream("/v1/chat/completions", &bare).await?;
     assert_eq!(status, 200);
-    let text: String = parse_sse(&body)
-        .iter()
-        .filter_map(|c| {
-            data(c)["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(text, "about nine bars [1].");
+    assert_eq!(chunk_text(&body), "about nine bars [1].");
     server.stop().await
 }

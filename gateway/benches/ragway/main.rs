@@ -15,6 +15,27 @@ mod quality;
 mod resilience;
 mod speed;
 
+/// Serves `config` in process on a free port; returns the state and the base URL.
+async fn serve(
+    config: ragway_gateway::config::Config,
+) -> anyhow::Result<(ragway_gateway::app::AppState, String)> {
+    // The metrics recorder is process-wide: install it once for every benchmark.
+    static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    let metrics = match METRICS.get() {
+        Some(handle) => handle.clone(),
+        None => METRICS
+            .get_or_init(|| ragway_gateway::metrics::install().expect("metrics recorder"))
+            .clone(),
+    };
+    let state = ragway_gateway::app::AppState::load(config, metrics).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = ragway_gateway::app::router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((state, base))
+}
+
 fn main() -> anyhow::Result<()> {
     let what = std::env::args()
         .skip(1)

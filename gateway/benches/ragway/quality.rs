@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ragway_gateway::app::{router, AppState};
 use ragway_gateway::config::Config;
 use ragway_retrieval::{reciprocal_rank_fusion, ScoredChunk};
 use serde_json::{json, Value};
@@ -121,12 +120,7 @@ pub async fn search() -> anyhow::Result<()> {
     let reuse = data_dir.join("collections/trec.json").is_file();
     let mut config = Config::default();
     config.server.data_dir = data_dir;
-    let metrics = ragway_gateway::metrics::install()?;
-    let state = AppState::load(config, metrics).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = router(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (state, base) = crate::serve(config).await?;
     let http = reqwest::Client::new();
 
     // 40-word chunks with 8 words of overlap turn the 5,000 passages into ~10k chunks.

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ragway_gateway::app::{router, AppState};
 use ragway_gateway::breaker::BreakerSettings;
 use ragway_gateway::config::Config;
 use ragway_gateway::deadline::Deadline;
@@ -71,12 +70,7 @@ async fn detection_and_recovery() -> anyhow::Result<()> {
     config.resilience.breaker_failures = 3;
     config.resilience.breaker_open_ms = 2_000;
     config.resilience.breaker_max_open_ms = 2_000;
-    let metrics = ragway_gateway::metrics::install()?;
-    let state = AppState::load(config, metrics).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = router(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (state, base) = crate::serve(config).await?;
     let http = reqwest::Client::new();
     http.post(format!("{base}/v1/collections"))
         .json(&json!({"name": "b"}))
