@@ -3,11 +3,12 @@
 //! noticing (mode `fallback_llm`). A backend that fails mid-answer is announced with a
 //! `degraded` event and the next backend continues the answer from where it stopped.
 
+use std::collections::BTreeMap;
+
 use futures::StreamExt;
 use ragway_llm::{ChatMessage, GenerationRequest, Role, StreamEvent};
 use ragway_openapi::{Citation, Degradation, DegradationReason, Mode, Stages, TokenUsage};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 
 use crate::app::AppState;

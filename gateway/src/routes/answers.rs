@@ -1,3 +1,5 @@
+use std::collections::HashSet;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -7,8 +9,6 @@ use ragway_openapi::{
 };
 use ragway_retrieval::ScoredChunk;
 use serde::Serialize;
-
-use std::collections::HashSet;
 
 use crate::answer_stream::StreamJob;
 use crate::app::AppState;
