@@ -142,7 +142,11 @@ impl Pipeline {
         let vector = self.query_vector(query, deadline).await;
         report.record_time("embed", started);
         let (vector, status) = settle(&mut report, "embed", vector);
-        report.embed = status;
+        report.embed = match &vector {
+            Some((_, true)) => StageStatus::Cached,
+            _ => status,
+        };
+        let vector = vector.map(|(vector, _)| vector);
         let Some(vector) = vector else {
             return (None, report);
         };
@@ -160,11 +164,12 @@ impl Pipeline {
         (hits, report)
     }
 
+    /// The query's vector, and whether it came from the L2 cache.
     async fn query_vector(
         &self,
         query: &str,
         deadline: &Deadline,
-    ) -> Result<Arc<Vec<f32>>, Failure<ragway_retrieval::RetrievalError>> {
+    ) -> Result<(Arc<Vec<f32>>, bool), Failure<ragway_retrieval::RetrievalError>> {
         let key = CacheKey::new(
             "l2_embedding",
             &[self.embedder.model_id().as_bytes(), query.as_bytes()],
@@ -172,7 +177,7 @@ impl Pipeline {
         if let Some(vector) = self.query_embeddings.get(&key).await {
             metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "hit")
                 .increment(1);
-            return Ok(vector);
+            return Ok((vector, true));
         }
         metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "miss")
             .increment(1);
@@ -187,7 +192,7 @@ impl Pipeline {
             ))
         })?;
         self.query_embeddings.insert(key, vector.clone()).await;
-        Ok(vector)
+        Ok((vector, false))
     }
 
     async fn keyword_hits(

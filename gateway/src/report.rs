@@ -76,7 +76,7 @@ impl Report {
     }
 
     fn dense_path_ok(&self) -> bool {
-        self.embed == StageStatus::Ok && self.dense == StageStatus::Ok
+        matches!(self.embed, StageStatus::Ok | StageStatus::Cached) && self.dense == StageStatus::Ok
     }
 
     /// The most severe consequence of what happened; see DESIGN.md's table of modes.
@@ -167,6 +167,12 @@ mod tests {
         r.keyword = StageStatus::Failed;
         assert_eq!(r.mode(), Mode::DenseOnly);
         r.keyword = StageStatus::Ok;
+        r.embed = StageStatus::Cached;
+        assert_eq!(
+            r.mode(),
+            Mode::FallbackLlm,
+            "a cached embedding is a working dense path"
+        );
         r.embed = StageStatus::Failed;
         assert_eq!(r.mode(), Mode::KeywordOnly);
         r.authorship = Some(Authorship::Extractive);

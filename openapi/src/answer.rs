@@ -66,6 +66,8 @@ pub enum DegradationReason {
 #[serde(rename_all = "snake_case")]
 pub enum StageStatus {
     Ok,
+    /// Served from a cache without calling the dependency (e.g. a query embedding from L2).
+    Cached,
     Skipped,
     Failed,
     NotConfigured,

@@ -128,19 +128,29 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
             "{path} missing from openapi.json"
         );
     }
+    // The same question again: its embedding comes from the L2 cache, and the stage says so.
+    let again = server
+        .post(
+            "/v1/collections/facts/search",
+            &json!({"query": QUESTIONS[0].0, "top_k": 3}),
+        )
+        .await?;
+    assert_eq!(again.body["stages"]["embed"], "cached");
+    assert_eq!(again.body["mode"], "normal");
     let docs_page = server.get_text("/docs/").await?;
     assert!(docs_page.contains("swagger"), "docs page: {docs_page:.200}");
 
     let metrics = server.get_text("/metrics").await?;
     assert!(
-        metrics.contains("ragway_answers_total{mode=\"normal\"} 9"),
+        metrics.contains("ragway_answers_total{mode=\"normal\"} 10"),
         "{metrics}"
     );
     assert!(metrics.contains("ragway_stage_duration_seconds_bucket{stage=\"dense\""));
     assert!(
-        metrics.contains("ragway_requests_total{route=\"/v1/collections/{name}/search\",status=\"200\"} 8")
+        metrics.contains("ragway_requests_total{route=\"/v1/collections/{name}/search\",status=\"200\"} 9")
     );
     assert!(metrics.contains("ragway_llm_tokens_total{backend=\"local\",kind=\"completion\"}"));
+    assert!(metrics.contains("ragway_cache_requests_total{layer=\"l2_embedding\",result=\"hit\"}"));
 
     let ready = server.get("/readyz").await?;
     assert_eq!(ready.status, 200);
