@@ -56,7 +56,7 @@ impl OpenAiBackend {
                 include_obfuscation: None,
             });
         }
-        body.build().map_err(|e| self.remote_error(e))
+        body.build().map_err(|e| remote_error(&self.name, e))
     }
 
     pub fn new(options: OpenAiBackendOptions) -> Result<Self, LlmError> {
@@ -78,14 +78,6 @@ impl OpenAiBackend {
             model: options.model,
         })
     }
-
-    fn remote_error(&self, error: OpenAIError) -> LlmError {
-        LlmError::Remote {
-            backend: self.name.clone(),
-            retry: classify(&error),
-            message: error.to_string(),
-        }
-    }
 }
 
 #[async_trait]
@@ -97,7 +89,7 @@ impl Generator for OpenAiBackend {
             .chat()
             .create_stream(body)
             .await
-            .map_err(|e| self.remote_error(e))?;
+            .map_err(|e| remote_error(&self.name, e))?;
         let backend = self.name.clone();
         let mut usage = (0, 0);
         let mut failed = false;
@@ -121,11 +113,7 @@ impl Generator for OpenAiBackend {
                     }
                     Some(Err(e)) => {
                         failed = true;
-                        Some(Err(LlmError::Remote {
-                            backend: backend.clone(),
-                            retry: classify(&e),
-                            message: e.to_string(),
-                        }))
+                        Some(Err(remote_error(&backend, e)))
                     }
                     None if failed => None,
                     None => Some(Ok(StreamEvent::Done {
@@ -153,7 +141,7 @@ impl Generator for OpenAiBackend {
             .chat()
             .create(body)
             .await
-            .map_err(|e| self.remote_error(e))?;
+            .map_err(|e| remote_error(&self.name, e))?;
         let text = response
             .choices
             .into_iter()
@@ -171,6 +159,14 @@ impl Generator for OpenAiBackend {
             prompt_tokens,
             completion_tokens,
         })
+    }
+}
+
+fn remote_error(backend: &str, error: OpenAIError) -> LlmError {
+    LlmError::Remote {
+        backend: backend.to_string(),
+        retry: classify(&error),
+        message: error.to_string(),
     }
 }
 
