@@ -96,6 +96,16 @@ pub struct GenerationConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LlmBackendConfig {
     pub name: String,
+    /// Lower is tried first; equal priorities share load. Default: the position in the list.
+    #[serde(default)]
+    pub priority: Option<u32>,
+    /// The whole answer. Default: 120 s for a local model (a CPU needs seconds for a long
+    /// prompt), 30 s for a remote one.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The first token of a streamed answer. Default: 60 s local, 10 s remote.
+    #[serde(default)]
+    pub ttft_timeout_ms: Option<u64>,
     #[serde(flatten)]
     pub kind: LlmBackendKind,
 }
@@ -109,12 +119,6 @@ pub enum LlmBackendKind {
         model: String,
         #[serde(default = "yes")]
         dequantize: bool,
-        #[serde(default)]
-        priority: Option<u32>,
-        #[serde(default = "default_local_timeout_ms")]
-        timeout_ms: u64,
-        #[serde(default = "default_local_ttft_ms")]
-        ttft_timeout_ms: u64,
     },
     /// An OpenAI-compatible chat completions server.
     Openai {
@@ -124,12 +128,6 @@ pub enum LlmBackendKind {
         /// config files or logs).
         #[serde(default)]
         api_key_env: Option<String>,
-        #[serde(default)]
-        priority: Option<u32>,
-        #[serde(default = "default_timeout_ms")]
-        timeout_ms: u64,
-        #[serde(default = "default_ttft_ms")]
-        ttft_timeout_ms: u64,
         /// Retries of retryable failures (connect, 429, 5xx), with jittered backoff.
         #[serde(default = "default_retries")]
         max_retries: u32,
@@ -148,30 +146,15 @@ pub struct BackendLimits {
 impl LlmBackendConfig {
     /// The backend's limits; its priority defaults to its `position` in the list.
     pub fn limits(&self, position: usize) -> BackendLimits {
-        match &self.kind {
-            LlmBackendKind::Local {
-                priority,
-                timeout_ms,
-                ttft_timeout_ms,
-                ..
-            } => BackendLimits {
-                priority: priority.unwrap_or(position as u32),
-                timeout: Duration::from_millis(*timeout_ms),
-                time_to_first_token: Duration::from_millis(*ttft_timeout_ms),
-                max_retries: 0,
-            },
-            LlmBackendKind::Openai {
-                priority,
-                timeout_ms,
-                ttft_timeout_ms,
-                max_retries,
-                ..
-            } => BackendLimits {
-                priority: priority.unwrap_or(position as u32),
-                timeout: Duration::from_millis(*timeout_ms),
-                time_to_first_token: Duration::from_millis(*ttft_timeout_ms),
-                max_retries: *max_retries,
-            },
+        let (timeout_ms, ttft_ms, max_retries) = match &self.kind {
+            LlmBackendKind::Local { .. } => (120_000, 60_000, 0),
+            LlmBackendKind::Openai { max_retries, .. } => (30_000, 10_000, *max_retries),
+        };
+        BackendLimits {
+            priority: self.priority.unwrap_or(position as u32),
+            timeout: Duration::from_millis(self.timeout_ms.unwrap_or(timeout_ms)),
+            time_to_first_token: Duration::from_millis(self.ttft_timeout_ms.unwrap_or(ttft_ms)),
+            max_retries,
         }
     }
 }
@@ -180,25 +163,8 @@ fn yes() -> bool {
     true
 }
 
-fn default_timeout_ms() -> u64 {
-    30_000
-}
-
-fn default_ttft_ms() -> u64 {
-    10_000
-}
-
 fn default_retries() -> u32 {
     2
-}
-
-// The local model on a CPU needs seconds for a long prompt before its first token.
-fn default_local_timeout_ms() -> u64 {
-    120_000
-}
-
-fn default_local_ttft_ms() -> u64 {
-    60_000
 }
 
 pub fn default_models_dir() -> PathBuf {
@@ -219,12 +185,12 @@ impl Default for Config {
             resilience: ResilienceConfig::default(),
             llm: vec![LlmBackendConfig {
                 name: "local".into(),
+                priority: None,
+                timeout_ms: None,
+                ttft_timeout_ms: None,
                 kind: LlmBackendKind::Local {
                     model: models.join("smollm2-135m-instruct").display().to_string(),
                     dequantize: true,
-                    priority: None,
-                    timeout_ms: default_local_timeout_ms(),
-                    ttft_timeout_ms: default_local_ttft_ms(),
                 },
             }],
         }
@@ -477,22 +443,34 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "llm.toml",
-                "[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"/m.gguf\"\n",
+                "[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"/m.gguf\"\npriority = 5\ntimeout_ms = 700\n",
             )?;
             let config = Config::load(Some(Path::new("llm.toml")), &Overrides::default())
                 .map_err(|e| e.to_string())?;
             assert_eq!(config.llm.len(), 2);
-            assert!(matches!(
-                &config.llm[0].kind,
-                LlmBackendKind::Openai {
-                    timeout_ms: 30_000,
-                    ..
+            assert!(matches!(&config.llm[0].kind, LlmBackendKind::Openai { .. }));
+            assert_eq!(
+                config.llm[0].limits(0),
+                BackendLimits {
+                    priority: 0,
+                    timeout: Duration::from_secs(30),
+                    time_to_first_token: Duration::from_secs(10),
+                    max_retries: 2,
                 }
-            ));
+            );
             assert!(matches!(
                 &config.llm[1].kind,
                 LlmBackendKind::Local { dequantize: true, .. }
             ));
+            assert_eq!(
+                config.llm[1].limits(1),
+                BackendLimits {
+                    priority: 5,
+                    timeout: Duration::from_millis(700),
+                    time_to_first_token: Duration::from_secs(60),
+                    max_retries: 0,
+                }
+            );
             jail.create_file(
                 "llm2.toml",
                 "[[llm]]\nname = \"l\"\nkind = \"local\"\nmodel = \"m\"\nmodle = 1\n",
