@@ -73,16 +73,19 @@ impl StreamJob {
     /// A grounded answer over retrieved hits: they are the prompt's passages, the citations, and
     /// the extractive answer should no LLM answer.
     pub fn grounded(state: AppState, query: &str, retrieved: Retrieved, deadline: Deadline) -> Self {
+        let mut report = retrieved.report;
+        let (request, given) = state.pipeline.rag_request(query, &retrieved.hits, &mut report);
         Self {
-            request: state.pipeline.rag_request(query, &retrieved.hits),
+            request,
             fallback_text: extractive_answer(&retrieved.hits),
             citations: retrieved
                 .hits
                 .into_iter()
+                .take(given)
                 .enumerate()
                 .map(|(i, h)| citation((i + 1, h)))
                 .collect(),
-            report: retrieved.report,
+            report,
             only: None,
             deadline,
             state,
@@ -142,37 +145,21 @@ async fn drive(mut job: StreamJob, events: mpsc::Sender<AnswerEvent>) {
         if !first.is_empty() && events.send(AnswerEvent::Delta { text: first }).await.is_err() {
             return;
         }
-        let mut failed = false;
-        while let Some(event) = rest.next().await {
-            match event {
-                Ok(StreamEvent::Text(text)) => {
-                    answer.push_str(&text);
-                    if events.send(AnswerEvent::Delta { text }).await.is_err() {
-                        return; // the client left; dropping the stream stops generation
-                    }
-                }
-                Ok(StreamEvent::Done {
-                    prompt_tokens,
-                    completion_tokens,
-                }) => {
-                    count_tokens(&backend, prompt_tokens, completion_tokens);
-                    usage.prompt_tokens += prompt_tokens;
-                    usage.completion_tokens += completion_tokens;
-                }
-                Err(e) => {
-                    tracing::warn!(backend, error = %e, "LLM stream broke off");
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if !failed {
+        let failed = match relay(&job, &backend, &mut rest, &events, &mut answer, &mut usage).await {
+            Relayed::Finished => None,
+            Relayed::ClientGone => return,
+            Relayed::Broke(reason) => Some(reason),
+        };
+        let Some(reason) = failed else { break };
+        if reason == DegradationReason::Deadline {
+            // No time left to continue elsewhere: the answer ends here, cut short.
+            job.report.degrade(format!("llm:{backend}"), reason);
             break;
         }
         // Continue the same answer on the next backend.
         let degradation = Degradation {
             stage: format!("llm:{backend}"),
-            reason: DegradationReason::Error,
+            reason,
         };
         job.report.degrade(degradation.stage.clone(), degradation.reason);
         let mut request = job.request.clone();
@@ -209,4 +196,58 @@ async fn drive(mut job: StreamJob, events: mpsc::Sender<AnswerEvent>) {
         timings_ms: job.report.timings_ms.clone(),
     };
     let _ = events.send(done).await;
+}
+
+/// How relaying one backend's stream ended.
+enum Relayed {
+    Finished,
+    ClientGone,
+    /// The backend broke off (`Error`), stalled past the idle timeout (`Timeout`, charged to its
+    /// breaker), or the request's deadline passed (`Deadline`).
+    Broke(DegradationReason),
+}
+
+/// Forwards a backend's text to the client until it finishes, fails, stalls or runs out of time.
+async fn relay(
+    job: &StreamJob,
+    backend: &str,
+    rest: &mut ragway_llm::TokenStream,
+    events: &mpsc::Sender<AnswerEvent>,
+    answer: &mut String,
+    usage: &mut TokenUsage,
+) -> Relayed {
+    let idle = job.state.pipeline.settings.stream_idle_timeout;
+    loop {
+        let left = job.deadline.remaining();
+        let next = match tokio::time::timeout(idle.min(left), rest.next()).await {
+            Ok(next) => next,
+            Err(_) if left <= idle => return Relayed::Broke(DegradationReason::Deadline),
+            Err(_) => {
+                tracing::warn!(backend, idle_ms = idle.as_millis() as u64, "LLM stream stalled");
+                job.state.pipeline.llm.charge_failure(backend);
+                return Relayed::Broke(DegradationReason::Timeout);
+            }
+        };
+        match next {
+            None => return Relayed::Finished,
+            Some(Ok(StreamEvent::Text(text))) => {
+                answer.push_str(&text);
+                if events.send(AnswerEvent::Delta { text }).await.is_err() {
+                    return Relayed::ClientGone; // dropping the stream stops generation
+                }
+            }
+            Some(Ok(StreamEvent::Done {
+                prompt_tokens,
+                completion_tokens,
+            })) => {
+                count_tokens(backend, prompt_tokens, completion_tokens);
+                usage.prompt_tokens += prompt_tokens;
+                usage.completion_tokens += completion_tokens;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(backend, error = %e, "LLM stream broke off");
+                return Relayed::Broke(DegradationReason::Error);
+            }
+        }
+    }
 }

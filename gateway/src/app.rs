@@ -13,20 +13,23 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use ragway_cache::LocalCache;
 use ragway_llm::{Generator, LocalLlm, LocalLlmOptions, OpenAiBackend, OpenAiBackendOptions};
 use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
-use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, EdgeDenseStore, Embedder, TantivyKeywordStore};
+use ragway_retrieval::{
+    BertEmbedder, BertEmbedderOptions, EdgeDenseStore, Embedder, QueueLimits, TantivyKeywordStore,
+};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::breaker::BreakerSettings;
-use crate::collections::Collections;
+use crate::collections::{Collections, IngestEmbedding};
 use crate::config::{Config, LlmBackendKind};
 use crate::faults::Faults;
 use crate::guard::Guard;
+use crate::jobs::{JobSettings, Jobs};
 use crate::llm_pool::{Backend, LlmPool};
 use crate::pipeline::{Pipeline, PipelineSettings, StageGuards};
 use crate::rerank_cost::RerankCost;
-use crate::routes::{admin, answers, collections, embeddings, health, openai};
+use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai};
 use crate::{models, openapi_doc};
 
 const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
@@ -35,6 +38,7 @@ const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetens
 pub struct AppState {
     pub config: Arc<Config>,
     pub collections: Arc<Collections>,
+    pub jobs: Arc<Jobs>,
     pub pipeline: Arc<Pipeline>,
     pub faults: Arc<Faults>,
     /// From the environment variable named by `resilience.admin_key_env`; `None` closes `/admin`.
@@ -50,9 +54,14 @@ impl AppState {
 
         let started = Instant::now();
         let embedder_dir = models::model_dir(&config.models.embedder, cache_dir, &MODEL_FILES).await?;
+        let queues = &config.queues;
         let embedder_options = BertEmbedderOptions {
             max_batch: config.retrieval.embed_batch,
             device: device.clone(),
+            queue: QueueLimits {
+                interactive: queues.embedder_interactive,
+                bulk: queues.embedder_bulk,
+            },
             ..Default::default()
         };
         let embedder: Arc<dyn Embedder> = Arc::new(BertEmbedder::load(
@@ -68,6 +77,10 @@ impl AppState {
             let dir = models::model_dir(&config.models.reranker, cache_dir, &MODEL_FILES).await?;
             let options = CrossEncoderOptions {
                 device: device.clone(),
+                queue: QueueLimits {
+                    interactive: queues.reranker,
+                    bulk: 1,
+                },
                 ..Default::default()
             };
             Some(Arc::new(CrossEncoder::load(
@@ -99,6 +112,10 @@ impl AppState {
                     let options = LocalLlmOptions {
                         device: device.clone(),
                         dequantize: *dequantize,
+                        queue: QueueLimits {
+                            interactive: queues.local_llm,
+                            bulk: 1,
+                        },
                         ..Default::default()
                     };
                     let llm = LocalLlm::load(&path, &backend.name, options)?;
@@ -134,13 +151,27 @@ impl AppState {
         let data = &config.server.data_dir;
         let dense = Arc::new(EdgeDenseStore::new(&data.join("dense"), embedder.dimension()));
         let keyword = Arc::new(TantivyKeywordStore::new(&data.join("keyword")));
-        let collections = Collections::open(
-            &data.join("collections"),
-            embedder.clone(),
-            dense.clone(),
-            keyword.clone(),
-        )
-        .await?;
+        let embed_guard = Arc::new(guard("embedder", z.embed_timeout_ms));
+        let ingest_embedding = IngestEmbedding {
+            embedder: embedder.clone(),
+            guard: embed_guard.clone(),
+            timeout: Duration::from_millis(config.ingest.embed_timeout_ms),
+        };
+        let collections = Arc::new(
+            Collections::open(
+                &data.join("collections"),
+                ingest_embedding,
+                dense.clone(),
+                keyword.clone(),
+            )
+            .await?,
+        );
+        let job_settings = JobSettings {
+            batch_chunks: config.ingest.batch_chunks,
+            max_concurrent: config.ingest.max_concurrent_jobs,
+            keep_finished: config.ingest.keep_finished_jobs,
+        };
+        let jobs = Jobs::open(&data.join("jobs"), collections.clone(), job_settings)?;
 
         let pipeline = Pipeline {
             embedder,
@@ -148,7 +179,7 @@ impl AppState {
             keyword,
             reranker,
             guards: StageGuards {
-                embed: guard("embedder", z.embed_timeout_ms),
+                embed: embed_guard,
                 dense: guard("dense", z.dense_timeout_ms),
                 keyword: guard("keyword", z.keyword_timeout_ms),
                 rerank: guard("reranker", z.rerank_timeout_ms),
@@ -162,6 +193,7 @@ impl AppState {
                 rerank_candidates: config.retrieval.rerank_candidates,
                 max_tokens: config.generation.max_tokens,
                 temperature: config.generation.temperature,
+                stream_idle_timeout: Duration::from_millis(config.resilience.stream_idle_timeout_ms),
             },
         };
         let admin_key = std::env::var(&config.resilience.admin_key_env)
@@ -169,7 +201,8 @@ impl AppState {
             .filter(|k| !k.is_empty());
         Ok(Self {
             config: Arc::new(config),
-            collections: Arc::new(collections),
+            collections,
+            jobs,
             pipeline: Arc::new(pipeline),
             faults,
             admin_key,
@@ -194,6 +227,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/collections/{name}/documents/{id}",
             delete(collections::delete_document),
         )
+        .route("/v1/collections/{name}/jobs", get(jobs::of_collection))
+        .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/collections/{name}/search", post(answers::search))
         .route("/v1/collections/{name}/query", post(answers::query))
         .route("/v1/embeddings", post(embeddings::embeddings))

@@ -1,24 +1,35 @@
 //! Collections: their manifests (settings, documents, epoch) and every change to their contents.
 //!
-//! A manifest is the record of which documents a collection holds. It is written after both
-//! stores have accepted a change, and a failed change is undone in both stores, so a document is
-//! searchable in both indexes or in neither.
+//! A manifest is the record of which documents a collection holds. A change is written to both
+//! stores and made durable there (Qdrant Edge flushed, tantivy committed) before the manifest is
+//! fsynced, so a document the manifest lists survives a crash in both indexes. A failed change is
+//! undone in both stores, so a document is searchable in both indexes or in neither.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use ragway_openapi::{CollectionInfo, DocumentInput, IngestResponse};
-use ragway_retrieval::{chunk_document, ChunkingOptions, DenseStore, EmbeddedChunk, Embedder, KeywordStore};
+use ragway_openapi::{CollectionInfo, DocumentInput};
+use ragway_retrieval::{
+    chunk_document, Chunk, ChunkingOptions, DenseStore, EmbeddedChunk, Embedder, KeywordStore, Priority,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::deadline::Deadline;
+use crate::durable;
 use crate::error::ApiError;
+use crate::guard::{Failure, Guard};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
     name: String,
+    /// New for every collection created: a job or write for a dropped collection of the same
+    /// name can never land in its successor.
+    #[serde(default)]
+    generation: String,
     chunk_words: usize,
     chunk_overlap_words: usize,
     epoch: u64,
@@ -33,71 +44,147 @@ struct DocumentRecord {
 
 pub struct Collection {
     pub name: String,
+    pub generation: String,
+    pub chunking: ChunkingOptions,
     /// Held for the whole of a change, so changes to one collection apply one at a time.
     manifest: tokio::sync::Mutex<Manifest>,
+    /// What [`Collection::info`] answers, refreshed after each change: reads never wait for a write.
+    summary: RwLock<CollectionInfo>,
     /// Mirrors `manifest.epoch` for lock-free reads (cache keys).
     epoch: AtomicU64,
+    /// Set (under the manifest lock) when the collection is dropped; a change that waited for the
+    /// lock sees it and stops.
+    dropped: AtomicBool,
 }
 
 impl Collection {
+    fn new(manifest: Manifest) -> Self {
+        Self {
+            name: manifest.name.clone(),
+            generation: manifest.generation.clone(),
+            chunking: ChunkingOptions {
+                chunk_words: manifest.chunk_words,
+                overlap_words: manifest.chunk_overlap_words,
+            },
+            summary: RwLock::new(info(&manifest)),
+            epoch: AtomicU64::new(manifest.epoch),
+            manifest: tokio::sync::Mutex::new(manifest),
+            dropped: AtomicBool::new(false),
+        }
+    }
+
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
-    pub async fn info(&self) -> CollectionInfo {
-        info(&*self.manifest.lock().await)
+    pub fn info(&self) -> CollectionInfo {
+        self.summary
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
+
+    fn publish(&self, manifest: &Manifest) {
+        self.epoch.store(manifest.epoch, Ordering::Release);
+        *self
+            .summary
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = info(manifest);
+    }
+}
+
+/// What one applied batch of documents did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub indexed: usize,
+    pub unchanged: usize,
+    pub chunks: usize,
+    pub epoch: u64,
+}
+
+/// How ingestion reaches the embedder: through its guard (breaker, faults), in the bulk lane,
+/// with a timeout per batch.
+pub struct IngestEmbedding {
+    pub embedder: Arc<dyn Embedder>,
+    pub guard: Arc<Guard>,
+    pub timeout: Duration,
 }
 
 pub struct Collections {
     manifests_dir: PathBuf,
     open: RwLock<BTreeMap<String, Arc<Collection>>>,
+    /// Collections whose manifest or stores could not be opened, with why; the others serve.
+    damaged: RwLock<BTreeMap<String, String>>,
     /// Serialises creating and dropping collections.
     lifecycle: tokio::sync::Mutex<()>,
-    embedder: Arc<dyn Embedder>,
+    embedding: IngestEmbedding,
     dense: Arc<dyn DenseStore>,
     keyword: Arc<dyn KeywordStore>,
 }
 
+/// A new or changed document of a batch: its id, content hash and chunks.
+struct Change {
+    id: String,
+    hash: String,
+    chunks: Vec<Chunk>,
+}
+
 impl Collections {
-    /// Opens every collection whose manifest is under `manifests_dir`.
+    /// Opens every collection whose manifest is under `manifests_dir`. One that cannot be opened
+    /// is reported in [`Collections::damaged`] and does not stop the others.
     pub async fn open(
         manifests_dir: &Path,
-        embedder: Arc<dyn Embedder>,
+        embedding: IngestEmbedding,
         dense: Arc<dyn DenseStore>,
         keyword: Arc<dyn KeywordStore>,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(manifests_dir)?;
-        let mut open = BTreeMap::new();
+        let collections = Self {
+            manifests_dir: manifests_dir.to_path_buf(),
+            open: RwLock::new(BTreeMap::new()),
+            damaged: RwLock::new(BTreeMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+            embedding,
+            dense,
+            keyword,
+        };
         for entry in std::fs::read_dir(manifests_dir)? {
             let path = entry?.path();
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let manifest: Manifest = serde_json::from_slice(&std::fs::read(&path)?)
-                .map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
-            dense.open_collection(&manifest.name).await?;
-            keyword.open_collection(&manifest.name).await?;
-            open.insert(manifest.name.clone(), Arc::new(collection(manifest)));
-        }
-        let collections = Self {
-            manifests_dir: manifests_dir.to_path_buf(),
-            open: RwLock::new(open),
-            lifecycle: tokio::sync::Mutex::new(()),
-            embedder,
-            dense,
-            keyword,
-        };
-        for collection in collections.list()? {
-            collections.reconcile(&collection).await?;
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Err(e) = collections.open_one(&path).await {
+                tracing::error!(collection = name, error = %e, "collection damaged: not served");
+                write(&collections.damaged)?.insert(name, e.to_string());
+            }
         }
         Ok(collections)
     }
 
-    /// After a crash between the store writes and the manifest write, a document may sit in one
-    /// store only, or in the stores but not in the manifest. Such documents are removed from both
-    /// stores and the manifest, so that each document is searchable in both engines or in neither;
-    /// a client re-sends them.
+    async fn open_one(&self, path: &Path) -> anyhow::Result<()> {
+        let manifest: Manifest = serde_json::from_slice(&std::fs::read(path)?)
+            .map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
+        self.dense.open_collection(&manifest.name).await?;
+        self.keyword.open_collection(&manifest.name).await?;
+        let collection = Arc::new(Collection::new(manifest));
+        self.reconcile(&collection).await?;
+        write(&self.open)?.insert(collection.name.clone(), collection);
+        Ok(())
+    }
+
+    /// Collections that could not be opened, and why.
+    pub fn damaged(&self) -> BTreeMap<String, String> {
+        self.damaged.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// After a crash in the middle of a change, a document may sit in one store only, or in the
+    /// stores but not in the manifest: that change was never acknowledged. Such documents are
+    /// removed from both stores and the manifest, so each document is searchable in both engines
+    /// or in neither; the change is re-applied by its job (see `jobs`), which survives the crash.
     async fn reconcile(&self, collection: &Collection) -> anyhow::Result<()> {
         let name = &collection.name;
         let mut manifest = collection.manifest.lock().await;
@@ -110,63 +197,70 @@ impl Collections {
             .chain(manifest.documents.keys())
             .filter(|id| !(everywhere(id) && manifest.documents.contains_key(*id)))
             .cloned()
-            .collect::<std::collections::BTreeSet<_>>()
+            .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
         if stray.is_empty() {
             return Ok(());
         }
-        tracing::warn!(collection = %name, documents = ?stray, "removing documents not fully indexed (interrupted write)");
+        tracing::warn!(collection = %name, documents = ?stray, "removing documents of an interrupted write (its job re-applies them)");
         self.dense.delete_documents(name, stray.clone()).await?;
         self.keyword.delete_documents(name, stray.clone()).await?;
+        self.dense.flush(name).await?;
         for id in &stray {
             manifest.documents.remove(id);
         }
         manifest.epoch += 1;
         self.save(&manifest)?;
-        collection.epoch.store(manifest.epoch, Ordering::Release);
+        collection.publish(&manifest);
         Ok(())
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Collection>, ApiError> {
-        self.open
-            .read()
-            .map_err(|_| ApiError::Internal("collection map lock poisoned".into()))?
+        read(&self.open)?
             .get(name)
             .cloned()
             .ok_or_else(|| ApiError::CollectionNotFound(name.to_string()))
     }
 
     pub fn list(&self) -> Result<Vec<Arc<Collection>>, ApiError> {
-        Ok(self
-            .open
-            .read()
-            .map_err(|_| ApiError::Internal("collection map lock poisoned".into()))?
-            .values()
-            .cloned()
-            .collect())
+        Ok(read(&self.open)?.values().cloned().collect())
     }
 
-    pub async fn create(&self, name: &str, chunking: ChunkingOptions) -> Result<CollectionInfo, ApiError> {
+    pub async fn create(
+        &self,
+        name: &str,
+        chunking: ChunkingOptions,
+        max_collections: usize,
+    ) -> Result<CollectionInfo, ApiError> {
         let _guard = self.lifecycle.lock().await;
-        if self.get(name).is_ok() {
+        if self.get(name).is_ok() || read(&self.damaged)?.contains_key(name) {
             return Err(ApiError::CollectionExists(name.to_string()));
+        }
+        if read(&self.open)?.len() >= max_collections {
+            return Err(ApiError::Conflict {
+                code: "too_many_collections",
+                message: format!(
+                    "this server holds at most {max_collections} collections (limits.max_collections)"
+                ),
+            });
         }
         let manifest = Manifest {
             name: name.to_string(),
+            generation: uuid::Uuid::new_v4().simple().to_string(),
             chunk_words: chunking.chunk_words,
             chunk_overlap_words: chunking.overlap_words,
             epoch: 0,
             documents: BTreeMap::new(),
         };
+        // A crash while dropping an earlier collection of this name may have left its indexes.
+        self.dense.drop_collection(name).await?;
+        self.keyword.drop_collection(name).await?;
         self.dense.open_collection(name).await?;
         self.keyword.open_collection(name).await?;
         self.save(&manifest)?;
         let info = info(&manifest);
-        self.open
-            .write()
-            .map_err(|_| ApiError::Internal("collection map lock poisoned".into()))?
-            .insert(name.to_string(), Arc::new(collection(manifest)));
+        write(&self.open)?.insert(name.to_string(), Arc::new(Collection::new(manifest)));
         Ok(info)
     }
 
@@ -175,124 +269,113 @@ impl Collections {
         let collection = self.get(name)?;
         // Wait for a change in flight to finish, and keep new ones out while the files go.
         let _manifest = collection.manifest.lock().await;
-        self.open
-            .write()
-            .map_err(|_| ApiError::Internal("collection map lock poisoned".into()))?
-            .remove(name);
-        std::fs::remove_file(self.manifest_path(name)).map_err(|e| ApiError::Internal(e.to_string()))?;
+        collection.dropped.store(true, Ordering::Release);
+        write(&self.open)?.remove(name);
+        durable::remove(&self.manifest_path(name)).map_err(|e| ApiError::Internal(e.to_string()))?;
         self.dense.drop_collection(name).await?;
         self.keyword.drop_collection(name).await?;
         Ok(())
     }
 
-    /// Indexes new and changed documents; documents whose id and content hash are already indexed
-    /// are left alone.
-    pub async fn ingest(
+    /// Indexes the new and changed documents of one batch, durably; documents whose id and content
+    /// hash are already indexed are left alone. Fails with `CollectionNotFound` when the collection
+    /// was dropped (or dropped and re-created) meanwhile.
+    pub async fn apply_batch(
         &self,
-        name: &str,
+        collection: &Collection,
         documents: Vec<DocumentInput>,
-    ) -> Result<IngestResponse, ApiError> {
-        let collection = self.get(name)?;
+    ) -> Result<BatchOutcome, ApiError> {
         let mut manifest = collection.manifest.lock().await;
-        let chunking = ChunkingOptions {
-            chunk_words: manifest.chunk_words,
-            overlap_words: manifest.chunk_overlap_words,
+        if collection.dropped.load(Ordering::Acquire) {
+            return Err(ApiError::CollectionNotFound(collection.name.clone()));
+        }
+        let total = documents.len();
+        let changed = plan(&manifest, documents, collection.chunking);
+        let mut outcome = BatchOutcome {
+            unchanged: total - changed.len(),
+            epoch: manifest.epoch,
+            ..Default::default()
         };
-        let mut changed = Vec::new();
-        let mut unchanged = 0;
-        for doc in documents {
-            let metadata = doc.metadata.unwrap_or_default();
-            let hash = content_hash(&doc.text, &metadata);
-            if manifest
-                .documents
-                .get(&doc.id)
-                .is_some_and(|d| d.content_hash == hash)
-            {
-                unchanged += 1;
-                continue;
-            }
-            let chunks = chunk_document(&doc.id, &doc.text, &metadata, chunking);
-            changed.push((doc.id, hash, chunks));
-        }
         if changed.is_empty() {
-            return Ok(IngestResponse {
-                indexed: 0,
-                unchanged,
-                chunks: 0,
-                epoch: manifest.epoch,
-            });
+            return Ok(outcome);
         }
-
         // Embed first: it touches no store, so a failure here leaves everything as it was.
-        let chunks: Vec<_> = changed.iter().flat_map(|(_, _, c)| c.iter().cloned()).collect();
-        let texts = chunks.iter().map(|c| c.text.clone()).collect();
-        let vectors = self.embedder.embed(texts).await?.vectors;
-        let embedded: Vec<EmbeddedChunk> = chunks
+        let chunks: Vec<Chunk> = changed.iter().flat_map(|c| c.chunks.iter().cloned()).collect();
+        let vectors = self
+            .embed(chunks.iter().map(|c| c.text.clone()).collect())
+            .await?;
+        let embedded = chunks
             .iter()
             .cloned()
             .zip(vectors)
             .map(|(chunk, vector)| EmbeddedChunk { chunk, vector })
             .collect();
-        let doc_ids: Vec<String> = changed.iter().map(|(id, _, _)| id.clone()).collect();
-
-        let written = self.replace_in_stores(name, &doc_ids, embedded, chunks).await;
+        let doc_ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
+        let written = self
+            .replace_in_stores(&collection.name, &doc_ids, embedded, chunks)
+            .await;
         manifest.epoch += 1;
-        let response = match written {
+        match &written {
             Ok(()) => {
-                let total_chunks = changed.iter().map(|(_, _, c)| c.len()).sum();
-                let indexed = changed.len();
-                for (id, content_hash, chunks) in changed {
-                    manifest.documents.insert(
-                        id,
-                        DocumentRecord {
-                            content_hash,
-                            chunks: chunks.len(),
-                        },
-                    );
+                outcome.indexed = changed.len();
+                for Change { id, hash, chunks } in changed {
+                    outcome.chunks += chunks.len();
+                    let record = DocumentRecord {
+                        content_hash: hash,
+                        chunks: chunks.len(),
+                    };
+                    manifest.documents.insert(id, record);
                 }
-                Ok(IngestResponse {
-                    indexed,
-                    unchanged,
-                    chunks: total_chunks,
-                    epoch: manifest.epoch,
-                })
             }
-            Err(e) => {
-                // The old versions are gone from both stores too; record that.
-                for id in &doc_ids {
-                    manifest.documents.remove(id);
-                }
-                Err(e)
-            }
-        };
+            // The old versions are gone from both stores too; record that.
+            Err(_) => doc_ids.iter().for_each(|id| {
+                manifest.documents.remove(id);
+            }),
+        }
         self.save(&manifest)?;
-        collection.epoch.store(manifest.epoch, Ordering::Release);
-        response
+        collection.publish(&manifest);
+        outcome.epoch = manifest.epoch;
+        written.map(|()| outcome)
     }
 
-    /// Removes old versions of `doc_ids` and writes the new chunks to both stores. On failure both
-    /// stores are cleared of `doc_ids`, so neither holds a version the other lacks.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ApiError> {
+        let IngestEmbedding {
+            embedder,
+            guard,
+            timeout,
+        } = &self.embedding;
+        let deadline = Deadline::after(*timeout);
+        let embedded = guard
+            .run(&deadline, embedder.embed(texts, Priority::Bulk))
+            .await
+            .map_err(embed_failure)?;
+        Ok(embedded.vectors)
+    }
+
+    /// Removes old versions of `doc_ids` and writes the new chunks to both stores, durably. On
+    /// failure both stores are cleared of `doc_ids`, so neither holds a version the other lacks.
     async fn replace_in_stores(
         &self,
         name: &str,
         doc_ids: &[String],
         embedded: Vec<EmbeddedChunk>,
-        chunks: Vec<ragway_retrieval::Chunk>,
+        chunks: Vec<Chunk>,
     ) -> Result<(), ApiError> {
         let result = async {
             self.dense.delete_documents(name, doc_ids.to_vec()).await?;
             self.keyword.delete_documents(name, doc_ids.to_vec()).await?;
             self.dense.upsert(name, embedded).await?;
             self.keyword.upsert(name, chunks).await?;
-            Ok::<_, ragway_retrieval::RetrievalError>(())
+            self.dense.flush(name).await
         }
         .await;
         if let Err(e) = result {
             tracing::error!(collection = name, error = %e, "write failed; removing the documents from both stores");
             let dense = self.dense.delete_documents(name, doc_ids.to_vec()).await;
             let keyword = self.keyword.delete_documents(name, doc_ids.to_vec()).await;
-            if let Err(undo) = dense.and(keyword) {
-                tracing::error!(collection = name, error = %undo, "undo failed: stores may disagree until re-ingest");
+            let flushed = self.dense.flush(name).await;
+            if let Err(undo) = dense.and(keyword).and(flushed) {
+                tracing::error!(collection = name, error = %undo, "undo failed: stores may disagree until restart");
             }
             return Err(e.into());
         }
@@ -302,6 +385,9 @@ impl Collections {
     pub async fn delete_document(&self, name: &str, doc_id: &str) -> Result<(usize, u64), ApiError> {
         let collection = self.get(name)?;
         let mut manifest = collection.manifest.lock().await;
+        if collection.dropped.load(Ordering::Acquire) {
+            return Err(ApiError::CollectionNotFound(name.to_string()));
+        }
         let Some(record) = manifest.documents.get(doc_id).cloned() else {
             return Err(ApiError::DocumentNotFound {
                 collection: name.to_string(),
@@ -311,10 +397,11 @@ impl Collections {
         let ids = vec![doc_id.to_string()];
         self.dense.delete_documents(name, ids.clone()).await?;
         self.keyword.delete_documents(name, ids).await?;
+        self.dense.flush(name).await?;
         manifest.documents.remove(doc_id);
         manifest.epoch += 1;
         self.save(&manifest)?;
-        collection.epoch.store(manifest.epoch, Ordering::Release);
+        collection.publish(&manifest);
         Ok((record.chunks, manifest.epoch))
     }
 
@@ -322,23 +409,59 @@ impl Collections {
         self.manifests_dir.join(format!("{name}.json"))
     }
 
-    /// Write-then-rename, so a crash never leaves a half-written manifest.
     fn save(&self, manifest: &Manifest) -> Result<(), ApiError> {
         let path = self.manifest_path(&manifest.name);
-        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| ApiError::Internal(e.to_string()))?;
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        durable::write(&path, &bytes)
             .map_err(|e| ApiError::Internal(format!("cannot write {}: {e}", path.display())))
     }
 }
 
-fn collection(manifest: Manifest) -> Collection {
-    Collection {
-        name: manifest.name.clone(),
-        epoch: AtomicU64::new(manifest.epoch),
-        manifest: tokio::sync::Mutex::new(manifest),
+/// The documents of a batch that are new or changed, chunked.
+fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOptions) -> Vec<Change> {
+    documents
+        .into_iter()
+        .filter_map(|doc| {
+            let metadata = doc.metadata.unwrap_or_default();
+            let hash = content_hash(&doc.text, &metadata);
+            let known = manifest.documents.get(&doc.id);
+            if known.is_some_and(|d| d.content_hash == hash) {
+                return None;
+            }
+            let chunks = chunk_document(&doc.id, &doc.text, &metadata, chunking);
+            Some(Change {
+                id: doc.id,
+                hash,
+                chunks,
+            })
+        })
+        .collect()
+}
+
+/// An ingestion embedding that did not happen: busy (retry later) or broken.
+fn embed_failure(failure: Failure<ragway_retrieval::RetrievalError>) -> ApiError {
+    match failure {
+        Failure::Overloaded(_) | Failure::BreakerOpen => ApiError::Busy {
+            code: "embedder_busy",
+            message: format!("the embedder cannot take this work now ({failure}); retry later"),
+            retry_after_s: 2,
+        },
+        Failure::Rejected(e) => e.into(),
+        other => ApiError::Unavailable {
+            code: "embedder_unavailable",
+            message: format!("the embedder did not answer: {other}"),
+        },
     }
+}
+
+fn read<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockReadGuard<'_, T>, ApiError> {
+    lock.read()
+        .map_err(|_| ApiError::Internal("collection map lock poisoned".into()))
+}
+
+fn write<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockWriteGuard<'_, T>, ApiError> {
+    lock.write()
+        .map_err(|_| ApiError::Internal("collection map lock poisoned".into()))
 }
 
 fn info(manifest: &Manifest) -> CollectionInfo {

@@ -17,9 +17,62 @@ pub struct Config {
     pub retrieval: RetrievalConfig,
     pub generation: GenerationConfig,
     pub resilience: ResilienceConfig,
+    pub limits: LimitsConfig,
+    pub ingest: IngestConfig,
+    pub queues: QueuesConfig,
     /// Tried in order of `priority` (default: position in this list); backends of equal priority
     /// share load, the lowest priority is the primary.
     pub llm: Vec<LlmBackendConfig>,
+}
+
+/// What one request may ask for. Each over-limit input is a 4xx naming its key; nothing is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// UTF-8 bytes of one document's text.
+    pub max_document_bytes: usize,
+    /// Bytes of one document's metadata, as JSON.
+    pub max_metadata_bytes: usize,
+    pub max_metadata_keys: usize,
+    /// Chunks one ingest request may produce (all its documents together).
+    pub max_chunks_per_request: usize,
+    /// The smallest `chunk_words` a collection may use.
+    pub min_chunk_words: usize,
+    pub max_collections: usize,
+    /// Inputs of one `/v1/embeddings` request.
+    pub max_embedding_inputs: usize,
+    /// Characters of one `/v1/embeddings` input.
+    pub max_embedding_input_chars: usize,
+}
+
+/// Ingestion: small requests are answered when durable; larger ones, and `"wait": false`, become
+/// background jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Requests with more documents than this always run as background jobs (`202`).
+    pub sync_max_documents: usize,
+    /// Chunks embedded and written per batch; each batch is durable before the next starts.
+    pub batch_chunks: usize,
+    /// Background jobs running at once.
+    pub max_concurrent_jobs: usize,
+    /// Time one batch may take to embed.
+    pub embed_timeout_ms: u64,
+    /// Finished jobs kept for `GET /v1/jobs/{id}`; older ones are forgotten.
+    pub keep_finished_jobs: usize,
+}
+
+/// Admission control: tasks that may wait for each model worker. A full queue answers at once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueuesConfig {
+    /// Query embeddings waiting.
+    pub embedder_interactive: usize,
+    /// Bulk embedding requests (ingestion batches, `/v1/embeddings`) waiting.
+    pub embedder_bulk: usize,
+    pub reranker: usize,
+    /// Generations waiting for each local LLM.
+    pub local_llm: usize,
 }
 
 /// Deadlines, stage timeouts and circuit breakers.
@@ -41,6 +94,9 @@ pub struct ResilienceConfig {
     pub breaker_max_open_ms: u64,
     /// Name of the environment variable holding the admin key (`/admin/*`); unset disables them.
     pub admin_key_env: String,
+    /// After a stream's first token, the longest wait for the next one; a stalled backend is
+    /// charged to its breaker and the answer is continued by the next backend.
+    pub stream_idle_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -89,6 +145,8 @@ pub struct GenerationConfig {
     pub temperature: f64,
     /// Passages given to the LLM when the request does not say.
     pub default_passages: usize,
+    /// The most tokens a chat request may ask for (`max_tokens`).
+    pub max_tokens_cap: usize,
 }
 
 // No `deny_unknown_fields` here: serde does not support it beside `flatten`; the flattened enum
@@ -183,6 +241,9 @@ impl Default for Config {
             retrieval: RetrievalConfig::default(),
             generation: GenerationConfig::default(),
             resilience: ResilienceConfig::default(),
+            limits: LimitsConfig::default(),
+            ingest: IngestConfig::default(),
+            queues: QueuesConfig::default(),
             llm: vec![LlmBackendConfig {
                 name: "local".into(),
                 priority: None,
@@ -249,6 +310,7 @@ impl Default for ResilienceConfig {
             breaker_open_ms: 5_000,
             breaker_max_open_ms: 60_000,
             admin_key_env: "RAGWAY_ADMIN_KEY".into(),
+            stream_idle_timeout_ms: 15_000,
         }
     }
 }
@@ -259,6 +321,45 @@ impl Default for GenerationConfig {
             max_tokens: 160,
             temperature: 0.0,
             default_passages: 3,
+            max_tokens_cap: 1_024,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 1 << 20,
+            max_metadata_bytes: 16 << 10,
+            max_metadata_keys: 64,
+            max_chunks_per_request: 20_000,
+            min_chunk_words: 8,
+            max_collections: 256,
+            max_embedding_inputs: 512,
+            max_embedding_input_chars: 8_192,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            sync_max_documents: 256,
+            batch_chunks: 64,
+            max_concurrent_jobs: 1,
+            embed_timeout_ms: 120_000,
+            keep_finished_jobs: 1_000,
+        }
+    }
+}
+
+impl Default for QueuesConfig {
+    fn default() -> Self {
+        Self {
+            embedder_interactive: 64,
+            embedder_bulk: 4,
+            reranker: 16,
+            local_llm: 8,
         }
     }
 }
@@ -327,6 +428,24 @@ impl Config {
         }
         if r.embed_batch == 0 {
             problems.push("retrieval.embed_batch must be at least 1".to_string());
+        }
+        if r.chunk_words < self.limits.min_chunk_words {
+            problems.push(format!(
+                "retrieval.chunk_words ({}) must be at least limits.min_chunk_words ({})",
+                r.chunk_words, self.limits.min_chunk_words
+            ));
+        }
+        let i = &self.ingest;
+        if i.batch_chunks == 0 || i.max_concurrent_jobs == 0 {
+            problems
+                .push("ingest.batch_chunks and ingest.max_concurrent_jobs must be at least 1".to_string());
+        }
+        let q = &self.queues;
+        if q.embedder_interactive == 0 || q.embedder_bulk == 0 || q.reranker == 0 || q.local_llm == 0 {
+            problems.push("queues.*: every queue must hold at least 1".to_string());
+        }
+        if self.generation.max_tokens > self.generation.max_tokens_cap {
+            problems.push("generation.max_tokens must not exceed generation.max_tokens_cap".to_string());
         }
         let g = &self.generation;
         if g.max_tokens == 0 {

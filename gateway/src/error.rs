@@ -1,7 +1,8 @@
 //! The one place where errors become HTTP responses.
 
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ragway_openapi::ErrorBody;
@@ -20,6 +21,18 @@ pub enum ApiError {
     ModelNotFound(String),
     #[error("collection `{0}` already exists")]
     CollectionExists(String),
+    #[error("job `{0}` does not exist")]
+    JobNotFound(String),
+    /// The request conflicts with the server's state (a limit reached, a finished job).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// Too busy now (admission control); worth retrying after `retry_after_s`.
+    #[error("{message}")]
+    Busy {
+        code: &'static str,
+        message: String,
+        retry_after_s: u64,
+    },
     #[error("this route needs `Authorization: Bearer <admin key>`")]
     Unauthorized,
     #[error("the admin key is wrong, or no admin key is configured (resilience.admin_key_env)")]
@@ -44,10 +57,12 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
-            Self::CollectionNotFound(_) | Self::DocumentNotFound { .. } | Self::ModelNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
-            Self::CollectionExists(_) => StatusCode::CONFLICT,
+            Self::CollectionNotFound(_)
+            | Self::DocumentNotFound { .. }
+            | Self::ModelNotFound(_)
+            | Self::JobNotFound(_) => StatusCode::NOT_FOUND,
+            Self::CollectionExists(_) | Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -58,7 +73,11 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Invalid { code, .. } | Self::Unavailable { code, .. } => code,
+            Self::Invalid { code, .. }
+            | Self::Unavailable { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Busy { code, .. } => code,
+            Self::JobNotFound(_) => "job_not_found",
             Self::CollectionNotFound(_) => "collection_not_found",
             Self::DocumentNotFound { .. } => "document_not_found",
             Self::CollectionExists(_) => "collection_exists",
@@ -76,7 +95,14 @@ impl IntoResponse for ApiError {
         if matches!(self, Self::Internal(_) | Self::Unavailable { .. }) {
             tracing::error!(error = %self, "request failed");
         }
-        (self.status(), Json(ErrorBody::new(self.code(), self.to_string()))).into_response()
+        let mut response =
+            (self.status(), Json(ErrorBody::new(self.code(), self.to_string()))).into_response();
+        if let Self::Busy { retry_after_s, .. } = self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
+        }
+        response
     }
 }
 
@@ -84,6 +110,11 @@ impl From<RetrievalError> for ApiError {
     fn from(e: RetrievalError) -> Self {
         match e {
             RetrievalError::UnknownCollection(name) => Self::CollectionNotFound(name),
+            RetrievalError::Overloaded(e) => Self::Busy {
+                code: "overloaded",
+                message: e.to_string(),
+                retry_after_s: 1,
+            },
             RetrievalError::Model(_)
             | RetrievalError::WorkerGone
             | RetrievalError::Dense(_)

@@ -11,6 +11,23 @@ use crate::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::deadline::Deadline;
 use crate::faults::Faults;
 
+/// Whose fault a failed call was; only the dependency's own failures count against its breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The dependency failed (crashed, erred, answered 5xx): counts against its breaker.
+    Dependency,
+    /// The request could never succeed as sent (prompt too long, unknown collection, a 4xx):
+    /// the dependency is fine.
+    Caller,
+    /// Admission control refused the work before it started: the dependency is busy, not broken.
+    Overload,
+}
+
+/// Stage errors say whose fault they are.
+pub trait Blamed {
+    fn blame(&self) -> Blame;
+}
+
 /// Why a guarded call produced nothing. `E` is the stage's own error, kept so that callers can
 /// tell retryable failures apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +39,12 @@ pub enum Failure<E> {
     Deadline,
     /// An operator-injected error.
     Injected(String),
+    /// The worker's queue was full; the call was not made.
+    Overloaded(E),
+    /// The dependency's own failure.
     Error(E),
+    /// The request's fault (see [`Blame::Caller`]); not held against the dependency.
+    Rejected(E),
 }
 
 impl<E> Failure<E> {
@@ -31,7 +53,8 @@ impl<E> Failure<E> {
             Self::BreakerOpen => DegradationReason::BreakerOpen,
             Self::Timeout => DegradationReason::Timeout,
             Self::Deadline => DegradationReason::Deadline,
-            Self::Injected(_) | Self::Error(_) => DegradationReason::Error,
+            Self::Overloaded(_) => DegradationReason::Overloaded,
+            Self::Injected(_) | Self::Error(_) | Self::Rejected(_) => DegradationReason::Error,
         }
     }
 }
@@ -43,7 +66,7 @@ impl<E: std::fmt::Display> std::fmt::Display for Failure<E> {
             Self::Timeout => write!(f, "timed out"),
             Self::Deadline => write!(f, "request deadline reached"),
             Self::Injected(e) => write!(f, "{e}"),
-            Self::Error(e) => write!(f, "{e}"),
+            Self::Overloaded(e) | Self::Error(e) | Self::Rejected(e) => write!(f, "{e}"),
         }
     }
 }
@@ -70,12 +93,20 @@ impl Guard {
         self.breaker.state()
     }
 
+    /// Counts a failure seen outside [`Guard::run`] (a stream that stalled after its first token).
+    pub fn charge_failure(&self) {
+        if let Some(permit) = self.breaker.try_acquire() {
+            permit.record(false);
+        }
+    }
+
     /// Runs `call` if the breaker allows, within the stage timeout and the request's deadline.
-    /// Errors and stage timeouts count against the breaker; running out of the request's own
-    /// deadline does not (the dependency was not at fault).
+    /// The dependency's own errors and stage timeouts count against the breaker; running out of
+    /// the request's own deadline, the caller's errors and a full queue do not.
     pub async fn run<T, E, F>(&self, deadline: &Deadline, call: F) -> Result<T, Failure<E>>
     where
         F: Future<Output = Result<T, E>>,
+        E: Blamed,
     {
         self.run_within(deadline, self.timeout, call).await
     }
@@ -89,6 +120,7 @@ impl Guard {
     ) -> Result<T, Failure<E>>
     where
         F: Future<Output = Result<T, E>>,
+        E: Blamed,
     {
         let budget = deadline.remaining();
         if budget.is_zero() {
@@ -101,10 +133,15 @@ impl Guard {
                 permit.record(true);
                 Ok(value)
             }
-            Ok(Ok(Err(error))) => {
-                permit.record(false);
-                Err(Failure::Error(error))
-            }
+            // A permit dropped unrecorded counts neither way.
+            Ok(Ok(Err(error))) => match error.blame() {
+                Blame::Dependency => {
+                    permit.record(false);
+                    Err(Failure::Error(error))
+                }
+                Blame::Caller => Err(Failure::Rejected(error)),
+                Blame::Overload => Err(Failure::Overloaded(error)),
+            },
             Ok(Err(injected)) => {
                 permit.record(false);
                 Err(Failure::Injected(injected))
@@ -114,6 +151,115 @@ impl Guard {
                 permit.record(false);
                 Err(Failure::Timeout)
             }
+        }
+    }
+}
+
+impl Blamed for ragway_retrieval::RetrievalError {
+    fn blame(&self) -> Blame {
+        match self {
+            Self::UnknownCollection(_) => Blame::Caller,
+            Self::Overloaded(_) => Blame::Overload,
+            Self::Model(_) | Self::Dense(_) | Self::Keyword(_) | Self::WorkerGone => Blame::Dependency,
+        }
+    }
+}
+
+impl Blamed for ragway_rerank::RerankError {
+    fn blame(&self) -> Blame {
+        match self {
+            Self::Overloaded(_) => Blame::Overload,
+            Self::Model(_) | Self::WorkerGone => Blame::Dependency,
+        }
+    }
+}
+
+impl Blamed for ragway_llm::LlmError {
+    fn blame(&self) -> Blame {
+        match self {
+            Self::PromptTooLong { .. } => Blame::Caller,
+            // 408 and 429 are the server's state, not the request's fault.
+            Self::Remote {
+                status: Some(status), ..
+            } if (400..500).contains(status) && *status != 408 && *status != 429 => Blame::Caller,
+            Self::Overloaded(_) => Blame::Overload,
+            Self::Model(_) | Self::WorkerGone | Self::Remote { .. } | Self::EmptyResponse { .. } => {
+                Blame::Dependency
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ragway_llm::{LlmError, Retry};
+
+    use super::*;
+    use crate::breaker::{BreakerSettings, BreakerState};
+    use crate::deadline::Deadline;
+    use crate::faults::Faults;
+
+    fn guard() -> Guard {
+        let settings = BreakerSettings {
+            failure_threshold: 2,
+            open: Duration::from_secs(60),
+            max_open: Duration::from_secs(60),
+        };
+        Guard::new(
+            "llm:test",
+            Duration::from_secs(5),
+            &settings,
+            Arc::new(Faults::default()),
+        )
+    }
+
+    fn remote(status: Option<u16>) -> LlmError {
+        LlmError::Remote {
+            backend: "test".into(),
+            message: "failed".into(),
+            retry: Retry::Never,
+            status,
+        }
+    }
+
+    async fn fail_times(guard: &Guard, times: usize, error: impl Fn() -> LlmError) {
+        let deadline = Deadline::after(Duration::from_secs(5));
+        for _ in 0..times {
+            let result: Result<(), _> = guard.run(&deadline, async { Err(error()) }).await;
+            assert!(result.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_faults_and_overload_never_open_the_breaker() {
+        let guard = guard();
+        let too_long = || LlmError::PromptTooLong {
+            prompt: 9_000,
+            max_tokens: 100,
+            context: 8_192,
+        };
+        fail_times(&guard, 5, too_long).await;
+        fail_times(&guard, 5, || remote(Some(400))).await;
+        fail_times(&guard, 5, || remote(Some(404))).await;
+        let overloaded = || {
+            LlmError::Overloaded(ragway_worker::Overloaded {
+                worker: "llm-local".into(),
+                lane: "interactive",
+            })
+        };
+        fail_times(&guard, 5, overloaded).await;
+        assert_eq!(guard.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn dependency_failures_open_it() {
+        for status in [None, Some(500), Some(429), Some(408)] {
+            let guard = guard();
+            fail_times(&guard, 2, || remote(status)).await;
+            assert_eq!(guard.state(), BreakerState::Open, "status {status:?}");
         }
     }
 }

@@ -82,6 +82,22 @@ impl LlmPool {
         &self.backends
     }
 
+    /// Charges a failure to the named backend's breaker.
+    pub fn charge_failure(&self, backend: &str) {
+        if let Some(b) = self.backends.iter().find(|b| b.name() == backend) {
+            b.guard.charge_failure();
+        }
+    }
+
+    /// The backend with the smallest known context window, and that window: grounded prompts
+    /// are fitted to it so that any backend of the pool can take them.
+    pub fn tightest_context(&self) -> Option<(&dyn ragway_llm::Generator, usize)> {
+        self.backends
+            .iter()
+            .filter_map(|b| b.generator.context_window().map(|w| (b.generator.as_ref(), w)))
+            .min_by_key(|(_, w)| *w)
+    }
+
     /// Backends in the order to try: by priority, then fewest in flight.
     fn order(&self, only: Option<&str>) -> Vec<&Backend> {
         let mut order: Vec<&Backend> = self

@@ -3,7 +3,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::Modify;
 
-use crate::routes::{admin, answers, collections, embeddings, health, openai};
+use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -11,6 +11,7 @@ use crate::routes::{admin, answers, collections, embeddings, health, openai};
     paths(
         collections::create, collections::list, collections::get, collections::delete,
         collections::ingest, collections::delete_document,
+        jobs::get, jobs::cancel, jobs::of_collection,
         answers::search, answers::query,
         embeddings::embeddings, openai::chat_completions, openai::models,
         health::healthz, health::readyz, health::metrics,

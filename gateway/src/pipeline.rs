@@ -4,14 +4,14 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ragway_cache::{CacheKey, LocalCache};
-use ragway_llm::{cited_passages, rag_messages, GenerationRequest, Passage};
+use ragway_llm::{cited_passages, fit_rag_messages, rag_messages, GenerationRequest, Passage};
 use ragway_openapi::{DegradationReason, StageStatus, TokenUsage};
 use ragway_rerank::Reranker;
 use ragway_retrieval::{
-    reciprocal_rank_fusion, DenseStore, Embedder, KeywordStore, MetadataFilter, ScoredChunk,
+    reciprocal_rank_fusion, DenseStore, Embedder, KeywordStore, MetadataFilter, Priority, ScoredChunk,
 };
 
 use crate::deadline::Deadline;
@@ -28,11 +28,14 @@ pub struct PipelineSettings {
     pub rerank_candidates: usize,
     pub max_tokens: usize,
     pub temperature: f64,
+    /// After a stream's first token, the longest wait for the next.
+    pub stream_idle_timeout: Duration,
 }
 
 /// The breaker-and-timeout guard of each retrieval dependency.
 pub struct StageGuards {
-    pub embed: Guard,
+    /// Shared with ingestion, which embeds through the same breaker.
+    pub embed: Arc<Guard>,
     pub dense: Guard,
     pub keyword: Guard,
     pub rerank: Guard,
@@ -81,9 +84,12 @@ fn settle<T, E: std::fmt::Display>(
             report.degrade(stage, failure.reason());
             let status = match failure {
                 Failure::Deadline => StageStatus::Skipped,
-                Failure::BreakerOpen | Failure::Timeout | Failure::Injected(_) | Failure::Error(_) => {
-                    StageStatus::Failed
-                }
+                Failure::BreakerOpen
+                | Failure::Timeout
+                | Failure::Injected(_)
+                | Failure::Overloaded(_)
+                | Failure::Error(_)
+                | Failure::Rejected(_) => StageStatus::Failed,
             };
             (None, status)
         }
@@ -184,7 +190,11 @@ impl Pipeline {
         let embedded = self
             .guards
             .embed
-            .run(deadline, self.embedder.embed(vec![query.to_string()]))
+            .run(
+                deadline,
+                self.embedder
+                    .embed(vec![query.to_string()], Priority::Interactive),
+            )
             .await?;
         let vector = embedded.vectors.into_iter().next().map(Arc::new).ok_or_else(|| {
             Failure::Error(ragway_retrieval::RetrievalError::Model(
@@ -285,7 +295,9 @@ impl Pipeline {
                 report,
             };
         }
-        let request = self.rag_request(query, &hits);
+        let (request, given) = self.rag_request(query, &hits, &mut report);
+        let all = hits;
+        let hits = &all[..given];
         let started = Instant::now();
         let generated = self.llm.generate(&request, deadline, &mut report, None).await;
         report.record_time("llm", started);
@@ -312,8 +324,8 @@ impl Pipeline {
             None => {
                 report.authorship = Some(Authorship::Extractive);
                 Answer {
-                    text: extractive_answer(&hits),
-                    citations: numbered().collect(),
+                    text: extractive_answer(&all),
+                    citations: all.iter().cloned().enumerate().map(|(i, h)| (i + 1, h)).collect(),
                     usage: TokenUsage::default(),
                     report,
                 }
@@ -323,8 +335,15 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// The grounded prompt for `query` over `hits`, with the configured generation settings.
-    pub fn rag_request(&self, query: &str, hits: &[ScoredChunk]) -> GenerationRequest {
+    /// The grounded prompt for `query` over `hits`, with the configured generation settings,
+    /// fitted to the tightest context window of the pool; and how many of `hits` it gives (the
+    /// first ones). Shortened or left-out passages are recorded in `report` (stage `prompt`).
+    pub fn rag_request(
+        &self,
+        query: &str,
+        hits: &[ScoredChunk],
+        report: &mut Report,
+    ) -> (GenerationRequest, usize) {
         let passages: Vec<Passage<'_>> = hits
             .iter()
             .map(|h| Passage {
@@ -332,11 +351,27 @@ impl Pipeline {
                 text: &h.chunk.text,
             })
             .collect();
-        GenerationRequest {
-            messages: rag_messages(query, &passages),
+        let request = |messages| GenerationRequest {
+            messages,
             max_tokens: self.settings.max_tokens,
             temperature: self.settings.temperature,
+        };
+        let Some((generator, window)) = self.llm.tightest_context() else {
+            return (request(rag_messages(query, &passages)), hits.len());
+        };
+        let budget = window.saturating_sub(self.settings.max_tokens);
+        let count = |m: &[ragway_llm::ChatMessage]| generator.count_tokens(m).unwrap_or(usize::MAX);
+        let fitted = fit_rag_messages(query, &passages, budget, count);
+        if fitted.shortened || fitted.passages < hits.len() {
+            tracing::info!(
+                given = fitted.passages,
+                of = hits.len(),
+                shortened = fitted.shortened,
+                "passages fitted to the context window"
+            );
+            report.degrade("prompt", DegradationReason::ContextWindow);
         }
+        (request(fitted.messages), fitted.passages)
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Report {
     pub keyword: StageStatus,
     pub rerank: StageStatus,
     pub authorship: Option<Authorship>,
+    /// False for a bare-LLM chat, which retrieves nothing: its mode depends on the LLM alone.
+    retrieval: bool,
     degraded: Vec<Degradation>,
     pub timings_ms: BTreeMap<String, f64>,
     started: Instant,
@@ -36,6 +38,7 @@ impl Default for Report {
             keyword: StageStatus::Skipped,
             rerank: StageStatus::Skipped,
             authorship: None,
+            retrieval: true,
             degraded: Vec::new(),
             timings_ms: BTreeMap::new(),
             started: Instant::now(),
@@ -44,6 +47,14 @@ impl Default for Report {
 }
 
 impl Report {
+    /// The report of a chat with an LLM backend directly, without retrieval.
+    pub fn bare_llm() -> Self {
+        Self {
+            retrieval: false,
+            ..Self::default()
+        }
+    }
+
     pub fn degrade(&mut self, stage: impl Into<String>, reason: DegradationReason) {
         self.degraded.push(Degradation {
             stage: stage.into(),
@@ -81,6 +92,13 @@ impl Report {
 
     /// The most severe consequence of what happened; see DESIGN.md's table of modes.
     pub fn mode(&self) -> Mode {
+        if !self.retrieval {
+            return match self.authorship {
+                Some(Authorship::Primary(_)) => Mode::Normal,
+                Some(Authorship::Fallback(_)) => Mode::FallbackLlm,
+                Some(Authorship::Extractive) | None => Mode::Error,
+            };
+        }
         let keyword_ok = self.keyword == StageStatus::Ok;
         if !self.dense_path_ok() && !keyword_ok {
             return Mode::Error;
@@ -178,6 +196,18 @@ mod tests {
         r.authorship = Some(Authorship::Extractive);
         assert_eq!(r.mode(), Mode::Extractive);
         r.keyword = StageStatus::Failed;
+        assert_eq!(r.mode(), Mode::Error);
+    }
+
+    #[test]
+    fn a_bare_llm_chat_is_judged_by_its_llm_alone() {
+        let mut r = Report::bare_llm();
+        assert_eq!(r.mode(), Mode::Error, "no LLM answered yet");
+        r.authorship = Some(Authorship::Primary("local".into()));
+        assert_eq!(r.mode(), Mode::Normal);
+        r.authorship = Some(Authorship::Fallback("b".into()));
+        assert_eq!(r.mode(), Mode::FallbackLlm);
+        r.authorship = Some(Authorship::Extractive);
         assert_eq!(r.mode(), Mode::Error);
     }
 

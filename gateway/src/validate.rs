@@ -1,8 +1,11 @@
 //! Input rules, checked before anything is stored or computed.
 
-use ragway_openapi::MetadataFilter as JsonFilter;
-use ragway_retrieval::{FilterValue, MetadataFilter};
+use std::collections::HashSet;
 
+use ragway_openapi::{DocumentInput, MetadataFilter as JsonFilter};
+use ragway_retrieval::{ChunkingOptions, FilterValue, MetadataFilter};
+
+use crate::config::LimitsConfig;
 use crate::error::ApiError;
 
 pub const MAX_NAME_CHARS: usize = 64;
@@ -37,6 +40,135 @@ pub fn document_id(id: &str) -> Result<(), ApiError> {
                 "document id {id:?} is invalid: use 1-{MAX_DOC_ID_CHARS} characters, no control characters"
             ),
         ));
+    }
+    Ok(())
+}
+
+/// A collection's chunking: at least `min_chunk_words` (`limits.min_chunk_words`) and at most
+/// 1000 words (beyond ~200 the embedder's 256-token window cuts chunks anyway), overlap smaller.
+pub fn chunking(chunking: ChunkingOptions, min_chunk_words: usize) -> Result<(), ApiError> {
+    let ChunkingOptions {
+        chunk_words,
+        overlap_words,
+    } = chunking;
+    if !(min_chunk_words..=1_000).contains(&chunk_words) || overlap_words >= chunk_words {
+        return Err(ApiError::invalid(
+            "invalid_chunking",
+            format!(
+                "chunk_words must be {min_chunk_words}-1000 (limits.min_chunk_words) and chunk_overlap_words smaller than chunk_words"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An ingest request's documents: count, ids, sizes, metadata, and the chunks they would make.
+pub fn documents(
+    documents: &[DocumentInput],
+    max_documents: usize,
+    limits: &LimitsConfig,
+    chunking: ChunkingOptions,
+) -> Result<(), ApiError> {
+    if documents.is_empty() || documents.len() > max_documents {
+        return Err(ApiError::invalid(
+            "invalid_documents",
+            format!("send 1 to {max_documents} documents per request (server.max_documents_per_request)"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut chunks = 0;
+    for doc in documents {
+        document_id(&doc.id)?;
+        if !seen.insert(doc.id.as_str()) {
+            return Err(ApiError::invalid(
+                "duplicate_document_id",
+                format!("document id {:?} appears twice in this request", doc.id),
+            ));
+        }
+        document(doc, limits)?;
+        chunks += chunking.chunks_for(doc.text.split_whitespace().count());
+    }
+    if chunks > limits.max_chunks_per_request {
+        return Err(ApiError::invalid(
+            "too_many_chunks",
+            format!(
+                "these documents make {chunks} chunks; the limit is {} per request (limits.max_chunks_per_request): send fewer per request",
+                limits.max_chunks_per_request
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn document(doc: &DocumentInput, limits: &LimitsConfig) -> Result<(), ApiError> {
+    if doc.text.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "empty_document",
+            format!("document {:?} has no text", doc.id),
+        ));
+    }
+    if doc.text.len() > limits.max_document_bytes {
+        return Err(ApiError::invalid(
+            "document_too_large",
+            format!(
+                "document {:?} has {} bytes of text; the limit is {} (limits.max_document_bytes)",
+                doc.id,
+                doc.text.len(),
+                limits.max_document_bytes
+            ),
+        ));
+    }
+    let Some(metadata) = &doc.metadata else {
+        return Ok(());
+    };
+    if metadata.len() > limits.max_metadata_keys {
+        return Err(ApiError::invalid(
+            "metadata_too_large",
+            format!(
+                "document {:?} has {} metadata keys; the limit is {} (limits.max_metadata_keys)",
+                doc.id,
+                metadata.len(),
+                limits.max_metadata_keys
+            ),
+        ));
+    }
+    let bytes = serde_json::Value::Object(metadata.clone()).to_string().len();
+    if bytes > limits.max_metadata_bytes {
+        return Err(ApiError::invalid(
+            "metadata_too_large",
+            format!(
+                "document {:?} has {bytes} bytes of metadata; the limit is {} (limits.max_metadata_bytes)",
+                doc.id, limits.max_metadata_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `/v1/embeddings` inputs: how many (`limits.max_embedding_inputs`) and how long
+/// (`limits.max_embedding_input_chars`).
+pub fn embedding_inputs(texts: &[String], limits: &LimitsConfig) -> Result<(), ApiError> {
+    let max = limits.max_embedding_inputs;
+    if texts.is_empty() || texts.len() > max {
+        return Err(ApiError::invalid(
+            "invalid_input",
+            format!("send 1 to {max} inputs (limits.max_embedding_inputs)"),
+        ));
+    }
+    let max_chars = limits.max_embedding_input_chars;
+    for (i, text) in texts.iter().enumerate() {
+        if text.is_empty() {
+            return Err(ApiError::invalid(
+                "invalid_input",
+                "inputs must not be empty strings",
+            ));
+        }
+        if text.chars().count() > max_chars {
+            return Err(ApiError::invalid(
+                "input_too_long",
+                format!("input {i} is longer than {max_chars} characters (limits.max_embedding_input_chars)"),
+            ));
+        }
     }
     Ok(())
 }

@@ -3,12 +3,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use ragway_gateway::collections::Collections;
+use ragway_gateway::breaker::BreakerSettings;
+use ragway_gateway::collections::{Collections, IngestEmbedding};
+use ragway_gateway::faults::Faults;
+use ragway_gateway::guard::Guard;
 use ragway_openapi::DocumentInput;
 use ragway_retrieval::{
     BertEmbedder, BertEmbedderOptions, Chunk, ChunkingOptions, DenseStore, EdgeDenseStore, EmbeddedChunk,
-    Embedder, KeywordStore, TantivyKeywordStore,
+    Embedder, KeywordStore, Priority, TantivyKeywordStore,
 };
 
 fn models() -> PathBuf {
@@ -44,9 +48,25 @@ async fn open(
 ) -> anyhow::Result<(Collections, Arc<EdgeDenseStore>, Arc<TantivyKeywordStore>)> {
     let dense = Arc::new(EdgeDenseStore::new(&data.join("dense"), embedder.dimension()));
     let keyword = Arc::new(TantivyKeywordStore::new(&data.join("keyword")));
+    let settings = BreakerSettings {
+        failure_threshold: 3,
+        open: Duration::from_secs(5),
+        max_open: Duration::from_secs(5),
+    };
+    let guard = Guard::new(
+        "embedder",
+        Duration::from_secs(5),
+        &settings,
+        Arc::new(Faults::default()),
+    );
+    let embedding = IngestEmbedding {
+        embedder,
+        guard: Arc::new(guard),
+        timeout: Duration::from_secs(60),
+    };
     let collections = Collections::open(
         &data.join("collections"),
-        embedder,
+        embedding,
         dense.clone(),
         keyword.clone(),
     )
@@ -64,10 +84,11 @@ async fn half_indexed_documents_are_removed_from_both_stores_on_open() -> anyhow
     )?);
     let epoch_before = {
         let (collections, dense, keyword) = open(data.path(), embedder.clone()).await?;
-        collections.create("c", ChunkingOptions::default()).await?;
+        collections.create("c", ChunkingOptions::default(), 10).await?;
+        let c = collections.get("c")?;
         let indexed = collections
-            .ingest(
-                "c",
+            .apply_batch(
+                &c,
                 vec![
                     doc("kept", "stays in both stores"),
                     doc("torn", "loses its keyword side"),
@@ -76,7 +97,11 @@ async fn half_indexed_documents_are_removed_from_both_stores_on_open() -> anyhow
             .await?;
         // What an interrupted write can leave: a chunk in one store only, outside the manifest,
         // and a manifest document whose keyword side is gone.
-        let vector = embedder.embed(vec!["ghost text".into()]).await?.vectors.remove(0);
+        let vector = embedder
+            .embed(vec!["ghost text".into()], Priority::Bulk)
+            .await?
+            .vectors
+            .remove(0);
         dense
             .upsert(
                 "c",
@@ -94,7 +119,7 @@ async fn half_indexed_documents_are_removed_from_both_stores_on_open() -> anyhow
     let only_kept: std::collections::HashSet<String> = ["kept".to_string()].into();
     assert_eq!(dense.document_ids("c").await?, only_kept);
     assert_eq!(keyword.document_ids("c").await?, only_kept);
-    let info = collections.get("c")?.info().await;
+    let info = collections.get("c")?.info();
     assert_eq!(info.documents, 1);
     assert!(info.epoch > epoch_before, "the change bumps the epoch");
 
@@ -106,6 +131,6 @@ async fn half_indexed_documents_are_removed_from_both_stores_on_open() -> anyhow
         BertEmbedderOptions::default(),
     )?);
     let (collections, _, _) = open(data.path(), embedder).await?;
-    assert_eq!(collections.get("c")?.info().await.epoch, info.epoch);
+    assert_eq!(collections.get("c")?.info().epoch, info.epoch);
     Ok(())
 }

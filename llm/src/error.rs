@@ -31,7 +31,12 @@ pub enum LlmError {
         backend: String,
         message: String,
         retry: Retry,
+        /// The HTTP status, when the backend answered with one.
+        status: Option<u16>,
     },
+    /// Admission control refused the work: not the model's fault.
+    #[error(transparent)]
+    Overloaded(#[from] ragway_worker::Overloaded),
     #[error("remote backend `{backend}` returned no text")]
     EmptyResponse { backend: String },
 }
@@ -42,6 +47,7 @@ impl LlmError {
             Self::Model(_) | Self::WorkerGone => "llm_failed",
             Self::PromptTooLong { .. } => "prompt_too_long",
             Self::Remote { .. } | Self::EmptyResponse { .. } => "llm_backend_failed",
+            Self::Overloaded(_) => "overloaded",
         }
     }
 }
@@ -50,9 +56,11 @@ impl LlmError {
     pub fn retry(&self) -> Retry {
         match self {
             Self::Remote { retry, .. } => *retry,
-            Self::Model(_) | Self::PromptTooLong { .. } | Self::WorkerGone | Self::EmptyResponse { .. } => {
-                Retry::Never
-            }
+            Self::Model(_)
+            | Self::PromptTooLong { .. }
+            | Self::WorkerGone
+            | Self::EmptyResponse { .. }
+            | Self::Overloaded(_) => Retry::Never,
         }
     }
 }

@@ -9,7 +9,7 @@ mod retry_after;
 
 pub use error::{LlmError, Retry};
 pub use local::{LocalLlm, LocalLlmOptions};
-pub use prompt::{cited_passages, rag_messages, Passage};
+pub use prompt::{cited_passages, fit_rag_messages, rag_messages, Fitted, Passage};
 pub use remote::{OpenAiBackend, OpenAiBackendOptions};
 
 use std::pin::Pin;
@@ -77,6 +77,14 @@ pub trait Generator: Send + Sync {
     fn name(&self) -> &str;
     /// The model it runs.
     fn model(&self) -> &str;
+    /// The context window in tokens, when known; grounded prompts are fitted to it.
+    fn context_window(&self) -> Option<usize> {
+        None
+    }
+    /// The tokens `messages` take in this model's chat template, when it can count them.
+    fn count_tokens(&self, _messages: &[ChatMessage]) -> Option<usize> {
+        None
+    }
     /// Streams the completion as it is written.
     async fn stream(&self, request: GenerationRequest) -> Result<TokenStream, LlmError>;
 

@@ -26,6 +26,68 @@ pub fn rag_messages(question: &str, passages: &[Passage<'_>]) -> Vec<ChatMessage
     ]
 }
 
+/// A grounded prompt that fits a token budget, and what fitting it cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fitted {
+    pub messages: Vec<ChatMessage>,
+    /// Passages given (the first `passages` of those offered), some perhaps shortened.
+    pub passages: usize,
+    pub shortened: bool,
+}
+
+/// The shortest a passage is cut to before passages are left out instead.
+const MIN_PASSAGE_WORDS: usize = 32;
+
+/// [`rag_messages`] within `budget` tokens as counted by `count`: passages are first shortened
+/// (all alike, keeping their beginnings), then the last ones left out, until the prompt fits.
+/// With no passage left it is the bare question.
+pub fn fit_rag_messages(
+    question: &str,
+    passages: &[Passage<'_>],
+    budget: usize,
+    count: impl Fn(&[ChatMessage]) -> usize,
+) -> Fitted {
+    let mut given = passages.len();
+    let longest = passages
+        .iter()
+        .map(|p| p.text.split_whitespace().count())
+        .max()
+        .unwrap_or(0);
+    let mut cap = longest;
+    loop {
+        let cut: Vec<String> = passages[..given]
+            .iter()
+            .map(|p| first_words(p.text, cap))
+            .collect();
+        let shown: Vec<Passage<'_>> = passages[..given]
+            .iter()
+            .zip(&cut)
+            .map(|(p, text)| Passage {
+                doc_id: p.doc_id,
+                text,
+            })
+            .collect();
+        let messages = rag_messages(question, &shown);
+        if given == 0 || count(&messages) <= budget {
+            return Fitted {
+                messages,
+                passages: given,
+                shortened: cap < longest,
+            };
+        }
+        if cap > MIN_PASSAGE_WORDS {
+            cap = (cap * 3 / 4).max(MIN_PASSAGE_WORDS);
+        } else {
+            given -= 1;
+            cap = longest;
+        }
+    }
+}
+
+fn first_words(text: &str, n: usize) -> String {
+    text.split_whitespace().take(n).collect::<Vec<_>>().join(" ")
+}
+
 /// The passage numbers (1-based, as in the prompt) cited as `[n]` in `answer`, first use first,
 /// each once; numbers outside `1..=passages` are ignored.
 pub fn cited_passages(answer: &str, passages: usize) -> Vec<usize> {
@@ -69,6 +131,29 @@ mod tests {
             messages[1].content,
             "Passages:\n\n[1] (from a) alpha\n\n[2] (from b) beta\n\nQuestion: why?"
         );
+    }
+
+    #[test]
+    fn fitting_shortens_passages_then_leaves_the_last_out() {
+        let long = vec!["word"; 400].join(" ");
+        let passages: Vec<Passage<'_>> = (0..4)
+            .map(|_| Passage {
+                doc_id: "d",
+                text: &long,
+            })
+            .collect();
+        let words = |m: &[ChatMessage]| m.iter().map(|m| m.content.split_whitespace().count()).sum();
+        let all = fit_rag_messages("q?", &passages, 10_000, words);
+        assert_eq!((all.passages, all.shortened), (4, false));
+        let shortened = fit_rag_messages("q?", &passages, 1_000, words);
+        assert_eq!(shortened.passages, 4);
+        assert!(shortened.shortened);
+        assert!(words(&shortened.messages) <= 1_000);
+        let fewer = fit_rag_messages("q?", &passages, 120, words);
+        assert!(fewer.passages < 4 && fewer.passages > 0, "{}", fewer.passages);
+        assert!(words(&fewer.messages) <= 120);
+        let none = fit_rag_messages("q?", &passages, 5, words);
+        assert_eq!(none.passages, 0);
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl OpenAiBackend {
                 backend: options.name.clone(),
                 message: format!("cannot build HTTP client: {e}"),
                 retry: Retry::Never,
+                status: None,
             })?;
         let config = OpenAIConfig::new()
             .with_api_base(options.base_url)
@@ -166,7 +167,18 @@ fn remote_error(backend: &str, error: OpenAIError) -> LlmError {
     LlmError::Remote {
         backend: backend.to_string(),
         retry: classify(&error),
+        status: status(&error),
         message: error.to_string(),
+    }
+}
+
+/// The HTTP status of a failed call, when the backend answered at all.
+fn status(error: &OpenAIError) -> Option<u16> {
+    match error {
+        OpenAIError::Reqwest(e) => e.status().map(|s| s.as_u16()),
+        OpenAIError::ApiError(e) => Some(e.status_code.as_u16()),
+        OpenAIError::Boxed(boxed) => boxed.downcast_ref::<RateLimited>().map(|r| r.status),
+        _ => None,
     }
 }
 

@@ -9,6 +9,9 @@ use std::time::Duration;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::{HttpRequestFactory, ReqwestService};
 
+/// The longest `Retry-After` honoured; a larger one is read as this.
+const MAX_RETRY_AFTER_SECS: f64 = 3_600.0;
+
 /// A 429 or 503 answer, with the server's `Retry-After` (in seconds) when it sent one.
 #[derive(Debug)]
 pub struct RateLimited {
@@ -60,8 +63,9 @@ impl tower::Service<HttpRequestFactory> for RetryAfterCapture {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<f64>().ok())
+                // A finite but huge value would overflow a Duration: cap it at an hour.
                 .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64);
+                .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER_SECS)));
             Err(OpenAIError::Boxed(Box::new(RateLimited { status, retry_after })))
         })
     }

@@ -59,6 +59,11 @@ pub enum DegradationReason {
     Timeout,
     BreakerOpen,
     Deadline,
+    /// The stage's queue was full (admission control); the stage was not tried.
+    Overloaded,
+    /// The passages did not fit the LLM's context window: some were shortened or left out
+    /// (stage `prompt`).
+    ContextWindow,
 }
 
 /// What one pipeline stage did for this request.

@@ -37,6 +37,60 @@ pub struct CollectionList {
 #[serde(deny_unknown_fields)]
 pub struct IngestRequest {
     pub documents: Vec<DocumentInput>,
+    /// `false` answers at once with `202` and a job to follow (`GET /v1/jobs/{id}`). Requests
+    /// above the server's `ingest.sync_max_documents` always become jobs.
+    #[serde(default)]
+    pub wait: Option<bool>,
+}
+
+/// `202` for an ingestion that runs as a background job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobAccepted {
+    pub job_id: String,
+    pub status_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// An ingestion job. Documents are applied in batches; each finished batch is durable, and
+/// `documents_done` counts the documents of finished batches.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobStatus {
+    pub id: String,
+    pub collection: String,
+    pub state: JobState,
+    pub documents_total: usize,
+    pub documents_done: usize,
+    /// Of `documents_done`: new or changed documents, now indexed.
+    pub indexed: usize,
+    /// Of `documents_done`: documents already indexed with the same content.
+    pub unchanged: usize,
+    pub chunks_done: usize,
+    /// The collection's epoch after the last finished batch.
+    pub epoch: u64,
+    pub errors: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

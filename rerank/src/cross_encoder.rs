@@ -1,11 +1,10 @@
 use std::path::Path;
-use std::sync::mpsc as std_mpsc;
-use std::thread;
 
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 use candle_transformers::models::bert::{BertModel, Config};
+use ragway_worker::{Priority, QueueLimits, Queued, Task, Worker};
 use tokenizers::{EncodeInput, Encoding, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
 
@@ -18,6 +17,8 @@ pub struct CrossEncoderOptions {
     /// Query + passage are truncated (longest first) to this many tokens.
     pub max_tokens: usize,
     pub device: Device,
+    /// Admission control: how many requests may wait (reranking is always interactive).
+    pub queue: QueueLimits,
 }
 
 impl Default for CrossEncoderOptions {
@@ -26,6 +27,7 @@ impl Default for CrossEncoderOptions {
             max_batch: 32,
             max_tokens: 512,
             device: Device::Cpu,
+            queue: QueueLimits::default(),
         }
     }
 }
@@ -37,11 +39,17 @@ struct Job {
     span: tracing::Span,
 }
 
+impl Task for Job {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
 /// A Hugging Face `BertForSequenceClassification` (BERT, pooler, linear classifier) served from its
 /// own thread. The score of a pair is the logit of the last label, which for the usual
 /// single-label rerankers (e.g. ms-marco-MiniLM) is the relevance logit.
 pub struct CrossEncoder {
-    jobs: std_mpsc::Sender<Job>,
+    worker: Worker<Job>,
     model_id: String,
 }
 
@@ -49,21 +57,23 @@ impl CrossEncoder {
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
     pub fn load(dir: &Path, model_id: &str, options: CrossEncoderOptions) -> Result<Self, RerankError> {
         let model = SequenceClassifier::load(dir, &options)?;
-        let (jobs, queue) = std_mpsc::channel::<Job>();
         let max_batch = options.max_batch.max(1);
-        thread::Builder::new()
-            .name("reranker".into())
-            .spawn(move || {
-                while let Ok(job) = queue.recv() {
-                    let result = job
-                        .span
-                        .in_scope(|| model.score(&job.query, &job.passages, max_batch));
-                    let _ = job.reply.send(result);
-                }
-            })
-            .map_err(|e| RerankError::Model(format!("cannot start reranker thread: {e}")))?;
+        let worker = Worker::spawn(
+            "reranker",
+            options.queue,
+            model,
+            move |model, queued: Queued<Job>, _| {
+                let job = queued.task;
+                let result = job
+                    .span
+                    .in_scope(|| model.score(&job.query, &job.passages, max_batch));
+                let _ = job.reply.send(result);
+                None
+            },
+        )
+        .map_err(|e| RerankError::Model(format!("cannot start reranker thread: {e}")))?;
         Ok(Self {
-            jobs,
+            worker,
             model_id: model_id.to_string(),
         })
     }
@@ -86,7 +96,7 @@ impl Reranker for CrossEncoder {
             reply,
             span: tracing::Span::current(),
         };
-        self.jobs.send(job).map_err(|_| RerankError::WorkerGone)?;
+        self.worker.submit(job, Priority::Interactive)?;
         answer.await.map_err(|_| RerankError::WorkerGone)?
     }
 }

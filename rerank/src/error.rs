@@ -6,12 +6,16 @@ pub enum RerankError {
     Model(String),
     #[error("the reranker worker has stopped")]
     WorkerGone,
+    /// Admission control refused the work: not the model's fault.
+    #[error(transparent)]
+    Overloaded(#[from] ragway_worker::Overloaded),
 }
 
 impl RerankError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Model(_) | Self::WorkerGone => "reranker_failed",
+            Self::Overloaded(_) => "overloaded",
         }
     }
 }

@@ -19,6 +19,19 @@ impl Default for ChunkingOptions {
     }
 }
 
+impl ChunkingOptions {
+    /// How many chunks [`chunk_document`] makes of a text of `words` words.
+    pub fn chunks_for(&self, words: usize) -> usize {
+        let size = self.chunk_words.max(1);
+        let step = size - self.overlap_words.min(size - 1);
+        match words {
+            0 => 0,
+            w if w <= size => 1,
+            w => 1 + (w - size).div_ceil(step),
+        }
+    }
+}
+
 /// Cuts `text` into overlapping windows of words. Each chunk is a slice of the original text, so
 /// punctuation and line breaks inside a chunk are kept as written.
 pub fn chunk_document(
@@ -125,5 +138,24 @@ mod tests {
         };
         let chunks = chunk_document("d", &words(6), &Map::new(), opts);
         assert_eq!(chunks.len(), 3);
+    }
+
+    #[test]
+    fn chunks_for_counts_what_chunk_document_makes() {
+        for (size, overlap) in [(5, 0), (5, 2), (1, 0), (120, 24)] {
+            let options = ChunkingOptions {
+                chunk_words: size,
+                overlap_words: overlap,
+            };
+            for words in 0..40 {
+                let text = vec!["w"; words].join(" ");
+                let made = chunk_document("d", &text, &Map::new(), options).len();
+                assert_eq!(
+                    options.chunks_for(words),
+                    made,
+                    "size {size} overlap {overlap} words {words}"
+                );
+            }
+        }
     }
 }

@@ -35,6 +35,8 @@ pub trait DenseStore: Send + Sync {
     ) -> Result<Vec<ScoredChunk>, RetrievalError>;
     /// Every document id with at least one chunk in the collection (start-up reconciliation).
     async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError>;
+    /// Makes every write so far durable: after this returns, they survive a crash.
+    async fn flush(&self, collection: &str) -> Result<(), RetrievalError>;
 }
 
 /// Qdrant's engine in process (Qdrant Edge): one shard per collection under `root/<collection>`.
@@ -45,7 +47,29 @@ pub struct EdgeDenseStore {
 struct EdgeShards {
     root: PathBuf,
     dimension: usize,
-    shards: RwLock<HashMap<String, Arc<EdgeShard>>>,
+    shards: RwLock<HashMap<String, Arc<Shard>>>,
+}
+
+/// A shard and the lock that orders its writes and flushes: Qdrant Edge's `flush` panics when an
+/// update holds the WAL at the same moment, so the two never overlap.
+struct Shard {
+    edge: EdgeShard,
+    writes: std::sync::Mutex<()>,
+}
+
+impl Shard {
+    fn update(&self, operation: UpdateOperation) -> Result<(), RetrievalError> {
+        let _writing = self.writes.lock().map_err(|_| poisoned())?;
+        self.edge.update(operation)?;
+        Ok(())
+    }
+
+    /// Qdrant Edge does not replay its WAL on load: only flushed segments survive a crash.
+    fn flush(&self) -> Result<(), RetrievalError> {
+        let _writing = self.writes.lock().map_err(|_| poisoned())?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.edge.flush()))
+            .map_err(|_| RetrievalError::Dense("flush failed".into()))
+    }
 }
 
 impl EdgeDenseStore {
@@ -61,7 +85,7 @@ impl EdgeDenseStore {
 }
 
 impl EdgeShards {
-    fn shard(&self, collection: &str) -> Result<Arc<EdgeShard>, RetrievalError> {
+    fn shard(&self, collection: &str) -> Result<Arc<Shard>, RetrievalError> {
         let shards = self.shards.read().map_err(|_| poisoned())?;
         shards
             .get(collection)
@@ -87,7 +111,13 @@ impl EdgeShards {
                 .build();
             EdgeShard::new(&path, config)?
         };
-        shards.insert(collection.to_string(), Arc::new(shard));
+        shards.insert(
+            collection.to_string(),
+            Arc::new(Shard {
+                edge: shard,
+                writes: std::sync::Mutex::new(()),
+            }),
+        );
         Ok(())
     }
 
@@ -129,8 +159,7 @@ impl DenseStore for EdgeDenseStore {
                 .collect();
             shard.update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
                 PointInsertOperations::PointsList(points),
-            )))?;
-            Ok(())
+            )))
         })
         .await
     }
@@ -154,8 +183,7 @@ impl DenseStore for EdgeDenseStore {
             };
             shard.update(UpdateOperation::PointOperation(
                 PointOperations::DeletePointsByFilter(filter),
-            ))?;
-            Ok(())
+            ))
         })
         .await
     }
@@ -184,6 +212,7 @@ impl DenseStore for EdgeDenseStore {
                 with_payload: WithPayloadInterface::Bool(true),
             };
             shard
+                .edge
                 .query(request)?
                 .into_iter()
                 .map(|point| {
@@ -200,7 +229,15 @@ impl DenseStore for EdgeDenseStore {
 
     async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError> {
         let shard = self.shards.shard(collection)?;
-        run_blocking(RetrievalError::Dense, move || Self::document_ids_blocking(&shard)).await
+        run_blocking(RetrievalError::Dense, move || {
+            Self::document_ids_blocking(&shard.edge)
+        })
+        .await
+    }
+
+    async fn flush(&self, collection: &str) -> Result<(), RetrievalError> {
+        let shard = self.shards.shard(collection)?;
+        run_blocking(RetrievalError::Dense, move || shard.flush()).await
     }
 }
 

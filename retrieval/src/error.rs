@@ -12,6 +12,9 @@ pub enum RetrievalError {
     UnknownCollection(String),
     #[error("the embedding worker has stopped")]
     WorkerGone,
+    /// Admission control refused the work: not the model's fault, and worth retrying later.
+    #[error(transparent)]
+    Overloaded(#[from] ragway_worker::Overloaded),
 }
 
 impl RetrievalError {
@@ -22,6 +25,7 @@ impl RetrievalError {
             Self::Dense(_) => "dense_store_failed",
             Self::Keyword(_) => "keyword_store_failed",
             Self::UnknownCollection(_) => "collection_not_found",
+            Self::Overloaded(_) => "overloaded",
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, Embedder};
+use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, Embedder, Priority};
 
 fn model_dir() -> PathBuf {
     let models = std::env::var_os("RAGWAY_MODELS")
@@ -37,7 +37,7 @@ async fn vectors_match_sentence_transformers() -> Result<(), Box<dyn std::error:
     let embedder = BertEmbedder::load(&model_dir(), "all-minilm-l6-v2", options)?;
     assert_eq!(embedder.dimension(), 384);
     let texts: Vec<String> = references.iter().map(|r| r.text.clone()).collect();
-    let embeddings = embedder.embed(texts).await?;
+    let embeddings = embedder.embed(texts, Priority::Bulk).await?;
     assert_eq!(embeddings.vectors.len(), references.len());
     // The long text is truncated at 256 tokens, so the count is bounded by it.
     assert!(
@@ -58,7 +58,9 @@ async fn vectors_match_sentence_transformers() -> Result<(), Box<dyn std::error:
         );
     }
     // One at a time gives the same vector as inside a padded batch.
-    let single = embedder.embed(vec![references[1].text.clone()]).await?;
+    let single = embedder
+        .embed(vec![references[1].text.clone()], Priority::Interactive)
+        .await?;
     let diff = single.vectors[0]
         .iter()
         .zip(&embeddings.vectors[1])

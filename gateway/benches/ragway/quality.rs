@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ragway_gateway::config::Config;
-use ragway_retrieval::{reciprocal_rank_fusion, ScoredChunk};
+use ragway_retrieval::{reciprocal_rank_fusion, Priority, ScoredChunk};
 use serde_json::{json, Value};
 
 use crate::speed::{median, percentile};
@@ -211,7 +211,7 @@ pub async fn search() -> anyhow::Result<()> {
         };
         let vector = pipeline
             .embedder
-            .embed(vec![text.clone()])
+            .embed(vec![text.clone()], Priority::Interactive)
             .await?
             .vectors
             .remove(0);

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::speed::{median, passages};
 
-async fn direct() -> Result<u64, String> {
+async fn direct() -> Result<u64, ragway_retrieval::RetrievalError> {
     Ok(std::hint::black_box(1))
 }
 

@@ -5,7 +5,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use ragway_llm::{rag_messages, GenerationRequest, Generator, LocalLlm, LocalLlmOptions, Passage};
 use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
-use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, Embedder};
+use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, Embedder, Priority};
 
 pub fn models_dir() -> PathBuf {
     ragway_gateway::config::default_models_dir()
@@ -45,12 +45,12 @@ pub async fn embed() -> anyhow::Result<()> {
         BertEmbedderOptions::default(),
     )?;
     let texts = passages(32 * 8);
-    embedder.embed(texts[..32].to_vec()).await?; // warm-up
+    embedder.embed(texts[..32].to_vec(), Priority::Bulk).await?; // warm-up
     let mut rates = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
         for batch in texts.chunks(32) {
-            embedder.embed(batch.to_vec()).await?;
+            embedder.embed(batch.to_vec(), Priority::Bulk).await?;
         }
         rates.push(texts.len() as f64 / started.elapsed().as_secs_f64());
     }

@@ -1,9 +1,10 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ragway_openapi::{
     CollectionInfo, CollectionList, CreateCollectionRequest, DeleteDocumentResponse, ErrorBody,
-    IngestRequest, IngestResponse,
+    IngestRequest, IngestResponse, JobAccepted,
 };
 use ragway_retrieval::ChunkingOptions;
 
@@ -12,36 +13,46 @@ use crate::error::{ApiError, ApiJson};
 use crate::validate;
 
 #[utoipa::path(post, path = "/v1/collections", tag = "collections", request_body = CreateCollectionRequest,
-    responses((status = 201, description = "Created", body = CollectionInfo), (status = 400, description = "Invalid input", body = ErrorBody), (status = 409, description = "Already exists", body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = CollectionInfo), (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 409, description = "Already exists, or `limits.max_collections` reached", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateCollectionRequest>,
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
     validate::collection_name(&request.name)?;
-    let defaults = &state.config.retrieval;
-    let chunking = ChunkingOptions {
-        chunk_words: request.chunk_words.unwrap_or(defaults.chunk_words),
-        overlap_words: request
-            .chunk_overlap_words
-            .unwrap_or(defaults.chunk_overlap_words),
-    };
-    // Chunks beyond ~200 words would be cut by the embedder's 256-token window.
-    if !(1..=1_000).contains(&chunking.chunk_words) || chunking.overlap_words >= chunking.chunk_words {
+    if state
+        .pipeline
+        .llm
+        .backends()
+        .iter()
+        .any(|b| b.name() == request.name)
+    {
         return Err(ApiError::invalid(
-            "invalid_chunking",
-            "chunk_words must be 1-1000 and chunk_overlap_words smaller than chunk_words",
+            "name_taken_by_llm_backend",
+            format!(
+                "`{}` names an LLM backend; /v1/chat/completions could not tell them apart: choose another name",
+                request.name
+            ),
         ));
     }
-    let info = state.collections.create(&request.name, chunking).await?;
+    let config = &state.config;
+    let chunking = ChunkingOptions {
+        chunk_words: request.chunk_words.unwrap_or(config.retrieval.chunk_words),
+        overlap_words: request
+            .chunk_overlap_words
+            .unwrap_or(config.retrieval.chunk_overlap_words),
+    };
+    validate::chunking(chunking, config.limits.min_chunk_words)?;
+    let info = state
+        .collections
+        .create(&request.name, chunking, config.limits.max_collections)
+        .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
 #[utoipa::path(get, path = "/v1/collections", tag = "collections", responses((status = 200, description = "OK", body = CollectionList)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<CollectionList>, ApiError> {
-    let mut collections = Vec::new();
-    for collection in state.collections.list()? {
-        collections.push(collection.info().await);
-    }
+    let collections = state.collections.list()?.iter().map(|c| c.info()).collect();
     Ok(Json(CollectionList { collections }))
 }
 
@@ -52,7 +63,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<CollectionInfo>, ApiError> {
-    Ok(Json(state.collections.get(&name)?.info().await))
+    Ok(Json(state.collections.get(&name)?.info()))
 }
 
 #[utoipa::path(delete, path = "/v1/collections/{name}", tag = "collections",
@@ -65,38 +76,43 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
 
 #[utoipa::path(post, path = "/v1/collections/{name}/documents", tag = "documents", request_body = IngestRequest,
     params(("name" = String, Path, description = "Collection name")),
-    responses((status = 200, description = "OK", body = IngestResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody), (status = 503, description = "Unavailable", body = ErrorBody)))]
+    responses((status = 200, description = "Indexed and durable", body = IngestResponse),
+        (status = 202, description = "Accepted as a background job", body = JobAccepted),
+        (status = 400, description = "Invalid input, or over a limit", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "Unavailable or busy (then with `Retry-After`)", body = ErrorBody)))]
 pub async fn ingest(
     State(state): State<AppState>,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<IngestRequest>,
-) -> Result<Json<IngestResponse>, ApiError> {
-    state.collections.get(&name)?;
-    let limit = state.config.server.max_documents_per_request;
-    if request.documents.is_empty() || request.documents.len() > limit {
-        return Err(ApiError::invalid(
-            "invalid_documents",
-            format!("send 1 to {limit} documents per request"),
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for doc in &request.documents {
-        validate::document_id(&doc.id)?;
-        if !seen.insert(doc.id.as_str()) {
-            return Err(ApiError::invalid(
-                "duplicate_document_id",
-                format!("document id {:?} appears twice in this request", doc.id),
-            ));
+) -> Result<Response, ApiError> {
+    let collection = state.collections.get(&name)?;
+    let config = &state.config;
+    validate::documents(
+        &request.documents,
+        config.server.max_documents_per_request,
+        &config.limits,
+        collection.chunking,
+    )?;
+    let background =
+        request.wait == Some(false) || request.documents.len() > config.ingest.sync_max_documents;
+    let (job, result) = state.jobs.submit(collection, request.documents, background)?;
+    match result {
+        // The job runs on its own task: a client that leaves now does not stop the write.
+        Some(result) => {
+            let response = result
+                .await
+                .map_err(|_| ApiError::Internal("the ingestion job stopped without an answer".into()))??;
+            Ok(Json(response).into_response())
         }
-        if doc.text.trim().is_empty() {
-            return Err(ApiError::invalid(
-                "empty_document",
-                format!("document {:?} has no text", doc.id),
-            ));
+        None => {
+            let accepted = JobAccepted {
+                status_url: format!("/v1/jobs/{}", job.id),
+                job_id: job.id,
+            };
+            Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
         }
     }
-    Ok(Json(state.collections.ingest(&name, request.documents).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/collections/{name}/documents/{id}", tag = "documents",

@@ -1,16 +1,23 @@
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::Json;
 use ragway_openapi::{EmbeddingData, EmbeddingUsage, EmbeddingsRequest, EmbeddingsResponse, ErrorBody};
+use ragway_retrieval::Priority;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson};
+use crate::guard::Failure;
 use crate::routes::answers::deadline;
+use crate::validate;
 
-const MAX_INPUTS: usize = 2_048;
+/// Requests of at most this many inputs wait in the embedder's interactive lane; larger ones are
+/// bulk work and never delay a query by more than one batch.
+const INTERACTIVE_INPUTS: usize = 4;
 
 /// OpenAI-compatible embeddings from the configured embedder.
 #[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingsRequest,
-    responses((status = 200, description = "OK", body = EmbeddingsResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 503, description = "Unavailable", body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = EmbeddingsResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 503, description = "Unavailable, or busy (then with `Retry-After`)", body = ErrorBody)))]
 pub async fn embeddings(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<EmbeddingsRequest>,
@@ -22,30 +29,36 @@ pub async fn embeddings(
         ));
     }
     let texts = request.input.into_vec();
-    if texts.is_empty() || texts.len() > MAX_INPUTS {
-        return Err(ApiError::invalid(
-            "invalid_input",
-            format!("send 1 to {MAX_INPUTS} inputs"),
-        ));
-    }
-    if texts.iter().any(|t| t.is_empty()) {
-        return Err(ApiError::invalid(
-            "invalid_input",
-            "inputs must not be empty strings",
-        ));
-    }
+    validate::embedding_inputs(&texts, &state.config.limits)?;
+    let priority = if texts.len() <= INTERACTIVE_INPUTS {
+        Priority::Interactive
+    } else {
+        Priority::Bulk
+    };
     // Through the embedder's guard, so its breaker, timeout and injected faults apply here too.
     let embedder = &state.pipeline.embedder;
     let deadline = deadline(&state, None)?;
+    // A bulk request takes longer than one query's embedding; it gets ingestion's batch timeout.
+    let timeout = match priority {
+        Priority::Interactive => Duration::from_millis(state.config.resilience.embed_timeout_ms),
+        Priority::Bulk => Duration::from_millis(state.config.ingest.embed_timeout_ms),
+    };
     let embeddings = state
         .pipeline
         .guards
         .embed
-        .run(&deadline, embedder.embed(texts))
+        .run_within(&deadline, timeout, embedder.embed(texts, priority))
         .await
-        .map_err(|failure| ApiError::Unavailable {
-            code: "embedder_unavailable",
-            message: format!("the embedder did not answer: {failure}"),
+        .map_err(|failure| match failure {
+            Failure::Overloaded(_) => ApiError::Busy {
+                code: "embedder_busy",
+                message: format!("{failure}; retry later"),
+                retry_after_s: 1,
+            },
+            _ => ApiError::Unavailable {
+                code: "embedder_unavailable",
+                message: format!("the embedder did not answer: {failure}"),
+            },
         })?;
     Ok(Json(EmbeddingsResponse {
         object: "list".into(),

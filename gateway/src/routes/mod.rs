@@ -3,5 +3,6 @@ pub mod answers;
 pub mod collections;
 pub mod embeddings;
 pub mod health;
+pub mod jobs;
 pub mod openai;
 pub mod streams;

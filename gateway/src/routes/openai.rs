@@ -12,6 +12,8 @@ use ragway_openapi::{
     ModelList, RagwayAnswerInfo,
 };
 
+use serde_json::json;
+
 use crate::answer_stream::StreamJob;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson};
@@ -62,8 +64,14 @@ pub async fn chat_completions(
     let max_tokens = request
         .max_completion_tokens
         .or(request.max_tokens)
-        .unwrap_or(state.config.generation.max_tokens)
-        .clamp(1, 4_096);
+        .unwrap_or(state.config.generation.max_tokens);
+    let cap = state.config.generation.max_tokens_cap;
+    if !(1..=cap).contains(&max_tokens) {
+        return Err(ApiError::invalid(
+            "max_tokens_out_of_range",
+            format!("max_tokens = {max_tokens} is out of range: use 1 to {cap} (generation.max_tokens_cap)"),
+        ));
+    }
     let temperature = request.temperature.unwrap_or(state.config.generation.temperature);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
@@ -135,7 +143,7 @@ pub async fn chat_completions(
         let job = StreamJob {
             state: state.clone(),
             request: generation_request,
-            report: Report::default(),
+            report: Report::bare_llm(),
             citations: Vec::new(),
             fallback_text: String::new(),
             only: Some(name),
@@ -143,7 +151,7 @@ pub async fn chat_completions(
         };
         return streams::openai_chunks(job, request.model, true).await;
     }
-    let mut report = Report::default();
+    let mut report = Report::bare_llm();
     let Some(generation) = state
         .pipeline
         .llm
@@ -181,10 +189,13 @@ async fn stream_rag_chat(
         .retrieve(collection, question, Vec::new(), passages, &deadline)
         .await;
     if retrieved.report.mode() == Mode::Error {
-        return Err(ApiError::Unavailable {
-            code: "no_retrieval_path",
-            message: "neither retrieval engine is available (mode: error)".into(),
+        let mut report = retrieved.report;
+        report.finish();
+        let body = json!({
+            "error": {"code": "no_retrieval_path", "message": "neither retrieval engine is available (mode: error)"},
+            "ragway": {"mode": Mode::Error, "degraded": report.degraded(), "citations": []},
         });
+        return Ok(answer_response(Mode::Error, body));
     }
     streams::openai_chunks(
         StreamJob::grounded(state, question, retrieved, deadline),

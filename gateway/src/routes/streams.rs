@@ -71,7 +71,9 @@ pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Res
     let (first, events) = first_event(job).await?;
     if bare_llm {
         if let AnswerEvent::Meta { mode, degraded, .. } = &first {
-            if *mode == ragway_openapi::Mode::Extractive {
+            // A bare chat whose backend never started has nothing to stream: a 503, counted.
+            if *mode == ragway_openapi::Mode::Error {
+                metrics::counter!("ragway_answers_total", "mode" => mode.as_str()).increment(1);
                 let reasons: Vec<String> = degraded
                     .iter()
                     .map(|d| format!("{}: {:?}", d.stage, d.reason))
@@ -83,7 +85,7 @@ pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Res
             }
         }
     }
-    let mode = if bare_llm { "normal" } else { mode_of(&first) };
+    let mode = mode_of(&first);
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -112,6 +114,11 @@ pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Res
             }
             AnswerEvent::Delta { text } => {
                 chunk(json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]), None)
+            }
+            // A bare chat's only backend broke off: say so as OpenAI streams say errors.
+            AnswerEvent::Degraded { degradation, mode } if bare_llm && mode == ragway_openapi::Mode::Error => {
+                let message = format!("backend `{}` broke off the answer ({:?})", degradation.stage, degradation.reason);
+                Event::default().data(json!({"error": {"code": "llm_failed", "message": message}}).to_string())
             }
             AnswerEvent::Degraded { degradation, mode } => {
                 chunk(json!([]), Some(("ragway", json!({"mode": mode, "degraded": [degradation]}))))

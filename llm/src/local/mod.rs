@@ -2,15 +2,15 @@ mod model;
 mod tokenizer;
 
 use std::path::Path;
-use std::sync::mpsc as std_mpsc;
-use std::thread;
 
 use async_trait::async_trait;
 use candle_core::Device;
+use ragway_worker::{Priority, QueueLimits, Queued, Task, Worker};
 use tokio::sync::mpsc;
 
-use crate::{GenerationRequest, Generator, LlmError, StreamEvent, TokenStream};
+use crate::{ChatMessage, GenerationRequest, Generator, LlmError, StreamEvent, TokenStream};
 pub(crate) use model::ChatModel;
+use model::PromptCounter;
 
 #[derive(Debug, Clone)]
 pub struct LocalLlmOptions {
@@ -21,6 +21,8 @@ pub struct LocalLlmOptions {
     pub dequantize: bool,
     /// Seed for sampling when temperature > 0.
     pub seed: u64,
+    /// Admission control: how many requests may wait for the model.
+    pub queue: QueueLimits,
 }
 
 impl Default for LocalLlmOptions {
@@ -29,6 +31,10 @@ impl Default for LocalLlmOptions {
             device: Device::Cpu,
             dequantize: true,
             seed: 299_792_458,
+            queue: QueueLimits {
+                interactive: 8,
+                bulk: 0,
+            },
         }
     }
 }
@@ -39,47 +45,55 @@ struct Job {
     span: tracing::Span,
 }
 
+impl Task for Job {
+    /// A caller that gave up (deadline, client gone) no longer needs its answer.
+    fn abandoned(&self) -> bool {
+        self.events.is_closed()
+    }
+}
+
 /// A GGUF chat model (llama architecture, ChatML template) on its own thread. Requests are served
 /// one at a time: on a CPU one generation already uses every core.
 pub struct LocalLlm {
-    jobs: std_mpsc::Sender<Job>,
+    worker: Worker<Job>,
+    counter: PromptCounter,
     name: String,
     model: String,
 }
 
 impl LocalLlm {
     pub fn load(gguf: &Path, name: &str, options: LocalLlmOptions) -> Result<Self, LlmError> {
-        let mut chat = ChatModel::load(gguf, &options)?;
+        let chat = ChatModel::load(gguf, &options)?;
         let model = gguf
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| name.to_string());
-        let (jobs, queue) = std_mpsc::channel::<Job>();
-        thread::Builder::new()
-            .name(format!("llm-{name}"))
-            .spawn(move || {
-                while let Ok(job) = queue.recv() {
-                    // A caller that gave up (deadline, client gone) no longer needs its answer;
-                    // generation stops as soon as nobody listens.
-                    if job.events.is_closed() {
-                        continue;
-                    }
-                    let events = &job.events;
-                    let result = job.span.in_scope(|| {
-                        chat.generate(&job.request, &mut |piece| {
-                            events.send(Ok(StreamEvent::Text(piece.to_string()))).is_ok()
-                        })
-                    });
-                    let last = result.map(|g| StreamEvent::Done {
-                        prompt_tokens: g.prompt_tokens,
-                        completion_tokens: g.completion_tokens,
-                    });
-                    let _ = events.send(last);
-                }
-            })
-            .map_err(|e| LlmError::Model(format!("cannot start LLM thread: {e}")))?;
+        let counter = chat.counter();
+        let worker = Worker::spawn(
+            &format!("llm-{name}"),
+            options.queue,
+            chat,
+            |chat, queued: Queued<Job>, _| {
+                let job = queued.task;
+                let events = &job.events;
+                // Generation stops as soon as nobody listens.
+                let result = job.span.in_scope(|| {
+                    chat.generate(&job.request, &mut |piece| {
+                        events.send(Ok(StreamEvent::Text(piece.to_string()))).is_ok()
+                    })
+                });
+                let last = result.map(|g| StreamEvent::Done {
+                    prompt_tokens: g.prompt_tokens,
+                    completion_tokens: g.completion_tokens,
+                });
+                let _ = events.send(last);
+                None
+            },
+        )
+        .map_err(|e| LlmError::Model(format!("cannot start LLM thread: {e}")))?;
         Ok(Self {
-            jobs,
+            worker,
+            counter,
             name: name.to_string(),
             model,
         })
@@ -96,6 +110,14 @@ impl Generator for LocalLlm {
         &self.model
     }
 
+    fn context_window(&self) -> Option<usize> {
+        Some(self.counter.context)
+    }
+
+    fn count_tokens(&self, messages: &[ChatMessage]) -> Option<usize> {
+        self.counter.count(messages)
+    }
+
     async fn stream(&self, request: GenerationRequest) -> Result<TokenStream, LlmError> {
         let (events, receiver) = mpsc::unbounded_channel();
         let job = Job {
@@ -103,7 +125,7 @@ impl Generator for LocalLlm {
             events,
             span: tracing::Span::current(),
         };
-        self.jobs.send(job).map_err(|_| LlmError::WorkerGone)?;
+        self.worker.submit(job, Priority::Interactive)?;
         Ok(Box::pin(tokio_stream_from(receiver)))
     }
 }

@@ -123,6 +123,14 @@ impl ChatModel {
         })
     }
 
+    /// What counting a prompt's tokens needs, for use off the worker thread.
+    pub(crate) fn counter(&self) -> PromptCounter {
+        PromptCounter {
+            tokenizer: self.tokenizer.clone(),
+            context: self.context,
+        }
+    }
+
     fn decode(&self, ids: &[u32]) -> Result<String, LlmError> {
         self.tokenizer
             .decode(ids, true)
@@ -141,6 +149,20 @@ impl ChatModel {
 
 /// SmolLM2's chat template (ChatML), ending with an open assistant turn. A trailing assistant
 /// message is left open, so the model continues it.
+/// Counts the tokens of a conversation in this model's template.
+#[derive(Clone)]
+pub(crate) struct PromptCounter {
+    tokenizer: Tokenizer,
+    pub(crate) context: usize,
+}
+
+impl PromptCounter {
+    pub(crate) fn count(&self, messages: &[ChatMessage]) -> Option<usize> {
+        let encoding = self.tokenizer.encode(chatml(messages), false).ok()?;
+        Some(encoding.get_ids().len())
+    }
+}
+
 fn chatml(messages: &[ChatMessage]) -> String {
     let mut prompt = String::new();
     let (open, closed) = match messages.split_last() {

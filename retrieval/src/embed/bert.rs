@@ -1,11 +1,10 @@
 use std::path::Path;
-use std::sync::mpsc as std_mpsc;
-use std::thread;
 
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
+use ragway_worker::{Priority, Queue, QueueLimits, Queued, Step, Task, Worker};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
 
@@ -19,6 +18,8 @@ pub struct BertEmbedderOptions {
     /// Longer inputs are truncated; all-MiniLM-L6-v2 was trained on 256.
     pub max_tokens: usize,
     pub device: Device,
+    /// Admission control: how many jobs may wait in each lane.
+    pub queue: QueueLimits,
 }
 
 impl Default for BertEmbedderOptions {
@@ -27,20 +28,31 @@ impl Default for BertEmbedderOptions {
             max_batch: 32,
             max_tokens: 256,
             device: Device::Cpu,
+            queue: QueueLimits::default(),
         }
     }
 }
 
 struct Job {
     texts: Vec<String>,
+    /// Texts embedded so far (a bulk job is embedded one batch at a time).
+    vectors: Vec<Vec<f32>>,
+    tokens: usize,
     reply: oneshot::Sender<Result<Embeddings, RetrievalError>>,
     span: tracing::Span,
 }
 
-/// A sentence-transformers BERT (mean pooling, L2 norm) on its own thread, so that model work never
-/// blocks the async runtime. Requests queued while a batch runs are merged into the next one.
+impl Task for Job {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// A sentence-transformers BERT (mean pooling, L2 norm) on its own worker thread, so that model
+/// work never blocks the async runtime. Queries waiting together are merged into one batch; a bulk
+/// job runs one batch at a time, so a query waits behind at most one batch of it.
 pub struct BertEmbedder {
-    jobs: std_mpsc::Sender<Job>,
+    worker: Worker<Job>,
     model_id: String,
     dimension: usize,
 }
@@ -50,13 +62,13 @@ impl BertEmbedder {
     pub fn load(dir: &Path, model_id: &str, options: BertEmbedderOptions) -> Result<Self, RetrievalError> {
         let model = SentenceBert::load(dir, &options)?;
         let dimension = model.dimension;
-        let (jobs, queue) = std_mpsc::channel::<Job>();
-        thread::Builder::new()
-            .name("embedder".into())
-            .spawn(move || run_worker(model, queue, options.max_batch))
-            .map_err(|e| RetrievalError::Model(format!("cannot start embedder thread: {e}")))?;
+        let max_batch = options.max_batch.max(1);
+        let worker = Worker::spawn("embedder", options.queue, model, move |model, queued, queue| {
+            step(model, queued, queue, max_batch)
+        })
+        .map_err(|e| RetrievalError::Model(format!("cannot start embedder thread: {e}")))?;
         Ok(Self {
-            jobs,
+            worker,
             model_id: model_id.to_string(),
             dimension,
         })
@@ -73,7 +85,7 @@ impl Embedder for BertEmbedder {
         self.dimension
     }
 
-    async fn embed(&self, texts: Vec<String>) -> Result<Embeddings, RetrievalError> {
+    async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Embeddings, RetrievalError> {
         if texts.is_empty() {
             return Ok(Embeddings {
                 vectors: Vec::new(),
@@ -82,51 +94,84 @@ impl Embedder for BertEmbedder {
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
+            vectors: Vec::with_capacity(texts.len()),
             texts,
+            tokens: 0,
             reply,
             span: tracing::Span::current(),
         };
-        self.jobs.send(job).map_err(|_| RetrievalError::WorkerGone)?;
+        self.worker.submit(job, priority)?;
         answer.await.map_err(|_| RetrievalError::WorkerGone)?
     }
 }
 
-fn run_worker(model: SentenceBert, queue: std_mpsc::Receiver<Job>, max_batch: usize) {
-    while let Ok(first) = queue.recv() {
-        // Merge whatever else is already waiting, up to one batch worth of texts.
-        let mut jobs = vec![first];
-        let mut queued: usize = jobs[0].texts.len();
-        while queued < max_batch {
-            match queue.try_recv() {
-                Ok(job) => {
-                    queued += job.texts.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        let texts: Vec<&str> = jobs
-            .iter()
-            .flat_map(|j| j.texts.iter().map(String::as_str))
-            .collect();
-        let total = texts.len();
-        let span = jobs[0].span.clone();
-        let result = span.in_scope(|| model.embed(&texts, max_batch));
-        let mut offset = 0;
-        for job in jobs {
-            let n = job.texts.len();
-            let part = match &result {
-                Ok((vectors, tokens)) => Ok(Embeddings {
-                    vectors: vectors[offset..offset + n].to_vec(),
-                    // Tokens are attributed to each job in proportion to its share of texts.
-                    tokens: tokens * n / total.max(1),
-                }),
-                Err(e) => Err(RetrievalError::Model(e.to_string())),
+/// One worker step: interactive jobs waiting together become one batch; a bulk job gets one batch
+/// and is handed back if texts remain.
+fn step(model: &mut SentenceBert, queued: Queued<Job>, queue: &Queue<Job>, max_batch: usize) -> Step<Job> {
+    if queued.priority == Priority::Interactive {
+        let mut jobs = vec![queued.task];
+        let mut texts = jobs[0].texts.len();
+        while texts < max_batch {
+            let Some(job) = queue.try_pop_interactive() else {
+                break;
             };
-            offset += n;
-            // The caller may have given up (deadline); nothing to do then.
-            let _ = job.reply.send(part);
+            texts += job.texts.len();
+            jobs.push(job);
         }
+        embed_whole(model, jobs, max_batch);
+        return None;
+    }
+    let mut queued = queued;
+    let job = &mut queued.task;
+    let start = job.vectors.len();
+    let end = (start + max_batch).min(job.texts.len());
+    let slice: Vec<&str> = job.texts[start..end].iter().map(String::as_str).collect();
+    match job.span.in_scope(|| model.embed(&slice, max_batch)) {
+        Ok((vectors, tokens)) => {
+            job.vectors.extend(vectors);
+            job.tokens += tokens;
+        }
+        Err(e) => {
+            let _ = queued.task.reply.send(Err(e));
+            return None;
+        }
+    }
+    if job.vectors.len() < job.texts.len() {
+        return Some(queued);
+    }
+    let Job {
+        vectors,
+        tokens,
+        reply,
+        ..
+    } = queued.task;
+    let _ = reply.send(Ok(Embeddings { vectors, tokens }));
+    None
+}
+
+/// Embeds several jobs' texts together and answers each.
+fn embed_whole(model: &SentenceBert, jobs: Vec<Job>, max_batch: usize) {
+    let texts: Vec<&str> = jobs
+        .iter()
+        .flat_map(|j| j.texts.iter().map(String::as_str))
+        .collect();
+    let total = texts.len();
+    let span = jobs[0].span.clone();
+    let result = span.in_scope(|| model.embed(&texts, max_batch));
+    let mut offset = 0;
+    for job in jobs {
+        let n = job.texts.len();
+        let part = match &result {
+            Ok((vectors, tokens)) => Ok(Embeddings {
+                vectors: vectors[offset..offset + n].to_vec(),
+                // Tokens are attributed to each job in proportion to its share of texts.
+                tokens: tokens * n / total.max(1),
+            }),
+            Err(e) => Err(RetrievalError::Model(e.to_string())),
+        };
+        offset += n;
+        // The caller may have given up (deadline); nothing to do then.
+        let _ = job.reply.send(part);
     }
 }
 

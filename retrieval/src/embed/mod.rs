@@ -3,6 +3,7 @@ mod bert;
 pub use bert::{BertEmbedder, BertEmbedderOptions};
 
 use async_trait::async_trait;
+use ragway_worker::Priority;
 
 use crate::error::RetrievalError;
 
@@ -19,5 +20,6 @@ pub trait Embedder: Send + Sync {
     /// Identifies the model; part of the embedding cache key.
     fn model_id(&self) -> &str;
     fn dimension(&self) -> usize;
-    async fn embed(&self, texts: Vec<String>) -> Result<Embeddings, RetrievalError>;
+    /// `priority` picks the worker's lane: queries go before bulk work.
+    async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Embeddings, RetrievalError>;
 }

@@ -1,0 +1,352 @@
+//! The model worker: one thread that owns a model, fed by a bounded queue with two lanes.
+//!
+//! Embedder, cross-encoder and local LLM all run this way. Interactive work (a query waiting on
+//! its answer) is always taken before bulk work (ingestion, embedding batches), and a bulk task
+//! may hand itself back after each slice so that a query never waits behind more than one slice.
+//! A full lane refuses at once ([`Overloaded`]) instead of letting the queue grow, and a task
+//! whose caller has gone (deadline passed, client disconnected) is dropped before it runs.
+//!
+//! Metrics: `ragway_worker_queue_depth{worker,lane}`, `ragway_worker_queue_wait_seconds{worker,lane}`,
+//! `ragway_worker_rejected_total{worker,lane}`, `ragway_worker_abandoned_total{worker,lane}`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::Instant;
+
+/// Which lane a task waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Someone is waiting on the answer now (a query).
+    Interactive,
+    /// Throughput work (ingestion, `/v1/embeddings` batches): served when no interactive task waits.
+    Bulk,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Interactive => "interactive",
+            Self::Bulk => "bulk",
+        }
+    }
+}
+
+/// How many tasks each lane holds before it refuses more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub interactive: usize,
+    pub bulk: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            interactive: 64,
+            bulk: 8,
+        }
+    }
+}
+
+/// The lane was full: the task was not queued. Not the model's fault; retry later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {worker} is overloaded: its {lane} queue is full")]
+pub struct Overloaded {
+    pub worker: String,
+    pub lane: &'static str,
+}
+
+/// A unit of work for a worker.
+pub trait Task: Send + 'static {
+    /// True when nobody waits for the result any more; such a task is dropped unrun.
+    fn abandoned(&self) -> bool;
+}
+
+/// A task as it waits in its lane.
+pub struct Queued<T> {
+    pub task: T,
+    pub priority: Priority,
+    enqueued: Instant,
+}
+
+struct Lanes<T> {
+    interactive: VecDeque<Queued<T>>,
+    bulk: VecDeque<Queued<T>>,
+    closed: bool,
+}
+
+impl<T> Lanes<T> {
+    fn lane(&mut self, priority: Priority) -> &mut VecDeque<Queued<T>> {
+        match priority {
+            Priority::Interactive => &mut self.interactive,
+            Priority::Bulk => &mut self.bulk,
+        }
+    }
+}
+
+/// The two lanes of one worker.
+pub struct Queue<T> {
+    name: String,
+    limits: QueueLimits,
+    lanes: Mutex<Lanes<T>>,
+    ready: Condvar,
+}
+
+impl<T: Task> Queue<T> {
+    fn new(name: &str, limits: QueueLimits) -> Self {
+        for priority in [Priority::Interactive, Priority::Bulk] {
+            metrics::gauge!("ragway_worker_queue_depth", "worker" => name.to_string(), "lane" => priority.as_str())
+                .set(0.0);
+        }
+        Self {
+            name: name.to_string(),
+            limits,
+            lanes: Mutex::new(Lanes {
+                interactive: VecDeque::new(),
+                bulk: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lanes<T>> {
+        // A panic while holding this lock leaves the lanes consistent (push/pop are atomic).
+        self.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn limit(&self, priority: Priority) -> usize {
+        match priority {
+            Priority::Interactive => self.limits.interactive,
+            Priority::Bulk => self.limits.bulk,
+        }
+    }
+
+    fn publish_depth(&self, lanes: &Lanes<T>, priority: Priority) {
+        let depth = match priority {
+            Priority::Interactive => lanes.interactive.len(),
+            Priority::Bulk => lanes.bulk.len(),
+        };
+        metrics::gauge!("ragway_worker_queue_depth", "worker" => self.name.clone(), "lane" => priority.as_str())
+            .set(depth as f64);
+    }
+
+    /// Queues `task`, or refuses at once when its lane is full.
+    pub fn push(&self, task: T, priority: Priority) -> Result<(), Overloaded> {
+        let mut lanes = self.lock();
+        if lanes.closed || lanes.lane(priority).len() >= self.limit(priority) {
+            metrics::counter!("ragway_worker_rejected_total", "worker" => self.name.clone(), "lane" => priority.as_str())
+                .increment(1);
+            return Err(Overloaded {
+                worker: self.name.clone(),
+                lane: priority.as_str(),
+            });
+        }
+        lanes.lane(priority).push_back(Queued {
+            task,
+            priority,
+            enqueued: Instant::now(),
+        });
+        self.publish_depth(&lanes, priority);
+        drop(lanes);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Puts a partly done task back at the head of its lane (no limit: it was already admitted).
+    pub fn requeue(&self, queued: Queued<T>) {
+        let mut lanes = self.lock();
+        let priority = queued.priority;
+        lanes.lane(priority).push_front(queued);
+        self.publish_depth(&lanes, priority);
+    }
+
+    /// The next live interactive task, if one waits; for workers that merge small tasks.
+    pub fn try_pop_interactive(&self) -> Option<T> {
+        let mut lanes = self.lock();
+        let task = self.take_live(&mut lanes, Priority::Interactive);
+        task.map(|q| q.task)
+    }
+
+    /// Blocks until a task is ready (interactive first) or the queue is closed and empty.
+    fn pop(&self) -> Option<Queued<T>> {
+        let mut lanes = self.lock();
+        loop {
+            for priority in [Priority::Interactive, Priority::Bulk] {
+                if let Some(queued) = self.take_live(&mut lanes, priority) {
+                    return Some(queued);
+                }
+            }
+            if lanes.closed {
+                return None;
+            }
+            lanes = self
+                .ready
+                .wait(lanes)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Pops from one lane, dropping abandoned tasks on the way; records the wait.
+    fn take_live(&self, lanes: &mut Lanes<T>, priority: Priority) -> Option<Queued<T>> {
+        while let Some(queued) = lanes.lane(priority).pop_front() {
+            self.publish_depth(lanes, priority);
+            let lane = priority.as_str();
+            if queued.task.abandoned() {
+                metrics::counter!("ragway_worker_abandoned_total", "worker" => self.name.clone(), "lane" => lane)
+                    .increment(1);
+                continue;
+            }
+            metrics::histogram!("ragway_worker_queue_wait_seconds", "worker" => self.name.clone(), "lane" => lane)
+                .record(queued.enqueued.elapsed().as_secs_f64());
+            return Some(queued);
+        }
+        None
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// What a worker does with the task it took: finish it (`None`), or hand it back to be continued
+/// after any interactive work that arrived meanwhile (`Some`).
+pub type Step<T> = Option<Queued<T>>;
+
+/// The handle to a worker thread; dropping it lets the thread finish its queue and stop.
+pub struct Worker<T: Task> {
+    queue: Arc<Queue<T>>,
+}
+
+impl<T: Task> Worker<T> {
+    /// Starts a thread named `name` that owns `state` (the model) and runs `handle` on each task.
+    pub fn spawn<S, F>(name: &str, limits: QueueLimits, mut state: S, mut handle: F) -> std::io::Result<Self>
+    where
+        S: Send + 'static,
+        F: FnMut(&mut S, Queued<T>, &Queue<T>) -> Step<T> + Send + 'static,
+    {
+        let queue = Arc::new(Queue::new(name, limits));
+        let worker_queue = queue.clone();
+        thread::Builder::new().name(name.to_string()).spawn(move || {
+            while let Some(queued) = worker_queue.pop() {
+                if let Some(rest) = handle(&mut state, queued, &worker_queue) {
+                    worker_queue.requeue(rest);
+                }
+            }
+            tracing::debug!(worker = worker_queue.name, "worker stopped");
+        })?;
+        Ok(Self { queue })
+    }
+
+    /// Queues a task, or refuses at once when its lane is full.
+    pub fn submit(&self, task: T, priority: Priority) -> Result<(), Overloaded> {
+        self.queue.push(task, priority)
+    }
+}
+
+impl<T: Task> Drop for Worker<T> {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    struct Probe {
+        label: &'static str,
+        done: mpsc::Sender<&'static str>,
+        gone: Arc<AtomicBool>,
+        /// Slices left; a bulk task hands itself back after each.
+        slices: usize,
+    }
+
+    impl Task for Probe {
+        fn abandoned(&self) -> bool {
+            self.gone.load(Ordering::Acquire)
+        }
+    }
+
+    fn probe(label: &'static str, done: &mpsc::Sender<&'static str>, slices: usize) -> Probe {
+        Probe {
+            label,
+            done: done.clone(),
+            gone: Arc::new(AtomicBool::new(false)),
+            slices,
+        }
+    }
+
+    /// A worker that waits on `gate` before its first task, so tasks can pile up first.
+    fn gated_worker(limits: QueueLimits) -> (Worker<Probe>, mpsc::Sender<()>) {
+        let (open, gate) = mpsc::channel::<()>();
+        let mut gate = Some(gate);
+        let worker = Worker::spawn("test", limits, (), move |_, mut queued: Queued<Probe>, _| {
+            if let Some(gate) = gate.take() {
+                let _ = gate.recv();
+            }
+            let _ = queued.task.done.send(queued.task.label);
+            queued.task.slices -= 1;
+            (queued.task.slices > 0).then_some(queued)
+        });
+        match worker {
+            Ok(worker) => (worker, open),
+            Err(e) => panic!("cannot spawn: {e}"),
+        }
+    }
+
+    fn order(done: &mpsc::Receiver<&'static str>, n: usize) -> Vec<&'static str> {
+        (0..n)
+            .map(|_| done.recv_timeout(Duration::from_secs(5)).unwrap_or("timeout"))
+            .collect()
+    }
+
+    #[test]
+    fn interactive_work_overtakes_bulk_between_slices() -> Result<(), Overloaded> {
+        let (done, results) = mpsc::channel();
+        let (worker, open) = gated_worker(QueueLimits::default());
+        worker.submit(probe("first", &done, 1), Priority::Interactive)?;
+        worker.submit(probe("bulk", &done, 3), Priority::Bulk)?;
+        worker.submit(probe("query", &done, 1), Priority::Interactive)?;
+        let _ = open.send(());
+        assert_eq!(order(&results, 2), ["first", "query"]);
+        assert_eq!(order(&results, 1), ["bulk"]);
+        // The bulk task is back at the head of its lane; a query sent now still goes first.
+        worker.submit(probe("late query", &done, 1), Priority::Interactive)?;
+        let rest = order(&results, 3);
+        assert!(rest.contains(&"late query"), "{rest:?}");
+        assert_eq!(rest.iter().filter(|l| **l == "bulk").count(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_lane_refuses_at_once_and_abandoned_tasks_never_run() -> Result<(), Overloaded> {
+        let (done, results) = mpsc::channel();
+        let limits = QueueLimits {
+            interactive: 2,
+            bulk: 1,
+        };
+        let (worker, open) = gated_worker(limits);
+        worker.submit(probe("running", &done, 1), Priority::Interactive)?;
+        // Let the worker take "running" and block on the gate.
+        std::thread::sleep(Duration::from_millis(50));
+        let abandoned = probe("abandoned", &done, 1);
+        let gone = abandoned.gone.clone();
+        worker.submit(abandoned, Priority::Interactive)?;
+        worker.submit(probe("kept", &done, 1), Priority::Interactive)?;
+        let refused = worker.submit(probe("refused", &done, 1), Priority::Interactive);
+        assert_eq!(refused.err().map(|e| e.lane), Some("interactive"));
+        worker.submit(probe("bulk", &done, 1), Priority::Bulk)?;
+        assert!(worker.submit(probe("bulk 2", &done, 1), Priority::Bulk).is_err());
+        gone.store(true, Ordering::Release);
+        let _ = open.send(());
+        assert_eq!(order(&results, 3), ["running", "kept", "bulk"]);
+        assert!(results.recv_timeout(Duration::from_millis(200)).is_err());
+        Ok(())
+    }
+}
