@@ -57,6 +57,7 @@ impl AppState {
         let queues = &config.queues;
         let embedder_options = BertEmbedderOptions {
             max_batch: config.retrieval.embed_batch,
+            bulk_slice: config.retrieval.embed_bulk_slice,
             device: device.clone(),
             queue: QueueLimits {
                 interactive: queues.embedder_interactive,
@@ -105,13 +106,16 @@ impl AppState {
         for (position, backend) in config.llm.iter().enumerate() {
             let generator: Arc<dyn Generator> = match &backend.kind {
                 LlmBackendKind::Local {
-                    model, dequantize, ..
+                    model,
+                    dequantize,
+                    context_tokens,
                 } => {
                     let started = Instant::now();
                     let path = models::gguf_file(model, cache_dir).await?;
                     let options = LocalLlmOptions {
                         device: device.clone(),
                         dequantize: *dequantize,
+                        context_tokens: *context_tokens,
                         queue: QueueLimits {
                             interactive: queues.local_llm,
                             bulk: 1,
@@ -227,8 +231,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/collections/{name}/documents/{id}",
             delete(collections::delete_document),
         )
-        .route("/v1/collections/{name}/jobs", get(jobs::of_collection))
-        .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/v1/collections/{name}/jobs", get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
         .route("/v1/collections/{name}/search", post(answers::search))
         .route("/v1/collections/{name}/query", post(answers::query))
         .route("/v1/embeddings", post(embeddings::embeddings))

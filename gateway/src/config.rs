@@ -136,6 +136,9 @@ pub struct RetrievalConfig {
     /// Fused hits the cross-encoder rescores.
     pub rerank_candidates: usize,
     pub embed_batch: usize,
+    /// Texts of bulk embedding work (ingestion, `/v1/embeddings`) embedded at a time; a query
+    /// waits behind at most this many.
+    pub embed_bulk_slice: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -177,6 +180,10 @@ pub enum LlmBackendKind {
         model: String,
         #[serde(default = "yes")]
         dequantize: bool,
+        /// Use at most this many tokens of the model's context window (prompt and answer); bounds
+        /// the prefill cost of one request on a CPU. Default: the model's whole window.
+        #[serde(default)]
+        context_tokens: Option<usize>,
     },
     /// An OpenAI-compatible chat completions server.
     Openai {
@@ -252,6 +259,7 @@ impl Default for Config {
                 kind: LlmBackendKind::Local {
                     model: models.join("smollm2-135m-instruct").display().to_string(),
                     dequantize: true,
+                    context_tokens: None,
                 },
             }],
         }
@@ -293,6 +301,7 @@ impl Default for RetrievalConfig {
             candidates: 100,
             rerank_candidates: 20,
             embed_batch: 32,
+            embed_bulk_slice: 8,
         }
     }
 }
@@ -426,8 +435,9 @@ impl Config {
         if r.candidates < r.max_top_k {
             problems.push("retrieval.candidates must be at least retrieval.max_top_k".to_string());
         }
-        if r.embed_batch == 0 {
-            problems.push("retrieval.embed_batch must be at least 1".to_string());
+        if r.embed_batch == 0 || r.embed_bulk_slice == 0 {
+            problems
+                .push("retrieval.embed_batch and retrieval.embed_bulk_slice must be at least 1".to_string());
         }
         if r.chunk_words < self.limits.min_chunk_words {
             problems.push(format!(

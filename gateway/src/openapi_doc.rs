@@ -11,7 +11,7 @@ use crate::routes::{admin, answers, collections, embeddings, health, jobs, opena
     paths(
         collections::create, collections::list, collections::get, collections::delete,
         collections::ingest, collections::delete_document,
-        jobs::get, jobs::cancel, jobs::of_collection,
+        jobs::get_job, jobs::cancel_job, jobs::list_jobs,
         answers::search, answers::query,
         embeddings::embeddings, openai::chat_completions, openai::models,
         health::healthz, health::readyz, health::metrics,

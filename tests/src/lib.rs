@@ -50,3 +50,17 @@ impl Reply {
         self.body.pointer("/error/code").and_then(Value::as_str)
     }
 }
+
+/// The value of one Prometheus sample, e.g. `ragway_answers_total{mode="normal"}`; 0 when absent.
+pub fn metric(exposition: &str, sample: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `ragway_answers_total{mode}`: answers given in `mode` so far.
+pub async fn answers_in_mode(server: &Server, mode: &str) -> anyhow::Result<f64> {
+    let text = server.get_text("/metrics").await?;
+    Ok(metric(&text, &format!("ragway_answers_total{{mode=\"{mode}\"}}")))
+}

@@ -31,6 +31,17 @@ pub enum Script {
     Slow { text: String, delay_ms: u64 },
     /// Stream the first `words` words of `text`, then break the connection (streamed requests).
     BreakAfter { text: String, words: usize },
+    /// Stream the first `words` words of `text`, then send nothing more and keep the connection
+    /// open (a stalled backend; streamed requests).
+    StallAfter { text: String, words: usize },
+}
+
+/// How a scripted stream ends.
+#[derive(Clone, Copy)]
+enum End {
+    Finish,
+    Break(usize),
+    Stall(usize),
 }
 
 #[derive(Clone)]
@@ -136,8 +147,9 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
                 .insert("retry-after", axum::http::HeaderValue::from(retry_after_s));
             response
         }
-        Script::Answer(text) if streamed => sse(&request, &text, None),
-        Script::BreakAfter { text, words } => sse(&request, &text, Some(words)),
+        Script::Answer(text) if streamed => sse(&request, &text, End::Finish),
+        Script::BreakAfter { text, words } => sse(&request, &text, End::Break(words)),
+        Script::StallAfter { text, words } => sse(&request, &text, End::Stall(words)),
         Script::Answer(text) => Json(json!({
             "id": "chatcmpl-scripted",
             "object": "chat.completion",
@@ -162,9 +174,9 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
     }
 }
 
-/// An OpenAI streaming response: one chunk per word, a usage chunk, `[DONE]`; or, with `break_after`,
-/// that many words and then a broken connection.
-fn sse(request: &Value, text: &str, break_after: Option<usize>) -> Response {
+/// An OpenAI streaming response: one chunk per word, a usage chunk, `[DONE]`; or some words and
+/// then a broken connection, or silence.
+fn sse(request: &Value, text: &str, end: End) -> Response {
     let model = request.get("model").cloned().unwrap_or(Value::Null);
     let words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
     let chunk = |delta: Value, usage: Value| {
@@ -176,21 +188,34 @@ fn sse(request: &Value, text: &str, break_after: Option<usize>) -> Response {
         Ok::<_, std::io::Error>(axum::body::Bytes::from(format!("data: {body}\n\n")))
     };
     let mut parts = Vec::new();
-    for word in words.iter().take(break_after.unwrap_or(usize::MAX)) {
+    let shown = match end {
+        End::Finish => usize::MAX,
+        End::Break(n) | End::Stall(n) => n,
+    };
+    for word in words.iter().take(shown) {
         parts.push(chunk(json!({"content": word}), Value::Null));
     }
-    match break_after {
-        Some(_) => parts.push(Err(std::io::Error::other("scripted connection break"))),
-        None => {
+    match end {
+        End::Break(_) => parts.push(Err(std::io::Error::other("scripted connection break"))),
+        End::Stall(_) => {}
+        End::Finish => {
             parts.push(chunk(Value::Null, json!({"prompt_tokens": 11, "completion_tokens": words.len(), "total_tokens": 11 + words.len()})));
             parts.push(Ok(axum::body::Bytes::from("data: [DONE]\n\n")));
         }
     }
+    let stall = matches!(end, End::Stall(_));
     // A short pause between chunks, so a break really happens mid-stream.
-    let body = futures::stream::iter(parts).then(|part| async move {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        part
-    });
+    let body = futures::stream::iter(parts)
+        .then(|part| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            part
+        })
+        .chain(futures::stream::once(async move {
+            if stall {
+                std::future::pending::<()>().await;
+            }
+            Ok(axum::body::Bytes::new())
+        }));
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(axum::body::Body::from_stream(body))

@@ -6,7 +6,7 @@
 mod common;
 
 use common::corpus;
-use ragway_e2e::{parse_sse, Script, ScriptedOpenAi, Server, ServerOptions, SseEvent};
+use ragway_e2e::{answers_in_mode, parse_sse, Script, ScriptedOpenAi, Server, ServerOptions, SseEvent};
 use serde_json::{json, Value};
 
 fn data(event: &SseEvent) -> Value {
@@ -40,7 +40,8 @@ async fn streamed_answers_carry_the_mode_and_survive_a_failing_backend() -> anyh
     let dir = tempfile::tempdir()?;
     let options = ServerOptions {
         config_toml: format!(
-            "[[llm]]\nname = \"primary\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"p\"\nmax_retries = 0\n\n\
+            "[resilience]\nstream_idle_timeout_ms = 700\n\n\
+             [[llm]]\nname = \"primary\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"p\"\nmax_retries = 0\n\n\
              [[llm]]\nname = \"secondary\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"s\"\nmax_retries = 0\n",
             primary.base_url, secondary.base_url
         ),
@@ -136,10 +137,58 @@ async fn streamed_answers_carry_the_mode_and_survive_a_failing_backend() -> anyh
     assert_eq!(first["ragway"]["mode"], "normal");
     assert_eq!(chunk_text(&body), "Nine bars [1].");
 
-    // A bare LLM of the pool, streamed.
+    // A bare LLM of the pool, streamed: its mode is the LLM's alone, in the header and the count.
+    let (normal, errors) = (
+        answers_in_mode(&server, "normal").await?,
+        answers_in_mode(&server, "error").await?,
+    );
     let bare = json!({"model": "secondary", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-    let (status, _, _, body) = server.post_stream("/v1/chat/completions", &bare).await?;
-    assert_eq!(status, 200);
+    let (status, mode, _, body) = server.post_stream("/v1/chat/completions", &bare).await?;
+    assert_eq!((status, mode.as_deref()), (200, Some("normal")));
     assert_eq!(chunk_text(&body), "about nine bars [1].");
+    assert_eq!(answers_in_mode(&server, "normal").await? - normal, 1.0);
+    assert_eq!(answers_in_mode(&server, "error").await? - errors, 0.0);
+
+    // Its only backend breaks off mid-answer: the stream says so with an OpenAI error object.
+    secondary.set(Script::BreakAfter {
+        text: "about nine bars".into(),
+        words: 1,
+    });
+    let (status, _, _, body) = server.post_stream("/v1/chat/completions", &bare).await?;
+    assert_eq!(status, 200, "the first token was already sent");
+    let error = parse_sse(&body)
+        .iter()
+        .map(data)
+        .find(|chunk| chunk.get("error").is_some())
+        .ok_or_else(|| anyhow::anyhow!("no error chunk in {body}"))?;
+    assert_eq!(error["error"]["code"], "llm_failed");
+    // It fails before its first token: a 503, not an empty 200.
+    secondary.set(Script::Status(500));
+    let (status, mode, _, body) = server.post_stream("/v1/chat/completions", &bare).await?;
+    assert_eq!((status, mode.as_deref()), (503, None), "{body}");
+    assert!(body.contains("llm_unavailable"), "{body}");
+
+    // The primary stalls after its first words: after the idle timeout the fallback continues,
+    // and the stall is announced as a timeout.
+    secondary.set(Script::Answer("about nine bars [1].".into()));
+    primary.set(Script::StallAfter {
+        text: "Espresso is brewed at nine bars".into(),
+        words: 2,
+    });
+    let (_, _, _, body) = server
+        .post_stream("/v1/collections/facts/query", &question)
+        .await?;
+    let events = parse_sse(&body);
+    let announced = events
+        .iter()
+        .find(|e| e.event == "degraded")
+        .ok_or_else(|| anyhow::anyhow!("no degraded event: {body}"))?;
+    assert_eq!(
+        data(announced)["degradation"],
+        json!({"stage": "llm:primary", "reason": "timeout"})
+    );
+    assert_eq!(deltas(&events), "Espresso is about nine bars [1].");
+    let done = data(&events[events.len() - 1]);
+    assert_eq!(done["mode"], "fallback_llm");
     server.stop().await
 }

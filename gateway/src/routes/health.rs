@@ -25,6 +25,9 @@ pub struct Readiness {
     reranker: Option<String>,
     /// Breaker state per dependency: `embedder`, `dense`, `keyword`, `reranker`, `llm:<backend>`.
     dependencies: BTreeMap<String, BreakerState>,
+    /// Collections that could not be opened at start-up, and why; they are not served, the
+    /// others are.
+    damaged_collections: BTreeMap<String, String>,
 }
 
 /// Liveness: the process is up and serving HTTP.
@@ -59,6 +62,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         embedder: pipeline.embedder.model_id().to_string(),
         reranker: pipeline.reranker.as_ref().map(|r| r.model_id().to_string()),
         dependencies,
+        damaged_collections: state.collections.damaged(),
     };
     let status = if body.ready {
         StatusCode::OK

@@ -10,7 +10,10 @@ use crate::error::ApiError;
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "documents",
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, description = "OK", body = JobStatus), (status = 404, description = "Not found", body = ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobStatus>, ApiError> {
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
     Ok(Json(state.jobs.get(&id)?))
 }
 
@@ -19,7 +22,7 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     params(("id" = String, Path, description = "Job id")),
     responses((status = 202, description = "Cancelling: the job stops after its current batch", body = JobStatus),
         (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)))]
-pub async fn cancel(
+pub async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(axum::http::StatusCode, Json<JobStatus>), ApiError> {
@@ -29,7 +32,7 @@ pub async fn cancel(
 #[utoipa::path(get, path = "/v1/collections/{name}/jobs", tag = "documents",
     params(("name" = String, Path, description = "Collection name")),
     responses((status = 200, description = "OK", body = JobList), (status = 404, description = "Not found", body = ErrorBody)))]
-pub async fn of_collection(
+pub async fn list_jobs(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<JobList>, ApiError> {

@@ -21,6 +21,8 @@ pub struct LocalLlmOptions {
     pub dequantize: bool,
     /// Seed for sampling when temperature > 0.
     pub seed: u64,
+    /// Use at most this many tokens of the model's context window; `None`: all of it.
+    pub context_tokens: Option<usize>,
     /// Admission control: how many requests may wait for the model.
     pub queue: QueueLimits,
 }
@@ -31,6 +33,7 @@ impl Default for LocalLlmOptions {
             device: Device::Cpu,
             dequantize: true,
             seed: 299_792_458,
+            context_tokens: None,
             queue: QueueLimits {
                 interactive: 8,
                 bulk: 0,

@@ -39,6 +39,7 @@ impl ChatModel {
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
             .unwrap_or(2048) as usize;
+        let context = options.context_tokens.map_or(context, |limit| limit.min(context));
         let stop_tokens = ["<|im_end|>", "<|endoftext|>"]
             .iter()
             .filter_map(|t| tokenizer.token_to_id(t))

@@ -18,6 +18,8 @@ pub struct BertEmbedderOptions {
     /// Longer inputs are truncated; all-MiniLM-L6-v2 was trained on 256.
     pub max_tokens: usize,
     pub device: Device,
+    /// Texts of a bulk job embedded at a time: a query waits behind at most this many.
+    pub bulk_slice: usize,
     /// Admission control: how many jobs may wait in each lane.
     pub queue: QueueLimits,
 }
@@ -28,6 +30,7 @@ impl Default for BertEmbedderOptions {
             max_batch: 32,
             max_tokens: 256,
             device: Device::Cpu,
+            bulk_slice: 8,
             queue: QueueLimits::default(),
         }
     }
@@ -63,8 +66,9 @@ impl BertEmbedder {
         let model = SentenceBert::load(dir, &options)?;
         let dimension = model.dimension;
         let max_batch = options.max_batch.max(1);
+        let slice = options.bulk_slice.clamp(1, max_batch);
         let worker = Worker::spawn("embedder", options.queue, model, move |model, queued, queue| {
-            step(model, queued, queue, max_batch)
+            step(model, queued, queue, max_batch, slice)
         })
         .map_err(|e| RetrievalError::Model(format!("cannot start embedder thread: {e}")))?;
         Ok(Self {
@@ -105,9 +109,15 @@ impl Embedder for BertEmbedder {
     }
 }
 
-/// One worker step: interactive jobs waiting together become one batch; a bulk job gets one batch
+/// One worker step: interactive jobs waiting together become one batch; a bulk job gets one slice
 /// and is handed back if texts remain.
-fn step(model: &mut SentenceBert, queued: Queued<Job>, queue: &Queue<Job>, max_batch: usize) -> Step<Job> {
+fn step(
+    model: &mut SentenceBert,
+    queued: Queued<Job>,
+    queue: &Queue<Job>,
+    max_batch: usize,
+    slice: usize,
+) -> Step<Job> {
     if queued.priority == Priority::Interactive {
         let mut jobs = vec![queued.task];
         let mut texts = jobs[0].texts.len();
@@ -124,7 +134,7 @@ fn step(model: &mut SentenceBert, queued: Queued<Job>, queue: &Queue<Job>, max_b
     let mut queued = queued;
     let job = &mut queued.task;
     let start = job.vectors.len();
-    let end = (start + max_batch).min(job.texts.len());
+    let end = (start + slice).min(job.texts.len());
     let slice: Vec<&str> = job.texts[start..end].iter().map(String::as_str).collect();
     match job.span.in_scope(|| model.embed(&slice, max_batch)) {
         Ok((vectors, tokens)) => {
