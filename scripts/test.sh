@@ -9,13 +9,15 @@ command -v python3 >/dev/null || { echo "python3 (with pip) is needed to fetch t
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}"
 
 scripts/fetch-models.sh
-# The end-to-end tests validate /openapi.json with openapi-spec-validator, kept in its own venv.
+# The end-to-end tests validate /openapi.json with openapi-spec-validator and fuzz the API with
+# schemathesis, both kept in their own venv.
 venv="$HOME/.cache/ragway/venv"
-if ! "$venv/bin/python" -c "import openapi_spec_validator" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import openapi_spec_validator" 2>/dev/null || ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "openapi-spec-validator==0.7.*"
+  "$venv/bin/pip" install --quiet "openapi-spec-validator==0.7.*" "schemathesis==4.32.5"
 fi
 export RAGWAY_PYTHON="$venv/bin/python"
+export RAGWAY_SCHEMATHESIS="$venv/bin/schemathesis"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 # The end-to-end tests start the real binary; build it before they run.

@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 async fn bad_input_gets_a_json_4xx_and_stores_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let options = ServerOptions {
-        config_toml: "[server]\nmax_body_bytes = 65536\nmax_query_chars = 200\n".into(),
+        config_toml: "[server]\nmax_body_bytes = 65536\nmax_query_chars = 200\n\n\
+            [limits]\nmax_document_bytes = 2000\nmax_metadata_bytes = 200\nmax_metadata_keys = 4\n\
+            max_chunks_per_request = 50\nmax_collections = 3\nmax_embedding_inputs = 8\nmax_embedding_input_chars = 500\n"
+            .into(),
         ..Default::default()
     };
     let server = Server::start(dir.path(), &options).await?;
@@ -182,6 +185,69 @@ async fn bad_input_gets_a_json_4xx_and_stores_nothing() -> anyhow::Result<()> {
             400,
             "invalid_input",
         ),
+        (
+            "embeddings: too many inputs (limits.max_embedding_inputs)",
+            "/v1/embeddings",
+            json!({"input": vec!["a"; 9]}),
+            400,
+            "invalid_input",
+        ),
+        (
+            "embeddings: input too long (limits.max_embedding_input_chars)",
+            "/v1/embeddings",
+            json!({"input": ["x".repeat(501)]}),
+            400,
+            "input_too_long",
+        ),
+        (
+            "document text over limits.max_document_bytes",
+            docs,
+            json!({"documents": [{"id": "big", "text": "word ".repeat(401)}]}),
+            400,
+            "document_too_large",
+        ),
+        (
+            "too many metadata keys",
+            docs,
+            json!({"documents": [{"id": "m", "text": "t", "metadata": {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}}]}),
+            400,
+            "metadata_too_large",
+        ),
+        (
+            "metadata over limits.max_metadata_bytes",
+            docs,
+            json!({"documents": [{"id": "m", "text": "t", "metadata": {"a": "x".repeat(200)}}]}),
+            400,
+            "metadata_too_large",
+        ),
+        (
+            "more chunks than limits.max_chunks_per_request",
+            docs,
+            json!({"documents": (0..30).map(|i| json!({"id": format!("c{i}"), "text": "word ".repeat(150)})).collect::<Vec<_>>()}),
+            400,
+            "too_many_chunks",
+        ),
+        (
+            "chunk_words under limits.min_chunk_words",
+            "/v1/collections",
+            json!({"name": "tiny", "chunk_words": 2, "chunk_overlap_words": 0}),
+            400,
+            "invalid_chunking",
+        ),
+        (
+            "a collection named like an LLM backend",
+            "/v1/collections",
+            json!({"name": "local"}),
+            400,
+            "name_taken_by_llm_backend",
+        ),
+        (
+            "max_tokens over generation.max_tokens_cap",
+            "/v1/chat/completions",
+            json!({"model": "local", "max_tokens": 5000, "messages": [{"role": "user", "content": "hi"}]}),
+            400,
+            "max_tokens_out_of_range",
+        ),
     ];
     for (what, path, body, status, code) in cases {
         let reply = server.post(path, &body).await?;
@@ -219,5 +285,24 @@ async fn bad_input_gets_a_json_4xx_and_stores_nothing() -> anyhow::Result<()> {
         (unknown_doc.status, unknown_doc.error_code()),
         (404, Some("document_not_found"))
     );
+
+    // limits.max_collections = 3: facts and two more, then a 409 naming the key.
+    for name in ["second", "third"] {
+        assert_eq!(
+            server
+                .post("/v1/collections", &json!({"name": name}))
+                .await?
+                .status,
+            201
+        );
+    }
+    let fourth = server.post("/v1/collections", &json!({"name": "fourth"})).await?;
+    assert_eq!(
+        (fourth.status, fourth.error_code()),
+        (409, Some("too_many_collections"))
+    );
+    assert!(fourth.body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("limits.max_collections")));
     server.stop().await
 }

@@ -1,4 +1,4 @@
-//! ragway's benchmark: `cargo bench -p ragway-gateway --bench ragway -- [embed|rerank|llm|search|resilience|all]`.
+//! ragway's benchmark: `cargo bench -p ragway-gateway --bench ragway -- [embed|rerank|llm|search|resilience|load|all]`.
 //! Prints Markdown tables (medians over repeated runs) for docs/BENCHMARKS.md.
 //!
 //! - embed: sentences/s of the candle MiniLM embedder at batch 32
@@ -8,9 +8,11 @@
 //!   (nDCG@10, Recall@100, MRR@10) of BM25, dense and hybrid RRF
 //! - resilience: the guard's cost on the normal path, and time to detect a hanging dependency and
 //!   to recover
+//! - load: the real binary under wrk and a mixed load with a fault (needs `wrk`)
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+mod load;
 mod quality;
 mod resilience;
 mod speed;
@@ -57,6 +59,9 @@ fn main() -> anyhow::Result<()> {
         }
         if what == "resilience" || what == "all" {
             resilience::run().await?;
+        }
+        if what == "load" || what == "all" {
+            load::run().await?;
         }
         Ok(())
     })
