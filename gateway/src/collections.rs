@@ -344,9 +344,10 @@ impl Collections {
             guard,
             timeout,
         } = &self.embedding;
+        // The batch's own timeout, not a query's: a batch embeds many texts.
         let deadline = Deadline::after(*timeout);
         let embedded = guard
-            .run(&deadline, embedder.embed(texts, Priority::Bulk))
+            .run_within(&deadline, *timeout, embedder.embed(texts, Priority::Bulk))
             .await
             .map_err(embed_failure)?;
         Ok(embedded.vectors)

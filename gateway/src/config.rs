@@ -301,7 +301,7 @@ impl Default for RetrievalConfig {
             candidates: 100,
             rerank_candidates: 20,
             embed_batch: 32,
-            embed_bulk_slice: 8,
+            embed_bulk_slice: 1,
         }
     }
 }

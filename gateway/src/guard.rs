@@ -255,6 +255,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_collection_dropped_mid_query_is_not_the_stores_fault() {
+        let guard = guard();
+        let deadline = Deadline::after(Duration::from_secs(5));
+        for _ in 0..5 {
+            let gone =
+                async { Err::<(), _>(ragway_retrieval::RetrievalError::UnknownCollection("c".into())) };
+            assert!(matches!(
+                guard.run(&deadline, gone).await,
+                Err(Failure::Rejected(_))
+            ));
+        }
+        assert_eq!(guard.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
     async fn dependency_failures_open_it() {
         for status in [None, Some(500), Some(429), Some(408)] {
             let guard = guard();

@@ -243,6 +243,7 @@ async fn ingestion_jobs_can_be_followed_listed_and_cancelled() -> anyhow::Result
     assert!(done < 200, "cancelled after {done} documents");
     let documents = server.get("/v1/collections/jobs").await?.body["documents"].as_u64();
     assert_eq!(documents, Some(16 + done));
+
     server.stop().await
 }
 
@@ -299,6 +300,24 @@ async fn damaged_manifests_drops_during_ingest_and_recreated_names_are_safe() ->
         (recreated["documents"].clone(), recreated["epoch"].clone()),
         (json!(0), json!(0))
     );
+    // A client that leaves mid-write does not leave the write half done: it completes.
+    check(
+        &server.post("/v1/collections", &json!({"name": "left"})).await?,
+        201,
+        "left",
+    );
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()?;
+    let left = impatient
+        .post(server.url("/v1/collections/left/documents"))
+        .json(&docs("left", 150))
+        .send()
+        .await;
+    assert!(left.is_err(), "the client was meant to give up first");
+    let jobs = settled_jobs(&server, "left").await?;
+    assert_eq!(jobs.last().map(|j| j["state"].clone()), Some(json!("done")));
+    assert_eq!(server.get("/v1/collections/left").await?.body["documents"], 150);
     server.stop().await?;
 
     // A damaged manifest takes its collection out of service, not the server.
@@ -310,7 +329,7 @@ async fn damaged_manifests_drops_during_ingest_and_recreated_names_are_safe() ->
         "{:?}",
         ready.body
     );
-    assert_eq!(ready.body["collections"], 2, "good and racy still serve");
+    assert_eq!(ready.body["collections"], 3, "good, racy and left still serve");
     assert_eq!(
         engines_finding(&server, "good", "good-1").await?,
         ["dense", "keyword"]

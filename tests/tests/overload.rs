@@ -25,6 +25,20 @@ async fn an_abandoned_bulk_request_never_starves_queries() -> anyhow::Result<()>
     let server = Server::start(dir.path(), &ServerOptions::default()).await?;
     server.post("/v1/collections", &json!({"name": "facts"})).await?;
     server.post("/v1/collections/facts/documents", &corpus()).await?;
+    // A batch of ingestion (64 chunks by default) takes longer than one query's embed timeout
+    // (2 s) on a CPU; it has its own, and is not cut short.
+    let many: Vec<Value> = (0..130)
+        .map(|i| json!({"id": format!("bulk-{i}"), "text": format!("Bulk document {i}. ") + &"Rivers carry sediment from the mountains to the sea and build wide deltas over many centuries. ".repeat(6)}))
+        .collect();
+    let ingested = server
+        .post("/v1/collections/facts/documents", &json!({"documents": many}))
+        .await?;
+    assert_eq!(
+        (ingested.status, ingested.body["indexed"].clone()),
+        (200, json!(130)),
+        "{:?}",
+        ingested.body
+    );
 
     // 256 long inputs take the embedder many seconds; the client gives up after 2 s.
     let url = server.url("/v1/embeddings");
@@ -175,6 +189,17 @@ async fn requests_that_cannot_succeed_never_open_a_shared_breaker() -> anyhow::R
     for _ in 0..3 {
         assert_eq!(server.post("/v1/chat/completions", &chat).await?.status, 503);
     }
+    // A finite but absurd Retry-After is capped, not a panic: no retry fits the deadline.
+    refusing.set(Script::RateLimited {
+        retry_after_s: u64::MAX,
+        times: 5,
+        then: "late".into(),
+    });
+    let limited = server.post("/v1/chat/completions", &chat).await?;
+    assert_eq!(
+        (limited.status, limited.error_code()),
+        (503, Some("llm_unavailable"))
+    );
     let ready = server.get("/readyz").await?.body;
     assert_eq!(ready["dependencies"]["llm:local"], "closed", "{ready:?}");
     assert_eq!(ready["dependencies"]["llm:refusing"], "closed", "{ready:?}");

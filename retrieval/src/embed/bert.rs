@@ -30,7 +30,7 @@ impl Default for BertEmbedderOptions {
             max_batch: 32,
             max_tokens: 256,
             device: Device::Cpu,
-            bulk_slice: 8,
+            bulk_slice: 1,
             queue: QueueLimits::default(),
         }
     }
