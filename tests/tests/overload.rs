@@ -205,3 +205,49 @@ async fn requests_that_cannot_succeed_never_open_a_shared_breaker() -> anyhow::R
     assert_eq!(ready["dependencies"]["llm:refusing"], "closed", "{ready:?}");
     server.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_llm_queue_degrades_answers_at_once_instead_of_queueing_them() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        config_toml: "[queues]\nlocal_llm = 1\n".into(),
+        ..Default::default()
+    };
+    let server = Server::start(dir.path(), &options).await?;
+    server.post("/v1/collections", &json!({"name": "facts"})).await?;
+    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    // Five questions at once for a model that answers one at a time and lets one wait.
+    let server = &server;
+    let asked = (0..5).map(|i| {
+        let body = json!({"query": format!("At what pressure is espresso brewed? ({i})"), "top_k": 2});
+        async move { server.post("/v1/collections/facts/query", &body).await }
+    });
+    let replies = futures::future::join_all(asked).await;
+    let mut overloaded = 0;
+    for reply in replies {
+        let reply = reply?;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        match reply.body["mode"].as_str() {
+            Some("normal") => assert_eq!(reply.body["stages"]["llm"], "local"),
+            Some("extractive") => {
+                assert_eq!(
+                    reply.body["degraded"],
+                    json!([{"stage": "llm:local", "reason": "overloaded"}])
+                );
+                overloaded += 1;
+            }
+            other => panic!("unexpected mode {other:?}: {:?}", reply.body),
+        }
+    }
+    assert!(overloaded >= 1, "no answer was turned away");
+    let metrics = server.get_text("/metrics").await?;
+    assert!(
+        metric(
+            &metrics,
+            "ragway_worker_rejected_total{worker=\"llm-local\",lane=\"interactive\"}"
+        ) >= 1.0
+    );
+    let ready = server.get("/readyz").await?.body;
+    assert_eq!(ready["dependencies"]["llm:local"], "closed", "{ready:?}");
+    Ok(())
+}
