@@ -101,18 +101,7 @@ pub async fn start(job: StreamJob) -> mpsc::Receiver<AnswerEvent> {
 }
 
 async fn drive(mut job: StreamJob, events: mpsc::Sender<AnswerEvent>) {
-    let pool = &job.state.pipeline.llm;
-    let only = job.only.clone();
-    let mut tried: Vec<String> = Vec::new();
-    let mut opened = pool
-        .open_stream(
-            &job.request,
-            &job.deadline,
-            &mut job.report,
-            only.as_deref(),
-            &tried,
-        )
-        .await;
+    let mut opened = open(&mut job, &[], None).await;
     if opened.is_none() {
         job.report.authorship = Some(Authorship::Extractive);
     }
@@ -125,65 +114,27 @@ async fn drive(mut job: StreamJob, events: mpsc::Sender<AnswerEvent>) {
     if events.send(meta).await.is_err() {
         return;
     }
-    let mut answer = String::new();
-    let mut usage = TokenUsage::default();
     if opened.is_none() && !job.fallback_text.is_empty() {
-        let _ = events
-            .send(AnswerEvent::Delta {
-                text: job.fallback_text.clone(),
-            })
-            .await;
+        let text = job.fallback_text.clone();
+        let _ = events.send(AnswerEvent::Delta { text }).await;
     }
-    while let Some(OpenedStream {
-        backend,
-        first,
-        mut rest,
-    }) = opened.take()
-    {
-        tried.push(backend.clone());
-        answer.push_str(&first);
-        if !first.is_empty() && events.send(AnswerEvent::Delta { text: first }).await.is_err() {
-            return;
-        }
-        let failed = match relay(&job, &backend, &mut rest, &events, &mut answer, &mut usage).await {
-            Relayed::Finished => None,
+    let mut written = Written::default();
+    while let Some(stream) = opened.take() {
+        let backend = stream.backend.clone();
+        written.tried.push(backend.clone());
+        let reason = match relay(&job, stream, &events, &mut written).await {
+            Relayed::Finished => break,
             Relayed::ClientGone => return,
-            Relayed::Broke(reason) => Some(reason),
+            Relayed::Broke(reason) => reason,
         };
-        let Some(reason) = failed else { break };
+        job.report.degrade(format!("llm:{backend}"), reason);
         if reason == DegradationReason::Deadline {
-            // No time left to continue elsewhere: the answer ends here, cut short.
-            job.report.degrade(format!("llm:{backend}"), reason);
-            break;
+            break; // no time left to continue elsewhere: the answer ends here, cut short
         }
-        // Continue the same answer on the next backend.
-        let degradation = Degradation {
-            stage: format!("llm:{backend}"),
-            reason,
+        opened = match fail_over(&mut job, &written, &backend, reason, &events).await {
+            Some(next) => next,
+            None => return,
         };
-        job.report.degrade(degradation.stage.clone(), degradation.reason);
-        let mut request = job.request.clone();
-        request
-            .messages
-            .push(ChatMessage::new(Role::Assistant, answer.clone()));
-        opened = pool
-            .open_stream(&request, &job.deadline, &mut job.report, only.as_deref(), &tried)
-            .await;
-        match &opened {
-            Some(next) => job.report.authorship = Some(Authorship::Fallback(next.backend.clone())),
-            None => job.report.authorship = Some(Authorship::Extractive),
-        }
-        let announce = AnswerEvent::Degraded {
-            degradation,
-            mode: job.report.mode(),
-        };
-        if events.send(announce).await.is_err() {
-            return;
-        }
-        if opened.is_none() && !job.fallback_text.is_empty() {
-            let text = format!("\n\n{}", job.fallback_text);
-            let _ = events.send(AnswerEvent::Delta { text }).await;
-        }
     }
     job.report.finish();
     let mode = job.report.mode();
@@ -192,10 +143,69 @@ async fn drive(mut job: StreamJob, events: mpsc::Sender<AnswerEvent>) {
         mode,
         degraded: job.report.degraded(),
         stages: job.report.stages(),
-        usage,
+        usage: written.usage,
         timings_ms: job.report.timings_ms.clone(),
     };
     let _ = events.send(done).await;
+}
+
+/// What the answer holds so far, across backends.
+#[derive(Default)]
+struct Written {
+    answer: String,
+    usage: TokenUsage,
+    /// Backends that streamed part of it.
+    tried: Vec<String>,
+}
+
+/// The first backend down the pool's order (skipping `tried`) whose stream produces text;
+/// `continuing` is the partial answer it is asked to continue.
+async fn open(job: &mut StreamJob, tried: &[String], continuing: Option<&str>) -> Option<OpenedStream> {
+    let mut request = job.request.clone();
+    if let Some(partial) = continuing {
+        request
+            .messages
+            .push(ChatMessage::new(Role::Assistant, partial.to_string()));
+    }
+    let pool = &job.state.pipeline.llm;
+    pool.open_stream(
+        &request,
+        &job.deadline,
+        &mut job.report,
+        job.only.as_deref(),
+        tried,
+    )
+    .await
+}
+
+/// After `backend` broke off: the next backend continuing the answer (`Some(None)` when none can,
+/// the extractive text then follows), announced to the client; `None` when the client has left.
+async fn fail_over(
+    job: &mut StreamJob,
+    written: &Written,
+    backend: &str,
+    reason: DegradationReason,
+    events: &mpsc::Sender<AnswerEvent>,
+) -> Option<Option<OpenedStream>> {
+    let opened = open(job, &written.tried, Some(&written.answer)).await;
+    job.report.authorship = Some(match &opened {
+        Some(next) => Authorship::Fallback(next.backend.clone()),
+        None => Authorship::Extractive,
+    });
+    let degradation = Degradation {
+        stage: format!("llm:{backend}"),
+        reason,
+    };
+    let announce = AnswerEvent::Degraded {
+        degradation,
+        mode: job.report.mode(),
+    };
+    events.send(announce).await.ok()?;
+    if opened.is_none() && !job.fallback_text.is_empty() {
+        let text = format!("\n\n{}", job.fallback_text);
+        let _ = events.send(AnswerEvent::Delta { text }).await;
+    }
+    Some(opened)
 }
 
 /// How relaying one backend's stream ended.
@@ -210,12 +220,19 @@ enum Relayed {
 /// Forwards a backend's text to the client until it finishes, fails, stalls or runs out of time.
 async fn relay(
     job: &StreamJob,
-    backend: &str,
-    rest: &mut ragway_llm::TokenStream,
+    stream: OpenedStream,
     events: &mpsc::Sender<AnswerEvent>,
-    answer: &mut String,
-    usage: &mut TokenUsage,
+    written: &mut Written,
 ) -> Relayed {
+    let OpenedStream {
+        backend,
+        first,
+        mut rest,
+    } = stream;
+    written.answer.push_str(&first);
+    if !first.is_empty() && events.send(AnswerEvent::Delta { text: first }).await.is_err() {
+        return Relayed::ClientGone;
+    }
     let idle = job.state.pipeline.settings.stream_idle_timeout;
     loop {
         let left = job.deadline.remaining();
@@ -224,14 +241,14 @@ async fn relay(
             Err(_) if left <= idle => return Relayed::Broke(DegradationReason::Deadline),
             Err(_) => {
                 tracing::warn!(backend, idle_ms = idle.as_millis() as u64, "LLM stream stalled");
-                job.state.pipeline.llm.charge_failure(backend);
+                job.state.pipeline.llm.charge_failure(&backend);
                 return Relayed::Broke(DegradationReason::Timeout);
             }
         };
         match next {
             None => return Relayed::Finished,
             Some(Ok(StreamEvent::Text(text))) => {
-                answer.push_str(&text);
+                written.answer.push_str(&text);
                 if events.send(AnswerEvent::Delta { text }).await.is_err() {
                     return Relayed::ClientGone; // dropping the stream stops generation
                 }
@@ -240,9 +257,9 @@ async fn relay(
                 prompt_tokens,
                 completion_tokens,
             })) => {
-                count_tokens(backend, prompt_tokens, completion_tokens);
-                usage.prompt_tokens += prompt_tokens;
-                usage.completion_tokens += completion_tokens;
+                count_tokens(&backend, prompt_tokens, completion_tokens);
+                written.usage.prompt_tokens += prompt_tokens;
+                written.usage.completion_tokens += completion_tokens;
             }
             Some(Err(e)) => {
                 tracing::warn!(backend, error = %e, "LLM stream broke off");

@@ -43,10 +43,8 @@ pub async fn create(
             .unwrap_or(config.retrieval.chunk_overlap_words),
     };
     validate::chunking(chunking, config.limits.min_chunk_words)?;
-    let info = state
-        .collections
-        .create(&request.name, chunking, config.limits.max_collections)
-        .await?;
+    let (collections, max) = (state.collections.clone(), config.limits.max_collections);
+    let info = to_completion(async move { collections.create(&request.name, chunking, max).await }).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -70,8 +68,19 @@ pub async fn get(
     params(("name" = String, Path, description = "Collection name")),
     responses((status = 204, description = "No content"), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    state.collections.drop_collection(&name).await?;
+    let collections = state.collections.clone();
+    to_completion(async move { collections.drop_collection(&name).await }).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs a change to the stores on a task of its own, so that a client that disconnects cannot cut
+/// it in half.
+async fn to_completion<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| ApiError::Internal(format!("a store change failed: {e}")))?
 }
 
 #[utoipa::path(post, path = "/v1/collections/{name}/documents", tag = "documents", request_body = IngestRequest,
@@ -122,7 +131,9 @@ pub async fn delete_document(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<DeleteDocumentResponse>, ApiError> {
-    let (chunks_removed, epoch) = state.collections.delete_document(&name, &id).await?;
+    let (collections, doc) = (state.collections.clone(), id.clone());
+    let (chunks_removed, epoch) =
+        to_completion(async move { collections.delete_document(&name, &doc).await }).await?;
     Ok(Json(DeleteDocumentResponse {
         id,
         chunks_removed,
