@@ -22,7 +22,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::breaker::BreakerSettings;
 use crate::collections::{Collections, IngestEmbedding};
-use crate::config::{Config, LlmBackendKind};
+use crate::config::{Config, LlmBackendKind, ModelBackend};
 use crate::faults::Faults;
 use crate::guard::Guard;
 use crate::jobs::{JobSettings, Jobs};
@@ -55,7 +55,9 @@ impl AppState {
         let started = Instant::now();
         let embedder_dir = models::model_dir(&config.models.embedder, cache_dir, &MODEL_FILES).await?;
         let queues = &config.queues;
+        let onnx = models::onnx_for(config.models.embedder_backend, &embedder_dir, &config.models)?;
         let embedder_options = BertEmbedderOptions {
+            onnx,
             max_batch: config.retrieval.embed_batch,
             bulk_slice: config.retrieval.embed_bulk_slice,
             device: device.clone(),
@@ -65,12 +67,14 @@ impl AppState {
             },
             ..Default::default()
         };
-        let embedder: Arc<dyn Embedder> = Arc::new(BertEmbedder::load(
+        let embedder = load_embedder(
             &embedder_dir,
             &model_id(&config.models.embedder),
             embedder_options,
-        )?);
-        tracing::info!(dir = %embedder_dir.display(), seconds = started.elapsed().as_secs_f32(), "embedder loaded");
+            &config,
+        )?;
+        tracing::info!(dir = %embedder_dir.display(), backend = embedder.backend(), seconds = started.elapsed().as_secs_f32(), "embedder loaded");
+        metrics::gauge!("ragway_model_backend", "model" => "embedder", "backend" => embedder.backend().to_string()).set(1.0);
 
         let reranker: Option<Arc<dyn Reranker>> = if config.models.reranker.is_empty() {
             None
@@ -212,6 +216,29 @@ impl AppState {
             admin_key,
             metrics,
         })
+    }
+}
+
+/// The embedder on the backend `options` name; under `auto`, an ONNX Runtime that fails to load
+/// (a wrong library, say) falls back to candle with a warning.
+fn load_embedder(
+    dir: &std::path::Path,
+    id: &str,
+    options: BertEmbedderOptions,
+    config: &Config,
+) -> anyhow::Result<Arc<dyn Embedder>> {
+    let auto = config.models.embedder_backend == ModelBackend::Auto;
+    match BertEmbedder::load(dir, id, options.clone()) {
+        Ok(embedder) => Ok(Arc::new(embedder)),
+        Err(e) if auto && options.onnx.is_some() => {
+            tracing::warn!(error = %e, "the embedder cannot run on ONNX Runtime; running it on candle");
+            let candle = BertEmbedderOptions {
+                onnx: None,
+                ..options
+            };
+            Ok(Arc::new(BertEmbedder::load(dir, id, candle)?))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -121,6 +121,22 @@ pub struct ModelsConfig {
     pub reranker: String,
     /// Use a GPU when built with the `cuda` feature and one is present.
     pub use_gpu: bool,
+    /// What runs the embedder: `onnx` (ONNX Runtime), `candle`, or `auto` (onnx when its runtime
+    /// and the model's `model.onnx` are present, otherwise candle).
+    pub embedder_backend: ModelBackend,
+    pub reranker_backend: ModelBackend,
+    /// ONNX Runtime's shared library (scripts/fetch-models.sh puts it in the model cache).
+    pub onnx_runtime: PathBuf,
+    /// Intra-op threads of each ONNX Runtime session; 0: one per core.
+    pub onnx_threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelBackend {
+    Auto,
+    Onnx,
+    Candle,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -284,8 +300,12 @@ impl Default for ModelsConfig {
         Self {
             embedder: cache_dir.join("all-minilm-l6-v2").display().to_string(),
             reranker: String::new(),
+            onnx_runtime: cache_dir.join("onnxruntime-1.31.1/libonnxruntime.so.1.31.1"),
             cache_dir,
             use_gpu: true,
+            embedder_backend: ModelBackend::Auto,
+            reranker_backend: ModelBackend::Auto,
+            onnx_threads: 0,
         }
     }
 }

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use ragway_retrieval::OnnxRuntime;
+
+use crate::config::{ModelBackend, ModelsConfig};
 
 const HF_PREFIX: &str = "hf:";
 
@@ -92,4 +95,39 @@ async fn hf_download(repo: &str, file: &str, target: &Path) -> anyhow::Result<()
     std::fs::write(&partial, &bytes)?;
     std::fs::rename(&partial, target)?;
     Ok(())
+}
+
+/// The ONNX Runtime a model in `dir` runs on, or `None` for candle. `auto` takes ONNX Runtime when
+/// its library and the model's `model.onnx` are present; `onnx` requires them.
+pub fn onnx_for(
+    backend: ModelBackend,
+    dir: &Path,
+    models: &ModelsConfig,
+) -> anyhow::Result<Option<OnnxRuntime>> {
+    let threads = match models.onnx_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let runtime = OnnxRuntime {
+        library: models.onnx_runtime.clone(),
+        threads,
+    };
+    let graph = dir.join("model.onnx");
+    let missing: Vec<String> = [&runtime.library, &graph]
+        .into_iter()
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    match (backend, missing.is_empty()) {
+        (ModelBackend::Candle, _) => Ok(None),
+        (_, true) => Ok(Some(runtime)),
+        (ModelBackend::Onnx, false) => bail!(
+            "backend onnx needs {}: run scripts/fetch-models.sh (it fetches ONNX Runtime and writes the graph)",
+            missing.join(" and ")
+        ),
+        (ModelBackend::Auto, false) => {
+            tracing::info!(missing = ?missing, "ONNX Runtime or the model's graph is missing: running it on candle (scripts/fetch-models.sh provides both)");
+            Ok(None)
+        }
+    }
 }

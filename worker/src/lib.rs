@@ -6,8 +6,12 @@
 //! A full lane refuses at once ([`Overloaded`]) instead of letting the queue grow, and a task
 //! whose caller has gone (deadline passed, client disconnected) is dropped before it runs.
 //!
+//! [`onnx`] holds what every ONNX Runtime model shares: the runtime, loaded once per process.
+//!
 //! Metrics: `ragway_worker_queue_depth{worker,lane}`, `ragway_worker_queue_wait_seconds{worker,lane}`,
 //! `ragway_worker_rejected_total{worker,lane}`, `ragway_worker_abandoned_total{worker,lane}`.
+
+pub mod onnx;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -22,6 +22,8 @@ pub struct Readiness {
     ready: bool,
     collections: usize,
     embedder: String,
+    /// What runs the embedder: `onnx` or `candle`.
+    embedder_backend: String,
     reranker: Option<String>,
     /// Breaker state per dependency: `embedder`, `dense`, `keyword`, `reranker`, `llm:<backend>`.
     dependencies: BTreeMap<String, BreakerState>,
@@ -60,6 +62,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         ready: collections.is_ok() && (dense_path || usable(&guards.keyword)),
         collections: collections.map(|c| c.len()).unwrap_or(0),
         embedder: pipeline.embedder.model_id().to_string(),
+        embedder_backend: pipeline.embedder.backend().to_string(),
         reranker: pipeline.reranker.as_ref().map(|r| r.model_id().to_string()),
         dependencies,
         damaged_collections: state.collections.damaged(),

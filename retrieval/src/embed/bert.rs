@@ -1,11 +1,14 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
+use ort::session::Session;
+use ort::value::Tensor;
+use ragway_worker::onnx::{self, ort, OnnxRuntime};
 use ragway_worker::{Priority, Queue, QueueLimits, Queued, Step, Task, Worker};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
 
 use super::{Embedder, Embeddings};
@@ -22,6 +25,8 @@ pub struct BertEmbedderOptions {
     pub bulk_slice: usize,
     /// Admission control: how many jobs may wait in each lane.
     pub queue: QueueLimits,
+    /// Run the encoder on ONNX Runtime (`model.onnx` beside the weights) instead of candle.
+    pub onnx: Option<OnnxRuntime>,
 }
 
 impl Default for BertEmbedderOptions {
@@ -32,6 +37,7 @@ impl Default for BertEmbedderOptions {
             device: Device::Cpu,
             bulk_slice: 1,
             queue: QueueLimits::default(),
+            onnx: None,
         }
     }
 }
@@ -58,6 +64,7 @@ pub struct BertEmbedder {
     worker: Worker<Job>,
     model_id: String,
     dimension: usize,
+    backend: &'static str,
 }
 
 impl BertEmbedder {
@@ -65,6 +72,10 @@ impl BertEmbedder {
     pub fn load(dir: &Path, model_id: &str, options: BertEmbedderOptions) -> Result<Self, RetrievalError> {
         let model = SentenceBert::load(dir, &options)?;
         let dimension = model.dimension;
+        let backend = match model.engine {
+            Engine::Candle { .. } => "candle",
+            Engine::Onnx(_) => "onnx",
+        };
         let max_batch = options.max_batch.max(1);
         let slice = options.bulk_slice.clamp(1, max_batch);
         let worker = Worker::spawn("embedder", options.queue, model, move |model, queued, queue| {
@@ -75,6 +86,7 @@ impl BertEmbedder {
             worker,
             model_id: model_id.to_string(),
             dimension,
+            backend,
         })
     }
 }
@@ -87,6 +99,10 @@ impl Embedder for BertEmbedder {
 
     fn dimension(&self) -> usize {
         self.dimension
+    }
+
+    fn backend(&self) -> &str {
+        self.backend
     }
 
     async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Embeddings, RetrievalError> {
@@ -160,7 +176,7 @@ fn step(
 }
 
 /// Embeds several jobs' texts together and answers each.
-fn embed_whole(model: &SentenceBert, jobs: Vec<Job>, max_batch: usize) {
+fn embed_whole(model: &mut SentenceBert, jobs: Vec<Job>, max_batch: usize) {
     let texts: Vec<&str> = jobs
         .iter()
         .flat_map(|j| j.texts.iter().map(String::as_str))
@@ -185,10 +201,16 @@ fn embed_whole(model: &SentenceBert, jobs: Vec<Job>, max_batch: usize) {
     }
 }
 
+/// What runs the encoder: candle, or an ONNX Runtime session over the graph written from the same
+/// weights (scripts/onnx/build_bert_onnx.py: pooling and normalisation are inside the graph).
+enum Engine {
+    Candle { model: Box<BertModel>, device: Device },
+    Onnx(Session),
+}
+
 struct SentenceBert {
-    model: BertModel,
+    engine: Engine,
     tokenizer: Tokenizer,
-    device: Device,
     dimension: usize,
 }
 
@@ -200,37 +222,33 @@ impl SentenceBert {
         };
         let config: Config = serde_json::from_slice(&read("config.json")?)
             .map_err(|e| RetrievalError::Model(format!("bad config.json: {e}")))?;
-        let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
-            .map_err(|e| RetrievalError::Model(format!("bad tokenizer.json: {e}")))?;
-        // The shipped tokenizer pads every input to a fixed 128 tokens; pad to the longest input of
-        // each batch instead and truncate at the model's real window.
-        let padding = PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..tokenizer.get_padding().cloned().unwrap_or_default()
+        let tokenizer = tokenizer(&read("tokenizer.json")?, options.max_tokens)?;
+        let engine = match &options.onnx {
+            Some(runtime) => Engine::Onnx(
+                onnx::session(&runtime.library, &dir.join("model.onnx"), runtime.threads)
+                    .map_err(RetrievalError::Model)?,
+            ),
+            None => {
+                // Read into memory instead of mmap: candle's mmap constructor is `unsafe`, which
+                // the workspace forbids, and a 90 MB copy at start-up costs nothing that matters.
+                let weights = read("model.safetensors")?;
+                let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &options.device)
+                    .map_err(|e| RetrievalError::Model(format!("cannot load model.safetensors: {e}")))?;
+                Engine::Candle {
+                    model: Box::new(BertModel::load(vb, &config)?),
+                    device: options.device.clone(),
+                }
+            }
         };
-        tokenizer.with_padding(Some(padding));
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: options.max_tokens,
-                ..Default::default()
-            }))
-            .map_err(|e| RetrievalError::Model(format!("bad truncation: {e}")))?;
-        // Read into memory instead of mmap: candle's mmap constructor is `unsafe`, which the
-        // workspace forbids, and a 90 MB copy at start-up costs nothing that matters.
-        let vb =
-            VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, &options.device)
-                .map_err(|e| RetrievalError::Model(format!("cannot load model.safetensors: {e}")))?;
-        let model = BertModel::load(vb, &config)?;
         Ok(Self {
-            model,
+            engine,
             tokenizer,
-            device: options.device.clone(),
             dimension: config.hidden_size,
         })
     }
 
     /// Embeds texts sorted by length so that each batch pads little, then restores input order.
-    fn embed(&self, texts: &[&str], max_batch: usize) -> Result<(Vec<Vec<f32>>, usize), RetrievalError> {
+    fn embed(&mut self, texts: &[&str], max_batch: usize) -> Result<(Vec<Vec<f32>>, usize), RetrievalError> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
@@ -247,7 +265,7 @@ impl SentenceBert {
             // Padding is on the right, so cutting every row at this batch's longest input only
             // drops padding.
             let width = batch.iter().map(|&i| lengths[i]).max().unwrap_or(0).max(1);
-            let rows: Vec<&tokenizers::Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
+            let rows: Vec<&Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
             for (&i, v) in batch.iter().zip(self.forward(&rows, width)?) {
                 vectors[i] = v;
             }
@@ -255,31 +273,93 @@ impl SentenceBert {
         Ok((vectors, tokens))
     }
 
-    fn forward(&self, rows: &[&tokenizers::Encoding], width: usize) -> Result<Vec<Vec<f32>>, RetrievalError> {
-        let ids = stack(rows, |e| e.get_ids(), width, &self.device)?;
-        let mask = stack(rows, |e| e.get_attention_mask(), width, &self.device)?;
-        let type_ids = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
-        // Mean over real tokens only, then L2 normalisation: sentence-transformers' pooling.
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-        let counts = mask.sum(1)?;
-        let mean = summed.broadcast_div(&counts)?;
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?;
-        let unit = mean.broadcast_div(&norms)?;
-        Ok(unit.to_vec2::<f32>()?)
+    fn forward(&mut self, rows: &[&Encoding], width: usize) -> Result<Vec<Vec<f32>>, RetrievalError> {
+        match &mut self.engine {
+            Engine::Candle { model, device } => candle_forward(model, device, rows, width),
+            Engine::Onnx(session) => onnx_forward(session, rows, width, self.dimension),
+        }
     }
 }
 
+fn candle_forward(
+    model: &BertModel,
+    device: &Device,
+    rows: &[&Encoding],
+    width: usize,
+) -> Result<Vec<Vec<f32>>, RetrievalError> {
+    let ids = stack(rows, |e| e.get_ids(), width, device)?;
+    let mask = stack(rows, |e| e.get_attention_mask(), width, device)?;
+    let type_ids = ids.zeros_like()?;
+    let hidden = model.forward(&ids, &type_ids, Some(&mask))?;
+    // Mean over real tokens only, then L2 normalisation: sentence-transformers' pooling.
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+    let counts = mask.sum(1)?;
+    let mean = summed.broadcast_div(&counts)?;
+    let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?;
+    let unit = mean.broadcast_div(&norms)?;
+    Ok(unit.to_vec2::<f32>()?)
+}
+
+fn onnx_forward(
+    session: &mut Session,
+    rows: &[&Encoding],
+    width: usize,
+    dimension: usize,
+) -> Result<Vec<Vec<f32>>, RetrievalError> {
+    let onnx_error = |e: ort::Error| RetrievalError::Model(format!("onnx: {e}"));
+    let shape = [rows.len(), width];
+    let matrix = |field: fn(&Encoding) -> &[u32]| {
+        let values: Vec<i64> = rows
+            .iter()
+            .flat_map(|e| field(e)[..width].iter().map(|&v| i64::from(v)))
+            .collect();
+        Tensor::from_array((shape, values))
+    };
+    let ids = matrix(Encoding::get_ids).map_err(onnx_error)?;
+    let mask = matrix(Encoding::get_attention_mask).map_err(onnx_error)?;
+    let types = Tensor::from_array((shape, vec![0_i64; rows.len() * width])).map_err(onnx_error)?;
+    let outputs = session
+        .run(ort::inputs![
+            "input_ids" => ids,
+            "attention_mask" => mask,
+            "token_type_ids" => types,
+        ])
+        .map_err(onnx_error)?;
+    let (_, values) = outputs["sentence_embedding"]
+        .try_extract_tensor::<f32>()
+        .map_err(onnx_error)?;
+    Ok(values.chunks(dimension).map(<[f32]>::to_vec).collect())
+}
+
+/// The model's tokenizer, padding each batch to its longest input (the shipped one pads every
+/// input to a fixed 128 tokens) and truncating at `max_tokens`.
+fn tokenizer(json: &[u8], max_tokens: usize) -> Result<Tokenizer, RetrievalError> {
+    let mut tokenizer =
+        Tokenizer::from_bytes(json).map_err(|e| RetrievalError::Model(format!("bad tokenizer.json: {e}")))?;
+    let padding = PaddingParams {
+        strategy: PaddingStrategy::BatchLongest,
+        ..tokenizer.get_padding().cloned().unwrap_or_default()
+    };
+    tokenizer.with_padding(Some(padding));
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: max_tokens,
+            ..Default::default()
+        }))
+        .map_err(|e| RetrievalError::Model(format!("bad truncation: {e}")))?;
+    Ok(tokenizer)
+}
+
 fn stack(
-    rows: &[&tokenizers::Encoding],
-    field: impl Fn(&tokenizers::Encoding) -> &[u32],
+    rows: &[&Encoding],
+    field: impl Fn(&Encoding) -> &[u32],
     width: usize,
     device: &Device,
-) -> Result<Tensor, RetrievalError> {
+) -> Result<candle_core::Tensor, RetrievalError> {
     let rows = rows
         .iter()
-        .map(|e| Tensor::new(&field(e)[..width], device))
+        .map(|e| candle_core::Tensor::new(&field(e)[..width], device))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::stack(&rows, 0)?)
+    Ok(candle_core::Tensor::stack(&rows, 0)?)
 }

@@ -20,6 +20,8 @@ pub trait Embedder: Send + Sync {
     /// Identifies the model; part of the embedding cache key.
     fn model_id(&self) -> &str;
     fn dimension(&self) -> usize;
+    /// What runs the model: `candle` or `onnx`.
+    fn backend(&self) -> &str;
     /// `priority` picks the worker's lane: queries go before bulk work.
     async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Embeddings, RetrievalError>;
 }
