@@ -29,7 +29,7 @@ use crate::jobs::{JobSettings, Jobs};
 use crate::llm_pool::{Backend, LlmPool};
 use crate::pipeline::{Pipeline, PipelineSettings, StageGuards};
 use crate::rerank_cost::RerankCost;
-use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai};
+use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank};
 use crate::{models, openapi_doc};
 
 const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
@@ -287,6 +287,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/collections/{name}/search", post(answers::search))
         .route("/v1/collections/{name}/query", post(answers::query))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/rerank", post(rerank::rerank))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/healthz", get(health::healthz))

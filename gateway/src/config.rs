@@ -43,6 +43,10 @@ pub struct LimitsConfig {
     pub max_embedding_inputs: usize,
     /// Characters of one `/v1/embeddings` input.
     pub max_embedding_input_chars: usize,
+    /// Documents of one `/v1/rerank` request.
+    pub max_rerank_documents: usize,
+    /// Characters of one `/v1/rerank` document.
+    pub max_rerank_document_chars: usize,
 }
 
 /// Ingestion: small requests are answered when durable; larger ones, and `"wait": false`, become
@@ -366,6 +370,8 @@ impl Default for LimitsConfig {
             max_collections: 256,
             max_embedding_inputs: 512,
             max_embedding_input_chars: 8_192,
+            max_rerank_documents: 256,
+            max_rerank_document_chars: 8_192,
         }
     }
 }

@@ -23,6 +23,9 @@ pub enum ApiError {
     CollectionExists(String),
     #[error("job `{0}` does not exist")]
     JobNotFound(String),
+    /// The route needs a part this server is not configured with.
+    #[error("{0}")]
+    NotConfigured(String),
     /// The request conflicts with the server's state (a limit reached, a finished job).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -60,7 +63,8 @@ impl ApiError {
             Self::CollectionNotFound(_)
             | Self::DocumentNotFound { .. }
             | Self::ModelNotFound(_)
-            | Self::JobNotFound(_) => StatusCode::NOT_FOUND,
+            | Self::JobNotFound(_)
+            | Self::NotConfigured(_) => StatusCode::NOT_FOUND,
             Self::CollectionExists(_) | Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -78,6 +82,7 @@ impl ApiError {
             | Self::Conflict { code, .. }
             | Self::Busy { code, .. } => code,
             Self::JobNotFound(_) => "job_not_found",
+            Self::NotConfigured(_) => "not_configured",
             Self::CollectionNotFound(_) => "collection_not_found",
             Self::DocumentNotFound { .. } => "document_not_found",
             Self::CollectionExists(_) => "collection_exists",

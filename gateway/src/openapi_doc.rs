@@ -3,7 +3,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::Modify;
 
-use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai};
+use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,7 +13,7 @@ use crate::routes::{admin, answers, collections, embeddings, health, jobs, opena
         collections::ingest, collections::delete_document,
         jobs::get_job, jobs::cancel_job, jobs::list_jobs,
         answers::search, answers::query,
-        embeddings::embeddings, openai::chat_completions, openai::models,
+        embeddings::embeddings, rerank::rerank, openai::chat_completions, openai::models,
         health::healthz, health::readyz, health::metrics,
         admin::set_fault, admin::list_faults, admin::clear_faults,
     ),

@@ -264,9 +264,9 @@ impl Pipeline {
         report.record_time("rerank", started);
         let (scores, status) = settle(report, "rerank", scores);
         report.rerank = status;
-        if let Some(scores) = scores {
+        if let Some(scored) = scores {
             self.rerank_cost.record(fused.len(), started.elapsed());
-            for (hit, score) in fused.iter_mut().zip(scores) {
+            for (hit, score) in fused.iter_mut().zip(scored.scores) {
                 hit.score = score;
             }
             fused.sort_by(|a, b| b.score.total_cmp(&a.score));

@@ -173,6 +173,36 @@ pub fn embedding_inputs(texts: &[String], limits: &LimitsConfig) -> Result<(), A
     Ok(())
 }
 
+/// `/v1/rerank` documents: 1 to `limits.max_rerank_documents`, none empty or longer than
+/// `limits.max_rerank_document_chars`.
+pub fn rerank_documents(documents: &[String], limits: &LimitsConfig) -> Result<(), ApiError> {
+    let max = limits.max_rerank_documents;
+    if documents.is_empty() || documents.len() > max {
+        return Err(ApiError::invalid(
+            "invalid_documents",
+            format!("send 1 to {max} documents (limits.max_rerank_documents)"),
+        ));
+    }
+    let max_chars = limits.max_rerank_document_chars;
+    for (i, text) in documents.iter().enumerate() {
+        if text.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "empty_document",
+                format!("document {i} is empty"),
+            ));
+        }
+        if text.chars().count() > max_chars {
+            return Err(ApiError::invalid(
+                "document_too_long",
+                format!(
+                    "document {i} is longer than {max_chars} characters (limits.max_rerank_document_chars)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn query_text(query: &str, max_chars: usize) -> Result<(), ApiError> {
     if query.trim().is_empty() {
         return Err(ApiError::invalid("empty_query", "query is empty"));

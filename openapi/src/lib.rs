@@ -8,9 +8,11 @@ mod chat;
 mod collections;
 mod embeddings;
 mod error;
+mod rerank;
 
 pub use answer::*;
 pub use chat::*;
 pub use collections::*;
 pub use embeddings::*;
 pub use error::*;
+pub use rerank::*;

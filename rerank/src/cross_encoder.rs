@@ -10,7 +10,7 @@ use ragway_worker::{Priority, QueueLimits, Queued, Task, Worker};
 use tokenizers::{EncodeInput, Encoding, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
 
-use crate::{RerankError, Reranker};
+use crate::{RerankError, Reranker, Scores};
 
 #[derive(Debug, Clone)]
 pub struct CrossEncoderOptions {
@@ -40,7 +40,7 @@ impl Default for CrossEncoderOptions {
 struct Job {
     query: String,
     passages: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<f32>, RerankError>>,
+    reply: oneshot::Sender<Result<Scores, RerankError>>,
     span: tracing::Span,
 }
 
@@ -97,9 +97,9 @@ impl Reranker for CrossEncoder {
         self.backend
     }
 
-    async fn score(&self, query: String, passages: Vec<String>) -> Result<Vec<f32>, RerankError> {
+    async fn score(&self, query: String, passages: Vec<String>) -> Result<Scores, RerankError> {
         if passages.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Scores::default());
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -181,17 +181,30 @@ impl SequenceClassifier {
         query: &str,
         passages: &[String],
         max_batch: usize,
-    ) -> Result<Vec<f32>, RerankError> {
-        let mut scores = Vec::with_capacity(passages.len());
+    ) -> Result<Scores, RerankError> {
+        let mut scored = Scores::default();
         for batch in passages.chunks(max_batch) {
-            let logits = self.logits(query, batch)?;
-            scores.extend(logits.iter().map(|row| row.last().copied().unwrap_or(f32::NAN)));
+            let (logits, tokens) = self.logits_and_tokens(query, batch)?;
+            scored.tokens += tokens;
+            scored
+                .scores
+                .extend(logits.iter().map(|row| row.last().copied().unwrap_or(f32::NAN)));
         }
-        Ok(scores)
+        Ok(scored)
     }
 
     /// Raw classifier logits, one row of labels per passage.
+    #[cfg(test)]
     pub(crate) fn logits(&mut self, query: &str, passages: &[String]) -> Result<Vec<Vec<f32>>, RerankError> {
+        Ok(self.logits_and_tokens(query, passages)?.0)
+    }
+
+    /// Logits, and the real (unpadded) tokens of the pairs.
+    fn logits_and_tokens(
+        &mut self,
+        query: &str,
+        passages: &[String],
+    ) -> Result<(Vec<Vec<f32>>, usize), RerankError> {
         let inputs: Vec<EncodeInput> = passages
             .iter()
             .map(|p| EncodeInput::Dual(query.into(), p.as_str().into()))
@@ -200,10 +213,15 @@ impl SequenceClassifier {
             .tokenizer
             .encode_batch(inputs, true)
             .map_err(|e| RerankError::Model(format!("tokenizer: {e}")))?;
-        match &mut self.engine {
-            Engine::Candle(model) => Ok(model.logits(&encodings)?.to_vec2::<f32>()?),
-            Engine::Onnx(session) => onnx_logits(session, &encodings),
-        }
+        let tokens = encodings
+            .iter()
+            .map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count())
+            .sum();
+        let logits = match &mut self.engine {
+            Engine::Candle(model) => model.logits(&encodings)?.to_vec2::<f32>()?,
+            Engine::Onnx(session) => onnx_logits(session, &encodings)?,
+        };
+        Ok((logits, tokens))
     }
 }
 
@@ -372,13 +390,15 @@ mod tests {
         let query = "what is the capital of france".to_string();
         let cases: Vec<&Expected> = expected.iter().filter(|e| e.query == query).collect();
         let passages = cases.iter().map(|e| e.passage.clone()).collect();
-        let scores = reranker.score(query, passages).await?;
+        let scored = reranker.score(query, passages).await?;
+        assert!(scored.tokens > cases.len(), "{}", scored.tokens);
+        let scores = scored.scores;
         assert_eq!(scores.len(), cases.len());
         for (score, case) in scores.iter().zip(&cases) {
             let last = case.logits[case.logits.len() - 1];
             assert!((score - last).abs() < 1e-4);
         }
-        assert!(reranker.score("q".into(), vec![]).await?.is_empty());
+        assert!(reranker.score("q".into(), vec![]).await?.scores.is_empty());
         Ok(())
     }
 }

@@ -106,28 +106,45 @@ fn random_minilm_cross_encoder(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the ONNX graph of the classifier in `dir` with the venv scripts/fetch-models.sh prepared.
+fn build_classifier_graph(dir: &Path) -> anyhow::Result<()> {
+    let python = models_dir().join(".onnx-venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/onnx/build_bert_onnx.py");
+    let status = std::process::Command::new(&python)
+        .arg(script)
+        .arg(dir)
+        .arg("classifier")
+        .status()?;
+    anyhow::ensure!(status.success(), "{} failed to write the graph: run scripts/fetch-models.sh", python.display());
+    Ok(())
+}
+
+/// 20 (query, passage) pairs per call, candle and ONNX Runtime side by side.
 pub async fn rerank() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     random_minilm_cross_encoder(dir.path())?;
-    let reranker = CrossEncoder::load(dir.path(), "random-minilm-l6", CrossEncoderOptions::default())?;
-    let query = "what causes left ventricular hypertrophy".to_string();
-    let docs = passages(20);
-    reranker.score(query.clone(), docs.clone()).await?;
-    let mut rates = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
+    build_classifier_graph(dir.path())?;
+    println!("\n### Cross-encoder (MiniLM-L6 shape, random weights, CPU)\n");
+    println!("| backend | pairs per call | median pairs/s | median ms per call |\n|---|---|---|---|");
+    for onnx in [None, Some(onnx_runtime())] {
+        let backend = if onnx.is_some() { "onnx" } else { "candle" };
+        let options = CrossEncoderOptions {
+            onnx,
+            ..Default::default()
+        };
+        let reranker = CrossEncoder::load(dir.path(), "random-minilm-l6", options)?;
+        let query = "what causes left ventricular hypertrophy".to_string();
+        let docs = passages(20);
         reranker.score(query.clone(), docs.clone()).await?;
-        rates.push(docs.len() as f64 / started.elapsed().as_secs_f64());
+        let mut rates = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            reranker.score(query.clone(), docs.clone()).await?;
+            rates.push(docs.len() as f64 / started.elapsed().as_secs_f64());
+        }
+        let m = median(rates);
+        println!("| {backend} | {} | {m:.1} | {:.0} |", docs.len(), docs.len() as f64 / m * 1e3);
     }
-    println!("\n### Cross-encoder (MiniLM-L6 shape, random weights, candle, CPU)\n");
-    println!("| pairs per call | median pairs/s | median ms per call |\n|---|---|---|");
-    let m = median(rates);
-    println!(
-        "| {} | {:.1} | {:.0} |",
-        docs.len(),
-        m,
-        docs.len() as f64 / m * 1e3
-    );
     Ok(())
 }
 

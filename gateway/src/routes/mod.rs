@@ -5,4 +5,5 @@ pub mod embeddings;
 pub mod health;
 pub mod jobs;
 pub mod openai;
+pub mod rerank;
 pub mod streams;

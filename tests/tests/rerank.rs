@@ -1,0 +1,109 @@
+//! `POST /v1/rerank` over HTTP: scores equal PyTorch's for the tiny cross-encoder fixture (random
+//! weights, scripts/fixtures/make_tiny_cross_encoder.py), best first, with `top_n`,
+//! `return_documents`, usage, and the bad-input rules.
+
+use std::path::Path;
+
+use ragway_e2e::{Server, ServerOptions};
+use serde_json::{json, Value};
+
+fn fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../rerank/tests/fixtures/tiny-bert-classifier")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rerank_scores_orders_and_refuses_bad_input() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        config_toml: format!("[models]\nreranker = \"{}\"\n", fixture().display()),
+        ..Default::default()
+    };
+    let server = Server::start(dir.path(), &options).await?;
+    let ready = server.get("/readyz").await?.body;
+    assert_eq!(ready["reranker_backend"], "onnx", "{ready:?}");
+
+    let expected: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(fixture().join("expected_logits.json"))?)?;
+    let query = "what is the capital of france";
+    let cases: Vec<&Value> = expected.iter().filter(|e| e["query"] == query).collect();
+    let documents: Vec<&str> = cases.iter().filter_map(|c| c["passage"].as_str()).collect();
+    let reply = server
+        .post(
+            "/v1/rerank",
+            &json!({"query": query, "documents": documents, "return_documents": true}),
+        )
+        .await?;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let results = reply.body["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), documents.len());
+    let scores: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r["relevance_score"].as_f64())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+    for result in &results {
+        let index = result["index"].as_u64().unwrap_or(u64::MAX) as usize;
+        let logits = cases[index]["logits"].as_array().cloned().unwrap_or_default();
+        let logit = logits.last().and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let sigmoid = 1.0 / (1.0 + (-logit).exp());
+        let got = result["relevance_score"].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            (got - sigmoid).abs() < 1e-4,
+            "document {index}: {got} vs PyTorch {sigmoid}"
+        );
+        assert_eq!(result["document"]["text"], documents[index]);
+    }
+    assert!(reply.body["usage"]["total_tokens"]
+        .as_u64()
+        .is_some_and(|t| t > documents.len() as u64));
+
+    let top = server
+        .post(
+            "/v1/rerank",
+            &json!({"query": query, "documents": documents, "top_n": 1}),
+        )
+        .await?;
+    assert_eq!(top.body["results"].as_array().map(Vec::len), Some(1));
+    assert_eq!(top.body["results"][0]["index"], results[0]["index"]);
+    assert!(top.body["results"][0].get("document").is_none());
+
+    let cases = [
+        (json!({"query": " ", "documents": ["a"]}), 400, "empty_query"),
+        (json!({"query": "q", "documents": []}), 400, "invalid_documents"),
+        (
+            json!({"query": "q", "documents": vec!["d"; 257]}),
+            400,
+            "invalid_documents",
+        ),
+        (
+            json!({"query": "q", "documents": ["x".repeat(8_193)]}),
+            400,
+            "document_too_long",
+        ),
+        (
+            json!({"query": "q", "documents": ["a"], "top_n": 0}),
+            400,
+            "top_n_out_of_range",
+        ),
+        (
+            json!({"query": "q", "documents": ["a"], "model": "other"}),
+            404,
+            "model_not_found",
+        ),
+        (json!({"query": "q", "docs": ["a"]}), 400, "invalid_body"),
+    ];
+    for (body, status, code) in cases {
+        let reply = server.post("/v1/rerank", &body).await?;
+        assert_eq!((reply.status, reply.error_code()), (status, Some(code)), "{body}");
+    }
+    server.stop().await?;
+
+    // Without a reranker the route says so.
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &ServerOptions::default()).await?;
+    let reply = server
+        .post("/v1/rerank", &json!({"query": "q", "documents": ["a"]}))
+        .await?;
+    assert_eq!((reply.status, reply.error_code()), (404, Some("not_configured")));
+    server.stop().await
+}
