@@ -137,11 +137,31 @@ pub async fn search() -> anyhow::Result<()> {
             .iter()
             .map(|(id, text)| json!({"id": id, "text": text}))
             .collect();
+        // Background jobs (they run one at a time); waited for below.
         http.post(format!("{base}/v1/collections/trec/documents"))
-            .json(&json!({ "documents": documents }))
+            .json(&json!({ "documents": documents, "wait": false }))
             .send()
             .await?
             .error_for_status()?;
+    }
+    loop {
+        let jobs: Value = http
+            .get(format!("{base}/v1/collections/trec/jobs"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let states: Vec<&str> = jobs["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|j| j["state"].as_str())
+            .collect();
+        anyhow::ensure!(!states.contains(&"failed"), "an ingest job failed: {jobs}");
+        if states.iter().all(|s| *s == "done") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let ingest_s = started.elapsed().as_secs_f64();
     let info: Value = http

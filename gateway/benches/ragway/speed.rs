@@ -115,7 +115,11 @@ fn build_classifier_graph(dir: &Path) -> anyhow::Result<()> {
         .arg(dir)
         .arg("classifier")
         .status()?;
-    anyhow::ensure!(status.success(), "{} failed to write the graph: run scripts/fetch-models.sh", python.display());
+    anyhow::ensure!(
+        status.success(),
+        "{} failed to write the graph: run scripts/fetch-models.sh",
+        python.display()
+    );
     Ok(())
 }
 
@@ -143,7 +147,11 @@ pub async fn rerank() -> anyhow::Result<()> {
             rates.push(docs.len() as f64 / started.elapsed().as_secs_f64());
         }
         let m = median(rates);
-        println!("| {backend} | {} | {m:.1} | {:.0} |", docs.len(), docs.len() as f64 / m * 1e3);
+        println!(
+            "| {backend} | {} | {m:.1} | {:.0} |",
+            docs.len(),
+            docs.len() as f64 / m * 1e3
+        );
     }
     Ok(())
 }
