@@ -325,7 +325,7 @@ impl Default for RetrievalConfig {
             candidates: 100,
             rerank_candidates: 20,
             embed_batch: 32,
-            embed_bulk_slice: 1,
+            embed_bulk_slice: 2,
         }
     }
 }

@@ -35,7 +35,7 @@ impl Default for BertEmbedderOptions {
             max_batch: 32,
             max_tokens: 256,
             device: Device::Cpu,
-            bulk_slice: 1,
+            bulk_slice: 2,
             queue: QueueLimits::default(),
             onnx: None,
         }
@@ -44,7 +44,11 @@ impl Default for BertEmbedderOptions {
 
 struct Job {
     texts: Vec<String>,
-    /// Texts embedded so far (a bulk job is embedded one batch at a time).
+    /// The order a bulk job's slices take: shortest texts first, so that each slice pads little.
+    order: Vec<usize>,
+    /// How many texts of `order` are embedded.
+    done: usize,
+    /// By input position; filled slice by slice.
     vectors: Vec<Vec<f32>>,
     tokens: usize,
     reply: oneshot::Sender<Result<Embeddings, RetrievalError>>,
@@ -113,8 +117,13 @@ impl Embedder for BertEmbedder {
             });
         }
         let (reply, answer) = oneshot::channel();
+        // Characters stand in for tokens here; the model sorts each slice by its real tokens.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
         let job = Job {
-            vectors: Vec::with_capacity(texts.len()),
+            vectors: vec![Vec::new(); texts.len()],
+            order,
+            done: 0,
             texts,
             tokens: 0,
             reply,
@@ -149,12 +158,14 @@ fn step(
     }
     let mut queued = queued;
     let job = &mut queued.task;
-    let start = job.vectors.len();
-    let end = (start + slice).min(job.texts.len());
-    let slice: Vec<&str> = job.texts[start..end].iter().map(String::as_str).collect();
-    match job.span.in_scope(|| model.embed(&slice, max_batch)) {
+    let positions = &job.order[job.done..(job.done + slice).min(job.texts.len())];
+    let texts: Vec<&str> = positions.iter().map(|&i| job.texts[i].as_str()).collect();
+    match job.span.in_scope(|| model.embed(&texts, max_batch)) {
         Ok((vectors, tokens)) => {
-            job.vectors.extend(vectors);
+            for (&i, vector) in positions.iter().zip(vectors) {
+                job.vectors[i] = vector;
+            }
+            job.done += positions.len();
             job.tokens += tokens;
         }
         Err(e) => {
@@ -162,7 +173,7 @@ fn step(
             return None;
         }
     }
-    if job.vectors.len() < job.texts.len() {
+    if job.done < job.texts.len() {
         return Some(queued);
     }
     let Job {
