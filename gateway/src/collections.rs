@@ -362,14 +362,18 @@ impl Collections {
         embedded: Vec<EmbeddedChunk>,
         chunks: Vec<Chunk>,
     ) -> Result<(), ApiError> {
-        let result = async {
+        // The two stores are independent: each replaces its old version, and they run at once.
+        let dense = async {
             self.dense.delete_documents(name, doc_ids.to_vec()).await?;
-            self.keyword.delete_documents(name, doc_ids.to_vec()).await?;
             self.dense.upsert(name, embedded).await?;
-            self.keyword.upsert(name, chunks).await?;
             self.dense.flush(name).await
-        }
-        .await;
+        };
+        let keyword = async {
+            self.keyword.delete_documents(name, doc_ids.to_vec()).await?;
+            self.keyword.upsert(name, chunks).await
+        };
+        let (dense, keyword) = tokio::join!(dense, keyword);
+        let result = dense.and(keyword);
         if let Err(e) = result {
             tracing::error!(collection = name, error = %e, "write failed; removing the documents from both stores");
             let dense = self.dense.delete_documents(name, doc_ids.to_vec()).await;

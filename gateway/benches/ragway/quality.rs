@@ -118,7 +118,8 @@ pub async fn search() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| scratch.path().to_path_buf());
     let reuse = data_dir.join("collections/trec.json").is_file();
-    let mut config = Config::default();
+    // The shipped defaults, and any RAGWAY__SECTION__KEY overrides from the environment.
+    let mut config = Config::load(None, &Default::default()).map_err(anyhow::Error::msg)?;
     config.server.data_dir = data_dir;
     let (state, base) = crate::serve(config).await?;
     let http = reqwest::Client::new();
