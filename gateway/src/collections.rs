@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 
 use crate::deadline::Deadline;
 use crate::durable;
-use crate::error::ApiError;
-use crate::guard::{Failure, Guard};
+use crate::error::{ApiError, ModelStage};
+use crate::guard::Guard;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
@@ -349,7 +349,7 @@ impl Collections {
         let embedded = guard
             .run_within(&deadline, *timeout, embedder.embed(texts, Priority::Bulk))
             .await
-            .map_err(embed_failure)?;
+            .map_err(|failure| ApiError::from_stage(ModelStage::Embedder, failure))?;
         Ok(embedded.vectors)
     }
 
@@ -441,22 +441,6 @@ fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOp
             })
         })
         .collect()
-}
-
-/// An ingestion embedding that did not happen: busy (retry later) or broken.
-fn embed_failure(failure: Failure<ragway_retrieval::RetrievalError>) -> ApiError {
-    match failure {
-        Failure::Overloaded(_) | Failure::BreakerOpen => ApiError::Busy {
-            code: "embedder_busy",
-            message: format!("the embedder cannot take this work now ({failure}); retry later"),
-            retry_after_s: 2,
-        },
-        Failure::Rejected(e) => e.into(),
-        other => ApiError::Unavailable {
-            code: "embedder_unavailable",
-            message: format!("the embedder did not answer: {other}"),
-        },
-    }
 }
 
 fn read<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockReadGuard<'_, T>, ApiError> {

@@ -131,6 +131,49 @@ impl From<RetrievalError> for ApiError {
     }
 }
 
+/// A model stage a route calls directly (`/v1/embeddings`, `/v1/rerank`, ingestion's embedding).
+#[derive(Debug, Clone, Copy)]
+pub enum ModelStage {
+    Embedder,
+    Reranker,
+}
+
+impl ApiError {
+    /// What a route answers when `stage` produced nothing: busy (a full queue, an open breaker:
+    /// 503 with `Retry-After`) or unavailable (503); a caller's own error keeps its status.
+    pub fn from_stage<E>(stage: ModelStage, failure: crate::guard::Failure<E>) -> Self
+    where
+        E: std::fmt::Display + Into<ApiError>,
+    {
+        use crate::guard::Failure;
+        let (busy, unavailable, name) = match stage {
+            ModelStage::Embedder => ("embedder_busy", "embedder_unavailable", "embedder"),
+            ModelStage::Reranker => ("reranker_busy", "reranker_unavailable", "reranker"),
+        };
+        match failure {
+            Failure::Rejected(e) => e.into(),
+            Failure::Overloaded(_) | Failure::BreakerOpen => Self::Busy {
+                code: busy,
+                message: format!("the {name} cannot take this work now ({failure}); retry later"),
+                retry_after_s: 1,
+            },
+            other => Self::Unavailable {
+                code: unavailable,
+                message: format!("the {name} did not answer: {other}"),
+            },
+        }
+    }
+}
+
+impl From<ragway_rerank::RerankError> for ApiError {
+    fn from(e: ragway_rerank::RerankError) -> Self {
+        Self::Unavailable {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {

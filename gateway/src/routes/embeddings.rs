@@ -6,8 +6,7 @@ use ragway_openapi::{EmbeddingData, EmbeddingUsage, EmbeddingsRequest, Embedding
 use ragway_retrieval::Priority;
 
 use crate::app::AppState;
-use crate::error::{ApiError, ApiJson};
-use crate::guard::Failure;
+use crate::error::{ApiError, ApiJson, ModelStage};
 use crate::routes::answers::deadline;
 use crate::validate;
 
@@ -49,17 +48,7 @@ pub async fn embeddings(
         .embed
         .run_within(&deadline, timeout, embedder.embed(texts, priority))
         .await
-        .map_err(|failure| match failure {
-            Failure::Overloaded(_) => ApiError::Busy {
-                code: "embedder_busy",
-                message: format!("{failure}; retry later"),
-                retry_after_s: 1,
-            },
-            _ => ApiError::Unavailable {
-                code: "embedder_unavailable",
-                message: format!("the embedder did not answer: {failure}"),
-            },
-        })?;
+        .map_err(|failure| ApiError::from_stage(ModelStage::Embedder, failure))?;
     Ok(Json(EmbeddingsResponse {
         object: "list".into(),
         data: embeddings

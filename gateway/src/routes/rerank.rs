@@ -5,8 +5,7 @@ use axum::Json;
 use ragway_openapi::{ErrorBody, RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage};
 
 use crate::app::AppState;
-use crate::error::{ApiError, ApiJson};
-use crate::guard::Failure;
+use crate::error::{ApiError, ApiJson, ModelStage};
 use crate::routes::answers::deadline;
 use crate::validate;
 
@@ -46,17 +45,7 @@ pub async fn rerank(
             reranker.score(request.query, request.documents.clone()),
         )
         .await
-        .map_err(|failure| match failure {
-            Failure::Overloaded(_) => ApiError::Busy {
-                code: "reranker_busy",
-                message: format!("{failure}; retry later"),
-                retry_after_s: 1,
-            },
-            _ => ApiError::Unavailable {
-                code: "reranker_unavailable",
-                message: format!("the reranker did not answer: {failure}"),
-            },
-        })?;
+        .map_err(|failure| ApiError::from_stage(ModelStage::Reranker, failure))?;
     let mut results: Vec<RerankResult> = scored
         .scores
         .iter()
