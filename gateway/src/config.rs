@@ -129,10 +129,19 @@ pub struct ModelsConfig {
     /// and the model's `model.onnx` are present, otherwise candle).
     pub embedder_backend: ModelBackend,
     pub reranker_backend: ModelBackend,
-    /// ONNX Runtime's shared library (scripts/fetch-models.sh puts it in the model cache).
-    pub onnx_runtime: PathBuf,
+    /// ONNX Runtime's shared library; unset: the one scripts/fetch-models.sh puts in `cache_dir`.
+    pub onnx_runtime: Option<PathBuf>,
     /// Intra-op threads of each ONNX Runtime session; 0: one per core.
     pub onnx_threads: usize,
+}
+
+impl ModelsConfig {
+    /// ONNX Runtime's shared library: `onnx_runtime`, or where scripts/fetch-models.sh puts it.
+    pub fn onnx_library(&self) -> PathBuf {
+        self.onnx_runtime
+            .clone()
+            .unwrap_or_else(|| self.cache_dir.join("onnxruntime-1.31.1/libonnxruntime.so.1.31.1"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -304,7 +313,7 @@ impl Default for ModelsConfig {
         Self {
             embedder: cache_dir.join("all-minilm-l6-v2").display().to_string(),
             reranker: String::new(),
-            onnx_runtime: cache_dir.join("onnxruntime-1.31.1/libonnxruntime.so.1.31.1"),
+            onnx_runtime: None,
             cache_dir,
             use_gpu: true,
             embedder_backend: ModelBackend::Auto,

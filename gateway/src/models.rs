@@ -109,7 +109,7 @@ pub fn onnx_for(
         n => n,
     };
     let runtime = OnnxRuntime {
-        library: models.onnx_runtime.clone(),
+        library: models.onnx_library(),
         threads,
     };
     let graph = dir.join("model.onnx");
