@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::deadline::Deadline;
 use crate::durable;
-use crate::error::{ApiError, ModelStage};
+use crate::error::{ApiError, ErrorCode, ModelStage};
 use crate::guard::Guard;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -239,7 +239,7 @@ impl Collections {
         }
         if read(&self.open)?.len() >= max_collections {
             return Err(ApiError::Conflict {
-                code: "too_many_collections",
+                code: ErrorCode::TooManyCollections,
                 message: format!(
                     "this server holds at most {max_collections} collections (limits.max_collections)"
                 ),

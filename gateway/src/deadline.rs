@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
@@ -22,7 +22,7 @@ impl Deadline {
             None => Ok(Self::after(Duration::from_millis(default_ms))),
             Some(ms) if (1..=max_ms).contains(&ms) => Ok(Self::after(Duration::from_millis(ms))),
             Some(ms) => Err(ApiError::invalid(
-                "deadline_out_of_range",
+                ErrorCode::DeadlineOutOfRange,
                 format!("deadline_ms = {ms} is out of range: use 1 to {max_ms}"),
             )),
         }

@@ -8,11 +8,88 @@ use axum::Json;
 use ragway_openapi::ErrorBody;
 use ragway_retrieval::RetrievalError;
 
+/// Declares [`ErrorCode`] and the text each code has on the wire.
+macro_rules! error_codes {
+    ($($variant:ident => $text:literal,)*) => {
+        /// Every machine-readable code an error answer carries (`error.code`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    BodyTooLarge => "body_too_large",
+    CollectionExists => "collection_exists",
+    CollectionNotFound => "collection_not_found",
+    DeadlineOutOfRange => "deadline_out_of_range",
+    DenseStoreFailed => "dense_store_failed",
+    DocumentNotFound => "document_not_found",
+    DocumentTooLarge => "document_too_large",
+    DocumentTooLong => "document_too_long",
+    DuplicateDocumentId => "duplicate_document_id",
+    EmbedderBusy => "embedder_busy",
+    EmbedderFailed => "embedder_failed",
+    EmbedderUnavailable => "embedder_unavailable",
+    EmptyDocument => "empty_document",
+    EmptyQuery => "empty_query",
+    Forbidden => "forbidden",
+    InputTooLong => "input_too_long",
+    Internal => "internal",
+    InvalidBody => "invalid_body",
+    InvalidChunking => "invalid_chunking",
+    InvalidCollectionName => "invalid_collection_name",
+    InvalidDocumentId => "invalid_document_id",
+    InvalidDocuments => "invalid_documents",
+    InvalidDuration => "invalid_duration",
+    InvalidFilter => "invalid_filter",
+    InvalidInput => "invalid_input",
+    InvalidRole => "invalid_role",
+    InvalidTemperature => "invalid_temperature",
+    JobCancelled => "job_cancelled",
+    JobFinished => "job_finished",
+    JobNotFound => "job_not_found",
+    KeywordStoreFailed => "keyword_store_failed",
+    LlmUnavailable => "llm_unavailable",
+    MalformedJson => "malformed_json",
+    MaxTokensOutOfRange => "max_tokens_out_of_range",
+    MetadataTooLarge => "metadata_too_large",
+    MissingContentType => "missing_content_type",
+    ModelNotFound => "model_not_found",
+    NameTakenByLlmBackend => "name_taken_by_llm_backend",
+    LlmFailed => "llm_failed",
+    NoMessages => "no_messages",
+    NoRetrievalPath => "no_retrieval_path",
+    NoUserMessage => "no_user_message",
+    NotConfigured => "not_configured",
+    Overloaded => "overloaded",
+    QueryTooLong => "query_too_long",
+    RerankerBusy => "reranker_busy",
+    RerankerFailed => "reranker_failed",
+    RerankerUnavailable => "reranker_unavailable",
+    TooManyChunks => "too_many_chunks",
+    TooManyCollections => "too_many_collections",
+    TopKOutOfRange => "top_k_out_of_range",
+    TopNOutOfRange => "top_n_out_of_range",
+    Unauthorized => "unauthorized",
+    UnknownStage => "unknown_stage",
+    UnsupportedEncoding => "unsupported_encoding",
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Input that can never succeed as sent; `code` says which rule it broke.
     #[error("{message}")]
-    Invalid { code: &'static str, message: String },
+    Invalid { code: ErrorCode, message: String },
     #[error("collection `{0}` does not exist")]
     CollectionNotFound(String),
     #[error("document `{document}` does not exist in collection `{collection}`")]
@@ -28,11 +105,11 @@ pub enum ApiError {
     NotConfigured(String),
     /// The request conflicts with the server's state (a limit reached, a finished job).
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { code: ErrorCode, message: String },
     /// Too busy now (admission control); worth retrying after `retry_after_s`.
     #[error("{message}")]
     Busy {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         retry_after_s: u64,
     },
@@ -44,13 +121,13 @@ pub enum ApiError {
     BodyTooLarge,
     /// A dependency failed and nothing could be served instead.
     #[error("{message}")]
-    Unavailable { code: &'static str, message: String },
+    Unavailable { code: ErrorCode, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ApiError {
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Invalid {
             code,
             message: message.into(),
@@ -75,22 +152,22 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             Self::Invalid { code, .. }
             | Self::Unavailable { code, .. }
             | Self::Conflict { code, .. }
-            | Self::Busy { code, .. } => code,
-            Self::JobNotFound(_) => "job_not_found",
-            Self::NotConfigured(_) => "not_configured",
-            Self::CollectionNotFound(_) => "collection_not_found",
-            Self::DocumentNotFound { .. } => "document_not_found",
-            Self::CollectionExists(_) => "collection_exists",
-            Self::ModelNotFound(_) => "model_not_found",
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden => "forbidden",
-            Self::BodyTooLarge => "body_too_large",
-            Self::Internal(_) => "internal",
+            | Self::Busy { code, .. } => *code,
+            Self::JobNotFound(_) => ErrorCode::JobNotFound,
+            Self::NotConfigured(_) => ErrorCode::NotConfigured,
+            Self::CollectionNotFound(_) => ErrorCode::CollectionNotFound,
+            Self::DocumentNotFound { .. } => ErrorCode::DocumentNotFound,
+            Self::CollectionExists(_) => ErrorCode::CollectionExists,
+            Self::ModelNotFound(_) => ErrorCode::ModelNotFound,
+            Self::Unauthorized => ErrorCode::Unauthorized,
+            Self::Forbidden => ErrorCode::Forbidden,
+            Self::BodyTooLarge => ErrorCode::BodyTooLarge,
+            Self::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -100,8 +177,11 @@ impl IntoResponse for ApiError {
         if matches!(self, Self::Internal(_) | Self::Unavailable { .. }) {
             tracing::error!(error = %self, "request failed");
         }
-        let mut response =
-            (self.status(), Json(ErrorBody::new(self.code(), self.to_string()))).into_response();
+        let mut response = (
+            self.status(),
+            Json(ErrorBody::new(self.code().as_str(), self.to_string())),
+        )
+            .into_response();
         if let Self::Busy { retry_after_s, .. } = self {
             response
                 .headers_mut()
@@ -116,15 +196,20 @@ impl From<RetrievalError> for ApiError {
         match e {
             RetrievalError::UnknownCollection(name) => Self::CollectionNotFound(name),
             RetrievalError::Overloaded(e) => Self::Busy {
-                code: "overloaded",
+                code: ErrorCode::Overloaded,
                 message: e.to_string(),
                 retry_after_s: 1,
             },
-            RetrievalError::Model(_)
-            | RetrievalError::WorkerGone
-            | RetrievalError::Dense(_)
-            | RetrievalError::Keyword(_) => Self::Unavailable {
-                code: e.code(),
+            RetrievalError::Model(_) | RetrievalError::WorkerGone => Self::Unavailable {
+                code: ErrorCode::EmbedderFailed,
+                message: e.to_string(),
+            },
+            RetrievalError::Dense(_) => Self::Unavailable {
+                code: ErrorCode::DenseStoreFailed,
+                message: e.to_string(),
+            },
+            RetrievalError::Keyword(_) => Self::Unavailable {
+                code: ErrorCode::KeywordStoreFailed,
                 message: e.to_string(),
             },
         }
@@ -147,8 +232,16 @@ impl ApiError {
     {
         use crate::guard::Failure;
         let (busy, unavailable, name) = match stage {
-            ModelStage::Embedder => ("embedder_busy", "embedder_unavailable", "embedder"),
-            ModelStage::Reranker => ("reranker_busy", "reranker_unavailable", "reranker"),
+            ModelStage::Embedder => (
+                ErrorCode::EmbedderBusy,
+                ErrorCode::EmbedderUnavailable,
+                "embedder",
+            ),
+            ModelStage::Reranker => (
+                ErrorCode::RerankerBusy,
+                ErrorCode::RerankerUnavailable,
+                "reranker",
+            ),
         };
         match failure {
             Failure::Rejected(e) => e.into(),
@@ -167,8 +260,14 @@ impl ApiError {
 
 impl From<ragway_rerank::RerankError> for ApiError {
     fn from(e: ragway_rerank::RerankError) -> Self {
+        let code = match e {
+            ragway_rerank::RerankError::Overloaded(_) => ErrorCode::Overloaded,
+            ragway_rerank::RerankError::Model(_) | ragway_rerank::RerankError::WorkerGone => {
+                ErrorCode::RerankerFailed
+            }
+        };
         Self::Unavailable {
-            code: e.code(),
+            code,
             message: e.to_string(),
         }
     }
@@ -177,13 +276,15 @@ impl From<ragway_rerank::RerankError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonDataError(e) => Self::invalid("invalid_body", e.body_text()),
-            JsonRejection::JsonSyntaxError(e) => Self::invalid("malformed_json", e.body_text()),
-            JsonRejection::MissingJsonContentType(e) => Self::invalid("missing_content_type", e.body_text()),
+            JsonRejection::JsonDataError(e) => Self::invalid(ErrorCode::InvalidBody, e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => Self::invalid(ErrorCode::MalformedJson, e.body_text()),
+            JsonRejection::MissingJsonContentType(e) => {
+                Self::invalid(ErrorCode::MissingContentType, e.body_text())
+            }
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Self::BodyTooLarge
             }
-            other => Self::invalid("invalid_body", other.body_text()),
+            other => Self::invalid(ErrorCode::InvalidBody, other.body_text()),
         }
     }
 }

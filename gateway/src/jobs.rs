@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::collections::{BatchOutcome, Collection, Collections};
 use crate::durable;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// How jobs run.
 #[derive(Debug, Clone, Copy)]
@@ -227,7 +227,7 @@ impl Jobs {
             if job.cancelled.load(Ordering::Acquire) {
                 self.finish(job, Ok(JobState::Cancelled));
                 return Err(ApiError::Conflict {
-                    code: "job_cancelled",
+                    code: ErrorCode::JobCancelled,
                     message: "the ingestion job was cancelled".into(),
                 });
             }
@@ -374,7 +374,7 @@ impl Jobs {
         let status = job.status();
         if status.state.is_finished() {
             return Err(ApiError::Conflict {
-                code: "job_finished",
+                code: ErrorCode::JobFinished,
                 message: format!("job `{id}` has already finished ({:?})", status.state),
             });
         }

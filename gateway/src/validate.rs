@@ -6,7 +6,7 @@ use ragway_openapi::{DocumentInput, MetadataFilter as JsonFilter};
 use ragway_retrieval::{ChunkingOptions, FilterValue, MetadataFilter};
 
 use crate::config::LimitsConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_DOC_ID_CHARS: usize = 256;
@@ -23,7 +23,7 @@ pub fn collection_name(name: &str) -> Result<(), ApiError> {
         .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if name.is_empty() || name.len() > MAX_NAME_CHARS || !valid_chars || !valid_start {
         return Err(ApiError::invalid(
-            "invalid_collection_name",
+            ErrorCode::InvalidCollectionName,
             format!(
                 "collection name {name:?} is invalid: use 1-{MAX_NAME_CHARS} lowercase letters, digits, '-' or '_', starting with a letter or digit"
             ),
@@ -35,7 +35,7 @@ pub fn collection_name(name: &str) -> Result<(), ApiError> {
 pub fn document_id(id: &str) -> Result<(), ApiError> {
     if id.trim().is_empty() || id.chars().count() > MAX_DOC_ID_CHARS || id.chars().any(char::is_control) {
         return Err(ApiError::invalid(
-            "invalid_document_id",
+            ErrorCode::InvalidDocumentId,
             format!(
                 "document id {id:?} is invalid: use 1-{MAX_DOC_ID_CHARS} characters, no control characters"
             ),
@@ -53,7 +53,7 @@ pub fn chunking(chunking: ChunkingOptions, min_chunk_words: usize) -> Result<(),
     } = chunking;
     if !(min_chunk_words..=1_000).contains(&chunk_words) || overlap_words >= chunk_words {
         return Err(ApiError::invalid(
-            "invalid_chunking",
+            ErrorCode::InvalidChunking,
             format!(
                 "chunk_words must be {min_chunk_words}-1000 (limits.min_chunk_words) and chunk_overlap_words smaller than chunk_words"
             ),
@@ -71,7 +71,7 @@ pub fn documents(
 ) -> Result<(), ApiError> {
     if documents.is_empty() || documents.len() > max_documents {
         return Err(ApiError::invalid(
-            "invalid_documents",
+            ErrorCode::InvalidDocuments,
             format!("send 1 to {max_documents} documents per request (server.max_documents_per_request)"),
         ));
     }
@@ -81,7 +81,7 @@ pub fn documents(
         document_id(&doc.id)?;
         if !seen.insert(doc.id.as_str()) {
             return Err(ApiError::invalid(
-                "duplicate_document_id",
+                ErrorCode::DuplicateDocumentId,
                 format!("document id {:?} appears twice in this request", doc.id),
             ));
         }
@@ -90,7 +90,7 @@ pub fn documents(
     }
     if chunks > limits.max_chunks_per_request {
         return Err(ApiError::invalid(
-            "too_many_chunks",
+            ErrorCode::TooManyChunks,
             format!(
                 "these documents make {chunks} chunks; the limit is {} per request (limits.max_chunks_per_request): send fewer per request",
                 limits.max_chunks_per_request
@@ -103,13 +103,13 @@ pub fn documents(
 fn document(doc: &DocumentInput, limits: &LimitsConfig) -> Result<(), ApiError> {
     if doc.text.trim().is_empty() {
         return Err(ApiError::invalid(
-            "empty_document",
+            ErrorCode::EmptyDocument,
             format!("document {:?} has no text", doc.id),
         ));
     }
     if doc.text.len() > limits.max_document_bytes {
         return Err(ApiError::invalid(
-            "document_too_large",
+            ErrorCode::DocumentTooLarge,
             format!(
                 "document {:?} has {} bytes of text; the limit is {} (limits.max_document_bytes)",
                 doc.id,
@@ -123,7 +123,7 @@ fn document(doc: &DocumentInput, limits: &LimitsConfig) -> Result<(), ApiError> 
     };
     if metadata.len() > limits.max_metadata_keys {
         return Err(ApiError::invalid(
-            "metadata_too_large",
+            ErrorCode::MetadataTooLarge,
             format!(
                 "document {:?} has {} metadata keys; the limit is {} (limits.max_metadata_keys)",
                 doc.id,
@@ -135,7 +135,7 @@ fn document(doc: &DocumentInput, limits: &LimitsConfig) -> Result<(), ApiError> 
     let bytes = serde_json::Value::Object(metadata.clone()).to_string().len();
     if bytes > limits.max_metadata_bytes {
         return Err(ApiError::invalid(
-            "metadata_too_large",
+            ErrorCode::MetadataTooLarge,
             format!(
                 "document {:?} has {bytes} bytes of metadata; the limit is {} (limits.max_metadata_bytes)",
                 doc.id, limits.max_metadata_bytes
@@ -151,7 +151,7 @@ pub fn embedding_inputs(texts: &[String], limits: &LimitsConfig) -> Result<(), A
     let max = limits.max_embedding_inputs;
     if texts.is_empty() || texts.len() > max {
         return Err(ApiError::invalid(
-            "invalid_input",
+            ErrorCode::InvalidInput,
             format!("send 1 to {max} inputs (limits.max_embedding_inputs)"),
         ));
     }
@@ -159,13 +159,13 @@ pub fn embedding_inputs(texts: &[String], limits: &LimitsConfig) -> Result<(), A
     for (i, text) in texts.iter().enumerate() {
         if text.is_empty() {
             return Err(ApiError::invalid(
-                "invalid_input",
+                ErrorCode::InvalidInput,
                 "inputs must not be empty strings",
             ));
         }
         if text.chars().count() > max_chars {
             return Err(ApiError::invalid(
-                "input_too_long",
+                ErrorCode::InputTooLong,
                 format!("input {i} is longer than {max_chars} characters (limits.max_embedding_input_chars)"),
             ));
         }
@@ -179,7 +179,7 @@ pub fn rerank_documents(documents: &[String], limits: &LimitsConfig) -> Result<(
     let max = limits.max_rerank_documents;
     if documents.is_empty() || documents.len() > max {
         return Err(ApiError::invalid(
-            "invalid_documents",
+            ErrorCode::InvalidDocuments,
             format!("send 1 to {max} documents (limits.max_rerank_documents)"),
         ));
     }
@@ -187,13 +187,13 @@ pub fn rerank_documents(documents: &[String], limits: &LimitsConfig) -> Result<(
     for (i, text) in documents.iter().enumerate() {
         if text.trim().is_empty() {
             return Err(ApiError::invalid(
-                "empty_document",
+                ErrorCode::EmptyDocument,
                 format!("document {i} is empty"),
             ));
         }
         if text.chars().count() > max_chars {
             return Err(ApiError::invalid(
-                "document_too_long",
+                ErrorCode::DocumentTooLong,
                 format!(
                     "document {i} is longer than {max_chars} characters (limits.max_rerank_document_chars)"
                 ),
@@ -205,12 +205,12 @@ pub fn rerank_documents(documents: &[String], limits: &LimitsConfig) -> Result<(
 
 pub fn query_text(query: &str, max_chars: usize) -> Result<(), ApiError> {
     if query.trim().is_empty() {
-        return Err(ApiError::invalid("empty_query", "query is empty"));
+        return Err(ApiError::invalid(ErrorCode::EmptyQuery, "query is empty"));
     }
     let chars = query.chars().count();
     if chars > max_chars {
         return Err(ApiError::invalid(
-            "query_too_long",
+            ErrorCode::QueryTooLong,
             format!("query has {chars} characters; the limit is {max_chars}"),
         ));
     }
@@ -222,7 +222,7 @@ pub fn top_k(requested: Option<usize>, default: usize, max: usize) -> Result<usi
         None => Ok(default),
         Some(k) if (1..=max).contains(&k) => Ok(k),
         Some(k) => Err(ApiError::invalid(
-            "top_k_out_of_range",
+            ErrorCode::TopKOutOfRange,
             format!("top_k = {k} is out of range: use 1 to {max}"),
         )),
     }
@@ -236,7 +236,7 @@ pub fn filter(filter: Option<&JsonFilter>) -> Result<MetadataFilter, ApiError> {
     };
     if filter.len() > MAX_FILTER_KEYS {
         return Err(ApiError::invalid(
-            "invalid_filter",
+            ErrorCode::InvalidFilter,
             format!("filter has {} keys; the limit is {MAX_FILTER_KEYS}", filter.len()),
         ));
     }
@@ -250,7 +250,7 @@ pub fn filter(filter: Option<&JsonFilter>) -> Result<MetadataFilter, ApiError> {
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !key_ok {
                 return Err(ApiError::invalid(
-                    "invalid_filter",
+                    ErrorCode::InvalidFilter,
                     format!(
                         "filter key {key:?} is invalid: use 1-{MAX_NAME_CHARS} letters, digits, '-' or '_'"
                     ),
@@ -258,7 +258,7 @@ pub fn filter(filter: Option<&JsonFilter>) -> Result<MetadataFilter, ApiError> {
             }
             let value = FilterValue::from_json(value).ok_or_else(|| {
                 ApiError::invalid(
-                    "invalid_filter",
+                    ErrorCode::InvalidFilter,
                     format!("filter value for {key:?} must be a string, an integer or a boolean"),
                 )
             })?;

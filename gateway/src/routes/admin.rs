@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ErrorCode};
 use crate::faults::{ActiveFault, FaultRequest};
 
 #[derive(Serialize, ToSchema)]
@@ -53,7 +53,7 @@ pub async fn set_fault(
     authorize(&state, &headers)?;
     if !known_stage(&state, &request.stage) {
         return Err(ApiError::invalid(
-            "unknown_stage",
+            ErrorCode::UnknownStage,
             format!(
                 "stage {:?} is not one of embedder, dense, keyword, reranker, llm:<configured backend>",
                 request.stage
@@ -62,7 +62,7 @@ pub async fn set_fault(
     }
     if !(request.duration_s.is_finite() && request.duration_s > 0.0 && request.duration_s <= 86_400.0) {
         return Err(ApiError::invalid(
-            "invalid_duration",
+            ErrorCode::InvalidDuration,
             "duration_s must be between 0 and 86400",
         ));
     }

@@ -9,7 +9,7 @@ use ragway_openapi::{
 use ragway_retrieval::ChunkingOptions;
 
 use crate::app::AppState;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ErrorCode};
 use crate::validate;
 
 #[utoipa::path(post, path = "/v1/collections", tag = "collections", request_body = CreateCollectionRequest,
@@ -28,7 +28,7 @@ pub async fn create(
         .any(|b| b.name() == request.name)
     {
         return Err(ApiError::invalid(
-            "name_taken_by_llm_backend",
+            ErrorCode::NameTakenByLlmBackend,
             format!(
                 "`{}` names an LLM backend; /v1/chat/completions could not tell them apart: choose another name",
                 request.name

@@ -6,7 +6,7 @@ use ragway_openapi::{EmbeddingData, EmbeddingUsage, EmbeddingsRequest, Embedding
 use ragway_retrieval::Priority;
 
 use crate::app::AppState;
-use crate::error::{ApiError, ApiJson, ModelStage};
+use crate::error::{ApiError, ApiJson, ErrorCode, ModelStage};
 use crate::routes::answers::deadline;
 use crate::validate;
 
@@ -23,7 +23,7 @@ pub async fn embeddings(
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
     if request.encoding_format.as_deref().is_some_and(|f| f != "float") {
         return Err(ApiError::invalid(
-            "unsupported_encoding",
+            ErrorCode::UnsupportedEncoding,
             "only encoding_format \"float\" is supported",
         ));
     }

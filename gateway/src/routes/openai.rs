@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::answer_stream::StreamJob;
 use crate::app::AppState;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ErrorCode};
 use crate::report::Report;
 use crate::routes::answers::{answer_response, citation, deadline};
 use crate::routes::streams;
@@ -68,14 +68,14 @@ pub async fn chat_completions(
     let cap = state.config.generation.max_tokens_cap;
     if !(1..=cap).contains(&max_tokens) {
         return Err(ApiError::invalid(
-            "max_tokens_out_of_range",
+            ErrorCode::MaxTokensOutOfRange,
             format!("max_tokens = {max_tokens} is out of range: use 1 to {cap} (generation.max_tokens_cap)"),
         ));
     }
     let temperature = request.temperature.unwrap_or(state.config.generation.temperature);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
-            "invalid_temperature",
+            ErrorCode::InvalidTemperature,
             "temperature must be between 0 and 2",
         ));
     }
@@ -86,7 +86,12 @@ pub async fn chat_completions(
             .rev()
             .find(|m| m.role == Role::User)
             .map(|m| m.content.clone())
-            .ok_or_else(|| ApiError::invalid("no_user_message", "messages hold no user message to answer"))?;
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    ErrorCode::NoUserMessage,
+                    "messages hold no user message to answer",
+                )
+            })?;
         validate::query_text(&question, state.config.server.max_query_chars)?;
         let passages = state.config.generation.default_passages;
         if request.stream == Some(true) {
@@ -164,7 +169,7 @@ pub async fn chat_completions(
             .map(|d| format!("{:?}", d.reason))
             .collect();
         return Err(ApiError::Unavailable {
-            code: "llm_unavailable",
+            code: ErrorCode::LlmUnavailable,
             message: format!("backend `{name}` did not answer ({})", reasons.join(", ")),
         });
     };
@@ -192,7 +197,7 @@ async fn stream_rag_chat(
         let mut report = retrieved.report;
         report.finish();
         let body = json!({
-            "error": {"code": "no_retrieval_path", "message": "neither retrieval engine is available (mode: error)"},
+            "error": {"code": ErrorCode::NoRetrievalPath.as_str(), "message": "neither retrieval engine is available (mode: error)"},
             "ragway": {"mode": Mode::Error, "degraded": report.degraded(), "citations": []},
         });
         return Ok(answer_response(Mode::Error, body));
@@ -207,7 +212,7 @@ async fn stream_rag_chat(
 
 fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
     if request.messages.is_empty() {
-        return Err(ApiError::invalid("no_messages", "messages is empty"));
+        return Err(ApiError::invalid(ErrorCode::NoMessages, "messages is empty"));
     }
     request
         .messages
@@ -219,7 +224,7 @@ fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiErro
                 "assistant" => Role::Assistant,
                 other => {
                     return Err(ApiError::invalid(
-                        "invalid_role",
+                        ErrorCode::InvalidRole,
                         format!("role {other:?} is not one of system, user, assistant"),
                     ))
                 }

@@ -5,7 +5,7 @@ use axum::Json;
 use ragway_openapi::{ErrorBody, RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage};
 
 use crate::app::AppState;
-use crate::error::{ApiError, ApiJson, ModelStage};
+use crate::error::{ApiError, ApiJson, ErrorCode, ModelStage};
 use crate::routes::answers::deadline;
 use crate::validate;
 
@@ -31,7 +31,7 @@ pub async fn rerank(
     let top_n = request.top_n.unwrap_or(request.documents.len());
     if top_n == 0 {
         return Err(ApiError::invalid(
-            "top_n_out_of_range",
+            ErrorCode::TopNOutOfRange,
             "top_n must be at least 1",
         ));
     }

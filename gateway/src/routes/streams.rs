@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::answer_stream::{self, AnswerEvent, StreamJob};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Starts the job and waits for its first event (`Meta`).
 async fn first_event(job: StreamJob) -> Result<(AnswerEvent, mpsc::Receiver<AnswerEvent>), ApiError> {
@@ -79,7 +79,7 @@ pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Res
                     .map(|d| format!("{}: {:?}", d.stage, d.reason))
                     .collect();
                 return Err(ApiError::Unavailable {
-                    code: "llm_unavailable",
+                    code: ErrorCode::LlmUnavailable,
                     message: format!("backend `{model}` did not answer ({})", reasons.join(", ")),
                 });
             }
@@ -118,7 +118,7 @@ pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Res
             // A bare chat's only backend broke off: say so as OpenAI streams say errors.
             AnswerEvent::Degraded { degradation, mode } if bare_llm && mode == ragway_openapi::Mode::Error => {
                 let message = format!("backend `{}` broke off the answer ({:?})", degradation.stage, degradation.reason);
-                Event::default().data(json!({"error": {"code": "llm_failed", "message": message}}).to_string())
+                Event::default().data(json!({"error": {"code": ErrorCode::LlmFailed.as_str(), "message": message}}).to_string())
             }
             AnswerEvent::Degraded { degradation, mode } => {
                 chunk(json!([]), Some(("ragway", json!({"mode": mode, "degraded": [degradation]}))))
