@@ -11,15 +11,6 @@ pub enum RerankError {
     Overloaded(#[from] ragway_worker::Overloaded),
 }
 
-impl RerankError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Model(_) | Self::WorkerGone => "reranker_failed",
-            Self::Overloaded(_) => "overloaded",
-        }
-    }
-}
-
 impl From<candle_core::Error> for RerankError {
     fn from(e: candle_core::Error) -> Self {
         Self::Model(e.to_string())

@@ -17,19 +17,6 @@ pub enum RetrievalError {
     Overloaded(#[from] ragway_worker::Overloaded),
 }
 
-impl RetrievalError {
-    /// A stable code for logs and API errors.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Model(_) | Self::WorkerGone => "embedder_failed",
-            Self::Dense(_) => "dense_store_failed",
-            Self::Keyword(_) => "keyword_store_failed",
-            Self::UnknownCollection(_) => "collection_not_found",
-            Self::Overloaded(_) => "overloaded",
-        }
-    }
-}
-
 impl From<candle_core::Error> for RetrievalError {
     fn from(e: candle_core::Error) -> Self {
         Self::Model(e.to_string())
