@@ -344,10 +344,10 @@ impl Collections {
             guard,
             timeout,
         } = &self.embedding;
-        // The batch's own timeout, not a query's: a batch embeds many texts.
-        let deadline = Deadline::after(*timeout);
+        // The batch's own timeout, not a query's (a batch embeds many texts); there is no request
+        // deadline, so a batch that times out counts against the embedder like any timeout.
         let embedded = guard
-            .run_within(&deadline, *timeout, embedder.embed(texts, Priority::Bulk))
+            .run_within(&Deadline::none(), *timeout, embedder.embed(texts, Priority::Bulk))
             .await
             .map_err(|failure| ApiError::from_stage(ModelStage::Embedder, failure))?;
         Ok(embedded.vectors)

@@ -16,6 +16,18 @@ impl Deadline {
         }
     }
 
+    /// No deadline of a request's own: background work (ingestion) is bounded by its stage
+    /// timeouts alone, and a timeout then counts against the dependency.
+    pub fn none() -> Self {
+        const FAR: Duration = Duration::from_secs(10 * 365 * 24 * 3_600);
+        let now = Instant::now();
+        Self {
+            at: now
+                .checked_add(FAR)
+                .unwrap_or(now + Duration::from_secs(24 * 3_600)),
+        }
+    }
+
     /// The request's own `deadline_ms` if given (never more than `max_ms`), else `default_ms`.
     pub fn for_request(requested_ms: Option<u64>, default_ms: u64, max_ms: u64) -> Result<Self, ApiError> {
         match requested_ms {

@@ -269,6 +269,19 @@ mod tests {
         assert_eq!(guard.state(), BreakerState::Closed);
     }
 
+    /// Background work has no request deadline: its stage timeout is the dependency's fault.
+    #[tokio::test]
+    async fn a_timeout_without_a_request_deadline_counts_against_the_dependency() {
+        let guard = guard();
+        for _ in 0..2 {
+            let hang = std::future::pending::<Result<(), LlmError>>();
+            let deadline = Deadline::none();
+            let result = guard.run_within(&deadline, Duration::from_millis(10), hang).await;
+            assert!(matches!(result, Err(Failure::Timeout)), "{result:?}");
+        }
+        assert_eq!(guard.state(), BreakerState::Open);
+    }
+
     #[tokio::test]
     async fn dependency_failures_open_it() {
         for status in [None, Some(500), Some(429), Some(408)] {
