@@ -66,7 +66,8 @@ else
   echo "model cache: no ONNX Runtime wheel pinned for $(uname -s)-$(uname -m); the models run on candle"
 fi
 
-# The embedder's ONNX graph, written from the same safetensors (rebuilt when they change).
+# The embedder's ONNX graphs (fp32 and int8), written from the same safetensors (rebuilt when they
+# change).
 venv="$models/.onnx-venv"
 if ! "$venv/bin/python" -c "import onnx, numpy, safetensors" 2>/dev/null; then
   echo "model cache: preparing $venv (onnx, numpy, safetensors) to write ONNX graphs"
@@ -74,4 +75,6 @@ if ! "$venv/bin/python" -c "import onnx, numpy, safetensors" 2>/dev/null; then
   "$venv/bin/pip" install --quiet "onnx==1.23.2" "numpy==2.4.6" "safetensors==0.8.0" \
     || { echo "pip install of onnx, numpy and safetensors failed: is PyPI reachable?" >&2; exit 1; }
 fi
-"$venv/bin/python" "$(dirname "$0")/onnx/build_bert_onnx.py" "$models/all-minilm-l6-v2" embedder
+for precision in fp32 int8; do
+  "$venv/bin/python" "$(dirname "$0")/onnx/build_bert_onnx.py" "$models/all-minilm-l6-v2" embedder "$precision"
+done

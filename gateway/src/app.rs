@@ -55,7 +55,12 @@ impl AppState {
         let started = Instant::now();
         let embedder_dir = models::model_dir(&config.models.embedder, cache_dir, &MODEL_FILES).await?;
         let queues = &config.queues;
-        let onnx = models::onnx_for(config.models.embedder_backend, &embedder_dir, &config.models)?;
+        let onnx = models::onnx_for(
+            config.models.embedder_backend,
+            config.models.embedder_precision,
+            &embedder_dir,
+            &config.models,
+        )?;
         let embedder_options = BertEmbedderOptions {
             onnx,
             max_batch: config.retrieval.embed_batch,
@@ -81,7 +86,12 @@ impl AppState {
             None
         } else {
             let dir = models::model_dir(&config.models.reranker, cache_dir, &MODEL_FILES).await?;
-            let onnx = models::onnx_for(config.models.reranker_backend, &dir, &config.models)?;
+            let onnx = models::onnx_for(
+                config.models.reranker_backend,
+                config.models.reranker_precision,
+                &dir,
+                &config.models,
+            )?;
             let options = CrossEncoderOptions {
                 onnx,
                 device: device.clone(),

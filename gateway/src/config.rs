@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use ragway_worker::onnx::Precision;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,6 +130,11 @@ pub struct ModelsConfig {
     /// and the model's `model.onnx` are present, otherwise candle).
     pub embedder_backend: ModelBackend,
     pub reranker_backend: ModelBackend,
+    /// Which ONNX graph runs: `fp32` (equal to PyTorch, the default) or `int8` (≈ 2.5× faster on
+    /// a CPU, embeddings at cosine ≈ 0.994 to fp32; see docs/BENCHMARKS.md for its retrieval
+    /// quality). Keep one precision per collection's lifetime: vectors are compared across both.
+    pub embedder_precision: Precision,
+    pub reranker_precision: Precision,
     /// ONNX Runtime's shared library; unset: the one scripts/fetch-models.sh puts in `cache_dir`.
     pub onnx_runtime: Option<PathBuf>,
     /// Intra-op threads of each ONNX Runtime session; 0: one per core.
@@ -318,6 +324,8 @@ impl Default for ModelsConfig {
             use_gpu: true,
             embedder_backend: ModelBackend::Auto,
             reranker_backend: ModelBackend::Auto,
+            embedder_precision: Precision::Fp32,
+            reranker_precision: Precision::Fp32,
             onnx_threads: 0,
         }
     }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use ragway_retrieval::OnnxRuntime;
+use ragway_worker::onnx::Precision;
 
 use crate::config::{ModelBackend, ModelsConfig};
 
@@ -98,9 +99,10 @@ async fn hf_download(repo: &str, file: &str, target: &Path) -> anyhow::Result<()
 }
 
 /// The ONNX Runtime a model in `dir` runs on, or `None` for candle. `auto` takes ONNX Runtime when
-/// its library and the model's `model.onnx` are present; `onnx` requires them.
+/// its library and the model's graph of that `precision` are present; `onnx` requires them.
 pub fn onnx_for(
     backend: ModelBackend,
+    precision: Precision,
     dir: &Path,
     models: &ModelsConfig,
 ) -> anyhow::Result<Option<OnnxRuntime>> {
@@ -111,8 +113,9 @@ pub fn onnx_for(
     let runtime = OnnxRuntime {
         library: models.onnx_library(),
         threads,
+        precision,
     };
-    let graph = dir.join("model.onnx");
+    let graph = runtime.graph(dir);
     let missing: Vec<String> = [&runtime.library, &graph]
         .into_iter()
         .filter(|p| !p.is_file())

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 use candle_transformers::models::bert::{BertModel, Config};
 use ort::session::Session;
-use ragway_worker::onnx::{self, ort, OnnxRuntime};
+use ragway_worker::onnx::{ort, OnnxRuntime};
 use ragway_worker::{Priority, QueueLimits, Queued, Task, Worker};
 use tokenizers::{EncodeInput, Encoding, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
@@ -131,6 +131,7 @@ struct CandleClassifier {
 pub(crate) struct SequenceClassifier {
     engine: Engine,
     tokenizer: Tokenizer,
+    backend: &'static str,
 }
 
 impl SequenceClassifier {
@@ -155,24 +156,23 @@ impl SequenceClassifier {
             }))
             .map_err(|e| RerankError::Model(format!("bad truncation: {e}")))?;
         let engine = match &options.onnx {
-            Some(runtime) => Engine::Onnx(
-                onnx::session(&runtime.library, &dir.join("model.onnx"), runtime.threads)
-                    .map_err(RerankError::Model)?,
-            ),
+            Some(runtime) => Engine::Onnx(runtime.open(dir).map_err(RerankError::Model)?),
             None => Engine::Candle(Box::new(CandleClassifier::load(
                 &read("model.safetensors")?,
                 &config,
                 options,
             )?)),
         };
-        Ok(Self { engine, tokenizer })
+        let backend = options.onnx.as_ref().map_or("candle", |r| r.precision.backend_name());
+        Ok(Self {
+            engine,
+            tokenizer,
+            backend,
+        })
     }
 
     pub(crate) fn backend(&self) -> &'static str {
-        match self.engine {
-            Engine::Candle(_) => "candle",
-            Engine::Onnx(_) => "onnx",
-        }
+        self.backend
     }
 
     /// Relevance score per passage (the last label's logit), in passage order.
@@ -338,7 +338,11 @@ mod tests {
             );
         }
         let options = CrossEncoderOptions {
-            onnx: Some(OnnxRuntime { library, threads: 1 }),
+            onnx: Some(OnnxRuntime {
+                library,
+                threads: 1,
+                precision: Default::default(),
+            }),
             ..Default::default()
         };
         logits_match_pytorch_transformers(options, "onnx")

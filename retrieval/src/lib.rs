@@ -21,6 +21,6 @@ pub use error::RetrievalError;
 pub use filter::{FilterValue, MetadataFilter};
 pub use fusion::reciprocal_rank_fusion;
 pub use keyword::{KeywordStore, TantivyKeywordStore};
-pub use ragway_worker::onnx::OnnxRuntime;
+pub use ragway_worker::onnx::{OnnxRuntime, Precision};
 pub use ragway_worker::{Overloaded, Priority, QueueLimits};
 pub use types::{Chunk, EmbeddedChunk, ScoredChunk};

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, Embedder, OnnxRuntime, Priority};
+use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, Embedder, OnnxRuntime, Precision, Priority};
 
 fn models() -> PathBuf {
     std::env::var_os("RAGWAY_MODELS")
@@ -13,16 +13,20 @@ fn models() -> PathBuf {
 }
 
 /// ONNX Runtime and the embedder's graph, as scripts/fetch-models.sh leaves them.
-fn onnx_runtime() -> OnnxRuntime {
+fn onnx_runtime(precision: Precision) -> OnnxRuntime {
     let library = models().join("onnxruntime-1.31.1/libonnxruntime.so.1.31.1");
-    for needed in [library.clone(), model_dir().join("model.onnx")] {
+    for needed in [library.clone(), model_dir().join(precision.graph_file())] {
         assert!(
             needed.is_file(),
             "{} is missing: run scripts/fetch-models.sh",
             needed.display()
         );
     }
-    OnnxRuntime { library, threads: 2 }
+    OnnxRuntime {
+        library,
+        threads: 2,
+        precision,
+    }
 }
 
 fn model_dir() -> PathBuf {
@@ -48,15 +52,47 @@ async fn candle_vectors_match_sentence_transformers() -> Result<(), Box<dyn std:
 
 #[tokio::test]
 async fn onnx_vectors_match_sentence_transformers() -> Result<(), Box<dyn std::error::Error>> {
-    matches_sentence_transformers(Some(onnx_runtime()), "onnx").await
+    matches_sentence_transformers(Some(onnx_runtime(Precision::Fp32)), "onnx").await
+}
+
+/// The int8 graph trades exactness for speed: every vector stays within cosine 0.98 of
+/// sentence-transformers', and it is not the fp32 graph under another name.
+#[tokio::test]
+async fn onnx_int8_vectors_stay_close_to_sentence_transformers() -> Result<(), Box<dyn std::error::Error>> {
+    let references = references()?;
+    let options = BertEmbedderOptions {
+        onnx: Some(onnx_runtime(Precision::Int8)),
+        ..Default::default()
+    };
+    let embedder = BertEmbedder::load(&model_dir(), "all-minilm-l6-v2", options)?;
+    assert_eq!(embedder.backend(), "onnx_int8");
+    let texts: Vec<String> = references.iter().map(|r| r.text.clone()).collect();
+    let embeddings = embedder.embed(texts, Priority::Bulk).await?;
+    let mut largest_difference = 0f32;
+    for (got, reference) in embeddings.vectors.iter().zip(&references) {
+        let cosine: f32 = got.iter().zip(&reference.vector).map(|(a, b)| a * b).sum();
+        assert!(cosine > 0.98, "{:.40}: cosine {cosine}", reference.text);
+        let difference = got
+            .iter()
+            .zip(&reference.vector)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        largest_difference = largest_difference.max(difference);
+    }
+    assert!(largest_difference > 1e-4, "int8 vectors equal fp32 ones: the fp32 graph ran");
+    Ok(())
+}
+
+fn references() -> Result<Vec<Reference>, Box<dyn std::error::Error>> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
+    Ok(serde_json::from_slice(&std::fs::read(fixture)?)?)
 }
 
 async fn matches_sentence_transformers(
     onnx: Option<OnnxRuntime>,
     backend: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
-    let references: Vec<Reference> = serde_json::from_slice(&std::fs::read(fixture)?)?;
+    let references = references()?;
     // Batches of 2 force the length-sorted batching and padding paths.
     let options = BertEmbedderOptions {
         max_batch: 2,

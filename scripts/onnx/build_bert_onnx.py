@@ -1,8 +1,12 @@
 """Writes a BERT model's ONNX graph from its safetensors, node by node, without torch.
 
-    python build_bert_onnx.py <model dir> embedder|classifier
+    python build_bert_onnx.py <model dir> embedder|classifier [fp32|int8]
 
-reads config.json and model.safetensors from <model dir> and writes <model dir>/model.onnx:
+reads config.json and model.safetensors from <model dir> and writes <model dir>/model.onnx
+(fp32, the default) or <model dir>/model.int8.onnx (int8: every encoder weight matrix quantised
+per output column, symmetric; activations quantised per batch at run time — ONNX Runtime's dynamic
+quantisation, in the pattern it fuses into DynamicQuantizeMatMul; embeddings, LayerNorms, softmax
+and pooling stay fp32):
 inputs input_ids, attention_mask, token_type_ids (int64, [batch, seq]); output
   - embedder:   sentence_embedding [batch, hidden] (mean over real tokens, L2-normalised:
                 sentence-transformers' pooling), or
@@ -24,8 +28,9 @@ OPSET = 17
 
 
 class Graph:
-    def __init__(self, weights):
+    def __init__(self, weights, int8=False):
         self.weights = {k.removeprefix("bert."): v for k, v in weights.items()}
+        self.int8 = int8
         self.nodes, self.initializers, self.count = [], [], 0
 
     def name(self, hint):
@@ -47,8 +52,24 @@ class Graph:
         return out
 
     def linear(self, x, prefix):
-        y = self.op("MatMul", [x, self.weight(f"{prefix}.weight", transpose=True)])
+        if self.int8 and prefix.startswith("encoder."):
+            y = self.int8_matmul(x, prefix)
+        else:
+            y = self.op("MatMul", [x, self.weight(f"{prefix}.weight", transpose=True)])
         return self.op("Add", [y, self.weight(f"{prefix}.bias")])
+
+    def int8_matmul(self, x, prefix):
+        # x @ W.T with W [out, in] quantised per output column: W.T ≈ q * scale, q in [-127, 127].
+        w = self.weights[f"{prefix}.weight"].astype(np.float32).T
+        scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        xq = self.name("xq")
+        x_scale, x_zero = self.name("x_scale"), self.name("x_zero")
+        self.nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [xq, x_scale, x_zero]))
+        zeros = np.zeros(q.shape[1], dtype=np.int8)
+        product = self.op("MatMulInteger", [xq, self.const(q, "wq"), x_zero, self.const(zeros, "wz")])
+        combined = self.op("Mul", [x_scale, self.const(scale.astype(np.float32), "w_scale")])
+        return self.op("Mul", [self.op("Cast", [product], to=TensorProto.FLOAT), combined])
 
     def layer_norm(self, x, prefix, eps):
         return self.op(
@@ -121,9 +142,9 @@ def classify(g, h):
     return g.linear(pooled, "classifier")
 
 
-def build(model_dir: Path, kind: str) -> onnx.ModelProto:
+def build(model_dir: Path, kind: str, int8: bool) -> onnx.ModelProto:
     config = json.loads((model_dir / "config.json").read_text())
-    g = Graph(load_file(str(model_dir / "model.safetensors")))
+    g = Graph(load_file(str(model_dir / "model.safetensors")), int8)
     heads, hidden, eps = config["num_attention_heads"], config["hidden_size"], config["layer_norm_eps"]
     mask_float = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
     bias = attention_bias(g, mask_float)
@@ -149,19 +170,21 @@ def build(model_dir: Path, kind: str) -> onnx.ModelProto:
 
 def main():
     model_dir, kind = Path(sys.argv[1]), sys.argv[2]
-    if kind not in ("embedder", "classifier"):
-        sys.exit("kind must be embedder or classifier")
+    precision = sys.argv[3] if len(sys.argv) > 3 else "fp32"
+    if kind not in ("embedder", "classifier") or precision not in ("fp32", "int8"):
+        sys.exit("usage: build_bert_onnx.py <model dir> embedder|classifier [fp32|int8]")
+    name = "model.onnx" if precision == "fp32" else "model.int8.onnx"
     source = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
-    marker = model_dir / "model.onnx.source"
-    if (model_dir / "model.onnx").is_file() and marker.is_file() and marker.read_text().strip() == source:
-        print(f"{model_dir}/model.onnx is up to date")
+    marker = model_dir / f"{name}.source"
+    if (model_dir / name).is_file() and marker.is_file() and marker.read_text().strip() == source:
+        print(f"{model_dir}/{name} is up to date")
         return
-    model = build(model_dir, kind)
-    tmp = model_dir / "model.onnx.tmp"
+    model = build(model_dir, kind, precision == "int8")
+    tmp = model_dir / f"{name}.tmp"
     onnx.save(model, str(tmp))
-    tmp.replace(model_dir / "model.onnx")
+    tmp.replace(model_dir / name)
     marker.write_text(source + "\n")
-    print(f"wrote {model_dir}/model.onnx ({kind}, from weights {source[:12]})")
+    print(f"wrote {model_dir}/{name} ({kind}, {precision}, from weights {source[:12]})")
 
 
 if __name__ == "__main__":

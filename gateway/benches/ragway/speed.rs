@@ -6,6 +6,7 @@ use candle_nn::{VarBuilder, VarMap};
 use ragway_llm::{rag_messages, GenerationRequest, Generator, LocalLlm, LocalLlmOptions, Passage};
 use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
 use ragway_retrieval::{BertEmbedder, BertEmbedderOptions, Embedder, Priority};
+use ragway_worker::onnx::Precision;
 
 pub fn models_dir() -> PathBuf {
     ragway_gateway::config::default_models_dir()
@@ -39,11 +40,17 @@ pub fn passages(n: usize) -> Vec<String> {
 }
 
 /// ONNX Runtime as scripts/fetch-models.sh leaves it, with 2 intra-op threads.
-pub fn onnx_runtime() -> ragway_retrieval::OnnxRuntime {
+pub fn onnx_runtime(precision: Precision) -> ragway_retrieval::OnnxRuntime {
     ragway_retrieval::OnnxRuntime {
         library: models_dir().join("onnxruntime-1.31.1/libonnxruntime.so.1.31.1"),
         threads: 2,
+        precision,
     }
+}
+
+/// The backends measured side by side: candle, and ONNX Runtime's fp32 and int8 graphs.
+fn backends() -> [Option<ragway_retrieval::OnnxRuntime>; 3] {
+    [None, Some(onnx_runtime(Precision::Fp32)), Some(onnx_runtime(Precision::Int8))]
 }
 
 /// Passages/s at batch 32 and one query's latency, for candle and ONNX Runtime side by side.
@@ -51,8 +58,8 @@ pub async fn embed() -> anyhow::Result<()> {
     println!("\n### Embedding (all-MiniLM-L6-v2, CPU, tokenisation included)\n");
     println!("| backend | batches of 32: median passages/s (5 runs × 256 MS MARCO passages) | min | max | one query: p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|");
-    for onnx in [None, Some(onnx_runtime())] {
-        let backend = if onnx.is_some() { "onnx" } else { "candle" };
+    for onnx in backends() {
+        let backend = onnx.as_ref().map_or("candle", |r| r.precision.backend_name());
         let options = BertEmbedderOptions {
             bulk_slice: 32,
             onnx,
@@ -110,16 +117,18 @@ fn random_minilm_cross_encoder(dir: &Path) -> anyhow::Result<()> {
 fn build_classifier_graph(dir: &Path) -> anyhow::Result<()> {
     let python = models_dir().join(".onnx-venv/bin/python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/onnx/build_bert_onnx.py");
-    let status = std::process::Command::new(&python)
-        .arg(script)
-        .arg(dir)
-        .arg("classifier")
-        .status()?;
-    anyhow::ensure!(
-        status.success(),
-        "{} failed to write the graph: run scripts/fetch-models.sh",
-        python.display()
-    );
+    for precision in ["fp32", "int8"] {
+        let status = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(dir)
+            .args(["classifier", precision])
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "{} failed to write the graph: run scripts/fetch-models.sh",
+            python.display()
+        );
+    }
     Ok(())
 }
 
@@ -130,8 +139,8 @@ pub async fn rerank() -> anyhow::Result<()> {
     build_classifier_graph(dir.path())?;
     println!("\n### Cross-encoder (MiniLM-L6 shape, random weights, CPU)\n");
     println!("| backend | pairs per call | median pairs/s | median ms per call |\n|---|---|---|---|");
-    for onnx in [None, Some(onnx_runtime())] {
-        let backend = if onnx.is_some() { "onnx" } else { "candle" };
+    for onnx in backends() {
+        let backend = onnx.as_ref().map_or("candle", |r| r.precision.backend_name());
         let options = CrossEncoderOptions {
             onnx,
             ..Default::default()

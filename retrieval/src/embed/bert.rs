@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use ort::session::Session;
 use ort::value::Tensor;
-use ragway_worker::onnx::{self, ort, OnnxRuntime};
+use ragway_worker::onnx::{ort, OnnxRuntime};
 use ragway_worker::{Priority, Queue, QueueLimits, Queued, Step, Task, Worker};
 use tokenizers::{Encoding, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
@@ -76,9 +76,9 @@ impl BertEmbedder {
     pub fn load(dir: &Path, model_id: &str, options: BertEmbedderOptions) -> Result<Self, RetrievalError> {
         let model = SentenceBert::load(dir, &options)?;
         let dimension = model.dimension;
-        let backend = match model.engine {
-            Engine::Candle { .. } => "candle",
-            Engine::Onnx(_) => "onnx",
+        let backend = match &options.onnx {
+            Some(runtime) => runtime.precision.backend_name(),
+            None => "candle",
         };
         let max_batch = options.max_batch.max(1);
         let slice = options.bulk_slice.clamp(1, max_batch);
@@ -235,10 +235,7 @@ impl SentenceBert {
             .map_err(|e| RetrievalError::Model(format!("bad config.json: {e}")))?;
         let tokenizer = tokenizer(&read("tokenizer.json")?, options.max_tokens)?;
         let engine = match &options.onnx {
-            Some(runtime) => Engine::Onnx(
-                onnx::session(&runtime.library, &dir.join("model.onnx"), runtime.threads)
-                    .map_err(RetrievalError::Model)?,
-            ),
+            Some(runtime) => Engine::Onnx(runtime.open(dir).map_err(RetrievalError::Model)?),
             None => {
                 // Read into memory instead of mmap: candle's mmap constructor is `unsafe`, which
                 // the workspace forbids, and a 90 MB copy at start-up costs nothing that matters.
