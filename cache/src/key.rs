@@ -1,4 +1,5 @@
 use sha2::{Digest, Sha256};
+use unicode_normalization::UnicodeNormalization;
 
 /// A fixed-size hash of a cache key's parts. Parts are length-prefixed so that `("ab", "c")` and
 /// `("a", "bc")` never collide.
@@ -20,6 +21,13 @@ impl CacheKey {
     }
 }
 
+/// A question as a cache sees it: Unicode NFKC, case-folded, whitespace collapsed and trimmed, so
+/// "What is  RAG?" and "what is rag?" share an entry.
+pub fn normalize_query(query: &str) -> String {
+    let folded: String = query.nfkc().flat_map(char::to_lowercase).collect();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +41,14 @@ mod tests {
         assert_ne!(CacheKey::new("l1", &[b"x"]), CacheKey::new("l2", &[b"x"]));
         assert_eq!(CacheKey::new("l2", &[b"x"]), CacheKey::new("l2", &[b"x"]));
         assert_eq!(CacheKey::new("l2", &[b"x"]).hex().len(), 64);
+    }
+
+    #[test]
+    fn queries_normalise_case_width_and_spaces() {
+        assert_eq!(normalize_query("  What is\tRAG?\n"), "what is rag?");
+        // Full-width letters (NFKC) and a ligature fold to plain ones.
+        assert_eq!(normalize_query("ＲＡＧ ﬁle"), "rag file");
+        assert_eq!(normalize_query("STRASSE"), normalize_query("strasse"));
+        assert_ne!(normalize_query("rag"), normalize_query("rags"));
     }
 }

@@ -1,9 +1,14 @@
-//! Caches. For now the local tier of the embedding cache (L2): query embeddings keyed by model and
-//! text. The response (L1), retrieval (L3) and prefix (L4) layers and the Redis tier build on the
-//! same key and tier types.
+//! ragway's cache layers: each a [`Layer`] with a TTL, a size bound and hit/miss/stale counters,
+//! an in-process tier (moka) in front of an optional shared tier ([`SharedTier`]; Redis in
+//! [`RedisTier`]). Keys are [`CacheKey`]s scoped by collection, so that one collection's entries
+//! can be dropped at once. What a layer caches, and when, is decided by the wrappers in `gateway`.
 
 mod key;
-mod local;
+mod layer;
+mod redis_tier;
+mod shared;
 
-pub use key::CacheKey;
-pub use local::LocalCache;
+pub use key::{normalize_query, CacheKey};
+pub use layer::{Layer, LayerSettings, Lookup};
+pub use redis_tier::RedisTier;
+pub use shared::{SharedTier, TierError};

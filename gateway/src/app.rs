@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use candle_core::Device;
 use metrics_exporter_prometheus::PrometheusHandle;
-use ragway_cache::LocalCache;
+use ragway_cache::RedisTier;
 use ragway_llm::{Generator, LocalLlm, LocalLlmOptions, OpenAiBackend, OpenAiBackendOptions};
 use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
 use ragway_retrieval::{
@@ -21,6 +21,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::breaker::BreakerSettings;
+use crate::caching::Caches;
 use crate::collections::{Collections, IngestEmbedding};
 use crate::config::{Config, LlmBackendKind, ModelBackend};
 use crate::faults::Faults;
@@ -209,7 +210,10 @@ impl AppState {
             },
             rerank_cost: RerankCost::default(),
             llm: LlmPool::new(backends),
-            query_embeddings: LocalCache::new(10_000, Duration::from_secs(3_600)),
+            caches: Caches::new(
+                &config,
+                redis_tier(&config, guard("redis", config.cache.redis.timeout_ms))?,
+            ),
             settings: PipelineSettings {
                 rrf_k: config.retrieval.rrf_k,
                 candidates: config.retrieval.candidates,
@@ -232,6 +236,18 @@ impl AppState {
             metrics,
         })
     }
+}
+
+/// The shared cache tier `cache.redis.url` names, with its guard; `None` without one.
+fn redis_tier(config: &Config, guard: Guard) -> anyhow::Result<Option<(RedisTier, Guard)>> {
+    let redis = &config.cache.redis;
+    if redis.url.is_empty() {
+        return Ok(None);
+    }
+    let tier = RedisTier::new(&redis.url, Duration::from_millis(redis.timeout_ms))
+        .map_err(|e| anyhow::anyhow!("cache.redis.url = {:?}: {e}", redis.url))?;
+    tracing::info!("shared cache tier: redis (cache.redis.url)");
+    Ok(Some((tier, guard)))
 }
 
 /// Options that can name an ONNX Runtime (`None`: candle).
@@ -309,6 +325,7 @@ pub fn router(state: AppState) -> Router {
                 .get(admin::list_faults)
                 .delete(admin::clear_faults),
         )
+        .route("/admin/cache/invalidate", post(admin::invalidate_cache))
         .route_layer(middleware::from_fn(count_request))
         .with_state(state);
     Router::new()

@@ -77,6 +77,15 @@ impl Collection {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// The collection as cache keys see it now: its generation and current epoch.
+    pub fn target(&self) -> crate::caching::Target<'_> {
+        crate::caching::Target {
+            name: &self.name,
+            generation: &self.generation,
+            epoch: self.epoch(),
+        }
+    }
+
     pub fn info(&self) -> CollectionInfo {
         self.summary
             .read()

@@ -21,6 +21,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub ingest: IngestConfig,
     pub queues: QueuesConfig,
+    pub cache: CacheConfig,
     /// Tried in order of `priority` (default: position in this list); backends of equal priority
     /// share load, the lowest priority is the primary.
     pub llm: Vec<LlmBackendConfig>,
@@ -78,6 +79,62 @@ pub struct QueuesConfig {
     pub reranker: usize,
     /// Generations waiting for each local LLM.
     pub local_llm: usize,
+}
+
+/// The cache layers (docs/ARCHITECTURE.md, "Caches"): L1 whole answers, L2 query embeddings,
+/// L3 retrieval results, L4 the local LLM's prompt prefixes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub l1: CacheLayerConfig,
+    pub l2: CacheLayerConfig,
+    pub l3: CacheLayerConfig,
+    pub l4: CacheLayerConfig,
+    /// How long past its TTL an L1/L3 entry is kept, to answer (`cache_only`) when neither
+    /// retrieval path can.
+    pub stale_if_error_s: u64,
+    pub redis: RedisConfig,
+}
+
+/// One layer's bounds; `max_entries = 0` turns the layer off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheLayerConfig {
+    pub ttl_s: u64,
+    pub max_entries: u64,
+}
+
+/// The shared cache tier; empty `url`: in-process caches only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// e.g. `redis://127.0.0.1:6379/0`.
+    pub url: String,
+    /// The longest any Redis call may take before the answer goes on without it.
+    pub timeout_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let layer = |ttl_s, max_entries| CacheLayerConfig { ttl_s, max_entries };
+        Self {
+            l1: layer(3_600, 10_000),
+            l2: layer(86_400, 50_000),
+            l3: layer(900, 10_000),
+            l4: layer(600, 4),
+            stale_if_error_s: 3_600,
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            timeout_ms: 50,
+        }
+    }
 }
 
 /// Deadlines, stage timeouts and circuit breakers.
@@ -286,6 +343,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             ingest: IngestConfig::default(),
             queues: QueuesConfig::default(),
+            cache: CacheConfig::default(),
             llm: vec![LlmBackendConfig {
                 name: "local".into(),
                 priority: None,
@@ -487,6 +545,14 @@ impl Config {
                 "retrieval.chunk_words ({}) must be at least limits.min_chunk_words ({})",
                 r.chunk_words, self.limits.min_chunk_words
             ));
+        }
+        let c = &self.cache;
+        if [&c.l1, &c.l2, &c.l3, &c.l4].iter().any(|l| l.ttl_s == 0) {
+            problems
+                .push("cache.l*.ttl_s must be at least 1 (max_entries = 0 turns a layer off)".to_string());
+        }
+        if !c.redis.url.is_empty() && c.redis.timeout_ms == 0 {
+            problems.push("cache.redis.timeout_ms must be at least 1".to_string());
         }
         let i = &self.ingest;
         if i.batch_chunks == 0 || i.max_concurrent_jobs == 0 {

@@ -81,6 +81,7 @@ error_codes! {
     TopKOutOfRange => "top_k_out_of_range",
     TopNOutOfRange => "top_n_out_of_range",
     Unauthorized => "unauthorized",
+    UnknownCacheLayer => "unknown_cache_layer",
     UnknownStage => "unknown_stage",
     UnsupportedEncoding => "unsupported_encoding",
 }

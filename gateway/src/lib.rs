@@ -3,6 +3,7 @@
 pub mod answer_stream;
 pub mod app;
 pub mod breaker;
+pub mod caching;
 pub mod collections;
 pub mod config;
 pub mod deadline;

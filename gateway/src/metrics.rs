@@ -28,7 +28,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!("ragway_answers_total", "Search and query answers by mode");
     describe_counter!(
         "ragway_cache_requests_total",
-        "Cache lookups by layer and result (hit, miss)"
+        "Cache lookups by layer (l1, l2, l3, l4) and result: hit, miss, stale (an expired entry answered because retrieval could not), error (the shared tier failed)"
     );
     describe_counter!(
         "ragway_llm_tokens_total",

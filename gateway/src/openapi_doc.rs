@@ -15,7 +15,7 @@ use crate::routes::{admin, answers, collections, embeddings, health, jobs, opena
         answers::search, answers::query,
         embeddings::embeddings, rerank::rerank, openai::chat_completions, openai::models,
         health::healthz, health::readyz, health::metrics,
-        admin::set_fault, admin::list_faults, admin::clear_faults,
+        admin::set_fault, admin::list_faults, admin::clear_faults, admin::invalidate_cache,
     ),
     components(schemas(health::Health, health::Readiness)),
     modifiers(&AdminKey),

@@ -6,14 +6,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ragway_cache::{CacheKey, LocalCache};
 use ragway_llm::{cited_passages, fit_rag_messages, rag_messages, GenerationRequest, Passage};
 use ragway_openapi::{DegradationReason, StageStatus, TokenUsage};
 use ragway_rerank::Reranker;
 use ragway_retrieval::{
-    reciprocal_rank_fusion, DenseStore, Embedder, KeywordStore, MetadataFilter, Priority, ScoredChunk,
+    reciprocal_rank_fusion, DenseStore, Embedder, KeywordStore, MetadataFilter, ScoredChunk,
 };
 
+use crate::caching::{Caches, Target};
 use crate::deadline::Deadline;
 use crate::guard::{Failure, Guard};
 use crate::llm_pool::LlmPool;
@@ -49,8 +49,8 @@ pub struct Pipeline {
     pub guards: StageGuards,
     pub rerank_cost: RerankCost,
     pub llm: LlmPool,
-    /// L2: query embeddings by model and text.
-    pub query_embeddings: LocalCache<Arc<Vec<f32>>>,
+    /// The cache layers wrapped around the stages (see `caching`).
+    pub caches: Arc<Caches>,
     pub settings: PipelineSettings,
 }
 
@@ -97,8 +97,9 @@ fn settle<T, E: std::fmt::Display>(
 }
 
 impl Pipeline {
-    /// Hybrid retrieval and reranking: the `top_k` best chunks, within `deadline`.
-    pub async fn retrieve(
+    /// Hybrid retrieval and reranking: the `top_k` best chunks, within `deadline` (L3 wraps it:
+    /// [`Pipeline::retrieve`]).
+    pub(crate) async fn retrieve_uncached(
         &self,
         collection: &str,
         query: &str,
@@ -168,41 +169,6 @@ impl Pipeline {
         let (hits, status) = settle(&mut report, "dense", hits);
         report.dense = status;
         (hits, report)
-    }
-
-    /// The query's vector, and whether it came from the L2 cache.
-    async fn query_vector(
-        &self,
-        query: &str,
-        deadline: &Deadline,
-    ) -> Result<(Arc<Vec<f32>>, bool), Failure<ragway_retrieval::RetrievalError>> {
-        let key = CacheKey::new(
-            "l2_embedding",
-            &[self.embedder.model_id().as_bytes(), query.as_bytes()],
-        );
-        if let Some(vector) = self.query_embeddings.get(&key).await {
-            metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "hit")
-                .increment(1);
-            return Ok((vector, true));
-        }
-        metrics::counter!("ragway_cache_requests_total", "layer" => "l2_embedding", "result" => "miss")
-            .increment(1);
-        let embedded = self
-            .guards
-            .embed
-            .run(
-                deadline,
-                self.embedder
-                    .embed(vec![query.to_string()], Priority::Interactive),
-            )
-            .await?;
-        let vector = embedded.vectors.into_iter().next().map(Arc::new).ok_or_else(|| {
-            Failure::Error(ragway_retrieval::RetrievalError::Model(
-                "no vector returned".into(),
-            ))
-        })?;
-        self.query_embeddings.insert(key, vector.clone()).await;
-        Ok((vector, false))
     }
 
     async fn keyword_hits(
@@ -276,17 +242,17 @@ impl Pipeline {
     }
 
     /// Retrieval, then a grounded answer from the first LLM of the pool that can give one, or
-    /// quoted passages when none can.
-    pub async fn answer(
+    /// quoted passages when none can (L1 wraps it: [`Pipeline::answer`]).
+    pub(crate) async fn answer_uncached(
         &self,
-        collection: &str,
+        target: Target<'_>,
         query: &str,
         filter: MetadataFilter,
         passages: usize,
         deadline: &Deadline,
     ) -> Answer {
         let Retrieved { hits, mut report, .. } =
-            self.retrieve(collection, query, filter, passages, deadline).await;
+            self.retrieve(target, query, filter, passages, deadline).await;
         if report.mode() == ragway_openapi::Mode::Error {
             return Answer {
                 text: String::new(),

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use ragway_openapi::{Degradation, DegradationReason, Mode, StageStatus, Stages};
+use ragway_openapi::{CacheInfo, Degradation, DegradationReason, Mode, StageStatus, Stages};
 
 /// Which LLM wrote the answer, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub struct Report {
     pub keyword: StageStatus,
     pub rerank: StageStatus,
     pub authorship: Option<Authorship>,
+    /// The cache layer that served the answer or its retrieval, if one did.
+    pub cache: Option<CacheInfo>,
     /// False for a bare-LLM chat, which retrieves nothing: its mode depends on the LLM alone.
     retrieval: bool,
     degraded: Vec<Degradation>,
@@ -38,6 +40,7 @@ impl Default for Report {
             keyword: StageStatus::Skipped,
             rerank: StageStatus::Skipped,
             authorship: None,
+            cache: None,
             retrieval: true,
             degraded: Vec::new(),
             timings_ms: BTreeMap::new(),
@@ -87,7 +90,18 @@ impl Report {
     }
 
     fn dense_path_ok(&self) -> bool {
-        matches!(self.embed, StageStatus::Ok | StageStatus::Cached) && self.dense == StageStatus::Ok
+        served(self.embed) && served(self.dense)
+    }
+
+    /// Marks every retrieval stage as served by a cache layer (`rerank` only where it ran).
+    pub fn served_from_cache(&mut self, cache: CacheInfo, reranked: bool) {
+        self.embed = StageStatus::Cached;
+        self.dense = StageStatus::Cached;
+        self.keyword = StageStatus::Cached;
+        if reranked {
+            self.rerank = StageStatus::Cached;
+        }
+        self.cache = Some(cache);
     }
 
     /// The most severe consequence of what happened; see DESIGN.md's table of modes.
@@ -99,7 +113,10 @@ impl Report {
                 Some(Authorship::Extractive) | None => Mode::Error,
             };
         }
-        let keyword_ok = self.keyword == StageStatus::Ok;
+        if self.cache.as_ref().is_some_and(|c| c.stale) {
+            return Mode::CacheOnly;
+        }
+        let keyword_ok = served(self.keyword);
         if !self.dense_path_ok() && !keyword_ok {
             return Mode::Error;
         }
@@ -157,6 +174,11 @@ impl Report {
     }
 }
 
+/// The stage's result is there, computed now or by an earlier request.
+fn served(status: StageStatus) -> bool {
+    matches!(status, StageStatus::Ok | StageStatus::Cached)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +219,30 @@ mod tests {
         assert_eq!(r.mode(), Mode::Extractive);
         r.keyword = StageStatus::Failed;
         assert_eq!(r.mode(), Mode::Error);
+        r.cache = Some(CacheInfo {
+            layer: "l1".into(),
+            age_ms: 5,
+            stale: true,
+        });
+        assert_eq!(
+            r.mode(),
+            Mode::CacheOnly,
+            "a stale entry answered for the failed engines"
+        );
+    }
+
+    #[test]
+    fn a_fresh_cache_hit_is_normal() {
+        let mut r = Report::default();
+        let fresh = CacheInfo {
+            layer: "l3".into(),
+            age_ms: 5,
+            stale: false,
+        };
+        r.served_from_cache(fresh, false);
+        r.rerank = StageStatus::NotConfigured;
+        r.authorship = Some(Authorship::Primary("local".into()));
+        assert_eq!(r.mode(), Mode::Normal);
     }
 
     #[test]

@@ -124,12 +124,24 @@ pub struct Hit {
     pub engines: Vec<String>,
 }
 
+/// Which cache layer served an answer (or its retrieval), how old the entry was, and whether it
+/// was past its TTL (served only because neither retrieval path could answer: mode `cache_only`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CacheInfo {
+    /// `l1` (the whole answer) or `l3` (the retrieval results).
+    pub layer: String,
+    pub age_ms: u64,
+    pub stale: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SearchResponse {
     pub hits: Vec<Hit>,
     pub mode: Mode,
     pub degraded: Vec<Degradation>,
     pub stages: Stages,
+    /// Null when no cache layer served this answer.
+    pub cache: Option<CacheInfo>,
     /// Milliseconds spent per stage, and `total`.
     pub timings_ms: BTreeMap<String, f64>,
 }
@@ -172,6 +184,8 @@ pub struct QueryResponse {
     pub mode: Mode,
     pub degraded: Vec<Degradation>,
     pub stages: Stages,
+    /// Null when no cache layer served this answer.
+    pub cache: Option<CacheInfo>,
     pub timings_ms: BTreeMap<String, f64>,
     pub usage: TokenUsage,
 }

@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Citation, Degradation, Mode};
+use crate::{CacheInfo, Citation, Degradation, Mode};
 
 /// OpenAI-compatible `POST /v1/chat/completions`. `model` names a collection (RAG over it: the
 /// last user message is the question) or an LLM backend of the pool (plain chat). Fields of the
@@ -67,6 +67,9 @@ pub struct RagwayAnswerInfo {
     pub degraded: Vec<Degradation>,
     #[serde(default)]
     pub citations: Vec<Citation>,
+    /// Null when no cache layer served this answer.
+    #[serde(default)]
+    pub cache: Option<CacheInfo>,
 }
 
 /// `GET /v1/models`.

@@ -163,7 +163,10 @@ impl SequenceClassifier {
                 options,
             )?)),
         };
-        let backend = options.onnx.as_ref().map_or("candle", |r| r.precision.backend_name());
+        let backend = options
+            .onnx
+            .as_ref()
+            .map_or("candle", |r| r.precision.backend_name());
         Ok(Self {
             engine,
             tokenizer,

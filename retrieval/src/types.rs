@@ -1,7 +1,7 @@
 use serde_json::{Map, Value};
 
 /// A piece of a document, the unit that is embedded, indexed and retrieved.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Chunk {
     /// `<doc_id>#<ordinal>`: stable across re-ingest of the same content.
     pub chunk_id: String,
@@ -18,7 +18,7 @@ pub struct EmbeddedChunk {
 }
 
 /// A chunk found by a search, with the score of whoever found it (higher is better).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ScoredChunk {
     pub chunk: Chunk,
     pub score: f32,

@@ -79,7 +79,10 @@ async fn onnx_int8_vectors_stay_close_to_sentence_transformers() -> Result<(), B
             .fold(0f32, f32::max);
         largest_difference = largest_difference.max(difference);
     }
-    assert!(largest_difference > 1e-4, "int8 vectors equal fp32 ones: the fp32 graph ran");
+    assert!(
+        largest_difference > 1e-4,
+        "int8 vectors equal fp32 ones: the fp32 graph ran"
+    );
     Ok(())
 }
 

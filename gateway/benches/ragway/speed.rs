@@ -50,7 +50,11 @@ pub fn onnx_runtime(precision: Precision) -> ragway_retrieval::OnnxRuntime {
 
 /// The backends measured side by side: candle, and ONNX Runtime's fp32 and int8 graphs.
 fn backends() -> [Option<ragway_retrieval::OnnxRuntime>; 3] {
-    [None, Some(onnx_runtime(Precision::Fp32)), Some(onnx_runtime(Precision::Int8))]
+    [
+        None,
+        Some(onnx_runtime(Precision::Fp32)),
+        Some(onnx_runtime(Precision::Int8)),
+    ]
 }
 
 /// Passages/s at batch 32 and one query's latency, for candle and ONNX Runtime side by side.

@@ -2,7 +2,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use ragway_openapi::ErrorBody;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::app::AppState;
@@ -37,6 +37,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn known_stage(state: &AppState, stage: &str) -> bool {
     match stage.strip_prefix("llm:") {
         Some(backend) => state.pipeline.llm.backends().iter().any(|b| b.name() == backend),
+        None if stage == "redis" => state.pipeline.caches.redis_guard().is_some(),
         None => matches!(stage, "embedder" | "dense" | "keyword" | "reranker"),
     }
 }
@@ -55,7 +56,7 @@ pub async fn set_fault(
         return Err(ApiError::invalid(
             ErrorCode::UnknownStage,
             format!(
-                "stage {:?} is not one of embedder, dense, keyword, reranker, llm:<configured backend>",
+                "stage {:?} is not one of embedder, dense, keyword, reranker, redis (when configured), llm:<configured backend>",
                 request.stage
             ),
         ));
@@ -90,4 +91,48 @@ pub async fn clear_faults(State(state): State<AppState>, headers: HeaderMap) -> 
     authorize(&state, &headers)?;
     state.faults.clear();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /admin/cache/invalidate`: which entries to drop.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateRequest {
+    /// A collection's name; absent: every collection.
+    #[serde(default)]
+    collection: Option<String>,
+    /// `l1`, `l2` or `l3`; absent: every layer.
+    #[serde(default)]
+    layer: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Invalidated {
+    /// Entries dropped from this process's caches plus keys deleted from Redis.
+    invalidated: u64,
+}
+
+/// Drop cached entries here, in Redis, and (through Redis pub/sub) in every other process.
+#[utoipa::path(post, path = "/admin/cache/invalidate", tag = "admin", request_body = InvalidateRequest,
+    security(("admin_key" = [])),
+    responses((status = 200, description = "OK", body = Invalidated), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
+pub async fn invalidate_cache(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<InvalidateRequest>,
+) -> Result<Json<Invalidated>, ApiError> {
+    authorize(&state, &headers)?;
+    if let Some(layer) = &request.layer {
+        if !matches!(layer.as_str(), "l1" | "l2" | "l3") {
+            return Err(ApiError::invalid(
+                ErrorCode::UnknownCacheLayer,
+                format!("layer {layer:?} is not one of l1, l2, l3"),
+            ));
+        }
+    }
+    let invalidated = state
+        .pipeline
+        .caches
+        .invalidate(request.collection.as_deref(), request.layer.as_deref())
+        .await;
+    Ok(Json(Invalidated { invalidated }))
 }

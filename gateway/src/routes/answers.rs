@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::answer_stream::StreamJob;
 use crate::app::AppState;
+use crate::collections::Collection;
 use crate::deadline::Deadline;
 use crate::error::{ApiError, ApiJson};
 use crate::routes::streams;
@@ -39,7 +40,7 @@ pub async fn search(
     let collection = state.collections.get(&name)?;
     let retrieved = state
         .pipeline
-        .retrieve(&collection.name, &request.query, filter, top_k, &deadline)
+        .search(collection.target(), &request.query, filter, top_k, &deadline)
         .await;
     let mut report = retrieved.report;
     report.finish();
@@ -54,6 +55,7 @@ pub async fn search(
         mode,
         degraded: report.degraded(),
         stages: report.stages(),
+        cache: report.cache.clone(),
         timings_ms: report.timings_ms,
     };
     Ok(answer_response(mode, body))
@@ -82,7 +84,7 @@ pub async fn query(
     if request.stream == Some(true) {
         return stream_answer(
             state.clone(),
-            &collection.name,
+            &collection,
             &request.query,
             filter,
             passages,
@@ -92,7 +94,7 @@ pub async fn query(
     }
     let answer = state
         .pipeline
-        .answer(&collection.name, &request.query, filter, passages, &deadline)
+        .answer(collection.target(), &request.query, filter, passages, &deadline)
         .await;
     let mut report = answer.report;
     report.finish();
@@ -103,6 +105,7 @@ pub async fn query(
         mode,
         degraded: report.degraded(),
         stages: report.stages(),
+        cache: report.cache.clone(),
         timings_ms: report.timings_ms,
         usage: answer.usage,
     };
@@ -112,7 +115,7 @@ pub async fn query(
 /// Retrieval, then the answer as Server-Sent Events; no retrieval path is still a 503 JSON answer.
 pub(crate) async fn stream_answer(
     state: AppState,
-    collection: &str,
+    collection: &Collection,
     query: &str,
     filter: ragway_retrieval::MetadataFilter,
     passages: usize,
@@ -120,7 +123,7 @@ pub(crate) async fn stream_answer(
 ) -> Result<Response, ApiError> {
     let retrieved = state
         .pipeline
-        .retrieve(collection, query, filter, passages, &deadline)
+        .retrieve(collection.target(), query, filter, passages, &deadline)
         .await;
     if retrieved.report.mode() == Mode::Error {
         let mut report = retrieved.report;
@@ -131,6 +134,7 @@ pub(crate) async fn stream_answer(
             mode: Mode::Error,
             degraded: report.degraded(),
             stages: report.stages(),
+            cache: report.cache.clone(),
             timings_ms: report.timings_ms,
             usage: Default::default(),
         };

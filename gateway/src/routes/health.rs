@@ -27,7 +27,8 @@ pub struct Readiness {
     reranker: Option<String>,
     /// What runs the reranker, when one is configured.
     reranker_backend: Option<String>,
-    /// Breaker state per dependency: `embedder`, `dense`, `keyword`, `reranker`, `llm:<backend>`.
+    /// Breaker state per dependency: `embedder`, `dense`, `keyword`, `reranker`, `llm:<backend>`,
+    /// and `redis` when the shared cache tier is configured.
     dependencies: BTreeMap<String, BreakerState>,
     /// Collections that could not be opened at start-up, and why; they are not served, the
     /// others are.
@@ -56,6 +57,10 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
     for backend in pipeline.llm.backends() {
         dependencies.insert(format!("llm:{}", backend.name()), backend.state());
+    }
+    // Redis only shares caches: listed, never a reason to be unready.
+    if let Some(redis) = pipeline.caches.redis_guard() {
+        dependencies.insert(redis.name.clone(), redis.state());
     }
     let usable = |g: &crate::guard::Guard| g.state() != BreakerState::Open;
     let dense_path = usable(&guards.embed) && usable(&guards.dense);

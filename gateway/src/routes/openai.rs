@@ -97,7 +97,7 @@ pub async fn chat_completions(
         if request.stream == Some(true) {
             return stream_rag_chat(
                 state.clone(),
-                &collection.name,
+                &collection,
                 &question,
                 passages,
                 deadline,
@@ -108,7 +108,7 @@ pub async fn chat_completions(
         let answer = state
             .pipeline
             .answer(
-                &collection.name,
+                collection.target(),
                 &question,
                 Vec::new(),
                 state.config.generation.default_passages,
@@ -122,6 +122,7 @@ pub async fn chat_completions(
             mode,
             degraded: report.degraded(),
             citations: answer.citations.into_iter().map(citation).collect(),
+            cache: report.cache.clone(),
         };
         let usage = (answer.usage.prompt_tokens, answer.usage.completion_tokens);
         return Ok(answer_response(
@@ -183,7 +184,7 @@ pub async fn chat_completions(
 /// RAG chat, streamed as OpenAI chunks.
 async fn stream_rag_chat(
     state: AppState,
-    collection: &str,
+    collection: &crate::collections::Collection,
     question: &str,
     passages: usize,
     deadline: crate::deadline::Deadline,
@@ -191,7 +192,7 @@ async fn stream_rag_chat(
 ) -> Result<Response, ApiError> {
     let retrieved = state
         .pipeline
-        .retrieve(collection, question, Vec::new(), passages, &deadline)
+        .retrieve(collection.target(), question, Vec::new(), passages, &deadline)
         .await;
     if retrieved.report.mode() == Mode::Error {
         let mut report = retrieved.report;

@@ -1,0 +1,516 @@
+//! The cache layers, each a wrapper around the stage it serves: L1 around whole answers
+//! ([`Pipeline::answer`], [`Pipeline::search`]), L2 around query embedding
+//! ([`Pipeline::query_vector`]), L3 around hybrid retrieval ([`Pipeline::retrieve`]). A layer
+//! answers from a fresh entry without running its stage; otherwise the stage runs, a `normal`
+//! result is stored, and when the stage could not serve at all (mode `error`) an entry kept past
+//! its TTL answers instead, with mode `cache_only`.
+//!
+//! Keys hold the collection's generation (new on every create) and epoch (bumped by every
+//! document change), so a changed or re-created collection never meets its old entries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ragway_cache::{
+    normalize_query, CacheKey, Layer, LayerSettings, Lookup, RedisTier, SharedTier, TierError,
+};
+use ragway_openapi::{CacheInfo, Mode, TokenUsage};
+use ragway_retrieval::{MetadataFilter, Priority, ScoredChunk};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CacheConfig, CacheLayerConfig, Config};
+use crate::deadline::Deadline;
+use crate::guard::{Blame, Blamed, Failure, Guard};
+use crate::pipeline::{Answer, Pipeline, Retrieved};
+use crate::report::{Authorship, Report};
+
+/// The collection a cached result belongs to, as its keys see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub generation: &'a str,
+    pub epoch: u64,
+}
+
+/// A retrieval result as L1 (`/search`) and L3 keep it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedHits {
+    hits: Vec<ScoredChunk>,
+    dense_ids: Vec<String>,
+    keyword_ids: Vec<String>,
+    reranked: bool,
+}
+
+/// A whole grounded answer as L1 keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    text: String,
+    citations: Vec<(usize, ScoredChunk)>,
+    usage: (usize, usize),
+    llm: String,
+    reranked: bool,
+}
+
+/// Pub/sub channel on which processes sharing a Redis tell each other to drop local entries.
+const INVALIDATIONS: &str = "ragway:invalidate";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Invalidation {
+    origin: String,
+    collection: Option<String>,
+    layer: Option<String>,
+}
+
+pub struct Caches {
+    /// L1: grounded answers (`/query`, chat over a collection).
+    answers: Layer<CachedAnswer>,
+    /// L1: `/search` answers.
+    searches: Layer<CachedHits>,
+    /// L2: query embeddings, by model and text.
+    embeddings: Layer<Vec<f32>>,
+    /// L3: fused (and reranked) hit lists.
+    retrievals: Layer<CachedHits>,
+    shared: Option<Arc<GuardedRedis>>,
+    /// Everything besides the request that shapes an answer: models, backends, settings.
+    fingerprint: String,
+    /// This process, so that it ignores its own invalidation messages.
+    instance: String,
+}
+
+/// The Redis tier behind its own breaker (`redis`): when Redis is down or slow, calls fail fast
+/// and every layer carries on with its local tier.
+pub struct GuardedRedis {
+    tier: RedisTier,
+    pub guard: Guard,
+}
+
+impl Blamed for TierError {
+    fn blame(&self) -> Blame {
+        Blame::Dependency
+    }
+}
+
+impl GuardedRedis {
+    async fn guarded<T, F>(&self, call: F) -> Result<T, TierError>
+    where
+        F: std::future::Future<Output = Result<T, TierError>>,
+    {
+        self.guard
+            .run(&Deadline::none(), call)
+            .await
+            .map_err(|failure: Failure<TierError>| TierError(failure.to_string()))
+    }
+}
+
+#[async_trait]
+impl SharedTier for GuardedRedis {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, TierError> {
+        self.guarded(self.tier.get(key)).await
+    }
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), TierError> {
+        self.guarded(self.tier.set(key, value, ttl)).await
+    }
+    async fn delete_matching(&self, pattern: &str) -> Result<u64, TierError> {
+        self.guarded(self.tier.delete_matching(pattern)).await
+    }
+    async fn publish(&self, channel: &str, message: String) -> Result<(), TierError> {
+        self.guarded(self.tier.publish(channel, message)).await
+    }
+}
+
+fn settings(layer: &CacheLayerConfig, stale_for: Duration) -> LayerSettings {
+    LayerSettings {
+        ttl: Duration::from_secs(layer.ttl_s),
+        stale_for,
+        max_entries: layer.max_entries,
+    }
+}
+
+/// `key=value` pairs in key order, each value with its type, so that equal filters written in
+/// any order share entries and `"1"` never meets `1`.
+fn canonical_filter(filter: &MetadataFilter) -> String {
+    let mut pairs: Vec<String> = filter.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    pairs.sort();
+    pairs.join("\u{1f}")
+}
+
+impl Caches {
+    /// The layers `config.cache` describes; with `redis` (the breaker-guarded shared tier) each
+    /// layer also reads and writes Redis, and this process follows other processes'
+    /// invalidations.
+    pub fn new(config: &Config, redis: Option<(RedisTier, Guard)>) -> Arc<Self> {
+        let c: &CacheConfig = &config.cache;
+        let stale_for = Duration::from_secs(c.stale_if_error_s);
+        let shared = redis.map(|(tier, guard)| Arc::new(GuardedRedis { tier, guard }));
+        let tier = || shared.clone().map(|s| s as Arc<dyn SharedTier>);
+        let caches = Arc::new(Self {
+            answers: Layer::new("l1", settings(&c.l1, stale_for), tier()),
+            searches: Layer::new("l1", settings(&c.l1, stale_for), tier()),
+            embeddings: Layer::new("l2", settings(&c.l2, Duration::ZERO), tier()),
+            retrievals: Layer::new("l3", settings(&c.l3, stale_for), tier()),
+            shared,
+            fingerprint: fingerprint(config),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+        });
+        if let Some(shared) = &caches.shared {
+            let weak = Arc::downgrade(&caches);
+            shared.tier.subscribe(INVALIDATIONS, move |message| {
+                let Some(caches) = weak.upgrade() else { return };
+                tokio::spawn(async move { caches.follow(&message).await });
+            });
+        }
+        caches
+    }
+
+    /// The Redis tier's guard, for `/readyz` and fault injection.
+    pub fn redis_guard(&self) -> Option<&Guard> {
+        self.shared.as_ref().map(|s| &s.guard)
+    }
+
+    fn key(
+        &self,
+        kind: &str,
+        target: &Target<'_>,
+        query: &str,
+        top_k: usize,
+        filter: &MetadataFilter,
+    ) -> CacheKey {
+        CacheKey::new(
+            kind,
+            &[
+                target.generation.as_bytes(),
+                &target.epoch.to_le_bytes(),
+                normalize_query(query).as_bytes(),
+                &(top_k as u64).to_le_bytes(),
+                canonical_filter(filter).as_bytes(),
+                self.fingerprint.as_bytes(),
+            ],
+        )
+    }
+
+    /// Drops the entries of `collection` (all when `None`) in `layer` (`l1`, `l2`, `l3`; all
+    /// when `None`), here, in Redis, and in every process subscribed to it; how many entries.
+    pub async fn invalidate(&self, collection: Option<&str>, layer: Option<&str>) -> u64 {
+        let mut dropped = self.invalidate_local(collection, layer).await;
+        for l in self.layers(layer) {
+            dropped += l
+                .invalidate_shared(collection.map(|c| self.scope(l, c)).as_deref())
+                .await;
+        }
+        if let Some(shared) = &self.shared {
+            let message = Invalidation {
+                origin: self.instance.clone(),
+                collection: collection.map(str::to_string),
+                layer: layer.map(str::to_string),
+            };
+            if let Ok(text) = serde_json::to_string(&message) {
+                if let Err(e) = shared.publish(INVALIDATIONS, text).await {
+                    tracing::warn!(error = %e, "cache invalidation not published");
+                }
+            }
+        }
+        dropped
+    }
+
+    async fn invalidate_local(&self, collection: Option<&str>, layer: Option<&str>) -> u64 {
+        let mut dropped = 0;
+        for l in self.layers(layer) {
+            dropped += l
+                .invalidate_local(collection.map(|c| self.scope(l, c)).as_deref())
+                .await;
+        }
+        dropped
+    }
+
+    /// Another process's invalidation: drop the local entries it names.
+    async fn follow(&self, message: &str) {
+        let Ok(message) = serde_json::from_str::<Invalidation>(message) else {
+            return;
+        };
+        if message.origin != self.instance {
+            let dropped = self
+                .invalidate_local(message.collection.as_deref(), message.layer.as_deref())
+                .await;
+            tracing::info!(collection = ?message.collection, dropped, "cache entries dropped at another process's request");
+        }
+    }
+
+    /// The layers named by `layer` (every one when `None`), as their common invalidation face.
+    fn layers(&self, layer: Option<&str>) -> Vec<&dyn Invalidate> {
+        let all: [&dyn Invalidate; 4] = [&self.answers, &self.searches, &self.embeddings, &self.retrievals];
+        all.into_iter()
+            .filter(|l| layer.is_none_or(|name| l.name() == name))
+            .collect()
+    }
+
+    /// The scope a layer files a collection's entries under; L2 is not per collection.
+    fn scope(&self, layer: &dyn Invalidate, collection: &str) -> String {
+        if layer.name() == "l2" {
+            "*".to_string()
+        } else {
+            collection.to_string()
+        }
+    }
+}
+
+/// What invalidation needs of a layer, whatever it holds.
+#[async_trait]
+trait Invalidate: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn invalidate_local(&self, scope: Option<&str>) -> u64;
+    async fn invalidate_shared(&self, scope: Option<&str>) -> u64;
+}
+
+#[async_trait]
+impl<V> Invalidate for Layer<V>
+where
+    V: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    fn name(&self) -> &'static str {
+        Layer::name(self)
+    }
+    async fn invalidate_local(&self, scope: Option<&str>) -> u64 {
+        // L2's scope "*" means all of it.
+        Layer::invalidate_local(self, scope.filter(|s| *s != "*")).await
+    }
+    async fn invalidate_shared(&self, scope: Option<&str>) -> u64 {
+        Layer::invalidate_shared(self, scope.filter(|s| *s != "*")).await
+    }
+}
+
+/// What shapes an answer besides the request: the models, the pool, retrieval and generation
+/// settings. A change of any of them changes every L1 and L3 key.
+fn fingerprint(config: &Config) -> String {
+    let r = &config.retrieval;
+    let g = &config.generation;
+    let backends: Vec<&str> = config.llm.iter().map(|b| b.name.as_str()).collect();
+    format!(
+        "{}|{:?}|{}|{}|{}|{}|{}|{}|{}|{}",
+        config.models.embedder,
+        config.models.embedder_precision,
+        config.models.reranker,
+        r.rrf_k,
+        r.candidates,
+        r.rerank_candidates,
+        g.max_tokens,
+        g.temperature,
+        backends.join(","),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+fn info(layer: &str, age: Duration, stale: bool) -> CacheInfo {
+    CacheInfo {
+        layer: layer.to_string(),
+        age_ms: age.as_millis() as u64,
+        stale,
+    }
+}
+
+impl CachedHits {
+    fn of(retrieved: &Retrieved) -> Self {
+        Self {
+            hits: retrieved.hits.clone(),
+            dense_ids: retrieved.dense_ids.iter().cloned().collect(),
+            keyword_ids: retrieved.keyword_ids.iter().cloned().collect(),
+            reranked: retrieved.report.rerank == ragway_openapi::StageStatus::Ok,
+        }
+    }
+
+    /// The hits as an answer: `report` keeps what this request's own attempt did (if any).
+    fn into_retrieved(self, mut report: Report, cache: CacheInfo) -> Retrieved {
+        if cache.stale {
+            report.cache = Some(cache);
+        } else {
+            report.served_from_cache(cache, self.reranked);
+        }
+        Retrieved {
+            hits: self.hits,
+            dense_ids: self.dense_ids.into_iter().collect(),
+            keyword_ids: self.keyword_ids.into_iter().collect(),
+            report,
+        }
+    }
+}
+
+/// What a layer's stage produced, and whether it may be kept: only `normal` results are.
+fn storable(report: &Report) -> bool {
+    report.cache.is_none() && report.mode() == Mode::Normal
+}
+
+impl Pipeline {
+    /// L3 around hybrid retrieval.
+    pub async fn retrieve(
+        &self,
+        target: Target<'_>,
+        query: &str,
+        filter: MetadataFilter,
+        top_k: usize,
+        deadline: &Deadline,
+    ) -> Retrieved {
+        let layer = &self.caches.retrievals;
+        let key = self.caches.key("l3", &target, query, top_k, &filter);
+        let stale = match layer.get(target.name, &key).await {
+            Lookup::Fresh { value, age } => {
+                return value.into_retrieved(Report::default(), info("l3", age, false))
+            }
+            Lookup::Stale { value, age } => Some((value, age)),
+            Lookup::Miss => None,
+        };
+        let retrieved = self
+            .retrieve_uncached(target.name, query, filter, top_k, deadline)
+            .await;
+        match (retrieved.report.mode(), stale) {
+            (Mode::Error, Some((value, age))) => {
+                layer.served_stale();
+                value.into_retrieved(retrieved.report, info("l3", age, true))
+            }
+            _ => {
+                if storable(&retrieved.report) {
+                    layer.put(target.name, &key, CachedHits::of(&retrieved)).await;
+                }
+                retrieved
+            }
+        }
+    }
+
+    /// L1 around `/search`: the whole hit list for this question, else retrieval (through L3).
+    pub async fn search(
+        &self,
+        target: Target<'_>,
+        query: &str,
+        filter: MetadataFilter,
+        top_k: usize,
+        deadline: &Deadline,
+    ) -> Retrieved {
+        let layer = &self.caches.searches;
+        let key = self.caches.key("l1_search", &target, query, top_k, &filter);
+        let stale = match layer.get(target.name, &key).await {
+            Lookup::Fresh { value, age } => {
+                return value.into_retrieved(Report::default(), info("l1", age, false))
+            }
+            Lookup::Stale { value, age } => Some((value, age)),
+            Lookup::Miss => None,
+        };
+        let retrieved = self.retrieve(target, query, filter, top_k, deadline).await;
+        match (retrieved.report.mode(), stale) {
+            (Mode::Error, Some((value, age))) => {
+                layer.served_stale();
+                value.into_retrieved(retrieved.report, info("l1", age, true))
+            }
+            _ => {
+                if retrieved.report.mode() == Mode::Normal {
+                    layer.put(target.name, &key, CachedHits::of(&retrieved)).await;
+                }
+                retrieved
+            }
+        }
+    }
+
+    /// L1 around grounded answers (`/query`, chat over a collection).
+    pub async fn answer(
+        &self,
+        target: Target<'_>,
+        query: &str,
+        filter: MetadataFilter,
+        passages: usize,
+        deadline: &Deadline,
+    ) -> Answer {
+        let layer = &self.caches.answers;
+        let key = self.caches.key("l1_answer", &target, query, passages, &filter);
+        let stale = match layer.get(target.name, &key).await {
+            Lookup::Fresh { value, age } => {
+                return value.into_answer(Report::default(), info("l1", age, false))
+            }
+            Lookup::Stale { value, age } => Some((value, age)),
+            Lookup::Miss => None,
+        };
+        let answer = self
+            .answer_uncached(target, query, filter, passages, deadline)
+            .await;
+        match (answer.report.mode(), stale) {
+            (Mode::Error, Some((value, age))) => {
+                layer.served_stale();
+                value.into_answer(answer.report, info("l1", age, true))
+            }
+            (Mode::Normal, _) => {
+                if let Some(cached) = CachedAnswer::of(&answer) {
+                    layer.put(target.name, &key, cached).await;
+                }
+                answer
+            }
+            _ => answer,
+        }
+    }
+
+    /// L2 around query embedding: the query's vector, and whether it came from the cache.
+    pub(crate) async fn query_vector(
+        &self,
+        query: &str,
+        deadline: &Deadline,
+    ) -> Result<(Arc<Vec<f32>>, bool), Failure<ragway_retrieval::RetrievalError>> {
+        let layer = &self.caches.embeddings;
+        let key = CacheKey::new(
+            "l2",
+            &[
+                self.embedder.model_id().as_bytes(),
+                self.caches.fingerprint.as_bytes(),
+                query.as_bytes(),
+            ],
+        );
+        if let Lookup::Fresh { value, .. } = layer.get("", &key).await {
+            return Ok((Arc::new(value), true));
+        }
+        let embed = self
+            .embedder
+            .embed(vec![query.to_string()], Priority::Interactive);
+        let embedded = self.guards.embed.run(deadline, embed).await?;
+        let vector = embedded.vectors.into_iter().next().ok_or_else(|| {
+            Failure::Error(ragway_retrieval::RetrievalError::Model(
+                "no vector returned".into(),
+            ))
+        })?;
+        layer.put("", &key, vector.clone()).await;
+        Ok((Arc::new(vector), false))
+    }
+}
+
+impl CachedAnswer {
+    /// Only an answer written by an LLM of the pool is kept (an extractive one is not `normal`).
+    fn of(answer: &Answer) -> Option<Self> {
+        let Some(Authorship::Primary(llm)) = &answer.report.authorship else {
+            return None;
+        };
+        Some(Self {
+            text: answer.text.clone(),
+            citations: answer.citations.clone(),
+            usage: (answer.usage.prompt_tokens, answer.usage.completion_tokens),
+            llm: llm.clone(),
+            reranked: matches!(
+                answer.report.rerank,
+                ragway_openapi::StageStatus::Ok | ragway_openapi::StageStatus::Cached
+            ),
+        })
+    }
+
+    fn into_answer(self, mut report: Report, cache: CacheInfo) -> Answer {
+        if cache.stale {
+            report.cache = Some(cache);
+        } else {
+            report.served_from_cache(cache, self.reranked);
+        }
+        if report.authorship.is_none() {
+            report.authorship = Some(Authorship::Primary(self.llm));
+        }
+        Answer {
+            text: self.text,
+            citations: self.citations,
+            usage: TokenUsage {
+                prompt_tokens: self.usage.0,
+                completion_tokens: self.usage.1,
+            },
+            report,
+        }
+    }
+}
