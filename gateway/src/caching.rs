@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use ragway_cache::{
     normalize_query, CacheKey, Layer, LayerSettings, Lookup, RedisTier, SharedTier, TierError,
 };
-use ragway_openapi::{CacheInfo, Mode, TokenUsage};
+use ragway_openapi::{CacheInfo, Degradation, Mode, TokenUsage};
 use ragway_retrieval::{MetadataFilter, Priority, ScoredChunk};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,8 @@ pub struct CachedAnswer {
     usage: (usize, usize),
     llm: String,
     reranked: bool,
+    /// What shaped the answer without changing its mode (e.g. passages fitted to the window).
+    degraded: Vec<Degradation>,
 }
 
 /// Pub/sub channel on which processes sharing a Redis tell each other to drop local entries.
@@ -487,6 +489,7 @@ impl CachedAnswer {
             citations: answer.citations.clone(),
             usage: (answer.usage.prompt_tokens, answer.usage.completion_tokens),
             llm: llm.clone(),
+            degraded: answer.report.degraded(),
             reranked: matches!(
                 answer.report.rerank,
                 ragway_openapi::StageStatus::Ok | ragway_openapi::StageStatus::Cached
@@ -499,6 +502,9 @@ impl CachedAnswer {
             report.cache = Some(cache);
         } else {
             report.served_from_cache(cache, self.reranked);
+            for d in self.degraded {
+                report.degrade(d.stage, d.reason);
+            }
         }
         if report.authorship.is_none() {
             report.authorship = Some(Authorship::Primary(self.llm));

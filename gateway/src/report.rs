@@ -93,14 +93,17 @@ impl Report {
         served(self.embed) && served(self.dense)
     }
 
-    /// Marks every retrieval stage as served by a cache layer (`rerank` only where it ran).
+    /// Marks every retrieval stage as served by a cache layer. Only `normal` results are
+    /// cached, so a result that was not reranked had no reranker configured.
     pub fn served_from_cache(&mut self, cache: CacheInfo, reranked: bool) {
         self.embed = StageStatus::Cached;
         self.dense = StageStatus::Cached;
         self.keyword = StageStatus::Cached;
-        if reranked {
-            self.rerank = StageStatus::Cached;
-        }
+        self.rerank = if reranked {
+            StageStatus::Cached
+        } else {
+            StageStatus::NotConfigured
+        };
         self.cache = Some(cache);
     }
 
@@ -240,7 +243,6 @@ mod tests {
             stale: false,
         };
         r.served_from_cache(fresh, false);
-        r.rerank = StageStatus::NotConfigured;
         r.authorship = Some(Authorship::Primary("local".into()));
         assert_eq!(r.mode(), Mode::Normal);
     }

@@ -51,6 +51,12 @@ impl Reply {
     }
 }
 
+/// Config that turns the answer (L1) and retrieval (L3) caches off, for tests that ask one
+/// question again under changed conditions (a fault, a failing backend) and must meet them;
+/// tests/tests/cache.rs tests the caches themselves.
+pub const NO_ANSWER_CACHES: &str =
+    "[cache.l1]\nttl_s = 3600\nmax_entries = 0\n\n[cache.l3]\nttl_s = 900\nmax_entries = 0\n";
+
 /// The value of one Prometheus sample, e.g. `ragway_answers_total{mode="normal"}`; 0 when absent.
 pub fn metric(exposition: &str, sample: &str) -> f64 {
     exposition

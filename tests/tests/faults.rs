@@ -10,11 +10,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{corpus, doc_ids};
-use ragway_e2e::{answers_in_mode, metric, Reply, Script, ScriptedOpenAi, Server, ServerOptions};
+use ragway_e2e::{
+    answers_in_mode, metric, Reply, Script, ScriptedOpenAi, Server, ServerOptions, NO_ANSWER_CACHES,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "test-admin-key";
+
 const QUESTION: &str = "What pressure is used to brew an espresso?";
 
 fn reranker_fixture() -> String {
@@ -25,10 +28,12 @@ fn reranker_fixture() -> String {
 }
 
 /// Two scripted remote LLMs (primary, secondary) and the tiny cross-encoder fixture as reranker.
+/// The answer (L1) and retrieval (L3) caches are off: the matrix asks the same question under
+/// each fault, and a cached answer would not meet the fault (tests/tests/cache.rs covers them).
 fn options(primary: &ScriptedOpenAi, secondary: &ScriptedOpenAi, resilience: &str) -> ServerOptions {
     ServerOptions {
         config_toml: format!(
-            "[models]\nreranker = \"{}\"\n\n[resilience]\n{resilience}\n\n\
+            "[models]\nreranker = \"{}\"\n\n[resilience]\n{resilience}\n\n{NO_ANSWER_CACHES}\n\
              [[llm]]\nname = \"primary\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"p\"\ntimeout_ms = 1500\nmax_retries = 1\n\n\
              [[llm]]\nname = \"secondary\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"s\"\ntimeout_ms = 1500\nmax_retries = 0\n",
             reranker_fixture(),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{corpus, doc_ids};
-use ragway_e2e::{Server, ServerOptions};
+use ragway_e2e::{Server, ServerOptions, NO_ANSWER_CACHES};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -50,7 +50,8 @@ async fn a_second_ragway_is_a_real_llm_backend_and_chat_speaks_openai() -> anyho
     let gateway_dir = tempfile::tempdir()?;
     let options = ServerOptions {
         config_toml: format!(
-            "[[llm]]\nname = \"upstream\"\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"local\"\ntimeout_ms = 60000\nmax_retries = 0\n",
+            // The same question is asked again once the upstream is gone: no cached answer.
+            "{NO_ANSWER_CACHES}\n[[llm]]\nname = \"upstream\"\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"local\"\ntimeout_ms = 60000\nmax_retries = 0\n",
             upstream.base
         ),
         ..Default::default()

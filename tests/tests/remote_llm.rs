@@ -4,7 +4,7 @@
 mod common;
 
 use common::{corpus, doc_ids};
-use ragway_e2e::{Script, ScriptedOpenAi, Server, ServerOptions};
+use ragway_e2e::{Script, ScriptedOpenAi, Server, ServerOptions, NO_ANSWER_CACHES};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -12,8 +12,9 @@ async fn remote_backend_answers_and_local_model_takes_over_when_it_fails() -> an
     let remote = ScriptedOpenAi::start(Script::Answer("Nine bars of pressure [1].".into())).await?;
     let dir = tempfile::tempdir()?;
     let options = ServerOptions {
+        // The same question is asked again once the remote fails: no cached answer.
         config_toml: format!(
-            "[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"scripted-model\"\napi_key_env = \"TEST_REMOTE_KEY\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"{}\"\n",
+            "{NO_ANSWER_CACHES}\n[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"scripted-model\"\napi_key_env = \"TEST_REMOTE_KEY\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"{}\"\n",
             remote.base_url,
             ragway_e2e::models_dir().join("smollm2-135m-instruct").display()
         ),

@@ -150,7 +150,7 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
         metrics.contains("ragway_requests_total{route=\"/v1/collections/{name}/search\",status=\"200\"} 9")
     );
     assert!(metrics.contains("ragway_llm_tokens_total{backend=\"local\",kind=\"completion\"}"));
-    assert!(metrics.contains("ragway_cache_requests_total{layer=\"l2_embedding\",result=\"hit\"}"));
+    assert!(metrics.contains("ragway_cache_requests_total{layer=\"l2\",result=\"hit\"}"));
 
     let ready = server.get("/readyz").await?;
     assert_eq!(ready.status, 200);
