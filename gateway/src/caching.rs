@@ -195,10 +195,8 @@ impl Caches {
     /// when `None`), here, in Redis, and in every process subscribed to it; how many entries.
     pub async fn invalidate(&self, collection: Option<&str>, layer: Option<&str>) -> u64 {
         let mut dropped = self.invalidate_local(collection, layer).await;
-        for l in self.layers(layer) {
-            dropped += l
-                .invalidate_shared(collection.map(|c| self.scope(l, c)).as_deref())
-                .await;
+        for l in self.layers(layer, collection) {
+            dropped += l.invalidate_shared(collection).await;
         }
         if let Some(shared) = &self.shared {
             let message = Invalidation {
@@ -217,10 +215,8 @@ impl Caches {
 
     async fn invalidate_local(&self, collection: Option<&str>, layer: Option<&str>) -> u64 {
         let mut dropped = 0;
-        for l in self.layers(layer) {
-            dropped += l
-                .invalidate_local(collection.map(|c| self.scope(l, c)).as_deref())
-                .await;
+        for l in self.layers(layer, collection) {
+            dropped += l.invalidate_local(collection).await;
         }
         dropped
     }
@@ -239,20 +235,13 @@ impl Caches {
     }
 
     /// The layers named by `layer` (every one when `None`), as their common invalidation face.
-    fn layers(&self, layer: Option<&str>) -> Vec<&dyn Invalidate> {
+    /// L2 holds no collection's data: naming a collection leaves it alone.
+    fn layers(&self, layer: Option<&str>, collection: Option<&str>) -> Vec<&dyn Invalidate> {
         let all: [&dyn Invalidate; 4] = [&self.answers, &self.searches, &self.embeddings, &self.retrievals];
         all.into_iter()
             .filter(|l| layer.is_none_or(|name| l.name() == name))
+            .filter(|l| collection.is_none() || l.name() != "l2")
             .collect()
-    }
-
-    /// The scope a layer files a collection's entries under; L2 is not per collection.
-    fn scope(&self, layer: &dyn Invalidate, collection: &str) -> String {
-        if layer.name() == "l2" {
-            "*".to_string()
-        } else {
-            collection.to_string()
-        }
     }
 }
 
@@ -273,11 +262,10 @@ where
         Layer::name(self)
     }
     async fn invalidate_local(&self, scope: Option<&str>) -> u64 {
-        // L2's scope "*" means all of it.
-        Layer::invalidate_local(self, scope.filter(|s| *s != "*")).await
+        Layer::invalidate_local(self, scope).await
     }
     async fn invalidate_shared(&self, scope: Option<&str>) -> u64 {
-        Layer::invalidate_shared(self, scope.filter(|s| *s != "*")).await
+        Layer::invalidate_shared(self, scope).await
     }
 }
 

@@ -1,9 +1,11 @@
 //! Harness for end-to-end tests: starts the real `ragway` binary on a free port with its own data
 //! directory, and stops it with SIGTERM like an operator would.
 
+mod redis;
 mod scripted_openai;
 mod server;
 
+pub use redis::RedisServer;
 pub use scripted_openai::{Script, ScriptedOpenAi};
 pub use server::{models_dir, Server, ServerOptions};
 
