@@ -78,10 +78,8 @@ impl StreamJob {
         Self {
             request,
             fallback_text: extractive_answer(&retrieved.hits),
-            citations: retrieved
-                .hits
+            citations: given
                 .into_iter()
-                .take(given)
                 .enumerate()
                 .map(|(i, h)| citation((i + 1, h)))
                 .collect(),

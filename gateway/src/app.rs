@@ -11,7 +11,9 @@ use axum::Router;
 use candle_core::Device;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ragway_cache::RedisTier;
-use ragway_llm::{Generator, LocalLlm, LocalLlmOptions, OpenAiBackend, OpenAiBackendOptions};
+use ragway_llm::{
+    Generator, LocalLlm, LocalLlmOptions, OpenAiBackend, OpenAiBackendOptions, PrefixCacheOptions,
+};
 use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
 use ragway_retrieval::{
     BertEmbedder, BertEmbedderOptions, EdgeDenseStore, Embedder, QueueLimits, TantivyKeywordStore,
@@ -139,6 +141,10 @@ impl AppState {
                         queue: QueueLimits {
                             interactive: queues.local_llm,
                             bulk: 1,
+                        },
+                        prefix_cache: PrefixCacheOptions {
+                            entries: config.cache.l4.max_entries as usize,
+                            ttl: Duration::from_secs(config.cache.l4.ttl_s),
                         },
                         ..Default::default()
                     };

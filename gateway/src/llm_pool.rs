@@ -98,14 +98,30 @@ impl LlmPool {
             .min_by_key(|(_, w)| *w)
     }
 
-    /// Backends in the order to try: by priority, then fewest in flight.
-    fn order(&self, only: Option<&str>) -> Vec<&Backend> {
+    /// Backends in the order to try: by priority, then fewest in flight, then prefix affinity
+    /// (L4 for remote backends): among equally loaded backends of equal priority, a request goes
+    /// where its prompt prefix — every message but the last, for a grounded answer the passages —
+    /// ranks highest by rendezvous hashing, so the same passages keep meeting the same server's
+    /// prompt cache (llama.cpp's, vLLM's) while it is up, and a backend leaving the pool moves
+    /// only its own share.
+    fn order(&self, only: Option<&str>, request: &GenerationRequest) -> Vec<&Backend> {
+        let prefix = request
+            .messages
+            .split_last()
+            .map_or(&[][..], |(_, earlier)| earlier);
         let mut order: Vec<&Backend> = self
             .backends
             .iter()
             .filter(|b| only.is_none_or(|name| b.name() == name))
             .collect();
-        order.sort_by_key(|b| (b.priority, b.in_flight.load(Ordering::Acquire)));
+        order.sort_by_key(|b| {
+            let affinity = rendezvous(prefix, b.name());
+            (
+                b.priority,
+                b.in_flight.load(Ordering::Acquire),
+                std::cmp::Reverse(affinity),
+            )
+        });
         order
     }
 
@@ -118,7 +134,7 @@ impl LlmPool {
         report: &mut Report,
         only: Option<&str>,
     ) -> Option<Generation> {
-        for (tried, backend) in self.order(only).into_iter().enumerate() {
+        for (tried, backend) in self.order(only, request).into_iter().enumerate() {
             let call = || backend.generator.generate(request.clone());
             match self.attempt(backend, deadline, backend.timeout, call).await {
                 Ok(generation) => {
@@ -151,7 +167,7 @@ impl LlmPool {
         skip: &[String],
     ) -> Option<OpenedStream> {
         let candidates = self
-            .order(only)
+            .order(only, request)
             .into_iter()
             .filter(|b| !skip.iter().any(|s| s == b.name()));
         for (tried, backend) in candidates.enumerate() {
@@ -263,6 +279,18 @@ pub fn count_tokens(backend: &str, prompt_tokens: usize, completion_tokens: usiz
         .increment(prompt_tokens as u64);
     metrics::counter!("ragway_llm_tokens_total", "backend" => backend.to_string(), "kind" => "completion")
         .increment(completion_tokens as u64);
+}
+
+/// The weight of `backend` for a prompt starting with `prefix` (rendezvous hashing): fixed for
+/// given inputs, so every replica routes a passage set alike.
+fn rendezvous(prefix: &[ragway_llm::ChatMessage], backend: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for message in prefix {
+        message.content.hash(&mut hasher);
+    }
+    backend.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]

@@ -263,7 +263,7 @@ impl Pipeline {
         }
         let (request, given) = self.rag_request(query, &hits, &mut report);
         let all = hits;
-        let hits = &all[..given];
+        let hits = &given[..];
         let started = Instant::now();
         let generated = self.llm.generate(&request, deadline, &mut report, None).await;
         report.record_time("llm", started);
@@ -302,43 +302,59 @@ impl Pipeline {
 
 impl Pipeline {
     /// The grounded prompt for `query` over `hits`, with the configured generation settings,
-    /// fitted to the tightest context window of the pool; and how many of `hits` it gives (the
-    /// first ones). Shortened or left-out passages are recorded in `report` (stage `prompt`).
+    /// fitted to the tightest context window of the pool, and the passages it gives in prompt
+    /// order. The best hits that fit are chosen in rank order, then put into the prompt in a
+    /// canonical order (by chunk id), so that the same passages always make the same prompt
+    /// prefix (L4: the local model's prefix cache, remote servers' prompt caches). Shortened or
+    /// left-out passages are recorded in `report` (stage `prompt`).
     pub fn rag_request(
         &self,
         query: &str,
         hits: &[ScoredChunk],
         report: &mut Report,
-    ) -> (GenerationRequest, usize) {
-        let passages: Vec<Passage<'_>> = hits
-            .iter()
-            .map(|h| Passage {
-                doc_id: &h.chunk.doc_id,
-                text: &h.chunk.text,
-            })
-            .collect();
+    ) -> (GenerationRequest, Vec<ScoredChunk>) {
         let request = |messages| GenerationRequest {
             messages,
             max_tokens: self.settings.max_tokens,
             temperature: self.settings.temperature,
         };
         let Some((generator, window)) = self.llm.tightest_context() else {
-            return (request(rag_messages(query, &passages)), hits.len());
+            let given = canonical(hits);
+            return (request(rag_messages(query, &passages(&given))), given);
         };
         let budget = window.saturating_sub(self.settings.max_tokens);
         let count = |m: &[ragway_llm::ChatMessage]| generator.count_tokens(m).unwrap_or(usize::MAX);
-        let fitted = fit_rag_messages(query, &passages, budget, count);
-        if fitted.shortened || fitted.passages < hits.len() {
+        let chosen = fit_rag_messages(query, &passages(hits), budget, count).passages;
+        let given = canonical(&hits[..chosen]);
+        let fitted = fit_rag_messages(query, &passages(&given), budget, count);
+        let given = given[..fitted.passages].to_vec();
+        if fitted.shortened || given.len() < hits.len() {
             tracing::info!(
-                given = fitted.passages,
+                given = given.len(),
                 of = hits.len(),
                 shortened = fitted.shortened,
                 "passages fitted to the context window"
             );
             report.degrade("prompt", DegradationReason::ContextWindow);
         }
-        (request(fitted.messages), fitted.passages)
+        (request(fitted.messages), given)
     }
+}
+
+/// `hits` in chunk-id order.
+fn canonical(hits: &[ScoredChunk]) -> Vec<ScoredChunk> {
+    let mut sorted = hits.to_vec();
+    sorted.sort_by(|a, b| a.chunk.chunk_id.cmp(&b.chunk.chunk_id));
+    sorted
+}
+
+fn passages(hits: &[ScoredChunk]) -> Vec<Passage<'_>> {
+    hits.iter()
+        .map(|h| Passage {
+            doc_id: &h.chunk.doc_id,
+            text: &h.chunk.text,
+        })
+        .collect()
 }
 
 /// The answer when no LLM could write one: the best passages, quoted and numbered.

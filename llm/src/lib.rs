@@ -8,7 +8,7 @@ mod remote;
 mod retry_after;
 
 pub use error::{LlmError, Retry};
-pub use local::{LocalLlm, LocalLlmOptions};
+pub use local::{LocalLlm, LocalLlmOptions, PrefixCacheOptions};
 pub use prompt::{cited_passages, fit_rag_messages, rag_messages, Fitted, Passage};
 pub use remote::{OpenAiBackend, OpenAiBackendOptions};
 

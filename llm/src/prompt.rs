@@ -11,18 +11,17 @@ const SYSTEM: &str = "You are ragway, a careful assistant. Answer the question u
 numbered passages. Cite the passages you use with their numbers in square brackets, like [1]. \
 If the passages do not contain the answer, say that you do not know.";
 
-/// The grounded-answer prompt: the passages, numbered for citation, then the question.
+/// The grounded-answer prompt: the instructions and the passages, numbered for citation, as the
+/// system message; the question as the user message. Everything before the question depends on
+/// the passages alone, so two questions over the same passages share that prefix (L4).
 pub fn rag_messages(question: &str, passages: &[Passage<'_>]) -> Vec<ChatMessage> {
     let mut context = String::new();
     for (i, p) in passages.iter().enumerate() {
-        context.push_str(&format!("[{}] (from {}) {}\n\n", i + 1, p.doc_id, p.text.trim()));
+        context.push_str(&format!("\n\n[{}] (from {}) {}", i + 1, p.doc_id, p.text.trim()));
     }
     vec![
-        ChatMessage::new(Role::System, SYSTEM),
-        ChatMessage::new(
-            Role::User,
-            format!("Passages:\n\n{context}Question: {}", question.trim()),
-        ),
+        ChatMessage::new(Role::System, format!("{SYSTEM}\n\nPassages:{context}")),
+        ChatMessage::new(Role::User, format!("Question: {}", question.trim())),
     ]
 }
 
@@ -127,9 +126,16 @@ mod tests {
         ];
         let messages = rag_messages("why?", &passages);
         assert_eq!(messages[0].role, Role::System);
+        assert!(
+            messages[0]
+                .content
+                .ends_with("Passages:\n\n[1] (from a) alpha\n\n[2] (from b) beta"),
+            "{}",
+            messages[0].content
+        );
         assert_eq!(
-            messages[1].content,
-            "Passages:\n\n[1] (from a) alpha\n\n[2] (from b) beta\n\nQuestion: why?"
+            (messages[1].role, messages[1].content.as_str()),
+            (Role::User, "Question: why?")
         );
     }
 

@@ -329,3 +329,65 @@ async fn a_redis_crash_never_fails_an_answer_and_sharing_resumes() -> anyhow::Re
     assert!(shared, "answers reach Redis again once it is back");
     server.stop().await
 }
+
+/// L4: the local model keeps its state after the passages, so another question over the same
+/// passages prefills only the question, and the answer is exactly what a cold prefill gives.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_model_reuses_the_passages_prefix() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        config_toml: ragway_e2e::NO_ANSWER_CACHES.to_string(),
+        ..Default::default()
+    };
+    let server = Server::start(dir.path(), &options).await?;
+    setup(&server).await?;
+    let reused = |metrics: &str| {
+        metric(
+            metrics,
+            "ragway_llm_prefix_tokens_reused_total{backend=\"local\"}",
+        )
+    };
+    // All six documents every time: the same passage set in whatever rank order.
+    let ask = |question: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .post(
+                    "/v1/collections/facts/query",
+                    &json!({"query": question, "top_k": 6}),
+                )
+                .await
+        }
+    };
+    let cold = ask(QUESTION).await?;
+    assert_eq!(cold.body["stages"]["llm"], "local", "{:?}", cold.body);
+    let before = reused(&server.get_text("/metrics").await?);
+    assert_eq!(before, 0.0, "nothing to reuse on the first prompt");
+
+    let warm = ask(QUESTION).await?;
+    let after = reused(&server.get_text("/metrics").await?);
+    let prompt = warm.body["usage"]["prompt_tokens"].as_f64().unwrap_or(0.0);
+    assert!(
+        after > 0.5 * prompt && after < prompt,
+        "reused {after} of {prompt} prompt tokens"
+    );
+    assert_eq!(
+        warm.body["answer"], cold.body["answer"],
+        "prefix reuse changed the answer"
+    );
+
+    // Another question, the passages in another rank order: the same prefix.
+    let other = ask("Which volcano in Sicily erupts often?").await?;
+    assert_eq!(other.body["mode"], "normal");
+    let again = reused(&server.get_text("/metrics").await?);
+    assert!(again - after > 0.5 * prompt, "reused {} more", again - after);
+    let metrics = server.get_text("/metrics").await?;
+    assert_eq!(
+        metric(
+            &metrics,
+            "ragway_cache_requests_total{layer=\"l4\",result=\"hit\"}"
+        ),
+        2.0
+    );
+    server.stop().await
+}

@@ -16,9 +16,9 @@ use crate::speed::passages;
 const ADMIN: &str = "load-test-admin";
 const COLLECTION: &str = "load";
 
-struct Ragway {
+pub struct Ragway {
     child: Child,
-    base: String,
+    pub base: String,
 }
 
 impl Drop for Ragway {
@@ -44,9 +44,14 @@ fn binary() -> anyhow::Result<PathBuf> {
 }
 
 async fn start(data: &Path) -> anyhow::Result<Ragway> {
+    start_with(data, "[generation]\nmax_tokens = 24\n").await
+}
+
+/// ragway on a free port with `config_toml` as its config file, once it answers `/healthz`.
+pub async fn start_with(data: &Path, config_toml: &str) -> anyhow::Result<Ragway> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = data.join("load.toml");
-    std::fs::write(&config, "[generation]\nmax_tokens = 24\n")?;
+    std::fs::write(&config, config_toml)?;
     let child = Command::new(binary()?)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data)
@@ -85,18 +90,44 @@ fn rss_mib(pid: u32) -> f64 {
 /// `/search` with a new question on every request (so every one embeds), for `seconds`:
 /// (requests/s, p50 ms, p99 ms) as wrk measures them.
 fn wrk_search(base: &str, seconds: u32, connections: u32) -> anyhow::Result<(f64, f64, f64)> {
+    let script = format!(
+        "counter = 0\nrequest = function()\n  counter = counter + 1\n  \
+         local body = '{{\"query\": \"what causes question number ' .. counter .. ' about volcanoes and rivers\", \"top_k\": 5}}'\n  \
+         return wrk.format(\"POST\", \"/v1/collections/{COLLECTION}/search\", {{[\"Content-Type\"] = \"application/json\"}}, body)\nend\n"
+    );
+    wrk(base, &script, 1, seconds, connections)
+}
+
+/// POSTs of `bodies` to `path`, in turn, for `seconds` from 2 wrk threads.
+pub fn wrk_post(
+    base: &str,
+    path: &str,
+    bodies: &[Value],
+    seconds: u32,
+    connections: u32,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let list: Vec<String> = bodies.iter().map(|b| format!("[[{}]]", b)).collect();
+    let script = format!(
+        "bodies = {{{}}}\ncounter = 0\nrequest = function()\n  counter = counter + 1\n  \
+         return wrk.format(\"POST\", \"{path}\", {{[\"Content-Type\"] = \"application/json\"}}, bodies[(counter % #bodies) + 1])\nend\n",
+        list.join(", ")
+    );
+    wrk(base, &script, 2, seconds, connections)
+}
+
+/// wrk with a Lua `script`: (requests/s, p50 ms, p99 ms).
+fn wrk(
+    base: &str,
+    script_text: &str,
+    threads: u32,
+    seconds: u32,
+    connections: u32,
+) -> anyhow::Result<(f64, f64, f64)> {
     let script = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        script.path(),
-        format!(
-            "counter = 0\nrequest = function()\n  counter = counter + 1\n  \
-             local body = '{{\"query\": \"what causes question number ' .. counter .. ' about volcanoes and rivers\", \"top_k\": 5}}'\n  \
-             return wrk.format(\"POST\", \"/v1/collections/{COLLECTION}/search\", {{[\"Content-Type\"] = \"application/json\"}}, body)\nend\n"
-        ),
-    )?;
+    std::fs::write(script.path(), script_text)?;
     let output = Command::new("wrk")
         .args([
-            "-t1",
+            &format!("-t{threads}"),
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
             "--latency",

@@ -12,6 +12,7 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+mod cache;
 mod load;
 mod quality;
 mod resilience;
@@ -62,6 +63,9 @@ fn main() -> anyhow::Result<()> {
         }
         if what == "load" || what == "all" {
             load::run().await?;
+        }
+        if what == "cache" || what == "all" {
+            cache::run().await?;
         }
         Ok(())
     })

@@ -53,6 +53,16 @@ fn load() -> anyhow::Result<Dataset> {
     })
 }
 
+/// trec-dl-5k's queries, `(id, text)`.
+pub fn trec_queries() -> anyhow::Result<Vec<(String, String)>> {
+    Ok(load()?.queries)
+}
+
+/// The first `n` passages of trec-dl-5k.
+pub fn trec_passages(n: usize) -> anyhow::Result<Vec<String>> {
+    Ok(load()?.corpus.into_iter().take(n).map(|(_, text)| text).collect())
+}
+
 /// Doc ids in rank order, first chunk of each doc counts.
 fn doc_ranking(hits: &[ScoredChunk], limit: usize) -> Vec<String> {
     let mut seen = HashSet::new();

@@ -1,4 +1,5 @@
 mod model;
+mod prefix;
 mod tokenizer;
 
 use std::path::Path;
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::{ChatMessage, GenerationRequest, Generator, LlmError, StreamEvent, TokenStream};
 pub(crate) use model::ChatModel;
 use model::PromptCounter;
+pub use prefix::PrefixCacheOptions;
 
 #[derive(Debug, Clone)]
 pub struct LocalLlmOptions {
@@ -25,6 +27,8 @@ pub struct LocalLlmOptions {
     pub context_tokens: Option<usize>,
     /// Admission control: how many requests may wait for the model.
     pub queue: QueueLimits,
+    /// L4: states after recent prompts' shared prefixes.
+    pub prefix_cache: PrefixCacheOptions,
 }
 
 impl Default for LocalLlmOptions {
@@ -38,6 +42,7 @@ impl Default for LocalLlmOptions {
                 interactive: 8,
                 bulk: 0,
             },
+            prefix_cache: PrefixCacheOptions::default(),
         }
     }
 }
@@ -72,11 +77,12 @@ impl LocalLlm {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| name.to_string());
         let counter = chat.counter();
+        let backend = name.to_string();
         let worker = Worker::spawn(
             &format!("llm-{name}"),
             options.queue,
             chat,
-            |chat, queued: Queued<Job>, _| {
+            move |chat, queued: Queued<Job>, _| {
                 let job = queued.task;
                 let events = &job.events;
                 // Generation stops as soon as nobody listens.
@@ -85,9 +91,12 @@ impl LocalLlm {
                         events.send(Ok(StreamEvent::Text(piece.to_string()))).is_ok()
                     })
                 });
-                let last = result.map(|g| StreamEvent::Done {
-                    prompt_tokens: g.prompt_tokens,
-                    completion_tokens: g.completion_tokens,
+                let last = result.map(|(g, reused)| {
+                    record_prefix_use(&backend, reused);
+                    StreamEvent::Done {
+                        prompt_tokens: g.prompt_tokens,
+                        completion_tokens: g.completion_tokens,
+                    }
                 });
                 let _ = events.send(last);
                 None
@@ -131,6 +140,14 @@ impl Generator for LocalLlm {
         self.worker.submit(job, Priority::Interactive)?;
         Ok(Box::pin(tokio_stream_from(receiver)))
     }
+}
+
+/// L4's counters: a hit or a miss, and the prompt tokens whose prefill the cache saved.
+fn record_prefix_use(backend: &str, reused: usize) {
+    let result = if reused > 0 { "hit" } else { "miss" };
+    metrics::counter!("ragway_cache_requests_total", "layer" => "l4", "result" => result).increment(1);
+    metrics::counter!("ragway_llm_prefix_tokens_reused_total", "backend" => backend.to_string())
+        .increment(reused as u64);
 }
 
 fn tokio_stream_from<T: Send + 'static>(

@@ -9,6 +9,7 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 use candle_transformers::utils::apply_repeat_penalty;
 use tokenizers::Tokenizer;
 
+use super::prefix::PrefixCache;
 use super::tokenizer::tokenizer_from_gguf;
 use super::LocalLlmOptions;
 use crate::{ChatMessage, Generation, GenerationRequest, LlmError, Role};
@@ -26,6 +27,10 @@ pub(crate) struct ChatModel {
     stop_tokens: Vec<u32>,
     context: usize,
     seed: u64,
+    /// L4: states after recent prompts' shared prefixes.
+    prefixes: PrefixCache,
+    /// Prompt tokens already in the KV cache when the current prompt's final prefill starts.
+    prefilled: usize,
 }
 
 impl ChatModel {
@@ -62,16 +67,19 @@ impl ChatModel {
             stop_tokens,
             context,
             seed: options.seed,
+            prefixes: PrefixCache::new(options.prefix_cache),
+            prefilled: 0,
         })
     }
 
     /// Generates the answer, handing each new piece of text to `on_text` as soon as it decodes;
-    /// stops early when `on_text` returns false (nobody is listening any more).
+    /// stops early when `on_text` returns false (nobody is listening any more). Also says how
+    /// many prompt tokens came from the prefix cache instead of prefill.
     pub(crate) fn generate(
         &mut self,
         request: &GenerationRequest,
         on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Generation, LlmError> {
+    ) -> Result<(Generation, usize), LlmError> {
         let prompt = self.encode(&chatml(&request.messages))?;
         if prompt.len() + request.max_tokens > self.context {
             return Err(LlmError::PromptTooLong {
@@ -90,9 +98,10 @@ impl ChatModel {
         let mut sampler = LogitsProcessor::from_sampling(self.seed, sampling);
         let mut generated: Vec<u32> = Vec::new();
         let mut emitted = 0;
-        // Prefill: the whole prompt in one forward pass; the KV cache restarts at position 0.
-        let mut input = Tensor::new(prompt.as_slice(), &self.device)?.unsqueeze(0)?;
-        let mut position = 0;
+        let reused = self.prefill_prefix(&prompt, &request.messages)?;
+        // Prefill of the rest in one forward pass (from position 0 the KV cache starts over).
+        let mut input = Tensor::new(&prompt[reused.max(self.prefilled)..], &self.device)?.unsqueeze(0)?;
+        let mut position = reused.max(self.prefilled);
         while generated.len() < request.max_tokens {
             let logits = self.weights.forward(&input, position)?.squeeze(0)?;
             position += input.dim(1)?;
@@ -117,11 +126,38 @@ impl ChatModel {
         if text.len() > emitted {
             on_text(&text[emitted..]);
         }
-        Ok(Generation {
+        let generation = Generation {
             text: text.trim().to_string(),
             prompt_tokens: prompt.len(),
             completion_tokens: generated.len(),
-        })
+        };
+        Ok((generation, reused))
+    }
+
+    /// Restores the state after the longest cached prefix of `prompt` (L4), and when the prompt's
+    /// shared part — every message but the last — runs past it, prefills that part and keeps the
+    /// state for the next prompt. Returns the tokens restored from the cache; `self.prefilled`
+    /// is where prefill of the rest starts.
+    fn prefill_prefix(&mut self, prompt: &[u32], messages: &[ChatMessage]) -> Result<usize, LlmError> {
+        let reused = match self.prefixes.restore(prompt) {
+            Some((state, length)) => {
+                self.weights = state;
+                length
+            }
+            None => 0,
+        };
+        self.prefilled = reused;
+        let shared = match messages.split_last() {
+            Some((_, earlier)) if !earlier.is_empty() => self.encode(&closed_turns(earlier))?,
+            _ => return Ok(reused),
+        };
+        if shared.len() > reused && shared.len() < prompt.len() && prompt.starts_with(&shared) {
+            let input = Tensor::new(&shared[reused..], &self.device)?.unsqueeze(0)?;
+            self.weights.forward(&input, reused)?;
+            self.prefixes.store(&shared, self.weights.clone());
+            self.prefilled = shared.len();
+        }
+        Ok(reused)
     }
 
     /// What counting a prompt's tokens needs, for use off the worker thread.
@@ -148,8 +184,6 @@ impl ChatModel {
     }
 }
 
-/// SmolLM2's chat template (ChatML), ending with an open assistant turn. A trailing assistant
-/// message is left open, so the model continues it.
 /// Counts the tokens of a conversation in this model's template.
 #[derive(Clone)]
 pub(crate) struct PromptCounter {
@@ -164,25 +198,33 @@ impl PromptCounter {
     }
 }
 
+/// SmolLM2's chat template (ChatML), ending with an open assistant turn. A trailing assistant
+/// message is left open, so the model continues it.
 fn chatml(messages: &[ChatMessage]) -> String {
-    let mut prompt = String::new();
     let (open, closed) = match messages.split_last() {
         Some((last, rest)) if last.role == Role::Assistant => (Some(last), rest),
         _ => (None, messages),
     };
-    for m in closed {
-        let role = match m.role {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
-        prompt.push_str(&format!("<|im_start|>{role}\n{}<|im_end|>\n", m.content));
-    }
+    let mut prompt = closed_turns(closed);
     prompt.push_str("<|im_start|>assistant\n");
     if let Some(partial) = open {
         prompt.push_str(&partial.content);
     }
     prompt
+}
+
+/// Finished turns in ChatML: what every prompt that continues this conversation starts with.
+fn closed_turns(messages: &[ChatMessage]) -> String {
+    let mut text = String::new();
+    for m in messages {
+        let role = match m.role {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        text.push_str(&format!("<|im_start|>{role}\n{}<|im_end|>\n", m.content));
+    }
+    text
 }
 
 /// The same model with every tensor stored as f32, as an in-memory GGUF. candle keeps f32 GGUF
