@@ -242,6 +242,14 @@ async fn redis_shares_answers_across_restarts_but_not_across_deployments() -> an
     setup(&b).await?;
     assert_eq!(layer(&query(&b, QUESTION).await?), None);
     assert_eq!(layer(&query(&b, QUESTION).await?), Some("l1"));
+    // Both answers are in Redis (B's was written in the background), each under its generation.
+    for _ in 0..50 {
+        if redis.keys("ragway:l1:facts:*")?.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(redis.keys("ragway:l1:facts:*")?.len(), 2);
 
     // An operator invalidation on A reaches B through pub/sub: B's local entries go too.
     let dropped = a
