@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use ragway_llm::{ChatMessage, GenerationRequest, Role, StreamEvent};
-use ragway_openapi::{Citation, Degradation, DegradationReason, Mode, Stages, TokenUsage};
+use ragway_openapi::{CacheInfo, Citation, Degradation, DegradationReason, Mode, Stages, TokenUsage};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -27,6 +27,8 @@ pub enum AnswerEvent {
         stages: Stages,
         /// The passages the answer is grounded on, numbered as in its `[n]` markers.
         citations: Vec<Citation>,
+        /// The cache layer (L3) that served the passages, if one did.
+        cache: Option<CacheInfo>,
     },
     Delta {
         text: String,
@@ -108,6 +110,7 @@ async fn drive(mut job: StreamJob, events: mpsc::Sender<AnswerEvent>) {
         degraded: job.report.degraded(),
         stages: job.report.stages(),
         citations: job.citations.clone(),
+        cache: job.report.cache.clone(),
     };
     if events.send(meta).await.is_err() {
         return;

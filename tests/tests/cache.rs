@@ -103,6 +103,18 @@ async fn a_repeated_question_is_an_l1_hit_until_the_collection_changes() -> anyh
         ) >= 1.0
     );
 
+    // A streamed answer runs the LLM, over passages from L3.
+    let streamed = json!({"query": QUESTION, "top_k": 3, "stream": true});
+    let (status, mode, _, text) = server
+        .post_stream("/v1/collections/facts/query", &streamed)
+        .await?;
+    assert_eq!((status, mode.as_deref()), (200, Some("normal")));
+    let events = ragway_e2e::parse_sse(&text);
+    let meta: Value = serde_json::from_str(&events[0].data)?;
+    assert_eq!(meta["cache"]["layer"], "l3", "{meta}");
+    assert_eq!(meta["stages"]["dense"], "cached");
+    assert_eq!(llm.calls(), calls + 1, "the stream's answer was generated");
+
     // /search is cached the same way.
     let search = json!({"query": "espresso crema pressure", "top_k": 3});
     let miss = server.post("/v1/collections/facts/search", &search).await?;
