@@ -12,8 +12,10 @@ pub struct LayerSettings {
     pub ttl: Duration,
     /// How long past `ttl` an entry is kept to be served when nothing else can answer.
     pub stale_for: Duration,
-    /// The local tier's bound.
+    /// The local tier's bound; 0 turns the layer off.
     pub max_entries: u64,
+    /// Whether entries are kept in process (false: in the shared tier only).
+    pub local: bool,
 }
 
 /// What a lookup found.
@@ -85,11 +87,16 @@ where
         if self.settings.max_entries == 0 {
             return Lookup::Miss;
         }
-        let mut entry = self.local.get(key).await;
+        let mut entry = match self.settings.local {
+            true => self.local.get(key).await,
+            false => None,
+        };
         if entry.as_ref().is_none_or(|e| self.age(e) >= self.settings.ttl) {
             if let Some(found) = self.get_shared(scope, key).await {
                 if entry.as_ref().is_none_or(|e| found.stored_ms > e.stored_ms) {
-                    self.local.insert(*key, found.clone()).await;
+                    if self.settings.local {
+                        self.local.insert(*key, found.clone()).await;
+                    }
                     entry = Some(found);
                 }
             }
@@ -130,7 +137,9 @@ where
             stored_ms: now_ms(),
             scope: scope.to_string(),
         });
-        self.local.insert(*key, entry.clone()).await;
+        if self.settings.local {
+            self.local.insert(*key, entry.clone()).await;
+        }
         let Some(shared) = self.shared.clone() else {
             return;
         };
@@ -213,6 +222,7 @@ mod tests {
             ttl: Duration::from_millis(ttl_ms),
             stale_for: Duration::from_millis(stale_ms),
             max_entries: 100,
+            local: true,
         }
     }
 

@@ -121,11 +121,13 @@ impl SharedTier for GuardedRedis {
     }
 }
 
-fn settings(layer: &CacheLayerConfig, stale_for: Duration) -> LayerSettings {
+fn settings(cache: &CacheConfig, layer: &CacheLayerConfig, stale_for: Duration) -> LayerSettings {
     LayerSettings {
         ttl: Duration::from_secs(layer.ttl_s),
         stale_for,
         max_entries: layer.max_entries,
+        // Without a shared tier, the local one is the cache.
+        local: cache.local_tier || cache.redis.url.is_empty(),
     }
 }
 
@@ -147,10 +149,10 @@ impl Caches {
         let shared = redis.map(|(tier, guard)| Arc::new(GuardedRedis { tier, guard }));
         let tier = || shared.clone().map(|s| s as Arc<dyn SharedTier>);
         let caches = Arc::new(Self {
-            answers: Layer::new("l1", settings(&c.l1, stale_for), tier()),
-            searches: Layer::new("l1", settings(&c.l1, stale_for), tier()),
-            embeddings: Layer::new("l2", settings(&c.l2, Duration::ZERO), tier()),
-            retrievals: Layer::new("l3", settings(&c.l3, stale_for), tier()),
+            answers: Layer::new("l1", settings(c, &c.l1, stale_for), tier()),
+            searches: Layer::new("l1", settings(c, &c.l1, stale_for), tier()),
+            embeddings: Layer::new("l2", settings(c, &c.l2, Duration::ZERO), tier()),
+            retrievals: Layer::new("l3", settings(c, &c.l3, stale_for), tier()),
             shared,
             fingerprint: fingerprint(config),
             instance: uuid::Uuid::new_v4().simple().to_string(),

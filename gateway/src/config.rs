@@ -93,6 +93,9 @@ pub struct CacheConfig {
     /// How long past its TTL an L1/L3 entry is kept, to answer (`cache_only`) when neither
     /// retrieval path can.
     pub stale_if_error_s: u64,
+    /// Keep entries in process too (false: only in Redis, so every replica sees one copy; only
+    /// with `redis.url`).
+    pub local_tier: bool,
     pub redis: RedisConfig,
 }
 
@@ -123,6 +126,7 @@ impl Default for CacheConfig {
             l3: layer(900, 10_000),
             l4: layer(600, 4),
             stale_if_error_s: 3_600,
+            local_tier: true,
             redis: RedisConfig::default(),
         }
     }
