@@ -196,6 +196,15 @@ impl AppState {
             )
             .await?,
         );
+        let caches = Caches::new(
+            &config,
+            redis_tier(&config, guard("redis", config.cache.redis.timeout_ms))?,
+        );
+        let hook_caches = caches.clone();
+        collections.on_change(Arc::new(move |name: &str, generation: &str, epoch: u64| {
+            let (caches, name, generation) = (hook_caches.clone(), name.to_string(), generation.to_string());
+            tokio::spawn(async move { caches.collection_changed(&name, &generation, epoch).await });
+        }));
         let job_settings = JobSettings {
             batch_chunks: config.ingest.batch_chunks,
             max_concurrent: config.ingest.max_concurrent_jobs,

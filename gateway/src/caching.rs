@@ -223,6 +223,38 @@ impl Caches {
         dropped
     }
 
+    /// A collection changed (new `epoch`; `u64::MAX`: dropped). Its entries here belong to
+    /// earlier epochs and can never be hit again: they go. With Redis, the epoch is recorded
+    /// (`ragway:epoch:<collection>` = `<generation>:<epoch>`) and every other process drops its
+    /// local entries of that collection too, so replicas that share stores share the change at
+    /// once.
+    pub async fn collection_changed(&self, collection: &str, generation: &str, epoch: u64) {
+        self.invalidate_local(Some(collection), None).await;
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let key = format!("ragway:epoch:{collection}");
+        let recorded = match epoch {
+            u64::MAX => shared.delete_matching(&key).await.map(drop),
+            _ => {
+                let value = format!("{generation}:{epoch}").into_bytes();
+                shared.set(&key, value, Duration::from_secs(365 * 86_400)).await
+            }
+        };
+        let message = Invalidation {
+            origin: self.instance.clone(),
+            collection: Some(collection.to_string()),
+            layer: None,
+        };
+        let published = match serde_json::to_string(&message) {
+            Ok(text) => shared.publish(INVALIDATIONS, text).await,
+            Err(e) => Err(TierError(e.to_string())),
+        };
+        if let Err(e) = recorded.and(published) {
+            tracing::debug!(collection, error = %e, "collection change not shared through redis");
+        }
+    }
+
     /// Another process's invalidation: drop the local entries it names.
     async fn follow(&self, message: &str) {
         let Ok(message) = serde_json::from_str::<Invalidation>(message) else {

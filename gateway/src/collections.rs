@@ -129,7 +129,13 @@ pub struct Collections {
     embedding: IngestEmbedding,
     dense: Arc<dyn DenseStore>,
     keyword: Arc<dyn KeywordStore>,
+    /// Told of every change of a collection's contents (its new epoch) and of every drop.
+    on_change: std::sync::OnceLock<ChangeHook>,
 }
+
+/// Called with a collection's name, generation and new epoch after a change is durable (epoch
+/// `u64::MAX`: dropped).
+pub type ChangeHook = Arc<dyn Fn(&str, &str, u64) + Send + Sync>;
 
 /// A new or changed document of a batch: its id, content hash and chunks.
 struct Change {
@@ -156,6 +162,7 @@ impl Collections {
             embedding,
             dense,
             keyword,
+            on_change: std::sync::OnceLock::new(),
         };
         for entry in std::fs::read_dir(manifests_dir)? {
             let path = entry?.path();
@@ -221,8 +228,21 @@ impl Collections {
         }
         manifest.epoch += 1;
         self.save(&manifest)?;
-        collection.publish(&manifest);
+        self.publish(collection, &manifest);
         Ok(())
+    }
+
+    /// Sets what hears of every change (the caches); the first call wins.
+    pub fn on_change(&self, hook: ChangeHook) {
+        let _ = self.on_change.set(hook);
+    }
+
+    /// A change is durable: readers see the new epoch, and the hook hears of it.
+    fn publish(&self, collection: &Collection, manifest: &Manifest) {
+        collection.publish(manifest);
+        if let Some(hook) = self.on_change.get() {
+            hook(&collection.name, &collection.generation, manifest.epoch);
+        }
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Collection>, ApiError> {
@@ -283,6 +303,9 @@ impl Collections {
         durable::remove(&self.manifest_path(name)).map_err(|e| ApiError::Internal(e.to_string()))?;
         self.dense.drop_collection(name).await?;
         self.keyword.drop_collection(name).await?;
+        if let Some(hook) = self.on_change.get() {
+            hook(name, &collection.generation, u64::MAX);
+        }
         Ok(())
     }
 
@@ -342,7 +365,7 @@ impl Collections {
             }),
         }
         self.save(&manifest)?;
-        collection.publish(&manifest);
+        self.publish(collection, &manifest);
         outcome.epoch = manifest.epoch;
         written.map(|()| outcome)
     }
@@ -415,7 +438,7 @@ impl Collections {
         manifest.documents.remove(doc_id);
         manifest.epoch += 1;
         self.save(&manifest)?;
-        collection.publish(&manifest);
+        self.publish(&collection, &manifest);
         Ok((record.chunks, manifest.epoch))
     }
 
