@@ -87,6 +87,7 @@ fn metric(text: &str, sample: &str) -> f64 {
 pub async fn run() -> anyhow::Result<()> {
     println!("\n### Caches (loopback HTTP, the real binary)\n");
     l1_under_wrk().await?;
+    miss_latency_without_redis().await?;
     l4_time_to_first_token().await?;
     hit_ratios().await
 }
@@ -141,6 +142,54 @@ async fn l1_under_wrk() -> anyhow::Result<()> {
         );
         println!("| {tier} | 64 | {rate:.0} | {p50:.2} | {p99:.2} | {misses:.0} |");
     }
+    Ok(())
+}
+
+/// `/search` misses (a new question each, so every layer misses) with Redis up, then killed
+/// (once its breaker is open): what a Redis outage adds to an answer.
+async fn miss_latency_without_redis() -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let mut redis = Redis::start()?;
+    let data = tempfile::tempdir()?;
+    let config = format!("[cache.redis]\nurl = \"redis://127.0.0.1:{}/0\"\n", redis.1);
+    let ragway = start_with(data.path(), &config).await?;
+    collection(&http, &ragway, "c", &passages(200)).await?;
+    let run = |label: &'static str| {
+        let (http, ragway) = (&http, &ragway);
+        async move {
+            let mut times = Vec::new();
+            for i in 0..60 {
+                let body =
+                    json!({"query": format!("{label} question {i} about rivers and coffee"), "top_k": 5});
+                let started = Instant::now();
+                post(http, ragway, "/v1/collections/c/search", &body).await?;
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::Ok(times)
+        }
+    };
+    let up = run("up").await?;
+    redis.0.kill()?;
+    redis.0.wait()?;
+    let down = run("down").await?;
+    let ready: Value = http
+        .get(format!("{}/readyz", ragway.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    println!("\n| `/search` miss (new question), 60 requests | median ms | p90 ms |\n|---|---|---|");
+    let p90 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() * 9 / 10]
+    };
+    println!("| Redis up | {:.2} | {:.2} |", median(up.clone()), p90(up));
+    println!(
+        "| Redis killed (breaker `{}` at the end) | {:.2} | {:.2} |",
+        ready["dependencies"]["redis"].as_str().unwrap_or("?"),
+        median(down.clone()),
+        p90(down)
+    );
     Ok(())
 }
 
