@@ -347,6 +347,23 @@ async fn a_redis_crash_never_fails_an_answer_and_sharing_resumes() -> anyhow::Re
         }
     }
     assert!(shared, "answers reach Redis again once it is back");
+
+    // An operator can fail the Redis tier on purpose: answers carry on, its breaker opens.
+    let fault = json!({"stage": "redis", "kind": "error", "duration_s": 60});
+    let injected = server
+        .admin(Method::POST, "/admin/faults", ADMIN, Some(&fault))
+        .await?;
+    assert_eq!(injected.status, 200, "{:?}", injected.body);
+    for i in 0..3 {
+        let reply = query(
+            &server,
+            &format!("Which coffee is brewed under pressure, try {i}?"),
+        )
+        .await?;
+        assert_eq!((reply.status, reply.body["mode"].as_str()), (200, Some("normal")));
+    }
+    let ready = server.get("/readyz").await?;
+    assert_ne!(ready.body["dependencies"]["redis"], "closed", "{:?}", ready.body);
     server.stop().await
 }
 
