@@ -358,9 +358,79 @@ impl CachedHits {
     }
 }
 
-/// What a layer's stage produced, and whether it may be kept: only `normal` results are.
-fn storable(report: &Report) -> bool {
-    report.cache.is_none() && report.mode() == Mode::Normal
+/// A stage's result as a cache layer keeps and serves it.
+trait Cacheable: Sized {
+    type Entry: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static;
+    fn report(&self) -> &Report;
+    fn into_report(self) -> Report;
+    /// What to keep of a `normal` result, if it may be kept.
+    fn entry(&self) -> Option<Self::Entry>;
+    /// The result an entry gives; `report` is this request's own attempt, if any.
+    fn from_entry(entry: Self::Entry, report: Report, cache: CacheInfo) -> Self;
+}
+
+/// `stage` through `layer`: a fresh entry answers without running it; otherwise it runs, a
+/// `normal` result is kept, and when it could not serve at all (mode `error`) an entry past its
+/// TTL answers instead (`cache_only`).
+async fn through<T: Cacheable>(
+    layer: &Layer<T::Entry>,
+    scope: &str,
+    key: &CacheKey,
+    stage: impl std::future::Future<Output = T>,
+) -> T {
+    let stale = match layer.get(scope, key).await {
+        Lookup::Fresh { value, age } => {
+            return T::from_entry(value, Report::default(), info(layer.name(), age, false))
+        }
+        Lookup::Stale { value, age } => Some((value, age)),
+        Lookup::Miss => None,
+    };
+    let result = stage.await;
+    match (result.report().mode(), stale) {
+        (Mode::Error, Some((value, age))) => {
+            layer.served_stale();
+            T::from_entry(value, result.into_report(), info(layer.name(), age, true))
+        }
+        (Mode::Normal, _) => {
+            if let Some(entry) = result.entry() {
+                layer.put(scope, key, entry).await;
+            }
+            result
+        }
+        _ => result,
+    }
+}
+
+impl Cacheable for Retrieved {
+    type Entry = CachedHits;
+    fn report(&self) -> &Report {
+        &self.report
+    }
+    fn into_report(self) -> Report {
+        self.report
+    }
+    fn entry(&self) -> Option<CachedHits> {
+        Some(CachedHits::of(self))
+    }
+    fn from_entry(entry: CachedHits, report: Report, cache: CacheInfo) -> Self {
+        entry.into_retrieved(report, cache)
+    }
+}
+
+impl Cacheable for Answer {
+    type Entry = CachedAnswer;
+    fn report(&self) -> &Report {
+        &self.report
+    }
+    fn into_report(self) -> Report {
+        self.report
+    }
+    fn entry(&self) -> Option<CachedAnswer> {
+        CachedAnswer::of(self)
+    }
+    fn from_entry(entry: CachedAnswer, report: Report, cache: CacheInfo) -> Self {
+        entry.into_answer(report, cache)
+    }
 }
 
 impl Pipeline {
@@ -373,30 +443,9 @@ impl Pipeline {
         top_k: usize,
         deadline: &Deadline,
     ) -> Retrieved {
-        let layer = &self.caches.retrievals;
         let key = self.caches.key("l3", &target, query, top_k, &filter);
-        let stale = match layer.get(target.name, &key).await {
-            Lookup::Fresh { value, age } => {
-                return value.into_retrieved(Report::default(), info("l3", age, false))
-            }
-            Lookup::Stale { value, age } => Some((value, age)),
-            Lookup::Miss => None,
-        };
-        let retrieved = self
-            .retrieve_uncached(target.name, query, filter, top_k, deadline)
-            .await;
-        match (retrieved.report.mode(), stale) {
-            (Mode::Error, Some((value, age))) => {
-                layer.served_stale();
-                value.into_retrieved(retrieved.report, info("l3", age, true))
-            }
-            _ => {
-                if storable(&retrieved.report) {
-                    layer.put(target.name, &key, CachedHits::of(&retrieved)).await;
-                }
-                retrieved
-            }
-        }
+        let stage = self.retrieve_uncached(target.name, query, filter, top_k, deadline);
+        through(&self.caches.retrievals, target.name, &key, stage).await
     }
 
     /// L1 around `/search`: the whole hit list for this question, else retrieval (through L3).
@@ -408,28 +457,9 @@ impl Pipeline {
         top_k: usize,
         deadline: &Deadline,
     ) -> Retrieved {
-        let layer = &self.caches.searches;
         let key = self.caches.key("l1_search", &target, query, top_k, &filter);
-        let stale = match layer.get(target.name, &key).await {
-            Lookup::Fresh { value, age } => {
-                return value.into_retrieved(Report::default(), info("l1", age, false))
-            }
-            Lookup::Stale { value, age } => Some((value, age)),
-            Lookup::Miss => None,
-        };
-        let retrieved = self.retrieve(target, query, filter, top_k, deadline).await;
-        match (retrieved.report.mode(), stale) {
-            (Mode::Error, Some((value, age))) => {
-                layer.served_stale();
-                value.into_retrieved(retrieved.report, info("l1", age, true))
-            }
-            _ => {
-                if retrieved.report.mode() == Mode::Normal {
-                    layer.put(target.name, &key, CachedHits::of(&retrieved)).await;
-                }
-                retrieved
-            }
-        }
+        let stage = self.retrieve(target, query, filter, top_k, deadline);
+        through(&self.caches.searches, target.name, &key, stage).await
     }
 
     /// L1 around grounded answers (`/query`, chat over a collection).
@@ -441,31 +471,9 @@ impl Pipeline {
         passages: usize,
         deadline: &Deadline,
     ) -> Answer {
-        let layer = &self.caches.answers;
         let key = self.caches.key("l1_answer", &target, query, passages, &filter);
-        let stale = match layer.get(target.name, &key).await {
-            Lookup::Fresh { value, age } => {
-                return value.into_answer(Report::default(), info("l1", age, false))
-            }
-            Lookup::Stale { value, age } => Some((value, age)),
-            Lookup::Miss => None,
-        };
-        let answer = self
-            .answer_uncached(target, query, filter, passages, deadline)
-            .await;
-        match (answer.report.mode(), stale) {
-            (Mode::Error, Some((value, age))) => {
-                layer.served_stale();
-                value.into_answer(answer.report, info("l1", age, true))
-            }
-            (Mode::Normal, _) => {
-                if let Some(cached) = CachedAnswer::of(&answer) {
-                    layer.put(target.name, &key, cached).await;
-                }
-                answer
-            }
-            _ => answer,
-        }
+        let stage = self.answer_uncached(target, query, filter, passages, deadline);
+        through(&self.caches.answers, target.name, &key, stage).await
     }
 
     /// L2 around query embedding: the query's vector, and whether it came from the cache.
