@@ -78,6 +78,15 @@ async fn collection(
     Ok(())
 }
 
+async fn metrics_text(http: &reqwest::Client, ragway: &Ragway) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{}/metrics", ragway.base))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
@@ -120,19 +129,9 @@ async fn l1_under_wrk() -> anyhow::Result<()> {
             post(&http, &ragway, "/v1/collections/c/query", body).await?;
         }
         tokio::time::sleep(Duration::from_millis(300)).await; // background writes to Redis
-        let metrics_before = http
-            .get(format!("{}/metrics", ragway.base))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let metrics_before = metrics_text(&http, &ragway).await?;
         let (rate, p50, p99) = wrk_post(&ragway.base, "/v1/collections/c/query", &bodies, 30, 64)?;
-        let metrics = http
-            .get(format!("{}/metrics", ragway.base))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let metrics = metrics_text(&http, &ragway).await?;
         let misses = metric(
             &metrics,
             "ragway_cache_requests_total{layer=\"l1\",result=\"miss\"}",
@@ -208,12 +207,7 @@ async fn l4_time_to_first_token() -> anyhow::Result<()> {
         cold.push(first_token_ms(&http, &ragway, &name, "what is this passage about").await?);
         warm.push(first_token_ms(&http, &ragway, &name, "which numbers are mentioned here").await?);
     }
-    let metrics = http
-        .get(format!("{}/metrics", ragway.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&http, &ragway).await?;
     let reused = metric(
         &metrics,
         "ragway_llm_prefix_tokens_reused_total{backend=\"local\"}",
@@ -291,12 +285,7 @@ async fn hit_ratios() -> anyhow::Result<()> {
         )
         .await?;
     }
-    let metrics = http
-        .get(format!("{}/metrics", ragway.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&http, &ragway).await?;
     println!("\n| layer | lookups | hits | hit ratio |\n|---|---|---|---|");
     for layer in ["l1", "l2", "l3"] {
         let count = |r: &str| {
