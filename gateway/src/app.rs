@@ -25,7 +25,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::breaker::BreakerSettings;
 use crate::caching::Caches;
 use crate::collections::{Collections, IngestEmbedding};
-use crate::config::{Config, LlmBackendKind, ModelBackend};
+use crate::config::{Config, LlmBackendConfig, LlmBackendKind, ModelBackend};
 use crate::faults::Faults;
 use crate::guard::Guard;
 use crate::jobs::{JobSettings, Jobs};
@@ -53,66 +53,8 @@ impl AppState {
     /// Loads the models and opens the stores named by `config`.
     pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<Self> {
         let device = device(config.models.use_gpu);
-        let cache_dir = &config.models.cache_dir;
-
-        let started = Instant::now();
-        let embedder_dir = models::model_dir(&config.models.embedder, cache_dir, &MODEL_FILES).await?;
-        let queues = &config.queues;
-        let onnx = models::onnx_for(
-            config.models.embedder_backend,
-            config.models.embedder_precision,
-            &embedder_dir,
-            &config.models,
-        )?;
-        let embedder_options = BertEmbedderOptions {
-            onnx,
-            max_batch: config.retrieval.embed_batch,
-            bulk_slice: config.retrieval.embed_bulk_slice,
-            device: device.clone(),
-            queue: QueueLimits {
-                interactive: queues.embedder_interactive,
-                bulk: queues.embedder_bulk,
-            },
-            ..Default::default()
-        };
-        let id = model_id(&config.models.embedder);
-        let embedder: Arc<dyn Embedder> = Arc::new(with_fallback(
-            "embedder",
-            config.models.embedder_backend,
-            embedder_options,
-            |options| Ok(BertEmbedder::load(&embedder_dir, &id, options)?),
-        )?);
-        tracing::info!(dir = %embedder_dir.display(), backend = embedder.backend(), seconds = started.elapsed().as_secs_f32(), "embedder loaded");
-        metrics::gauge!("ragway_model_backend", "model" => "embedder", "backend" => embedder.backend().to_string()).set(1.0);
-
-        let reranker: Option<Arc<dyn Reranker>> = if config.models.reranker.is_empty() {
-            None
-        } else {
-            let dir = models::model_dir(&config.models.reranker, cache_dir, &MODEL_FILES).await?;
-            let onnx = models::onnx_for(
-                config.models.reranker_backend,
-                config.models.reranker_precision,
-                &dir,
-                &config.models,
-            )?;
-            let options = CrossEncoderOptions {
-                onnx,
-                device: device.clone(),
-                queue: QueueLimits {
-                    interactive: queues.reranker,
-                    bulk: 1,
-                },
-                ..Default::default()
-            };
-            let id = model_id(&config.models.reranker);
-            let reranker = with_fallback("reranker", config.models.reranker_backend, options, |options| {
-                Ok(CrossEncoder::load(&dir, &id, options)?)
-            })?;
-            tracing::info!(dir = %dir.display(), backend = reranker.backend(), "reranker loaded");
-            metrics::gauge!("ragway_model_backend", "model" => "reranker", "backend" => reranker.backend().to_string()).set(1.0);
-            Some(Arc::new(reranker))
-        };
-
+        let embedder = load_embedder(&config, &device).await?;
+        let reranker = load_reranker(&config, &device).await?;
         let faults = Arc::new(Faults::default());
         let z = &config.resilience;
         let breaker = BreakerSettings {
@@ -123,60 +65,7 @@ impl AppState {
         let guard = |name: &str, timeout_ms: u64| {
             Guard::new(name, Duration::from_millis(timeout_ms), &breaker, faults.clone())
         };
-
-        let mut backends = Vec::new();
-        for (position, backend) in config.llm.iter().enumerate() {
-            let generator: Arc<dyn Generator> = match &backend.kind {
-                LlmBackendKind::Local {
-                    model,
-                    dequantize,
-                    context_tokens,
-                } => {
-                    let started = Instant::now();
-                    let path = models::gguf_file(model, cache_dir).await?;
-                    let options = LocalLlmOptions {
-                        device: device.clone(),
-                        dequantize: *dequantize,
-                        context_tokens: *context_tokens,
-                        queue: QueueLimits {
-                            interactive: queues.local_llm,
-                            bulk: 1,
-                        },
-                        prefix_cache: PrefixCacheOptions {
-                            entries: config.cache.l4.max_entries as usize,
-                            ttl: Duration::from_secs(config.cache.l4.ttl_s),
-                        },
-                        ..Default::default()
-                    };
-                    let llm = LocalLlm::load(&path, &backend.name, options)?;
-                    tracing::info!(backend = backend.name, path = %path.display(), seconds = started.elapsed().as_secs_f32(), "local LLM loaded");
-                    Arc::new(llm)
-                }
-                LlmBackendKind::Openai {
-                    base_url,
-                    model,
-                    api_key_env,
-                    ..
-                } => Arc::new(OpenAiBackend::new(OpenAiBackendOptions {
-                    name: backend.name.clone(),
-                    base_url: base_url.clone(),
-                    api_key: api_key_env
-                        .as_deref()
-                        .and_then(|var| std::env::var(var).ok())
-                        .unwrap_or_default(),
-                    model: model.clone(),
-                    connect_timeout: Duration::from_secs(5),
-                })?),
-            };
-            let limits = backend.limits(position);
-            let guard = Guard::new(
-                &format!("llm:{}", backend.name),
-                limits.timeout,
-                &breaker,
-                faults.clone(),
-            );
-            backends.push(Backend::new(generator, guard, limits));
-        }
+        let backends = load_backends(&config, &device, &breaker, &faults).await?;
 
         let data = &config.server.data_dir;
         let dense = Arc::new(EdgeDenseStore::new(&data.join("dense"), embedder.dimension()));
@@ -200,11 +89,7 @@ impl AppState {
             &config,
             redis_tier(&config, guard("redis", config.cache.redis.timeout_ms))?,
         );
-        let hook_caches = caches.clone();
-        collections.on_change(Arc::new(move |name: &str, generation: &str, epoch: u64| {
-            let (caches, name, generation) = (hook_caches.clone(), name.to_string(), generation.to_string());
-            tokio::spawn(async move { caches.collection_changed(&name, &generation, epoch).await });
-        }));
+        collections.on_change(change_hook(caches.clone()));
         let job_settings = JobSettings {
             batch_chunks: config.ingest.batch_chunks,
             max_concurrent: config.ingest.max_concurrent_jobs,
@@ -225,18 +110,8 @@ impl AppState {
             },
             rerank_cost: RerankCost::default(),
             llm: LlmPool::new(backends),
-            caches: Caches::new(
-                &config,
-                redis_tier(&config, guard("redis", config.cache.redis.timeout_ms))?,
-            ),
-            settings: PipelineSettings {
-                rrf_k: config.retrieval.rrf_k,
-                candidates: config.retrieval.candidates,
-                rerank_candidates: config.retrieval.rerank_candidates,
-                max_tokens: config.generation.max_tokens,
-                temperature: config.generation.temperature,
-                stream_idle_timeout: Duration::from_millis(config.resilience.stream_idle_timeout_ms),
-            },
+            caches,
+            settings: pipeline_settings(&config),
         };
         let admin_key = std::env::var(&config.resilience.admin_key_env)
             .ok()
@@ -251,6 +126,145 @@ impl AppState {
             metrics,
         })
     }
+}
+
+fn pipeline_settings(config: &Config) -> PipelineSettings {
+    PipelineSettings {
+        rrf_k: config.retrieval.rrf_k,
+        candidates: config.retrieval.candidates,
+        rerank_candidates: config.retrieval.rerank_candidates,
+        max_tokens: config.generation.max_tokens,
+        temperature: config.generation.temperature,
+        stream_idle_timeout: Duration::from_millis(config.resilience.stream_idle_timeout_ms),
+    }
+}
+
+/// Every collection change reaches the caches (which drop and announce what it outdated).
+fn change_hook(caches: Arc<Caches>) -> crate::collections::ChangeHook {
+    Arc::new(move |name: &str, generation: &str, epoch: u64| {
+        let (caches, name, generation) = (caches.clone(), name.to_string(), generation.to_string());
+        tokio::spawn(async move { caches.collection_changed(&name, &generation, epoch).await });
+    })
+}
+
+async fn load_embedder(config: &Config, device: &Device) -> anyhow::Result<Arc<dyn Embedder>> {
+    let started = Instant::now();
+    let models = &config.models;
+    let dir = models::model_dir(&models.embedder, &models.cache_dir, &MODEL_FILES).await?;
+    let onnx = models::onnx_for(models.embedder_backend, models.embedder_precision, &dir, models)?;
+    let options = BertEmbedderOptions {
+        onnx,
+        max_batch: config.retrieval.embed_batch,
+        bulk_slice: config.retrieval.embed_bulk_slice,
+        device: device.clone(),
+        queue: QueueLimits {
+            interactive: config.queues.embedder_interactive,
+            bulk: config.queues.embedder_bulk,
+        },
+        ..Default::default()
+    };
+    let id = model_id(&models.embedder);
+    let embedder: Arc<dyn Embedder> = Arc::new(with_fallback(
+        "embedder",
+        models.embedder_backend,
+        options,
+        |options| Ok(BertEmbedder::load(&dir, &id, options)?),
+    )?);
+    tracing::info!(dir = %dir.display(), backend = embedder.backend(), seconds = started.elapsed().as_secs_f32(), "embedder loaded");
+    metrics::gauge!("ragway_model_backend", "model" => "embedder", "backend" => embedder.backend().to_string()).set(1.0);
+    Ok(embedder)
+}
+
+async fn load_reranker(config: &Config, device: &Device) -> anyhow::Result<Option<Arc<dyn Reranker>>> {
+    let models = &config.models;
+    if models.reranker.is_empty() {
+        return Ok(None);
+    }
+    let dir = models::model_dir(&models.reranker, &models.cache_dir, &MODEL_FILES).await?;
+    let onnx = models::onnx_for(models.reranker_backend, models.reranker_precision, &dir, models)?;
+    let options = CrossEncoderOptions {
+        onnx,
+        device: device.clone(),
+        queue: QueueLimits {
+            interactive: config.queues.reranker,
+            bulk: 1,
+        },
+        ..Default::default()
+    };
+    let id = model_id(&models.reranker);
+    let reranker = with_fallback("reranker", models.reranker_backend, options, |options| {
+        Ok(CrossEncoder::load(&dir, &id, options)?)
+    })?;
+    tracing::info!(dir = %dir.display(), backend = reranker.backend(), "reranker loaded");
+    metrics::gauge!("ragway_model_backend", "model" => "reranker", "backend" => reranker.backend().to_string()).set(1.0);
+    Ok(Some(Arc::new(reranker)))
+}
+
+/// The LLM pool's backends, each behind its own guard.
+async fn load_backends(
+    config: &Config,
+    device: &Device,
+    breaker: &BreakerSettings,
+    faults: &Arc<Faults>,
+) -> anyhow::Result<Vec<Backend>> {
+    let mut backends = Vec::new();
+    for (position, backend) in config.llm.iter().enumerate() {
+        let generator = load_generator(config, backend, device).await?;
+        let limits = backend.limits(position);
+        let name = format!("llm:{}", backend.name);
+        let guard = Guard::new(&name, limits.timeout, breaker, faults.clone());
+        backends.push(Backend::new(generator, guard, limits));
+    }
+    Ok(backends)
+}
+
+async fn load_generator(
+    config: &Config,
+    backend: &LlmBackendConfig,
+    device: &Device,
+) -> anyhow::Result<Arc<dyn Generator>> {
+    Ok(match &backend.kind {
+        LlmBackendKind::Local {
+            model,
+            dequantize,
+            context_tokens,
+        } => {
+            let started = Instant::now();
+            let path = models::gguf_file(model, &config.models.cache_dir).await?;
+            let options = LocalLlmOptions {
+                device: device.clone(),
+                dequantize: *dequantize,
+                context_tokens: *context_tokens,
+                queue: QueueLimits {
+                    interactive: config.queues.local_llm,
+                    bulk: 1,
+                },
+                prefix_cache: PrefixCacheOptions {
+                    entries: config.cache.l4.max_entries as usize,
+                    ttl: Duration::from_secs(config.cache.l4.ttl_s),
+                },
+                ..Default::default()
+            };
+            let llm = LocalLlm::load(&path, &backend.name, options)?;
+            tracing::info!(backend = backend.name, path = %path.display(), seconds = started.elapsed().as_secs_f32(), "local LLM loaded");
+            Arc::new(llm)
+        }
+        LlmBackendKind::Openai {
+            base_url,
+            model,
+            api_key_env,
+            ..
+        } => Arc::new(OpenAiBackend::new(OpenAiBackendOptions {
+            name: backend.name.clone(),
+            base_url: base_url.clone(),
+            api_key: api_key_env
+                .as_deref()
+                .and_then(|var| std::env::var(var).ok())
+                .unwrap_or_default(),
+            model: model.clone(),
+            connect_timeout: Duration::from_secs(5),
+        })?),
+    })
 }
 
 /// The shared cache tier `cache.redis.url` names, with its guard; `None` without one.
