@@ -54,7 +54,8 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
 /// `model` is a collection (RAG over it) or an LLM backend (plain chat); collections win a name
 /// clash. The mode is in the `x-ragway-mode` header and, for RAG, in the `ragway` field.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatCompletionRequest,
-    responses((status = 200, description = "OK", body = ChatCompletion, headers(("x-ragway-mode" = String))),
+    responses((status = 200, description = "OK; with `\"stream\": true`, Server-Sent Events of `chat.completion.chunk` objects ending with `data: [DONE]`",
+            content((ChatCompletion = "application/json"), (String = "text/event-stream")), headers(("x-ragway-mode" = String))),
         (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Unavailable", body = ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<AppState>,
