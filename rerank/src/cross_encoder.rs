@@ -5,9 +5,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 use candle_transformers::models::bert::{BertModel, Config};
 use ort::session::Session;
-use ragway_worker::onnx::{ort, OnnxRuntime};
+use ragway_worker::onnx::{self, ort, OnnxRuntime};
 use ragway_worker::{Priority, QueueLimits, Queued, Task, Worker};
-use tokenizers::{EncodeInput, Encoding, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{EncodeInput, Encoding, Tokenizer};
 use tokio::sync::oneshot;
 
 use crate::{RerankError, Reranker, Scores};
@@ -142,19 +142,9 @@ impl SequenceClassifier {
         };
         let config: Config = serde_json::from_slice(&read("config.json")?)
             .map_err(|e| RerankError::Model(format!("bad config.json: {e}")))?;
-        let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
-            .map_err(|e| RerankError::Model(format!("bad tokenizer.json: {e}")))?;
-        let padding = PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..tokenizer.get_padding().cloned().unwrap_or_default()
-        };
-        tokenizer.with_padding(Some(padding));
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: options.max_tokens.min(config.max_position_embeddings),
-                ..Default::default()
-            }))
-            .map_err(|e| RerankError::Model(format!("bad truncation: {e}")))?;
+        let max_tokens = options.max_tokens.min(config.max_position_embeddings);
+        let tokenizer = ragway_worker::batch_tokenizer(&read("tokenizer.json")?, max_tokens)
+            .map_err(RerankError::Model)?;
         let engine = match &options.onnx {
             Some(runtime) => Engine::Onnx(runtime.open(dir).map_err(RerankError::Model)?),
             None => Engine::Candle(Box::new(CandleClassifier::load(
@@ -264,28 +254,9 @@ impl CandleClassifier {
 }
 
 fn onnx_logits(session: &mut Session, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>, RerankError> {
-    let onnx_error = |e: ort::Error| RerankError::Model(format!("onnx: {e}"));
     let width = encodings.first().map_or(0, |e| e.get_ids().len());
-    let shape = [encodings.len(), width];
-    let matrix = |field: fn(&Encoding) -> &[u32]| {
-        let values: Vec<i64> = encodings
-            .iter()
-            .flat_map(|e| field(e).iter().map(|&v| i64::from(v)))
-            .collect();
-        ort::value::Tensor::from_array((shape, values))
-    };
-    let outputs = session
-        .run(ort::inputs![
-            "input_ids" => matrix(Encoding::get_ids).map_err(onnx_error)?,
-            "attention_mask" => matrix(Encoding::get_attention_mask).map_err(onnx_error)?,
-            "token_type_ids" => matrix(Encoding::get_type_ids).map_err(onnx_error)?,
-        ])
-        .map_err(onnx_error)?;
-    let (shape, values) = outputs["logits"]
-        .try_extract_tensor::<f32>()
-        .map_err(onnx_error)?;
-    let labels = shape.get(1).map_or(1, |&n| n.max(1) as usize);
-    Ok(values.chunks(labels).map(<[f32]>::to_vec).collect())
+    let rows: Vec<&Encoding> = encodings.iter().collect();
+    onnx::run_encoder(session, &rows, width, "logits").map_err(RerankError::Model)
 }
 
 fn stack(

@@ -6,12 +6,34 @@
 //! A full lane refuses at once ([`Overloaded`]) instead of letting the queue grow, and a task
 //! whose caller has gone (deadline passed, client disconnected) is dropped before it runs.
 //!
-//! [`onnx`] holds what every ONNX Runtime model shares: the runtime, loaded once per process.
+//! [`onnx`] holds what every ONNX Runtime model shares: the runtime, loaded once per process, and
+//! running a BERT-shaped graph on a tokenised batch; [`batch_tokenizer`] the tokenizer set-up the
+//! BERT models share.
 //!
 //! Metrics: `ragway_worker_queue_depth{worker,lane}`, `ragway_worker_queue_wait_seconds{worker,lane}`,
 //! `ragway_worker_rejected_total{worker,lane}`, `ragway_worker_abandoned_total{worker,lane}`.
 
 pub mod onnx;
+
+/// A tokenizer for batched encoder input, from a `tokenizer.json`: each batch padded to its longest
+/// member, every input cut at `max_tokens`.
+pub fn batch_tokenizer(json: &[u8], max_tokens: usize) -> Result<tokenizers::Tokenizer, String> {
+    use tokenizers::{PaddingParams, PaddingStrategy, TruncationParams};
+    let mut tokenizer =
+        tokenizers::Tokenizer::from_bytes(json).map_err(|e| format!("bad tokenizer.json: {e}"))?;
+    let padding = PaddingParams {
+        strategy: PaddingStrategy::BatchLongest,
+        ..tokenizer.get_padding().cloned().unwrap_or_default()
+    };
+    tokenizer.with_padding(Some(padding));
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: max_tokens,
+            ..Default::default()
+        }))
+        .map_err(|e| format!("bad truncation: {e}"))?;
+    Ok(tokenizer)
+}
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -98,3 +98,33 @@ pub fn session(library: &Path, model: &Path, threads: usize) -> Result<Session, 
         .commit_from_file(model)
         .map_err(|e| failed(e.to_string()))
 }
+
+/// Runs a BERT-shaped graph (inputs `input_ids`, `attention_mask`, `token_type_ids`) on `rows`, each
+/// cut to its first `width` tokens, and returns the `output` tensor's values, row by row.
+pub fn run_encoder(
+    session: &mut Session,
+    rows: &[&tokenizers::Encoding],
+    width: usize,
+    output: &str,
+) -> Result<Vec<Vec<f32>>, String> {
+    use tokenizers::Encoding;
+    let failed = |e: ort::Error| format!("onnx: {e}");
+    let shape = [rows.len(), width];
+    let matrix = |field: fn(&Encoding) -> &[u32]| {
+        let values: Vec<i64> = rows
+            .iter()
+            .flat_map(|e| field(e)[..width].iter().map(|&v| i64::from(v)))
+            .collect();
+        ort::value::Tensor::from_array((shape, values))
+    };
+    let outputs = session
+        .run(ort::inputs![
+            "input_ids" => matrix(Encoding::get_ids).map_err(failed)?,
+            "attention_mask" => matrix(Encoding::get_attention_mask).map_err(failed)?,
+            "token_type_ids" => matrix(Encoding::get_type_ids).map_err(failed)?,
+        ])
+        .map_err(failed)?;
+    let (shape, values) = outputs[output].try_extract_tensor::<f32>().map_err(failed)?;
+    let per_row = shape.get(1).map_or(1, |&n| n.max(1) as usize);
+    Ok(values.chunks(per_row).map(<[f32]>::to_vec).collect())
+}

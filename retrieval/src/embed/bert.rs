@@ -5,10 +5,9 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use ort::session::Session;
-use ort::value::Tensor;
-use ragway_worker::onnx::{ort, OnnxRuntime};
+use ragway_worker::onnx::{self, ort, OnnxRuntime};
 use ragway_worker::{Priority, Queue, QueueLimits, Queued, Step, Task, Worker};
-use tokenizers::{Encoding, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer};
 use tokio::sync::oneshot;
 
 use super::{Embedder, Embeddings};
@@ -284,7 +283,7 @@ impl SentenceBert {
     fn forward(&mut self, rows: &[&Encoding], width: usize) -> Result<Vec<Vec<f32>>, RetrievalError> {
         match &mut self.engine {
             Engine::Candle { model, device } => candle_forward(model, device, rows, width),
-            Engine::Onnx(session) => onnx_forward(session, rows, width, self.dimension),
+            Engine::Onnx(session) => onnx_forward(session, rows, width),
         }
     }
 }
@@ -313,50 +312,12 @@ fn onnx_forward(
     session: &mut Session,
     rows: &[&Encoding],
     width: usize,
-    dimension: usize,
 ) -> Result<Vec<Vec<f32>>, RetrievalError> {
-    let onnx_error = |e: ort::Error| RetrievalError::Model(format!("onnx: {e}"));
-    let shape = [rows.len(), width];
-    let matrix = |field: fn(&Encoding) -> &[u32]| {
-        let values: Vec<i64> = rows
-            .iter()
-            .flat_map(|e| field(e)[..width].iter().map(|&v| i64::from(v)))
-            .collect();
-        Tensor::from_array((shape, values))
-    };
-    let ids = matrix(Encoding::get_ids).map_err(onnx_error)?;
-    let mask = matrix(Encoding::get_attention_mask).map_err(onnx_error)?;
-    let types = Tensor::from_array((shape, vec![0_i64; rows.len() * width])).map_err(onnx_error)?;
-    let outputs = session
-        .run(ort::inputs![
-            "input_ids" => ids,
-            "attention_mask" => mask,
-            "token_type_ids" => types,
-        ])
-        .map_err(onnx_error)?;
-    let (_, values) = outputs["sentence_embedding"]
-        .try_extract_tensor::<f32>()
-        .map_err(onnx_error)?;
-    Ok(values.chunks(dimension).map(<[f32]>::to_vec).collect())
+    onnx::run_encoder(session, rows, width, "sentence_embedding").map_err(RetrievalError::Model)
 }
 
-/// The model's tokenizer, padding each batch to its longest input (the shipped one pads every
-/// input to a fixed 128 tokens) and truncating at `max_tokens`.
 fn tokenizer(json: &[u8], max_tokens: usize) -> Result<Tokenizer, RetrievalError> {
-    let mut tokenizer =
-        Tokenizer::from_bytes(json).map_err(|e| RetrievalError::Model(format!("bad tokenizer.json: {e}")))?;
-    let padding = PaddingParams {
-        strategy: PaddingStrategy::BatchLongest,
-        ..tokenizer.get_padding().cloned().unwrap_or_default()
-    };
-    tokenizer.with_padding(Some(padding));
-    tokenizer
-        .with_truncation(Some(TruncationParams {
-            max_length: max_tokens,
-            ..Default::default()
-        }))
-        .map_err(|e| RetrievalError::Model(format!("bad truncation: {e}")))?;
-    Ok(tokenizer)
+    ragway_worker::batch_tokenizer(json, max_tokens).map_err(RetrievalError::Model)
 }
 
 fn stack(
