@@ -29,8 +29,6 @@ pub(crate) struct ChatModel {
     seed: u64,
     /// L4: states after recent prompts' shared prefixes.
     prefixes: PrefixCache,
-    /// Prompt tokens already in the KV cache when the current prompt's final prefill starts.
-    prefilled: usize,
 }
 
 impl ChatModel {
@@ -68,7 +66,6 @@ impl ChatModel {
             context,
             seed: options.seed,
             prefixes: PrefixCache::new(options.prefix_cache),
-            prefilled: 0,
         })
     }
 
@@ -98,10 +95,9 @@ impl ChatModel {
         let mut sampler = LogitsProcessor::from_sampling(self.seed, sampling);
         let mut generated: Vec<u32> = Vec::new();
         let mut emitted = 0;
-        let reused = self.prefill_prefix(&prompt, &request.messages)?;
+        let (reused, mut position) = self.prefill_prefix(&prompt, &request.messages)?;
         // Prefill of the rest in one forward pass (from position 0 the KV cache starts over).
-        let mut input = Tensor::new(&prompt[reused.max(self.prefilled)..], &self.device)?.unsqueeze(0)?;
-        let mut position = reused.max(self.prefilled);
+        let mut input = Tensor::new(&prompt[position..], &self.device)?.unsqueeze(0)?;
         while generated.len() < request.max_tokens {
             let logits = self.weights.forward(&input, position)?.squeeze(0)?;
             position += input.dim(1)?;
@@ -136,9 +132,13 @@ impl ChatModel {
 
     /// Restores the state after the longest cached prefix of `prompt` (L4), and when the prompt's
     /// shared part — every message but the last — runs past it, prefills that part and keeps the
-    /// state for the next prompt. Returns the tokens restored from the cache; `self.prefilled`
-    /// is where prefill of the rest starts.
-    fn prefill_prefix(&mut self, prompt: &[u32], messages: &[ChatMessage]) -> Result<usize, LlmError> {
+    /// state for the next prompt. Returns the tokens restored from the cache, and how many of the
+    /// prompt's tokens are now in the KV cache (where prefill of the rest starts).
+    fn prefill_prefix(
+        &mut self,
+        prompt: &[u32],
+        messages: &[ChatMessage],
+    ) -> Result<(usize, usize), LlmError> {
         let reused = match self.prefixes.restore(prompt) {
             Some((state, length)) => {
                 self.weights = state;
@@ -146,18 +146,17 @@ impl ChatModel {
             }
             None => 0,
         };
-        self.prefilled = reused;
         let shared = match messages.split_last() {
             Some((_, earlier)) if !earlier.is_empty() => self.encode(&closed_turns(earlier))?,
-            _ => return Ok(reused),
+            _ => return Ok((reused, reused)),
         };
         if shared.len() > reused && shared.len() < prompt.len() && prompt.starts_with(&shared) {
             let input = Tensor::new(&shared[reused..], &self.device)?.unsqueeze(0)?;
             self.weights.forward(&input, reused)?;
             self.prefixes.store(&shared, self.weights.clone());
-            self.prefilled = shared.len();
+            return Ok((reused, shared.len()));
         }
-        Ok(reused)
+        Ok((reused, reused))
     }
 
     /// What counting a prompt's tokens needs, for use off the worker thread.
