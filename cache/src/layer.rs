@@ -101,14 +101,14 @@ where
                 }
             }
         }
-        let lookup = match entry {
-            Some(e) if self.age(&e) < self.settings.ttl => Lookup::Fresh {
+        let lookup = match entry.map(|e| (self.age(&e), e)) {
+            Some((age, e)) if age < self.settings.ttl => Lookup::Fresh {
                 value: e.value.clone(),
-                age: self.age(&e),
+                age,
             },
-            Some(e) if self.age(&e) < self.settings.ttl + self.settings.stale_for => Lookup::Stale {
+            Some((age, e)) if age < self.settings.ttl + self.settings.stale_for => Lookup::Stale {
                 value: e.value.clone(),
-                age: self.age(&e),
+                age,
             },
             _ => Lookup::Miss,
         };

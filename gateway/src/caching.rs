@@ -197,22 +197,31 @@ impl Caches {
     /// when `None`), here, in Redis, and in every process subscribed to it; how many entries.
     pub async fn invalidate(&self, collection: Option<&str>, layer: Option<&str>) -> u64 {
         let mut dropped = self.invalidate_local(collection, layer).await;
-        for l in self.layers(layer, collection) {
+        // Both L1 layers file their entries under `ragway:l1:`: one deletion serves them.
+        let mut names: Vec<&dyn Invalidate> = self.layers(layer, collection);
+        names.dedup_by_key(|l| l.name());
+        for l in names {
             dropped += l.invalidate_shared(collection).await;
         }
-        if let Some(shared) = &self.shared {
-            let message = Invalidation {
-                origin: self.instance.clone(),
-                collection: collection.map(str::to_string),
-                layer: layer.map(str::to_string),
-            };
-            if let Ok(text) = serde_json::to_string(&message) {
-                if let Err(e) = shared.publish(INVALIDATIONS, text).await {
-                    tracing::warn!(error = %e, "cache invalidation not published");
-                }
-            }
+        if let Err(e) = self.announce(collection, layer).await {
+            tracing::warn!(error = %e, "cache invalidation not published");
         }
         dropped
+    }
+
+    /// Tells every other process on the Redis tier to drop its local entries of `collection`
+    /// in `layer` (all when `None`).
+    async fn announce(&self, collection: Option<&str>, layer: Option<&str>) -> Result<(), TierError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let message = Invalidation {
+            origin: self.instance.clone(),
+            collection: collection.map(str::to_string),
+            layer: layer.map(str::to_string),
+        };
+        let text = serde_json::to_string(&message).map_err(|e| TierError(e.to_string()))?;
+        shared.publish(INVALIDATIONS, text).await
     }
 
     async fn invalidate_local(&self, collection: Option<&str>, layer: Option<&str>) -> u64 {
@@ -241,15 +250,7 @@ impl Caches {
                 shared.set(&key, value, Duration::from_secs(365 * 86_400)).await
             }
         };
-        let message = Invalidation {
-            origin: self.instance.clone(),
-            collection: Some(collection.to_string()),
-            layer: None,
-        };
-        let published = match serde_json::to_string(&message) {
-            Ok(text) => shared.publish(INVALIDATIONS, text).await,
-            Err(e) => Err(TierError(e.to_string())),
-        };
+        let published = self.announce(Some(collection), None).await;
         if let Err(e) = recorded.and(published) {
             tracing::debug!(collection, error = %e, "collection change not shared through redis");
         }
