@@ -39,7 +39,17 @@ impl RedisTier {
         })
     }
 
-    async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, TierError> {
+    /// A handle on the shared connection, for callers with commands of their own (tenants,
+    /// quota counters); bound each call with [`RedisTier::bounded`].
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// `call`, failed after this tier's timeout.
+    pub async fn bounded<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, TierError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(failed),
             Err(_) => Err(TierError(format!("no answer within {:?}", self.timeout))),

@@ -4,6 +4,7 @@
 //! `degraded` event and the next backend continues the answer from where it stopped.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use ragway_llm::{ChatMessage, GenerationRequest, Role, StreamEvent};
@@ -13,10 +14,12 @@ use tokio::sync::mpsc;
 
 use crate::app::AppState;
 use crate::deadline::Deadline;
-use crate::llm_pool::{count_tokens, OpenedStream};
-use crate::pipeline::{extractive_answer, Retrieved};
+use crate::llm_pool::{count_tokens, Choice, OpenedStream};
+use crate::pipeline::{extractive_answer, Allowance, Retrieved};
+use crate::quota::{Counter, Quotas, StreamPermit};
 use crate::report::{Authorship, Report};
 use crate::routes::answers::citation;
+use crate::tenants::Tenant;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -66,12 +69,52 @@ pub struct StreamJob {
     pub citations: Vec<Citation>,
     /// Extractive text to send when no LLM answers (empty for bare-LLM chat).
     pub fallback_text: String,
-    /// Restrict to one backend (bare-LLM chat).
-    pub only: Option<String>,
+    /// The backends it may use (one for a bare-LLM chat; none when the tenant's budget is spent).
+    pub choice: Choice,
     pub deadline: Deadline,
+    /// The tenant to charge for it, holding its place among the tenant's streams.
+    pub tenant: Option<StreamTenant>,
+}
+
+/// A tenant's stream: charged for what it generated when it ends, counted among the tenant's
+/// `concurrent_streams` while it runs.
+pub struct StreamTenant {
+    pub quotas: Arc<Quotas>,
+    pub tenant: Arc<Tenant>,
+    pub permit: StreamPermit,
+}
+
+impl StreamTenant {
+    fn charge(&self, usage: &TokenUsage) {
+        let (quotas, tenant) = (self.quotas.clone(), self.tenant.clone());
+        let (prompt, completion) = (usage.prompt_tokens as u64, usage.completion_tokens as u64);
+        tokio::spawn(async move {
+            quotas.charge(&tenant, Counter::TokensIn, prompt).await;
+            quotas.charge(&tenant, Counter::TokensOut, completion).await;
+        });
+    }
 }
 
 impl StreamJob {
+    /// The job as the tenant may run it: its backends, none when its LLM budget is spent (the
+    /// answer is then extractive, degraded for `quota`), charged to it when it ends.
+    pub fn within(mut self, allowance: Allowance, tenant: Option<StreamTenant>) -> Self {
+        if allowance.llm_spent {
+            self.report.degrade("llm", DegradationReason::Quota);
+            self.choice = Choice::Only(Vec::new());
+        } else {
+            self.choice = allowance.llm;
+        }
+        self.tenant = tenant;
+        self
+    }
+
+    fn charge(&self, usage: &TokenUsage) {
+        if let Some(tenant) = &self.tenant {
+            tenant.charge(usage);
+        }
+    }
+
     /// A grounded answer over retrieved hits: they are the prompt's passages, the citations, and
     /// the extractive answer should no LLM answer.
     pub fn grounded(state: AppState, query: &str, retrieved: Retrieved, deadline: Deadline) -> Self {
@@ -86,8 +129,9 @@ impl StreamJob {
                 .map(|(i, h)| citation((i + 1, h)))
                 .collect(),
             report,
-            only: None,
+            choice: Choice::Any,
             deadline,
+            tenant: None,
             state,
         }
     }
@@ -125,7 +169,10 @@ async fn drive(mut job: StreamJob, events: mpsc::Sender<AnswerEvent>) {
         written.tried.push(backend.clone());
         let reason = match relay(&job, stream, &events, &mut written).await {
             Relayed::Finished => break,
-            Relayed::ClientGone => return,
+            Relayed::ClientGone => {
+                job.charge(&written.usage);
+                return;
+            }
             Relayed::Broke(reason) => reason,
         };
         job.report.degrade(format!("llm:{backend}"), reason);
@@ -134,9 +181,13 @@ async fn drive(mut job: StreamJob, events: mpsc::Sender<AnswerEvent>) {
         }
         opened = match fail_over(&mut job, &written, &backend, reason, &events).await {
             Some(next) => next,
-            None => return,
+            None => {
+                job.charge(&written.usage);
+                return;
+            }
         };
     }
+    job.charge(&written.usage);
     job.report.finish();
     let mode = job.report.mode();
     metrics::counter!("ragway_answers_total", "mode" => mode.as_str()).increment(1);
@@ -169,14 +220,8 @@ async fn open(job: &mut StreamJob, tried: &[String], continuing: Option<&str>) -
             .push(ChatMessage::new(Role::Assistant, partial.to_string()));
     }
     let pool = &job.state.pipeline.llm;
-    pool.open_stream(
-        &request,
-        &job.deadline,
-        &mut job.report,
-        job.only.as_deref(),
-        tried,
-    )
-    .await
+    pool.open_stream(&request, &job.deadline, &mut job.report, &job.choice, tried)
+        .await
 }
 
 /// After `backend` broke off: the next backend continuing the answer (`Some(None)` when none can,

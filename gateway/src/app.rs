@@ -25,14 +25,16 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::breaker::BreakerSettings;
 use crate::caching::Caches;
 use crate::collections::{Collections, IngestEmbedding};
-use crate::config::{Config, LlmBackendConfig, LlmBackendKind, ModelBackend};
+use crate::config::{AuthMode, Config, LlmBackendConfig, LlmBackendKind, ModelBackend};
 use crate::faults::Faults;
 use crate::guard::Guard;
 use crate::jobs::{JobSettings, Jobs};
 use crate::llm_pool::{Backend, LlmPool};
 use crate::pipeline::{Pipeline, PipelineSettings, StageGuards};
+use crate::quota::{Counter, Quotas};
 use crate::rerank_cost::RerankCost;
-use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank};
+use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank, tenants};
+use crate::tenants::{FileStore, RedisStore, TenantStore, Tenants};
 use crate::{models, openapi_doc};
 
 const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
@@ -44,6 +46,8 @@ pub struct AppState {
     pub jobs: Arc<Jobs>,
     pub pipeline: Arc<Pipeline>,
     pub faults: Arc<Faults>,
+    pub tenants: Arc<Tenants>,
+    pub quotas: Arc<Quotas>,
     /// From the environment variable named by `resilience.admin_key_env`; `None` closes `/admin`.
     pub admin_key: Option<String>,
     pub metrics: PrometheusHandle,
@@ -85,10 +89,15 @@ impl AppState {
             )
             .await?,
         );
+        let redis = redis_tier(&config)?;
         let caches = Caches::new(
             &config,
-            redis_tier(&config, guard("redis", config.cache.redis.timeout_ms))?,
+            redis
+                .clone()
+                .map(|tier| (tier, guard("redis", config.cache.redis.timeout_ms))),
         );
+        let (tenants, quotas) = load_tenants(&config, redis).await?;
+        collections.on_embedded(embed_hook(tenants.clone(), quotas.clone()));
         collections.on_change(change_hook(caches.clone()));
         let job_settings = JobSettings {
             batch_chunks: config.ingest.batch_chunks,
@@ -122,6 +131,8 @@ impl AppState {
             jobs,
             pipeline: Arc::new(pipeline),
             faults,
+            tenants,
+            quotas,
             admin_key,
             metrics,
         })
@@ -144,6 +155,17 @@ fn change_hook(caches: Arc<Caches>) -> crate::collections::ChangeHook {
     Arc::new(move |name: &str, generation: &str, epoch: u64| {
         let (caches, name, generation) = (caches.clone(), name.to_string(), generation.to_string());
         tokio::spawn(async move { caches.collection_changed(&name, &generation, epoch).await });
+    })
+}
+
+/// Ingestion's embedding tokens are charged to the tenant whose collection it is.
+fn embed_hook(tenants: Arc<Tenants>, quotas: Arc<Quotas>) -> crate::collections::EmbedHook {
+    Arc::new(move |collection: &str, tokens: u64| {
+        let Ok(tenant) = tenants.get(crate::auth::owner(collection)) else {
+            return;
+        };
+        let quotas = quotas.clone();
+        tokio::spawn(async move { quotas.charge(&tenant, Counter::EmbeddingTokens, tokens).await });
     })
 }
 
@@ -267,16 +289,41 @@ async fn load_generator(
     })
 }
 
-/// The shared cache tier `cache.redis.url` names, with its guard; `None` without one.
-fn redis_tier(config: &Config, guard: Guard) -> anyhow::Result<Option<(RedisTier, Guard)>> {
+/// The Redis `cache.redis.url` names (shared caches, tenants, quota counters); `None` without one.
+fn redis_tier(config: &Config) -> anyhow::Result<Option<RedisTier>> {
     let redis = &config.cache.redis;
     if redis.url.is_empty() {
         return Ok(None);
     }
     let tier = RedisTier::new(&redis.url, Duration::from_millis(redis.timeout_ms))
         .map_err(|e| anyhow::anyhow!("cache.redis.url = {:?}: {e}", redis.url))?;
-    tracing::info!("shared cache tier: redis (cache.redis.url)");
-    Ok(Some((tier, guard)))
+    tracing::info!("shared caches, tenants and quotas: redis (cache.redis.url)");
+    Ok(Some(tier))
+}
+
+/// Tenants (in Redis when configured, else in a file) and the quotas that count their use.
+async fn load_tenants(
+    config: &Config,
+    redis: Option<RedisTier>,
+) -> anyhow::Result<(Arc<Tenants>, Arc<Quotas>)> {
+    let data = &config.server.data_dir;
+    let file = FileStore::open(data.join("tenants.json"))?;
+    let store: Arc<dyn TenantStore> = match &redis {
+        Some(tier) => Arc::new(RedisStore::new(tier.clone(), file)),
+        None => Arc::new(file),
+    };
+    let tenants = Tenants::open(store).await?;
+    let q = &config.quotas;
+    let quotas = Quotas::new(
+        data.join("usage.json"),
+        redis,
+        q.expected_replicas,
+        q.metric_tenants,
+    )?;
+    if config.auth.mode == AuthMode::Open {
+        tracing::warn!("auth.mode = \"open\": every /v1 route is open to anyone who reaches this port, without tenants or quotas; use \"keys\" beyond a laptop");
+    }
+    Ok((tenants, quotas))
 }
 
 /// Options that can name an ONNX Runtime (`None`: candle).
@@ -355,6 +402,14 @@ pub fn router(state: AppState) -> Router {
                 .delete(admin::clear_faults),
         )
         .route("/admin/cache/invalidate", post(admin::invalidate_cache))
+        .route("/admin/tenants", post(tenants::create).get(tenants::list))
+        .route(
+            "/admin/tenants/{id}",
+            get(tenants::get).patch(tenants::update).delete(tenants::delete),
+        )
+        .route("/admin/tenants/{id}/keys", post(tenants::create_key))
+        .route("/admin/tenants/{id}/keys/{key_id}", delete(tenants::revoke_key))
+        .route("/admin/tenants/{id}/usage", get(tenants::usage))
         .route_layer(middleware::from_fn(count_request))
         .with_state(state);
     Router::new()

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{CacheConfig, CacheLayerConfig, Config};
 use crate::deadline::Deadline;
 use crate::guard::{Blame, Blamed, Failure, Guard};
-use crate::pipeline::{Answer, Pipeline, Retrieved};
+use crate::pipeline::{Allowance, Answer, Pipeline, Retrieved};
 use crate::report::{Authorship, Report};
 
 /// The collection a cached result belongs to, as its keys see it.
@@ -443,9 +443,10 @@ impl Pipeline {
         filter: MetadataFilter,
         top_k: usize,
         deadline: &Deadline,
+        allowance: &Allowance,
     ) -> Retrieved {
         let key = self.caches.key("l3", &target, query, top_k, &filter);
-        let stage = self.retrieve_uncached(target.name, query, filter, top_k, deadline);
+        let stage = self.retrieve_uncached(target.name, query, filter, top_k, deadline, allowance);
         through(&self.caches.retrievals, target.name, &key, stage).await
     }
 
@@ -457,13 +458,16 @@ impl Pipeline {
         filter: MetadataFilter,
         top_k: usize,
         deadline: &Deadline,
+        allowance: &Allowance,
     ) -> Retrieved {
         let key = self.caches.key("l1_search", &target, query, top_k, &filter);
-        let stage = self.retrieve(target, query, filter, top_k, deadline);
+        let stage = self.retrieve(target, query, filter, top_k, deadline, allowance);
         through(&self.caches.searches, target.name, &key, stage).await
     }
 
-    /// L1 around grounded answers (`/query`, chat over a collection).
+    /// L1 around grounded answers (`/query`, chat over a collection). A tenant whose LLM budget
+    /// is spent gets an entry however old (`cache_only`), else an extractive answer; both say
+    /// `llm` was degraded for `quota`.
     pub async fn answer(
         &self,
         target: Target<'_>,
@@ -471,42 +475,76 @@ impl Pipeline {
         filter: MetadataFilter,
         passages: usize,
         deadline: &Deadline,
+        allowance: &Allowance,
     ) -> Answer {
         let key = self.caches.key("l1_answer", &target, query, passages, &filter);
-        let stage = self.answer_uncached(target, query, filter, passages, deadline);
-        through(&self.caches.answers, target.name, &key, stage).await
+        let stage = self.answer_uncached(target, query, filter, passages, deadline, allowance);
+        if !allowance.llm_spent {
+            return through(&self.caches.answers, target.name, &key, stage).await;
+        }
+        let layer = &self.caches.answers;
+        match layer.get(target.name, &key).await {
+            Lookup::Fresh { value, age } | Lookup::Stale { value, age } => {
+                let mut report = Report::default();
+                report.cache_only = true;
+                report.degrade("llm", ragway_openapi::DegradationReason::Quota);
+                value.into_answer(report, info(layer.name(), age, false))
+            }
+            Lookup::Miss => stage.await,
+        }
     }
 
-    /// L2 around query embedding: the query's vector, and whether it came from the cache.
+    /// L2 around query embedding: the query's vector, from the cache or embedded now (then with
+    /// its token count); `Ok(None)` when it is not cached and `may_embed` is false (the tenant's
+    /// embedding budget is spent). Entries are the tenant's own (`owner`).
     pub(crate) async fn query_vector(
         &self,
+        owner: &str,
         query: &str,
         deadline: &Deadline,
-    ) -> Result<(Arc<Vec<f32>>, bool), Failure<ragway_retrieval::RetrievalError>> {
+        may_embed: bool,
+    ) -> Result<Option<QueryVector>, Failure<ragway_retrieval::RetrievalError>> {
         let layer = &self.caches.embeddings;
         let key = CacheKey::new(
             "l2",
             &[
+                owner.as_bytes(),
                 self.embedder.model_id().as_bytes(),
                 self.caches.fingerprint.as_bytes(),
                 query.as_bytes(),
             ],
         );
         if let Lookup::Fresh { value, .. } = layer.get("", &key).await {
-            return Ok((Arc::new(value), true));
+            return Ok(Some(QueryVector {
+                vector: Arc::new(value),
+                tokens: None,
+            }));
+        }
+        if !may_embed {
+            return Ok(None);
         }
         let embed = self
             .embedder
             .embed(vec![query.to_string()], Priority::Interactive);
         let embedded = self.guards.embed.run(deadline, embed).await?;
+        let tokens = embedded.tokens as u64;
         let vector = embedded.vectors.into_iter().next().ok_or_else(|| {
             Failure::Error(ragway_retrieval::RetrievalError::Model(
                 "no vector returned".into(),
             ))
         })?;
         layer.put("", &key, vector.clone()).await;
-        Ok((Arc::new(vector), false))
+        Ok(Some(QueryVector {
+            vector: Arc::new(vector),
+            tokens: Some(tokens),
+        }))
     }
+}
+
+/// A query's vector, and the tokens embedding it took (`None`: it came from L2).
+pub struct QueryVector {
+    pub vector: Arc<Vec<f32>>,
+    pub tokens: Option<u64>,
 }
 
 impl CachedAnswer {

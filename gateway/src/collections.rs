@@ -40,6 +40,9 @@ struct Manifest {
 struct DocumentRecord {
     content_hash: String,
     chunks: usize,
+    /// UTF-8 bytes of its text (0 in manifests written before it was recorded).
+    #[serde(default)]
+    bytes: u64,
 }
 
 pub struct Collection {
@@ -84,6 +87,26 @@ impl Collection {
             generation: &self.generation,
             epoch: self.epoch(),
         }
+    }
+
+    /// How much `documents` would add to what the collection stores (negative: shrink), as
+    /// `(documents, chunks, bytes)`; a document already stored replaces its old version.
+    pub async fn growth(&self, documents: &[DocumentInput]) -> (i64, i64, i64) {
+        let manifest = self.manifest.lock().await;
+        let mut growth = (0i64, 0i64, 0i64);
+        for doc in documents {
+            let metadata = doc.metadata.clone().unwrap_or_default();
+            let chunks = chunk_document(&doc.id, &doc.text, &metadata, self.chunking).len() as i64;
+            let bytes = doc.text.len() as i64;
+            let (old_docs, old_chunks, old_bytes) = manifest
+                .documents
+                .get(&doc.id)
+                .map_or((0, 0, 0), |d| (1, d.chunks as i64, d.bytes as i64));
+            growth.0 += 1 - old_docs;
+            growth.1 += chunks - old_chunks;
+            growth.2 += bytes - old_bytes;
+        }
+        growth
     }
 
     pub fn info(&self) -> CollectionInfo {
@@ -131,7 +154,12 @@ pub struct Collections {
     keyword: Arc<dyn KeywordStore>,
     /// Told of every change of a collection's contents (its new epoch) and of every drop.
     on_change: std::sync::OnceLock<ChangeHook>,
+    /// Told of the tokens each ingested batch took the embedder (charged to the tenant).
+    on_embedded: std::sync::OnceLock<EmbedHook>,
 }
+
+/// Called with a collection's name and the tokens embedding a batch of its documents took.
+pub type EmbedHook = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
 /// Called with a collection's name, generation and new epoch after a change is durable (epoch
 /// `u64::MAX`: dropped).
@@ -142,6 +170,7 @@ struct Change {
     id: String,
     hash: String,
     chunks: Vec<Chunk>,
+    bytes: u64,
 }
 
 impl Collections {
@@ -163,6 +192,7 @@ impl Collections {
             dense,
             keyword,
             on_change: std::sync::OnceLock::new(),
+            on_embedded: std::sync::OnceLock::new(),
         };
         for entry in std::fs::read_dir(manifests_dir)? {
             let path = entry?.path();
@@ -233,6 +263,10 @@ impl Collections {
     }
 
     /// Sets what hears of every change (the caches); the first call wins.
+    pub fn on_embedded(&self, hook: EmbedHook) {
+        let _ = self.on_embedded.set(hook);
+    }
+
     pub fn on_change(&self, hook: ChangeHook) {
         let _ = self.on_change.set(hook);
     }
@@ -334,7 +368,7 @@ impl Collections {
         // Embed first: it touches no store, so a failure here leaves everything as it was.
         let chunks: Vec<Chunk> = changed.iter().flat_map(|c| c.chunks.iter().cloned()).collect();
         let vectors = self
-            .embed(chunks.iter().map(|c| c.text.clone()).collect())
+            .embed(&collection.name, chunks.iter().map(|c| c.text.clone()).collect())
             .await?;
         let embedded = chunks
             .iter()
@@ -350,11 +384,18 @@ impl Collections {
         match &written {
             Ok(()) => {
                 outcome.indexed = changed.len();
-                for Change { id, hash, chunks } in changed {
+                for Change {
+                    id,
+                    hash,
+                    chunks,
+                    bytes,
+                } in changed
+                {
                     outcome.chunks += chunks.len();
                     let record = DocumentRecord {
                         content_hash: hash,
                         chunks: chunks.len(),
+                        bytes,
                     };
                     manifest.documents.insert(id, record);
                 }
@@ -370,7 +411,7 @@ impl Collections {
         written.map(|()| outcome)
     }
 
-    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ApiError> {
+    async fn embed(&self, collection: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ApiError> {
         let IngestEmbedding {
             embedder,
             guard,
@@ -382,6 +423,9 @@ impl Collections {
             .run_within(&Deadline::none(), *timeout, embedder.embed(texts, Priority::Bulk))
             .await
             .map_err(|failure| ApiError::from_stage(ModelStage::Embedder, failure))?;
+        if let Some(hook) = self.on_embedded.get() {
+            hook(collection, embedded.tokens as u64);
+        }
         Ok(embedded.vectors)
     }
 
@@ -470,6 +514,7 @@ fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOp
                 id: doc.id,
                 hash,
                 chunks,
+                bytes: doc.text.len() as u64,
             })
         })
         .collect()
@@ -490,6 +535,7 @@ fn info(manifest: &Manifest) -> CollectionInfo {
         name: manifest.name.clone(),
         documents: manifest.documents.len(),
         chunks: manifest.documents.values().map(|d| d.chunks).sum(),
+        bytes: manifest.documents.values().map(|d| d.bytes).sum(),
         chunk_words: manifest.chunk_words,
         chunk_overlap_words: manifest.chunk_overlap_words,
         epoch: manifest.epoch,

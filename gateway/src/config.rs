@@ -22,6 +22,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub queues: QueuesConfig,
     pub cache: CacheConfig,
+    pub auth: AuthConfig,
+    pub quotas: QuotasConfig,
     /// Tried in order of `priority` (default: position in this list); backends of equal priority
     /// share load, the lowest priority is the primary.
     pub llm: Vec<LlmBackendConfig>,
@@ -137,6 +139,49 @@ impl Default for RedisConfig {
         Self {
             url: String::new(),
             timeout_ms: 50,
+        }
+    }
+}
+
+/// Who may call the data routes (`/v1/*`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every `/v1` call needs `Authorization: Bearer <tenant key>` (keys from `/admin/tenants`).
+    #[default]
+    Keys,
+    /// No keys: every caller is one implicit tenant without limits (a laptop; logged as a warning).
+    Open,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { mode: AuthMode::Keys }
+    }
+}
+
+/// How per-tenant quotas are enforced (the limits themselves belong to each tenant).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// With Redis (`cache.redis.url`) unreachable, each replica enforces `limit /
+    /// expected_replicas` on its own until Redis is back.
+    pub expected_replicas: u32,
+    /// Tenants with a label of their own on `ragway_tenant_*` metrics; later ones share `other`.
+    pub metric_tenants: usize,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            expected_replicas: 1,
+            metric_tenants: 50,
         }
     }
 }
@@ -348,6 +393,8 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             queues: QueuesConfig::default(),
             cache: CacheConfig::default(),
+            auth: AuthConfig::default(),
+            quotas: QuotasConfig::default(),
             llm: vec![LlmBackendConfig {
                 name: "local".into(),
                 priority: None,
@@ -557,6 +604,9 @@ impl Config {
         }
         if !c.redis.url.is_empty() && c.redis.timeout_ms == 0 {
             problems.push("cache.redis.timeout_ms must be at least 1".to_string());
+        }
+        if self.quotas.expected_replicas == 0 {
+            problems.push("quotas.expected_replicas must be at least 1".to_string());
         }
         let i = &self.ingest;
         if i.batch_chunks == 0 || i.max_concurrent_jobs == 0 {

@@ -1,7 +1,7 @@
 //! The one place where errors become HTTP responses.
 
 use axum::extract::rejection::JsonRejection;
-use axum::http::header::RETRY_AFTER;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -29,22 +29,28 @@ macro_rules! error_codes {
 
 error_codes! {
     BodyTooLarge => "body_too_large",
+    ByteQuotaExceeded => "byte_quota_exceeded",
+    ChunkQuotaExceeded => "chunk_quota_exceeded",
     CollectionExists => "collection_exists",
     CollectionNotFound => "collection_not_found",
+    CollectionQuotaExceeded => "collection_quota_exceeded",
     DeadlineOutOfRange => "deadline_out_of_range",
     DenseStoreFailed => "dense_store_failed",
     DocumentNotFound => "document_not_found",
+    DocumentQuotaExceeded => "document_quota_exceeded",
     DocumentTooLarge => "document_too_large",
     DocumentTooLong => "document_too_long",
     DuplicateDocumentId => "duplicate_document_id",
     EmbedderBusy => "embedder_busy",
     EmbedderFailed => "embedder_failed",
     EmbedderUnavailable => "embedder_unavailable",
+    EmbeddingTokenQuotaExceeded => "embedding_token_quota_exceeded",
     EmptyDocument => "empty_document",
     EmptyQuery => "empty_query",
     Forbidden => "forbidden",
     InputTooLong => "input_too_long",
     Internal => "internal",
+    InvalidApiKey => "invalid_api_key",
     InvalidBody => "invalid_body",
     InvalidChunking => "invalid_chunking",
     InvalidCollectionName => "invalid_collection_name",
@@ -55,27 +61,35 @@ error_codes! {
     InvalidInput => "invalid_input",
     InvalidRole => "invalid_role",
     InvalidTemperature => "invalid_temperature",
+    InvalidTenant => "invalid_tenant",
     JobCancelled => "job_cancelled",
     JobFinished => "job_finished",
     JobNotFound => "job_not_found",
+    KeyNotFound => "key_not_found",
     KeywordStoreFailed => "keyword_store_failed",
+    LlmFailed => "llm_failed",
+    LlmTokenQuotaExceeded => "llm_token_quota_exceeded",
     LlmUnavailable => "llm_unavailable",
     MalformedJson => "malformed_json",
     MaxTokensOutOfRange => "max_tokens_out_of_range",
     MetadataTooLarge => "metadata_too_large",
+    MissingApiKey => "missing_api_key",
     MissingContentType => "missing_content_type",
     ModelNotFound => "model_not_found",
     NameTakenByLlmBackend => "name_taken_by_llm_backend",
-    LlmFailed => "llm_failed",
     NoMessages => "no_messages",
     NoRetrievalPath => "no_retrieval_path",
     NoUserMessage => "no_user_message",
     NotConfigured => "not_configured",
     Overloaded => "overloaded",
     QueryTooLong => "query_too_long",
+    RateLimited => "rate_limited",
     RerankerBusy => "reranker_busy",
     RerankerFailed => "reranker_failed",
     RerankerUnavailable => "reranker_unavailable",
+    StreamQuotaExceeded => "stream_quota_exceeded",
+    TenantNotFound => "tenant_not_found",
+    TenantStoreFailed => "tenant_store_failed",
     TooManyChunks => "too_many_chunks",
     TooManyCollections => "too_many_collections",
     TopKOutOfRange => "top_k_out_of_range",
@@ -116,6 +130,25 @@ pub enum ApiError {
     },
     #[error("this route needs `Authorization: Bearer <admin key>`")]
     Unauthorized,
+    #[error(
+        "this route needs `Authorization: Bearer <API key>` (keys come from POST /admin/tenants/{{id}}/keys)"
+    )]
+    NoApiKey,
+    #[error("the API key is unknown or revoked")]
+    UnknownApiKey,
+    #[error("tenant `{0}` does not exist")]
+    TenantNotFound(String),
+    #[error("key `{0}` does not exist")]
+    KeyNotFound(String),
+    /// Over a tenant's quota: 429 (with `Retry-After` when waiting helps), or 413 when
+    /// `too_large` (this request's content would cross a storage quota).
+    #[error("{message}")]
+    OverQuota {
+        code: ErrorCode,
+        message: String,
+        retry_after_s: Option<u64>,
+        too_large: bool,
+    },
     #[error("the admin key is wrong, or no admin key is configured (resilience.admin_key_env)")]
     Forbidden,
     #[error("request body is larger than the server's limit (server.max_body_bytes)")]
@@ -142,7 +175,12 @@ impl ApiError {
             | Self::DocumentNotFound { .. }
             | Self::ModelNotFound(_)
             | Self::JobNotFound(_)
+            | Self::TenantNotFound(_)
+            | Self::KeyNotFound(_)
             | Self::NotConfigured(_) => StatusCode::NOT_FOUND,
+            Self::NoApiKey | Self::UnknownApiKey => StatusCode::UNAUTHORIZED,
+            Self::OverQuota { too_large: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::OverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::CollectionExists(_) | Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -158,7 +196,12 @@ impl ApiError {
             Self::Invalid { code, .. }
             | Self::Unavailable { code, .. }
             | Self::Conflict { code, .. }
-            | Self::Busy { code, .. } => *code,
+            | Self::Busy { code, .. }
+            | Self::OverQuota { code, .. } => *code,
+            Self::NoApiKey => ErrorCode::MissingApiKey,
+            Self::UnknownApiKey => ErrorCode::InvalidApiKey,
+            Self::TenantNotFound(_) => ErrorCode::TenantNotFound,
+            Self::KeyNotFound(_) => ErrorCode::KeyNotFound,
             Self::JobNotFound(_) => ErrorCode::JobNotFound,
             Self::NotConfigured(_) => ErrorCode::NotConfigured,
             Self::CollectionNotFound(_) => ErrorCode::CollectionNotFound,
@@ -183,10 +226,20 @@ impl IntoResponse for ApiError {
             Json(ErrorBody::new(self.code().as_str(), self.to_string())),
         )
             .into_response();
-        if let Self::Busy { retry_after_s, .. } = self {
+        let retry_after = match &self {
+            Self::Busy { retry_after_s, .. } => Some(*retry_after_s),
+            Self::OverQuota { retry_after_s, .. } => *retry_after_s,
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if matches!(self, Self::NoApiKey | Self::UnknownApiKey) {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -2,6 +2,7 @@
 
 pub mod answer_stream;
 pub mod app;
+pub mod auth;
 pub mod breaker;
 pub mod caching;
 pub mod collections;
@@ -17,7 +18,9 @@ pub mod metrics;
 pub mod models;
 pub mod openapi_doc;
 pub mod pipeline;
+pub mod quota;
 pub mod report;
 pub mod rerank_cost;
 pub mod routes;
+pub mod tenants;
 pub mod validate;

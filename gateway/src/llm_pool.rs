@@ -65,6 +65,24 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The backends of the pool a request may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Choice {
+    #[default]
+    Any,
+    /// These only (one for a bare-LLM chat; a tenant's allowed ones; none: no LLM at all).
+    Only(Vec<String>),
+}
+
+impl Choice {
+    pub fn allows(&self, backend: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(names) => names.iter().any(|n| n == backend),
+        }
+    }
+}
+
 pub struct LlmPool {
     backends: Vec<Backend>,
 }
@@ -104,16 +122,12 @@ impl LlmPool {
     /// ranks highest by rendezvous hashing, so the same passages keep meeting the same server's
     /// prompt cache (llama.cpp's, vLLM's) while it is up, and a backend leaving the pool moves
     /// only its own share.
-    fn order(&self, only: Option<&str>, request: &GenerationRequest) -> Vec<&Backend> {
+    fn order(&self, choice: &Choice, request: &GenerationRequest) -> Vec<&Backend> {
         let prefix = request
             .messages
             .split_last()
             .map_or(&[][..], |(_, earlier)| earlier);
-        let mut order: Vec<&Backend> = self
-            .backends
-            .iter()
-            .filter(|b| only.is_none_or(|name| b.name() == name))
-            .collect();
+        let mut order: Vec<&Backend> = self.backends.iter().filter(|b| choice.allows(b.name())).collect();
         order.sort_by_key(|b| {
             let affinity = rendezvous(prefix, b.name());
             (
@@ -126,15 +140,15 @@ impl LlmPool {
     }
 
     /// The first answer down the order; every failure is recorded in `report` as
-    /// `llm:<backend>`. `only` restricts the pool to one backend (a bare-LLM chat request).
+    /// `llm:<backend>`. Only backends `choice` allows are tried.
     pub async fn generate(
         &self,
         request: &GenerationRequest,
         deadline: &Deadline,
         report: &mut Report,
-        only: Option<&str>,
+        choice: &Choice,
     ) -> Option<Generation> {
-        for (tried, backend) in self.order(only, request).into_iter().enumerate() {
+        for (tried, backend) in self.order(choice, request).into_iter().enumerate() {
             let call = || backend.generator.generate(request.clone());
             match self.attempt(backend, deadline, backend.timeout, call).await {
                 Ok(generation) => {
@@ -163,11 +177,11 @@ impl LlmPool {
         request: &GenerationRequest,
         deadline: &Deadline,
         report: &mut Report,
-        only: Option<&str>,
+        choice: &Choice,
         skip: &[String],
     ) -> Option<OpenedStream> {
         let candidates = self
-            .order(only, request)
+            .order(choice, request)
             .into_iter()
             .filter(|b| !skip.iter().any(|s| s == b.name()));
         for (tried, backend) in candidates.enumerate() {

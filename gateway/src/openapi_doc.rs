@@ -3,7 +3,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::Modify;
 
-use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank};
+use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,8 @@ use crate::routes::{admin, answers, collections, embeddings, health, jobs, opena
         embeddings::embeddings, rerank::rerank, openai::chat_completions, openai::models,
         health::healthz, health::readyz, health::metrics,
         admin::set_fault, admin::list_faults, admin::clear_faults, admin::invalidate_cache,
+        tenants::create, tenants::list, tenants::get, tenants::update, tenants::delete,
+        tenants::create_key, tenants::revoke_key, tenants::usage,
     ),
     components(schemas(health::Health, health::Readiness)),
     modifiers(&AdminKey),

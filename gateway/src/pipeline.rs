@@ -16,7 +16,7 @@ use ragway_retrieval::{
 use crate::caching::{Caches, Target};
 use crate::deadline::Deadline;
 use crate::guard::{Failure, Guard};
-use crate::llm_pool::LlmPool;
+use crate::llm_pool::{Choice, LlmPool};
 use crate::report::{Authorship, Report};
 use crate::rerank_cost::RerankCost;
 
@@ -52,6 +52,18 @@ pub struct Pipeline {
     /// The cache layers wrapped around the stages (see `caching`).
     pub caches: Arc<Caches>,
     pub settings: PipelineSettings,
+}
+
+/// What the caller's tenant may use and spend on this request.
+#[derive(Debug, Clone, Default)]
+pub struct Allowance {
+    /// The LLM backends it may use.
+    pub llm: Choice,
+    /// Its LLM token budget is spent (`over_quota = "degrade"`): no LLM runs, the answer comes
+    /// from L1 (`cache_only`) or quotes passages (`extractive`).
+    pub llm_spent: bool,
+    /// Its embedding budget is spent: only a cached query vector is used, else `keyword_only`.
+    pub embed_spent: bool,
 }
 
 pub struct Retrieved {
@@ -106,12 +118,13 @@ impl Pipeline {
         filter: MetadataFilter,
         top_k: usize,
         deadline: &Deadline,
+        allowance: &Allowance,
     ) -> Retrieved {
         let mut report = Report::default();
         let started = Instant::now();
         // Each branch reports on its own stages; join! needs them to borrow nothing mutably.
         let ((dense_hits, dense_report), (keyword_hits, keyword_report)) = tokio::join!(
-            self.dense_hits(collection, query, filter.clone(), deadline),
+            self.dense_hits(collection, query, filter.clone(), deadline, allowance),
             self.keyword_hits(collection, query, filter, deadline),
         );
         report.merge(dense_report);
@@ -143,20 +156,33 @@ impl Pipeline {
         query: &str,
         filter: MetadataFilter,
         deadline: &Deadline,
+        allowance: &Allowance,
     ) -> (Option<Vec<ScoredChunk>>, Report) {
         let mut report = Report::default();
         let started = Instant::now();
-        let vector = self.query_vector(query, deadline).await;
+        let owner = crate::auth::owner(collection);
+        let vector = self
+            .query_vector(owner, query, deadline, !allowance.embed_spent)
+            .await;
         report.record_time("embed", started);
+        let vector = match vector {
+            Ok(None) => {
+                report.degrade("embed", DegradationReason::Quota);
+                return (None, report);
+            }
+            Ok(Some(embedded)) => Ok(embedded),
+            Err(failure) => Err(failure),
+        };
         let (vector, status) = settle(&mut report, "embed", vector);
         report.embed = match &vector {
-            Some((_, true)) => StageStatus::Cached,
+            Some(embedded) if embedded.tokens.is_none() => StageStatus::Cached,
             _ => status,
         };
-        let vector = vector.map(|(vector, _)| vector);
-        let Some(vector) = vector else {
+        let Some(embedded) = vector else {
             return (None, report);
         };
+        report.embedding_tokens += embedded.tokens.unwrap_or(0);
+        let vector = embedded.vector;
         let started = Instant::now();
         let search = self.dense.search(
             collection,
@@ -250,9 +276,11 @@ impl Pipeline {
         filter: MetadataFilter,
         passages: usize,
         deadline: &Deadline,
+        allowance: &Allowance,
     ) -> Answer {
-        let Retrieved { hits, mut report, .. } =
-            self.retrieve(target, query, filter, passages, deadline).await;
+        let Retrieved { hits, mut report, .. } = self
+            .retrieve(target, query, filter, passages, deadline, allowance)
+            .await;
         if report.mode() == ragway_openapi::Mode::Error {
             return Answer {
                 text: String::new(),
@@ -265,7 +293,14 @@ impl Pipeline {
         let all = hits;
         let hits = &given[..];
         let started = Instant::now();
-        let generated = self.llm.generate(&request, deadline, &mut report, None).await;
+        let generated = if allowance.llm_spent {
+            report.degrade("llm", DegradationReason::Quota);
+            None
+        } else {
+            self.llm
+                .generate(&request, deadline, &mut report, &allowance.llm)
+                .await
+        };
         report.record_time("llm", started);
         let numbered = || hits.iter().cloned().enumerate().map(|(i, h)| (i + 1, h));
         match generated {

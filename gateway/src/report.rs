@@ -25,6 +25,11 @@ pub struct Report {
     pub authorship: Option<Authorship>,
     /// The cache layer that served the answer or its retrieval, if one did.
     pub cache: Option<CacheInfo>,
+    /// Served from a cache because the stage after it may not run (a spent budget): `cache_only`
+    /// however fresh the entry.
+    pub cache_only: bool,
+    /// Tokens the embedder took for this request (charged to the tenant).
+    pub embedding_tokens: u64,
     /// False for a bare-LLM chat, which retrieves nothing: its mode depends on the LLM alone.
     retrieval: bool,
     degraded: Vec<Degradation>,
@@ -41,6 +46,8 @@ impl Default for Report {
             rerank: StageStatus::Skipped,
             authorship: None,
             cache: None,
+            cache_only: false,
+            embedding_tokens: 0,
             retrieval: true,
             degraded: Vec::new(),
             timings_ms: BTreeMap::new(),
@@ -81,6 +88,7 @@ impl Report {
         }
         self.timings_ms.extend(branch.timings_ms);
         self.degraded.extend(branch.degraded);
+        self.embedding_tokens += branch.embedding_tokens;
     }
 
     pub fn record_time(&mut self, stage: &str, since: Instant) {
@@ -116,7 +124,7 @@ impl Report {
                 Some(Authorship::Extractive) | None => Mode::Error,
             };
         }
-        if self.cache.as_ref().is_some_and(|c| c.stale) {
+        if self.cache_only || self.cache.as_ref().is_some_and(|c| c.stale) {
             return Mode::CacheOnly;
         }
         let keyword_ok = served(self.keyword);

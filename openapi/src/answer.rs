@@ -64,6 +64,8 @@ pub enum DegradationReason {
     /// The passages did not fit the LLM's context window: some were shortened or left out
     /// (stage `prompt`).
     ContextWindow,
+    /// The tenant's budget for the stage is spent for today (`over_quota = "degrade"`).
+    Quota,
 }
 
 /// What one pipeline stage did for this request.

@@ -21,6 +21,9 @@ pub struct CollectionInfo {
     pub name: String,
     pub documents: usize,
     pub chunks: usize,
+    /// UTF-8 bytes of the documents' text.
+    #[serde(default)]
+    pub bytes: u64,
     pub chunk_words: usize,
     pub chunk_overlap_words: usize,
     /// Bumped on every change to the collection; part of every cache key.

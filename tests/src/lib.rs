@@ -16,6 +16,8 @@ use serde_json::Value;
 pub struct Reply {
     pub status: u16,
     pub mode_header: Option<String>,
+    /// The `Retry-After` header, in seconds.
+    pub retry_after: Option<u64>,
     pub body: Value,
 }
 

@@ -76,6 +76,8 @@ impl Server {
             .arg(&config_path)
             .env("RAGWAY_MODELS", &models)
             .env("RUST_LOG", "info")
+            // Tests of anything but tenants run open; theirs set `RAGWAY__AUTH__MODE=keys`.
+            .env("RAGWAY__AUTH__MODE", "open")
             .envs(options.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -127,6 +129,44 @@ impl Server {
             .header("content-type", "application/json")
             .body(body);
         reply(request.send().await?).await
+    }
+
+    /// Sends `body` with `Authorization: Bearer <key>` when `key` is given (a tenant's key).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Reply> {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        reply(request.send().await?).await
+    }
+
+    /// Sends `body` (with a tenant's key, when given) and reads the whole body, JSON or SSE, as
+    /// text: (status, text).
+    pub async fn call_text(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, String)> {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await?;
+        Ok((response.status().as_u16(), response.text().await?))
     }
 
     /// Sends `body` to an admin route with `Authorization: Bearer <key>`.
@@ -201,6 +241,11 @@ async fn reply(response: reqwest::Response) -> anyhow::Result<Reply> {
         .get("x-ragway-mode")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let bytes = response.bytes().await?;
     let body = if bytes.is_empty() {
         Value::Null
@@ -211,6 +256,7 @@ async fn reply(response: reqwest::Response) -> anyhow::Result<Reply> {
     Ok(Reply {
         status,
         mode_header,
+        retry_after,
         body,
     })
 }

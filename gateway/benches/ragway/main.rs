@@ -20,8 +20,10 @@ mod speed;
 
 /// Serves `config` in process on a free port; returns the state and the base URL.
 async fn serve(
-    config: ragway_gateway::config::Config,
+    mut config: ragway_gateway::config::Config,
 ) -> anyhow::Result<(ragway_gateway::app::AppState, String)> {
+    // The benchmarks measure the stages, not keys and quotas (those have tests of their own).
+    config.auth.mode = ragway_gateway::config::AuthMode::Open;
     // The metrics recorder is process-wide: install it once for every benchmark.
     static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
         std::sync::OnceLock::new();

@@ -16,7 +16,7 @@ pub struct FaultList {
 
 /// Only a bearer token equal to the configured admin key passes; without a configured key the
 /// admin API is closed.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

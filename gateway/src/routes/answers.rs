@@ -12,9 +12,11 @@ use serde::Serialize;
 
 use crate::answer_stream::StreamJob;
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::collections::Collection;
 use crate::deadline::Deadline;
 use crate::error::{ApiError, ApiJson};
+use crate::pipeline::Allowance;
 use crate::routes::streams;
 use crate::validate;
 
@@ -25,6 +27,7 @@ use crate::validate;
         (status = 503, body = SearchResponse, description = "No retrieval path: `mode` is `error`")))]
 pub async fn search(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<SearchRequest>,
 ) -> Result<Response, ApiError> {
@@ -37,11 +40,20 @@ pub async fn search(
     )?;
     let filter = validate::filter(request.filter.as_ref())?;
     let deadline = deadline(&state, request.deadline_ms)?;
-    let collection = state.collections.get(&name)?;
+    let collection = caller.collection(&state, &name)?;
+    let allowance = caller.allowance(&state)?;
     let retrieved = state
         .pipeline
-        .search(collection.target(), &request.query, filter, top_k, &deadline)
+        .search(
+            collection.target(),
+            &request.query,
+            filter,
+            top_k,
+            &deadline,
+            &allowance,
+        )
         .await;
+    caller.charge_answer(&state, &retrieved.report, &Default::default());
     let mut report = retrieved.report;
     report.finish();
     let mode = report.mode();
@@ -69,6 +81,7 @@ pub async fn search(
         (status = 503, body = QueryResponse, description = "No retrieval path: `mode` is `error`")))]
 pub async fn query(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<QueryRequest>,
 ) -> Result<Response, ApiError> {
@@ -81,22 +94,29 @@ pub async fn query(
     )?;
     let filter = validate::filter(request.filter.as_ref())?;
     let deadline = deadline(&state, request.deadline_ms)?;
-    let collection = state.collections.get(&name)?;
+    let collection = caller.collection(&state, &name)?;
+    let allowance = caller.allowance(&state)?;
     if request.stream == Some(true) {
-        return stream_answer(
-            state.clone(),
-            &collection,
-            &request.query,
+        let question = Question {
+            text: &request.query,
             filter,
             passages,
             deadline,
-        )
-        .await;
+        };
+        return stream_answer(state.clone(), &caller, &collection, question, allowance).await;
     }
     let answer = state
         .pipeline
-        .answer(collection.target(), &request.query, filter, passages, &deadline)
+        .answer(
+            collection.target(),
+            &request.query,
+            filter,
+            passages,
+            &deadline,
+            &allowance,
+        )
         .await;
+    caller.charge_answer(&state, &answer.report, &answer.usage);
     let mut report = answer.report;
     report.finish();
     let mode = report.mode();
@@ -113,19 +133,41 @@ pub async fn query(
     Ok(answer_response(mode, body))
 }
 
+/// A question to answer from a collection.
+pub(crate) struct Question<'a> {
+    pub text: &'a str,
+    pub filter: ragway_retrieval::MetadataFilter,
+    pub passages: usize,
+    pub deadline: Deadline,
+}
+
 /// Retrieval, then the answer as Server-Sent Events; no retrieval path is still a 503 JSON answer.
 pub(crate) async fn stream_answer(
     state: AppState,
+    caller: &Caller,
     collection: &Collection,
-    query: &str,
-    filter: ragway_retrieval::MetadataFilter,
-    passages: usize,
-    deadline: Deadline,
+    question: Question<'_>,
+    allowance: Allowance,
 ) -> Result<Response, ApiError> {
+    let tenant = caller.stream(&state)?;
+    let Question {
+        text: query,
+        filter,
+        passages,
+        deadline,
+    } = question;
     let retrieved = state
         .pipeline
-        .retrieve(collection.target(), query, filter, passages, &deadline)
+        .retrieve(
+            collection.target(),
+            query,
+            filter,
+            passages,
+            &deadline,
+            &allowance,
+        )
         .await;
+    caller.charge_answer(&state, &retrieved.report, &Default::default());
     if retrieved.report.mode() == Mode::Error {
         let mut report = retrieved.report;
         report.finish();
@@ -141,7 +183,8 @@ pub(crate) async fn stream_answer(
         };
         return Ok(answer_response(Mode::Error, body));
     }
-    streams::ragway_events(StreamJob::grounded(state, query, retrieved, deadline)).await
+    let job = StreamJob::grounded(state, query, retrieved, deadline).within(allowance, tenant);
+    streams::ragway_events(job).await
 }
 
 pub(crate) fn citation((index, h): (usize, ScoredChunk)) -> Citation {

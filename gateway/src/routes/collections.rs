@@ -9,6 +9,7 @@ use ragway_openapi::{
 use ragway_retrieval::ChunkingOptions;
 
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ErrorCode};
 use crate::validate;
 
@@ -17,9 +18,11 @@ use crate::validate;
         (status = 409, description = "Already exists, or `limits.max_collections` reached", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(request): ApiJson<CreateCollectionRequest>,
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
     validate::collection_name(&request.name)?;
+    caller.check_collections(&state)?;
     if state
         .pipeline
         .llm
@@ -44,13 +47,23 @@ pub async fn create(
     };
     validate::chunking(chunking, config.limits.min_chunk_words)?;
     let (collections, max) = (state.collections.clone(), config.limits.max_collections);
-    let info = to_completion(async move { collections.create(&request.name, chunking, max).await }).await?;
-    Ok((StatusCode::CREATED, Json(info)))
+    let internal = caller.internal(&request.name);
+    let info = to_completion(async move { collections.create(&internal, chunking, max).await })
+        .await
+        .map_err(|e| match e {
+            ApiError::CollectionExists(_) => ApiError::CollectionExists(request.name.clone()),
+            other => other,
+        })?;
+    Ok((StatusCode::CREATED, Json(caller.present(info))))
 }
 
 #[utoipa::path(get, path = "/v1/collections", tag = "collections", responses((status = 200, description = "OK", body = CollectionList)))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<CollectionList>, ApiError> {
-    let collections = state.collections.list()?.iter().map(|c| c.info()).collect();
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<CollectionList>, ApiError> {
+    let collections = caller
+        .collections(&state)?
+        .iter()
+        .map(|c| caller.present(c.info()))
+        .collect();
     Ok(Json(CollectionList { collections }))
 }
 
@@ -59,17 +72,28 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<CollectionList>,
     responses((status = 200, description = "OK", body = CollectionInfo), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<CollectionInfo>, ApiError> {
-    Ok(Json(state.collections.get(&name)?.info()))
+    Ok(Json(caller.present(caller.collection(&state, &name)?.info())))
 }
 
 #[utoipa::path(delete, path = "/v1/collections/{name}", tag = "collections",
     params(("name" = String, Path, description = "Collection name")),
     responses((status = 204, description = "No content"), (status = 404, description = "Not found", body = ErrorBody)))]
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let internal = caller.collection(&state, &name)?.name.clone();
     let collections = state.collections.clone();
-    to_completion(async move { collections.drop_collection(&name).await }).await?;
+    to_completion(async move { collections.drop_collection(&internal).await })
+        .await
+        .map_err(|e| match e {
+            ApiError::CollectionNotFound(_) => ApiError::CollectionNotFound(name),
+            other => other,
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -92,10 +116,11 @@ async fn to_completion<T: Send + 'static>(
         (status = 503, description = "Unavailable or busy (then with `Retry-After`)", body = ErrorBody)))]
 pub async fn ingest(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<IngestRequest>,
 ) -> Result<Response, ApiError> {
-    let collection = state.collections.get(&name)?;
+    let collection = caller.collection(&state, &name)?;
     let config = &state.config;
     validate::documents(
         &request.documents,
@@ -103,6 +128,10 @@ pub async fn ingest(
         &config.limits,
         collection.chunking,
     )?;
+    caller.require_embedding_budget(&state)?;
+    caller
+        .check_storage(&state, &collection, &request.documents)
+        .await?;
     let background =
         request.wait == Some(false) || request.documents.len() > config.ingest.sync_max_documents;
     let (job, result) = state.jobs.submit(collection, request.documents, background)?;
@@ -111,7 +140,8 @@ pub async fn ingest(
         Some(result) => {
             let response = result
                 .await
-                .map_err(|_| ApiError::Internal("the ingestion job stopped without an answer".into()))??;
+                .map_err(|_| ApiError::Internal("the ingestion job stopped without an answer".into()))?
+                .map_err(|e| caller.public_error(e))?;
             Ok(Json(response).into_response())
         }
         None => {
@@ -129,11 +159,15 @@ pub async fn ingest(
     responses((status = 200, description = "OK", body = DeleteDocumentResponse), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn delete_document(
     State(state): State<AppState>,
+    caller: Caller,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<DeleteDocumentResponse>, ApiError> {
+    let internal = caller.collection(&state, &name)?.name.clone();
     let (collections, doc) = (state.collections.clone(), id.clone());
     let (chunks_removed, epoch) =
-        to_completion(async move { collections.delete_document(&name, &doc).await }).await?;
+        to_completion(async move { collections.delete_document(&internal, &doc).await })
+            .await
+            .map_err(|e| caller.public_error(e))?;
     Ok(Json(DeleteDocumentResponse {
         id,
         chunks_removed,

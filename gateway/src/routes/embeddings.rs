@@ -6,7 +6,9 @@ use ragway_openapi::{EmbeddingData, EmbeddingUsage, EmbeddingsRequest, Embedding
 use ragway_retrieval::Priority;
 
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ErrorCode, ModelStage};
+use crate::quota::Counter;
 use crate::routes::answers::deadline;
 use crate::validate;
 
@@ -19,6 +21,7 @@ const INTERACTIVE_INPUTS: usize = 4;
     responses((status = 200, description = "OK", body = EmbeddingsResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 503, description = "Unavailable, or busy (then with `Retry-After`)", body = ErrorBody)))]
 pub async fn embeddings(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(request): ApiJson<EmbeddingsRequest>,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
     if request.encoding_format.as_deref().is_some_and(|f| f != "float") {
@@ -29,6 +32,7 @@ pub async fn embeddings(
     }
     let texts = request.input.into_vec();
     validate::embedding_inputs(&texts, &state.config.limits)?;
+    caller.require_embedding_budget(&state)?;
     let priority = if texts.len() <= INTERACTIVE_INPUTS {
         Priority::Interactive
     } else {
@@ -49,6 +53,7 @@ pub async fn embeddings(
         .run_within(&deadline, timeout, embedder.embed(texts, priority))
         .await
         .map_err(|failure| ApiError::from_stage(ModelStage::Embedder, failure))?;
+    caller.charge(&state, Counter::EmbeddingTokens, embeddings.tokens as u64);
     Ok(Json(EmbeddingsResponse {
         object: "list".into(),
         data: embeddings

@@ -33,6 +33,12 @@ pub struct Readiness {
     /// Collections that could not be opened at start-up, and why; they are not served, the
     /// others are.
     damaged_collections: BTreeMap<String, String>,
+    /// `keys` (every `/v1` call needs a tenant's key) or `open`.
+    auth: &'static str,
+    /// Where tenants' rate limits and token counters are enforced: `shared` (Redis, every
+    /// replica together), `local_fallback` (Redis unreachable: each replica enforces
+    /// `limit / quotas.expected_replicas`) or `local` (no Redis configured).
+    quotas: &'static str,
 }
 
 /// Liveness: the process is up and serving HTTP.
@@ -74,6 +80,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         reranker_backend: pipeline.reranker.as_ref().map(|r| r.backend().to_string()),
         dependencies,
         damaged_collections: state.collections.damaged(),
+        auth: match state.config.auth.mode {
+            crate::config::AuthMode::Keys => "keys",
+            crate::config::AuthMode::Open => "open",
+        },
+        quotas: state.quotas.enforcement(),
     };
     let status = if body.ready {
         StatusCode::OK

@@ -1,20 +1,33 @@
-//! Ingestion jobs: follow, list and cancel them.
+//! Ingestion jobs: follow, list and cancel them. A job is its collection's tenant's alone.
 
 use axum::extract::{Path, State};
 use axum::Json;
 use ragway_openapi::{ErrorBody, JobList, JobStatus};
 
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
+
+/// The job as the caller sees it, if it is the caller's.
+fn own(caller: &Caller, mut status: JobStatus) -> Result<JobStatus, ApiError> {
+    match caller.public(&status.collection) {
+        Some(public) => {
+            status.collection = public.to_string();
+            Ok(status)
+        }
+        None => Err(ApiError::JobNotFound(status.id)),
+    }
+}
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "documents",
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, description = "OK", body = JobStatus), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get_job(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    Ok(Json(state.jobs.get(&id)?))
+    Ok(Json(own(&caller, state.jobs.get(&id)?)?))
 }
 
 /// Stops the job after its current batch; the batches already applied stay.
@@ -24,9 +37,14 @@ pub async fn get_job(
         (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)))]
 pub async fn cancel_job(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(axum::http::StatusCode, Json<JobStatus>), ApiError> {
-    Ok((axum::http::StatusCode::ACCEPTED, Json(state.jobs.cancel(&id)?)))
+    own(&caller, state.jobs.get(&id)?)?;
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(own(&caller, state.jobs.cancel(&id)?)?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/collections/{name}/jobs", tag = "documents",
@@ -34,10 +52,12 @@ pub async fn cancel_job(
     responses((status = 200, description = "OK", body = JobList), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn list_jobs(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<JobList>, ApiError> {
-    state.collections.get(&name)?;
+    let collection = caller.collection(&state, &name)?;
+    let jobs = state.jobs.of_collection(&collection.name);
     Ok(Json(JobList {
-        jobs: state.jobs.of_collection(&name),
+        jobs: jobs.into_iter().filter_map(|j| own(&caller, j).ok()).collect(),
     }))
 }

@@ -7,3 +7,4 @@ pub mod jobs;
 pub mod openai;
 pub mod rerank;
 pub mod streams;
+pub mod tenants;

@@ -9,21 +9,26 @@ use axum::Json;
 use ragway_llm::{ChatMessage, GenerationRequest, Role};
 use ragway_openapi::{
     ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut, ChatUsage, ErrorBody, Mode, ModelCard,
-    ModelList, RagwayAnswerInfo,
+    ModelList, RagwayAnswerInfo, TokenUsage,
 };
 
 use serde_json::json;
 
 use crate::answer_stream::StreamJob;
 use crate::app::AppState;
+use crate::auth::Caller;
+use crate::collections::Collection;
+use crate::deadline::Deadline;
 use crate::error::{ApiError, ApiJson, ErrorCode};
+use crate::llm_pool::Choice;
+use crate::pipeline::Allowance;
 use crate::report::Report;
 use crate::routes::answers::{answer_response, citation, deadline};
 use crate::routes::streams;
 use crate::validate;
 
 #[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "OK", body = ModelList)))]
-pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
+pub async fn models(State(state): State<AppState>, caller: Caller) -> Result<Json<ModelList>, ApiError> {
     let card = |id: &str, kind: &str| ModelCard {
         id: id.to_string(),
         object: "model".into(),
@@ -31,11 +36,11 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
         owned_by: "ragway".into(),
         ragway_kind: kind.into(),
     };
-    let mut data: Vec<ModelCard> = state
-        .collections
-        .list()?
+    let collections = caller.collections(&state)?;
+    let mut data: Vec<ModelCard> = collections
         .iter()
-        .map(|c| card(&c.name, "collection"))
+        .filter_map(|c| caller.public(&c.name))
+        .map(|name| card(name, "collection"))
         .collect();
     data.extend(
         state
@@ -43,6 +48,7 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
             .llm
             .backends()
             .iter()
+            .filter(|b| caller.may_use(b.name()))
             .map(|b| card(b.name(), "llm")),
     );
     Ok(Json(ModelList {
@@ -56,12 +62,36 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatCompletionRequest,
     responses((status = 200, description = "OK; with `\"stream\": true`, Server-Sent Events of `chat.completion.chunk` objects ending with `data: [DONE]`",
             content((ChatCompletion = "application/json"), (String = "text/event-stream")), headers(("x-ragway-mode" = String))),
-        (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Unavailable", body = ErrorBody)))]
+        (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 429, description = "Over a quota (with `Retry-After`)", body = ErrorBody), (status = 503, description = "Unavailable", body = ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(request): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let messages = messages(&request)?;
+    let generation = GenerationRequest {
+        messages,
+        max_tokens: max_tokens(&state, &request)?,
+        temperature: temperature(&state, &request)?,
+    };
+    let deadline = deadline(&state, None)?;
+    let allowance = caller.allowance(&state)?;
+    let chat = Chat {
+        state,
+        caller,
+        model: request.model,
+        stream: request.stream == Some(true),
+        deadline,
+        allowance,
+    };
+    match chat.caller.collection(&chat.state, &chat.model) {
+        Ok(collection) => chat.grounded(&collection, &generation.messages).await,
+        Err(_) => chat.bare(generation).await,
+    }
+}
+
+fn max_tokens(state: &AppState, request: &ChatCompletionRequest) -> Result<usize, ApiError> {
     let max_tokens = request
         .max_completion_tokens
         .or(request.max_tokens)
@@ -73,6 +103,10 @@ pub async fn chat_completions(
             format!("max_tokens = {max_tokens} is out of range: use 1 to {cap} (generation.max_tokens_cap)"),
         ));
     }
+    Ok(max_tokens)
+}
+
+fn temperature(state: &AppState, request: &ChatCompletionRequest) -> Result<f64, ApiError> {
     let temperature = request.temperature.unwrap_or(state.config.generation.temperature);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
@@ -80,8 +114,22 @@ pub async fn chat_completions(
             "temperature must be between 0 and 2",
         ));
     }
-    let deadline = deadline(&state, None)?;
-    if let Ok(collection) = state.collections.get(&request.model) {
+    Ok(temperature)
+}
+
+/// One chat request, once validated.
+struct Chat {
+    state: AppState,
+    caller: Caller,
+    model: String,
+    stream: bool,
+    deadline: Deadline,
+    allowance: Allowance,
+}
+
+impl Chat {
+    /// RAG over a collection: the last user message is the question.
+    async fn grounded(self, collection: &Collection, messages: &[ChatMessage]) -> Result<Response, ApiError> {
         let question = messages
             .iter()
             .rev()
@@ -93,29 +141,25 @@ pub async fn chat_completions(
                     "messages hold no user message to answer",
                 )
             })?;
-        validate::query_text(&question, state.config.server.max_query_chars)?;
-        let passages = state.config.generation.default_passages;
-        if request.stream == Some(true) {
-            return stream_rag_chat(
-                state.clone(),
-                &collection,
-                &question,
-                passages,
-                deadline,
-                request.model,
-            )
-            .await;
+        validate::query_text(&question, self.state.config.server.max_query_chars)?;
+        let passages = self.state.config.generation.default_passages;
+        if self.stream {
+            return self.stream_grounded(collection, &question, passages).await;
         }
-        let answer = state
+        let answer = self
+            .state
             .pipeline
             .answer(
                 collection.target(),
                 &question,
                 Vec::new(),
-                state.config.generation.default_passages,
-                &deadline,
+                passages,
+                &self.deadline,
+                &self.allowance,
             )
             .await;
+        self.caller
+            .charge_answer(&self.state, &answer.report, &answer.usage);
         let mut report = answer.report;
         report.finish();
         let mode = report.mode();
@@ -126,90 +170,112 @@ pub async fn chat_completions(
             cache: report.cache.clone(),
         };
         let usage = (answer.usage.prompt_tokens, answer.usage.completion_tokens);
-        return Ok(answer_response(
+        Ok(answer_response(
             mode,
-            completion(&request.model, answer.text, usage, Some(info)),
-        ));
+            completion(&self.model, answer.text, usage, Some(info)),
+        ))
     }
-    let Some(backend) = state
-        .pipeline
-        .llm
-        .backends()
-        .iter()
-        .find(|b| b.name() == request.model)
-    else {
-        return Err(ApiError::ModelNotFound(request.model));
-    };
-    let generation_request = GenerationRequest {
-        messages,
-        max_tokens,
-        temperature,
-    };
-    let name = backend.name().to_string();
-    if request.stream == Some(true) {
-        let job = StreamJob {
-            state: state.clone(),
-            request: generation_request,
-            report: Report::bare_llm(),
-            citations: Vec::new(),
-            fallback_text: String::new(),
-            only: Some(name),
-            deadline,
-        };
-        return streams::openai_chunks(job, request.model, true).await;
-    }
-    let mut report = Report::bare_llm();
-    let Some(generation) = state
-        .pipeline
-        .llm
-        .generate(&generation_request, &deadline, &mut report, Some(&name))
-        .await
-    else {
-        let reasons: Vec<String> = report
-            .degraded()
-            .iter()
-            .map(|d| format!("{:?}", d.reason))
-            .collect();
-        return Err(ApiError::Unavailable {
-            code: ErrorCode::LlmUnavailable,
-            message: format!("backend `{name}` did not answer ({})", reasons.join(", ")),
-        });
-    };
-    let usage = (generation.prompt_tokens, generation.completion_tokens);
-    Ok(answer_response(
-        Mode::Normal,
-        completion(&request.model, generation.text, usage, None),
-    ))
-}
 
-/// RAG chat, streamed as OpenAI chunks.
-async fn stream_rag_chat(
-    state: AppState,
-    collection: &crate::collections::Collection,
-    question: &str,
-    passages: usize,
-    deadline: crate::deadline::Deadline,
-    model: String,
-) -> Result<Response, ApiError> {
-    let retrieved = state
-        .pipeline
-        .retrieve(collection.target(), question, Vec::new(), passages, &deadline)
-        .await;
-    if retrieved.report.mode() == Mode::Error {
-        let mut report = retrieved.report;
-        report.finish();
-        let body = json!({
-            "error": {"code": ErrorCode::NoRetrievalPath.as_str(), "message": "neither retrieval engine is available (mode: error)"},
-            "ragway": {"mode": Mode::Error, "degraded": report.degraded(), "citations": []},
-        });
-        return Ok(answer_response(Mode::Error, body));
+    /// RAG chat, streamed as OpenAI chunks.
+    async fn stream_grounded(
+        self,
+        collection: &Collection,
+        question: &str,
+        passages: usize,
+    ) -> Result<Response, ApiError> {
+        let tenant = self.caller.stream(&self.state)?;
+        let retrieved = self
+            .state
+            .pipeline
+            .retrieve(
+                collection.target(),
+                question,
+                Vec::new(),
+                passages,
+                &self.deadline,
+                &self.allowance,
+            )
+            .await;
+        self.caller
+            .charge_answer(&self.state, &retrieved.report, &Default::default());
+        if retrieved.report.mode() == Mode::Error {
+            let mut report = retrieved.report;
+            report.finish();
+            let body = json!({
+                "error": {"code": ErrorCode::NoRetrievalPath.as_str(), "message": "neither retrieval engine is available (mode: error)"},
+                "ragway": {"mode": Mode::Error, "degraded": report.degraded(), "citations": []},
+            });
+            return Ok(answer_response(Mode::Error, body));
+        }
+        let job = StreamJob::grounded(self.state, question, retrieved, self.deadline)
+            .within(self.allowance, tenant);
+        streams::openai_chunks(job, self.model, false).await
     }
-    streams::openai_chunks(
-        StreamJob::grounded(state, question, retrieved, deadline),
-        model,
-        false,
-    )
-    .await
+
+    /// Plain chat with one LLM backend the tenant may use. A spent LLM budget is a 429 even under
+    /// `degrade`: without passages there is nothing cheaper to give.
+    async fn bare(self, request: GenerationRequest) -> Result<Response, ApiError> {
+        let pool = &self.state.pipeline.llm;
+        let Some(backend) = pool
+            .backends()
+            .iter()
+            .find(|b| b.name() == self.model && self.caller.may_use(b.name()))
+        else {
+            return Err(ApiError::ModelNotFound(self.model));
+        };
+        if self.allowance.llm_spent {
+            return Err(self.spent());
+        }
+        let choice = Choice::Only(vec![backend.name().to_string()]);
+        if self.stream {
+            let job = StreamJob {
+                request,
+                report: Report::bare_llm(),
+                citations: Vec::new(),
+                fallback_text: String::new(),
+                choice,
+                deadline: self.deadline,
+                tenant: self.caller.stream(&self.state)?,
+                state: self.state.clone(),
+            };
+            return streams::openai_chunks(job, self.model, true).await;
+        }
+        let mut report = Report::bare_llm();
+        let Some(generation) = pool
+            .generate(&request, &self.deadline, &mut report, &choice)
+            .await
+        else {
+            let reasons: Vec<String> = report
+                .degraded()
+                .iter()
+                .map(|d| format!("{:?}", d.reason))
+                .collect();
+            return Err(ApiError::Unavailable {
+                code: ErrorCode::LlmUnavailable,
+                message: format!("backend `{}` did not answer ({})", self.model, reasons.join(", ")),
+            });
+        };
+        let usage = TokenUsage {
+            prompt_tokens: generation.prompt_tokens,
+            completion_tokens: generation.completion_tokens,
+        };
+        self.caller.charge_answer(&self.state, &report, &usage);
+        let usage = (generation.prompt_tokens, generation.completion_tokens);
+        Ok(answer_response(
+            Mode::Normal,
+            completion(&self.model, generation.text, usage, None),
+        ))
+    }
+
+    fn spent(&self) -> ApiError {
+        let name = self.caller.tenant.as_ref().map_or("", |t| t.name.as_str());
+        ApiError::OverQuota {
+            code: ErrorCode::LlmTokenQuotaExceeded,
+            message: format!("tenant `{name}` has spent its llm_tokens_per_day for today (UTC)"),
+            retry_after_s: Some(crate::quota::until_tomorrow()),
+            too_large: false,
+        }
+    }
 }
 
 fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {

@@ -5,6 +5,7 @@ use axum::Json;
 use ragway_openapi::{ErrorBody, RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage};
 
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ErrorCode, ModelStage};
 use crate::routes::answers::deadline;
 use crate::validate;
@@ -16,6 +17,7 @@ use crate::validate;
         (status = 503, description = "The reranker failed, or is busy (then with `Retry-After`)", body = ErrorBody)))]
 pub async fn rerank(
     State(state): State<AppState>,
+    _caller: Caller,
     ApiJson(request): ApiJson<RerankRequest>,
 ) -> Result<Json<RerankResponse>, ApiError> {
     let Some(reranker) = state.pipeline.reranker.clone() else {

@@ -1,0 +1,315 @@
+//! Who is calling a `/v1` route: [`Caller`], extracted from `Authorization: Bearer <key>` and
+//! admitted under its tenant's request rate. Collections belong to a tenant: inside ragway a
+//! tenant's collection `notes` is `<tenant id>.notes` (collection names never hold a `.`), so
+//! stores, jobs and cache keys are scoped by tenant without knowing of tenants; in `open` mode
+//! names are used as given.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use ragway_openapi::{DocumentInput, TokenUsage};
+
+use crate::answer_stream::StreamTenant;
+use crate::app::AppState;
+use crate::collections::Collection;
+use crate::config::AuthMode;
+use crate::error::{ApiError, ErrorCode};
+use crate::llm_pool::Choice;
+use crate::pipeline::Allowance;
+use crate::quota::{over_budget, Counter, Spent};
+use crate::report::Report;
+use crate::tenants::Tenant;
+
+pub struct Caller {
+    /// `None` in `open` mode.
+    pub tenant: Option<Arc<Tenant>>,
+    /// What the tenant had spent today when this request was admitted.
+    pub spent: Spent,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.config.auth.mode == AuthMode::Open {
+            return Ok(Self {
+                tenant: None,
+                spent: Spent::default(),
+            });
+        }
+        let key = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(ApiError::NoApiKey)?;
+        let Some(tenant) = state.tenants.authenticate(key) else {
+            metrics::counter!("ragway_tenant_requests_total", "tenant" => "none", "outcome" => "unauthorized")
+                .increment(1);
+            return Err(ApiError::UnknownApiKey);
+        };
+        let spent = state.quotas.admit(&tenant).await?;
+        Ok(Self {
+            tenant: Some(tenant),
+            spent,
+        })
+    }
+}
+
+impl Caller {
+    /// The name ragway stores the caller's collection `name` under.
+    pub fn internal(&self, name: &str) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("{}.{name}", tenant.id),
+            None => name.to_string(),
+        }
+    }
+
+    /// The caller's own name for the stored collection `internal`, if it is the caller's.
+    pub fn public<'a>(&self, internal: &'a str) -> Option<&'a str> {
+        match &self.tenant {
+            Some(tenant) => internal
+                .strip_prefix(tenant.id.as_str())
+                .and_then(|rest| rest.strip_prefix('.')),
+            None => (!internal.contains('.')).then_some(internal),
+        }
+    }
+
+    /// The caller's collection `name`; another tenant's is as absent as one that never was.
+    pub fn collection(&self, state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+        state
+            .collections
+            .get(&self.internal(name))
+            .map_err(|_| ApiError::CollectionNotFound(name.to_string()))
+    }
+
+    /// The caller's collections.
+    pub fn collections(&self, state: &AppState) -> Result<Vec<Arc<Collection>>, ApiError> {
+        Ok(state
+            .collections
+            .list()?
+            .into_iter()
+            .filter(|c| self.public(&c.name).is_some())
+            .collect())
+    }
+
+    /// A collection's info as the caller names it.
+    pub fn present(&self, mut info: ragway_openapi::CollectionInfo) -> ragway_openapi::CollectionInfo {
+        if let Some(public) = self.public(&info.name) {
+            info.name = public.to_string();
+        }
+        info
+    }
+
+    /// `error` with the caller's own collection names in it (a stored name holds the tenant id).
+    pub fn public_error(&self, error: ApiError) -> ApiError {
+        let name = |internal: String| self.public(&internal).map(str::to_string).unwrap_or(internal);
+        match error {
+            ApiError::CollectionNotFound(n) => ApiError::CollectionNotFound(name(n)),
+            ApiError::DocumentNotFound { collection, document } => ApiError::DocumentNotFound {
+                collection: name(collection),
+                document,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether the caller may use the LLM backend `name`.
+    pub fn may_use(&self, backend: &str) -> bool {
+        self.tenant.as_ref().is_none_or(|t| t.may_use(backend))
+    }
+}
+
+/// The tenant id a stored collection name belongs to (`""` in open mode).
+pub fn owner(internal: &str) -> &str {
+    internal.split_once('.').map_or("", |(tenant, _)| tenant)
+}
+
+/// What a tenant stores, over all its collections.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct Storage {
+    pub collections: u64,
+    pub documents: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
+impl Caller {
+    /// What this request may use and spend: the tenant's backends, and which budgets are spent
+    /// (`degrade`); a spent budget under `reject` is a 429 until the day turns.
+    pub fn allowance(&self, state: &AppState) -> Result<Allowance, ApiError> {
+        let Some(tenant) = &self.tenant else {
+            return Ok(Allowance::default());
+        };
+        let limits = &tenant.limits;
+        let budget = |spent, limit, code, quota| {
+            over_budget(tenant, spent, limit, code, quota)
+                .inspect_err(|_| state.quotas.rejected(tenant, quota))
+        };
+        Ok(Allowance {
+            llm: match &tenant.llm_backends {
+                None => Choice::Any,
+                Some(allowed) => Choice::Only(allowed.clone()),
+            },
+            llm_spent: budget(
+                self.spent.llm_tokens,
+                limits.llm_tokens_per_day,
+                ErrorCode::LlmTokenQuotaExceeded,
+                "llm_tokens_per_day",
+            )?,
+            embed_spent: budget(
+                self.spent.embedding_tokens,
+                limits.embedding_tokens_per_day,
+                ErrorCode::EmbeddingTokenQuotaExceeded,
+                "embedding_tokens_per_day",
+            )?,
+        })
+    }
+
+    /// For embedding work with nothing cheaper to give (ingestion, `/v1/embeddings`): 429 until
+    /// the day turns once the embedding budget is spent, whatever `over_quota` says.
+    pub fn require_embedding_budget(&self, state: &AppState) -> Result<(), ApiError> {
+        let Some(tenant) = &self.tenant else { return Ok(()) };
+        let Some(limit) = tenant.limits.embedding_tokens_per_day else {
+            return Ok(());
+        };
+        if self.spent.embedding_tokens < limit {
+            return Ok(());
+        }
+        state.quotas.rejected(tenant, "embedding_tokens_per_day");
+        Err(ApiError::OverQuota {
+            code: ErrorCode::EmbeddingTokenQuotaExceeded,
+            message: format!(
+                "tenant `{}` has spent its embedding_tokens_per_day of {limit} for today (UTC)",
+                tenant.name
+            ),
+            retry_after_s: Some(crate::quota::until_tomorrow()),
+            too_large: false,
+        })
+    }
+
+    /// Charges `n` to one of the tenant's day counters, off the request's path.
+    pub fn charge(&self, state: &AppState, counter: Counter, n: u64) {
+        let Some(tenant) = self.tenant.clone() else { return };
+        if n == 0 {
+            return;
+        }
+        let quotas = state.quotas.clone();
+        tokio::spawn(async move { quotas.charge(&tenant, counter, n).await });
+    }
+
+    /// Charges what an answer really spent: its query embedding, and its LLM tokens unless a
+    /// cache served it.
+    pub fn charge_answer(&self, state: &AppState, report: &Report, usage: &TokenUsage) {
+        self.charge(state, Counter::EmbeddingTokens, report.embedding_tokens);
+        if report.cache.is_none() {
+            self.charge(state, Counter::TokensIn, usage.prompt_tokens as u64);
+            self.charge(state, Counter::TokensOut, usage.completion_tokens as u64);
+        }
+    }
+
+    /// What the caller stores now.
+    pub fn storage(&self, state: &AppState) -> Result<Storage, ApiError> {
+        let mine = self.collections(state)?;
+        let mut storage = Storage {
+            collections: mine.len() as u64,
+            ..Default::default()
+        };
+        for collection in mine {
+            let info = collection.info();
+            storage.documents += info.documents as u64;
+            storage.chunks += info.chunks as u64;
+            storage.bytes += info.bytes;
+        }
+        Ok(storage)
+    }
+
+    /// 429 when one more collection would cross the tenant's `collections` quota.
+    pub fn check_collections(&self, state: &AppState) -> Result<(), ApiError> {
+        let Some(tenant) = &self.tenant else { return Ok(()) };
+        let Some(limit) = tenant.limits.collections else {
+            return Ok(());
+        };
+        if self.storage(state)?.collections < limit {
+            return Ok(());
+        }
+        state.quotas.rejected(tenant, "collections");
+        Err(ApiError::OverQuota {
+            code: ErrorCode::CollectionQuotaExceeded,
+            message: format!(
+                "tenant `{}` may hold {limit} collections (limits.collections)",
+                tenant.name
+            ),
+            retry_after_s: None,
+            too_large: false,
+        })
+    }
+
+    /// 413 when storing `documents` in `collection` would cross a storage quota (documents,
+    /// chunks, bytes); checked before anything is stored.
+    pub async fn check_storage(
+        &self,
+        state: &AppState,
+        collection: &Collection,
+        documents: &[DocumentInput],
+    ) -> Result<(), ApiError> {
+        let Some(tenant) = &self.tenant else { return Ok(()) };
+        let l = &tenant.limits;
+        if l.documents.is_none() && l.chunks.is_none() && l.bytes.is_none() {
+            return Ok(());
+        }
+        let now = self.storage(state)?;
+        let (documents, chunks, bytes) = collection.growth(documents).await;
+        let checks = [
+            (
+                l.documents,
+                now.documents,
+                documents,
+                ErrorCode::DocumentQuotaExceeded,
+                "documents",
+            ),
+            (
+                l.chunks,
+                now.chunks,
+                chunks,
+                ErrorCode::ChunkQuotaExceeded,
+                "chunks",
+            ),
+            (l.bytes, now.bytes, bytes, ErrorCode::ByteQuotaExceeded, "bytes"),
+        ];
+        for (limit, current, growth, code, quota) in checks {
+            let Some(limit) = limit else { continue };
+            let after = current as i64 + growth;
+            if growth > 0 && after > limit as i64 {
+                state.quotas.rejected(tenant, quota);
+                return Err(ApiError::OverQuota {
+                    code,
+                    message: format!(
+                        "storing this would bring tenant `{}` to {after} {quota}, over its limit of {limit} (limits.{quota}); nothing was stored",
+                        tenant.name
+                    ),
+                    retry_after_s: None,
+                    too_large: true,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant's place for one more streamed answer (429 over `concurrent_streams`).
+    pub fn stream(&self, state: &AppState) -> Result<Option<StreamTenant>, ApiError> {
+        let Some(tenant) = &self.tenant else {
+            return Ok(None);
+        };
+        Ok(Some(StreamTenant {
+            permit: state.quotas.open_stream(tenant)?,
+            quotas: state.quotas.clone(),
+            tenant: tenant.clone(),
+        }))
+    }
+}

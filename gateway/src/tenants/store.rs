@@ -1,0 +1,181 @@
+//! Where tenant records live.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use ragway_cache::redis::AsyncCommands;
+use ragway_cache::RedisTier;
+
+use super::Tenant;
+use crate::durable;
+
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    async fn load(&self) -> Result<Vec<Tenant>, String>;
+    async fn save(&self, tenant: &Tenant) -> Result<(), String>;
+    async fn remove(&self, id: &str) -> Result<(), String>;
+    /// Changes whenever any process changes a tenant; `None` when the store cannot say now.
+    async fn version(&self) -> Option<u64>;
+}
+
+/// All tenants in one JSON file, replaced durably on every change (one process).
+pub struct FileStore {
+    path: PathBuf,
+    tenants: Mutex<BTreeMap<String, Tenant>>,
+}
+
+impl FileStore {
+    pub fn open(path: PathBuf) -> anyhow::Result<Self> {
+        let tenants: Vec<Tenant> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+        };
+        let tenants = tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
+        Ok(Self {
+            path,
+            tenants: Mutex::new(tenants),
+        })
+    }
+
+    fn write(&self, change: impl FnOnce(&mut BTreeMap<String, Tenant>)) -> Result<(), String> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = tenants.clone();
+        change(&mut changed);
+        let all: Vec<&Tenant> = changed.values().collect();
+        let bytes = serde_json::to_vec_pretty(&all).map_err(|e| e.to_string())?;
+        durable::write(&self.path, &bytes).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        *tenants = changed;
+        Ok(())
+    }
+
+    /// Replaces every record (a copy of what Redis holds).
+    fn mirror(&self, all: &[Tenant]) -> Result<(), String> {
+        self.write(|tenants| *tenants = all.iter().map(|t| (t.id.clone(), t.clone())).collect())
+    }
+}
+
+#[async_trait]
+impl TenantStore for FileStore {
+    async fn load(&self) -> Result<Vec<Tenant>, String> {
+        let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(tenants.values().cloned().collect())
+    }
+    async fn save(&self, tenant: &Tenant) -> Result<(), String> {
+        self.write(|tenants| {
+            tenants.insert(tenant.id.clone(), tenant.clone());
+        })
+    }
+    async fn remove(&self, id: &str) -> Result<(), String> {
+        self.write(|tenants| {
+            tenants.remove(id);
+        })
+    }
+    async fn version(&self) -> Option<u64> {
+        None
+    }
+}
+
+const TENANTS: &str = "ragway:tenants";
+const VERSION: &str = "ragway:tenants:version";
+
+/// Tenants in a Redis hash (`ragway:tenants`, id → record) with a version counter that every
+/// change bumps, so replicas notice; a file keeps the last copy read, to start from when Redis
+/// is unreachable at start-up.
+pub struct RedisStore {
+    redis: RedisTier,
+    mirror: FileStore,
+}
+
+impl RedisStore {
+    pub fn new(redis: RedisTier, mirror: FileStore) -> Self {
+        Self { redis, mirror }
+    }
+
+    async fn read_all(&self) -> Result<Vec<Tenant>, String> {
+        let mut connection = self.redis.connection();
+        let records: BTreeMap<String, String> = self
+            .redis
+            .bounded(connection.hgetall(TENANTS))
+            .await
+            .map_err(|e| e.0)?;
+        records
+            .values()
+            .map(|r| serde_json::from_str(r).map_err(|e| format!("a tenant record in redis is damaged: {e}")))
+            .collect()
+    }
+
+    /// A Redis that has never seen a change (new, or restarted without persistence) gets the
+    /// tenants of the local copy, so that a Redis restart does not revoke every key.
+    async fn reseed(&self) -> Result<Vec<Tenant>, String> {
+        let copy = self.mirror.load().await?;
+        if copy.is_empty() {
+            return Ok(copy);
+        }
+        tracing::warn!(
+            tenants = copy.len(),
+            "tenants: redis holds none; restoring them from the local copy"
+        );
+        let mut pipe = ragway_cache::redis::pipe();
+        for tenant in &copy {
+            let record = serde_json::to_string(tenant).map_err(|e| e.to_string())?;
+            pipe.hset(TENANTS, &tenant.id, record).ignore();
+        }
+        self.changed(&mut pipe).await?;
+        Ok(copy)
+    }
+
+    async fn changed(&self, pipe: &mut ragway_cache::redis::Pipeline) -> Result<(), String> {
+        let mut connection = self.redis.connection();
+        pipe.atomic().incr(VERSION, 1).ignore();
+        self.redis
+            .bounded(pipe.query_async::<()>(&mut connection))
+            .await
+            .map_err(|e| format!("redis: {}", e.0))
+    }
+}
+
+#[async_trait]
+impl TenantStore for RedisStore {
+    async fn load(&self) -> Result<Vec<Tenant>, String> {
+        match self.read_all().await {
+            Ok(all) if all.is_empty() && self.version().await == Some(0) => self.reseed().await,
+            Ok(all) => {
+                if let Err(e) = self.mirror.mirror(&all) {
+                    tracing::warn!(error = %e, "tenants: the local copy was not updated");
+                }
+                Ok(all)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tenants: redis unreachable; using the local copy");
+                self.mirror.load().await
+            }
+        }
+    }
+    async fn save(&self, tenant: &Tenant) -> Result<(), String> {
+        let record = serde_json::to_string(tenant).map_err(|e| e.to_string())?;
+        self.changed(
+            ragway_cache::redis::pipe()
+                .hset(TENANTS, &tenant.id, record)
+                .ignore(),
+        )
+        .await?;
+        self.mirror.save(tenant).await
+    }
+    async fn remove(&self, id: &str) -> Result<(), String> {
+        self.changed(ragway_cache::redis::pipe().hdel(TENANTS, id).ignore())
+            .await?;
+        self.mirror.remove(id).await
+    }
+    async fn version(&self) -> Option<u64> {
+        let mut connection = self.redis.connection();
+        self.redis
+            .bounded(connection.get::<_, Option<u64>>(VERSION))
+            .await
+            .ok()
+            .map(|v| v.unwrap_or(0))
+    }
+}
