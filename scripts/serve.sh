@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # From a fresh clone: fetch the models, build ragway, serve it on 127.0.0.1:8080 (RAGWAY_LISTEN to
-# change), load this project's own docs as the collection `ragway-docs`, and print a curl to try.
-# Extra arguments go to the ragway binary (e.g. --config my.toml). Ctrl-C stops it.
+# change), create the tenant `local` with a new API key, load this project's own docs as its
+# collection `ragway-docs`, and print the key with a curl to try. The admin key is
+# RAGWAY_ADMIN_KEY, or a new random one printed at the end. Extra arguments go to the ragway
+# binary (e.g. --config my.toml). Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,18 +16,26 @@ echo "building ragway (release; the first build takes several minutes)"
 cargo build --release --quiet -p ragway-gateway --bin ragway
 
 listen="${RAGWAY_LISTEN:-127.0.0.1:8080}"
+export RAGWAY_ADMIN_KEY="${RAGWAY_ADMIN_KEY:-$(python3 -c 'import secrets; print(secrets.token_hex(24))')}"
 "$CARGO_TARGET_DIR/release/ragway" --listen "$listen" "$@" &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' EXIT INT TERM
 
-python3 scripts/load-sample.py "http://$listen" "$server"
-
+loaded=$(python3 scripts/load-sample.py "http://$listen" "$server")
+echo "$loaded" | grep -v '^RAGWAY_KEY=' || true
+key=$(echo "$loaded" | sed -n 's/^RAGWAY_KEY=//p')
+auth=""
+echo
+echo "ragway is serving on http://$listen  (API docs: http://$listen/docs)"
+if [ -n "$key" ]; then
+  auth=" -H 'authorization: Bearer $key'"
+  echo "Your API key (tenant 'local'): $key"
+  echo "Admin key (/admin/*: more tenants, keys, usage): $RAGWAY_ADMIN_KEY"
+fi
 cat <<MSG
-
-ragway is serving on http://$listen  (API docs: http://$listen/docs)
 Ask it about itself:
 
-  curl -s http://$listen/v1/collections/ragway-docs/query \\
+  curl -s http://$listen/v1/collections/ragway-docs/query$auth \\
     -H 'content-type: application/json' \\
     -d '{"query": "When does ragway answer in keyword_only mode?"}'
 

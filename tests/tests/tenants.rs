@@ -713,3 +713,34 @@ async fn two_gateways_share_one_limit_through_redis_and_fall_back_to_their_share
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn tenants_and_keys_survive_kill_9() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (id, key) = tenant(&server, json!({"name": "durable", "limits": {"collections": 2}})).await?;
+    let created = call(
+        &server,
+        Method::POST,
+        "/v1/collections",
+        &key,
+        Some(json!({"name": "kept"})),
+    )
+    .await?;
+    assert_eq!(created.status, 201);
+    drop(server); // SIGKILL
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let listed = call(&server, Method::GET, "/v1/collections", &key, None).await?;
+    assert_eq!(
+        listed.status, 200,
+        "the key still works after kill -9: {:?}",
+        listed.body
+    );
+    assert_eq!(listed.body["collections"][0]["name"], "kept");
+    let tenant = admin(&server, Method::GET, &format!("/admin/tenants/{id}"), None).await?;
+    assert_eq!(tenant.body["limits"], json!({"collections": 2}));
+    let stored = std::fs::read_to_string(dir.path().join("tenants.json"))?;
+    assert!(!stored.contains(&key), "keys are stored only as hashes");
+    Ok(())
+}
