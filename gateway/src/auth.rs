@@ -313,3 +313,46 @@ impl Caller {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenants::{Limits, OverQuota};
+
+    fn caller(id: Option<&str>) -> Caller {
+        Caller {
+            tenant: id.map(|id| {
+                Arc::new(Tenant {
+                    id: id.into(),
+                    name: id.into(),
+                    limits: Limits::default(),
+                    over_quota: OverQuota::Degrade,
+                    llm_backends: Some(vec!["cheap".into()]),
+                    created_at: String::new(),
+                    keys: Vec::new(),
+                })
+            }),
+            spent: Spent::default(),
+        }
+    }
+
+    #[test]
+    fn a_tenant_sees_only_its_own_names() {
+        let one = caller(Some("t1"));
+        assert_eq!(one.internal("notes"), "t1.notes");
+        assert_eq!(one.public("t1.notes"), Some("notes"));
+        assert_eq!(one.public("t12.notes"), None, "a longer id with the same start");
+        assert_eq!(one.public("notes"), None, "an open-mode collection");
+        assert_eq!(owner("t1.notes"), "t1");
+        let open = caller(None);
+        assert_eq!(open.internal("notes"), "notes");
+        assert_eq!(open.public("notes"), Some("notes"));
+        assert_eq!(
+            open.public("t1.notes"),
+            None,
+            "open mode never reaches a tenant's collection"
+        );
+        assert_eq!(owner("notes"), "");
+        assert!(one.may_use("cheap") && !one.may_use("dear") && open.may_use("dear"));
+    }
+}

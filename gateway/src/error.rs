@@ -59,6 +59,7 @@ error_codes! {
     InvalidDuration => "invalid_duration",
     InvalidFilter => "invalid_filter",
     InvalidInput => "invalid_input",
+    InvalidQueryString => "invalid_query_string",
     InvalidRole => "invalid_role",
     InvalidTemperature => "invalid_temperature",
     InvalidTenant => "invalid_tenant",
@@ -347,3 +348,14 @@ impl From<JsonRejection> for ApiError {
 #[derive(Debug, axum::extract::FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        Self::invalid(ErrorCode::InvalidQueryString, rejection.body_text())
+    }
+}
+
+/// `axum::extract::Query`, with rejections answered in ragway's error shape.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);

@@ -449,3 +449,65 @@ impl TenantLabels {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenants::Limits;
+
+    fn tenant(over_quota: OverQuota) -> Tenant {
+        Tenant {
+            id: "t1".into(),
+            name: "one".into(),
+            limits: Limits::default(),
+            over_quota,
+            llm_backends: None,
+            created_at: String::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_replica_alone_enforces_its_share() {
+        let rate = Rate {
+            per_second: 10.0,
+            burst: 5,
+        };
+        assert_eq!(
+            rate.share(2),
+            Rate {
+                per_second: 5.0,
+                burst: 3
+            }
+        );
+        assert_eq!(rate.share(1), rate);
+        assert_eq!(rate.share(100).burst, 1, "never less than one request at once");
+    }
+
+    #[test]
+    fn a_spent_budget_degrades_or_rejects() {
+        let code = ErrorCode::LlmTokenQuotaExceeded;
+        let degrade = tenant(OverQuota::Degrade);
+        assert!(!over_budget(&degrade, 5, None, code, "q").unwrap_or(true));
+        assert!(!over_budget(&degrade, 9, Some(10), code, "q").unwrap_or(true));
+        assert!(over_budget(&degrade, 10, Some(10), code, "q").unwrap_or(false));
+        let reject = tenant(OverQuota::Reject);
+        match over_budget(&reject, 10, Some(10), code, "q") {
+            Err(ApiError::OverQuota {
+                code: c,
+                retry_after_s: Some(s),
+                ..
+            }) => assert!(c == code && (1..=86_400).contains(&s)),
+            other => panic!("expected a 429 until tomorrow, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tenant_labels_are_bounded() {
+        let labels = TenantLabels::new(2);
+        assert_eq!(labels.label("a"), "a");
+        assert_eq!(labels.label("b"), "b");
+        assert_eq!(labels.label("c"), "other");
+        assert_eq!(labels.label("a"), "a");
+    }
+}

@@ -1,6 +1,6 @@
 //! `/admin/tenants`: tenants, their keys and their usage (bearer admin key).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use ragway_openapi::ErrorBody;
@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::auth::{Caller, Storage};
-use crate::error::{ApiError, ApiJson, ErrorCode};
+use crate::error::{ApiError, ApiJson, ApiQuery, ErrorCode};
 use crate::quota::{DayUsage, Spent};
 use crate::routes::admin::authorize;
 use crate::tenants::{CreateTenant, Limits, NewKey, TenantInfo, UpdateTenant};
@@ -200,7 +200,7 @@ pub async fn usage(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(params): Query<UsageParams>,
+    ApiQuery(params): ApiQuery<UsageParams>,
 ) -> Result<Json<Usage>, ApiError> {
     authorize(&state, &headers)?;
     let days = params.days.unwrap_or(7);
