@@ -74,6 +74,9 @@ pub struct StreamJob {
     pub deadline: Deadline,
     /// The tenant to charge for it, holding its place among the tenant's streams.
     pub tenant: Option<StreamTenant>,
+    /// `choice` holds only the cheaper backends left to a tenant over budget: the answer is a
+    /// fallback.
+    pub cheaper_only: bool,
 }
 
 /// A tenant's stream: charged for what it generated when it ends, counted among the tenant's
@@ -96,21 +99,27 @@ impl StreamTenant {
 }
 
 impl StreamJob {
-    /// The job as the tenant may run it: its backends, none when its LLM budget is spent (the
-    /// answer is then extractive, degraded for `quota`), charged to it when it ends.
+    /// The job as the tenant may run it: its backends; when its LLM budget is spent, only the
+    /// cheaper ones (a fallback) or none (extractive), degraded for `quota`; charged to it when
+    /// it ends.
     pub fn within(mut self, allowance: Allowance, tenant: Option<StreamTenant>) -> Self {
-        if allowance.llm_spent {
+        if allowance.budget_spent() {
             self.report.degrade("llm", DegradationReason::Quota);
-            self.choice = Choice::Only(Vec::new());
-        } else {
-            self.choice = allowance.llm;
         }
+        self.cheaper_only = allowance.cheaper_only;
+        self.choice = match allowance.llm_spent {
+            true => Choice::Only(Vec::new()),
+            false => allowance.llm,
+        };
         self.tenant = tenant;
         self
     }
 
+    /// Charges the tenant for the answer's tokens, unless they came from an unmetered backend.
     fn charge(&self, usage: &TokenUsage) {
-        if let Some(tenant) = &self.tenant {
+        let config = &self.state.config;
+        let metered = self.report.llm_backend().is_none_or(|b| config.metered(b));
+        if let (Some(tenant), true) = (&self.tenant, metered) {
             tenant.charge(usage);
         }
     }
@@ -132,6 +141,7 @@ impl StreamJob {
             choice: Choice::Any,
             deadline,
             tenant: None,
+            cheaper_only: false,
             state,
         }
     }
@@ -148,6 +158,9 @@ async fn drive(mut job: StreamJob, events: mpsc::Sender<AnswerEvent>) {
     let mut opened = open(&mut job, &[], None).await;
     if opened.is_none() {
         job.report.authorship = Some(Authorship::Extractive);
+    }
+    if job.cheaper_only {
+        job.report.demote_to_fallback();
     }
     let meta = AnswerEvent::Meta {
         mode: job.report.mode(),

@@ -151,23 +151,39 @@ impl Caller {
             over_budget(tenant, spent, limit, code, quota)
                 .inspect_err(|_| state.quotas.rejected(tenant, quota))
         };
-        Ok(Allowance {
-            llm: match &tenant.llm_backends {
-                None => Choice::Any,
-                Some(allowed) => Choice::Only(allowed.clone()),
+        let llm_spent = budget(
+            self.spent.llm_tokens,
+            limits.llm_tokens_per_day,
+            ErrorCode::LlmTokenQuotaExceeded,
+            "llm_tokens_per_day",
+        )?;
+        let embed_spent = budget(
+            self.spent.embedding_tokens,
+            limits.embedding_tokens_per_day,
+            ErrorCode::EmbeddingTokenQuotaExceeded,
+            "embedding_tokens_per_day",
+        )?;
+        let cheaper: Vec<String> = state
+            .config
+            .llm
+            .iter()
+            .filter(|b| b.unmetered && tenant.may_use(&b.name))
+            .map(|b| b.name.clone())
+            .collect();
+        Ok(match (llm_spent, tenant.llm_backends.clone()) {
+            // Spent: only the cheaper backends it may use, if there are any.
+            (true, _) if !cheaper.is_empty() => Allowance {
+                llm: Choice::Only(cheaper),
+                llm_spent: false,
+                cheaper_only: true,
+                embed_spent,
             },
-            llm_spent: budget(
-                self.spent.llm_tokens,
-                limits.llm_tokens_per_day,
-                ErrorCode::LlmTokenQuotaExceeded,
-                "llm_tokens_per_day",
-            )?,
-            embed_spent: budget(
-                self.spent.embedding_tokens,
-                limits.embedding_tokens_per_day,
-                ErrorCode::EmbeddingTokenQuotaExceeded,
-                "embedding_tokens_per_day",
-            )?,
+            (llm_spent, allowed) => Allowance {
+                llm: allowed.map_or(Choice::Any, Choice::Only),
+                llm_spent,
+                cheaper_only: false,
+                embed_spent,
+            },
         })
     }
 
@@ -207,7 +223,7 @@ impl Caller {
     /// cache served it.
     pub fn charge_answer(&self, state: &AppState, report: &Report, usage: &TokenUsage) {
         self.charge(state, Counter::EmbeddingTokens, report.embedding_tokens);
-        if report.cache.is_none() {
+        if report.cache.is_none() && report.llm_backend().is_none_or(|b| state.config.metered(b)) {
             self.charge(state, Counter::TokensIn, usage.prompt_tokens as u64);
             self.charge(state, Counter::TokensOut, usage.completion_tokens as u64);
         }

@@ -466,8 +466,8 @@ impl Pipeline {
     }
 
     /// L1 around grounded answers (`/query`, chat over a collection). A tenant whose LLM budget
-    /// is spent gets an entry however old (`cache_only`), else an extractive answer; both say
-    /// `llm` was degraded for `quota`.
+    /// is spent gets an entry however old (`cache_only`), else an answer by a cheaper backend it
+    /// may use (`fallback_llm`), else an extractive one; each says `llm` was degraded for `quota`.
     pub async fn answer(
         &self,
         target: Target<'_>,
@@ -479,7 +479,7 @@ impl Pipeline {
     ) -> Answer {
         let key = self.caches.key("l1_answer", &target, query, passages, &filter);
         let stage = self.answer_uncached(target, query, filter, passages, deadline, allowance);
-        if !allowance.llm_spent {
+        if !allowance.budget_spent() {
             return through(&self.caches.answers, target.name, &key, stage).await;
         }
         let layer = &self.caches.answers;

@@ -308,6 +308,11 @@ pub struct LlmBackendConfig {
     /// The first token of a streamed answer. Default: 60 s local, 10 s remote.
     #[serde(default)]
     pub ttft_timeout_ms: Option<u64>,
+    /// Its tokens do not count against a tenant's `llm_tokens_per_day`, and a tenant whose budget
+    /// is spent is still answered by it (mode `fallback_llm`, degraded `llm: quota`) before the
+    /// extractive answer: the cheaper backend (e.g. the local model next to a paid API).
+    #[serde(default)]
+    pub unmetered: bool,
     #[serde(flatten)]
     pub kind: LlmBackendKind,
 }
@@ -400,6 +405,7 @@ impl Default for Config {
                 priority: None,
                 timeout_ms: None,
                 ttft_timeout_ms: None,
+                unmetered: false,
                 kind: LlmBackendKind::Local {
                     model: models.join("smollm2-135m-instruct").display().to_string(),
                     dequantize: true,
@@ -533,6 +539,12 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// Whether the tokens of LLM backend `name` count against tenants' budgets (not
+    /// `unmetered`).
+    pub fn metered(&self, backend: &str) -> bool {
+        !self.llm.iter().any(|b| b.name == backend && b.unmetered)
+    }
+
     /// Layers defaults, the TOML file (if given), `RAGWAY__…` env vars and CLI flags.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));

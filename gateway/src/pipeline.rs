@@ -62,8 +62,18 @@ pub struct Allowance {
     /// Its LLM token budget is spent (`over_quota = "degrade"`): no LLM runs, the answer comes
     /// from L1 (`cache_only`) or quotes passages (`extractive`).
     pub llm_spent: bool,
+    /// Its LLM budget is spent, and `llm` names only the unmetered (cheaper) backends it may
+    /// use: an answer by one is a fallback, degraded for `quota`.
+    pub cheaper_only: bool,
     /// Its embedding budget is spent: only a cached query vector is used, else `keyword_only`.
     pub embed_spent: bool,
+}
+
+impl Allowance {
+    /// The tenant's LLM budget is spent (whether or not a cheaper backend is left to it).
+    pub fn budget_spent(&self) -> bool {
+        self.llm_spent || self.cheaper_only
+    }
 }
 
 pub struct Retrieved {
@@ -293,14 +303,19 @@ impl Pipeline {
         let all = hits;
         let hits = &given[..];
         let started = Instant::now();
-        let generated = if allowance.llm_spent {
+        if allowance.budget_spent() {
             report.degrade("llm", DegradationReason::Quota);
+        }
+        let generated = if allowance.llm_spent {
             None
         } else {
             self.llm
                 .generate(&request, deadline, &mut report, &allowance.llm)
                 .await
         };
+        if allowance.cheaper_only {
+            report.demote_to_fallback();
+        }
         report.record_time("llm", started);
         let numbered = || hits.iter().cloned().enumerate().map(|(i, h)| (i + 1, h));
         match generated {

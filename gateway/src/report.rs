@@ -165,6 +165,22 @@ impl Report {
         degraded
     }
 
+    /// The answer's LLM was not the one the request would have had (a tenant's spent budget left
+    /// it only the cheaper backends): its author is a fallback.
+    pub fn demote_to_fallback(&mut self) {
+        if let Some(Authorship::Primary(name)) = &self.authorship {
+            self.authorship = Some(Authorship::Fallback(name.clone()));
+        }
+    }
+
+    /// The LLM backend that wrote the answer, if one did.
+    pub fn llm_backend(&self) -> Option<&str> {
+        match &self.authorship {
+            Some(Authorship::Primary(name) | Authorship::Fallback(name)) => Some(name),
+            _ => None,
+        }
+    }
+
     pub fn stages(&self) -> Stages {
         Stages {
             embed: self.embed,

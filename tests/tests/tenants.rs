@@ -744,3 +744,65 @@ async fn tenants_and_keys_survive_kill_9() -> anyhow::Result<()> {
     assert!(!stored.contains(&key), "keys are stored only as hashes");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_spent_budget_falls_back_to_a_cheaper_backend_the_tenant_may_use() -> anyhow::Result<()> {
+    let dear = ScriptedOpenAi::start(Script::Answer("Dear answer [1].".into())).await?;
+    let cheap = ScriptedOpenAi::start(Script::Answer("Cheap answer [1].".into())).await?;
+    let extra = format!(
+        "[[llm]]\nname = \"cheap\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nmax_retries = 0\nunmetered = true\npriority = 5\n",
+        cheap.base_url
+    );
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&dear, &extra)).await?;
+    let (id, key) = tenant(
+        &server,
+        json!({"name": "frugal", "limits": {"llm_tokens_per_day": 10}}),
+    )
+    .await?;
+    notes(&server, &key, json!([])).await?;
+    let ask = |question: &'static str| {
+        let (server, key) = (&server, key.clone());
+        async move {
+            call(
+                server,
+                Method::POST,
+                "/v1/collections/notes/query",
+                &key,
+                Some(json!({"query": question})),
+            )
+            .await
+        }
+    };
+    let first = ask("What pressure is used to brew coffee shots?").await?;
+    assert_eq!(
+        (
+            mode_and_reasons(&first).0.as_str(),
+            first.body["stages"]["llm"].as_str()
+        ),
+        ("normal", Some("scripted"))
+    );
+    assert_eq!(spent(&server, &id, "tokens_in", 11).await?, 11);
+    let second = ask("How do bees tell each other where flowers are?").await?;
+    assert_eq!(
+        mode_and_reasons(&second),
+        ("fallback_llm".into(), vec!["llm:quota".into()]),
+        "{:?}",
+        second.body
+    );
+    assert_eq!(second.body["stages"]["llm"], "cheap");
+    let cached = ask("What pressure is used to brew coffee shots?").await?;
+    assert_eq!(
+        mode_and_reasons(&cached).0,
+        "cache_only",
+        "the cache comes first: {:?}",
+        cached.body
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        spent(&server, &id, "tokens_in", 0).await?,
+        11,
+        "the unmetered backend's tokens are not charged"
+    );
+    Ok(())
+}

@@ -223,7 +223,8 @@ impl Chat {
         else {
             return Err(ApiError::ModelNotFound(self.model));
         };
-        if self.allowance.llm_spent {
+        let cheaper_left = self.allowance.cheaper_only && self.allowance.llm.allows(backend.name());
+        if self.allowance.budget_spent() && !cheaper_left {
             return Err(self.spent());
         }
         let choice = Choice::Only(vec![backend.name().to_string()]);
@@ -236,6 +237,7 @@ impl Chat {
                 choice,
                 deadline: self.deadline,
                 tenant: self.caller.stream(&self.state)?,
+                cheaper_only: false,
                 state: self.state.clone(),
             };
             return streams::openai_chunks(job, self.model, true).await;
