@@ -486,6 +486,19 @@ async fn a_spent_token_budget_degrades_or_rejects() -> anyhow::Result<()> {
         rejected.retry_after.is_some_and(|s| (1..=86_400).contains(&s)),
         "Retry-After until the day turns"
     );
+    let exposition = server.get_text("/metrics").await?;
+    let sample = |name: &str| metric(&exposition, name);
+    assert_eq!(
+        sample("ragway_tenant_tokens_total{tenant=\"thrifty\",kind=\"llm_in\"}"),
+        11.0,
+        "{exposition}"
+    );
+    assert_eq!(
+        sample("ragway_tenant_tokens_total{tenant=\"thrifty\",kind=\"llm_out\"}"),
+        7.0
+    );
+    assert!(sample("ragway_tenant_requests_total{tenant=\"thrifty\",outcome=\"admitted\"}") >= 8.0);
+    assert!(sample("ragway_quota_rejections_total{tenant=\"thrifty\",quota=\"llm_tokens_per_day\"}") >= 1.0);
     Ok(())
 }
 
@@ -804,5 +817,63 @@ async fn a_spent_budget_falls_back_to_a_cheaper_backend_the_tenant_may_use() -> 
         11,
         "the unmetered backend's tokens are not charged"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_over_the_concurrent_limit_get_429_until_one_ends() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::StallAfter {
+        text: "Nine bars of pressure [1].".into(),
+        words: 2,
+    })
+    .await?;
+    let extra = "[resilience]\nstream_idle_timeout_ms = 1000\n";
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, extra)).await?;
+    let (_, key) = tenant(
+        &server,
+        json!({"name": "streamer", "limits": {"concurrent_streams": 1}}),
+    )
+    .await?;
+    notes(&server, &key, json!([])).await?;
+    let body = json!({"query": "What pressure is used to brew coffee shots?", "stream": true});
+    let http = reqwest::Client::new();
+    let open = || {
+        http.post(server.url("/v1/collections/notes/query"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let first = open().await?;
+    assert_eq!(first.status(), 200, "the first stream opens");
+    let second = call(
+        &server,
+        Method::POST,
+        "/v1/collections/notes/query",
+        &key,
+        Some(body.clone()),
+    )
+    .await?;
+    assert_eq!(
+        (second.status, second.error_code()),
+        (429, Some("stream_quota_exceeded")),
+        "{:?}",
+        second.body
+    );
+    assert_eq!(second.retry_after, Some(1));
+    let plain = call(
+        &server,
+        Method::POST,
+        "/v1/collections/notes/search",
+        &key,
+        Some(json!({"query": "coffee"})),
+    )
+    .await?;
+    assert_eq!(plain.status, 200, "only streams are limited");
+    // The stalled stream ends (idle timeout, then the extractive text); its place is free again.
+    let text = first.text().await?;
+    assert!(text.contains("event: done"), "{text}");
+    let third = open().await?;
+    assert_eq!(third.status(), 200, "a new stream once the first ended");
     Ok(())
 }
