@@ -76,7 +76,7 @@ pub async fn search(
 #[utoipa::path(post, path = "/v1/collections/{name}/query", tag = "answers", request_body = QueryRequest,
     params(("name" = String, Path, description = "Collection name")),
     responses((status = 200, description = "OK; with `\"stream\": true`, Server-Sent Events (`meta`, `delta`…, `degraded`, `done`)",
-            content((QueryResponse = "application/json"), (String = "text/event-stream")), headers(("x-ragway-mode" = String))),
+            content((QueryResponse = "application/json"), (serde_json::Value = "text/event-stream")), headers(("x-ragway-mode" = String))),
         (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 503, body = QueryResponse, description = "No retrieval path: `mode` is `error`")))]
 pub async fn query(

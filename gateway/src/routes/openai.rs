@@ -61,7 +61,7 @@ pub async fn models(State(state): State<AppState>, caller: Caller) -> Result<Jso
 /// clash. The mode is in the `x-ragway-mode` header and, for RAG, in the `ragway` field.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatCompletionRequest,
     responses((status = 200, description = "OK; with `\"stream\": true`, Server-Sent Events of `chat.completion.chunk` objects ending with `data: [DONE]`",
-            content((ChatCompletion = "application/json"), (String = "text/event-stream")), headers(("x-ragway-mode" = String))),
+            content((ChatCompletion = "application/json"), (serde_json::Value = "text/event-stream")), headers(("x-ragway-mode" = String))),
         (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 429, description = "Over a quota (with `Retry-After`)", body = ErrorBody), (status = 503, description = "Unavailable", body = ErrorBody)))]
 pub async fn chat_completions(

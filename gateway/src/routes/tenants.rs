@@ -72,7 +72,7 @@ fn check_backends(state: &AppState, backends: Option<&Vec<String>>) -> Result<()
     Ok(())
 }
 
-#[utoipa::path(post, path = "/admin/tenants", tag = "admin", request_body = CreateTenant, security(("admin_key" = [])),
+#[utoipa::path(post, path = "/admin/tenants", operation_id = "create_tenant", tag = "admin", request_body = CreateTenant, security(("admin_key" = [])),
     responses((status = 201, description = "Created", body = TenantInfo), (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
 pub async fn create(
@@ -88,7 +88,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(tenant.info())))
 }
 
-#[utoipa::path(get, path = "/admin/tenants", tag = "admin", security(("admin_key" = [])),
+#[utoipa::path(get, path = "/admin/tenants", operation_id = "list_tenants", tag = "admin", security(("admin_key" = [])),
     responses((status = 200, description = "OK", body = TenantList), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<TenantList>, ApiError> {
     authorize(&state, &headers)?;
@@ -96,7 +96,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
     Ok(Json(TenantList { tenants }))
 }
 
-#[utoipa::path(get, path = "/admin/tenants/{id}", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
+#[utoipa::path(get, path = "/admin/tenants/{id}", operation_id = "get_tenant", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
     responses((status = 200, description = "OK", body = TenantInfo), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -107,7 +107,7 @@ pub async fn get(
     Ok(Json(state.tenants.get(&id)?.info()))
 }
 
-#[utoipa::path(patch, path = "/admin/tenants/{id}", tag = "admin", request_body = UpdateTenant, security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
+#[utoipa::path(patch, path = "/admin/tenants/{id}", operation_id = "update_tenant", tag = "admin", request_body = UpdateTenant, security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
     responses((status = 200, description = "OK", body = TenantInfo), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No admin key", body = ErrorBody),
         (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn update(
@@ -145,7 +145,7 @@ pub async fn update(
 }
 
 /// Deletes the tenant, its keys and its collections.
-#[utoipa::path(delete, path = "/admin/tenants/{id}", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
+#[utoipa::path(delete, path = "/admin/tenants/{id}", operation_id = "delete_tenant", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
     responses((status = 204, description = "No content"), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -168,7 +168,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/admin/tenants/{id}/keys", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
+#[utoipa::path(post, path = "/admin/tenants/{id}/keys", operation_id = "create_tenant_key", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
     responses((status = 201, description = "Created; `key` is shown this once", body = NewKey), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn create_key(
     State(state): State<AppState>,
@@ -180,7 +180,7 @@ pub async fn create_key(
 }
 
 /// Revokes a key at once (on every replica sharing Redis within a second).
-#[utoipa::path(delete, path = "/admin/tenants/{id}/keys/{key_id}", tag = "admin", security(("admin_key" = [])),
+#[utoipa::path(delete, path = "/admin/tenants/{id}/keys/{key_id}", operation_id = "revoke_tenant_key", tag = "admin", security(("admin_key" = [])),
     params(("id" = String, Path, description = "Tenant id"), ("key_id" = String, Path, description = "Key id")),
     responses((status = 204, description = "No content"), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn revoke_key(
@@ -193,7 +193,7 @@ pub async fn revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/admin/tenants/{id}/usage", tag = "admin", security(("admin_key" = [])),
+#[utoipa::path(get, path = "/admin/tenants/{id}/usage", operation_id = "tenant_usage", tag = "admin", security(("admin_key" = [])),
     params(("id" = String, Path, description = "Tenant id"), UsageParams),
     responses((status = 200, description = "OK", body = Usage), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn usage(
