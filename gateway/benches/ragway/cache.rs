@@ -13,10 +13,10 @@ use crate::quality::trec_queries;
 use crate::speed::{median, passages};
 
 /// A redis-server (Debian's package) on a free port, for the shared-tier figures.
-struct Redis(Child, u16);
+pub struct Redis(Child, pub u16);
 
 impl Redis {
-    fn start() -> anyhow::Result<Self> {
+    pub fn start() -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])

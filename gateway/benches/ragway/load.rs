@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::speed::passages;
 
-const ADMIN: &str = "load-test-admin";
+pub const ADMIN: &str = "load-test-admin";
 const COLLECTION: &str = "load";
 
 pub struct Ragway {
@@ -47,8 +47,14 @@ async fn start(data: &Path) -> anyhow::Result<Ragway> {
     start_with(data, "[generation]\nmax_tokens = 24\n").await
 }
 
-/// ragway on a free port with `config_toml` as its config file, once it answers `/healthz`.
+/// ragway on a free port with `config_toml` as its config file, once it answers `/healthz`;
+/// without keys (`auth.mode = "open"`), as the stage benchmarks measure stages.
 pub async fn start_with(data: &Path, config_toml: &str) -> anyhow::Result<Ragway> {
+    start_in(data, config_toml, "open").await
+}
+
+/// As [`start_with`], in `auth_mode` (`open` or `keys`; the admin key is [`ADMIN`]).
+pub async fn start_in(data: &Path, config_toml: &str, auth_mode: &str) -> anyhow::Result<Ragway> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = data.join("load.toml");
     std::fs::write(&config, config_toml)?;
@@ -58,6 +64,7 @@ pub async fn start_with(data: &Path, config_toml: &str) -> anyhow::Result<Ragway
         .arg("--config")
         .arg(&config)
         .env("RAGWAY_ADMIN_KEY", ADMIN)
+        .env("RAGWAY__AUTH__MODE", auth_mode)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -106,10 +113,25 @@ pub fn wrk_post(
     seconds: u32,
     connections: u32,
 ) -> anyhow::Result<(f64, f64, f64)> {
+    wrk_post_as(base, path, bodies, seconds, connections, None)
+}
+
+/// As [`wrk_post`], with `Authorization: Bearer <key>` when a key is given.
+pub fn wrk_post_as(
+    base: &str,
+    path: &str,
+    bodies: &[Value],
+    seconds: u32,
+    connections: u32,
+    key: Option<&str>,
+) -> anyhow::Result<(f64, f64, f64)> {
     let list: Vec<String> = bodies.iter().map(|b| format!("[[{}]]", b)).collect();
+    let auth = key.map_or(String::new(), |k| {
+        format!(", [\"Authorization\"] = \"Bearer {k}\"")
+    });
     let script = format!(
         "bodies = {{{}}}\ncounter = 0\nrequest = function()\n  counter = counter + 1\n  \
-         return wrk.format(\"POST\", \"{path}\", {{[\"Content-Type\"] = \"application/json\"}}, bodies[(counter % #bodies) + 1])\nend\n",
+         return wrk.format(\"POST\", \"{path}\", {{[\"Content-Type\"] = \"application/json\"{auth}}}, bodies[(counter % #bodies) + 1])\nend\n",
         list.join(", ")
     );
     wrk(base, &script, 2, seconds, connections)
@@ -138,6 +160,12 @@ fn wrk(
         .output()
         .map_err(|e| anyhow::anyhow!("wrk is needed (apt-get install wrk): {e}"))?;
     let text = String::from_utf8_lossy(&output.stdout).to_string();
+    if let Some(line) = text.lines().find(|l| l.contains("Non-2xx or 3xx responses")) {
+        anyhow::bail!(
+            "wrk got error answers ({}): the figures would not be of answers",
+            line.trim()
+        );
+    }
     let percentile = |p: &str| -> f64 {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(p).map(|v| millis(v.trim())))

@@ -17,6 +17,7 @@ mod load;
 mod quality;
 mod resilience;
 mod speed;
+mod tenants;
 
 /// Serves `config` in process on a free port; returns the state and the base URL.
 async fn serve(
@@ -68,6 +69,9 @@ fn main() -> anyhow::Result<()> {
         }
         if what == "cache" || what == "all" {
             cache::run().await?;
+        }
+        if what == "tenants" || what == "all" {
+            tenants::run().await?;
         }
         Ok(())
     })
