@@ -141,7 +141,6 @@ impl AppState {
 
 fn pipeline_settings(config: &Config) -> PipelineSettings {
     PipelineSettings {
-        rrf_k: config.retrieval.rrf_k,
         candidates: config.retrieval.candidates,
         rerank_candidates: config.retrieval.rerank_candidates,
         max_tokens: config.generation.max_tokens,
@@ -377,7 +376,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/collections/{name}",
-            get(collections::get).delete(collections::delete),
+            get(collections::get)
+                .patch(collections::update)
+                .delete(collections::delete),
         )
         .route("/v1/collections/{name}/documents", post(collections::ingest))
         .route(

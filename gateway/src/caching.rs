@@ -16,7 +16,7 @@ use ragway_cache::{
     normalize_query, CacheKey, Layer, LayerSettings, Lookup, RedisTier, SharedTier, TierError,
 };
 use ragway_openapi::{CacheInfo, Degradation, Mode, TokenUsage};
-use ragway_retrieval::{MetadataFilter, Priority, ScoredChunk};
+use ragway_retrieval::{Fusion, MetadataFilter, Priority, ScoredChunk};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CacheConfig, CacheLayerConfig, Config};
@@ -25,12 +25,13 @@ use crate::guard::{Blame, Blamed, Failure, Guard};
 use crate::pipeline::{Allowance, Answer, Pipeline, Retrieved};
 use crate::report::{Authorship, Report};
 
-/// The collection a cached result belongs to, as its keys see it.
+/// The collection a cached result belongs to, as its keys see it, and the fusion that made it.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     pub name: &'a str,
     pub generation: &'a str,
     pub epoch: u64,
+    pub fusion: Fusion,
 }
 
 /// A retrieval result as L1 (`/search`) and L3 keep it.
@@ -185,6 +186,7 @@ impl Caches {
             &[
                 target.generation.as_bytes(),
                 &target.epoch.to_le_bytes(),
+                target.fusion.to_string().as_bytes(),
                 normalize_query(query).as_bytes(),
                 &(top_k as u64).to_le_bytes(),
                 canonical_filter(filter).as_bytes(),
@@ -311,11 +313,10 @@ fn fingerprint(config: &Config) -> String {
     let g = &config.generation;
     let backends: Vec<&str> = config.llm.iter().map(|b| b.name.as_str()).collect();
     format!(
-        "{}|{:?}|{}|{}|{}|{}|{}|{}|{}|{}",
+        "{}|{:?}|{}|{}|{}|{}|{}|{}|{}",
         config.models.embedder,
         config.models.embedder_precision,
         config.models.reranker,
-        r.rrf_k,
         r.candidates,
         r.rerank_candidates,
         g.max_tokens,
@@ -446,7 +447,7 @@ impl Pipeline {
         allowance: &Allowance,
     ) -> Retrieved {
         let key = self.caches.key("l3", &target, query, top_k, &filter);
-        let stage = self.retrieve_uncached(target.name, query, filter, top_k, deadline, allowance);
+        let stage = self.retrieve_uncached(&target, query, filter, top_k, deadline, allowance);
         through(&self.caches.retrievals, target.name, &key, stage).await
     }
 

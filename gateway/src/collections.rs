@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use ragway_openapi::{CollectionInfo, DocumentInput};
 use ragway_retrieval::{
-    chunk_document, Chunk, ChunkingOptions, DenseStore, EmbeddedChunk, Embedder, KeywordStore, Priority,
+    chunk_document, Chunk, ChunkingOptions, DenseStore, EmbeddedChunk, Embedder, Fusion, KeywordStore,
+    Priority,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,6 +33,9 @@ struct Manifest {
     generation: String,
     chunk_words: usize,
     chunk_overlap_words: usize,
+    /// Its own fusion; `None`: the server default.
+    #[serde(default)]
+    fusion: Option<Fusion>,
     epoch: u64,
     documents: BTreeMap<String, DocumentRecord>,
 }
@@ -55,6 +59,8 @@ pub struct Collection {
     summary: RwLock<CollectionInfo>,
     /// Mirrors `manifest.epoch` for lock-free reads (cache keys).
     epoch: AtomicU64,
+    /// Mirrors `manifest.fusion` for lock-free reads.
+    fusion: RwLock<Option<Fusion>>,
     /// Set (under the manifest lock) when the collection is dropped; a change that waited for the
     /// lock sees it and stops.
     dropped: AtomicBool,
@@ -71,6 +77,7 @@ impl Collection {
             },
             summary: RwLock::new(info(&manifest)),
             epoch: AtomicU64::new(manifest.epoch),
+            fusion: RwLock::new(manifest.fusion),
             manifest: tokio::sync::Mutex::new(manifest),
             dropped: AtomicBool::new(false),
         }
@@ -80,12 +87,22 @@ impl Collection {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// The collection as cache keys see it now: its generation and current epoch.
-    pub fn target(&self) -> crate::caching::Target<'_> {
+    /// Its own fusion, if it has one.
+    pub fn fusion(&self) -> Option<Fusion> {
+        *self
+            .fusion
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The collection as a search of it sees it now: its generation, current epoch, and the
+    /// fusion this search uses.
+    pub fn target(&self, fusion: Fusion) -> crate::caching::Target<'_> {
         crate::caching::Target {
             name: &self.name,
             generation: &self.generation,
             epoch: self.epoch(),
+            fusion,
         }
     }
 
@@ -117,6 +134,10 @@ impl Collection {
     }
 
     fn publish(&self, manifest: &Manifest) {
+        *self
+            .fusion
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = manifest.fusion;
         self.epoch.store(manifest.epoch, Ordering::Release);
         *self
             .summary
@@ -294,6 +315,7 @@ impl Collections {
         &self,
         name: &str,
         chunking: ChunkingOptions,
+        fusion: Option<Fusion>,
         max_collections: usize,
     ) -> Result<CollectionInfo, ApiError> {
         let _guard = self.lifecycle.lock().await;
@@ -313,6 +335,7 @@ impl Collections {
             generation: uuid::Uuid::new_v4().simple().to_string(),
             chunk_words: chunking.chunk_words,
             chunk_overlap_words: chunking.overlap_words,
+            fusion,
             epoch: 0,
             documents: BTreeMap::new(),
         };
@@ -463,6 +486,21 @@ impl Collections {
         Ok(())
     }
 
+    /// Sets (or, with `None`, clears) the collection's own fusion; bumps its epoch, so cached
+    /// results fused the old way are never served again.
+    pub async fn set_fusion(&self, name: &str, fusion: Option<Fusion>) -> Result<CollectionInfo, ApiError> {
+        let collection = self.get(name)?;
+        let mut manifest = collection.manifest.lock().await;
+        if collection.dropped.load(Ordering::Acquire) {
+            return Err(ApiError::CollectionNotFound(name.to_string()));
+        }
+        manifest.fusion = fusion;
+        manifest.epoch += 1;
+        self.save(&manifest)?;
+        self.publish(&collection, &manifest);
+        Ok(info(&manifest))
+    }
+
     pub async fn delete_document(&self, name: &str, doc_id: &str) -> Result<(usize, u64), ApiError> {
         let collection = self.get(name)?;
         let mut manifest = collection.manifest.lock().await;
@@ -539,6 +577,7 @@ fn info(manifest: &Manifest) -> CollectionInfo {
         chunk_words: manifest.chunk_words,
         chunk_overlap_words: manifest.chunk_overlap_words,
         epoch: manifest.epoch,
+        fusion: manifest.fusion.as_ref().map(crate::validate::fusion_settings),
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use ragway_openapi::{FusionMethod, FusionSettings};
 use ragway_worker::onnx::Precision;
 use serde::{Deserialize, Serialize};
 
@@ -269,7 +270,9 @@ pub enum ModelBackend {
 pub struct RetrievalConfig {
     pub chunk_words: usize,
     pub chunk_overlap_words: usize,
-    pub rrf_k: f32,
+    /// How a collection's dense and keyword lists are fused unless it (or a request) says
+    /// otherwise: `{method = "rrf" | "convex" | "dbsf", k?, alpha?, normalization?}`.
+    pub fusion: FusionSettings,
     pub default_top_k: usize,
     pub max_top_k: usize,
     /// Hits each engine contributes to fusion.
@@ -385,6 +388,16 @@ pub fn default_models_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("models"))
 }
 
+/// The default fusion, chosen on trec-dl-5k (docs/BENCHMARKS.md, "Fusion").
+fn default_fusion() -> FusionSettings {
+    FusionSettings {
+        method: FusionMethod::Rrf,
+        k: Some(60.0),
+        alpha: Some(0.5),
+        normalization: None,
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         let models = default_models_dir();
@@ -451,7 +464,7 @@ impl Default for RetrievalConfig {
         Self {
             chunk_words: 120,
             chunk_overlap_words: 24,
-            rrf_k: 60.0,
+            fusion: default_fusion(),
             default_top_k: 5,
             max_top_k: 100,
             candidates: 100,
@@ -590,8 +603,8 @@ impl Config {
                 r.chunk_overlap_words, r.chunk_words
             ));
         }
-        if r.rrf_k.is_nan() || r.rrf_k <= 0.0 {
-            problems.push("retrieval.rrf_k must be positive (60 is the usual value)".to_string());
+        if let Err(e) = crate::validate::fusion(&r.fusion) {
+            problems.push(format!("retrieval.{e}"));
         }
         if r.max_top_k == 0 || r.default_top_k == 0 || r.default_top_k > r.max_top_k {
             problems.push("retrieval.default_top_k must be between 1 and retrieval.max_top_k".to_string());
@@ -710,16 +723,19 @@ mod tests {
     fn file_then_env_then_cli() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("ragway.toml");
-        std::fs::write(&file, "[retrieval]\nchunk_words = 50\nrrf_k = 10.0\n")?;
+        std::fs::write(
+            &file,
+            "[retrieval]\nchunk_words = 50\n\n[retrieval.fusion]\nmethod = \"rrf\"\nk = 10.0\n",
+        )?;
         figment::Jail::expect_with(|jail| {
-            jail.set_env("RAGWAY__RETRIEVAL__RRF_K", "20");
+            jail.set_env("RAGWAY__RETRIEVAL__FUSION__K", "20");
             let overrides = Overrides {
                 listen: Some("127.0.0.1:9999".into()),
                 data_dir: None,
             };
             let config = Config::load(Some(&file), &overrides).map_err(|e| e.to_string())?;
             assert_eq!(config.retrieval.chunk_words, 50);
-            assert_eq!(config.retrieval.rrf_k, 20.0);
+            assert_eq!(config.retrieval.fusion.k, Some(20.0));
             assert_eq!(config.server.listen, "127.0.0.1:9999");
             Ok(())
         });

@@ -58,6 +58,7 @@ error_codes! {
     InvalidDocuments => "invalid_documents",
     InvalidDuration => "invalid_duration",
     InvalidFilter => "invalid_filter",
+    InvalidFusion => "invalid_fusion",
     InvalidInput => "invalid_input",
     InvalidQueryString => "invalid_query_string",
     InvalidRole => "invalid_role",

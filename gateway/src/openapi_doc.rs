@@ -9,7 +9,7 @@ use crate::routes::{admin, answers, collections, embeddings, health, jobs, opena
 #[openapi(
     info(title = "ragway", description = "A RAG gateway: hybrid retrieval, reranking and pooled LLM generation, with an honest `mode` on every answer."),
     paths(
-        collections::create, collections::list, collections::get, collections::delete,
+        collections::create, collections::list, collections::get, collections::update, collections::delete,
         collections::ingest, collections::delete_document,
         jobs::get_job, jobs::cancel_job, jobs::list_jobs,
         answers::search, answers::query,

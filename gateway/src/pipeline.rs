@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use ragway_llm::{cited_passages, fit_rag_messages, rag_messages, GenerationRequest, Passage};
 use ragway_openapi::{DegradationReason, StageStatus, TokenUsage};
 use ragway_rerank::Reranker;
-use ragway_retrieval::{
-    reciprocal_rank_fusion, DenseStore, Embedder, KeywordStore, MetadataFilter, ScoredChunk,
-};
+use ragway_retrieval::{fuse, DenseStore, Embedder, KeywordStore, MetadataFilter, ScoredChunk};
 
 use crate::caching::{Caches, Target};
 use crate::deadline::Deadline;
@@ -22,7 +20,6 @@ use crate::rerank_cost::RerankCost;
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
-    pub rrf_k: f32,
     /// Hits each engine contributes to fusion.
     pub candidates: usize,
     pub rerank_candidates: usize,
@@ -119,11 +116,11 @@ fn settle<T, E: std::fmt::Display>(
 }
 
 impl Pipeline {
-    /// Hybrid retrieval and reranking: the `top_k` best chunks, within `deadline` (L3 wraps it:
-    /// [`Pipeline::retrieve`]).
+    /// Hybrid retrieval, fused as `target` says, and reranking: the `top_k` best chunks, within
+    /// `deadline` (L3 wraps it: [`Pipeline::retrieve`]).
     pub(crate) async fn retrieve_uncached(
         &self,
-        collection: &str,
+        target: &Target<'_>,
         query: &str,
         filter: MetadataFilter,
         top_k: usize,
@@ -132,6 +129,7 @@ impl Pipeline {
     ) -> Retrieved {
         let mut report = Report::default();
         let started = Instant::now();
+        let collection = target.name;
         // Each branch reports on its own stages; join! needs them to borrow nothing mutably.
         let ((dense_hits, dense_report), (keyword_hits, keyword_report)) = tokio::join!(
             self.dense_hits(collection, query, filter.clone(), deadline, allowance),
@@ -143,10 +141,10 @@ impl Pipeline {
             hits.iter().flatten().map(|h| h.chunk.chunk_id.clone()).collect()
         };
         let (dense_ids, keyword_ids) = (ids(&dense_hits), ids(&keyword_hits));
-        let lists: Vec<Vec<ScoredChunk>> = [dense_hits, keyword_hits].into_iter().flatten().collect();
-        let fused = reciprocal_rank_fusion(
-            &lists,
-            self.settings.rrf_k,
+        let fused = fuse(
+            &target.fusion,
+            dense_hits.as_deref(),
+            keyword_hits.as_deref(),
             self.settings.rerank_candidates.max(top_k),
         );
         report.record_time("retrieval", started);

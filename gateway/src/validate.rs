@@ -2,8 +2,10 @@
 
 use std::collections::HashSet;
 
-use ragway_openapi::{DocumentInput, MetadataFilter as JsonFilter};
-use ragway_retrieval::{ChunkingOptions, FilterValue, MetadataFilter};
+use ragway_openapi::{
+    DocumentInput, FusionMethod, FusionNormalization, FusionSettings, MetadataFilter as JsonFilter,
+};
+use ragway_retrieval::{ChunkingOptions, FilterValue, Fusion, MetadataFilter, Normalization};
 
 use crate::config::LimitsConfig;
 use crate::error::{ApiError, ErrorCode};
@@ -225,6 +227,65 @@ pub fn top_k(requested: Option<usize>, default: usize, max: usize) -> Result<usi
             ErrorCode::TopKOutOfRange,
             format!("top_k = {k} is out of range: use 1 to {max}"),
         )),
+    }
+}
+
+/// A fusion setting as ragway runs it: each parameter in range and only where its method uses
+/// it; absent ones take their defaults (k 60, alpha 0.5, min-max).
+pub fn fusion(settings: &FusionSettings) -> Result<Fusion, ApiError> {
+    let invalid = |message: String| ApiError::invalid(ErrorCode::InvalidFusion, message);
+    let alpha = settings.alpha.unwrap_or(0.5);
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(invalid(format!(
+            "fusion.alpha = {alpha} is out of range: use 0 to 1"
+        )));
+    }
+    let method = settings.method;
+    if settings.k.is_some() && method != FusionMethod::Rrf {
+        return Err(invalid("fusion.k applies to method \"rrf\" only".into()));
+    }
+    if settings.normalization.is_some() && method != FusionMethod::Convex {
+        return Err(invalid(
+            "fusion.normalization applies to method \"convex\" only".into(),
+        ));
+    }
+    Ok(match method {
+        FusionMethod::Rrf => {
+            let k = settings.k.unwrap_or(60.0);
+            if !(1.0..=1000.0).contains(&k) {
+                return Err(invalid(format!("fusion.k = {k} is out of range: use 1 to 1000")));
+            }
+            Fusion::Rrf { k, alpha }
+        }
+        FusionMethod::Convex => Fusion::Convex {
+            alpha,
+            normalization: match settings.normalization {
+                Some(FusionNormalization::ZScore) => Normalization::ZScore,
+                Some(FusionNormalization::MinMax) | None => Normalization::MinMax,
+            },
+        },
+        FusionMethod::Dbsf => Fusion::Dbsf { alpha },
+    })
+}
+
+/// A fusion as the API shows it (every parameter its method uses, spelled out).
+pub fn fusion_settings(fusion: &Fusion) -> FusionSettings {
+    let (method, k, alpha, normalization) = match *fusion {
+        Fusion::Rrf { k, alpha } => (FusionMethod::Rrf, Some(k), alpha, None),
+        Fusion::Convex { alpha, normalization } => {
+            let normalization = match normalization {
+                Normalization::MinMax => FusionNormalization::MinMax,
+                Normalization::ZScore => FusionNormalization::ZScore,
+            };
+            (FusionMethod::Convex, None, alpha, Some(normalization))
+        }
+        Fusion::Dbsf { alpha } => (FusionMethod::Dbsf, None, alpha, None),
+    };
+    FusionSettings {
+        method,
+        k,
+        alpha: Some(alpha),
+        normalization,
     }
 }
 

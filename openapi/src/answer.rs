@@ -111,6 +111,9 @@ pub struct SearchRequest {
     /// are skipped and reported.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Fusion for this request only; the collection's when absent.
+    #[serde(default)]
+    pub fusion: Option<crate::FusionSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -118,7 +121,7 @@ pub struct Hit {
     pub doc_id: String,
     pub chunk_id: String,
     pub text: String,
-    /// Fused (RRF) or reranker score; higher is better.
+    /// Fused or reranker score; higher is better.
     pub score: f32,
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
@@ -166,6 +169,9 @@ pub struct QueryRequest {
     /// Time budget for this request in ms; at most the server's maximum.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Fusion for this request only; the collection's when absent.
+    #[serde(default)]
+    pub fusion: Option<crate::FusionSettings>,
 }
 
 /// A passage the answer was grounded on; `index` is the `[n]` used in the answer text.

@@ -2,6 +2,49 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+/// How a collection's two engines' lists are fused (`docs/ARCHITECTURE.md`, "Fusion").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FusionSettings {
+    pub method: FusionMethod,
+    /// `rrf` only: a hit at rank r adds `1 / (k + r)`; 1–1000, default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<f32>,
+    /// The weight of the dense engine, 0–1 (keyword: `1 − alpha`); default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f32>,
+    /// `convex` only: `min_max` (default) or `z_score`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<FusionNormalization>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionMethod {
+    /// Reciprocal rank fusion: ranks only.
+    Rrf,
+    /// A convex combination of each engine's normalised scores.
+    Convex,
+    /// Distribution-based score fusion (as Qdrant's): scores scaled by mean ± 3σ of their list.
+    Dbsf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionNormalization {
+    MinMax,
+    ZScore,
+}
+
+/// `PATCH /v1/collections/{name}`: the settings to change (a change bumps the epoch).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCollectionRequest {
+    /// The collection's fusion; `null` returns it to the server default.
+    #[serde(default)]
+    pub fusion: Option<FusionSettings>,
+}
+
 /// `POST /v1/collections`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -14,6 +57,9 @@ pub struct CreateCollectionRequest {
     /// Words shared by consecutive chunks; the server default applies when absent.
     #[serde(default)]
     pub chunk_overlap_words: Option<usize>,
+    /// How its hybrid lists are fused; the server default (`retrieval.fusion`) when absent.
+    #[serde(default)]
+    pub fusion: Option<FusionSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -28,6 +74,9 @@ pub struct CollectionInfo {
     pub chunk_overlap_words: usize,
     /// Bumped on every change to the collection; part of every cache key.
     pub epoch: u64,
+    /// Its fusion; `null`: the server default (`retrieval.fusion`).
+    #[serde(default)]
+    pub fusion: Option<FusionSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

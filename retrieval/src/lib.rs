@@ -19,7 +19,7 @@ pub use dense::{DenseStore, EdgeDenseStore};
 pub use embed::{BertEmbedder, BertEmbedderOptions, Embedder, Embeddings};
 pub use error::RetrievalError;
 pub use filter::{FilterValue, MetadataFilter};
-pub use fusion::reciprocal_rank_fusion;
+pub use fusion::{convex, dbsf, fuse, rrf, Fusion, Normalization};
 pub use keyword::{KeywordStore, TantivyKeywordStore};
 pub use ragway_worker::onnx::{OnnxRuntime, Precision};
 pub use ragway_worker::{Overloaded, Priority, QueueLimits};

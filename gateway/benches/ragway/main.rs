@@ -13,6 +13,7 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 mod cache;
+mod fusion_grid;
 mod load;
 mod quality;
 mod resilience;

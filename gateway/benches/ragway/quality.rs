@@ -1,11 +1,11 @@
 //! trec-dl-5k through the real HTTP API: ingest, `/search` latency, and retrieval quality per engine.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use ragway_gateway::config::Config;
-use ragway_retrieval::{reciprocal_rank_fusion, Priority, ScoredChunk};
+use ragway_retrieval::ScoredChunk;
 use serde_json::{json, Value};
 
 use crate::speed::{median, percentile};
@@ -64,7 +64,7 @@ pub fn trec_passages(n: usize) -> anyhow::Result<Vec<String>> {
 }
 
 /// Doc ids in rank order, first chunk of each doc counts.
-fn doc_ranking(hits: &[ScoredChunk], limit: usize) -> Vec<String> {
+pub fn doc_ranking(hits: &[ScoredChunk], limit: usize) -> Vec<String> {
     let mut seen = HashSet::new();
     hits.iter()
         .filter(|h| seen.insert(h.chunk.doc_id.clone()))
@@ -73,33 +73,41 @@ fn doc_ranking(hits: &[ScoredChunk], limit: usize) -> Vec<String> {
         .collect()
 }
 
-#[derive(Default)]
-struct Scores {
-    ndcg10: Vec<f64>,
-    recall100: Vec<f64>,
-    mrr10: Vec<f64>,
+#[derive(Default, Clone)]
+pub struct Scores {
+    pub ndcg10: Vec<f64>,
+    /// nDCG@10 with exponential gains (2^grade − 1).
+    pub ndcg10_exp: Vec<f64>,
+    pub recall100: Vec<f64>,
+    pub mrr10: Vec<f64>,
+}
+
+/// DCG@10 of `ranking` with `gain` per grade, over the ideal DCG@10 of `judged`.
+fn ndcg10(ranking: &[String], judged: &HashMap<String, u32>, gain: impl Fn(u32) -> f64) -> f64 {
+    let at = |i: usize| (i as f64 + 2.0).log2();
+    let dcg: f64 = ranking
+        .iter()
+        .take(10)
+        .enumerate()
+        .map(|(i, d)| gain(*judged.get(d).unwrap_or(&0)) / at(i))
+        .sum();
+    let mut ideal: Vec<f64> = judged.values().map(|&g| gain(g)).collect();
+    ideal.sort_by(|a, b| b.total_cmp(a));
+    let idcg: f64 = ideal.iter().take(10).enumerate().map(|(i, g)| g / at(i)).sum();
+    if idcg > 0.0 {
+        dcg / idcg
+    } else {
+        0.0
+    }
 }
 
 impl Scores {
-    /// nDCG@10 with linear graded gains; Recall@100 and MRR@10 count grade ≥ 1 as relevant
-    /// (BEIR's conventions).
-    fn add(&mut self, ranking: &[String], judged: &HashMap<String, u32>) {
-        let gain = |d: &String| f64::from(*judged.get(d).unwrap_or(&0));
-        let dcg: f64 = ranking
-            .iter()
-            .take(10)
-            .enumerate()
-            .map(|(i, d)| gain(d) / (i as f64 + 2.0).log2())
-            .sum();
-        let mut ideal: Vec<f64> = judged.values().map(|&g| f64::from(g)).collect();
-        ideal.sort_by(|a, b| b.total_cmp(a));
-        let idcg: f64 = ideal
-            .iter()
-            .take(10)
-            .enumerate()
-            .map(|(i, g)| g / (i as f64 + 2.0).log2())
-            .sum();
-        self.ndcg10.push(if idcg > 0.0 { dcg / idcg } else { 0.0 });
+    /// nDCG@10 with linear and with exponential graded gains; Recall@100 and MRR@10 count
+    /// grade ≥ 1 as relevant (BEIR's conventions).
+    pub fn add(&mut self, ranking: &[String], judged: &HashMap<String, u32>) {
+        self.ndcg10.push(ndcg10(ranking, judged, f64::from));
+        self.ndcg10_exp
+            .push(ndcg10(ranking, judged, |g| 2f64.powi(g as i32) - 1.0));
         let relevant: HashSet<&String> = judged.iter().filter(|(_, &g)| g > 0).map(|(d, _)| d).collect();
         let found = ranking.iter().take(100).filter(|d| relevant.contains(d)).count();
         self.recall100.push(found as f64 / relevant.len().max(1) as f64);
@@ -108,15 +116,20 @@ impl Scores {
             .push(first.map(|p| 1.0 / (p as f64 + 1.0)).unwrap_or(0.0));
     }
 
-    fn row(&self, name: &str) -> String {
-        let mean = |xs: &Vec<f64>| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    /// `| nDCG@10 | nDCG@10 (exp) | Recall@100 | MRR@10 |` cells, means over the queries.
+    pub fn cells(&self) -> String {
         format!(
-            "| {name} | {:.4} | {:.4} | {:.4} |",
+            "{:.4} | {:.4} | {:.4} | {:.4}",
             mean(&self.ndcg10),
+            mean(&self.ndcg10_exp),
             mean(&self.recall100),
             mean(&self.mrr10)
         )
     }
+}
+
+pub fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
 }
 
 pub async fn search() -> anyhow::Result<()> {
@@ -233,42 +246,6 @@ pub async fn search() -> anyhow::Result<()> {
         percentile(warm, 0.99)
     );
 
-    // Quality per engine, straight from the stores the gateway uses.
-    let pipeline = &state.pipeline;
-    let mut by_engine: BTreeMap<&str, Scores> = BTreeMap::new();
-    for (qid, text) in &data.queries {
-        let Some(judged) = data.qrels.get(qid) else {
-            continue;
-        };
-        let vector = pipeline
-            .embedder
-            .embed(vec![text.clone()], Priority::Interactive)
-            .await?
-            .vectors
-            .remove(0);
-        let dense = pipeline.dense.search("trec", vector, vec![], 300).await?;
-        let keyword = pipeline.keyword.search("trec", text.clone(), vec![], 300).await?;
-        let hybrid = reciprocal_rank_fusion(&[dense.clone(), keyword.clone()], 60.0, 600);
-        by_engine
-            .entry("BM25 (tantivy)")
-            .or_default()
-            .add(&doc_ranking(&keyword, 100), judged);
-        by_engine
-            .entry("dense (MiniLM + Qdrant Edge)")
-            .or_default()
-            .add(&doc_ranking(&dense, 100), judged);
-        by_engine
-            .entry("hybrid RRF (k=60)")
-            .or_default()
-            .add(&doc_ranking(&hybrid, 100), judged);
-    }
-    println!(
-        "\n### Retrieval quality (trec-dl-5k, {} judged queries)\n",
-        by_engine.values().next().map(|s| s.ndcg10.len()).unwrap_or(0)
-    );
-    println!("| engine | nDCG@10 | Recall@100 | MRR@10 |\n|---|---|---|---|");
-    for (name, scores) in &by_engine {
-        println!("{}", scores.row(name));
-    }
+    crate::fusion_grid::run(&state, &data.queries, &data.qrels).await?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use ragway_openapi::{
     Citation, ErrorBody, Hit, Mode, QueryRequest, QueryResponse, SearchRequest, SearchResponse,
 };
-use ragway_retrieval::ScoredChunk;
+use ragway_retrieval::{Fusion, ScoredChunk};
 use serde::Serialize;
 
 use crate::answer_stream::StreamJob;
@@ -41,11 +41,12 @@ pub async fn search(
     let filter = validate::filter(request.filter.as_ref())?;
     let deadline = deadline(&state, request.deadline_ms)?;
     let collection = caller.collection(&state, &name)?;
+    let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
     let allowance = caller.allowance(&state)?;
     let retrieved = state
         .pipeline
         .search(
-            collection.target(),
+            collection.target(fusion),
             &request.query,
             filter,
             top_k,
@@ -95,12 +96,14 @@ pub async fn query(
     let filter = validate::filter(request.filter.as_ref())?;
     let deadline = deadline(&state, request.deadline_ms)?;
     let collection = caller.collection(&state, &name)?;
+    let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
     let allowance = caller.allowance(&state)?;
     if request.stream == Some(true) {
         let question = Question {
             text: &request.query,
             filter,
             passages,
+            fusion,
             deadline,
         };
         return stream_answer(state.clone(), &caller, &collection, question, allowance).await;
@@ -108,7 +111,7 @@ pub async fn query(
     let answer = state
         .pipeline
         .answer(
-            collection.target(),
+            collection.target(fusion),
             &request.query,
             filter,
             passages,
@@ -138,6 +141,7 @@ pub(crate) struct Question<'a> {
     pub text: &'a str,
     pub filter: ragway_retrieval::MetadataFilter,
     pub passages: usize,
+    pub fusion: Fusion,
     pub deadline: Deadline,
 }
 
@@ -154,12 +158,13 @@ pub(crate) async fn stream_answer(
         text: query,
         filter,
         passages,
+        fusion,
         deadline,
     } = question;
     let retrieved = state
         .pipeline
         .retrieve(
-            collection.target(),
+            collection.target(fusion),
             query,
             filter,
             passages,
@@ -194,6 +199,20 @@ pub(crate) fn citation((index, h): (usize, ScoredChunk)) -> Citation {
         chunk_id: h.chunk.chunk_id,
         text: h.chunk.text,
         score: h.score,
+    }
+}
+
+/// The fusion a search of `collection` uses: the request's, else the collection's own, else the
+/// server's (`retrieval.fusion`, checked at start-up).
+pub(crate) fn fusion_for(
+    state: &AppState,
+    collection: &Collection,
+    requested: Option<&ragway_openapi::FusionSettings>,
+) -> Result<Fusion, ApiError> {
+    match (requested, collection.fusion()) {
+        (Some(requested), _) => validate::fusion(requested),
+        (None, Some(own)) => Ok(own),
+        (None, None) => validate::fusion(&state.config.retrieval.fusion),
     }
 }
 

@@ -4,7 +4,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ragway_openapi::{
     CollectionInfo, CollectionList, CreateCollectionRequest, DeleteDocumentResponse, ErrorBody,
-    IngestRequest, IngestResponse, JobAccepted,
+    IngestRequest, IngestResponse, JobAccepted, UpdateCollectionRequest,
 };
 use ragway_retrieval::ChunkingOptions;
 
@@ -46,9 +46,10 @@ pub async fn create(
             .unwrap_or(config.retrieval.chunk_overlap_words),
     };
     validate::chunking(chunking, config.limits.min_chunk_words)?;
+    let fusion = request.fusion.as_ref().map(validate::fusion).transpose()?;
     let (collections, max) = (state.collections.clone(), config.limits.max_collections);
     let internal = caller.internal(&request.name);
-    let info = to_completion(async move { collections.create(&internal, chunking, max).await })
+    let info = to_completion(async move { collections.create(&internal, chunking, fusion, max).await })
         .await
         .map_err(|e| match e {
             ApiError::CollectionExists(_) => ApiError::CollectionExists(request.name.clone()),
@@ -76,6 +77,26 @@ pub async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<CollectionInfo>, ApiError> {
     Ok(Json(caller.present(caller.collection(&state, &name)?.info())))
+}
+
+/// Changes a collection's settings (its fusion); the epoch is bumped, so no result cached under
+/// the old settings is served again.
+#[utoipa::path(patch, path = "/v1/collections/{name}", tag = "collections", request_body = UpdateCollectionRequest,
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, description = "OK", body = CollectionInfo), (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<UpdateCollectionRequest>,
+) -> Result<Json<CollectionInfo>, ApiError> {
+    let fusion = request.fusion.as_ref().map(validate::fusion).transpose()?;
+    let internal = caller.collection(&state, &name)?.name.clone();
+    let collections = state.collections.clone();
+    let info = to_completion(async move { collections.set_fusion(&internal, fusion).await })
+        .await
+        .map_err(|e| caller.public_error(e))?;
+    Ok(Json(caller.present(info)))
 }
 
 #[utoipa::path(delete, path = "/v1/collections/{name}", tag = "collections",

@@ -17,13 +17,14 @@ use serde_json::json;
 use crate::answer_stream::StreamJob;
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::caching::Target;
 use crate::collections::Collection;
 use crate::deadline::Deadline;
 use crate::error::{ApiError, ApiJson, ErrorCode};
 use crate::llm_pool::Choice;
 use crate::pipeline::Allowance;
 use crate::report::Report;
-use crate::routes::answers::{answer_response, citation, deadline};
+use crate::routes::answers::{answer_response, citation, deadline, fusion_for};
 use crate::routes::streams;
 use crate::validate;
 
@@ -143,14 +144,17 @@ impl Chat {
             })?;
         validate::query_text(&question, self.state.config.server.max_query_chars)?;
         let passages = self.state.config.generation.default_passages;
+        let fusion = fusion_for(&self.state, collection, None)?;
         if self.stream {
-            return self.stream_grounded(collection, &question, passages).await;
+            return self
+                .stream_grounded(collection.target(fusion), &question, passages)
+                .await;
         }
         let answer = self
             .state
             .pipeline
             .answer(
-                collection.target(),
+                collection.target(fusion),
                 &question,
                 Vec::new(),
                 passages,
@@ -179,7 +183,7 @@ impl Chat {
     /// RAG chat, streamed as OpenAI chunks.
     async fn stream_grounded(
         self,
-        collection: &Collection,
+        target: Target<'_>,
         question: &str,
         passages: usize,
     ) -> Result<Response, ApiError> {
@@ -188,7 +192,7 @@ impl Chat {
             .state
             .pipeline
             .retrieve(
-                collection.target(),
+                target,
                 question,
                 Vec::new(),
                 passages,
