@@ -393,7 +393,7 @@ fn default_fusion() -> FusionSettings {
     FusionSettings {
         method: FusionMethod::Rrf,
         k: Some(60.0),
-        alpha: Some(0.5),
+        alpha: Some(0.9),
         normalization: None,
     }
 }

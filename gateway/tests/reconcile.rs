@@ -84,7 +84,9 @@ async fn half_indexed_documents_are_removed_from_both_stores_on_open() -> anyhow
     )?);
     let epoch_before = {
         let (collections, dense, keyword) = open(data.path(), embedder.clone()).await?;
-        collections.create("c", ChunkingOptions::default(), None, 10).await?;
+        collections
+            .create("c", ChunkingOptions::default(), None, 10)
+            .await?;
         let c = collections.get("c")?;
         let indexed = collections
             .apply_batch(
