@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::app::AppState;
+use crate::conversation::Conversation;
 use crate::deadline::Deadline;
 use crate::llm_pool::{count_tokens, Choice, OpenedStream};
 use crate::pipeline::{extractive_answer, Allowance, Retrieved};
@@ -126,9 +127,16 @@ impl StreamJob {
 
     /// A grounded answer over retrieved hits: they are the prompt's passages, the citations, and
     /// the extractive answer should no LLM answer.
-    pub fn grounded(state: AppState, query: &str, retrieved: Retrieved, deadline: Deadline) -> Self {
+    pub fn grounded(
+        state: AppState,
+        conversation: &Conversation,
+        retrieved: Retrieved,
+        deadline: Deadline,
+    ) -> Self {
         let mut report = retrieved.report;
-        let (request, given) = state.pipeline.rag_request(query, &retrieved.hits, &mut report);
+        let (request, given) = state
+            .pipeline
+            .rag_request(conversation, &retrieved.hits, &mut report);
         Self {
             request,
             fallback_text: extractive_answer(&retrieved.hits),

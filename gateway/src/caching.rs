@@ -20,6 +20,7 @@ use ragway_retrieval::{Fusion, MetadataFilter, Priority, ScoredChunk};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CacheConfig, CacheLayerConfig, Config};
+use crate::conversation::Conversation;
 use crate::deadline::Deadline;
 use crate::guard::{Blame, Blamed, Failure, Guard};
 use crate::pipeline::{Allowance, Answer, Pipeline, Retrieved};
@@ -472,14 +473,15 @@ impl Pipeline {
     pub async fn answer(
         &self,
         target: Target<'_>,
-        query: &str,
+        conversation: &Conversation,
         filter: MetadataFilter,
         passages: usize,
         deadline: &Deadline,
         allowance: &Allowance,
     ) -> Answer {
-        let key = self.caches.key("l1_answer", &target, query, passages, &filter);
-        let stage = self.answer_uncached(target, query, filter, passages, deadline, allowance);
+        let asked = asked(conversation);
+        let key = self.caches.key("l1_answer", &target, &asked, passages, &filter);
+        let stage = self.answer_uncached(target, conversation, filter, passages, deadline, allowance);
         if !allowance.budget_spent() {
             return through(&self.caches.answers, target.name, &key, stage).await;
         }
@@ -540,6 +542,18 @@ impl Pipeline {
             tokens: Some(tokens),
         }))
     }
+}
+
+/// What an answer is an answer to, for its L1 key: the question, and for a conversation the
+/// turns before it and what was searched for.
+fn asked(conversation: &Conversation) -> String {
+    if conversation.history.is_empty() {
+        return conversation.question.clone();
+    }
+    let mut asked: Vec<&str> = conversation.history.iter().map(|m| m.content.as_str()).collect();
+    asked.push(&conversation.question);
+    asked.push(&conversation.search);
+    asked.join("\u{1e}")
 }
 
 /// A query's vector, and the tokens embedding it took (`None`: it came from L2).

@@ -99,7 +99,10 @@ error_codes! {
     Unauthorized => "unauthorized",
     UnknownCacheLayer => "unknown_cache_layer",
     UnknownStage => "unknown_stage",
+    UnsupportedContentPart => "unsupported_content_part",
+    UnsupportedDimensions => "unsupported_dimensions",
     UnsupportedEncoding => "unsupported_encoding",
+    UnsupportedParameter => "unsupported_parameter",
 }
 
 #[derive(Debug, thiserror::Error)]

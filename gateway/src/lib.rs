@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod caching;
 pub mod collections;
 pub mod config;
+pub mod conversation;
 pub mod deadline;
 pub mod durable;
 pub mod error;

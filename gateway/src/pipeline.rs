@@ -12,6 +12,7 @@ use ragway_rerank::Reranker;
 use ragway_retrieval::{fuse, DenseStore, Embedder, KeywordStore, MetadataFilter, ScoredChunk};
 
 use crate::caching::{Caches, Target};
+use crate::conversation::Conversation;
 use crate::deadline::Deadline;
 use crate::guard::{Failure, Guard};
 use crate::llm_pool::{Choice, LlmPool};
@@ -280,14 +281,21 @@ impl Pipeline {
     pub(crate) async fn answer_uncached(
         &self,
         target: Target<'_>,
-        query: &str,
+        conversation: &Conversation,
         filter: MetadataFilter,
         passages: usize,
         deadline: &Deadline,
         allowance: &Allowance,
     ) -> Answer {
         let Retrieved { hits, mut report, .. } = self
-            .retrieve(target, query, filter, passages, deadline, allowance)
+            .retrieve(
+                target,
+                &conversation.search,
+                filter,
+                passages,
+                deadline,
+                allowance,
+            )
             .await;
         if report.mode() == ragway_openapi::Mode::Error {
             return Answer {
@@ -297,7 +305,7 @@ impl Pipeline {
                 report,
             };
         }
-        let (request, given) = self.rag_request(query, &hits, &mut report);
+        let (request, given) = self.rag_request(conversation, &hits, &mut report);
         let all = hits;
         let hits = &given[..];
         let started = Instant::now();
@@ -349,7 +357,7 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// The grounded prompt for `query` over `hits`, with the configured generation settings,
+    /// The grounded prompt for the conversation's question over `hits`, with the configured generation settings,
     /// fitted to the tightest context window of the pool, and the passages it gives in prompt
     /// order. The best hits that fit are chosen in rank order, then put into the prompt in a
     /// canonical order (by chunk id), so that the same passages always make the same prompt
@@ -357,24 +365,30 @@ impl Pipeline {
     /// left-out passages are recorded in `report` (stage `prompt`).
     pub fn rag_request(
         &self,
-        query: &str,
+        conversation: &Conversation,
         hits: &[ScoredChunk],
         report: &mut Report,
     ) -> (GenerationRequest, Vec<ScoredChunk>) {
+        let question = conversation.question.as_str();
+        let history = &conversation.history;
         let request = |messages| GenerationRequest {
-            messages,
+            messages: with_history(messages, history),
             max_tokens: self.settings.max_tokens,
             temperature: self.settings.temperature,
         };
         let Some((generator, window)) = self.llm.tightest_context() else {
             let given = canonical(hits);
-            return (request(rag_messages(query, &passages(&given))), given);
+            return (request(rag_messages(question, &passages(&given))), given);
         };
         let budget = window.saturating_sub(self.settings.max_tokens);
-        let count = |m: &[ragway_llm::ChatMessage]| generator.count_tokens(m).unwrap_or(usize::MAX);
-        let chosen = fit_rag_messages(query, &passages(hits), budget, count).passages;
+        let count = |m: &[ragway_llm::ChatMessage]| {
+            generator
+                .count_tokens(&with_history(m.to_vec(), history))
+                .unwrap_or(usize::MAX)
+        };
+        let chosen = fit_rag_messages(question, &passages(hits), budget, count).passages;
         let given = canonical(&hits[..chosen]);
-        let fitted = fit_rag_messages(query, &passages(&given), budget, count);
+        let fitted = fit_rag_messages(question, &passages(&given), budget, count);
         let given = given[..fitted.passages].to_vec();
         if fitted.shortened || given.len() < hits.len() {
             tracing::info!(
@@ -387,6 +401,17 @@ impl Pipeline {
         }
         (request(fitted.messages), given)
     }
+}
+
+/// The grounded prompt (system with passages, then the question) with the conversation's recent
+/// turns between them.
+fn with_history(
+    mut messages: Vec<ragway_llm::ChatMessage>,
+    history: &[ragway_llm::ChatMessage],
+) -> Vec<ragway_llm::ChatMessage> {
+    let at = messages.len().min(1);
+    messages.splice(at..at, history.iter().cloned());
+    messages
 }
 
 /// `hits` in chunk-id order.

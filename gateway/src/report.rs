@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use ragway_openapi::{CacheInfo, Degradation, DegradationReason, Mode, StageStatus, Stages};
 
+use crate::conversation::Rewrite;
+
 /// Which LLM wrote the answer, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorship {
@@ -30,6 +32,8 @@ pub struct Report {
     pub cache_only: bool,
     /// Tokens the embedder took for this request (charged to the tenant).
     pub embedding_tokens: u64,
+    /// How a chat's search question was made (chats over a collection only).
+    pub rewrite: Option<Rewrite>,
     /// False for a bare-LLM chat, which retrieves nothing: its mode depends on the LLM alone.
     retrieval: bool,
     degraded: Vec<Degradation>,
@@ -48,6 +52,7 @@ impl Default for Report {
             cache: None,
             cache_only: false,
             embedding_tokens: 0,
+            rewrite: None,
             retrieval: true,
             degraded: Vec::new(),
             timings_ms: BTreeMap::new(),
@@ -191,6 +196,7 @@ impl Report {
                 Authorship::Primary(name) | Authorship::Fallback(name) => name.clone(),
                 Authorship::Extractive => "extractive".to_string(),
             }),
+            rewrite: self.rewrite.map(|r| r.as_str().to_string()),
         }
     }
 

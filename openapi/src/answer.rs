@@ -90,6 +90,11 @@ pub struct Stages {
     /// The LLM backend that wrote the answer; absent on `/search`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<String>,
+    /// How a chat's search question was made from the conversation: `llm` (condensed by the LLM
+    /// pool), `concat` (the last question, then earlier ones), `none` (a single question).
+    /// Absent outside chats over a collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
 }
 
 /// Equality filter on document metadata: every key must hold the given value.

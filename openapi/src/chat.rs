@@ -12,6 +12,9 @@ pub struct ChatCompletionRequest {
     pub messages: Vec<ChatMessageIn>,
     #[serde(default)]
     pub stream: Option<bool>,
+    /// Choices to generate: only 1 is supported (more is a 400 `unsupported_parameter`).
+    #[serde(default)]
+    pub n: Option<u32>,
     #[serde(default)]
     pub max_tokens: Option<usize>,
     #[serde(default)]
@@ -22,9 +25,29 @@ pub struct ChatCompletionRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
-    /// `system`, `user` or `assistant`.
+    /// `system` (or `developer`), `user` or `assistant`.
     pub role: String,
-    pub content: String,
+    /// A string, or a list of parts of which only `{"type": "text", "text": ...}` is supported;
+    /// `null` (an assistant turn that only called tools) counts as empty.
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of a message's content.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ContentPart {
+    /// Only `text` is supported.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -36,6 +59,10 @@ pub struct ChatCompletion {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: ChatUsage,
+    /// The answer's sources (document ids, in citation order), where chat frontends look for
+    /// them (RAG models only; in a stream, in the first chunk).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub citations: Vec<String>,
     /// How ragway answered (RAG models only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ragway: Option<RagwayAnswerInfo>,
@@ -65,6 +92,9 @@ pub struct ChatUsage {
 pub struct RagwayAnswerInfo {
     pub mode: Mode,
     pub degraded: Vec<Degradation>,
+    /// What each stage did (`rewrite`: how the search question was made from the conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<crate::Stages>,
     #[serde(default)]
     pub citations: Vec<Citation>,
     /// Null when no cache layer served this answer.

@@ -8,9 +8,12 @@ pub struct EmbeddingsRequest {
     /// Accepted for compatibility; the configured embedder always answers.
     #[serde(default)]
     pub model: Option<String>,
-    /// Only `float` is supported.
+    /// `float` (default) or `base64` (the vector's little-endian f32 bytes, as OpenAI's).
     #[serde(default)]
     pub encoding_format: Option<String>,
+    /// Accepted when it equals the model's dimension (vectors cannot be shortened).
+    #[serde(default)]
+    pub dimensions: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -43,7 +46,16 @@ pub struct EmbeddingData {
     /// Always `embedding`.
     pub object: String,
     pub index: usize,
-    pub embedding: Vec<f32>,
+    /// Floats, or a base64 string with `encoding_format: "base64"`.
+    #[schema(value_type = Object)]
+    pub embedding: EmbeddingVector,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

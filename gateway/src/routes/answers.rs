@@ -14,6 +14,7 @@ use crate::answer_stream::StreamJob;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::collections::Collection;
+use crate::conversation::Conversation;
 use crate::deadline::Deadline;
 use crate::error::{ApiError, ApiJson};
 use crate::pipeline::Allowance;
@@ -112,7 +113,7 @@ pub async fn query(
         .pipeline
         .answer(
             collection.target(fusion),
-            &request.query,
+            &Conversation::single(&request.query),
             filter,
             passages,
             &deadline,
@@ -188,7 +189,8 @@ pub(crate) async fn stream_answer(
         };
         return Ok(answer_response(Mode::Error, body));
     }
-    let job = StreamJob::grounded(state, query, retrieved, deadline).within(allowance, tenant);
+    let conversation = Conversation::single(query);
+    let job = StreamJob::grounded(state, &conversation, retrieved, deadline).within(allowance, tenant);
     streams::ragway_events(job).await
 }
 

@@ -2,7 +2,9 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
-use ragway_openapi::{EmbeddingData, EmbeddingUsage, EmbeddingsRequest, EmbeddingsResponse, ErrorBody};
+use ragway_openapi::{
+    EmbeddingData, EmbeddingUsage, EmbeddingVector, EmbeddingsRequest, EmbeddingsResponse, ErrorBody,
+};
 use ragway_retrieval::Priority;
 
 use crate::app::AppState;
@@ -24,10 +26,23 @@ pub async fn embeddings(
     caller: Caller,
     ApiJson(request): ApiJson<EmbeddingsRequest>,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
-    if request.encoding_format.as_deref().is_some_and(|f| f != "float") {
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                ErrorCode::UnsupportedEncoding,
+                format!("encoding_format {other:?} is not one of \"float\", \"base64\""),
+            ))
+        }
+    };
+    let dimension = state.pipeline.embedder.dimension();
+    if request.dimensions.is_some_and(|d| d != dimension) {
         return Err(ApiError::invalid(
-            ErrorCode::UnsupportedEncoding,
-            "only encoding_format \"float\" is supported",
+            ErrorCode::UnsupportedDimensions,
+            format!(
+                "dimensions: this embedder makes {dimension}-dimensional vectors and cannot shorten them"
+            ),
         ));
     }
     let texts = request.input.into_vec();
@@ -63,7 +78,7 @@ pub async fn embeddings(
             .map(|(index, embedding)| EmbeddingData {
                 object: "embedding".into(),
                 index,
-                embedding,
+                embedding: encode(embedding, base64),
             })
             .collect(),
         model: embedder.model_id().to_string(),
@@ -72,4 +87,14 @@ pub async fn embeddings(
             total_tokens: embeddings.tokens,
         },
     }))
+}
+
+/// A vector as floats, or as OpenAI's base64 of its little-endian f32 bytes.
+fn encode(vector: Vec<f32>, base64: bool) -> EmbeddingVector {
+    if !base64 {
+        return EmbeddingVector::Float(vector);
+    }
+    use base64::Engine;
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
 }

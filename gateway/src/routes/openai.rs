@@ -8,8 +8,8 @@ use axum::response::Response;
 use axum::Json;
 use ragway_llm::{ChatMessage, GenerationRequest, Role};
 use ragway_openapi::{
-    ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut, ChatUsage, ErrorBody, Mode, ModelCard,
-    ModelList, RagwayAnswerInfo, TokenUsage,
+    ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut, ChatUsage, ErrorBody, MessageContent,
+    Mode, ModelCard, ModelList, RagwayAnswerInfo, TokenUsage,
 };
 
 use serde_json::json;
@@ -19,10 +19,12 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::caching::Target;
 use crate::collections::Collection;
+use crate::conversation::Conversation;
 use crate::deadline::Deadline;
 use crate::error::{ApiError, ApiJson, ErrorCode};
 use crate::llm_pool::Choice;
 use crate::pipeline::Allowance;
+use crate::quota::Counter;
 use crate::report::Report;
 use crate::routes::answers::{answer_response, citation, deadline, fusion_for};
 use crate::routes::streams;
@@ -129,33 +131,32 @@ struct Chat {
 }
 
 impl Chat {
-    /// RAG over a collection: the last user message is the question.
+    /// RAG over a collection: the last user message is the question, searched for as the
+    /// conversation makes it standalone (see `conversation`), answered with the recent turns.
     async fn grounded(self, collection: &Collection, messages: &[ChatMessage]) -> Result<Response, ApiError> {
-        let question = messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
-            .map(|m| m.content.clone())
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    ErrorCode::NoUserMessage,
-                    "messages hold no user message to answer",
-                )
-            })?;
-        validate::query_text(&question, self.state.config.server.max_query_chars)?;
+        let mut conversation = Conversation::of(messages).ok_or_else(|| {
+            ApiError::invalid(
+                ErrorCode::NoUserMessage,
+                "messages hold no user message to answer",
+            )
+        })?;
+        validate::query_text(&conversation.question, self.state.config.server.max_query_chars)?;
+        let pool = &self.state.pipeline.llm;
+        conversation.condense(pool, &self.deadline, &self.allowance).await;
+        let (prompt, completion_tokens) = conversation.rewrite_tokens;
+        self.caller.charge(&self.state, Counter::TokensIn, prompt as u64);
+        self.caller
+            .charge(&self.state, Counter::TokensOut, completion_tokens as u64);
         let passages = self.state.config.generation.default_passages;
-        let fusion = fusion_for(&self.state, collection, None)?;
+        let target = collection.target(fusion_for(&self.state, collection, None)?);
         if self.stream {
-            return self
-                .stream_grounded(collection.target(fusion), &question, passages)
-                .await;
+            return self.stream_grounded(target, &conversation, passages).await;
         }
-        let answer = self
-            .state
-            .pipeline
+        let pipeline = &self.state.pipeline;
+        let answer = pipeline
             .answer(
-                collection.target(fusion),
-                &question,
+                target,
+                &conversation,
                 Vec::new(),
                 passages,
                 &self.deadline,
@@ -165,11 +166,13 @@ impl Chat {
         self.caller
             .charge_answer(&self.state, &answer.report, &answer.usage);
         let mut report = answer.report;
+        report.rewrite = Some(conversation.rewrite);
         report.finish();
         let mode = report.mode();
         let info = RagwayAnswerInfo {
             mode,
             degraded: report.degraded(),
+            stages: Some(report.stages()),
             citations: answer.citations.into_iter().map(citation).collect(),
             cache: report.cache.clone(),
         };
@@ -184,16 +187,16 @@ impl Chat {
     async fn stream_grounded(
         self,
         target: Target<'_>,
-        question: &str,
+        conversation: &Conversation,
         passages: usize,
     ) -> Result<Response, ApiError> {
         let tenant = self.caller.stream(&self.state)?;
-        let retrieved = self
-            .state
-            .pipeline
+        let pipeline = &self.state.pipeline;
+        let search = &conversation.search;
+        let mut retrieved = pipeline
             .retrieve(
                 target,
-                question,
+                search,
                 Vec::new(),
                 passages,
                 &self.deadline,
@@ -211,7 +214,8 @@ impl Chat {
             });
             return Ok(answer_response(Mode::Error, body));
         }
-        let job = StreamJob::grounded(self.state, question, retrieved, self.deadline)
+        retrieved.report.rewrite = Some(conversation.rewrite);
+        let job = StreamJob::grounded(self.state, conversation, retrieved, self.deadline)
             .within(self.allowance, tenant);
         streams::openai_chunks(job, self.model, false).await
     }
@@ -288,6 +292,12 @@ fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiErro
     if request.messages.is_empty() {
         return Err(ApiError::invalid(ErrorCode::NoMessages, "messages is empty"));
     }
+    if request.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid(
+            ErrorCode::UnsupportedParameter,
+            "n: only one choice per request is supported; send n = 1 (or leave it out)",
+        ));
+    }
     request
         .messages
         .iter()
@@ -303,9 +313,32 @@ fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiErro
                     ))
                 }
             };
-            Ok(ChatMessage::new(role, m.content.clone()))
+            Ok(ChatMessage::new(role, text_of(m.content.as_ref())?))
         })
         .collect()
+}
+
+/// A message's text: the string, or its text parts joined by newlines; other parts are refused.
+fn text_of(content: Option<&MessageContent>) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(MessageContent::Text(text)) => Ok(text.clone()),
+        Some(MessageContent::Parts(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for part in parts {
+                match (part.kind.as_str(), &part.text) {
+                    ("text", Some(text)) => texts.push(text.as_str()),
+                    (kind, _) => {
+                        return Err(ApiError::invalid(
+                            ErrorCode::UnsupportedContentPart,
+                            format!("content part of type {kind:?} is not supported: send {{\"type\": \"text\", \"text\": ...}} parts"),
+                        ))
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+    }
 }
 
 fn completion(
@@ -336,6 +369,17 @@ fn completion(
             completion_tokens: completion,
             total_tokens: prompt + completion,
         },
+        citations: ragway.as_ref().map(sources).unwrap_or_default(),
         ragway,
     }
+}
+
+/// The documents an answer cites, in citation order, each once.
+fn sources(info: &RagwayAnswerInfo) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    info.citations
+        .iter()
+        .filter(|c| seen.insert(c.doc_id.as_str()))
+        .map(|c| c.doc_id.clone())
+        .collect()
 }

@@ -65,8 +65,10 @@ pub async fn ragway_events(job: StreamJob) -> Result<Response, ApiError> {
     Ok(respond(mode, stream))
 }
 
-/// The OpenAI chunk rendering of an answer, with ragway's mode in a `ragway` field of the first
-/// chunk (and of any chunk announcing a degradation), ending with `[DONE]`.
+/// The OpenAI chunk rendering of an answer, with ragway's mode, stages and citations in a
+/// `ragway` field of the first chunk (and the mode in any chunk announcing a degradation), the
+/// cited documents in the first chunk's top-level `citations`, and the usage in the last chunk
+/// before `[DONE]`.
 pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Result<Response, ApiError> {
     let (first, events) = first_event(job).await?;
     if bare_llm {
@@ -91,12 +93,12 @@ pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Res
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let id = format!("chatcmpl-ragway-{created}");
-    let chunk = move |choices: Value, extra: Option<(&str, Value)>| {
+    let chunk = move |choices: Value, extra: Vec<(&str, Value)>| {
         let mut chunk = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices,
         });
-        if let (Some(map), Some((key, value))) = (chunk.as_object_mut(), extra) {
-            map.insert(key.to_string(), value);
+        if let Some(map) = chunk.as_object_mut() {
+            map.extend(extra.into_iter().map(|(key, value)| (key.to_string(), value)));
         }
         Event::default().data(chunk.to_string())
     };
@@ -107,13 +109,24 @@ pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Res
                 mode,
                 degraded,
                 citations,
+                stages,
                 ..
             } => {
-                let info = (!bare_llm).then(|| ("ragway", json!({"mode": mode, "degraded": degraded, "citations": citations})));
-                chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]), info)
+                let first = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]);
+                if bare_llm {
+                    return chunk(first, Vec::new());
+                }
+                let mut sources: Vec<&str> = Vec::new();
+                for c in &citations {
+                    if !sources.contains(&c.doc_id.as_str()) {
+                        sources.push(&c.doc_id);
+                    }
+                }
+                let info = json!({"mode": mode, "degraded": degraded, "stages": stages, "citations": citations});
+                chunk(first, vec![("citations", json!(sources)), ("ragway", info)])
             }
             AnswerEvent::Delta { text } => {
-                chunk(json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]), None)
+                chunk(json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]), Vec::new())
             }
             // A bare chat's only backend broke off: say so as OpenAI streams say errors.
             AnswerEvent::Degraded { degradation, mode } if bare_llm && mode == ragway_openapi::Mode::Error => {
@@ -121,7 +134,7 @@ pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Res
                 Event::default().data(json!({"error": {"code": ErrorCode::LlmFailed.as_str(), "message": message}}).to_string())
             }
             AnswerEvent::Degraded { degradation, mode } => {
-                chunk(json!([]), Some(("ragway", json!({"mode": mode, "degraded": [degradation]}))))
+                chunk(json!([]), vec![("ragway", json!({"mode": mode, "degraded": [degradation]}))])
             }
             AnswerEvent::Done { usage, .. } => {
                 let usage = json!({
@@ -129,7 +142,7 @@ pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Res
                     "completion_tokens": usage.completion_tokens,
                     "total_tokens": usage.prompt_tokens + usage.completion_tokens,
                 });
-                chunk(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]), Some(("usage", usage)))
+                chunk(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]), vec![("usage", usage)])
             }
         })
         .chain(futures::stream::once(async { Event::default().data("[DONE]") }));
