@@ -19,7 +19,6 @@ use ragway_retrieval::{
     BertEmbedder, BertEmbedderOptions, EdgeDenseStore, Embedder, QueueLimits, TantivyKeywordStore,
 };
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::breaker::BreakerSettings;
@@ -369,6 +368,7 @@ fn with_fallback<O: OnnxOption, T>(
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
+    let document = Arc::new(openapi_doc::document(&state.config));
     let api = Router::new()
         .route(
             "/v1/collections",
@@ -414,7 +414,11 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(count_request))
         .with_state(state);
     Router::new()
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi_doc::ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(document.as_ref().clone()) }),
+        )
         .merge(api)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())

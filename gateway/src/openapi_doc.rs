@@ -3,7 +3,11 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::Modify;
 
+use serde_json::{json, Value};
+
+use crate::config::Config;
 use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank, tenants};
+use crate::validate;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -98,4 +102,113 @@ impl Modify for TenantKey {
             }
         }
     }
+}
+
+/// The OpenAPI document this server serves: [`ApiDoc`] with every input rule the validators
+/// enforce stated in the schemas — patterns, lengths, ranges, enums — from the same constants and
+/// the same configured limits, so generated clients and validators learn them from the document
+/// rather than from 400s, and the two cannot drift.
+pub fn document(config: &Config) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let schemas = &mut doc["components"]["schemas"];
+    for (schema, property, rule) in rules(config) {
+        let target = &mut schemas[schema]["properties"][property];
+        if let (Some(target), Value::Object(rule)) = (target.as_object_mut(), rule) {
+            target.extend(rule);
+        }
+    }
+    schemas["EmbeddingInput"] = embedding_input(config);
+    doc
+}
+
+/// `(schema, property, constraints)` for every rule the validators enforce.
+fn rules(config: &Config) -> Vec<(&'static str, &'static str, Value)> {
+    let (r, l, s) = (&config.retrieval, &config.limits, &config.server);
+    let query = json!({"minLength": 1, "maxLength": s.max_query_chars, "pattern": validate::NOT_BLANK});
+    let top_k = json!({"minimum": 1, "maximum": r.max_top_k});
+    let deadline = json!({"minimum": 1, "maximum": config.resilience.max_deadline_ms});
+    let filter = json!({
+        "maxProperties": validate::MAX_FILTER_KEYS,
+        "propertyNames": {"pattern": validate::FILTER_KEY_PATTERN},
+    });
+    vec![
+        (
+            "CreateCollectionRequest",
+            "name",
+            json!({"minLength": 1, "maxLength": validate::MAX_NAME_CHARS, "pattern": validate::NAME_PATTERN}),
+        ),
+        (
+            "CreateCollectionRequest",
+            "chunk_words",
+            json!({"minimum": l.min_chunk_words, "maximum": validate::MAX_CHUNK_WORDS}),
+        ),
+        (
+            "CreateCollectionRequest",
+            "chunk_overlap_words",
+            json!({"minimum": 0, "maximum": validate::MAX_CHUNK_WORDS - 1}),
+        ),
+        ("SearchRequest", "query", query.clone()),
+        ("SearchRequest", "top_k", top_k.clone()),
+        ("SearchRequest", "deadline_ms", deadline.clone()),
+        ("SearchRequest", "filter", filter.clone()),
+        ("QueryRequest", "query", query),
+        ("QueryRequest", "top_k", top_k),
+        ("QueryRequest", "deadline_ms", deadline),
+        ("QueryRequest", "filter", filter),
+        ("FusionSettings", "k", json!({"minimum": 1, "maximum": 1000})),
+        ("FusionSettings", "alpha", json!({"minimum": 0, "maximum": 1})),
+        (
+            "IngestRequest",
+            "documents",
+            json!({"minItems": 1, "maxItems": s.max_documents_per_request}),
+        ),
+        (
+            "DocumentInput",
+            "id",
+            json!({"minLength": 1, "maxLength": validate::MAX_DOC_ID_CHARS, "pattern": validate::DOC_ID_PATTERN}),
+        ),
+        (
+            "DocumentInput",
+            "text",
+            json!({"minLength": 1, "maxLength": l.max_document_bytes, "pattern": validate::NOT_BLANK}),
+        ),
+        (
+            "DocumentInput",
+            "metadata",
+            json!({"maxProperties": l.max_metadata_keys}),
+        ),
+        (
+            "EmbeddingsRequest",
+            "encoding_format",
+            json!({"enum": ["float", "base64", null]}),
+        ),
+        ("ChatCompletionRequest", "messages", json!({"minItems": 1})),
+        ("ChatCompletionRequest", "n", json!({"minimum": 1, "maximum": 1})),
+        (
+            "ChatCompletionRequest",
+            "max_tokens",
+            json!({"minimum": 1, "maximum": config.generation.max_tokens_cap}),
+        ),
+        (
+            "ChatCompletionRequest",
+            "max_completion_tokens",
+            json!({"minimum": 1, "maximum": config.generation.max_tokens_cap}),
+        ),
+        (
+            "ChatCompletionRequest",
+            "temperature",
+            json!({"minimum": 0, "maximum": 2}),
+        ),
+    ]
+}
+
+/// `/v1/embeddings`' `input`: one non-empty string, or 1 to `limits.max_embedding_inputs` of them,
+/// each at most `limits.max_embedding_input_chars` long.
+fn embedding_input(config: &Config) -> Value {
+    let l = &config.limits;
+    let text = json!({"type": "string", "minLength": 1, "maxLength": l.max_embedding_input_chars});
+    json!({"oneOf": [
+        text.clone(),
+        {"type": "array", "items": text, "minItems": 1, "maxItems": l.max_embedding_inputs},
+    ]})
 }

@@ -12,7 +12,16 @@ use crate::error::{ApiError, ErrorCode};
 
 pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_DOC_ID_CHARS: usize = 256;
-const MAX_FILTER_KEYS: usize = 16;
+pub const MAX_FILTER_KEYS: usize = 16;
+pub const MAX_CHUNK_WORDS: usize = 1_000;
+/// [`collection_name`]'s rule as a pattern, for the OpenAPI document.
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]*$";
+/// [`document_id`]'s rule: not blank, no control characters.
+pub const DOC_ID_PATTERN: &str = "^(?=.*\\S)[^\\u0000-\\u001f\\u007f-\\u009f]+$";
+/// Holds something besides whitespace (queries, document texts).
+pub const NOT_BLANK: &str = "\\S";
+/// A metadata filter key.
+pub const FILTER_KEY_PATTERN: &str = "^[A-Za-z0-9_-]+$";
 
 /// 1–64 chars of `[a-z0-9_-]`, starting with a letter or digit: safe as a directory name.
 pub fn collection_name(name: &str) -> Result<(), ApiError> {
@@ -53,7 +62,7 @@ pub fn chunking(chunking: ChunkingOptions, min_chunk_words: usize) -> Result<(),
         chunk_words,
         overlap_words,
     } = chunking;
-    if !(min_chunk_words..=1_000).contains(&chunk_words) || overlap_words >= chunk_words {
+    if !(min_chunk_words..=MAX_CHUNK_WORDS).contains(&chunk_words) || overlap_words >= chunk_words {
         return Err(ApiError::invalid(
             ErrorCode::InvalidChunking,
             format!(

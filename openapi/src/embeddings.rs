@@ -46,12 +46,11 @@ pub struct EmbeddingData {
     /// Always `embedding`.
     pub object: String,
     pub index: usize,
-    /// Floats, or a base64 string with `encoding_format: "base64"`.
-    #[schema(value_type = Object)]
     pub embedding: EmbeddingVector,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Floats, or a base64 string (the little-endian f32 bytes) with `encoding_format: "base64"`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingVector {
     Float(Vec<f32>),

@@ -27,8 +27,8 @@ fn schemathesis() -> String {
 }
 
 /// One run over the operations `filter` selects, `examples` cases each; panics with the report
-/// when it finds a problem.
-fn run(program: &str, workdir: &Path, server: &Server, filter: &[&str], examples: u32) {
+/// when it finds a problem, and returns the report.
+fn run(program: &str, workdir: &Path, server: &Server, filter: &[&str], examples: u32) -> String {
     let output = Command::new(program)
         .current_dir(workdir)
         .arg("run")
@@ -47,12 +47,13 @@ fn run(program: &str, workdir: &Path, server: &Server, filter: &[&str], examples
         Ok(output) => output,
         Err(e) => panic!("cannot run {program}: {e}"),
     };
-    let report = String::from_utf8_lossy(&output.stdout);
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "schemathesis found problems ({filter:?}):\n{report}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    report
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -69,6 +70,19 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() -> anyho
         "[parameters]\n\"path.name\" = \"facts\"\n",
     )?;
     let generating = "/(query|chat/completions)$";
+    // The document states the rules the validators enforce: generated requests are mostly valid.
+    let stated = "^/v1/(collections|collections/\\{name\\}/search|embeddings)$";
+    let report = run(
+        &program,
+        workdir.path(),
+        &server,
+        &["--include-path-regex", stated],
+        30,
+    );
+    assert!(
+        !report.contains("Schema validation mismatch"),
+        "the schema does not state what the server enforces:\n{report}"
+    );
     run(
         &program,
         workdir.path(),
