@@ -16,7 +16,8 @@ use ragway_llm::{
 };
 use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
 use ragway_retrieval::{
-    BertEmbedder, BertEmbedderOptions, EdgeDenseStore, Embedder, QueueLimits, TantivyKeywordStore,
+    BertEmbedder, BertEmbedderOptions, EdgeDenseStore, Embedder, QueueLimits, RemoteEmbedder,
+    RemoteEmbedderOptions, TantivyKeywordStore,
 };
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
@@ -170,6 +171,9 @@ fn embed_hook(tenants: Arc<Tenants>, quotas: Arc<Quotas>) -> crate::collections:
 async fn load_embedder(config: &Config, device: &Device) -> anyhow::Result<Arc<dyn Embedder>> {
     let started = Instant::now();
     let models = &config.models;
+    if let Some(remote) = models.embedder.strip_prefix("openai:") {
+        return load_remote_embedder(config, remote).await;
+    }
     let dir = models::model_dir(&models.embedder, &models.cache_dir, &MODEL_FILES).await?;
     let onnx = models::onnx_for(models.embedder_backend, models.embedder_precision, &dir, models)?;
     let options = BertEmbedderOptions {
@@ -193,6 +197,34 @@ async fn load_embedder(config: &Config, device: &Device) -> anyhow::Result<Arc<d
     tracing::info!(dir = %dir.display(), backend = embedder.backend(), seconds = started.elapsed().as_secs_f32(), "embedder loaded");
     metrics::gauge!("ragway_model_backend", "model" => "embedder", "backend" => embedder.backend().to_string()).set(1.0);
     Ok(embedder)
+}
+
+/// The remote embedding service `openai:<base_url>#<model>` names.
+async fn load_remote_embedder(config: &Config, spec: &str) -> anyhow::Result<Arc<dyn Embedder>> {
+    let (base_url, model) = spec.split_once('#').ok_or_else(|| {
+        anyhow::anyhow!("models.embedder = \"openai:{spec}\": write it as openai:<base_url>#<model>")
+    })?;
+    let options = RemoteEmbedderOptions {
+        base_url: base_url.to_string(),
+        model: model.to_string(),
+        api_key: config
+            .models
+            .embedder_api_key_env
+            .as_deref()
+            .and_then(|var| std::env::var(var).ok()),
+        timeout: Duration::from_millis(config.ingest.embed_timeout_ms),
+        batch: config.retrieval.embed_batch,
+    };
+    let embedder = RemoteEmbedder::connect(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("models.embedder = \"openai:{spec}\": {e}"))?;
+    tracing::info!(
+        id = embedder.model_id(),
+        dimension = embedder.dimension(),
+        "remote embedder connected"
+    );
+    metrics::gauge!("ragway_model_backend", "model" => "embedder", "backend" => "remote").set(1.0);
+    Ok(Arc::new(embedder))
 }
 
 async fn load_reranker(config: &Config, device: &Device) -> anyhow::Result<Option<Arc<dyn Reranker>>> {

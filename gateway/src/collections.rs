@@ -36,6 +36,12 @@ struct Manifest {
     /// Its own fusion; `None`: the server default.
     #[serde(default)]
     fusion: Option<Fusion>,
+    /// The embedder its vectors were made with, and their dimension (`None` in manifests written
+    /// before they were recorded: taken as the current embedder's).
+    #[serde(default)]
+    embedder: Option<String>,
+    #[serde(default)]
+    dimension: Option<usize>,
     epoch: u64,
     documents: BTreeMap<String, DocumentRecord>,
 }
@@ -52,6 +58,8 @@ struct DocumentRecord {
 pub struct Collection {
     pub name: String,
     pub generation: String,
+    /// The embedder (and dimension) its vectors were made with.
+    pub embedder: Option<(String, usize)>,
     pub chunking: ChunkingOptions,
     /// Held for the whole of a change, so changes to one collection apply one at a time.
     manifest: tokio::sync::Mutex<Manifest>,
@@ -71,6 +79,7 @@ impl Collection {
         Self {
             name: manifest.name.clone(),
             generation: manifest.generation.clone(),
+            embedder: manifest.embedder.clone().zip(manifest.dimension),
             chunking: ChunkingOptions {
                 chunk_words: manifest.chunk_words,
                 overlap_words: manifest.chunk_overlap_words,
@@ -336,6 +345,8 @@ impl Collections {
             chunk_words: chunking.chunk_words,
             chunk_overlap_words: chunking.overlap_words,
             fusion,
+            embedder: Some(self.embedding.embedder.model_id().to_string()),
+            dimension: Some(self.embedding.embedder.dimension()),
             epoch: 0,
             documents: BTreeMap::new(),
         };
@@ -486,6 +497,25 @@ impl Collections {
         Ok(())
     }
 
+    /// Refuses work that would embed into `collection` with another embedder than its vectors
+    /// were made with (vector spaces must not mix).
+    pub fn check_embedder(&self, collection: &Collection) -> Result<(), ApiError> {
+        let current = &self.embedding.embedder;
+        match &collection.embedder {
+            Some((id, dimension)) if id != current.model_id() || *dimension != current.dimension() => {
+                Err(ApiError::Conflict {
+                    code: ErrorCode::EmbedderMismatch,
+                    message: format!(
+                        "this collection's vectors were made by embedder `{id}` ({dimension} dimensions); this server embeds with `{}` ({} dimensions): serve it with that embedder, or re-create the collection and ingest again",
+                        current.model_id(),
+                        current.dimension()
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Sets (or, with `None`, clears) the collection's own fusion; bumps its epoch, so cached
     /// results fused the old way are never served again.
     pub async fn set_fusion(&self, name: &str, fusion: Option<Fusion>) -> Result<CollectionInfo, ApiError> {
@@ -578,6 +608,7 @@ fn info(manifest: &Manifest) -> CollectionInfo {
         chunk_overlap_words: manifest.chunk_overlap_words,
         epoch: manifest.epoch,
         fusion: manifest.fusion.as_ref().map(crate::validate::fusion_settings),
+        embedder: manifest.embedder.clone(),
     }
 }
 

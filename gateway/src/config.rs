@@ -227,8 +227,11 @@ pub struct ServerConfig {
 pub struct ModelsConfig {
     /// Where fetched models live (scripts/fetch-models.sh and Hugging Face downloads).
     pub cache_dir: PathBuf,
-    /// A model directory, or `hf:<model id>`.
+    /// A model directory, `hf:<model id>`, or a remote OpenAI-compatible embedding service as
+    /// `openai:<base_url>#<model>` (e.g. `openai:http://tei:8080/v1#bge-small-en`).
     pub embedder: String,
+    /// The environment variable holding the remote embedder's API key, if it needs one.
+    pub embedder_api_key_env: Option<String>,
     /// A cross-encoder directory, or `hf:<model id>`; empty means no reranking.
     pub reranker: String,
     /// Use a GPU when built with the `cuda` feature and one is present.
@@ -446,6 +449,7 @@ impl Default for ModelsConfig {
         let cache_dir = default_models_dir();
         Self {
             embedder: cache_dir.join("all-minilm-l6-v2").display().to_string(),
+            embedder_api_key_env: None,
             reranker: String::new(),
             onnx_runtime: None,
             cache_dir,

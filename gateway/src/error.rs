@@ -42,6 +42,7 @@ error_codes! {
     DocumentTooLong => "document_too_long",
     DuplicateDocumentId => "duplicate_document_id",
     EmbedderBusy => "embedder_busy",
+    EmbedderMismatch => "embedder_mismatch",
     EmbedderFailed => "embedder_failed",
     EmbedderUnavailable => "embedder_unavailable",
     EmbeddingTokenQuotaExceeded => "embedding_token_quota_exceeded",

@@ -77,6 +77,9 @@ pub struct CollectionInfo {
     /// Its fusion; `null`: the server default (`retrieval.fusion`).
     #[serde(default)]
     pub fusion: Option<FusionSettings>,
+    /// The embedder its vectors are made with; ingest and search through another are refused.
+    #[serde(default)]
+    pub embedder: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -16,7 +16,9 @@ mod types;
 
 pub use chunk::{chunk_document, ChunkingOptions};
 pub use dense::{DenseStore, EdgeDenseStore};
-pub use embed::{BertEmbedder, BertEmbedderOptions, Embedder, Embeddings};
+pub use embed::{
+    BertEmbedder, BertEmbedderOptions, Embedder, Embeddings, RemoteEmbedder, RemoteEmbedderOptions,
+};
 pub use error::RetrievalError;
 pub use filter::{FilterValue, MetadataFilter};
 pub use fusion::{convex, dbsf, fuse, rrf, Fusion, Normalization};

@@ -42,6 +42,7 @@ pub async fn search(
     let filter = validate::filter(request.filter.as_ref())?;
     let deadline = deadline(&state, request.deadline_ms)?;
     let collection = caller.collection(&state, &name)?;
+    state.collections.check_embedder(&collection)?;
     let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
     let allowance = caller.allowance(&state)?;
     let retrieved = state
@@ -97,6 +98,7 @@ pub async fn query(
     let filter = validate::filter(request.filter.as_ref())?;
     let deadline = deadline(&state, request.deadline_ms)?;
     let collection = caller.collection(&state, &name)?;
+    state.collections.check_embedder(&collection)?;
     let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
     let allowance = caller.allowance(&state)?;
     if request.stream == Some(true) {

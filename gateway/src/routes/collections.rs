@@ -149,6 +149,7 @@ pub async fn ingest(
         &config.limits,
         collection.chunking,
     )?;
+    state.collections.check_embedder(&collection)?;
     caller.require_embedding_budget(&state)?;
     caller
         .check_storage(&state, &collection, &request.documents)

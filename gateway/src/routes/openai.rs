@@ -141,6 +141,7 @@ impl Chat {
             )
         })?;
         validate::query_text(&conversation.question, self.state.config.server.max_query_chars)?;
+        self.state.collections.check_embedder(collection)?;
         let pool = &self.state.pipeline.llm;
         conversation.condense(pool, &self.deadline, &self.allowance).await;
         let (prompt, completion_tokens) = conversation.rewrite_tokens;

@@ -1,6 +1,8 @@
 mod bert;
+mod remote;
 
 pub use bert::{BertEmbedder, BertEmbedderOptions};
+pub use remote::{RemoteEmbedder, RemoteEmbedderOptions};
 
 use async_trait::async_trait;
 use ragway_worker::Priority;
