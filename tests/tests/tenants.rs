@@ -339,6 +339,19 @@ async fn a_burst_over_the_rate_gets_429_with_a_retry_after_that_works() -> anyho
     Ok(())
 }
 
+/// `question` asked of the collection `notes` with `key`.
+async fn ask(server: &Server, key: &str, question: &str) -> anyhow::Result<Reply> {
+    let body = json!({"query": question});
+    call(
+        server,
+        Method::POST,
+        "/v1/collections/notes/query",
+        key,
+        Some(body),
+    )
+    .await
+}
+
 /// `mode` and the reasons of `degraded` of a `/query` answer.
 fn mode_and_reasons(reply: &Reply) -> (String, Vec<String>) {
     let mode = reply.body["mode"].as_str().unwrap_or_default().to_string();
@@ -382,20 +395,7 @@ async fn a_spent_token_budget_degrades_or_rejects() -> anyhow::Result<()> {
     )
     .await?;
     notes(&server, &key, json!([])).await?;
-    let ask = |question: &'static str| {
-        let (server, key) = (&server, key.clone());
-        async move {
-            call(
-                server,
-                Method::POST,
-                "/v1/collections/notes/query",
-                &key,
-                Some(json!({"query": question})),
-            )
-            .await
-        }
-    };
-    let first = ask("What pressure is used to brew coffee shots?").await?;
+    let first = ask(&server, &key, "What pressure is used to brew coffee shots?").await?;
     assert_eq!(
         mode_and_reasons(&first).0,
         "normal",
@@ -414,7 +414,7 @@ async fn a_spent_token_budget_degrades_or_rejects() -> anyhow::Result<()> {
     );
     let calls = llm.calls();
 
-    let again = ask("What pressure is used to brew coffee shots?").await?;
+    let again = ask(&server, &key, "What pressure is used to brew coffee shots?").await?;
     assert_eq!(again.status, 200);
     assert_eq!(
         mode_and_reasons(&again),
@@ -426,7 +426,7 @@ async fn a_spent_token_budget_degrades_or_rejects() -> anyhow::Result<()> {
         again.body["answer"], first.body["answer"],
         "the answer given before"
     );
-    let new = ask("How do bees tell each other where flowers are?").await?;
+    let new = ask(&server, &key, "How do bees tell each other where flowers are?").await?;
     assert_eq!(
         mode_and_reasons(&new),
         ("extractive".into(), vec!["llm:quota".into()]),
@@ -475,7 +475,7 @@ async fn a_spent_token_budget_degrades_or_rejects() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(patched.status, 200, "{:?}", patched.body);
-    let rejected = ask("How do plants make oxygen from sunlight?").await?;
+    let rejected = ask(&server, &key, "How do plants make oxygen from sunlight?").await?;
     assert_eq!(
         (rejected.status, rejected.error_code()),
         (429, Some("llm_token_quota_exceeded")),
@@ -774,20 +774,7 @@ async fn a_spent_budget_falls_back_to_a_cheaper_backend_the_tenant_may_use() -> 
     )
     .await?;
     notes(&server, &key, json!([])).await?;
-    let ask = |question: &'static str| {
-        let (server, key) = (&server, key.clone());
-        async move {
-            call(
-                server,
-                Method::POST,
-                "/v1/collections/notes/query",
-                &key,
-                Some(json!({"query": question})),
-            )
-            .await
-        }
-    };
-    let first = ask("What pressure is used to brew coffee shots?").await?;
+    let first = ask(&server, &key, "What pressure is used to brew coffee shots?").await?;
     assert_eq!(
         (
             mode_and_reasons(&first).0.as_str(),
@@ -796,7 +783,7 @@ async fn a_spent_budget_falls_back_to_a_cheaper_backend_the_tenant_may_use() -> 
         ("normal", Some("scripted"))
     );
     assert_eq!(spent(&server, &id, "tokens_in", 11).await?, 11);
-    let second = ask("How do bees tell each other where flowers are?").await?;
+    let second = ask(&server, &key, "How do bees tell each other where flowers are?").await?;
     assert_eq!(
         mode_and_reasons(&second),
         ("fallback_llm".into(), vec!["llm:quota".into()]),
@@ -804,7 +791,7 @@ async fn a_spent_budget_falls_back_to_a_cheaper_backend_the_tenant_may_use() -> 
         second.body
     );
     assert_eq!(second.body["stages"]["llm"], "cheap");
-    let cached = ask("What pressure is used to brew coffee shots?").await?;
+    let cached = ask(&server, &key, "What pressure is used to brew coffee shots?").await?;
     assert_eq!(
         mode_and_reasons(&cached).0,
         "cache_only",
