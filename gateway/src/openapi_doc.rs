@@ -118,6 +118,7 @@ pub fn document(config: &Config) -> Value {
         }
     }
     schemas["EmbeddingInput"] = embedding_input(config);
+    schemas["FusionSettings"] = fusion_settings();
     doc
 }
 
@@ -155,8 +156,6 @@ fn rules(config: &Config) -> Vec<(&'static str, &'static str, Value)> {
         ("QueryRequest", "top_k", top_k),
         ("QueryRequest", "deadline_ms", deadline),
         ("QueryRequest", "filter", filter),
-        ("FusionSettings", "k", json!({"minimum": 1, "maximum": 1000})),
-        ("FusionSettings", "alpha", json!({"minimum": 0, "maximum": 1})),
         (
             "IngestRequest",
             "documents",
@@ -200,6 +199,28 @@ fn rules(config: &Config) -> Vec<(&'static str, &'static str, Value)> {
             json!({"minimum": 0, "maximum": 2}),
         ),
     ]
+}
+
+/// [`validate::fusion`]'s rules: each method with only the parameters it uses, in range.
+fn fusion_settings() -> Value {
+    let alpha = json!({"type": ["number", "null"], "minimum": 0, "maximum": 1,
+        "description": "The weight of the dense engine (keyword: 1 − alpha); default 0.5."});
+    let method = |name: &str, extra: Value| {
+        let mut properties = json!({"method": {"type": "string", "enum": [name]}, "alpha": alpha});
+        if let (Some(p), Value::Object(extra)) = (properties.as_object_mut(), extra) {
+            p.extend(extra);
+        }
+        json!({"type": "object", "required": ["method"], "properties": properties, "additionalProperties": false})
+    };
+    json!({
+        "description": "How a collection's two engines' lists are fused (docs/ARCHITECTURE.md, \"Fusion\").",
+        "oneOf": [
+            method("rrf", json!({"k": {"type": ["number", "null"], "minimum": 1, "maximum": 1000,
+                "description": "A hit at rank r adds 1 / (k + r); default 60."}})),
+            method("convex", json!({"normalization": {"type": ["string", "null"], "enum": ["min_max", "z_score", null]}})),
+            method("dbsf", json!({})),
+        ],
+    })
 }
 
 /// `/v1/embeddings`' `input`: one non-empty string, or 1 to `limits.max_embedding_inputs` of them,

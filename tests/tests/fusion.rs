@@ -146,7 +146,19 @@ async fn fusion_settings_round_trip_and_every_method_serves() -> anyhow::Result<
     );
     let spec: Value = serde_json::from_str(&server.get_text("/openapi.json").await?)?;
     let schemas = &spec["components"]["schemas"];
-    assert!(schemas["FusionSettings"]["properties"]["alpha"].is_object());
+    // One variant per method, each with only the parameters it takes (k for rrf alone).
+    let variants = schemas["FusionSettings"]["oneOf"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(variants.len(), 3, "{}", schemas["FusionSettings"]);
+    assert!(variants.iter().all(|v| v["properties"]["alpha"]["maximum"] == 1));
+    let with_k: Vec<&Value> = variants
+        .iter()
+        .filter(|v| v["properties"]["k"].is_object())
+        .collect();
+    assert_eq!(with_k.len(), 1);
+    assert_eq!(with_k[0]["properties"]["method"]["enum"], json!(["rrf"]));
     assert!(spec["paths"]["/v1/collections/{name}"]["patch"].is_object());
     Ok(())
 }
