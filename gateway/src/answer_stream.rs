@@ -17,7 +17,7 @@ use crate::conversation::Conversation;
 use crate::deadline::Deadline;
 use crate::llm_pool::{count_tokens, Choice, OpenedStream};
 use crate::pipeline::{extractive_answer, Allowance, Retrieved};
-use crate::quota::{Counter, Quotas, StreamPermit};
+use crate::quota::{Quotas, StreamPermit};
 use crate::report::{Authorship, Report};
 use crate::routes::answers::citation;
 use crate::tenants::Tenant;
@@ -88,17 +88,6 @@ pub struct StreamTenant {
     pub permit: StreamPermit,
 }
 
-impl StreamTenant {
-    fn charge(&self, usage: &TokenUsage) {
-        let (quotas, tenant) = (self.quotas.clone(), self.tenant.clone());
-        let (prompt, completion) = (usage.prompt_tokens as u64, usage.completion_tokens as u64);
-        tokio::spawn(async move {
-            quotas.charge(&tenant, Counter::TokensIn, prompt).await;
-            quotas.charge(&tenant, Counter::TokensOut, completion).await;
-        });
-    }
-}
-
 impl StreamJob {
     /// The job as the tenant may run it: its backends; when its LLM budget is spent, only the
     /// cheaper ones (a fallback) or none (extractive), degraded for `quota`; charged to it when
@@ -120,8 +109,9 @@ impl StreamJob {
     fn charge(&self, usage: &TokenUsage) {
         let config = &self.state.config;
         let metered = self.report.llm_backend().is_none_or(|b| config.metered(b));
-        if let (Some(tenant), true) = (&self.tenant, metered) {
-            tenant.charge(usage);
+        if let (Some(t), true) = (&self.tenant, metered) {
+            t.quotas
+                .charge_later(t.tenant.clone(), crate::auth::llm_charges(usage));
         }
     }
 

@@ -141,6 +141,8 @@ impl AppState {
 
 fn pipeline_settings(config: &Config) -> PipelineSettings {
     PipelineSettings {
+        // Config::validate has checked it.
+        fusion: crate::validate::fusion(&config.retrieval.fusion).unwrap_or_default(),
         candidates: config.retrieval.candidates,
         rerank_candidates: config.retrieval.rerank_candidates,
         max_tokens: config.generation.max_tokens,

@@ -19,7 +19,7 @@ use crate::config::AuthMode;
 use crate::error::{ApiError, ErrorCode};
 use crate::llm_pool::Choice;
 use crate::pipeline::Allowance;
-use crate::quota::{over_budget, Counter, Spent};
+use crate::quota::{budget_spent, over_budget, Counter, Spent};
 use crate::report::Report;
 use crate::tenants::Tenant;
 
@@ -111,6 +111,7 @@ impl Caller {
         let name = |internal: String| self.public(&internal).map(str::to_string).unwrap_or(internal);
         match error {
             ApiError::CollectionNotFound(n) => ApiError::CollectionNotFound(name(n)),
+            ApiError::CollectionExists(n) => ApiError::CollectionExists(name(n)),
             ApiError::DocumentNotFound { collection, document } => ApiError::DocumentNotFound {
                 collection: name(collection),
                 document,
@@ -123,6 +124,14 @@ impl Caller {
     pub fn may_use(&self, backend: &str) -> bool {
         self.tenant.as_ref().is_none_or(|t| t.may_use(backend))
     }
+}
+
+/// An LLM call's prompt and completion tokens as day-counter charges.
+pub fn llm_charges(usage: &TokenUsage) -> Vec<(Counter, u64)> {
+    vec![
+        (Counter::TokensIn, usage.prompt_tokens as u64),
+        (Counter::TokensOut, usage.completion_tokens as u64),
+    ]
 }
 
 /// The tenant id a stored collection name belongs to (`""` in open mode).
@@ -197,35 +206,56 @@ impl Caller {
         if self.spent.embedding_tokens < limit {
             return Ok(());
         }
-        state.quotas.rejected(tenant, "embedding_tokens_per_day");
-        Err(ApiError::OverQuota {
-            code: ErrorCode::EmbeddingTokenQuotaExceeded,
-            message: format!(
-                "tenant `{}` has spent its embedding_tokens_per_day of {limit} for today (UTC)",
-                tenant.name
-            ),
-            retry_after_s: Some(crate::quota::until_tomorrow()),
-            too_large: false,
-        })
+        let quota = "embedding_tokens_per_day";
+        state.quotas.rejected(tenant, quota);
+        Err(budget_spent(
+            tenant,
+            ErrorCode::EmbeddingTokenQuotaExceeded,
+            quota,
+            limit,
+        ))
+    }
+
+    /// The 429 for a plain chat once the LLM budget is spent (nothing cheaper to give).
+    pub fn llm_budget_spent(&self, state: &AppState) -> ApiError {
+        let Some(tenant) = &self.tenant else {
+            return ApiError::Internal("a budget was spent without a tenant".into());
+        };
+        let quota = "llm_tokens_per_day";
+        state.quotas.rejected(tenant, quota);
+        let limit = tenant.limits.llm_tokens_per_day.unwrap_or(0);
+        budget_spent(tenant, ErrorCode::LlmTokenQuotaExceeded, quota, limit)
+    }
+
+    /// The caller of an operator's request about `tenant` (its usage, its deletion).
+    pub fn of(tenant: Arc<Tenant>) -> Self {
+        Self {
+            tenant: Some(tenant),
+            spent: Spent::default(),
+        }
     }
 
     /// Charges `n` to one of the tenant's day counters, off the request's path.
     pub fn charge(&self, state: &AppState, counter: Counter, n: u64) {
-        let Some(tenant) = self.tenant.clone() else { return };
-        if n == 0 {
-            return;
+        if let Some(tenant) = self.tenant.clone() {
+            state.quotas.charge_later(tenant, vec![(counter, n)]);
         }
-        let quotas = state.quotas.clone();
-        tokio::spawn(async move { quotas.charge(&tenant, counter, n).await });
+    }
+
+    /// Charges an LLM call's tokens, unless `backend` (the one that answered) is unmetered.
+    pub fn charge_llm(&self, state: &AppState, backend: Option<&str>, usage: &TokenUsage) {
+        let Some(tenant) = self.tenant.clone() else { return };
+        if backend.is_none_or(|b| state.config.metered(b)) {
+            state.quotas.charge_later(tenant, llm_charges(usage));
+        }
     }
 
     /// Charges what an answer really spent: its query embedding, and its LLM tokens unless a
     /// cache served it.
     pub fn charge_answer(&self, state: &AppState, report: &Report, usage: &TokenUsage) {
         self.charge(state, Counter::EmbeddingTokens, report.embedding_tokens);
-        if report.cache.is_none() && report.llm_backend().is_none_or(|b| state.config.metered(b)) {
-            self.charge(state, Counter::TokensIn, usage.prompt_tokens as u64);
-            self.charge(state, Counter::TokensOut, usage.completion_tokens as u64);
+        if report.cache.is_none() {
+            self.charge_llm(state, report.llm_backend(), usage);
         }
     }
 

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use ragway_llm::{ChatMessage, GenerationRequest, Role};
+use ragway_openapi::TokenUsage;
 
 use crate::deadline::Deadline;
 use crate::llm_pool::LlmPool;
@@ -54,8 +55,8 @@ pub struct Conversation {
     pub search: String,
     pub history: Vec<ChatMessage>,
     pub rewrite: Rewrite,
-    /// Tokens the rewrite took (prompt, completion), to charge to the tenant.
-    pub rewrite_tokens: (usize, usize),
+    /// The backend that rewrote the question and the tokens it took, to charge to the tenant.
+    pub rewritten_by: Option<(String, TokenUsage)>,
 }
 
 impl Conversation {
@@ -66,7 +67,7 @@ impl Conversation {
             search: question.to_string(),
             history: Vec::new(),
             rewrite: Rewrite::None,
-            rewrite_tokens: (0, 0),
+            rewritten_by: None,
         }
     }
 
@@ -109,7 +110,11 @@ impl Conversation {
             return;
         };
         let rewritten = generation.text.lines().next().unwrap_or_default().trim();
-        self.rewrite_tokens = (generation.prompt_tokens, generation.completion_tokens);
+        let usage = TokenUsage {
+            prompt_tokens: generation.prompt_tokens,
+            completion_tokens: generation.completion_tokens,
+        };
+        self.rewritten_by = scratch.llm_backend().map(|b| (b.to_string(), usage));
         if !rewritten.is_empty() && rewritten.len() <= REWRITE_MAX_CHARS {
             self.search = rewritten.to_string();
             self.rewrite = Rewrite::Llm;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ragway_llm::{cited_passages, fit_rag_messages, rag_messages, GenerationRequest, Passage};
 use ragway_openapi::{DegradationReason, StageStatus, TokenUsage};
 use ragway_rerank::Reranker;
-use ragway_retrieval::{fuse, DenseStore, Embedder, KeywordStore, MetadataFilter, ScoredChunk};
+use ragway_retrieval::{fuse, DenseStore, Embedder, Fusion, KeywordStore, MetadataFilter, ScoredChunk};
 
 use crate::caching::{Caches, Target};
 use crate::conversation::Conversation;
@@ -21,6 +21,9 @@ use crate::rerank_cost::RerankCost;
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
+    /// `retrieval.fusion`, checked at start-up: what a search uses when neither the request nor
+    /// its collection names a fusion.
+    pub fusion: Fusion,
     /// Hits each engine contributes to fusion.
     pub candidates: usize,
     pub rerank_candidates: usize,

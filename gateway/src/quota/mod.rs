@@ -318,6 +318,17 @@ impl Quotas {
         self.local.add(&tenant.id, &day, counter, n);
     }
 
+    /// Adds each `(counter, n)` to `tenant`'s day counters on a task of its own, off the
+    /// request's path.
+    pub fn charge_later(self: &Arc<Self>, tenant: Arc<Tenant>, charges: Vec<(Counter, u64)>) {
+        let quotas = self.clone();
+        tokio::spawn(async move {
+            for (counter, n) in charges {
+                quotas.charge(&tenant, counter, n).await;
+            }
+        });
+    }
+
     /// The last `days` days of `tenant`'s counters, newest first.
     pub async fn usage(&self, tenant: &str, days: usize) -> Vec<DayUsage> {
         let mut by_day: BTreeMap<String, DayUsage> = BTreeMap::new();
@@ -413,15 +424,21 @@ pub fn over_budget(
     }
     match tenant.over_quota {
         OverQuota::Degrade => Ok(true),
-        OverQuota::Reject => Err(ApiError::OverQuota {
-            code,
-            message: format!(
-                "tenant `{}` has spent its {quota} of {limit} for today (UTC)",
-                tenant.name
-            ),
-            retry_after_s: Some(until_tomorrow()),
-            too_large: false,
-        }),
+        OverQuota::Reject => Err(budget_spent(tenant, code, quota, limit)),
+    }
+}
+
+/// The 429 for a day's budget (`quota`, of `limit`) that `tenant` has spent: worth retrying
+/// when the UTC day turns.
+pub fn budget_spent(tenant: &Tenant, code: ErrorCode, quota: &str, limit: u64) -> ApiError {
+    ApiError::OverQuota {
+        code,
+        message: format!(
+            "tenant `{}` has spent its {quota} of {limit} for today (UTC)",
+            tenant.name
+        ),
+        retry_after_s: Some(until_tomorrow()),
+        too_large: false,
     }
 }
 

@@ -207,7 +207,7 @@ pub(crate) fn citation((index, h): (usize, ScoredChunk)) -> Citation {
 }
 
 /// The fusion a search of `collection` uses: the request's, else the collection's own, else the
-/// server's (`retrieval.fusion`, checked at start-up).
+/// server's (`retrieval.fusion`).
 pub(crate) fn fusion_for(
     state: &AppState,
     collection: &Collection,
@@ -216,7 +216,7 @@ pub(crate) fn fusion_for(
     match (requested, collection.fusion()) {
         (Some(requested), _) => validate::fusion(requested),
         (None, Some(own)) => Ok(own),
-        (None, None) => validate::fusion(&state.config.retrieval.fusion),
+        (None, None) => Ok(state.pipeline.settings.fusion),
     }
 }
 

@@ -51,10 +51,7 @@ pub async fn create(
     let internal = caller.internal(&request.name);
     let info = to_completion(async move { collections.create(&internal, chunking, fusion, max).await })
         .await
-        .map_err(|e| match e {
-            ApiError::CollectionExists(_) => ApiError::CollectionExists(request.name.clone()),
-            other => other,
-        })?;
+        .map_err(|e| caller.public_error(e))?;
     Ok((StatusCode::CREATED, Json(caller.present(info))))
 }
 
@@ -111,10 +108,7 @@ pub async fn delete(
     let collections = state.collections.clone();
     to_completion(async move { collections.drop_collection(&internal).await })
         .await
-        .map_err(|e| match e {
-            ApiError::CollectionNotFound(_) => ApiError::CollectionNotFound(name),
-            other => other,
-        })?;
+        .map_err(|e| caller.public_error(e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

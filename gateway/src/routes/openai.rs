@@ -24,10 +24,9 @@ use crate::deadline::Deadline;
 use crate::error::{ApiError, ApiJson, ErrorCode};
 use crate::llm_pool::Choice;
 use crate::pipeline::Allowance;
-use crate::quota::Counter;
 use crate::report::Report;
 use crate::routes::answers::{answer_response, citation, deadline, fusion_for};
-use crate::routes::streams;
+use crate::routes::streams::{self, cited_documents};
 use crate::validate;
 
 #[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "OK", body = ModelList)))]
@@ -144,10 +143,9 @@ impl Chat {
         self.state.collections.check_embedder(collection)?;
         let pool = &self.state.pipeline.llm;
         conversation.condense(pool, &self.deadline, &self.allowance).await;
-        let (prompt, completion_tokens) = conversation.rewrite_tokens;
-        self.caller.charge(&self.state, Counter::TokensIn, prompt as u64);
-        self.caller
-            .charge(&self.state, Counter::TokensOut, completion_tokens as u64);
+        if let Some((backend, usage)) = &conversation.rewritten_by {
+            self.caller.charge_llm(&self.state, Some(backend), usage);
+        }
         let passages = self.state.config.generation.default_passages;
         let target = collection.target(fusion_for(&self.state, collection, None)?);
         if self.stream {
@@ -234,7 +232,7 @@ impl Chat {
         };
         let cheaper_left = self.allowance.cheaper_only && self.allowance.llm.allows(backend.name());
         if self.allowance.budget_spent() && !cheaper_left {
-            return Err(self.spent());
+            return Err(self.caller.llm_budget_spent(&self.state));
         }
         let choice = Choice::Only(vec![backend.name().to_string()]);
         if self.stream {
@@ -276,16 +274,6 @@ impl Chat {
             Mode::Normal,
             completion(&self.model, generation.text, usage, None),
         ))
-    }
-
-    fn spent(&self) -> ApiError {
-        let name = self.caller.tenant.as_ref().map_or("", |t| t.name.as_str());
-        ApiError::OverQuota {
-            code: ErrorCode::LlmTokenQuotaExceeded,
-            message: format!("tenant `{name}` has spent its llm_tokens_per_day for today (UTC)"),
-            retry_after_s: Some(crate::quota::until_tomorrow()),
-            too_large: false,
-        }
     }
 }
 
@@ -370,17 +358,10 @@ fn completion(
             completion_tokens: completion,
             total_tokens: prompt + completion,
         },
-        citations: ragway.as_ref().map(sources).unwrap_or_default(),
+        citations: ragway
+            .as_ref()
+            .map(|r| cited_documents(&r.citations))
+            .unwrap_or_default(),
         ragway,
     }
-}
-
-/// The documents an answer cites, in citation order, each once.
-fn sources(info: &RagwayAnswerInfo) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    info.citations
-        .iter()
-        .filter(|c| seen.insert(c.doc_id.as_str()))
-        .map(|c| c.doc_id.clone())
-        .collect()
 }

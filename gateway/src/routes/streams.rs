@@ -65,6 +65,17 @@ pub async fn ragway_events(job: StreamJob) -> Result<Response, ApiError> {
     Ok(respond(mode, stream))
 }
 
+/// The documents `citations` cite, in citation order, each once: the top-level `citations` of a
+/// chat answer, where chat frontends look for sources.
+pub fn cited_documents(citations: &[ragway_openapi::Citation]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    citations
+        .iter()
+        .filter(|c| seen.insert(c.doc_id.as_str()))
+        .map(|c| c.doc_id.clone())
+        .collect()
+}
+
 /// The OpenAI chunk rendering of an answer, with ragway's mode, stages and citations in a
 /// `ragway` field of the first chunk (and the mode in any chunk announcing a degradation), the
 /// cited documents in the first chunk's top-level `citations`, and the usage in the last chunk
@@ -116,12 +127,7 @@ pub async fn openai_chunks(job: StreamJob, model: String, bare_llm: bool) -> Res
                 if bare_llm {
                     return chunk(first, Vec::new());
                 }
-                let mut sources: Vec<&str> = Vec::new();
-                for c in &citations {
-                    if !sources.contains(&c.doc_id.as_str()) {
-                        sources.push(&c.doc_id);
-                    }
-                }
+                let sources = cited_documents(&citations);
                 let info = json!({"mode": mode, "degraded": degraded, "stages": stages, "citations": citations});
                 chunk(first, vec![("citations", json!(sources)), ("ragway", info)])
             }

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::AppState;
 use crate::auth::{Caller, Storage};
 use crate::error::{ApiError, ApiJson, ApiQuery, ErrorCode};
-use crate::quota::{DayUsage, Spent};
+use crate::quota::DayUsage;
 use crate::routes::admin::authorize;
 use crate::tenants::{CreateTenant, Limits, NewKey, TenantInfo, UpdateTenant};
 
@@ -155,10 +155,7 @@ pub async fn delete(
     authorize(&state, &headers)?;
     let tenant = state.tenants.get(&id)?;
     state.tenants.delete(&id).await?;
-    let owner = Caller {
-        tenant: Some(tenant),
-        spent: Spent::default(),
-    };
+    let owner = Caller::of(tenant);
     for collection in owner.collections(&state)? {
         let (collections, name) = (state.collections.clone(), collection.name.clone());
         tokio::spawn(async move { collections.drop_collection(&name).await })
@@ -208,10 +205,7 @@ pub async fn usage(
         return Err(invalid("days must be 1-62"));
     }
     let tenant = state.tenants.get(&id)?;
-    let owner = Caller {
-        tenant: Some(tenant),
-        spent: Spent::default(),
-    };
+    let owner = Caller::of(tenant);
     Ok(Json(Usage {
         tenant: id.clone(),
         days: state.quotas.usage(&id, days).await,
