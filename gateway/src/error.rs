@@ -28,6 +28,7 @@ macro_rules! error_codes {
 }
 
 error_codes! {
+    BackendRejectedRequest => "backend_rejected_request",
     BodyTooLarge => "body_too_large",
     ByteQuotaExceeded => "byte_quota_exceeded",
     ChunkQuotaExceeded => "chunk_quota_exceeded",
@@ -70,6 +71,7 @@ error_codes! {
     JobNotFound => "job_not_found",
     KeyNotFound => "key_not_found",
     KeywordStoreFailed => "keyword_store_failed",
+    LlmBackendFailed => "llm_backend_failed",
     LlmFailed => "llm_failed",
     LlmTokenQuotaExceeded => "llm_token_quota_exceeded",
     LlmUnavailable => "llm_unavailable",
@@ -159,6 +161,14 @@ pub enum ApiError {
     Forbidden,
     #[error("request body is larger than the server's limit (server.max_body_bytes)")]
     BodyTooLarge,
+    /// A remote LLM backend refused a relayed request as the client wrote it (its 4xx status, its
+    /// message): the request's fault, not the backend's.
+    #[error("backend `{backend}` refused the request: {message}")]
+    BackendRejected {
+        backend: String,
+        status: u16,
+        message: String,
+    },
     /// A dependency failed and nothing could be served instead.
     #[error("{message}")]
     Unavailable { code: ErrorCode, message: String },
@@ -193,6 +203,9 @@ impl ApiError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BackendRejected { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -217,6 +230,7 @@ impl ApiError {
             Self::Unauthorized => ErrorCode::Unauthorized,
             Self::Forbidden => ErrorCode::Forbidden,
             Self::BodyTooLarge => ErrorCode::BodyTooLarge,
+            Self::BackendRejected { .. } => ErrorCode::BackendRejectedRequest,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use ragway_llm::{Generation, GenerationRequest, Generator, LlmError, Retry, StreamEvent, TokenStream};
+use ragway_llm::{
+    ChunkStream, Generation, GenerationRequest, Generator, LlmError, Relay, Retry, StreamEvent, TokenStream,
+};
+use serde_json::Value;
 
 use crate::breaker::BreakerState;
 use crate::config::BackendLimits;
@@ -208,6 +211,31 @@ impl LlmPool {
         None
     }
 
+    /// `body` relayed to `backend` unchanged (see [`Relay`]), guarded and retried like any call.
+    pub async fn relay(
+        &self,
+        backend: &Backend,
+        relay: &dyn Relay,
+        body: &Value,
+        deadline: &Deadline,
+    ) -> Result<Value, Failure<LlmError>> {
+        let call = || relay.complete(body.clone());
+        self.attempt(backend, deadline, backend.timeout, call).await
+    }
+
+    /// A relayed stream that has produced its first chunk within the time-to-first-token limit.
+    pub async fn relay_stream(
+        &self,
+        backend: &Backend,
+        relay: &dyn Relay,
+        body: &Value,
+        deadline: &Deadline,
+    ) -> Result<(Value, ChunkStream), Failure<LlmError>> {
+        let call = || first_chunk(backend.name(), relay, body.clone());
+        self.attempt(backend, deadline, backend.time_to_first_token, call)
+            .await
+    }
+
     /// One backend, with retries of retryable errors while the deadline allows.
     async fn attempt<T, F, Fut>(
         &self,
@@ -286,6 +314,20 @@ async fn first_text(
     Err(LlmError::EmptyResponse {
         backend: generator.name().to_string(),
     })
+}
+
+async fn first_chunk(
+    backend: &str,
+    relay: &dyn Relay,
+    body: Value,
+) -> Result<(Value, ChunkStream), LlmError> {
+    let mut chunks = relay.stream(body).await?;
+    match chunks.next().await {
+        Some(first) => Ok((first?, chunks)),
+        None => Err(LlmError::EmptyResponse {
+            backend: backend.to_string(),
+        }),
+    }
 }
 
 pub fn count_tokens(backend: &str, prompt_tokens: usize, completion_tokens: usize) {

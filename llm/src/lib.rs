@@ -67,6 +67,21 @@ pub enum StreamEvent {
 
 pub type TokenStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, LlmError>> + Send>>;
 
+/// The chunks of a relayed stream (`chat.completion.chunk` objects), as the backend sent them.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<serde_json::Value, LlmError>> + Send>>;
+
+/// A backend that takes an OpenAI chat completions body as the client wrote it — with the
+/// parameters ragway does not interpret (`tools`, `response_format`, `stop`, `seed`, ...) — and
+/// answers in kind. Only `model` (the backend's own) and `stream` are set by the relay; a stream
+/// also asks for usage, so that its tokens can be counted.
+#[async_trait]
+pub trait Relay: Send + Sync {
+    /// A `chat.completion` object.
+    async fn complete(&self, body: serde_json::Value) -> Result<serde_json::Value, LlmError>;
+    /// `chat.completion.chunk` objects.
+    async fn stream(&self, body: serde_json::Value) -> Result<ChunkStream, LlmError>;
+}
+
 /// Writes a chat completion. Implementations: [`LocalLlm`], [`OpenAiBackend`].
 ///
 /// A conversation whose last message is from the assistant asks for that message to be
@@ -83,6 +98,10 @@ pub trait Generator: Send + Sync {
     }
     /// The tokens `messages` take in this model's chat template, when it can count them.
     fn count_tokens(&self, _messages: &[ChatMessage]) -> Option<usize> {
+        None
+    }
+    /// The relay, for a backend that passes OpenAI requests through unchanged.
+    fn relay(&self) -> Option<&dyn Relay> {
         None
     }
     /// Streams the completion as it is written.

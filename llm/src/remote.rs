@@ -13,8 +13,11 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use crate::retry_after::{RateLimited, RetryAfterCapture};
+use serde_json::Value;
+
 use crate::{
-    ChatMessage, Generation, GenerationRequest, Generator, LlmError, Retry, Role, StreamEvent, TokenStream,
+    ChatMessage, ChunkStream, Generation, GenerationRequest, Generator, LlmError, Relay, Retry, Role,
+    StreamEvent, TokenStream,
 };
 
 #[derive(Debug, Clone)]
@@ -51,7 +54,8 @@ impl OpenAiBackend {
             .max_completion_tokens(u32::try_from(request.max_tokens).unwrap_or(u32::MAX))
             .temperature(request.temperature as f32);
         if stream {
-            body.stream_options(ChatCompletionStreamOptions {
+            // Set here: with the `byot` feature, `create_stream` leaves `stream` as given.
+            body.stream(true).stream_options(ChatCompletionStreamOptions {
                 include_usage: Some(true),
                 include_obfuscation: None,
             });
@@ -131,6 +135,10 @@ impl Generator for OpenAiBackend {
         &self.name
     }
 
+    fn relay(&self) -> Option<&dyn Relay> {
+        Some(self)
+    }
+
     fn model(&self) -> &str {
         &self.model
     }
@@ -160,6 +168,53 @@ impl Generator for OpenAiBackend {
             prompt_tokens,
             completion_tokens,
         })
+    }
+}
+
+#[async_trait]
+impl Relay for OpenAiBackend {
+    async fn complete(&self, body: Value) -> Result<Value, LlmError> {
+        let body = self.relayed(body, false);
+        self.client
+            .chat()
+            .create_byot(body)
+            .await
+            .map_err(|e| remote_error(&self.name, e))
+    }
+
+    async fn stream(&self, body: Value) -> Result<ChunkStream, LlmError> {
+        let body = self.relayed(body, true);
+        let chunks = self
+            .client
+            .chat()
+            .create_stream_byot::<Value, Value>(body)
+            .await
+            .map_err(|e| remote_error(&self.name, e))?;
+        let backend = self.name.clone();
+        Ok(Box::pin(
+            chunks.map(move |chunk| chunk.map_err(|e| remote_error(&backend, e))),
+        ))
+    }
+}
+
+impl OpenAiBackend {
+    /// The client's body for this backend: its model, the given `stream`, usage in streams.
+    fn relayed(&self, mut body: Value, stream: bool) -> Value {
+        if let Some(fields) = body.as_object_mut() {
+            fields.insert("model".into(), Value::String(self.model.clone()));
+            fields.insert("stream".into(), Value::Bool(stream));
+            if stream {
+                let options = fields
+                    .entry("stream_options")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Some(options) = options.as_object_mut() {
+                    options.insert("include_usage".into(), Value::Bool(true));
+                }
+            } else {
+                fields.remove("stream_options");
+            }
+        }
+        body
     }
 }
 

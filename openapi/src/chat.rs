@@ -4,15 +4,19 @@ use utoipa::ToSchema;
 use crate::{CacheInfo, Citation, Degradation, Mode};
 
 /// OpenAI-compatible `POST /v1/chat/completions`. `model` names a collection (RAG over it: the
-/// last user message is the question) or an LLM backend of the pool (plain chat). Fields of the
-/// OpenAI API not listed here are accepted and ignored.
+/// last user message is the question) or an LLM backend of the pool (plain chat). Other fields
+/// of the OpenAI API (`tools`, `response_format`, `stop`, `seed`, ...) are passed through unchanged
+/// to a remote backend named as `model`; elsewhere those that change what an answer is (`tools`,
+/// `tool_choice`, a non-text `response_format`, `logprobs`, ...) are refused with 400
+/// `unsupported_parameter` and sampling hints are ignored.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<ChatMessageIn>,
     #[serde(default)]
     pub stream: Option<bool>,
-    /// Choices to generate: only 1 is supported (more is a 400 `unsupported_parameter`).
+    /// Choices to generate: 1 (more is a 400 `unsupported_parameter`, except in plain chat with a
+    /// remote backend, which gets the request as sent).
     #[serde(default)]
     pub n: Option<u32>,
     #[serde(default)]

@@ -36,9 +36,18 @@ parts = client.chat.completions.create(
 )
 assert parts.choices[0].message.content == answer
 image = {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}
-refused("unsupported_content_part", lambda: client.chat.completions.create(model=backend, messages=[{"role": "user", "content": [image]}]))
-refused("unsupported_parameter", lambda: client.chat.completions.create(model=backend, n=2, messages=[{"role": "user", "content": "hi"}]))
-one = client.chat.completions.create(model=backend, n=1, user="someone", messages=[{"role": "user", "content": "hi"}])
+# A remote backend gets what ragway does not interpret as sent (image parts, n, tools, seed, ...);
+# a collection (RAG) refuses what it cannot honour.
+tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+relayed = client.chat.completions.create(
+    model=backend, n=2, seed=1, stop=["\n\n"], tools=[tool], user="someone", messages=[{"role": "user", "content": [image]}]
+)
+assert relayed.choices[0].message.content == answer, relayed
+asked = [{"role": "user", "content": "hi"}]
+refused("unsupported_content_part", lambda: client.chat.completions.create(model=collection, messages=[{"role": "user", "content": [image]}]))
+refused("unsupported_parameter", lambda: client.chat.completions.create(model=collection, n=2, messages=asked))
+refused("unsupported_parameter", lambda: client.chat.completions.create(model=collection, tools=[tool], messages=asked))
+one = client.chat.completions.create(model=collection, n=1, user="someone", messages=[{"role": "user", "content": "Which volcano in Sicily erupts often?"}])
 assert len(one.choices) == 1
 
 stream = client.chat.completions.create(
@@ -49,7 +58,7 @@ for chunk in stream:
     for choice in chunk.choices:
         text += choice.delta.content or ""
     usage = chunk.usage or usage
-assert text.strip() == answer.strip(), text
+assert text.strip() == answer.strip(), repr(text)
 assert usage is not None and usage.completion_tokens > 0, usage
 
 rag = client.chat.completions.create(model=collection, messages=[{"role": "user", "content": "Which volcano in Sicily erupts often?"}])

@@ -29,6 +29,10 @@ pub enum Script {
     Hang,
     /// Answer after a pause.
     Slow { text: String, delay_ms: u64 },
+    /// Answer with this `chat.completion` body as is (a recorded answer, e.g. with tool calls).
+    Json(Value),
+    /// Stream these `chat.completion.chunk` bodies as they are, then `[DONE]`.
+    Chunks(Vec<Value>),
     /// Stream the first `words` words of `text`, then break the connection (streamed requests).
     BreakAfter { text: String, words: usize },
     /// Stream the first `words` words of `text`, then send nothing more and keep the connection
@@ -146,6 +150,15 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
                 .headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from(retry_after_s));
             response
+        }
+        Script::Json(body) => Json(body).into_response(),
+        Script::Chunks(chunks) => {
+            let events = chunks
+                .iter()
+                .map(|c| format!("data: {c}\n\n"))
+                .chain(["data: [DONE]\n\n".to_string()])
+                .collect::<String>();
+            ([("content-type", "text/event-stream")], events).into_response()
         }
         Script::Answer(text) if streamed => sse(&request, &text, End::Finish),
         Script::BreakAfter { text, words } => sse(&request, &text, End::Break(words)),

@@ -58,3 +58,176 @@ async fn remote_backend_answers_and_local_model_takes_over_when_it_fails() -> an
     assert!(remote.calls() >= 2);
     server.stop().await
 }
+
+/// What a tool-using client sends: tools, a forced tool choice, a JSON response format, stop
+/// sequences, a seed, an earlier tool call and its result, and an image part.
+fn tool_request(stream: bool) -> serde_json::Value {
+    json!({
+        "model": "remote",
+        "stream": stream,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_0", "type": "function",
+                "function": {"name": "weather", "arguments": "{\"city\":\"Lyon\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "12 C"},
+            {"role": "user", "content": "And in Paris?", "name": "ann"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "tool_choice": "required",
+        "response_format": {"type": "json_object"},
+        "stop": ["\n\n"],
+        "seed": 7,
+        "n": 2,
+        "top_p": 0.5,
+        "user": "u-1"
+    })
+}
+
+fn paris_call() -> serde_json::Value {
+    json!([{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}])
+}
+
+/// The body the backend received equals the client's but for `model` (the backend's own),
+/// `stream` and, in a stream, `stream_options`.
+fn assert_relayed_unchanged(sent: &serde_json::Value, asked: &serde_json::Value) {
+    let strip = |body: &serde_json::Value| {
+        let mut body = body.clone();
+        for field in ["model", "stream", "stream_options"] {
+            body.as_object_mut().map(|b| b.remove(field));
+        }
+        body
+    };
+    assert_eq!(strip(sent), strip(asked), "the backend got {sent}");
+    assert_eq!(sent["model"], "scripted-model");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_chat_passes_backend_parameters_through_unchanged() -> anyhow::Result<()> {
+    let answer = json!({
+        "id": "chatcmpl-tools", "object": "chat.completion", "created": 1, "model": "scripted-model",
+        "choices": [{"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": null, "tool_calls": paris_call()}}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}
+    });
+    let remote = ScriptedOpenAi::start(Script::Json(answer)).await?;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        config_toml: format!(
+            "{NO_ANSWER_CACHES}\n[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"scripted-model\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"{}\"\n",
+            remote.base_url,
+            ragway_e2e::models_dir().join("smollm2-135m-instruct").display()
+        ),
+        env: vec![],
+    };
+    let server = Server::start(dir.path(), &options).await?;
+
+    let asked = tool_request(false);
+    let reply = server.post("/v1/chat/completions", &asked).await?;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_relayed_unchanged(&remote.last_request().unwrap_or_default(), &asked);
+    assert_eq!(reply.body["model"], "remote", "the name the client asked for");
+    assert_eq!(reply.body["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(reply.body["choices"][0]["message"]["tool_calls"], paris_call());
+    assert_eq!(reply.body["usage"]["total_tokens"], 49);
+
+    // The backend's 4xx for the client's parameters comes back as such, and is not the
+    // backend's failure: more of them than the breaker's threshold leave it closed.
+    remote.set(Script::Status(400));
+    for _ in 0..5 {
+        let refused = server.post("/v1/chat/completions", &asked).await?;
+        assert_eq!(refused.status, 400, "{:?}", refused.body);
+        assert_eq!(refused.body["error"]["code"], "backend_rejected_request");
+    }
+    remote.set(Script::Answer("fine".into()));
+    let after = server.post("/v1/chat/completions", &asked).await?;
+    assert_eq!(
+        after.status, 200,
+        "the breaker opened on the caller's errors: {:?}",
+        after.body
+    );
+
+    // Where they cannot be honoured, capabilities are refused, not ignored.
+    for model in ["local", "notes"] {
+        if model == "notes" {
+            server.post("/v1/collections", &json!({"name": "notes"})).await?;
+        }
+        let mut local = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        local["tools"] = asked["tools"].clone();
+        let refused = server.post("/v1/chat/completions", &local).await?;
+        assert_eq!(refused.status, 400, "{model}: {:?}", refused.body);
+        assert_eq!(refused.body["error"]["code"], "unsupported_parameter");
+        assert!(refused.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tools"));
+    }
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_plain_chat_relays_the_backends_chunks() -> anyhow::Result<()> {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "scripted-model",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let call = paris_call();
+    let chunks = vec![
+        chunk(
+            json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": ""}}]}),
+            serde_json::Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": call[0]["function"]["arguments"]}}]}),
+            serde_json::Value::Null,
+        ),
+        chunk(json!({}), json!("tool_calls")),
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "scripted-model",
+            "choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}}),
+    ];
+    let remote = ScriptedOpenAi::start(Script::Chunks(chunks.clone())).await?;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        config_toml: format!(
+            "{NO_ANSWER_CACHES}\n[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"scripted-model\"\n",
+            remote.base_url
+        ),
+        env: vec![],
+    };
+    let server = Server::start(dir.path(), &options).await?;
+    for include_usage in [false, true] {
+        let mut asked = tool_request(true);
+        if include_usage {
+            asked["stream_options"] = json!({"include_usage": true});
+        }
+        let (status, _, content_type, text) = server.post_stream("/v1/chat/completions", &asked).await?;
+        assert_eq!(status, 200, "{text}");
+        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        let sent = remote.last_request().unwrap_or_default();
+        assert_relayed_unchanged(&sent, &asked);
+        assert_eq!(
+            sent["stream_options"]["include_usage"], true,
+            "usage is always asked for, to count tokens"
+        );
+        let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+        let got: Vec<serde_json::Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d))
+            .collect::<Result<_, _>>()?;
+        let shown = if include_usage {
+            chunks.len()
+        } else {
+            chunks.len() - 1
+        };
+        assert_eq!(got.len(), shown, "the usage chunk only when asked for: {text}");
+        for (got, sent) in got.iter().zip(&chunks) {
+            let mut expected = sent.clone();
+            expected["model"] = json!("remote");
+            assert_eq!(got, &expected);
+        }
+    }
+    server.stop().await
+}

@@ -5,6 +5,7 @@ pub mod embeddings;
 pub mod health;
 pub mod jobs;
 pub mod openai;
+pub mod relay;
 pub mod rerank;
 pub mod streams;
 pub mod tenants;

@@ -12,7 +12,7 @@ use ragway_openapi::{
     Mode, ModelCard, ModelList, RagwayAnswerInfo, TokenUsage,
 };
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::answer_stream::StreamJob;
 use crate::app::AppState;
@@ -26,6 +26,7 @@ use crate::llm_pool::Choice;
 use crate::pipeline::Allowance;
 use crate::report::Report;
 use crate::routes::answers::{answer_response, citation, deadline, fusion_for};
+use crate::routes::relay;
 use crate::routes::streams::{self, cited_documents};
 use crate::validate;
 
@@ -69,11 +70,14 @@ pub async fn models(State(state): State<AppState>, caller: Caller) -> Result<Jso
 pub async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(request): ApiJson<ChatCompletionRequest>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let messages = messages(&request)?;
+    let request = parse(&body)?;
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid(ErrorCode::NoMessages, "messages is empty"));
+    }
     let generation = GenerationRequest {
-        messages,
+        messages: Vec::new(),
         max_tokens: max_tokens(&state, &request)?,
         temperature: temperature(&state, &request)?,
     };
@@ -82,15 +86,28 @@ pub async fn chat_completions(
     let chat = Chat {
         state,
         caller,
-        model: request.model,
+        model: request.model.clone(),
         stream: request.stream == Some(true),
         deadline,
         allowance,
     };
     match chat.caller.collection(&chat.state, &chat.model) {
-        Ok(collection) => chat.grounded(&collection, &generation.messages).await,
-        Err(_) => chat.bare(generation).await,
+        Ok(collection) => {
+            relay::refuse_capabilities(&body, "a collection (RAG)")?;
+            chat.grounded(&collection, &messages(&request)?).await
+        }
+        Err(_) => chat.bare(generation, &request, body).await,
     }
+}
+
+/// The request as ragway reads it; the raw `body` is kept for relaying.
+fn parse(body: &Value) -> Result<ChatCompletionRequest, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        ApiError::invalid(
+            ErrorCode::InvalidBody,
+            format!("Failed to deserialize the JSON body into the target type: {e}"),
+        )
+    })
 }
 
 fn max_tokens(state: &AppState, request: &ChatCompletionRequest) -> Result<usize, ApiError> {
@@ -219,9 +236,15 @@ impl Chat {
         streams::openai_chunks(job, self.model, false).await
     }
 
-    /// Plain chat with one LLM backend the tenant may use. A spent LLM budget is a 429 even under
-    /// `degrade`: without passages there is nothing cheaper to give.
-    async fn bare(self, request: GenerationRequest) -> Result<Response, ApiError> {
+    /// Plain chat with one LLM backend the tenant may use; relayed as the client wrote it when it
+    /// carries what only the backend interprets (see `relay`). A spent LLM budget is a 429 even
+    /// under `degrade`: without passages there is nothing cheaper to give.
+    async fn bare(
+        self,
+        mut request: GenerationRequest,
+        asked: &ChatCompletionRequest,
+        body: Value,
+    ) -> Result<Response, ApiError> {
         let pool = &self.state.pipeline.llm;
         let Some(backend) = pool
             .backends()
@@ -234,6 +257,16 @@ impl Chat {
         if self.allowance.budget_spent() && !cheaper_left {
             return Err(self.caller.llm_budget_spent(&self.state));
         }
+        if let Some(relay) = backend.generator.relay().filter(|_| relay::wanted(&body)) {
+            let (state, to) = (&self.state, (backend, relay));
+            return if self.stream {
+                relay::stream(state.clone(), self.caller, to, self.model, body, self.deadline).await
+            } else {
+                relay::complete(state, &self.caller, to, &self.model, body, &self.deadline).await
+            };
+        }
+        relay::refuse_capabilities(&body, "a local LLM backend")?;
+        request.messages = messages(asked)?;
         let choice = Choice::Only(vec![backend.name().to_string()]);
         if self.stream {
             let job = StreamJob {
@@ -278,9 +311,6 @@ impl Chat {
 }
 
 fn messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
-    if request.messages.is_empty() {
-        return Err(ApiError::invalid(ErrorCode::NoMessages, "messages is empty"));
-    }
     if request.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid(
             ErrorCode::UnsupportedParameter,

@@ -34,7 +34,7 @@ fn mode_of(event: &AnswerEvent) -> &'static str {
     }
 }
 
-fn respond(mode: &'static str, stream: impl Stream<Item = Event> + Send + 'static) -> Response {
+pub(crate) fn respond(mode: &'static str, stream: impl Stream<Item = Event> + Send + 'static) -> Response {
     let mut response = Sse::new(stream.map(Ok::<Event, Infallible>))
         .keep_alive(KeepAlive::default())
         .into_response();
