@@ -270,12 +270,17 @@ impl EdgeDenseStore {
     }
 }
 
-/// Qdrant wants u64 or UUID ids; a hash of the chunk id makes re-ingest overwrite in place.
 fn point_id(chunk_id: &str) -> PointId {
+    PointId::Uuid(chunk_uuid(chunk_id))
+}
+
+/// Qdrant wants u64 or UUID ids; a hash of the chunk id makes re-ingest overwrite in place (the
+/// same id in the embedded and the server store).
+pub(crate) fn chunk_uuid(chunk_id: &str) -> Uuid {
     let digest = Sha256::digest(chunk_id.as_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
-    PointId::Uuid(Uuid::from_bytes(bytes))
+    Uuid::from_bytes(bytes)
 }
 
 fn payload(chunk: &Chunk) -> Value {

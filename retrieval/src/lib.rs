@@ -12,6 +12,7 @@ mod error;
 mod filter;
 mod fusion;
 mod keyword;
+mod qdrant;
 mod types;
 
 pub use chunk::{chunk_document, ChunkingOptions};
@@ -23,6 +24,7 @@ pub use error::RetrievalError;
 pub use filter::{FilterValue, MetadataFilter};
 pub use fusion::{convex, dbsf, fuse, rrf, Fusion, Normalization};
 pub use keyword::{KeywordStore, TantivyKeywordStore};
+pub use qdrant::{QdrantOptions, QdrantStore, ServerFusion};
 pub use ragway_worker::onnx::{OnnxRuntime, Precision};
 pub use ragway_worker::{Overloaded, Priority, QueueLimits};
 pub use types::{Chunk, EmbeddedChunk, ScoredChunk};

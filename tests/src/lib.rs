@@ -1,10 +1,12 @@
 //! Harness for end-to-end tests: starts the real `ragway` binary on a free port with its own data
 //! directory, and stops it with SIGTERM like an operator would.
 
+mod qdrant;
 mod redis;
 mod scripted_openai;
 mod server;
 
+pub use qdrant::{qdrant_binary, QdrantServer};
 pub use redis::RedisServer;
 pub use scripted_openai::{Script, ScriptedOpenAi};
 pub use server::{models_dir, Server, ServerOptions};

@@ -1,0 +1,462 @@
+//! A Qdrant server as the store (`qdrant-client`, gRPC), for ragway replicas that share one
+//! engine. Each collection is one Qdrant collection whose points carry both vectors of a chunk:
+//! `dense` (the embedding, cosine) and `bm25` (a sparse vector of term weights with the `idf`
+//! modifier), and the chunk as payload. ragway computes the term weights — tantivy's English
+//! analyzer (the one the embedded keyword store uses), BM25's saturation and length norm — and
+//! Qdrant applies IDF over the whole collection at query time, so keyword search runs in the same
+//! engine, and hybrid search can be fused there in one round trip ([`QdrantStore::hybrid`]).
+//!
+//! One [`QdrantStore`] is both the [`DenseStore`] and the [`KeywordStore`]: writes go through the
+//! dense side (which has the embeddings and the text, and writes each point whole); the keyword
+//! side's writes are no-ops, and it only searches.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qdrant_client::qdrant::{
+    Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance,
+    FieldType, Filter, Fusion as QdrantFusion, Modifier, NamedVectors, PayloadIncludeSelector, PointStruct,
+    PrefetchQueryBuilder, Query, QueryPointsBuilder, ScoredPoint, ScrollPointsBuilder,
+    SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Value as QdrantValue, Vector,
+    VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
+};
+use qdrant_client::{Payload, Qdrant, QdrantError};
+use serde_json::{json, Map, Value};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer, TokenStream,
+};
+
+use crate::dense::{chunk_uuid, DenseStore};
+use crate::error::RetrievalError;
+use crate::filter::{FilterValue, MetadataFilter};
+use crate::keyword::KeywordStore;
+use crate::types::{Chunk, EmbeddedChunk, ScoredChunk};
+
+const DENSE: &str = "dense";
+const SPARSE: &str = "bm25";
+/// BM25's term-frequency saturation and length normalisation (tantivy's defaults).
+const K1: f32 = 1.2;
+const B: f32 = 0.75;
+/// Points per upsert call and per scroll page.
+const BATCH: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct QdrantOptions {
+    /// The gRPC address, e.g. `http://127.0.0.1:6334`.
+    pub url: String,
+    pub api_key: Option<String>,
+    /// The embedding dimension of new collections.
+    pub dimension: usize,
+    /// Qdrant collection names are `<prefix><ragway collection>`.
+    pub prefix: String,
+    /// For new collections.
+    pub shards: u32,
+    pub replication_factor: u32,
+    /// BM25's average document length in terms: the chunk size, which bounds every chunk.
+    pub average_terms: f32,
+    pub timeout: Duration,
+}
+
+pub struct QdrantStore {
+    client: Qdrant,
+    options: QdrantOptions,
+    analyzer: TextAnalyzer,
+}
+
+/// How a hybrid search is fused inside Qdrant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerFusion {
+    Rrf,
+    Dbsf,
+}
+
+impl QdrantStore {
+    pub fn new(options: QdrantOptions) -> Result<Self, RetrievalError> {
+        let client = Qdrant::from_url(&options.url)
+            .api_key(options.api_key.clone())
+            .timeout(options.timeout)
+            .skip_compatibility_check()
+            .build()
+            .map_err(|e| RetrievalError::Dense(format!("cannot reach Qdrant at {}: {e}", options.url)))?;
+        Ok(Self {
+            client,
+            options,
+            analyzer: english_analyzer(),
+        })
+    }
+
+    /// Whether the server answers (for readiness).
+    pub async fn health(&self) -> Result<String, RetrievalError> {
+        let reply = self.client.health_check().await.map_err(dense_error)?;
+        Ok(reply.version)
+    }
+
+    fn name(&self, collection: &str) -> String {
+        format!("{}{collection}", self.options.prefix)
+    }
+
+    /// The query's terms, each once: Qdrant multiplies their IDF with each chunk's weight.
+    pub fn query_terms(&self, text: &str) -> (Vec<u32>, Vec<f32>) {
+        let mut terms: Vec<u32> = analyze(&self.analyzer, text).into_iter().map(term_id).collect();
+        terms.sort_unstable();
+        terms.dedup();
+        let weights = vec![1.0; terms.len()];
+        (terms, weights)
+    }
+
+    /// A chunk's BM25 term weights (IDF left to Qdrant).
+    pub fn chunk_terms(&self, text: &str) -> (Vec<u32>, Vec<f32>) {
+        let tokens = analyze(&self.analyzer, text);
+        let length = tokens.len() as f32;
+        let mut counts: HashMap<u32, f32> = HashMap::new();
+        for token in tokens {
+            *counts.entry(term_id(token)).or_default() += 1.0;
+        }
+        let norm = K1 * (1.0 - B + B * length / self.options.average_terms.max(1.0));
+        let mut terms: Vec<(u32, f32)> = counts
+            .into_iter()
+            .map(|(id, tf)| (id, tf * (K1 + 1.0) / (tf + norm)))
+            .collect();
+        terms.sort_unstable_by_key(|(id, _)| *id);
+        terms.into_iter().unzip()
+    }
+
+    async fn create(&self, name: &str) -> Result<(), QdrantError> {
+        let mut vectors = VectorsConfigBuilder::default();
+        vectors.add_named_vector_params(
+            DENSE,
+            VectorParamsBuilder::new(self.options.dimension as u64, Distance::Cosine),
+        );
+        let mut sparse = SparseVectorsConfigBuilder::default();
+        sparse.add_named_vector_params(
+            SPARSE,
+            SparseVectorParamsBuilder::default().modifier(Modifier::Idf),
+        );
+        let create = CreateCollectionBuilder::new(name)
+            .vectors_config(vectors)
+            .sparse_vectors_config(sparse)
+            .shard_number(self.options.shards)
+            .replication_factor(self.options.replication_factor);
+        self.client.create_collection(create).await?;
+        let index = CreateFieldIndexCollectionBuilder::new(name, "doc_id", FieldType::Keyword).wait(true);
+        self.client.create_field_index(index).await?;
+        Ok(())
+    }
+
+    async fn query(
+        &self,
+        collection: &str,
+        request: QueryPointsBuilder,
+        error: fn(QdrantError) -> RetrievalError,
+    ) -> Result<Vec<ScoredChunk>, RetrievalError> {
+        let reply = self
+            .client
+            .query(request)
+            .await
+            .map_err(|e| failed(collection, e, error))?;
+        reply.result.into_iter().map(scored_chunk).collect()
+    }
+
+    fn request(&self, collection: &str, filter: &MetadataFilter, limit: usize) -> QueryPointsBuilder {
+        let mut request = QueryPointsBuilder::new(self.name(collection))
+            .limit(limit as u64)
+            .with_payload(true);
+        if let Some(filter) = qdrant_filter(filter) {
+            request = request.filter(filter);
+        }
+        request
+    }
+
+    /// Dense and keyword search fused inside Qdrant (Query API: two prefetches and a fusion) in
+    /// one round trip; each prefetch fetches `depth` candidates.
+    pub async fn hybrid(
+        &self,
+        collection: &str,
+        (vector, text): (Vec<f32>, &str),
+        filter: &MetadataFilter,
+        (depth, limit): (usize, usize),
+        fusion: ServerFusion,
+    ) -> Result<Vec<ScoredChunk>, RetrievalError> {
+        let (terms, weights) = self.query_terms(text);
+        let prefetch = |query: Query, using: &str| {
+            let mut prefetch = PrefetchQueryBuilder::default()
+                .query(query)
+                .using(using)
+                .limit(depth as u64);
+            if let Some(filter) = qdrant_filter(filter) {
+                prefetch = prefetch.filter(filter);
+            }
+            prefetch
+        };
+        let fusion = match fusion {
+            ServerFusion::Rrf => QdrantFusion::Rrf,
+            ServerFusion::Dbsf => QdrantFusion::Dbsf,
+        };
+        let mut request = self
+            .request(collection, &MetadataFilter::new(), limit)
+            .add_prefetch(prefetch(Query::new_nearest(vector), DENSE))
+            .query(Query::new_fusion(fusion));
+        if !terms.is_empty() {
+            let sparse = Query::new_nearest(VectorInput::new_sparse(terms, weights));
+            request = request.add_prefetch(prefetch(sparse, SPARSE));
+        }
+        self.query(collection, request, dense_error).await
+    }
+}
+
+fn english_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(Stemmer::new(Language::English))
+        .build()
+}
+
+fn analyze(analyzer: &TextAnalyzer, text: &str) -> Vec<String> {
+    let mut analyzer = analyzer.clone();
+    let mut stream = analyzer.token_stream(text);
+    let mut tokens = Vec::new();
+    while stream.advance() {
+        tokens.push(stream.token().text.clone());
+    }
+    tokens
+}
+
+/// A term's sparse index: a stable hash (FNV-1a), the same on every replica and version.
+fn term_id(term: String) -> u32 {
+    term.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn payload(chunk: &Chunk) -> Result<Payload, RetrievalError> {
+    let value = json!({
+        "chunk_id": chunk.chunk_id,
+        "doc_id": chunk.doc_id,
+        "text": chunk.text,
+        "metadata": chunk.metadata,
+    });
+    Payload::try_from(value).map_err(|e| RetrievalError::Dense(format!("chunk payload: {e}")))
+}
+
+fn scored_chunk(point: ScoredPoint) -> Result<ScoredChunk, RetrievalError> {
+    Ok(ScoredChunk {
+        chunk: chunk_from_payload(point.payload)?,
+        score: point.score,
+    })
+}
+
+fn chunk_from_payload(payload: HashMap<String, QdrantValue>) -> Result<Chunk, RetrievalError> {
+    let mut fields: Map<String, Value> = payload.into_iter().map(|(k, v)| (k, v.into_json())).collect();
+    let mut text_field = |name: &str| match fields.remove(name) {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(RetrievalError::Dense(format!("point payload lacks `{name}`"))),
+    };
+    let (chunk_id, doc_id, text) = (
+        text_field("chunk_id")?,
+        text_field("doc_id")?,
+        text_field("text")?,
+    );
+    let metadata = match fields.remove("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    Ok(Chunk {
+        chunk_id,
+        doc_id,
+        text,
+        metadata,
+    })
+}
+
+fn qdrant_filter(filter: &MetadataFilter) -> Option<Filter> {
+    if filter.is_empty() {
+        return None;
+    }
+    let must = filter.iter().map(|(key, value)| {
+        let field = format!("metadata.{key}");
+        match value {
+            FilterValue::String(s) => Condition::matches(field, s.clone()),
+            FilterValue::Integer(i) => Condition::matches(field, *i),
+            FilterValue::Bool(b) => Condition::matches(field, *b),
+        }
+    });
+    Some(Filter::must(must))
+}
+
+fn doc_filter(doc_ids: Vec<String>) -> Filter {
+    Filter::must([Condition::matches("doc_id", doc_ids)])
+}
+
+/// `UnknownCollection` when Qdrant says the collection does not exist; else the stage's error.
+fn failed(collection: &str, error: QdrantError, stage: fn(QdrantError) -> RetrievalError) -> RetrievalError {
+    match &error {
+        QdrantError::ResponseError { status } if status.code() == tonic::Code::NotFound => {
+            RetrievalError::UnknownCollection(collection.to_string())
+        }
+        _ => stage(error),
+    }
+}
+
+fn dense_error(error: QdrantError) -> RetrievalError {
+    RetrievalError::Dense(format!("Qdrant: {error}"))
+}
+
+fn keyword_error(error: QdrantError) -> RetrievalError {
+    RetrievalError::Keyword(format!("Qdrant: {error}"))
+}
+
+#[async_trait]
+impl DenseStore for QdrantStore {
+    async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError> {
+        let name = self.name(collection);
+        if self.client.collection_exists(&name).await.map_err(dense_error)? {
+            return Ok(());
+        }
+        match self.create(&name).await {
+            Ok(()) => Ok(()),
+            // Another replica created it first.
+            Err(_) if self.client.collection_exists(&name).await.unwrap_or(false) => Ok(()),
+            Err(e) => Err(dense_error(e)),
+        }
+    }
+
+    async fn drop_collection(&self, collection: &str) -> Result<(), RetrievalError> {
+        self.client
+            .delete_collection(self.name(collection))
+            .await
+            .map_err(dense_error)?;
+        Ok(())
+    }
+
+    async fn upsert(&self, collection: &str, chunks: Vec<EmbeddedChunk>) -> Result<(), RetrievalError> {
+        for batch in chunks.chunks(BATCH) {
+            let points = batch
+                .iter()
+                .map(|embedded| {
+                    let (terms, weights) = self.chunk_terms(&embedded.chunk.text);
+                    let vectors = NamedVectors::default()
+                        .add_vector(DENSE, embedded.vector.clone())
+                        .add_vector(SPARSE, Vector::new_sparse(terms, weights));
+                    Ok(PointStruct::new(
+                        chunk_uuid(&embedded.chunk.chunk_id).to_string(),
+                        vectors,
+                        payload(&embedded.chunk)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, RetrievalError>>()?;
+            // `wait`: applied (and in Qdrant's WAL) before this returns.
+            let upsert = UpsertPointsBuilder::new(self.name(collection), points).wait(true);
+            self.client
+                .upsert_points(upsert)
+                .await
+                .map_err(|e| failed(collection, e, dense_error))?;
+        }
+        Ok(())
+    }
+
+    async fn delete_documents(&self, collection: &str, doc_ids: Vec<String>) -> Result<(), RetrievalError> {
+        if doc_ids.is_empty() {
+            return Ok(());
+        }
+        let delete = DeletePointsBuilder::new(self.name(collection))
+            .points(doc_filter(doc_ids))
+            .wait(true);
+        self.client
+            .delete_points(delete)
+            .await
+            .map_err(|e| failed(collection, e, dense_error))?;
+        Ok(())
+    }
+
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        filter: MetadataFilter,
+        limit: usize,
+    ) -> Result<Vec<ScoredChunk>, RetrievalError> {
+        let request = self
+            .request(collection, &filter, limit)
+            .query(Query::new_nearest(vector))
+            .using(DENSE);
+        self.query(collection, request, dense_error).await
+    }
+
+    async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError> {
+        let mut ids = HashSet::new();
+        let mut offset = None;
+        loop {
+            let mut scroll = ScrollPointsBuilder::new(self.name(collection))
+                .limit(BATCH as u32)
+                .with_payload(PayloadIncludeSelector::new(vec!["doc_id".to_string()]))
+                .with_vectors(false);
+            if let Some(offset) = offset.take() {
+                scroll = scroll.offset(offset);
+            }
+            let page = self
+                .client
+                .scroll(scroll)
+                .await
+                .map_err(|e| failed(collection, e, dense_error))?;
+            for point in page.result {
+                if let Some(id) = point.payload.get("doc_id").and_then(|v| v.as_str()) {
+                    ids.insert(id.to_string());
+                }
+            }
+            match page.next_page_offset {
+                Some(next) if next.point_id_options.is_some() => offset = Some(next),
+                _ => return Ok(ids),
+            }
+        }
+    }
+
+    /// Writes are acknowledged once applied (`wait`): nothing is left to flush.
+    async fn flush(&self, _collection: &str) -> Result<(), RetrievalError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeywordStore for QdrantStore {
+    /// The dense side creates the collection, with both vectors.
+    async fn open_collection(&self, _collection: &str) -> Result<(), RetrievalError> {
+        Ok(())
+    }
+
+    async fn drop_collection(&self, _collection: &str) -> Result<(), RetrievalError> {
+        Ok(())
+    }
+
+    /// The dense side writes each point with its sparse vector.
+    async fn upsert(&self, _collection: &str, _chunks: Vec<Chunk>) -> Result<(), RetrievalError> {
+        Ok(())
+    }
+
+    async fn delete_documents(&self, _collection: &str, _doc_ids: Vec<String>) -> Result<(), RetrievalError> {
+        Ok(())
+    }
+
+    async fn search(
+        &self,
+        collection: &str,
+        query: String,
+        filter: MetadataFilter,
+        limit: usize,
+    ) -> Result<Vec<ScoredChunk>, RetrievalError> {
+        let (terms, weights) = self.query_terms(&query);
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = self
+            .request(collection, &filter, limit)
+            .query(Query::new_nearest(VectorInput::new_sparse(terms, weights)))
+            .using(SPARSE);
+        self.query(collection, request, keyword_error).await
+    }
+
+    async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError> {
+        DenseStore::document_ids(self, collection).await
+    }
+}

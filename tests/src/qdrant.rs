@@ -1,0 +1,112 @@
+//! A real Qdrant server (1.18.3) on free ports with its own storage, for the tests of the `qdrant`
+//! store backend. No registry here ships one: the binary is looked up as `RAGWAY_QDRANT_BIN`,
+//! then `shared/bin/qdrant` beside the checkout, then `qdrant` on the PATH; where none exists the
+//! tests skip and print why (a user's machine runs the official image instead).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+pub struct QdrantServer {
+    child: Option<Child>,
+    binary: PathBuf,
+    storage: tempfile::TempDir,
+    http_port: u16,
+    grpc_port: u16,
+}
+
+/// Where the `qdrant` binary is, if anywhere.
+pub fn qdrant_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("RAGWAY_QDRANT_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bin/qdrant");
+    if beside.is_file() {
+        return Some(beside);
+    }
+    let on_path = std::env::var_os("PATH")?;
+    std::env::split_paths(&on_path)
+        .map(|dir| dir.join("qdrant"))
+        .find(|candidate| candidate.is_file())
+}
+
+impl QdrantServer {
+    /// Starts a Qdrant server, or returns `None` after printing why the test skips.
+    pub fn start_or_skip(test: &str) -> anyhow::Result<Option<Self>> {
+        let Some(binary) = qdrant_binary() else {
+            eprintln!(
+                "SKIPPED {test}: no qdrant binary (set RAGWAY_QDRANT_BIN, or put Qdrant 1.18 at ../shared/bin/qdrant or on the PATH)"
+            );
+            return Ok(None);
+        };
+        let free = || -> anyhow::Result<u16> { Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+        let mut server = Self {
+            child: None,
+            binary,
+            storage: tempfile::tempdir()?,
+            http_port: free()?,
+            grpc_port: free()?,
+        };
+        server.restart()?;
+        Ok(Some(server))
+    }
+
+    /// The gRPC address the store connects to.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Starts it again on the same ports and storage (after [`QdrantServer::kill`]).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(&self.binary)
+            .env(
+                "QDRANT__STORAGE__STORAGE_PATH",
+                self.storage.path().join("storage"),
+            )
+            .env(
+                "QDRANT__STORAGE__SNAPSHOTS_PATH",
+                self.storage.path().join("snapshots"),
+            )
+            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+            .env("QDRANT__SERVICE__HTTP_PORT", self.http_port.to_string())
+            .env("QDRANT__SERVICE__GRPC_PORT", self.grpc_port.to_string())
+            .env("QDRANT__TELEMETRY_DISABLED", "true")
+            .current_dir(self.storage.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while !self.answers() {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("qdrant did not answer on port {} within 30 s", self.http_port);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Whether both its HTTP and gRPC ports accept connections.
+    fn answers(&self) -> bool {
+        let open = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        open(self.http_port) && open(self.grpc_port)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for QdrantServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
