@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -16,8 +17,8 @@ use ragway_llm::{
 };
 use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
 use ragway_retrieval::{
-    BertEmbedder, BertEmbedderOptions, EdgeDenseStore, Embedder, QueueLimits, RemoteEmbedder,
-    RemoteEmbedderOptions, TantivyKeywordStore,
+    BertEmbedder, BertEmbedderOptions, DenseStore, EdgeDenseStore, Embedder, KeywordStore, QdrantOptions,
+    QdrantStore, QueueLimits, RemoteEmbedder, RemoteEmbedderOptions, TantivyKeywordStore,
 };
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
@@ -25,7 +26,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::breaker::BreakerSettings;
 use crate::caching::Caches;
 use crate::collections::{Collections, IngestEmbedding};
-use crate::config::{AuthMode, Config, LlmBackendConfig, LlmBackendKind, ModelBackend};
+use crate::config::{AuthMode, Config, LlmBackendConfig, LlmBackendKind, ModelBackend, StoreKind};
 use crate::faults::Faults;
 use crate::guard::Guard;
 use crate::jobs::{JobSettings, Jobs};
@@ -53,6 +54,40 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
 }
 
+/// The dense and keyword stores `[store]` names: the embedded pair, or one Qdrant server store
+/// that is both.
+fn stores(config: &Config, dimension: usize) -> anyhow::Result<(Arc<dyn DenseStore>, Arc<dyn KeywordStore>)> {
+    let data = &config.server.data_dir;
+    let store = &config.store;
+    match store.kind {
+        StoreKind::Edge => Ok((
+            Arc::new(EdgeDenseStore::new(&data.join("dense"), dimension)),
+            Arc::new(TantivyKeywordStore::new(&data.join("keyword"))),
+        )),
+        StoreKind::Qdrant => {
+            let api_key = match &store.api_key_env {
+                Some(name) => Some(
+                    std::env::var(name)
+                        .with_context(|| format!("store.api_key_env names {name}, which is not set"))?,
+                ),
+                None => None,
+            };
+            let qdrant = Arc::new(QdrantStore::new(QdrantOptions {
+                url: store.url.clone(),
+                api_key,
+                dimension,
+                prefix: store.collection_prefix.clone(),
+                shards: store.shards,
+                replication_factor: store.replication_factor,
+                average_terms: config.retrieval.chunk_words as f32,
+                timeout: Duration::from_millis(store.timeout_ms),
+            })?);
+            tracing::info!(url = store.url, "store: Qdrant server");
+            Ok((qdrant.clone(), qdrant))
+        }
+    }
+}
+
 impl AppState {
     /// Loads the models and opens the stores named by `config`.
     pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<Self> {
@@ -72,8 +107,7 @@ impl AppState {
         let backends = load_backends(&config, &device, &breaker, &faults).await?;
 
         let data = &config.server.data_dir;
-        let dense = Arc::new(EdgeDenseStore::new(&data.join("dense"), embedder.dimension()));
-        let keyword = Arc::new(TantivyKeywordStore::new(&data.join("keyword")));
+        let (dense, keyword) = stores(&config, embedder.dimension())?;
         let embed_guard = Arc::new(guard("embedder", z.embed_timeout_ms));
         let ingest_embedding = IngestEmbedding {
             embedder: embedder.clone(),
@@ -458,14 +492,18 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// `ragway_requests_total{route,status}`, with the route template (bounded) as label.
+/// `ragway_requests_total{route,status}` and `ragway_request_duration_seconds{route}` (until the
+/// response head; a stream's body goes on), with the route template (bounded) as label.
 async fn count_request(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
     let response = next.run(request).await;
+    metrics::histogram!("ragway_request_duration_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
     metrics::counter!("ragway_requests_total", "route" => route, "status" => response.status().as_u16().to_string())
         .increment(1);
     response

@@ -25,9 +25,51 @@ pub struct Config {
     pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub quotas: QuotasConfig,
+    pub store: StoreConfig,
     /// Tried in order of `priority` (default: position in this list); backends of equal priority
     /// share load, the lowest priority is the primary.
     pub llm: Vec<LlmBackendConfig>,
+}
+
+/// Where chunks are stored and searched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `edge`: Qdrant Edge and tantivy in process under `server.data_dir` (one machine, the
+    /// default); `qdrant`: a Qdrant server, dense and BM25 sparse vectors in one collection, shared
+    /// by every replica.
+    pub kind: StoreKind,
+    /// The Qdrant server's gRPC address (`kind = "qdrant"`).
+    pub url: String,
+    /// Name of the environment variable holding Qdrant's API key, if it needs one.
+    pub api_key_env: Option<String>,
+    /// Qdrant collection names are `<prefix><tenant>.<collection>`.
+    pub collection_prefix: String,
+    /// For new collections.
+    pub shards: u32,
+    pub replication_factor: u32,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    Edge,
+    Qdrant,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Edge,
+            url: "http://127.0.0.1:6334".into(),
+            api_key_env: None,
+            collection_prefix: "ragway_".into(),
+            shards: 1,
+            replication_factor: 1,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 /// What one request may ask for. Each over-limit input is a 4xx naming its key; nothing is stored.
@@ -416,6 +458,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             auth: AuthConfig::default(),
             quotas: QuotasConfig::default(),
+            store: StoreConfig::default(),
             llm: vec![LlmBackendConfig {
                 name: "local".into(),
                 priority: None,

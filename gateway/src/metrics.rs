@@ -15,10 +15,19 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full("ragway_stage_duration_seconds".into()),
             STAGE_BUCKETS,
         )?
+        .set_buckets_for_metric(
+            Matcher::Full("ragway_request_duration_seconds".into()),
+            STAGE_BUCKETS,
+        )?
         .install_recorder()?;
     describe_counter!(
         "ragway_requests_total",
         "HTTP requests by route template and status code"
+    );
+    describe_histogram!(
+        "ragway_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by route template, until the response head"
     );
     describe_histogram!(
         "ragway_stage_duration_seconds",

@@ -59,6 +59,11 @@ impl QdrantServer {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
+    /// The HTTP address (REST API).
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
     /// Starts it again on the same ports and storage (after [`QdrantServer::kill`]).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         let child = Command::new(&self.binary)
