@@ -28,9 +28,9 @@ models="${RAGWAY_MODELS:-$HOME/.cache/ragway/models}"
 # The end-to-end tests validate /openapi.json with openapi-spec-validator, fuzz the API with
 # schemathesis and drive it with the official openai SDK, all kept in their own venv.
 venv="$HOME/.cache/ragway/venv"
-if ! "$venv/bin/python" -c "import openapi_spec_validator, openai" 2>/dev/null || ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c "import openapi_spec_validator, openai, yaml" 2>/dev/null || ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "openapi-spec-validator==0.7.*" "schemathesis==4.32.5" "openai==1.109.1"
+  "$venv/bin/pip" install --quiet "openapi-spec-validator==0.7.*" "schemathesis==4.32.5" "openai==1.109.1" "pyyaml==6.0.3"
 fi
 export RAGWAY_PYTHON="$venv/bin/python"
 export RAGWAY_SCHEMATHESIS="$venv/bin/schemathesis"
