@@ -471,6 +471,14 @@ pub fn router(state: AppState) -> Router {
                 .delete(admin::clear_faults),
         )
         .route("/admin/cache/invalidate", post(admin::invalidate_cache))
+        .route(
+            "/admin/collections/{name}/snapshot",
+            post(admin::snapshot_collection),
+        )
+        .route(
+            "/admin/collections/{name}/restore",
+            post(admin::restore_collection),
+        )
         .route("/admin/tenants", post(tenants::create).get(tenants::list))
         .route(
             "/admin/tenants/{id}",

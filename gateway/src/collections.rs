@@ -24,6 +24,9 @@ use crate::durable;
 use crate::error::{ApiError, ErrorCode, ModelStage};
 use crate::guard::Guard;
 
+mod snapshot;
+pub use snapshot::SnapshotInfo;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
     name: String,

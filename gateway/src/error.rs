@@ -102,6 +102,8 @@ error_codes! {
     Unauthorized => "unauthorized",
     UnknownCacheLayer => "unknown_cache_layer",
     UnknownStage => "unknown_stage",
+    SnapshotNotFound => "snapshot_not_found",
+    InvalidSnapshot => "invalid_snapshot",
     UnsupportedContentPart => "unsupported_content_part",
     UnsupportedDimensions => "unsupported_dimensions",
     UnsupportedEncoding => "unsupported_encoding",

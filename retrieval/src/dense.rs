@@ -7,8 +7,8 @@ use qdrant_edge::external::uuid::Uuid;
 use qdrant_edge::{
     Condition, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition, Filter,
     JsonPath, Match, MatchValue, NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct,
-    QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants,
-    WithPayloadInterface, WithVector,
+    QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal,
+    VectorStructInternal, WithPayloadInterface, WithVector,
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -37,6 +37,8 @@ pub trait DenseStore: Send + Sync {
     async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError>;
     /// Makes every write so far durable: after this returns, they survive a crash.
     async fn flush(&self, collection: &str) -> Result<(), RetrievalError>;
+    /// Every chunk with its vector (snapshots).
+    async fn export(&self, collection: &str) -> Result<Vec<EmbeddedChunk>, RetrievalError>;
 }
 
 /// Qdrant's engine in process (Qdrant Edge): one shard per collection under `root/<collection>`.
@@ -238,6 +240,47 @@ impl DenseStore for EdgeDenseStore {
     async fn flush(&self, collection: &str) -> Result<(), RetrievalError> {
         let shard = self.shards.shard(collection)?;
         run_blocking(RetrievalError::Dense, move || shard.flush()).await
+    }
+
+    async fn export(&self, collection: &str) -> Result<Vec<EmbeddedChunk>, RetrievalError> {
+        let shard = self.shards.shard(collection)?;
+        run_blocking(RetrievalError::Dense, move || {
+            let mut chunks = Vec::new();
+            let mut offset = None;
+            loop {
+                let (records, next) = shard.edge.scroll(ScrollRequest {
+                    offset,
+                    limit: Some(SCROLL_PAGE),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(true),
+                    order_by: None,
+                })?;
+                for record in records {
+                    let payload = record.payload.map(|p| p.0).unwrap_or_default();
+                    let vector = dense_vector(record.vector)
+                        .ok_or_else(|| RetrievalError::Dense("a point has no dense vector".into()))?;
+                    let chunk = chunk_from_payload(payload)?;
+                    chunks.push(EmbeddedChunk { chunk, vector });
+                }
+                match next {
+                    Some(next) => offset = Some(next),
+                    None => return Ok(chunks),
+                }
+            }
+        })
+        .await
+    }
+}
+
+fn dense_vector(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
+    match vector? {
+        VectorStructInternal::Single(vector) => Some(vector),
+        VectorStructInternal::Named(named) => named.into_values().find_map(|v| match v {
+            VectorInternal::Dense(vector) => Some(vector),
+            _ => None,
+        }),
+        VectorStructInternal::MultiDense(_) => None,
     }
 }
 

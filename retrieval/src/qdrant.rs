@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use qdrant_client::qdrant::vector_output::Vector as DenseOrOther;
 use qdrant_client::qdrant::{
     Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance,
     FieldType, Filter, Fusion as QdrantFusion, Modifier, NamedVectors, PayloadIncludeSelector, PointStruct,
@@ -408,6 +409,39 @@ impl DenseStore for QdrantStore {
             match page.next_page_offset {
                 Some(next) if next.point_id_options.is_some() => offset = Some(next),
                 _ => return Ok(ids),
+            }
+        }
+    }
+
+    async fn export(&self, collection: &str) -> Result<Vec<EmbeddedChunk>, RetrievalError> {
+        let mut chunks = Vec::new();
+        let mut offset = None;
+        loop {
+            let mut scroll = ScrollPointsBuilder::new(self.name(collection))
+                .limit(BATCH as u32)
+                .with_payload(true)
+                .with_vectors(true);
+            if let Some(offset) = offset.take() {
+                scroll = scroll.offset(offset);
+            }
+            let page = self
+                .client
+                .scroll(scroll)
+                .await
+                .map_err(|e| failed(collection, e, dense_error))?;
+            for point in page.result {
+                let vector = match point.vectors.and_then(|v| v.get_vector_by_name(DENSE)) {
+                    Some(DenseOrOther::Dense(dense)) => dense.data,
+                    _ => return Err(RetrievalError::Dense("a point has no dense vector".into())),
+                };
+                chunks.push(EmbeddedChunk {
+                    chunk: chunk_from_payload(point.payload)?,
+                    vector,
+                });
+            }
+            match page.next_page_offset {
+                Some(next) if next.point_id_options.is_some() => offset = Some(next),
+                _ => return Ok(chunks),
             }
         }
     }

@@ -136,3 +136,80 @@ pub async fn invalidate_cache(
         .await;
     Ok(Json(Invalidated { invalidated }))
 }
+
+/// `restore`'s body.
+#[derive(Deserialize, ToSchema)]
+pub struct RestoreRequest {
+    /// A snapshot's file name under `<data_dir>/snapshots/` (what `snapshot` answered); copy a
+    /// snapshot file there to restore it on another server.
+    pub snapshot: String,
+}
+
+fn snapshots_dir(state: &AppState) -> std::path::PathBuf {
+    state.config.server.data_dir.join("snapshots")
+}
+
+/// A collection's full name as stored: `<tenant id>.<name>` with keys, `<name>` when open.
+fn full_name(name: &str) -> Result<(), ApiError> {
+    let (tenant, own) = name.split_once('.').unwrap_or(("", name));
+    let tenant_ok = tenant
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !tenant_ok {
+        return Err(ApiError::invalid(
+            ErrorCode::InvalidCollectionName,
+            format!("{name:?} is not `<tenant id>.<collection>` or `<collection>`"),
+        ));
+    }
+    crate::validate::collection_name(own)
+}
+
+/// Writes a collection — its manifest and every chunk with its vector — to one file under
+/// `<data_dir>/snapshots/`, while its writes wait. `name` is the full name (`<tenant id>.<name>`
+/// with keys). Taken through the store traits: it restores on either store kind.
+#[utoipa::path(post, path = "/admin/collections/{name}/snapshot", tag = "admin", security(("admin_key" = [])),
+    params(("name" = String, Path, description = "The collection's full name")),
+    responses((status = 200, description = "Written", body = crate::collections::SnapshotInfo), (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
+pub async fn snapshot_collection(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<crate::collections::SnapshotInfo>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(
+        state.collections.snapshot(&name, &snapshots_dir(&state)).await?,
+    ))
+}
+
+/// Creates collection `name` from a snapshot file (nothing is embedded again); 409 when it
+/// exists or when the snapshot's vectors come from another embedder.
+#[utoipa::path(post, path = "/admin/collections/{name}/restore", tag = "admin", request_body = RestoreRequest, security(("admin_key" = [])),
+    params(("name" = String, Path, description = "The collection's full name")),
+    responses((status = 201, description = "Restored", body = ragway_openapi::CollectionInfo), (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 409, description = "Exists, or another embedder", body = ErrorBody), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
+pub async fn restore_collection(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    ApiJson(request): ApiJson<RestoreRequest>,
+) -> Result<(StatusCode, Json<ragway_openapi::CollectionInfo>), ApiError> {
+    authorize(&state, &headers)?;
+    full_name(&name)?;
+    let file = &request.snapshot;
+    let plain = file
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if file.is_empty() || file.starts_with('.') || !plain {
+        return Err(ApiError::invalid(
+            ErrorCode::InvalidSnapshot,
+            "snapshot: a file name under <data_dir>/snapshots/ (letters, digits, '.', '_', '-')",
+        ));
+    }
+    let max = state.config.limits.max_collections;
+    let restored = state
+        .collections
+        .restore(&name, &snapshots_dir(&state).join(file), max)
+        .await?;
+    Ok((StatusCode::CREATED, Json(restored)))
+}
