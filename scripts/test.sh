@@ -32,6 +32,15 @@ if ! "$venv/bin/python" -c "import openapi_spec_validator, openai, yaml" 2>/dev/
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "openapi-spec-validator==0.7.*" "schemathesis==4.32.5" "openai==1.109.1" "pyyaml==6.0.3"
 fi
+# The Qdrant server backend's tests need a `qdrant` binary (no registry here ships one); without
+# one they pass after printing why they skipped (cargo captures that, so it is said here too).
+qdrant="${RAGWAY_QDRANT_BIN:-}"
+[ -n "$qdrant" ] || { [ -x ../shared/bin/qdrant ] && qdrant=../shared/bin/qdrant; } || qdrant=$(command -v qdrant || true)
+if [ -n "$qdrant" ]; then
+  echo "qdrant: $qdrant (the Qdrant server tests run against it)"
+else
+  echo "qdrant: not found (RAGWAY_QDRANT_BIN, ../shared/bin/qdrant, PATH): the Qdrant server tests SKIP"
+fi
 export RAGWAY_PYTHON="$venv/bin/python"
 export RAGWAY_SCHEMATHESIS="$venv/bin/schemathesis"
 cargo fmt --all -- --check

@@ -331,17 +331,7 @@ impl Collections {
         max_collections: usize,
     ) -> Result<CollectionInfo, ApiError> {
         let _guard = self.lifecycle.lock().await;
-        if self.get(name).is_ok() || read(&self.damaged)?.contains_key(name) {
-            return Err(ApiError::CollectionExists(name.to_string()));
-        }
-        if read(&self.open)?.len() >= max_collections {
-            return Err(ApiError::Conflict {
-                code: ErrorCode::TooManyCollections,
-                message: format!(
-                    "this server holds at most {max_collections} collections (limits.max_collections)"
-                ),
-            });
-        }
+        self.check_new(name, max_collections)?;
         let manifest = Manifest {
             name: name.to_string(),
             generation: uuid::Uuid::new_v4().simple().to_string(),
@@ -362,6 +352,22 @@ impl Collections {
         let info = info(&manifest);
         write(&self.open)?.insert(name.to_string(), Arc::new(Collection::new(manifest)));
         Ok(info)
+    }
+
+    /// 409 when `name` is taken (or damaged), or when the server holds all it may.
+    fn check_new(&self, name: &str, max_collections: usize) -> Result<(), ApiError> {
+        if self.get(name).is_ok() || read(&self.damaged)?.contains_key(name) {
+            return Err(ApiError::CollectionExists(name.to_string()));
+        }
+        if read(&self.open)?.len() >= max_collections {
+            return Err(ApiError::Conflict {
+                code: ErrorCode::TooManyCollections,
+                message: format!(
+                    "this server holds at most {max_collections} collections (limits.max_collections)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     pub async fn drop_collection(&self, name: &str) -> Result<(), ApiError> {

@@ -326,7 +326,7 @@ pub(crate) fn chunk_uuid(chunk_id: &str) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
-fn payload(chunk: &Chunk) -> Value {
+pub(crate) fn payload(chunk: &Chunk) -> Value {
     json!({
         "chunk_id": chunk.chunk_id,
         "doc_id": chunk.doc_id,
@@ -335,7 +335,7 @@ fn payload(chunk: &Chunk) -> Value {
     })
 }
 
-fn chunk_from_payload(mut payload: Map<String, Value>) -> Result<Chunk, RetrievalError> {
+pub(crate) fn chunk_from_payload(mut payload: Map<String, Value>) -> Result<Chunk, RetrievalError> {
     let mut text_field = |name: &str| match payload.remove(name) {
         Some(Value::String(s)) => Ok(s),
         _ => Err(RetrievalError::Dense(format!("point payload lacks `{name}`"))),

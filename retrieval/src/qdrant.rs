@@ -18,17 +18,16 @@ use qdrant_client::qdrant::vector_output::Vector as DenseOrOther;
 use qdrant_client::qdrant::{
     Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance,
     FieldType, Filter, Fusion as QdrantFusion, Modifier, NamedVectors, PayloadIncludeSelector, PointStruct,
-    PrefetchQueryBuilder, Query, QueryPointsBuilder, ScoredPoint, ScrollPointsBuilder,
+    PrefetchQueryBuilder, Query, QueryPointsBuilder, RetrievedPoint, ScoredPoint, ScrollPointsBuilder,
     SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Value as QdrantValue, Vector,
     VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
-use serde_json::{json, Map, Value};
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer, TokenStream,
 };
 
-use crate::dense::{chunk_uuid, DenseStore};
+use crate::dense::{self, chunk_uuid, DenseStore};
 use crate::error::RetrievalError;
 use crate::filter::{FilterValue, MetadataFilter};
 use crate::keyword::KeywordStore;
@@ -169,6 +168,40 @@ impl QdrantStore {
         request
     }
 
+    /// Every point of the collection, a page at a time: with its whole payload and vectors when
+    /// `whole`, else with its `doc_id` only.
+    async fn scroll_all(
+        &self,
+        collection: &str,
+        whole: bool,
+        mut each: impl FnMut(RetrievedPoint) -> Result<(), RetrievalError>,
+    ) -> Result<(), RetrievalError> {
+        let mut offset = None;
+        loop {
+            let mut scroll = ScrollPointsBuilder::new(self.name(collection))
+                .limit(BATCH as u32)
+                .with_vectors(whole);
+            scroll = if whole {
+                scroll.with_payload(true)
+            } else {
+                scroll.with_payload(PayloadIncludeSelector::new(vec!["doc_id".to_string()]))
+            };
+            if let Some(offset) = offset.take() {
+                scroll = scroll.offset(offset);
+            }
+            let page = self
+                .client
+                .scroll(scroll)
+                .await
+                .map_err(|e| failed(collection, e, dense_error))?;
+            page.result.into_iter().try_for_each(&mut each)?;
+            match page.next_page_offset {
+                Some(next) if next.point_id_options.is_some() => offset = Some(next),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Dense and keyword search fused inside Qdrant (Query API: two prefetches and a fusion) in
     /// one round trip; each prefetch fetches `depth` candidates.
     pub async fn hybrid(
@@ -232,13 +265,7 @@ fn term_id(term: String) -> u32 {
 }
 
 fn payload(chunk: &Chunk) -> Result<Payload, RetrievalError> {
-    let value = json!({
-        "chunk_id": chunk.chunk_id,
-        "doc_id": chunk.doc_id,
-        "text": chunk.text,
-        "metadata": chunk.metadata,
-    });
-    Payload::try_from(value).map_err(|e| RetrievalError::Dense(format!("chunk payload: {e}")))
+    Payload::try_from(dense::payload(chunk)).map_err(|e| RetrievalError::Dense(format!("chunk payload: {e}")))
 }
 
 fn scored_chunk(point: ScoredPoint) -> Result<ScoredChunk, RetrievalError> {
@@ -249,26 +276,7 @@ fn scored_chunk(point: ScoredPoint) -> Result<ScoredChunk, RetrievalError> {
 }
 
 fn chunk_from_payload(payload: HashMap<String, QdrantValue>) -> Result<Chunk, RetrievalError> {
-    let mut fields: Map<String, Value> = payload.into_iter().map(|(k, v)| (k, v.into_json())).collect();
-    let mut text_field = |name: &str| match fields.remove(name) {
-        Some(Value::String(s)) => Ok(s),
-        _ => Err(RetrievalError::Dense(format!("point payload lacks `{name}`"))),
-    };
-    let (chunk_id, doc_id, text) = (
-        text_field("chunk_id")?,
-        text_field("doc_id")?,
-        text_field("text")?,
-    );
-    let metadata = match fields.remove("metadata") {
-        Some(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
-    Ok(Chunk {
-        chunk_id,
-        doc_id,
-        text,
-        metadata,
-    })
+    dense::chunk_from_payload(payload.into_iter().map(|(k, v)| (k, v.into_json())).collect())
 }
 
 fn qdrant_filter(filter: &MetadataFilter) -> Option<Filter> {
@@ -387,63 +395,31 @@ impl DenseStore for QdrantStore {
 
     async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError> {
         let mut ids = HashSet::new();
-        let mut offset = None;
-        loop {
-            let mut scroll = ScrollPointsBuilder::new(self.name(collection))
-                .limit(BATCH as u32)
-                .with_payload(PayloadIncludeSelector::new(vec!["doc_id".to_string()]))
-                .with_vectors(false);
-            if let Some(offset) = offset.take() {
-                scroll = scroll.offset(offset);
+        self.scroll_all(collection, false, |point| {
+            if let Some(id) = point.payload.get("doc_id").and_then(|v| v.as_str()) {
+                ids.insert(id.to_string());
             }
-            let page = self
-                .client
-                .scroll(scroll)
-                .await
-                .map_err(|e| failed(collection, e, dense_error))?;
-            for point in page.result {
-                if let Some(id) = point.payload.get("doc_id").and_then(|v| v.as_str()) {
-                    ids.insert(id.to_string());
-                }
-            }
-            match page.next_page_offset {
-                Some(next) if next.point_id_options.is_some() => offset = Some(next),
-                _ => return Ok(ids),
-            }
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(ids)
     }
 
     async fn export(&self, collection: &str) -> Result<Vec<EmbeddedChunk>, RetrievalError> {
         let mut chunks = Vec::new();
-        let mut offset = None;
-        loop {
-            let mut scroll = ScrollPointsBuilder::new(self.name(collection))
-                .limit(BATCH as u32)
-                .with_payload(true)
-                .with_vectors(true);
-            if let Some(offset) = offset.take() {
-                scroll = scroll.offset(offset);
-            }
-            let page = self
-                .client
-                .scroll(scroll)
-                .await
-                .map_err(|e| failed(collection, e, dense_error))?;
-            for point in page.result {
-                let vector = match point.vectors.and_then(|v| v.get_vector_by_name(DENSE)) {
-                    Some(DenseOrOther::Dense(dense)) => dense.data,
-                    _ => return Err(RetrievalError::Dense("a point has no dense vector".into())),
-                };
-                chunks.push(EmbeddedChunk {
-                    chunk: chunk_from_payload(point.payload)?,
-                    vector,
-                });
-            }
-            match page.next_page_offset {
-                Some(next) if next.point_id_options.is_some() => offset = Some(next),
-                _ => return Ok(chunks),
-            }
-        }
+        self.scroll_all(collection, true, |point| {
+            let vector = match point.vectors.and_then(|v| v.get_vector_by_name(DENSE)) {
+                Some(DenseOrOther::Dense(dense)) => dense.data,
+                _ => return Err(RetrievalError::Dense("a point has no dense vector".into())),
+            };
+            chunks.push(EmbeddedChunk {
+                chunk: chunk_from_payload(point.payload)?,
+                vector,
+            });
+            Ok(())
+        })
+        .await?;
+        Ok(chunks)
     }
 
     /// Writes are acknowledged once applied (`wait`): nothing is left to flush.

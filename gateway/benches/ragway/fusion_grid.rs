@@ -108,8 +108,12 @@ pub async fn run(
     );
     println!("| engine / fusion | nDCG@10 | nDCG@10 (2^g−1) | Recall@100 | MRR@10 | worst fold ÷ best engine | mean fold ÷ best engine |");
     println!("|---|---|---|---|---|---|---|");
-    println!("| BM25 (tantivy) | {} | | |", bm25.cells());
-    println!("| dense (MiniLM + Qdrant Edge) | {} | | |", dense.cells());
+    let (keyword_engine, dense_engine) = match state.config.store.kind {
+        ragway_gateway::config::StoreKind::Edge => ("tantivy", "Qdrant Edge"),
+        ragway_gateway::config::StoreKind::Qdrant => ("Qdrant sparse vectors", "Qdrant server"),
+    };
+    println!("| BM25 ({keyword_engine}) | {} | | |", bm25.cells());
+    println!("| dense (MiniLM + {dense_engine}) | {} | | |", dense.cells());
     let mut results = Vec::new();
     for fusion in grid() {
         let s = scores(&lists, |l| fuse(&fusion, Some(&l.dense), Some(&l.keyword), 600));

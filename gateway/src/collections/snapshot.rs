@@ -11,7 +11,7 @@ use ragway_openapi::CollectionInfo;
 use ragway_retrieval::{Chunk, EmbeddedChunk};
 use serde::{Deserialize, Serialize};
 
-use super::{info, read, write, Collection, Collections, Manifest};
+use super::{info, write, Collection, Collections, Manifest};
 use crate::error::{ApiError, ErrorCode};
 
 /// Chunks written to the stores at a time on restore.
@@ -78,17 +78,7 @@ impl Collections {
         max_collections: usize,
     ) -> Result<CollectionInfo, ApiError> {
         let _guard = self.lifecycle.lock().await;
-        if self.get(name).is_ok() || read(&self.damaged)?.contains_key(name) {
-            return Err(ApiError::CollectionExists(name.to_string()));
-        }
-        if read(&self.open)?.len() >= max_collections {
-            return Err(ApiError::Conflict {
-                code: ErrorCode::TooManyCollections,
-                message: format!(
-                    "this server holds at most {max_collections} collections (limits.max_collections)"
-                ),
-            });
-        }
+        self.check_new(name, max_collections)?;
         let file = std::fs::File::open(path).map_err(|e| {
             ApiError::invalid(
                 ErrorCode::SnapshotNotFound,
