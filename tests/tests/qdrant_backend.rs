@@ -18,6 +18,12 @@ fn on(qdrant: &QdrantServer) -> ServerOptions {
     }
 }
 
+/// A GET on Qdrant's REST API, as JSON.
+async fn qdrant_rest(qdrant: &QdrantServer, path: &str) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}{path}", qdrant.http_url());
+    Ok(reqwest::get(url).await?.json().await?)
+}
+
 async fn search_first(
     server: &Server,
     question: &str,
@@ -54,24 +60,13 @@ async fn ragway_on_a_qdrant_server_answers_and_survives_kill_9() -> anyhow::Resu
     assert_eq!(ingested.status, 200, "{:?}", ingested.body);
 
     // The points are in Qdrant, with both vectors; nothing is in the embedded stores' directories.
-    let http = reqwest::Client::new();
-    let listed: serde_json::Value = http
-        .get(format!("{}/collections", qdrant.http_url()))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let listed: serde_json::Value = qdrant_rest(&qdrant, "/collections").await?;
     let names: Vec<&str> = listed["result"]["collections"]
         .as_array()
         .map(|c| c.iter().filter_map(|c| c["name"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(names, ["ragway_facts"], "{listed}");
-    let info: serde_json::Value = http
-        .get(format!("{}/collections/ragway_facts", qdrant.http_url()))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let info: serde_json::Value = qdrant_rest(&qdrant, "/collections/ragway_facts").await?;
     assert_eq!(info["result"]["points_count"], 6, "{info}");
     assert_eq!(
         info["result"]["config"]["params"]["sparse_vectors"]["bm25"]["modifier"], "idf",
@@ -130,12 +125,7 @@ async fn ragway_on_a_qdrant_server_answers_and_survives_kill_9() -> anyhow::Resu
     let ids = search_first(&server, QUESTIONS[0].0, json!({})).await?;
     assert_eq!(ids.first().map(String::as_str), Some(QUESTIONS[0].1));
     assert_eq!(server.delete("/v1/collections/facts").await?.status, 204);
-    let listed: serde_json::Value = http
-        .get(format!("{}/collections", qdrant.http_url()))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let listed: serde_json::Value = qdrant_rest(&qdrant, "/collections").await?;
     assert_eq!(
         listed["result"]["collections"],
         json!([]),

@@ -48,6 +48,13 @@ async fn hits(server: &Server) -> anyhow::Result<Vec<Vec<(String, String)>>> {
     Ok(all)
 }
 
+/// `POST /admin/collections/{name}/restore` with `snapshot`.
+async fn ask_restore(server: &Server, name: &str, snapshot: &str) -> anyhow::Result<ragway_e2e::Reply> {
+    let body = json!({ "snapshot": snapshot });
+    let path = format!("/admin/collections/{name}/restore");
+    server.admin(Method::POST, &path, ADMIN, Some(&body)).await
+}
+
 /// Copies `snapshot` from one data dir to another's `snapshots/` and restores it as `facts`.
 async fn restore(
     from: &std::path::Path,
@@ -60,15 +67,7 @@ async fn restore(
         from.join("snapshots").join(snapshot),
         to_dir.join("snapshots").join(snapshot),
     )?;
-    let body = json!({"snapshot": snapshot});
-    let restored = to
-        .admin(
-            Method::POST,
-            "/admin/collections/facts/restore",
-            ADMIN,
-            Some(&body),
-        )
-        .await?;
+    let restored = ask_restore(to, "facts", snapshot).await?;
     assert_eq!(restored.status, 201, "{:?}", restored.body);
     Ok(restored.body)
 }
@@ -102,25 +101,9 @@ async fn a_restored_snapshot_answers_the_same_queries_with_the_same_hits() -> an
         .await?;
     assert_eq!(no_key.status, 401);
     // Restoring over an existing collection, or from a path, is refused.
-    let body = json!({"snapshot": snapshot});
-    let exists = first
-        .admin(
-            Method::POST,
-            "/admin/collections/facts/restore",
-            ADMIN,
-            Some(&body),
-        )
-        .await?;
+    let exists = ask_restore(&first, "facts", &snapshot).await?;
     assert_eq!(exists.status, 409, "{:?}", exists.body);
-    let escape = json!({"snapshot": "../collections/facts.json"});
-    let escaped = first
-        .admin(
-            Method::POST,
-            "/admin/collections/other/restore",
-            ADMIN,
-            Some(&escape),
-        )
-        .await?;
+    let escaped = ask_restore(&first, "other", "../collections/facts.json").await?;
     assert_eq!(escaped.status, 400, "{:?}", escaped.body);
 
     // A fresh data directory, the embedded stores.

@@ -51,7 +51,8 @@ impl Collections {
         let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(internal)?);
         serde_json::to_writer(&mut out, &*manifest).map_err(internal)?;
         out.write_all(b"\n").map_err(internal)?;
-        for EmbeddedChunk { chunk, vector } in chunks.iter().cloned() {
+        let chunk_count = chunks.len();
+        for EmbeddedChunk { chunk, vector } in chunks {
             serde_json::to_writer(&mut out, &SnapshotChunk { chunk, vector }).map_err(internal)?;
             out.write_all(b"\n").map_err(internal)?;
         }
@@ -64,7 +65,7 @@ impl Collections {
         Ok(SnapshotInfo {
             snapshot: file_name,
             documents: manifest.documents.len(),
-            chunks: chunks.len(),
+            chunks: chunk_count,
             bytes: std::fs::metadata(&path).map_err(internal)?.len(),
         })
     }
