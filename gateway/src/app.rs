@@ -25,11 +25,11 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::breaker::BreakerSettings;
 use crate::caching::Caches;
-use crate::collections::{Collections, IngestEmbedding};
+use crate::collections::{Collections, IngestEmbedding, ManifestStore};
 use crate::config::{AuthMode, Config, LlmBackendConfig, LlmBackendKind, ModelBackend, StoreKind};
 use crate::faults::Faults;
 use crate::guard::Guard;
-use crate::jobs::{JobSettings, Jobs};
+use crate::jobs::{JobSettings, JobStoreKind, Jobs};
 use crate::llm_pool::{Backend, LlmPool};
 use crate::pipeline::{Pipeline, PipelineSettings, StageGuards};
 use crate::quota::{Counter, Quotas};
@@ -114,15 +114,14 @@ impl AppState {
             guard: embed_guard.clone(),
             timeout: Duration::from_millis(config.ingest.embed_timeout_ms),
         };
-        let collections = Arc::new(
-            Collections::open(
-                &data.join("collections"),
-                ingest_embedding,
-                dense.clone(),
-                keyword.clone(),
-            )
-            .await?,
-        );
+        let shared = shared_state(&config)?;
+        let manifests = match &shared {
+            Some(redis) => ManifestStore::Redis(redis.clone()),
+            None => ManifestStore::Files(data.join("collections")),
+        };
+        let collections =
+            Arc::new(Collections::open(manifests, ingest_embedding, dense.clone(), keyword.clone()).await?);
+        collections.follow();
         let redis = redis_tier(&config)?;
         let caches = Caches::new(
             &config,
@@ -138,7 +137,11 @@ impl AppState {
             max_concurrent: config.ingest.max_concurrent_jobs,
             keep_finished: config.ingest.keep_finished_jobs,
         };
-        let jobs = Jobs::open(&data.join("jobs"), collections.clone(), job_settings)?;
+        let job_store = match shared {
+            Some(redis) => JobStoreKind::Redis(redis),
+            None => JobStoreKind::Files(data.join("jobs")),
+        };
+        let jobs = Jobs::open(job_store, collections.clone(), job_settings).await?;
 
         let pipeline = Pipeline {
             embedder,
@@ -365,6 +368,26 @@ fn redis_tier(config: &Config) -> anyhow::Result<Option<RedisTier>> {
         .map_err(|e| anyhow::anyhow!("cache.redis.url = {:?}: {e}", redis.url))?;
     tracing::info!("shared caches, tenants and quotas: redis (cache.redis.url)");
     Ok(Some(tier))
+}
+
+/// With a Qdrant server and Redis, collection manifests and ingestion jobs live in Redis, so
+/// every replica serves every collection; otherwise in this process's data directory.
+fn shared_state(config: &Config) -> anyhow::Result<Option<RedisTier>> {
+    let url = &config.cache.redis.url;
+    match (config.store.kind, url.is_empty()) {
+        (StoreKind::Qdrant, false) => {
+            // Manifests can be large: the store's timeout, not the cache's.
+            let tier = RedisTier::new(url, Duration::from_millis(config.store.timeout_ms))
+                .map_err(|e| anyhow::anyhow!("cache.redis.url = {url:?}: {e}"))?;
+            tracing::info!("collections and ingestion jobs: redis (shared by every replica)");
+            Ok(Some(tier))
+        }
+        (StoreKind::Qdrant, true) => {
+            tracing::warn!("collections and ingestion jobs stay in this replica's data directory: replicas on one Qdrant server also need cache.redis.url");
+            Ok(None)
+        }
+        (StoreKind::Edge, _) => Ok(None),
+    }
 }
 
 /// Tenants (in Redis when configured, else in a file) and the quotas that count their use.

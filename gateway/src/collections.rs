@@ -4,11 +4,16 @@
 //! stores and made durable there (Qdrant Edge flushed, tantivy committed) before the manifest is
 //! fsynced, so a document the manifest lists survives a crash in both indexes. A failed change is
 //! undone in both stores, so a document is searchable in both indexes or in neither.
+//!
+//! Manifests live in a [`registry`]: files in the data directory, or Redis, shared by every
+//! replica on one Qdrant server. Then a change holds the collection's lease in every process,
+//! starts from the manifest as the registry has it, and each process follows the registry's
+//! changes (see [`Collections::follow`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ragway_openapi::{CollectionInfo, DocumentInput};
@@ -20,12 +25,35 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::deadline::Deadline;
-use crate::durable;
 use crate::error::{ApiError, ErrorCode, ModelStage};
 use crate::guard::Guard;
+use crate::lease::Lease;
 
+mod follow;
+mod registry;
 mod snapshot;
+use registry::{Created, FileRegistry, RedisRegistry, Registry};
 pub use snapshot::SnapshotInfo;
+
+/// Where manifests live.
+pub enum ManifestStore {
+    /// `<dir>/<name>.json` (one process).
+    Files(PathBuf),
+    /// Redis, shared by the replicas of a deployment.
+    Redis(ragway_cache::RedisTier),
+}
+
+/// A collection a job names, as this process finds it.
+pub enum Lookup {
+    Open(Arc<Collection>),
+    /// Dropped, re-created since, or damaged.
+    Gone,
+    /// In the shared registry, not yet followed here.
+    NotYet,
+}
+
+/// How often a process looks for other processes' changes in a shared registry.
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
@@ -47,6 +75,10 @@ struct Manifest {
     dimension: Option<usize>,
     epoch: u64,
     documents: BTreeMap<String, DocumentRecord>,
+    /// Documents a change is writing to the stores now: if its process dies, the next change
+    /// removes them from both stores (they were never acknowledged; their job re-applies them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +129,11 @@ impl Collection {
 
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// `<generation>:<epoch>`, as the registry's heads are.
+    fn head(&self) -> String {
+        format!("{}:{}", self.generation, self.epoch())
     }
 
     /// Its own fusion, if it has one.
@@ -176,12 +213,15 @@ pub struct IngestEmbedding {
 }
 
 pub struct Collections {
-    manifests_dir: PathBuf,
+    registry: Box<dyn Registry>,
     open: RwLock<BTreeMap<String, Arc<Collection>>>,
     /// Collections whose manifest or stores could not be opened, with why; the others serve.
     damaged: RwLock<BTreeMap<String, String>>,
-    /// Serialises creating and dropping collections.
+    /// Serialises creating and dropping collections (in this process; the registry's leases
+    /// serialise them between processes).
     lifecycle: tokio::sync::Mutex<()>,
+    /// The registry version this process last followed completely (shared registries).
+    followed: Mutex<Option<u64>>,
     embedding: IngestEmbedding,
     dense: Arc<dyn DenseStore>,
     keyword: Arc<dyn KeywordStore>,
@@ -206,37 +246,76 @@ struct Change {
     bytes: u64,
 }
 
+/// A change of one collection in progress: its manifest held in this process, its lease held in
+/// every process.
+struct Writing<'a> {
+    manifest: tokio::sync::MutexGuard<'a, Manifest>,
+    _lease: Lease,
+}
+
+impl std::ops::Deref for Writing<'_> {
+    type Target = Manifest;
+    fn deref(&self) -> &Manifest {
+        &self.manifest
+    }
+}
+
+impl std::ops::DerefMut for Writing<'_> {
+    fn deref_mut(&mut self) -> &mut Manifest {
+        &mut self.manifest
+    }
+}
+
+/// The registry failed: nothing was changed, and trying again may work.
+fn registry_failed(e: String) -> ApiError {
+    ApiError::Busy {
+        code: ErrorCode::RegistryUnavailable,
+        message: format!("the collection registry cannot be reached: {e}"),
+        retry_after_s: 1,
+    }
+}
+
 impl Collections {
-    /// Opens every collection whose manifest is under `manifests_dir`. One that cannot be opened
-    /// is reported in [`Collections::damaged`] and does not stop the others.
+    /// Opens every collection `store` records. One that cannot be opened is reported in
+    /// [`Collections::damaged`] and does not stop the others.
     pub async fn open(
-        manifests_dir: &Path,
+        store: ManifestStore,
         embedding: IngestEmbedding,
         dense: Arc<dyn DenseStore>,
         keyword: Arc<dyn KeywordStore>,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(manifests_dir)?;
+        let registry: Box<dyn Registry> = match store {
+            ManifestStore::Files(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                Box::new(FileRegistry { dir })
+            }
+            ManifestStore::Redis(redis) => Box::new(RedisRegistry { redis }),
+        };
         let collections = Self {
-            manifests_dir: manifests_dir.to_path_buf(),
+            registry,
             open: RwLock::new(BTreeMap::new()),
             damaged: RwLock::new(BTreeMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
+            followed: Mutex::new(None),
             embedding,
             dense,
             keyword,
             on_change: std::sync::OnceLock::new(),
             on_embedded: std::sync::OnceLock::new(),
         };
-        for entry in std::fs::read_dir(manifests_dir)? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if let Err(e) = collections.open_one(&path).await {
+        if collections.registry.shared() {
+            // Other replicas may be writing: no reconciling here (each change recovers what an
+            // interrupted one left, under the collection's lease).
+            collections.follow_once().await;
+            return Ok(collections);
+        }
+        let entries = collections.registry.load().await.map_err(anyhow::Error::msg)?;
+        for (name, entry) in entries {
+            let opened = match entry {
+                Ok(manifest) => collections.open_one(manifest, true).await,
+                Err(e) => Err(anyhow::anyhow!(e)),
+            };
+            if let Err(e) = opened {
                 tracing::error!(collection = name, error = %e, "collection damaged: not served");
                 write(&collections.damaged)?.insert(name, e.to_string());
             }
@@ -244,14 +323,18 @@ impl Collections {
         Ok(collections)
     }
 
-    async fn open_one(&self, path: &Path) -> anyhow::Result<()> {
-        let manifest: Manifest = serde_json::from_slice(&std::fs::read(path)?)
-            .map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
+    async fn open_one(&self, manifest: Manifest, reconcile: bool) -> anyhow::Result<()> {
         self.dense.open_collection(&manifest.name).await?;
         self.keyword.open_collection(&manifest.name).await?;
         let collection = Arc::new(Collection::new(manifest));
-        self.reconcile(&collection).await?;
-        write(&self.open)?.insert(collection.name.clone(), collection);
+        if reconcile {
+            self.reconcile(&collection).await?;
+        }
+        write(&self.damaged)?.remove(&collection.name);
+        let previous = write(&self.open)?.insert(collection.name.clone(), collection);
+        if let Some(previous) = previous {
+            previous.dropped.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -282,17 +365,83 @@ impl Collections {
         if stray.is_empty() {
             return Ok(());
         }
-        tracing::warn!(collection = %name, documents = ?stray, "removing documents of an interrupted write (its job re-applies them)");
-        self.dense.delete_documents(name, stray.clone()).await?;
-        self.keyword.delete_documents(name, stray.clone()).await?;
+        manifest.pending = stray;
+        self.undo_pending(collection, &mut manifest).await?;
+        Ok(())
+    }
+
+    /// Removes the documents a change left half-written (`manifest.pending`) from both stores and
+    /// the manifest, durably.
+    async fn undo_pending(&self, collection: &Collection, manifest: &mut Manifest) -> Result<(), ApiError> {
+        let stray = manifest.pending.clone();
+        tracing::warn!(collection = %collection.name, documents = ?stray, "removing documents of an interrupted write (its job re-applies them)");
+        self.remove_documents(collection, manifest, stray).await
+    }
+
+    /// Removes `ids` from both stores, then from the manifest, durably. Listed in
+    /// `manifest.pending` meanwhile, so a crash half-way is finished by the next change.
+    async fn remove_documents(
+        &self,
+        collection: &Collection,
+        manifest: &mut Manifest,
+        ids: Vec<String>,
+    ) -> Result<(), ApiError> {
+        let name = &collection.name;
+        if manifest.pending != ids {
+            manifest.pending = ids.clone();
+            self.save(manifest).await?;
+        }
+        self.dense.delete_documents(name, ids.clone()).await?;
+        self.keyword.delete_documents(name, ids.clone()).await?;
         self.dense.flush(name).await?;
-        for id in &stray {
+        for id in &ids {
             manifest.documents.remove(id);
         }
+        manifest.pending.clear();
         manifest.epoch += 1;
-        self.save(&manifest)?;
-        self.publish(collection, &manifest);
+        self.save(manifest).await?;
+        self.publish(collection, manifest);
         Ok(())
+    }
+
+    /// Starts a change of `collection`: holds its manifest here and its lease in every process,
+    /// takes the manifest as the registry has it now (another replica may have changed it), and
+    /// first undoes what a change interrupted by a crash left.
+    async fn begin<'a>(&self, collection: &'a Collection) -> Result<Writing<'a>, ApiError> {
+        let manifest = collection.manifest.lock().await;
+        if collection.dropped.load(Ordering::Acquire) {
+            return Err(ApiError::CollectionNotFound(collection.name.clone()));
+        }
+        let lease = self
+            .registry
+            .lock(&collection.name)
+            .await
+            .map_err(registry_failed)?;
+        let mut writing = Writing {
+            manifest,
+            _lease: lease,
+        };
+        if self.registry.shared() {
+            let current = self
+                .registry
+                .get(&collection.name)
+                .await
+                .map_err(registry_failed)?;
+            match current {
+                Some(current) if current.generation == collection.generation => {
+                    *writing.manifest = current;
+                    collection.publish(&writing);
+                }
+                _ => {
+                    self.forget(&collection.name, &collection.generation);
+                    return Err(ApiError::CollectionNotFound(collection.name.clone()));
+                }
+            }
+        }
+        if !writing.pending.is_empty() {
+            self.undo_pending(collection, &mut writing).await?;
+        }
+        Ok(writing)
     }
 
     /// Sets what hears of every change (the caches); the first call wins.
@@ -319,6 +468,21 @@ impl Collections {
             .ok_or_else(|| ApiError::CollectionNotFound(name.to_string()))
     }
 
+    /// The collection `name` of `generation` (what a job writes to).
+    pub async fn lookup(&self, name: &str, generation: &str) -> Lookup {
+        if let Some(collection) = self.get(name).ok().filter(|c| c.generation == generation) {
+            return Lookup::Open(collection);
+        }
+        if !self.registry.shared() {
+            return Lookup::Gone;
+        }
+        match self.registry.get(name).await {
+            Ok(Some(manifest)) if manifest.generation == generation => Lookup::NotYet,
+            Ok(_) => Lookup::Gone,
+            Err(_) => Lookup::NotYet,
+        }
+    }
+
     pub fn list(&self) -> Result<Vec<Arc<Collection>>, ApiError> {
         Ok(read(&self.open)?.values().cloned().collect())
     }
@@ -330,8 +494,6 @@ impl Collections {
         fusion: Option<Fusion>,
         max_collections: usize,
     ) -> Result<CollectionInfo, ApiError> {
-        let _guard = self.lifecycle.lock().await;
-        self.check_new(name, max_collections)?;
         let manifest = Manifest {
             name: name.to_string(),
             generation: uuid::Uuid::new_v4().simple().to_string(),
@@ -342,16 +504,45 @@ impl Collections {
             dimension: Some(self.embedding.embedder.dimension()),
             epoch: 0,
             documents: BTreeMap::new(),
+            pending: Vec::new(),
         };
-        // A crash while dropping an earlier collection of this name may have left its indexes.
-        self.dense.drop_collection(name).await?;
-        self.keyword.drop_collection(name).await?;
-        self.dense.open_collection(name).await?;
-        self.keyword.open_collection(name).await?;
-        self.save(&manifest)?;
-        let info = info(&manifest);
-        write(&self.open)?.insert(name.to_string(), Arc::new(Collection::new(manifest)));
-        Ok(info)
+        self.establish(manifest, max_collections, async { Ok(()) }).await
+    }
+
+    /// Makes `manifest` a new collection: clears what a crash may have left of an earlier one
+    /// of its name in the stores, lets `fill` write its contents, then records it. 409 when the
+    /// name is taken (here or by another replica) or the registry is full.
+    async fn establish(
+        &self,
+        manifest: Manifest,
+        max_collections: usize,
+        fill: impl std::future::Future<Output = Result<(), ApiError>>,
+    ) -> Result<CollectionInfo, ApiError> {
+        let name = manifest.name.clone();
+        let _guard = self.lifecycle.lock().await;
+        self.check_new(&name, max_collections)?;
+        let _lease = self.registry.lock(&name).await.map_err(registry_failed)?;
+        if self.registry.get(&name).await.map_err(registry_failed)?.is_some() {
+            return Err(ApiError::CollectionExists(name));
+        }
+        self.dense.drop_collection(&name).await?;
+        self.keyword.drop_collection(&name).await?;
+        self.dense.open_collection(&name).await?;
+        self.keyword.open_collection(&name).await?;
+        fill.await?;
+        let created = self
+            .registry
+            .create(&manifest, max_collections)
+            .await
+            .map_err(registry_failed)?;
+        match created {
+            Created::Yes => {}
+            Created::Taken => return Err(ApiError::CollectionExists(name)),
+            Created::Full => return Err(too_many(max_collections)),
+        }
+        let created = info(&manifest);
+        write(&self.open)?.insert(name, Arc::new(Collection::new(manifest)));
+        Ok(created)
     }
 
     /// 409 when `name` is taken (or damaged), or when the server holds all it may.
@@ -360,12 +551,7 @@ impl Collections {
             return Err(ApiError::CollectionExists(name.to_string()));
         }
         if read(&self.open)?.len() >= max_collections {
-            return Err(ApiError::Conflict {
-                code: ErrorCode::TooManyCollections,
-                message: format!(
-                    "this server holds at most {max_collections} collections (limits.max_collections)"
-                ),
-            });
+            return Err(too_many(max_collections));
         }
         Ok(())
     }
@@ -374,16 +560,27 @@ impl Collections {
         let _guard = self.lifecycle.lock().await;
         let collection = self.get(name)?;
         // Wait for a change in flight to finish, and keep new ones out while the files go.
-        let _manifest = collection.manifest.lock().await;
-        collection.dropped.store(true, Ordering::Release);
-        write(&self.open)?.remove(name);
-        durable::remove(&self.manifest_path(name)).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let _writing = self.begin(&collection).await?;
+        self.registry.remove(name).await.map_err(registry_failed)?;
+        self.forget(name, &collection.generation);
         self.dense.drop_collection(name).await?;
         self.keyword.drop_collection(name).await?;
         if let Some(hook) = self.on_change.get() {
             hook(name, &collection.generation, u64::MAX);
         }
         Ok(())
+    }
+
+    /// Stops serving `name` of `generation` (dropped, here or by another replica); a change
+    /// waiting for its lock sees it and stops.
+    fn forget(&self, name: &str, generation: &str) {
+        let Ok(mut open) = write(&self.open) else {
+            return;
+        };
+        if let Some(collection) = open.get(name).filter(|c| c.generation == generation) {
+            collection.dropped.store(true, Ordering::Release);
+            open.remove(name);
+        }
     }
 
     /// Indexes the new and changed documents of one batch, durably; documents whose id and content
@@ -394,10 +591,7 @@ impl Collections {
         collection: &Collection,
         documents: Vec<DocumentInput>,
     ) -> Result<BatchOutcome, ApiError> {
-        let mut manifest = collection.manifest.lock().await;
-        if collection.dropped.load(Ordering::Acquire) {
-            return Err(ApiError::CollectionNotFound(collection.name.clone()));
-        }
+        let mut manifest = self.begin(collection).await?;
         let total = documents.len();
         let changed = plan(&manifest, documents, collection.chunking);
         let mut outcome = BatchOutcome {
@@ -420,35 +614,24 @@ impl Collections {
             .map(|(chunk, vector)| EmbeddedChunk { chunk, vector })
             .collect();
         let doc_ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
+        manifest.pending = doc_ids.clone();
+        self.save(&manifest).await?;
         let written = self
             .replace_in_stores(&collection.name, &doc_ids, embedded, chunks)
             .await;
+        manifest.pending.clear();
         manifest.epoch += 1;
         match &written {
             Ok(()) => {
                 outcome.indexed = changed.len();
-                for Change {
-                    id,
-                    hash,
-                    chunks,
-                    bytes,
-                } in changed
-                {
-                    outcome.chunks += chunks.len();
-                    let record = DocumentRecord {
-                        content_hash: hash,
-                        chunks: chunks.len(),
-                        bytes,
-                    };
-                    manifest.documents.insert(id, record);
-                }
+                outcome.chunks = record(&mut manifest, changed);
             }
             // The old versions are gone from both stores too; record that.
             Err(_) => doc_ids.iter().for_each(|id| {
                 manifest.documents.remove(id);
             }),
         }
-        self.save(&manifest)?;
+        self.save(&manifest).await?;
         self.publish(collection, &manifest);
         outcome.epoch = manifest.epoch;
         written.map(|()| outcome)
@@ -529,49 +712,64 @@ impl Collections {
     /// results fused the old way are never served again.
     pub async fn set_fusion(&self, name: &str, fusion: Option<Fusion>) -> Result<CollectionInfo, ApiError> {
         let collection = self.get(name)?;
-        let mut manifest = collection.manifest.lock().await;
-        if collection.dropped.load(Ordering::Acquire) {
-            return Err(ApiError::CollectionNotFound(name.to_string()));
-        }
+        let mut manifest = self.begin(&collection).await?;
         manifest.fusion = fusion;
         manifest.epoch += 1;
-        self.save(&manifest)?;
+        self.save(&manifest).await?;
         self.publish(&collection, &manifest);
         Ok(info(&manifest))
     }
 
     pub async fn delete_document(&self, name: &str, doc_id: &str) -> Result<(usize, u64), ApiError> {
         let collection = self.get(name)?;
-        let mut manifest = collection.manifest.lock().await;
-        if collection.dropped.load(Ordering::Acquire) {
-            return Err(ApiError::CollectionNotFound(name.to_string()));
-        }
+        let mut manifest = self.begin(&collection).await?;
         let Some(record) = manifest.documents.get(doc_id).cloned() else {
             return Err(ApiError::DocumentNotFound {
                 collection: name.to_string(),
                 document: doc_id.to_string(),
             });
         };
-        let ids = vec![doc_id.to_string()];
-        self.dense.delete_documents(name, ids.clone()).await?;
-        self.keyword.delete_documents(name, ids).await?;
-        self.dense.flush(name).await?;
-        manifest.documents.remove(doc_id);
-        manifest.epoch += 1;
-        self.save(&manifest)?;
-        self.publish(&collection, &manifest);
+        self.remove_documents(&collection, &mut manifest, vec![doc_id.to_string()])
+            .await?;
         Ok((record.chunks, manifest.epoch))
     }
 
-    fn manifest_path(&self, name: &str) -> PathBuf {
-        self.manifests_dir.join(format!("{name}.json"))
+    async fn save(&self, manifest: &Manifest) -> Result<(), ApiError> {
+        self.registry
+            .save(manifest)
+            .await
+            .map_err(|e| match self.registry.shared() {
+                true => registry_failed(e),
+                false => ApiError::Internal(e),
+            })
     }
+}
 
-    fn save(&self, manifest: &Manifest) -> Result<(), ApiError> {
-        let path = self.manifest_path(&manifest.name);
-        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| ApiError::Internal(e.to_string()))?;
-        durable::write(&path, &bytes)
-            .map_err(|e| ApiError::Internal(format!("cannot write {}: {e}", path.display())))
+/// Records the documents a batch indexed; returns their chunks.
+fn record(manifest: &mut Manifest, changed: Vec<Change>) -> usize {
+    let mut chunks = 0;
+    for Change {
+        id,
+        hash,
+        chunks: doc_chunks,
+        bytes,
+    } in changed
+    {
+        chunks += doc_chunks.len();
+        let record = DocumentRecord {
+            content_hash: hash,
+            chunks: doc_chunks.len(),
+            bytes,
+        };
+        manifest.documents.insert(id, record);
+    }
+    chunks
+}
+
+fn too_many(max_collections: usize) -> ApiError {
+    ApiError::Conflict {
+        code: ErrorCode::TooManyCollections,
+        message: format!("this server holds at most {max_collections} collections (limits.max_collections)"),
     }
 }
 

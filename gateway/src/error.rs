@@ -68,6 +68,7 @@ error_codes! {
     InvalidTenant => "invalid_tenant",
     JobCancelled => "job_cancelled",
     JobFinished => "job_finished",
+    JobStoreUnavailable => "job_store_unavailable",
     JobNotFound => "job_not_found",
     KeyNotFound => "key_not_found",
     KeywordStoreFailed => "keyword_store_failed",
@@ -89,6 +90,7 @@ error_codes! {
     Overloaded => "overloaded",
     QueryTooLong => "query_too_long",
     RateLimited => "rate_limited",
+    RegistryUnavailable => "registry_unavailable",
     RerankerBusy => "reranker_busy",
     RerankerFailed => "reranker_failed",
     RerankerUnavailable => "reranker_unavailable",
@@ -131,7 +133,8 @@ pub enum ApiError {
     /// The request conflicts with the server's state (a limit reached, a finished job).
     #[error("{message}")]
     Conflict { code: ErrorCode, message: String },
-    /// Too busy now (admission control); worth retrying after `retry_after_s`.
+    /// Cannot serve now (admission control, a shared registry out of reach); worth retrying
+    /// after `retry_after_s`.
     #[error("{message}")]
     Busy {
         code: ErrorCode,

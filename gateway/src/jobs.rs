@@ -5,22 +5,25 @@
 //! a bounded number at a time. After a crash, unfinished jobs resume from their last finished
 //! batch; re-applying a document already indexed with the same content is a no-op.
 //!
-//! On disk, under `<data_dir>/jobs`: `<id>.json` (the status, rewritten after each batch) and
-//! `<id>.documents.json` (the request's documents, removed when the job finishes).
+//! Jobs live in a [`store`]: the data directory, or Redis shared by every replica. There a job is
+//! run by the replica holding its lease; when that replica dies, another claims the job within
+//! about [`LEASE_TTL`](crate::lease::LEASE_TTL) and resumes it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ragway_openapi::{DocumentInput, IngestResponse, JobState, JobStatus};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::collections::{BatchOutcome, Collection, Collections};
-use crate::durable;
+use crate::collections::{BatchOutcome, Collection, Collections, Lookup};
 use crate::error::{ApiError, ErrorCode};
+use crate::lease::Lease;
+
+mod store;
+use store::{FileJobs, JobStore, Record, RedisJobs};
 
 /// How jobs run.
 #[derive(Debug, Clone, Copy)]
@@ -31,16 +34,17 @@ pub struct JobSettings {
     pub keep_finished: usize,
 }
 
+/// Where jobs live.
+pub enum JobStoreKind {
+    Files(PathBuf),
+    Redis(ragway_cache::RedisTier),
+}
+
 /// A background job whose embedder is busy waits this long between tries, this many times.
 const BUSY_WAIT: Duration = Duration::from_secs(1);
 const BUSY_TRIES: u32 = 600;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct JobFile {
-    status: JobStatus,
-    /// The generation of the collection the job writes to.
-    generation: String,
-}
+/// How often a replica looks for jobs whose replica died (shared stores).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 struct Job {
     status: Mutex<JobStatus>,
@@ -49,6 +53,14 @@ struct Job {
 }
 
 impl Job {
+    fn new(record: Record) -> Arc<Self> {
+        Arc::new(Self {
+            status: Mutex::new(record.status),
+            generation: record.generation,
+            cancelled: AtomicBool::new(false),
+        })
+    }
+
     fn status(&self) -> JobStatus {
         self.status
             .lock()
@@ -56,138 +68,176 @@ impl Job {
             .clone()
     }
 
-    fn update(&self, change: impl FnOnce(&mut JobStatus)) -> JobStatus {
+    fn update(&self, change: impl FnOnce(&mut JobStatus)) -> Record {
         let mut status = self
             .status
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         change(&mut status);
-        status.clone()
+        Record {
+            status: status.clone(),
+            generation: self.generation.clone(),
+        }
     }
 }
 
 /// What waits for a synchronous job's answer.
 pub type JobResult = oneshot::Receiver<Result<IngestResponse, ApiError>>;
 
+/// The job store failed: trying again may work.
+fn store_failed(e: String) -> ApiError {
+    ApiError::Busy {
+        code: ErrorCode::JobStoreUnavailable,
+        message: format!("the job store cannot be reached: {e}"),
+        retry_after_s: 1,
+    }
+}
+
 pub struct Jobs {
-    dir: PathBuf,
+    store: Box<dyn JobStore>,
     collections: Arc<Collections>,
     settings: JobSettings,
     /// Background jobs running at once.
     slots: Arc<Semaphore>,
-    jobs: Mutex<BTreeMap<String, Arc<Job>>>,
+    /// The jobs this process runs or is about to run.
+    running: Mutex<BTreeMap<String, Arc<Job>>>,
 }
 
 impl Jobs {
-    /// Loads the jobs under `dir` and resumes the unfinished ones (or marks them failed when
-    /// their collection is gone).
-    pub fn open(
-        dir: &Path,
+    /// Opens the job store and resumes the unfinished jobs (or marks them failed when their
+    /// collection is gone); with a shared store, keeps looking for jobs whose replica died.
+    pub async fn open(
+        store: JobStoreKind,
         collections: Arc<Collections>,
         settings: JobSettings,
     ) -> anyhow::Result<Arc<Self>> {
-        std::fs::create_dir_all(dir)?;
+        let store: Box<dyn JobStore> = match store {
+            JobStoreKind::Files(dir) => Box::new(FileJobs::open(dir)?),
+            JobStoreKind::Redis(redis) => Box::new(RedisJobs { redis }),
+        };
         let jobs = Arc::new(Self {
-            dir: dir.to_path_buf(),
+            store,
             collections,
             settings,
             slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
-            jobs: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(BTreeMap::new()),
         });
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            let is_status = path.extension().is_some_and(|e| e == "json")
-                && !path.to_string_lossy().ends_with(".documents.json");
-            if is_status {
-                if let Err(e) = jobs.load(&path) {
-                    tracing::error!(path = %path.display(), error = %e, "cannot read job record; skipped");
+        jobs.resume_unfinished().await;
+        if jobs.store.shared() {
+            let weak = Arc::downgrade(&jobs);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                    let Some(jobs) = weak.upgrade() else { return };
+                    jobs.resume_unfinished().await;
                 }
-            }
+            });
         }
         Ok(jobs)
     }
 
-    fn load(self: &Arc<Self>, path: &Path) -> anyhow::Result<()> {
-        let file: JobFile = serde_json::from_slice(&std::fs::read(path)?)?;
-        let id = file.status.id.clone();
-        let job = Arc::new(Job {
-            status: Mutex::new(file.status),
-            generation: file.generation,
-            cancelled: AtomicBool::new(false),
-        });
-        self.lock().insert(id.clone(), job.clone());
-        let status = job.status();
-        if status.state.is_finished() {
-            return Ok(());
-        }
-        let collection = self
-            .collections
-            .get(&status.collection)
-            .ok()
-            .filter(|c| c.generation == job.generation);
-        let documents = std::fs::read(self.documents_path(&id))
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| Ok(serde_json::from_slice::<Vec<DocumentInput>>(&bytes)?));
-        match (collection, documents) {
-            (Some(collection), Ok(documents)) => {
-                tracing::info!(
-                    job = id,
-                    collection = status.collection,
-                    done = status.documents_done,
-                    "resuming ingestion job"
-                );
-                self.clone().spawn(job, collection, documents, None, true);
+    /// Claims and resumes every unfinished job no process runs.
+    async fn resume_unfinished(self: &Arc<Self>) {
+        let records = match self.store.all().await {
+            Ok(records) => records,
+            Err(e) => return tracing::warn!(error = %e, "cannot read the job store"),
+        };
+        for record in records {
+            let id = record.status.id.clone();
+            if record.status.state.is_finished() || self.lock().contains_key(&id) {
+                continue;
             }
-            (None, _) => self.finish(
-                &job,
-                Err("the collection was deleted or could not be opened".into()),
-            ),
-            (_, Err(e)) => self.finish(&job, Err(format!("the job's documents are unreadable: {e}"))),
+            match self.store.claim(&id).await {
+                Ok(Some(lease)) => self.resume(record, lease).await,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(job = id, error = %e, "cannot claim job"),
+            }
         }
-        Ok(())
+    }
+
+    async fn resume(self: &Arc<Self>, record: Record, lease: Lease) {
+        let (id, name) = (record.status.id.clone(), record.status.collection.clone());
+        let lookup = self.collections.lookup(&name, &record.generation).await;
+        let job = Job::new(record);
+        match lookup {
+            Lookup::Open(collection) => match self.store.documents(&id).await {
+                Ok(documents) => {
+                    let done = job.status().documents_done;
+                    tracing::info!(job = id, collection = name, done, "resuming ingestion job");
+                    self.lock().insert(id, job.clone());
+                    self.clone().spawn(job, collection, documents, None, true, lease);
+                }
+                Err(e) => {
+                    self.finish(&job, Err(format!("the job's documents are unreadable: {e}")))
+                        .await
+                }
+            },
+            Lookup::Gone => {
+                let why = "the collection was deleted or could not be opened";
+                self.finish(&job, Err(why.into())).await;
+            }
+            // Created by another replica an instant ago: the next sweep finds it here.
+            Lookup::NotYet => {}
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Job>>> {
-        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records a job durably and starts it. A synchronous job (`background == false`) starts at
     /// once and its result comes through the returned receiver.
-    pub fn submit(
+    pub async fn submit(
         self: &Arc<Self>,
         collection: Arc<Collection>,
         documents: Vec<DocumentInput>,
         background: bool,
     ) -> Result<(JobStatus, Option<JobResult>), ApiError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let status = JobStatus {
-            id: id.clone(),
-            collection: collection.name.clone(),
-            state: JobState::Queued,
-            documents_total: documents.len(),
-            documents_done: 0,
-            indexed: 0,
-            unchanged: 0,
-            chunks_done: 0,
-            epoch: collection.epoch(),
-            errors: Vec::new(),
-            created_at: now(),
-            finished_at: None,
-        };
-        let job = Arc::new(Job {
-            status: Mutex::new(status.clone()),
+        let record = Record {
+            status: JobStatus {
+                id: id.clone(),
+                collection: collection.name.clone(),
+                state: JobState::Queued,
+                documents_total: documents.len(),
+                documents_done: 0,
+                indexed: 0,
+                unchanged: 0,
+                chunks_done: 0,
+                epoch: collection.epoch(),
+                errors: Vec::new(),
+                created_at: now(),
+                finished_at: None,
+            },
             generation: collection.generation.clone(),
-            cancelled: AtomicBool::new(false),
-        });
-        let bytes = serde_json::to_vec(&documents).map_err(|e| ApiError::Internal(e.to_string()))?;
-        durable::write(&self.documents_path(&id), &bytes)
-            .map_err(|e| ApiError::Internal(format!("cannot record job {id}: {e}")))?;
-        self.persist(&job, &status)?;
+        };
+        let status = record.status.clone();
+        self.store
+            .create(&record, &documents)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let lease = self
+            .store
+            .claim(&id)
+            .await
+            .map_err(|e| self.failed(e))?
+            .ok_or_else(|| ApiError::Internal(format!("job {id} was claimed by another process")))?;
+        let job = Job::new(record);
         self.lock().insert(id, job.clone());
         let (answer, result) = oneshot::channel();
         self.clone()
-            .spawn(job, collection, documents, Some(answer), background);
+            .spawn(job, collection, documents, Some(answer), background, lease);
         Ok((status, (!background).then_some(result)))
+    }
+
+    /// A store failure as the client sees it: worth retrying when the store is shared (Redis).
+    fn failed(&self, e: String) -> ApiError {
+        match self.store.shared() {
+            true => store_failed(e),
+            false => ApiError::Internal(e),
+        }
     }
 
     fn spawn(
@@ -197,6 +247,7 @@ impl Jobs {
         documents: Vec<DocumentInput>,
         answer: Option<oneshot::Sender<Result<IngestResponse, ApiError>>>,
         background: bool,
+        lease: Lease,
     ) {
         tokio::spawn(async move {
             // A closed semaphore never happens (it lives as long as `self`).
@@ -205,6 +256,7 @@ impl Jobs {
                 false => None,
             };
             let result = self.run(&job, &collection, documents, background).await;
+            drop(lease);
             if let Some(answer) = answer {
                 let _ = answer.send(result);
             }
@@ -220,12 +272,11 @@ impl Jobs {
         background: bool,
     ) -> Result<IngestResponse, ApiError> {
         let start = job.status().documents_done.min(documents.len());
-        let status = job.update(|s| s.state = JobState::Running);
-        self.persist(job, &status)?;
+        self.persist(&job.update(|s| s.state = JobState::Running)).await?;
         let mut rest = documents.into_iter().skip(start).peekable();
         while rest.peek().is_some() {
-            if job.cancelled.load(Ordering::Acquire) {
-                self.finish(job, Ok(JobState::Cancelled));
+            if self.cancelled(job).await {
+                self.finish(job, Ok(JobState::Cancelled)).await;
                 return Err(ApiError::Conflict {
                     code: ErrorCode::JobCancelled,
                     message: "the ingestion job was cancelled".into(),
@@ -234,17 +285,14 @@ impl Jobs {
             let batch = self.next_batch(&mut rest, collection);
             let size = batch.len();
             match self.apply(collection, batch, background).await {
-                Ok(outcome) => {
-                    let status = job.update(|s| progress(s, size, outcome));
-                    self.persist(job, &status)?;
-                }
+                Ok(outcome) => self.persist(&job.update(|s| progress(s, size, outcome))).await?,
                 Err(e) => {
-                    self.finish(job, Err(e.to_string()));
+                    self.finish(job, Err(e.to_string())).await;
                     return Err(e);
                 }
             }
         }
-        self.finish(job, Ok(JobState::Done));
+        self.finish(job, Ok(JobState::Done)).await;
         let status = job.status();
         Ok(IngestResponse {
             indexed: status.indexed,
@@ -252,6 +300,11 @@ impl Jobs {
             chunks: status.chunks_done,
             epoch: status.epoch,
         })
+    }
+
+    /// Cancelled here, or (shared store) through another replica.
+    async fn cancelled(&self, job: &Job) -> bool {
+        job.cancelled.load(Ordering::Acquire) || self.store.cancelled(&job.status().id).await
     }
 
     /// Documents up to about `batch_chunks` chunks (at least one document).
@@ -296,8 +349,8 @@ impl Jobs {
 
     /// Marks a job finished (`Ok(state)`) or failed (`Err(why)`), durably, and forgets its
     /// documents and the oldest finished jobs beyond `keep_finished`.
-    fn finish(&self, job: &Job, outcome: Result<JobState, String>) {
-        let status = job.update(|s| {
+    async fn finish(&self, job: &Job, outcome: Result<JobState, String>) {
+        let record = job.update(|s| {
             match outcome {
                 Ok(state) => s.state = state,
                 Err(why) => {
@@ -307,87 +360,57 @@ impl Jobs {
             }
             s.finished_at = Some(now());
         });
-        if let Err(e) = self.persist(job, &status) {
-            tracing::error!(job = status.id, error = %e, "cannot record the end of a job");
+        let id = &record.status.id;
+        if let Err(e) = self.store.finish(&record, self.settings.keep_finished).await {
+            tracing::error!(job = id, error = %e, "cannot record the end of a job");
         }
-        if let Err(e) = durable::remove(&self.documents_path(&status.id)) {
-            tracing::warn!(job = status.id, error = %e, "cannot remove a finished job's documents");
-        }
-        self.forget_old();
+        self.lock().remove(id);
     }
 
-    fn forget_old(&self) {
-        let mut jobs = self.lock();
-        let mut finished: Vec<(String, String)> = jobs
-            .values()
-            .map(|j| j.status())
-            .filter(|s| s.state.is_finished())
-            .map(|s| (s.finished_at.unwrap_or_default(), s.id))
-            .collect();
-        if finished.len() <= self.settings.keep_finished {
-            return;
-        }
-        finished.sort();
-        let excess = finished.len() - self.settings.keep_finished;
-        for (_, id) in finished.into_iter().take(excess) {
-            jobs.remove(&id);
-            let _ = std::fs::remove_file(self.status_path(&id));
-        }
+    async fn persist(&self, record: &Record) -> Result<(), ApiError> {
+        self.store.save(record).await.map_err(|e| self.failed(e))
     }
 
-    fn persist(&self, job: &Job, status: &JobStatus) -> Result<(), ApiError> {
-        let file = JobFile {
-            status: status.clone(),
-            generation: job.generation.clone(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| ApiError::Internal(e.to_string()))?;
-        durable::write(&self.status_path(&status.id), &bytes)
-            .map_err(|e| ApiError::Internal(format!("cannot record job {}: {e}", status.id)))
-    }
-
-    pub fn get(&self, id: &str) -> Result<JobStatus, ApiError> {
-        self.lock()
-            .get(id)
-            .map(|j| j.status())
+    pub async fn get(&self, id: &str) -> Result<JobStatus, ApiError> {
+        if let Some(job) = self.lock().get(id) {
+            return Ok(job.status());
+        }
+        let record = self.store.get(id).await.map_err(|e| self.failed(e))?;
+        record
+            .map(|r| r.status)
             .ok_or_else(|| ApiError::JobNotFound(id.to_string()))
     }
 
     /// The jobs of a collection, oldest first.
-    pub fn of_collection(&self, name: &str) -> Vec<JobStatus> {
-        let mut jobs: Vec<JobStatus> = self
-            .lock()
-            .values()
-            .map(|j| j.status())
-            .filter(|s| s.collection == name)
-            .collect();
+    pub async fn of_collection(&self, name: &str) -> Result<Vec<JobStatus>, ApiError> {
+        let mut jobs: BTreeMap<String, JobStatus> = BTreeMap::new();
+        for record in self.store.all().await.map_err(|e| self.failed(e))? {
+            jobs.insert(record.status.id.clone(), record.status);
+        }
+        for job in self.lock().values() {
+            let status = job.status();
+            jobs.insert(status.id.clone(), status);
+        }
+        let mut jobs: Vec<JobStatus> = jobs.into_values().filter(|s| s.collection == name).collect();
         jobs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-        jobs
+        Ok(jobs)
     }
 
-    /// Asks a job to stop after its current batch (the batches before it stay applied).
-    pub fn cancel(&self, id: &str) -> Result<JobStatus, ApiError> {
-        let job = self
-            .lock()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
-        let status = job.status();
+    /// Asks a job to stop after its current batch (the batches before it stay applied), in
+    /// whichever process runs it.
+    pub async fn cancel(&self, id: &str) -> Result<JobStatus, ApiError> {
+        let status = self.get(id).await?;
         if status.state.is_finished() {
             return Err(ApiError::Conflict {
                 code: ErrorCode::JobFinished,
                 message: format!("job `{id}` has already finished ({:?})", status.state),
             });
         }
-        job.cancelled.store(true, Ordering::Release);
+        if let Some(job) = self.lock().get(id) {
+            job.cancelled.store(true, Ordering::Release);
+        }
+        self.store.cancel(id).await.map_err(|e| self.failed(e))?;
         Ok(status)
-    }
-
-    fn status_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
-    }
-
-    fn documents_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.documents.json"))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod error;
 pub mod faults;
 pub mod guard;
 pub mod jobs;
+pub mod lease;
 pub mod llm_pool;
 pub mod metrics;
 pub mod models;

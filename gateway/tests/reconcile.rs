@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ragway_gateway::breaker::BreakerSettings;
-use ragway_gateway::collections::{Collections, IngestEmbedding};
+use ragway_gateway::collections::{Collections, IngestEmbedding, ManifestStore};
 use ragway_gateway::faults::Faults;
 use ragway_gateway::guard::Guard;
 use ragway_openapi::DocumentInput;
@@ -65,7 +65,7 @@ async fn open(
         timeout: Duration::from_secs(60),
     };
     let collections = Collections::open(
-        &data.join("collections"),
+        ManifestStore::Files(data.join("collections")),
         embedding,
         dense.clone(),
         keyword.clone(),

@@ -5,13 +5,12 @@
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
-use std::sync::Arc;
 
 use ragway_openapi::CollectionInfo;
 use ragway_retrieval::{Chunk, EmbeddedChunk};
 use serde::{Deserialize, Serialize};
 
-use super::{info, write, Collection, Collections, Manifest};
+use super::{Collection, Collections, Manifest};
 use crate::error::{ApiError, ErrorCode};
 
 /// Chunks written to the stores at a time on restore.
@@ -41,7 +40,7 @@ impl Collections {
     /// Writes `name` to a new file in `dir` (fsynced), while its writes wait.
     pub async fn snapshot(&self, name: &str, dir: &Path) -> Result<SnapshotInfo, ApiError> {
         let collection = self.get(name)?;
-        let manifest = collection.manifest.lock().await;
+        let manifest = self.begin(&collection).await?;
         let chunks = self.dense.export(name).await?;
         std::fs::create_dir_all(dir).map_err(internal)?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ");
@@ -78,8 +77,6 @@ impl Collections {
         path: &Path,
         max_collections: usize,
     ) -> Result<CollectionInfo, ApiError> {
-        let _guard = self.lifecycle.lock().await;
-        self.check_new(name, max_collections)?;
         let file = std::fs::File::open(path).map_err(|e| {
             ApiError::invalid(
                 ErrorCode::SnapshotNotFound,
@@ -93,28 +90,24 @@ impl Collections {
         })?;
         manifest.name = name.to_string();
         manifest.generation = uuid::Uuid::new_v4().simple().to_string();
+        manifest.pending.clear();
         self.check_embedder(&Collection::new(manifest.clone()))?;
-        self.dense.drop_collection(name).await?;
-        self.keyword.drop_collection(name).await?;
-        self.dense.open_collection(name).await?;
-        self.keyword.open_collection(name).await?;
-        let mut batch = Vec::with_capacity(RESTORE_BATCH);
-        for line in lines {
-            let line = line.map_err(internal)?;
-            let SnapshotChunk { chunk, vector } = serde_json::from_str(&line).map_err(|e| {
-                ApiError::invalid(ErrorCode::InvalidSnapshot, format!("a damaged chunk line: {e}"))
-            })?;
-            batch.push(EmbeddedChunk { chunk, vector });
-            if batch.len() == RESTORE_BATCH {
-                self.restore_batch(name, std::mem::take(&mut batch)).await?;
+        let fill = async {
+            let mut batch = Vec::with_capacity(RESTORE_BATCH);
+            for line in lines {
+                let line = line.map_err(internal)?;
+                let SnapshotChunk { chunk, vector } = serde_json::from_str(&line).map_err(|e| {
+                    ApiError::invalid(ErrorCode::InvalidSnapshot, format!("a damaged chunk line: {e}"))
+                })?;
+                batch.push(EmbeddedChunk { chunk, vector });
+                if batch.len() == RESTORE_BATCH {
+                    self.restore_batch(name, std::mem::take(&mut batch)).await?;
+                }
             }
-        }
-        self.restore_batch(name, batch).await?;
-        self.dense.flush(name).await?;
-        self.save(&manifest)?;
-        let restored = info(&manifest);
-        write(&self.open)?.insert(name.to_string(), Arc::new(Collection::new(manifest)));
-        Ok(restored)
+            self.restore_batch(name, batch).await?;
+            Ok(self.dense.flush(name).await?)
+        };
+        self.establish(manifest, max_collections, fill).await
     }
 
     async fn restore_batch(&self, name: &str, batch: Vec<EmbeddedChunk>) -> Result<(), ApiError> {

@@ -150,7 +150,10 @@ pub async fn ingest(
         .await?;
     let background =
         request.wait == Some(false) || request.documents.len() > config.ingest.sync_max_documents;
-    let (job, result) = state.jobs.submit(collection, request.documents, background)?;
+    let (job, result) = state
+        .jobs
+        .submit(collection, request.documents, background)
+        .await?;
     match result {
         // The job runs on its own task: a client that leaves now does not stop the write.
         Some(result) => {

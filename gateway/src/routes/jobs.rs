@@ -27,7 +27,7 @@ pub async fn get_job(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    Ok(Json(own(&caller, state.jobs.get(&id)?)?))
+    Ok(Json(own(&caller, state.jobs.get(&id).await?)?))
 }
 
 /// Stops the job after its current batch; the batches already applied stay.
@@ -40,10 +40,10 @@ pub async fn cancel_job(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(axum::http::StatusCode, Json<JobStatus>), ApiError> {
-    own(&caller, state.jobs.get(&id)?)?;
+    own(&caller, state.jobs.get(&id).await?)?;
     Ok((
         axum::http::StatusCode::ACCEPTED,
-        Json(own(&caller, state.jobs.cancel(&id)?)?),
+        Json(own(&caller, state.jobs.cancel(&id).await?)?),
     ))
 }
 
@@ -56,7 +56,7 @@ pub async fn list_jobs(
     Path(name): Path<String>,
 ) -> Result<Json<JobList>, ApiError> {
     let collection = caller.collection(&state, &name)?;
-    let jobs = state.jobs.of_collection(&collection.name);
+    let jobs = state.jobs.of_collection(&collection.name).await?;
     Ok(Json(JobList {
         jobs: jobs.into_iter().filter_map(|j| own(&caller, j).ok()).collect(),
     }))

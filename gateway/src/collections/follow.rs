@@ -1,0 +1,107 @@
+//! Following a shared registry: every replica picks up the collections other replicas create,
+//! change and drop, within [`FOLLOW_EVERY`](super::FOLLOW_EVERY), and retries those it could not
+//! open (Qdrant or Redis unreachable at start-up) until they open.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{write, Collections, FOLLOW_EVERY};
+
+impl Collections {
+    /// Follows the registry for as long as the process runs (shared registries only).
+    pub fn follow(self: &Arc<Self>) {
+        if !self.registry.shared() {
+            return;
+        }
+        let collections = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FOLLOW_EVERY).await;
+                let Some(collections) = collections.upgrade() else {
+                    return;
+                };
+                collections.follow_once().await;
+            }
+        });
+    }
+
+    /// One look at the registry: opens what is new, refreshes what changed, forgets what was
+    /// dropped. Cheap when nothing changed (one round trip).
+    pub(super) async fn follow_once(&self) {
+        let (version, heads) = match self.registry.heads().await {
+            Ok(Some(heads)) => heads,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "collection registry unreachable; serving what is known");
+                return;
+            }
+        };
+        let followed = *self.followed.lock().unwrap_or_else(|p| p.into_inner());
+        if followed == Some(version) && self.damaged().is_empty() {
+            return;
+        }
+        let mut complete = true;
+        for (name, head) in &heads {
+            complete &= self.follow_one(name, head).await;
+        }
+        let gone: Vec<(String, String)> = self
+            .list()
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| !heads.contains_key(&c.name))
+            .map(|c| (c.name.clone(), c.generation.clone()))
+            .collect();
+        for (name, generation) in gone {
+            tracing::info!(collection = name, "dropped by another replica");
+            self.forget(&name, &generation);
+        }
+        if let Ok(mut damaged) = write(&self.damaged) {
+            damaged.retain(|name, _| heads.contains_key(name));
+        }
+        if complete {
+            *self.followed.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+        }
+    }
+
+    /// Brings one collection in line with the registry's `head`; false when it must be looked at
+    /// again (it could not be opened, or a change of it is in progress here).
+    async fn follow_one(&self, name: &str, head: &str) -> bool {
+        let current = self.get(name).ok();
+        if current.as_ref().is_some_and(|c| c.head() == head) {
+            return true;
+        }
+        let manifest = match self.registry.get(name).await {
+            Ok(Some(manifest)) => manifest,
+            Ok(None) => return true, // dropped meanwhile: the next look forgets it
+            Err(e) => {
+                tracing::warn!(collection = name, error = %e, "cannot read its manifest");
+                return false;
+            }
+        };
+        match current {
+            Some(collection) if collection.generation == manifest.generation => {
+                let Ok(mut mine) = collection.manifest.try_lock() else {
+                    return false; // a change here holds it, and refreshes it itself
+                };
+                *mine = manifest;
+                collection.publish(&mine);
+                true
+            }
+            previous => {
+                if let Some(previous) = previous {
+                    previous.dropped.store(true, Ordering::Release);
+                }
+                match self.open_one(manifest, false).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(collection = name, error = %e, "collection cannot be opened; retrying");
+                        if let Ok(mut damaged) = write(&self.damaged) {
+                            damaged.insert(name.to_string(), e.to_string());
+                        }
+                        false
+                    }
+                }
+            }
+        }
+    }
+}
