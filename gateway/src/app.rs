@@ -17,8 +17,8 @@ use ragway_llm::{
 };
 use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
 use ragway_retrieval::{
-    BertEmbedder, BertEmbedderOptions, DenseStore, EdgeDenseStore, Embedder, KeywordStore, QdrantOptions,
-    QdrantStore, QueueLimits, RemoteEmbedder, RemoteEmbedderOptions, TantivyKeywordStore,
+    BertEmbedder, BertEmbedderOptions, DenseStore, EdgeDenseStore, Embedder, HybridStore, KeywordStore,
+    QdrantOptions, QdrantStore, QueueLimits, RemoteEmbedder, RemoteEmbedderOptions, TantivyKeywordStore,
 };
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
@@ -56,14 +56,22 @@ pub struct AppState {
 
 /// The dense and keyword stores `[store]` names: the embedded pair, or one Qdrant server store
 /// that is both.
-fn stores(config: &Config, dimension: usize) -> anyhow::Result<(Arc<dyn DenseStore>, Arc<dyn KeywordStore>)> {
+/// The stores `[store]` names: one per engine, and (a Qdrant server) one that searches both.
+struct Stores {
+    dense: Arc<dyn DenseStore>,
+    keyword: Arc<dyn KeywordStore>,
+    both: Option<Arc<dyn HybridStore>>,
+}
+
+fn stores(config: &Config, dimension: usize) -> anyhow::Result<Stores> {
     let data = &config.server.data_dir;
     let store = &config.store;
     match store.kind {
-        StoreKind::Edge => Ok((
-            Arc::new(EdgeDenseStore::new(&data.join("dense"), dimension)),
-            Arc::new(TantivyKeywordStore::new(&data.join("keyword"))),
-        )),
+        StoreKind::Edge => Ok(Stores {
+            dense: Arc::new(EdgeDenseStore::new(&data.join("dense"), dimension)),
+            keyword: Arc::new(TantivyKeywordStore::new(&data.join("keyword"))),
+            both: None,
+        }),
         StoreKind::Qdrant => {
             let api_key = match &store.api_key_env {
                 Some(name) => Some(
@@ -83,7 +91,11 @@ fn stores(config: &Config, dimension: usize) -> anyhow::Result<(Arc<dyn DenseSto
                 timeout: Duration::from_millis(store.timeout_ms),
             })?);
             tracing::info!(url = store.url, "store: Qdrant server");
-            Ok((qdrant.clone(), qdrant))
+            Ok(Stores {
+                dense: qdrant.clone(),
+                keyword: qdrant.clone(),
+                both: Some(qdrant),
+            })
         }
     }
 }
@@ -107,7 +119,7 @@ impl AppState {
         let backends = load_backends(&config, &device, &breaker, &faults).await?;
 
         let data = &config.server.data_dir;
-        let (dense, keyword) = stores(&config, embedder.dimension())?;
+        let Stores { dense, keyword, both } = stores(&config, embedder.dimension())?;
         let embed_guard = Arc::new(guard("embedder", z.embed_timeout_ms));
         let ingest_embedding = IngestEmbedding {
             embedder: embedder.clone(),
@@ -147,6 +159,7 @@ impl AppState {
             embedder,
             dense,
             keyword,
+            both,
             reranker,
             guards: StageGuards {
                 embed: embed_guard,
@@ -380,6 +393,7 @@ fn shared_state(config: &Config) -> anyhow::Result<Option<RedisTier>> {
             let tier = RedisTier::new(url, Duration::from_millis(config.store.timeout_ms))
                 .map_err(|e| anyhow::anyhow!("cache.redis.url = {url:?}: {e}"))?;
             tracing::info!("collections and ingestion jobs: redis (shared by every replica)");
+            tokio::spawn(warn_unless_durable(tier.clone()));
             Ok(Some(tier))
         }
         (StoreKind::Qdrant, true) => {
@@ -387,6 +401,23 @@ fn shared_state(config: &Config) -> anyhow::Result<Option<RedisTier>> {
             Ok(None)
         }
         (StoreKind::Edge, _) => Ok(None),
+    }
+}
+
+/// Acknowledged writes survive a crash of Redis only when it fsyncs every write.
+async fn warn_unless_durable(redis: RedisTier) {
+    let mut connection = redis.connection();
+    let mut command = ragway_cache::redis::cmd("CONFIG");
+    command.arg("GET").arg("append*");
+    let asked = command.query_async::<std::collections::HashMap<String, String>>(&mut connection);
+    match redis.bounded(asked).await {
+        Ok(config) if config.get("appendonly").is_some_and(|v| v == "yes")
+            && config.get("appendfsync").is_some_and(|v| v == "always") => {}
+        Ok(config) => tracing::warn!(
+            ?config,
+            "redis does not fsync every write: a crash of redis can lose acknowledged collection changes and jobs (run it with appendonly yes, appendfsync always)"
+        ),
+        Err(e) => tracing::info!(error = %e.0, "cannot read redis's persistence settings (CONFIG GET); make sure it runs with appendonly yes, appendfsync always"),
     }
 }
 

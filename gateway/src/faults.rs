@@ -88,6 +88,11 @@ impl Faults {
             .collect()
     }
 
+    /// Whether a fault is injected into `stage` now.
+    pub fn active(&self, stage: &str) -> bool {
+        self.current(stage).is_some()
+    }
+
     fn current(&self, stage: &str) -> Option<Fault> {
         let active = self.active.read().ok()?;
         active.get(stage).filter(|f| f.until > Instant::now()).cloned()

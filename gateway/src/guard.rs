@@ -93,6 +93,15 @@ impl Guard {
         self.breaker.state()
     }
 
+    /// Healthy: its breaker is closed and no fault is injected into it.
+    pub fn ready(&self) -> bool {
+        self.breaker.state() == BreakerState::Closed && !self.faults.active(&self.name)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Counts a failure seen outside [`Guard::run`] (a stream that stalled after its first token).
     pub fn charge_failure(&self) {
         if let Some(permit) = self.breaker.try_acquire() {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use ragway_llm::{cited_passages, fit_rag_messages, rag_messages, GenerationRequest, Passage};
 use ragway_openapi::{DegradationReason, StageStatus, TokenUsage};
 use ragway_rerank::Reranker;
-use ragway_retrieval::{fuse, DenseStore, Embedder, Fusion, KeywordStore, MetadataFilter, ScoredChunk};
+use ragway_retrieval::{
+    fuse, DenseStore, Embedder, Fusion, HybridStore, KeywordStore, MetadataFilter, ScoredChunk,
+};
 
 use crate::caching::{Caches, Target};
 use crate::conversation::Conversation;
@@ -18,6 +20,9 @@ use crate::guard::{Failure, Guard};
 use crate::llm_pool::{Choice, LlmPool};
 use crate::report::{Authorship, Report};
 use crate::rerank_cost::RerankCost;
+
+mod candidates;
+use candidates::Candidates;
 
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -46,6 +51,9 @@ pub struct Pipeline {
     pub embedder: Arc<dyn Embedder>,
     pub dense: Arc<dyn DenseStore>,
     pub keyword: Arc<dyn KeywordStore>,
+    /// A store that searches both engines in one round trip (a Qdrant server), used while both
+    /// stages are healthy.
+    pub both: Option<Arc<dyn HybridStore>>,
     pub reranker: Option<Arc<dyn Reranker>>,
     pub guards: StageGuards,
     pub rerank_cost: RerankCost,
@@ -131,26 +139,22 @@ impl Pipeline {
         deadline: &Deadline,
         allowance: &Allowance,
     ) -> Retrieved {
-        let mut report = Report::default();
         let started = Instant::now();
-        let collection = target.name;
-        // Each branch reports on its own stages; join! needs them to borrow nothing mutably.
-        let ((dense_hits, dense_report), (keyword_hits, keyword_report)) = tokio::join!(
-            self.dense_hits(collection, query, filter.clone(), deadline, allowance),
-            self.keyword_hits(collection, query, filter, deadline),
-        );
-        report.merge(dense_report);
-        report.merge(keyword_report);
+        let limit = self.settings.rerank_candidates.max(top_k);
+        let (candidates, mut report) = self
+            .candidates(target, query, filter, limit, deadline, allowance)
+            .await;
+        let Candidates {
+            dense,
+            keyword,
+            fused,
+        } = candidates;
         let ids = |hits: &Option<Vec<ScoredChunk>>| -> HashSet<String> {
             hits.iter().flatten().map(|h| h.chunk.chunk_id.clone()).collect()
         };
-        let (dense_ids, keyword_ids) = (ids(&dense_hits), ids(&keyword_hits));
-        let fused = fuse(
-            &target.fusion,
-            dense_hits.as_deref(),
-            keyword_hits.as_deref(),
-            self.settings.rerank_candidates.max(top_k),
-        );
+        let (dense_ids, keyword_ids) = (ids(&dense), ids(&keyword));
+        let fused =
+            fused.unwrap_or_else(|| fuse(&target.fusion, dense.as_deref(), keyword.as_deref(), limit));
         report.record_time("retrieval", started);
         let hits = self.rerank(query, fused, top_k, deadline, &mut report).await;
         Retrieved {
@@ -170,6 +174,23 @@ impl Pipeline {
         deadline: &Deadline,
         allowance: &Allowance,
     ) -> (Option<Vec<ScoredChunk>>, Report) {
+        let (vector, mut report) = self.embed_query(collection, query, deadline, allowance).await;
+        let Some(vector) = vector else {
+            return (None, report);
+        };
+        let (hits, search_report) = self.dense_search(collection, vector, filter, deadline).await;
+        report.merge(search_report);
+        (hits, report)
+    }
+
+    /// The query's vector (through the L2 cache), or `None` with why in the report.
+    async fn embed_query(
+        &self,
+        collection: &str,
+        query: &str,
+        deadline: &Deadline,
+        allowance: &Allowance,
+    ) -> (Option<Arc<Vec<f32>>>, Report) {
         let mut report = Report::default();
         let started = Instant::now();
         let owner = crate::auth::owner(collection);
@@ -194,7 +215,17 @@ impl Pipeline {
             return (None, report);
         };
         report.embedding_tokens += embedded.tokens.unwrap_or(0);
-        let vector = embedded.vector;
+        (Some(embedded.vector), report)
+    }
+
+    async fn dense_search(
+        &self,
+        collection: &str,
+        vector: Arc<Vec<f32>>,
+        filter: MetadataFilter,
+        deadline: &Deadline,
+    ) -> (Option<Vec<ScoredChunk>>, Report) {
+        let mut report = Report::default();
         let started = Instant::now();
         let search = self.dense.search(
             collection,

@@ -235,8 +235,13 @@ fn z_score(list: &[ScoredChunk]) -> (Vec<f32>, f32) {
 }
 
 /// DBSF scores: `[μ − 3σ, μ + 3σ]` onto `[0, 1]`.
+/// Each score mapped from `[μ − 3σ, μ + 3σ]` onto `[0, 1]`, σ the sample deviation (as Qdrant's
+/// DBSF has it); a single score, or equal ones, map to 0.5.
 fn distribution(list: &[ScoredChunk]) -> Vec<f32> {
-    let (mean, deviation) = mean_and_deviation(list);
+    let n = list.len() as f32;
+    let mean = raw(list).sum::<f32>() / n.max(1.0);
+    let variance = raw(list).map(|s| (s - mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0);
+    let deviation = variance.sqrt();
     raw(list)
         .map(|s| {
             if deviation > 0.0 {
@@ -387,7 +392,8 @@ mod tests {
     fn dbsf_maps_three_deviations_onto_the_unit_range() {
         let list = hits(&[("a", 1.0), ("b", 2.0), ("c", 3.0)]);
         let scores = distribution(&list);
-        let deviation = (2.0f32 / 3.0).sqrt();
+        // The sample deviation: squares 1 + 0 + 1 over n − 1 = 2.
+        let deviation = 1.0f32;
         let expected = |s: f32| (s - (2.0 - 3.0 * deviation)) / (6.0 * deviation);
         for (got, s) in scores.iter().zip([1.0, 2.0, 3.0]) {
             assert!((got - expected(s)).abs() < 1e-6);

@@ -11,6 +11,7 @@ mod embed;
 mod error;
 mod filter;
 mod fusion;
+mod hybrid;
 mod keyword;
 mod qdrant;
 mod types;
@@ -23,8 +24,9 @@ pub use embed::{
 pub use error::RetrievalError;
 pub use filter::{FilterValue, MetadataFilter};
 pub use fusion::{convex, dbsf, fuse, rrf, Fusion, Normalization};
+pub use hybrid::{HybridHits, HybridQuery, HybridStore};
 pub use keyword::{KeywordStore, TantivyKeywordStore};
-pub use qdrant::{QdrantOptions, QdrantStore, ServerFusion};
+pub use qdrant::{QdrantOptions, QdrantStore};
 pub use ragway_worker::onnx::{OnnxRuntime, Precision};
 pub use ragway_worker::{Overloaded, Priority, QueueLimits};
 pub use types::{Chunk, EmbeddedChunk, ScoredChunk};

@@ -4,7 +4,8 @@
 //! modifier), and the chunk as payload. ragway computes the term weights — tantivy's English
 //! analyzer (the one the embedded keyword store uses), BM25's saturation and length norm — and
 //! Qdrant applies IDF over the whole collection at query time, so keyword search runs in the same
-//! engine, and hybrid search can be fused there in one round trip ([`QdrantStore::hybrid`]).
+//! engine, and hybrid search runs in one round trip, fused there where Qdrant fuses as ragway does
+//! ([`HybridStore`]).
 //!
 //! One [`QdrantStore`] is both the [`DenseStore`] and the [`KeywordStore`]: writes go through the
 //! dense side (which has the embeddings and the text, and writes each point whole); the keyword
@@ -18,9 +19,10 @@ use qdrant_client::qdrant::vector_output::Vector as DenseOrOther;
 use qdrant_client::qdrant::{
     Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance,
     FieldType, Filter, Fusion as QdrantFusion, Modifier, NamedVectors, PayloadIncludeSelector, PointStruct,
-    PrefetchQueryBuilder, Query, QueryPointsBuilder, RetrievedPoint, ScoredPoint, ScrollPointsBuilder,
-    SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Value as QdrantValue, Vector,
-    VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
+    PrefetchQueryBuilder, Query, QueryBatchPointsBuilder, QueryPoints, QueryPointsBuilder, RetrievedPoint,
+    Rrf, ScoredPoint, ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    UpsertPointsBuilder, Value as QdrantValue, Vector, VectorInput, VectorParamsBuilder,
+    VectorsConfigBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use tantivy::tokenizer::{
@@ -30,6 +32,8 @@ use tantivy::tokenizer::{
 use crate::dense::{self, chunk_uuid, DenseStore};
 use crate::error::RetrievalError;
 use crate::filter::{FilterValue, MetadataFilter};
+use crate::fusion::Fusion;
+use crate::hybrid::{HybridHits, HybridQuery, HybridStore};
 use crate::keyword::KeywordStore;
 use crate::types::{Chunk, EmbeddedChunk, ScoredChunk};
 
@@ -62,13 +66,6 @@ pub struct QdrantStore {
     client: Qdrant,
     options: QdrantOptions,
     analyzer: TextAnalyzer,
-}
-
-/// How a hybrid search is fused inside Qdrant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerFusion {
-    Rrf,
-    Dbsf,
 }
 
 impl QdrantStore {
@@ -202,40 +199,102 @@ impl QdrantStore {
         }
     }
 
-    /// Dense and keyword search fused inside Qdrant (Query API: two prefetches and a fusion) in
-    /// one round trip; each prefetch fetches `depth` candidates.
-    pub async fn hybrid(
+    /// The request of one engine's search.
+    fn engine_request(
         &self,
         collection: &str,
-        (vector, text): (Vec<f32>, &str),
         filter: &MetadataFilter,
-        (depth, limit): (usize, usize),
-        fusion: ServerFusion,
-    ) -> Result<Vec<ScoredChunk>, RetrievalError> {
-        let (terms, weights) = self.query_terms(text);
-        let prefetch = |query: Query, using: &str| {
-            let mut prefetch = PrefetchQueryBuilder::default()
-                .query(query)
-                .using(using)
-                .limit(depth as u64);
-            if let Some(filter) = qdrant_filter(filter) {
-                prefetch = prefetch.filter(filter);
-            }
-            prefetch
-        };
-        let fusion = match fusion {
-            ServerFusion::Rrf => QdrantFusion::Rrf,
-            ServerFusion::Dbsf => QdrantFusion::Dbsf,
-        };
-        let mut request = self
-            .request(collection, &MetadataFilter::new(), limit)
-            .add_prefetch(prefetch(Query::new_nearest(vector), DENSE))
-            .query(Query::new_fusion(fusion));
+        limit: usize,
+        query: Query,
+        using: &str,
+    ) -> QueryPoints {
+        self.request(collection, filter, limit)
+            .query(query)
+            .using(using)
+            .build()
+    }
+}
+
+/// `fusion` as Qdrant's Query API runs it, where that ranks exactly as ragway's own: equal-weight
+/// RRF (Qdrant scores a hit at 0-based position `p` with `1 / (k' + p)`, ragway at 1-based rank
+/// `r` with `1 / (k + r)`, so `k' = k + 1`) and equal-weight DBSF. Qdrant's weighted RRF divides
+/// the rank by the weight instead of scaling the score, so ragway's `alpha` has no equivalent.
+fn server_fusion(fusion: &Fusion) -> Option<Query> {
+    match *fusion {
+        Fusion::Rrf { k, alpha } if alpha == 0.5 && k >= 0.0 && k.fract() == 0.0 => {
+            Some(Query::new_rrf(Rrf {
+                k: Some(k as u32 + 1),
+                weights: Vec::new(),
+            }))
+        }
+        Fusion::Dbsf { alpha } if alpha == 0.5 => Some(Query::new_fusion(QdrantFusion::Dbsf)),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl HybridStore for QdrantStore {
+    /// One `query_batch`: the dense search, the sparse (BM25) search, and — where Qdrant runs the
+    /// fusion asked for — both again as prefetches fused in Qdrant.
+    async fn search_both(&self, collection: &str, query: HybridQuery) -> Result<HybridHits, RetrievalError> {
+        let HybridQuery {
+            vector,
+            text,
+            filter,
+            depth,
+            limit,
+            fusion,
+        } = query;
+        let (terms, weights) = self.query_terms(&text);
+        let dense = Query::new_nearest(vector);
+        let mut batch = vec![self.engine_request(collection, &filter, depth, dense.clone(), DENSE)];
+        let fused = server_fusion(&fusion).filter(|_| !terms.is_empty());
         if !terms.is_empty() {
             let sparse = Query::new_nearest(VectorInput::new_sparse(terms, weights));
-            request = request.add_prefetch(prefetch(sparse, SPARSE));
+            batch.push(self.engine_request(collection, &filter, depth, sparse.clone(), SPARSE));
+            if let Some(fusion) = fused.clone() {
+                let prefetch = |query: Query, using: &str| {
+                    let mut prefetch = PrefetchQueryBuilder::default()
+                        .query(query)
+                        .using(using)
+                        .limit(depth as u64);
+                    if let Some(filter) = qdrant_filter(&filter) {
+                        prefetch = prefetch.filter(filter);
+                    }
+                    prefetch
+                };
+                let request = self
+                    .request(collection, &MetadataFilter::new(), limit)
+                    .add_prefetch(prefetch(dense, DENSE))
+                    .add_prefetch(prefetch(sparse, SPARSE))
+                    .query(fusion);
+                batch.push(request.build());
+            }
         }
-        self.query(collection, request, dense_error).await
+        let reply = self
+            .client
+            .query_batch(QueryBatchPointsBuilder::new(self.name(collection), batch))
+            .await
+            .map_err(|e| failed(collection, e, dense_error))?;
+        let mut lists = reply.result.into_iter().map(|list| {
+            list.result
+                .into_iter()
+                .map(scored_chunk)
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let dense = lists.next().transpose()?.unwrap_or_default();
+        let keyword = lists.next().transpose()?.unwrap_or_default();
+        let fused = match fused {
+            Some(_) => lists.next().transpose()?,
+            // No query terms: the keyword side found nothing, and ragway's fusion of the dense
+            // list alone is what any fusion gives.
+            None => None,
+        };
+        Ok(HybridHits {
+            dense,
+            keyword,
+            fused,
+        })
     }
 }
 

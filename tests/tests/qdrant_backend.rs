@@ -5,7 +5,8 @@
 mod common;
 
 use common::{corpus, doc_ids, QUESTIONS};
-use ragway_e2e::{QdrantServer, Server, ServerOptions};
+use ragway_e2e::{metric, QdrantServer, Server, ServerOptions, NO_ANSWER_CACHES};
+use reqwest::Method;
 use serde_json::json;
 
 fn on(qdrant: &QdrantServer) -> ServerOptions {
@@ -131,5 +132,96 @@ async fn ragway_on_a_qdrant_server_answers_and_survives_kill_9() -> anyhow::Resu
         json!([]),
         "dropping the collection drops it in Qdrant"
     );
+    server.stop().await
+}
+
+const ADMIN: &str = "test-admin-key";
+
+async fn searches_by_path(server: &Server, path: &str) -> anyhow::Result<f64> {
+    let exposition = server.get_text("/metrics").await?;
+    Ok(metric(
+        &exposition,
+        &format!("ragway_retrieval_paths_total{{path=\"{path}\"}}"),
+    ))
+}
+
+/// While both engines are healthy a search is one round trip to Qdrant (fused there for
+/// equal-weight RRF and DBSF, by ragway otherwise) and finds what two searches find; with a fault
+/// in one engine, each is searched through its own guard and only that stage degrades.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_round_trip_while_healthy_and_each_engine_degrades_on_its_own() -> anyhow::Result<()> {
+    let Some(qdrant) =
+        QdrantServer::start_or_skip("one_round_trip_while_healthy_and_each_engine_degrades_on_its_own")?
+    else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let mut options = on(&qdrant);
+    options.config_toml = NO_ANSWER_CACHES.into();
+    options.env.push(("RAGWAY_ADMIN_KEY".into(), ADMIN.into()));
+    let server = Server::start(dir.path(), &options).await?;
+    assert_eq!(
+        server
+            .post("/v1/collections", &json!({"name": "facts"}))
+            .await?
+            .status,
+        201
+    );
+    assert_eq!(
+        server
+            .post("/v1/collections/facts/documents", &corpus())
+            .await?
+            .status,
+        200
+    );
+
+    let fusions = [
+        json!({}),
+        json!({"fusion": {"method": "rrf", "k": 60, "alpha": 0.5}}),
+        json!({"fusion": {"method": "dbsf", "alpha": 0.5}}),
+        json!({"fusion": {"method": "convex", "alpha": 0.7}}),
+    ];
+    for fusion in &fusions {
+        for (question, expected) in QUESTIONS {
+            let ids = search_first(&server, question, fusion.clone()).await?;
+            assert_eq!(
+                ids.first().map(String::as_str),
+                Some(expected),
+                "{fusion}: {question}"
+            );
+        }
+    }
+    let searches = (fusions.len() * QUESTIONS.len()) as f64;
+    assert_eq!(searches_by_path(&server, "one_round_trip").await?, searches);
+    assert_eq!(searches_by_path(&server, "per_engine").await?, 0.0);
+
+    for (stage, mode, other) in [
+        ("keyword", "dense_only", "dense"),
+        ("dense", "keyword_only", "keyword"),
+    ] {
+        let fault = json!({"stage": stage, "kind": "error", "duration_s": 60});
+        let reply = server
+            .admin(Method::POST, "/admin/faults", ADMIN, Some(&fault))
+            .await?;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        let (question, expected) = QUESTIONS[3];
+        let reply = server
+            .post(
+                "/v1/collections/facts/search",
+                &json!({"query": question, "top_k": 3}),
+            )
+            .await?;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.body["mode"], mode, "{:?}", reply.body);
+        assert_eq!(reply.body["stages"][stage], "failed", "{:?}", reply.body);
+        assert_eq!(reply.body["stages"][other], "ok", "{:?}", reply.body);
+        assert_eq!(
+            doc_ids(&reply.body, "hits").first().map(String::as_str),
+            Some(expected)
+        );
+        let cleared = server.admin(Method::DELETE, "/admin/faults", ADMIN, None).await?;
+        assert_eq!(cleared.status, 204);
+    }
+    assert_eq!(searches_by_path(&server, "per_engine").await?, 2.0);
     server.stop().await
 }

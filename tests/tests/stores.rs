@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use ragway_e2e::QdrantServer;
 use ragway_retrieval::{
-    Chunk, DenseStore, EdgeDenseStore, EmbeddedChunk, FilterValue, KeywordStore, QdrantOptions, QdrantStore,
-    ServerFusion, TantivyKeywordStore,
+    fuse, Chunk, DenseStore, EdgeDenseStore, EmbeddedChunk, FilterValue, Fusion, HybridQuery, HybridStore,
+    KeywordStore, QdrantOptions, QdrantStore, TantivyKeywordStore,
 };
 use serde_json::{json, Map, Value};
 
@@ -268,11 +268,12 @@ async fn qdrant_server_keyword_store() -> TestResult {
     keyword_ranks_with_bm25_filters_deletes_and_persists(backend).await
 }
 
-/// Dense and sparse prefetches fused by Qdrant in one call: what both engines find comes first,
-/// with either fusion; a filter applies to both prefetches.
+/// Both engines in one round trip: each engine's own list, and — for the fusions Qdrant runs as
+/// ragway does (equal-weight RRF, DBSF) — Qdrant's fusion of the two prefetches, which ranks as
+/// ragway's fusion of the two lists; other fusions are left to ragway. A filter applies to all.
 #[tokio::test]
-async fn qdrant_server_fuses_dense_and_keyword_in_one_query() -> TestResult {
-    let Some(backend) = Backend::server("qdrant_server_fuses_dense_and_keyword_in_one_query")? else {
+async fn qdrant_server_searches_both_engines_in_one_round_trip() -> TestResult {
+    let Some(backend) = Backend::server("qdrant_server_searches_both_engines_in_one_round_trip")? else {
         return Ok(());
     };
     backend.open("c").await?;
@@ -282,25 +283,41 @@ async fn qdrant_server_fuses_dense_and_keyword_in_one_query() -> TestResult {
     };
     let store = qdrant_store(&server.grpc_url())?;
     // The dense query points at python#0 (axis 2); the words at rust#1: each engine has its own
-    // first hit, and the chunk second in both — rust#0, close in vector and sharing "rust" — wins.
+    // first hit.
     let mut vector = axis(2);
     vector[0] = 0.9;
-    for fusion in [ServerFusion::Rrf, ServerFusion::Dbsf] {
-        let hits = store
-            .hybrid("c", (vector.clone(), "cargo rust"), &vec![], (10, 3), fusion)
-            .await?;
-        let ids: Vec<_> = hits.iter().map(|h| h.chunk.chunk_id.as_str()).collect();
-        assert_eq!(ids.len(), 3, "{fusion:?}: {ids:?}");
-        assert!(
-            ids.contains(&"rust#0") && ids.contains(&"python#0") && ids.contains(&"rust#1"),
-            "{fusion:?}: {ids:?}"
+    let query = |fusion: Fusion, filter: Vec<(String, FilterValue)>| HybridQuery {
+        vector: vector.clone(),
+        text: "cargo rust".into(),
+        filter,
+        depth: 10,
+        limit: 3,
+        fusion,
+    };
+    let ids = |hits: &[ragway_retrieval::ScoredChunk]| -> Vec<String> {
+        hits.iter().map(|h| h.chunk.chunk_id.clone()).collect()
+    };
+    for fusion in [Fusion::Rrf { k: 60.0, alpha: 0.5 }, Fusion::Dbsf { alpha: 0.5 }] {
+        let found = store.search_both("c", query(fusion, vec![])).await?;
+        assert_eq!(ids(&found.dense)[0], "python#0", "{fusion}");
+        assert_eq!(ids(&found.keyword)[0], "rust#1", "{fusion}");
+        let fused = found.fused.ok_or(format!("{fusion}: Qdrant did not fuse"))?;
+        assert_eq!(fused.len(), 3, "{fusion}");
+        let ours = fuse(&fusion, Some(&found.dense), Some(&found.keyword), 3);
+        assert_eq!(
+            ids(&fused),
+            ids(&ours),
+            "{fusion}: Qdrant's fusion ranks otherwise than ragway's"
         );
         let german = vec![("lang".into(), FilterValue::String("de".into()))];
-        let only = store
-            .hybrid("c", (vector.clone(), "cargo rust"), &german, (10, 3), fusion)
-            .await?;
-        let ids: Vec<_> = only.iter().map(|h| h.chunk.chunk_id.as_str()).collect();
-        assert_eq!(ids, ["kaffee#0"], "{fusion:?}");
+        let only = store.search_both("c", query(fusion, german)).await?;
+        assert_eq!(ids(&only.fused.unwrap_or_default()), ["kaffee#0"], "{fusion}");
+        assert_eq!(ids(&only.dense), ["kaffee#0"], "{fusion}");
     }
+    let weighted = store
+        .search_both("c", query(Fusion::Rrf { k: 60.0, alpha: 0.9 }, vec![]))
+        .await?;
+    assert!(weighted.fused.is_none(), "weighted RRF is ragway's to run");
+    assert_eq!(ids(&weighted.dense)[0], "python#0");
     Ok(())
 }
