@@ -227,7 +227,7 @@ fn server_fusion(fusion: &Fusion) -> Option<Query> {
                 weights: Vec::new(),
             }))
         }
-        Fusion::Dbsf { alpha } if alpha == 0.5 => Some(Query::new_fusion(QdrantFusion::Dbsf)),
+        Fusion::Dbsf { alpha: 0.5 } => Some(Query::new_fusion(QdrantFusion::Dbsf)),
         _ => None,
     }
 }
