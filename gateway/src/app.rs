@@ -94,7 +94,7 @@ fn stores(config: &Config, dimension: usize) -> anyhow::Result<Stores> {
             Ok(Stores {
                 dense: qdrant.clone(),
                 keyword: qdrant.clone(),
-                both: Some(qdrant),
+                both: store.one_round_trip.then_some(qdrant as Arc<dyn HybridStore>),
             })
         }
     }

@@ -49,6 +49,9 @@ pub struct StoreConfig {
     pub shards: u32,
     pub replication_factor: u32,
     pub timeout_ms: u64,
+    /// `kind = "qdrant"`: search both engines in one request (fused in Qdrant where it fuses as
+    /// ragway does) while both are healthy; `false`: one request per engine, concurrently.
+    pub one_round_trip: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -68,6 +71,7 @@ impl Default for StoreConfig {
             shards: 1,
             replication_factor: 1,
             timeout_ms: 5_000,
+            one_round_trip: true,
         }
     }
 }

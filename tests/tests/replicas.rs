@@ -173,7 +173,7 @@ async fn a_job_of_a_killed_replica_finishes_on_the_other() -> anyhow::Result<()>
     let Some(qdrant) = QdrantServer::start_or_skip("a_job_of_a_killed_replica_finishes_on_the_other")? else {
         return Ok(());
     };
-    let redis = RedisServer::start()?;
+    let mut redis = RedisServer::start()?;
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let options = replica(&qdrant, &redis, "[ingest]\nbatch_chunks = 4");
     let a = Server::start(dir_a.path(), &options).await?;
@@ -215,5 +215,54 @@ async fn a_job_of_a_killed_replica_finishes_on_the_other() -> anyhow::Result<()>
         let text = note(id)["text"].as_str().unwrap_or_default().to_string();
         assert_eq!(first_hit(&b, "bulk", &text).await?.as_deref(), Some(id));
     }
+
+    // A writer that died between recording what it writes and finishing (as a SIGKILL there
+    // leaves the manifest): the next change, on another replica, removes those documents from
+    // both stores and the manifest first.
+    let key = "ragway:collection:bulk";
+    let mut manifest: Value = serde_json::from_str(&redis.cli(&["GET", key])?)?;
+    manifest["pending"] = json!(["n-80"]);
+    assert_eq!(redis.cli(&["SET", key, &manifest.to_string()])?.trim(), "OK");
+    let late = json!({"documents": [note("late")]});
+    assert_eq!(b.post("/v1/collections/bulk/documents", &late).await?.status, 200);
+    let info = b.get("/v1/collections/bulk").await?;
+    assert_eq!(info.body["documents"], 160, "n-80 out, late in: {:?}", info.body);
+    let stored: Value = serde_json::from_str(&redis.cli(&["GET", key])?)?;
+    assert!(
+        stored["documents"].get("n-80").is_none() && stored.get("pending").is_none(),
+        "{stored}"
+    );
+    let text = note("n-80")["text"].as_str().unwrap_or_default().to_string();
+    assert_ne!(first_hit(&b, "bulk", &text).await?.as_deref(), Some("n-80"));
+
+    // Redis down: reads still answer, changes are refused (503, retry), nothing half-written.
+    redis.kill();
+    let text = note("n-3")["text"].as_str().unwrap_or_default().to_string();
+    assert_eq!(first_hit(&b, "bulk", &text).await?.as_deref(), Some("n-3"));
+    let refused = b
+        .post(
+            "/v1/collections/bulk/documents",
+            &json!({"documents": [note("down")]}),
+        )
+        .await?;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(refused.retry_after, Some(1));
+    // Back empty (this one keeps no data): the replica records its collections again.
+    redis.restart()?;
+    eventually(&b, "/v1/collections/bulk", 10, |r| r.status == 200).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["EXISTS", key])?.trim() != "1" {
+        anyhow::ensure!(Instant::now() < deadline, "the registry was not re-seeded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = b
+        .post(
+            "/v1/collections/bulk/documents",
+            &json!({"documents": [note("up")]}),
+        )
+        .await?;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    let info = b.get("/v1/collections/bulk").await?;
+    assert_eq!(info.body["documents"], 161, "{:?}", info.body);
     Ok(())
 }

@@ -36,6 +36,11 @@ impl Collections {
                 return;
             }
         };
+        if version == 0 && heads.is_empty() {
+            // A Redis that never saw a change (new, or restarted without its data): give it the
+            // collections this replica serves instead of forgetting them all.
+            return self.reseed().await;
+        }
         let followed = *self.followed.lock().unwrap_or_else(|p| p.into_inner());
         if followed == Some(version) && self.damaged().is_empty() {
             return;
@@ -60,6 +65,19 @@ impl Collections {
         }
         if complete {
             *self.followed.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+        }
+    }
+
+    async fn reseed(&self) {
+        for collection in self.list().unwrap_or_default() {
+            let manifest = collection.manifest.lock().await.clone();
+            match self.registry.create(&manifest, usize::MAX).await {
+                Ok(_) => tracing::warn!(
+                    collection = collection.name,
+                    "the registry had lost this collection; recorded it again"
+                ),
+                Err(e) => tracing::debug!(error = %e, "cannot re-seed the registry"),
+            }
         }
     }
 
