@@ -81,10 +81,11 @@ impl Caller {
     }
 
     /// The caller's collection `name`; another tenant's is as absent as one that never was.
-    pub fn collection(&self, state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+    pub async fn collection(&self, state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
         state
             .collections
-            .get(&self.internal(name))
+            .find(&self.internal(name))
+            .await
             .map_err(|_| ApiError::CollectionNotFound(name.to_string()))
     }
 

@@ -54,6 +54,8 @@ pub enum Lookup {
 
 /// How often a process looks for other processes' changes in a shared registry.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// The longest a request for an unknown collection asks the shared registry about it.
+const FIND_WITHIN: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
@@ -331,9 +333,14 @@ impl Collections {
             self.reconcile(&collection).await?;
         }
         write(&self.damaged)?.remove(&collection.name);
-        let previous = write(&self.open)?.insert(collection.name.clone(), collection);
-        if let Some(previous) = previous {
-            previous.dropped.store(true, Ordering::Release);
+        let mut open = write(&self.open)?;
+        let opened_meanwhile = open
+            .get(&collection.name)
+            .is_some_and(|c| c.generation == collection.generation);
+        if !opened_meanwhile {
+            if let Some(previous) = open.insert(collection.name.clone(), collection) {
+                previous.dropped.store(true, Ordering::Release);
+            }
         }
         Ok(())
     }
@@ -466,6 +473,24 @@ impl Collections {
             .get(name)
             .cloned()
             .ok_or_else(|| ApiError::CollectionNotFound(name.to_string()))
+    }
+
+    /// As [`Collections::get`]; with a shared registry, a collection another replica created an
+    /// instant ago (not yet followed here) is opened at once, so a client that creates through
+    /// one replica and writes through another never sees it missing.
+    pub async fn find(&self, name: &str) -> Result<Arc<Collection>, ApiError> {
+        if let Ok(collection) = self.get(name) {
+            return Ok(collection);
+        }
+        if self.registry.shared() {
+            let recorded = tokio::time::timeout(FIND_WITHIN, self.registry.get(name)).await;
+            if let Ok(Ok(Some(manifest))) = recorded {
+                if let Err(e) = self.open_one(manifest, false).await {
+                    tracing::warn!(collection = name, error = %e, "cannot open a collection made by another replica");
+                }
+            }
+        }
+        self.get(name)
     }
 
     /// The collection `name` of `generation` (what a job writes to).

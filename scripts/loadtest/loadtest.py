@@ -35,14 +35,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+def parse(raw):
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
 def call(method, url, body=None, timeout=60):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
-            return reply.status, json.loads(reply.read() or b"null")
+            return reply.status, parse(reply.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+        return e.code, parse(e.read())
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
         return 0, str(e)
 

@@ -86,6 +86,20 @@ async fn two_replicas_serve_the_same_collections() -> anyhow::Result<()> {
         (409, Some("collection_exists"))
     );
 
+    // Created through one and written through the other at once (no wait for the other to
+    // follow the registry): found.
+    assert_eq!(
+        a.post("/v1/collections", &json!({"name": "quick"})).await?.status,
+        201
+    );
+    let quick = b
+        .post(
+            "/v1/collections/quick/documents",
+            &json!({"documents": [note("q-1")]}),
+        )
+        .await?;
+    assert_eq!(quick.status, 200, "{:?}", quick.body);
+
     // Ingested through A, found through B; the job is visible through B.
     let ingested = a.post("/v1/collections/facts/documents", &corpus()).await?;
     assert_eq!(ingested.status, 200, "{:?}", ingested.body);

@@ -41,7 +41,7 @@ pub async fn search(
     )?;
     let filter = validate::filter(request.filter.as_ref())?;
     let deadline = deadline(&state, request.deadline_ms)?;
-    let collection = caller.collection(&state, &name)?;
+    let collection = caller.collection(&state, &name).await?;
     state.collections.check_embedder(&collection)?;
     let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
     let allowance = caller.allowance(&state)?;
@@ -97,7 +97,7 @@ pub async fn query(
     )?;
     let filter = validate::filter(request.filter.as_ref())?;
     let deadline = deadline(&state, request.deadline_ms)?;
-    let collection = caller.collection(&state, &name)?;
+    let collection = caller.collection(&state, &name).await?;
     state.collections.check_embedder(&collection)?;
     let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
     let allowance = caller.allowance(&state)?;

@@ -73,7 +73,9 @@ pub async fn get(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<CollectionInfo>, ApiError> {
-    Ok(Json(caller.present(caller.collection(&state, &name)?.info())))
+    Ok(Json(
+        caller.present(caller.collection(&state, &name).await?.info()),
+    ))
 }
 
 /// Changes a collection's settings (its fusion); the epoch is bumped, so no result cached under
@@ -88,7 +90,7 @@ pub async fn update(
     ApiJson(request): ApiJson<UpdateCollectionRequest>,
 ) -> Result<Json<CollectionInfo>, ApiError> {
     let fusion = request.fusion.as_ref().map(validate::fusion).transpose()?;
-    let internal = caller.collection(&state, &name)?.name.clone();
+    let internal = caller.collection(&state, &name).await?.name.clone();
     let collections = state.collections.clone();
     let info = to_completion(async move { collections.set_fusion(&internal, fusion).await })
         .await
@@ -104,7 +106,7 @@ pub async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let internal = caller.collection(&state, &name)?.name.clone();
+    let internal = caller.collection(&state, &name).await?.name.clone();
     let collections = state.collections.clone();
     to_completion(async move { collections.drop_collection(&internal).await })
         .await
@@ -135,7 +137,7 @@ pub async fn ingest(
     Path(name): Path<String>,
     ApiJson(request): ApiJson<IngestRequest>,
 ) -> Result<Response, ApiError> {
-    let collection = caller.collection(&state, &name)?;
+    let collection = caller.collection(&state, &name).await?;
     let config = &state.config;
     validate::documents(
         &request.documents,
@@ -181,7 +183,7 @@ pub async fn delete_document(
     caller: Caller,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<DeleteDocumentResponse>, ApiError> {
-    let internal = caller.collection(&state, &name)?.name.clone();
+    let internal = caller.collection(&state, &name).await?.name.clone();
     let (collections, doc) = (state.collections.clone(), id.clone());
     let (chunks_removed, epoch) =
         to_completion(async move { collections.delete_document(&internal, &doc).await })

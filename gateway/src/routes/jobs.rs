@@ -55,7 +55,7 @@ pub async fn list_jobs(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<JobList>, ApiError> {
-    let collection = caller.collection(&state, &name)?;
+    let collection = caller.collection(&state, &name).await?;
     let jobs = state.jobs.of_collection(&collection.name).await?;
     Ok(Json(JobList {
         jobs: jobs.into_iter().filter_map(|j| own(&caller, j).ok()).collect(),

@@ -91,7 +91,7 @@ pub async fn chat_completions(
         deadline,
         allowance,
     };
-    match chat.caller.collection(&chat.state, &chat.model) {
+    match chat.caller.collection(&chat.state, &chat.model).await {
         Ok(collection) => {
             relay::refuse_capabilities(&body, "a collection (RAG)")?;
             chat.grounded(&collection, &messages(&request)?).await
