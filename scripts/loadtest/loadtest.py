@@ -194,7 +194,7 @@ def wrk_script(tmp):
     table = ", ".join(json.dumps(q) for q in clean)
     path = f"{tmp}/mixed.lua"
     with open(path, "w") as out, open(os.path.join(HERE, "mixed.lua")) as lua:
-        out.write(f'COLLECTION = "{COLLECTION}"\nqueries = {{{table}}}\n')
+        out.write(f'COLLECTION = "{COLLECTION}"\nINGESTS = {args.ingests}\nqueries = {{{table}}}\n')
         out.write(lua.read())
     return path
 
@@ -246,6 +246,7 @@ def main():
             ("Redis restarted", lambda: heal(stack, stack.redis, redis_ready)),
             ("Qdrant SIGKILLed", stack.qdrant.kill),
             ("Qdrant restarted", lambda: heal(stack, stack.qdrant, qdrant_ready)),
+            ("Qdrant restarted, next phase", None),
         ]
         rows = []
         for phase, action in phases:
@@ -253,7 +254,8 @@ def main():
                 action()
             print(f"loadtest: {phase} ({args.seconds} s)", file=sys.stderr)
             rows.append(row(phase, run_phase(stack, script)))
-        print(f"\n{args.passages} passages, wrk -t2 -c{args.connections}, {args.seconds} s per phase, through nginx:\n")
+        print(f"\n{args.passages} passages, wrk -t2 -c{args.connections}, {args.seconds} s per phase, through nginx; "
+              f"of 20 requests {19 - args.ingests} search, 1 query, {args.ingests} ingest:\n")
         print("| phase | QPS | p50 ms | p99 ms | errors | cache hits | modes |")
         print("|---|---|---|---|---|---|---|")
         print("\n".join(rows))
@@ -273,6 +275,8 @@ if __name__ == "__main__":
     parser.add_argument("--passages", type=int, default=300)
     parser.add_argument("--seconds", type=int, default=12, help="per phase")
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--ingests", type=int, default=3, choices=range(0, 20),
+                        help="of every 20 requests, how many ingest a document (one is /query, the rest /search)")
     parser.add_argument("--keep", action="store_true", help="keep the logs")
     args = parser.parse_args()
     main()

@@ -1,5 +1,6 @@
 -- wrk: a mixed workload against one collection (`COLLECTION`, set by loadtest.py), per 20
--- requests: 14 `/search`, 3 `/query` (grounded answers), 3 ingests of one new small document.
+-- requests: `INGESTS` ingests of one new small document (set by loadtest.py), one `/query`
+-- (a grounded answer from the local model, 3 passages), the rest `/search`.
 -- Questions cycle through `queries` (filled in by loadtest.py), so repeats can hit the caches.
 -- Every response's status, `x-ragway-mode` and whether a cache answered are counted per thread
 -- and summed in done() as one JSON line.
@@ -30,10 +31,10 @@ function request()
   local slot = counter % 20
   local question = queries[(counter + id * 7) % #queries + 1]
   local base = "/v1/collections/" .. COLLECTION
-  if slot < 14 then
+  if slot < 19 - INGESTS then
     return post(base .. "/search", '{"query": "' .. question .. '", "top_k": 5}')
-  elseif slot < 17 then
-    return post(base .. "/query", '{"query": "' .. question .. '", "max_tokens": 8}')
+  elseif slot < 20 - INGESTS then
+    return post(base .. "/query", '{"query": "' .. question .. '", "top_k": 3, "deadline_ms": 5000}')
   end
   local doc = "w" .. id .. "-" .. counter
   return post(base .. "/documents", '{"documents": [{"id": "' .. doc .. '", "text": "Note ' .. doc
