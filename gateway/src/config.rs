@@ -263,6 +263,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// Collections (dense and keyword indexes, manifests) live under `<data_dir>/collections`.
     pub data_dir: PathBuf,
+    /// Where snapshots are written and restored from; empty: `<data_dir>/snapshots`. Replicas
+    /// that share one (a shared volume) restore on any replica what any replica wrote.
+    pub snapshot_dir: PathBuf,
     pub max_body_bytes: usize,
     pub max_query_chars: usize,
     pub max_documents_per_request: usize,
@@ -484,6 +487,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("data"),
+            snapshot_dir: PathBuf::new(),
             max_body_bytes: 16 * 1024 * 1024,
             max_query_chars: 2_000,
             max_documents_per_request: 1_000,

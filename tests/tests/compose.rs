@@ -86,6 +86,11 @@ fn the_compose_stack_names_and_wires_every_service() -> anyhow::Result<()> {
                     docker().join(source).exists(),
                     "{name} mounts {source}, which is missing"
                 );
+            } else if !source.starts_with('/') {
+                assert!(
+                    compose["volumes"].get(source).is_some(),
+                    "{name} mounts the volume {source}, which the file does not declare"
+                );
             }
         }
         if let Some(file) = service["build"]["dockerfile"].as_str() {

@@ -6,14 +6,19 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{corpus, doc_ids, QUESTIONS};
 use ragway_e2e::{QdrantServer, RedisServer, Reply, Server, ServerOptions};
+use reqwest::Method;
 use serde_json::{json, Value};
 
-/// A replica: the shared Qdrant and Redis, no local LLM (these tests never generate).
-fn replica(qdrant: &QdrantServer, redis: &RedisServer, extra: &str) -> ServerOptions {
+const ADMIN: &str = "test-admin-key";
+
+/// A replica: the shared Qdrant and Redis (and snapshot directory), no local LLM (these tests
+/// never generate).
+fn replica(qdrant: &QdrantServer, redis: &RedisServer, snapshots: &Path, extra: &str) -> ServerOptions {
     ServerOptions {
         config_toml: format!(
             "{extra}\n\n[[llm]]\nname = \"unused\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"none\"\n"
@@ -22,6 +27,8 @@ fn replica(qdrant: &QdrantServer, redis: &RedisServer, extra: &str) -> ServerOpt
             ("RAGWAY__STORE__KIND".into(), "qdrant".into()),
             ("RAGWAY__STORE__URL".into(), qdrant.grpc_url()),
             ("RAGWAY__CACHE__REDIS__URL".into(), redis.url()),
+            ("RAGWAY__SERVER__SNAPSHOT_DIR".into(), snapshots.display().to_string()),
+            ("RAGWAY_ADMIN_KEY".into(), ADMIN.into()),
         ],
     }
 }
@@ -72,9 +79,10 @@ async fn two_replicas_serve_the_same_collections() -> anyhow::Result<()> {
         return Ok(());
     };
     let redis = RedisServer::start()?;
-    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = Server::start(dir_a.path(), &replica(&qdrant, &redis, "")).await?;
-    let b = Server::start(dir_b.path(), &replica(&qdrant, &redis, "")).await?;
+    let (dir_a, dir_b, snapshots) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let options = replica(&qdrant, &redis, snapshots.path(), "");
+    let a = Server::start(dir_a.path(), &options).await?;
+    let b = Server::start(dir_b.path(), &options).await?;
 
     // Created through A: B knows it, and refuses the name.
     let created = a.post("/v1/collections", &json!({"name": "facts"})).await?;
@@ -159,6 +167,30 @@ async fn two_replicas_serve_the_same_collections() -> anyhow::Result<()> {
     let hit = first_hit(&a, "facts", "What pressure is used to brew coffee shots?").await?;
     assert_ne!(hit.as_deref(), Some("espresso"));
 
+    // Snapshotted through A into the shared snapshot directory, restored through B.
+    let taken = a
+        .admin(Method::POST, "/admin/collections/facts/snapshot", ADMIN, None)
+        .await?;
+    assert_eq!(taken.status, 200, "{:?}", taken.body);
+    let restore = json!({"snapshot": taken.body["snapshot"]});
+    let restored = b
+        .admin(
+            Method::POST,
+            "/admin/collections/copy/restore",
+            ADMIN,
+            Some(&restore),
+        )
+        .await?;
+    assert_eq!(restored.status, 201, "{:?}", restored.body);
+    let copy = eventually(&a, "/v1/collections/copy", 5, |r| r.body["documents"] == 29).await?;
+    assert_eq!(copy.body["chunks"], 29, "{:?}", copy.body);
+    assert_eq!(
+        first_hit(&a, "copy", query_b.as_str().unwrap_or_default())
+            .await?
+            .as_deref(),
+        Some("a-3")
+    );
+
     // Dropped through A: gone through B; re-created through B, empty for A.
     assert_eq!(a.delete("/v1/collections/facts").await?.status, 204);
     eventually(&b, "/v1/collections/facts", 5, |r| r.status == 404).await?;
@@ -188,8 +220,8 @@ async fn a_job_of_a_killed_replica_finishes_on_the_other() -> anyhow::Result<()>
         return Ok(());
     };
     let mut redis = RedisServer::start()?;
-    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let options = replica(&qdrant, &redis, "[ingest]\nbatch_chunks = 4");
+    let (dir_a, dir_b, snapshots) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let options = replica(&qdrant, &redis, snapshots.path(), "[ingest]\nbatch_chunks = 4");
     let a = Server::start(dir_a.path(), &options).await?;
     let b = Server::start(dir_b.path(), &options).await?;
     assert_eq!(

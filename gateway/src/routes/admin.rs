@@ -140,13 +140,19 @@ pub async fn invalidate_cache(
 /// `restore`'s body.
 #[derive(Deserialize, ToSchema)]
 pub struct RestoreRequest {
-    /// A snapshot's file name under `<data_dir>/snapshots/` (what `snapshot` answered); copy a
-    /// snapshot file there to restore it on another server.
+    /// A snapshot's file name in the snapshot directory (`server.snapshot_dir`, by default
+    /// `<data_dir>/snapshots/`; what `snapshot` answered); copy a snapshot file there to restore
+    /// it on another server.
     pub snapshot: String,
 }
 
+/// `server.snapshot_dir`, or `<data_dir>/snapshots`.
 fn snapshots_dir(state: &AppState) -> std::path::PathBuf {
-    state.config.server.data_dir.join("snapshots")
+    let server = &state.config.server;
+    match server.snapshot_dir.as_os_str().is_empty() {
+        true => server.data_dir.join("snapshots"),
+        false => server.snapshot_dir.clone(),
+    }
 }
 
 /// A collection's full name as stored: `<tenant id>.<name>` with keys, `<name>` when open.
@@ -165,7 +171,8 @@ fn full_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// Writes a collection — its manifest and every chunk with its vector — to one file under
-/// `<data_dir>/snapshots/`, while its writes wait. `name` is the full name (`<tenant id>.<name>`
+/// the snapshot directory (`server.snapshot_dir`, by default `<data_dir>/snapshots/`), while its
+/// writes wait. `name` is the full name (`<tenant id>.<name>`
 /// with keys). Taken through the store traits: it restores on either store kind.
 #[utoipa::path(post, path = "/admin/collections/{name}/snapshot", tag = "admin", security(("admin_key" = [])),
     params(("name" = String, Path, description = "The collection's full name")),
@@ -203,7 +210,7 @@ pub async fn restore_collection(
     if file.is_empty() || file.starts_with('.') || !plain {
         return Err(ApiError::invalid(
             ErrorCode::InvalidSnapshot,
-            "snapshot: a file name under <data_dir>/snapshots/ (letters, digits, '.', '_', '-')",
+            "snapshot: a file name in the snapshot directory (letters, digits, '.', '_', '-')",
         ));
     }
     let max = state.config.limits.max_collections;
