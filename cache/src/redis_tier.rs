@@ -56,6 +56,11 @@ impl RedisTier {
         }
     }
 
+    /// As [`RedisTier::bounded`], its failure as text (`redis: ...`), for callers that report it.
+    pub async fn call<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+        self.bounded(call).await.map_err(|e| format!("redis: {}", e.0))
+    }
+
     /// Calls `on_message` with every message published on `channel`, for as long as the process
     /// runs; re-subscribes after Redis comes back.
     pub fn subscribe(&self, channel: &'static str, on_message: impl Fn(String) + Send + Sync + 'static) {

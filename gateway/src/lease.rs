@@ -39,7 +39,7 @@ impl Lease {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let mut connection = redis.connection();
         let taken: Option<String> = redis
-            .bounded(
+            .call(
                 ragway_cache::redis::cmd("SET")
                     .arg(&key)
                     .arg(&token)
@@ -48,8 +48,7 @@ impl Lease {
                     .arg(LEASE_TTL.as_millis() as u64)
                     .query_async(&mut connection),
             )
-            .await
-            .map_err(|e| format!("redis: {}", e.0))?;
+            .await?;
         if taken.is_none() {
             return Ok(None);
         }

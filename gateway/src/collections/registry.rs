@@ -147,18 +147,6 @@ pub(super) struct RedisRegistry {
     pub redis: RedisTier,
 }
 
-impl RedisRegistry {
-    async fn call<T>(
-        &self,
-        call: impl std::future::Future<Output = ragway_cache::redis::RedisResult<T>>,
-    ) -> Result<T, String> {
-        self.redis
-            .bounded(call)
-            .await
-            .map_err(|e| format!("redis: {}", e.0))
-    }
-}
-
 #[async_trait]
 impl Registry for RedisRegistry {
     fn shared(&self) -> bool {
@@ -178,7 +166,7 @@ impl Registry for RedisRegistry {
 
     async fn get(&self, name: &str) -> Result<Option<Manifest>, String> {
         let mut connection = self.redis.connection();
-        let bytes: Option<Vec<u8>> = self.call(connection.get(manifest_key(name))).await?;
+        let bytes: Option<Vec<u8>> = self.redis.call(connection.get(manifest_key(name))).await?;
         bytes.map(|b| parse(&b, name)).transpose()
     }
 
@@ -194,7 +182,7 @@ impl Registry for RedisRegistry {
             .arg(head(manifest))
             .arg(record)
             .arg(max);
-        let created: i64 = self.call(invocation.invoke_async(&mut connection)).await?;
+        let created: i64 = self.redis.call(invocation.invoke_async(&mut connection)).await?;
         Ok(match created {
             0 => Created::Yes,
             1 => Created::Taken,
@@ -213,7 +201,7 @@ impl Registry for RedisRegistry {
             .ignore()
             .incr(VERSION, 1)
             .ignore();
-        self.call(pipe.query_async::<()>(&mut connection)).await
+        self.redis.call(pipe.query_async::<()>(&mut connection)).await
     }
 
     async fn remove(&self, name: &str) -> Result<(), String> {
@@ -226,7 +214,7 @@ impl Registry for RedisRegistry {
             .ignore()
             .incr(VERSION, 1)
             .ignore();
-        self.call(pipe.query_async::<()>(&mut connection)).await
+        self.redis.call(pipe.query_async::<()>(&mut connection)).await
     }
 
     async fn heads(&self) -> Result<Option<(u64, BTreeMap<String, String>)>, String> {
@@ -234,7 +222,7 @@ impl Registry for RedisRegistry {
         let mut pipe = ragway_cache::redis::pipe();
         pipe.atomic().get(VERSION).hgetall(HEADS);
         let (version, heads): (Option<u64>, BTreeMap<String, String>) =
-            self.call(pipe.query_async(&mut connection)).await?;
+            self.redis.call(pipe.query_async(&mut connection)).await?;
         Ok(Some((version.unwrap_or(0), heads)))
     }
 

@@ -178,18 +178,6 @@ pub(super) struct RedisJobs {
     pub redis: RedisTier,
 }
 
-impl RedisJobs {
-    async fn call<T>(
-        &self,
-        call: impl std::future::Future<Output = ragway_cache::redis::RedisResult<T>>,
-    ) -> Result<T, String> {
-        self.redis
-            .bounded(call)
-            .await
-            .map_err(|e| format!("redis: {}", e.0))
-    }
-}
-
 #[async_trait]
 impl JobStore for RedisJobs {
     fn shared(&self) -> bool {
@@ -205,18 +193,19 @@ impl JobStore for RedisJobs {
             .ignore()
             .hset(RECORDS, id, to_json(record)?)
             .ignore();
-        self.call(pipe.query_async::<()>(&mut connection)).await
+        self.redis.call(pipe.query_async::<()>(&mut connection)).await
     }
 
     async fn save(&self, record: &Record) -> Result<(), String> {
         let mut connection = self.redis.connection();
-        self.call(connection.hset::<_, _, _, ()>(RECORDS, &record.status.id, to_json(record)?))
+        self.redis
+            .call(connection.hset::<_, _, _, ()>(RECORDS, &record.status.id, to_json(record)?))
             .await
     }
 
     async fn get(&self, id: &str) -> Result<Option<Record>, String> {
         let mut connection = self.redis.connection();
-        let record: Option<Vec<u8>> = self.call(connection.hget(RECORDS, id)).await?;
+        let record: Option<Vec<u8>> = self.redis.call(connection.hget(RECORDS, id)).await?;
         record
             .map(|r| serde_json::from_slice(&r).map_err(|e| format!("job {id}: {e}")))
             .transpose()
@@ -224,7 +213,7 @@ impl JobStore for RedisJobs {
 
     async fn all(&self) -> Result<Vec<Record>, String> {
         let mut connection = self.redis.connection();
-        let records: BTreeMap<String, Vec<u8>> = self.call(connection.hgetall(RECORDS)).await?;
+        let records: BTreeMap<String, Vec<u8>> = self.redis.call(connection.hgetall(RECORDS)).await?;
         Ok(records
             .into_iter()
             .filter_map(|(id, r)| match serde_json::from_slice(&r) {
@@ -239,7 +228,7 @@ impl JobStore for RedisJobs {
 
     async fn documents(&self, id: &str) -> Result<Vec<DocumentInput>, String> {
         let mut connection = self.redis.connection();
-        let bytes: Option<Vec<u8>> = self.call(connection.get(key(id, "documents"))).await?;
+        let bytes: Option<Vec<u8>> = self.redis.call(connection.get(key(id, "documents"))).await?;
         let bytes = bytes.ok_or("they are not in redis")?;
         serde_json::from_slice(&bytes).map_err(|e| e.to_string())
     }
@@ -253,10 +242,10 @@ impl JobStore for RedisJobs {
             .ignore()
             .del(&[key(id, "documents"), key(id, "cancel")])
             .ignore();
-        self.call(pipe.query_async::<()>(&mut connection)).await?;
+        self.redis.call(pipe.query_async::<()>(&mut connection)).await?;
         let old = excess(self.all().await?.into_iter(), keep);
         if !old.is_empty() {
-            self.call(connection.hdel::<_, _, ()>(RECORDS, old)).await?;
+            self.redis.call(connection.hdel::<_, _, ()>(RECORDS, old)).await?;
         }
         Ok(())
     }
@@ -267,13 +256,14 @@ impl JobStore for RedisJobs {
 
     async fn cancel(&self, id: &str) -> Result<(), String> {
         let mut connection = self.redis.connection();
-        self.call(connection.set_ex::<_, _, ()>(key(id, "cancel"), 1, 86_400))
+        self.redis
+            .call(connection.set_ex::<_, _, ()>(key(id, "cancel"), 1, 86_400))
             .await
     }
 
     async fn cancelled(&self, id: &str) -> bool {
         let mut connection = self.redis.connection();
-        let cancel: Result<Option<u8>, String> = self.call(connection.get(key(id, "cancel"))).await;
+        let cancel: Result<Option<u8>, String> = self.redis.call(connection.get(key(id, "cancel"))).await;
         matches!(cancel, Ok(Some(_)))
     }
 }
