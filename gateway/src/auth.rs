@@ -86,7 +86,10 @@ impl Caller {
             .collections
             .find(&self.internal(name))
             .await
-            .map_err(|_| ApiError::CollectionNotFound(name.to_string()))
+            .map_err(|e| match e {
+                ApiError::CollectionNotFound(_) => ApiError::CollectionNotFound(name.to_string()),
+                other => other,
+            })
     }
 
     /// The caller's collections.

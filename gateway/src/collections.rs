@@ -486,7 +486,12 @@ impl Collections {
             let recorded = tokio::time::timeout(FIND_WITHIN, self.registry.get(name)).await;
             if let Ok(Ok(Some(manifest))) = recorded {
                 if let Err(e) = self.open_one(manifest, false).await {
-                    tracing::warn!(collection = name, error = %e, "cannot open a collection made by another replica");
+                    // It exists; its store cannot be reached now (this replica retries).
+                    return Err(ApiError::Busy {
+                        code: ErrorCode::CollectionUnavailable,
+                        message: format!("collection `{name}` cannot be opened now: {e}"),
+                        retry_after_s: 1,
+                    });
                 }
             }
         }

@@ -35,6 +35,7 @@ error_codes! {
     CollectionExists => "collection_exists",
     CollectionNotFound => "collection_not_found",
     CollectionQuotaExceeded => "collection_quota_exceeded",
+    CollectionUnavailable => "collection_unavailable",
     DeadlineOutOfRange => "deadline_out_of_range",
     DenseStoreFailed => "dense_store_failed",
     DocumentNotFound => "document_not_found",

@@ -312,3 +312,52 @@ async fn a_job_of_a_killed_replica_finishes_on_the_other() -> anyhow::Result<()>
     assert_eq!(info.body["documents"], 161, "{:?}", info.body);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_started_while_qdrant_is_down_serves_once_it_is_back() -> anyhow::Result<()> {
+    let Some(mut qdrant) =
+        QdrantServer::start_or_skip("a_replica_started_while_qdrant_is_down_serves_once_it_is_back")?
+    else {
+        return Ok(());
+    };
+    let redis = RedisServer::start()?;
+    let (dir_a, dir_b, snapshots) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let options = replica(&qdrant, &redis, snapshots.path(), "");
+    let a = Server::start(dir_a.path(), &options).await?;
+    assert_eq!(
+        a.post("/v1/collections", &json!({"name": "facts"})).await?.status,
+        201
+    );
+    assert_eq!(
+        a.post("/v1/collections/facts/documents", &corpus()).await?.status,
+        200
+    );
+
+    qdrant.kill();
+    let b = Server::start(dir_b.path(), &options).await?;
+    // It knows the collection but cannot open it: not "missing", unavailable for now.
+    let down = b.get("/v1/collections/facts").await?;
+    assert_eq!(
+        (down.status, down.error_code()),
+        (503, Some("collection_unavailable")),
+        "{:?}",
+        down.body
+    );
+    assert_eq!(down.retry_after, Some(1));
+    let ready = b.get("/readyz").await?;
+    assert!(
+        ready.body["damaged_collections"].get("facts").is_some(),
+        "{:?}",
+        ready.body
+    );
+
+    // Back: the replica opens it by itself (nothing asks for the collection meanwhile).
+    qdrant.restart()?;
+    eventually(&b, "/readyz", 60, |r| {
+        r.body["damaged_collections"].get("facts").is_none()
+    })
+    .await?;
+    let (question, expected) = QUESTIONS[2];
+    assert_eq!(first_hit(&b, "facts", question).await?.as_deref(), Some(expected));
+    Ok(())
+}

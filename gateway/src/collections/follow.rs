@@ -42,7 +42,7 @@ impl Collections {
             return self.reseed().await;
         }
         let followed = *self.followed.lock().unwrap_or_else(|p| p.into_inner());
-        if followed == Some(version) && self.damaged().is_empty() {
+        if followed == Some(version) {
             return;
         }
         let mut complete = true;
