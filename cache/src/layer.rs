@@ -260,7 +260,7 @@ mod tests {
     }
 
     /// An in-memory shared tier, to test the layer's use of one without a Redis server (the
-    /// Redis tier itself is tested against a real redis-server in tests/tests/cache.rs).
+    /// Redis tier itself is tested against a real redis-server in tests/tests/e2e/cache.rs).
     #[derive(Default)]
     struct MemoryTier(Mutex<HashMap<String, Vec<u8>>>);
 

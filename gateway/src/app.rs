@@ -1,14 +1,11 @@
-//! Wiring: config → stage implementations → pipeline → router.
+//! Start-up: config → stage implementations → their guards and caches → the pipeline and the
+//! answer engine → [`AppState`]. Everything is composed here, once; nothing below `http` sees
+//! the result as a whole.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{delete, get, post};
-use axum::Router;
 use candle_core::Device;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ragway_cache::RedisTier;
@@ -20,39 +17,25 @@ use ragway_retrieval::{
     BertEmbedder, BertEmbedderOptions, DenseStore, EdgeDenseStore, Embedder, HybridStore, KeywordStore,
     QdrantOptions, QdrantStore, QueueLimits, RemoteEmbedder, RemoteEmbedderOptions, TantivyKeywordStore,
 };
-use tower_http::trace::TraceLayer;
-use utoipa_swagger_ui::SwaggerUi;
 
-use crate::breaker::BreakerSettings;
-use crate::caching::Caches;
-use crate::collections::{Collections, IngestEmbedding, ManifestStore};
+use crate::answer::engine::{Engine, EngineSettings};
+use crate::answer::pipeline::{Pipeline, PipelineSettings, StageGuards};
+use crate::answer::pool::{Backend, LlmPool};
+use crate::caches::Caches;
+use crate::catalog::collections::{Collections, Followers, IngestEmbedding, ManifestStore};
+use crate::catalog::jobs::{JobSettings, JobStoreKind, Jobs};
 use crate::config::{AuthMode, Config, LlmBackendConfig, LlmBackendKind, ModelBackend, StoreKind};
-use crate::faults::Faults;
-use crate::guard::Guard;
-use crate::jobs::{JobSettings, JobStoreKind, Jobs};
-use crate::llm_pool::{Backend, LlmPool};
-use crate::pipeline::{Pipeline, PipelineSettings, StageGuards};
-use crate::quota::{Counter, Quotas};
-use crate::rerank_cost::RerankCost;
-use crate::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank, tenants};
-use crate::tenants::{FileStore, RedisStore, TenantStore, Tenants};
-use crate::{models, openapi_doc};
+use crate::http::AppState;
+use crate::models;
+use crate::resilience::breaker::BreakerSettings;
+use crate::resilience::faults::Faults;
+use crate::resilience::guard::Guard;
+use crate::resilience::rerank_cost::RerankCost;
+use crate::tenancy::quota::Quotas;
+use crate::tenancy::tenants::{FileStore, RedisStore, TenantStore, Tenants};
+use crate::tenancy::{Accounts, Metering};
 
 const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
-
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub collections: Arc<Collections>,
-    pub jobs: Arc<Jobs>,
-    pub pipeline: Arc<Pipeline>,
-    pub faults: Arc<Faults>,
-    pub tenants: Arc<Tenants>,
-    pub quotas: Arc<Quotas>,
-    /// From the environment variable named by `resilience.admin_key_env`; `None` closes `/admin`.
-    pub admin_key: Option<String>,
-    pub metrics: PrometheusHandle,
-}
 
 /// The dense and keyword stores `[store]` names: the embedded pair, or one Qdrant server store
 /// that is both.
@@ -100,93 +83,111 @@ fn stores(config: &Config, dimension: usize) -> anyhow::Result<Stores> {
     }
 }
 
-impl AppState {
-    /// Loads the models and opens the stores named by `config`.
-    pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<Self> {
-        let device = device(config.models.use_gpu);
-        let embedder = load_embedder(&config, &device).await?;
-        let reranker = load_reranker(&config, &device).await?;
-        let faults = Arc::new(Faults::default());
-        let z = &config.resilience;
-        let breaker = BreakerSettings {
-            failure_threshold: z.breaker_failures,
-            open: Duration::from_millis(z.breaker_open_ms),
-            max_open: Duration::from_millis(z.breaker_max_open_ms),
-        };
-        let guard = |name: &str, timeout_ms: u64| {
-            Guard::new(name, Duration::from_millis(timeout_ms), &breaker, faults.clone())
-        };
-        let backends = load_backends(&config, &device, &breaker, &faults).await?;
+/// Loads the models and opens the stores named by `config`.
+pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<AppState> {
+    let device = device(config.models.use_gpu);
+    let embedder = load_embedder(&config, &device).await?;
+    let reranker = load_reranker(&config, &device).await?;
+    let faults = Arc::new(Faults::default());
+    let z = &config.resilience;
+    let breaker = BreakerSettings {
+        failure_threshold: z.breaker_failures,
+        open: Duration::from_millis(z.breaker_open_ms),
+        max_open: Duration::from_millis(z.breaker_max_open_ms),
+    };
+    let guard = |name: &str, timeout_ms: u64| {
+        Guard::new(name, Duration::from_millis(timeout_ms), &breaker, faults.clone())
+    };
+    let backends = load_backends(&config, &device, &breaker, &faults).await?;
+    let redis = redis_tier(&config)?;
+    let caches = Caches::new(
+        &config,
+        redis
+            .clone()
+            .map(|tier| (tier, guard("redis", config.cache.redis.timeout_ms))),
+    );
+    let (tenants, quotas) = load_tenants(&config, redis).await?;
+    let unmetered = config.llm.iter().filter(|b| b.unmetered).map(|b| b.name.clone());
+    let metering = Metering::new(quotas.clone(), unmetered);
+    let accounts = Accounts {
+        tenants: tenants.clone(),
+        metering: metering.clone(),
+    };
 
-        let data = &config.server.data_dir;
-        let Stores { dense, keyword, both } = stores(&config, embedder.dimension())?;
-        let embed_guard = Arc::new(guard("embedder", z.embed_timeout_ms));
-        let ingest_embedding = IngestEmbedding {
-            embedder: embedder.clone(),
-            guard: embed_guard.clone(),
-            timeout: Duration::from_millis(config.ingest.embed_timeout_ms),
-        };
-        let shared = shared_state(&config)?;
-        let manifests = match &shared {
-            Some(redis) => ManifestStore::Redis(redis.clone()),
-            None => ManifestStore::Files(data.join("collections")),
-        };
-        let collections =
-            Arc::new(Collections::open(manifests, ingest_embedding, dense.clone(), keyword.clone()).await?);
-        collections.follow();
-        let redis = redis_tier(&config)?;
-        let caches = Caches::new(
-            &config,
-            redis
-                .clone()
-                .map(|tier| (tier, guard("redis", config.cache.redis.timeout_ms))),
-        );
-        let (tenants, quotas) = load_tenants(&config, redis).await?;
-        collections.on_embedded(embed_hook(tenants.clone(), quotas.clone()));
-        collections.on_change(change_hook(caches.clone()));
-        let job_settings = JobSettings {
-            batch_chunks: config.ingest.batch_chunks,
-            max_concurrent: config.ingest.max_concurrent_jobs,
-            keep_finished: config.ingest.keep_finished_jobs,
-        };
-        let job_store = match shared {
-            Some(redis) => JobStoreKind::Redis(redis),
-            None => JobStoreKind::Files(data.join("jobs")),
-        };
-        let jobs = Jobs::open(job_store, collections.clone(), job_settings).await?;
+    let Stores { dense, keyword, both } = stores(&config, embedder.dimension())?;
+    let embed_guard = Arc::new(guard("embedder", z.embed_timeout_ms));
+    let ingest_embedding = IngestEmbedding {
+        embedder: embedder.clone(),
+        guard: embed_guard.clone(),
+        timeout: Duration::from_millis(config.ingest.embed_timeout_ms),
+    };
+    let shared = shared_state(&config)?;
+    let data = &config.server.data_dir;
+    let manifests = match &shared {
+        Some(redis) => ManifestStore::Redis(redis.clone()),
+        None => ManifestStore::Files(data.join("collections")),
+    };
+    let followers = Followers {
+        caches: caches.clone(),
+        accounts: Some(accounts),
+    };
+    let collections = Collections::open(
+        manifests,
+        ingest_embedding,
+        dense.clone(),
+        keyword.clone(),
+        followers,
+    );
+    let collections = Arc::new(collections.await?);
+    collections.follow();
+    let job_settings = JobSettings {
+        batch_chunks: config.ingest.batch_chunks,
+        max_concurrent: config.ingest.max_concurrent_jobs,
+        keep_finished: config.ingest.keep_finished_jobs,
+    };
+    let job_store = match shared {
+        Some(redis) => JobStoreKind::Redis(redis),
+        None => JobStoreKind::Files(data.join("jobs")),
+    };
+    let jobs = Jobs::open(job_store, collections.clone(), job_settings).await?;
 
-        let pipeline = Pipeline {
-            embedder,
-            dense,
-            keyword,
-            both,
-            reranker,
-            guards: StageGuards {
-                embed: embed_guard,
-                dense: guard("dense", z.dense_timeout_ms),
-                keyword: guard("keyword", z.keyword_timeout_ms),
-                rerank: guard("reranker", z.rerank_timeout_ms),
-            },
-            rerank_cost: RerankCost::default(),
-            llm: LlmPool::new(backends),
-            caches,
-            settings: pipeline_settings(&config),
-        };
-        let admin_key = std::env::var(&config.resilience.admin_key_env)
-            .ok()
-            .filter(|k| !k.is_empty());
-        Ok(Self {
-            config: Arc::new(config),
-            collections,
-            jobs,
-            pipeline: Arc::new(pipeline),
-            faults,
-            tenants,
-            quotas,
-            admin_key,
-            metrics,
-        })
-    }
+    let pipeline = Arc::new(Pipeline {
+        embedder,
+        dense,
+        keyword,
+        both,
+        reranker,
+        guards: StageGuards {
+            embed: embed_guard,
+            dense: guard("dense", z.dense_timeout_ms),
+            keyword: guard("keyword", z.keyword_timeout_ms),
+            rerank: guard("reranker", z.rerank_timeout_ms),
+        },
+        rerank_cost: RerankCost::default(),
+        llm: LlmPool::new(backends),
+        caches,
+        settings: pipeline_settings(&config),
+    });
+    let engine_settings = EngineSettings {
+        stream_idle_timeout: Duration::from_millis(config.resilience.stream_idle_timeout_ms),
+    };
+    let engine = Arc::new(Engine::new(pipeline.clone(), engine_settings));
+    let admin_key = std::env::var(&config.resilience.admin_key_env)
+        .ok()
+        .filter(|k| !k.is_empty());
+    Ok(AppState {
+        config: Arc::new(config),
+        collections,
+        jobs,
+        pipeline,
+        engine,
+        faults,
+        tenants,
+        quotas,
+        metering,
+        admin_key,
+        metrics,
+    })
 }
 
 fn pipeline_settings(config: &Config) -> PipelineSettings {
@@ -195,29 +196,7 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
         fusion: crate::validate::fusion(&config.retrieval.fusion).unwrap_or_default(),
         candidates: config.retrieval.candidates,
         rerank_candidates: config.retrieval.rerank_candidates,
-        max_tokens: config.generation.max_tokens,
-        temperature: config.generation.temperature,
-        stream_idle_timeout: Duration::from_millis(config.resilience.stream_idle_timeout_ms),
     }
-}
-
-/// Every collection change reaches the caches (which drop and announce what it outdated).
-fn change_hook(caches: Arc<Caches>) -> crate::collections::ChangeHook {
-    Arc::new(move |name: &str, generation: &str, epoch: u64| {
-        let (caches, name, generation) = (caches.clone(), name.to_string(), generation.to_string());
-        tokio::spawn(async move { caches.collection_changed(&name, &generation, epoch).await });
-    })
-}
-
-/// Ingestion's embedding tokens are charged to the tenant whose collection it is.
-fn embed_hook(tenants: Arc<Tenants>, quotas: Arc<Quotas>) -> crate::collections::EmbedHook {
-    Arc::new(move |collection: &str, tokens: u64| {
-        let Ok(tenant) = tenants.get(crate::auth::owner(collection)) else {
-            return;
-        };
-        let quotas = quotas.clone();
-        tokio::spawn(async move { quotas.charge(&tenant, Counter::EmbeddingTokens, tokens).await });
-    })
 }
 
 async fn load_embedder(config: &Config, device: &Device) -> anyhow::Result<Arc<dyn Embedder>> {
@@ -486,89 +465,6 @@ fn with_fallback<O: OnnxOption, T>(
         }
         loaded => loaded,
     }
-}
-
-pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.server.max_body_bytes;
-    let document = Arc::new(openapi_doc::document(&state.config));
-    let api = Router::new()
-        .route(
-            "/v1/collections",
-            post(collections::create).get(collections::list),
-        )
-        .route(
-            "/v1/collections/{name}",
-            get(collections::get)
-                .patch(collections::update)
-                .delete(collections::delete),
-        )
-        .route("/v1/collections/{name}/documents", post(collections::ingest))
-        .route(
-            "/v1/collections/{name}/documents/{id}",
-            delete(collections::delete_document),
-        )
-        .route("/v1/collections/{name}/jobs", get(jobs::list_jobs))
-        .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
-        .route("/v1/collections/{name}/search", post(answers::search))
-        .route("/v1/collections/{name}/query", post(answers::query))
-        .route("/v1/embeddings", post(embeddings::embeddings))
-        .route("/v1/rerank", post(rerank::rerank))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/models", get(openai::models))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route(
-            "/admin/faults",
-            post(admin::set_fault)
-                .get(admin::list_faults)
-                .delete(admin::clear_faults),
-        )
-        .route("/admin/cache/invalidate", post(admin::invalidate_cache))
-        .route(
-            "/admin/collections/{name}/snapshot",
-            post(admin::snapshot_collection),
-        )
-        .route(
-            "/admin/collections/{name}/restore",
-            post(admin::restore_collection),
-        )
-        .route("/admin/tenants", post(tenants::create).get(tenants::list))
-        .route(
-            "/admin/tenants/{id}",
-            get(tenants::get).patch(tenants::update).delete(tenants::delete),
-        )
-        .route("/admin/tenants/{id}/keys", post(tenants::create_key))
-        .route("/admin/tenants/{id}/keys/{key_id}", delete(tenants::revoke_key))
-        .route("/admin/tenants/{id}/usage", get(tenants::usage))
-        .route_layer(middleware::from_fn(count_request))
-        .with_state(state);
-    Router::new()
-        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
-        .route(
-            "/openapi.json",
-            get(move || async move { axum::Json(document.as_ref().clone()) }),
-        )
-        .merge(api)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
-}
-
-/// `ragway_requests_total{route,status}` and `ragway_request_duration_seconds{route}` (until the
-/// response head; a stream's body goes on), with the route template (bounded) as label.
-async fn count_request(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    metrics::histogram!("ragway_request_duration_seconds", "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!("ragway_requests_total", "route" => route, "status" => response.status().as_u16().to_string())
-        .increment(1);
-    response
 }
 
 fn device(use_gpu: bool) -> Device {

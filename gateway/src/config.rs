@@ -76,29 +76,7 @@ impl Default for StoreConfig {
     }
 }
 
-/// What one request may ask for. Each over-limit input is a 4xx naming its key; nothing is stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// UTF-8 bytes of one document's text.
-    pub max_document_bytes: usize,
-    /// Bytes of one document's metadata, as JSON.
-    pub max_metadata_bytes: usize,
-    pub max_metadata_keys: usize,
-    /// Chunks one ingest request may produce (all its documents together).
-    pub max_chunks_per_request: usize,
-    /// The smallest `chunk_words` a collection may use.
-    pub min_chunk_words: usize,
-    pub max_collections: usize,
-    /// Inputs of one `/v1/embeddings` request.
-    pub max_embedding_inputs: usize,
-    /// Characters of one `/v1/embeddings` input.
-    pub max_embedding_input_chars: usize,
-    /// Documents of one `/v1/rerank` request.
-    pub max_rerank_documents: usize,
-    /// Characters of one `/v1/rerank` document.
-    pub max_rerank_document_chars: usize,
-}
+pub use crate::validate::LimitsConfig;
 
 /// Ingestion: small requests are answered when durable; larger ones, and `"wait": false`, become
 /// background jobs.
@@ -346,6 +324,8 @@ pub struct GenerationConfig {
     pub default_passages: usize,
     /// The most tokens a chat request may ask for (`max_tokens`).
     pub max_tokens_cap: usize,
+    /// The most choices (`n`) a chat relayed to a remote backend may ask for.
+    pub max_choices: usize,
 }
 
 // No `deny_unknown_fields` here: serde does not support it beside `flatten`; the flattened enum
@@ -555,23 +535,7 @@ impl Default for GenerationConfig {
             temperature: 0.0,
             default_passages: 3,
             max_tokens_cap: 1_024,
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_document_bytes: 1 << 20,
-            max_metadata_bytes: 16 << 10,
-            max_metadata_keys: 64,
-            max_chunks_per_request: 20_000,
-            min_chunk_words: 8,
-            max_collections: 256,
-            max_embedding_inputs: 512,
-            max_embedding_input_chars: 8_192,
-            max_rerank_documents: 256,
-            max_rerank_document_chars: 8_192,
+            max_choices: 4,
         }
     }
 }

@@ -1,11 +1,6 @@
-//! The one place where errors become HTTP responses.
+//! What can go wrong with a request, as a domain error ([`ApiError`]) with a machine-readable
+//! [`ErrorCode`]; `http::errors` is the one place where they become HTTP responses.
 
-use axum::extract::rejection::JsonRejection;
-use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use ragway_openapi::ErrorBody;
 use ragway_retrieval::RetrievalError;
 
 /// Declares [`ErrorCode`] and the text each code has on the wire.
@@ -36,6 +31,7 @@ error_codes! {
     CollectionNotFound => "collection_not_found",
     CollectionQuotaExceeded => "collection_quota_exceeded",
     CollectionUnavailable => "collection_unavailable",
+    ContextLengthExceeded => "context_length_exceeded",
     DeadlineOutOfRange => "deadline_out_of_range",
     DenseStoreFailed => "dense_store_failed",
     DocumentNotFound => "document_not_found",
@@ -87,6 +83,7 @@ error_codes! {
     NoMessages => "no_messages",
     NoRetrievalPath => "no_retrieval_path",
     NoUserMessage => "no_user_message",
+    NOutOfRange => "n_out_of_range",
     NotConfigured => "not_configured",
     Overloaded => "overloaded",
     QueryTooLong => "query_too_long",
@@ -190,32 +187,6 @@ impl ApiError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Invalid { .. } => StatusCode::BAD_REQUEST,
-            Self::CollectionNotFound(_)
-            | Self::DocumentNotFound { .. }
-            | Self::ModelNotFound(_)
-            | Self::JobNotFound(_)
-            | Self::TenantNotFound(_)
-            | Self::KeyNotFound(_)
-            | Self::NotConfigured(_) => StatusCode::NOT_FOUND,
-            Self::NoApiKey | Self::UnknownApiKey => StatusCode::UNAUTHORIZED,
-            Self::OverQuota { too_large: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::OverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::CollectionExists(_) | Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BackendRejected { status, .. } => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
-            }
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Invalid { code, .. }
@@ -239,35 +210,6 @@ impl ApiError {
             Self::BackendRejected { .. } => ErrorCode::BackendRejectedRequest,
             Self::Internal(_) => ErrorCode::Internal,
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        if matches!(self, Self::Internal(_) | Self::Unavailable { .. }) {
-            tracing::error!(error = %self, "request failed");
-        }
-        let mut response = (
-            self.status(),
-            Json(ErrorBody::new(self.code().as_str(), self.to_string())),
-        )
-            .into_response();
-        let retry_after = match &self {
-            Self::Busy { retry_after_s, .. } => Some(*retry_after_s),
-            Self::OverQuota { retry_after_s, .. } => *retry_after_s,
-            _ => None,
-        };
-        if let Some(seconds) = retry_after {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if matches!(self, Self::NoApiKey | Self::UnknownApiKey) {
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
     }
 }
 
@@ -296,48 +238,6 @@ impl From<RetrievalError> for ApiError {
     }
 }
 
-/// A model stage a route calls directly (`/v1/embeddings`, `/v1/rerank`, ingestion's embedding).
-#[derive(Debug, Clone, Copy)]
-pub enum ModelStage {
-    Embedder,
-    Reranker,
-}
-
-impl ApiError {
-    /// What a route answers when `stage` produced nothing: busy (a full queue, an open breaker:
-    /// 503 with `Retry-After`) or unavailable (503); a caller's own error keeps its status.
-    pub fn from_stage<E>(stage: ModelStage, failure: crate::guard::Failure<E>) -> Self
-    where
-        E: std::fmt::Display + Into<ApiError>,
-    {
-        use crate::guard::Failure;
-        let (busy, unavailable, name) = match stage {
-            ModelStage::Embedder => (
-                ErrorCode::EmbedderBusy,
-                ErrorCode::EmbedderUnavailable,
-                "embedder",
-            ),
-            ModelStage::Reranker => (
-                ErrorCode::RerankerBusy,
-                ErrorCode::RerankerUnavailable,
-                "reranker",
-            ),
-        };
-        match failure {
-            Failure::Rejected(e) => e.into(),
-            Failure::Overloaded(_) | Failure::BreakerOpen => Self::Busy {
-                code: busy,
-                message: format!("the {name} cannot take this work now ({failure}); retry later"),
-                retry_after_s: 1,
-            },
-            other => Self::Unavailable {
-                code: unavailable,
-                message: format!("the {name} did not answer: {other}"),
-            },
-        }
-    }
-}
-
 impl From<ragway_rerank::RerankError> for ApiError {
     fn from(e: ragway_rerank::RerankError) -> Self {
         let code = match e {
@@ -352,35 +252,3 @@ impl From<ragway_rerank::RerankError> for ApiError {
         }
     }
 }
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::JsonDataError(e) => Self::invalid(ErrorCode::InvalidBody, e.body_text()),
-            JsonRejection::JsonSyntaxError(e) => Self::invalid(ErrorCode::MalformedJson, e.body_text()),
-            JsonRejection::MissingJsonContentType(e) => {
-                Self::invalid(ErrorCode::MissingContentType, e.body_text())
-            }
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::BodyTooLarge
-            }
-            other => Self::invalid(ErrorCode::InvalidBody, other.body_text()),
-        }
-    }
-}
-
-/// `axum::Json`, with rejections answered in ragway's error shape.
-#[derive(Debug, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
-
-impl From<axum::extract::rejection::QueryRejection> for ApiError {
-    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
-        Self::invalid(ErrorCode::InvalidQueryString, rejection.body_text())
-    }
-}
-
-/// `axum::extract::Query`, with rejections answered in ragway's error shape.
-#[derive(Debug, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);

@@ -1,28 +1,24 @@
-//! The ragway gateway: configuration, HTTP routes, and the orchestration of the stage crates.
+//! The ragway gateway. Modules, top to bottom (each imports only those below it):
+//!
+//! - [`app`]: start-up: config → stages → decorators → engine → [`http::AppState`].
+//! - [`http`]: routes, the auth and admin layers, SSE and JSON shapes, errors → HTTP, OpenAPI.
+//! - [`answer`]: the answer engine, the retrieval pipeline, conversations, the LLM pool, reports.
+//! - [`catalog`]: collections, their write path and registry, ingestion jobs, leases.
+//! - [`caches`]: the cache layers (L1–L3) and their invalidation.
+//! - [`tenancy`]: tenants, keys, quotas, allowances and charging.
+//! - [`resilience`]: guards, breakers, deadlines, injected faults.
+//! - ground floor: [`config`], [`validate`], [`error`], [`durable`], [`metrics`], [`models`].
 
-pub mod answer_stream;
+pub mod answer;
 pub mod app;
-pub mod auth;
-pub mod breaker;
-pub mod caching;
-pub mod collections;
+pub mod caches;
+pub mod catalog;
 pub mod config;
-pub mod conversation;
-pub mod deadline;
 pub mod durable;
 pub mod error;
-pub mod faults;
-pub mod guard;
-pub mod jobs;
-pub mod lease;
-pub mod llm_pool;
+pub mod http;
 pub mod metrics;
 pub mod models;
-pub mod openapi_doc;
-pub mod pipeline;
-pub mod quota;
-pub mod report;
-pub mod rerank_cost;
-pub mod routes;
-pub mod tenants;
+pub mod resilience;
+pub mod tenancy;
 pub mod validate;

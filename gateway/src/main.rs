@@ -3,8 +3,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use ragway_gateway::app::{router, AppState};
+use ragway_gateway::app;
 use ragway_gateway::config::{Config, Overrides};
+use ragway_gateway::http::router;
 use tracing_subscriber::EnvFilter;
 
 /// ragway: a RAG gateway. Configuration: defaults → --config file → RAGWAY__SECTION__KEY env → flags.
@@ -46,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let metrics = ragway_gateway::metrics::install()?;
     let listen = config.server.listen.clone();
-    let state = AppState::load(config, metrics).await?;
+    let state = app::load(config, metrics).await?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

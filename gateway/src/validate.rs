@@ -7,8 +7,49 @@ use ragway_openapi::{
 };
 use ragway_retrieval::{ChunkingOptions, FilterValue, Fusion, MetadataFilter, Normalization};
 
-use crate::config::LimitsConfig;
 use crate::error::{ApiError, ErrorCode};
+use serde::{Deserialize, Serialize};
+
+/// What one request may ask for. Each over-limit input is a 4xx naming its key; nothing is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// UTF-8 bytes of one document's text.
+    pub max_document_bytes: usize,
+    /// Bytes of one document's metadata, as JSON.
+    pub max_metadata_bytes: usize,
+    pub max_metadata_keys: usize,
+    /// Chunks one ingest request may produce (all its documents together).
+    pub max_chunks_per_request: usize,
+    /// The smallest `chunk_words` a collection may use.
+    pub min_chunk_words: usize,
+    pub max_collections: usize,
+    /// Inputs of one `/v1/embeddings` request.
+    pub max_embedding_inputs: usize,
+    /// Characters of one `/v1/embeddings` input.
+    pub max_embedding_input_chars: usize,
+    /// Documents of one `/v1/rerank` request.
+    pub max_rerank_documents: usize,
+    /// Characters of one `/v1/rerank` document.
+    pub max_rerank_document_chars: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 1 << 20,
+            max_metadata_bytes: 16 << 10,
+            max_metadata_keys: 64,
+            max_chunks_per_request: 20_000,
+            min_chunk_words: 8,
+            max_collections: 256,
+            max_embedding_inputs: 512,
+            max_embedding_input_chars: 8_192,
+            max_rerank_documents: 256,
+            max_rerank_document_chars: 8_192,
+        }
+    }
+}
 
 pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_DOC_ID_CHARS: usize = 256;

@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ragway_gateway::breaker::BreakerSettings;
-use ragway_gateway::collections::{Collections, IngestEmbedding, ManifestStore};
-use ragway_gateway::faults::Faults;
-use ragway_gateway::guard::Guard;
+use ragway_gateway::caches::Caches;
+use ragway_gateway::catalog::collections::{Collections, Followers, IngestEmbedding, ManifestStore};
+use ragway_gateway::config::Config;
+use ragway_gateway::resilience::breaker::BreakerSettings;
+use ragway_gateway::resilience::faults::Faults;
+use ragway_gateway::resilience::guard::Guard;
 use ragway_openapi::DocumentInput;
 use ragway_retrieval::{
     BertEmbedder, BertEmbedderOptions, Chunk, ChunkingOptions, DenseStore, EdgeDenseStore, EmbeddedChunk,
@@ -69,6 +71,10 @@ async fn open(
         embedding,
         dense.clone(),
         keyword.clone(),
+        Followers {
+            caches: Caches::new(&Config::default(), None),
+            accounts: None,
+        },
     )
     .await?;
     Ok((collections, dense, keyword))

@@ -59,7 +59,7 @@ impl Reply {
 
 /// Config that turns the answer (L1) and retrieval (L3) caches off, for tests that ask one
 /// question again under changed conditions (a fault, a failing backend) and must meet them;
-/// tests/tests/cache.rs tests the caches themselves.
+/// tests/tests/e2e/cache.rs tests the caches themselves.
 pub const NO_ANSWER_CACHES: &str =
     "[cache.l1]\nttl_s = 3600\nmax_entries = 0\n\n[cache.l3]\nttl_s = 900\nmax_entries = 0\n";
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::Reply;
+use crate::{Reply, ScriptedOpenAi};
 
 /// The model cache the set-up scripts fill (scripts/fetch-models.sh).
 pub fn models_dir() -> PathBuf {
@@ -41,6 +41,41 @@ pub struct ServerOptions {
     pub config_toml: String,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+}
+
+impl ServerOptions {
+    /// Appends TOML to the test config.
+    pub fn with_config(mut self, toml: &str) -> Self {
+        self.config_toml.push('\n');
+        self.config_toml.push_str(toml);
+        self.config_toml.push('\n');
+        self
+    }
+
+    /// An OpenAI-compatible LLM backend `name` served by `llm` (a scripted stand-in), without
+    /// retries so that tests see each failure once.
+    pub fn with_scripted_llm(self, name: &str, llm: &ScriptedOpenAi) -> Self {
+        let url = &llm.base_url;
+        self.with_config(&format!(
+            "[[llm]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"{url}\"\nmodel = \"scripted-{name}\"\nmax_retries = 0"
+        ))
+    }
+
+    /// The local model (SmolLM2) as LLM backend `name`.
+    pub fn with_local_llm(self, name: &str) -> Self {
+        let model = models_dir().join("smollm2-135m-instruct");
+        self.with_config(&format!(
+            "[[llm]]\nname = \"{name}\"\nkind = \"local\"\nmodel = \"{}\"",
+            model.display()
+        ))
+    }
+
+    /// Tenants with API keys (`auth.mode = "keys"`) and `/admin` open to `admin_key`.
+    pub fn with_admin(mut self, admin_key: &str) -> Self {
+        self.env.push(("RAGWAY_ADMIN_KEY".into(), admin_key.into()));
+        self.env.push(("RAGWAY__AUTH__MODE".into(), "keys".into()));
+        self
+    }
 }
 
 pub struct Server {
@@ -204,6 +239,49 @@ impl Server {
         );
         let status = response.status().as_u16();
         Ok((status, mode, content_type, response.text().await?))
+    }
+
+    /// Creates collection `name` (with `key`, when given) and ingests `documents` into it;
+    /// fails unless both succeed.
+    pub async fn seeded(&self, key: Option<&str>, name: &str, documents: &Value) -> anyhow::Result<()> {
+        let post = reqwest::Method::POST;
+        let created = self
+            .call(
+                post.clone(),
+                "/v1/collections",
+                key,
+                Some(&serde_json::json!({"name": name})),
+            )
+            .await?;
+        if created.status != 201 {
+            bail!("creating {name}: {} {}", created.status, created.body);
+        }
+        let path = format!("/v1/collections/{name}/documents");
+        let ingested = self.call(post, &path, key, Some(documents)).await?;
+        if ingested.status != 200 {
+            bail!("ingesting into {name}: {} {}", ingested.status, ingested.body);
+        }
+        Ok(())
+    }
+
+    /// Creates a tenant with `body`'s fields and one key for it: (id, key).
+    pub async fn tenant(&self, admin_key: &str, body: &Value) -> anyhow::Result<(String, String)> {
+        let post = reqwest::Method::POST;
+        let created = self
+            .admin(post.clone(), "/admin/tenants", admin_key, Some(body))
+            .await?;
+        let id = created.body["id"].as_str().unwrap_or_default().to_string();
+        if created.status != 201 || id.is_empty() {
+            bail!("creating a tenant: {} {}", created.status, created.body);
+        }
+        let key = self
+            .admin(post, &format!("/admin/tenants/{id}/keys"), admin_key, None)
+            .await?;
+        let secret = key.body["key"].as_str().unwrap_or_default().to_string();
+        if key.status != 201 || secret.is_empty() {
+            bail!("creating a key: {} {}", key.status, key.body);
+        }
+        Ok((id, secret))
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {

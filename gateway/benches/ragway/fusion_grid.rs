@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use ragway_gateway::app::AppState;
+use ragway_gateway::http::AppState;
 use ragway_retrieval::{fuse, Fusion, Normalization, Priority, ScoredChunk};
 
 use crate::quality::{doc_ranking, mean, Scores};

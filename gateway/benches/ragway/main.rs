@@ -23,7 +23,7 @@ mod tenants;
 /// Serves `config` in process on a free port; returns the state and the base URL.
 async fn serve(
     mut config: ragway_gateway::config::Config,
-) -> anyhow::Result<(ragway_gateway::app::AppState, String)> {
+) -> anyhow::Result<(ragway_gateway::http::AppState, String)> {
     // The benchmarks measure the stages, not keys and quotas (those have tests of their own).
     config.auth.mode = ragway_gateway::config::AuthMode::Open;
     // The metrics recorder is process-wide: install it once for every benchmark.
@@ -35,10 +35,10 @@ async fn serve(
             .get_or_init(|| ragway_gateway::metrics::install().expect("metrics recorder"))
             .clone(),
     };
-    let state = ragway_gateway::app::AppState::load(config, metrics).await?;
+    let state = ragway_gateway::app::load(config, metrics).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let app = ragway_gateway::app::router(state.clone());
+    let app = ragway_gateway::http::router(state.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((state, base))
 }

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ragway_gateway::breaker::BreakerSettings;
 use ragway_gateway::config::Config;
-use ragway_gateway::deadline::Deadline;
-use ragway_gateway::faults::{FaultKind, FaultRequest, Faults};
-use ragway_gateway::guard::Guard;
+use ragway_gateway::resilience::breaker::BreakerSettings;
+use ragway_gateway::resilience::deadline::Deadline;
+use ragway_gateway::resilience::faults::{FaultKind, FaultRequest, Faults};
+use ragway_gateway::resilience::guard::Guard;
 use serde_json::{json, Value};
 
 use crate::speed::{median, passages};

@@ -42,6 +42,9 @@ impl ChatModel {
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
             .unwrap_or(2048) as usize;
+        // candle's quantized llama addresses positions below MAX_SEQ_LEN only (its rotary table),
+        // whatever the GGUF says: a longer prompt would fail inside the model.
+        let context = context.min(candle_transformers::models::quantized_llama::MAX_SEQ_LEN);
         let context = options.context_tokens.map_or(context, |limit| limit.min(context));
         let stop_tokens = ["<|im_end|>", "<|endoftext|>"]
             .iter()

@@ -1,0 +1,288 @@
+//! Generation, as events. The first event is sent once an LLM has produced its first token, so
+//! it carries the true mode: a primary that fails before that is replaced without the client
+//! noticing (mode `fallback_llm`). A backend that fails mid-answer is announced with a
+//! `degraded` event and the next backend continues the answer from where it stopped; when none
+//! can, or the deadline cuts the answer short, the quoted passages follow (mode `extractive`).
+//! Every backend's part is charged when it ends — finished, broken off, or abandoned by the
+//! client — with the backend's own counts, or counted with its tokenizer when it sent none.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use ragway_llm::{ChatMessage, Generator, Role, StreamEvent};
+use ragway_openapi::{Degradation, DegradationReason, TokenUsage};
+use tokio::sync::mpsc;
+
+use super::{done, primary, AnswerEvent, Engine, Job};
+use crate::answer::pool::{count_tokens, OpenedStream};
+use crate::answer::report::Authorship;
+use crate::tenancy::quota::StreamPermit;
+
+pub(super) async fn drive(
+    engine: Arc<Engine>,
+    mut job: Job,
+    events: mpsc::Sender<AnswerEvent>,
+    _permit: Option<StreamPermit>,
+) {
+    let mut opened = open(&engine, &mut job, &[], None).await;
+    if opened.is_none() {
+        job.report.authorship = Some(Authorship::Extractive);
+    }
+    if job.cheaper_only {
+        job.report.demote_to_fallback();
+    }
+    let meta = AnswerEvent::Meta {
+        mode: job.report.mode(),
+        degraded: job.report.degraded(),
+        stages: job.report.stages(),
+        citations: job.citations.clone(),
+        cache: job.report.cache.clone(),
+    };
+    if events.send(meta).await.is_err() {
+        return;
+    }
+    if opened.is_none() && !job.fallback_text.is_empty() {
+        let text = job.fallback_text.clone();
+        let _ = events.send(AnswerEvent::Delta { text }).await;
+    }
+    let mut written = Written::default();
+    while let Some(stream) = opened.take() {
+        let backend = stream.backend.clone();
+        written.tried.push(backend.clone());
+        let (ended, part) = relay(&engine, &job, stream, &events).await;
+        charge(&engine, &job, &backend, &part, &written.answer);
+        written.take(part);
+        let reason = match ended {
+            Relayed::Finished => break,
+            Relayed::ClientGone => return,
+            Relayed::Broke(reason) => reason,
+        };
+        job.report.degrade(format!("llm:{backend}"), reason);
+        opened = match fail_over(&engine, &mut job, &written, &backend, reason, &events).await {
+            Some(next) => next,
+            None => return,
+        };
+    }
+    finish(job, written, &events).await;
+}
+
+/// `done`, and the answer kept in L1 when it is `normal`.
+async fn finish(mut job: Job, written: Written, events: &mpsc::Sender<AnswerEvent>) {
+    job.report.finish();
+    if let (Some(remember), Some(llm)) = (&job.remember, primary(&job.report)) {
+        if job.report.mode() == ragway_openapi::Mode::Normal {
+            let text = written.answer.trim();
+            remember
+                .keep(text, &job.citations, &written.usage, llm, &job.report)
+                .await;
+        }
+    }
+    let _ = events.send(done(&job.report, written.usage)).await;
+}
+
+/// What the answer holds so far, across backends.
+#[derive(Default)]
+struct Written {
+    answer: String,
+    usage: TokenUsage,
+    /// Backends that streamed part of it.
+    tried: Vec<String>,
+}
+
+impl Written {
+    fn take(&mut self, part: Part) {
+        self.answer.push_str(&part.text);
+        self.usage.prompt_tokens += part.usage.prompt_tokens;
+        self.usage.completion_tokens += part.usage.completion_tokens;
+    }
+}
+
+/// One backend's part of the answer.
+#[derive(Default)]
+struct Part {
+    text: String,
+    /// Its own counts (`Done`), when it sent them; otherwise counted when charged.
+    usage: TokenUsage,
+    counted: bool,
+}
+
+/// Charges the tenant for one backend's part: with the backend's own counts, or — it sent none
+/// (it broke off, the client left) — counted with its tokenizer.
+fn charge(engine: &Engine, job: &Job, backend: &str, part: &Part, before: &str) {
+    let usage = match part.counted {
+        true => part.usage,
+        false => {
+            let generator = engine.pipeline.llm.backend(backend).map(|b| b.generator.clone());
+            let usage = counted(generator.as_deref(), &job.request.messages, before, &part.text);
+            count_tokens(backend, usage.prompt_tokens, usage.completion_tokens);
+            usage
+        }
+    };
+    job.meter.llm(backend, &usage);
+}
+
+/// The tokens of a part nobody counted: the prompt the backend was given (with the answer so far
+/// it was asked to continue) and the text it wrote, by its tokenizer, else by length (4 bytes a
+/// token).
+fn counted(
+    generator: Option<&dyn Generator>,
+    prompt: &[ChatMessage],
+    before: &str,
+    text: &str,
+) -> TokenUsage {
+    let count = |messages: &[ChatMessage]| {
+        let by_tokenizer = generator.and_then(|g| g.count_tokens(messages));
+        by_tokenizer.unwrap_or_else(|| messages.iter().map(|m| m.content.len().div_ceil(4)).sum())
+    };
+    let mut given = prompt.to_vec();
+    if !before.is_empty() {
+        given.push(ChatMessage::new(Role::Assistant, before.to_string()));
+    }
+    let empty = count(&[ChatMessage::new(Role::Assistant, String::new())]);
+    let written = count(&[ChatMessage::new(Role::Assistant, text.to_string())]);
+    TokenUsage {
+        prompt_tokens: count(&given),
+        completion_tokens: written.saturating_sub(empty),
+    }
+}
+
+/// The first backend down the pool's order (skipping `tried`) whose stream produces text;
+/// `continuing` is the partial answer it is asked to continue.
+async fn open(
+    engine: &Engine,
+    job: &mut Job,
+    tried: &[String],
+    continuing: Option<&str>,
+) -> Option<OpenedStream> {
+    let mut request = job.request.clone();
+    if let Some(partial) = continuing {
+        request
+            .messages
+            .push(ChatMessage::new(Role::Assistant, partial.to_string()));
+    }
+    let pool = &engine.pipeline.llm;
+    let deadline = &job.ctx.deadline;
+    pool.open_stream(&request, deadline, &mut job.report, &job.choice, tried)
+        .await
+}
+
+/// After `backend` broke off: the next backend continuing the answer (`Some(None)` when none can
+/// or there is no time left: the quoted passages then follow), announced to the client with the
+/// mode from here on; `None` when the client has left.
+async fn fail_over(
+    engine: &Engine,
+    job: &mut Job,
+    written: &Written,
+    backend: &str,
+    reason: DegradationReason,
+    events: &mpsc::Sender<AnswerEvent>,
+) -> Option<Option<OpenedStream>> {
+    let opened = match reason {
+        DegradationReason::Deadline => None,
+        _ => open(engine, job, &written.tried, Some(&written.answer)).await,
+    };
+    job.report.authorship = Some(match &opened {
+        Some(next) => Authorship::Fallback(next.backend.clone()),
+        None => Authorship::Extractive,
+    });
+    let degradation = Degradation {
+        stage: format!("llm:{backend}"),
+        reason,
+    };
+    let announce = AnswerEvent::Degraded {
+        degradation,
+        mode: job.report.mode(),
+    };
+    events.send(announce).await.ok()?;
+    if opened.is_none() && !job.fallback_text.is_empty() {
+        let text = format!("\n\n{}", job.fallback_text);
+        let _ = events.send(AnswerEvent::Delta { text }).await;
+    }
+    Some(opened)
+}
+
+/// How relaying one backend's stream ended.
+enum Relayed {
+    Finished,
+    ClientGone,
+    /// The backend broke off (`Error`), stalled past the idle timeout (`Timeout`, charged to its
+    /// breaker), or the request's deadline passed (`Deadline`).
+    Broke(DegradationReason),
+}
+
+/// Forwards a backend's text to the client until it finishes, fails, stalls or runs out of
+/// time; and what it wrote.
+async fn relay(
+    engine: &Engine,
+    job: &Job,
+    stream: OpenedStream,
+    events: &mpsc::Sender<AnswerEvent>,
+) -> (Relayed, Part) {
+    let OpenedStream {
+        backend,
+        first,
+        mut rest,
+    } = stream;
+    let mut part = Part {
+        text: first.clone(),
+        ..Part::default()
+    };
+    if !first.is_empty() && events.send(AnswerEvent::Delta { text: first }).await.is_err() {
+        return (Relayed::ClientGone, part);
+    }
+    let idle = engine.settings.stream_idle_timeout;
+    loop {
+        let left = job.ctx.deadline.remaining();
+        let next = match tokio::time::timeout(idle.min(left), rest.next()).await {
+            Ok(next) => next,
+            Err(_) if left <= idle => return (Relayed::Broke(DegradationReason::Deadline), part),
+            Err(_) => {
+                tracing::warn!(backend, idle_ms = idle.as_millis() as u64, "LLM stream stalled");
+                engine.pipeline.llm.charge_failure(&backend);
+                return (Relayed::Broke(DegradationReason::Timeout), part);
+            }
+        };
+        match next {
+            None => return (Relayed::Finished, part),
+            Some(Ok(StreamEvent::Text(text))) => {
+                part.text.push_str(&text);
+                if events.send(AnswerEvent::Delta { text }).await.is_err() {
+                    return (Relayed::ClientGone, part); // dropping the stream stops generation
+                }
+            }
+            Some(Ok(StreamEvent::Done {
+                prompt_tokens,
+                completion_tokens,
+            })) => {
+                count_tokens(&backend, prompt_tokens, completion_tokens);
+                part.usage = TokenUsage {
+                    prompt_tokens,
+                    completion_tokens,
+                };
+                part.counted = true;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(backend, error = %e, "LLM stream broke off");
+                return (Relayed::Broke(DegradationReason::Error), part);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uncounted_part_is_counted_by_length_without_a_tokenizer() {
+        let prompt = [ChatMessage::new(Role::User, "12345678")];
+        let usage = counted(None, &prompt, "", "abcdefghij");
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (2, 3));
+        let continued = counted(None, &prompt, "1234", "abcd");
+        assert_eq!(
+            continued.prompt_tokens, 3,
+            "the answer so far is part of what the next backend read"
+        );
+        assert_eq!(continued.completion_tokens, 1);
+    }
+}

@@ -1,0 +1,390 @@
+//! The one answer engine. Every answering route — `/query` as JSON or as Server-Sent Events,
+//! chat over a collection, plain chat with an LLM backend — asks it the same way ([`Ask`]) and
+//! shapes the events it yields ([`AnswerEvent`]): `meta` (mode so far, passages), `delta`s of
+//! text, `degraded` when something changes mid-answer (with the new mode), and `done` (the final
+//! mode, usage, timings). What an answer may use (backends, budgets), caps, L1, the prompt fitted
+//! to the model's window, fallback mid-stream, charging what was really produced and the mode
+//! are all decided here, once.
+
+mod drive;
+mod l1;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ragway_llm::{ChatMessage, GenerationRequest};
+use ragway_openapi::{CacheInfo, Citation, Degradation, DegradationReason, Mode, Stages, TokenUsage};
+use ragway_retrieval::{Fusion, MetadataFilter, ScoredChunk};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::conversation::Conversation;
+use super::pipeline::{Pipeline, Retrieved};
+use super::prompt::{self, Sampling};
+use super::report::{Authorship, Report};
+use super::{Query, RequestContext};
+use crate::catalog::collections::Collection;
+use crate::error::{ApiError, ErrorCode};
+use crate::tenancy::quota::{budget_spent, StreamPermit};
+use crate::tenancy::{Allowance, Choice, Meter};
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AnswerEvent {
+    Meta {
+        mode: Mode,
+        degraded: Vec<Degradation>,
+        stages: Stages,
+        /// The passages the answer is grounded on, numbered as in its `[n]` markers.
+        citations: Vec<Citation>,
+        /// The cache layer that served the answer (L1) or its passages (L3), if one did.
+        cache: Option<CacheInfo>,
+    },
+    Delta {
+        text: String,
+    },
+    /// Something changed mid-answer (a backend broke off, the deadline cut it short): the mode
+    /// from here on.
+    Degraded {
+        degradation: Degradation,
+        mode: Mode,
+    },
+    Done {
+        mode: Mode,
+        degraded: Vec<Degradation>,
+        stages: Stages,
+        usage: TokenUsage,
+        cache: Option<CacheInfo>,
+        timings_ms: BTreeMap<String, f64>,
+    },
+}
+
+impl AnswerEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Meta { .. } => "meta",
+            Self::Delta { .. } => "delta",
+            Self::Degraded { .. } => "degraded",
+            Self::Done { .. } => "done",
+        }
+    }
+}
+
+/// What to answer from.
+pub enum Source {
+    /// A question over a collection (RAG).
+    Collection(Grounding),
+    /// A plain chat with one LLM backend, its messages as the client wrote them.
+    Chat {
+        backend: String,
+        messages: Vec<ChatMessage>,
+    },
+}
+
+/// A question about a collection.
+pub struct Grounding {
+    pub collection: Arc<Collection>,
+    pub fusion: Fusion,
+    pub filter: MetadataFilter,
+    pub passages: usize,
+    pub conversation: Conversation,
+    /// A chat's answer says how its search question was made (`stages.rewrite`).
+    pub from_chat: bool,
+}
+
+/// One request for an answer.
+pub struct Ask {
+    pub source: Source,
+    pub sampling: Sampling,
+    pub ctx: RequestContext,
+    /// Charges the caller's tenant for what the answer used.
+    pub meter: Meter,
+    /// The tenant's place among its open streams, held until the answer ends.
+    pub permit: Option<StreamPermit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// After a stream's first token, the longest wait for the next.
+    pub stream_idle_timeout: Duration,
+}
+
+pub struct Engine {
+    pipeline: Arc<Pipeline>,
+    settings: EngineSettings,
+}
+
+/// The events of one answer; the first is always `Meta`, the last `Done` (unless the engine
+/// stopped because nobody listened any more).
+pub type Answering = mpsc::Receiver<AnswerEvent>;
+
+impl Engine {
+    pub fn new(pipeline: Arc<Pipeline>, settings: EngineSettings) -> Self {
+        Self { pipeline, settings }
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Starts answering. What can be refused before any work is (a plain chat over its budget,
+    /// a prompt that cannot fit its model's window); everything else is told by the events.
+    pub fn start(self: &Arc<Self>, ask: Ask) -> Result<Answering, ApiError> {
+        let (events, receiver) = mpsc::channel(64);
+        match &ask.source {
+            Source::Chat { backend, messages } => {
+                let job = self.chat_job(&ask, backend, messages)?;
+                let permit = ask.permit;
+                tokio::spawn(drive::drive(self.clone(), job, events, permit));
+            }
+            Source::Collection(grounding) => {
+                self.check_question_fits(grounding, &ask)?;
+                tokio::spawn(self.clone().grounded(ask, events));
+            }
+        }
+        Ok(receiver)
+    }
+
+    /// A plain chat: the named backend only, its prompt checked against the backend's window.
+    fn chat_job(&self, ask: &Ask, backend: &str, messages: &[ChatMessage]) -> Result<Job, ApiError> {
+        check_chat_budget(&ask.ctx.allowance, &ask.meter, backend)?;
+        let request = GenerationRequest {
+            messages: messages.to_vec(),
+            max_tokens: ask.sampling.max_tokens,
+            temperature: ask.sampling.temperature,
+        };
+        if let Some(found) = self.pipeline.llm.backend(backend) {
+            prompt::check_fits(&request, found.generator.as_ref())?;
+        }
+        Ok(Job {
+            request,
+            report: Report::bare_llm(),
+            citations: Vec::new(),
+            fallback_text: String::new(),
+            choice: Choice::Only(vec![backend.to_string()]),
+            ctx: ask.ctx.clone(),
+            meter: ask.meter.clone(),
+            cheaper_only: false,
+            remember: None,
+        })
+    }
+
+    /// A question that cannot fit the window even without passages is the caller's error.
+    fn check_question_fits(&self, grounding: &Grounding, ask: &Ask) -> Result<(), ApiError> {
+        let choice = ask.ctx.allowance.generators();
+        let window = self.pipeline.llm.tightest_context(&choice);
+        let mut scratch = Report::default();
+        prompt::grounded(&grounding.conversation, &[], ask.sampling, window, &mut scratch).map(drop)
+    }
+
+    /// RAG: the conversation made standalone, L1, retrieval (L3, L2 inside), the prompt, then
+    /// generation with the pool's fallback.
+    async fn grounded(self: Arc<Self>, ask: Ask, events: mpsc::Sender<AnswerEvent>) {
+        let Ask {
+            source: Source::Collection(mut grounding),
+            sampling,
+            ctx,
+            meter,
+            permit,
+        } = ask
+        else {
+            return;
+        };
+        let pool = &self.pipeline.llm;
+        grounding
+            .conversation
+            .condense(pool, &ctx.deadline, &ctx.allowance)
+            .await;
+        if let Some((backend, usage)) = &grounding.conversation.rewritten_by {
+            meter.llm(backend, usage);
+        }
+        let remember = l1::Remember::new(&self.pipeline.caches, &grounding, sampling);
+        let cached = remember.lookup().await;
+        if let Some(answer) = cached.fresh(ctx.allowance.budget_spent()) {
+            return l1::replay(answer, &events).await;
+        }
+        let retrieved = self.retrieve(&grounding, &ctx).await;
+        meter.embedding(retrieved.report.embedding_tokens);
+        if retrieved.report.mode() == Mode::Error {
+            return match cached.stale_for(&retrieved.report) {
+                Some(answer) => l1::replay(answer, &events).await,
+                None => no_retrieval(retrieved, &events).await,
+            };
+        }
+        let job = self.grounded_job(grounding, retrieved, sampling, ctx, meter, remember);
+        drive::drive(self.clone(), job, events, permit).await;
+    }
+
+    async fn retrieve(&self, grounding: &Grounding, ctx: &RequestContext) -> Retrieved {
+        let conversation = &grounding.conversation;
+        let query = Query {
+            text: &conversation.search,
+            filter: grounding.filter.clone(),
+            top_k: grounding.passages,
+        };
+        let target = grounding.collection.target(grounding.fusion);
+        let mut retrieved = self.pipeline.retrieve(target, &query, ctx).await;
+        if grounding.from_chat {
+            retrieved.report.rewrite = Some(conversation.rewrite);
+        }
+        retrieved
+    }
+
+    /// The generation of a grounded answer: the fitted prompt, its passages as citations, the
+    /// quoted passages should no LLM answer, and the backends the tenant's allowance leaves.
+    fn grounded_job(
+        &self,
+        grounding: Grounding,
+        retrieved: Retrieved,
+        sampling: Sampling,
+        ctx: RequestContext,
+        meter: Meter,
+        remember: l1::Remember,
+    ) -> Job {
+        let mut report = retrieved.report;
+        let allowance = &ctx.allowance;
+        let choice = allowance.generators();
+        let window = self.pipeline.llm.tightest_context(&choice);
+        let conversation = &grounding.conversation;
+        // The question alone fits (checked at the start), so fitting can only drop passages.
+        let (request, given) = prompt::grounded(conversation, &retrieved.hits, sampling, window, &mut report)
+            .unwrap_or_else(|_| prompt_without_passages(conversation, sampling));
+        if allowance.budget_spent() {
+            report.degrade("llm", DegradationReason::Quota);
+        }
+        Job {
+            request,
+            fallback_text: extractive_answer(&given),
+            citations: numbered(given),
+            report,
+            choice,
+            cheaper_only: allowance.cheaper_only,
+            ctx,
+            meter,
+            remember: Some(remember),
+        }
+    }
+}
+
+/// What one generation needs: the prompt, the report so far, who may write it, and who pays.
+struct Job {
+    request: GenerationRequest,
+    report: Report,
+    citations: Vec<Citation>,
+    /// Quoted passages to send when no LLM answers (empty for a plain chat).
+    fallback_text: String,
+    choice: Choice,
+    ctx: RequestContext,
+    meter: Meter,
+    /// `choice` holds only the cheaper backends left to a tenant over budget: the answer is a
+    /// fallback.
+    cheaper_only: bool,
+    /// Where a `normal` answer is kept (L1); `None` for a plain chat.
+    remember: Option<l1::Remember>,
+}
+
+fn prompt_without_passages(
+    conversation: &Conversation,
+    sampling: Sampling,
+) -> (GenerationRequest, Vec<ScoredChunk>) {
+    let messages = ragway_llm::rag_messages(&conversation.question, &[]);
+    let request = GenerationRequest {
+        messages,
+        max_tokens: sampling.max_tokens,
+        temperature: sampling.temperature,
+    };
+    (request, Vec::new())
+}
+
+/// Neither retrieval engine could serve and no cache holds an answer: `meta` and `done` with
+/// mode `error` (the routes answer 503).
+async fn no_retrieval(retrieved: Retrieved, events: &mpsc::Sender<AnswerEvent>) {
+    let mut report = retrieved.report;
+    report.finish();
+    let meta = AnswerEvent::Meta {
+        mode: Mode::Error,
+        degraded: report.degraded(),
+        stages: report.stages(),
+        citations: Vec::new(),
+        cache: None,
+    };
+    if events.send(meta).await.is_ok() {
+        let _ = events.send(done(&report, TokenUsage::default())).await;
+    }
+}
+
+/// The `done` event of `report`, counted by mode.
+fn done(report: &Report, usage: TokenUsage) -> AnswerEvent {
+    let mode = report.mode();
+    metrics::counter!("ragway_answers_total", "mode" => mode.as_str()).increment(1);
+    AnswerEvent::Done {
+        mode,
+        degraded: report.degraded(),
+        stages: report.stages(),
+        usage,
+        cache: report.cache.clone(),
+        timings_ms: report.timings_ms.clone(),
+    }
+}
+
+/// A plain chat with `backend` once the LLM budget is spent: 429, unless `backend` is one of the
+/// cheaper ones left to the tenant (without passages there is nothing cheaper to give).
+pub fn check_chat_budget(allowance: &Allowance, meter: &Meter, backend: &str) -> Result<(), ApiError> {
+    let cheaper_left = allowance.cheaper_only && allowance.llm.allows(backend);
+    match allowance.budget_spent() && !cheaper_left {
+        true => Err(llm_budget_spent(meter)),
+        false => Ok(()),
+    }
+}
+
+fn llm_budget_spent(meter: &Meter) -> ApiError {
+    let Some(tenant) = meter.tenant() else {
+        return ApiError::Internal("a budget was spent without a tenant".into());
+    };
+    meter.rejected("llm_tokens_per_day");
+    let limit = tenant.limits.llm_tokens_per_day.unwrap_or(0);
+    budget_spent(
+        tenant,
+        ErrorCode::LlmTokenQuotaExceeded,
+        "llm_tokens_per_day",
+        limit,
+    )
+}
+
+pub fn citation((index, h): (usize, ScoredChunk)) -> Citation {
+    Citation {
+        index,
+        doc_id: h.chunk.doc_id,
+        chunk_id: h.chunk.chunk_id,
+        text: h.chunk.text,
+        score: h.score,
+    }
+}
+
+fn numbered(hits: Vec<ScoredChunk>) -> Vec<Citation> {
+    hits.into_iter()
+        .enumerate()
+        .map(|(i, h)| citation((i + 1, h)))
+        .collect()
+}
+
+/// The answer when no LLM could write one: the passages, quoted and numbered.
+pub fn extractive_answer(hits: &[ScoredChunk]) -> String {
+    if hits.is_empty() {
+        return "No language model is available and no passage matched the question.".into();
+    }
+    let mut text = String::from("No language model is available; the most relevant passages are:\n");
+    for (i, hit) in hits.iter().enumerate() {
+        text.push_str(&format!("\n[{}] \"{}\"", i + 1, hit.chunk.text.trim()));
+    }
+    text
+}
+
+/// Who wrote a finished answer, for L1: only an answer by the first backend tried is kept.
+fn primary(report: &Report) -> Option<&str> {
+    match &report.authorship {
+        Some(Authorship::Primary(name)) => Some(name),
+        _ => None,
+    }
+}

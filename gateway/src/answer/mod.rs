@@ -1,0 +1,31 @@
+//! Answering: the [`engine`] that every answering route shapes (JSON, SSE, chat), the retrieval
+//! [`pipeline`] it runs, the [`conversation`] that makes a chat's question standalone, the LLM
+//! [`pool`], the [`prompt`] fitted to the model's window, and the [`report`] the mode is derived from.
+
+pub mod cached;
+pub mod conversation;
+pub mod engine;
+pub mod pipeline;
+pub mod pool;
+pub mod prompt;
+pub mod report;
+
+use ragway_retrieval::MetadataFilter;
+
+use crate::resilience::deadline::Deadline;
+use crate::tenancy::Allowance;
+
+/// What one request brings to every stage it runs: the time it has and what its tenant may use.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub deadline: Deadline,
+    pub allowance: Allowance,
+}
+
+/// A search: the text, the metadata filter, and how many hits to keep.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    pub text: &'a str,
+    pub filter: MetadataFilter,
+    pub top_k: usize,
+}

@@ -1,0 +1,284 @@
+//! The request flow of DESIGN.md: embed → dense ∥ BM25 → RRF → rerank → generate. Each stage
+//! records what it did in a [`Report`]; a failed stage degrades the answer instead of failing it
+//! while another path can still serve.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ragway_openapi::{DegradationReason, StageStatus};
+use ragway_rerank::Reranker;
+use ragway_retrieval::{
+    fuse, DenseStore, Embedder, Fusion, HybridStore, KeywordStore, MetadataFilter, ScoredChunk,
+};
+
+use super::pool::LlmPool;
+use super::report::Report;
+use super::{Query, RequestContext};
+use crate::caches::{Caches, Target};
+use crate::resilience::deadline::Deadline;
+use crate::resilience::guard::{Failure, Guard};
+use crate::resilience::rerank_cost::RerankCost;
+
+mod candidates;
+use candidates::Candidates;
+
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// `retrieval.fusion`, checked at start-up: what a search uses when neither the request nor
+    /// its collection names a fusion.
+    pub fusion: Fusion,
+    /// Hits each engine contributes to fusion.
+    pub candidates: usize,
+    pub rerank_candidates: usize,
+}
+
+/// The breaker-and-timeout guard of each retrieval dependency.
+pub struct StageGuards {
+    /// Shared with ingestion, which embeds through the same breaker.
+    pub embed: Arc<Guard>,
+    pub dense: Guard,
+    pub keyword: Guard,
+    pub rerank: Guard,
+}
+
+pub struct Pipeline {
+    pub embedder: Arc<dyn Embedder>,
+    pub dense: Arc<dyn DenseStore>,
+    pub keyword: Arc<dyn KeywordStore>,
+    /// A store that searches both engines in one round trip (a Qdrant server), used while both
+    /// stages are healthy.
+    pub both: Option<Arc<dyn HybridStore>>,
+    pub reranker: Option<Arc<dyn Reranker>>,
+    pub guards: StageGuards,
+    pub rerank_cost: RerankCost,
+    pub llm: LlmPool,
+    /// The cache layers wrapped around the stages (see `caching`).
+    pub caches: Arc<Caches>,
+    pub settings: PipelineSettings,
+}
+
+pub struct Retrieved {
+    pub hits: Vec<ScoredChunk>,
+    /// Chunk ids each engine found, so every hit can say where it came from.
+    pub dense_ids: HashSet<String>,
+    pub keyword_ids: HashSet<String>,
+    pub report: Report,
+}
+
+/// A guarded stage's value, or `None` with its failure recorded in `report`; and the stage's
+/// status either way (a stage the deadline left no time for was skipped, not failed).
+fn settle<T, E: std::fmt::Display>(
+    report: &mut Report,
+    stage: &str,
+    result: Result<T, Failure<E>>,
+) -> (Option<T>, StageStatus) {
+    match result {
+        Ok(value) => (Some(value), StageStatus::Ok),
+        Err(failure) => {
+            tracing::warn!(stage, error = %failure, "stage degraded");
+            report.degrade(stage, failure.reason());
+            let status = match failure {
+                Failure::Deadline => StageStatus::Skipped,
+                Failure::BreakerOpen
+                | Failure::Timeout
+                | Failure::Injected(_)
+                | Failure::Overloaded(_)
+                | Failure::Error(_)
+                | Failure::Rejected(_) => StageStatus::Failed,
+            };
+            (None, status)
+        }
+    }
+}
+
+impl Pipeline {
+    /// Hybrid retrieval, fused as `target` says, and reranking: the `top_k` best chunks, within
+    /// `deadline` (L3 wraps it: [`Pipeline::retrieve`]).
+    pub(crate) async fn retrieve_uncached(
+        &self,
+        target: &Target<'_>,
+        query: &Query<'_>,
+        ctx: &RequestContext,
+    ) -> Retrieved {
+        let started = Instant::now();
+        let limit = self.settings.rerank_candidates.max(query.top_k);
+        let (candidates, mut report) = self.candidates(target, query, limit, ctx).await;
+        let Candidates {
+            dense,
+            keyword,
+            fused,
+        } = candidates;
+        let ids = |hits: &Option<Vec<ScoredChunk>>| -> HashSet<String> {
+            hits.iter().flatten().map(|h| h.chunk.chunk_id.clone()).collect()
+        };
+        let (dense_ids, keyword_ids) = (ids(&dense), ids(&keyword));
+        let fused =
+            fused.unwrap_or_else(|| fuse(&target.fusion, dense.as_deref(), keyword.as_deref(), limit));
+        report.record_time("retrieval", started);
+        let hits = self
+            .rerank(query.text, fused, query.top_k, &ctx.deadline, &mut report)
+            .await;
+        Retrieved {
+            hits,
+            dense_ids,
+            keyword_ids,
+            report,
+        }
+    }
+
+    /// Embeds the query (through the L2 cache) and searches the dense store.
+    async fn dense_hits(
+        &self,
+        collection: &str,
+        query: &Query<'_>,
+        ctx: &RequestContext,
+    ) -> (Option<Vec<ScoredChunk>>, Report) {
+        let (vector, mut report) = self.embed_query(collection, query.text, ctx).await;
+        let Some(vector) = vector else {
+            return (None, report);
+        };
+        let (hits, search_report) = self
+            .dense_search(collection, vector, query.filter.clone(), &ctx.deadline)
+            .await;
+        report.merge(search_report);
+        (hits, report)
+    }
+
+    /// The query's vector (through the L2 cache), or `None` with why in the report.
+    pub(super) async fn embed_query(
+        &self,
+        collection: &str,
+        query: &str,
+        ctx: &RequestContext,
+    ) -> (Option<Arc<Vec<f32>>>, Report) {
+        let mut report = Report::default();
+        let started = Instant::now();
+        let owner = crate::tenancy::owner(collection);
+        let may_embed = !ctx.allowance.embed_spent;
+        let vector = self.query_vector(owner, query, &ctx.deadline, may_embed).await;
+        report.record_time("embed", started);
+        let vector = match vector {
+            Ok(None) => {
+                report.degrade("embed", DegradationReason::Quota);
+                return (None, report);
+            }
+            Ok(Some(embedded)) => Ok(embedded),
+            Err(failure) => Err(failure),
+        };
+        let (vector, status) = settle(&mut report, "embed", vector);
+        report.embed = match &vector {
+            Some(embedded) if embedded.tokens.is_none() => StageStatus::Cached,
+            _ => status,
+        };
+        let Some(embedded) = vector else {
+            return (None, report);
+        };
+        report.embedding_tokens += embedded.tokens.unwrap_or(0);
+        (Some(embedded.vector), report)
+    }
+
+    pub(super) async fn dense_search(
+        &self,
+        collection: &str,
+        vector: Arc<Vec<f32>>,
+        filter: MetadataFilter,
+        deadline: &Deadline,
+    ) -> (Option<Vec<ScoredChunk>>, Report) {
+        let mut report = Report::default();
+        let started = Instant::now();
+        let search = self.dense.search(
+            collection,
+            vector.as_ref().clone(),
+            filter,
+            self.settings.candidates,
+        );
+        let hits = self.guards.dense.run(deadline, search).await;
+        report.record_time("dense", started);
+        let (hits, status) = settle(&mut report, "dense", hits);
+        report.dense = status;
+        (hits, report)
+    }
+
+    pub(super) async fn keyword_hits(
+        &self,
+        collection: &str,
+        query: &Query<'_>,
+        deadline: &Deadline,
+    ) -> (Option<Vec<ScoredChunk>>, Report) {
+        let mut report = Report::default();
+        let started = Instant::now();
+        let (text, filter) = (query.text.to_string(), query.filter.clone());
+        let search = self
+            .keyword
+            .search(collection, text, filter, self.settings.candidates);
+        let hits = self.guards.keyword.run(deadline, search).await;
+        report.record_time("keyword", started);
+        let (hits, status) = settle(&mut report, "keyword", hits);
+        report.keyword = status;
+        (hits, report)
+    }
+
+    /// Reorders fused hits by cross-encoder score. Keeps the fused order when the reranker fails,
+    /// or when its recent cost for this many candidates does not fit the time left.
+    async fn rerank(
+        &self,
+        query: &str,
+        mut fused: Vec<ScoredChunk>,
+        top_k: usize,
+        deadline: &Deadline,
+        report: &mut Report,
+    ) -> Vec<ScoredChunk> {
+        let Some(reranker) = &self.reranker else {
+            report.rerank = StageStatus::NotConfigured;
+            fused.truncate(top_k);
+            return fused;
+        };
+        if fused.is_empty() {
+            // Nothing to reorder; the stage had nothing to do rather than failing.
+            report.rerank = StageStatus::Ok;
+            return fused;
+        }
+        if self
+            .rerank_cost
+            .estimate(fused.len())
+            .is_some_and(|cost| cost > deadline.remaining())
+        {
+            report.rerank = StageStatus::Skipped;
+            report.degrade("rerank", DegradationReason::Deadline);
+            fused.truncate(top_k);
+            return fused;
+        }
+        let started = Instant::now();
+        let passages = fused.iter().map(|h| h.chunk.text.clone()).collect();
+        let scores = self
+            .guards
+            .rerank
+            .run(deadline, reranker.score(query.to_string(), passages))
+            .await;
+        report.record_time("rerank", started);
+        let (scores, status) = settle(report, "rerank", scores);
+        report.rerank = status;
+        if let Some(scored) = scores {
+            self.rerank_cost.record(fused.len(), started.elapsed());
+            for (hit, score) in fused.iter_mut().zip(scored.scores) {
+                hit.score = score;
+            }
+            fused.sort_by(|a, b| b.score.total_cmp(&a.score));
+        }
+        fused.truncate(top_k);
+        fused
+    }
+}
+
+/// The answer when no LLM could write one: the best passages, quoted and numbered.
+pub fn extractive_answer(hits: &[ScoredChunk]) -> String {
+    if hits.is_empty() {
+        return "No language model is available and no passage matched the question.".into();
+    }
+    let mut text = String::from("No language model is available; the most relevant passages are:\n");
+    for (i, hit) in hits.iter().enumerate() {
+        text.push_str(&format!("\n[{}] \"{}\"", i + 1, hit.chunk.text.trim()));
+    }
+    text
+}

@@ -1,0 +1,229 @@
+//! The prompt an LLM is given, fitted with the backend's own tokenizer to its real context
+//! window: a grounded prompt gives as many of the best passages as fit (shortened if need be),
+//! and a prompt that cannot fit at all is the caller's error (400 `context_length_exceeded`),
+//! never a backend failure that would count against a shared breaker.
+
+use ragway_llm::{fit_rag_messages, rag_messages, ChatMessage, GenerationRequest, Generator, Passage};
+use ragway_openapi::DegradationReason;
+use ragway_retrieval::ScoredChunk;
+
+use super::conversation::Conversation;
+use super::report::Report;
+use crate::error::{ApiError, ErrorCode};
+
+/// How the answer is to be written: the caller's (capped) or the configured defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub max_tokens: usize,
+    pub temperature: f64,
+}
+
+/// The backend whose window is the tightest among those that may answer, and that window.
+pub type Window<'a> = Option<(&'a dyn Generator, usize)>;
+
+/// The grounded prompt for the conversation's question over `hits`, fitted to `window`, and the
+/// passages it gives in prompt order. The best hits that fit are chosen in rank order, then put
+/// into the prompt in a canonical order (by chunk id), so that the same passages always make
+/// the same prompt prefix (L4: the local model's prefix cache, remote servers' prompt caches).
+/// Shortened or left-out passages are recorded in `report` (stage `prompt`).
+pub fn grounded(
+    conversation: &Conversation,
+    hits: &[ScoredChunk],
+    sampling: Sampling,
+    window: Window<'_>,
+    report: &mut Report,
+) -> Result<(GenerationRequest, Vec<ScoredChunk>), ApiError> {
+    let question = conversation.question.as_str();
+    let history = &conversation.history;
+    let request = |messages| GenerationRequest {
+        messages: with_history(messages, history),
+        max_tokens: sampling.max_tokens,
+        temperature: sampling.temperature,
+    };
+    let Some((generator, window)) = window else {
+        let given = canonical(hits);
+        return Ok((request(rag_messages(question, &passages(&given))), given));
+    };
+    let budget = room(window, sampling.max_tokens)?;
+    let count = |m: &[ChatMessage]| {
+        generator
+            .count_tokens(&with_history(m.to_vec(), history))
+            .unwrap_or(usize::MAX)
+    };
+    let chosen = fit_rag_messages(question, &passages(hits), budget, count).passages;
+    let given = canonical(&hits[..chosen]);
+    let fitted = fit_rag_messages(question, &passages(&given), budget, count);
+    let used = count(&fitted.messages);
+    if used > budget {
+        return Err(too_long(used, sampling.max_tokens, window));
+    }
+    let given = given[..fitted.passages].to_vec();
+    if fitted.shortened || given.len() < hits.len() {
+        tracing::info!(
+            given = given.len(),
+            of = hits.len(),
+            shortened = fitted.shortened,
+            tokens = used,
+            window,
+            "passages fitted to the context window"
+        );
+        report.degrade("prompt", DegradationReason::ContextWindow);
+    }
+    Ok((request(fitted.messages), given))
+}
+
+/// A plain chat's prompt as the caller wrote it: 400 when it and `max_tokens` do not fit the
+/// backend's window.
+pub fn check_fits(request: &GenerationRequest, generator: &dyn Generator) -> Result<(), ApiError> {
+    let Some(window) = generator.context_window() else {
+        return Ok(());
+    };
+    let budget = room(window, request.max_tokens)?;
+    match generator.count_tokens(&request.messages) {
+        Some(used) if used > budget => Err(too_long(used, request.max_tokens, window)),
+        _ => Ok(()),
+    }
+}
+
+/// What the window leaves for the prompt once `max_tokens` are kept for the answer.
+fn room(window: usize, max_tokens: usize) -> Result<usize, ApiError> {
+    window.checked_sub(max_tokens).filter(|room| *room > 0).ok_or_else(|| {
+        ApiError::invalid(
+            ErrorCode::ContextLengthExceeded,
+            format!("max_tokens = {max_tokens} leaves no room for a prompt in the model's {window}-token context window"),
+        )
+    })
+}
+
+fn too_long(used: usize, max_tokens: usize, window: usize) -> ApiError {
+    ApiError::invalid(
+        ErrorCode::ContextLengthExceeded,
+        format!("the prompt takes {used} tokens; with max_tokens = {max_tokens} it does not fit the model's {window}-token context window: send a shorter conversation or fewer max_tokens"),
+    )
+}
+
+/// The grounded prompt (system with passages, then the question) with the conversation's recent
+/// turns between them.
+fn with_history(mut messages: Vec<ChatMessage>, history: &[ChatMessage]) -> Vec<ChatMessage> {
+    let at = messages.len().min(1);
+    messages.splice(at..at, history.iter().cloned());
+    messages
+}
+
+/// `hits` in chunk-id order.
+fn canonical(hits: &[ScoredChunk]) -> Vec<ScoredChunk> {
+    let mut sorted = hits.to_vec();
+    sorted.sort_by(|a, b| a.chunk.chunk_id.cmp(&b.chunk.chunk_id));
+    sorted
+}
+
+fn passages(hits: &[ScoredChunk]) -> Vec<Passage<'_>> {
+    hits.iter()
+        .map(|h| Passage {
+            doc_id: &h.chunk.doc_id,
+            text: &h.chunk.text,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use ragway_llm::{LlmError, TokenStream};
+    use ragway_retrieval::Chunk;
+
+    /// Counts one token per word, in a window of `window` tokens.
+    struct Words {
+        window: usize,
+    }
+
+    #[async_trait]
+    impl Generator for Words {
+        fn name(&self) -> &str {
+            "words"
+        }
+        fn model(&self) -> &str {
+            "words"
+        }
+        fn context_window(&self) -> Option<usize> {
+            Some(self.window)
+        }
+        fn count_tokens(&self, messages: &[ChatMessage]) -> Option<usize> {
+            Some(
+                messages
+                    .iter()
+                    .map(|m| m.content.split_whitespace().count())
+                    .sum(),
+            )
+        }
+        async fn stream(&self, _: GenerationRequest) -> Result<TokenStream, LlmError> {
+            Err(LlmError::WorkerGone)
+        }
+    }
+
+    fn hit(id: &str, words: usize) -> ScoredChunk {
+        let text = vec!["word"; words].join(" ");
+        ScoredChunk {
+            chunk: Chunk {
+                chunk_id: id.into(),
+                doc_id: id.into(),
+                text,
+                metadata: Default::default(),
+            },
+            score: 1.0,
+        }
+    }
+
+    const SAMPLING: Sampling = Sampling {
+        max_tokens: 100,
+        temperature: 0.0,
+    };
+
+    #[test]
+    fn twelve_long_passages_are_fitted_into_the_window() {
+        let hits: Vec<ScoredChunk> = (0..12).map(|i| hit(&format!("c{i:02}"), 1000)).collect();
+        let model = Words { window: 4096 };
+        let mut report = Report::default();
+        let conversation = Conversation::single("what is in the passages?");
+        let fitted = grounded(&conversation, &hits, SAMPLING, Some((&model, 4096)), &mut report);
+        let (request, given) = fitted.unwrap_or_else(|e| panic!("{e}"));
+        let used = model.count_tokens(&request.messages).unwrap_or(usize::MAX);
+        assert!(used + SAMPLING.max_tokens <= 4096, "{used} tokens do not fit");
+        assert!(
+            !given.is_empty() && given.len() < hits.len(),
+            "{} given",
+            given.len()
+        );
+        assert!(report.degraded().iter().any(|d| d.stage == "prompt"));
+    }
+
+    #[test]
+    fn a_question_that_cannot_fit_is_the_callers_error() {
+        let model = Words { window: 120 };
+        let long = vec!["why"; 200].join(" ");
+        let conversation = Conversation::single(&long);
+        let mut report = Report::default();
+        let fitted = grounded(
+            &conversation,
+            &[hit("a", 10)],
+            SAMPLING,
+            Some((&model, 120)),
+            &mut report,
+        );
+        let code = fitted.err().map(|e| e.code());
+        assert_eq!(code, Some(ErrorCode::ContextLengthExceeded));
+        let request = GenerationRequest {
+            messages: vec![ChatMessage::new(ragway_llm::Role::User, long)],
+            max_tokens: 10,
+            temperature: 0.0,
+        };
+        let code = check_fits(&request, &model).err().map(|e| e.code());
+        assert_eq!(code, Some(ErrorCode::ContextLengthExceeded));
+        let short = GenerationRequest {
+            messages: vec![ChatMessage::new(ragway_llm::Role::User, "hi")],
+            ..request
+        };
+        assert!(check_fits(&short, &model).is_ok());
+    }
+}

@@ -1,0 +1,853 @@
+//! Collections: their manifests (settings, documents, epoch) and every change to their contents.
+//!
+//! A manifest is the record of which documents a collection holds. A change is written to both
+//! stores and made durable there (Qdrant Edge flushed, tantivy committed) before the manifest is
+//! fsynced, so a document the manifest lists survives a crash in both indexes. A failed change is
+//! undone in both stores, so a document is searchable in both indexes or in neither.
+//!
+//! Manifests live in a [`registry`]: files in the data directory, or Redis, shared by every
+//! replica on one Qdrant server. Then a change holds the collection's lease in every process,
+//! starts from the manifest as the registry has it, and each process follows the registry's
+//! changes (see [`Collections::follow`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ragway_openapi::{CollectionInfo, DocumentInput};
+use ragway_retrieval::{
+    chunk_document, Chunk, ChunkingOptions, DenseStore, EmbeddedChunk, Embedder, Fusion, KeywordStore,
+    Priority,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::caches::{Caches, Target};
+use crate::catalog::lease::Lease;
+use crate::error::{ApiError, ErrorCode};
+use crate::resilience::deadline::Deadline;
+use crate::resilience::guard::Guard;
+use crate::resilience::guard::ModelStage;
+use crate::tenancy::Accounts;
+
+mod follow;
+mod registry;
+mod snapshot;
+use registry::{Created, FileRegistry, RedisRegistry, Registry};
+pub use snapshot::SnapshotInfo;
+
+/// Where manifests live.
+pub enum ManifestStore {
+    /// `<dir>/<name>.json` (one process).
+    Files(PathBuf),
+    /// Redis, shared by the replicas of a deployment.
+    Redis(ragway_cache::RedisTier),
+}
+
+/// A collection a job names, as this process finds it.
+pub enum Lookup {
+    Open(Arc<Collection>),
+    /// Dropped, re-created since, or damaged.
+    Gone,
+    /// In the shared registry, not yet followed here.
+    NotYet,
+}
+
+/// How often a process looks for other processes' changes in a shared registry.
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// The longest a request for an unknown collection asks the shared registry about it.
+const FIND_WITHIN: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    name: String,
+    /// New for every collection created: a job or write for a dropped collection of the same
+    /// name can never land in its successor.
+    #[serde(default)]
+    generation: String,
+    chunk_words: usize,
+    chunk_overlap_words: usize,
+    /// Its own fusion; `None`: the server default.
+    #[serde(default)]
+    fusion: Option<Fusion>,
+    /// The embedder its vectors were made with, and their dimension (`None` in manifests written
+    /// before they were recorded: taken as the current embedder's).
+    #[serde(default)]
+    embedder: Option<String>,
+    #[serde(default)]
+    dimension: Option<usize>,
+    epoch: u64,
+    documents: BTreeMap<String, DocumentRecord>,
+    /// Documents a change is writing to the stores now: if its process dies, the next change
+    /// removes them from both stores (they were never acknowledged; their job re-applies them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DocumentRecord {
+    content_hash: String,
+    chunks: usize,
+    /// UTF-8 bytes of its text (0 in manifests written before it was recorded).
+    #[serde(default)]
+    bytes: u64,
+}
+
+pub struct Collection {
+    pub name: String,
+    pub generation: String,
+    /// The embedder (and dimension) its vectors were made with.
+    pub embedder: Option<(String, usize)>,
+    pub chunking: ChunkingOptions,
+    /// Held for the whole of a change, so changes to one collection apply one at a time.
+    manifest: tokio::sync::Mutex<Manifest>,
+    /// What [`Collection::info`] answers, refreshed after each change: reads never wait for a write.
+    summary: RwLock<CollectionInfo>,
+    /// Mirrors `manifest.epoch` for lock-free reads (cache keys).
+    epoch: AtomicU64,
+    /// Mirrors `manifest.fusion` for lock-free reads.
+    fusion: RwLock<Option<Fusion>>,
+    /// Set (under the manifest lock) when the collection is dropped; a change that waited for the
+    /// lock sees it and stops.
+    dropped: AtomicBool,
+}
+
+impl Collection {
+    fn new(manifest: Manifest) -> Self {
+        Self {
+            name: manifest.name.clone(),
+            generation: manifest.generation.clone(),
+            embedder: manifest.embedder.clone().zip(manifest.dimension),
+            chunking: ChunkingOptions {
+                chunk_words: manifest.chunk_words,
+                overlap_words: manifest.chunk_overlap_words,
+            },
+            summary: RwLock::new(info(&manifest)),
+            epoch: AtomicU64::new(manifest.epoch),
+            fusion: RwLock::new(manifest.fusion),
+            manifest: tokio::sync::Mutex::new(manifest),
+            dropped: AtomicBool::new(false),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// `<generation>:<epoch>`, as the registry's heads are.
+    fn head(&self) -> String {
+        format!("{}:{}", self.generation, self.epoch())
+    }
+
+    /// Its own fusion, if it has one.
+    pub fn fusion(&self) -> Option<Fusion> {
+        *self
+            .fusion
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The collection as a search of it sees it now: its generation, current epoch, and the
+    /// fusion this search uses.
+    pub fn target(&self, fusion: Fusion) -> Target<'_> {
+        Target {
+            name: &self.name,
+            generation: &self.generation,
+            epoch: self.epoch(),
+            fusion,
+        }
+    }
+
+    /// How much `documents` would add to what the collection stores (negative: shrink), as
+    /// `(documents, chunks, bytes)`; a document already stored replaces its old version.
+    pub async fn growth(&self, documents: &[DocumentInput]) -> (i64, i64, i64) {
+        let manifest = self.manifest.lock().await;
+        let mut growth = (0i64, 0i64, 0i64);
+        for doc in documents {
+            let metadata = doc.metadata.clone().unwrap_or_default();
+            let chunks = chunk_document(&doc.id, &doc.text, &metadata, self.chunking).len() as i64;
+            let bytes = doc.text.len() as i64;
+            let (old_docs, old_chunks, old_bytes) = manifest
+                .documents
+                .get(&doc.id)
+                .map_or((0, 0, 0), |d| (1, d.chunks as i64, d.bytes as i64));
+            growth.0 += 1 - old_docs;
+            growth.1 += chunks - old_chunks;
+            growth.2 += bytes - old_bytes;
+        }
+        growth
+    }
+
+    pub fn info(&self) -> CollectionInfo {
+        self.summary
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn publish(&self, manifest: &Manifest) {
+        *self
+            .fusion
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = manifest.fusion;
+        self.epoch.store(manifest.epoch, Ordering::Release);
+        *self
+            .summary
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = info(manifest);
+    }
+}
+
+/// What one applied batch of documents did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub indexed: usize,
+    pub unchanged: usize,
+    pub chunks: usize,
+    pub epoch: u64,
+}
+
+/// How ingestion reaches the embedder: through its guard (breaker, faults), in the bulk lane,
+/// with a timeout per batch.
+pub struct IngestEmbedding {
+    pub embedder: Arc<dyn Embedder>,
+    pub guard: Arc<Guard>,
+    pub timeout: Duration,
+}
+
+pub struct Collections {
+    registry: Box<dyn Registry>,
+    open: RwLock<BTreeMap<String, Arc<Collection>>>,
+    /// Collections whose manifest or stores could not be opened, with why; the others serve.
+    damaged: RwLock<BTreeMap<String, String>>,
+    /// Serialises creating and dropping collections (in this process; the registry's leases
+    /// serialise them between processes).
+    lifecycle: tokio::sync::Mutex<()>,
+    /// The registry version this process last followed completely (shared registries).
+    followed: Mutex<Option<u64>>,
+    embedding: IngestEmbedding,
+    dense: Arc<dyn DenseStore>,
+    keyword: Arc<dyn KeywordStore>,
+    followers: Followers,
+}
+
+/// Who hears of what the catalog does: the caches drop what a change outdated (and tell the
+/// other replicas), and the collection's tenant is charged for the embedding its documents took
+/// (`None`: nobody is charged).
+pub struct Followers {
+    pub caches: Arc<Caches>,
+    pub accounts: Option<Accounts>,
+}
+
+/// A new or changed document of a batch: its id, content hash and chunks.
+struct Change {
+    id: String,
+    hash: String,
+    chunks: Vec<Chunk>,
+    bytes: u64,
+}
+
+/// A change of one collection in progress: its manifest held in this process, its lease held in
+/// every process.
+struct Writing<'a> {
+    manifest: tokio::sync::MutexGuard<'a, Manifest>,
+    _lease: Lease,
+}
+
+impl std::ops::Deref for Writing<'_> {
+    type Target = Manifest;
+    fn deref(&self) -> &Manifest {
+        &self.manifest
+    }
+}
+
+impl std::ops::DerefMut for Writing<'_> {
+    fn deref_mut(&mut self) -> &mut Manifest {
+        &mut self.manifest
+    }
+}
+
+/// The registry failed: nothing was changed, and trying again may work.
+fn registry_failed(e: String) -> ApiError {
+    ApiError::Busy {
+        code: ErrorCode::RegistryUnavailable,
+        message: format!("the collection registry cannot be reached: {e}"),
+        retry_after_s: 1,
+    }
+}
+
+impl Collections {
+    /// Opens every collection `store` records. One that cannot be opened is reported in
+    /// [`Collections::damaged`] and does not stop the others.
+    pub async fn open(
+        store: ManifestStore,
+        embedding: IngestEmbedding,
+        dense: Arc<dyn DenseStore>,
+        keyword: Arc<dyn KeywordStore>,
+        followers: Followers,
+    ) -> anyhow::Result<Self> {
+        let registry: Box<dyn Registry> = match store {
+            ManifestStore::Files(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                Box::new(FileRegistry { dir })
+            }
+            ManifestStore::Redis(redis) => Box::new(RedisRegistry { redis }),
+        };
+        let collections = Self {
+            registry,
+            open: RwLock::new(BTreeMap::new()),
+            damaged: RwLock::new(BTreeMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+            followed: Mutex::new(None),
+            embedding,
+            dense,
+            keyword,
+            followers,
+        };
+        if collections.registry.shared() {
+            // Other replicas may be writing: no reconciling here (each change recovers what an
+            // interrupted one left, under the collection's lease).
+            collections.follow_once().await;
+            return Ok(collections);
+        }
+        let entries = collections.registry.load().await.map_err(anyhow::Error::msg)?;
+        for (name, entry) in entries {
+            let opened = match entry {
+                Ok(manifest) => collections.open_one(manifest, true).await,
+                Err(e) => Err(anyhow::anyhow!(e)),
+            };
+            if let Err(e) = opened {
+                tracing::error!(collection = name, error = %e, "collection damaged: not served");
+                write(&collections.damaged)?.insert(name, e.to_string());
+            }
+        }
+        Ok(collections)
+    }
+
+    async fn open_one(&self, manifest: Manifest, reconcile: bool) -> anyhow::Result<()> {
+        self.dense.open_collection(&manifest.name).await?;
+        self.keyword.open_collection(&manifest.name).await?;
+        let collection = Arc::new(Collection::new(manifest));
+        if reconcile {
+            self.reconcile(&collection).await?;
+        }
+        write(&self.damaged)?.remove(&collection.name);
+        let mut open = write(&self.open)?;
+        let opened_meanwhile = open
+            .get(&collection.name)
+            .is_some_and(|c| c.generation == collection.generation);
+        if !opened_meanwhile {
+            if let Some(previous) = open.insert(collection.name.clone(), collection) {
+                previous.dropped.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Collections that could not be opened, and why.
+    pub fn damaged(&self) -> BTreeMap<String, String> {
+        self.damaged.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// After a crash in the middle of a change, a document may sit in one store only, or in the
+    /// stores but not in the manifest: that change was never acknowledged. Such documents are
+    /// removed from both stores and the manifest, so each document is searchable in both engines
+    /// or in neither; the change is re-applied by its job (see `jobs`), which survives the crash.
+    async fn reconcile(&self, collection: &Collection) -> anyhow::Result<()> {
+        let name = &collection.name;
+        let mut manifest = collection.manifest.lock().await;
+        let in_dense = self.dense.document_ids(name).await?;
+        let in_keyword = self.keyword.document_ids(name).await?;
+        let everywhere = |id: &String| in_dense.contains(id) && in_keyword.contains(id);
+        let stray: Vec<String> = in_dense
+            .iter()
+            .chain(&in_keyword)
+            .chain(manifest.documents.keys())
+            .filter(|id| !(everywhere(id) && manifest.documents.contains_key(*id)))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if stray.is_empty() {
+            return Ok(());
+        }
+        manifest.pending = stray;
+        self.undo_pending(collection, &mut manifest).await?;
+        Ok(())
+    }
+
+    /// Removes the documents a change left half-written (`manifest.pending`) from both stores and
+    /// the manifest, durably.
+    async fn undo_pending(&self, collection: &Collection, manifest: &mut Manifest) -> Result<(), ApiError> {
+        let stray = manifest.pending.clone();
+        tracing::warn!(collection = %collection.name, documents = ?stray, "removing documents of an interrupted write (its job re-applies them)");
+        self.remove_documents(collection, manifest, stray).await
+    }
+
+    /// Removes `ids` from both stores, then from the manifest, durably. Listed in
+    /// `manifest.pending` meanwhile, so a crash half-way is finished by the next change.
+    async fn remove_documents(
+        &self,
+        collection: &Collection,
+        manifest: &mut Manifest,
+        ids: Vec<String>,
+    ) -> Result<(), ApiError> {
+        let name = &collection.name;
+        if manifest.pending != ids {
+            manifest.pending = ids.clone();
+            self.save(manifest).await?;
+        }
+        self.dense.delete_documents(name, ids.clone()).await?;
+        self.keyword.delete_documents(name, ids.clone()).await?;
+        self.dense.flush(name).await?;
+        for id in &ids {
+            manifest.documents.remove(id);
+        }
+        manifest.pending.clear();
+        manifest.epoch += 1;
+        self.save(manifest).await?;
+        self.publish(collection, manifest);
+        Ok(())
+    }
+
+    /// Starts a change of `collection`: holds its manifest here and its lease in every process,
+    /// takes the manifest as the registry has it now (another replica may have changed it), and
+    /// first undoes what a change interrupted by a crash left.
+    async fn begin<'a>(&self, collection: &'a Collection) -> Result<Writing<'a>, ApiError> {
+        let manifest = collection.manifest.lock().await;
+        if collection.dropped.load(Ordering::Acquire) {
+            return Err(ApiError::CollectionNotFound(collection.name.clone()));
+        }
+        let lease = self
+            .registry
+            .lock(&collection.name)
+            .await
+            .map_err(registry_failed)?;
+        let mut writing = Writing {
+            manifest,
+            _lease: lease,
+        };
+        if self.registry.shared() {
+            let current = self
+                .registry
+                .get(&collection.name)
+                .await
+                .map_err(registry_failed)?;
+            match current {
+                Some(current) if current.generation == collection.generation => {
+                    *writing.manifest = current;
+                    collection.publish(&writing);
+                }
+                _ => {
+                    self.forget(&collection.name, &collection.generation);
+                    return Err(ApiError::CollectionNotFound(collection.name.clone()));
+                }
+            }
+        }
+        if !writing.pending.is_empty() {
+            self.undo_pending(collection, &mut writing).await?;
+        }
+        Ok(writing)
+    }
+
+    /// A change is durable: readers see the new epoch, and the caches hear of it.
+    fn publish(&self, collection: &Collection, manifest: &Manifest) {
+        collection.publish(manifest);
+        self.changed(&collection.name, &collection.generation, manifest.epoch);
+    }
+
+    /// The caches drop what the change (epoch `u64::MAX`: a drop) outdated, off the write path.
+    fn changed(&self, name: &str, generation: &str, epoch: u64) {
+        let caches = self.followers.caches.clone();
+        let (name, generation) = (name.to_string(), generation.to_string());
+        tokio::spawn(async move { caches.collection_changed(&name, &generation, epoch).await });
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Collection>, ApiError> {
+        read(&self.open)?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::CollectionNotFound(name.to_string()))
+    }
+
+    /// As [`Collections::get`]; with a shared registry, a collection another replica created an
+    /// instant ago (not yet followed here) is opened at once, so a client that creates through
+    /// one replica and writes through another never sees it missing.
+    pub async fn find(&self, name: &str) -> Result<Arc<Collection>, ApiError> {
+        if let Ok(collection) = self.get(name) {
+            return Ok(collection);
+        }
+        if self.registry.shared() {
+            let recorded = tokio::time::timeout(FIND_WITHIN, self.registry.get(name)).await;
+            if let Ok(Ok(Some(manifest))) = recorded {
+                if let Err(e) = self.open_one(manifest, false).await {
+                    // It exists; its store cannot be reached now (this replica retries).
+                    return Err(ApiError::Busy {
+                        code: ErrorCode::CollectionUnavailable,
+                        message: format!("collection `{name}` cannot be opened now: {e}"),
+                        retry_after_s: 1,
+                    });
+                }
+            }
+        }
+        self.get(name)
+    }
+
+    /// The collection `name` of `generation` (what a job writes to).
+    pub async fn lookup(&self, name: &str, generation: &str) -> Lookup {
+        if let Some(collection) = self.get(name).ok().filter(|c| c.generation == generation) {
+            return Lookup::Open(collection);
+        }
+        if !self.registry.shared() {
+            return Lookup::Gone;
+        }
+        match self.registry.get(name).await {
+            Ok(Some(manifest)) if manifest.generation == generation => Lookup::NotYet,
+            Ok(_) => Lookup::Gone,
+            Err(_) => Lookup::NotYet,
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<Arc<Collection>>, ApiError> {
+        Ok(read(&self.open)?.values().cloned().collect())
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        chunking: ChunkingOptions,
+        fusion: Option<Fusion>,
+        max_collections: usize,
+    ) -> Result<CollectionInfo, ApiError> {
+        let manifest = Manifest {
+            name: name.to_string(),
+            generation: uuid::Uuid::new_v4().simple().to_string(),
+            chunk_words: chunking.chunk_words,
+            chunk_overlap_words: chunking.overlap_words,
+            fusion,
+            embedder: Some(self.embedding.embedder.model_id().to_string()),
+            dimension: Some(self.embedding.embedder.dimension()),
+            epoch: 0,
+            documents: BTreeMap::new(),
+            pending: Vec::new(),
+        };
+        self.establish(manifest, max_collections, async { Ok(()) }).await
+    }
+
+    /// Makes `manifest` a new collection: clears what a crash may have left of an earlier one
+    /// of its name in the stores, lets `fill` write its contents, then records it. 409 when the
+    /// name is taken (here or by another replica) or the registry is full.
+    async fn establish(
+        &self,
+        manifest: Manifest,
+        max_collections: usize,
+        fill: impl std::future::Future<Output = Result<(), ApiError>>,
+    ) -> Result<CollectionInfo, ApiError> {
+        let name = manifest.name.clone();
+        let _guard = self.lifecycle.lock().await;
+        self.check_new(&name, max_collections)?;
+        let _lease = self.registry.lock(&name).await.map_err(registry_failed)?;
+        if self.registry.get(&name).await.map_err(registry_failed)?.is_some() {
+            return Err(ApiError::CollectionExists(name));
+        }
+        self.dense.drop_collection(&name).await?;
+        self.keyword.drop_collection(&name).await?;
+        self.dense.open_collection(&name).await?;
+        self.keyword.open_collection(&name).await?;
+        fill.await?;
+        let created = self
+            .registry
+            .create(&manifest, max_collections)
+            .await
+            .map_err(registry_failed)?;
+        match created {
+            Created::Yes => {}
+            Created::Taken => return Err(ApiError::CollectionExists(name)),
+            Created::Full => return Err(too_many(max_collections)),
+        }
+        let created = info(&manifest);
+        write(&self.open)?.insert(name, Arc::new(Collection::new(manifest)));
+        Ok(created)
+    }
+
+    /// 409 when `name` is taken (or damaged), or when the server holds all it may.
+    fn check_new(&self, name: &str, max_collections: usize) -> Result<(), ApiError> {
+        if self.get(name).is_ok() || read(&self.damaged)?.contains_key(name) {
+            return Err(ApiError::CollectionExists(name.to_string()));
+        }
+        if read(&self.open)?.len() >= max_collections {
+            return Err(too_many(max_collections));
+        }
+        Ok(())
+    }
+
+    pub async fn drop_collection(&self, name: &str) -> Result<(), ApiError> {
+        let _guard = self.lifecycle.lock().await;
+        let collection = self.get(name)?;
+        // Wait for a change in flight to finish, and keep new ones out while the files go.
+        let _writing = self.begin(&collection).await?;
+        self.registry.remove(name).await.map_err(registry_failed)?;
+        self.forget(name, &collection.generation);
+        self.dense.drop_collection(name).await?;
+        self.keyword.drop_collection(name).await?;
+        self.changed(name, &collection.generation, u64::MAX);
+        Ok(())
+    }
+
+    /// Stops serving `name` of `generation` (dropped, here or by another replica); a change
+    /// waiting for its lock sees it and stops.
+    fn forget(&self, name: &str, generation: &str) {
+        let Ok(mut open) = write(&self.open) else {
+            return;
+        };
+        if let Some(collection) = open.get(name).filter(|c| c.generation == generation) {
+            collection.dropped.store(true, Ordering::Release);
+            open.remove(name);
+        }
+    }
+
+    /// Indexes the new and changed documents of one batch, durably; documents whose id and content
+    /// hash are already indexed are left alone. Fails with `CollectionNotFound` when the collection
+    /// was dropped (or dropped and re-created) meanwhile.
+    pub async fn apply_batch(
+        &self,
+        collection: &Collection,
+        documents: Vec<DocumentInput>,
+    ) -> Result<BatchOutcome, ApiError> {
+        let mut manifest = self.begin(collection).await?;
+        let total = documents.len();
+        let changed = plan(&manifest, documents, collection.chunking);
+        let mut outcome = BatchOutcome {
+            unchanged: total - changed.len(),
+            epoch: manifest.epoch,
+            ..Default::default()
+        };
+        if changed.is_empty() {
+            return Ok(outcome);
+        }
+        // Embed first: it touches no store, so a failure here leaves everything as it was.
+        let chunks: Vec<Chunk> = changed.iter().flat_map(|c| c.chunks.iter().cloned()).collect();
+        let vectors = self
+            .embed(&collection.name, chunks.iter().map(|c| c.text.clone()).collect())
+            .await?;
+        let embedded = chunks
+            .iter()
+            .cloned()
+            .zip(vectors)
+            .map(|(chunk, vector)| EmbeddedChunk { chunk, vector })
+            .collect();
+        let doc_ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
+        manifest.pending = doc_ids.clone();
+        self.save(&manifest).await?;
+        let written = self
+            .replace_in_stores(&collection.name, &doc_ids, embedded, chunks)
+            .await;
+        manifest.pending.clear();
+        manifest.epoch += 1;
+        match &written {
+            Ok(()) => {
+                outcome.indexed = changed.len();
+                outcome.chunks = record(&mut manifest, changed);
+            }
+            // The old versions are gone from both stores too; record that.
+            Err(_) => doc_ids.iter().for_each(|id| {
+                manifest.documents.remove(id);
+            }),
+        }
+        self.save(&manifest).await?;
+        self.publish(collection, &manifest);
+        outcome.epoch = manifest.epoch;
+        written.map(|()| outcome)
+    }
+
+    async fn embed(&self, collection: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ApiError> {
+        let IngestEmbedding {
+            embedder,
+            guard,
+            timeout,
+        } = &self.embedding;
+        // The batch's own timeout, not a query's (a batch embeds many texts); there is no request
+        // deadline, so a batch that times out counts against the embedder like any timeout.
+        let embedded = guard
+            .run_within(&Deadline::none(), *timeout, embedder.embed(texts, Priority::Bulk))
+            .await
+            .map_err(|failure| ApiError::from_stage(ModelStage::Embedder, failure))?;
+        if let Some(accounts) = &self.followers.accounts {
+            accounts.meter_of(collection).embedding(embedded.tokens as u64);
+        }
+        Ok(embedded.vectors)
+    }
+
+    /// Removes old versions of `doc_ids` and writes the new chunks to both stores, durably. On
+    /// failure both stores are cleared of `doc_ids`, so neither holds a version the other lacks.
+    async fn replace_in_stores(
+        &self,
+        name: &str,
+        doc_ids: &[String],
+        embedded: Vec<EmbeddedChunk>,
+        chunks: Vec<Chunk>,
+    ) -> Result<(), ApiError> {
+        // The two stores are independent: each replaces its old version, and they run at once.
+        let dense = async {
+            self.dense.delete_documents(name, doc_ids.to_vec()).await?;
+            self.dense.upsert(name, embedded).await?;
+            self.dense.flush(name).await
+        };
+        let keyword = async {
+            self.keyword.delete_documents(name, doc_ids.to_vec()).await?;
+            self.keyword.upsert(name, chunks).await
+        };
+        let (dense, keyword) = tokio::join!(dense, keyword);
+        let result = dense.and(keyword);
+        if let Err(e) = result {
+            tracing::error!(collection = name, error = %e, "write failed; removing the documents from both stores");
+            let dense = self.dense.delete_documents(name, doc_ids.to_vec()).await;
+            let keyword = self.keyword.delete_documents(name, doc_ids.to_vec()).await;
+            let flushed = self.dense.flush(name).await;
+            if let Err(undo) = dense.and(keyword).and(flushed) {
+                tracing::error!(collection = name, error = %undo, "undo failed: stores may disagree until restart");
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Refuses work that would embed into `collection` with another embedder than its vectors
+    /// were made with (vector spaces must not mix).
+    pub fn check_embedder(&self, collection: &Collection) -> Result<(), ApiError> {
+        let current = &self.embedding.embedder;
+        match &collection.embedder {
+            Some((id, dimension)) if id != current.model_id() || *dimension != current.dimension() => {
+                Err(ApiError::Conflict {
+                    code: ErrorCode::EmbedderMismatch,
+                    message: format!(
+                        "this collection's vectors were made by embedder `{id}` ({dimension} dimensions); this server embeds with `{}` ({} dimensions): serve it with that embedder, or re-create the collection and ingest again",
+                        current.model_id(),
+                        current.dimension()
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets (or, with `None`, clears) the collection's own fusion; bumps its epoch, so cached
+    /// results fused the old way are never served again.
+    pub async fn set_fusion(&self, name: &str, fusion: Option<Fusion>) -> Result<CollectionInfo, ApiError> {
+        let collection = self.get(name)?;
+        let mut manifest = self.begin(&collection).await?;
+        manifest.fusion = fusion;
+        manifest.epoch += 1;
+        self.save(&manifest).await?;
+        self.publish(&collection, &manifest);
+        Ok(info(&manifest))
+    }
+
+    pub async fn delete_document(&self, name: &str, doc_id: &str) -> Result<(usize, u64), ApiError> {
+        let collection = self.get(name)?;
+        let mut manifest = self.begin(&collection).await?;
+        let Some(record) = manifest.documents.get(doc_id).cloned() else {
+            return Err(ApiError::DocumentNotFound {
+                collection: name.to_string(),
+                document: doc_id.to_string(),
+            });
+        };
+        self.remove_documents(&collection, &mut manifest, vec![doc_id.to_string()])
+            .await?;
+        Ok((record.chunks, manifest.epoch))
+    }
+
+    async fn save(&self, manifest: &Manifest) -> Result<(), ApiError> {
+        self.registry
+            .save(manifest)
+            .await
+            .map_err(|e| match self.registry.shared() {
+                true => registry_failed(e),
+                false => ApiError::Internal(e),
+            })
+    }
+}
+
+/// Records the documents a batch indexed; returns their chunks.
+fn record(manifest: &mut Manifest, changed: Vec<Change>) -> usize {
+    let mut chunks = 0;
+    for Change {
+        id,
+        hash,
+        chunks: doc_chunks,
+        bytes,
+    } in changed
+    {
+        chunks += doc_chunks.len();
+        let record = DocumentRecord {
+            content_hash: hash,
+            chunks: doc_chunks.len(),
+            bytes,
+        };
+        manifest.documents.insert(id, record);
+    }
+    chunks
+}
+
+fn too_many(max_collections: usize) -> ApiError {
+    ApiError::Conflict {
+        code: ErrorCode::TooManyCollections,
+        message: format!("this server holds at most {max_collections} collections (limits.max_collections)"),
+    }
+}
+
+/// The documents of a batch that are new or changed, chunked.
+fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOptions) -> Vec<Change> {
+    documents
+        .into_iter()
+        .filter_map(|doc| {
+            let metadata = doc.metadata.unwrap_or_default();
+            let hash = content_hash(&doc.text, &metadata);
+            let known = manifest.documents.get(&doc.id);
+            if known.is_some_and(|d| d.content_hash == hash) {
+                return None;
+            }
+            let chunks = chunk_document(&doc.id, &doc.text, &metadata, chunking);
+            Some(Change {
+                id: doc.id,
+                hash,
+                chunks,
+                bytes: doc.text.len() as u64,
+            })
+        })
+        .collect()
+}
+
+fn read<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockReadGuard<'_, T>, ApiError> {
+    lock.read()
+        .map_err(|_| ApiError::Internal("collection map lock poisoned".into()))
+}
+
+fn write<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockWriteGuard<'_, T>, ApiError> {
+    lock.write()
+        .map_err(|_| ApiError::Internal("collection map lock poisoned".into()))
+}
+
+fn info(manifest: &Manifest) -> CollectionInfo {
+    CollectionInfo {
+        name: manifest.name.clone(),
+        documents: manifest.documents.len(),
+        chunks: manifest.documents.values().map(|d| d.chunks).sum(),
+        bytes: manifest.documents.values().map(|d| d.bytes).sum(),
+        chunk_words: manifest.chunk_words,
+        chunk_overlap_words: manifest.chunk_overlap_words,
+        epoch: manifest.epoch,
+        fusion: manifest.fusion.as_ref().map(crate::validate::fusion_settings),
+        embedder: manifest.embedder.clone(),
+    }
+}
+
+fn content_hash(text: &str, metadata: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update((text.len() as u64).to_le_bytes());
+    hasher.update(text.as_bytes());
+    hasher.update(serde_json::Value::Object(metadata.clone()).to_string().as_bytes());
+    hex::encode(hasher.finalize())
+}

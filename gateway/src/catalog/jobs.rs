@@ -1,0 +1,427 @@
+//! Ingestion jobs. Every ingest request becomes a job whose documents are written durably before
+//! any work starts, then applied in batches (each durable before the next) off the request's task,
+//! so a client that disconnects never leaves a write half-applied. Small requests wait for their
+//! job and answer `200`; large ones (and `"wait": false`) answer `202` and run in the background,
+//! a bounded number at a time. After a crash, unfinished jobs resume from their last finished
+//! batch; re-applying a document already indexed with the same content is a no-op.
+//!
+//! Jobs live in a [`store`]: the data directory, or Redis shared by every replica. There a job is
+//! run by the replica holding its lease; when that replica dies, another claims the job within
+//! about [`LEASE_TTL`](crate::catalog::lease::LEASE_TTL) and resumes it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ragway_openapi::{DocumentInput, IngestResponse, JobState, JobStatus};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::catalog::collections::{BatchOutcome, Collection, Collections, Lookup};
+use crate::catalog::lease::Lease;
+use crate::error::{ApiError, ErrorCode};
+
+mod store;
+use store::{FileJobs, JobStore, Record, RedisJobs};
+
+/// How jobs run.
+#[derive(Debug, Clone, Copy)]
+pub struct JobSettings {
+    /// Chunks per batch (estimated from word counts before chunking).
+    pub batch_chunks: usize,
+    pub max_concurrent: usize,
+    pub keep_finished: usize,
+}
+
+/// Where jobs live.
+pub enum JobStoreKind {
+    Files(PathBuf),
+    Redis(ragway_cache::RedisTier),
+}
+
+/// A background job whose embedder is busy waits this long between tries, this many times.
+const BUSY_WAIT: Duration = Duration::from_secs(1);
+const BUSY_TRIES: u32 = 600;
+/// How often a replica looks for jobs whose replica died (shared stores).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+struct Job {
+    status: Mutex<JobStatus>,
+    generation: String,
+    cancelled: AtomicBool,
+}
+
+impl Job {
+    fn new(record: Record) -> Arc<Self> {
+        Arc::new(Self {
+            status: Mutex::new(record.status),
+            generation: record.generation,
+            cancelled: AtomicBool::new(false),
+        })
+    }
+
+    fn status(&self) -> JobStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut JobStatus)) -> Record {
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut status);
+        Record {
+            status: status.clone(),
+            generation: self.generation.clone(),
+        }
+    }
+}
+
+/// What waits for a synchronous job's answer.
+pub type JobResult = oneshot::Receiver<Result<IngestResponse, ApiError>>;
+
+/// The job store failed: trying again may work.
+fn store_failed(e: String) -> ApiError {
+    ApiError::Busy {
+        code: ErrorCode::JobStoreUnavailable,
+        message: format!("the job store cannot be reached: {e}"),
+        retry_after_s: 1,
+    }
+}
+
+pub struct Jobs {
+    store: Box<dyn JobStore>,
+    collections: Arc<Collections>,
+    settings: JobSettings,
+    /// Background jobs running at once.
+    slots: Arc<Semaphore>,
+    /// The jobs this process runs or is about to run.
+    running: Mutex<BTreeMap<String, Arc<Job>>>,
+}
+
+impl Jobs {
+    /// Opens the job store and resumes the unfinished jobs (or marks them failed when their
+    /// collection is gone); with a shared store, keeps looking for jobs whose replica died.
+    pub async fn open(
+        store: JobStoreKind,
+        collections: Arc<Collections>,
+        settings: JobSettings,
+    ) -> anyhow::Result<Arc<Self>> {
+        let store: Box<dyn JobStore> = match store {
+            JobStoreKind::Files(dir) => Box::new(FileJobs::open(dir)?),
+            JobStoreKind::Redis(redis) => Box::new(RedisJobs { redis }),
+        };
+        let jobs = Arc::new(Self {
+            store,
+            collections,
+            settings,
+            slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+            running: Mutex::new(BTreeMap::new()),
+        });
+        jobs.resume_unfinished().await;
+        if jobs.store.shared() {
+            let weak = Arc::downgrade(&jobs);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                    let Some(jobs) = weak.upgrade() else { return };
+                    jobs.resume_unfinished().await;
+                }
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Claims and resumes every unfinished job no process runs.
+    async fn resume_unfinished(self: &Arc<Self>) {
+        let records = match self.store.all().await {
+            Ok(records) => records,
+            Err(e) => return tracing::warn!(error = %e, "cannot read the job store"),
+        };
+        for record in records {
+            let id = record.status.id.clone();
+            if record.status.state.is_finished() || self.lock().contains_key(&id) {
+                continue;
+            }
+            match self.store.claim(&id).await {
+                Ok(Some(lease)) => self.resume(record, lease).await,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(job = id, error = %e, "cannot claim job"),
+            }
+        }
+    }
+
+    async fn resume(self: &Arc<Self>, record: Record, lease: Lease) {
+        let (id, name) = (record.status.id.clone(), record.status.collection.clone());
+        let lookup = self.collections.lookup(&name, &record.generation).await;
+        let job = Job::new(record);
+        match lookup {
+            Lookup::Open(collection) => match self.store.documents(&id).await {
+                Ok(documents) => {
+                    let done = job.status().documents_done;
+                    tracing::info!(job = id, collection = name, done, "resuming ingestion job");
+                    self.lock().insert(id, job.clone());
+                    self.clone().spawn(job, collection, documents, None, true, lease);
+                }
+                Err(e) => {
+                    self.finish(&job, Err(format!("the job's documents are unreadable: {e}")))
+                        .await
+                }
+            },
+            Lookup::Gone => {
+                let why = "the collection was deleted or could not be opened";
+                self.finish(&job, Err(why.into())).await;
+            }
+            // Created by another replica an instant ago: the next sweep finds it here.
+            Lookup::NotYet => {}
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Job>>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a job durably and starts it. A synchronous job (`background == false`) starts at
+    /// once and its result comes through the returned receiver.
+    pub async fn submit(
+        self: &Arc<Self>,
+        collection: Arc<Collection>,
+        documents: Vec<DocumentInput>,
+        background: bool,
+    ) -> Result<(JobStatus, Option<JobResult>), ApiError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let record = Record {
+            status: JobStatus {
+                id: id.clone(),
+                collection: collection.name.clone(),
+                state: JobState::Queued,
+                documents_total: documents.len(),
+                documents_done: 0,
+                indexed: 0,
+                unchanged: 0,
+                chunks_done: 0,
+                epoch: collection.epoch(),
+                errors: Vec::new(),
+                created_at: now(),
+                finished_at: None,
+            },
+            generation: collection.generation.clone(),
+        };
+        let status = record.status.clone();
+        self.store
+            .create(&record, &documents)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let lease = self
+            .store
+            .claim(&id)
+            .await
+            .map_err(|e| self.failed(e))?
+            .ok_or_else(|| ApiError::Internal(format!("job {id} was claimed by another process")))?;
+        let job = Job::new(record);
+        self.lock().insert(id, job.clone());
+        let (answer, result) = oneshot::channel();
+        self.clone()
+            .spawn(job, collection, documents, Some(answer), background, lease);
+        Ok((status, (!background).then_some(result)))
+    }
+
+    /// A store failure as the client sees it: worth retrying when the store is shared (Redis).
+    fn failed(&self, e: String) -> ApiError {
+        match self.store.shared() {
+            true => store_failed(e),
+            false => ApiError::Internal(e),
+        }
+    }
+
+    fn spawn(
+        self: Arc<Self>,
+        job: Arc<Job>,
+        collection: Arc<Collection>,
+        documents: Vec<DocumentInput>,
+        answer: Option<oneshot::Sender<Result<IngestResponse, ApiError>>>,
+        background: bool,
+        lease: Lease,
+    ) {
+        tokio::spawn(async move {
+            // A closed semaphore never happens (it lives as long as `self`).
+            let _slot = match background {
+                true => self.slots.clone().acquire_owned().await.ok(),
+                false => None,
+            };
+            let result = self.run(&job, &collection, documents, background).await;
+            drop(lease);
+            if let Some(answer) = answer {
+                let _ = answer.send(result);
+            }
+        });
+    }
+
+    /// Applies the documents not yet done, batch by batch.
+    async fn run(
+        &self,
+        job: &Job,
+        collection: &Collection,
+        documents: Vec<DocumentInput>,
+        background: bool,
+    ) -> Result<IngestResponse, ApiError> {
+        let start = job.status().documents_done.min(documents.len());
+        self.persist(&job.update(|s| s.state = JobState::Running)).await?;
+        let mut rest = documents.into_iter().skip(start).peekable();
+        while rest.peek().is_some() {
+            if self.cancelled(job).await {
+                self.finish(job, Ok(JobState::Cancelled)).await;
+                return Err(ApiError::Conflict {
+                    code: ErrorCode::JobCancelled,
+                    message: "the ingestion job was cancelled".into(),
+                });
+            }
+            let batch = self.next_batch(&mut rest, collection);
+            let size = batch.len();
+            match self.apply(collection, batch, background).await {
+                Ok(outcome) => self.persist(&job.update(|s| progress(s, size, outcome))).await?,
+                Err(e) => {
+                    self.finish(job, Err(e.to_string())).await;
+                    return Err(e);
+                }
+            }
+        }
+        self.finish(job, Ok(JobState::Done)).await;
+        let status = job.status();
+        Ok(IngestResponse {
+            indexed: status.indexed,
+            unchanged: status.unchanged,
+            chunks: status.chunks_done,
+            epoch: status.epoch,
+        })
+    }
+
+    /// Cancelled here, or (shared store) through another replica.
+    async fn cancelled(&self, job: &Job) -> bool {
+        job.cancelled.load(Ordering::Acquire) || self.store.cancelled(&job.status().id).await
+    }
+
+    /// Documents up to about `batch_chunks` chunks (at least one document).
+    fn next_batch(
+        &self,
+        rest: &mut std::iter::Peekable<impl Iterator<Item = DocumentInput>>,
+        collection: &Collection,
+    ) -> Vec<DocumentInput> {
+        let mut batch = Vec::new();
+        let mut chunks = 0;
+        while let Some(doc) = rest.peek() {
+            let cost = collection
+                .chunking
+                .chunks_for(doc.text.split_whitespace().count());
+            if !batch.is_empty() && chunks + cost > self.settings.batch_chunks {
+                break;
+            }
+            chunks += cost;
+            batch.extend(rest.next());
+        }
+        batch
+    }
+
+    /// One batch; a background job waits out a busy embedder instead of failing.
+    async fn apply(
+        &self,
+        collection: &Collection,
+        batch: Vec<DocumentInput>,
+        background: bool,
+    ) -> Result<BatchOutcome, ApiError> {
+        let mut tries = 0;
+        loop {
+            match self.collections.apply_batch(collection, batch.clone()).await {
+                Err(ApiError::Busy { .. }) if background && tries < BUSY_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(BUSY_WAIT).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Marks a job finished (`Ok(state)`) or failed (`Err(why)`), durably, and forgets its
+    /// documents and the oldest finished jobs beyond `keep_finished`.
+    async fn finish(&self, job: &Job, outcome: Result<JobState, String>) {
+        let record = job.update(|s| {
+            match outcome {
+                Ok(state) => s.state = state,
+                Err(why) => {
+                    s.state = JobState::Failed;
+                    s.errors.push(why);
+                }
+            }
+            s.finished_at = Some(now());
+        });
+        let id = &record.status.id;
+        if let Err(e) = self.store.finish(&record, self.settings.keep_finished).await {
+            tracing::error!(job = id, error = %e, "cannot record the end of a job");
+        }
+        self.lock().remove(id);
+    }
+
+    async fn persist(&self, record: &Record) -> Result<(), ApiError> {
+        self.store.save(record).await.map_err(|e| self.failed(e))
+    }
+
+    pub async fn get(&self, id: &str) -> Result<JobStatus, ApiError> {
+        if let Some(job) = self.lock().get(id) {
+            return Ok(job.status());
+        }
+        let record = self.store.get(id).await.map_err(|e| self.failed(e))?;
+        record
+            .map(|r| r.status)
+            .ok_or_else(|| ApiError::JobNotFound(id.to_string()))
+    }
+
+    /// The jobs of a collection, oldest first.
+    pub async fn of_collection(&self, name: &str) -> Result<Vec<JobStatus>, ApiError> {
+        let mut jobs: BTreeMap<String, JobStatus> = BTreeMap::new();
+        for record in self.store.all().await.map_err(|e| self.failed(e))? {
+            jobs.insert(record.status.id.clone(), record.status);
+        }
+        for job in self.lock().values() {
+            let status = job.status();
+            jobs.insert(status.id.clone(), status);
+        }
+        let mut jobs: Vec<JobStatus> = jobs.into_values().filter(|s| s.collection == name).collect();
+        jobs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(jobs)
+    }
+
+    /// Asks a job to stop after its current batch (the batches before it stay applied), in
+    /// whichever process runs it.
+    pub async fn cancel(&self, id: &str) -> Result<JobStatus, ApiError> {
+        let status = self.get(id).await?;
+        if status.state.is_finished() {
+            return Err(ApiError::Conflict {
+                code: ErrorCode::JobFinished,
+                message: format!("job `{id}` has already finished ({:?})", status.state),
+            });
+        }
+        if let Some(job) = self.lock().get(id) {
+            job.cancelled.store(true, Ordering::Release);
+        }
+        self.store.cancel(id).await.map_err(|e| self.failed(e))?;
+        Ok(status)
+    }
+}
+
+fn progress(status: &mut JobStatus, documents: usize, outcome: BatchOutcome) {
+    status.documents_done += documents;
+    status.indexed += outcome.indexed;
+    status.unchanged += outcome.unchanged;
+    status.chunks_done += outcome.chunks;
+    status.epoch = outcome.epoch;
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,6 @@
+//! What a tenant stores: collections (their manifests, the write path, the shared registry,
+//! snapshots), ingestion jobs, and the leases that let replicas take turns writing.
+
+pub mod collections;
+pub mod jobs;
+pub mod lease;

@@ -1,0 +1,411 @@
+//! Who is calling: the `/v1` layer ([`authenticate`]) reads `Authorization: Bearer <key>`,
+//! finds its tenant, admits the request under the tenant's request rate, and puts the
+//! [`Caller`] in the request's extensions, where handlers take it from; the `/admin` layer
+//! ([`admin_only`]) lets only the admin key through. No handler authenticates by itself.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use ragway_openapi::DocumentInput;
+
+use crate::catalog::collections::Collection;
+use crate::config::AuthMode;
+use crate::error::{ApiError, ErrorCode};
+use crate::http::AppState;
+use crate::tenancy::quota::{budget_spent, over_budget, Spent, StreamPermit};
+use crate::tenancy::tenants::Tenant;
+use crate::tenancy::{Allowance, Choice, Meter};
+
+#[derive(Clone)]
+pub struct Caller {
+    /// `None` in `open` mode.
+    pub tenant: Option<Arc<Tenant>>,
+    /// What the tenant had spent today when this request was admitted.
+    pub spent: Spent,
+}
+
+/// The `/v1` layer: the caller's tenant, admitted under its request rate (429 over it).
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    match caller_of(&state, request.headers()).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn caller_of(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    if state.config.auth.mode == AuthMode::Open {
+        return Ok(Caller {
+            tenant: None,
+            spent: Spent::default(),
+        });
+    }
+    let key = bearer(headers).ok_or(ApiError::NoApiKey)?;
+    let Some(tenant) = state.tenants.authenticate(key) else {
+        metrics::counter!("ragway_tenant_requests_total", "tenant" => "none", "outcome" => "unauthorized")
+            .increment(1);
+        return Err(ApiError::UnknownApiKey);
+    };
+    let spent = state.quotas.admit(&tenant).await?;
+    Ok(Caller {
+        tenant: Some(tenant),
+        spent,
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// The `/admin` layer: only a bearer token equal to the configured admin key passes; without a
+/// configured key the admin API is closed.
+pub async fn admin_only(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = bearer(request.headers()) else {
+        return ApiError::Unauthorized.into_response();
+    };
+    match &state.admin_key {
+        Some(key) if constant_time_eq(key.as_bytes(), token.as_bytes()) => next.run(request).await,
+        Some(_) | None => ApiError::Forbidden.into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Handlers take the caller the layer found; a route outside the layer has none (a bug).
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("no caller: the route is outside the /v1 layer".into()))
+    }
+}
+
+impl Caller {
+    /// The name ragway stores the caller's collection `name` under.
+    pub fn internal(&self, name: &str) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("{}.{name}", tenant.id),
+            None => name.to_string(),
+        }
+    }
+
+    /// The caller's own name for the stored collection `internal`, if it is the caller's.
+    pub fn public<'a>(&self, internal: &'a str) -> Option<&'a str> {
+        match &self.tenant {
+            Some(tenant) => internal
+                .strip_prefix(tenant.id.as_str())
+                .and_then(|rest| rest.strip_prefix('.')),
+            None => (!internal.contains('.')).then_some(internal),
+        }
+    }
+
+    /// The caller's collection `name`; another tenant's is as absent as one that never was.
+    pub async fn collection(&self, state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+        state
+            .collections
+            .find(&self.internal(name))
+            .await
+            .map_err(|e| match e {
+                ApiError::CollectionNotFound(_) => ApiError::CollectionNotFound(name.to_string()),
+                other => other,
+            })
+    }
+
+    /// The caller's collections.
+    pub fn collections(&self, state: &AppState) -> Result<Vec<Arc<Collection>>, ApiError> {
+        Ok(state
+            .collections
+            .list()?
+            .into_iter()
+            .filter(|c| self.public(&c.name).is_some())
+            .collect())
+    }
+
+    /// A collection's info as the caller names it.
+    pub fn present(&self, mut info: ragway_openapi::CollectionInfo) -> ragway_openapi::CollectionInfo {
+        if let Some(public) = self.public(&info.name) {
+            info.name = public.to_string();
+        }
+        info
+    }
+
+    /// `error` with the caller's own collection names in it (a stored name holds the tenant id).
+    pub fn public_error(&self, error: ApiError) -> ApiError {
+        let name = |internal: String| self.public(&internal).map(str::to_string).unwrap_or(internal);
+        match error {
+            ApiError::CollectionNotFound(n) => ApiError::CollectionNotFound(name(n)),
+            ApiError::CollectionExists(n) => ApiError::CollectionExists(name(n)),
+            ApiError::DocumentNotFound { collection, document } => ApiError::DocumentNotFound {
+                collection: name(collection),
+                document,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether the caller may use the LLM backend `name`.
+    pub fn may_use(&self, backend: &str) -> bool {
+        self.tenant.as_ref().is_none_or(|t| t.may_use(backend))
+    }
+}
+
+/// What a tenant stores, over all its collections.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct Storage {
+    pub collections: u64,
+    pub documents: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
+impl Caller {
+    /// What this request may use and spend: the tenant's backends, and which budgets are spent
+    /// (`degrade`); a spent budget under `reject` is a 429 until the day turns.
+    pub fn allowance(&self, state: &AppState) -> Result<Allowance, ApiError> {
+        let Some(tenant) = &self.tenant else {
+            return Ok(Allowance::default());
+        };
+        let limits = &tenant.limits;
+        let budget = |spent, limit, code, quota| {
+            over_budget(tenant, spent, limit, code, quota)
+                .inspect_err(|_| state.quotas.rejected(tenant, quota))
+        };
+        let llm_spent = budget(
+            self.spent.llm_tokens,
+            limits.llm_tokens_per_day,
+            ErrorCode::LlmTokenQuotaExceeded,
+            "llm_tokens_per_day",
+        )?;
+        let embed_spent = budget(
+            self.spent.embedding_tokens,
+            limits.embedding_tokens_per_day,
+            ErrorCode::EmbeddingTokenQuotaExceeded,
+            "embedding_tokens_per_day",
+        )?;
+        let cheaper: Vec<String> = state
+            .config
+            .llm
+            .iter()
+            .filter(|b| b.unmetered && tenant.may_use(&b.name))
+            .map(|b| b.name.clone())
+            .collect();
+        Ok(match (llm_spent, tenant.llm_backends.clone()) {
+            // Spent: only the cheaper backends it may use, if there are any.
+            (true, _) if !cheaper.is_empty() => Allowance {
+                llm: Choice::Only(cheaper),
+                llm_spent: false,
+                cheaper_only: true,
+                embed_spent,
+            },
+            (llm_spent, allowed) => Allowance {
+                llm: allowed.map_or(Choice::Any, Choice::Only),
+                llm_spent,
+                cheaper_only: false,
+                embed_spent,
+            },
+        })
+    }
+
+    /// For embedding work with nothing cheaper to give (ingestion, `/v1/embeddings`): 429 until
+    /// the day turns once the embedding budget is spent, whatever `over_quota` says.
+    pub fn require_embedding_budget(&self, state: &AppState) -> Result<(), ApiError> {
+        let Some(tenant) = &self.tenant else { return Ok(()) };
+        let Some(limit) = tenant.limits.embedding_tokens_per_day else {
+            return Ok(());
+        };
+        if self.spent.embedding_tokens < limit {
+            return Ok(());
+        }
+        let quota = "embedding_tokens_per_day";
+        state.quotas.rejected(tenant, quota);
+        Err(budget_spent(
+            tenant,
+            ErrorCode::EmbeddingTokenQuotaExceeded,
+            quota,
+            limit,
+        ))
+    }
+
+    /// The 429 for a plain chat once the LLM budget is spent (nothing cheaper to give).
+    pub fn llm_budget_spent(&self, state: &AppState) -> ApiError {
+        let Some(tenant) = &self.tenant else {
+            return ApiError::Internal("a budget was spent without a tenant".into());
+        };
+        let quota = "llm_tokens_per_day";
+        state.quotas.rejected(tenant, quota);
+        let limit = tenant.limits.llm_tokens_per_day.unwrap_or(0);
+        budget_spent(tenant, ErrorCode::LlmTokenQuotaExceeded, quota, limit)
+    }
+
+    /// The caller of an operator's request about `tenant` (its usage, its deletion).
+    pub fn of(tenant: Arc<Tenant>) -> Self {
+        Self {
+            tenant: Some(tenant),
+            spent: Spent::default(),
+        }
+    }
+
+    /// The meter that charges this caller's tenant for what its request used.
+    pub fn meter(&self, state: &AppState) -> Meter {
+        state.metering.of(self.tenant.clone())
+    }
+
+    /// What the caller stores now.
+    pub fn storage(&self, state: &AppState) -> Result<Storage, ApiError> {
+        let mine = self.collections(state)?;
+        let mut storage = Storage {
+            collections: mine.len() as u64,
+            ..Default::default()
+        };
+        for collection in mine {
+            let info = collection.info();
+            storage.documents += info.documents as u64;
+            storage.chunks += info.chunks as u64;
+            storage.bytes += info.bytes;
+        }
+        Ok(storage)
+    }
+
+    /// 429 when one more collection would cross the tenant's `collections` quota.
+    pub fn check_collections(&self, state: &AppState) -> Result<(), ApiError> {
+        let Some(tenant) = &self.tenant else { return Ok(()) };
+        let Some(limit) = tenant.limits.collections else {
+            return Ok(());
+        };
+        if self.storage(state)?.collections < limit {
+            return Ok(());
+        }
+        state.quotas.rejected(tenant, "collections");
+        Err(ApiError::OverQuota {
+            code: ErrorCode::CollectionQuotaExceeded,
+            message: format!(
+                "tenant `{}` may hold {limit} collections (limits.collections)",
+                tenant.name
+            ),
+            retry_after_s: None,
+            too_large: false,
+        })
+    }
+
+    /// 413 when storing `documents` in `collection` would cross a storage quota (documents,
+    /// chunks, bytes); checked before anything is stored.
+    pub async fn check_storage(
+        &self,
+        state: &AppState,
+        collection: &Collection,
+        documents: &[DocumentInput],
+    ) -> Result<(), ApiError> {
+        let Some(tenant) = &self.tenant else { return Ok(()) };
+        let l = &tenant.limits;
+        if l.documents.is_none() && l.chunks.is_none() && l.bytes.is_none() {
+            return Ok(());
+        }
+        let now = self.storage(state)?;
+        let (documents, chunks, bytes) = collection.growth(documents).await;
+        let checks = [
+            (
+                l.documents,
+                now.documents,
+                documents,
+                ErrorCode::DocumentQuotaExceeded,
+                "documents",
+            ),
+            (
+                l.chunks,
+                now.chunks,
+                chunks,
+                ErrorCode::ChunkQuotaExceeded,
+                "chunks",
+            ),
+            (l.bytes, now.bytes, bytes, ErrorCode::ByteQuotaExceeded, "bytes"),
+        ];
+        for (limit, current, growth, code, quota) in checks {
+            let Some(limit) = limit else { continue };
+            let after = current as i64 + growth;
+            if growth > 0 && after > limit as i64 {
+                state.quotas.rejected(tenant, quota);
+                return Err(ApiError::OverQuota {
+                    code,
+                    message: format!(
+                        "storing this would bring tenant `{}` to {after} {quota}, over its limit of {limit} (limits.{quota}); nothing was stored",
+                        tenant.name
+                    ),
+                    retry_after_s: None,
+                    too_large: true,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant's place for one more streamed answer (429 over `concurrent_streams`).
+    pub fn stream(&self, state: &AppState) -> Result<Option<StreamPermit>, ApiError> {
+        match &self.tenant {
+            Some(tenant) => Ok(Some(state.quotas.open_stream(tenant)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenancy::owner;
+    use crate::tenancy::tenants::{Limits, OverQuota};
+
+    fn caller(id: Option<&str>) -> Caller {
+        Caller {
+            tenant: id.map(|id| {
+                Arc::new(Tenant {
+                    id: id.into(),
+                    name: id.into(),
+                    limits: Limits::default(),
+                    over_quota: OverQuota::Degrade,
+                    llm_backends: Some(vec!["cheap".into()]),
+                    created_at: String::new(),
+                    keys: Vec::new(),
+                })
+            }),
+            spent: Spent::default(),
+        }
+    }
+
+    #[test]
+    fn a_tenant_sees_only_its_own_names() {
+        let one = caller(Some("t1"));
+        assert_eq!(one.internal("notes"), "t1.notes");
+        assert_eq!(one.public("t1.notes"), Some("notes"));
+        assert_eq!(one.public("t12.notes"), None, "a longer id with the same start");
+        assert_eq!(one.public("notes"), None, "an open-mode collection");
+        assert_eq!(owner("t1.notes"), "t1");
+        let open = caller(None);
+        assert_eq!(open.internal("notes"), "notes");
+        assert_eq!(open.public("notes"), Some("notes"));
+        assert_eq!(
+            open.public("t1.notes"),
+            None,
+            "open mode never reaches a tenant's collection"
+        );
+        assert_eq!(owner("notes"), "");
+        assert!(one.may_use("cheap") && !one.may_use("dear") && open.may_use("dear"));
+    }
+}

@@ -1,0 +1,174 @@
+//! The one place where errors become HTTP responses: the status follows from the error's code
+//! alone ([`status`]), and every body has ragway's error shape (`{"error": {"code", "message"}}`),
+//! with `Retry-After` where waiting helps.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ragway_openapi::ErrorBody;
+
+use crate::error::{ApiError, ErrorCode};
+
+/// The HTTP status of every error code.
+pub fn status(code: ErrorCode) -> StatusCode {
+    use ErrorCode as C;
+    match code {
+        C::ContextLengthExceeded
+        | C::DeadlineOutOfRange
+        | C::DocumentTooLarge
+        | C::DocumentTooLong
+        | C::DuplicateDocumentId
+        | C::EmptyDocument
+        | C::EmptyQuery
+        | C::InputTooLong
+        | C::InvalidBody
+        | C::InvalidChunking
+        | C::InvalidCollectionName
+        | C::InvalidDocumentId
+        | C::InvalidDocuments
+        | C::InvalidDuration
+        | C::InvalidFilter
+        | C::InvalidFusion
+        | C::InvalidInput
+        | C::InvalidQueryString
+        | C::InvalidRole
+        | C::InvalidTemperature
+        | C::InvalidTenant
+        | C::MalformedJson
+        | C::MaxTokensOutOfRange
+        | C::MetadataTooLarge
+        | C::MissingContentType
+        | C::NameTakenByLlmBackend
+        | C::NoMessages
+        | C::NoUserMessage
+        | C::NOutOfRange
+        | C::QueryTooLong
+        | C::TooManyChunks
+        | C::TopKOutOfRange
+        | C::TopNOutOfRange
+        | C::UnknownCacheLayer
+        | C::UnknownStage
+        | C::SnapshotNotFound
+        | C::InvalidSnapshot
+        | C::UnsupportedContentPart
+        | C::UnsupportedDimensions
+        | C::UnsupportedEncoding
+        | C::UnsupportedParameter
+        | C::BackendRejectedRequest => StatusCode::BAD_REQUEST,
+        C::InvalidApiKey | C::MissingApiKey | C::Unauthorized => StatusCode::UNAUTHORIZED,
+        C::Forbidden => StatusCode::FORBIDDEN,
+        C::CollectionNotFound
+        | C::DocumentNotFound
+        | C::JobNotFound
+        | C::KeyNotFound
+        | C::ModelNotFound
+        | C::NotConfigured
+        | C::TenantNotFound => StatusCode::NOT_FOUND,
+        C::CollectionExists
+        | C::EmbedderMismatch
+        | C::JobCancelled
+        | C::JobFinished
+        | C::TooManyCollections => StatusCode::CONFLICT,
+        C::BodyTooLarge | C::ByteQuotaExceeded | C::ChunkQuotaExceeded | C::DocumentQuotaExceeded => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        C::CollectionQuotaExceeded
+        | C::EmbeddingTokenQuotaExceeded
+        | C::LlmTokenQuotaExceeded
+        | C::RateLimited
+        | C::StreamQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+        C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        C::CollectionUnavailable
+        | C::DenseStoreFailed
+        | C::EmbedderBusy
+        | C::EmbedderFailed
+        | C::EmbedderUnavailable
+        | C::JobStoreUnavailable
+        | C::KeywordStoreFailed
+        | C::LlmBackendFailed
+        | C::LlmFailed
+        | C::LlmUnavailable
+        | C::NoRetrievalPath
+        | C::Overloaded
+        | C::RegistryUnavailable
+        | C::RerankerBusy
+        | C::RerankerFailed
+        | C::RerankerUnavailable
+        | C::TenantStoreFailed => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl ApiError {
+    /// The code's status; a relayed backend's own refusal keeps the backend's 4xx.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Self::BackendRejected { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            other => status(other.code()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if matches!(self, Self::Internal(_) | Self::Unavailable { .. }) {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut response = (
+            self.http_status(),
+            Json(ErrorBody::new(self.code().as_str(), self.to_string())),
+        )
+            .into_response();
+        let retry_after = match &self {
+            Self::Busy { retry_after_s, .. } => Some(*retry_after_s),
+            Self::OverQuota { retry_after_s, .. } => *retry_after_s,
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if matches!(self, Self::NoApiKey | Self::UnknownApiKey) {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => Self::invalid(ErrorCode::InvalidBody, e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => Self::invalid(ErrorCode::MalformedJson, e.body_text()),
+            JsonRejection::MissingJsonContentType(e) => {
+                Self::invalid(ErrorCode::MissingContentType, e.body_text())
+            }
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::BodyTooLarge
+            }
+            other => Self::invalid(ErrorCode::InvalidBody, other.body_text()),
+        }
+    }
+}
+
+/// `axum::Json`, with rejections answered in ragway's error shape.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        Self::invalid(ErrorCode::InvalidQueryString, rejection.body_text())
+    }
+}
+
+/// `axum::extract::Query`, with rejections answered in ragway's error shape.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);

@@ -1,0 +1,42 @@
+//! HTTP: the router, the layers that say who is calling, the routes, and the shapes answers take
+//! on the wire. Only this module (and start-up) sees [`AppState`].
+
+pub mod auth;
+pub mod errors;
+pub mod openapi_doc;
+pub mod router;
+pub mod routes;
+pub mod shape;
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::answer::engine::Engine;
+use crate::answer::pipeline::Pipeline;
+use crate::catalog::collections::Collections;
+use crate::catalog::jobs::Jobs;
+use crate::config::Config;
+use crate::resilience::faults::Faults;
+use crate::tenancy::quota::Quotas;
+use crate::tenancy::tenants::Tenants;
+use crate::tenancy::Metering;
+
+pub use router::router;
+
+/// Everything a route may reach, built once at start-up ([`crate::app::load`]).
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub collections: Arc<Collections>,
+    pub jobs: Arc<Jobs>,
+    pub pipeline: Arc<Pipeline>,
+    pub engine: Arc<Engine>,
+    pub faults: Arc<Faults>,
+    pub tenants: Arc<Tenants>,
+    pub quotas: Arc<Quotas>,
+    pub metering: Metering,
+    /// From the environment variable named by `resilience.admin_key_env`; `None` closes `/admin`.
+    pub admin_key: Option<String>,
+    pub metrics: PrometheusHandle,
+}

@@ -1,0 +1,107 @@
+//! The routes, in three parts: `/v1` behind the tenant layers (who is calling, within its request
+//! rate), `/admin` behind the admin key, and the open parts (health, metrics, the API document).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::auth::{admin_only, authenticate};
+use super::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank, tenants};
+use super::{openapi_doc, AppState};
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.server.max_body_bytes;
+    let document = Arc::new(openapi_doc::document(&state.config));
+    let open = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics));
+    let api = Router::new()
+        .merge(open)
+        .nest("/v1", tenant_routes(&state))
+        .nest("/admin", admin_routes(&state))
+        .route_layer(middleware::from_fn(count_request))
+        .with_state(state);
+    Router::new()
+        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(document.as_ref().clone()) }),
+        )
+        .merge(api)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// `/v1`: every route knows its caller ([`super::auth::Caller`]), put there by the layer.
+fn tenant_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/collections", post(collections::create).get(collections::list))
+        .route(
+            "/collections/{name}",
+            get(collections::get)
+                .patch(collections::update)
+                .delete(collections::delete),
+        )
+        .route("/collections/{name}/documents", post(collections::ingest))
+        .route(
+            "/collections/{name}/documents/{id}",
+            delete(collections::delete_document),
+        )
+        .route("/collections/{name}/jobs", get(jobs::list_jobs))
+        .route("/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
+        .route("/collections/{name}/search", post(answers::search))
+        .route("/collections/{name}/query", post(answers::query))
+        .route("/embeddings", post(embeddings::embeddings))
+        .route("/rerank", post(rerank::rerank))
+        .route("/chat/completions", post(openai::chat_completions))
+        .route("/models", get(openai::models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+}
+
+/// `/admin`: only with the admin key.
+fn admin_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/faults",
+            post(admin::set_fault)
+                .get(admin::list_faults)
+                .delete(admin::clear_faults),
+        )
+        .route("/cache/invalidate", post(admin::invalidate_cache))
+        .route("/collections/{name}/snapshot", post(admin::snapshot_collection))
+        .route("/collections/{name}/restore", post(admin::restore_collection))
+        .route("/tenants", post(tenants::create).get(tenants::list))
+        .route(
+            "/tenants/{id}",
+            get(tenants::get).patch(tenants::update).delete(tenants::delete),
+        )
+        .route("/tenants/{id}/keys", post(tenants::create_key))
+        .route("/tenants/{id}/keys/{key_id}", delete(tenants::revoke_key))
+        .route("/tenants/{id}/usage", get(tenants::usage))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_only))
+}
+
+/// `ragway_requests_total{route,status}` and `ragway_request_duration_seconds{route}` (until the
+/// response head; a stream's body goes on), with the route template (bounded) as label.
+async fn count_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!("ragway_request_duration_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("ragway_requests_total", "route" => route, "status" => response.status().as_u16().to_string())
+        .increment(1);
+    response
+}

@@ -1,0 +1,176 @@
+//! `/search` (retrieval alone) and `/query` (a grounded answer, as JSON or as Server-Sent Events).
+
+use std::collections::HashSet;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use ragway_openapi::{ErrorBody, Hit, QueryRequest, QueryResponse, SearchRequest, SearchResponse};
+use ragway_retrieval::{Fusion, ScoredChunk};
+
+use crate::answer::conversation::Conversation;
+use crate::answer::engine::{Ask, Grounding, Source};
+use crate::answer::prompt::Sampling;
+use crate::answer::{Query, RequestContext};
+use crate::catalog::collections::Collection;
+use crate::error::ApiError;
+use crate::http::auth::Caller;
+use crate::http::errors::ApiJson;
+use crate::http::shape::{self, answer_response, Collected};
+use crate::http::AppState;
+use crate::resilience::deadline::Deadline;
+use crate::validate;
+
+#[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "answers", request_body = SearchRequest,
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, description = "OK", body = SearchResponse, headers(("x-ragway-mode" = String))),
+        (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 503, body = SearchResponse, description = "No retrieval path: `mode` is `error`")))]
+pub async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<SearchRequest>,
+) -> Result<Response, ApiError> {
+    let limits = &state.config;
+    validate::query_text(&request.query, limits.server.max_query_chars)?;
+    let top_k = validate::top_k(
+        request.top_k,
+        limits.retrieval.default_top_k,
+        limits.retrieval.max_top_k,
+    )?;
+    let query = Query {
+        text: &request.query,
+        filter: validate::filter(request.filter.as_ref())?,
+        top_k,
+    };
+    let ctx = context(&state, &caller, request.deadline_ms)?;
+    let collection = caller.collection(&state, &name).await?;
+    state.collections.check_embedder(&collection)?;
+    let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
+    let retrieved = state
+        .pipeline
+        .search(collection.target(fusion), &query, &ctx)
+        .await;
+    caller.meter(&state).embedding(retrieved.report.embedding_tokens);
+    let mut report = retrieved.report;
+    report.finish();
+    let mode = report.mode();
+    let (dense, keyword) = (&retrieved.dense_ids, &retrieved.keyword_ids);
+    let body = SearchResponse {
+        hits: retrieved
+            .hits
+            .into_iter()
+            .map(|h| hit(h, dense, keyword))
+            .collect(),
+        mode,
+        degraded: report.degraded(),
+        stages: report.stages(),
+        cache: report.cache.clone(),
+        timings_ms: report.timings_ms,
+    };
+    metrics::counter!("ragway_answers_total", "mode" => mode.as_str()).increment(1);
+    Ok(answer_response(mode, body))
+}
+
+#[utoipa::path(post, path = "/v1/collections/{name}/query", tag = "answers", request_body = QueryRequest,
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, description = "OK; with `\"stream\": true`, Server-Sent Events (`meta`, `delta`…, `degraded`, `done`)",
+            content((QueryResponse = "application/json"), (serde_json::Value = "text/event-stream")), headers(("x-ragway-mode" = String))),
+        (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 503, body = QueryResponse, description = "No retrieval path: `mode` is `error`")))]
+pub async fn query(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<QueryRequest>,
+) -> Result<Response, ApiError> {
+    let limits = &state.config;
+    validate::query_text(&request.query, limits.server.max_query_chars)?;
+    let passages = validate::top_k(
+        request.top_k,
+        limits.generation.default_passages,
+        limits.retrieval.max_top_k,
+    )?;
+    let filter = validate::filter(request.filter.as_ref())?;
+    let ctx = context(&state, &caller, request.deadline_ms)?;
+    let collection = caller.collection(&state, &name).await?;
+    state.collections.check_embedder(&collection)?;
+    let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
+    let streamed = request.stream == Some(true);
+    let grounding = Grounding {
+        collection,
+        fusion,
+        filter,
+        passages,
+        conversation: Conversation::single(&request.query),
+        from_chat: false,
+    };
+    let ask = Ask {
+        source: Source::Collection(grounding),
+        sampling: default_sampling(&state),
+        ctx,
+        meter: caller.meter(&state),
+        permit: if streamed { caller.stream(&state)? } else { None },
+    };
+    let answering = state.engine.start(ask)?;
+    if streamed {
+        return shape::ragway_events(answering).await;
+    }
+    let answer = Collected::from(answering).await?;
+    Ok(answer_response(answer.mode, answer.into_query_response()))
+}
+
+/// The request's deadline and what its tenant may use.
+pub(crate) fn context(
+    state: &AppState,
+    caller: &Caller,
+    deadline_ms: Option<u64>,
+) -> Result<RequestContext, ApiError> {
+    Ok(RequestContext {
+        deadline: deadline(state, deadline_ms)?,
+        allowance: caller.allowance(state)?,
+    })
+}
+
+/// The configured way of writing answers (`generation.max_tokens`, `generation.temperature`).
+pub(crate) fn default_sampling(state: &AppState) -> Sampling {
+    Sampling {
+        max_tokens: state.config.generation.max_tokens,
+        temperature: state.config.generation.temperature,
+    }
+}
+
+/// The fusion a search of `collection` uses: the request's, else the collection's own, else the
+/// server's (`retrieval.fusion`).
+pub(crate) fn fusion_for(
+    state: &AppState,
+    collection: &Collection,
+    requested: Option<&ragway_openapi::FusionSettings>,
+) -> Result<Fusion, ApiError> {
+    match (requested, collection.fusion()) {
+        (Some(requested), _) => validate::fusion(requested),
+        (None, Some(own)) => Ok(own),
+        (None, None) => Ok(state.pipeline.settings.fusion),
+    }
+}
+
+pub(crate) fn deadline(state: &AppState, requested_ms: Option<u64>) -> Result<Deadline, ApiError> {
+    let limits = &state.config.resilience;
+    Deadline::for_request(requested_ms, limits.default_deadline_ms, limits.max_deadline_ms)
+}
+
+fn hit(h: ScoredChunk, dense: &HashSet<String>, keyword: &HashSet<String>) -> Hit {
+    let engines = [("dense", dense), ("keyword", keyword)]
+        .into_iter()
+        .filter(|(_, ids)| ids.contains(&h.chunk.chunk_id))
+        .map(|(engine, _)| engine.to_string())
+        .collect();
+    Hit {
+        doc_id: h.chunk.doc_id,
+        chunk_id: h.chunk.chunk_id,
+        text: h.chunk.text,
+        score: h.score,
+        metadata: h.chunk.metadata,
+        engines,
+    }
+}

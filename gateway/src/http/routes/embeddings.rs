@@ -1,0 +1,101 @@
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::Json;
+use ragway_openapi::{
+    EmbeddingData, EmbeddingUsage, EmbeddingVector, EmbeddingsRequest, EmbeddingsResponse, ErrorBody,
+};
+use ragway_retrieval::Priority;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::http::auth::Caller;
+use crate::http::errors::ApiJson;
+use crate::http::routes::answers::deadline;
+use crate::http::AppState;
+use crate::resilience::guard::ModelStage;
+use crate::validate;
+
+/// Requests of at most this many inputs wait in the embedder's interactive lane; larger ones are
+/// bulk work and never delay a query by more than one batch.
+const INTERACTIVE_INPUTS: usize = 4;
+
+/// OpenAI-compatible embeddings from the configured embedder.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingsRequest,
+    responses((status = 200, description = "OK", body = EmbeddingsResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 503, description = "Unavailable, or busy (then with `Retry-After`)", body = ErrorBody)))]
+pub async fn embeddings(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<EmbeddingsRequest>,
+) -> Result<Json<EmbeddingsResponse>, ApiError> {
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                ErrorCode::UnsupportedEncoding,
+                format!("encoding_format {other:?} is not one of \"float\", \"base64\""),
+            ))
+        }
+    };
+    let dimension = state.pipeline.embedder.dimension();
+    if request.dimensions.is_some_and(|d| d != dimension) {
+        return Err(ApiError::invalid(
+            ErrorCode::UnsupportedDimensions,
+            format!(
+                "dimensions: this embedder makes {dimension}-dimensional vectors and cannot shorten them"
+            ),
+        ));
+    }
+    let texts = request.input.into_vec();
+    validate::embedding_inputs(&texts, &state.config.limits)?;
+    caller.require_embedding_budget(&state)?;
+    let priority = if texts.len() <= INTERACTIVE_INPUTS {
+        Priority::Interactive
+    } else {
+        Priority::Bulk
+    };
+    // Through the embedder's guard, so its breaker, timeout and injected faults apply here too.
+    let embedder = &state.pipeline.embedder;
+    let deadline = deadline(&state, None)?;
+    // A bulk request takes longer than one query's embedding; it gets ingestion's batch timeout.
+    let timeout = match priority {
+        Priority::Interactive => Duration::from_millis(state.config.resilience.embed_timeout_ms),
+        Priority::Bulk => Duration::from_millis(state.config.ingest.embed_timeout_ms),
+    };
+    let embeddings = state
+        .pipeline
+        .guards
+        .embed
+        .run_within(&deadline, timeout, embedder.embed(texts, priority))
+        .await
+        .map_err(|failure| ApiError::from_stage(ModelStage::Embedder, failure))?;
+    caller.meter(&state).embedding(embeddings.tokens as u64);
+    Ok(Json(EmbeddingsResponse {
+        object: "list".into(),
+        data: embeddings
+            .vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, embedding)| EmbeddingData {
+                object: "embedding".into(),
+                index,
+                embedding: encode(embedding, base64),
+            })
+            .collect(),
+        model: embedder.model_id().to_string(),
+        usage: EmbeddingUsage {
+            prompt_tokens: embeddings.tokens,
+            total_tokens: embeddings.tokens,
+        },
+    }))
+}
+
+/// A vector as floats, or as OpenAI's base64 of its little-endian f32 bytes.
+fn encode(vector: Vec<f32>, base64: bool) -> EmbeddingVector {
+    if !base64 {
+        return EmbeddingVector::Float(vector);
+    }
+    use base64::Engine;
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+}

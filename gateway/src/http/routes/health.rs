@@ -1,0 +1,104 @@
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use std::collections::BTreeMap;
+
+use crate::http::AppState;
+use crate::resilience::breaker::BreakerState;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// At least one retrieval path (embedder + dense, or keyword) and one answer path (an LLM
+    /// backend, or the extractive answer, which needs only retrieval) are available.
+    ready: bool,
+    collections: usize,
+    embedder: String,
+    /// What runs the embedder: `onnx` or `candle`.
+    embedder_backend: String,
+    reranker: Option<String>,
+    /// What runs the reranker, when one is configured.
+    reranker_backend: Option<String>,
+    /// Breaker state per dependency: `embedder`, `dense`, `keyword`, `reranker`, `llm:<backend>`,
+    /// and `redis` when the shared cache tier is configured.
+    dependencies: BTreeMap<String, BreakerState>,
+    /// Collections that could not be opened at start-up, and why; they are not served, the
+    /// others are.
+    damaged_collections: BTreeMap<String, String>,
+    /// `keys` (every `/v1` call needs a tenant's key) or `open`.
+    auth: &'static str,
+    /// Where tenants' rate limits and token counters are enforced: `shared` (Redis, every
+    /// replica together), `local_fallback` (Redis unreachable: each replica enforces
+    /// `limit / quotas.expected_replicas`) or `local` (no Redis configured).
+    quotas: &'static str,
+}
+
+/// Liveness: the process is up and serving HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "OK", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: models are loaded and the collection catalog is readable.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "OK", body = Readiness), (status = 503, description = "Unavailable", body = Readiness)))]
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let collections = state.collections.list();
+    let pipeline = &state.pipeline;
+    let guards = &pipeline.guards;
+    let mut dependencies: BTreeMap<String, BreakerState> = [&guards.embed, &guards.dense, &guards.keyword]
+        .into_iter()
+        .map(|g| (g.name.clone(), g.state()))
+        .collect();
+    if pipeline.reranker.is_some() {
+        dependencies.insert(guards.rerank.name.clone(), guards.rerank.state());
+    }
+    for backend in pipeline.llm.backends() {
+        dependencies.insert(format!("llm:{}", backend.name()), backend.state());
+    }
+    // Redis only shares caches: listed, never a reason to be unready.
+    if let Some(redis) = pipeline.caches.redis_guard() {
+        dependencies.insert(redis.name.clone(), redis.state());
+    }
+    let usable = |g: &crate::resilience::guard::Guard| g.state() != BreakerState::Open;
+    let dense_path = usable(&guards.embed) && usable(&guards.dense);
+    // The extractive answer needs only retrieval, so retrieval decides readiness.
+    let body = Readiness {
+        ready: collections.is_ok() && (dense_path || usable(&guards.keyword)),
+        collections: collections.map(|c| c.len()).unwrap_or(0),
+        embedder: pipeline.embedder.model_id().to_string(),
+        embedder_backend: pipeline.embedder.backend().to_string(),
+        reranker: pipeline.reranker.as_ref().map(|r| r.model_id().to_string()),
+        reranker_backend: pipeline.reranker.as_ref().map(|r| r.backend().to_string()),
+        dependencies,
+        damaged_collections: state.collections.damaged(),
+        auth: match state.config.auth.mode {
+            crate::config::AuthMode::Keys => "keys",
+            crate::config::AuthMode::Open => "open",
+        },
+        quotas: state.quotas.enforcement(),
+    };
+    let status = if body.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "OK", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,78 @@
+//! `POST /v1/rerank`: the cross-encoder on its own, as chat stacks call it (Cohere / Jina / TEI).
+
+use axum::extract::State;
+use axum::Json;
+use ragway_openapi::{ErrorBody, RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage};
+
+use crate::error::{ApiError, ErrorCode};
+use crate::http::auth::Caller;
+use crate::http::errors::ApiJson;
+use crate::http::routes::answers::deadline;
+use crate::http::AppState;
+use crate::resilience::guard::ModelStage;
+use crate::validate;
+
+#[utoipa::path(post, path = "/v1/rerank", tag = "openai", request_body = RerankRequest,
+    responses((status = 200, description = "Documents by relevance, best first", body = RerankResponse),
+        (status = 400, description = "Invalid input, or over a limit", body = ErrorBody),
+        (status = 404, description = "No reranker is configured, or `model` names another", body = ErrorBody),
+        (status = 503, description = "The reranker failed, or is busy (then with `Retry-After`)", body = ErrorBody)))]
+pub async fn rerank(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiJson(request): ApiJson<RerankRequest>,
+) -> Result<Json<RerankResponse>, ApiError> {
+    let Some(reranker) = state.pipeline.reranker.clone() else {
+        return Err(ApiError::NotConfigured(
+            "no reranker is configured (models.reranker)".into(),
+        ));
+    };
+    if request.model.as_deref().is_some_and(|m| m != reranker.model_id()) {
+        return Err(ApiError::ModelNotFound(request.model.unwrap_or_default()));
+    }
+    validate::query_text(&request.query, state.config.server.max_query_chars)?;
+    validate::rerank_documents(&request.documents, &state.config.limits)?;
+    let top_n = request.top_n.unwrap_or(request.documents.len());
+    if top_n == 0 {
+        return Err(ApiError::invalid(
+            ErrorCode::TopNOutOfRange,
+            "top_n must be at least 1",
+        ));
+    }
+    let deadline = deadline(&state, None)?;
+    let scored = state
+        .pipeline
+        .guards
+        .rerank
+        .run(
+            &deadline,
+            reranker.score(request.query, request.documents.clone()),
+        )
+        .await
+        .map_err(|failure| ApiError::from_stage(ModelStage::Reranker, failure))?;
+    let mut results: Vec<RerankResult> = scored
+        .scores
+        .iter()
+        .enumerate()
+        .map(|(index, &logit)| RerankResult {
+            index,
+            relevance_score: 1.0 / (1.0 + (-logit).exp()),
+            document: None,
+        })
+        .collect();
+    results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
+    results.truncate(top_n);
+    if request.return_documents == Some(true) {
+        for result in &mut results {
+            let text = request.documents[result.index].clone();
+            result.document = Some(RerankDocument { text });
+        }
+    }
+    Ok(Json(RerankResponse {
+        model: reranker.model_id().to_string(),
+        results,
+        usage: RerankUsage {
+            total_tokens: scored.tokens,
+        },
+    }))
+}

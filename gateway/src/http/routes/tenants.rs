@@ -1,0 +1,196 @@
+//! `/admin/tenants`: tenants, their keys and their usage (bearer admin key).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use ragway_openapi::ErrorBody;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ErrorCode};
+use crate::http::auth::{Caller, Storage};
+use crate::http::errors::{ApiJson, ApiQuery};
+use crate::http::AppState;
+use crate::tenancy::quota::DayUsage;
+use crate::tenancy::tenants::{CreateTenant, Limits, NewKey, TenantInfo, UpdateTenant};
+
+#[derive(Serialize, ToSchema)]
+pub struct TenantList {
+    tenants: Vec<TenantInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
+    tenant: String,
+    /// Per UTC day, newest first (days without use are left out).
+    days: Vec<DayUsage>,
+    /// What it stores now.
+    storage: Storage,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct UsageParams {
+    /// How many days back, today included (1-62; default 7).
+    days: Option<usize>,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::invalid(ErrorCode::InvalidTenant, message)
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+        return Err(invalid("name must be 1-128 characters, no control characters"));
+    }
+    Ok(())
+}
+
+fn check_limits(limits: &Limits) -> Result<(), ApiError> {
+    if limits
+        .requests_per_second
+        .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1e6))
+    {
+        return Err(invalid(
+            "limits.requests_per_second must be above 0 and at most 1000000",
+        ));
+    }
+    if limits.burst.is_some_and(|b| b == 0) {
+        return Err(invalid("limits.burst must be at least 1"));
+    }
+    Ok(())
+}
+
+fn check_backends(state: &AppState, backends: Option<&Vec<String>>) -> Result<(), ApiError> {
+    let pool = state.pipeline.llm.backends();
+    for name in backends.into_iter().flatten() {
+        if !pool.iter().any(|b| b.name() == name) {
+            return Err(invalid(format!(
+                "llm_backends: `{name}` is not a configured LLM backend"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/admin/tenants", operation_id = "create_tenant", tag = "admin", request_body = CreateTenant, security(("admin_key" = [])),
+    responses((status = 201, description = "Created", body = TenantInfo), (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateTenant>,
+) -> Result<(StatusCode, Json<TenantInfo>), ApiError> {
+    check_name(&request.name)?;
+    check_limits(&request.limits)?;
+    check_backends(&state, request.llm_backends.as_ref())?;
+    let tenant = state.tenants.create(request).await?;
+    Ok((StatusCode::CREATED, Json(tenant.info())))
+}
+
+#[utoipa::path(get, path = "/admin/tenants", operation_id = "list_tenants", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, description = "OK", body = TenantList), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<TenantList>, ApiError> {
+    let tenants = state.tenants.list().iter().map(|t| t.info()).collect();
+    Ok(Json(TenantList { tenants }))
+}
+
+#[utoipa::path(get, path = "/admin/tenants/{id}", operation_id = "get_tenant", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "OK", body = TenantInfo), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TenantInfo>, ApiError> {
+    Ok(Json(state.tenants.get(&id)?.info()))
+}
+
+#[utoipa::path(patch, path = "/admin/tenants/{id}", operation_id = "update_tenant", tag = "admin", request_body = UpdateTenant, security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "OK", body = TenantInfo), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No admin key", body = ErrorBody),
+        (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<UpdateTenant>,
+) -> Result<Json<TenantInfo>, ApiError> {
+    if let Some(name) = &request.name {
+        check_name(name)?;
+    }
+    if let Some(limits) = &request.limits {
+        check_limits(limits)?;
+    }
+    check_backends(&state, request.llm_backends.as_ref())?;
+    let tenant = state
+        .tenants
+        .change(&id, |t| {
+            if let Some(name) = request.name {
+                t.name = name;
+            }
+            if let Some(limits) = request.limits {
+                t.limits = limits;
+            }
+            if let Some(over_quota) = request.over_quota {
+                t.over_quota = over_quota;
+            }
+            if request.llm_backends.is_some() {
+                t.llm_backends = request.llm_backends;
+            }
+        })
+        .await?;
+    Ok(Json(tenant.info()))
+}
+
+/// Deletes the tenant, its keys and its collections.
+#[utoipa::path(delete, path = "/admin/tenants/{id}", operation_id = "delete_tenant", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 204, description = "No content"), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let tenant = state.tenants.get(&id)?;
+    state.tenants.delete(&id).await?;
+    let owner = Caller::of(tenant);
+    for collection in owner.collections(&state)? {
+        let (collections, name) = (state.collections.clone(), collection.name.clone());
+        tokio::spawn(async move { collections.drop_collection(&name).await })
+            .await
+            .map_err(|e| ApiError::Internal(format!("dropping a collection failed: {e}")))??;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/admin/tenants/{id}/keys", operation_id = "create_tenant_key", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 201, description = "Created; `key` is shown this once", body = NewKey), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<NewKey>), ApiError> {
+    Ok((StatusCode::CREATED, Json(state.tenants.add_key(&id).await?)))
+}
+
+/// Revokes a key at once (on every replica sharing Redis within a second).
+#[utoipa::path(delete, path = "/admin/tenants/{id}/keys/{key_id}", operation_id = "revoke_tenant_key", tag = "admin", security(("admin_key" = [])),
+    params(("id" = String, Path, description = "Tenant id"), ("key_id" = String, Path, description = "Key id")),
+    responses((status = 204, description = "No content"), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.tenants.revoke_key(&id, &key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/admin/tenants/{id}/usage", operation_id = "tenant_usage", tag = "admin", security(("admin_key" = [])),
+    params(("id" = String, Path, description = "Tenant id"), UsageParams),
+    responses((status = 200, description = "OK", body = Usage), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn usage(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<UsageParams>,
+) -> Result<Json<Usage>, ApiError> {
+    let days = params.days.unwrap_or(7);
+    if !(1..=62).contains(&days) {
+        return Err(invalid("days must be 1-62"));
+    }
+    let tenant = state.tenants.get(&id)?;
+    let owner = Caller::of(tenant);
+    Ok(Json(Usage {
+        tenant: id.clone(),
+        days: state.quotas.usage(&id, days).await,
+        storage: owner.storage(&state)?,
+    }))
+}

@@ -1,0 +1,348 @@
+//! The shapes an answer takes on the wire, all made from the engine's events: collected into one
+//! JSON body ([`Collected`], sent by [`answer_response`]), or streamed as Server-Sent Events — ragway's own events on `/query`,
+//! OpenAI chunks on `/v1/chat/completions`. A stream's response is sent once its first event
+//! (`meta`) is known, so the `x-ragway-mode` header carries the mode the answer began with; every
+//! later change is a `degraded` event with the new mode, and `done` carries the final one.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::{Stream, StreamExt};
+use ragway_llm::cited_passages;
+use ragway_openapi::{CacheInfo, Citation, Degradation, Mode, QueryResponse, Stages, TokenUsage};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::answer::engine::{AnswerEvent, Answering};
+use crate::error::{ApiError, ErrorCode};
+
+/// A whole answer, collected from its events.
+#[derive(Debug)]
+pub struct Collected {
+    pub text: String,
+    /// The passages the answer cites (all it was given when it cites none).
+    pub citations: Vec<Citation>,
+    pub mode: Mode,
+    pub degraded: Vec<Degradation>,
+    pub stages: Stages,
+    pub usage: TokenUsage,
+    pub cache: Option<CacheInfo>,
+    pub timings_ms: BTreeMap<String, f64>,
+}
+
+impl Collected {
+    pub async fn from(answering: Answering) -> Result<Self, ApiError> {
+        let (first, rest) = first_event(answering).await?;
+        Self::after(first, rest).await
+    }
+
+    /// The answer that began with `first` (its `meta`).
+    async fn after(first: AnswerEvent, mut events: Answering) -> Result<Self, ApiError> {
+        let AnswerEvent::Meta { citations, .. } = first else {
+            return Err(ApiError::Internal("the answer did not begin with meta".into()));
+        };
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                AnswerEvent::Delta { text: piece } => text.push_str(&piece),
+                AnswerEvent::Meta { .. } | AnswerEvent::Degraded { .. } => {}
+                AnswerEvent::Done {
+                    mode,
+                    degraded,
+                    stages,
+                    usage,
+                    cache,
+                    timings_ms,
+                } => {
+                    let generated = !matches!(stages.llm.as_deref(), None | Some("extractive"));
+                    return Ok(Self {
+                        citations: cited(&text, citations, generated),
+                        text: text.trim().to_string(),
+                        mode,
+                        degraded,
+                        stages,
+                        usage,
+                        cache,
+                        timings_ms,
+                    });
+                }
+            }
+        }
+        Err(ApiError::Internal("the answer ended before it was done".into()))
+    }
+
+    pub fn into_query_response(self) -> QueryResponse {
+        QueryResponse {
+            answer: self.text,
+            citations: self.citations,
+            mode: self.mode,
+            degraded: self.degraded,
+            stages: self.stages,
+            cache: self.cache,
+            timings_ms: self.timings_ms,
+            usage: self.usage,
+        }
+    }
+
+    /// Why a plain chat got no answer, for its 503.
+    pub fn unavailable(&self, backend: &str) -> ApiError {
+        let reasons: Vec<String> = self.degraded.iter().map(|d| format!("{:?}", d.reason)).collect();
+        ApiError::Unavailable {
+            code: ErrorCode::LlmUnavailable,
+            message: format!("backend `{backend}` did not answer ({})", reasons.join(", ")),
+        }
+    }
+}
+
+/// A written answer cites the passages it marks (`[n]`), or every one it was given when it marks
+/// none; quoted passages cite them all.
+fn cited(text: &str, citations: Vec<Citation>, generated: bool) -> Vec<Citation> {
+    let marked = cited_passages(text, citations.len());
+    if !generated || marked.is_empty() {
+        return citations;
+    }
+    marked
+        .into_iter()
+        .filter_map(|n| citations.iter().find(|c| c.index == n).cloned())
+        .collect()
+}
+
+/// The first event (`meta`) and the rest.
+async fn first_event(mut events: Answering) -> Result<(AnswerEvent, Answering), ApiError> {
+    let first = events
+        .recv()
+        .await
+        .ok_or_else(|| ApiError::Internal("the answer stream ended before it began".into()))?;
+    Ok((first, events))
+}
+
+fn mode_of(event: &AnswerEvent) -> Mode {
+    match event {
+        AnswerEvent::Meta { mode, .. }
+        | AnswerEvent::Degraded { mode, .. }
+        | AnswerEvent::Done { mode, .. } => *mode,
+        AnswerEvent::Delta { .. } => Mode::Normal,
+    }
+}
+
+pub(crate) fn respond(mode: Mode, stream: impl Stream<Item = Event> + Send + 'static) -> Response {
+    let mut response = Sse::new(stream.map(Ok::<Event, Infallible>))
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-ragway-mode", HeaderValue::from_static(mode.as_str()));
+    response
+}
+
+fn receiver_stream(mut events: Answering) -> impl Stream<Item = AnswerEvent> + Send {
+    futures::stream::poll_fn(move |cx| events.poll_recv(cx))
+}
+
+fn json_event(name: &'static str, value: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(value)
+        .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
+}
+
+/// `/query` with `stream: true`: events `meta`, `delta`…, `degraded` (if any), `done`; with no
+/// retrieval path, the 503 JSON answer instead.
+pub async fn ragway_events(answering: Answering) -> Result<Response, ApiError> {
+    let (first, events) = first_event(answering).await?;
+    let mode = mode_of(&first);
+    if mode == Mode::Error {
+        let answer = Collected::after(first, events).await?;
+        return Ok(answer_response(mode, answer.into_query_response()));
+    }
+    let stream = futures::stream::once(async move { first })
+        .chain(receiver_stream(events))
+        .map(|event| json_event(event.name(), &event));
+    Ok(respond(mode, stream))
+}
+
+/// The documents `citations` cite, in citation order, each once: the top-level `citations` of a
+/// chat answer, where chat frontends look for sources.
+pub fn cited_documents(citations: &[Citation]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    citations
+        .iter()
+        .filter(|c| seen.insert(c.doc_id.as_str()))
+        .map(|c| c.doc_id.clone())
+        .collect()
+}
+
+/// What a chat stream starts with when it cannot answer at all: `None` to stream on.
+fn refused(first: &AnswerEvent, model: &str, bare_llm: bool) -> Option<Result<Response, ApiError>> {
+    let AnswerEvent::Meta { mode, degraded, .. } = first else {
+        return None;
+    };
+    if *mode != Mode::Error {
+        return None;
+    }
+    if bare_llm {
+        // A plain chat whose backend never started has nothing to stream: a 503.
+        let reasons: Vec<String> = degraded
+            .iter()
+            .map(|d| format!("{}: {:?}", d.stage, d.reason))
+            .collect();
+        return Some(Err(ApiError::Unavailable {
+            code: ErrorCode::LlmUnavailable,
+            message: format!("backend `{model}` did not answer ({})", reasons.join(", ")),
+        }));
+    }
+    let body = json!({
+        "error": {"code": ErrorCode::NoRetrievalPath.as_str(), "message": "neither retrieval engine is available (mode: error)"},
+        "ragway": {"mode": Mode::Error, "degraded": degraded, "citations": []},
+    });
+    Some(Ok(answer_response(Mode::Error, body)))
+}
+
+/// The OpenAI chunk rendering of an answer, with ragway's mode, stages and citations in a
+/// `ragway` field of the first chunk (and the mode in any chunk announcing a degradation), the
+/// cited documents in the first chunk's top-level `citations`, and the usage in the last chunk
+/// before `[DONE]`.
+pub async fn openai_chunks(
+    answering: Answering,
+    model: String,
+    bare_llm: bool,
+) -> Result<Response, ApiError> {
+    let (first, events) = first_event(answering).await?;
+    if let Some(refusal) = refused(&first, &model, bare_llm) {
+        return refusal;
+    }
+    let mode = mode_of(&first);
+    let chunks = Chunks::new(model, bare_llm);
+    let stream = futures::stream::once(async move { first })
+        .chain(receiver_stream(events))
+        .map(move |event| chunks.of(event))
+        .chain(futures::stream::once(async { Event::default().data("[DONE]") }));
+    Ok(respond(mode, stream))
+}
+
+/// Makes the `chat.completion.chunk` events of one answer.
+struct Chunks {
+    id: String,
+    created: u64,
+    model: String,
+    bare_llm: bool,
+}
+
+impl Chunks {
+    fn new(model: String, bare_llm: bool) -> Self {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self {
+            id: format!("chatcmpl-ragway-{created}"),
+            created,
+            model,
+            bare_llm,
+        }
+    }
+
+    fn chunk(&self, choices: Value, extra: Vec<(&str, Value)>) -> Event {
+        let mut chunk = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": choices,
+        });
+        if let Some(map) = chunk.as_object_mut() {
+            map.extend(extra.into_iter().map(|(key, value)| (key.to_string(), value)));
+        }
+        Event::default().data(chunk.to_string())
+    }
+
+    fn of(&self, event: AnswerEvent) -> Event {
+        match event {
+            AnswerEvent::Meta {
+                mode,
+                degraded,
+                citations,
+                stages,
+                ..
+            } => {
+                let first = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]);
+                if self.bare_llm {
+                    return self.chunk(first, Vec::new());
+                }
+                let sources = cited_documents(&citations);
+                let info =
+                    json!({"mode": mode, "degraded": degraded, "stages": stages, "citations": citations});
+                self.chunk(first, vec![("citations", json!(sources)), ("ragway", info)])
+            }
+            AnswerEvent::Delta { text } => self.chunk(
+                json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]),
+                Vec::new(),
+            ),
+            // A plain chat's only backend broke off: say so as OpenAI streams say errors.
+            AnswerEvent::Degraded { degradation, mode } if self.bare_llm && mode == Mode::Error => {
+                let message = format!(
+                    "backend `{}` broke off the answer ({:?})",
+                    degradation.stage, degradation.reason
+                );
+                let error = json!({"error": {"code": ErrorCode::LlmFailed.as_str(), "message": message}});
+                Event::default().data(error.to_string())
+            }
+            AnswerEvent::Degraded { degradation, mode } => self.chunk(
+                json!([]),
+                vec![("ragway", json!({"mode": mode, "degraded": [degradation]}))],
+            ),
+            AnswerEvent::Done { usage, mode, .. } => {
+                let usage = json!({
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                });
+                let mut extra = vec![("usage", usage)];
+                if !self.bare_llm {
+                    extra.push(("ragway", json!({"mode": mode})));
+                }
+                self.chunk(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]), extra)
+            }
+        }
+    }
+}
+
+/// Every answer carries its mode in the `x-ragway-mode` header; `error` answers are 503 with the
+/// same body shape. (Answers are counted by mode where their mode is decided: the engine.)
+pub(crate) fn answer_response(mode: Mode, body: impl Serialize) -> Response {
+    let status = if mode == Mode::Error {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("x-ragway-mode", HeaderValue::from_static(mode.as_str()));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passage(index: usize) -> Citation {
+        Citation {
+            index,
+            doc_id: format!("d{index}"),
+            chunk_id: format!("d{index}#0"),
+            text: String::new(),
+            score: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_written_answer_cites_what_it_marks_quoted_passages_cite_all() {
+        let given = || vec![passage(1), passage(2), passage(3)];
+        let indices = |c: Vec<Citation>| c.iter().map(|c| c.index).collect::<Vec<_>>();
+        assert_eq!(indices(cited("see [3] and [1]", given(), true)), [3, 1]);
+        assert_eq!(indices(cited("no markers", given(), true)), [1, 2, 3]);
+        assert_eq!(indices(cited("[2] quoted", given(), false)), [1, 2, 3]);
+    }
+}

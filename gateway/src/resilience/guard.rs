@@ -1,0 +1,344 @@
+//! One dependency's protection: breaker, timeout, the request's deadline, and injected faults,
+//! in that order around the real call.
+
+use crate::error::{ApiError, ErrorCode};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ragway_openapi::DegradationReason;
+
+use crate::resilience::breaker::{Breaker, BreakerSettings, BreakerState};
+use crate::resilience::deadline::Deadline;
+use crate::resilience::faults::Faults;
+
+/// Whose fault a failed call was; only the dependency's own failures count against its breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The dependency failed (crashed, erred, answered 5xx): counts against its breaker.
+    Dependency,
+    /// The request could never succeed as sent (prompt too long, unknown collection, a 4xx):
+    /// the dependency is fine.
+    Caller,
+    /// Admission control refused the work before it started: the dependency is busy, not broken.
+    Overload,
+}
+
+/// Stage errors say whose fault they are.
+pub trait Blamed {
+    fn blame(&self) -> Blame;
+}
+
+/// Why a guarded call produced nothing. `E` is the stage's own error, kept so that callers can
+/// tell retryable failures apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure<E> {
+    BreakerOpen,
+    /// The stage's own timeout passed.
+    Timeout,
+    /// The request's deadline passed (or left no time to start).
+    Deadline,
+    /// An operator-injected error.
+    Injected(String),
+    /// The worker's queue was full; the call was not made.
+    Overloaded(E),
+    /// The dependency's own failure.
+    Error(E),
+    /// The request's fault (see [`Blame::Caller`]); not held against the dependency.
+    Rejected(E),
+}
+
+impl<E> Failure<E> {
+    pub fn reason(&self) -> DegradationReason {
+        match self {
+            Self::BreakerOpen => DegradationReason::BreakerOpen,
+            Self::Timeout => DegradationReason::Timeout,
+            Self::Deadline => DegradationReason::Deadline,
+            Self::Overloaded(_) => DegradationReason::Overloaded,
+            Self::Injected(_) | Self::Error(_) | Self::Rejected(_) => DegradationReason::Error,
+        }
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for Failure<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BreakerOpen => write!(f, "breaker open"),
+            Self::Timeout => write!(f, "timed out"),
+            Self::Deadline => write!(f, "request deadline reached"),
+            Self::Injected(e) => write!(f, "{e}"),
+            Self::Overloaded(e) | Self::Error(e) | Self::Rejected(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+pub struct Guard {
+    /// The dependency's name: the breaker's label and the fault-injection stage name.
+    pub name: String,
+    breaker: Breaker,
+    timeout: Duration,
+    faults: Arc<Faults>,
+}
+
+impl Guard {
+    pub fn new(name: &str, timeout: Duration, breaker: &BreakerSettings, faults: Arc<Faults>) -> Self {
+        Self {
+            name: name.to_string(),
+            breaker: Breaker::new(name, breaker),
+            timeout,
+            faults,
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Healthy: its breaker is closed and no fault is injected into it.
+    pub fn ready(&self) -> bool {
+        self.breaker.state() == BreakerState::Closed && !self.faults.active(&self.name)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Counts a failure seen outside [`Guard::run`] (a stream that stalled after its first token).
+    pub fn charge_failure(&self) {
+        if let Some(permit) = self.breaker.try_acquire() {
+            permit.record(false);
+        }
+    }
+
+    /// Runs `call` if the breaker allows, within the stage timeout and the request's deadline.
+    /// The dependency's own errors and stage timeouts count against the breaker; running out of
+    /// the request's own deadline, the caller's errors and a full queue do not.
+    pub async fn run<T, E, F>(&self, deadline: &Deadline, call: F) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Blamed,
+    {
+        self.run_within(deadline, self.timeout, call).await
+    }
+
+    /// As [`Guard::run`], with a timeout other than the stage's own (e.g. time to first token).
+    pub async fn run_within<T, E, F>(
+        &self,
+        deadline: &Deadline,
+        timeout: Duration,
+        call: F,
+    ) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Blamed,
+    {
+        let budget = deadline.remaining();
+        if budget.is_zero() {
+            return Err(Failure::Deadline);
+        }
+        let permit = self.breaker.try_acquire().ok_or(Failure::BreakerOpen)?;
+        let limited_by_deadline = budget < timeout;
+        match tokio::time::timeout(budget.min(timeout), self.faults.apply(&self.name, call)).await {
+            Ok(Ok(Ok(value))) => {
+                permit.record(true);
+                Ok(value)
+            }
+            // A permit dropped unrecorded counts neither way.
+            Ok(Ok(Err(error))) => match error.blame() {
+                Blame::Dependency => {
+                    permit.record(false);
+                    Err(Failure::Error(error))
+                }
+                Blame::Caller => Err(Failure::Rejected(error)),
+                Blame::Overload => Err(Failure::Overloaded(error)),
+            },
+            Ok(Err(injected)) => {
+                permit.record(false);
+                Err(Failure::Injected(injected))
+            }
+            Err(_) if limited_by_deadline => Err(Failure::Deadline),
+            Err(_) => {
+                permit.record(false);
+                Err(Failure::Timeout)
+            }
+        }
+    }
+}
+
+impl Blamed for ragway_retrieval::RetrievalError {
+    fn blame(&self) -> Blame {
+        match self {
+            Self::UnknownCollection(_) => Blame::Caller,
+            Self::Overloaded(_) => Blame::Overload,
+            Self::Model(_) | Self::Dense(_) | Self::Keyword(_) | Self::WorkerGone => Blame::Dependency,
+        }
+    }
+}
+
+impl Blamed for ragway_rerank::RerankError {
+    fn blame(&self) -> Blame {
+        match self {
+            Self::Overloaded(_) => Blame::Overload,
+            Self::Model(_) | Self::WorkerGone => Blame::Dependency,
+        }
+    }
+}
+
+impl Blamed for ragway_llm::LlmError {
+    fn blame(&self) -> Blame {
+        match self {
+            Self::PromptTooLong { .. } => Blame::Caller,
+            // 408 and 429 are the server's state, not the request's fault.
+            Self::Remote {
+                status: Some(status), ..
+            } if (400..500).contains(status) && *status != 408 && *status != 429 => Blame::Caller,
+            Self::Overloaded(_) => Blame::Overload,
+            Self::Model(_) | Self::WorkerGone | Self::Remote { .. } | Self::EmptyResponse { .. } => {
+                Blame::Dependency
+            }
+        }
+    }
+}
+
+/// A model stage a route calls directly (`/v1/embeddings`, `/v1/rerank`, ingestion's embedding).
+#[derive(Debug, Clone, Copy)]
+pub enum ModelStage {
+    Embedder,
+    Reranker,
+}
+
+impl ApiError {
+    /// What a route answers when `stage` produced nothing: busy (a full queue, an open breaker:
+    /// 503 with `Retry-After`) or unavailable (503); a caller's own error keeps its status.
+    pub fn from_stage<E>(stage: ModelStage, failure: Failure<E>) -> Self
+    where
+        E: std::fmt::Display + Into<ApiError>,
+    {
+        let (busy, unavailable, name) = match stage {
+            ModelStage::Embedder => (
+                ErrorCode::EmbedderBusy,
+                ErrorCode::EmbedderUnavailable,
+                "embedder",
+            ),
+            ModelStage::Reranker => (
+                ErrorCode::RerankerBusy,
+                ErrorCode::RerankerUnavailable,
+                "reranker",
+            ),
+        };
+        match failure {
+            Failure::Rejected(e) => e.into(),
+            Failure::Overloaded(_) | Failure::BreakerOpen => Self::Busy {
+                code: busy,
+                message: format!("the {name} cannot take this work now ({failure}); retry later"),
+                retry_after_s: 1,
+            },
+            other => Self::Unavailable {
+                code: unavailable,
+                message: format!("the {name} did not answer: {other}"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ragway_llm::{LlmError, Retry};
+
+    use super::*;
+    use crate::resilience::breaker::{BreakerSettings, BreakerState};
+    use crate::resilience::deadline::Deadline;
+    use crate::resilience::faults::Faults;
+
+    fn guard() -> Guard {
+        let settings = BreakerSettings {
+            failure_threshold: 2,
+            open: Duration::from_secs(60),
+            max_open: Duration::from_secs(60),
+        };
+        Guard::new(
+            "llm:test",
+            Duration::from_secs(5),
+            &settings,
+            Arc::new(Faults::default()),
+        )
+    }
+
+    fn remote(status: Option<u16>) -> LlmError {
+        LlmError::Remote {
+            backend: "test".into(),
+            message: "failed".into(),
+            retry: Retry::Never,
+            status,
+        }
+    }
+
+    async fn fail_times(guard: &Guard, times: usize, error: impl Fn() -> LlmError) {
+        let deadline = Deadline::after(Duration::from_secs(5));
+        for _ in 0..times {
+            let result: Result<(), _> = guard.run(&deadline, async { Err(error()) }).await;
+            assert!(result.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_faults_and_overload_never_open_the_breaker() {
+        let guard = guard();
+        let too_long = || LlmError::PromptTooLong {
+            prompt: 9_000,
+            max_tokens: 100,
+            context: 8_192,
+        };
+        fail_times(&guard, 5, too_long).await;
+        fail_times(&guard, 5, || remote(Some(400))).await;
+        fail_times(&guard, 5, || remote(Some(404))).await;
+        let overloaded = || {
+            LlmError::Overloaded(ragway_worker::Overloaded {
+                worker: "llm-local".into(),
+                lane: "interactive",
+            })
+        };
+        fail_times(&guard, 5, overloaded).await;
+        assert_eq!(guard.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_collection_dropped_mid_query_is_not_the_stores_fault() {
+        let guard = guard();
+        let deadline = Deadline::after(Duration::from_secs(5));
+        for _ in 0..5 {
+            let gone =
+                async { Err::<(), _>(ragway_retrieval::RetrievalError::UnknownCollection("c".into())) };
+            assert!(matches!(
+                guard.run(&deadline, gone).await,
+                Err(Failure::Rejected(_))
+            ));
+        }
+        assert_eq!(guard.state(), BreakerState::Closed);
+    }
+
+    /// Background work has no request deadline: its stage timeout is the dependency's fault.
+    #[tokio::test]
+    async fn a_timeout_without_a_request_deadline_counts_against_the_dependency() {
+        let guard = guard();
+        for _ in 0..2 {
+            let hang = std::future::pending::<Result<(), LlmError>>();
+            let deadline = Deadline::none();
+            let result = guard.run_within(&deadline, Duration::from_millis(10), hang).await;
+            assert!(matches!(result, Err(Failure::Timeout)), "{result:?}");
+        }
+        assert_eq!(guard.state(), BreakerState::Open);
+    }
+
+    #[tokio::test]
+    async fn dependency_failures_open_it() {
+        for status in [None, Some(500), Some(429), Some(408)] {
+            let guard = guard();
+            fail_times(&guard, 2, || remote(status)).await;
+            assert_eq!(guard.state(), BreakerState::Open, "status {status:?}");
+        }
+    }
+}

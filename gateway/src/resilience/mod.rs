@@ -1,0 +1,9 @@
+//! What keeps a failing or slow dependency from taking answers down with it: breakers, guards
+//! (breaker + timeout + deadline + injected faults), request deadlines, and the reranker's cost
+//! estimate that decides whether it fits the time left.
+
+pub mod breaker;
+pub mod deadline;
+pub mod faults;
+pub mod guard;
+pub mod rerank_cost;

@@ -1,0 +1,84 @@
+//! Charging a tenant for what a request really used, off the request's path.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ragway_openapi::TokenUsage;
+
+use super::quota::{Counter, Quotas};
+use super::tenants::Tenant;
+
+/// The quotas and which LLM backends are unmetered (`llm[].unmetered`): made once at start-up.
+#[derive(Clone)]
+pub struct Metering {
+    quotas: Arc<Quotas>,
+    unmetered: Arc<HashSet<String>>,
+}
+
+impl Metering {
+    pub fn new(quotas: Arc<Quotas>, unmetered: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            quotas,
+            unmetered: Arc::new(unmetered.into_iter().collect()),
+        }
+    }
+
+    /// The meter of one request by `tenant` (`None`: open mode, nothing is counted).
+    pub fn of(&self, tenant: Option<Arc<Tenant>>) -> Meter {
+        Meter {
+            metering: self.clone(),
+            tenant,
+        }
+    }
+
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
+    }
+}
+
+/// Charges one tenant's day counters; cheap to clone, safe to call from a dropped stream.
+#[derive(Clone)]
+pub struct Meter {
+    metering: Metering,
+    tenant: Option<Arc<Tenant>>,
+}
+
+impl Meter {
+    /// A meter that charges nobody (open mode, tests).
+    pub fn none(quotas: Arc<Quotas>) -> Self {
+        Metering::new(quotas, []).of(None)
+    }
+
+    pub fn tenant(&self) -> Option<&Arc<Tenant>> {
+        self.tenant.as_ref()
+    }
+
+    /// Charges `n` to one of the tenant's day counters.
+    pub fn charge(&self, counter: Counter, n: u64) {
+        if let (Some(tenant), true) = (&self.tenant, n > 0) {
+            self.metering
+                .quotas
+                .charge_later(tenant.clone(), vec![(counter, n)]);
+        }
+    }
+
+    /// Counts a refusal for `quota` (`ragway_quota_rejections_total`).
+    pub fn rejected(&self, quota: &'static str) {
+        if let Some(tenant) = &self.tenant {
+            self.metering.quotas.rejected(tenant, quota);
+        }
+    }
+
+    pub fn embedding(&self, tokens: u64) {
+        self.charge(Counter::EmbeddingTokens, tokens);
+    }
+
+    /// An LLM call's tokens, unless `backend` (the one that wrote them) is unmetered.
+    pub fn llm(&self, backend: &str, usage: &TokenUsage) {
+        if self.metering.unmetered.contains(backend) {
+            return;
+        }
+        self.charge(Counter::TokensIn, usage.prompt_tokens as u64);
+        self.charge(Counter::TokensOut, usage.completion_tokens as u64);
+    }
+}

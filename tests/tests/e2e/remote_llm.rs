@@ -1,0 +1,233 @@
+//! A remote OpenAI-compatible backend, and falling back to the local model when it fails.
+//! The remote is a scripted stand-in (see ragway_e2e::ScriptedOpenAi), so it can fail on cue.
+
+use crate::common;
+
+use common::{corpus, doc_ids};
+use ragway_e2e::{Script, ScriptedOpenAi, Server, ServerOptions, NO_ANSWER_CACHES};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_backend_answers_and_local_model_takes_over_when_it_fails() -> anyhow::Result<()> {
+    let remote = ScriptedOpenAi::start(Script::Answer("Nine bars of pressure [1].".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        // The same question is asked again once the remote fails: no cached answer.
+        config_toml: format!(
+            "{NO_ANSWER_CACHES}\n[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"scripted-model\"\napi_key_env = \"TEST_REMOTE_KEY\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"{}\"\n",
+            remote.base_url,
+            ragway_e2e::models_dir().join("smollm2-135m-instruct").display()
+        ),
+        env: vec![("TEST_REMOTE_KEY".into(), "sk-test".into())],
+    };
+    let server = Server::start(dir.path(), &options).await?;
+    server.post("/v1/collections", &json!({"name": "facts"})).await?;
+    server.post("/v1/collections/facts/documents", &corpus()).await?;
+
+    let question = json!({"query": "What pressure is used to brew an espresso?", "top_k": 2});
+    let answer = server.post("/v1/collections/facts/query", &question).await?;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["answer"], "Nine bars of pressure [1].");
+    assert_eq!(answer.body["mode"], "normal");
+    assert_eq!(answer.body["stages"]["llm"], "remote");
+    assert_eq!(
+        doc_ids(&answer.body, "citations"),
+        ["espresso"],
+        "only [1] is cited"
+    );
+    assert_eq!(answer.body["usage"]["prompt_tokens"], 11);
+    // The remote saw the grounded prompt, the configured model and the key.
+    let sent = remote.last_request().unwrap_or_default();
+    assert_eq!(sent["model"], "scripted-model");
+    let passages = sent["messages"][0]["content"].as_str().unwrap_or_default();
+    assert!(passages.contains("[1] (from espresso)"), "{passages}");
+    let asked = sent["messages"][1]["content"].as_str().unwrap_or_default();
+    assert!(asked.starts_with("Question: What pressure"), "{asked}");
+
+    remote.set(Script::Status(500));
+    let fallback = server.post("/v1/collections/facts/query", &question).await?;
+    assert_eq!(fallback.status, 200, "{:?}", fallback.body);
+    assert_eq!(fallback.body["mode"], "fallback_llm");
+    assert_eq!(fallback.mode_header.as_deref(), Some("fallback_llm"));
+    assert_eq!(fallback.body["stages"]["llm"], "local");
+    assert_eq!(
+        fallback.body["degraded"],
+        json!([{"stage": "llm:remote", "reason": "error"}])
+    );
+    assert!(!fallback.body["answer"].as_str().unwrap_or_default().is_empty());
+    assert!(remote.calls() >= 2);
+    server.stop().await
+}
+
+/// What a tool-using client sends: tools, a forced tool choice, a JSON response format, stop
+/// sequences, a seed, an earlier tool call and its result, and an image part.
+fn tool_request(stream: bool) -> serde_json::Value {
+    json!({
+        "model": "remote",
+        "stream": stream,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_0", "type": "function",
+                "function": {"name": "weather", "arguments": "{\"city\":\"Lyon\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "12 C"},
+            {"role": "user", "content": "And in Paris?", "name": "ann"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "tool_choice": "required",
+        "response_format": {"type": "json_object"},
+        "stop": ["\n\n"],
+        "seed": 7,
+        "n": 2,
+        "top_p": 0.5,
+        "user": "u-1"
+    })
+}
+
+fn paris_call() -> serde_json::Value {
+    json!([{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}])
+}
+
+/// The body the backend received equals the client's but for `model` (the backend's own),
+/// `stream` and, in a stream, `stream_options`.
+fn assert_relayed_unchanged(sent: &serde_json::Value, asked: &serde_json::Value) {
+    let strip = |body: &serde_json::Value| {
+        let mut body = body.clone();
+        for field in ["model", "stream", "stream_options"] {
+            body.as_object_mut().map(|b| b.remove(field));
+        }
+        body
+    };
+    assert_eq!(strip(sent), strip(asked), "the backend got {sent}");
+    assert_eq!(sent["model"], "scripted-model");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_chat_passes_backend_parameters_through_unchanged() -> anyhow::Result<()> {
+    let answer = json!({
+        "id": "chatcmpl-tools", "object": "chat.completion", "created": 1, "model": "scripted-model",
+        "choices": [{"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": null, "tool_calls": paris_call()}}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}
+    });
+    let remote = ScriptedOpenAi::start(Script::Json(answer)).await?;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        config_toml: format!(
+            "{NO_ANSWER_CACHES}\n[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"scripted-model\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"{}\"\n",
+            remote.base_url,
+            ragway_e2e::models_dir().join("smollm2-135m-instruct").display()
+        ),
+        env: vec![],
+    };
+    let server = Server::start(dir.path(), &options).await?;
+
+    let asked = tool_request(false);
+    let reply = server.post("/v1/chat/completions", &asked).await?;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_relayed_unchanged(&remote.last_request().unwrap_or_default(), &asked);
+    assert_eq!(reply.body["model"], "remote", "the name the client asked for");
+    assert_eq!(reply.body["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(reply.body["choices"][0]["message"]["tool_calls"], paris_call());
+    assert_eq!(reply.body["usage"]["total_tokens"], 49);
+
+    // The backend's 4xx for the client's parameters comes back as such, and is not the
+    // backend's failure: more of them than the breaker's threshold leave it closed.
+    remote.set(Script::Status(400));
+    for _ in 0..5 {
+        let refused = server.post("/v1/chat/completions", &asked).await?;
+        assert_eq!(refused.status, 400, "{:?}", refused.body);
+        assert_eq!(refused.body["error"]["code"], "backend_rejected_request");
+    }
+    remote.set(Script::Answer("fine".into()));
+    let after = server.post("/v1/chat/completions", &asked).await?;
+    assert_eq!(
+        after.status, 200,
+        "the breaker opened on the caller's errors: {:?}",
+        after.body
+    );
+
+    // Where they cannot be honoured, capabilities are refused, not ignored.
+    for model in ["local", "notes"] {
+        if model == "notes" {
+            server.post("/v1/collections", &json!({"name": "notes"})).await?;
+        }
+        let mut local = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        local["tools"] = asked["tools"].clone();
+        let refused = server.post("/v1/chat/completions", &local).await?;
+        assert_eq!(refused.status, 400, "{model}: {:?}", refused.body);
+        assert_eq!(refused.body["error"]["code"], "unsupported_parameter");
+        assert!(refused.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tools"));
+    }
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_plain_chat_relays_the_backends_chunks() -> anyhow::Result<()> {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "scripted-model",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let call = paris_call();
+    let chunks = vec![
+        chunk(
+            json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": ""}}]}),
+            serde_json::Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": call[0]["function"]["arguments"]}}]}),
+            serde_json::Value::Null,
+        ),
+        chunk(json!({}), json!("tool_calls")),
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "scripted-model",
+            "choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}}),
+    ];
+    let remote = ScriptedOpenAi::start(Script::Chunks(chunks.clone())).await?;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        config_toml: format!(
+            "{NO_ANSWER_CACHES}\n[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"scripted-model\"\n",
+            remote.base_url
+        ),
+        env: vec![],
+    };
+    let server = Server::start(dir.path(), &options).await?;
+    for include_usage in [false, true] {
+        let mut asked = tool_request(true);
+        if include_usage {
+            asked["stream_options"] = json!({"include_usage": true});
+        }
+        let (status, _, content_type, text) = server.post_stream("/v1/chat/completions", &asked).await?;
+        assert_eq!(status, 200, "{text}");
+        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        let sent = remote.last_request().unwrap_or_default();
+        assert_relayed_unchanged(&sent, &asked);
+        assert_eq!(
+            sent["stream_options"]["include_usage"], true,
+            "usage is always asked for, to count tokens"
+        );
+        let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+        let got: Vec<serde_json::Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d))
+            .collect::<Result<_, _>>()?;
+        let shown = if include_usage {
+            chunks.len()
+        } else {
+            chunks.len() - 1
+        };
+        assert_eq!(got.len(), shown, "the usage chunk only when asked for: {text}");
+        for (got, sent) in got.iter().zip(&chunks) {
+            let mut expected = sent.clone();
+            expected["model"] = json!("remote");
+            assert_eq!(got, &expected);
+        }
+    }
+    server.stop().await
+}

@@ -1,0 +1,363 @@
+//! Stateless replicas: two ragway processes on one Qdrant server and one Redis, each with its own
+//! (empty) data directory, serve the same collections. What one creates, ingests, deletes or
+//! drops, the other sees; concurrent writes through both lose nothing; a job whose replica is
+//! killed mid-way is finished by the other. Skips, saying why, where no `qdrant` binary exists
+//! (see ragway_e2e::QdrantServer).
+
+use crate::common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{corpus, doc_ids, QUESTIONS};
+use ragway_e2e::{QdrantServer, RedisServer, Reply, Server, ServerOptions};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "test-admin-key";
+
+/// A replica: the shared Qdrant and Redis (and snapshot directory), no local LLM (these tests
+/// never generate).
+fn replica(qdrant: &QdrantServer, redis: &RedisServer, snapshots: &Path, extra: &str) -> ServerOptions {
+    ServerOptions {
+        config_toml: format!(
+            "{extra}\n\n[[llm]]\nname = \"unused\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"none\"\n"
+        ),
+        env: vec![
+            ("RAGWAY__STORE__KIND".into(), "qdrant".into()),
+            ("RAGWAY__STORE__URL".into(), qdrant.grpc_url()),
+            ("RAGWAY__CACHE__REDIS__URL".into(), redis.url()),
+            ("RAGWAY__SERVER__SNAPSHOT_DIR".into(), snapshots.display().to_string()),
+            ("RAGWAY_ADMIN_KEY".into(), ADMIN.into()),
+        ],
+    }
+}
+
+/// Polls `path` on `server` until `done` holds for its reply (at most `seconds`).
+async fn eventually(
+    server: &Server,
+    path: &str,
+    seconds: u64,
+    done: impl Fn(&Reply) -> bool,
+) -> anyhow::Result<Reply> {
+    let started = Instant::now();
+    loop {
+        let reply = server.get(path).await?;
+        if done(&reply) {
+            return Ok(reply);
+        }
+        if started.elapsed() > Duration::from_secs(seconds) {
+            anyhow::bail!(
+                "{path}: still {} {:?} after {seconds} s",
+                reply.status,
+                reply.body
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn first_hit(server: &Server, collection: &str, query: &str) -> anyhow::Result<Option<String>> {
+    let reply = server
+        .post(
+            &format!("/v1/collections/{collection}/search"),
+            &json!({"query": query, "top_k": 3}),
+        )
+        .await?;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["mode"], "normal", "{:?}", reply.body);
+    Ok(doc_ids(&reply.body, "hits").into_iter().next())
+}
+
+fn note(id: &str) -> Value {
+    json!({"id": id, "text": format!("Note {id} is about the lighthouse keeper token{} and the tide tables.", id.replace('-', "x"))})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_serve_the_same_collections() -> anyhow::Result<()> {
+    let Some(qdrant) = QdrantServer::start_or_skip("two_replicas_serve_the_same_collections")? else {
+        return Ok(());
+    };
+    let redis = RedisServer::start()?;
+    let (dir_a, dir_b, snapshots) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let options = replica(&qdrant, &redis, snapshots.path(), "");
+    let a = Server::start(dir_a.path(), &options).await?;
+    let b = Server::start(dir_b.path(), &options).await?;
+
+    // Created through A: B knows it, and refuses the name.
+    let created = a.post("/v1/collections", &json!({"name": "facts"})).await?;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    eventually(&b, "/v1/collections/facts", 5, |r| r.status == 200).await?;
+    let taken = b.post("/v1/collections", &json!({"name": "facts"})).await?;
+    assert_eq!(
+        (taken.status, taken.error_code()),
+        (409, Some("collection_exists"))
+    );
+
+    // Created through one and written through the other at once (no wait for the other to
+    // follow the registry): found.
+    assert_eq!(
+        a.post("/v1/collections", &json!({"name": "quick"})).await?.status,
+        201
+    );
+    let quick = b
+        .post(
+            "/v1/collections/quick/documents",
+            &json!({"documents": [note("q-1")]}),
+        )
+        .await?;
+    assert_eq!(quick.status, 200, "{:?}", quick.body);
+
+    // Ingested through A, found through B; the job is visible through B.
+    let ingested = a.post("/v1/collections/facts/documents", &corpus()).await?;
+    assert_eq!(ingested.status, 200, "{:?}", ingested.body);
+    eventually(&b, "/v1/collections/facts", 5, |r| r.body["documents"] == 6).await?;
+    for (question, expected) in QUESTIONS {
+        assert_eq!(
+            first_hit(&b, "facts", question).await?.as_deref(),
+            Some(expected),
+            "{question}"
+        );
+    }
+    let jobs = b.get("/v1/collections/facts/jobs").await?;
+    let job = jobs.body["jobs"][0].clone();
+    assert_eq!(
+        (job["state"].as_str(), job["indexed"].as_u64()),
+        (Some("done"), Some(6)),
+        "{jobs:?}"
+    );
+    let by_id = b
+        .get(&format!("/v1/jobs/{}", job["id"].as_str().unwrap_or_default()))
+        .await?;
+    assert_eq!(by_id.body["state"], "done", "{:?}", by_id.body);
+
+    // Written through both at once: every document of both lands (changes are serialised across
+    // replicas, each starting from the other's manifest).
+    let batch = |prefix: &str| json!({"documents": (0..12).map(|i| note(&format!("{prefix}-{i}"))).collect::<Vec<_>>()});
+    let (batch_a, batch_b) = (batch("a"), batch("b"));
+    let (from_a, from_b) = tokio::join!(
+        a.post("/v1/collections/facts/documents", &batch_a),
+        b.post("/v1/collections/facts/documents", &batch_b)
+    );
+    assert_eq!((from_a?.status, from_b?.status), (200, 200));
+    for server in [&a, &b] {
+        let info = eventually(server, "/v1/collections/facts", 5, |r| r.body["documents"] == 30).await?;
+        assert_eq!(info.body["chunks"], 30, "{:?}", info.body);
+    }
+    let (query_a, query_b) = (note("b-7")["text"].clone(), note("a-3")["text"].clone());
+    assert_eq!(
+        first_hit(&a, "facts", query_a.as_str().unwrap_or_default())
+            .await?
+            .as_deref(),
+        Some("b-7")
+    );
+    assert_eq!(
+        first_hit(&b, "facts", query_b.as_str().unwrap_or_default())
+            .await?
+            .as_deref(),
+        Some("a-3")
+    );
+
+    // Deleted through B: gone through A.
+    assert_eq!(
+        b.delete("/v1/collections/facts/documents/espresso").await?.status,
+        200
+    );
+    eventually(&a, "/v1/collections/facts", 5, |r| r.body["documents"] == 29).await?;
+    let hit = first_hit(&a, "facts", "What pressure is used to brew coffee shots?").await?;
+    assert_ne!(hit.as_deref(), Some("espresso"));
+
+    // Snapshotted through A into the shared snapshot directory, restored through B.
+    let taken = a
+        .admin(Method::POST, "/admin/collections/facts/snapshot", ADMIN, None)
+        .await?;
+    assert_eq!(taken.status, 200, "{:?}", taken.body);
+    let restore = json!({"snapshot": taken.body["snapshot"]});
+    let restored = b
+        .admin(
+            Method::POST,
+            "/admin/collections/copy/restore",
+            ADMIN,
+            Some(&restore),
+        )
+        .await?;
+    assert_eq!(restored.status, 201, "{:?}", restored.body);
+    let copy = eventually(&a, "/v1/collections/copy", 5, |r| r.body["documents"] == 29).await?;
+    assert_eq!(copy.body["chunks"], 29, "{:?}", copy.body);
+    assert_eq!(
+        first_hit(&a, "copy", query_b.as_str().unwrap_or_default())
+            .await?
+            .as_deref(),
+        Some("a-3")
+    );
+
+    // Dropped through A: gone through B; re-created through B, empty for A.
+    assert_eq!(a.delete("/v1/collections/facts").await?.status, 204);
+    eventually(&b, "/v1/collections/facts", 5, |r| r.status == 404).await?;
+    assert_eq!(
+        b.post("/v1/collections", &json!({"name": "facts"})).await?.status,
+        201
+    );
+    eventually(&a, "/v1/collections/facts", 5, |r| {
+        r.status == 200 && r.body["documents"] == 0
+    })
+    .await?;
+
+    // Nothing of it lives in either replica's data directory.
+    for dir in [&dir_a, &dir_b] {
+        for sub in ["collections", "jobs"] {
+            let path = dir.path().join(sub);
+            let entries = std::fs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
+            assert_eq!(entries, 0, "{} holds files", path.display());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_of_a_killed_replica_finishes_on_the_other() -> anyhow::Result<()> {
+    let Some(qdrant) = QdrantServer::start_or_skip("a_job_of_a_killed_replica_finishes_on_the_other")? else {
+        return Ok(());
+    };
+    let mut redis = RedisServer::start()?;
+    let (dir_a, dir_b, snapshots) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let options = replica(&qdrant, &redis, snapshots.path(), "[ingest]\nbatch_chunks = 4");
+    let a = Server::start(dir_a.path(), &options).await?;
+    let b = Server::start(dir_b.path(), &options).await?;
+    assert_eq!(
+        a.post("/v1/collections", &json!({"name": "bulk"})).await?.status,
+        201
+    );
+
+    let documents: Vec<Value> = (0..160).map(|i| note(&format!("n-{i}"))).collect();
+    let accepted = a
+        .post(
+            "/v1/collections/bulk/documents",
+            &json!({"documents": documents, "wait": false}),
+        )
+        .await?;
+    assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+    let status_url = accepted.body["status_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let midway = eventually(&a, &status_url, 60, |r| {
+        r.body["documents_done"].as_u64() >= Some(8)
+    })
+    .await?;
+    assert_ne!(
+        midway.body["state"], "done",
+        "the job finished before A could be killed: {:?}",
+        midway.body
+    );
+    drop(a); // SIGKILL, mid-job
+
+    // B claims the job once A's lease expires, and finishes it.
+    let done = eventually(&b, &status_url, 120, |r| r.body["state"] == "done").await?;
+    assert_eq!(done.body["documents_done"], 160, "{:?}", done.body);
+    let info = eventually(&b, "/v1/collections/bulk", 5, |r| r.body["documents"] == 160).await?;
+    assert_eq!(info.body["chunks"], 160, "{:?}", info.body);
+    for id in ["n-0", "n-80", "n-159"] {
+        let text = note(id)["text"].as_str().unwrap_or_default().to_string();
+        assert_eq!(first_hit(&b, "bulk", &text).await?.as_deref(), Some(id));
+    }
+
+    // A writer that died between recording what it writes and finishing (as a SIGKILL there
+    // leaves the manifest): the next change, on another replica, removes those documents from
+    // both stores and the manifest first.
+    let key = "ragway:collection:bulk";
+    let mut manifest: Value = serde_json::from_str(&redis.cli(&["GET", key])?)?;
+    manifest["pending"] = json!(["n-80"]);
+    assert_eq!(redis.cli(&["SET", key, &manifest.to_string()])?.trim(), "OK");
+    let late = json!({"documents": [note("late")]});
+    assert_eq!(b.post("/v1/collections/bulk/documents", &late).await?.status, 200);
+    let info = b.get("/v1/collections/bulk").await?;
+    assert_eq!(info.body["documents"], 160, "n-80 out, late in: {:?}", info.body);
+    let stored: Value = serde_json::from_str(&redis.cli(&["GET", key])?)?;
+    assert!(
+        stored["documents"].get("n-80").is_none() && stored.get("pending").is_none(),
+        "{stored}"
+    );
+    let text = note("n-80")["text"].as_str().unwrap_or_default().to_string();
+    assert_ne!(first_hit(&b, "bulk", &text).await?.as_deref(), Some("n-80"));
+
+    // Redis down: reads still answer, changes are refused (503, retry), nothing half-written.
+    redis.kill();
+    let text = note("n-3")["text"].as_str().unwrap_or_default().to_string();
+    assert_eq!(first_hit(&b, "bulk", &text).await?.as_deref(), Some("n-3"));
+    let refused = b
+        .post(
+            "/v1/collections/bulk/documents",
+            &json!({"documents": [note("down")]}),
+        )
+        .await?;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(refused.retry_after, Some(1));
+    // Back empty (this one keeps no data): the replica records its collections again.
+    redis.restart()?;
+    eventually(&b, "/v1/collections/bulk", 10, |r| r.status == 200).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["EXISTS", key])?.trim() != "1" {
+        anyhow::ensure!(Instant::now() < deadline, "the registry was not re-seeded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = b
+        .post(
+            "/v1/collections/bulk/documents",
+            &json!({"documents": [note("up")]}),
+        )
+        .await?;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    let info = b.get("/v1/collections/bulk").await?;
+    assert_eq!(info.body["documents"], 161, "{:?}", info.body);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_started_while_qdrant_is_down_serves_once_it_is_back() -> anyhow::Result<()> {
+    let Some(mut qdrant) =
+        QdrantServer::start_or_skip("a_replica_started_while_qdrant_is_down_serves_once_it_is_back")?
+    else {
+        return Ok(());
+    };
+    let redis = RedisServer::start()?;
+    let (dir_a, dir_b, snapshots) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let options = replica(&qdrant, &redis, snapshots.path(), "");
+    let a = Server::start(dir_a.path(), &options).await?;
+    assert_eq!(
+        a.post("/v1/collections", &json!({"name": "facts"})).await?.status,
+        201
+    );
+    assert_eq!(
+        a.post("/v1/collections/facts/documents", &corpus()).await?.status,
+        200
+    );
+
+    qdrant.kill();
+    let b = Server::start(dir_b.path(), &options).await?;
+    // It knows the collection but cannot open it: not "missing", unavailable for now.
+    let down = b.get("/v1/collections/facts").await?;
+    assert_eq!(
+        (down.status, down.error_code()),
+        (503, Some("collection_unavailable")),
+        "{:?}",
+        down.body
+    );
+    assert_eq!(down.retry_after, Some(1));
+    let ready = b.get("/readyz").await?;
+    assert!(
+        ready.body["damaged_collections"].get("facts").is_some(),
+        "{:?}",
+        ready.body
+    );
+
+    // Back: the replica opens it by itself (nothing asks for the collection meanwhile).
+    qdrant.restart()?;
+    eventually(&b, "/readyz", 60, |r| {
+        r.body["damaged_collections"].get("facts").is_none()
+    })
+    .await?;
+    let (question, expected) = QUESTIONS[2];
+    assert_eq!(first_hit(&b, "facts", question).await?.as_deref(), Some(expected));
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! A schemathesis run (PyPI, property-based) against `/openapi.json` of the real binary: every
+//! response matches the schema (error bodies included), and no request gets a 5xx other than the
+//! documented 503s (a dependency down or busy, or `mode: error`; the check is
+//! tests/schemathesis/hooks.py). The routes that generate run fewer cases. scripts/test.sh
+//! installs schemathesis and names it in `RAGWAY_SCHEMATHESIS`.
+
+use crate::common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::corpus;
+use ragway_e2e::{Server, ServerOptions};
+use serde_json::json;
+
+const CHECKS: &str = "no_undocumented_server_error,status_code_conformance,content_type_conformance,\
+                      response_schema_conformance";
+
+fn schemathesis() -> String {
+    let program = std::env::var("RAGWAY_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    let found = Command::new(&program).arg("--version").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "schemathesis is missing ({program}): run scripts/test.sh, or pip install schemathesis and set RAGWAY_SCHEMATHESIS"
+    );
+    program
+}
+
+/// One run over the operations `filter` selects, `examples` cases each; panics with the report
+/// when it finds a problem, and returns the report.
+fn run(program: &str, workdir: &Path, server: &Server, filter: &[&str], examples: u32) -> String {
+    let output = Command::new(program)
+        .current_dir(workdir)
+        .arg("run")
+        .arg(server.url("/openapi.json"))
+        .args(["--checks", CHECKS, "--phases", "coverage,fuzzing", "-w", "1"])
+        .args(["--max-examples", &examples.to_string(), "--max-failures", "5"])
+        .args(filter)
+        .env("NO_COLOR", "1")
+        .env(
+            "PYTHONPATH",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("schemathesis"),
+        )
+        .env("SCHEMATHESIS_HOOKS", "hooks")
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => panic!("cannot run {program}: {e}"),
+    };
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "schemathesis found problems ({filter:?}):\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_server_errors_and_no_schema_violations() -> anyhow::Result<()> {
+    let program = schemathesis();
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &ServerOptions::default()).await?;
+    server.post("/v1/collections", &json!({"name": "facts"})).await?;
+    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    // Path parameters named `name` are the collection that exists, so the cases reach the handlers.
+    let workdir = tempfile::tempdir()?;
+    std::fs::write(
+        workdir.path().join("schemathesis.toml"),
+        "[parameters]\n\"path.name\" = \"facts\"\n",
+    )?;
+    let generating = "/(query|chat/completions)$";
+    // The document states the rules the validators enforce: generated requests are mostly valid.
+    let stated = "^/v1/(collections|collections/\\{name\\}/search|embeddings)$";
+    let report = run(
+        &program,
+        workdir.path(),
+        &server,
+        &["--include-path-regex", stated],
+        // Enough cases that the create route meets some names not taken yet and chunk settings
+        // in order (overlap < chunk_words is a rule no schema can state): the warning is about
+        // operations that accepted nothing.
+        100,
+    );
+    assert!(
+        !report.contains("Schema validation mismatch"),
+        "the schema does not state what the server enforces:\n{report}"
+    );
+    run(
+        &program,
+        workdir.path(),
+        &server,
+        &[
+            "--exclude-path-regex",
+            generating,
+            "--exclude-path",
+            "/v1/collections/{name}",
+        ],
+        30,
+    );
+    run(
+        &program,
+        workdir.path(),
+        &server,
+        &["--include-path-regex", generating],
+        4,
+    );
+    // Dropping the collection last: its own cases, then every route still answers by the schema.
+    run(
+        &program,
+        workdir.path(),
+        &server,
+        &["--include-path", "/v1/collections/{name}"],
+        10,
+    );
+    server.stop().await
+}

@@ -1,0 +1,149 @@
+//! Snapshots: a collection written to one file and restored into a fresh data directory answers
+//! the same queries with the same hits; across store kinds too (embedded → Qdrant server, when a
+//! `qdrant` binary exists). Restore refuses an existing name and a bad file name.
+
+use crate::common;
+
+use common::{corpus, QUESTIONS};
+use ragway_e2e::{QdrantServer, Server, ServerOptions};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "test-admin-key";
+
+fn options(extra_env: Vec<(String, String)>) -> ServerOptions {
+    let mut env = vec![("RAGWAY_ADMIN_KEY".to_string(), ADMIN.to_string())];
+    env.extend(extra_env);
+    ServerOptions {
+        config_toml: ragway_e2e::NO_ANSWER_CACHES.into(),
+        env,
+    }
+}
+
+/// Each question's hits (ids and scores, rounded) from `/search`.
+async fn hits(server: &Server) -> anyhow::Result<Vec<Vec<(String, String)>>> {
+    let mut all = Vec::new();
+    for (question, _) in QUESTIONS {
+        let reply = server
+            .post(
+                "/v1/collections/facts/search",
+                &json!({"query": question, "top_k": 5}),
+            )
+            .await?;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.body["mode"], "normal", "{:?}", reply.body);
+        let found = reply.body["hits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                (
+                    h["chunk_id"].as_str().unwrap_or_default().to_string(),
+                    format!("{:.4}", h["score"].as_f64().unwrap_or(-1.0)),
+                )
+            })
+            .collect();
+        all.push(found);
+    }
+    Ok(all)
+}
+
+/// `POST /admin/collections/{name}/restore` with `snapshot`.
+async fn ask_restore(server: &Server, name: &str, snapshot: &str) -> anyhow::Result<ragway_e2e::Reply> {
+    let body = json!({ "snapshot": snapshot });
+    let path = format!("/admin/collections/{name}/restore");
+    server.admin(Method::POST, &path, ADMIN, Some(&body)).await
+}
+
+/// Copies `snapshot` from one data dir to another's `snapshots/` and restores it as `facts`.
+async fn restore(
+    from: &std::path::Path,
+    to_dir: &std::path::Path,
+    to: &Server,
+    snapshot: &str,
+) -> anyhow::Result<Value> {
+    std::fs::create_dir_all(to_dir.join("snapshots"))?;
+    std::fs::copy(
+        from.join("snapshots").join(snapshot),
+        to_dir.join("snapshots").join(snapshot),
+    )?;
+    let restored = ask_restore(to, "facts", snapshot).await?;
+    assert_eq!(restored.status, 201, "{:?}", restored.body);
+    Ok(restored.body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_snapshot_answers_the_same_queries_with_the_same_hits() -> anyhow::Result<()> {
+    let first_dir = tempfile::tempdir()?;
+    let first = Server::start(first_dir.path(), &options(vec![])).await?;
+    first.post("/v1/collections", &json!({"name": "facts"})).await?;
+    assert_eq!(
+        first
+            .post("/v1/collections/facts/documents", &corpus())
+            .await?
+            .status,
+        200
+    );
+    let expected = hits(&first).await?;
+
+    let taken = first
+        .admin(Method::POST, "/admin/collections/facts/snapshot", ADMIN, None)
+        .await?;
+    assert_eq!(taken.status, 200, "{:?}", taken.body);
+    assert_eq!(taken.body["documents"], 6);
+    let snapshot = taken.body["snapshot"].as_str().unwrap_or_default().to_string();
+    let missing = first
+        .admin(Method::POST, "/admin/collections/nope/snapshot", ADMIN, None)
+        .await?;
+    assert_eq!(missing.status, 404);
+    let no_key = first
+        .post("/admin/collections/facts/snapshot", &json!({}))
+        .await?;
+    assert_eq!(no_key.status, 401);
+    // Restoring over an existing collection, or from a path, is refused.
+    let exists = ask_restore(&first, "facts", &snapshot).await?;
+    assert_eq!(exists.status, 409, "{:?}", exists.body);
+    let escaped = ask_restore(&first, "other", "../collections/facts.json").await?;
+    assert_eq!(escaped.status, 400, "{:?}", escaped.body);
+
+    // A fresh data directory, the embedded stores.
+    let second_dir = tempfile::tempdir()?;
+    let second = Server::start(second_dir.path(), &options(vec![])).await?;
+    let restored = restore(first_dir.path(), second_dir.path(), &second, &snapshot).await?;
+    assert_eq!(restored["documents"], 6, "{restored}");
+    assert_eq!(hits(&second).await?, expected, "the same hits after a restore");
+    // Its documents are known: re-sending one unchanged indexes nothing.
+    let again = second.post("/v1/collections/facts/documents", &corpus()).await?;
+    assert_eq!(again.body["indexed"], 0, "{:?}", again.body);
+    second.stop().await?;
+
+    // A Qdrant server restores the same file.
+    let Some(qdrant) = QdrantServer::start_or_skip(
+        "a_restored_snapshot_answers_the_same_queries_with_the_same_hits (Qdrant part)",
+    )?
+    else {
+        return first.stop().await;
+    };
+    let third_dir = tempfile::tempdir()?;
+    let env = vec![
+        ("RAGWAY__STORE__KIND".to_string(), "qdrant".to_string()),
+        ("RAGWAY__STORE__URL".to_string(), qdrant.grpc_url()),
+    ];
+    let third = Server::start(third_dir.path(), &options(env)).await?;
+    restore(first_dir.path(), third_dir.path(), &third, &snapshot).await?;
+    let on_qdrant = hits(&third).await?;
+    // Dense search sees the same vectors; BM25 is another engine's, so the fused order may move
+    // below the top: each question's first hit is the same.
+    let first_hits = |all: &Vec<Vec<(String, String)>>| -> Vec<String> {
+        all.iter()
+            .map(|q| q.first().map(|(id, _)| id.clone()).unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(
+        first_hits(&on_qdrant),
+        first_hits(&expected),
+        "the same first hits on a Qdrant server"
+    );
+    third.stop().await?;
+    first.stop().await
+}

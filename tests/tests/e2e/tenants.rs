@@ -1,0 +1,866 @@
+//! Tenants against the real binary in `auth.mode = "keys"`: every `/v1` route × (no key, revoked
+//! key, another tenant's key, own key), request rates with `Retry-After`, token budgets that
+//! degrade or reject, storage quotas that store nothing, and limits shared by two gateway
+//! processes through a real `redis-server` (Debian's) that is stopped and started again. The LLM
+//! is the scripted OpenAI-compatible stand-in (ragway_e2e::ScriptedOpenAi: 18 tokens an answer),
+//! so that token counts are known.
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::corpus;
+use ragway_e2e::{metric, RedisServer, Reply, Script, ScriptedOpenAi, Server, ServerOptions};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "tenant-test-admin-key";
+const SECRET: &str = "zebracorn";
+
+fn options(llm: &ScriptedOpenAi, extra: &str) -> ServerOptions {
+    ServerOptions {
+        config_toml: format!(
+            "{extra}\n[[llm]]\nname = \"scripted\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nmax_retries = 0\n",
+            llm.base_url
+        ),
+        env: vec![
+            ("RAGWAY_ADMIN_KEY".into(), ADMIN.into()),
+            ("RAGWAY__AUTH__MODE".into(), "keys".into()),
+        ],
+    }
+}
+
+async fn admin(server: &Server, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Reply> {
+    server.admin(method, path, ADMIN, body).await
+}
+
+/// A new tenant with `body`'s fields and one key: (id, key).
+async fn tenant(server: &Server, body: Value) -> anyhow::Result<(String, String)> {
+    let created = admin(server, Method::POST, "/admin/tenants", Some(&body)).await?;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().unwrap_or_default().to_string();
+    let key = admin(server, Method::POST, &format!("/admin/tenants/{id}/keys"), None).await?;
+    assert_eq!(key.status, 201, "{:?}", key.body);
+    Ok((id, key.body["key"].as_str().unwrap_or_default().to_string()))
+}
+
+async fn call(
+    server: &Server,
+    method: Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Reply> {
+    server.call(method, path, Some(key), body.as_ref()).await
+}
+
+/// `notes` for the tenant of `key`, holding the corpus plus `extra` documents.
+async fn notes(server: &Server, key: &str, extra: Value) -> anyhow::Result<()> {
+    let created = call(
+        server,
+        Method::POST,
+        "/v1/collections",
+        key,
+        Some(json!({"name": "notes"})),
+    )
+    .await?;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let mut documents = corpus();
+    if let (Some(all), Some(more)) = (documents["documents"].as_array_mut(), extra.as_array()) {
+        all.extend(more.iter().cloned());
+    }
+    let ingested = call(
+        server,
+        Method::POST,
+        "/v1/collections/notes/documents",
+        key,
+        Some(documents),
+    )
+    .await?;
+    assert_eq!(ingested.status, 200, "{:?}", ingested.body);
+    Ok(())
+}
+
+/// Every `/v1` route, as (method, path, body); `{job}` is replaced by a job id of tenant A.
+fn routes() -> Vec<(Method, &'static str, Option<Value>)> {
+    let question = json!({"query": "What is the secret animal of alpha?"});
+    vec![
+        (Method::GET, "/v1/collections", None),
+        (Method::POST, "/v1/collections", Some(json!({"name": "other"}))),
+        (Method::GET, "/v1/collections/notes", None),
+        (
+            Method::POST,
+            "/v1/collections/notes/documents",
+            Some(json!({"documents": [{"id": "late", "text": "A late note about tides."}]})),
+        ),
+        (Method::GET, "/v1/collections/notes/jobs", None),
+        (Method::GET, "/v1/jobs/{job}", None),
+        (
+            Method::POST,
+            "/v1/collections/notes/search",
+            Some(question.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/collections/notes/query",
+            Some(question.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/collections/notes/query",
+            Some(json!({"query": "What is the secret animal of alpha?", "stream": true})),
+        ),
+        (
+            Method::POST,
+            "/v1/chat/completions",
+            Some(
+                json!({"model": "notes", "messages": [{"role": "user", "content": "What is the secret animal of alpha?"}]}),
+            ),
+        ),
+        (
+            Method::POST,
+            "/v1/chat/completions",
+            Some(json!({"model": "scripted", "messages": [{"role": "user", "content": "hello"}]})),
+        ),
+        (Method::POST, "/v1/embeddings", Some(json!({"input": "hello"}))),
+        (
+            Method::POST,
+            "/v1/rerank",
+            Some(json!({"query": "q", "documents": ["a"]})),
+        ),
+        (Method::GET, "/v1/models", None),
+        (Method::DELETE, "/v1/collections/notes/documents/secret", None),
+        (Method::DELETE, "/v1/jobs/{job}", None),
+        (Method::DELETE, "/v1/collections/notes", None),
+    ]
+}
+
+/// The `error.code` of a JSON error body ("" for any other body).
+fn code(text: &str) -> String {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/code")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `path` names tenant A's collection or job (another tenant must get 404 for it).
+fn names_a_resource(path: &str) -> bool {
+    path.starts_with("/v1/collections/notes") || path.starts_with("/v1/jobs/")
+}
+
+#[tokio::test]
+async fn every_v1_route_keeps_tenants_apart() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("From the passages [1].".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (a_id, a_key) = tenant(&server, json!({"name": "alpha"})).await?;
+    let (_, c_key) = tenant(&server, json!({"name": "gamma"})).await?;
+    let (_, b_key) = tenant(&server, json!({"name": "beta"})).await?;
+    let revoked = admin(
+        &server,
+        Method::POST,
+        &format!("/admin/tenants/{a_id}/keys"),
+        None,
+    )
+    .await?;
+    let (revoked_id, revoked_key) = (
+        revoked.body["key_id"].as_str().unwrap_or_default(),
+        revoked.body["key"].as_str().unwrap_or_default().to_string(),
+    );
+    let gone = admin(
+        &server,
+        Method::DELETE,
+        &format!("/admin/tenants/{a_id}/keys/{revoked_id}"),
+        None,
+    )
+    .await?;
+    assert_eq!(gone.status, 204, "{:?}", gone.body);
+
+    let secret = json!([{"id": "secret", "text": format!("The secret animal of alpha is the {SECRET}, a striped unicorn.")}]);
+    notes(&server, &a_key, secret).await?;
+    notes(&server, &b_key, json!([])).await?;
+    // Tenant A's answer to the question is now in its caches (L1, L3); beta asks the same.
+    let asked = call(
+        &server,
+        Method::POST,
+        "/v1/collections/notes/search",
+        &a_key,
+        Some(json!({"query": "What is the secret animal of alpha?"})),
+    )
+    .await?;
+    assert!(
+        asked.body.to_string().contains(SECRET),
+        "A's own search finds its secret: {:?}",
+        asked.body
+    );
+    call(
+        &server,
+        Method::POST,
+        "/v1/collections/notes/query",
+        &a_key,
+        Some(json!({"query": "What is the secret animal of alpha?"})),
+    )
+    .await?;
+    let job = call(
+        &server,
+        Method::POST,
+        "/v1/collections/notes/documents",
+        &a_key,
+        Some(json!({"documents": [{"id": "bg", "text": "Background note."}], "wait": false})),
+    )
+    .await?;
+    assert_eq!(job.status, 202, "{:?}", job.body);
+    let job_id = job.body["job_id"].as_str().unwrap_or_default().to_string();
+
+    for (method, template, body) in routes() {
+        let path = template.replace("{job}", &job_id);
+        let send = |key: Option<String>| {
+            let (method, path, body) = (method.clone(), path.clone(), body.clone());
+            let server = &server;
+            async move {
+                server
+                    .call_text(method, &path, key.as_deref(), body.as_ref())
+                    .await
+            }
+        };
+        let (status, text) = send(None).await?;
+        assert_eq!(
+            (status, code(&text).as_str()),
+            (401, "missing_api_key"),
+            "{method} {path} without a key: {text}"
+        );
+        let (status, text) = send(Some(revoked_key.clone())).await?;
+        assert_eq!(
+            (status, code(&text).as_str()),
+            (401, "invalid_api_key"),
+            "{method} {path} with a revoked key: {text}"
+        );
+        for (who, key) in [("gamma", &c_key), ("beta", &b_key)] {
+            let (status, text) = send(Some(key.clone())).await?;
+            assert!(
+                !text.contains(SECRET),
+                "{method} {path} as {who} shows alpha's data: {text}"
+            );
+            assert!(status < 500, "{method} {path} as {who}: {status} {text}");
+            if who == "gamma" && names_a_resource(&path) {
+                assert_eq!(status, 404, "{method} {path} as gamma (alpha's resource): {text}");
+            }
+        }
+        let (status, text) = send(Some(a_key.clone())).await?;
+        let allowed = status < 300
+            || (path == "/v1/rerank" && status == 404)
+            || (path.starts_with("/v1/jobs/") && status == 409);
+        assert!(allowed, "{method} {path} with alpha's own key: {status} {text}");
+    }
+    let listed = call(&server, Method::GET, "/v1/collections", &b_key, None).await?;
+    let names: Vec<&str> = listed.body["collections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    // beta dropped its own `notes` in the matrix; alpha's is no business of its.
+    assert_eq!(names, ["other"], "beta sees its own collections by its own names");
+    let models = call(&server, Method::GET, "/v1/models", &c_key, None).await?;
+    let ids: Vec<&str> = models.body["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["other", "scripted"],
+        "gamma's models: its collection and the backends"
+    );
+    // Open routes stay open.
+    assert_eq!(server.get("/healthz").await?.status, 200);
+    let ready = server.get("/readyz").await?;
+    assert_eq!(ready.body["auth"], "keys");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_burst_over_the_rate_gets_429_with_a_retry_after_that_works() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (_, key) = tenant(
+        &server,
+        json!({"name": "rated", "limits": {"requests_per_second": 0.5, "burst": 3}}),
+    )
+    .await?;
+    let (_, calm) = tenant(&server, json!({"name": "calm"})).await?;
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..6 {
+        let reply = call(&server, Method::GET, "/v1/collections", &key, None).await?;
+        statuses.push(reply.status);
+        if reply.status == 429 {
+            limited = Some(reply);
+        }
+    }
+    assert_eq!(
+        &statuses[..3],
+        [200, 200, 200],
+        "the burst is admitted: {statuses:?}"
+    );
+    let limited = limited.ok_or_else(|| anyhow::anyhow!("no 429 in {statuses:?}"))?;
+    assert_eq!(limited.error_code(), Some("rate_limited"), "{:?}", limited.body);
+    let wait = limited
+        .retry_after
+        .ok_or_else(|| anyhow::anyhow!("429 without Retry-After"))?;
+    assert!(
+        (1..=3).contains(&wait),
+        "Retry-After {wait} s for a rate of 0.5/s"
+    );
+    // Another tenant is not slowed by this one.
+    assert_eq!(
+        call(&server, Method::GET, "/v1/collections", &calm, None)
+            .await?
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let after = call(&server, Method::GET, "/v1/collections", &key, None).await?;
+    assert_eq!(after.status, 200, "after honouring Retry-After: {:?}", after.body);
+    let exposition = server.get_text("/metrics").await?;
+    assert!(
+        metric(
+            &exposition,
+            "ragway_quota_rejections_total{tenant=\"rated\",quota=\"requests_per_second\"}"
+        ) >= 1.0,
+        "rejections are counted per tenant and quota"
+    );
+    Ok(())
+}
+
+/// `question` asked of the collection `notes` with `key`.
+async fn ask(server: &Server, key: &str, question: &str) -> anyhow::Result<Reply> {
+    let body = json!({"query": question});
+    call(
+        server,
+        Method::POST,
+        "/v1/collections/notes/query",
+        key,
+        Some(body),
+    )
+    .await
+}
+
+/// `mode` and the reasons of `degraded` of a `/query` answer.
+fn mode_and_reasons(reply: &Reply) -> (String, Vec<String>) {
+    let mode = reply.body["mode"].as_str().unwrap_or_default().to_string();
+    let reasons = reply.body["degraded"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            format!(
+                "{}:{}",
+                d["stage"].as_str().unwrap_or(""),
+                d["reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    (mode, reasons)
+}
+
+/// Waits until the tenant's usage today shows `field` at least `at_least` (charges are
+/// recorded just after the answer).
+async fn spent(server: &Server, id: &str, field: &str, at_least: u64) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    loop {
+        let usage = admin(server, Method::GET, &format!("/admin/tenants/{id}/usage"), None).await?;
+        let value = usage.body["days"][0][field].as_u64().unwrap_or(0);
+        if value >= at_least || started.elapsed() > Duration::from_secs(5) {
+            return Ok(value);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_spent_token_budget_degrades_or_rejects() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("Espresso uses nine bars [1].".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (id, key) = tenant(
+        &server,
+        json!({"name": "thrifty", "limits": {"llm_tokens_per_day": 10}}),
+    )
+    .await?;
+    notes(&server, &key, json!([])).await?;
+    let first = ask(&server, &key, "What pressure is used to brew coffee shots?").await?;
+    assert_eq!(
+        mode_and_reasons(&first).0,
+        "normal",
+        "within budget: {:?}",
+        first.body
+    );
+    assert_eq!(
+        spent(&server, &id, "tokens_in", 11).await?,
+        11,
+        "prompt tokens charged"
+    );
+    assert_eq!(
+        spent(&server, &id, "tokens_out", 7).await?,
+        7,
+        "completion tokens charged"
+    );
+    let calls = llm.calls();
+
+    let again = ask(&server, &key, "What pressure is used to brew coffee shots?").await?;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        mode_and_reasons(&again),
+        ("cache_only".into(), vec!["llm:quota".into()]),
+        "{:?}",
+        again.body
+    );
+    assert_eq!(
+        again.body["answer"], first.body["answer"],
+        "the answer given before"
+    );
+    let new = ask(&server, &key, "How do bees tell each other where flowers are?").await?;
+    assert_eq!(
+        mode_and_reasons(&new),
+        ("extractive".into(), vec!["llm:quota".into()]),
+        "{:?}",
+        new.body
+    );
+    assert!(
+        new.body["answer"].as_str().unwrap_or_default().contains("waggle"),
+        "{:?}",
+        new.body
+    );
+    let stream = json!({"query": "How long is a marathon?", "stream": true});
+    let (_, streamed) = server
+        .call_text(
+            Method::POST,
+            "/v1/collections/notes/query",
+            Some(&key),
+            Some(&stream),
+        )
+        .await?;
+    assert!(
+        streamed.contains("\"mode\":\"extractive\"") && streamed.contains("\"reason\":\"quota\""),
+        "{streamed}"
+    );
+    assert_eq!(llm.calls(), calls, "no LLM call once the budget is spent");
+    let bare = call(
+        &server,
+        Method::POST,
+        "/v1/chat/completions",
+        &key,
+        Some(json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await?;
+    assert_eq!(
+        (bare.status, bare.error_code()),
+        (429, Some("llm_token_quota_exceeded")),
+        "plain chat has nothing cheaper: {:?}",
+        bare.body
+    );
+
+    let patched = admin(
+        &server,
+        Method::PATCH,
+        &format!("/admin/tenants/{id}"),
+        Some(&json!({"over_quota": "reject"})),
+    )
+    .await?;
+    assert_eq!(patched.status, 200, "{:?}", patched.body);
+    let rejected = ask(&server, &key, "How do plants make oxygen from sunlight?").await?;
+    assert_eq!(
+        (rejected.status, rejected.error_code()),
+        (429, Some("llm_token_quota_exceeded")),
+        "{:?}",
+        rejected.body
+    );
+    assert!(
+        rejected.retry_after.is_some_and(|s| (1..=86_400).contains(&s)),
+        "Retry-After until the day turns"
+    );
+    let exposition = server.get_text("/metrics").await?;
+    let sample = |name: &str| metric(&exposition, name);
+    assert_eq!(
+        sample("ragway_tenant_tokens_total{tenant=\"thrifty\",kind=\"llm_in\"}"),
+        11.0,
+        "{exposition}"
+    );
+    assert_eq!(
+        sample("ragway_tenant_tokens_total{tenant=\"thrifty\",kind=\"llm_out\"}"),
+        7.0
+    );
+    assert!(sample("ragway_tenant_requests_total{tenant=\"thrifty\",outcome=\"admitted\"}") >= 8.0);
+    assert!(sample("ragway_quota_rejections_total{tenant=\"thrifty\",quota=\"llm_tokens_per_day\"}") >= 1.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spent_embedding_budget_refuses_ingestion_and_answers_by_keyword() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok [1]".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (id, key) = tenant(
+        &server,
+        json!({"name": "small", "limits": {"embedding_tokens_per_day": 50}}),
+    )
+    .await?;
+    notes(&server, &key, json!([])).await?;
+    assert!(
+        spent(&server, &id, "embedding_tokens", 51).await? > 50,
+        "ingestion's tokens are charged"
+    );
+    let more = call(
+        &server,
+        Method::POST,
+        "/v1/collections/notes/documents",
+        &key,
+        Some(json!({"documents": [{"id": "x", "text": "One more note."}]})),
+    )
+    .await?;
+    assert_eq!(
+        (more.status, more.error_code()),
+        (429, Some("embedding_token_quota_exceeded")),
+        "{:?}",
+        more.body
+    );
+    let info = call(&server, Method::GET, "/v1/collections/notes", &key, None).await?;
+    assert_eq!(info.body["documents"], 6, "nothing stored: {:?}", info.body);
+    let embed = call(
+        &server,
+        Method::POST,
+        "/v1/embeddings",
+        &key,
+        Some(json!({"input": "hi"})),
+    )
+    .await?;
+    assert_eq!(embed.status, 429, "{:?}", embed.body);
+    let answer = call(
+        &server,
+        Method::POST,
+        "/v1/collections/notes/query",
+        &key,
+        Some(json!({"query": "How do bees tell each other where flowers are?"})),
+    )
+    .await?;
+    assert_eq!(
+        mode_and_reasons(&answer),
+        ("keyword_only".into(), vec!["embed:quota".into()]),
+        "{:?}",
+        answer.body
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_request_that_would_cross_a_storage_quota_stores_nothing() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let limits = json!({"collections": 1, "documents": 3, "bytes": 300});
+    let (id, key) = tenant(&server, json!({"name": "tiny", "limits": limits})).await?;
+    let post = |path: &'static str, body: Value| {
+        let (server, key) = (&server, key.clone());
+        async move { call(server, Method::POST, path, &key, Some(body)).await }
+    };
+    assert_eq!(post("/v1/collections", json!({"name": "a"})).await?.status, 201);
+    let second = post("/v1/collections", json!({"name": "b"})).await?;
+    assert_eq!(
+        (second.status, second.error_code()),
+        (429, Some("collection_quota_exceeded")),
+        "{:?}",
+        second.body
+    );
+    let two = json!({"documents": [{"id": "d1", "text": "Apples are red."}, {"id": "d2", "text": "Pears are green."}]});
+    assert_eq!(post("/v1/collections/a/documents", two).await?.status, 200);
+    let three = json!({"documents": [{"id": "d3", "text": "Plums are purple."}, {"id": "d4", "text": "Kiwis are brown."}]});
+    let over = post("/v1/collections/a/documents", three).await?;
+    assert_eq!(
+        (over.status, over.error_code()),
+        (413, Some("document_quota_exceeded")),
+        "{:?}",
+        over.body
+    );
+    let big = json!({"documents": [{"id": "d1", "text": "Apples ".repeat(60)}]});
+    let too_big = post("/v1/collections/a/documents", big).await?;
+    assert_eq!(
+        (too_big.status, too_big.error_code()),
+        (413, Some("byte_quota_exceeded")),
+        "{:?}",
+        too_big.body
+    );
+    let info = call(&server, Method::GET, "/v1/collections/a", &key, None).await?;
+    assert_eq!(
+        (info.body["documents"].as_u64(), info.body["bytes"].as_u64()),
+        (Some(2), Some(31)),
+        "{:?}",
+        info.body
+    );
+    let search = post("/v1/collections/a/search", json!({"query": "plums purple kiwis"})).await?;
+    assert!(
+        !search.body.to_string().contains("Plums") && !search.body.to_string().contains("Apples Apples"),
+        "{:?}",
+        search.body
+    );
+    let usage = admin(&server, Method::GET, &format!("/admin/tenants/{id}/usage"), None).await?;
+    assert_eq!(
+        usage.body["storage"],
+        json!({"collections": 1, "documents": 2, "chunks": 2, "bytes": 31})
+    );
+    Ok(())
+}
+
+/// Fires `n` requests as fast as they go, alternating over `servers`; how many were admitted.
+async fn fire(servers: &[&Server], key: &str, n: usize) -> anyhow::Result<usize> {
+    let mut admitted = 0;
+    for i in 0..n {
+        let reply = call(servers[i % servers.len()], Method::GET, "/v1/models", key, None).await?;
+        match reply.status {
+            200 => admitted += 1,
+            429 => {}
+            other => anyhow::bail!("request {i}: {other} {:?} (never a failure)", reply.body),
+        }
+    }
+    Ok(admitted)
+}
+
+async fn quotas_mode(server: &Server, wanted: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let ready = server.get("/readyz").await?;
+        if ready.body["quotas"] == wanted {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            anyhow::bail!("/readyz never said quotas = {wanted}: {:?}", ready.body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_limit_through_redis_and_fall_back_to_their_share() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start()?;
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let extra = format!(
+        "[cache.redis]\nurl = \"{}\"\ntimeout_ms = 200\n\n[quotas]\nexpected_replicas = 2\n",
+        redis.url()
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = Server::start(dir_a.path(), &options(&llm, &extra)).await?;
+    let b = Server::start(dir_b.path(), &options(&llm, &extra)).await?;
+    // Rate 0.2/s, burst 6: in the few seconds a round takes, at most one more is earned.
+    let (id, key) = tenant(
+        &a,
+        json!({"name": "shared", "limits": {"requests_per_second": 0.2, "burst": 6}}),
+    )
+    .await?;
+    let started = Instant::now();
+    while call(&b, Method::GET, "/v1/models", &key, None).await?.status == 401 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(2),
+            "the key made on one replica never reached the other"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let together = fire(&[&a, &b], &key, 30).await? + 1; // the probe above took one
+    let earned = (started.elapsed().as_secs_f64() * 0.2).ceil() as usize;
+    assert!(
+        together <= 6 + earned + 1,
+        "two replicas together admitted {together} of a burst of 6 (+{earned} earned)"
+    );
+    assert!(together >= 6, "the burst itself is admitted: {together}");
+    quotas_mode(&a, "shared").await?;
+
+    redis.kill();
+    quotas_mode(&a, "local_fallback").await?;
+    quotas_mode(&b, "local_fallback").await?;
+    let started = Instant::now();
+    let alone = fire(&[&a], &key, 20).await?;
+    let earned = (started.elapsed().as_secs_f64() * 0.1).ceil() as usize;
+    assert!(
+        (1..=3 + earned + 1).contains(&alone),
+        "one replica without redis admits its share (burst 6 / 2 replicas): {alone}"
+    );
+
+    redis.restart()?;
+    quotas_mode(&a, "shared").await?;
+    quotas_mode(&b, "shared").await?;
+    // Redis came back empty (no persistence): the tenants are restored from a replica's copy.
+    let started = Instant::now();
+    let again = fire(&[&a, &b], &key, 30).await?;
+    let earned = (started.elapsed().as_secs_f64() * 0.2).ceil() as usize;
+    assert!(
+        (6..=6 + earned + 1).contains(&again),
+        "shared again after redis restarts: {again}"
+    );
+
+    let key_id = admin(&a, Method::GET, &format!("/admin/tenants/{id}"), None)
+        .await?
+        .body["keys"][0]["key_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let revoked = admin(
+        &a,
+        Method::DELETE,
+        &format!("/admin/tenants/{id}/keys/{key_id}"),
+        None,
+    )
+    .await?;
+    assert_eq!(revoked.status, 204, "{:?}", revoked.body);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let other = call(&b, Method::GET, "/v1/models", &key, None).await?;
+    assert_eq!(
+        other.status, 401,
+        "a revocation reaches the other replica within a second: {:?}",
+        other.body
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenants_and_keys_survive_kill_9() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (id, key) = tenant(&server, json!({"name": "durable", "limits": {"collections": 2}})).await?;
+    let created = call(
+        &server,
+        Method::POST,
+        "/v1/collections",
+        &key,
+        Some(json!({"name": "kept"})),
+    )
+    .await?;
+    assert_eq!(created.status, 201);
+    drop(server); // SIGKILL
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let listed = call(&server, Method::GET, "/v1/collections", &key, None).await?;
+    assert_eq!(
+        listed.status, 200,
+        "the key still works after kill -9: {:?}",
+        listed.body
+    );
+    assert_eq!(listed.body["collections"][0]["name"], "kept");
+    let tenant = admin(&server, Method::GET, &format!("/admin/tenants/{id}"), None).await?;
+    assert_eq!(tenant.body["limits"], json!({"collections": 2}));
+    let stored = std::fs::read_to_string(dir.path().join("tenants.json"))?;
+    assert!(!stored.contains(&key), "keys are stored only as hashes");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spent_budget_falls_back_to_a_cheaper_backend_the_tenant_may_use() -> anyhow::Result<()> {
+    let dear = ScriptedOpenAi::start(Script::Answer("Dear answer [1].".into())).await?;
+    let cheap = ScriptedOpenAi::start(Script::Answer("Cheap answer [1].".into())).await?;
+    let extra = format!(
+        "[[llm]]\nname = \"cheap\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nmax_retries = 0\nunmetered = true\npriority = 5\n",
+        cheap.base_url
+    );
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&dear, &extra)).await?;
+    let (id, key) = tenant(
+        &server,
+        json!({"name": "frugal", "limits": {"llm_tokens_per_day": 10}}),
+    )
+    .await?;
+    notes(&server, &key, json!([])).await?;
+    let first = ask(&server, &key, "What pressure is used to brew coffee shots?").await?;
+    assert_eq!(
+        (
+            mode_and_reasons(&first).0.as_str(),
+            first.body["stages"]["llm"].as_str()
+        ),
+        ("normal", Some("scripted"))
+    );
+    assert_eq!(spent(&server, &id, "tokens_in", 11).await?, 11);
+    let second = ask(&server, &key, "How do bees tell each other where flowers are?").await?;
+    assert_eq!(
+        mode_and_reasons(&second),
+        ("fallback_llm".into(), vec!["llm:quota".into()]),
+        "{:?}",
+        second.body
+    );
+    assert_eq!(second.body["stages"]["llm"], "cheap");
+    let cached = ask(&server, &key, "What pressure is used to brew coffee shots?").await?;
+    assert_eq!(
+        mode_and_reasons(&cached).0,
+        "cache_only",
+        "the cache comes first: {:?}",
+        cached.body
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        spent(&server, &id, "tokens_in", 0).await?,
+        11,
+        "the unmetered backend's tokens are not charged"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_over_the_concurrent_limit_get_429_until_one_ends() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::StallAfter {
+        text: "Nine bars of pressure [1].".into(),
+        words: 2,
+    })
+    .await?;
+    let extra = "[resilience]\nstream_idle_timeout_ms = 1000\n";
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, extra)).await?;
+    let (_, key) = tenant(
+        &server,
+        json!({"name": "streamer", "limits": {"concurrent_streams": 1}}),
+    )
+    .await?;
+    notes(&server, &key, json!([])).await?;
+    let body = json!({"query": "What pressure is used to brew coffee shots?", "stream": true});
+    let http = reqwest::Client::new();
+    let open = || {
+        http.post(server.url("/v1/collections/notes/query"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let first = open().await?;
+    assert_eq!(first.status(), 200, "the first stream opens");
+    let second = call(
+        &server,
+        Method::POST,
+        "/v1/collections/notes/query",
+        &key,
+        Some(body.clone()),
+    )
+    .await?;
+    assert_eq!(
+        (second.status, second.error_code()),
+        (429, Some("stream_quota_exceeded")),
+        "{:?}",
+        second.body
+    );
+    assert_eq!(second.retry_after, Some(1));
+    let plain = call(
+        &server,
+        Method::POST,
+        "/v1/collections/notes/search",
+        &key,
+        Some(json!({"query": "coffee"})),
+    )
+    .await?;
+    assert_eq!(plain.status, 200, "only streams are limited");
+    // The stalled stream ends (idle timeout, then the extractive text); its place is free again.
+    let text = first.text().await?;
+    assert!(text.contains("event: done"), "{text}");
+    let third = open().await?;
+    assert_eq!(third.status(), 200, "a new stream once the first ended");
+    Ok(())
+}
