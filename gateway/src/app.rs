@@ -18,8 +18,9 @@ use ragway_retrieval::{
     QdrantOptions, QdrantStore, QueueLimits, RemoteEmbedder, RemoteEmbedderOptions, TantivyKeywordStore,
 };
 
+use crate::answer::cached::{Cached, HitsLayer};
 use crate::answer::engine::{Engine, EngineSettings};
-use crate::answer::pipeline::{Pipeline, PipelineSettings, StageGuards};
+use crate::answer::pipeline::{Pipeline, PipelineSettings, Retriever, StageGuards};
 use crate::answer::pool::{Backend, LlmPool};
 use crate::caches::Caches;
 use crate::catalog::collections::{Collections, Followers, IngestEmbedding, ManifestStore};
@@ -171,7 +172,16 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     let engine_settings = EngineSettings {
         stream_idle_timeout: Duration::from_millis(config.resilience.stream_idle_timeout_ms),
     };
-    let engine = Arc::new(Engine::new(pipeline.clone(), engine_settings));
+    // The caches around retrieval, composed once: L3 around the pipeline for answers, and L1
+    // around that for `/search`.
+    let caches = pipeline.caches.clone();
+    let retriever: Arc<dyn Retriever> = Arc::new(Cached::new(
+        pipeline.clone(),
+        caches.clone(),
+        HitsLayer::Retrievals,
+    ));
+    let search: Arc<dyn Retriever> = Arc::new(Cached::new(retriever.clone(), caches, HitsLayer::Searches));
+    let engine = Arc::new(Engine::new(pipeline.clone(), retriever, engine_settings));
     let admin_key = std::env::var(&config.resilience.admin_key_env)
         .ok()
         .filter(|k| !k.is_empty());
@@ -181,6 +191,7 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
         jobs,
         pipeline,
         engine,
+        search,
         faults,
         tenants,
         quotas,

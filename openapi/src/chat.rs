@@ -16,9 +16,13 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub stream: Option<bool>,
     /// Choices to generate: 1 (more is a 400 `unsupported_parameter`, except in plain chat with a
-    /// remote backend, which gets the request as sent).
+    /// remote backend, which gets the request as sent within `generation.max_choices`: more is a
+    /// 400 `n_out_of_range`).
     #[serde(default)]
     pub n: Option<u32>,
+    /// At most `generation.max_tokens_cap`; `generation.max_tokens` when absent (also for a
+    /// relayed request, which is sent with it). A prompt that with it does not fit the model's
+    /// context window is a 400 `context_length_exceeded`.
     #[serde(default)]
     pub max_tokens: Option<usize>,
     #[serde(default)]

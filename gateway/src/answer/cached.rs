@@ -1,6 +1,6 @@
-//! How the cache layers wrap the retrieval stages: L1 around `/search` answers
-//! ([`Pipeline::search`]), L3 around hybrid retrieval ([`Pipeline::retrieve`]), L2 around query
-//! embedding ([`Pipeline::query_vector`]). (L1 around whole answers is the engine's: see
+//! The cache layers as decorators of the retrieval stages: [`Cached`] is a [`Retriever`] behind
+//! a layer (L3 around the pipeline, L1 of `/search` around that), and L2 wraps query embedding
+//! ([`Pipeline::query_vector`]). (L1 around whole answers is the engine's: see
 //! `engine::l1`.) A layer answers from a fresh entry without running its stage; otherwise the
 //! stage runs, a `normal` result is stored, and when the stage could not serve at all (mode
 //! `error`) an entry kept past its TTL answers instead, with mode `cache_only` and `stale: true`.
@@ -12,10 +12,12 @@ use ragway_openapi::{CacheInfo, Mode};
 use ragway_retrieval::Priority;
 use serde::Serialize;
 
-use super::pipeline::{Pipeline, Retrieved};
+use async_trait::async_trait;
+
+use super::pipeline::{Pipeline, Retrieved, Retriever};
 use super::report::Report;
 use super::{Query, RequestContext};
-use crate::caches::{info, CachedHits, Target};
+use crate::caches::{info, CachedHits, Caches, Target};
 use crate::resilience::deadline::Deadline;
 use crate::resilience::guard::Failure;
 
@@ -104,25 +106,45 @@ impl Cacheable for Retrieved {
     }
 }
 
+/// Which layer of hit lists a [`Cached`] retriever keeps its results in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitsLayer {
+    /// L3: fused, reranked hits, under every answer.
+    Retrievals,
+    /// L1 of `/search`: the whole answer of a search.
+    Searches,
+}
+
+/// A retriever behind a cache layer, composed at start-up: L3 around the pipeline, and L1 of
+/// `/search` around that.
+pub struct Cached<R> {
+    inner: R,
+    caches: Arc<Caches>,
+    layer: HitsLayer,
+}
+
+impl<R> Cached<R> {
+    pub fn new(inner: R, caches: Arc<Caches>, layer: HitsLayer) -> Self {
+        Self { inner, caches, layer }
+    }
+}
+
+#[async_trait]
+impl<R: Retriever> Retriever for Cached<R> {
+    async fn retrieve(&self, target: Target<'_>, query: &Query<'_>, ctx: &RequestContext) -> Retrieved {
+        let (kind, layer) = match self.layer {
+            HitsLayer::Retrievals => ("l3", &self.caches.retrievals),
+            HitsLayer::Searches => ("l1_search", &self.caches.searches),
+        };
+        let key = self
+            .caches
+            .key(kind, &target, query.text, query.top_k, &query.filter);
+        let stage = self.inner.retrieve(target, query, ctx);
+        through(layer, target.name, &key, stage).await
+    }
+}
+
 impl Pipeline {
-    /// L3 around hybrid retrieval.
-    pub async fn retrieve(&self, target: Target<'_>, query: &Query<'_>, ctx: &RequestContext) -> Retrieved {
-        let key = self
-            .caches
-            .key("l3", &target, query.text, query.top_k, &query.filter);
-        let stage = self.retrieve_uncached(&target, query, ctx);
-        through(&self.caches.retrievals, target.name, &key, stage).await
-    }
-
-    /// L1 around `/search`: the whole hit list for this question, else retrieval (through L3).
-    pub async fn search(&self, target: Target<'_>, query: &Query<'_>, ctx: &RequestContext) -> Retrieved {
-        let key = self
-            .caches
-            .key("l1_search", &target, query.text, query.top_k, &query.filter);
-        let stage = self.retrieve(target, query, ctx);
-        through(&self.caches.searches, target.name, &key, stage).await
-    }
-
     /// L2 around query embedding: the query's vector, from the cache or embedded now (then with
     /// its token count); `Ok(None)` when it is not cached and `may_embed` is false (the tenant's
     /// embedding budget is spent). Entries are the tenant's own (`owner`).

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use async_trait::async_trait;
 use ragway_openapi::{DegradationReason, StageStatus};
 use ragway_rerank::Reranker;
 use ragway_retrieval::{
@@ -66,6 +67,27 @@ pub struct Retrieved {
     pub report: Report,
 }
 
+/// Retrieval as the engine and `/search` see it: the best hits for a query over a collection.
+/// The pipeline is one; [`super::cached::Cached`] wraps one in a cache layer.
+#[async_trait]
+pub trait Retriever: Send + Sync {
+    async fn retrieve(&self, target: Target<'_>, query: &Query<'_>, ctx: &RequestContext) -> Retrieved;
+}
+
+#[async_trait]
+impl<R: Retriever + ?Sized> Retriever for Arc<R> {
+    async fn retrieve(&self, target: Target<'_>, query: &Query<'_>, ctx: &RequestContext) -> Retrieved {
+        self.as_ref().retrieve(target, query, ctx).await
+    }
+}
+
+#[async_trait]
+impl Retriever for Pipeline {
+    async fn retrieve(&self, target: Target<'_>, query: &Query<'_>, ctx: &RequestContext) -> Retrieved {
+        self.retrieve_uncached(&target, query, ctx).await
+    }
+}
+
 /// A guarded stage's value, or `None` with its failure recorded in `report`; and the stage's
 /// status either way (a stage the deadline left no time for was skipped, not failed).
 fn settle<T, E: std::fmt::Display>(
@@ -95,7 +117,7 @@ fn settle<T, E: std::fmt::Display>(
 impl Pipeline {
     /// Hybrid retrieval, fused as `target` says, and reranking: the `top_k` best chunks, within
     /// `deadline` (L3 wraps it: [`Pipeline::retrieve`]).
-    pub(crate) async fn retrieve_uncached(
+    async fn retrieve_uncached(
         &self,
         target: &Target<'_>,
         query: &Query<'_>,

@@ -1,6 +1,6 @@
-//! Who is calling: the `/v1` layer ([`authenticate`]) reads `Authorization: Bearer <key>`,
-//! finds its tenant, admits the request under the tenant's request rate, and puts the
-//! [`Caller`] in the request's extensions, where handlers take it from; the `/admin` layer
+//! Who is calling. The `/v1` layers: [`authenticate`] reads `Authorization: Bearer <key>` and
+//! finds its tenant, [`rate_limit`] admits the request under the tenant's request rate, and the
+//! [`Caller`] goes into the request's extensions, where handlers take it from. The `/admin` layer
 //! ([`admin_only`]) lets only the admin key through. No handler authenticates by itself.
 
 use std::sync::Arc;
@@ -30,35 +30,55 @@ pub struct Caller {
     pub spent: Spent,
 }
 
-/// The `/v1` layer: the caller's tenant, admitted under its request rate (429 over it).
+/// Whose key a request carries (`None` in open mode), put in its extensions by [`authenticate`].
+#[derive(Clone)]
+pub struct Authenticated(pub Option<Arc<Tenant>>);
+
+/// The first `/v1` layer: the tenant whose key the request carries (401 without a known key).
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    match caller_of(&state, request.headers()).await {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
+    match tenant_of(&state, request.headers()) {
+        Ok(tenant) => {
+            request.extensions_mut().insert(Authenticated(tenant));
             next.run(request).await
         }
         Err(e) => e.into_response(),
     }
 }
 
-async fn caller_of(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+fn tenant_of(state: &AppState, headers: &HeaderMap) -> Result<Option<Arc<Tenant>>, ApiError> {
     if state.config.auth.mode == AuthMode::Open {
-        return Ok(Caller {
-            tenant: None,
-            spent: Spent::default(),
-        });
+        return Ok(None);
     }
     let key = bearer(headers).ok_or(ApiError::NoApiKey)?;
-    let Some(tenant) = state.tenants.authenticate(key) else {
-        metrics::counter!("ragway_tenant_requests_total", "tenant" => "none", "outcome" => "unauthorized")
-            .increment(1);
-        return Err(ApiError::UnknownApiKey);
+    match state.tenants.authenticate(key) {
+        Some(tenant) => Ok(Some(tenant)),
+        None => {
+            metrics::counter!("ragway_tenant_requests_total", "tenant" => "none", "outcome" => "unauthorized")
+                .increment(1);
+            Err(ApiError::UnknownApiKey)
+        }
+    }
+}
+
+/// The second `/v1` layer: the tenant's request admitted under its rate (429 with `Retry-After`
+/// over it), and the [`Caller`] — the tenant and what it had spent today — put in the request.
+pub async fn rate_limit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let tenant = match request.extensions().get::<Authenticated>() {
+        Some(Authenticated(tenant)) => tenant.clone(),
+        None => {
+            return ApiError::Internal("no tenant: the route is outside the /v1 layers".into())
+                .into_response()
+        }
     };
-    let spent = state.quotas.admit(&tenant).await?;
-    Ok(Caller {
-        tenant: Some(tenant),
-        spent,
-    })
+    let spent = match &tenant {
+        Some(tenant) => match state.quotas.admit(tenant).await {
+            Ok(spent) => spent,
+            Err(e) => return e.into_response(),
+        },
+        None => Spent::default(),
+    };
+    request.extensions_mut().insert(Caller { tenant, spent });
+    next.run(request).await
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

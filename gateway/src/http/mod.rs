@@ -13,7 +13,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::answer::engine::Engine;
-use crate::answer::pipeline::Pipeline;
+use crate::answer::pipeline::{Pipeline, Retriever};
 use crate::catalog::collections::Collections;
 use crate::catalog::jobs::Jobs;
 use crate::config::Config;
@@ -32,6 +32,8 @@ pub struct AppState {
     pub jobs: Arc<Jobs>,
     pub pipeline: Arc<Pipeline>,
     pub engine: Arc<Engine>,
+    /// `/search`: the pipeline behind L3, behind L1.
+    pub search: Arc<dyn Retriever>,
     pub faults: Arc<Faults>,
     pub tenants: Arc<Tenants>,
     pub quotas: Arc<Quotas>,

@@ -12,7 +12,7 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::auth::{admin_only, authenticate};
+use super::auth::{admin_only, authenticate, rate_limit};
 use super::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank, tenants};
 use super::{openapi_doc, AppState};
 
@@ -40,7 +40,8 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// `/v1`: every route knows its caller ([`super::auth::Caller`]), put there by the layer.
+/// `/v1`: every route knows its caller ([`super::auth::Caller`]), put there by the layers (the
+/// last added runs first: authentication, then the rate limit).
 fn tenant_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/collections", post(collections::create).get(collections::list))
@@ -63,6 +64,7 @@ fn tenant_routes(state: &AppState) -> Router<AppState> {
         .route("/rerank", post(rerank::rerank))
         .route("/chat/completions", post(openai::chat_completions))
         .route("/models", get(openai::models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
 }
 

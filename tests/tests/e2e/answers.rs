@@ -47,12 +47,16 @@ async fn a_relayed_chat_gets_the_caps_every_chat_gets() -> anyhow::Result<()> {
         body
     };
 
-    let many = server.post("/v1/chat/completions", &chat(json!({"n": 64}))).await?;
+    let many = server
+        .post("/v1/chat/completions", &chat(json!({"n": 64})))
+        .await?;
     assert_eq!(many.status, 400, "{:?}", many.body);
     assert_eq!(many.error_code(), Some("n_out_of_range"));
     assert_eq!(remote.calls(), 0, "a refused request never reaches the backend");
 
-    let two = server.post("/v1/chat/completions", &chat(json!({"n": 2}))).await?;
+    let two = server
+        .post("/v1/chat/completions", &chat(json!({"n": 2})))
+        .await?;
     assert_eq!(two.status, 200, "{:?}", two.body);
     let sent = remote.last_request().unwrap_or_default();
     assert_eq!(sent["n"], 2);
@@ -61,7 +65,12 @@ async fn a_relayed_chat_gets_the_caps_every_chat_gets() -> anyhow::Result<()> {
         "no limit from the client: the configured one (generation.max_tokens) is sent: {sent}"
     );
 
-    let too_long = server.post("/v1/chat/completions", &chat(json!({"seed": 1, "max_tokens": 100_000}))).await?;
+    let too_long = server
+        .post(
+            "/v1/chat/completions",
+            &chat(json!({"seed": 1, "max_tokens": 100_000})),
+        )
+        .await?;
     assert_eq!(too_long.error_code(), Some("max_tokens_out_of_range"));
     server.stop().await
 }
@@ -90,14 +99,21 @@ async fn grounded_chat_is_written_as_the_client_asks() -> anyhow::Result<()> {
         calls + 1,
         "an answer written for another max_tokens is not served from L1"
     );
-    assert_eq!(remote.last_request().unwrap_or_default()["max_completion_tokens"], 30);
+    assert_eq!(
+        remote.last_request().unwrap_or_default()["max_completion_tokens"],
+        30
+    );
     server.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_is_charged_for_what_it_wrote_however_it_ends() -> anyhow::Result<()> {
     let text = "Espresso is brewed at nine bars of pressure through fine coffee.";
-    let remote = ScriptedOpenAi::start(Script::BreakAfter { text: text.into(), words: 4 }).await?;
+    let remote = ScriptedOpenAi::start(Script::BreakAfter {
+        text: text.into(),
+        words: 4,
+    })
+    .await?;
     let dir = tempfile::tempdir()?;
     let options = ServerOptions::default()
         .with_admin(ADMIN)
@@ -111,17 +127,29 @@ async fn a_stream_is_charged_for_what_it_wrote_however_it_ends() -> anyhow::Resu
     // The only backend breaks off after four words: they are charged, counted by its tokenizer
     // (none: by their length), although it never sent its usage.
     let path = "/v1/collections/facts/query";
-    let (status, body) = server.call_text(Method::POST, path, Some(&key), Some(&question)).await?;
+    let (status, body) = server
+        .call_text(Method::POST, path, Some(&key), Some(&question))
+        .await?;
     assert_eq!(status, 200, "{body}");
     let events = parse_sse(&body);
-    let done = events.iter().find(|e| e.event == "done").map(data).unwrap_or_default();
+    let done = events
+        .iter()
+        .find(|e| e.event == "done")
+        .map(data)
+        .unwrap_or_default();
     assert_eq!(done["mode"], "extractive", "{body}");
     let after_break = usage(&server, &id, "tokens_out", 1).await?;
-    assert!(after_break > 0, "the broken-off part was not charged: {after_break}");
+    assert!(
+        after_break > 0,
+        "the broken-off part was not charged: {after_break}"
+    );
     assert!(usage(&server, &id, "tokens_in", 1).await? > 0);
 
     // A client that leaves mid-answer: what was written until then is charged.
-    remote.set(Script::StallAfter { text: text.into(), words: 6 });
+    remote.set(Script::StallAfter {
+        text: text.into(),
+        words: 6,
+    });
     let response = reqwest::Client::new()
         .post(server.url(path))
         .bearer_auth(&key)
@@ -157,14 +185,28 @@ async fn a_stream_cut_short_by_its_deadline_is_not_normal() -> anyhow::Result<()
     let server = Server::start(dir.path(), &options).await?;
     server.seeded(None, "facts", &corpus()).await?;
     let question = json!({"query": "How is espresso brewed?", "stream": true, "deadline_ms": 3000});
-    let (status, mode, _, body) = server.post_stream("/v1/collections/facts/query", &question).await?;
+    let (status, mode, _, body) = server
+        .post_stream("/v1/collections/facts/query", &question)
+        .await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(mode.as_deref(), Some("normal"), "the answer began normally");
     let events = parse_sse(&body);
-    let degraded = events.iter().find(|e| e.event == "degraded").map(data).unwrap_or_default();
-    assert_eq!(degraded["degradation"], json!({"stage": "llm:remote", "reason": "deadline"}), "{body}");
+    let degraded = events
+        .iter()
+        .find(|e| e.event == "degraded")
+        .map(data)
+        .unwrap_or_default();
+    assert_eq!(
+        degraded["degradation"],
+        json!({"stage": "llm:remote", "reason": "deadline"}),
+        "{body}"
+    );
     assert_eq!(degraded["mode"], "extractive", "{body}");
-    let done = events.iter().find(|e| e.event == "done").map(data).unwrap_or_default();
+    let done = events
+        .iter()
+        .find(|e| e.event == "done")
+        .map(data)
+        .unwrap_or_default();
     assert_eq!(done["mode"], "extractive", "{body}");
     let text: String = events
         .iter()
@@ -172,7 +214,10 @@ async fn a_stream_cut_short_by_its_deadline_is_not_normal() -> anyhow::Result<()
         .filter_map(|e| data(e)["text"].as_str().map(str::to_string))
         .collect();
     assert!(text.starts_with("Espresso is brewed"), "{text}");
-    assert!(text.contains("the most relevant passages are"), "the passages follow: {text}");
+    assert!(
+        text.contains("the most relevant passages are"),
+        "the passages follow: {text}"
+    );
     server.stop().await
 }
 
@@ -190,27 +235,48 @@ async fn an_answer_served_over_budget_says_whether_it_is_stale() -> anyhow::Resu
     server.seeded(Some(&key), "facts", &corpus()).await?;
     let question = json!({"query": "What pressure brews an espresso?"});
     let path = "/v1/collections/facts/query";
-    let first = server.call(Method::POST, path, Some(&key), Some(&question)).await?;
+    let first = server
+        .call(Method::POST, path, Some(&key), Some(&question))
+        .await?;
     assert_eq!(first.body["mode"], "normal", "{:?}", first.body);
-    assert!(usage(&server, &id, "tokens_out", 1).await? >= 1, "the budget is spent");
+    assert!(
+        usage(&server, &id, "tokens_out", 1).await? >= 1,
+        "the budget is spent"
+    );
 
-    let fresh = server.call(Method::POST, path, Some(&key), Some(&question)).await?;
+    let fresh = server
+        .call(Method::POST, path, Some(&key), Some(&question))
+        .await?;
     assert_eq!(fresh.body["mode"], "cache_only", "{:?}", fresh.body);
     assert_eq!(fresh.body["cache"]["stale"], false, "{:?}", fresh.body);
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let stale = server.call(Method::POST, path, Some(&key), Some(&question)).await?;
+    let stale = server
+        .call(Method::POST, path, Some(&key), Some(&question))
+        .await?;
     assert_eq!(stale.body["mode"], "cache_only", "{:?}", stale.body);
-    assert_eq!(stale.body["cache"]["stale"], true, "past its TTL: {:?}", stale.body);
-    assert!(stale.body["degraded"].to_string().contains("quota"), "{:?}", stale.body);
+    assert_eq!(
+        stale.body["cache"]["stale"], true,
+        "past its TTL: {:?}",
+        stale.body
+    );
+    assert!(
+        stale.body["degraded"].to_string().contains("quota"),
+        "{:?}",
+        stale.body
+    );
     server.stop().await
 }
 
 /// `n` passages of `words` words each, from a vocabulary of ordinary words.
 fn long_documents(n: usize, words: usize) -> Value {
-    let vocabulary = ["coffee", "pressure", "water", "grind", "crema", "bean", "roast", "shot", "steam", "cup"];
+    let vocabulary = [
+        "coffee", "pressure", "water", "grind", "crema", "bean", "roast", "shot", "steam", "cup",
+    ];
     let documents: Vec<Value> = (0..n)
         .map(|d| {
-            let text: Vec<&str> = (0..words).map(|w| vocabulary[(w * 7 + d) % vocabulary.len()]).collect();
+            let text: Vec<&str> = (0..words)
+                .map(|w| vocabulary[(w * 7 + d) % vocabulary.len()])
+                .collect();
             json!({"id": format!("long-{d}"), "text": text.join(" ")})
         })
         .collect();
@@ -223,19 +289,28 @@ async fn long_passages_are_fitted_to_the_local_models_window() -> anyhow::Result
     let options = ServerOptions::default().with_local_llm("local");
     let server = Server::start(dir.path(), &options).await?;
     let created = server
-        .post("/v1/collections", &json!({"name": "long", "chunk_words": 1000, "chunk_overlap_words": 0}))
+        .post(
+            "/v1/collections",
+            &json!({"name": "long", "chunk_words": 1000, "chunk_overlap_words": 0}),
+        )
         .await?;
     assert_eq!(created.status, 201, "{:?}", created.body);
-    let ingested = server.post("/v1/collections/long/documents", &long_documents(12, 1000)).await?;
+    let ingested = server
+        .post("/v1/collections/long/documents", &long_documents(12, 1000))
+        .await?;
     assert_eq!(ingested.status, 200, "{:?}", ingested.body);
 
-    let question = json!({"query": "How much pressure for a coffee shot?", "top_k": 12, "deadline_ms": 120000});
+    let question =
+        json!({"query": "How much pressure for a coffee shot?", "top_k": 12, "deadline_ms": 120000});
     let answer = server.post("/v1/collections/long/query", &question).await?;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["mode"], "normal", "{:?}", answer.body["degraded"]);
     assert_eq!(answer.body["stages"]["llm"], "local");
     let degraded = answer.body["degraded"].to_string();
-    assert!(degraded.contains("context_window"), "passages were fitted: {degraded}");
+    assert!(
+        degraded.contains("context_window"),
+        "passages were fitted: {degraded}"
+    );
 
     // A plain chat that cannot fit the window is the caller's error, not the model's.
     let huge = vec!["coffee"; 6000].join(" ");
@@ -244,6 +319,10 @@ async fn long_passages_are_fitted_to_the_local_models_window() -> anyhow::Result
     assert_eq!(refused.status, 400, "{:?}", refused.body);
     assert_eq!(refused.error_code(), Some("context_length_exceeded"));
     let ready = server.get("/readyz").await?;
-    assert_eq!(ready.body["dependencies"]["llm:local"], "closed", "{:?}", ready.body);
+    assert_eq!(
+        ready.body["dependencies"]["llm:local"], "closed",
+        "{:?}",
+        ready.body
+    );
     server.stop().await
 }

@@ -103,7 +103,7 @@ async fn a_repeated_question_is_an_l1_hit_until_the_collection_changes() -> anyh
         ) >= 1.0
     );
 
-    // A streamed answer runs the LLM, over passages from L3.
+    // A streamed answer is served from L1 like a JSON one: its events replay the answer.
     let streamed = json!({"query": QUESTION, "top_k": 3, "stream": true});
     let (status, mode, _, text) = server
         .post_stream("/v1/collections/facts/query", &streamed)
@@ -111,9 +111,27 @@ async fn a_repeated_question_is_an_l1_hit_until_the_collection_changes() -> anyh
     assert_eq!((status, mode.as_deref()), (200, Some("normal")));
     let events = ragway_e2e::parse_sse(&text);
     let meta: Value = serde_json::from_str(&events[0].data)?;
-    assert_eq!(meta["cache"]["layer"], "l3", "{meta}");
+    assert_eq!(meta["cache"]["layer"], "l1", "{meta}");
     assert_eq!(meta["stages"]["dense"], "cached");
+    let replayed: String = events
+        .iter()
+        .filter(|e| e.event == "delta")
+        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+        .filter_map(|d| d["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(replayed, first.body["answer"].as_str().unwrap_or_default());
+    assert_eq!(llm.calls(), calls, "the streamed answer came from L1");
+
+    // A streamed answer L1 does not hold is generated over passages from L3, and kept in L1.
+    let other = json!({"query": QUESTION, "top_k": 3, "stream": true, "filter": {"topic": "food"}});
+    let (_, _, _, text) = server.post_stream("/v1/collections/facts/query", &other).await?;
+    let meta: Value = serde_json::from_str(&ragway_e2e::parse_sse(&text)[0].data)?;
+    assert_eq!(meta["cache"], Value::Null, "{meta}");
     assert_eq!(llm.calls(), calls + 1, "the stream's answer was generated");
+    let (_, _, _, text) = server.post_stream("/v1/collections/facts/query", &other).await?;
+    let meta: Value = serde_json::from_str(&ragway_e2e::parse_sse(&text)[0].data)?;
+    assert_eq!(meta["cache"]["layer"], "l1", "a streamed answer is kept: {meta}");
+    assert_eq!(llm.calls(), calls + 1);
 
     // /search is cached the same way.
     let search = json!({"query": "espresso crema pressure", "top_k": 3});

@@ -136,8 +136,7 @@ async fn every_fault_gives_the_mode_of_the_table() -> anyhow::Result<()> {
     // A high threshold keeps breakers closed here; breakers have their own test below.
     let resilience = "breaker_failures = 1000\ndense_timeout_ms = 1000\nrerank_timeout_ms = 1000";
     let server = Server::start(dir.path(), &options(&primary, &secondary, resilience)).await?;
-    server.post("/v1/collections", &json!({"name": "facts"})).await?;
-    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    server.seeded(None, "facts", &corpus()).await?;
 
     // No fault: everything ran.
     let normal = search(&server, json!({})).await?;
@@ -457,8 +456,7 @@ async fn breaker_opens_then_one_probe_closes_it_within_the_open_period() -> anyh
     let resilience =
         format!("breaker_failures = 2\nbreaker_open_ms = {open_ms}\nbreaker_max_open_ms = {open_ms}");
     let server = Server::start(dir.path(), &options(&primary, &secondary, &resilience)).await?;
-    server.post("/v1/collections", &json!({"name": "facts"})).await?;
-    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    server.seeded(None, "facts", &corpus()).await?;
 
     fault(&server, "dense", "error", 0).await?;
     for _ in 0..2 {

@@ -167,8 +167,7 @@ async fn fusion_settings_round_trip_and_every_method_serves() -> anyhow::Result<
 async fn a_failed_engine_leaves_the_others_list_whatever_the_method() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path(), &options()).await?;
-    server.post("/v1/collections", &json!({"name": "facts"})).await?;
-    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    server.seeded(None, "facts", &corpus()).await?;
     let question = "Which volcano in Sicily erupts often?";
     let plain = |fusion: &Value| json!({"query": question, "top_k": 4, "fusion": fusion});
     let methods = [

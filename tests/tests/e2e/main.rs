@@ -1,6 +1,7 @@
 //! The end-to-end tests: the real `ragway` binary (and real Redis, Qdrant, client SDKs where a
 //! module says so), spoken to over HTTP. One test binary, one module per part of the product.
 
+mod answers;
 mod bad_input;
 mod cache;
 mod common;

@@ -23,8 +23,7 @@ fn long_inputs(n: usize, words: usize) -> Value {
 async fn an_abandoned_bulk_request_never_starves_queries() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path(), &ServerOptions::default()).await?;
-    server.post("/v1/collections", &json!({"name": "facts"})).await?;
-    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    server.seeded(None, "facts", &corpus()).await?;
     // A batch of ingestion (64 chunks by default) takes longer than one query's embed timeout
     // (2 s) on a CPU; it has its own, and is not cut short.
     let many: Vec<Value> = (0..130)
@@ -214,8 +213,7 @@ async fn a_full_llm_queue_degrades_answers_at_once_instead_of_queueing_them() ->
         ..Default::default()
     };
     let server = Server::start(dir.path(), &options).await?;
-    server.post("/v1/collections", &json!({"name": "facts"})).await?;
-    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    server.seeded(None, "facts", &corpus()).await?;
     // Five questions at once for a model that answers one at a time and lets one wait.
     let server = &server;
     let asked = (0..5).map(|i| {

@@ -23,8 +23,7 @@ async fn two_backends(a: &ScriptedOpenAi, b: &ScriptedOpenAi) -> anyhow::Result<
         ..Default::default()
     };
     let server = Server::start(dir.path(), &options).await?;
-    server.post("/v1/collections", &json!({"name": "facts"})).await?;
-    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    server.seeded(None, "facts", &corpus()).await?;
     Ok((server, dir))
 }
 

@@ -57,8 +57,7 @@ async fn a_second_ragway_is_a_real_llm_backend_and_chat_speaks_openai() -> anyho
         ..Default::default()
     };
     let gateway = Server::start(gateway_dir.path(), &options).await?;
-    gateway.post("/v1/collections", &json!({"name": "facts"})).await?;
-    gateway.post("/v1/collections/facts/documents", &corpus()).await?;
+    gateway.seeded(None, "facts", &corpus()).await?;
 
     let question = json!({"query": "What pressure is used to brew an espresso?", "top_k": 2});
     let answer = gateway.post("/v1/collections/facts/query", &question).await?;

@@ -21,8 +21,7 @@ async fn remote_backend_answers_and_local_model_takes_over_when_it_fails() -> an
         env: vec![("TEST_REMOTE_KEY".into(), "sk-test".into())],
     };
     let server = Server::start(dir.path(), &options).await?;
-    server.post("/v1/collections", &json!({"name": "facts"})).await?;
-    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    server.seeded(None, "facts", &corpus()).await?;
 
     let question = json!({"query": "What pressure is used to brew an espresso?", "top_k": 2});
     let answer = server.post("/v1/collections/facts/query", &question).await?;
@@ -90,7 +89,8 @@ fn paris_call() -> serde_json::Value {
 }
 
 /// The body the backend received equals the client's but for `model` (the backend's own),
-/// `stream` and, in a stream, `stream_options`.
+/// `stream`, in a stream `stream_options`, and — the client set no limit — `max_tokens`, the
+/// configured one (40 in the tests).
 fn assert_relayed_unchanged(sent: &serde_json::Value, asked: &serde_json::Value) {
     let strip = |body: &serde_json::Value| {
         let mut body = body.clone();
@@ -99,7 +99,12 @@ fn assert_relayed_unchanged(sent: &serde_json::Value, asked: &serde_json::Value)
         }
         body
     };
-    assert_eq!(strip(sent), strip(asked), "the backend got {sent}");
+    let mut sent_stripped = strip(sent);
+    if asked["max_tokens"].is_null() && asked["max_completion_tokens"].is_null() {
+        assert_eq!(sent["max_tokens"], 40, "the configured limit is sent: {sent}");
+        sent_stripped.as_object_mut().map(|b| b.remove("max_tokens"));
+    }
+    assert_eq!(sent_stripped, strip(asked), "the backend got {sent}");
     assert_eq!(sent["model"], "scripted-model");
 }
 

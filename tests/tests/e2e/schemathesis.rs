@@ -11,7 +11,6 @@ use std::process::Command;
 
 use common::corpus;
 use ragway_e2e::{Server, ServerOptions};
-use serde_json::json;
 
 const CHECKS: &str = "no_undocumented_server_error,status_code_conformance,content_type_conformance,\
                       response_schema_conformance";
@@ -61,8 +60,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() -> anyho
     let program = schemathesis();
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path(), &ServerOptions::default()).await?;
-    server.post("/v1/collections", &json!({"name": "facts"})).await?;
-    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    server.seeded(None, "facts", &corpus()).await?;
     // Path parameters named `name` are the collection that exists, so the cases reach the handlers.
     let workdir = tempfile::tempdir()?;
     std::fs::write(

@@ -6,7 +6,9 @@
 use crate::common;
 
 use common::corpus;
-use ragway_e2e::{answers_in_mode, parse_sse, Script, ScriptedOpenAi, Server, ServerOptions, SseEvent};
+use ragway_e2e::{
+    answers_in_mode, parse_sse, Script, ScriptedOpenAi, Server, ServerOptions, SseEvent, NO_ANSWER_CACHES,
+};
 use serde_json::{json, Value};
 
 fn data(event: &SseEvent) -> Value {
@@ -39,8 +41,9 @@ async fn streamed_answers_carry_the_mode_and_survive_a_failing_backend() -> anyh
     let secondary = ScriptedOpenAi::start(Script::Answer("about nine bars [1].".into())).await?;
     let dir = tempfile::tempdir()?;
     let options = ServerOptions {
+        // The same question is asked again under failing backends: no cached answer.
         config_toml: format!(
-            "[resilience]\nstream_idle_timeout_ms = 700\n\n\
+            "{NO_ANSWER_CACHES}\n[resilience]\nstream_idle_timeout_ms = 700\n\n\
              [[llm]]\nname = \"primary\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"p\"\nmax_retries = 0\n\n\
              [[llm]]\nname = \"secondary\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"s\"\nmax_retries = 0\n",
             primary.base_url, secondary.base_url
@@ -48,8 +51,7 @@ async fn streamed_answers_carry_the_mode_and_survive_a_failing_backend() -> anyh
         ..Default::default()
     };
     let server = Server::start(dir.path(), &options).await?;
-    server.post("/v1/collections", &json!({"name": "facts"})).await?;
-    server.post("/v1/collections/facts/documents", &corpus()).await?;
+    server.seeded(None, "facts", &corpus()).await?;
     let question = json!({"query": "What pressure is used to brew an espresso?", "top_k": 2, "stream": true});
 
     // Normal: meta first (with the mode), deltas, done.

@@ -7,6 +7,7 @@
 //! client — with the backend's own counts, or counted with its tokenizer when it sent none.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt;
 use ragway_llm::{ChatMessage, Generator, Role, StreamEvent};
@@ -24,6 +25,7 @@ pub(super) async fn drive(
     events: mpsc::Sender<AnswerEvent>,
     _permit: Option<StreamPermit>,
 ) {
+    let started = Instant::now();
     let mut opened = open(&engine, &mut job, &[], None).await;
     if opened.is_none() {
         job.report.authorship = Some(Authorship::Extractive);
@@ -63,6 +65,7 @@ pub(super) async fn drive(
             None => return,
         };
     }
+    job.report.record_time("llm", started);
     finish(job, written, &events).await;
 }
 

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::conversation::Conversation;
-use super::pipeline::{Pipeline, Retrieved};
+use super::pipeline::{Pipeline, Retrieved, Retriever};
 use super::prompt::{self, Sampling};
 use super::report::{Authorship, Report};
 use super::{Query, RequestContext};
@@ -112,6 +112,8 @@ pub struct EngineSettings {
 
 pub struct Engine {
     pipeline: Arc<Pipeline>,
+    /// Retrieval as answers get it (the pipeline behind L3).
+    retriever: Arc<dyn Retriever>,
     settings: EngineSettings,
 }
 
@@ -120,8 +122,12 @@ pub struct Engine {
 pub type Answering = mpsc::Receiver<AnswerEvent>;
 
 impl Engine {
-    pub fn new(pipeline: Arc<Pipeline>, settings: EngineSettings) -> Self {
-        Self { pipeline, settings }
+    pub fn new(pipeline: Arc<Pipeline>, retriever: Arc<dyn Retriever>, settings: EngineSettings) -> Self {
+        Self {
+            pipeline,
+            retriever,
+            settings,
+        }
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
@@ -224,7 +230,7 @@ impl Engine {
             top_k: grounding.passages,
         };
         let target = grounding.collection.target(grounding.fusion);
-        let mut retrieved = self.pipeline.retrieve(target, &query, ctx).await;
+        let mut retrieved = self.retriever.retrieve(target, &query, ctx).await;
         if grounding.from_chat {
             retrieved.report.rewrite = Some(conversation.rewrite);
         }

@@ -9,6 +9,7 @@ use ragway_retrieval::{Fusion, ScoredChunk};
 
 use crate::answer::conversation::Conversation;
 use crate::answer::engine::{Ask, Grounding, Source};
+use crate::answer::pipeline::Retriever;
 use crate::answer::prompt::Sampling;
 use crate::answer::{Query, RequestContext};
 use crate::catalog::collections::Collection;
@@ -48,8 +49,8 @@ pub async fn search(
     state.collections.check_embedder(&collection)?;
     let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
     let retrieved = state
-        .pipeline
-        .search(collection.target(fusion), &query, &ctx)
+        .search
+        .retrieve(collection.target(fusion), &query, &ctx)
         .await;
     caller.meter(&state).embedding(retrieved.report.embedding_tokens);
     let mut report = retrieved.report;
