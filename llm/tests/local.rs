@@ -83,3 +83,33 @@ async fn grounded_prompt_is_answered_from_the_passage_and_max_tokens_is_respecte
     assert_eq!(err, Some("prompt_too_long"));
     Ok(())
 }
+
+#[tokio::test]
+async fn the_window_is_what_the_model_can_address() -> Result<(), Box<dyn std::error::Error>> {
+    // SmolLM2's GGUF says 8,192 tokens; candle's quantized llama has rotary tables for 4,096
+    // positions, and a longer prompt fails inside the model.
+    let llm = LocalLlm::load(&gguf(), "local", LocalLlmOptions::default())?;
+    assert_eq!(llm.context_window(), Some(4096));
+    let options = LocalLlmOptions {
+        context_tokens: Some(1024),
+        ..Default::default()
+    };
+    let narrower = LocalLlm::load(&gguf(), "local", options)?;
+    assert_eq!(narrower.context_window(), Some(1024), "context_tokens narrows it");
+    // A prompt past the window is refused before the model runs (the caller's error).
+    let long = vec!["coffee"; 5000].join(" ");
+    let request = GenerationRequest {
+        messages: vec![ChatMessage::new(Role::User, long)],
+        max_tokens: 8,
+        temperature: 0.0,
+    };
+    let refused = llm.generate(request).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ragway_llm::LlmError::PromptTooLong { context: 4096, .. })
+        ),
+        "{refused:?}"
+    );
+    Ok(())
+}

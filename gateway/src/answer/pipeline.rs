@@ -292,15 +292,3 @@ impl Pipeline {
         fused
     }
 }
-
-/// The answer when no LLM could write one: the best passages, quoted and numbered.
-pub fn extractive_answer(hits: &[ScoredChunk]) -> String {
-    if hits.is_empty() {
-        return "No language model is available and no passage matched the question.".into();
-    }
-    let mut text = String::from("No language model is available; the most relevant passages are:\n");
-    for (i, hit) in hits.iter().enumerate() {
-        text.push_str(&format!("\n[{}] \"{}\"", i + 1, hit.chunk.text.trim()));
-    }
-    text
-}

@@ -33,12 +33,22 @@ async fn usage(server: &Server, id: &str, field: &str, at_least: u64) -> anyhow:
     }
 }
 
+/// A gateway (with `options`) whose only LLM backend, `remote`, is a scripted stand-in playing
+/// `script`; the data directory lives as long as the server is used.
+async fn with_remote(
+    script: Script,
+    options: ServerOptions,
+) -> anyhow::Result<(ScriptedOpenAi, Server, tempfile::TempDir)> {
+    let remote = ScriptedOpenAi::start(script).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options.with_scripted_llm("remote", &remote)).await?;
+    Ok((remote, server, dir))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relayed_chat_gets_the_caps_every_chat_gets() -> anyhow::Result<()> {
-    let remote = ScriptedOpenAi::start(Script::Answer("Hello.".into())).await?;
-    let dir = tempfile::tempdir()?;
-    let options = ServerOptions::default().with_scripted_llm("remote", &remote);
-    let server = Server::start(dir.path(), &options).await?;
+    let script = Script::Answer("Hello.".into());
+    let (remote, server, _dir) = with_remote(script, ServerOptions::default()).await?;
     let chat = |extra: Value| {
         let mut body = json!({"model": "remote", "messages": [{"role": "user", "content": "hi"}]});
         if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
@@ -77,10 +87,8 @@ async fn a_relayed_chat_gets_the_caps_every_chat_gets() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grounded_chat_is_written_as_the_client_asks() -> anyhow::Result<()> {
-    let remote = ScriptedOpenAi::start(Script::Answer("Nine bars [1].".into())).await?;
-    let dir = tempfile::tempdir()?;
-    let options = ServerOptions::default().with_scripted_llm("remote", &remote);
-    let server = Server::start(dir.path(), &options).await?;
+    let script = Script::Answer("Nine bars [1].".into());
+    let (remote, server, _dir) = with_remote(script, ServerOptions::default()).await?;
     server.seeded(None, "facts", &corpus()).await?;
     let ask = |max_tokens: u64| {
         json!({"model": "facts", "max_tokens": max_tokens, "temperature": 0.5,
@@ -109,17 +117,14 @@ async fn grounded_chat_is_written_as_the_client_asks() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_is_charged_for_what_it_wrote_however_it_ends() -> anyhow::Result<()> {
     let text = "Espresso is brewed at nine bars of pressure through fine coffee.";
-    let remote = ScriptedOpenAi::start(Script::BreakAfter {
+    let script = Script::BreakAfter {
         text: text.into(),
         words: 4,
-    })
-    .await?;
-    let dir = tempfile::tempdir()?;
+    };
     let options = ServerOptions::default()
         .with_admin(ADMIN)
-        .with_scripted_llm("remote", &remote)
         .with_config("[cache.l1]\nmax_entries = 0\n[cache.l3]\nmax_entries = 0");
-    let server = Server::start(dir.path(), &options).await?;
+    let (remote, server, _dir) = with_remote(script, options).await?;
     let (id, key) = server.tenant(ADMIN, &json!({"name": "acme"})).await?;
     server.seeded(Some(&key), "facts", &corpus()).await?;
     let question = json!({"query": "How is espresso brewed?", "stream": true});
@@ -173,16 +178,12 @@ async fn a_stream_is_charged_for_what_it_wrote_however_it_ends() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_cut_short_by_its_deadline_is_not_normal() -> anyhow::Result<()> {
-    let remote = ScriptedOpenAi::start(Script::StallAfter {
+    let script = Script::StallAfter {
         text: "Espresso is brewed at nine bars.".into(),
         words: 3,
-    })
-    .await?;
-    let dir = tempfile::tempdir()?;
-    let options = ServerOptions::default()
-        .with_scripted_llm("remote", &remote)
-        .with_config("[resilience]\nstream_idle_timeout_ms = 60000");
-    let server = Server::start(dir.path(), &options).await?;
+    };
+    let options = ServerOptions::default().with_config("[resilience]\nstream_idle_timeout_ms = 60000");
+    let (_remote, server, _dir) = with_remote(script, options).await?;
     server.seeded(None, "facts", &corpus()).await?;
     let question = json!({"query": "How is espresso brewed?", "stream": true, "deadline_ms": 3000});
     let (status, mode, _, body) = server
@@ -223,13 +224,11 @@ async fn a_stream_cut_short_by_its_deadline_is_not_normal() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_answer_served_over_budget_says_whether_it_is_stale() -> anyhow::Result<()> {
-    let remote = ScriptedOpenAi::start(Script::Answer("Nine bars [1].".into())).await?;
-    let dir = tempfile::tempdir()?;
+    let script = Script::Answer("Nine bars [1].".into());
     let options = ServerOptions::default()
         .with_admin(ADMIN)
-        .with_scripted_llm("remote", &remote)
         .with_config("[cache.l1]\nttl_s = 2");
-    let server = Server::start(dir.path(), &options).await?;
+    let (_remote, server, _dir) = with_remote(script, options).await?;
     let limits = json!({"name": "thrifty", "limits": {"llm_tokens_per_day": 1}, "over_quota": "degrade"});
     let (id, key) = server.tenant(ADMIN, &limits).await?;
     server.seeded(Some(&key), "facts", &corpus()).await?;
@@ -286,7 +285,10 @@ fn long_documents(n: usize, words: usize) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn long_passages_are_fitted_to_the_local_models_window() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let options = ServerOptions::default().with_local_llm("local");
+    // Prefilling ~4,000 tokens on two shared cores takes a minute or more: generous limits.
+    let options = ServerOptions::default().with_local_llm("local").with_config(
+        "ttft_timeout_ms = 600000\ntimeout_ms = 600000\n\n[resilience]\nmax_deadline_ms = 600000",
+    );
     let server = Server::start(dir.path(), &options).await?;
     let created = server
         .post(
@@ -301,7 +303,7 @@ async fn long_passages_are_fitted_to_the_local_models_window() -> anyhow::Result
     assert_eq!(ingested.status, 200, "{:?}", ingested.body);
 
     let question =
-        json!({"query": "How much pressure for a coffee shot?", "top_k": 12, "deadline_ms": 120000});
+        json!({"query": "How much pressure for a coffee shot?", "top_k": 12, "deadline_ms": 600000});
     let answer = server.post("/v1/collections/long/query", &question).await?;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["mode"], "normal", "{:?}", answer.body["degraded"]);

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::{done, primary, AnswerEvent, Engine, Job};
 use crate::answer::pool::{count_tokens, OpenedStream};
 use crate::answer::report::Authorship;
+use crate::resilience::deadline::Deadline;
 use crate::tenancy::quota::StreamPermit;
 
 pub(super) async fn drive(
@@ -234,13 +235,22 @@ async fn relay(
         return (Relayed::ClientGone, part);
     }
     let idle = engine.settings.stream_idle_timeout;
+    // The backend's own limit for a whole answer (`llm[].timeout_ms`), from its first token on.
+    let whole = engine.pipeline.llm.backend(&backend).map(|b| b.timeout);
+    let answer_deadline = whole.map_or_else(Deadline::none, Deadline::after);
     loop {
         let left = job.ctx.deadline.remaining();
-        let next = match tokio::time::timeout(idle.min(left), rest.next()).await {
+        let own = answer_deadline.remaining();
+        let next = match tokio::time::timeout(idle.min(left).min(own), rest.next()).await {
             Ok(next) => next,
-            Err(_) if left <= idle => return (Relayed::Broke(DegradationReason::Deadline), part),
+            Err(_) if left <= idle.min(own) => return (Relayed::Broke(DegradationReason::Deadline), part),
             Err(_) => {
-                tracing::warn!(backend, idle_ms = idle.as_millis() as u64, "LLM stream stalled");
+                let stalled = if own < idle {
+                    "took longer than its timeout"
+                } else {
+                    "stalled"
+                };
+                tracing::warn!(backend, idle_ms = idle.as_millis() as u64, "LLM stream {stalled}");
                 engine.pipeline.llm.charge_failure(&backend);
                 return (Relayed::Broke(DegradationReason::Timeout), part);
             }
