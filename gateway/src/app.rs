@@ -26,7 +26,7 @@ use crate::caches::Caches;
 use crate::catalog::collections::{Collections, Followers, IngestEmbedding, ManifestStore};
 use crate::catalog::jobs::{JobSettings, JobStoreKind, Jobs};
 use crate::config::{AuthMode, Config, LlmBackendConfig, LlmBackendKind, ModelBackend, StoreKind};
-use crate::http::AppState;
+use crate::http::{AppState, Shared};
 use crate::models;
 use crate::resilience::breaker::BreakerSettings;
 use crate::resilience::faults::Faults;
@@ -184,8 +184,9 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     let engine = Arc::new(Engine::new(pipeline.clone(), retriever, engine_settings));
     let admin_key = std::env::var(&config.resilience.admin_key_env)
         .ok()
-        .filter(|k| !k.is_empty());
-    Ok(AppState {
+        .filter(|k| !k.is_empty())
+        .map(Arc::from);
+    Ok(AppState::new(Shared {
         config: Arc::new(config),
         collections,
         jobs,
@@ -198,7 +199,7 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
         metering,
         admin_key,
         metrics,
-    })
+    }))
 }
 
 fn pipeline_settings(config: &Config) -> PipelineSettings {

@@ -12,7 +12,7 @@ here=$(pwd)/scripts/bench
 models="${RAGWAY_MODELS:-$HOME/.cache/ragway/models}"
 
 start() { # binary data_dir → sets base, pid
-  RAGWAY_MODELS="$models" RAGWAY__AUTH__MODE=open RUST_LOG=warn,ragway_gateway=info \
+  RAGWAY_MODELS="$models" RAGWAY__AUTH__MODE=open RUST_LOG=warn,ragway=info \
     RAGWAY__GENERATION__MAX_TOKENS=16 "$1" --listen 127.0.0.1:0 --data-dir "$2" 2> "$2/log" &
   pid=$!
   for _ in $(seq 600); do
@@ -20,6 +20,7 @@ start() { # binary data_dir → sets base, pid
     [ -n "$base" ] && break
     sleep 0.2
   done
+  [ -n "$base" ] || { echo "$1 did not start: see $2/log" >&2; exit 1; }
   base="http://$base"
 }
 

@@ -45,6 +45,12 @@ pub fn grounded(
         return Ok((request(rag_messages(question, &passages(&given))), given));
     };
     let budget = room(window, sampling.max_tokens)?;
+    let all = canonical(hits);
+    let whole = rag_messages(question, &passages(&all));
+    if at_most_tokens(&with_history(whole.clone(), history)) <= budget {
+        // It fits as it is, whatever the tokenizer says: no need to ask it.
+        return Ok((request(whole), all));
+    }
     let count = |m: &[ChatMessage]| {
         generator
             .count_tokens(&with_history(m.to_vec(), history))
@@ -79,10 +85,22 @@ pub fn check_fits(request: &GenerationRequest, generator: &dyn Generator) -> Res
         return Ok(());
     };
     let budget = room(window, request.max_tokens)?;
+    if at_most_tokens(&request.messages) <= budget {
+        return Ok(());
+    }
     match generator.count_tokens(&request.messages) {
         Some(used) if used > budget => Err(too_long(used, request.max_tokens, window)),
         _ => Ok(()),
     }
+}
+
+/// More tokens than `messages` can take in any byte-level tokenizer: each token covers at least
+/// one byte, and the chat template adds a few tokens a message. Counting with the tokenizer
+/// costs more than an L1 hit; a prompt under this bound needs no counting.
+fn at_most_tokens(messages: &[ChatMessage]) -> usize {
+    const TEMPLATE_TOKENS: usize = 8;
+    let text: usize = messages.iter().map(|m| m.content.len() + TEMPLATE_TOKENS).sum();
+    text + TEMPLATE_TOKENS
 }
 
 /// What the window leaves for the prompt once `max_tokens` are kept for the answer.
@@ -196,6 +214,16 @@ mod tests {
             "passages are shortened before any is left out"
         );
         assert!(report.degraded().iter().any(|d| d.stage == "prompt"));
+    }
+
+    #[test]
+    fn the_byte_bound_is_never_below_the_tokens() {
+        let model = Words { window: 4096 };
+        let text = "a long sentence of words, some of them short";
+        let messages = [ChatMessage::new(ragway_llm::Role::User, text)];
+        let counted = model.count_tokens(&messages).unwrap_or(usize::MAX);
+        assert!(at_most_tokens(&messages) >= counted);
+        assert!(at_most_tokens(&messages) >= text.len());
     }
 
     #[test]

@@ -24,9 +24,26 @@ use crate::tenancy::Metering;
 
 pub use router::router;
 
-/// Everything a route may reach, built once at start-up ([`crate::app::load`]).
+/// Everything a route may reach, built once at start-up ([`crate::app::load`]), behind one
+/// `Arc`: every layer and handler that takes it clones one pointer, not a dozen.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub config: Arc<Config>,
     pub collections: Arc<Collections>,
     pub jobs: Arc<Jobs>,
@@ -39,6 +56,6 @@ pub struct AppState {
     pub quotas: Arc<Quotas>,
     pub metering: Metering,
     /// From the environment variable named by `resilience.admin_key_env`; `None` closes `/admin`.
-    pub admin_key: Option<String>,
+    pub admin_key: Option<Arc<str>>,
     pub metrics: PrometheusHandle,
 }

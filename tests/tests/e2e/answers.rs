@@ -173,6 +173,25 @@ async fn a_stream_is_charged_for_what_it_wrote_however_it_ends() -> anyhow::Resu
         after_leaving > after_break,
         "the abandoned stream was not charged: {after_leaving} ≤ {after_break}"
     );
+
+    // A JSON client that gives up mid-answer: what was written until then is charged too.
+    let json_question = json!({"query": "How is espresso brewed?"});
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let request = impatient
+        .post(server.url(path))
+        .bearer_auth(&key)
+        .json(&json_question);
+    assert!(
+        request.send().await.is_err(),
+        "the answer stalls: the client gives up"
+    );
+    let after_json = usage(&server, &id, "tokens_out", after_leaving + 1).await?;
+    assert!(
+        after_json > after_leaving,
+        "the abandoned JSON answer was not charged: {after_json} ≤ {after_leaving}"
+    );
     server.stop().await
 }
 

@@ -19,6 +19,7 @@ use crate::answer::pool::{count_tokens, OpenedStream};
 use crate::answer::report::Authorship;
 use crate::resilience::deadline::Deadline;
 use crate::tenancy::quota::StreamPermit;
+use crate::tenancy::Meter;
 
 pub(super) async fn drive(
     engine: Arc<Engine>,
@@ -52,9 +53,10 @@ pub(super) async fn drive(
     while let Some(stream) = opened.take() {
         let backend = stream.backend.clone();
         written.tried.push(backend.clone());
-        let (ended, part) = relay(&engine, &job, stream, &events).await;
-        charge(&engine, &job, &backend, &part, &written.answer);
-        written.take(part);
+        let part = Part::new(&engine, &job, &backend, &written.answer);
+        let (ended, part) = relay(&engine, &job, stream, part, &events).await;
+        written.take(&part);
+        drop(part); // charged
         let reason = match ended {
             Relayed::Finished => break,
             Relayed::ClientGone => return,
@@ -94,58 +96,70 @@ struct Written {
 }
 
 impl Written {
-    fn take(&mut self, part: Part) {
+    fn take(&mut self, part: &Part) {
         self.answer.push_str(&part.text);
-        self.usage.prompt_tokens += part.usage.prompt_tokens;
-        self.usage.completion_tokens += part.usage.completion_tokens;
+        let usage = part.usage();
+        self.usage.prompt_tokens += usage.prompt_tokens;
+        self.usage.completion_tokens += usage.completion_tokens;
     }
 }
 
-/// One backend's part of the answer.
-#[derive(Default)]
+/// One backend's part of the answer, charged to the tenant when it is dropped: finished, broken
+/// off, or abandoned with the answer when the client left (a JSON answer's whole task goes then).
 struct Part {
+    backend: String,
     text: String,
-    /// Its own counts (`Done`), when it sent them; otherwise counted when charged.
-    usage: TokenUsage,
-    counted: bool,
+    /// Its own counts (`Done`), when it sent them; otherwise counted with its tokenizer.
+    reported: Option<TokenUsage>,
+    /// What it was given: the prompt, and the answer so far it was asked to continue.
+    prompt: Vec<ChatMessage>,
+    generator: Option<Arc<dyn Generator>>,
+    meter: Meter,
 }
 
-/// Charges the tenant for one backend's part: with the backend's own counts, or — it sent none
-/// (it broke off, the client left) — counted with its tokenizer.
-fn charge(engine: &Engine, job: &Job, backend: &str, part: &Part, before: &str) {
-    let usage = match part.counted {
-        true => part.usage,
-        false => {
-            let generator = engine.pipeline.llm.backend(backend).map(|b| b.generator.clone());
-            let usage = counted(generator.as_deref(), &job.request.messages, before, &part.text);
-            count_tokens(backend, usage.prompt_tokens, usage.completion_tokens);
-            usage
+impl Part {
+    fn new(engine: &Engine, job: &Job, backend: &str, before: &str) -> Self {
+        let mut prompt = job.request.messages.clone();
+        if !before.is_empty() {
+            prompt.push(ChatMessage::new(Role::Assistant, before.to_string()));
         }
-    };
-    job.meter.llm(backend, &usage);
+        Self {
+            backend: backend.to_string(),
+            text: String::new(),
+            reported: None,
+            prompt,
+            generator: engine.pipeline.llm.backend(backend).map(|b| b.generator.clone()),
+            meter: job.meter.clone(),
+        }
+    }
+
+    fn usage(&self) -> TokenUsage {
+        self.reported
+            .unwrap_or_else(|| counted(self.generator.as_deref(), &self.prompt, &self.text))
+    }
 }
 
-/// The tokens of a part nobody counted: the prompt the backend was given (with the answer so far
-/// it was asked to continue) and the text it wrote, by its tokenizer, else by length (4 bytes a
-/// token).
-fn counted(
-    generator: Option<&dyn Generator>,
-    prompt: &[ChatMessage],
-    before: &str,
-    text: &str,
-) -> TokenUsage {
+impl Drop for Part {
+    fn drop(&mut self) {
+        let usage = self.usage();
+        if self.reported.is_none() {
+            count_tokens(&self.backend, usage.prompt_tokens, usage.completion_tokens);
+        }
+        self.meter.llm(&self.backend, &usage);
+    }
+}
+
+/// The tokens of a part nobody counted: the prompt the backend was given and the text it wrote,
+/// by its tokenizer, else by length (4 bytes a token).
+fn counted(generator: Option<&dyn Generator>, prompt: &[ChatMessage], text: &str) -> TokenUsage {
     let count = |messages: &[ChatMessage]| {
         let by_tokenizer = generator.and_then(|g| g.count_tokens(messages));
         by_tokenizer.unwrap_or_else(|| messages.iter().map(|m| m.content.len().div_ceil(4)).sum())
     };
-    let mut given = prompt.to_vec();
-    if !before.is_empty() {
-        given.push(ChatMessage::new(Role::Assistant, before.to_string()));
-    }
     let empty = count(&[ChatMessage::new(Role::Assistant, String::new())]);
     let written = count(&[ChatMessage::new(Role::Assistant, text.to_string())]);
     TokenUsage {
-        prompt_tokens: count(&given),
+        prompt_tokens: count(prompt),
         completion_tokens: written.saturating_sub(empty),
     }
 }
@@ -220,6 +234,7 @@ async fn relay(
     engine: &Engine,
     job: &Job,
     stream: OpenedStream,
+    mut part: Part,
     events: &mpsc::Sender<AnswerEvent>,
 ) -> (Relayed, Part) {
     let OpenedStream {
@@ -227,10 +242,7 @@ async fn relay(
         first,
         mut rest,
     } = stream;
-    let mut part = Part {
-        text: first.clone(),
-        ..Part::default()
-    };
+    part.text.push_str(&first);
     if !first.is_empty() && events.send(AnswerEvent::Delta { text: first }).await.is_err() {
         return (Relayed::ClientGone, part);
     }
@@ -268,11 +280,10 @@ async fn relay(
                 completion_tokens,
             })) => {
                 count_tokens(&backend, prompt_tokens, completion_tokens);
-                part.usage = TokenUsage {
+                part.reported = Some(TokenUsage {
                     prompt_tokens,
                     completion_tokens,
-                };
-                part.counted = true;
+                });
             }
             Some(Err(e)) => {
                 tracing::warn!(backend, error = %e, "LLM stream broke off");
@@ -289,9 +300,10 @@ mod tests {
     #[test]
     fn an_uncounted_part_is_counted_by_length_without_a_tokenizer() {
         let prompt = [ChatMessage::new(Role::User, "12345678")];
-        let usage = counted(None, &prompt, "", "abcdefghij");
+        let usage = counted(None, &prompt, "abcdefghij");
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (2, 3));
-        let continued = counted(None, &prompt, "1234", "abcd");
+        let continuing = [prompt[0].clone(), ChatMessage::new(Role::Assistant, "1234")];
+        let continued = counted(None, &continuing, "abcd");
         assert_eq!(
             continued.prompt_tokens, 3,
             "the answer so far is part of what the next backend read"

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use ragway_llm::{ChatMessage, GenerationRequest};
 use ragway_openapi::{CacheInfo, Citation, Degradation, DegradationReason, Mode, Stages, TokenUsage};
 use ragway_retrieval::{Fusion, MetadataFilter, ScoredChunk};
@@ -121,6 +122,31 @@ pub struct Engine {
 /// stopped because nobody listened any more).
 pub type Answering = mpsc::Receiver<AnswerEvent>;
 
+/// A prepared answer: its events, and the work that makes them.
+pub struct Answer {
+    events: Answering,
+    driver: BoxFuture<'static, ()>,
+}
+
+impl Answer {
+    /// Runs the answer in this task while `consume` reads its events (a JSON answer: no task
+    /// to spawn, no wake-up across threads).
+    pub async fn collect<T, F>(self, consume: impl FnOnce(Answering) -> F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let (out, ()) = tokio::join!(consume(self.events), self.driver);
+        out
+    }
+
+    /// Runs the answer on its own task, for a stream the response body reads after the handler
+    /// returned; a client that leaves stops it at the next event.
+    pub fn spawn(self) -> Answering {
+        tokio::spawn(self.driver);
+        self.events
+    }
+}
+
 impl Engine {
     pub fn new(pipeline: Arc<Pipeline>, retriever: Arc<dyn Retriever>, settings: EngineSettings) -> Self {
         Self {
@@ -134,22 +160,30 @@ impl Engine {
         &self.pipeline
     }
 
-    /// Starts answering. What can be refused before any work is (a plain chat over its budget,
-    /// a prompt that cannot fit its model's window); everything else is told by the events.
-    pub fn start(self: &Arc<Self>, ask: Ask) -> Result<Answering, ApiError> {
+    /// Prepares the answer. What can be refused before any work is (a plain chat over its
+    /// budget, a prompt that cannot fit its model's window); a chat's question is made
+    /// standalone and L1 is asked here, so that a hit is replayed by a small driver; everything
+    /// else is told by the events, once the answer is driven ([`Answer::collect`] in the
+    /// caller's task, or [`Answer::spawn`] for a stream that outlives it).
+    pub async fn answer(self: &Arc<Self>, ask: Ask) -> Result<Answer, ApiError> {
         let (events, receiver) = mpsc::channel(64);
-        match &ask.source {
-            Source::Chat { backend, messages } => {
+        let driver: BoxFuture<'static, ()> = match ask.source {
+            Source::Chat {
+                ref backend,
+                ref messages,
+            } => {
                 let job = self.chat_job(&ask, backend, messages)?;
-                let permit = ask.permit;
-                tokio::spawn(drive::drive(self.clone(), job, events, permit));
+                Box::pin(drive::drive(self.clone(), job, events, ask.permit))
             }
-            Source::Collection(grounding) => {
+            Source::Collection(ref grounding) => {
                 self.check_question_fits(grounding, &ask)?;
-                tokio::spawn(self.clone().grounded(ask, events));
+                self.grounded(ask, events).await
             }
-        }
-        Ok(receiver)
+        };
+        Ok(Answer {
+            events: receiver,
+            driver,
+        })
     }
 
     /// A plain chat: the named backend only, its prompt checked against the backend's window.
@@ -184,9 +218,14 @@ impl Engine {
         prompt::grounded(&grounding.conversation, &[], ask.sampling, window, &mut scratch).map(drop)
     }
 
-    /// RAG: the conversation made standalone, L1, retrieval (L3, L2 inside), the prompt, then
-    /// generation with the pool's fallback.
-    async fn grounded(self: Arc<Self>, ask: Ask, events: mpsc::Sender<AnswerEvent>) {
+    /// RAG: the conversation made standalone and L1 asked now; the driver then replays a fresh
+    /// entry, or retrieves (L3, L2 inside), fits the prompt and generates with the pool's
+    /// fallback.
+    async fn grounded(
+        self: &Arc<Self>,
+        ask: Ask,
+        events: mpsc::Sender<AnswerEvent>,
+    ) -> BoxFuture<'static, ()> {
         let Ask {
             source: Source::Collection(mut grounding),
             sampling,
@@ -195,21 +234,51 @@ impl Engine {
             permit,
         } = ask
         else {
-            return;
+            return Box::pin(async {});
         };
-        let pool = &self.pipeline.llm;
-        grounding
-            .conversation
-            .condense(pool, &ctx.deadline, &ctx.allowance)
-            .await;
+        if !grounding.conversation.history.is_empty() {
+            // Boxed: a rewrite's future is large, and most questions have no history.
+            let pool = &self.pipeline.llm;
+            let rewrite = grounding
+                .conversation
+                .condense(pool, &ctx.deadline, &ctx.allowance);
+            Box::pin(rewrite).await;
+        }
         if let Some((backend, usage)) = &grounding.conversation.rewritten_by {
             meter.llm(backend, usage);
         }
         let remember = l1::Remember::new(&self.pipeline.caches, &grounding, sampling);
         let cached = remember.lookup().await;
         if let Some(answer) = cached.fresh(ctx.allowance.budget_spent()) {
-            return l1::replay(answer, &events).await;
+            return Box::pin(async move { l1::replay(answer, &events).await });
         }
+        let asked = Asked {
+            grounding,
+            sampling,
+            ctx,
+            meter,
+            remember,
+            cached,
+        };
+        Box::pin(self.clone().retrieve_and_generate(asked, events, permit))
+    }
+
+    /// An answer L1 does not hold: retrieval, then generation; an entry past its TTL answers
+    /// when retrieval cannot.
+    async fn retrieve_and_generate(
+        self: Arc<Self>,
+        asked: Asked,
+        events: mpsc::Sender<AnswerEvent>,
+        permit: Option<StreamPermit>,
+    ) {
+        let Asked {
+            grounding,
+            sampling,
+            ctx,
+            meter,
+            remember,
+            cached,
+        } = asked;
         let retrieved = self.retrieve(&grounding, &ctx).await;
         meter.embedding(retrieved.report.embedding_tokens);
         if retrieved.report.mode() == Mode::Error {
@@ -271,6 +340,16 @@ impl Engine {
             remember: Some(remember),
         }
     }
+}
+
+/// A grounded question L1 had no fresh answer to, made standalone.
+struct Asked {
+    grounding: Grounding,
+    sampling: Sampling,
+    ctx: RequestContext,
+    meter: Meter,
+    remember: l1::Remember,
+    cached: l1::Cached,
 }
 
 /// What one generation needs: the prompt, the report so far, who may write it, and who pays.

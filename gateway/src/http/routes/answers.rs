@@ -113,11 +113,11 @@ pub async fn query(
         meter: caller.meter(&state),
         permit: if streamed { caller.stream(&state)? } else { None },
     };
-    let answering = state.engine.start(ask)?;
+    let answer = state.engine.answer(ask).await?;
     if streamed {
-        return shape::ragway_events(answering).await;
+        return shape::ragway_events(answer.spawn()).await;
     }
-    let answer = Collected::from(answering).await?;
+    let answer = answer.collect(Collected::from).await?;
     Ok(answer_response(answer.mode, answer.into_query_response()))
 }
 

@@ -15,7 +15,7 @@ use ragway_openapi::{
 use serde_json::Value;
 
 use crate::answer::conversation::Conversation;
-use crate::answer::engine::{Answering, Ask, Grounding, Source};
+use crate::answer::engine::{Answer, Ask, Grounding, Source};
 use crate::answer::prompt::Sampling;
 use crate::answer::RequestContext;
 use crate::catalog::collections::Collection;
@@ -164,11 +164,11 @@ impl Chat {
             conversation,
             from_chat: true,
         };
-        let answering = self.start(Source::Collection(grounding))?;
+        let answer = self.answer(Source::Collection(grounding)).await?;
         if self.stream {
-            return shape::openai_chunks(answering, self.model, false).await;
+            return shape::openai_chunks(answer.spawn(), self.model, false).await;
         }
-        let answer = Collected::from(answering).await?;
+        let answer = answer.collect(Collected::from).await?;
         let info = RagwayAnswerInfo {
             mode: answer.mode,
             degraded: answer.degraded.clone(),
@@ -216,11 +216,11 @@ impl Chat {
             backend: backend.name().to_string(),
             messages: messages(asked)?,
         };
-        let answering = self.start(source)?;
+        let answer = self.answer(source).await?;
         if self.stream {
-            return shape::openai_chunks(answering, self.model, true).await;
+            return shape::openai_chunks(answer.spawn(), self.model, true).await;
         }
-        let answer = Collected::from(answering).await?;
+        let answer = answer.collect(Collected::from).await?;
         if answer.mode == Mode::Error {
             return Err(answer.unavailable(&self.model));
         }
@@ -230,7 +230,7 @@ impl Chat {
         ))
     }
 
-    fn start(&self, source: Source) -> Result<Answering, ApiError> {
+    async fn answer(&self, source: Source) -> Result<Answer, ApiError> {
         let ask = Ask {
             source,
             sampling: self.sampling,
@@ -242,7 +242,7 @@ impl Chat {
                 None
             },
         };
-        self.state.engine.start(ask)
+        self.state.engine.answer(ask).await
     }
 }
 
