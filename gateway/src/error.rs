@@ -151,14 +151,13 @@ pub enum ApiError {
     TenantNotFound(String),
     #[error("key `{0}` does not exist")]
     KeyNotFound(String),
-    /// Over a tenant's quota: 429 (with `Retry-After` when waiting helps), or 413 when
-    /// `too_large` (this request's content would cross a storage quota).
+    /// Over a tenant's quota (`Retry-After` when waiting helps); its code says whether it is a
+    /// 429 or a 413 (this request's content would cross a storage quota).
     #[error("{message}")]
     OverQuota {
         code: ErrorCode,
         message: String,
         retry_after_s: Option<u64>,
-        too_large: bool,
     },
     #[error("the admin key is wrong, or no admin key is configured (resilience.admin_key_env)")]
     Forbidden,

@@ -322,7 +322,6 @@ impl Caller {
                 tenant.name
             ),
             retry_after_s: None,
-            too_large: false,
         })
     }
 
@@ -370,7 +369,6 @@ impl Caller {
                         tenant.name
                     ),
                     retry_after_s: None,
-                    too_large: true,
                 });
             }
         }

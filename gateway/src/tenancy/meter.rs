@@ -30,10 +30,6 @@ impl Metering {
             tenant,
         }
     }
-
-    pub fn quotas(&self) -> &Arc<Quotas> {
-        &self.quotas
-    }
 }
 
 /// Charges one tenant's day counters; cheap to clone, safe to call from a dropped stream.
@@ -44,11 +40,6 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// A meter that charges nobody (open mode, tests).
-    pub fn none(quotas: Arc<Quotas>) -> Self {
-        Metering::new(quotas, []).of(None)
-    }
-
     pub fn tenant(&self) -> Option<&Arc<Tenant>> {
         self.tenant.as_ref()
     }

@@ -156,10 +156,6 @@ impl Engine {
         }
     }
 
-    pub fn pipeline(&self) -> &Arc<Pipeline> {
-        &self.pipeline
-    }
-
     /// Prepares the answer. What can be refused before any work is (a plain chat over its
     /// budget, a prompt that cannot fit its model's window); a chat's question is made
     /// standalone and L1 is asked here, so that a hit is replayed by a small driver; everything

@@ -195,7 +195,6 @@ impl Quotas {
                 retry.as_secs_f64()
             ),
             retry_after_s: Some(retry.as_secs_f64().ceil().max(1.0) as u64),
-            too_large: false,
         })
     }
 
@@ -373,7 +372,6 @@ impl Quotas {
                         tenant.name
                     ),
                     retry_after_s: Some(1),
-                    too_large: false,
                 });
             }
         }
@@ -438,7 +436,6 @@ pub fn budget_spent(tenant: &Tenant, code: ErrorCode, quota: &str, limit: u64) -
             tenant.name
         ),
         retry_after_s: Some(until_tomorrow()),
-        too_large: false,
     }
 }
 
