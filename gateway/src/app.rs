@@ -18,23 +18,24 @@ use ragway_retrieval::{
     QdrantOptions, QdrantStore, QueueLimits, RemoteEmbedder, RemoteEmbedderOptions, TantivyKeywordStore,
 };
 
-use crate::answer::cached::{Cached, HitsLayer};
+use crate::answer::cached::Cached;
 use crate::answer::engine::{Engine, EngineSettings};
 use crate::answer::pipeline::{Pipeline, PipelineSettings, Retriever, StageGuards};
 use crate::answer::pool::{Backend, LlmPool};
 use crate::caches::Caches;
-use crate::catalog::collections::{Collections, Followers, IngestEmbedding, ManifestStore};
+use crate::catalog::collections::{Collections, Followers, ManifestStore};
 use crate::catalog::jobs::{JobSettings, JobStoreKind, Jobs};
 use crate::config::{AuthMode, Config, LlmBackendConfig, LlmBackendKind, ModelBackend, StoreKind};
-use crate::http::{AppState, Shared};
+use crate::http::{AppState, ModelStages, Shared};
 use crate::models;
 use crate::resilience::breaker::BreakerSettings;
 use crate::resilience::faults::Faults;
 use crate::resilience::guard::Guard;
-use crate::resilience::rerank_cost::RerankCost;
+use crate::resilience::guarded::Guarded;
+use crate::resilience::rerank_cost::Costed;
 use crate::tenancy::quota::Quotas;
 use crate::tenancy::tenants::{FileStore, RedisStore, TenantStore, Tenants};
-use crate::tenancy::{Accounts, Metering};
+use crate::tenancy::{Accounts, Budgeted, Metering};
 
 const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 
@@ -115,12 +116,17 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
         metering: metering.clone(),
     };
 
-    let Stores { dense, keyword, both } = stores(&config, embedder.dimension())?;
-    let embed_guard = Arc::new(guard("embedder", z.embed_timeout_ms));
-    let ingest_embedding = IngestEmbedding {
-        embedder: embedder.clone(),
-        guard: embed_guard.clone(),
-        timeout: Duration::from_millis(config.ingest.embed_timeout_ms),
+    let stores = stores(&config, embedder.dimension())?;
+    let guards = StageGuards {
+        embed: Arc::new(guard("embedder", z.embed_timeout_ms)),
+        dense: Arc::new(guard("dense", z.dense_timeout_ms)),
+        keyword: Arc::new(guard("keyword", z.keyword_timeout_ms)),
+        rerank: Arc::new(guard("reranker", z.rerank_timeout_ms)),
+    };
+    let batch_timeout = Duration::from_millis(config.ingest.embed_timeout_ms);
+    let models = ModelStages {
+        embedder: Arc::new(Guarded::new(embedder, guards.embed.clone()).with_bulk_timeout(batch_timeout)),
+        reranker: reranker.map(|r| Arc::new(Guarded::new(r, guards.rerank.clone())) as Arc<dyn Reranker>),
     };
     let shared = shared_state(&config)?;
     let data = &config.server.data_dir;
@@ -134,9 +140,9 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     };
     let collections = Collections::open(
         manifests,
-        ingest_embedding,
-        dense.clone(),
-        keyword.clone(),
+        models.embedder.clone(),
+        stores.dense.clone(),
+        stores.keyword.clone(),
         followers,
     );
     let collections = Arc::new(collections.await?);
@@ -152,35 +158,15 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     };
     let jobs = Jobs::open(job_store, collections.clone(), job_settings).await?;
 
-    let pipeline = Arc::new(Pipeline {
-        embedder,
-        dense,
-        keyword,
-        both,
-        reranker,
-        guards: StageGuards {
-            embed: embed_guard,
-            dense: guard("dense", z.dense_timeout_ms),
-            keyword: guard("keyword", z.keyword_timeout_ms),
-            rerank: guard("reranker", z.rerank_timeout_ms),
-        },
-        rerank_cost: RerankCost::default(),
-        llm: LlmPool::new(backends),
-        caches,
-        settings: pipeline_settings(&config),
-    });
+    let pipeline = Arc::new(pipeline(&config, stores, &models, guards, caches, backends));
     let engine_settings = EngineSettings {
         stream_idle_timeout: Duration::from_millis(config.resilience.stream_idle_timeout_ms),
     };
     // The caches around retrieval, composed once: L3 around the pipeline for answers, and L1
     // around that for `/search`.
     let caches = pipeline.caches.clone();
-    let retriever: Arc<dyn Retriever> = Arc::new(Cached::new(
-        pipeline.clone(),
-        caches.clone(),
-        HitsLayer::Retrievals,
-    ));
-    let search: Arc<dyn Retriever> = Arc::new(Cached::new(retriever.clone(), caches, HitsLayer::Searches));
+    let retriever: Arc<dyn Retriever> = Arc::new(Cached::retrievals(pipeline.clone(), caches.clone()));
+    let search: Arc<dyn Retriever> = Arc::new(Cached::searches(retriever.clone(), caches));
     let engine = Arc::new(Engine::new(pipeline.clone(), retriever, engine_settings));
     let admin_key = std::env::var(&config.resilience.admin_key_env)
         .ok()
@@ -191,6 +177,7 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
         collections,
         jobs,
         pipeline,
+        models,
         engine,
         search,
         faults,
@@ -200,6 +187,31 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
         admin_key,
         metrics,
     }))
+}
+
+/// The request flow's stages behind their decorators: the query embedder behind L2 and the
+/// tenant's budget (over the guarded model the routes use), each engine's search behind its
+/// guard, the guarded reranker behind its cost.
+fn pipeline(
+    config: &Config,
+    stores: Stores,
+    models: &ModelStages,
+    guards: StageGuards,
+    caches: Arc<Caches>,
+    backends: Vec<Backend>,
+) -> Pipeline {
+    let budgeted: Arc<dyn Embedder> = Arc::new(Budgeted::new(models.embedder.clone()));
+    Pipeline {
+        embedder: Arc::new(Cached::embeddings(budgeted, caches.clone())),
+        dense: Arc::new(Guarded::new(stores.dense, guards.dense.clone())),
+        keyword: Arc::new(Guarded::new(stores.keyword, guards.keyword.clone())),
+        both: stores.both,
+        reranker: (models.reranker.clone()).map(|r| Arc::new(Costed::new(r)) as Arc<dyn Reranker>),
+        guards,
+        llm: LlmPool::new(backends),
+        caches,
+        settings: pipeline_settings(config),
+    }
 }
 
 fn pipeline_settings(config: &Config) -> PipelineSettings {

@@ -216,7 +216,7 @@ impl From<RetrievalError> for ApiError {
     fn from(e: RetrievalError) -> Self {
         match e {
             RetrievalError::UnknownCollection(name) => Self::CollectionNotFound(name),
-            RetrievalError::Overloaded(e) => Self::Busy {
+            RetrievalError::Overloaded(_) | RetrievalError::Stopped(_) => Self::Busy {
                 code: ErrorCode::Overloaded,
                 message: e.to_string(),
                 retry_after_s: 1,
@@ -240,7 +240,9 @@ impl From<RetrievalError> for ApiError {
 impl From<ragway_rerank::RerankError> for ApiError {
     fn from(e: ragway_rerank::RerankError) -> Self {
         let code = match e {
-            ragway_rerank::RerankError::Overloaded(_) => ErrorCode::Overloaded,
+            ragway_rerank::RerankError::Overloaded(_) | ragway_rerank::RerankError::Stopped(_) => {
+                ErrorCode::Overloaded
+            }
             ragway_rerank::RerankError::Model(_) | ragway_rerank::RerankError::WorkerGone => {
                 ErrorCode::RerankerFailed
             }

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ragway_gateway::caches::Caches;
-use ragway_gateway::catalog::collections::{Collections, Followers, IngestEmbedding, ManifestStore};
+use ragway_gateway::catalog::collections::{Collections, Followers, ManifestStore};
 use ragway_gateway::config::Config;
 use ragway_gateway::resilience::breaker::BreakerSettings;
 use ragway_gateway::resilience::faults::Faults;
 use ragway_gateway::resilience::guard::Guard;
+use ragway_gateway::resilience::guarded::Guarded;
 use ragway_openapi::DocumentInput;
 use ragway_retrieval::{
     BertEmbedder, BertEmbedderOptions, Chunk, ChunkingOptions, DenseStore, EdgeDenseStore, EmbeddedChunk,
@@ -61,14 +62,10 @@ async fn open(
         &settings,
         Arc::new(Faults::default()),
     );
-    let embedding = IngestEmbedding {
-        embedder,
-        guard: Arc::new(guard),
-        timeout: Duration::from_secs(60),
-    };
+    let embedder = Guarded::new(embedder, Arc::new(guard)).with_bulk_timeout(Duration::from_secs(60));
     let collections = Collections::open(
         ManifestStore::Files(data.join("collections")),
-        embedding,
+        Arc::new(embedder),
         dense.clone(),
         keyword.clone(),
         Followers {

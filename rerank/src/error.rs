@@ -9,6 +9,9 @@ pub enum RerankError {
     /// Admission control refused the work: not the model's fault.
     #[error(transparent)]
     Overloaded(#[from] ragway_worker::Overloaded),
+    /// A guard or budget around the stage stopped the call.
+    #[error(transparent)]
+    Stopped(#[from] ragway_worker::Stopped),
 }
 
 impl From<candle_core::Error> for RerankError {

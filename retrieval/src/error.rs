@@ -15,6 +15,9 @@ pub enum RetrievalError {
     /// Admission control refused the work: not the model's fault, and worth retrying later.
     #[error(transparent)]
     Overloaded(#[from] ragway_worker::Overloaded),
+    /// A guard or budget around the stage stopped the call.
+    #[error(transparent)]
+    Stopped(#[from] ragway_worker::Stopped),
 }
 
 impl From<candle_core::Error> for RetrievalError {

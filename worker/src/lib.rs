@@ -82,6 +82,26 @@ pub struct Overloaded {
     pub lane: &'static str,
 }
 
+/// A call stopped around its stage before or while it ran: by the gateway's guard (an open
+/// breaker, the stage's timeout, the request's deadline, an injected fault) or by a budget (the
+/// tenant's spent allowance, a cost that does not fit the time left). Every stage's error carries
+/// one, so that a decorator around a stage answers in the stage's own error type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Stopped {
+    #[error("breaker open")]
+    BreakerOpen,
+    #[error("timed out")]
+    Timeout,
+    /// The request's deadline passed, or leaves too little time to start.
+    #[error("request deadline reached")]
+    Deadline,
+    #[error("{0}")]
+    Injected(String),
+    /// The tenant's budget for this stage is spent.
+    #[error("budget spent")]
+    BudgetSpent,
+}
+
 /// A unit of work for a worker.
 pub trait Task: Send + 'static {
     /// True when nobody waits for the result any more; such a task is dropped unrun.

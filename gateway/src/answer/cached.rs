@@ -1,25 +1,25 @@
-//! The cache layers as decorators of the retrieval stages: [`Cached`] is a [`Retriever`] behind
-//! a layer (L3 around the pipeline, L1 of `/search` around that), and L2 wraps query embedding
-//! ([`Pipeline::query_vector`]). (L1 around whole answers is the engine's: see
-//! `engine::l1`.) A layer answers from a fresh entry without running its stage; otherwise the
-//! stage runs, a `normal` result is stored, and when the stage could not serve at all (mode
-//! `error`) an entry kept past its TTL answers instead, with mode `cache_only` and `stale: true`.
+//! The cache layers as decorators of the stages they keep: [`Cached`] is a [`Retriever`] behind a
+//! layer (L3 around the pipeline, L1 of `/search` around that), or an [`Embedder`] behind L2
+//! (query vectors). (L1 around whole answers is the engine's: see `engine::l1`.) A layer answers
+//! from a fresh entry without running its stage; otherwise the stage runs, a `normal` result is
+//! stored, and when the stage could not serve at all (mode `error`) an entry kept past its TTL
+//! answers instead, with mode `cache_only` and `stale: true`. L2 keeps vectors, which are either
+//! right or absent: it serves fresh entries only.
 
 use std::sync::Arc;
 
 use ragway_cache::{CacheKey, Layer, Lookup};
 use ragway_openapi::{CacheInfo, Mode};
-use ragway_retrieval::Priority;
+use ragway_retrieval::{Embedder, Embeddings, Priority, RetrievalError};
 use serde::Serialize;
 
 use async_trait::async_trait;
 
-use super::pipeline::{Pipeline, Retrieved, Retriever};
+use super::pipeline::{Retrieved, Retriever};
 use super::report::Report;
 use super::{Query, RequestContext};
 use crate::caches::{info, CachedHits, Caches, Target};
-use crate::resilience::deadline::Deadline;
-use crate::resilience::guard::Failure;
+use crate::tenancy::Allowance;
 
 impl CachedHits {
     pub(crate) fn of(retrieved: &Retrieved) -> Self {
@@ -106,25 +106,54 @@ impl Cacheable for Retrieved {
     }
 }
 
-/// Which layer of hit lists a [`Cached`] retriever keeps its results in.
+/// Which layer a [`Cached`] stage keeps its results in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HitsLayer {
+enum CacheLayer {
+    /// L2: query vectors, around the embedder.
+    Embeddings,
     /// L3: fused, reranked hits, under every answer.
     Retrievals,
     /// L1 of `/search`: the whole answer of a search.
     Searches,
 }
 
-/// A retriever behind a cache layer, composed at start-up: L3 around the pipeline, and L1 of
-/// `/search` around that.
-pub struct Cached<R> {
-    inner: R,
+/// A stage behind a cache layer, composed at start-up: L2 around the query embedder, L3 around
+/// the pipeline, and L1 of `/search` around that.
+pub struct Cached<S> {
+    inner: S,
     caches: Arc<Caches>,
-    layer: HitsLayer,
+    layer: CacheLayer,
 }
 
-impl<R> Cached<R> {
-    pub fn new(inner: R, caches: Arc<Caches>, layer: HitsLayer) -> Self {
+impl<E: Embedder + ?Sized> Cached<Arc<E>> {
+    /// L2 around a query embedder.
+    pub fn embeddings(inner: Arc<E>, caches: Arc<Caches>) -> Self {
+        let layer = CacheLayer::Embeddings;
+        Self { inner, caches, layer }
+    }
+
+    /// A text's L2 key: the tenant's own entries (`Allowance::tenant`), for this model.
+    fn vector_key(&self, tenant: &str, text: &str) -> CacheKey {
+        let parts: [&[u8]; 4] = [
+            tenant.as_bytes(),
+            self.inner.model_id().as_bytes(),
+            self.caches.fingerprint.as_bytes(),
+            text.as_bytes(),
+        ];
+        CacheKey::new("l2", &parts)
+    }
+}
+
+impl<R: Retriever> Cached<R> {
+    /// L3 around a retriever.
+    pub fn retrievals(inner: R, caches: Arc<Caches>) -> Self {
+        let layer = CacheLayer::Retrievals;
+        Self { inner, caches, layer }
+    }
+
+    /// L1 of `/search` around a retriever.
+    pub fn searches(inner: R, caches: Arc<Caches>) -> Self {
+        let layer = CacheLayer::Searches;
         Self { inner, caches, layer }
     }
 }
@@ -133,8 +162,9 @@ impl<R> Cached<R> {
 impl<R: Retriever> Retriever for Cached<R> {
     async fn retrieve(&self, target: Target<'_>, query: &Query<'_>, ctx: &RequestContext) -> Retrieved {
         let (kind, layer) = match self.layer {
-            HitsLayer::Retrievals => ("l3", &self.caches.retrievals),
-            HitsLayer::Searches => ("l1_search", &self.caches.searches),
+            CacheLayer::Searches => ("l1_search", &self.caches.searches),
+            // (`Embeddings` wraps an embedder, never a retriever: see the constructors.)
+            CacheLayer::Retrievals | CacheLayer::Embeddings => ("l3", &self.caches.retrievals),
         };
         let key = self
             .caches
@@ -144,56 +174,46 @@ impl<R: Retriever> Retriever for Cached<R> {
     }
 }
 
-impl Pipeline {
-    /// L2 around query embedding: the query's vector, from the cache or embedded now (then with
-    /// its token count); `Ok(None)` when it is not cached and `may_embed` is false (the tenant's
-    /// embedding budget is spent). Entries are the tenant's own (`owner`).
-    pub(crate) async fn query_vector(
-        &self,
-        owner: &str,
-        query: &str,
-        deadline: &Deadline,
-        may_embed: bool,
-    ) -> Result<Option<QueryVector>, Failure<ragway_retrieval::RetrievalError>> {
-        let layer = &self.caches.embeddings;
-        let key = CacheKey::new(
-            "l2",
-            &[
-                owner.as_bytes(),
-                self.embedder.model_id().as_bytes(),
-                self.caches.fingerprint.as_bytes(),
-                query.as_bytes(),
-            ],
-        );
-        if let Lookup::Fresh { value, .. } = layer.get("", &key).await {
-            return Ok(Some(QueryVector {
-                vector: Arc::new(value),
-                tokens: None,
-            }));
-        }
-        if !may_embed {
-            return Ok(None);
-        }
-        let embed = self
-            .embedder
-            .embed(vec![query.to_string()], Priority::Interactive);
-        let embedded = self.guards.embed.run(deadline, embed).await?;
-        let tokens = embedded.tokens as u64;
-        let vector = embedded.vectors.into_iter().next().ok_or_else(|| {
-            Failure::Error(ragway_retrieval::RetrievalError::Model(
-                "no vector returned".into(),
-            ))
-        })?;
-        layer.put("", &key, vector.clone()).await;
-        Ok(Some(QueryVector {
-            vector: Arc::new(vector),
-            tokens: Some(tokens),
-        }))
+/// The texts' vectors from L2 where it has them, the others embedded (and kept). `tokens` counts
+/// the embedded ones only: 0 when every vector came from the cache.
+#[async_trait]
+impl<E: Embedder + ?Sized> Embedder for Cached<Arc<E>> {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
     }
-}
-
-/// A query's vector, and the tokens embedding it took (`None`: it came from L2).
-pub struct QueryVector {
-    pub vector: Arc<Vec<f32>>,
-    pub tokens: Option<u64>,
+    fn dimension(&self) -> usize {
+        self.inner.dimension()
+    }
+    fn backend(&self) -> &str {
+        self.inner.backend()
+    }
+    async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Embeddings, RetrievalError> {
+        let layer = &self.caches.embeddings;
+        let tenant = Allowance::current(|a| a.tenant.clone()).unwrap_or_default();
+        let keys: Vec<CacheKey> = texts.iter().map(|t| self.vector_key(&tenant, t)).collect();
+        let mut vectors = Vec::with_capacity(texts.len());
+        for key in &keys {
+            vectors.push(match layer.get("", key).await {
+                Lookup::Fresh { value, .. } => Some(value),
+                Lookup::Stale { .. } | Lookup::Miss => None,
+            });
+        }
+        let missing: Vec<usize> = (0..texts.len()).filter(|&i| vectors[i].is_none()).collect();
+        let mut tokens = 0;
+        if !missing.is_empty() {
+            let asked = missing.iter().map(|&i| texts[i].clone()).collect();
+            let embedded = self.inner.embed(asked, priority).await?;
+            if embedded.vectors.len() != missing.len() {
+                let message = format!("{} vectors for {} texts", embedded.vectors.len(), missing.len());
+                return Err(RetrievalError::Model(message));
+            }
+            tokens = embedded.tokens;
+            for (&i, vector) in missing.iter().zip(embedded.vectors) {
+                layer.put("", &keys[i], vector.clone()).await;
+                vectors[i] = Some(vector);
+            }
+        }
+        let vectors = vectors.into_iter().flatten().collect();
+        Ok(Embeddings { vectors, tokens })
+    }
 }

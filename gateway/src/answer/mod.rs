@@ -22,6 +22,15 @@ pub struct RequestContext {
     pub allowance: Allowance,
 }
 
+impl RequestContext {
+    /// Runs `work` with this request's deadline and allowance in scope for the decorators of the
+    /// stages it calls (guards, costs, budgets, L2), which the stage traits do not carry.
+    pub async fn scope<F: std::future::Future>(&self, work: F) -> F::Output {
+        let allowance = self.allowance.clone();
+        self.deadline.scope(allowance.scope(work)).await
+    }
+}
+
 /// A search: the text, the metadata filter, and how many hits to keep.
 #[derive(Debug, Clone)]
 pub struct Query<'a> {

@@ -1,6 +1,8 @@
 //! The request flow of DESIGN.md: embed → dense ∥ BM25 → RRF → rerank → generate. Each stage
 //! records what it did in a [`Report`]; a failed stage degrades the answer instead of failing it
-//! while another path can still serve.
+//! while another path can still serve. The stages come composed from start-up — each behind its
+//! guard, the query embedder also behind the tenant's budget and L2, the reranker behind its cost —
+//! and read the request's deadline and allowance from the scope [`Retriever::retrieve`] runs in.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,16 +12,14 @@ use async_trait::async_trait;
 use ragway_openapi::{DegradationReason, StageStatus};
 use ragway_rerank::Reranker;
 use ragway_retrieval::{
-    fuse, DenseStore, Embedder, Fusion, HybridStore, KeywordStore, MetadataFilter, ScoredChunk,
+    fuse, DenseStore, Embedder, Fusion, HybridStore, KeywordStore, MetadataFilter, Priority, ScoredChunk,
 };
 
 use super::pool::LlmPool;
 use super::report::Report;
 use super::{Query, RequestContext};
 use crate::caches::{Caches, Target};
-use crate::resilience::deadline::Deadline;
-use crate::resilience::guard::{Failure, Guard};
-use crate::resilience::rerank_cost::RerankCost;
+use crate::resilience::guard::{Guard, StageError};
 
 mod candidates;
 use candidates::Candidates;
@@ -34,25 +34,27 @@ pub struct PipelineSettings {
     pub rerank_candidates: usize,
 }
 
-/// The breaker-and-timeout guard of each retrieval dependency.
+/// The guards inside the stages' decorators, for what asks after a stage's health: `/health`,
+/// and the choice of one round trip while both engines are healthy.
 pub struct StageGuards {
-    /// Shared with ingestion, which embeds through the same breaker.
     pub embed: Arc<Guard>,
-    pub dense: Guard,
-    pub keyword: Guard,
-    pub rerank: Guard,
+    pub dense: Arc<Guard>,
+    pub keyword: Arc<Guard>,
+    pub rerank: Arc<Guard>,
 }
 
 pub struct Pipeline {
+    /// Query embedding: L2 → the tenant's embedding budget → guard → the model.
     pub embedder: Arc<dyn Embedder>,
+    /// Searches behind their guards.
     pub dense: Arc<dyn DenseStore>,
     pub keyword: Arc<dyn KeywordStore>,
     /// A store that searches both engines in one round trip (a Qdrant server), used while both
     /// stages are healthy.
     pub both: Option<Arc<dyn HybridStore>>,
+    /// Its cost (skipped when it cannot fit the time left) → guard → the model.
     pub reranker: Option<Arc<dyn Reranker>>,
     pub guards: StageGuards,
-    pub rerank_cost: RerankCost,
     pub llm: LlmPool,
     /// The cache layers wrapped around the stages (see `caching`).
     pub caches: Arc<Caches>,
@@ -84,30 +86,25 @@ impl<R: Retriever + ?Sized> Retriever for Arc<R> {
 #[async_trait]
 impl Retriever for Pipeline {
     async fn retrieve(&self, target: Target<'_>, query: &Query<'_>, ctx: &RequestContext) -> Retrieved {
-        self.retrieve_uncached(&target, query, ctx).await
+        ctx.scope(self.retrieve_uncached(&target, query, ctx)).await
     }
 }
 
-/// A guarded stage's value, or `None` with its failure recorded in `report`; and the stage's
-/// status either way (a stage the deadline left no time for was skipped, not failed).
-fn settle<T, E: std::fmt::Display>(
+/// A stage's value, or `None` with its failure recorded in `report`; and the stage's status
+/// either way (a stage no time or budget was left for was skipped, not failed).
+fn settle<T, E: StageError>(
     report: &mut Report,
     stage: &str,
-    result: Result<T, Failure<E>>,
+    result: Result<T, E>,
 ) -> (Option<T>, StageStatus) {
     match result {
         Ok(value) => (Some(value), StageStatus::Ok),
-        Err(failure) => {
-            tracing::warn!(stage, error = %failure, "stage degraded");
-            report.degrade(stage, failure.reason());
-            let status = match failure {
-                Failure::Deadline => StageStatus::Skipped,
-                Failure::BreakerOpen
-                | Failure::Timeout
-                | Failure::Injected(_)
-                | Failure::Overloaded(_)
-                | Failure::Error(_)
-                | Failure::Rejected(_) => StageStatus::Failed,
+        Err(error) => {
+            tracing::warn!(stage, %error, "stage degraded");
+            report.degrade(stage, error.reason());
+            let status = match error.skipped() {
+                true => StageStatus::Skipped,
+                false => StageStatus::Failed,
             };
             (None, status)
         }
@@ -125,7 +122,7 @@ impl Pipeline {
     ) -> Retrieved {
         let started = Instant::now();
         let limit = self.settings.rerank_candidates.max(query.top_k);
-        let (candidates, mut report) = self.candidates(target, query, limit, ctx).await;
+        let (candidates, mut report) = self.candidates(target, query, limit, &ctx.deadline).await;
         let Candidates {
             dense,
             keyword,
@@ -138,9 +135,7 @@ impl Pipeline {
         let fused =
             fused.unwrap_or_else(|| fuse(&target.fusion, dense.as_deref(), keyword.as_deref(), limit));
         report.record_time("retrieval", started);
-        let hits = self
-            .rerank(query.text, fused, query.top_k, &ctx.deadline, &mut report)
-            .await;
+        let hits = self.rerank(query.text, fused, query.top_k, &mut report).await;
         Retrieved {
             hits,
             dense_ids,
@@ -150,54 +145,42 @@ impl Pipeline {
     }
 
     /// Embeds the query (through the L2 cache) and searches the dense store.
-    async fn dense_hits(
-        &self,
-        collection: &str,
-        query: &Query<'_>,
-        ctx: &RequestContext,
-    ) -> (Option<Vec<ScoredChunk>>, Report) {
-        let (vector, mut report) = self.embed_query(collection, query.text, ctx).await;
+    async fn dense_hits(&self, collection: &str, query: &Query<'_>) -> (Option<Vec<ScoredChunk>>, Report) {
+        let (vector, mut report) = self.embed_query(query.text).await;
         let Some(vector) = vector else {
             return (None, report);
         };
-        let (hits, search_report) = self
-            .dense_search(collection, vector, query.filter.clone(), &ctx.deadline)
-            .await;
+        let (hits, search_report) = self.dense_search(collection, vector, query.filter.clone()).await;
         report.merge(search_report);
         (hits, report)
     }
 
-    /// The query's vector (through the L2 cache), or `None` with why in the report.
-    pub(super) async fn embed_query(
-        &self,
-        collection: &str,
-        query: &str,
-        ctx: &RequestContext,
-    ) -> (Option<Arc<Vec<f32>>>, Report) {
+    /// The query's vector (from L2, or embedded within the tenant's budget), or `None` with why
+    /// in the report.
+    pub(super) async fn embed_query(&self, query: &str) -> (Option<Arc<Vec<f32>>>, Report) {
         let mut report = Report::default();
         let started = Instant::now();
-        let owner = crate::tenancy::owner(collection);
-        let may_embed = !ctx.allowance.embed_spent;
-        let vector = self.query_vector(owner, query, &ctx.deadline, may_embed).await;
+        let embedded = self
+            .embedder
+            .embed(vec![query.to_string()], Priority::Interactive)
+            .await;
         report.record_time("embed", started);
-        let vector = match vector {
-            Ok(None) => {
-                report.degrade("embed", DegradationReason::Quota);
-                return (None, report);
-            }
-            Ok(Some(embedded)) => Ok(embedded),
-            Err(failure) => Err(failure),
-        };
-        let (vector, status) = settle(&mut report, "embed", vector);
-        report.embed = match &vector {
-            Some(embedded) if embedded.tokens.is_none() => StageStatus::Cached,
-            _ => status,
-        };
-        let Some(embedded) = vector else {
+        let (embedded, status) = settle(&mut report, "embed", embedded);
+        let Some(embedded) = embedded else {
+            report.embed = status;
             return (None, report);
         };
-        report.embedding_tokens += embedded.tokens.unwrap_or(0);
-        (Some(embedded.vector), report)
+        report.embed = match embedded.tokens {
+            0 => StageStatus::Cached,
+            _ => status,
+        };
+        report.embedding_tokens += embedded.tokens as u64;
+        let Some(vector) = embedded.vectors.into_iter().next() else {
+            report.embed = StageStatus::Failed;
+            report.degrade("embed", DegradationReason::Error);
+            return (None, report);
+        };
+        (Some(Arc::new(vector)), report)
     }
 
     pub(super) async fn dense_search(
@@ -205,17 +188,12 @@ impl Pipeline {
         collection: &str,
         vector: Arc<Vec<f32>>,
         filter: MetadataFilter,
-        deadline: &Deadline,
     ) -> (Option<Vec<ScoredChunk>>, Report) {
         let mut report = Report::default();
         let started = Instant::now();
-        let search = self.dense.search(
-            collection,
-            vector.as_ref().clone(),
-            filter,
-            self.settings.candidates,
-        );
-        let hits = self.guards.dense.run(deadline, search).await;
+        let vector = vector.as_ref().clone();
+        let limit = self.settings.candidates;
+        let hits = self.dense.search(collection, vector, filter, limit).await;
         report.record_time("dense", started);
         let (hits, status) = settle(&mut report, "dense", hits);
         report.dense = status;
@@ -226,15 +204,12 @@ impl Pipeline {
         &self,
         collection: &str,
         query: &Query<'_>,
-        deadline: &Deadline,
     ) -> (Option<Vec<ScoredChunk>>, Report) {
         let mut report = Report::default();
         let started = Instant::now();
         let (text, filter) = (query.text.to_string(), query.filter.clone());
-        let search = self
-            .keyword
-            .search(collection, text, filter, self.settings.candidates);
-        let hits = self.guards.keyword.run(deadline, search).await;
+        let limit = self.settings.candidates;
+        let hits = self.keyword.search(collection, text, filter, limit).await;
         report.record_time("keyword", started);
         let (hits, status) = settle(&mut report, "keyword", hits);
         report.keyword = status;
@@ -248,7 +223,6 @@ impl Pipeline {
         query: &str,
         mut fused: Vec<ScoredChunk>,
         top_k: usize,
-        deadline: &Deadline,
         report: &mut Report,
     ) -> Vec<ScoredChunk> {
         let Some(reranker) = &self.reranker else {
@@ -261,28 +235,13 @@ impl Pipeline {
             report.rerank = StageStatus::Ok;
             return fused;
         }
-        if self
-            .rerank_cost
-            .estimate(fused.len())
-            .is_some_and(|cost| cost > deadline.remaining())
-        {
-            report.rerank = StageStatus::Skipped;
-            report.degrade("rerank", DegradationReason::Deadline);
-            fused.truncate(top_k);
-            return fused;
-        }
         let started = Instant::now();
         let passages = fused.iter().map(|h| h.chunk.text.clone()).collect();
-        let scores = self
-            .guards
-            .rerank
-            .run(deadline, reranker.score(query.to_string(), passages))
-            .await;
+        let scores = reranker.score(query.to_string(), passages).await;
         report.record_time("rerank", started);
         let (scores, status) = settle(report, "rerank", scores);
         report.rerank = status;
         if let Some(scored) = scores {
-            self.rerank_cost.record(fused.len(), started.elapsed());
             for (hit, score) in fused.iter_mut().zip(scored.scores) {
                 hit.score = score;
             }

@@ -27,8 +27,6 @@ use sha2::{Digest, Sha256};
 use crate::caches::{Caches, Target};
 use crate::catalog::lease::Lease;
 use crate::error::{ApiError, ErrorCode};
-use crate::resilience::deadline::Deadline;
-use crate::resilience::guard::Guard;
 use crate::resilience::guard::ModelStage;
 use crate::tenancy::Accounts;
 
@@ -209,14 +207,6 @@ pub struct BatchOutcome {
     pub epoch: u64,
 }
 
-/// How ingestion reaches the embedder: through its guard (breaker, faults), in the bulk lane,
-/// with a timeout per batch.
-pub struct IngestEmbedding {
-    pub embedder: Arc<dyn Embedder>,
-    pub guard: Arc<Guard>,
-    pub timeout: Duration,
-}
-
 pub struct Collections {
     registry: Box<dyn Registry>,
     open: RwLock<BTreeMap<String, Arc<Collection>>>,
@@ -227,7 +217,9 @@ pub struct Collections {
     lifecycle: tokio::sync::Mutex<()>,
     /// The registry version this process last followed completely (shared registries).
     followed: Mutex<Option<u64>>,
-    embedding: IngestEmbedding,
+    /// Ingestion's embedder: behind its guard (breaker, faults, a batch's own timeout), called in
+    /// the bulk lane.
+    embedder: Arc<dyn Embedder>,
     dense: Arc<dyn DenseStore>,
     keyword: Arc<dyn KeywordStore>,
     followers: Followers,
@@ -283,7 +275,7 @@ impl Collections {
     /// [`Collections::damaged`] and does not stop the others.
     pub async fn open(
         store: ManifestStore,
-        embedding: IngestEmbedding,
+        embedder: Arc<dyn Embedder>,
         dense: Arc<dyn DenseStore>,
         keyword: Arc<dyn KeywordStore>,
         followers: Followers,
@@ -301,7 +293,7 @@ impl Collections {
             damaged: RwLock::new(BTreeMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             followed: Mutex::new(None),
-            embedding,
+            embedder,
             dense,
             keyword,
             followers,
@@ -527,8 +519,8 @@ impl Collections {
             chunk_words: chunking.chunk_words,
             chunk_overlap_words: chunking.overlap_words,
             fusion,
-            embedder: Some(self.embedding.embedder.model_id().to_string()),
-            dimension: Some(self.embedding.embedder.dimension()),
+            embedder: Some(self.embedder.model_id().to_string()),
+            dimension: Some(self.embedder.dimension()),
             epoch: 0,
             documents: BTreeMap::new(),
             pending: Vec::new(),
@@ -663,17 +655,13 @@ impl Collections {
     }
 
     async fn embed(&self, collection: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ApiError> {
-        let IngestEmbedding {
-            embedder,
-            guard,
-            timeout,
-        } = &self.embedding;
-        // The batch's own timeout, not a query's (a batch embeds many texts); there is no request
-        // deadline, so a batch that times out counts against the embedder like any timeout.
-        let embedded = guard
-            .run_within(&Deadline::none(), *timeout, embedder.embed(texts, Priority::Bulk))
+        // There is no request deadline: a batch that passes its timeout counts against the
+        // embedder like any timeout.
+        let embedded = self
+            .embedder
+            .embed(texts, Priority::Bulk)
             .await
-            .map_err(|failure| ApiError::from_stage(ModelStage::Embedder, failure))?;
+            .map_err(|e| ApiError::from_stage(ModelStage::Embedder, e))?;
         if let Some(accounts) = &self.followers.accounts {
             accounts.meter_of(collection).embedding(embedded.tokens as u64);
         }
@@ -717,7 +705,7 @@ impl Collections {
     /// Refuses work that would embed into `collection` with another embedder than its vectors
     /// were made with (vector spaces must not mix).
     pub fn check_embedder(&self, collection: &Collection) -> Result<(), ApiError> {
-        let current = &self.embedding.embedder;
+        let current = &self.embedder;
         match &collection.embedder {
             Some((id, dimension)) if id != current.model_id() || *dimension != current.dimension() => {
                 Err(ApiError::Conflict {

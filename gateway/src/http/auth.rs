@@ -231,12 +231,14 @@ impl Caller {
         Ok(match (llm_spent, tenant.llm_backends.clone()) {
             // Spent: only the cheaper backends it may use, if there are any.
             (true, _) if !cheaper.is_empty() => Allowance {
+                tenant: tenant.id.clone(),
                 llm: Choice::Only(cheaper),
                 llm_spent: false,
                 cheaper_only: true,
                 embed_spent,
             },
             (llm_spent, allowed) => Allowance {
+                tenant: tenant.id.clone(),
                 llm: allowed.map_or(Choice::Any, Choice::Only),
                 llm_spent,
                 cheaper_only: false,

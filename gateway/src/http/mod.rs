@@ -42,12 +42,19 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The models the routes call directly (`/v1/embeddings`, `/v1/rerank`), each behind its guard.
+pub struct ModelStages {
+    pub embedder: Arc<dyn ragway_retrieval::Embedder>,
+    pub reranker: Option<Arc<dyn ragway_rerank::Reranker>>,
+}
+
 /// What [`AppState`] holds.
 pub struct Shared {
     pub config: Arc<Config>,
     pub collections: Arc<Collections>,
     pub jobs: Arc<Jobs>,
     pub pipeline: Arc<Pipeline>,
+    pub models: ModelStages,
     pub engine: Arc<Engine>,
     /// `/search`: the pipeline behind L3, behind L1.
     pub search: Arc<dyn Retriever>,

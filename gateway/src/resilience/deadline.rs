@@ -1,8 +1,14 @@
-//! A request's deadline: every stage gets what is left of it.
+//! A request's deadline: every stage gets what is left of it. A request runs its stages inside
+//! [`Deadline::scope`]; the guards around the stages read it with [`Deadline::current`], so the
+//! stage traits need no deadline parameter.
 
 use std::time::{Duration, Instant};
 
 use crate::error::{ApiError, ErrorCode};
+
+tokio::task_local! {
+    static CURRENT: Deadline;
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
@@ -38,6 +44,18 @@ impl Deadline {
                 format!("deadline_ms = {ms} is out of range: use 1 to {max_ms}"),
             )),
         }
+    }
+
+    /// Runs `work` with this as the deadline every guarded stage it calls reads.
+    pub async fn scope<F: std::future::Future>(self, work: F) -> F::Output {
+        CURRENT.scope(self, work).await
+    }
+
+    /// The deadline of the request this task runs, or none (background work).
+    pub fn current() -> Self {
+        CURRENT
+            .try_with(|deadline| *deadline)
+            .unwrap_or_else(|_| Self::none())
     }
 
     pub fn remaining(&self) -> Duration {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ragway_openapi::DegradationReason;
+use ragway_worker::Stopped;
 
 use crate::resilience::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::resilience::deadline::Deadline;
@@ -57,6 +58,42 @@ impl<E> Failure<E> {
             Self::Overloaded(_) => DegradationReason::Overloaded,
             Self::Injected(_) | Self::Error(_) | Self::Rejected(_) => DegradationReason::Error,
         }
+    }
+}
+
+impl<E: From<Stopped>> Failure<E> {
+    /// The failure in the stage's own error type, as a decorator of the stage answers it.
+    pub fn into_error(self) -> E {
+        match self {
+            Self::BreakerOpen => Stopped::BreakerOpen.into(),
+            Self::Timeout => Stopped::Timeout.into(),
+            Self::Deadline => Stopped::Deadline.into(),
+            Self::Injected(message) => Stopped::Injected(message).into(),
+            Self::Overloaded(error) | Self::Error(error) | Self::Rejected(error) => error,
+        }
+    }
+}
+
+/// What a stage's error means for an answer: the reason it is reported under, and whether the
+/// stage was skipped (no time or budget left for it) rather than failed.
+pub trait StageError: Blamed + std::fmt::Display {
+    /// Set when a guard or budget around the stage stopped the call.
+    fn stopped(&self) -> Option<&Stopped>;
+
+    fn reason(&self) -> DegradationReason {
+        match self.stopped() {
+            Some(Stopped::BreakerOpen) => DegradationReason::BreakerOpen,
+            Some(Stopped::Timeout) => DegradationReason::Timeout,
+            Some(Stopped::Deadline) => DegradationReason::Deadline,
+            Some(Stopped::BudgetSpent) => DegradationReason::Quota,
+            Some(Stopped::Injected(_)) => DegradationReason::Error,
+            None if self.blame() == Blame::Overload => DegradationReason::Overloaded,
+            None => DegradationReason::Error,
+        }
+    }
+
+    fn skipped(&self) -> bool {
+        matches!(self.stopped(), Some(Stopped::Deadline | Stopped::BudgetSpent))
     }
 }
 
@@ -169,7 +206,8 @@ impl Blamed for ragway_retrieval::RetrievalError {
     fn blame(&self) -> Blame {
         match self {
             Self::UnknownCollection(_) => Blame::Caller,
-            Self::Overloaded(_) => Blame::Overload,
+            // Stopped around the stage: never the stage's own failure.
+            Self::Overloaded(_) | Self::Stopped(_) => Blame::Overload,
             Self::Model(_) | Self::Dense(_) | Self::Keyword(_) | Self::WorkerGone => Blame::Dependency,
         }
     }
@@ -178,8 +216,26 @@ impl Blamed for ragway_retrieval::RetrievalError {
 impl Blamed for ragway_rerank::RerankError {
     fn blame(&self) -> Blame {
         match self {
-            Self::Overloaded(_) => Blame::Overload,
+            Self::Overloaded(_) | Self::Stopped(_) => Blame::Overload,
             Self::Model(_) | Self::WorkerGone => Blame::Dependency,
+        }
+    }
+}
+
+impl StageError for ragway_retrieval::RetrievalError {
+    fn stopped(&self) -> Option<&Stopped> {
+        match self {
+            Self::Stopped(stopped) => Some(stopped),
+            _ => None,
+        }
+    }
+}
+
+impl StageError for ragway_rerank::RerankError {
+    fn stopped(&self) -> Option<&Stopped> {
+        match self {
+            Self::Stopped(stopped) => Some(stopped),
+            _ => None,
         }
     }
 }
@@ -208,11 +264,11 @@ pub enum ModelStage {
 }
 
 impl ApiError {
-    /// What a route answers when `stage` produced nothing: busy (a full queue, an open breaker:
-    /// 503 with `Retry-After`) or unavailable (503); a caller's own error keeps its status.
-    pub fn from_stage<E>(stage: ModelStage, failure: Failure<E>) -> Self
+    /// What a route answers when `stage` failed: busy (a full queue, an open breaker: 503 with
+    /// `Retry-After`) or unavailable (503); a caller's own error keeps its status.
+    pub fn from_stage<E>(stage: ModelStage, error: E) -> Self
     where
-        E: std::fmt::Display + Into<ApiError>,
+        E: StageError + Into<ApiError>,
     {
         let (busy, unavailable, name) = match stage {
             ModelStage::Embedder => (
@@ -226,16 +282,16 @@ impl ApiError {
                 "reranker",
             ),
         };
-        match failure {
-            Failure::Rejected(e) => e.into(),
-            Failure::Overloaded(_) | Failure::BreakerOpen => Self::Busy {
+        match (error.stopped(), error.blame()) {
+            (None, Blame::Caller) => error.into(),
+            (Some(Stopped::BreakerOpen), _) | (None, Blame::Overload) => Self::Busy {
                 code: busy,
-                message: format!("the {name} cannot take this work now ({failure}); retry later"),
+                message: format!("the {name} cannot take this work now ({error}); retry later"),
                 retry_after_s: 1,
             },
-            other => Self::Unavailable {
+            _ => Self::Unavailable {
                 code: unavailable,
-                message: format!("the {name} did not answer: {other}"),
+                message: format!("the {name} did not answer: {error}"),
             },
         }
     }

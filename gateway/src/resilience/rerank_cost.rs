@@ -1,8 +1,16 @@
-//! Recent reranker cost, to skip reranking when it cannot fit the time left.
+//! Recent reranker cost, to skip reranking when it cannot fit the time left: [`Costed`] is a
+//! [`Reranker`] that refuses such a call (as the request's deadline) and learns from every call
+//! it lets through.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ragway_rerank::{RerankError, Reranker, Scores};
+use ragway_worker::Stopped;
+
+use super::deadline::Deadline;
 
 const WINDOW: usize = 64;
 
@@ -35,6 +43,43 @@ impl RerankCost {
         sorted.sort_by(f64::total_cmp);
         let p95 = sorted[((sorted.len() - 1) as f64 * 0.95).round() as usize];
         Some(Duration::from_secs_f64(p95 * candidates as f64 / 1e3))
+    }
+}
+
+/// A reranker that is not called when its recent cost for this many passages exceeds what is
+/// left of the request's deadline ([`Deadline::current`]).
+pub struct Costed<R: ?Sized> {
+    inner: Arc<R>,
+    cost: RerankCost,
+}
+
+impl<R: ?Sized> Costed<R> {
+    pub fn new(inner: Arc<R>) -> Self {
+        Self {
+            inner,
+            cost: RerankCost::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl<R: Reranker + ?Sized> Reranker for Costed<R> {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+    fn backend(&self) -> &str {
+        self.inner.backend()
+    }
+    async fn score(&self, query: String, passages: Vec<String>) -> Result<Scores, RerankError> {
+        let candidates = passages.len();
+        let left = Deadline::current().remaining();
+        if self.cost.estimate(candidates).is_some_and(|cost| cost > left) {
+            return Err(Stopped::Deadline.into());
+        }
+        let started = Instant::now();
+        let scores = self.inner.score(query, passages).await?;
+        self.cost.record(candidates, started.elapsed());
+        Ok(scores)
     }
 }
 

@@ -1,4 +1,12 @@
-//! What one request of a tenant may use: which LLM backends, and which budgets are spent.
+//! What one request of a tenant may use: which LLM backends, and which budgets are spent. A
+//! request runs its stages inside [`Allowance::scope`]; the decorators that charge a tenant or
+//! keep its entries apart (the embedding budget, L2) read it with [`Allowance::current`].
+
+use std::future::Future;
+
+tokio::task_local! {
+    static CURRENT: Allowance;
+}
 
 /// The backends of the pool a request may use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +29,8 @@ impl Choice {
 /// What the caller's tenant may use and spend on this request.
 #[derive(Debug, Clone, Default)]
 pub struct Allowance {
+    /// The tenant's id; empty for a caller without one (the admin, an open server).
+    pub tenant: String,
     /// The LLM backends it may use.
     pub llm: Choice,
     /// Its LLM token budget is spent (`over_quota = "degrade"`): no LLM runs, the answer comes
@@ -34,6 +44,17 @@ pub struct Allowance {
 }
 
 impl Allowance {
+    /// Runs `work` with this as the allowance the stage decorators it calls read.
+    pub async fn scope<F: Future>(self, work: F) -> F::Output {
+        CURRENT.scope(self, work).await
+    }
+
+    /// `read` of the allowance of the request this task runs; `None` outside one (background
+    /// work spends no request's allowance).
+    pub fn current<T>(read: impl FnOnce(&Allowance) -> T) -> Option<T> {
+        CURRENT.try_with(read).ok()
+    }
+
     /// The tenant's LLM budget is spent (whether or not a cheaper backend is left to it).
     pub fn budget_spent(&self) -> bool {
         self.llm_spent || self.cheaper_only

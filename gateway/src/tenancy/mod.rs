@@ -4,11 +4,13 @@
 //! keys are scoped by tenant without knowing of tenants; in `open` mode names are used as given.
 
 mod allowance;
+mod budgeted;
 mod meter;
 pub mod quota;
 pub mod tenants;
 
 pub use allowance::{Allowance, Choice};
+pub use budgeted::Budgeted;
 pub use meter::{Meter, Metering};
 
 /// The tenant id a stored collection name belongs to (`""` in open mode).

@@ -1,7 +1,7 @@
 //! Each engine's candidates for a query. A store that searches both engines at once (a Qdrant
 //! server: one round trip, fused there where Qdrant fuses as ragway does) is used while both
 //! stages are healthy; otherwise — or when that call fails — each engine is searched on its own
-//! through its guard, so the `dense` and `keyword` stages degrade (and open their breakers)
+//! (each behind its guard), so the `dense` and `keyword` stages degrade (and open their breakers)
 //! separately, exactly as with two stores.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use ragway_retrieval::{HybridQuery, HybridStore, ScoredChunk};
 
 use super::Pipeline;
 use crate::answer::report::Report;
-use crate::answer::{Query, RequestContext};
+use crate::answer::Query;
 use crate::caches::Target;
 use crate::resilience::deadline::Deadline;
 
@@ -30,9 +30,8 @@ impl Pipeline {
         target: &Target<'_>,
         query: &Query<'_>,
         limit: usize,
-        ctx: &RequestContext,
+        deadline: &Deadline,
     ) -> (Candidates, Report) {
-        let deadline = &ctx.deadline;
         let collection = target.name;
         let path = |path: &'static str| {
             metrics::counter!("ragway_retrieval_paths_total", "path" => path).increment(1)
@@ -40,8 +39,8 @@ impl Pipeline {
         let Some(store) = self.both_at_once() else {
             path("per_engine");
             let ((dense, mut report), (keyword, keyword_report)) = tokio::join!(
-                self.dense_hits(collection, query, ctx),
-                self.keyword_hits(collection, query, deadline),
+                self.dense_hits(collection, query),
+                self.keyword_hits(collection, query),
             );
             report.merge(keyword_report);
             return (
@@ -53,9 +52,9 @@ impl Pipeline {
                 report,
             );
         };
-        let (vector, mut report) = self.embed_query(collection, query.text, ctx).await;
+        let (vector, mut report) = self.embed_query(query.text).await;
         let Some(vector) = vector else {
-            let (keyword, keyword_report) = self.keyword_hits(collection, query, deadline).await;
+            let (keyword, keyword_report) = self.keyword_hits(collection, query).await;
             report.merge(keyword_report);
             return (
                 Candidates {
@@ -89,8 +88,8 @@ impl Pipeline {
         }
         path("per_engine");
         let ((dense, dense_report), (keyword, keyword_report)) = tokio::join!(
-            self.dense_search(collection, vector, query.filter.clone(), deadline),
-            self.keyword_hits(collection, query, deadline),
+            self.dense_search(collection, vector, query.filter.clone()),
+            self.keyword_hits(collection, query),
         );
         report.merge(dense_report);
         report.merge(keyword_report);

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::Json;
 use ragway_openapi::{
@@ -37,7 +35,7 @@ pub async fn embeddings(
             ))
         }
     };
-    let dimension = state.pipeline.embedder.dimension();
+    let dimension = state.models.embedder.dimension();
     if request.dimensions.is_some_and(|d| d != dimension) {
         return Err(ApiError::invalid(
             ErrorCode::UnsupportedDimensions,
@@ -54,21 +52,14 @@ pub async fn embeddings(
     } else {
         Priority::Bulk
     };
-    // Through the embedder's guard, so its breaker, timeout and injected faults apply here too.
-    let embedder = &state.pipeline.embedder;
+    // Through the embedder's guard, so its breaker, timeout (a bulk request gets ingestion's
+    // batch timeout) and injected faults apply here too.
     let deadline = deadline(&state, None)?;
-    // A bulk request takes longer than one query's embedding; it gets ingestion's batch timeout.
-    let timeout = match priority {
-        Priority::Interactive => Duration::from_millis(state.config.resilience.embed_timeout_ms),
-        Priority::Bulk => Duration::from_millis(state.config.ingest.embed_timeout_ms),
-    };
-    let embeddings = state
-        .pipeline
-        .guards
-        .embed
-        .run_within(&deadline, timeout, embedder.embed(texts, priority))
+    let embed = state.models.embedder.embed(texts, priority);
+    let embeddings = deadline
+        .scope(embed)
         .await
-        .map_err(|failure| ApiError::from_stage(ModelStage::Embedder, failure))?;
+        .map_err(|e| ApiError::from_stage(ModelStage::Embedder, e))?;
     caller.meter(&state).embedding(embeddings.tokens as u64);
     Ok(Json(EmbeddingsResponse {
         object: "list".into(),
@@ -82,7 +73,7 @@ pub async fn embeddings(
                 embedding: encode(embedding, base64),
             })
             .collect(),
-        model: embedder.model_id().to_string(),
+        model: state.models.embedder.model_id().to_string(),
         usage: EmbeddingUsage {
             prompt_tokens: embeddings.tokens,
             total_tokens: embeddings.tokens,

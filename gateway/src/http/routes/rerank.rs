@@ -22,7 +22,7 @@ pub async fn rerank(
     _caller: Caller,
     ApiJson(request): ApiJson<RerankRequest>,
 ) -> Result<Json<RerankResponse>, ApiError> {
-    let Some(reranker) = state.pipeline.reranker.clone() else {
+    let Some(reranker) = state.models.reranker.clone() else {
         return Err(ApiError::NotConfigured(
             "no reranker is configured (models.reranker)".into(),
         ));
@@ -40,16 +40,11 @@ pub async fn rerank(
         ));
     }
     let deadline = deadline(&state, None)?;
-    let scored = state
-        .pipeline
-        .guards
-        .rerank
-        .run(
-            &deadline,
-            reranker.score(request.query, request.documents.clone()),
-        )
+    let score = reranker.score(request.query, request.documents.clone());
+    let scored = deadline
+        .scope(score)
         .await
-        .map_err(|failure| ApiError::from_stage(ModelStage::Reranker, failure))?;
+        .map_err(|e| ApiError::from_stage(ModelStage::Reranker, e))?;
     let mut results: Vec<RerankResult> = scored
         .scores
         .iter()

@@ -1,0 +1,257 @@
+//! A stage behind its guard, as a decorator of the stage's own trait: [`Guarded`] is an
+//! [`Embedder`], [`DenseStore`], [`KeywordStore`] or [`Reranker`] whose calls run through a
+//! [`Guard`] (breaker, timeout, the request's deadline from [`Deadline::current`], injected
+//! faults). What the guard stops comes back in the stage's error type, as
+//! [`Stopped`](ragway_worker::Stopped).
+//!
+//! Searches and model calls are guarded; a store's writes, flushes and exports are not: a write
+//! is never abandoned halfway by a timeout, and ingestion keeps its own durability rules.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ragway_rerank::{RerankError, Reranker, Scores};
+use ragway_retrieval::{
+    Chunk, DenseStore, EmbeddedChunk, Embedder, Embeddings, KeywordStore, MetadataFilter, Priority,
+    RetrievalError, ScoredChunk,
+};
+use ragway_worker::Stopped;
+
+use super::deadline::Deadline;
+use super::guard::{Blamed, Guard};
+
+pub struct Guarded<S: ?Sized> {
+    inner: Arc<S>,
+    guard: Arc<Guard>,
+    /// The timeout of bulk work (an ingestion batch, a long `/v1/embeddings` request), when it is
+    /// not the guard's own.
+    bulk_timeout: Option<Duration>,
+}
+
+impl<S: ?Sized> Guarded<S> {
+    pub fn new(inner: Arc<S>, guard: Arc<Guard>) -> Self {
+        Self {
+            inner,
+            guard,
+            bulk_timeout: None,
+        }
+    }
+
+    /// Bulk calls get `timeout` instead of the guard's (a batch embeds many texts).
+    pub fn with_bulk_timeout(mut self, timeout: Duration) -> Self {
+        self.bulk_timeout = Some(timeout);
+        self
+    }
+
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    async fn call<T, E, F>(&self, timeout: Duration, call: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Blamed + From<Stopped>,
+    {
+        let deadline = Deadline::current();
+        let result = self.guard.run_within(&deadline, timeout, call).await;
+        result.map_err(|failure| failure.into_error())
+    }
+
+    fn timeout(&self, priority: Priority) -> Duration {
+        match priority {
+            Priority::Interactive => self.guard.timeout(),
+            Priority::Bulk => self.bulk_timeout.unwrap_or(self.guard.timeout()),
+        }
+    }
+}
+
+#[async_trait]
+impl<E: Embedder + ?Sized> Embedder for Guarded<E> {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+    fn dimension(&self) -> usize {
+        self.inner.dimension()
+    }
+    fn backend(&self) -> &str {
+        self.inner.backend()
+    }
+    async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Embeddings, RetrievalError> {
+        let timeout = self.timeout(priority);
+        self.call(timeout, self.inner.embed(texts, priority)).await
+    }
+}
+
+#[async_trait]
+impl<D: DenseStore + ?Sized> DenseStore for Guarded<D> {
+    async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError> {
+        self.inner.open_collection(collection).await
+    }
+    async fn drop_collection(&self, collection: &str) -> Result<(), RetrievalError> {
+        self.inner.drop_collection(collection).await
+    }
+    async fn upsert(&self, collection: &str, chunks: Vec<EmbeddedChunk>) -> Result<(), RetrievalError> {
+        self.inner.upsert(collection, chunks).await
+    }
+    async fn delete_documents(&self, collection: &str, doc_ids: Vec<String>) -> Result<(), RetrievalError> {
+        self.inner.delete_documents(collection, doc_ids).await
+    }
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        filter: MetadataFilter,
+        limit: usize,
+    ) -> Result<Vec<ScoredChunk>, RetrievalError> {
+        let search = self.inner.search(collection, vector, filter, limit);
+        self.call(self.guard.timeout(), search).await
+    }
+    async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError> {
+        self.inner.document_ids(collection).await
+    }
+    async fn flush(&self, collection: &str) -> Result<(), RetrievalError> {
+        self.inner.flush(collection).await
+    }
+    async fn export(&self, collection: &str) -> Result<Vec<EmbeddedChunk>, RetrievalError> {
+        self.inner.export(collection).await
+    }
+}
+
+#[async_trait]
+impl<K: KeywordStore + ?Sized> KeywordStore for Guarded<K> {
+    async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError> {
+        self.inner.open_collection(collection).await
+    }
+    async fn drop_collection(&self, collection: &str) -> Result<(), RetrievalError> {
+        self.inner.drop_collection(collection).await
+    }
+    async fn upsert(&self, collection: &str, chunks: Vec<Chunk>) -> Result<(), RetrievalError> {
+        self.inner.upsert(collection, chunks).await
+    }
+    async fn delete_documents(&self, collection: &str, doc_ids: Vec<String>) -> Result<(), RetrievalError> {
+        self.inner.delete_documents(collection, doc_ids).await
+    }
+    async fn search(
+        &self,
+        collection: &str,
+        query: String,
+        filter: MetadataFilter,
+        limit: usize,
+    ) -> Result<Vec<ScoredChunk>, RetrievalError> {
+        let search = self.inner.search(collection, query, filter, limit);
+        self.call(self.guard.timeout(), search).await
+    }
+    async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError> {
+        self.inner.document_ids(collection).await
+    }
+}
+
+#[async_trait]
+impl<R: Reranker + ?Sized> Reranker for Guarded<R> {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+    fn backend(&self) -> &str {
+        self.inner.backend()
+    }
+    async fn score(&self, query: String, passages: Vec<String>) -> Result<Scores, RerankError> {
+        self.call(self.guard.timeout(), self.inner.score(query, passages))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::resilience::breaker::{BreakerSettings, BreakerState};
+    use crate::resilience::faults::Faults;
+
+    /// A reranker that fails or hangs as told, and counts its calls.
+    struct Flaky {
+        hang: bool,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Reranker for Flaky {
+        fn model_id(&self) -> &str {
+            "flaky"
+        }
+        fn backend(&self) -> &str {
+            "test"
+        }
+        async fn score(&self, _: String, passages: Vec<String>) -> Result<Scores, RerankError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            match passages.is_empty() {
+                true => Err(RerankError::Model("no passages".into())),
+                false => Ok(Scores {
+                    scores: vec![1.0; passages.len()],
+                    tokens: 1,
+                }),
+            }
+        }
+    }
+
+    fn guarded(hang: bool) -> (Guarded<Flaky>, Arc<Flaky>) {
+        let settings = BreakerSettings {
+            failure_threshold: 2,
+            open: Duration::from_secs(60),
+            max_open: Duration::from_secs(60),
+        };
+        let faults = Arc::new(Faults::default());
+        let guard = Guard::new("reranker", Duration::from_secs(5), &settings, faults);
+        let inner = Arc::new(Flaky {
+            hang,
+            calls: AtomicUsize::new(0),
+        });
+        (Guarded::new(inner.clone(), Arc::new(guard)), inner)
+    }
+
+    #[tokio::test]
+    async fn failures_open_the_breaker_and_then_the_stage_is_not_called() {
+        let (reranker, inner) = guarded(false);
+        for _ in 0..2 {
+            let failed = reranker.score("q".into(), Vec::new()).await;
+            assert!(matches!(failed, Err(RerankError::Model(_))), "{failed:?}");
+        }
+        assert_eq!(reranker.guard().state(), BreakerState::Open);
+        let refused = reranker.score("q".into(), vec!["p".into()]).await;
+        assert!(
+            matches!(refused, Err(RerankError::Stopped(Stopped::BreakerOpen))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            inner.calls.load(Ordering::SeqCst),
+            2,
+            "an open breaker stops the call"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_requests_deadline_comes_from_its_scope_and_is_not_held_against_the_stage() {
+        let (reranker, _) = guarded(true);
+        let deadline = Deadline::after(Duration::from_millis(20));
+        for _ in 0..3 {
+            let cut = deadline.scope(reranker.score("q".into(), vec!["p".into()])).await;
+            assert!(
+                matches!(cut, Err(RerankError::Stopped(Stopped::Deadline))),
+                "{cut:?}"
+            );
+        }
+        assert_eq!(reranker.guard().state(), BreakerState::Closed);
+        let ok = guarded(false).0.score("q".into(), vec!["p".into()]).await;
+        assert_eq!(
+            ok.map(|s| s.scores).ok(),
+            Some(vec![1.0]),
+            "no scope: no deadline"
+        );
+    }
+}
