@@ -217,3 +217,72 @@ impl<E: Embedder + ?Sized> Embedder for Cached<Arc<E>> {
         Ok(Embeddings { vectors, tokens })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Counts the texts it embeds; every text's vector is its length.
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl Embedder for Counting {
+        fn model_id(&self) -> &str {
+            "counting"
+        }
+        fn dimension(&self) -> usize {
+            1
+        }
+        fn backend(&self) -> &str {
+            "test"
+        }
+        async fn embed(&self, texts: Vec<String>, _: Priority) -> Result<Embeddings, RetrievalError> {
+            self.0.fetch_add(texts.len(), Ordering::SeqCst);
+            Ok(Embeddings {
+                vectors: texts.iter().map(|t| vec![t.len() as f32]).collect(),
+                tokens: texts.len() * 2,
+            })
+        }
+    }
+
+    fn tenant(id: &str) -> Allowance {
+        Allowance {
+            tenant: id.into(),
+            ..Allowance::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn l2_embeds_only_what_it_lacks_and_keeps_tenants_apart() {
+        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let cached = Cached::embeddings(inner.clone(), Caches::new(&Config::default(), None));
+        let texts = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let first = tenant("a").scope(cached.embed(texts(&["one", "three"]), Priority::Interactive));
+        assert_eq!(first.await.map(|e| e.tokens).ok(), Some(4));
+        let again =
+            tenant("a").scope(cached.embed(texts(&["three", "seven!", "one"]), Priority::Interactive));
+        let again = again.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            again.vectors,
+            vec![vec![5.0], vec![6.0], vec![3.0]],
+            "in input order"
+        );
+        assert_eq!(again.tokens, 2, "only the text it lacked was embedded");
+        let cached_only = tenant("a").scope(cached.embed(texts(&["one"]), Priority::Interactive));
+        assert_eq!(
+            cached_only.await.map(|e| e.tokens).ok(),
+            Some(0),
+            "0 tokens: all from L2"
+        );
+        let other = tenant("b").scope(cached.embed(texts(&["one"]), Priority::Interactive));
+        assert_eq!(
+            other.await.map(|e| e.tokens).ok(),
+            Some(2),
+            "another tenant's entries are its own"
+        );
+        assert_eq!(inner.0.load(Ordering::SeqCst), 4);
+    }
+}

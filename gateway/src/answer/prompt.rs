@@ -78,6 +78,30 @@ pub fn grounded(
     Ok((request(fitted.messages), given))
 }
 
+/// A question that cannot fit `window` even without passages is the caller's error (400). Most
+/// questions are far under the byte bound, and are not rendered at all.
+pub fn check_question_fits(
+    conversation: &Conversation,
+    sampling: Sampling,
+    window: Window<'_>,
+) -> Result<(), ApiError> {
+    let Some((_, size)) = window else {
+        return Ok(());
+    };
+    if bound_without_passages(conversation) <= room(size, sampling.max_tokens)? {
+        return Ok(());
+    }
+    grounded(conversation, &[], sampling, window, &mut Report::default()).map(drop)
+}
+
+/// [`at_most_tokens`] of the conversation's prompt without passages, from the lengths of its
+/// parts: the instructions (measured once), the question, the history.
+fn bound_without_passages(conversation: &Conversation) -> usize {
+    static INSTRUCTIONS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let instructions = *INSTRUCTIONS.get_or_init(|| at_most_tokens(&rag_messages("", &[])));
+    instructions + conversation.question.len() + at_most_tokens(&conversation.history)
+}
+
 /// A plain chat's prompt as the caller wrote it: 400 when it and `max_tokens` do not fit the
 /// backend's window.
 pub fn check_fits(request: &GenerationRequest, generator: &dyn Generator) -> Result<(), ApiError> {
@@ -223,6 +247,9 @@ mod tests {
         let messages = [ChatMessage::new(ragway_llm::Role::User, text)];
         let counted = model.count_tokens(&messages).unwrap_or(usize::MAX);
         assert!(at_most_tokens(&messages) >= counted);
+        let conversation = Conversation::single(text);
+        let rendered = with_history(rag_messages(&conversation.question, &[]), &[]);
+        assert!(bound_without_passages(&conversation) >= at_most_tokens(&rendered));
         assert!(at_most_tokens(&messages) >= text.len());
     }
 
@@ -253,5 +280,10 @@ mod tests {
             ..request
         };
         assert!(check_fits(&short, &model).is_ok());
+        let window = Some((&model as &dyn Generator, 120));
+        assert!(check_question_fits(&conversation, SAMPLING, window).is_err());
+        let roomy = Words { window: 4096 };
+        let short = Conversation::single("why?");
+        assert!(check_question_fits(&short, SAMPLING, Some((&roomy, 4096))).is_ok());
     }
 }

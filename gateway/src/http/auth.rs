@@ -1,6 +1,6 @@
-//! Who is calling. The `/v1` layers: [`authenticate`] reads `Authorization: Bearer <key>` and
-//! finds its tenant, [`rate_limit`] admits the request under the tenant's request rate, and the
-//! [`Caller`] goes into the request's extensions, where handlers take it from. The `/admin` layer
+//! Who is calling. The `/v1` layer ([`tenant_layer`]) reads `Authorization: Bearer <key>`, finds
+//! its tenant and admits the request under the tenant's request rate; the [`Caller`] goes into
+//! the request's extensions, where handlers take it from. The `/admin` layer
 //! ([`admin_only`]) lets only the admin key through. No handler authenticates by itself.
 
 use std::sync::Arc;
@@ -30,19 +30,27 @@ pub struct Caller {
     pub spent: Spent,
 }
 
-/// Whose key a request carries (`None` in open mode), put in its extensions by [`authenticate`].
-#[derive(Clone)]
-pub struct Authenticated(pub Option<Arc<Tenant>>);
+/// The `/v1` layer: the tenant whose key the request carries (401 without a known key),
+/// admitted under its request rate (429 with `Retry-After` over it); the [`Caller`] — the tenant
+/// and what it had spent today — goes into the request. One layer, two steps: a layer per step
+/// costs each request another service clone and boxed future, for nothing a route could use.
+pub async fn tenant_layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let caller = match admit(&state, request.headers()).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
 
-/// The first `/v1` layer: the tenant whose key the request carries (401 without a known key).
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    match tenant_of(&state, request.headers()) {
-        Ok(tenant) => {
-            request.extensions_mut().insert(Authenticated(tenant));
-            next.run(request).await
-        }
-        Err(e) => e.into_response(),
-    }
+/// Authentication, then the rate limit.
+async fn admit(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let tenant = tenant_of(state, headers)?;
+    let spent = match &tenant {
+        Some(tenant) => state.quotas.admit(tenant).await?,
+        None => Spent::default(),
+    };
+    Ok(Caller { tenant, spent })
 }
 
 fn tenant_of(state: &AppState, headers: &HeaderMap) -> Result<Option<Arc<Tenant>>, ApiError> {
@@ -58,27 +66,6 @@ fn tenant_of(state: &AppState, headers: &HeaderMap) -> Result<Option<Arc<Tenant>
             Err(ApiError::UnknownApiKey)
         }
     }
-}
-
-/// The second `/v1` layer: the tenant's request admitted under its rate (429 with `Retry-After`
-/// over it), and the [`Caller`] — the tenant and what it had spent today — put in the request.
-pub async fn rate_limit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let tenant = match request.extensions().get::<Authenticated>() {
-        Some(Authenticated(tenant)) => tenant.clone(),
-        None => {
-            return ApiError::Internal("no tenant: the route is outside the /v1 layers".into())
-                .into_response()
-        }
-    };
-    let spent = match &tenant {
-        Some(tenant) => match state.quotas.admit(tenant).await {
-            Ok(spent) => spent,
-            Err(e) => return e.into_response(),
-        },
-        None => Spent::default(),
-    };
-    request.extensions_mut().insert(Caller { tenant, spent });
-    next.run(request).await
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

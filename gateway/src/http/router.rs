@@ -12,7 +12,7 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::auth::{admin_only, authenticate, rate_limit};
+use super::auth::{admin_only, tenant_layer};
 use super::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank, tenants};
 use super::{openapi_doc, AppState};
 
@@ -25,8 +25,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics));
     let api = Router::new()
         .merge(open)
-        .nest("/v1", tenant_routes(&state))
-        .nest("/admin", admin_routes(&state))
+        .merge(tenant_routes(&state))
+        .merge(admin_routes(&state))
         .route_layer(middleware::from_fn(count_request))
         .with_state(state);
     Router::new()
@@ -40,54 +40,63 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// `/v1`: every route knows its caller ([`super::auth::Caller`]), put there by the layers (the
-/// last added runs first: authentication, then the rate limit).
+/// `/v1`: every route knows its caller ([`super::auth::Caller`]), put there by the tenant layer
+/// (authentication, then the rate limit). Merged, not nested: the layers
+/// stay on these routes alone, and a request is matched once, against its whole path.
 fn tenant_routes(state: &AppState) -> Router<AppState> {
     Router::new()
-        .route("/collections", post(collections::create).get(collections::list))
         .route(
-            "/collections/{name}",
+            "/v1/collections",
+            post(collections::create).get(collections::list),
+        )
+        .route(
+            "/v1/collections/{name}",
             get(collections::get)
                 .patch(collections::update)
                 .delete(collections::delete),
         )
-        .route("/collections/{name}/documents", post(collections::ingest))
+        .route("/v1/collections/{name}/documents", post(collections::ingest))
         .route(
-            "/collections/{name}/documents/{id}",
+            "/v1/collections/{name}/documents/{id}",
             delete(collections::delete_document),
         )
-        .route("/collections/{name}/jobs", get(jobs::list_jobs))
-        .route("/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
-        .route("/collections/{name}/search", post(answers::search))
-        .route("/collections/{name}/query", post(answers::query))
-        .route("/embeddings", post(embeddings::embeddings))
-        .route("/rerank", post(rerank::rerank))
-        .route("/chat/completions", post(openai::chat_completions))
-        .route("/models", get(openai::models))
-        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route("/v1/collections/{name}/jobs", get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
+        .route("/v1/collections/{name}/search", post(answers::search))
+        .route("/v1/collections/{name}/query", post(answers::query))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/rerank", post(rerank::rerank))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), tenant_layer))
 }
 
 /// `/admin`: only with the admin key.
 fn admin_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route(
-            "/faults",
+            "/admin/faults",
             post(admin::set_fault)
                 .get(admin::list_faults)
                 .delete(admin::clear_faults),
         )
-        .route("/cache/invalidate", post(admin::invalidate_cache))
-        .route("/collections/{name}/snapshot", post(admin::snapshot_collection))
-        .route("/collections/{name}/restore", post(admin::restore_collection))
-        .route("/tenants", post(tenants::create).get(tenants::list))
+        .route("/admin/cache/invalidate", post(admin::invalidate_cache))
         .route(
-            "/tenants/{id}",
+            "/admin/collections/{name}/snapshot",
+            post(admin::snapshot_collection),
+        )
+        .route(
+            "/admin/collections/{name}/restore",
+            post(admin::restore_collection),
+        )
+        .route("/admin/tenants", post(tenants::create).get(tenants::list))
+        .route(
+            "/admin/tenants/{id}",
             get(tenants::get).patch(tenants::update).delete(tenants::delete),
         )
-        .route("/tenants/{id}/keys", post(tenants::create_key))
-        .route("/tenants/{id}/keys/{key_id}", delete(tenants::revoke_key))
-        .route("/tenants/{id}/usage", get(tenants::usage))
+        .route("/admin/tenants/{id}/keys", post(tenants::create_key))
+        .route("/admin/tenants/{id}/keys/{key_id}", delete(tenants::revoke_key))
+        .route("/admin/tenants/{id}/usage", get(tenants::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_only))
 }
 

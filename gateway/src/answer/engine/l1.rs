@@ -9,7 +9,6 @@ use std::sync::Arc;
 use ragway_cache::{CacheKey, Lookup};
 use ragway_openapi::{Citation, DegradationReason, StageStatus, TokenUsage};
 use ragway_retrieval::ScoredChunk;
-use tokio::sync::mpsc;
 
 use super::{done, AnswerEvent, Grounding};
 use crate::answer::conversation::Conversation;
@@ -73,12 +72,15 @@ impl Remember {
 
 impl Cached {
     /// The answer to give without running anything: a fresh entry, or — the budget being spent —
-    /// any entry, as `cache_only`.
-    pub(super) fn fresh(&self, budget_spent: bool) -> Option<Served> {
-        let (value, age, stale) = match &self.0 {
-            Lookup::Fresh { value, age } => (value, *age, false),
-            Lookup::Stale { value, age } if budget_spent => (value, *age, true),
-            _ => return None,
+    /// any entry, as `cache_only` (taken out: nothing else is asked of it then).
+    pub(super) fn take_fresh(&mut self, budget_spent: bool) -> Option<Served> {
+        let (value, age, stale) = match std::mem::replace(&mut self.0, Lookup::Miss) {
+            Lookup::Fresh { value, age } => (value, age, false),
+            Lookup::Stale { value, age } if budget_spent => (value, age, true),
+            other => {
+                self.0 = other;
+                return None;
+            }
         };
         let cache = info("l1", age, stale);
         let mut report = Report::default();
@@ -94,7 +96,7 @@ impl Cached {
         let Lookup::Stale { value, age } = &self.0 else {
             return None;
         };
-        Some(served(value, report.clone(), info("l1", *age, true)))
+        Some(served(value.clone(), report.clone(), info("l1", *age, true)))
     }
 }
 
@@ -105,7 +107,7 @@ pub(super) struct Served {
 }
 
 /// The report of an answer served from `entry`.
-fn served(entry: &CachedAnswer, mut report: Report, cache: ragway_openapi::CacheInfo) -> Served {
+fn served(entry: CachedAnswer, mut report: Report, cache: ragway_openapi::CacheInfo) -> Served {
     if cache.stale {
         report.cache = Some(cache);
     } else {
@@ -117,14 +119,11 @@ fn served(entry: &CachedAnswer, mut report: Report, cache: ragway_openapi::Cache
     if report.authorship.is_none() {
         report.authorship = Some(Authorship::Primary(entry.llm.clone()));
     }
-    Served {
-        entry: entry.clone(),
-        report,
-    }
+    Served { entry, report }
 }
 
 /// The events of an answer served by L1.
-pub(super) async fn replay(served: Served, events: &mpsc::Sender<AnswerEvent>) {
+pub(super) fn replay(served: Served) -> Vec<AnswerEvent> {
     let Served { entry, mut report } = served;
     report.finish();
     let meta = AnswerEvent::Meta {
@@ -134,19 +133,13 @@ pub(super) async fn replay(served: Served, events: &mpsc::Sender<AnswerEvent>) {
         citations: entry.citations.into_iter().map(super::citation).collect(),
         cache: report.cache.clone(),
     };
-    if events.send(meta).await.is_err() {
-        return;
-    }
     let text = entry.text;
-    if events.send(AnswerEvent::Delta { text }).await.is_err() {
-        return;
-    }
     // Served from the cache: nothing was generated for this request, nothing is charged.
     let usage = TokenUsage {
         prompt_tokens: entry.usage.0,
         completion_tokens: entry.usage.1,
     };
-    let _ = events.send(done(&report, usage)).await;
+    vec![meta, AnswerEvent::Delta { text }, done(&report, usage)]
 }
 
 /// What an answer is an answer to, for its L1 key: the question, for a conversation the turns

@@ -11,6 +11,7 @@ mod l1;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -119,30 +120,73 @@ pub struct Engine {
 }
 
 /// The events of one answer; the first is always `Meta`, the last `Done` (unless the engine
-/// stopped because nobody listened any more).
-pub type Answering = mpsc::Receiver<AnswerEvent>;
+/// stopped because nobody listened any more). An answer L1 replays is all there at once; any
+/// other arrives as the engine makes it.
+pub struct Answering(Events);
 
-/// A prepared answer: its events, and the work that makes them.
+enum Events {
+    Live(mpsc::Receiver<AnswerEvent>),
+    Ready(std::vec::IntoIter<AnswerEvent>),
+}
+
+impl Answering {
+    pub async fn recv(&mut self) -> Option<AnswerEvent> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<AnswerEvent>> {
+        match &mut self.0 {
+            Events::Live(receiver) => receiver.poll_recv(cx),
+            Events::Ready(events) => Poll::Ready(events.next()),
+        }
+    }
+}
+
+/// A prepared answer: its events, and the work that makes them (none for an answer L1 replays).
 pub struct Answer {
     events: Answering,
-    driver: BoxFuture<'static, ()>,
+    driver: Option<BoxFuture<'static, ()>>,
 }
 
 impl Answer {
+    /// An answer `drive` makes, sending its events as they come.
+    fn driven<F>(drive: impl FnOnce(mpsc::Sender<AnswerEvent>) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (sender, receiver) = mpsc::channel(64);
+        Self {
+            events: Answering(Events::Live(receiver)),
+            driver: Some(Box::pin(drive(sender))),
+        }
+    }
+
+    /// An answer whose events are all known now.
+    fn ready(events: Vec<AnswerEvent>) -> Self {
+        Self {
+            events: Answering(Events::Ready(events.into_iter())),
+            driver: None,
+        }
+    }
+
     /// Runs the answer in this task while `consume` reads its events (a JSON answer: no task
     /// to spawn, no wake-up across threads).
     pub async fn collect<T, F>(self, consume: impl FnOnce(Answering) -> F) -> T
     where
         F: std::future::Future<Output = T>,
     {
-        let (out, ()) = tokio::join!(consume(self.events), self.driver);
-        out
+        match self.driver {
+            Some(driver) => tokio::join!(consume(self.events), driver).0,
+            None => consume(self.events).await,
+        }
     }
 
     /// Runs the answer on its own task, for a stream the response body reads after the handler
     /// returned; a client that leaves stops it at the next event.
     pub fn spawn(self) -> Answering {
-        tokio::spawn(self.driver);
+        if let Some(driver) = self.driver {
+            tokio::spawn(driver);
+        }
         self.events
     }
 }
@@ -162,24 +206,22 @@ impl Engine {
     /// else is told by the events, once the answer is driven ([`Answer::collect`] in the
     /// caller's task, or [`Answer::spawn`] for a stream that outlives it).
     pub async fn answer(self: &Arc<Self>, ask: Ask) -> Result<Answer, ApiError> {
-        let (events, receiver) = mpsc::channel(64);
-        let driver: BoxFuture<'static, ()> = match ask.source {
+        match ask.source {
             Source::Chat {
                 ref backend,
                 ref messages,
             } => {
                 let job = self.chat_job(&ask, backend, messages)?;
-                Box::pin(drive::drive(self.clone(), job, events, ask.permit))
+                let engine = self.clone();
+                Ok(Answer::driven(|events| {
+                    drive::drive(engine, job, events, ask.permit)
+                }))
             }
             Source::Collection(ref grounding) => {
                 self.check_question_fits(grounding, &ask)?;
-                self.grounded(ask, events).await
+                Ok(self.grounded(ask).await)
             }
-        };
-        Ok(Answer {
-            events: receiver,
-            driver,
-        })
+        }
     }
 
     /// A plain chat: the named backend only, its prompt checked against the backend's window.
@@ -210,18 +252,13 @@ impl Engine {
     fn check_question_fits(&self, grounding: &Grounding, ask: &Ask) -> Result<(), ApiError> {
         let choice = ask.ctx.allowance.generators();
         let window = self.pipeline.llm.tightest_context(&choice);
-        let mut scratch = Report::default();
-        prompt::grounded(&grounding.conversation, &[], ask.sampling, window, &mut scratch).map(drop)
+        prompt::check_question_fits(&grounding.conversation, ask.sampling, window)
     }
 
-    /// RAG: the conversation made standalone and L1 asked now; the driver then replays a fresh
-    /// entry, or retrieves (L3, L2 inside), fits the prompt and generates with the pool's
+    /// RAG: the conversation made standalone and L1 asked now; a fresh entry is the answer,
+    /// else the driver retrieves (L3, L2 inside), fits the prompt and generates with the pool's
     /// fallback.
-    async fn grounded(
-        self: &Arc<Self>,
-        ask: Ask,
-        events: mpsc::Sender<AnswerEvent>,
-    ) -> BoxFuture<'static, ()> {
+    async fn grounded(self: &Arc<Self>, ask: Ask) -> Answer {
         let Ask {
             source: Source::Collection(mut grounding),
             sampling,
@@ -230,7 +267,7 @@ impl Engine {
             permit,
         } = ask
         else {
-            return Box::pin(async {});
+            return Answer::ready(Vec::new());
         };
         if !grounding.conversation.history.is_empty() {
             // Boxed: a rewrite's future is large, and most questions have no history.
@@ -244,9 +281,9 @@ impl Engine {
             meter.llm(backend, usage);
         }
         let remember = l1::Remember::new(&self.pipeline.caches, &grounding, sampling);
-        let cached = remember.lookup().await;
-        if let Some(answer) = cached.fresh(ctx.allowance.budget_spent()) {
-            return Box::pin(async move { l1::replay(answer, &events).await });
+        let mut cached = remember.lookup().await;
+        if let Some(answer) = cached.take_fresh(ctx.allowance.budget_spent()) {
+            return Answer::ready(l1::replay(answer));
         }
         let asked = Asked {
             grounding,
@@ -256,7 +293,8 @@ impl Engine {
             remember,
             cached,
         };
-        Box::pin(self.clone().retrieve_and_generate(asked, events, permit))
+        let engine = self.clone();
+        Answer::driven(|events| engine.retrieve_and_generate(asked, events, permit))
     }
 
     /// An answer L1 does not hold: retrieval, then generation; an entry past its TTL answers
@@ -279,7 +317,7 @@ impl Engine {
         meter.embedding(retrieved.report.embedding_tokens);
         if retrieved.report.mode() == Mode::Error {
             return match cached.stale_for(&retrieved.report) {
-                Some(answer) => l1::replay(answer, &events).await,
+                Some(answer) => send_all(l1::replay(answer), &events).await,
                 None => no_retrieval(retrieved, &events).await,
             };
         }
@@ -440,6 +478,15 @@ pub fn citation((index, h): (usize, ScoredChunk)) -> Citation {
         chunk_id: h.chunk.chunk_id,
         text: h.chunk.text,
         score: h.score,
+    }
+}
+
+/// Sends `all` until the client leaves.
+async fn send_all(all: Vec<AnswerEvent>, events: &mpsc::Sender<AnswerEvent>) {
+    for event in all {
+        if events.send(event).await.is_err() {
+            return;
+        }
     }
 }
 
