@@ -128,6 +128,22 @@ async fn search_and_query_answer_from_the_right_document() -> anyhow::Result<()>
             "{path} missing from openapi.json"
         );
     }
+    // Every path parameter is in its path's template (a query parameter declared `in: path`
+    // breaks generated clients).
+    for (path, operations) in openapi.body["paths"].as_object().into_iter().flatten() {
+        for operation in operations.as_object().into_iter().flatten().map(|(_, o)| o) {
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().unwrap_or_default();
+                if parameter["in"] == "path" {
+                    let template = format!("{{{name}}}");
+                    assert!(
+                        path.contains(&template),
+                        "{path}: `{name}` is not a path parameter"
+                    );
+                }
+            }
+        }
+    }
     // The same question again: its embedding comes from the L2 cache, and the stage says so.
     let again = server
         .post(

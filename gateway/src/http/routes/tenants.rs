@@ -29,6 +29,7 @@ pub struct Usage {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// How many days back, today included (1-62; default 7).
     days: Option<usize>,
