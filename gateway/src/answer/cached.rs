@@ -189,8 +189,9 @@ impl<E: Embedder + ?Sized> Embedder for Cached<Arc<E>> {
     }
     async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Embeddings, RetrievalError> {
         let layer = &self.caches.embeddings;
-        let tenant = Allowance::current(|a| a.tenant.clone()).unwrap_or_default();
-        let keys: Vec<CacheKey> = texts.iter().map(|t| self.vector_key(&tenant, t)).collect();
+        let keys_of =
+            |tenant: &str| -> Vec<CacheKey> { texts.iter().map(|t| self.vector_key(tenant, t)).collect() };
+        let keys = Allowance::current(|a| keys_of(&a.tenant)).unwrap_or_else(|| keys_of(""));
         let mut vectors = Vec::with_capacity(texts.len());
         for key in &keys {
             vectors.push(match layer.get("", key).await {
