@@ -19,7 +19,7 @@ use ragway_retrieval::{
 };
 
 use crate::answer::cached::Cached;
-use crate::answer::engine::{Engine, EngineSettings};
+use crate::answer::engine::Engine;
 use crate::answer::pipeline::{Pipeline, PipelineSettings, Retriever, StageGuards};
 use crate::answer::pool::{Backend, LlmPool};
 use crate::caches::Caches;
@@ -159,15 +159,12 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     let jobs = Jobs::open(job_store, collections.clone(), job_settings).await?;
 
     let pipeline = Arc::new(pipeline(&config, stores, &models, guards, caches, backends));
-    let engine_settings = EngineSettings {
-        stream_idle_timeout: Duration::from_millis(config.resilience.stream_idle_timeout_ms),
-    };
     // The caches around retrieval, composed once: L3 around the pipeline for answers, and L1
     // around that for `/search`.
     let caches = pipeline.caches.clone();
     let retriever: Arc<dyn Retriever> = Arc::new(Cached::retrievals(pipeline.clone(), caches.clone()));
     let search: Arc<dyn Retriever> = Arc::new(Cached::searches(retriever.clone(), caches));
-    let engine = Arc::new(Engine::new(pipeline.clone(), retriever, engine_settings));
+    let engine = Arc::new(Engine::new(pipeline.clone(), retriever));
     let admin_key = std::env::var(&config.resilience.admin_key_env)
         .ok()
         .filter(|k| !k.is_empty())
@@ -320,7 +317,8 @@ async fn load_backends(
         let limits = backend.limits(position);
         let name = format!("llm:{}", backend.name);
         let guard = Guard::new(&name, limits.timeout, breaker, faults.clone());
-        backends.push(Backend::new(generator, guard, limits));
+        let idle = Duration::from_millis(config.resilience.stream_idle_timeout_ms);
+        backends.push(Backend::new(generator, guard, limits, idle));
     }
     Ok(backends)
 }

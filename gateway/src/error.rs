@@ -171,9 +171,15 @@ pub enum ApiError {
         status: u16,
         message: String,
     },
-    /// A dependency failed and nothing could be served instead.
+    /// A dependency failed and nothing could be served instead; `source` is its own error, when
+    /// there is one (logged with the chain of its causes).
     #[error("{message}")]
-    Unavailable { code: ErrorCode, message: String },
+    Unavailable {
+        code: ErrorCode,
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -183,6 +189,27 @@ impl ApiError {
         Self::Invalid {
             code,
             message: message.into(),
+        }
+    }
+
+    /// 503 `code`: a dependency failed and nothing could be served instead.
+    pub fn unavailable(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            code,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// As [`ApiError::unavailable`], keeping the dependency's own error as the source.
+    pub fn unavailable_from<E>(code: ErrorCode, message: impl Into<String>, source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Self::Unavailable {
+            code,
+            message: message.into(),
+            source: Some(Box::new(source)),
         }
     }
 
@@ -221,18 +248,13 @@ impl From<RetrievalError> for ApiError {
                 message: e.to_string(),
                 retry_after_s: 1,
             },
-            RetrievalError::Model(_) | RetrievalError::WorkerGone => Self::Unavailable {
-                code: ErrorCode::EmbedderFailed,
-                message: e.to_string(),
-            },
-            RetrievalError::Dense(_) => Self::Unavailable {
-                code: ErrorCode::DenseStoreFailed,
-                message: e.to_string(),
-            },
-            RetrievalError::Keyword(_) => Self::Unavailable {
-                code: ErrorCode::KeywordStoreFailed,
-                message: e.to_string(),
-            },
+            RetrievalError::Model(_) | RetrievalError::WorkerGone => {
+                Self::unavailable_from(ErrorCode::EmbedderFailed, e.to_string(), e)
+            }
+            RetrievalError::Dense(_) => Self::unavailable_from(ErrorCode::DenseStoreFailed, e.to_string(), e),
+            RetrievalError::Keyword(_) => {
+                Self::unavailable_from(ErrorCode::KeywordStoreFailed, e.to_string(), e)
+            }
         }
     }
 }
@@ -247,9 +269,6 @@ impl From<ragway_rerank::RerankError> for ApiError {
                 ErrorCode::RerankerFailed
             }
         };
-        Self::Unavailable {
-            code,
-            message: e.to_string(),
-        }
+        Self::unavailable_from(code, e.to_string(), e)
     }
 }

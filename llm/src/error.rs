@@ -39,6 +39,9 @@ pub enum LlmError {
     Overloaded(#[from] ragway_worker::Overloaded),
     #[error("remote backend `{backend}` returned no text")]
     EmptyResponse { backend: String },
+    /// A guard around the backend stopped the call (breaker open, timeout, deadline, stall).
+    #[error(transparent)]
+    Stopped(#[from] ragway_worker::Stopped),
 }
 
 impl LlmError {
@@ -48,6 +51,7 @@ impl LlmError {
             Self::PromptTooLong { .. } => "prompt_too_long",
             Self::Remote { .. } | Self::EmptyResponse { .. } => "llm_backend_failed",
             Self::Overloaded(_) => "overloaded",
+            Self::Stopped(_) => "llm_unavailable",
         }
     }
 }
@@ -60,7 +64,8 @@ impl LlmError {
             | Self::PromptTooLong { .. }
             | Self::WorkerGone
             | Self::EmptyResponse { .. }
-            | Self::Overloaded(_) => Retry::Never,
+            | Self::Overloaded(_)
+            | Self::Stopped(_) => Retry::Never,
         }
     }
 }

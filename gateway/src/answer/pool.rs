@@ -1,14 +1,14 @@
 //! The LLM pool: backends tried by priority (lowest first); among equal priorities the one with
-//! the fewest requests in flight goes first. Each backend has its own guard (breaker, timeout);
-//! retryable failures (connect, 429, 5xx) are retried with jittered backoff within the deadline.
+//! the fewest requests in flight goes first. Each backend is [`Guarded`] (breaker, timeouts,
+//! stalls); retryable failures (connect, 429, 5xx) are retried with jittered backoff within the
+//! deadline.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use ragway_llm::{
-    ChunkStream, Generation, GenerationRequest, Generator, LlmError, Relay, Retry, StreamEvent, TokenStream,
+    ChunkStream, Generation, GenerationRequest, Generator, LlmError, Relay, Retry, TokenStream,
 };
 use serde_json::Value;
 
@@ -16,37 +16,42 @@ use super::report::{Authorship, Report};
 use crate::config::BackendLimits;
 use crate::resilience::breaker::BreakerState;
 use crate::resilience::deadline::Deadline;
-use crate::resilience::guard::{Failure, Guard};
+use crate::resilience::guard::{Guard, StageError};
+use crate::resilience::guarded::{Guarded, StreamLimits};
 use crate::tenancy::Choice;
 
 pub struct Backend {
+    /// The backend behind its guard (see [`Guarded`]): a whole answer within its timeout, a
+    /// stream's first text within its time-to-first-token limit, and no stall after it.
     pub generator: Arc<dyn Generator>,
-    pub guard: Guard,
+    /// The guard's breaker, for health and readiness.
+    pub guard: Arc<Guard>,
     pub priority: u32,
     pub max_retries: u32,
-    /// How long a stream may take to produce its first text.
-    pub time_to_first_token: Duration,
-    /// The guard's timeout, for whole (non-streamed) answers.
-    pub timeout: Duration,
     in_flight: AtomicUsize,
 }
 
 /// A stream that has produced its first text, and the backend it comes from.
 pub struct OpenedStream {
     pub backend: String,
-    pub first: String,
-    pub rest: TokenStream,
+    pub stream: TokenStream,
 }
 
 impl Backend {
-    pub fn new(generator: Arc<dyn Generator>, guard: Guard, limits: BackendLimits) -> Self {
+    /// `generator` behind `guard`, with `limits`' stream limits; a stream's later pieces must
+    /// each come within `idle`.
+    pub fn new(generator: Arc<dyn Generator>, guard: Guard, limits: BackendLimits, idle: Duration) -> Self {
+        let guard = Arc::new(guard);
+        let streaming = StreamLimits {
+            first_text: limits.time_to_first_token,
+            idle,
+        };
+        let guarded = Guarded::new(generator, guard.clone()).with_stream_limits(streaming);
         Self {
-            generator,
+            generator: Arc::new(guarded),
             guard,
             priority: limits.priority,
             max_retries: limits.max_retries,
-            time_to_first_token: limits.time_to_first_token,
-            timeout: limits.timeout,
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -84,13 +89,6 @@ impl LlmPool {
 
     pub fn backends(&self) -> &[Backend] {
         &self.backends
-    }
-
-    /// Charges a failure to the named backend's breaker.
-    pub fn charge_failure(&self, backend: &str) {
-        if let Some(b) = self.backends.iter().find(|b| b.name() == backend) {
-            b.guard.charge_failure();
-        }
     }
 
     /// The backend `name`, if the pool has it.
@@ -142,7 +140,7 @@ impl LlmPool {
     ) -> Option<Generation> {
         for (tried, backend) in self.order(choice, request).into_iter().enumerate() {
             let call = || backend.generator.generate(request.clone());
-            match self.attempt(backend, deadline, backend.timeout, call).await {
+            match self.attempt(backend, deadline, call).await {
                 Ok(generation) => {
                     count_tokens(
                         backend.name(),
@@ -152,9 +150,9 @@ impl LlmPool {
                     report.authorship = Some(authorship(backend, tried == 0));
                     return Some(generation);
                 }
-                Err(failure) => {
-                    tracing::warn!(backend = backend.name(), error = %failure, "LLM backend failed");
-                    report.degrade(format!("llm:{}", backend.name()), failure.reason());
+                Err(error) => {
+                    tracing::warn!(backend = backend.name(), %error, "LLM backend failed");
+                    report.degrade(format!("llm:{}", backend.name()), error.reason());
                 }
             }
         }
@@ -177,23 +175,17 @@ impl LlmPool {
             .into_iter()
             .filter(|b| !skip.iter().any(|s| s == b.name()));
         for (tried, backend) in candidates.enumerate() {
-            let call = || first_text(backend.generator.clone(), request.clone());
-            match self
-                .attempt(backend, deadline, backend.time_to_first_token, call)
-                .await
-            {
-                Ok((first, rest)) => {
+            let call = || backend.generator.stream(request.clone());
+            match self.attempt(backend, deadline, call).await {
+                Ok(stream) => {
                     // A continuation (`skip` not empty) is by definition a fallback.
                     report.authorship = Some(authorship(backend, tried == 0 && skip.is_empty()));
-                    return Some(OpenedStream {
-                        backend: backend.name().to_string(),
-                        first,
-                        rest,
-                    });
+                    let backend = backend.name().to_string();
+                    return Some(OpenedStream { backend, stream });
                 }
-                Err(failure) => {
-                    tracing::warn!(backend = backend.name(), error = %failure, "LLM stream failed to start");
-                    report.degrade(format!("llm:{}", backend.name()), failure.reason());
+                Err(error) => {
+                    tracing::warn!(backend = backend.name(), %error, "LLM stream failed to start");
+                    report.degrade(format!("llm:{}", backend.name()), error.reason());
                 }
             }
         }
@@ -207,9 +199,9 @@ impl LlmPool {
         relay: &dyn Relay,
         body: &Value,
         deadline: &Deadline,
-    ) -> Result<Value, Failure<LlmError>> {
+    ) -> Result<Value, LlmError> {
         let call = || relay.complete(body.clone());
-        self.attempt(backend, deadline, backend.timeout, call).await
+        self.attempt(backend, deadline, call).await
     }
 
     /// A relayed stream that has produced its first chunk within the time-to-first-token limit.
@@ -219,20 +211,13 @@ impl LlmPool {
         relay: &dyn Relay,
         body: &Value,
         deadline: &Deadline,
-    ) -> Result<(Value, ChunkStream), Failure<LlmError>> {
-        let call = || first_chunk(backend.name(), relay, body.clone());
-        self.attempt(backend, deadline, backend.time_to_first_token, call)
-            .await
+    ) -> Result<ChunkStream, LlmError> {
+        let call = || relay.stream(body.clone());
+        self.attempt(backend, deadline, call).await
     }
 
-    /// One backend, with retries of retryable errors while the deadline allows.
-    async fn attempt<T, F, Fut>(
-        &self,
-        backend: &Backend,
-        deadline: &Deadline,
-        timeout: Duration,
-        call: F,
-    ) -> Result<T, Failure<LlmError>>
+    /// One (guarded) backend within `deadline`, with retries of retryable errors while it allows.
+    async fn attempt<T, F, Fut>(&self, backend: &Backend, deadline: &Deadline, call: F) -> Result<T, LlmError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, LlmError>>,
@@ -241,22 +226,19 @@ impl LlmPool {
         let _in_flight = InFlight(&backend.in_flight);
         let mut attempt = 0;
         loop {
-            let result = backend.guard.run_within(deadline, timeout, call()).await;
-            let Err(Failure::Error(error)) = &result else {
-                return result;
+            let error = match deadline.scope(call()).await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
             };
             let wait = match error.retry() {
-                Retry::Never => return result,
+                Retry::Never => return Err(error),
                 Retry::Backoff => jittered_backoff(attempt),
                 Retry::After(wait) => wait,
             };
-            if attempt >= backend.max_retries {
-                return result;
+            if attempt >= backend.max_retries || wait >= deadline.remaining() {
+                return Err(error);
             }
-            if wait >= deadline.remaining() {
-                return result;
-            }
-            tracing::info!(backend = backend.name(), attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying");
+            tracing::info!(backend = backend.name(), attempt, wait_ms = wait.as_millis() as u64, %error, "retrying");
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -282,40 +264,6 @@ fn authorship(backend: &Backend, first_tried: bool) -> Authorship {
         Authorship::Primary(name)
     } else {
         Authorship::Fallback(name)
-    }
-}
-
-/// Opens a stream and waits for its first text (or its end, for an empty answer).
-async fn first_text(
-    generator: Arc<dyn Generator>,
-    request: GenerationRequest,
-) -> Result<(String, TokenStream), LlmError> {
-    let mut stream = generator.stream(request).await?;
-    while let Some(event) = stream.next().await {
-        match event? {
-            StreamEvent::Text(text) if text.is_empty() => continue,
-            StreamEvent::Text(text) => return Ok((text, stream)),
-            done @ StreamEvent::Done { .. } => {
-                return Ok((String::new(), Box::pin(futures::stream::once(async { Ok(done) }))));
-            }
-        }
-    }
-    Err(LlmError::EmptyResponse {
-        backend: generator.name().to_string(),
-    })
-}
-
-async fn first_chunk(
-    backend: &str,
-    relay: &dyn Relay,
-    body: Value,
-) -> Result<(Value, ChunkStream), LlmError> {
-    let mut chunks = relay.stream(body).await?;
-    match chunks.next().await {
-        Some(first) => Ok((first?, chunks)),
-        None => Err(LlmError::EmptyResponse {
-            backend: backend.to_string(),
-        }),
     }
 }
 

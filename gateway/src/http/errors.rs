@@ -112,10 +112,21 @@ impl ApiError {
     }
 }
 
+/// The chain of an error's sources, outermost first (`a: b: c`); empty when it has none.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut chain = Vec::new();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        chain.push(cause.to_string());
+        next = cause.source();
+    }
+    chain.join(": ")
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if matches!(self, Self::Internal(_) | Self::Unavailable { .. }) {
-            tracing::error!(error = %self, "request failed");
+            tracing::error!(error = %self, causes = %causes(&self), "request failed");
         }
         let mut response = (
             self.http_status(),

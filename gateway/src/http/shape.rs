@@ -92,10 +92,8 @@ impl Collected {
     /// Why a plain chat got no answer, for its 503.
     pub fn unavailable(&self, backend: &str) -> ApiError {
         let reasons: Vec<String> = self.degraded.iter().map(|d| format!("{:?}", d.reason)).collect();
-        ApiError::Unavailable {
-            code: ErrorCode::LlmUnavailable,
-            message: format!("backend `{backend}` did not answer ({})", reasons.join(", ")),
-        }
+        let message = format!("backend `{backend}` did not answer ({})", reasons.join(", "));
+        ApiError::unavailable(ErrorCode::LlmUnavailable, message)
     }
 }
 
@@ -191,10 +189,8 @@ fn refused(first: &AnswerEvent, model: &str, bare_llm: bool) -> Option<Result<Re
             .iter()
             .map(|d| format!("{}: {:?}", d.stage, d.reason))
             .collect();
-        return Some(Err(ApiError::Unavailable {
-            code: ErrorCode::LlmUnavailable,
-            message: format!("backend `{model}` did not answer ({})", reasons.join(", ")),
-        }));
+        let message = format!("backend `{model}` did not answer ({})", reasons.join(", "));
+        return Some(Err(ApiError::unavailable(ErrorCode::LlmUnavailable, message)));
     }
     let body = json!({
         "error": {"code": ErrorCode::NoRetrievalPath.as_str(), "message": "neither retrieval engine is available (mode: error)"},

@@ -240,6 +240,15 @@ impl StageError for ragway_rerank::RerankError {
     }
 }
 
+impl StageError for ragway_llm::LlmError {
+    fn stopped(&self) -> Option<&Stopped> {
+        match self {
+            Self::Stopped(stopped) => Some(stopped),
+            _ => None,
+        }
+    }
+}
+
 impl Blamed for ragway_llm::LlmError {
     fn blame(&self) -> Blame {
         match self {
@@ -248,7 +257,7 @@ impl Blamed for ragway_llm::LlmError {
             Self::Remote {
                 status: Some(status), ..
             } if (400..500).contains(status) && *status != 408 && *status != 429 => Blame::Caller,
-            Self::Overloaded(_) => Blame::Overload,
+            Self::Overloaded(_) | Self::Stopped(_) => Blame::Overload,
             Self::Model(_) | Self::WorkerGone | Self::Remote { .. } | Self::EmptyResponse { .. } => {
                 Blame::Dependency
             }
@@ -268,7 +277,7 @@ impl ApiError {
     /// `Retry-After`) or unavailable (503); a caller's own error keeps its status.
     pub fn from_stage<E>(stage: ModelStage, error: E) -> Self
     where
-        E: StageError + Into<ApiError>,
+        E: StageError + Into<ApiError> + std::error::Error + Send + Sync + 'static,
     {
         let (busy, unavailable, name) = match stage {
             ModelStage::Embedder => (
@@ -289,10 +298,10 @@ impl ApiError {
                 message: format!("the {name} cannot take this work now ({error}); retry later"),
                 retry_after_s: 1,
             },
-            _ => Self::Unavailable {
-                code: unavailable,
-                message: format!("the {name} did not answer: {error}"),
-            },
+            _ => {
+                let message = format!("the {name} did not answer: {error}");
+                Self::unavailable_from(unavailable, message, error)
+            }
         }
     }
 }
@@ -396,5 +405,22 @@ mod tests {
             fail_times(&guard, 2, || remote(status)).await;
             assert_eq!(guard.state(), BreakerState::Open, "status {status:?}");
         }
+    }
+
+    #[test]
+    fn a_stage_failure_becomes_one_status_by_its_code_and_keeps_its_source() {
+        let failed = ApiError::from_stage(ModelStage::Embedder, ragway_retrieval::RetrievalError::WorkerGone);
+        assert_eq!(failed.code(), ErrorCode::EmbedderUnavailable);
+        let source = std::error::Error::source(&failed)
+            .and_then(|s| s.downcast_ref::<ragway_retrieval::RetrievalError>());
+        assert!(
+            matches!(source, Some(ragway_retrieval::RetrievalError::WorkerGone)),
+            "{source:?}"
+        );
+        let open = ApiError::from_stage(
+            ModelStage::Reranker,
+            ragway_rerank::RerankError::Stopped(Stopped::BreakerOpen),
+        );
+        assert_eq!(open.code(), ErrorCode::RerankerBusy);
     }
 }

@@ -4,6 +4,9 @@
 //! faults). What the guard stops comes back in the stage's error type, as
 //! [`Stopped`](ragway_worker::Stopped).
 //!
+//! LLM backends ([`Generator`](ragway_llm::Generator), [`Relay`](ragway_llm::Relay)) are guarded
+//! in [`super::guarded_llm`], streams included.
+//!
 //! Searches and model calls are guarded; a store's writes, flushes and exports are not: a write
 //! is never abandoned halfway by a timeout, and ingestion keeps its own durability rules.
 
@@ -24,11 +27,21 @@ use super::deadline::Deadline;
 use super::guard::{Blamed, Guard};
 
 pub struct Guarded<S: ?Sized> {
-    inner: Arc<S>,
-    guard: Arc<Guard>,
+    pub(super) inner: Arc<S>,
+    pub(super) guard: Arc<Guard>,
     /// The timeout of bulk work (an ingestion batch, a long `/v1/embeddings` request), when it is
     /// not the guard's own.
     bulk_timeout: Option<Duration>,
+    /// How long a stream may wait for its first text and between pieces (LLM backends).
+    pub(super) streaming: Option<StreamLimits>,
+}
+
+/// The limits on a stream: its first text within `first_text` (instead of the guard's timeout,
+/// which then bounds the whole answer from the first text on), each later piece within `idle`.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    pub first_text: Duration,
+    pub idle: Duration,
 }
 
 impl<S: ?Sized> Guarded<S> {
@@ -37,7 +50,14 @@ impl<S: ?Sized> Guarded<S> {
             inner,
             guard,
             bulk_timeout: None,
+            streaming: None,
         }
+    }
+
+    /// Streams get `limits` (see [`StreamLimits`]).
+    pub fn with_stream_limits(mut self, limits: StreamLimits) -> Self {
+        self.streaming = Some(limits);
+        self
     }
 
     /// Bulk calls get `timeout` instead of the guard's (a batch embeds many texts).
@@ -50,7 +70,7 @@ impl<S: ?Sized> Guarded<S> {
         &self.guard
     }
 
-    async fn call<T, E, F>(&self, timeout: Duration, call: F) -> Result<T, E>
+    pub(super) async fn call<T, E, F>(&self, timeout: Duration, call: F) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
         E: Blamed + From<Stopped>,

@@ -8,4 +8,5 @@ pub mod deadline;
 pub mod faults;
 pub mod guard;
 pub mod guarded;
+pub mod guarded_llm;
 pub mod rerank_cost;

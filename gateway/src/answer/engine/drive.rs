@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::{done, primary, AnswerEvent, Engine, Job};
 use crate::answer::pool::{count_tokens, OpenedStream};
 use crate::answer::report::Authorship;
-use crate::resilience::deadline::Deadline;
+use crate::resilience::guard::StageError;
 use crate::tenancy::quota::StreamPermit;
 use crate::tenancy::Meter;
 
@@ -54,7 +54,7 @@ pub(super) async fn drive(
         let backend = stream.backend.clone();
         written.tried.push(backend.clone());
         let part = Part::new(&engine, &job, &backend, &written.answer);
-        let (ended, part) = relay(&engine, &job, stream, part, &events).await;
+        let (ended, part) = relay(stream, part, &events).await;
         written.take(&part);
         drop(part); // charged
         let reason = match ended {
@@ -223,74 +223,40 @@ async fn fail_over(
 enum Relayed {
     Finished,
     ClientGone,
-    /// The backend broke off (`Error`), stalled past the idle timeout (`Timeout`, charged to its
-    /// breaker), or the request's deadline passed (`Deadline`).
+    /// The backend broke off (`Error`), stalled or took longer than its timeout (`Timeout`,
+    /// charged to its breaker by its guard), or the request's deadline passed (`Deadline`).
     Broke(DegradationReason),
 }
 
 /// Forwards a backend's text to the client until it finishes, fails, stalls or runs out of
-/// time; and what it wrote.
-async fn relay(
-    engine: &Engine,
-    job: &Job,
-    stream: OpenedStream,
-    mut part: Part,
-    events: &mpsc::Sender<AnswerEvent>,
-) -> (Relayed, Part) {
-    let OpenedStream {
-        backend,
-        first,
-        mut rest,
-    } = stream;
-    part.text.push_str(&first);
-    if !first.is_empty() && events.send(AnswerEvent::Delta { text: first }).await.is_err() {
-        return (Relayed::ClientGone, part);
-    }
-    let idle = engine.settings.stream_idle_timeout;
-    // The backend's own limit for a whole answer (`llm[].timeout_ms`), from its first token on.
-    let whole = engine.pipeline.llm.backend(&backend).map(|b| b.timeout);
-    let answer_deadline = whole.map_or_else(Deadline::none, Deadline::after);
-    loop {
-        let left = job.ctx.deadline.remaining();
-        let own = answer_deadline.remaining();
-        let next = match tokio::time::timeout(idle.min(left).min(own), rest.next()).await {
-            Ok(next) => next,
-            Err(_) if left <= idle.min(own) => return (Relayed::Broke(DegradationReason::Deadline), part),
-            Err(_) => {
-                let stalled = if own < idle {
-                    "took longer than its timeout"
-                } else {
-                    "stalled"
-                };
-                tracing::warn!(backend, idle_ms = idle.as_millis() as u64, "LLM stream {stalled}");
-                engine.pipeline.llm.charge_failure(&backend);
-                return (Relayed::Broke(DegradationReason::Timeout), part);
-            }
-        };
+/// time (its guard ends the stream then); and what it wrote.
+async fn relay(stream: OpenedStream, mut part: Part, events: &mpsc::Sender<AnswerEvent>) -> (Relayed, Part) {
+    let OpenedStream { backend, mut stream } = stream;
+    while let Some(next) = stream.next().await {
         match next {
-            None => return (Relayed::Finished, part),
-            Some(Ok(StreamEvent::Text(text))) => {
+            Ok(StreamEvent::Text(text)) => {
                 part.text.push_str(&text);
                 if events.send(AnswerEvent::Delta { text }).await.is_err() {
                     return (Relayed::ClientGone, part); // dropping the stream stops generation
                 }
             }
-            Some(Ok(StreamEvent::Done {
+            Ok(StreamEvent::Done {
                 prompt_tokens,
                 completion_tokens,
-            })) => {
+            }) => {
                 count_tokens(&backend, prompt_tokens, completion_tokens);
                 part.reported = Some(TokenUsage {
                     prompt_tokens,
                     completion_tokens,
                 });
             }
-            Some(Err(e)) => {
-                tracing::warn!(backend, error = %e, "LLM stream broke off");
-                return (Relayed::Broke(DegradationReason::Error), part);
+            Err(error) => {
+                tracing::warn!(backend, %error, "LLM stream broke off");
+                return (Relayed::Broke(error.reason()), part);
             }
         }
     }
+    (Relayed::Finished, part)
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ mod l1;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ragway_llm::{ChatMessage, GenerationRequest};
@@ -106,17 +105,10 @@ pub struct Ask {
     pub permit: Option<StreamPermit>,
 }
 
-#[derive(Debug, Clone)]
-pub struct EngineSettings {
-    /// After a stream's first token, the longest wait for the next.
-    pub stream_idle_timeout: Duration,
-}
-
 pub struct Engine {
     pipeline: Arc<Pipeline>,
     /// Retrieval as answers get it (the pipeline behind L3).
     retriever: Arc<dyn Retriever>,
-    settings: EngineSettings,
 }
 
 /// The events of one answer; the first is always `Meta`, the last `Done` (unless the engine
@@ -192,12 +184,8 @@ impl Answer {
 }
 
 impl Engine {
-    pub fn new(pipeline: Arc<Pipeline>, retriever: Arc<dyn Retriever>, settings: EngineSettings) -> Self {
-        Self {
-            pipeline,
-            retriever,
-            settings,
-        }
+    pub fn new(pipeline: Arc<Pipeline>, retriever: Arc<dyn Retriever>) -> Self {
+        Self { pipeline, retriever }
     }
 
     /// Prepares the answer. What can be refused before any work is (a plain chat over its

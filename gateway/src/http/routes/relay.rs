@@ -6,8 +6,6 @@
 //! budget and stream quota apply as to any plain chat; a 4xx the backend answers for the client's
 //! parameters is passed back with its status and does not count against the backend's breaker.
 
-use std::time::Duration;
-
 use axum::response::sse::Event;
 use axum::response::Response;
 use futures::StreamExt;
@@ -22,7 +20,7 @@ use crate::http::auth::Caller;
 use crate::http::shape::{self, answer_response};
 use crate::http::AppState;
 use crate::resilience::deadline::Deadline;
-use crate::resilience::guard::Failure;
+use crate::resilience::guard::{Blame, Blamed};
 use crate::tenancy::quota::StreamPermit;
 use crate::tenancy::{Allowance, Meter};
 
@@ -163,7 +161,7 @@ pub async fn complete(
         .llm
         .relay(backend, relay, &body, deadline)
         .await
-        .map_err(|failure| refused(backend.name(), failure))?;
+        .map_err(|error| refused(backend.name(), error))?;
     let usage = usage_of(&answer["usage"]);
     count_tokens(backend.name(), usage.prompt_tokens, usage.completion_tokens);
     meter.llm(backend.name(), &usage);
@@ -185,24 +183,20 @@ pub async fn stream(
     deadline: Deadline,
 ) -> Result<Response, ApiError> {
     let wants_usage = body["stream_options"]["include_usage"] == true;
-    let (first, rest) = state
+    let chunks = state
         .pipeline
         .llm
         .relay_stream(backend, relay, &body, &deadline)
         .await
-        .map_err(|failure| refused(backend.name(), failure))?;
+        .map_err(|error| refused(backend.name(), error))?;
     let relayed = Relayed {
-        first: Some(Ok(first)),
-        rest,
-        idle: Duration::from_millis(state.config.resilience.stream_idle_timeout_ms),
+        chunks,
         backend: backend.name().to_string(),
         usage: TokenUsage::default(),
         ended: false,
         model,
         wants_usage,
-        deadline,
         meter,
-        state,
         _permit: permit,
     };
     metrics::counter!("ragway_answers_total", "mode" => Mode::Normal.as_str()).increment(1);
@@ -216,19 +210,16 @@ pub async fn stream(
 }
 
 /// A relayed stream in progress; what it used is charged when it is dropped (finished, failed
-/// or abandoned by the client).
+/// or abandoned by the client). The backend's guard ends the chunks with an error when it stalls
+/// or the deadline passes.
 struct Relayed {
-    first: Option<Result<Value, LlmError>>,
-    rest: ChunkStream,
-    idle: Duration,
+    chunks: ChunkStream,
     backend: String,
     usage: TokenUsage,
     ended: bool,
     model: String,
     wants_usage: bool,
-    deadline: Deadline,
     meter: Meter,
-    state: AppState,
     _permit: Option<StreamPermit>,
 }
 
@@ -238,14 +229,7 @@ impl Relayed {
             if self.ended {
                 return None;
             }
-            let chunk = match self.first.take() {
-                Some(first) => Some(first),
-                None => match self.next_chunk().await {
-                    Ok(next) => next,
-                    Err(message) => return Some(self.end_with_error(message)),
-                },
-            };
-            let mut chunk = match chunk {
+            let mut chunk = match self.chunks.next().await {
                 None => {
                     self.ended = true;
                     return Some(Event::default().data("[DONE]"));
@@ -265,23 +249,6 @@ impl Relayed {
             }
             chunk["model"] = Value::String(self.model.clone());
             return Some(Event::default().data(chunk.to_string()));
-        }
-    }
-
-    /// The next chunk within the idle timeout and the deadline; a stall is charged to the
-    /// backend's breaker.
-    async fn next_chunk(&mut self) -> Result<Option<Result<Value, LlmError>>, String> {
-        let left = self.deadline.remaining();
-        match tokio::time::timeout(self.idle.min(left), self.rest.next()).await {
-            Ok(next) => Ok(next),
-            Err(_) if left <= self.idle => Err("the request's deadline passed".into()),
-            Err(_) => {
-                self.state.pipeline.llm.charge_failure(&self.backend);
-                Err(format!(
-                    "the backend sent nothing for {} ms",
-                    self.idle.as_millis()
-                ))
-            }
         }
     }
 
@@ -313,20 +280,21 @@ fn usage_of(usage: &Value) -> TokenUsage {
 }
 
 /// The backend's own 4xx for the client's request keeps its status; anything else is a 503.
-fn refused(backend: &str, failure: Failure<LlmError>) -> ApiError {
-    match failure {
-        Failure::Rejected(LlmError::Remote {
+fn refused(backend: &str, error: LlmError) -> ApiError {
+    let callers = error.blame() == Blame::Caller;
+    match error {
+        LlmError::Remote {
             status: Some(status),
             message,
             ..
-        }) => ApiError::BackendRejected {
+        } if callers => ApiError::BackendRejected {
             backend: backend.to_string(),
             status,
             message,
         },
-        other => ApiError::Unavailable {
-            code: ErrorCode::LlmUnavailable,
-            message: format!("backend `{backend}` did not answer ({other})"),
-        },
+        other => {
+            let message = format!("backend `{backend}` did not answer ({other})");
+            ApiError::unavailable_from(ErrorCode::LlmUnavailable, message, other)
+        }
     }
 }

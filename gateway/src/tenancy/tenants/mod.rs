@@ -206,10 +206,10 @@ fn random_hex() -> String {
 }
 
 fn unavailable(e: String) -> ApiError {
-    ApiError::Unavailable {
-        code: ErrorCode::TenantStoreFailed,
-        message: format!("the tenant store cannot be written now: {e}"),
-    }
+    ApiError::unavailable(
+        ErrorCode::TenantStoreFailed,
+        format!("the tenant store cannot be written now: {e}"),
+    )
 }
 
 impl Tenants {
