@@ -30,10 +30,12 @@ use crate::error::{ApiError, ErrorCode};
 use crate::resilience::guard::ModelStage;
 use crate::tenancy::Accounts;
 
+mod file_registry;
 mod follow;
 mod registry;
 mod snapshot;
-use registry::{Created, FileRegistry, RedisRegistry, Registry};
+use file_registry::FileRegistry;
+use registry::{Created, RedisRegistry, Registry};
 pub use snapshot::SnapshotInfo;
 
 /// Where manifests live.
@@ -82,6 +84,48 @@ struct Manifest {
     /// removes them from both stores (they were never acknowledged; their job re-applies them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pending: Vec<String>,
+    /// How many changes have been recorded (the file registry's log replays those after it).
+    #[serde(default)]
+    changes: u64,
+    /// The chunks and bytes of `documents`, kept as they change (counted once when read).
+    #[serde(skip)]
+    totals: Totals,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    chunks: usize,
+    bytes: u64,
+}
+
+impl Manifest {
+    /// Records `id` as indexed with `record` (replacing what it had).
+    fn put(&mut self, id: String, record: DocumentRecord) {
+        self.totals.chunks += record.chunks;
+        self.totals.bytes += record.bytes;
+        if let Some(old) = self.documents.insert(id, record) {
+            self.forget_totals(&old);
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.documents.remove(id) {
+            self.forget_totals(&old);
+        }
+    }
+
+    fn forget_totals(&mut self, old: &DocumentRecord) {
+        self.totals.chunks -= old.chunks;
+        self.totals.bytes -= old.bytes;
+    }
+
+    /// Counts `totals` from the documents (once, when a manifest is read).
+    fn recount(mut self) -> Self {
+        let chunks = self.documents.values().map(|d| d.chunks).sum();
+        let bytes = self.documents.values().map(|d| d.bytes).sum();
+        self.totals = Totals { chunks, bytes };
+        self
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -283,7 +327,7 @@ impl Collections {
         let registry: Box<dyn Registry> = match store {
             ManifestStore::Files(dir) => {
                 std::fs::create_dir_all(&dir)?;
-                Box::new(FileRegistry { dir })
+                Box::new(FileRegistry::new(dir))
             }
             ManifestStore::Redis(redis) => Box::new(RedisRegistry { redis }),
         };
@@ -389,17 +433,17 @@ impl Collections {
         let name = &collection.name;
         if manifest.pending != ids {
             manifest.pending = ids.clone();
-            self.save(manifest).await?;
+            self.save(manifest, &[]).await?;
         }
         self.dense.delete_documents(name, ids.clone()).await?;
         self.keyword.delete_documents(name, ids.clone()).await?;
         self.dense.flush(name).await?;
         for id in &ids {
-            manifest.documents.remove(id);
+            manifest.remove(id);
         }
         manifest.pending.clear();
         manifest.epoch += 1;
-        self.save(manifest).await?;
+        self.save(manifest, &ids).await?;
         self.publish(collection, manifest);
         Ok(())
     }
@@ -524,6 +568,8 @@ impl Collections {
             epoch: 0,
             documents: BTreeMap::new(),
             pending: Vec::new(),
+            changes: 0,
+            totals: Totals::default(),
         };
         self.establish(manifest, max_collections, async { Ok(()) }).await
     }
@@ -632,7 +678,7 @@ impl Collections {
             .collect();
         let doc_ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
         manifest.pending = doc_ids.clone();
-        self.save(&manifest).await?;
+        self.save(&mut manifest, &[]).await?;
         let written = self
             .replace_in_stores(&collection.name, &doc_ids, embedded, chunks)
             .await;
@@ -644,11 +690,9 @@ impl Collections {
                 outcome.chunks = record(&mut manifest, changed);
             }
             // The old versions are gone from both stores too; record that.
-            Err(_) => doc_ids.iter().for_each(|id| {
-                manifest.documents.remove(id);
-            }),
+            Err(_) => doc_ids.iter().for_each(|id| manifest.remove(id)),
         }
-        self.save(&manifest).await?;
+        self.save(&mut manifest, &doc_ids).await?;
         self.publish(collection, &manifest);
         outcome.epoch = manifest.epoch;
         written.map(|()| outcome)
@@ -728,7 +772,7 @@ impl Collections {
         let mut manifest = self.begin(&collection).await?;
         manifest.fusion = fusion;
         manifest.epoch += 1;
-        self.save(&manifest).await?;
+        self.save(&mut manifest, &[]).await?;
         self.publish(&collection, &manifest);
         Ok(info(&manifest))
     }
@@ -747,9 +791,12 @@ impl Collections {
         Ok((record.chunks, manifest.epoch))
     }
 
-    async fn save(&self, manifest: &Manifest) -> Result<(), ApiError> {
+    /// Records the change of `manifest` durably: its header (epoch, pending, fusion) and the
+    /// records of the `touched` documents (written or removed).
+    async fn save(&self, manifest: &mut Manifest, touched: &[String]) -> Result<(), ApiError> {
+        manifest.changes += 1;
         self.registry
-            .save(manifest)
+            .save(manifest, touched)
             .await
             .map_err(|e| match self.registry.shared() {
                 true => registry_failed(e),
@@ -774,7 +821,7 @@ fn record(manifest: &mut Manifest, changed: Vec<Change>) -> usize {
             chunks: doc_chunks.len(),
             bytes,
         };
-        manifest.documents.insert(id, record);
+        manifest.put(id, record);
     }
     chunks
 }
@@ -822,8 +869,8 @@ fn info(manifest: &Manifest) -> CollectionInfo {
     CollectionInfo {
         name: manifest.name.clone(),
         documents: manifest.documents.len(),
-        chunks: manifest.documents.values().map(|d| d.chunks).sum(),
-        bytes: manifest.documents.values().map(|d| d.bytes).sum(),
+        chunks: manifest.totals.chunks,
+        bytes: manifest.totals.bytes,
         chunk_words: manifest.chunk_words,
         chunk_overlap_words: manifest.chunk_overlap_words,
         epoch: manifest.epoch,

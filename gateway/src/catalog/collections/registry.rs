@@ -2,7 +2,6 @@
 //! replica of a deployment on one Qdrant server, which then keeps nothing a request needs).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,7 +10,6 @@ use ragway_cache::RedisTier;
 
 use super::Manifest;
 use crate::catalog::lease::Lease;
-use crate::durable;
 
 /// How a new collection was recorded.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,7 +35,9 @@ pub(super) trait Registry: Send + Sync {
     async fn get(&self, name: &str) -> Result<Option<Manifest>, String>;
     /// Records a new collection unless its name is taken or `max` are recorded already.
     async fn create(&self, manifest: &Manifest, max: usize) -> Result<Created, String>;
-    async fn save(&self, manifest: &Manifest) -> Result<(), String>;
+    /// Records a change of `manifest`: its header and the `touched` documents' records (those
+    /// no longer in it were removed). A registry may write only those, or the whole manifest.
+    async fn save(&self, manifest: &Manifest, touched: &[String]) -> Result<(), String>;
     async fn remove(&self, name: &str) -> Result<(), String>;
     /// `<generation>:<epoch>` of every collection, and a counter every change bumps (`None` for
     /// a registry no one else changes).
@@ -50,77 +50,10 @@ pub(super) fn head(manifest: &Manifest) -> String {
     format!("{}:{}", manifest.generation, manifest.epoch)
 }
 
-/// `<dir>/<name>.json`, replaced durably on every change.
-pub(super) struct FileRegistry {
-    pub dir: PathBuf,
-}
-
-impl FileRegistry {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
-    }
-}
-
-fn parse(bytes: &[u8], what: &str) -> Entry {
-    serde_json::from_slice(bytes).map_err(|e| format!("cannot read manifest {what}: {e}"))
-}
-
-#[async_trait]
-impl Registry for FileRegistry {
-    fn shared(&self) -> bool {
-        false
-    }
-
-    async fn load(&self) -> Result<BTreeMap<String, Entry>, String> {
-        let mut all = BTreeMap::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        for entry in entries {
-            let path = entry.map_err(|e| e.to_string())?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let manifest = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| parse(&bytes, &path.display().to_string()));
-            all.insert(name, manifest);
-        }
-        Ok(all)
-    }
-
-    async fn get(&self, name: &str) -> Result<Option<Manifest>, String> {
-        match std::fs::read(self.path(name)) {
-            Ok(bytes) => parse(&bytes, name).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// The caller has checked name and count (one process: nothing changes behind its back).
-    async fn create(&self, manifest: &Manifest, _max: usize) -> Result<Created, String> {
-        self.save(manifest).await.map(|()| Created::Yes)
-    }
-
-    async fn save(&self, manifest: &Manifest) -> Result<(), String> {
-        let path = self.path(&manifest.name);
-        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| e.to_string())?;
-        durable::write(&path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
-    }
-
-    async fn remove(&self, name: &str) -> Result<(), String> {
-        durable::remove(&self.path(name)).map_err(|e| e.to_string())
-    }
-
-    async fn heads(&self) -> Result<Option<(u64, BTreeMap<String, String>)>, String> {
-        Ok(None)
-    }
-
-    async fn lock(&self, _name: &str) -> Result<Lease, String> {
-        Ok(Lease::local())
-    }
+pub(super) fn parse(bytes: &[u8], what: &str) -> Entry {
+    let manifest: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("cannot read manifest {what}: {e}"))?;
+    Ok(manifest.recount())
 }
 
 /// Name → `<generation>:<epoch>`.
@@ -190,7 +123,8 @@ impl Registry for RedisRegistry {
         })
     }
 
-    async fn save(&self, manifest: &Manifest) -> Result<(), String> {
+    /// The whole manifest, as one value (per-document records are not done yet).
+    async fn save(&self, manifest: &Manifest, _touched: &[String]) -> Result<(), String> {
         let record = serde_json::to_string(manifest).map_err(|e| e.to_string())?;
         let mut connection = self.redis.connection();
         let mut pipe = ragway_cache::redis::pipe();

@@ -91,6 +91,7 @@ impl Collections {
         manifest.name = name.to_string();
         manifest.generation = uuid::Uuid::new_v4().simple().to_string();
         manifest.pending.clear();
+        let manifest = manifest.recount();
         self.check_embedder(&Collection::new(manifest.clone()))?;
         let fill = async {
             let mut batch = Vec::with_capacity(RESTORE_BATCH);
