@@ -677,10 +677,18 @@ impl Collections {
             .map(|(chunk, vector)| EmbeddedChunk { chunk, vector })
             .collect();
         let doc_ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
+        // Only a document the manifest has can have chunks in the stores (an interrupted write's
+        // were removed by `begin`): the others need no delete, which costs a scan of the dense
+        // store's payloads.
+        let replaced: Vec<String> = doc_ids
+            .iter()
+            .filter(|id| manifest.documents.contains_key(*id))
+            .cloned()
+            .collect();
         manifest.pending = doc_ids.clone();
         self.save(&mut manifest, &[]).await?;
         let written = self
-            .replace_in_stores(&collection.name, &doc_ids, embedded, chunks)
+            .replace_in_stores(&collection.name, (&replaced, &doc_ids), embedded, chunks)
             .await;
         manifest.pending.clear();
         manifest.epoch += 1;
@@ -712,23 +720,24 @@ impl Collections {
         Ok(embedded.vectors)
     }
 
-    /// Removes old versions of `doc_ids` and writes the new chunks to both stores, durably. On
-    /// failure both stores are cleared of `doc_ids`, so neither holds a version the other lacks.
+    /// Removes the old versions of `replaced` and writes the new chunks of `doc_ids` to both
+    /// stores, durably. On failure both stores are cleared of `doc_ids`, so neither holds a
+    /// version the other lacks.
     async fn replace_in_stores(
         &self,
         name: &str,
-        doc_ids: &[String],
+        (replaced, doc_ids): (&[String], &[String]),
         embedded: Vec<EmbeddedChunk>,
         chunks: Vec<Chunk>,
     ) -> Result<(), ApiError> {
         // The two stores are independent: each replaces its old version, and they run at once.
         let dense = async {
-            self.dense.delete_documents(name, doc_ids.to_vec()).await?;
+            self.dense.delete_documents(name, replaced.to_vec()).await?;
             self.dense.upsert(name, embedded).await?;
             self.dense.flush(name).await
         };
         let keyword = async {
-            self.keyword.delete_documents(name, doc_ids.to_vec()).await?;
+            self.keyword.delete_documents(name, replaced.to_vec()).await?;
             self.keyword.upsert(name, chunks).await
         };
         let (dense, keyword) = tokio::join!(dense, keyword);
