@@ -138,10 +138,11 @@ fn read(dir: &Path, name: &str, repair: bool) -> Result<Option<(Manifest, Sizes)
         snapshot: snapshot.len() as u64,
         log: whole as u64,
     };
-    Ok(Some((manifest.recount(), sizes)))
+    Ok(Some((manifest, sizes)))
 }
 
-/// Applies the log's changes after the snapshot's to `manifest`; returns the length of its whole
+/// Applies the log's changes after the snapshot's to `manifest` (its totals kept as they go);
+/// returns the length of its whole
 /// lines (a last line without its newline was cut off while it was written).
 fn replay(manifest: &mut Manifest, log: &[u8]) -> Result<usize, String> {
     let whole = log.iter().rposition(|b| *b == b'\n').map_or(0, |end| end + 1);
@@ -155,9 +156,11 @@ fn replay(manifest: &mut Manifest, log: &[u8]) -> Result<usize, String> {
             continue;
         }
         for id in &change.removed {
-            manifest.documents.remove(id);
+            manifest.remove(id);
         }
-        manifest.documents.extend(change.put);
+        for (id, record) in change.put {
+            manifest.put(id, record);
+        }
         manifest.changes = change.change;
         manifest.epoch = change.epoch;
         manifest.pending = change.pending;
