@@ -19,7 +19,7 @@ use ragway_retrieval::{
 };
 
 use crate::answer::cached::Cached;
-use crate::answer::engine::Engine;
+use crate::answer::engine::{ChatCaps, Engine};
 use crate::answer::pipeline::{Pipeline, PipelineSettings, Retriever, StageGuards};
 use crate::answer::pool::{Backend, LlmPool};
 use crate::caches::Caches;
@@ -164,7 +164,11 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     let caches = pipeline.caches.clone();
     let retriever: Arc<dyn Retriever> = Arc::new(Cached::retrievals(pipeline.clone(), caches.clone()));
     let search: Arc<dyn Retriever> = Arc::new(Cached::searches(retriever.clone(), caches));
-    let engine = Arc::new(Engine::new(pipeline.clone(), retriever));
+    let caps = ChatCaps {
+        max_choices: config.generation.max_choices,
+        max_tokens: config.generation.max_tokens,
+    };
+    let engine = Arc::new(Engine::new(pipeline.clone(), retriever, caps));
     let admin_key = std::env::var(&config.resilience.admin_key_env)
         .ok()
         .filter(|k| !k.is_empty())

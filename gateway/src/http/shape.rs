@@ -50,7 +50,7 @@ impl Collected {
         while let Some(event) = events.recv().await {
             match event {
                 AnswerEvent::Delta { text: piece } => text.push_str(&piece),
-                AnswerEvent::Meta { .. } | AnswerEvent::Degraded { .. } => {}
+                AnswerEvent::Meta { .. } | AnswerEvent::Degraded { .. } | AnswerEvent::Relayed { .. } => {}
                 AnswerEvent::Done {
                     mode,
                     degraded,
@@ -124,7 +124,7 @@ fn mode_of(event: &AnswerEvent) -> Mode {
         AnswerEvent::Meta { mode, .. }
         | AnswerEvent::Degraded { mode, .. }
         | AnswerEvent::Done { mode, .. } => *mode,
-        AnswerEvent::Delta { .. } => Mode::Normal,
+        AnswerEvent::Delta { .. } | AnswerEvent::Relayed { .. } => Mode::Normal,
     }
 }
 
@@ -271,6 +271,8 @@ impl Chunks {
                     json!({"mode": mode, "degraded": degraded, "stages": stages, "citations": citations});
                 self.chunk(first, vec![("citations", json!(sources)), ("ragway", info)])
             }
+            // Only a relay yields these, and it has its own shape (`routes::relay`).
+            AnswerEvent::Relayed { chunk } => Event::default().data(chunk.to_string()),
             AnswerEvent::Delta { text } => self.chunk(
                 json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]),
                 Vec::new(),

@@ -192,6 +192,29 @@ async fn a_stream_is_charged_for_what_it_wrote_however_it_ends() -> anyhow::Resu
         after_json > after_leaving,
         "the abandoned JSON answer was not charged: {after_json} ≤ {after_leaving}"
     );
+
+    // A relayed chat (`seed` is only the backend's to read) that breaks off: the client gets an
+    // error chunk and no `[DONE]`, and the text streamed until then is charged although the
+    // backend never sent its usage.
+    remote.set(Script::BreakAfter {
+        text: text.into(),
+        words: 4,
+    });
+    let relayed = json!({"model": "remote", "seed": 1, "stream": true,
+        "messages": [{"role": "user", "content": "How is espresso brewed?"}]});
+    let (status, body) = server
+        .call_text(Method::POST, "/v1/chat/completions", Some(&key), Some(&relayed))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(remote.last_request().unwrap_or_default()["seed"], 1, "relayed");
+    let last = body.lines().rev().find_map(|l| l.strip_prefix("data: "));
+    let error: Value = serde_json::from_str(last.unwrap_or("null"))?;
+    assert_eq!(error["error"]["code"], "llm_backend_failed", "{body}");
+    let after_relay = usage(&server, &id, "tokens_out", after_json + 1).await?;
+    assert!(
+        after_relay > after_json,
+        "the broken-off relayed stream was not charged: {after_relay} ≤ {after_json}"
+    );
     server.stop().await
 }
 

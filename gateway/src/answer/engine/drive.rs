@@ -106,11 +106,11 @@ impl Written {
 
 /// One backend's part of the answer, charged to the tenant when it is dropped: finished, broken
 /// off, or abandoned with the answer when the client left (a JSON answer's whole task goes then).
-struct Part {
-    backend: String,
-    text: String,
+pub(super) struct Part {
+    pub(super) backend: String,
+    pub(super) text: String,
     /// Its own counts (`Done`), when it sent them; otherwise counted with its tokenizer.
-    reported: Option<TokenUsage>,
+    pub(super) reported: Option<TokenUsage>,
     /// What it was given: the prompt, and the answer so far it was asked to continue.
     prompt: Vec<ChatMessage>,
     generator: Option<Arc<dyn Generator>>,
@@ -123,17 +123,28 @@ impl Part {
         if !before.is_empty() {
             prompt.push(ChatMessage::new(Role::Assistant, before.to_string()));
         }
+        let generator = engine.pipeline.llm.backend(backend).map(|b| b.generator.clone());
+        Self::of(backend, prompt, generator, job.meter.clone())
+    }
+
+    /// What `backend` (its generator, to count with) writes given `prompt`, charged to `meter`.
+    pub(super) fn of(
+        backend: &str,
+        prompt: Vec<ChatMessage>,
+        generator: Option<Arc<dyn Generator>>,
+        meter: Meter,
+    ) -> Self {
         Self {
             backend: backend.to_string(),
             text: String::new(),
             reported: None,
             prompt,
-            generator: engine.pipeline.llm.backend(backend).map(|b| b.generator.clone()),
-            meter: job.meter.clone(),
+            generator,
+            meter,
         }
     }
 
-    fn usage(&self) -> TokenUsage {
+    pub(super) fn usage(&self) -> TokenUsage {
         self.reported
             .unwrap_or_else(|| counted(self.generator.as_deref(), &self.prompt, &self.text))
     }

@@ -1,13 +1,17 @@
 //! The one answer engine. Every answering route — `/query` as JSON or as Server-Sent Events,
-//! chat over a collection, plain chat with an LLM backend — asks it the same way ([`Ask`]) and
-//! shapes the events it yields ([`AnswerEvent`]): `meta` (mode so far, passages), `delta`s of
-//! text, `degraded` when something changes mid-answer (with the new mode), and `done` (the final
-//! mode, usage, timings). What an answer may use (backends, budgets), caps, L1, the prompt fitted
+//! chat over a collection, plain chat with an LLM backend, a chat relayed to a remote backend as
+//! the client wrote it — asks it the same way ([`Ask`]) and shapes the events it yields
+//! ([`AnswerEvent`]): `meta` (mode so far, passages), `delta`s of text (or the backend's own
+//! chunks, `relayed`), `degraded` when something changes mid-answer (with the new mode), and
+//! `done` (the final mode, usage, timings). What an answer may use (backends, budgets), caps, L1, the prompt fitted
 //! to the model's window, fallback mid-stream, charging what was really produced and the mode
 //! are all decided here, once.
 
 mod drive;
 mod l1;
+mod relay;
+
+pub use relay::ChatCaps;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use ragway_llm::{ChatMessage, GenerationRequest};
 use ragway_openapi::{CacheInfo, Citation, Degradation, DegradationReason, Mode, Stages, TokenUsage};
 use ragway_retrieval::{Fusion, MetadataFilter, ScoredChunk};
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::conversation::Conversation;
@@ -45,6 +50,11 @@ pub enum AnswerEvent {
     Delta {
         text: String,
     },
+    /// A relayed backend's own chunk (a `chat.completion.chunk`, or for a whole answer its
+    /// `chat.completion`), as it wrote it.
+    Relayed {
+        chunk: Value,
+    },
     /// Something changed mid-answer (a backend broke off, the deadline cut it short): the mode
     /// from here on.
     Degraded {
@@ -66,6 +76,7 @@ impl AnswerEvent {
         match self {
             Self::Meta { .. } => "meta",
             Self::Delta { .. } => "delta",
+            Self::Relayed { .. } => "relayed",
             Self::Degraded { .. } => "degraded",
             Self::Done { .. } => "done",
         }
@@ -81,6 +92,10 @@ pub enum Source {
         backend: String,
         messages: Vec<ChatMessage>,
     },
+    /// A chat only `backend` can interpret (tools, response formats, images, `n`...), relayed
+    /// to it as the client wrote it (`body`, with `model` already the backend's own); its
+    /// `stream` field says whether it is streamed.
+    Relay { backend: String, body: Value },
 }
 
 /// A question about a collection.
@@ -109,6 +124,7 @@ pub struct Engine {
     pipeline: Arc<Pipeline>,
     /// Retrieval as answers get it (the pipeline behind L3).
     retriever: Arc<dyn Retriever>,
+    caps: ChatCaps,
 }
 
 /// The events of one answer; the first is always `Meta`, the last `Done` (unless the engine
@@ -184,8 +200,12 @@ impl Answer {
 }
 
 impl Engine {
-    pub fn new(pipeline: Arc<Pipeline>, retriever: Arc<dyn Retriever>) -> Self {
-        Self { pipeline, retriever }
+    pub fn new(pipeline: Arc<Pipeline>, retriever: Arc<dyn Retriever>, caps: ChatCaps) -> Self {
+        Self {
+            pipeline,
+            retriever,
+            caps,
+        }
     }
 
     /// Prepares the answer. What can be refused before any work is (a plain chat over its
@@ -209,6 +229,7 @@ impl Engine {
                 self.check_question_fits(grounding, &ask)?;
                 Ok(self.grounded(ask).await)
             }
+            Source::Relay { .. } => self.relayed(ask).await,
         }
     }
 

@@ -191,24 +191,16 @@ impl Chat {
         else {
             return Err(ApiError::ModelNotFound(self.model));
         };
-        if let Some(relay) = backend.generator.relay().filter(|_| relay::wanted(&body)) {
-            let body = relay::capped(&self.state, body, &self.ctx.allowance, &self.caller)?;
-            let (state, to) = (&self.state, (backend, relay));
-            let meter = self.caller.meter(state);
-            return if self.stream {
-                let permit = self.caller.stream(state)?;
-                relay::stream(
-                    state.clone(),
-                    meter,
-                    permit,
-                    to,
-                    self.model,
-                    body,
-                    self.ctx.deadline,
-                )
-                .await
-            } else {
-                relay::complete(state, &meter, to, &self.model, body, &self.ctx.deadline).await
+        if backend.generator.relay().is_some() && relay::wanted(&body) {
+            let wants_usage = body["stream_options"]["include_usage"] == true;
+            let source = Source::Relay {
+                backend: backend.name().to_string(),
+                body,
+            };
+            let answer = self.answer(source).await?;
+            return match self.stream {
+                true => Ok(relay::stream(answer.spawn(), self.model, wants_usage)),
+                false => relay::complete(answer, &self.model).await,
             };
         }
         relay::refuse_capabilities(&body, "a local LLM backend")?;

@@ -1,0 +1,324 @@
+//! A relayed chat as the engine's events: a request that carries what only a remote backend
+//! interprets (tools, response formats, images, `n`...) goes to it as the client wrote it, within
+//! the tenant's budget and the gateway's caps, and its chunks come back as [`AnswerEvent::Relayed`]
+//! between the usual `meta` and `done`. Like every answer, what the backend really produced is
+//! charged — its own counts when it sends them, else the streamed text counted with its tokenizer,
+//! also when the stream breaks off or the client leaves — and the mode is derived from what ran.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use ragway_llm::{ChatMessage, ChunkStream, LlmError, Role};
+use ragway_openapi::{Degradation, TokenUsage};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::drive::Part;
+use super::{check_chat_budget, done, Answer, AnswerEvent, Ask, Engine, Source};
+use crate::answer::pool::{count_tokens, Backend};
+use crate::answer::report::{Authorship, Report};
+use crate::error::{ApiError, ErrorCode};
+use crate::resilience::guard::{Blame, Blamed, StageError};
+use crate::tenancy::quota::StreamPermit;
+
+/// What a relayed request may ask of a backend: no more than any other chat may.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatCaps {
+    /// `generation.max_choices`: the most choices (`n`) one request may ask for.
+    pub max_choices: usize,
+    /// `generation.max_tokens`: the limit sent when the client set none.
+    pub max_tokens: usize,
+}
+
+impl Engine {
+    /// A relayed chat with `backend`: refused before any work when the tenant's LLM budget is
+    /// spent, `n` is out of range, or the backend will not take it (its own 4xx keeps its status);
+    /// a whole answer is all there once it returns, a stream's first chunk has come.
+    pub(super) async fn relayed(&self, ask: Ask) -> Result<Answer, ApiError> {
+        let Ask {
+            source: Source::Relay { backend, body },
+            ctx,
+            meter,
+            permit,
+            ..
+        } = ask
+        else {
+            return Err(ApiError::Internal("only a relay is relayed".into()));
+        };
+        check_chat_budget(&ctx.allowance, &meter, &backend)?;
+        let body = capped(body, self.caps)?;
+        let pool = &self.pipeline.llm;
+        let found = pool
+            .backend(&backend)
+            .ok_or(ApiError::ModelNotFound(backend.clone()))?;
+        let relay = found
+            .generator
+            .relay()
+            .ok_or_else(|| ApiError::Internal(format!("backend `{backend}` cannot relay requests")))?;
+        let started = Instant::now();
+        // A part is charged from when the backend took the request on.
+        let part = || Part::relayed(found, prompt_of(&body), meter);
+        if body["stream"] == true {
+            let chunks = pool
+                .relay_stream(found, relay, &body, &ctx.deadline)
+                .await
+                .map_err(|error| refused(&backend, error))?;
+            let relaying = Relaying {
+                part: part(),
+                started,
+            };
+            return Ok(Answer::driven(|events| relaying.drive(chunks, events, permit)));
+        }
+        let answer = pool
+            .relay(found, relay, &body, &ctx.deadline)
+            .await
+            .map_err(|error| refused(&backend, error))?;
+        Ok(whole(answer, part(), started))
+    }
+}
+
+/// A whole relayed answer: `meta`, the backend's completion, `done`; charged at once.
+fn whole(answer: Value, mut part: Part, started: Instant) -> Answer {
+    let choices = answer["choices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for choice in choices {
+        part.text
+            .push_str(choice["message"]["content"].as_str().unwrap_or_default());
+    }
+    take_usage(&mut part, &answer["usage"]);
+    let mut report = written_by(&part);
+    report.record_time("llm", started);
+    let usage = part.usage();
+    drop(part); // charged
+    let done = done(&report, usage);
+    Answer::ready(vec![meta(&report), AnswerEvent::Relayed { chunk: answer }, done])
+}
+
+/// A relayed stream in progress.
+struct Relaying {
+    part: Part,
+    started: Instant,
+}
+
+impl Relaying {
+    /// The backend's chunks as they come; a backend that breaks off, stalls or runs out of time
+    /// (its guard ends the chunks then) is announced with a `degraded` event and mode `error`.
+    async fn drive(
+        mut self,
+        mut chunks: ChunkStream,
+        events: mpsc::Sender<AnswerEvent>,
+        _permit: Option<StreamPermit>,
+    ) {
+        let mut report = written_by(&self.part);
+        if events.send(meta(&report)).await.is_err() {
+            return;
+        }
+        while let Some(next) = chunks.next().await {
+            let chunk = match next {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    tracing::warn!(backend = self.part.backend, %error, "relayed stream broke off");
+                    let degradation = Degradation {
+                        stage: format!("llm:{}", self.part.backend),
+                        reason: error.reason(),
+                    };
+                    report.degrade(degradation.stage.clone(), degradation.reason);
+                    report.authorship = Some(Authorship::Extractive);
+                    let mode = report.mode();
+                    if events
+                        .send(AnswerEvent::Degraded { degradation, mode })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    break;
+                }
+            };
+            for choice in chunk["choices"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                self.part
+                    .text
+                    .push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+            }
+            take_usage(&mut self.part, &chunk["usage"]);
+            if events.send(AnswerEvent::Relayed { chunk }).await.is_err() {
+                return; // dropping the chunks stops the backend; the part is charged
+            }
+        }
+        report.record_time("llm", self.started);
+        report.finish();
+        let usage = self.part.usage();
+        let _ = events.send(done(&report, usage)).await;
+    }
+}
+
+/// The report of an answer `part`'s backend is writing: a plain chat's primary.
+fn written_by(part: &Part) -> Report {
+    let mut report = Report::bare_llm();
+    report.authorship = Some(Authorship::Primary(part.backend.clone()));
+    report
+}
+
+fn meta(report: &Report) -> AnswerEvent {
+    AnswerEvent::Meta {
+        mode: report.mode(),
+        degraded: report.degraded(),
+        stages: report.stages(),
+        citations: Vec::new(),
+        cache: None,
+    }
+}
+
+/// The backend's own counts, when a chunk (or the whole answer) carries them.
+fn take_usage(part: &mut Part, usage: &Value) {
+    if usage.is_null() {
+        return;
+    }
+    let count = |field: &str| usage[field].as_u64().unwrap_or(0) as usize;
+    let reported = TokenUsage {
+        prompt_tokens: count("prompt_tokens"),
+        completion_tokens: count("completion_tokens"),
+    };
+    count_tokens(&part.backend, reported.prompt_tokens, reported.completion_tokens);
+    part.reported = Some(reported);
+}
+
+/// The text of a relayed request's messages, to count its prompt when the backend sends no
+/// counts (parts that are not text count for nothing).
+fn prompt_of(body: &Value) -> Vec<ChatMessage> {
+    let messages = body["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let text = |content: &Value| match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    };
+    let role = |message: &Value| match message["role"].as_str() {
+        Some("system" | "developer") => Role::System,
+        Some("assistant") => Role::Assistant,
+        _ => Role::User,
+    };
+    messages
+        .iter()
+        .map(|m| ChatMessage::new(role(m), text(&m["content"])))
+        .collect()
+}
+
+/// The body as it may be relayed: at most `max_choices` choices (`n`), and `max_tokens` set to
+/// the configured default when the client set no limit (the limit it set was checked against
+/// `generation.max_tokens_cap` with the rest of the request).
+pub fn capped(mut body: Value, caps: ChatCaps) -> Result<Value, ApiError> {
+    let n = &body["n"];
+    if !n.is_null() {
+        let max = caps.max_choices as u64;
+        if !n.as_u64().is_some_and(|n| (1..=max).contains(&n)) {
+            return Err(ApiError::invalid(
+                ErrorCode::NOutOfRange,
+                format!("n = {n} is out of range: use 1 to {max} (generation.max_choices)"),
+            ));
+        }
+    }
+    let limited = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .any(|field| !body[*field].is_null());
+    if let (false, Some(fields)) = (limited, body.as_object_mut()) {
+        fields.insert("max_tokens".into(), Value::from(caps.max_tokens));
+    }
+    Ok(body)
+}
+
+/// The backend's own 4xx for the client's request keeps its status; anything else is a 503.
+fn refused(backend: &str, error: LlmError) -> ApiError {
+    let callers = error.blame() == Blame::Caller;
+    match error {
+        LlmError::Remote {
+            status: Some(status),
+            message,
+            ..
+        } if callers => ApiError::BackendRejected {
+            backend: backend.to_string(),
+            status,
+            message,
+        },
+        other => {
+            let message = format!("backend `{backend}` did not answer ({other})");
+            ApiError::unavailable_from(ErrorCode::LlmUnavailable, message, other)
+        }
+    }
+}
+
+impl Part {
+    /// The part `backend` writes of a relayed answer to `prompt`.
+    fn relayed(backend: &Backend, prompt: Vec<ChatMessage>, meter: crate::tenancy::Meter) -> Self {
+        Self::of(
+            backend.name(),
+            prompt,
+            Some(Arc::clone(&backend.generator)),
+            meter,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const CAPS: ChatCaps = ChatCaps {
+        max_choices: 4,
+        max_tokens: 40,
+    };
+
+    #[test]
+    fn a_relayed_body_gets_the_default_limit_and_a_bounded_n() -> Result<(), ApiError> {
+        let body = capped(json!({"model": "m", "n": 2}), CAPS)?;
+        assert_eq!(body["max_tokens"], 40, "no limit set: the default is sent");
+        let own = capped(json!({"max_completion_tokens": 7}), CAPS)?;
+        assert!(own["max_tokens"].is_null(), "the client's own limit stays: {own}");
+        for n in [json!(0), json!(5), json!(64), json!("2")] {
+            let refused = capped(json!({ "n": n }), CAPS).err().map(|e| e.code());
+            assert_eq!(refused, Some(ErrorCode::NOutOfRange), "n = {n}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_relayed_prompt_is_counted_from_its_text() {
+        let body = json!({"messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "tool", "content": "42", "tool_call_id": "c"},
+        ]});
+        let prompt = prompt_of(&body);
+        let texts: Vec<&str> = prompt.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(texts, ["be brief", "look", "42"]);
+        assert_eq!(prompt[0].role, Role::System);
+    }
+
+    #[test]
+    fn a_callers_rejection_keeps_its_status_anything_else_is_unavailable() {
+        let rejected = LlmError::Remote {
+            backend: "r".into(),
+            status: Some(400),
+            message: "context_length_exceeded".into(),
+            retry: ragway_llm::Retry::Never,
+        };
+        assert!(matches!(
+            refused("r", rejected),
+            ApiError::BackendRejected { status: 400, .. }
+        ));
+        let down = LlmError::Remote {
+            backend: "r".into(),
+            status: Some(503),
+            message: "down".into(),
+            retry: ragway_llm::Retry::Backoff,
+        };
+        assert_eq!(refused("r", down).code(), ErrorCode::LlmUnavailable);
+    }
+}
