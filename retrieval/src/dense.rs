@@ -5,10 +5,11 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use qdrant_edge::external::uuid::Uuid;
 use qdrant_edge::{
-    Condition, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition, Filter,
-    JsonPath, Match, MatchValue, NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct,
-    QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal,
-    VectorStructInternal, WithPayloadInterface, WithVector,
+    Condition, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition,
+    FieldIndexOperations, Filter, JsonPath, Match, MatchValue, NamedQuery, PayloadFieldSchema,
+    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, QueryRequest,
+    ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal, VectorStructInternal,
+    WithPayloadInterface, WithVector,
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -113,6 +114,7 @@ impl EdgeShards {
                 .build();
             EdgeShard::new(&path, config)?
         };
+        index_doc_ids(&shard)?;
         shards.insert(
             collection.to_string(),
             Arc::new(Shard {
@@ -133,6 +135,24 @@ impl EdgeShards {
         }
         Ok(())
     }
+}
+
+/// A keyword index on `doc_id`, so that deleting a document's chunks (`delete_documents`) finds
+/// them through the index instead of reading every point's payload; built once for a shard made
+/// before it existed, kept with the shard after.
+fn index_doc_ids(shard: &EdgeShard) -> Result<(), RetrievalError> {
+    let field = json_path("doc_id")?;
+    if shard.info().payload_schema.contains_key(&field) {
+        return Ok(());
+    }
+    let index = CreateIndex {
+        field_name: field,
+        field_schema: Some(PayloadFieldSchema::FieldType(PayloadSchemaType::Keyword)),
+    };
+    shard.update(UpdateOperation::FieldIndexOperation(
+        FieldIndexOperations::CreateIndex(index),
+    ))?;
+    Ok(())
 }
 
 #[async_trait]
@@ -388,4 +408,52 @@ fn json_path(path: &str) -> Result<JsonPath, RetrievalError> {
 
 fn poisoned() -> RetrievalError {
     RetrievalError::Dense("shard map lock poisoned".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(doc: &str, n: usize, x: f32) -> EmbeddedChunk {
+        EmbeddedChunk {
+            chunk: Chunk {
+                chunk_id: format!("{doc}#{n}"),
+                doc_id: doc.to_string(),
+                text: format!("{doc} part {n}"),
+                metadata: Map::new(),
+            },
+            vector: vec![x, 1.0 - x, 0.5, 0.25],
+        }
+    }
+
+    #[tokio::test]
+    async fn documents_are_deleted_through_the_doc_id_index_kept_with_the_shard() -> Result<(), RetrievalError>
+    {
+        let dir = tempfile::tempdir().map_err(|e| RetrievalError::Dense(e.to_string()))?;
+        let store = EdgeDenseStore::new(dir.path(), 4);
+        store.open_collection("notes").await?;
+        let chunks = (0..3)
+            .flat_map(|n| [chunk("a", n, 0.1), chunk("b", n, 0.9)])
+            .collect();
+        store.upsert("notes", chunks).await?;
+        store.delete_documents("notes", vec!["a".into()]).await?;
+        store.flush("notes").await?;
+        let left: Vec<String> = store
+            .export("notes")
+            .await?
+            .into_iter()
+            .map(|c| c.chunk.chunk_id)
+            .collect();
+        let mut left = left;
+        left.sort();
+        assert_eq!(left, ["b#0", "b#1", "b#2"]);
+        drop(store);
+
+        let reopened = EdgeDenseStore::new(dir.path(), 4);
+        reopened.open_collection("notes").await?;
+        let shard = reopened.shards.shard("notes")?;
+        let indexed = shard.edge.info().payload_schema;
+        assert!(indexed.contains_key(&json_path("doc_id")?), "{indexed:?}");
+        Ok(())
+    }
 }

@@ -35,7 +35,7 @@ mod follow;
 mod registry;
 mod snapshot;
 use file_registry::FileRegistry;
-use registry::{Created, RedisRegistry, Registry};
+use registry::{Created, RedisRegistry, Refreshed, Registry};
 pub use snapshot::SnapshotInfo;
 
 /// Where manifests live.
@@ -79,6 +79,8 @@ struct Manifest {
     #[serde(default)]
     dimension: Option<usize>,
     epoch: u64,
+    /// (Absent from a shared registry's header, which keeps the records apart.)
+    #[serde(default)]
     documents: BTreeMap<String, DocumentRecord>,
     /// Documents a change is writing to the stores now: if its process dies, the next change
     /// removes them from both stores (they were never acknowledged; their job re-applies them).
@@ -117,6 +119,16 @@ impl Manifest {
     fn forget_totals(&mut self, old: &DocumentRecord) {
         self.totals.chunks -= old.chunks;
         self.totals.bytes -= old.bytes;
+    }
+
+    /// Takes every field of `header` but the documents (and their totals), which stay.
+    fn adopt_header(&mut self, header: Manifest) {
+        let documents = std::mem::take(&mut self.documents);
+        *self = Manifest {
+            documents,
+            totals: self.totals,
+            ..header
+        };
     }
 
     /// Counts `totals` from the documents (once, when a manifest is read).
@@ -466,17 +478,15 @@ impl Collections {
             _lease: lease,
         };
         if self.registry.shared() {
-            let current = self
+            let refreshed = self
                 .registry
-                .get(&collection.name)
+                .refresh(&mut writing.manifest)
                 .await
                 .map_err(registry_failed)?;
-            match current {
-                Some(current) if current.generation == collection.generation => {
-                    *writing.manifest = current;
-                    collection.publish(&writing);
-                }
-                _ => {
+            match refreshed {
+                Refreshed::Current => {}
+                Refreshed::Changed => collection.publish(&writing),
+                Refreshed::Gone => {
                     self.forget(&collection.name, &collection.generation);
                     return Err(ApiError::CollectionNotFound(collection.name.clone()));
                 }

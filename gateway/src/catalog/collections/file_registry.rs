@@ -75,7 +75,7 @@ impl FileRegistry {
 
     /// Writes `manifest` whole and empties its log.
     async fn compact(&self, manifest: &Manifest) -> Result<(), String> {
-        let bytes = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
+        let bytes = serialise(manifest)?;
         let (snapshot, log) = paths(&self.dir, &manifest.name);
         let length = bytes.len() as u64;
         blocking(move || {
@@ -90,6 +90,17 @@ impl FileRegistry {
         };
         self.sizes().insert(manifest.name.clone(), sizes);
         Ok(())
+    }
+}
+
+/// `manifest` whole, as JSON: on this thread, but with the runtime told to move its other
+/// tasks off it first (the manifest is borrowed from the change holding it, so it cannot be sent
+/// to the blocking pool without copying it whole).
+fn serialise(manifest: &Manifest) -> Result<Vec<u8>, String> {
+    let run = || serde_json::to_vec(manifest).map_err(|e| e.to_string());
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+        _ => run(),
     }
 }
 
@@ -270,11 +281,12 @@ impl Registry for FileRegistry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::Totals;
     use super::*;
 
-    fn manifest(generation: &str) -> Manifest {
+    /// An empty manifest of `notes`.
+    pub(in crate::catalog::collections) fn manifest(generation: &str) -> Manifest {
         Manifest {
             name: "notes".into(),
             generation: generation.into(),
@@ -291,7 +303,7 @@ mod tests {
         }
     }
 
-    fn record(chunks: usize) -> DocumentRecord {
+    pub(in crate::catalog::collections) fn record(chunks: usize) -> DocumentRecord {
         DocumentRecord {
             content_hash: format!("h{chunks}"),
             chunks,
@@ -300,8 +312,8 @@ mod tests {
     }
 
     /// A change as `Collections` makes one: the documents, then the count, then the save.
-    async fn change(
-        registry: &FileRegistry,
+    pub(in crate::catalog::collections) async fn change(
+        registry: &dyn Registry,
         m: &mut Manifest,
         put: &[(&str, usize)],
         removed: &[&str],

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::registry::Refreshed;
 use super::{write, Collections, FOLLOW_EVERY};
 
 impl Collections {
@@ -88,6 +89,22 @@ impl Collections {
         if current.as_ref().is_some_and(|c| c.head() == head) {
             return true;
         }
+        if let Some(collection) = &current {
+            let Ok(mut mine) = collection.manifest.try_lock() else {
+                return false; // a change here holds it, and refreshes it itself
+            };
+            match self.registry.refresh(&mut mine).await {
+                Ok(Refreshed::Current | Refreshed::Changed) => {
+                    collection.publish(&mine);
+                    return true;
+                }
+                Ok(Refreshed::Gone) => {} // replaced by a collection of another generation
+                Err(e) => {
+                    tracing::warn!(collection = name, error = %e, "cannot read its changes");
+                    return false;
+                }
+            }
+        }
         let manifest = match self.registry.get(name).await {
             Ok(Some(manifest)) => manifest,
             Ok(None) => return true, // dropped meanwhile: the next look forgets it
@@ -96,29 +113,17 @@ impl Collections {
                 return false;
             }
         };
-        match current {
-            Some(collection) if collection.generation == manifest.generation => {
-                let Ok(mut mine) = collection.manifest.try_lock() else {
-                    return false; // a change here holds it, and refreshes it itself
-                };
-                *mine = manifest;
-                collection.publish(&mine);
-                true
-            }
-            previous => {
-                if let Some(previous) = previous {
-                    previous.dropped.store(true, Ordering::Release);
+        if let Some(previous) = current {
+            previous.dropped.store(true, Ordering::Release);
+        }
+        match self.open_one(manifest, false).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(collection = name, error = %e, "collection cannot be opened; retrying");
+                if let Ok(mut damaged) = write(&self.damaged) {
+                    damaged.insert(name.to_string(), e.to_string());
                 }
-                match self.open_one(manifest, false).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(collection = name, error = %e, "collection cannot be opened; retrying");
-                        if let Ok(mut damaged) = write(&self.damaged) {
-                            damaged.insert(name.to_string(), e.to_string());
-                        }
-                        false
-                    }
-                }
+                false
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Where collection manifests live: files under the data directory (one process), or Redis (every
-//! replica of a deployment on one Qdrant server, which then keeps nothing a request needs).
+//! replica of a deployment on one Qdrant server, which then keeps nothing a request needs). Both
+//! write what a change touched, not the whole collection.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,7 +9,10 @@ use async_trait::async_trait;
 use ragway_cache::redis::{AsyncCommands, Script};
 use ragway_cache::RedisTier;
 
-use super::Manifest;
+use ragway_retrieval::Fusion;
+use serde::{Deserialize, Serialize};
+
+use super::{DocumentRecord, Manifest};
 use crate::catalog::lease::Lease;
 
 /// How a new collection was recorded.
@@ -19,6 +23,16 @@ pub(super) enum Created {
     Taken,
     /// The registry holds `limits.max_collections` already.
     Full,
+}
+
+/// How a manifest held here stands against the registry's.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Refreshed {
+    Current,
+    /// It was changed elsewhere and is now as the registry has it.
+    Changed,
+    /// The registry holds no collection of its name and generation.
+    Gone,
 }
 
 /// A manifest, or why it cannot be read.
@@ -39,6 +53,23 @@ pub(super) trait Registry: Send + Sync {
     /// no longer in it were removed). A registry may write only those, or the whole manifest.
     async fn save(&self, manifest: &Manifest, touched: &[String]) -> Result<(), String>;
     async fn remove(&self, name: &str) -> Result<(), String>;
+    /// Brings `manifest` up to what the registry holds for its name and generation (`Gone`: it
+    /// holds none of that generation). This default reads the manifest whole; a shared registry
+    /// reads only what changed since.
+    async fn refresh(&self, manifest: &mut Manifest) -> Result<Refreshed, String> {
+        match self.get(&manifest.name).await? {
+            Some(current) if current.generation == manifest.generation => {
+                let changed = current.changes != manifest.changes || current.epoch != manifest.epoch;
+                *manifest = current;
+                Ok(if changed {
+                    Refreshed::Changed
+                } else {
+                    Refreshed::Current
+                })
+            }
+            _ => Ok(Refreshed::Gone),
+        }
+    }
     /// `<generation>:<epoch>` of every collection, and a counter every change bumps (`None` for
     /// a registry no one else changes).
     async fn heads(&self) -> Result<Option<(u64, BTreeMap<String, String>)>, String>;
@@ -61,6 +92,11 @@ const HEADS: &str = "ragway:collections";
 const VERSION: &str = "ragway:collections:version";
 /// How long a change waits for another replica's change of the same collection.
 const LOCK_WAIT: Duration = Duration::from_secs(120);
+/// Changes each collection keeps listed, for replicas to catch up by (one per batch); one that
+/// fell further behind reads the manifest whole.
+const KEEP_CHANGES: isize = 1024;
+/// Records written per command when a manifest is written whole (a restore, a migration).
+const RECORDS_PER_WRITE: usize = 1000;
 
 const CREATE: &str = r"if redis.call('hexists', KEYS[1], ARGV[1]) == 1 then return 1 end
 if redis.call('hlen', KEYS[1]) >= tonumber(ARGV[4]) then return 2 end
@@ -69,15 +105,147 @@ redis.call('set', KEYS[2], ARGV[3])
 redis.call('incr', KEYS[3])
 return 0";
 
-fn manifest_key(name: &str) -> String {
+/// The manifest's header: everything but its documents.
+fn header_key(name: &str) -> String {
     format!("ragway:collection:{name}")
 }
 
-/// Manifests in Redis (`ragway:collection:<name>`), their heads in one hash that replicas poll,
-/// changes leased per collection (`ragway:collection:<name>:lock`). Durable as Redis is: run it
-/// with `appendonly yes` and `appendfsync always` for acknowledged writes to survive its crash.
+/// Document id → its record.
+fn documents_key(name: &str) -> String {
+    format!("ragway:collection:{name}:documents")
+}
+
+/// The last [`KEEP_CHANGES`] changes: their numbers and the documents they touched.
+fn changes_key(name: &str) -> String {
+    format!("ragway:collection:{name}:changes")
+}
+
+/// A manifest without its documents, as the header is written.
+#[derive(Serialize)]
+struct Header<'a> {
+    name: &'a str,
+    generation: &'a str,
+    chunk_words: usize,
+    chunk_overlap_words: usize,
+    fusion: &'a Option<Fusion>,
+    embedder: &'a Option<String>,
+    dimension: Option<usize>,
+    epoch: u64,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pending: &'a [String],
+    changes: u64,
+}
+
+fn header(manifest: &Manifest) -> Result<String, String> {
+    let header = Header {
+        name: &manifest.name,
+        generation: &manifest.generation,
+        chunk_words: manifest.chunk_words,
+        chunk_overlap_words: manifest.chunk_overlap_words,
+        fusion: &manifest.fusion,
+        embedder: &manifest.embedder,
+        dimension: manifest.dimension,
+        epoch: manifest.epoch,
+        pending: &manifest.pending,
+        changes: manifest.changes,
+    };
+    serde_json::to_string(&header).map_err(|e| e.to_string())
+}
+
+/// One recorded change: its number and the documents it wrote or removed.
+#[derive(Serialize, Deserialize)]
+struct Change {
+    change: u64,
+    touched: Vec<String>,
+}
+
+fn record(id: &str, record: &[u8]) -> Result<DocumentRecord, String> {
+    serde_json::from_slice(record).map_err(|e| format!("cannot read the record of `{id}`: {e}"))
+}
+
+/// Manifests in Redis: each collection's header (`ragway:collection:<name>`), its document
+/// records in a hash (`…:documents`), and its last changes (`…:changes`); a change writes its
+/// header and the records it touched, in one transaction. The heads are in one hash that
+/// replicas poll, changes leased per collection (`…:lock`). A replica catches up with the changes
+/// listed since the one it holds, reading only the records they touched. Durable as Redis is:
+/// run it with `appendonly yes` and `appendfsync always` for acknowledged writes to survive its
+/// crash.
 pub(super) struct RedisRegistry {
     pub redis: RedisTier,
+}
+
+impl RedisRegistry {
+    /// Writes every document record of `manifest` (a new collection's, a restored one's, or one
+    /// kept whole as one value before records were kept apart), in parts.
+    async fn write_records(&self, manifest: &Manifest) -> Result<(), String> {
+        let records: Vec<(&str, String)> = manifest
+            .documents
+            .iter()
+            .map(|(id, r)| serde_json::to_string(r).map(|r| (id.as_str(), r)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let mut connection = self.redis.connection();
+        let key = documents_key(&manifest.name);
+        for part in records.chunks(RECORDS_PER_WRITE) {
+            let write = connection.hset_multiple::<_, _, _, ()>(&key, part);
+            self.redis.call(write).await?;
+        }
+        Ok(())
+    }
+
+    /// `name`'s header, as written (`None`: there is none).
+    async fn header(&self, name: &str) -> Result<Option<Manifest>, String> {
+        let mut connection = self.redis.connection();
+        let bytes: Option<Vec<u8>> = self.redis.call(connection.get(header_key(name))).await?;
+        bytes.map(|b| parse_header(&b, name)).transpose()
+    }
+
+    /// The changes listed after `since`, up to `to`; `None` when some are no longer listed.
+    async fn changes(&self, name: &str, since: u64, to: u64) -> Result<Option<Vec<Change>>, String> {
+        let mut connection = self.redis.connection();
+        let listed: Vec<Vec<u8>> = self
+            .redis
+            .call(connection.lrange(changes_key(name), 0, -1))
+            .await?;
+        let mut changes = Vec::new();
+        for entry in listed {
+            let change: Change =
+                serde_json::from_slice(&entry).map_err(|e| format!("a change of `{name}`: {e}"))?;
+            if change.change > since && change.change <= to {
+                changes.push(change);
+            }
+        }
+        let complete = changes.len() as u64 == to - since;
+        Ok(complete.then_some(changes))
+    }
+
+    /// Applies `changes` to `manifest`: the records they touched as they are now.
+    async fn catch_up(&self, manifest: &mut Manifest, changes: Vec<Change>) -> Result<(), String> {
+        let mut touched: Vec<String> = changes.into_iter().flat_map(|c| c.touched).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.redis.connection();
+        let key = documents_key(&manifest.name);
+        let records: Vec<Option<Vec<u8>>> = self.redis.call(connection.hmget(&key, &touched)).await?;
+        for (id, found) in touched.into_iter().zip(records) {
+            match found {
+                Some(bytes) => {
+                    let record = record(&id, &bytes)?;
+                    manifest.put(id, record);
+                }
+                None => manifest.remove(&id),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A header (or a whole manifest, as kept before records were kept apart).
+fn parse_header(bytes: &[u8], name: &str) -> Result<Manifest, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("cannot read manifest {name}: {e}"))
 }
 
 #[async_trait]
@@ -97,23 +265,48 @@ impl Registry for RedisRegistry {
         Ok(all)
     }
 
+    /// The header and every record; a manifest still kept as one value is split on the way.
     async fn get(&self, name: &str) -> Result<Option<Manifest>, String> {
         let mut connection = self.redis.connection();
-        let bytes: Option<Vec<u8>> = self.redis.call(connection.get(manifest_key(name))).await?;
-        bytes.map(|b| parse(&b, name)).transpose()
+        let mut pipe = ragway_cache::redis::pipe();
+        pipe.atomic().get(header_key(name)).hgetall(documents_key(name));
+        let (bytes, records): (Option<Vec<u8>>, Vec<(String, Vec<u8>)>) =
+            self.redis.call(pipe.query_async(&mut connection)).await?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let mut manifest = parse_header(&bytes, name)?;
+        let whole = !manifest.documents.is_empty();
+        for (id, bytes) in records {
+            let record = record(&id, &bytes)?;
+            manifest.documents.insert(id, record);
+        }
+        let manifest = manifest.recount();
+        if whole {
+            self.write_records(&manifest).await?;
+            let write = connection.set::<_, _, ()>(header_key(name), header(&manifest)?);
+            self.redis.call(write).await?;
+        }
+        Ok(Some(manifest))
     }
 
+    /// Clears what a crash may have left of a predecessor's records, writes the records (a
+    /// restored collection has some), then records the header and the head, unless the name was
+    /// taken meanwhile or `max` are recorded.
     async fn create(&self, manifest: &Manifest, max: usize) -> Result<Created, String> {
-        let record = serde_json::to_string(manifest).map_err(|e| e.to_string())?;
         let mut connection = self.redis.connection();
+        let name = &manifest.name;
+        let leftovers = [documents_key(name), changes_key(name)];
+        self.redis.call(connection.del::<_, ()>(&leftovers)).await?;
+        self.write_records(manifest).await?;
         let script = Script::new(CREATE);
         let mut invocation = script.key(HEADS);
         invocation
-            .key(manifest_key(&manifest.name))
+            .key(header_key(name))
             .key(VERSION)
-            .arg(&manifest.name)
+            .arg(name)
             .arg(head(manifest))
-            .arg(record)
+            .arg(header(manifest)?)
             .arg(max);
         let created: i64 = self.redis.call(invocation.invoke_async(&mut connection)).await?;
         Ok(match created {
@@ -123,18 +316,40 @@ impl Registry for RedisRegistry {
         })
     }
 
-    /// The whole manifest, as one value (per-document records are not done yet).
-    async fn save(&self, manifest: &Manifest, _touched: &[String]) -> Result<(), String> {
-        let record = serde_json::to_string(manifest).map_err(|e| e.to_string())?;
-        let mut connection = self.redis.connection();
+    /// The header, the `touched` records (written, or removed when no longer in the manifest)
+    /// and the change's entry, in one transaction.
+    async fn save(&self, manifest: &Manifest, touched: &[String]) -> Result<(), String> {
+        let name = &manifest.name;
+        let mut written = Vec::new();
+        let mut removed = Vec::new();
+        for id in touched {
+            match manifest.documents.get(id) {
+                Some(r) => written.push((id.as_str(), serde_json::to_string(r).map_err(|e| e.to_string())?)),
+                None => removed.push(id.as_str()),
+            }
+        }
+        let change = Change {
+            change: manifest.changes,
+            touched: touched.to_vec(),
+        };
+        let change = serde_json::to_string(&change).map_err(|e| e.to_string())?;
         let mut pipe = ragway_cache::redis::pipe();
-        pipe.atomic()
-            .set(manifest_key(&manifest.name), record)
+        pipe.atomic().set(header_key(name), header(manifest)?).ignore();
+        if !written.is_empty() {
+            pipe.hset_multiple(documents_key(name), &written).ignore();
+        }
+        if !removed.is_empty() {
+            pipe.hdel(documents_key(name), &removed).ignore();
+        }
+        pipe.rpush(changes_key(name), change)
             .ignore()
-            .hset(HEADS, &manifest.name, head(manifest))
+            .ltrim(changes_key(name), -KEEP_CHANGES, -1)
+            .ignore()
+            .hset(HEADS, name, head(manifest))
             .ignore()
             .incr(VERSION, 1)
             .ignore();
+        let mut connection = self.redis.connection();
         self.redis.call(pipe.query_async::<()>(&mut connection)).await
     }
 
@@ -144,11 +359,41 @@ impl Registry for RedisRegistry {
         pipe.atomic()
             .hdel(HEADS, name)
             .ignore()
-            .del(manifest_key(name))
+            .del(&[header_key(name), documents_key(name), changes_key(name)])
             .ignore()
             .incr(VERSION, 1)
             .ignore();
         self.redis.call(pipe.query_async::<()>(&mut connection)).await
+    }
+
+    /// The header, then only the records the changes since `manifest`'s touched; the manifest is
+    /// read whole only when some of those changes are no longer listed.
+    async fn refresh(&self, manifest: &mut Manifest) -> Result<Refreshed, String> {
+        let name = manifest.name.clone();
+        let Some(current) = self.header(&name).await? else {
+            return Ok(Refreshed::Gone);
+        };
+        if current.generation != manifest.generation {
+            return Ok(Refreshed::Gone);
+        }
+        if current.changes == manifest.changes && current.documents.is_empty() {
+            return Ok(Refreshed::Current);
+        }
+        let listed = match current.changes > manifest.changes && current.documents.is_empty() {
+            true => self.changes(&name, manifest.changes, current.changes).await?,
+            false => None,
+        };
+        match listed {
+            Some(changes) => {
+                self.catch_up(manifest, changes).await?;
+                manifest.adopt_header(current);
+            }
+            None => match self.get(&name).await? {
+                Some(whole) if whole.generation == manifest.generation => *manifest = whole,
+                _ => return Ok(Refreshed::Gone),
+            },
+        }
+        Ok(Refreshed::Changed)
     }
 
     async fn heads(&self) -> Result<Option<(u64, BTreeMap<String, String>)>, String> {
@@ -161,6 +406,150 @@ impl Registry for RedisRegistry {
     }
 
     async fn lock(&self, name: &str) -> Result<Lease, String> {
-        Lease::take(&self.redis, format!("{}:lock", manifest_key(name)), LOCK_WAIT).await
+        Lease::take(&self.redis, format!("{}:lock", header_key(name)), LOCK_WAIT).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+
+    use super::super::file_registry::tests::{change, manifest};
+    use super::*;
+
+    /// A real `redis-server` (Debian's package) on a free port, killed when dropped.
+    struct Server(Child, u16);
+
+    impl Server {
+        async fn start() -> Result<Self, String> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| e.to_string())?
+                .port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("redis-server is needed (scripts/test.sh installs it): {e}"))?;
+            let server = Self(child, port);
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(server);
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(format!("redis-server on port {port} did not start"))
+        }
+
+        fn registry(&self) -> Result<RedisRegistry, String> {
+            let url = format!("redis://127.0.0.1:{}/0", self.1);
+            let redis = RedisTier::new(&url, Duration::from_secs(2)).map_err(|e| e.0)?;
+            Ok(RedisRegistry { redis })
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn ids(manifest: &Manifest) -> Vec<&str> {
+        manifest.documents.keys().map(String::as_str).collect()
+    }
+
+    /// A record only the hash has (no change touched it): what reading the manifest whole sees
+    /// and catching up does not.
+    async fn plant(registry: &RedisRegistry, id: &str) -> Result<(), String> {
+        let mut connection = registry.redis.connection();
+        let record = serde_json::to_string(&super::super::file_registry::tests::record(9))
+            .map_err(|e| e.to_string())?;
+        let write = connection.hset::<_, _, _, ()>(documents_key("notes"), id, record);
+        registry.redis.call(write).await
+    }
+
+    #[tokio::test]
+    async fn a_replica_catches_up_by_the_records_the_changes_touched() -> Result<(), String> {
+        let server = Server::start().await?;
+        let (writer, follower) = (server.registry()?, server.registry()?);
+        let mut written = manifest("g1");
+        assert_eq!(writer.create(&written, 10).await?, Created::Yes);
+        let mut followed = follower.get("notes").await?.ok_or("created")?;
+        assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Current);
+
+        change(&writer, &mut written, &[("a", 2), ("b", 3)], &[]).await?;
+        change(&writer, &mut written, &[("b", 4)], &["a"]).await?;
+        plant(&writer, "ghost").await?;
+        change(&writer, &mut written, &[("c", 1)], &[]).await?;
+        assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Changed);
+        assert_eq!(ids(&followed), ["b", "c"], "only the touched records were read");
+        assert_eq!(
+            (followed.epoch, followed.changes, followed.totals.chunks),
+            (3, 3, 5)
+        );
+        assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Current);
+        let whole = follower.get("notes").await?.ok_or("kept")?;
+        assert_eq!(ids(&whole), ["b", "c", "ghost"], "the hash holds every record");
+
+        // Changes no longer listed: the manifest is read whole.
+        change(&writer, &mut written, &[("d", 1)], &[]).await?;
+        let mut connection = writer.redis.connection();
+        writer
+            .redis
+            .call(connection.del::<_, ()>(changes_key("notes")))
+            .await?;
+        assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Changed);
+        assert_eq!(ids(&followed), ["b", "c", "d", "ghost"]);
+        assert_eq!(followed.totals.chunks, 15);
+
+        // Dropped and created again: the old manifest is gone, and so are its records.
+        writer.remove("notes").await?;
+        assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Gone);
+        writer.create(&manifest("g2"), 10).await?;
+        assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Gone);
+        let fresh = follower.get("notes").await?.ok_or("re-created")?;
+        assert!(fresh.documents.is_empty(), "{:?}", ids(&fresh));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_manifest_kept_as_one_value_is_split_into_records_when_read() -> Result<(), String> {
+        let server = Server::start().await?;
+        let registry = server.registry()?;
+        let mut whole = manifest("g1");
+        whole.put("a".into(), super::super::file_registry::tests::record(2));
+        whole.changes = 4;
+        let value = serde_json::to_string(&whole).map_err(|e| e.to_string())?;
+        let mut connection = registry.redis.connection();
+        registry
+            .redis
+            .call(connection.set::<_, _, ()>(header_key("notes"), value))
+            .await?;
+        let mut read = registry.get("notes").await?.ok_or("kept")?;
+        assert_eq!((ids(&read), read.totals.chunks, read.changes), (vec!["a"], 2, 4));
+        let header: Option<String> = registry.redis.call(connection.get(header_key("notes"))).await?;
+        assert!(
+            !header.unwrap_or_default().contains("documents"),
+            "the header was rewritten without them"
+        );
+        change(&registry, &mut read, &[("b", 1)], &[]).await?;
+        let again = registry.get("notes").await?.ok_or("kept")?;
+        assert_eq!(ids(&again), ["a", "b"]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_header_holds_every_field_of_a_manifest_but_its_documents() -> Result<(), String> {
+        let mut full = manifest("g1");
+        full.put("a".into(), super::super::file_registry::tests::record(1));
+        full.pending = vec!["p".into()];
+        let mut expected = serde_json::to_value(&full).map_err(|e| e.to_string())?;
+        if let Some(fields) = expected.as_object_mut() {
+            fields.remove("documents");
+        }
+        let written: serde_json::Value = serde_json::from_str(&header(&full)?).map_err(|e| e.to_string())?;
+        assert_eq!(written, expected);
+        Ok(())
     }
 }
