@@ -38,9 +38,20 @@ pub trait DenseStore: Send + Sync {
     async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError>;
     /// Makes every write so far durable: after this returns, they survive a crash.
     async fn flush(&self, collection: &str) -> Result<(), RetrievalError>;
-    /// Every chunk with its vector (snapshots).
-    async fn export(&self, collection: &str) -> Result<Vec<EmbeddedChunk>, RetrievalError>;
+    /// Up to `limit` chunks with their vectors from `from` (the cursor a previous page returned;
+    /// `None`: the first page), and the cursor of the next page (`None`: this was the last), so
+    /// that a snapshot holds one page at a time.
+    async fn export_page(
+        &self,
+        collection: &str,
+        from: Option<ExportCursor>,
+        limit: usize,
+    ) -> Result<(Vec<EmbeddedChunk>, Option<ExportCursor>), RetrievalError>;
 }
+
+/// Where the next page of an export starts: a point id, as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportCursor(pub String);
 
 /// Qdrant's engine in process (Qdrant Edge): one shard per collection under `root/<collection>`.
 pub struct EdgeDenseStore {
@@ -262,35 +273,44 @@ impl DenseStore for EdgeDenseStore {
         run_blocking(RetrievalError::Dense, move || shard.flush()).await
     }
 
-    async fn export(&self, collection: &str) -> Result<Vec<EmbeddedChunk>, RetrievalError> {
+    async fn export_page(
+        &self,
+        collection: &str,
+        from: Option<ExportCursor>,
+        limit: usize,
+    ) -> Result<(Vec<EmbeddedChunk>, Option<ExportCursor>), RetrievalError> {
         let shard = self.shards.shard(collection)?;
         run_blocking(RetrievalError::Dense, move || {
-            let mut chunks = Vec::new();
-            let mut offset = None;
-            loop {
-                let (records, next) = shard.edge.scroll(ScrollRequest {
-                    offset,
-                    limit: Some(SCROLL_PAGE),
-                    filter: None,
-                    with_payload: Some(WithPayloadInterface::Bool(true)),
-                    with_vector: WithVector::Bool(true),
-                    order_by: None,
-                })?;
-                for record in records {
-                    let payload = record.payload.map(|p| p.0).unwrap_or_default();
-                    let vector = dense_vector(record.vector)
-                        .ok_or_else(|| RetrievalError::Dense("a point has no dense vector".into()))?;
-                    let chunk = chunk_from_payload(payload)?;
-                    chunks.push(EmbeddedChunk { chunk, vector });
-                }
-                match next {
-                    Some(next) => offset = Some(next),
-                    None => return Ok(chunks),
-                }
+            let (records, next) = shard.edge.scroll(ScrollRequest {
+                offset: from.map(|c| cursor_point(&c)).transpose()?,
+                limit: Some(limit),
+                filter: None,
+                with_payload: Some(WithPayloadInterface::Bool(true)),
+                with_vector: WithVector::Bool(true),
+                order_by: None,
+            })?;
+            let mut chunks = Vec::with_capacity(records.len());
+            for record in records {
+                let payload = record.payload.map(|p| p.0).unwrap_or_default();
+                let vector = dense_vector(record.vector)
+                    .ok_or_else(|| RetrievalError::Dense("a point has no dense vector".into()))?;
+                let chunk = chunk_from_payload(payload)?;
+                chunks.push(EmbeddedChunk { chunk, vector });
             }
+            Ok((chunks, next.map(|id| ExportCursor(id.to_string()))))
         })
         .await
     }
+}
+
+/// The point a cursor names (ids are UUIDs; a number is taken as a numeric id).
+fn cursor_point(cursor: &ExportCursor) -> Result<PointId, RetrievalError> {
+    if let Ok(number) = cursor.0.parse::<u64>() {
+        return Ok(PointId::NumId(number));
+    }
+    Uuid::parse_str(&cursor.0)
+        .map(PointId::Uuid)
+        .map_err(|_| RetrievalError::Dense(format!("not an export cursor: {}", cursor.0)))
 }
 
 fn dense_vector(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
@@ -438,13 +458,10 @@ mod tests {
         store.upsert("notes", chunks).await?;
         store.delete_documents("notes", vec!["a".into()]).await?;
         store.flush("notes").await?;
-        let left: Vec<String> = store
-            .export("notes")
-            .await?
-            .into_iter()
-            .map(|c| c.chunk.chunk_id)
-            .collect();
-        let mut left = left;
+        let (first, next) = store.export_page("notes", None, 2).await?;
+        let (rest, end) = store.export_page("notes", next, 2).await?;
+        assert_eq!(end, None, "two pages hold the three chunks left");
+        let mut left: Vec<String> = first.into_iter().chain(rest).map(|c| c.chunk.chunk_id).collect();
         left.sort();
         assert_eq!(left, ["b#0", "b#1", "b#2"]);
         drop(store);

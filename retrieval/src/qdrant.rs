@@ -15,21 +15,22 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::vector_output::Vector as DenseOrOther;
 use qdrant_client::qdrant::{
     Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance,
-    FieldType, Filter, Fusion as QdrantFusion, Modifier, NamedVectors, PayloadIncludeSelector, PointStruct,
-    PrefetchQueryBuilder, Query, QueryBatchPointsBuilder, QueryPoints, QueryPointsBuilder, RetrievedPoint,
-    Rrf, ScoredPoint, ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
-    UpsertPointsBuilder, Value as QdrantValue, Vector, VectorInput, VectorParamsBuilder,
-    VectorsConfigBuilder,
+    FieldType, Filter, Fusion as QdrantFusion, Modifier, NamedVectors, PayloadIncludeSelector, PointId,
+    PointStruct, PrefetchQueryBuilder, Query, QueryBatchPointsBuilder, QueryPoints, QueryPointsBuilder,
+    RetrievedPoint, Rrf, ScoredPoint, ScrollPointsBuilder, SparseVectorParamsBuilder,
+    SparseVectorsConfigBuilder, UpsertPointsBuilder, Value as QdrantValue, Vector, VectorInput,
+    VectorParamsBuilder, VectorsConfigBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer, TokenStream,
 };
 
-use crate::dense::{self, chunk_uuid, DenseStore};
+use crate::dense::{self, chunk_uuid, DenseStore, ExportCursor};
 use crate::error::RetrievalError;
 use crate::filter::{FilterValue, MetadataFilter};
 use crate::fusion::Fusion;
@@ -464,21 +465,41 @@ impl DenseStore for QdrantStore {
         Ok(ids)
     }
 
-    async fn export(&self, collection: &str) -> Result<Vec<EmbeddedChunk>, RetrievalError> {
-        let mut chunks = Vec::new();
-        self.scroll_all(collection, true, |point| {
+    async fn export_page(
+        &self,
+        collection: &str,
+        from: Option<ExportCursor>,
+        limit: usize,
+    ) -> Result<(Vec<EmbeddedChunk>, Option<ExportCursor>), RetrievalError> {
+        let mut scroll = ScrollPointsBuilder::new(self.name(collection))
+            .limit(limit as u32)
+            .with_vectors(true)
+            .with_payload(true);
+        if let Some(ExportCursor(id)) = from {
+            scroll = scroll.offset(match id.parse::<u64>() {
+                Ok(number) => PointId::from(number),
+                Err(_) => PointId::from(id),
+            });
+        }
+        let page = self
+            .client
+            .scroll(scroll)
+            .await
+            .map_err(|e| failed(collection, e, dense_error))?;
+        let mut chunks = Vec::with_capacity(page.result.len());
+        for point in page.result {
             let vector = match point.vectors.and_then(|v| v.get_vector_by_name(DENSE)) {
                 Some(DenseOrOther::Dense(dense)) => dense.data,
                 _ => return Err(RetrievalError::Dense("a point has no dense vector".into())),
             };
-            chunks.push(EmbeddedChunk {
-                chunk: chunk_from_payload(point.payload)?,
-                vector,
-            });
-            Ok(())
-        })
-        .await?;
-        Ok(chunks)
+            let chunk = chunk_from_payload(point.payload)?;
+            chunks.push(EmbeddedChunk { chunk, vector });
+        }
+        let next = page.next_page_offset.and_then(|id| match id.point_id_options? {
+            PointIdOptions::Uuid(uuid) => Some(ExportCursor(uuid)),
+            PointIdOptions::Num(number) => Some(ExportCursor(number.to_string())),
+        });
+        Ok((chunks, next))
     }
 
     /// Writes are acknowledged once applied (`wait`): nothing is left to flush.

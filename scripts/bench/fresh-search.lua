@@ -8,8 +8,9 @@ end
 
 local n = 0
 local run = tostring(os.time())
+local path = "/v1/collections/" .. (os.getenv("COLLECTION") or "bench") .. "/search"
 request = function()
   n = n + 1
   local body = string.format('{"query": "how are collections %s-%s-%d kept durable", "top_k": 5}', run, tid, n)
-  return wrk.format("POST", "/v1/collections/bench/search", {["content-type"] = "application/json"}, body)
+  return wrk.format("POST", path, {["content-type"] = "application/json"}, body)
 end

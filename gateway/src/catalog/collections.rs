@@ -140,6 +140,17 @@ impl Manifest {
     }
 }
 
+/// `manifest` whole, as JSON: on this thread, but with the runtime told to move its other
+/// tasks off it first (the manifest is borrowed from the change holding it, so it cannot be sent
+/// to the blocking pool without copying it whole).
+fn serialise(manifest: &Manifest) -> Result<Vec<u8>, String> {
+    let run = || serde_json::to_vec(manifest).map_err(|e| e.to_string());
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+        _ => run(),
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DocumentRecord {
     content_hash: String,

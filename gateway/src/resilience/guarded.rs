@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ragway_rerank::{RerankError, Reranker, Scores};
 use ragway_retrieval::{
-    Chunk, DenseStore, EmbeddedChunk, Embedder, Embeddings, KeywordStore, MetadataFilter, Priority,
-    RetrievalError, ScoredChunk,
+    Chunk, DenseStore, EmbeddedChunk, Embedder, Embeddings, ExportCursor, KeywordStore, MetadataFilter,
+    Priority, RetrievalError, ScoredChunk,
 };
 use ragway_worker::Stopped;
 
@@ -135,8 +135,13 @@ impl<D: DenseStore + ?Sized> DenseStore for Guarded<D> {
     async fn flush(&self, collection: &str) -> Result<(), RetrievalError> {
         self.inner.flush(collection).await
     }
-    async fn export(&self, collection: &str) -> Result<Vec<EmbeddedChunk>, RetrievalError> {
-        self.inner.export(collection).await
+    async fn export_page(
+        &self,
+        collection: &str,
+        from: Option<ExportCursor>,
+        limit: usize,
+    ) -> Result<(Vec<EmbeddedChunk>, Option<ExportCursor>), RetrievalError> {
+        self.inner.export_page(collection, from, limit).await
     }
 }
 

@@ -196,6 +196,22 @@ async fn dense_searches_filters_deletes_and_persists(backend: Backend) -> TestRe
     assert_eq!(ids, ["kaffee#0", "python#0"]);
     let documents = backend.dense.document_ids("c").await?;
     assert_eq!(documents, ["kaffee".to_string(), "python".to_string()].into());
+
+    // Exported a page at a time (what a snapshot holds at once): every chunk once, with its vector.
+    let (mut exported, mut from) = (Vec::new(), None);
+    for _ in 0..10 {
+        let (page, next) = backend.dense.export_page("c", from, 1).await?;
+        assert!(page.len() <= 1, "a page of one");
+        exported.extend(page);
+        match next {
+            Some(next) => from = Some(next),
+            None => break,
+        }
+    }
+    let mut exported_ids: Vec<_> = exported.iter().map(|c| c.chunk.chunk_id.as_str()).collect();
+    exported_ids.sort();
+    assert_eq!(exported_ids, ["kaffee#0", "python#0"]);
+    assert!(exported.iter().all(|c| c.vector.len() == axis(0).len()));
     backend.dense.drop_collection("c").await?;
     backend.keyword.drop_collection("c").await?;
     assert!(backend.dense.search("c", axis(3), vec![], 10).await.is_err());

@@ -18,7 +18,7 @@ use ragway_retrieval::Fusion;
 use serde::{Deserialize, Serialize};
 
 use super::registry::{parse, Created, Entry, Registry};
-use super::{DocumentRecord, Manifest};
+use super::{serialise, DocumentRecord, Manifest};
 use crate::catalog::lease::Lease;
 use crate::durable;
 
@@ -90,17 +90,6 @@ impl FileRegistry {
         };
         self.sizes().insert(manifest.name.clone(), sizes);
         Ok(())
-    }
-}
-
-/// `manifest` whole, as JSON: on this thread, but with the runtime told to move its other
-/// tasks off it first (the manifest is borrowed from the change holding it, so it cannot be sent
-/// to the blocking pool without copying it whole).
-fn serialise(manifest: &Manifest) -> Result<Vec<u8>, String> {
-    let run = || serde_json::to_vec(manifest).map_err(|e| e.to_string());
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
-        _ => run(),
     }
 }
 
