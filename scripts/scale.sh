@@ -4,7 +4,7 @@
 #   load     chunks/s over the whole load (background ingests of 1,000, as an admin loads a
 #            corpus), the last tenth's rate over the first's, and the load over the embedder alone
 #            on the same kind of text (/v1/embeddings, 250 a request)
-#   replace  chunks/s re-ingesting 1,000 of its documents with new text (one request)
+#   replace  chunks/s re-ingesting 1,000 of its documents with new text (one job, until done)
 #   search   a fresh /search (every request a new question: L1, L2 and L3 miss), p50 and p99 of
 #            one client for 15 s (wrk)
 #   rss      the process's resident memory after the load and the searches
@@ -39,14 +39,18 @@ class Server:
     def __init__(self, data):
         self.data = data
         env = dict(os.environ, RAGWAY__AUTH__MODE="open", RAGWAY_ADMIN_KEY=ADMIN, RUST_LOG="warn,ragway=info")
-        self.log = open(os.path.join(data, "log"), "a")
+        log = os.path.join(data, "log")
+        before = os.path.getsize(log) if os.path.exists(log) else 0  # a restart appends
+        self.log = open(log, "a")
         self.started = time.time()
         self.process = subprocess.Popen([binary, "--listen", "127.0.0.1:0", "--data-dir", data], env=env, stderr=self.log)
         self.base = None
         while self.base is None:
             if time.time() - self.started > 300 or self.process.poll() is not None:
                 sys.exit(f"ragway did not start: see {data}/log")
-            found = re.findall(r"address=([0-9.:]+)", open(os.path.join(data, "log")).read())
+            with open(log) as written:
+                written.seek(before)
+                found = re.findall(r"address=([0-9.:]+)", written.read())
             self.base = f"http://{found[-1]}" if found else None
             time.sleep(0.1)
 
@@ -71,6 +75,10 @@ class Server:
         for line in open(f"/proc/{self.process.pid}/status"):
             if line.startswith(field):
                 return int(line.split()[1]) / 1024
+
+    def reset_peak(self):  # VmHWM from now on (Linux: clear_refs 5)
+        with open(f"/proc/{self.process.pid}/clear_refs", "w") as refs:
+            refs.write("5")
 
     def kill(self):
         self.process.send_signal(signal.SIGKILL)
@@ -106,7 +114,9 @@ def replace(server, total):
     texts = passages(1000)
     documents = [{"id": f"d{i * (total // 1000)}", "text": t} for i, t in enumerate(texts)]
     started = time.time()
-    server.call("POST", "/v1/collections/scale/documents", {"documents": documents})
+    accepted = server.call("POST", "/v1/collections/scale/documents", {"documents": documents, "wait": False})
+    while server.call("GET", accepted["status_url"])["state"] != "done":
+        time.sleep(0.2)
     return len(documents) / (time.time() - started)
 
 def search(server):
@@ -120,10 +130,13 @@ def search(server):
 
 def snapshot_and_restore(server):
     before = server.memory("VmRSS")
+    server.reset_peak()
     started = time.time()
     taken = server.call("POST", "/admin/collections/scale/snapshot")
     seconds = time.time() - started
     peak = server.memory("VmHWM") - before
+    before = server.memory("VmRSS")
+    server.reset_peak()
     started = time.time()
     server.call("POST", "/admin/collections/again/restore", {"snapshot": taken["snapshot"]})
     restored = time.time() - started

@@ -24,8 +24,30 @@ impl CacheKey {
 /// A question as a cache sees it: Unicode NFKC, case-folded, whitespace collapsed and trimmed, so
 /// "What is  RAG?" and "what is rag?" share an entry.
 pub fn normalize_query(query: &str) -> String {
-    let folded: String = query.nfkc().flat_map(char::to_lowercase).collect();
-    folded.split_whitespace().collect::<Vec<_>>().join(" ")
+    // ASCII is its own NFKC form: only case and spaces are left to fold (the common case, on
+    // every cached request's path).
+    if query.is_ascii() {
+        return collapsed(query.chars().map(|c| c.to_ascii_lowercase()), query.len());
+    }
+    collapsed(query.nfkc().flat_map(char::to_lowercase), query.len())
+}
+
+/// `chars` with every run of whitespace made one space, none at either end.
+fn collapsed(chars: impl Iterator<Item = char>, capacity: usize) -> String {
+    let mut out = String::with_capacity(capacity);
+    let mut gap = false;
+    for c in chars {
+        if c.is_whitespace() {
+            gap = !out.is_empty();
+            continue;
+        }
+        if gap {
+            out.push(' ');
+            gap = false;
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -49,6 +71,19 @@ mod tests {
         // Full-width letters (NFKC) and a ligature fold to plain ones.
         assert_eq!(normalize_query("ＲＡＧ ﬁle"), "rag file");
         assert_eq!(normalize_query("STRASSE"), normalize_query("strasse"));
+        // The one-pass folding is the plain definition: NFKC, lower case, words joined by one space.
+        for query in [
+            "",
+            "   ",
+            " a  b ",
+            "What\u{3000}is\u{a0}RAG?",
+            "ＲＡＧ\t ﬁle  Ünïcode ",
+            "x\ny\r\nz",
+        ] {
+            let folded: String = query.nfkc().flat_map(char::to_lowercase).collect();
+            let plain = folded.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert_eq!(normalize_query(query), plain, "{query:?}");
+        }
         assert_ne!(normalize_query("rag"), normalize_query("rags"));
     }
 }

@@ -49,6 +49,7 @@ impl Collected {
         let mut text = String::new();
         while let Some(event) = events.recv().await {
             match event {
+                AnswerEvent::Delta { text: piece } if text.is_empty() => text = piece,
                 AnswerEvent::Delta { text: piece } => text.push_str(&piece),
                 AnswerEvent::Meta { .. } | AnswerEvent::Degraded { .. } | AnswerEvent::Relayed { .. } => {}
                 AnswerEvent::Done {
@@ -62,7 +63,7 @@ impl Collected {
                     let generated = !matches!(stages.llm.as_deref(), None | Some("extractive"));
                     return Ok(Self {
                         citations: cited(&text, citations, generated),
-                        text: text.trim().to_string(),
+                        text: trimmed(text),
                         mode,
                         degraded,
                         stages,
@@ -108,6 +109,14 @@ fn cited(text: &str, citations: Vec<Citation>, generated: bool) -> Vec<Citation>
         .into_iter()
         .filter_map(|n| citations.iter().find(|c| c.index == n).cloned())
         .collect()
+}
+
+/// `text` without leading or trailing whitespace (copied only when it has some).
+fn trimmed(text: String) -> String {
+    match text.trim() {
+        same if same.len() == text.len() => text,
+        other => other.to_string(),
+    }
 }
 
 /// The first event (`meta`) and the rest.
