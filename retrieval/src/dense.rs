@@ -6,10 +6,10 @@ use async_trait::async_trait;
 use qdrant_edge::external::uuid::Uuid;
 use qdrant_edge::{
     Condition, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition,
-    FieldIndexOperations, Filter, JsonPath, Match, MatchValue, NamedQuery, PayloadFieldSchema,
-    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, QueryRequest,
-    ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal, VectorStructInternal,
-    WithPayloadInterface, WithVector,
+    FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, Match, MatchValue, NamedQuery,
+    PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct,
+    QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal,
+    VectorStructInternal, WithPayloadInterface, WithVector,
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -61,6 +61,8 @@ pub struct EdgeDenseStore {
 struct EdgeShards {
     root: PathBuf,
     dimension: usize,
+    /// Unindexed points that start the optimizers ([`UNINDEXED_BEFORE_OPTIMIZING`]).
+    optimize_after: usize,
     shards: RwLock<HashMap<String, Arc<Shard>>>,
 }
 
@@ -69,13 +71,83 @@ struct EdgeShards {
 struct Shard {
     edge: EdgeShard,
     writes: std::sync::Mutex<()>,
+    /// Held while Qdrant's optimizers run on the shard (a drop waits for them).
+    optimizing: std::sync::Mutex<()>,
+    /// The shard's point count when the optimizers last ran.
+    optimized_at: std::sync::atomic::AtomicUsize,
 }
+
+/// Points a shard may hold outside its HNSW index before the optimizers run: searches scan those
+/// (quick at this size), and each run of the optimizers indexes at least this many.
+const UNINDEXED_BEFORE_OPTIMIZING: usize = 20_000;
 
 impl Shard {
     fn update(&self, operation: UpdateOperation) -> Result<(), RetrievalError> {
         let _writing = self.writes.lock().map_err(|_| poisoned())?;
         self.edge.update(operation)?;
         Ok(())
+    }
+
+    fn new(edge: EdgeShard) -> Self {
+        Self {
+            edge,
+            writes: std::sync::Mutex::new(()),
+            optimizing: std::sync::Mutex::new(()),
+            optimized_at: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Qdrant Edge runs no optimizer by itself: without them a collection stays in plain
+    /// segments that every search scans whole. Once enough points are not in the HNSW index (and
+    /// enough were written since the last run), the optimizers (merge, HNSW indexing, vacuum) run
+    /// on a thread of their own, one run per shard at a time; searches and writes go on meanwhile
+    /// (Qdrant swaps the optimized segments in), and the run's threads are bounded by the shard's
+    /// HNSW settings (one for shards made here).
+    fn optimize_when_due(self: &Arc<Self>, collection: &str, after: usize) {
+        use std::sync::atomic::Ordering;
+        let info = self.edge.info();
+        let unindexed = info.points_count.saturating_sub(info.indexed_vectors_count);
+        let since = info
+            .points_count
+            .saturating_sub(self.optimized_at.load(Ordering::Acquire));
+        if unindexed < after || since < after {
+            return;
+        }
+        let Ok(running) = self.optimizing.try_lock() else {
+            return; // a run is on; it takes these points too, or the next write starts one
+        };
+        drop(running);
+        self.optimized_at.store(info.points_count, Ordering::Release);
+        let (shard, name) = (self.clone(), collection.to_string());
+        let started = std::thread::Builder::new()
+            .name(format!("optimize-{collection}"))
+            .spawn(move || shard.optimize(&name));
+        if let Err(e) = started {
+            tracing::warn!(collection, error = %e, "cannot start the dense store's optimizer");
+        }
+    }
+
+    fn optimize(&self, collection: &str) {
+        let Ok(_running) = self.optimizing.try_lock() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.edge.optimize()));
+        let seconds = started.elapsed().as_secs_f64();
+        match run {
+            Ok(Ok(_)) => {
+                let info = self.edge.info();
+                tracing::info!(
+                    collection,
+                    seconds,
+                    points = info.points_count,
+                    indexed = info.indexed_vectors_count,
+                    "dense store optimized"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!(collection, error = %e, "the dense store's optimizer failed"),
+            Err(_) => tracing::warn!(collection, "the dense store's optimizer panicked"),
+        }
     }
 
     /// Qdrant Edge does not replay its WAL on load: only flushed segments survive a crash.
@@ -92,8 +164,23 @@ impl EdgeDenseStore {
             shards: Arc::new(EdgeShards {
                 root: root.to_path_buf(),
                 dimension,
+                optimize_after: UNINDEXED_BEFORE_OPTIMIZING,
                 shards: RwLock::new(HashMap::new()),
             }),
+        }
+    }
+
+    /// The optimizers start after `points` unindexed points instead (tests).
+    #[cfg(test)]
+    fn optimizing_after(root: &Path, dimension: usize, points: usize) -> Self {
+        let shards = EdgeShards {
+            root: root.to_path_buf(),
+            dimension,
+            optimize_after: points,
+            shards: RwLock::new(HashMap::new()),
+        };
+        Self {
+            shards: Arc::new(shards),
         }
     }
 }
@@ -117,29 +204,34 @@ impl EdgeShards {
             EdgeShard::load(&path, None)?
         } else {
             std::fs::create_dir_all(&path).map_err(|e| RetrievalError::Dense(e.to_string()))?;
-            let config = EdgeConfigBuilder::new()
-                .vector(
-                    "",
-                    EdgeVectorParamsBuilder::new(self.dimension, Distance::Cosine).build(),
-                )
-                .build();
+            // One thread builds the HNSW index: the other core keeps embedding and answering.
+            let hnsw = HnswIndexConfig {
+                max_indexing_threads: 1,
+                ..HnswIndexConfig::default()
+            };
+            let vectors = EdgeVectorParamsBuilder::new(self.dimension, Distance::Cosine).hnsw_config(hnsw);
+            let config = EdgeConfigBuilder::new().vector("", vectors.build()).build();
             EdgeShard::new(&path, config)?
         };
         index_doc_ids(&shard)?;
-        shards.insert(
-            collection.to_string(),
-            Arc::new(Shard {
-                edge: shard,
-                writes: std::sync::Mutex::new(()),
-            }),
-        );
+        let shard = Arc::new(Shard::new(shard));
+        shard.optimize_when_due(collection, self.optimize_after);
+        shards.insert(collection.to_string(), shard);
         Ok(())
     }
 
     fn drop_blocking(&self, collection: &str) -> Result<(), RetrievalError> {
         let removed = self.shards.write().map_err(|_| poisoned())?.remove(collection);
-        // The shard flushes on drop; drop it before its files go.
-        drop(removed);
+        // An optimizer run and the searches still holding the shard end before its files go (the
+        // last holder flushes it on drop).
+        if let Some(shard) = removed {
+            drop(shard.optimizing.lock().map_err(|_| poisoned())?);
+            let waiting = std::time::Instant::now();
+            while Arc::strong_count(&shard) > 1 && waiting.elapsed() < std::time::Duration::from_secs(10) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(shard);
+        }
         let path = self.root.join(collection);
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(|e| RetrievalError::Dense(e.to_string()))?;
@@ -185,6 +277,7 @@ impl DenseStore for EdgeDenseStore {
             return Ok(());
         }
         let shard = self.shards.shard(collection)?;
+        let (collection, optimize_after) = (collection.to_string(), self.shards.optimize_after);
         run_blocking(RetrievalError::Dense, move || {
             let points = chunks
                 .into_iter()
@@ -192,7 +285,9 @@ impl DenseStore for EdgeDenseStore {
                 .collect();
             shard.update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
                 PointInsertOperations::PointsList(points),
-            )))
+            )))?;
+            shard.optimize_when_due(&collection, optimize_after);
+            Ok(())
         })
         .await
     }
@@ -471,6 +566,60 @@ mod tests {
         let shard = reopened.shards.shard("notes")?;
         let indexed = shard.edge.info().payload_schema;
         assert!(indexed.contains_key(&json_path("doc_id")?), "{indexed:?}");
+        Ok(())
+    }
+
+    /// A pseudo-random 384-dimensional vector of its own per document (above Qdrant's indexing
+    /// threshold at a few thousand points).
+    fn spread(doc: usize) -> EmbeddedChunk {
+        let mut state = doc as u64 * 0x9E37_79B9_7F4A_7C15 + 1;
+        let vector = (0..384)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 2_000) as f32 / 1_000.0 - 1.0
+            })
+            .collect();
+        EmbeddedChunk {
+            chunk: Chunk {
+                chunk_id: format!("d{doc}#0"),
+                doc_id: format!("d{doc}"),
+                text: String::new(),
+                metadata: Map::new(),
+            },
+            vector,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_grown_shard_is_indexed_in_the_background_and_still_found() -> Result<(), RetrievalError> {
+        let dir = tempfile::tempdir().map_err(|e| RetrievalError::Dense(e.to_string()))?;
+        let store = EdgeDenseStore::optimizing_after(dir.path(), 384, 4_000);
+        store.open_collection("big").await?;
+        for first in (0..9_000).step_by(1_000) {
+            store
+                .upsert("big", (first..first + 1_000).map(spread).collect())
+                .await?;
+        }
+        let shard = store.shards.shard("big")?;
+        let started = std::time::Instant::now();
+        while shard.edge.info().indexed_vectors_count == 0 {
+            assert!(
+                started.elapsed().as_secs() < 120,
+                "never indexed: {:?}",
+                shard.edge.info().indexed_vectors_count
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let hits = store.search("big", spread(8_003).vector, Vec::new(), 5).await?;
+        assert_eq!(hits.first().map(|h| h.chunk.doc_id.as_str()), Some("d8003"));
+        drop(shard);
+        store.drop_collection("big").await?;
+        assert!(
+            !dir.path().join("big").exists(),
+            "dropped after the optimizer's run"
+        );
         Ok(())
     }
 }
