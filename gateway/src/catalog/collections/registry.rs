@@ -98,11 +98,16 @@ const KEEP_CHANGES: isize = 1024;
 /// Records written per command when a manifest is written whole (a restore, a migration).
 const RECORDS_PER_WRITE: usize = 1000;
 
-const CREATE: &str = r"if redis.call('hexists', KEYS[1], ARGV[1]) == 1 then return 1 end
-if redis.call('hlen', KEYS[1]) >= tonumber(ARGV[4]) then return 2 end
+/// Records a new collection unless its name is taken or the registry is full: its head, its
+/// header, and its records, moved from where they were staged (KEYS[5]) over whatever a crash left
+/// of a predecessor's records and changes; a refused collection's staged records are dropped.
+const CREATE: &str = r"if redis.call('hexists', KEYS[1], ARGV[1]) == 1 then redis.call('del', KEYS[5]) return 1 end
+if redis.call('hlen', KEYS[1]) >= tonumber(ARGV[4]) then redis.call('del', KEYS[5]) return 2 end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('set', KEYS[2], ARGV[3])
 redis.call('incr', KEYS[3])
+redis.call('del', KEYS[4], KEYS[6])
+if redis.call('exists', KEYS[5]) == 1 then redis.call('rename', KEYS[5], KEYS[4]) end
 return 0";
 
 /// The manifest's header: everything but its documents.
@@ -176,8 +181,8 @@ pub(super) struct RedisRegistry {
 
 impl RedisRegistry {
     /// Writes every document record of `manifest` (a new collection's, a restored one's, or one
-    /// kept whole as one value before records were kept apart), in parts.
-    async fn write_records(&self, manifest: &Manifest) -> Result<(), String> {
+    /// kept whole as one value before records were kept apart) to the hash `key`, in parts.
+    async fn write_records(&self, manifest: &Manifest, key: &str) -> Result<(), String> {
         let records: Vec<(&str, String)> = manifest
             .documents
             .iter()
@@ -185,9 +190,8 @@ impl RedisRegistry {
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
         let mut connection = self.redis.connection();
-        let key = documents_key(&manifest.name);
         for part in records.chunks(RECORDS_PER_WRITE) {
-            let write = connection.hset_multiple::<_, _, _, ()>(&key, part);
+            let write = connection.hset_multiple::<_, _, _, ()>(key, part);
             self.redis.call(write).await?;
         }
         Ok(())
@@ -283,27 +287,29 @@ impl Registry for RedisRegistry {
         }
         let manifest = manifest.recount();
         if whole {
-            self.write_records(&manifest).await?;
+            self.write_records(&manifest, &documents_key(name)).await?;
             let write = connection.set::<_, _, ()>(header_key(name), header(&manifest)?);
             self.redis.call(write).await?;
         }
         Ok(Some(manifest))
     }
 
-    /// Clears what a crash may have left of a predecessor's records, writes the records (a
-    /// restored collection has some), then records the header and the head, unless the name was
-    /// taken meanwhile or `max` are recorded.
+    /// Stages the records (a restored collection has some) under a key of its generation, then
+    /// records the collection in one script, unless the name was taken meanwhile or `max` are
+    /// recorded: an existing collection's records are never touched.
     async fn create(&self, manifest: &Manifest, max: usize) -> Result<Created, String> {
         let mut connection = self.redis.connection();
         let name = &manifest.name;
-        let leftovers = [documents_key(name), changes_key(name)];
-        self.redis.call(connection.del::<_, ()>(&leftovers)).await?;
-        self.write_records(manifest).await?;
+        let staged = format!("{}:staged:{}", documents_key(name), manifest.generation);
+        self.write_records(manifest, &staged).await?;
         let script = Script::new(CREATE);
         let mut invocation = script.key(HEADS);
         invocation
             .key(header_key(name))
             .key(VERSION)
+            .key(documents_key(name))
+            .key(staged)
+            .key(changes_key(name))
             .arg(name)
             .arg(head(manifest))
             .arg(header(manifest)?)
@@ -491,6 +497,17 @@ mod tests {
         assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Current);
         let whole = follower.get("notes").await?.ok_or("kept")?;
         assert_eq!(ids(&whole), ["b", "c", "ghost"], "the hash holds every record");
+
+        // A create of the taken name (a replica re-seeding an empty-looking registry) is refused
+        // and leaves the collection's records as they are.
+        let mut rival = manifest("g9");
+        rival.put("x".into(), super::super::file_registry::tests::record(1));
+        assert_eq!(writer.create(&rival, 10).await?, Created::Taken);
+        let kept = follower.get("notes").await?.ok_or("kept")?;
+        assert_eq!(
+            (ids(&kept), kept.generation.as_str()),
+            (vec!["b", "c", "ghost"], "g1")
+        );
 
         // Changes no longer listed: the manifest is read whole.
         change(&writer, &mut written, &[("d", 1)], &[]).await?;
