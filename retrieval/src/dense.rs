@@ -160,27 +160,18 @@ impl Shard {
 
 impl EdgeDenseStore {
     pub fn new(root: &Path, dimension: usize) -> Self {
+        Self::optimizing_after(root, dimension, UNINDEXED_BEFORE_OPTIMIZING)
+    }
+
+    /// The optimizers start after `points` unindexed points (tests use fewer than the default).
+    fn optimizing_after(root: &Path, dimension: usize, points: usize) -> Self {
         Self {
             shards: Arc::new(EdgeShards {
                 root: root.to_path_buf(),
                 dimension,
-                optimize_after: UNINDEXED_BEFORE_OPTIMIZING,
+                optimize_after: points,
                 shards: RwLock::new(HashMap::new()),
             }),
-        }
-    }
-
-    /// The optimizers start after `points` unindexed points instead (tests).
-    #[cfg(test)]
-    fn optimizing_after(root: &Path, dimension: usize, points: usize) -> Self {
-        let shards = EdgeShards {
-            root: root.to_path_buf(),
-            dimension,
-            optimize_after: points,
-            shards: RwLock::new(HashMap::new()),
-        };
-        Self {
-            shards: Arc::new(shards),
         }
     }
 }
@@ -572,7 +563,7 @@ mod tests {
     /// A pseudo-random 384-dimensional vector of its own per document (above Qdrant's indexing
     /// threshold at a few thousand points).
     fn spread(doc: usize) -> EmbeddedChunk {
-        let mut state = doc as u64 * 0x9E37_79B9_7F4A_7C15 + 1;
+        let mut state = (doc as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
         let vector = (0..384)
             .map(|_| {
                 state ^= state << 13;

@@ -166,38 +166,35 @@ impl QdrantStore {
         request
     }
 
-    /// Every point of the collection, a page at a time: with its whole payload and vectors when
-    /// `whole`, else with its `doc_id` only.
-    async fn scroll_all(
+    /// One page of up to `limit` points from `offset`, and where the next starts (`None`: that was
+    /// the last): with its whole payload and vectors when `whole`, else with its `doc_id` only.
+    async fn scroll_page(
         &self,
         collection: &str,
+        offset: Option<PointId>,
+        limit: usize,
         whole: bool,
-        mut each: impl FnMut(RetrievedPoint) -> Result<(), RetrievalError>,
-    ) -> Result<(), RetrievalError> {
-        let mut offset = None;
-        loop {
-            let mut scroll = ScrollPointsBuilder::new(self.name(collection))
-                .limit(BATCH as u32)
-                .with_vectors(whole);
-            scroll = if whole {
-                scroll.with_payload(true)
-            } else {
-                scroll.with_payload(PayloadIncludeSelector::new(vec!["doc_id".to_string()]))
-            };
-            if let Some(offset) = offset.take() {
-                scroll = scroll.offset(offset);
-            }
-            let page = self
-                .client
-                .scroll(scroll)
-                .await
-                .map_err(|e| failed(collection, e, dense_error))?;
-            page.result.into_iter().try_for_each(&mut each)?;
-            match page.next_page_offset {
-                Some(next) if next.point_id_options.is_some() => offset = Some(next),
-                _ => return Ok(()),
-            }
+    ) -> Result<(Vec<RetrievedPoint>, Option<PointId>), RetrievalError> {
+        let mut scroll = ScrollPointsBuilder::new(self.name(collection))
+            .limit(limit as u32)
+            .with_vectors(whole);
+        scroll = if whole {
+            scroll.with_payload(true)
+        } else {
+            scroll.with_payload(PayloadIncludeSelector::new(vec!["doc_id".to_string()]))
+        };
+        if let Some(offset) = offset {
+            scroll = scroll.offset(offset);
         }
+        let page = self
+            .client
+            .scroll(scroll)
+            .await
+            .map_err(|e| failed(collection, e, dense_error))?;
+        let next = page
+            .next_page_offset
+            .filter(|next| next.point_id_options.is_some());
+        Ok((page.result, next))
     }
 
     /// The request of one engine's search.
@@ -455,14 +452,19 @@ impl DenseStore for QdrantStore {
 
     async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError> {
         let mut ids = HashSet::new();
-        self.scroll_all(collection, false, |point| {
-            if let Some(id) = point.payload.get("doc_id").and_then(|v| v.as_str()) {
-                ids.insert(id.to_string());
+        let mut offset = None;
+        loop {
+            let (points, next) = self.scroll_page(collection, offset, BATCH, false).await?;
+            for point in points {
+                if let Some(id) = point.payload.get("doc_id").and_then(|v| v.as_str()) {
+                    ids.insert(id.to_string());
+                }
             }
-            Ok(())
-        })
-        .await?;
-        Ok(ids)
+            match next {
+                Some(next) => offset = Some(next),
+                None => return Ok(ids),
+            }
+        }
     }
 
     async fn export_page(
@@ -471,23 +473,13 @@ impl DenseStore for QdrantStore {
         from: Option<ExportCursor>,
         limit: usize,
     ) -> Result<(Vec<EmbeddedChunk>, Option<ExportCursor>), RetrievalError> {
-        let mut scroll = ScrollPointsBuilder::new(self.name(collection))
-            .limit(limit as u32)
-            .with_vectors(true)
-            .with_payload(true);
-        if let Some(ExportCursor(id)) = from {
-            scroll = scroll.offset(match id.parse::<u64>() {
-                Ok(number) => PointId::from(number),
-                Err(_) => PointId::from(id),
-            });
-        }
-        let page = self
-            .client
-            .scroll(scroll)
-            .await
-            .map_err(|e| failed(collection, e, dense_error))?;
-        let mut chunks = Vec::with_capacity(page.result.len());
-        for point in page.result {
+        let offset = from.map(|ExportCursor(id)| match id.parse::<u64>() {
+            Ok(number) => PointId::from(number),
+            Err(_) => PointId::from(id),
+        });
+        let (points, next) = self.scroll_page(collection, offset, limit, true).await?;
+        let mut chunks = Vec::with_capacity(points.len());
+        for point in points {
             let vector = match point.vectors.and_then(|v| v.get_vector_by_name(DENSE)) {
                 Some(DenseOrOther::Dense(dense)) => dense.data,
                 _ => return Err(RetrievalError::Dense("a point has no dense vector".into())),
@@ -495,7 +487,7 @@ impl DenseStore for QdrantStore {
             let chunk = chunk_from_payload(point.payload)?;
             chunks.push(EmbeddedChunk { chunk, vector });
         }
-        let next = page.next_page_offset.and_then(|id| match id.point_id_options? {
+        let next = next.and_then(|id| match id.point_id_options? {
             PointIdOptions::Uuid(uuid) => Some(ExportCursor(uuid)),
             PointIdOptions::Num(number) => Some(ExportCursor(number.to_string())),
         });
