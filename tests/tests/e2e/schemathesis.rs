@@ -12,6 +12,15 @@ use std::process::Command;
 use common::corpus;
 use ragway_e2e::{Server, ServerOptions};
 
+/// The server's deadline for every request here: an answer that generates (the local model on two
+/// cores makes ~14 tokens/s, and a case may ask for 4 choices of 1,024 tokens) ends by it.
+const DEADLINE_MS: u64 = 20_000;
+
+/// How long schemathesis waits for a response: past the server's deadline, so that a slow answer
+/// is judged by what the server says when its deadline comes, not cut off by the client (its
+/// default of 10 s made a long generation a "Network Error").
+const REQUEST_TIMEOUT_S: u64 = DEADLINE_MS / 1_000 + 15;
+
 const CHECKS: &str = "no_undocumented_server_error,status_code_conformance,content_type_conformance,\
                       response_schema_conformance";
 
@@ -34,6 +43,7 @@ fn run(program: &str, workdir: &Path, server: &Server, filter: &[&str], examples
         .arg(server.url("/openapi.json"))
         .args(["--checks", CHECKS, "--phases", "coverage,fuzzing", "-w", "1"])
         .args(["--max-examples", &examples.to_string(), "--max-failures", "5"])
+        .args(["--request-timeout", &REQUEST_TIMEOUT_S.to_string()])
         .args(filter)
         .env("NO_COLOR", "1")
         .env(
@@ -59,7 +69,10 @@ fn run(program: &str, workdir: &Path, server: &Server, filter: &[&str], examples
 async fn schemathesis_finds_no_server_errors_and_no_schema_violations() -> anyhow::Result<()> {
     let program = schemathesis();
     let dir = tempfile::tempdir()?;
-    let server = Server::start(dir.path(), &ServerOptions::default()).await?;
+    let deadlines =
+        format!("[resilience]\ndefault_deadline_ms = {DEADLINE_MS}\nmax_deadline_ms = {DEADLINE_MS}");
+    let options = ServerOptions::default().with_config(&deadlines);
+    let server = Server::start(dir.path(), &options).await?;
     server.seeded(None, "facts", &corpus()).await?;
     // Path parameters named `name` are the collection that exists, so the cases reach the handlers.
     let workdir = tempfile::tempdir()?;
