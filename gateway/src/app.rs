@@ -95,7 +95,7 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     let breaker = BreakerSettings {
         failure_threshold: z.breaker_failures,
         open: Duration::from_millis(z.breaker_open_ms),
-        max_open: Duration::from_millis(z.breaker_max_open_ms),
+        max_open: Duration::from_millis(z.breaker_max_open_ms.unwrap_or(z.breaker_open_ms)),
     };
     let guard = |name: &str, timeout_ms: u64| {
         Guard::new(name, Duration::from_millis(timeout_ms), &breaker, faults.clone())
@@ -209,7 +209,11 @@ fn pipeline(
         both: stores.both,
         reranker: (models.reranker.clone()).map(|r| Arc::new(Costed::new(r)) as Arc<dyn Reranker>),
         guards,
-        llm: LlmPool::new(backends),
+        llm: LlmPool::new(
+            backends,
+            &config.model_groups,
+            Duration::from_millis(config.resilience.llm_retry_after_cap_ms),
+        ),
         caches,
         settings: pipeline_settings(config),
     }
@@ -318,11 +322,11 @@ async fn load_backends(
     let mut backends = Vec::new();
     for (position, backend) in config.llm.iter().enumerate() {
         let generator = load_generator(config, backend, device).await?;
-        let limits = backend.limits(position);
+        let idle = Duration::from_millis(config.resilience.stream_idle_timeout_ms);
+        let limits = backend.limits(position, idle);
         let name = format!("llm:{}", backend.name);
         let guard = Guard::new(&name, limits.timeout, breaker, faults.clone());
-        let idle = Duration::from_millis(config.resilience.stream_idle_timeout_ms);
-        backends.push(Backend::new(generator, guard, limits, idle));
+        backends.push(Backend::new(generator, guard, limits));
     }
     Ok(backends)
 }

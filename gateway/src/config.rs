@@ -11,6 +11,10 @@ use ragway_openapi::{FusionMethod, FusionSettings};
 use ragway_worker::onnx::Precision;
 use serde::{Deserialize, Serialize};
 
+mod model_groups;
+
+pub use model_groups::{GroupMember, Member, MemberEntry, ModelGroupConfig};
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -29,6 +33,8 @@ pub struct Config {
     /// Tried in order of `priority` (default: position in this list); backends of equal priority
     /// share load, the lowest priority is the primary.
     pub llm: Vec<LlmBackendConfig>,
+    /// Names clients may ask for as `model`, each an ordered fallback over `llm` backends.
+    pub model_groups: Vec<ModelGroupConfig>,
 }
 
 /// Where chunks are stored and searched.
@@ -225,9 +231,15 @@ pub struct ResilienceConfig {
     pub rerank_timeout_ms: u64,
     /// Consecutive failures or timeouts that open a dependency's breaker.
     pub breaker_failures: u32,
-    /// First open period; doubles after each failed probe, up to `breaker_max_open_ms`.
+    /// How long an open breaker refuses calls before the next real call goes through as its
+    /// probe (one at a time): a dependency that recovers is refused for at most this and a probe.
     pub breaker_open_ms: u64,
-    pub breaker_max_open_ms: u64,
+    /// Lets each failed probe double the open period up to this; unset (the default), the
+    /// period stays `breaker_open_ms`.
+    pub breaker_max_open_ms: Option<u64>,
+    /// The longest upstream `Retry-After` an LLM call waits out before retrying the same
+    /// backend; a longer one moves the call to the next backend at once.
+    pub llm_retry_after_cap_ms: u64,
     /// Name of the environment variable holding the admin key (`/admin/*`); unset disables them.
     pub admin_key_env: String,
     /// After a stream's first token, the longest wait for the next one; a stalled backend is
@@ -340,9 +352,14 @@ pub struct LlmBackendConfig {
     /// prompt), 30 s for a remote one.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// The first token of a streamed answer. Default: 60 s local, 10 s remote.
+    /// The first token of a streamed answer. Default: 60 s local, 10 s remote. The last backend
+    /// a request can try waits up to the request's deadline instead: nothing else could answer.
     #[serde(default)]
     pub ttft_timeout_ms: Option<u64>,
+    /// The longest wait between two pieces of a streamed answer. Default:
+    /// `resilience.stream_idle_timeout_ms`.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
     /// Its tokens do not count against a tenant's `llm_tokens_per_day`, and a tenant whose budget
     /// is spent is still answered by it (mode `fallback_llm`, degraded `llm: quota`) before the
     /// extractive answer: the cheaper backend (e.g. the local model next to a paid API).
@@ -386,12 +403,15 @@ pub struct BackendLimits {
     pub priority: u32,
     pub timeout: Duration,
     pub time_to_first_token: Duration,
+    /// The longest wait between two pieces of a stream.
+    pub idle: Duration,
     pub max_retries: u32,
 }
 
 impl LlmBackendConfig {
-    /// The backend's limits; its priority defaults to its `position` in the list.
-    pub fn limits(&self, position: usize) -> BackendLimits {
+    /// The backend's limits; its priority defaults to its `position` in the list, its idle limit
+    /// to `idle`.
+    pub fn limits(&self, position: usize, idle: Duration) -> BackendLimits {
         let (timeout_ms, ttft_ms, max_retries) = match &self.kind {
             LlmBackendKind::Local { .. } => (120_000, 60_000, 0),
             LlmBackendKind::Openai { max_retries, .. } => (30_000, 10_000, *max_retries),
@@ -400,6 +420,7 @@ impl LlmBackendConfig {
             priority: self.priority.unwrap_or(position as u32),
             timeout: Duration::from_millis(self.timeout_ms.unwrap_or(timeout_ms)),
             time_to_first_token: Duration::from_millis(self.ttft_timeout_ms.unwrap_or(ttft_ms)),
+            idle: self.idle_timeout_ms.map_or(idle, Duration::from_millis),
             max_retries,
         }
     }
@@ -451,6 +472,7 @@ impl Default for Config {
                 priority: None,
                 timeout_ms: None,
                 ttft_timeout_ms: None,
+                idle_timeout_ms: None,
                 unmetered: false,
                 kind: LlmBackendKind::Local {
                     model: models.join("smollm2-135m-instruct").display().to_string(),
@@ -458,6 +480,7 @@ impl Default for Config {
                     context_tokens: None,
                 },
             }],
+            model_groups: Vec::new(),
         }
     }
 }
@@ -521,7 +544,8 @@ impl Default for ResilienceConfig {
             rerank_timeout_ms: 5_000,
             breaker_failures: 3,
             breaker_open_ms: 5_000,
-            breaker_max_open_ms: 60_000,
+            breaker_max_open_ms: None,
+            llm_retry_after_cap_ms: 5_000,
             admin_key_env: "RAGWAY_ADMIN_KEY".into(),
             stream_idle_timeout_ms: 15_000,
         }
@@ -719,6 +743,7 @@ impl Config {
                 }
             }
         }
+        problems.extend(model_groups::problems(&self.model_groups, &self.llm));
         if problems.is_empty() {
             Ok(())
         } else {
@@ -782,18 +807,19 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "llm.toml",
-                "[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"/m.gguf\"\npriority = 5\ntimeout_ms = 700\n",
+                "[[llm]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\n[[llm]]\nname = \"local\"\nkind = \"local\"\nmodel = \"/m.gguf\"\npriority = 5\ntimeout_ms = 700\nidle_timeout_ms = 900\n",
             )?;
             let config = Config::load(Some(Path::new("llm.toml")), &Overrides::default())
                 .map_err(|e| e.to_string())?;
             assert_eq!(config.llm.len(), 2);
             assert!(matches!(&config.llm[0].kind, LlmBackendKind::Openai { .. }));
             assert_eq!(
-                config.llm[0].limits(0),
+                config.llm[0].limits(0, Duration::from_secs(15)),
                 BackendLimits {
                     priority: 0,
                     timeout: Duration::from_secs(30),
                     time_to_first_token: Duration::from_secs(10),
+                    idle: Duration::from_secs(15),
                     max_retries: 2,
                 }
             );
@@ -802,11 +828,12 @@ mod tests {
                 LlmBackendKind::Local { dequantize: true, .. }
             ));
             assert_eq!(
-                config.llm[1].limits(1),
+                config.llm[1].limits(1, Duration::from_secs(15)),
                 BackendLimits {
                     priority: 5,
                     timeout: Duration::from_millis(700),
                     time_to_first_token: Duration::from_secs(60),
+                    idle: Duration::from_millis(900),
                     max_retries: 0,
                 }
             );

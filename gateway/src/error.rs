@@ -70,6 +70,7 @@ error_codes! {
     KeyNotFound => "key_not_found",
     KeywordStoreFailed => "keyword_store_failed",
     LlmBackendFailed => "llm_backend_failed",
+    LlmBackendMisconfigured => "llm_backend_misconfigured",
     LlmFailed => "llm_failed",
     LlmTokenQuotaExceeded => "llm_token_quota_exceeded",
     LlmUnavailable => "llm_unavailable",
@@ -163,13 +164,16 @@ pub enum ApiError {
     Forbidden,
     #[error("request body is larger than the server's limit (server.max_body_bytes)")]
     BodyTooLarge,
-    /// A remote LLM backend refused a relayed request as the client wrote it (its 4xx status, its
-    /// message): the request's fault, not the backend's.
+    /// An LLM backend refused the request as the caller's fault (its 4xx status, its message, and
+    /// its own error `code`, `type` and `param` when it sent them): passed on as the backend said.
     #[error("backend `{backend}` refused the request: {message}")]
     BackendRejected {
         backend: String,
         status: u16,
         message: String,
+        code: Option<String>,
+        kind: Option<String>,
+        param: Option<String>,
     },
     /// A dependency failed and nothing could be served instead; `source` is its own error, when
     /// there is one (logged with the chain of its causes).

@@ -7,7 +7,7 @@ mod prompt;
 mod remote;
 mod retry_after;
 
-pub use error::{LlmError, Retry};
+pub use error::{LlmError, Refusal, Retry, UpstreamError};
 pub use local::{LocalLlm, LocalLlmOptions, PrefixCacheOptions};
 pub use prompt::{cited_passages, fit_rag_messages, rag_messages, Fitted, Passage};
 pub use remote::{OpenAiBackend, OpenAiBackendOptions};

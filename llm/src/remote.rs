@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::{
     ChatMessage, ChunkStream, Generation, GenerationRequest, Generator, LlmError, Relay, Retry, Role,
-    StreamEvent, TokenStream,
+    StreamEvent, TokenStream, UpstreamError,
 };
 
 #[derive(Debug, Clone)]
@@ -72,6 +72,7 @@ impl OpenAiBackend {
                 message: format!("cannot build HTTP client: {e}"),
                 retry: Retry::Never,
                 status: None,
+                upstream: None,
             })?;
         let config = OpenAIConfig::new()
             .with_api_base(options.base_url)
@@ -99,7 +100,7 @@ impl Generator for OpenAiBackend {
         let mut usage = (0, 0);
         let mut failed = false;
         // Text pieces as they come; `Done` once the server ends the stream cleanly.
-        let events = chunks
+        let events = skip_malformed(chunks, &self.name)
             .map(Some)
             .chain(futures::stream::once(async { None }))
             .filter_map(move |chunk| {
@@ -192,7 +193,7 @@ impl Relay for OpenAiBackend {
             .map_err(|e| remote_error(&self.name, e))?;
         let backend = self.name.clone();
         Ok(Box::pin(
-            chunks.map(move |chunk| chunk.map_err(|e| remote_error(&backend, e))),
+            skip_malformed(chunks, &self.name).map(move |chunk| chunk.map_err(|e| remote_error(&backend, e))),
         ))
     }
 }
@@ -218,12 +219,39 @@ impl OpenAiBackend {
     }
 }
 
+/// A stream without its malformed chunks: one that does not parse is skipped and counted
+/// (`ragway_llm_malformed_chunks_total{backend}`), and the stream goes on.
+fn skip_malformed<T: Send + 'static>(
+    chunks: impl futures::Stream<Item = Result<T, OpenAIError>> + Send + 'static,
+    backend: &str,
+) -> impl futures::Stream<Item = Result<T, OpenAIError>> + Send + 'static {
+    let backend = backend.to_string();
+    chunks.filter(move |chunk| {
+        let malformed = matches!(chunk, Err(OpenAIError::JSONDeserialize(..)));
+        if let (true, Err(error)) = (malformed, chunk) {
+            tracing::warn!(backend, %error, "skipped a malformed stream chunk");
+            metrics::counter!("ragway_llm_malformed_chunks_total", "backend" => backend.clone()).increment(1);
+        }
+        futures::future::ready(!malformed)
+    })
+}
+
 fn remote_error(backend: &str, error: OpenAIError) -> LlmError {
+    let upstream = match &error {
+        OpenAIError::ApiError(e) => Some(Box::new(UpstreamError {
+            message: e.api_error.message.clone(),
+            kind: e.api_error.r#type.clone(),
+            param: e.api_error.param.clone(),
+            code: e.api_error.code.clone(),
+        })),
+        _ => None,
+    };
     LlmError::Remote {
         backend: backend.to_string(),
         retry: classify(&error),
         status: status(&error),
         message: error.to_string(),
+        upstream,
     }
 }
 
@@ -237,10 +265,13 @@ fn status(error: &OpenAIError) -> Option<u16> {
     }
 }
 
-/// Connection failures, 429 and 5xx are worth retrying; other errors are not.
+/// Connection failures (refused, reset before the response headers, a connect timeout), 429 and
+/// 5xx are worth retrying; other errors are not.
 fn classify(error: &OpenAIError) -> Retry {
     match error {
-        OpenAIError::Reqwest(e) if e.is_connect() => Retry::Backoff,
+        OpenAIError::Reqwest(e) if e.status().is_none() && (e.is_connect() || e.is_request()) => {
+            Retry::Backoff
+        }
         OpenAIError::Reqwest(e) => match e.status() {
             Some(s) if s.as_u16() == 429 || s.is_server_error() => Retry::Backoff,
             _ => Retry::Never,

@@ -125,6 +125,7 @@ pub struct ModelCard {
     pub object: String,
     pub created: u64,
     pub owned_by: String,
-    /// `collection` (RAG) or `llm` (a backend of the pool).
+    /// `collection` (RAG), `group` (a model group: its backends in fallback order) or `llm` (a
+    /// backend of the pool).
     pub ragway_kind: String,
 }

@@ -13,6 +13,13 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong and how to fix it.
     pub message: String,
+    /// An upstream LLM backend's own error type (e.g. `invalid_request_error`), when ragway passes
+    /// its refusal on.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The request field the upstream backend's refusal names, when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
 }
 
 impl ErrorBody {
@@ -21,6 +28,8 @@ impl ErrorBody {
             error: ErrorDetail {
                 code: code.into(),
                 message: message.into(),
+                kind: None,
+                param: None,
             },
         }
     }

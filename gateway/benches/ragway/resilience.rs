@@ -69,7 +69,7 @@ async fn detection_and_recovery() -> anyhow::Result<()> {
     config.resilience.dense_timeout_ms = 250;
     config.resilience.breaker_failures = 3;
     config.resilience.breaker_open_ms = 2_000;
-    config.resilience.breaker_max_open_ms = 2_000;
+    config.resilience.breaker_max_open_ms = Some(2_000);
     let (state, base) = crate::serve(config).await?;
     let http = reqwest::Client::new();
     http.post(format!("{base}/v1/collections"))

@@ -85,8 +85,9 @@ impl Conversation {
         let request = self.rewrite_request();
         // The rewrite's own failures say nothing about the answer: its report is thrown away.
         let mut scratch = Report::default();
-        let Some(generation) = pool
-            .generate(&request, &within, &mut scratch, &allowance.llm)
+        let everyone = pool.everyone();
+        let Ok(generation) = pool
+            .generate(&everyone, &request, &within, &mut scratch, &allowance.llm)
             .await
         else {
             return;

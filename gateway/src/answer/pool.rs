@@ -1,19 +1,30 @@
-//! The LLM pool: backends tried by priority (lowest first); among equal priorities the one with
-//! the fewest requests in flight goes first. Each backend is [`Guarded`] (breaker, timeouts,
-//! stalls); retryable failures (connect, 429, 5xx) are retried with jittered backoff within the
-//! deadline.
+//! The LLM pool: a request's [`Route`] (a model group, one backend, or every backend for an
+//! answer over a collection) walked in order (see [`route`]); each backend is [`Guarded`]
+//! (breaker, timeouts, stalls) and retried as [`retry`] says. A backend that refuses the request
+//! as the caller's fault ends the walk ([`Unanswered::Refused`]) — unless it is only too small
+//! for the prompt, when a member with a larger window may take it; the last backend left waits
+//! for its first token until the request's deadline rather than its first-token limit.
 
+mod retry;
+pub mod route;
+
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use ragway_llm::{
-    ChunkStream, Generation, GenerationRequest, Generator, LlmError, Relay, Retry, TokenStream,
+    ChunkStream, Generation, GenerationRequest, Generator, LlmError, Refusal, Relay, TokenStream,
 };
 use serde_json::Value;
 
+pub use route::Route;
+
+use self::retry::{Failed, RetryPolicy};
+use self::route::Standing;
 use super::report::{Authorship, Report};
-use crate::config::BackendLimits;
+use crate::config::{BackendLimits, Member, ModelGroupConfig};
 use crate::resilience::breaker::BreakerState;
 use crate::resilience::deadline::Deadline;
 use crate::resilience::guard::{Guard, StageError};
@@ -24,6 +35,8 @@ pub struct Backend {
     /// The backend behind its guard (see [`Guarded`]): a whole answer within its timeout, a
     /// stream's first text within its time-to-first-token limit, and no stall after it.
     pub generator: Arc<dyn Generator>,
+    /// The same, for the calls only a guarded backend makes (a patient first token).
+    guarded: Arc<Guarded<dyn Generator>>,
     /// The guard's breaker, for health and readiness.
     pub guard: Arc<Guard>,
     pub priority: u32,
@@ -37,18 +50,29 @@ pub struct OpenedStream {
     pub stream: TokenStream,
 }
 
+/// Why no backend answered.
+#[derive(Debug)]
+pub enum Unanswered {
+    /// Each backend tried failed or was passed over (each is in the report); `misconfigured`
+    /// when every one tried refused the operator's credentials (401, 403).
+    Failed { misconfigured: bool },
+    /// `backend` refused the request as the caller's fault; no other was asked after it.
+    Refused { backend: String, error: LlmError },
+}
+
 impl Backend {
-    /// `generator` behind `guard`, with `limits`' stream limits; a stream's later pieces must
-    /// each come within `idle`.
-    pub fn new(generator: Arc<dyn Generator>, guard: Guard, limits: BackendLimits, idle: Duration) -> Self {
+    /// `generator` behind `guard`, with `limits`' stream limits.
+    pub fn new(generator: Arc<dyn Generator>, guard: Guard, limits: BackendLimits) -> Self {
         let guard = Arc::new(guard);
         let streaming = StreamLimits {
             first_text: limits.time_to_first_token,
-            idle,
+            idle: limits.idle,
         };
-        let guarded = Guarded::new(generator, guard.clone()).with_stream_limits(streaming);
+        let guarded: Arc<Guarded<dyn Generator>> =
+            Arc::new(Guarded::new(generator, guard.clone()).with_stream_limits(streaming));
         Self {
-            generator: Arc::new(guarded),
+            generator: guarded.clone(),
+            guarded,
             guard,
             priority: limits.priority,
             max_retries: limits.max_retries,
@@ -63,6 +87,22 @@ impl Backend {
     pub fn state(&self) -> BreakerState {
         self.guard.state()
     }
+
+    /// A stream; the last backend a request can try waits for its first text until the deadline.
+    async fn stream(&self, request: &GenerationRequest, last: bool) -> Result<TokenStream, LlmError> {
+        match last {
+            true => self.guarded.stream_patiently(request.clone()).await,
+            false => self.generator.stream(request.clone()).await,
+        }
+    }
+
+    /// A relayed stream, as patient as [`Backend::stream`].
+    async fn relay_stream(&self, body: &Value, last: bool) -> Result<ChunkStream, LlmError> {
+        match last {
+            true => self.guarded.relay_stream_patiently(body.clone()).await,
+            false => Relay::stream(self.guarded.as_ref(), body.clone()).await,
+        }
+    }
 }
 
 /// Decrements the in-flight count however the call ends.
@@ -76,15 +116,29 @@ impl Drop for InFlight<'_> {
 
 pub struct LlmPool {
     backends: Vec<Backend>,
+    groups: BTreeMap<String, Route>,
+    retry_after_cap: Duration,
 }
 
-const RETRY_BASE: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// The backend that answered, and whether it was the first one tried.
+struct Answered<'a, T> {
+    backend: &'a Backend,
+    value: T,
+    first: bool,
+}
 
 impl LlmPool {
-    pub fn new(mut backends: Vec<Backend>) -> Self {
+    pub fn new(mut backends: Vec<Backend>, groups: &[ModelGroupConfig], retry_after_cap: Duration) -> Self {
         backends.sort_by_key(|b| b.priority);
-        Self { backends }
+        let groups = groups
+            .iter()
+            .map(|g| (g.name.clone(), Route::new(g.members())))
+            .collect();
+        Self {
+            backends,
+            groups,
+            retry_after_cap,
+        }
     }
 
     pub fn backends(&self) -> &[Backend] {
@@ -96,164 +150,269 @@ impl LlmPool {
         self.backends.iter().find(|b| b.name() == name)
     }
 
-    /// Among the backends `choice` allows, the one with the smallest known context window, and
-    /// that window: grounded prompts are fitted to it so that any of them can take them.
-    pub fn tightest_context(&self, choice: &Choice) -> Option<(&dyn ragway_llm::Generator, usize)> {
-        self.backends
+    /// The model groups, by name.
+    pub fn groups(&self) -> impl Iterator<Item = (&str, &Route)> {
+        self.groups.iter().map(|(name, route)| (name.as_str(), route))
+    }
+
+    /// What a client asking for `model` may be answered by: a group's members, or a backend by
+    /// its own name alone.
+    pub fn route(&self, model: &str) -> Option<Route> {
+        if let Some(group) = self.groups.get(model) {
+            return Some(group.clone());
+        }
+        let backend = self.backend(model)?;
+        Some(Route::new(vec![member(backend)]))
+    }
+
+    /// Every backend by its own priority: the route of an answer over a collection.
+    pub fn everyone(&self) -> Route {
+        Route::new(self.backends.iter().map(member).collect())
+    }
+
+    /// The backends of `route` that `choice` allows, in route order, with their entries.
+    fn allowed<'a, 'r>(&'a self, route: &'r Route, choice: &Choice) -> Vec<(&'a Backend, &'r Member)> {
+        route
+            .members()
             .iter()
-            .filter(|b| choice.allows(b.name()))
-            .filter_map(|b| b.generator.context_window().map(|w| (b.generator.as_ref(), w)))
+            .filter(|m| choice.allows(&m.backend))
+            .filter_map(|m| self.backend(&m.backend).map(|b| (b, m)))
+            .collect()
+    }
+
+    /// Among the backends of `route` that `choice` allows, the one with the smallest known context
+    /// window, and that window: grounded prompts are fitted to it so that any of them can take them.
+    pub fn tightest_context(&self, route: &Route, choice: &Choice) -> Option<(&dyn Generator, usize)> {
+        self.allowed(route, choice)
+            .into_iter()
+            .filter_map(|(b, _)| b.generator.context_window().map(|w| (b.generator.as_ref(), w)))
             .min_by_key(|(_, w)| *w)
     }
 
-    /// Backends in the order to try: by priority, then fewest in flight, then prefix affinity
-    /// (L4 for remote backends): among equally loaded backends of equal priority, a request goes
-    /// where its prompt prefix — every message but the last, for a grounded answer the passages —
-    /// ranks highest by rendezvous hashing, so the same passages keep meeting the same server's
-    /// prompt cache (llama.cpp's, vLLM's) while it is up, and a backend leaving the pool moves
-    /// only its own share.
-    fn order(&self, choice: &Choice, request: &GenerationRequest) -> Vec<&Backend> {
-        let prefix = request
-            .messages
-            .split_last()
-            .map_or(&[][..], |(_, earlier)| earlier);
-        let mut order: Vec<&Backend> = self.backends.iter().filter(|b| choice.allows(b.name())).collect();
-        order.sort_by_key(|b| {
-            let affinity = rendezvous(prefix, b.name());
-            (
-                b.priority,
-                b.in_flight.load(Ordering::Acquire),
-                std::cmp::Reverse(affinity),
-            )
-        });
-        order
+    /// The largest window among them, when every one's is known: a plain chat's prompt must fit
+    /// at least that one (a backend whose window is unknown may take anything).
+    pub fn widest_context(&self, route: &Route, choice: &Choice) -> Option<(&dyn Generator, usize)> {
+        let mut widest: Option<(&dyn Generator, usize)> = None;
+        for (backend, _) in self.allowed(route, choice) {
+            let window = backend.generator.context_window()?;
+            if widest.is_none_or(|(_, w)| window > w) {
+                widest = Some((backend.generator.as_ref(), window));
+            }
+        }
+        widest
     }
 
-    /// The first answer down the order; every failure is recorded in `report` as
-    /// `llm:<backend>`. Only backends `choice` allows are tried.
-    pub async fn generate(
-        &self,
+    /// The backends to try, in order (see [`route::order`]); the prompt prefix — every message
+    /// but the last, for a grounded answer the passages — is what affinity hashes.
+    fn order(&self, route: &Route, choice: &Choice, request: Option<&GenerationRequest>) -> Vec<&Backend> {
+        let prefix = request
+            .and_then(|r| r.messages.split_last())
+            .map_or(&[][..], |(_, earlier)| earlier);
+        let candidates = self.allowed(route, choice);
+        let standings: Vec<Standing> = candidates
+            .iter()
+            .map(|(backend, member)| Standing {
+                priority: member.priority,
+                weight: member.weight,
+                in_flight: backend.in_flight.load(Ordering::Acquire),
+                affinity: rendezvous(prefix, backend.name()),
+            })
+            .collect();
+        route::order(&standings)
+            .into_iter()
+            .map(|i| candidates[i].0)
+            .collect()
+    }
+
+    /// The first whole answer down `route`'s order; failures are recorded in `report`.
+    pub async fn generate<'p>(
+        &'p self,
+        route: &Route,
         request: &GenerationRequest,
         deadline: &Deadline,
         report: &mut Report,
         choice: &Choice,
-    ) -> Option<Generation> {
-        for (tried, backend) in self.order(choice, request).into_iter().enumerate() {
-            let call = || backend.generator.generate(request.clone());
-            match self.attempt(backend, deadline, call).await {
-                Ok(generation) => {
-                    count_tokens(
-                        backend.name(),
-                        generation.prompt_tokens,
-                        generation.completion_tokens,
-                    );
-                    report.authorship = Some(authorship(backend, tried == 0));
-                    return Some(generation);
-                }
-                Err(error) => {
-                    tracing::warn!(backend = backend.name(), %error, "LLM backend failed");
-                    report.degrade(format!("llm:{}", backend.name()), error.reason());
-                }
-            }
-        }
-        None
+    ) -> Result<Generation, Unanswered> {
+        let order = self.order(route, choice, Some(request));
+        let call = |b: &'p Backend, _last| b.generator.generate(request.clone());
+        let answered = self.walk(order, deadline, report, call).await?;
+        let generation = answered.value;
+        count_tokens(
+            answered.backend.name(),
+            generation.prompt_tokens,
+            generation.completion_tokens,
+        );
+        report.authorship = Some(authorship(answered.backend, answered.first));
+        Ok(generation)
     }
 
-    /// A streamed answer from the first backend, down the order, whose stream produces text
-    /// within its time-to-first-token limit. Backends named in `skip` are passed over (they failed
-    /// earlier in this answer). Failures are recorded in `report`.
-    pub async fn open_stream(
-        &self,
+    /// A streamed answer from the first backend down the order whose stream produces text;
+    /// backends named in `skip` are passed over (they failed earlier in this answer).
+    pub async fn open_stream<'p>(
+        &'p self,
+        route: &Route,
         request: &GenerationRequest,
         deadline: &Deadline,
         report: &mut Report,
         choice: &Choice,
         skip: &[String],
-    ) -> Option<OpenedStream> {
-        let candidates = self
-            .order(choice, request)
-            .into_iter()
-            .filter(|b| !skip.iter().any(|s| s == b.name()));
-        for (tried, backend) in candidates.enumerate() {
-            let call = || backend.generator.stream(request.clone());
-            match self.attempt(backend, deadline, call).await {
-                Ok(stream) => {
-                    // A continuation (`skip` not empty) is by definition a fallback.
-                    report.authorship = Some(authorship(backend, tried == 0 && skip.is_empty()));
-                    let backend = backend.name().to_string();
-                    return Some(OpenedStream { backend, stream });
+    ) -> Result<OpenedStream, Unanswered> {
+        let mut order = self.order(route, choice, Some(request));
+        order.retain(|b| !skip.iter().any(|s| s == b.name()));
+        let call = |b: &'p Backend, last| -> BoxFuture<'p, _> {
+            let request = request.clone();
+            Box::pin(async move { b.stream(&request, last).await })
+        };
+        let answered = self.walk(order, deadline, report, call).await?;
+        // A continuation (`skip` not empty) is by definition a fallback.
+        let first = answered.first && skip.is_empty();
+        report.authorship = Some(authorship(answered.backend, first));
+        let backend = answered.backend.name().to_string();
+        Ok(OpenedStream {
+            backend,
+            stream: answered.value,
+        })
+    }
+
+    /// `body` relayed unchanged (see [`Relay`]) to the first backend down `route` that relays and
+    /// answers; the authorship is recorded in `report`.
+    pub async fn relay<'p>(
+        &'p self,
+        route: &Route,
+        body: &Value,
+        deadline: &Deadline,
+        report: &mut Report,
+        choice: &Choice,
+    ) -> Result<(&'p Backend, Value), Unanswered> {
+        let order = self.relays(route, choice);
+        let call = |b: &'p Backend, _last| Relay::complete(b.guarded.as_ref(), body.clone());
+        let answered = self.walk(order, deadline, report, call).await?;
+        report.authorship = Some(authorship(answered.backend, answered.first));
+        Ok((answered.backend, answered.value))
+    }
+
+    /// As [`LlmPool::relay`], streamed: the stream has produced its first chunk.
+    pub async fn relay_stream<'p>(
+        &'p self,
+        route: &Route,
+        body: &Value,
+        deadline: &Deadline,
+        report: &mut Report,
+        choice: &Choice,
+    ) -> Result<(&'p Backend, ChunkStream), Unanswered> {
+        let order = self.relays(route, choice);
+        let call = |b: &'p Backend, last| -> BoxFuture<'p, _> {
+            let body = body.clone();
+            Box::pin(async move { b.relay_stream(&body, last).await })
+        };
+        let answered = self.walk(order, deadline, report, call).await?;
+        report.authorship = Some(authorship(answered.backend, answered.first));
+        Ok((answered.backend, answered.value))
+    }
+
+    /// The backends of `route` that relay requests, in order.
+    fn relays(&self, route: &Route, choice: &Choice) -> Vec<&Backend> {
+        let mut order = self.order(route, choice, None);
+        order.retain(|b| b.generator.relay().is_some());
+        order
+    }
+
+    /// `call` on each backend of `order` until one answers; each failure is recorded in `report`
+    /// as `llm:<backend>`.
+    async fn walk<'a, T>(
+        &self,
+        order: Vec<&'a Backend>,
+        deadline: &Deadline,
+        report: &mut Report,
+        call: impl Fn(&'a Backend, bool) -> BoxFuture<'a, Result<T, LlmError>>,
+    ) -> Result<Answered<'a, T>, Unanswered> {
+        let mut misconfigured = !order.is_empty();
+        let mut too_long = None;
+        let count = order.len();
+        for (position, backend) in order.into_iter().enumerate() {
+            let last = position + 1 == count;
+            let error = match self
+                .attempt(backend, deadline, last, || call(backend, last))
+                .await
+            {
+                Ok(value) => {
+                    let first = position == 0;
+                    return Ok(Answered {
+                        backend,
+                        value,
+                        first,
+                    });
                 }
-                Err(error) => {
-                    tracing::warn!(backend = backend.name(), %error, "LLM stream failed to start");
-                    report.degrade(format!("llm:{}", backend.name()), error.reason());
+                Err(error) => error,
+            };
+            tracing::warn!(backend = backend.name(), %error, "LLM backend failed");
+            report.degrade(format!("llm:{}", backend.name()), error.reason());
+            let refusal = error.refusal();
+            let refused = Unanswered::Refused {
+                backend: backend.name().to_string(),
+                error,
+            };
+            match refusal {
+                // A member with a larger window may take it: the refusal stands if none does.
+                Some(Refusal::ContextLength) => too_long = Some(refused),
+                Some(_) => return Err(refused),
+                None => {
+                    if let Unanswered::Refused { error, .. } = &refused {
+                        misconfigured &= error.misconfigured();
+                    }
                 }
             }
         }
-        None
+        Err(too_long.unwrap_or(Unanswered::Failed { misconfigured }))
     }
 
-    /// `body` relayed to `backend` unchanged (see [`Relay`]), guarded and retried like any call.
-    pub async fn relay(
+    /// One (guarded) backend within `deadline`, called again while [`retry`] says so; `last`
+    /// when no other backend is left to try.
+    async fn attempt<'a, T>(
         &self,
         backend: &Backend,
-        relay: &dyn Relay,
-        body: &Value,
         deadline: &Deadline,
-    ) -> Result<Value, LlmError> {
-        let call = || relay.complete(body.clone());
-        self.attempt(backend, deadline, call).await
-    }
-
-    /// A relayed stream that has produced its first chunk within the time-to-first-token limit.
-    pub async fn relay_stream(
-        &self,
-        backend: &Backend,
-        relay: &dyn Relay,
-        body: &Value,
-        deadline: &Deadline,
-    ) -> Result<ChunkStream, LlmError> {
-        let call = || relay.stream(body.clone());
-        self.attempt(backend, deadline, call).await
-    }
-
-    /// One (guarded) backend within `deadline`, with retries of retryable errors while it allows.
-    async fn attempt<T, F, Fut>(&self, backend: &Backend, deadline: &Deadline, call: F) -> Result<T, LlmError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, LlmError>>,
-    {
+        last: bool,
+        call: impl Fn() -> BoxFuture<'a, Result<T, LlmError>>,
+    ) -> Result<T, LlmError> {
         backend.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(&backend.in_flight);
-        let mut attempt = 0;
+        let policy = RetryPolicy {
+            max_retries: backend.max_retries,
+            retry_after_cap: self.retry_after_cap,
+        };
+        let mut retries = 0;
         loop {
             let error = match deadline.scope(call()).await {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            let wait = match error.retry() {
-                Retry::Never => return Err(error),
-                Retry::Backoff => jittered_backoff(attempt),
-                Retry::After(wait) => wait,
+            let failed = Failed {
+                retries,
+                left: deadline.remaining(),
+                last,
+                noise: retry::noise(),
             };
-            if attempt >= backend.max_retries || wait >= deadline.remaining() {
+            let Some(wait) = retry::retry_after(&error, policy, failed) else {
                 return Err(error);
-            }
-            tracing::info!(backend = backend.name(), attempt, wait_ms = wait.as_millis() as u64, %error, "retrying");
+            };
+            let wait_ms = wait.as_millis() as u64;
+            tracing::info!(backend = backend.name(), retries, wait_ms, %error, "retrying");
+            metrics::counter!("ragway_llm_retries_total", "backend" => backend.name().to_string())
+                .increment(1);
             tokio::time::sleep(wait).await;
-            attempt += 1;
+            retries += 1;
         }
     }
 }
 
-/// Full jitter: uniform in [0, min(max, base · 2^attempt)].
-fn jittered_backoff(attempt: u32) -> Duration {
-    let cap = RETRY_BASE.saturating_mul(1 << attempt.min(10)).min(RETRY_MAX);
-    // Sub-second clock noise is random enough to spread retries; no RNG dependency needed.
-    let noise = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    cap.mul_f64(f64::from(noise % 1_000) / 1_000.0)
+/// A backend as the only member of its route, at its own priority.
+fn member(backend: &Backend) -> Member {
+    Member {
+        backend: backend.name().to_string(),
+        priority: backend.priority,
+        weight: 1,
+    }
 }
 
 /// The first backend tried for a request is its primary; one that answers after others failed
@@ -274,7 +433,7 @@ pub fn count_tokens(backend: &str, prompt_tokens: usize, completion_tokens: usiz
         .increment(completion_tokens as u64);
 }
 
-/// The weight of `backend` for a prompt starting with `prefix` (rendezvous hashing): fixed for
+/// The hash of `backend` with a prompt starting with `prefix` (rendezvous hashing): fixed for
 /// given inputs, so every replica routes a passage set alike.
 fn rendezvous(prefix: &[ragway_llm::ChatMessage], backend: &str) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -284,17 +443,4 @@ fn rendezvous(prefix: &[ragway_llm::ChatMessage], backend: &str) -> u64 {
     }
     backend.hash(&mut hasher);
     hasher.finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_grows() {
-        for attempt in 0..20 {
-            let wait = jittered_backoff(attempt);
-            assert!(wait <= RETRY_BASE.saturating_mul(1 << attempt.min(10)).min(RETRY_MAX));
-        }
-    }
 }

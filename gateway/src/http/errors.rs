@@ -80,6 +80,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::RateLimited
         | C::StreamQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        C::LlmBackendMisconfigured => StatusCode::BAD_GATEWAY,
         C::CollectionUnavailable
         | C::DenseStoreFailed
         | C::EmbedderBusy
@@ -123,19 +124,36 @@ fn causes(error: &dyn std::error::Error) -> String {
     chain.join(": ")
 }
 
+impl ApiError {
+    /// ragway's error shape; a backend's refusal keeps the backend's own code, type and param
+    /// (an OpenAI-shaped error, e.g. `context_length_exceeded`).
+    fn body(&self) -> ErrorBody {
+        let mut body = ErrorBody::new(self.code().as_str(), self.to_string());
+        if let Self::BackendRejected {
+            code, kind, param, ..
+        } = self
+        {
+            if let Some(code) = code {
+                body.error.code.clone_from(code);
+            }
+            body.error.kind.clone_from(kind);
+            body.error.param.clone_from(param);
+        }
+        body
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if matches!(self, Self::Internal(_) | Self::Unavailable { .. }) {
             tracing::error!(error = %self, causes = %causes(&self), "request failed");
         }
-        let mut response = (
-            self.http_status(),
-            Json(ErrorBody::new(self.code().as_str(), self.to_string())),
-        )
-            .into_response();
+        let mut response = (self.http_status(), Json(self.body())).into_response();
         let retry_after = match &self {
             Self::Busy { retry_after_s, .. } => Some(*retry_after_s),
             Self::OverQuota { retry_after_s, .. } => *retry_after_s,
+            // Nothing could serve it now; a breaker's next probe is about this far off.
+            Self::Unavailable { code, .. } if status(*code) == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };
         if let Some(seconds) = retry_after {

@@ -51,7 +51,10 @@ impl Collected {
             match event {
                 AnswerEvent::Delta { text: piece } if text.is_empty() => text = piece,
                 AnswerEvent::Delta { text: piece } => text.push_str(&piece),
-                AnswerEvent::Meta { .. } | AnswerEvent::Degraded { .. } | AnswerEvent::Relayed { .. } => {}
+                AnswerEvent::Meta { .. }
+                | AnswerEvent::Degraded { .. }
+                | AnswerEvent::Relayed { .. }
+                | AnswerEvent::Refused { .. } => {}
                 AnswerEvent::Done {
                     mode,
                     degraded,
@@ -90,6 +93,11 @@ impl Collected {
         }
     }
 
+    /// The backend that wrote the answer, unless passages were quoted instead.
+    pub fn backend(&self) -> Option<&str> {
+        written_by(&self.stages)
+    }
+
     /// Why a plain chat got no answer, for its 503.
     pub fn unavailable(&self, backend: &str) -> ApiError {
         let reasons: Vec<String> = self.degraded.iter().map(|d| format!("{:?}", d.reason)).collect();
@@ -119,13 +127,28 @@ fn trimmed(text: String) -> String {
     }
 }
 
-/// The first event (`meta`) and the rest.
-async fn first_event(mut events: Answering) -> Result<(AnswerEvent, Answering), ApiError> {
+/// The backend that wrote an answer with these stages, unless passages were quoted instead.
+pub fn written_by(stages: &Stages) -> Option<&str> {
+    stages.llm.as_deref().filter(|llm| *llm != "extractive")
+}
+
+/// The first event (`meta`) and the rest; an answer refused before it began is its error.
+pub(crate) async fn first_event(mut events: Answering) -> Result<(AnswerEvent, Answering), ApiError> {
     let first = events
         .recv()
         .await
         .ok_or_else(|| ApiError::Internal("the answer stream ended before it began".into()))?;
-    Ok((first, events))
+    match first {
+        AnswerEvent::Refused { refusal } => Err(refusal.into()),
+        first => Ok((first, events)),
+    }
+}
+
+/// Names the backend that answered in the `x-ragway-backend` header.
+pub(crate) fn name_backend(response: &mut Response, backend: Option<&str>) {
+    if let Some(value) = backend.and_then(|b| HeaderValue::from_str(b).ok()) {
+        response.headers_mut().insert("x-ragway-backend", value);
+    }
 }
 
 fn mode_of(event: &AnswerEvent) -> Mode {
@@ -134,6 +157,7 @@ fn mode_of(event: &AnswerEvent) -> Mode {
         | AnswerEvent::Degraded { mode, .. }
         | AnswerEvent::Done { mode, .. } => *mode,
         AnswerEvent::Delta { .. } | AnswerEvent::Relayed { .. } => Mode::Normal,
+        AnswerEvent::Refused { .. } => Mode::Error,
     }
 }
 
@@ -211,23 +235,35 @@ fn refused(first: &AnswerEvent, model: &str, bare_llm: bool) -> Option<Result<Re
 /// The OpenAI chunk rendering of an answer, with ragway's mode, stages and citations in a
 /// `ragway` field of the first chunk (and the mode in any chunk announcing a degradation), the
 /// cited documents in the first chunk's top-level `citations`, and the usage in the last chunk
-/// before `[DONE]`.
+/// before `[DONE]`. A plain chat's chunks name the model of the backend that began the answer
+/// (`model_of` its name), else `model`; the `x-ragway-backend` header names the backend.
 pub async fn openai_chunks(
     answering: Answering,
     model: String,
     bare_llm: bool,
+    model_of: impl FnOnce(&str) -> Option<String>,
 ) -> Result<Response, ApiError> {
     let (first, events) = first_event(answering).await?;
     if let Some(refusal) = refused(&first, &model, bare_llm) {
         return refusal;
     }
     let mode = mode_of(&first);
+    let backend = match &first {
+        AnswerEvent::Meta { stages, .. } => written_by(stages).map(str::to_string),
+        _ => None,
+    };
+    let model = match (&backend, bare_llm) {
+        (Some(backend), true) => model_of(backend).unwrap_or(model),
+        _ => model,
+    };
     let chunks = Chunks::new(model, bare_llm);
     let stream = futures::stream::once(async move { first })
         .chain(receiver_stream(events))
         .map(move |event| chunks.of(event))
         .chain(futures::stream::once(async { Event::default().data("[DONE]") }));
-    Ok(respond(mode, stream))
+    let mut response = respond(mode, stream);
+    name_backend(&mut response, backend.as_deref());
+    Ok(response)
 }
 
 /// Makes the `chat.completion.chunk` events of one answer.
@@ -282,6 +318,12 @@ impl Chunks {
             }
             // Only a relay yields these, and it has its own shape (`routes::relay`).
             AnswerEvent::Relayed { chunk } => Event::default().data(chunk.to_string()),
+            // Only ever a first event, which is answered as an error instead.
+            AnswerEvent::Refused { refusal } => {
+                let error = ApiError::from(refusal);
+                let body = json!({"error": {"code": error.code().as_str(), "message": error.to_string()}});
+                Event::default().data(body.to_string())
+            }
             AnswerEvent::Delta { text } => self.chunk(
                 json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]),
                 Vec::new(),

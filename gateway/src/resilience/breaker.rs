@@ -1,10 +1,14 @@
 //! Circuit breakers: failsafe's state machine, with the half-open state narrowed to exactly one
 //! probe (failsafe itself lets every call through while half-open) and the state exported as
-//! `ragway_breaker_state{dependency}` (0 closed, 1 half-open, 2 open).
+//! `ragway_breaker_state{dependency}` (0 closed, 1 half-open, 2 open). An open breaker lets the
+//! next real call through as its probe once its open period has passed; when that probe will be
+//! is [`Breaker::next_probe_in`] and `ragway_breaker_next_probe_timestamp_seconds{dependency}`
+//! (0 while closed). The open period stays `open` unless `max_open` lets it grow: by default a
+//! backend that recovers is refused for at most one open period and one probe.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use failsafe::failure_policy::{self, ConsecutiveFailures};
 use failsafe::{Config, Instrument, StateMachine};
@@ -23,15 +27,35 @@ pub enum BreakerState {
 pub struct BreakerSettings {
     /// Consecutive failures (errors or timeouts) that open the breaker.
     pub failure_threshold: u32,
-    /// First open period; each failed probe doubles it up to `max_open`.
+    /// The open period before the first probe.
     pub open: Duration,
+    /// Each failed probe doubles the open period up to this; `open` (the default) keeps it fixed.
     pub max_open: Duration,
 }
 
-/// Mirrors failsafe's transitions into an atomic and the gauge.
+/// When an open breaker's probe may go, shared by the mirror (which learns of the opening) and
+/// the open periods (which know how long it is).
+#[derive(Default)]
+struct ProbeClock {
+    /// The open period failsafe last took, in ms.
+    period_ms: AtomicU64,
+    /// When the breaker last opened.
+    opened: Mutex<Option<Instant>>,
+}
+
+impl ProbeClock {
+    fn next_probe_in(&self) -> Option<Duration> {
+        let opened = (*self.opened.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let period = Duration::from_millis(self.period_ms.load(Ordering::Acquire));
+        Some(period.saturating_sub(opened.elapsed()))
+    }
+}
+
+/// Mirrors failsafe's transitions into an atomic and the gauges.
 struct StateMirror {
     dependency: String,
     state: Arc<AtomicU8>,
+    clock: Arc<ProbeClock>,
 }
 
 impl StateMirror {
@@ -41,30 +65,45 @@ impl StateMirror {
             .set(f64::from(state as u8));
         tracing::info!(dependency = self.dependency, state = ?state, "breaker state changed");
     }
+
+    /// `ragway_breaker_next_probe_timestamp_seconds`: the Unix time of the next probe, 0 when none
+    /// is due (closed, or the probe is out).
+    fn next_probe(&self, opened: Option<Instant>) {
+        *self.clock.opened.lock().unwrap_or_else(|p| p.into_inner()) = opened;
+        let at = self.clock.next_probe_in().map_or(0.0, |wait| {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            (now + wait).as_secs_f64()
+        });
+        metrics::gauge!("ragway_breaker_next_probe_timestamp_seconds", "dependency" => self.dependency.clone())
+            .set(at);
+    }
 }
 
 impl Instrument for StateMirror {
     fn on_call_rejected(&self) {}
 
     fn on_open(&self) {
+        self.next_probe(Some(Instant::now()));
         self.set(BreakerState::Open);
     }
 
     fn on_half_open(&self) {
+        self.next_probe(None);
         self.set(BreakerState::HalfOpen);
     }
 
     fn on_closed(&self) {
+        self.next_probe(None);
         self.set(BreakerState::Closed);
     }
 }
 
-/// The open periods: `open`, doubling after each failed probe, capped at `max_open`. failsafe's
-/// own backoffs count whole seconds and reject anything under one; this one keeps milliseconds.
-#[derive(Debug, Clone)]
+/// The open periods: `open`, doubling after each failed probe up to `max_open`. failsafe's own
+/// backoffs count whole seconds and reject anything under one; this one keeps milliseconds.
 struct OpenPeriods {
     next: Duration,
     max: Duration,
+    clock: Arc<ProbeClock>,
 }
 
 impl Iterator for OpenPeriods {
@@ -73,13 +112,26 @@ impl Iterator for OpenPeriods {
     fn next(&mut self) -> Option<Duration> {
         let current = self.next;
         self.next = self.next.saturating_mul(2).min(self.max);
+        let ms = u64::try_from(current.as_millis()).unwrap_or(u64::MAX);
+        self.clock.period_ms.store(ms, Ordering::Release);
         Some(current)
+    }
+}
+
+impl Clone for OpenPeriods {
+    fn clone(&self) -> Self {
+        Self {
+            next: self.next,
+            max: self.max,
+            clock: self.clock.clone(),
+        }
     }
 }
 
 pub struct Breaker {
     machine: StateMachine<ConsecutiveFailures<OpenPeriods>, StateMirror>,
     state: Arc<AtomicU8>,
+    clock: Arc<ProbeClock>,
     probe_in_flight: AtomicBool,
     /// Makes "is a call permitted, and is it the probe" one decision.
     admission: Mutex<()>,
@@ -95,19 +147,24 @@ pub struct Permit<'a> {
 impl Breaker {
     pub fn new(dependency: &str, settings: &BreakerSettings) -> Self {
         let state = Arc::new(AtomicU8::new(BreakerState::Closed as u8));
+        let clock = Arc::new(ProbeClock::default());
         let mirror = StateMirror {
             dependency: dependency.to_string(),
             state: state.clone(),
+            clock: clock.clone(),
         };
         mirror.set(BreakerState::Closed);
+        mirror.next_probe(None);
         let periods = OpenPeriods {
             next: settings.open,
             max: settings.max_open.max(settings.open),
+            clock: clock.clone(),
         };
         let policy = failure_policy::consecutive_failures(settings.failure_threshold.max(1), periods);
         Self {
             machine: Config::new().failure_policy(policy).instrument(mirror).build(),
             state,
+            clock,
             probe_in_flight: AtomicBool::new(false),
             admission: Mutex::new(()),
         }
@@ -118,6 +175,14 @@ impl Breaker {
             0 => BreakerState::Closed,
             1 => BreakerState::HalfOpen,
             _ => BreakerState::Open,
+        }
+    }
+
+    /// While open: how long until the next call may go as the probe (zero once it may).
+    pub fn next_probe_in(&self) -> Option<Duration> {
+        match self.state() {
+            BreakerState::Open => self.clock.next_probe_in(),
+            _ => None,
         }
     }
 
@@ -197,6 +262,11 @@ mod tests {
         call(&b, false);
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.try_acquire().is_none());
+        let wait = b.next_probe_in().unwrap_or_default();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(50),
+            "{wait:?}"
+        );
 
         std::thread::sleep(Duration::from_millis(80));
         let probe = b.try_acquire();
@@ -210,7 +280,41 @@ mod tests {
             p.record(true);
         }
         assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.next_probe_in(), None);
         assert!(b.try_acquire().is_some());
+    }
+
+    #[test]
+    fn the_open_period_stays_fixed_unless_allowed_to_grow() {
+        let fixed = Breaker::new(
+            "fixed",
+            &BreakerSettings {
+                failure_threshold: 1,
+                open: Duration::from_millis(40),
+                max_open: Duration::from_millis(40),
+            },
+        );
+        for _ in 0..3 {
+            call(&fixed, false);
+            let wait = fixed.next_probe_in().unwrap_or_default();
+            assert!(wait > Duration::from_millis(20), "{wait:?}");
+            assert!(
+                wait <= Duration::from_millis(40),
+                "a failed probe keeps the period: {wait:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let growing = breaker(40);
+        for _ in 0..2 {
+            call(&growing, false);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        call(&growing, false); // the probe fails
+        let wait = growing.next_probe_in().unwrap_or_default();
+        assert!(
+            wait > Duration::from_millis(40),
+            "max_open lets it double: {wait:?}"
+        );
     }
 
     #[test]

@@ -250,17 +250,15 @@ impl StageError for ragway_llm::LlmError {
 }
 
 impl Blamed for ragway_llm::LlmError {
+    /// The request's fault only when the backend refused it as sent (a prompt too long, a 4xx
+    /// other than 401/403 — the operator's credentials — and 408/429, the server's state).
     fn blame(&self) -> Blame {
+        if self.refusal().is_some() {
+            return Blame::Caller;
+        }
         match self {
-            Self::PromptTooLong { .. } => Blame::Caller,
-            // 408 and 429 are the server's state, not the request's fault.
-            Self::Remote {
-                status: Some(status), ..
-            } if (400..500).contains(status) && *status != 408 && *status != 429 => Blame::Caller,
             Self::Overloaded(_) | Self::Stopped(_) => Blame::Overload,
-            Self::Model(_) | Self::WorkerGone | Self::Remote { .. } | Self::EmptyResponse { .. } => {
-                Blame::Dependency
-            }
+            _ => Blame::Dependency,
         }
     }
 }
@@ -338,6 +336,7 @@ mod tests {
             message: "failed".into(),
             retry: Retry::Never,
             status,
+            upstream: None,
         }
     }
 
@@ -400,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn dependency_failures_open_it() {
-        for status in [None, Some(500), Some(429), Some(408)] {
+        for status in [None, Some(500), Some(429), Some(408), Some(401), Some(403)] {
             let guard = guard();
             fail_times(&guard, 2, || remote(status)).await;
             assert_eq!(guard.state(), BreakerState::Open, "status {status:?}");

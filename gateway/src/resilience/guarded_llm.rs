@@ -34,15 +34,36 @@ impl<G: Generator + ?Sized> Guarded<G> {
         })
     }
 
-    /// `open` (a stream and its first item) within the first-text limit, and the rest watched.
-    async fn open_watched<T, F>(&self, open: F) -> Result<Items<T>, LlmError>
+    /// As [`Generator::stream`], waiting for the first text until the request's deadline instead
+    /// of the first-text limit: for the last backend a request can try, where cutting a slow but
+    /// working answer would leave nothing (running out of the deadline is not held against it).
+    pub async fn stream_patiently(&self, request: GenerationRequest) -> Result<TokenStream, LlmError> {
+        let first = self.patient_first_text();
+        self.open_watched(first, first_text(self.inner.as_ref(), request))
+            .await
+    }
+
+    /// As [`Relay::stream`], as patient as [`Guarded::stream_patiently`].
+    pub async fn relay_stream_patiently(&self, body: Value) -> Result<ChunkStream, LlmError> {
+        let relay = self.inner.relay().ok_or_else(|| not_a_relay(self.inner.name()))?;
+        let first = self.patient_first_text();
+        self.open_watched(first, first_chunk(self.inner.name(), relay, body))
+            .await
+    }
+
+    fn patient_first_text(&self) -> Duration {
+        Deadline::current().remaining().max(self.limits().first_text)
+    }
+
+    /// `open` (a stream and its first item) within `first_limit`, and the rest watched.
+    async fn open_watched<T, F>(&self, first_limit: Duration, open: F) -> Result<Items<T>, LlmError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<(T, Items<T>), LlmError>>,
     {
         let deadline = Deadline::current();
         let limits = self.limits();
-        let opened = self.guard.run_within(&deadline, limits.first_text, open).await;
+        let opened = self.guard.run_within(&deadline, first_limit, open).await;
         let (first, rest) = opened.map_err(Failure::into_error)?;
         let watch = Watch {
             guard: self.guard.clone(),
@@ -72,7 +93,9 @@ impl<G: Generator + ?Sized> Generator for Guarded<G> {
         self.inner.relay().map(|_| self as &dyn Relay)
     }
     async fn stream(&self, request: GenerationRequest) -> Result<TokenStream, LlmError> {
-        self.open_watched(first_text(self.inner.as_ref(), request)).await
+        let first = self.limits().first_text;
+        self.open_watched(first, first_text(self.inner.as_ref(), request))
+            .await
     }
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError> {
         self.call(self.guard.timeout(), self.inner.generate(request))
@@ -88,7 +111,8 @@ impl<G: Generator + ?Sized> Relay for Guarded<G> {
     }
     async fn stream(&self, body: Value) -> Result<ChunkStream, LlmError> {
         let relay = self.inner.relay().ok_or_else(|| not_a_relay(self.inner.name()))?;
-        self.open_watched(first_chunk(self.inner.name(), relay, body))
+        let first = self.limits().first_text;
+        self.open_watched(first, first_chunk(self.inner.name(), relay, body))
             .await
     }
 }

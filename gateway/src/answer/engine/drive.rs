@@ -14,8 +14,8 @@ use ragway_llm::{ChatMessage, Generator, Role, StreamEvent};
 use ragway_openapi::{Degradation, DegradationReason, TokenUsage};
 use tokio::sync::mpsc;
 
-use super::{done, primary, AnswerEvent, Engine, Job};
-use crate::answer::pool::{count_tokens, OpenedStream};
+use super::{done, primary, AnswerEvent, Engine, Job, Refusal};
+use crate::answer::pool::{count_tokens, OpenedStream, Unanswered};
 use crate::answer::report::Authorship;
 use crate::resilience::guard::StageError;
 use crate::tenancy::quota::StreamPermit;
@@ -28,7 +28,16 @@ pub(super) async fn drive(
     _permit: Option<StreamPermit>,
 ) {
     let started = Instant::now();
-    let mut opened = open(&engine, &mut job, &[], None).await;
+    let mut opened = match open(&engine, &mut job, &[], None).await {
+        Ok(stream) => Some(stream),
+        Err(unanswered) => match refusal(&job, unanswered) {
+            Some(refusal) => {
+                let _ = events.send(AnswerEvent::Refused { refusal }).await;
+                return;
+            }
+            None => None,
+        },
+    };
     if opened.is_none() {
         job.report.authorship = Some(Authorship::Extractive);
     }
@@ -175,14 +184,28 @@ fn counted(generator: Option<&dyn Generator>, prompt: &[ChatMessage], text: &str
     }
 }
 
-/// The first backend down the pool's order (skipping `tried`) whose stream produces text;
+/// Why the answer is refused when no backend began it: a backend refused the request as the
+/// caller's fault, or — with no passages to quote instead — every one refused the operator's
+/// credentials. `None` when the answer goes on without an LLM (quoted passages, or mode `error`).
+fn refusal(job: &Job, unanswered: Unanswered) -> Option<Refusal> {
+    match unanswered {
+        Unanswered::Refused { backend, error } => Some(Refusal::rejected(&backend, &error)),
+        Unanswered::Failed { misconfigured: true } if job.fallback_text.is_empty() => {
+            let backends = job.report.degraded().into_iter().map(|d| d.stage).collect();
+            Some(Refusal::Misconfigured { backends })
+        }
+        Unanswered::Failed { .. } => None,
+    }
+}
+
+/// The first backend down the job's route (skipping `tried`) whose stream produces text;
 /// `continuing` is the partial answer it is asked to continue.
 async fn open(
     engine: &Engine,
     job: &mut Job,
     tried: &[String],
     continuing: Option<&str>,
-) -> Option<OpenedStream> {
+) -> Result<OpenedStream, Unanswered> {
     let mut request = job.request.clone();
     if let Some(partial) = continuing {
         request
@@ -191,8 +214,15 @@ async fn open(
     }
     let pool = &engine.pipeline.llm;
     let deadline = &job.ctx.deadline;
-    pool.open_stream(&request, deadline, &mut job.report, &job.choice, tried)
-        .await
+    pool.open_stream(
+        &job.route,
+        &request,
+        deadline,
+        &mut job.report,
+        &job.choice,
+        tried,
+    )
+    .await
 }
 
 /// After `backend` broke off: the next backend continuing the answer (`Some(None)` when none can
@@ -208,7 +238,9 @@ async fn fail_over(
 ) -> Option<Option<OpenedStream>> {
     let opened = match reason {
         DegradationReason::Deadline => None,
-        _ => open(engine, job, &written.tried, Some(&written.answer)).await,
+        _ => open(engine, job, &written.tried, Some(&written.answer))
+            .await
+            .ok(),
     };
     job.report.authorship = Some(match &opened {
         Some(next) => Authorship::Fallback(next.backend.clone()),

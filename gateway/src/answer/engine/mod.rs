@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use ragway_llm::{ChatMessage, GenerationRequest};
+use ragway_llm::{ChatMessage, GenerationRequest, LlmError};
 use ragway_openapi::{CacheInfo, Citation, Degradation, DegradationReason, Mode, Stages, TokenUsage};
 use ragway_retrieval::{Fusion, MetadataFilter, ScoredChunk};
 use serde::Serialize;
@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::conversation::Conversation;
 use super::pipeline::{Pipeline, Retrieved, Retriever};
+use super::pool::{Route, Unanswered};
 use super::prompt::{self, Sampling};
 use super::report::{Authorship, Report};
 use super::{Query, RequestContext};
@@ -69,6 +70,100 @@ pub enum AnswerEvent {
         cache: Option<CacheInfo>,
         timings_ms: BTreeMap<String, f64>,
     },
+    /// The answer was refused before it began (instead of `meta`): the routes answer with the
+    /// error it says.
+    Refused {
+        refusal: Refusal,
+    },
+}
+
+/// Why an answer was refused before it began.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Refusal {
+    /// A backend refused the request as the caller's fault: its status and its own error.
+    Rejected {
+        backend: String,
+        status: u16,
+        message: String,
+        code: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        param: Option<String>,
+    },
+    /// Every backend tried refused the operator's credentials (401/403 upstream).
+    Misconfigured { backends: Vec<String> },
+}
+
+impl Refusal {
+    /// What `backend`'s refusal of the request (`error`) says.
+    pub fn rejected(backend: &str, error: &LlmError) -> Self {
+        let upstream = error.upstream().cloned().unwrap_or_default();
+        let too_long = matches!(error, LlmError::PromptTooLong { .. });
+        Self::Rejected {
+            backend: backend.to_string(),
+            status: error.status().unwrap_or(400),
+            message: match upstream.message.is_empty() {
+                true => error.to_string(),
+                false => upstream.message,
+            },
+            code: upstream
+                .code
+                .or_else(|| too_long.then(|| ErrorCode::ContextLengthExceeded.as_str().to_string())),
+            kind: upstream.kind,
+            param: upstream.param,
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Rejected {
+                backend,
+                status,
+                message,
+                code,
+                kind,
+                param,
+            } => ApiError::BackendRejected {
+                backend,
+                status,
+                message,
+                code,
+                kind,
+                param,
+            },
+            Refusal::Misconfigured { backends } => ApiError::unavailable(
+                ErrorCode::LlmBackendMisconfigured,
+                format!(
+                    "the LLM backends {} refused ragway's credentials (401/403): the operator must fix their keys",
+                    backends.join(", ")
+                ),
+            ),
+        }
+    }
+}
+
+/// What a route answers when the pool found no answer: a backend's refusal, the operator's
+/// credentials refused everywhere (502), or nothing could answer (503, with what each did).
+pub fn unanswered(model: &str, unanswered: Unanswered, report: &Report) -> ApiError {
+    match unanswered {
+        Unanswered::Refused { backend, error } => Refusal::rejected(&backend, &error).into(),
+        Unanswered::Failed { misconfigured: true } => Refusal::Misconfigured {
+            backends: report.degraded().into_iter().map(|d| d.stage).collect(),
+        }
+        .into(),
+        Unanswered::Failed { misconfigured: false } => {
+            let reasons: Vec<String> = report
+                .degraded()
+                .iter()
+                .map(|d| format!("{}: {:?}", d.stage, d.reason))
+                .collect();
+            let message = format!("`{model}`: no backend answered ({})", reasons.join(", "));
+            ApiError::unavailable(ErrorCode::LlmUnavailable, message)
+        }
+    }
 }
 
 impl AnswerEvent {
@@ -79,6 +174,7 @@ impl AnswerEvent {
             Self::Relayed { .. } => "relayed",
             Self::Degraded { .. } => "degraded",
             Self::Done { .. } => "done",
+            Self::Refused { .. } => "refused",
         }
     }
 }
@@ -87,15 +183,16 @@ impl AnswerEvent {
 pub enum Source {
     /// A question over a collection (RAG).
     Collection(Grounding),
-    /// A plain chat with one LLM backend, its messages as the client wrote them.
+    /// A plain chat with `model` (a model group, or one LLM backend by its name), its messages as
+    /// the client wrote them.
     Chat {
-        backend: String,
+        model: String,
         messages: Vec<ChatMessage>,
     },
-    /// A chat only `backend` can interpret (tools, response formats, images, `n`...), relayed
-    /// to it as the client wrote it (`body`, with `model` already the backend's own); its
-    /// `stream` field says whether it is streamed.
-    Relay { backend: String, body: Value },
+    /// A chat only a remote backend can interpret (tools, response formats, images, `n`...),
+    /// relayed as the client wrote it (`body`) to the first of `model`'s backends that relays
+    /// and answers, each getting its own model id; its `stream` field says whether it is streamed.
+    Relay { model: String, body: Value },
 }
 
 /// A question about a collection.
@@ -216,10 +313,10 @@ impl Engine {
     pub async fn answer(self: &Arc<Self>, ask: Ask) -> Result<Answer, ApiError> {
         match ask.source {
             Source::Chat {
-                ref backend,
+                ref model,
                 ref messages,
             } => {
-                let job = self.chat_job(&ask, backend, messages)?;
+                let job = self.chat_job(&ask, model, messages)?;
                 let engine = self.clone();
                 Ok(Answer::driven(|events| {
                     drive::drive(engine, job, events, ask.permit)
@@ -233,26 +330,38 @@ impl Engine {
         }
     }
 
-    /// A plain chat: the named backend only, its prompt checked against the backend's window.
-    fn chat_job(&self, ask: &Ask, backend: &str, messages: &[ChatMessage]) -> Result<Job, ApiError> {
-        check_chat_budget(&ask.ctx.allowance, &ask.meter, backend)?;
+    /// A plain chat: `model`'s route (a group's fallback, or the backend alone) among the
+    /// backends the tenant may use; refused when the prompt fits none of their windows.
+    fn chat_job(&self, ask: &Ask, model: &str, messages: &[ChatMessage]) -> Result<Job, ApiError> {
+        let pool = &self.pipeline.llm;
+        let route = pool
+            .route(model)
+            .ok_or_else(|| ApiError::ModelNotFound(model.to_string()))?;
+        let allowance = &ask.ctx.allowance;
+        check_chat_budget(allowance, &ask.meter, &route)?;
         let request = GenerationRequest {
             messages: messages.to_vec(),
             max_tokens: ask.sampling.max_tokens,
             temperature: ask.sampling.temperature,
         };
-        if let Some(found) = self.pipeline.llm.backend(backend) {
-            prompt::check_fits(&request, found.generator.as_ref())?;
+        let choice = allowance.llm.clone();
+        if let Some((widest, _)) = pool.widest_context(&route, &choice) {
+            prompt::check_fits(&request, widest)?;
+        }
+        let mut report = Report::bare_llm();
+        if allowance.budget_spent() {
+            report.degrade("llm", DegradationReason::Quota);
         }
         Ok(Job {
             request,
-            report: Report::bare_llm(),
+            report,
             citations: Vec::new(),
             fallback_text: String::new(),
-            choice: Choice::Only(vec![backend.to_string()]),
+            route,
+            choice,
             ctx: ask.ctx.clone(),
             meter: ask.meter.clone(),
-            cheaper_only: false,
+            cheaper_only: allowance.cheaper_only,
             remember: None,
         })
     }
@@ -260,7 +369,9 @@ impl Engine {
     /// A question that cannot fit the window even without passages is the caller's error.
     fn check_question_fits(&self, grounding: &Grounding, ask: &Ask) -> Result<(), ApiError> {
         let choice = ask.ctx.allowance.generators();
-        let window = self.pipeline.llm.tightest_context(&choice);
+        let pool = &self.pipeline.llm;
+        let everyone = pool.everyone();
+        let window = pool.tightest_context(&everyone, &choice);
         prompt::check_question_fits(&grounding.conversation, ask.sampling, window)
     }
 
@@ -363,7 +474,8 @@ impl Engine {
         let mut report = retrieved.report;
         let allowance = &ctx.allowance;
         let choice = allowance.generators();
-        let window = self.pipeline.llm.tightest_context(&choice);
+        let route = self.pipeline.llm.everyone();
+        let window = self.pipeline.llm.tightest_context(&route, &choice);
         let conversation = &grounding.conversation;
         // The question alone fits (checked at the start), so fitting can only drop passages.
         let (request, given) = prompt::grounded(conversation, &retrieved.hits, sampling, window, &mut report)
@@ -376,6 +488,7 @@ impl Engine {
             fallback_text: extractive_answer(&given),
             citations: numbered(given),
             report,
+            route,
             choice,
             cheaper_only: allowance.cheaper_only,
             ctx,
@@ -402,6 +515,9 @@ struct Job {
     citations: Vec<Citation>,
     /// Quoted passages to send when no LLM answers (empty for a plain chat).
     fallback_text: String,
+    /// The backends that may write it, in their order.
+    route: Route,
+    /// Those of them the tenant may use.
     choice: Choice,
     ctx: RequestContext,
     meter: Meter,
@@ -456,10 +572,11 @@ fn done(report: &Report, usage: TokenUsage) -> AnswerEvent {
     }
 }
 
-/// A plain chat with `backend` once the LLM budget is spent: 429, unless `backend` is one of the
-/// cheaper ones left to the tenant (without passages there is nothing cheaper to give).
-pub fn check_chat_budget(allowance: &Allowance, meter: &Meter, backend: &str) -> Result<(), ApiError> {
-    let cheaper_left = allowance.cheaper_only && allowance.llm.allows(backend);
+/// A plain chat along `route` once the LLM budget is spent: 429, unless one of its backends is
+/// among the cheaper ones left to the tenant (without passages there is nothing cheaper to give).
+pub fn check_chat_budget(allowance: &Allowance, meter: &Meter, route: &Route) -> Result<(), ApiError> {
+    let cheaper_left =
+        allowance.cheaper_only && route.members().iter().any(|m| allowance.llm.allows(&m.backend));
     match allowance.budget_spent() && !cheaper_left {
         true => Err(llm_budget_spent(meter)),
         false => Ok(()),

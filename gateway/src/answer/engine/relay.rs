@@ -9,17 +9,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use ragway_llm::{ChatMessage, ChunkStream, LlmError, Role};
+use ragway_llm::{ChatMessage, ChunkStream, Role};
 use ragway_openapi::{Degradation, TokenUsage};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::drive::Part;
-use super::{check_chat_budget, done, Answer, AnswerEvent, Ask, Engine, Source};
+use super::{check_chat_budget, done, unanswered, Answer, AnswerEvent, Ask, Engine, Source};
 use crate::answer::pool::{count_tokens, Backend};
 use crate::answer::report::{Authorship, Report};
 use crate::error::{ApiError, ErrorCode};
-use crate::resilience::guard::{Blame, Blamed, StageError};
+use crate::resilience::guard::StageError;
 use crate::tenancy::quota::StreamPermit;
 
 /// What a relayed request may ask of a backend: no more than any other chat may.
@@ -32,12 +32,13 @@ pub struct ChatCaps {
 }
 
 impl Engine {
-    /// A relayed chat with `backend`: refused before any work when the tenant's LLM budget is
-    /// spent, `n` is out of range, or the backend will not take it (its own 4xx keeps its status);
-    /// a whole answer is all there once it returns, a stream's first chunk has come.
+    /// A relayed chat with `model` (a group or one backend): refused before any work when the
+    /// tenant's LLM budget is spent or `n` is out of range; then the first of its backends that
+    /// relays and takes it (a backend's own refusal of the request keeps its status and code).
+    /// A whole answer is all there once it returns, a stream's first chunk has come.
     pub(super) async fn relayed(&self, ask: Ask) -> Result<Answer, ApiError> {
         let Ask {
-            source: Source::Relay { backend, body },
+            source: Source::Relay { model, body },
             ctx,
             meter,
             permit,
@@ -46,40 +47,39 @@ impl Engine {
         else {
             return Err(ApiError::Internal("only a relay is relayed".into()));
         };
-        check_chat_budget(&ctx.allowance, &meter, &backend)?;
-        let body = capped(body, self.caps)?;
         let pool = &self.pipeline.llm;
-        let found = pool
-            .backend(&backend)
-            .ok_or(ApiError::ModelNotFound(backend.clone()))?;
-        let relay = found
-            .generator
-            .relay()
-            .ok_or_else(|| ApiError::Internal(format!("backend `{backend}` cannot relay requests")))?;
+        let route = pool
+            .route(&model)
+            .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
+        check_chat_budget(&ctx.allowance, &meter, &route)?;
+        let body = capped(body, self.caps)?;
+        let choice = ctx.allowance.llm.clone();
+        let mut report = Report::bare_llm();
         let started = Instant::now();
-        // A part is charged from when the backend took the request on.
-        let part = || Part::relayed(found, prompt_of(&body), meter);
         if body["stream"] == true {
-            let chunks = pool
-                .relay_stream(found, relay, &body, &ctx.deadline)
+            let (backend, chunks) = pool
+                .relay_stream(&route, &body, &ctx.deadline, &mut report, &choice)
                 .await
-                .map_err(|error| refused(&backend, error))?;
+                .map_err(|u| unanswered(&model, u, &report))?;
+            // A part is charged from when the backend took the request on.
             let relaying = Relaying {
-                part: part(),
+                part: Part::relayed(backend, prompt_of(&body), meter),
+                report,
                 started,
             };
             return Ok(Answer::driven(|events| relaying.drive(chunks, events, permit)));
         }
-        let answer = pool
-            .relay(found, relay, &body, &ctx.deadline)
+        let (backend, answer) = pool
+            .relay(&route, &body, &ctx.deadline, &mut report, &choice)
             .await
-            .map_err(|error| refused(&backend, error))?;
-        Ok(whole(answer, part(), started))
+            .map_err(|u| unanswered(&model, u, &report))?;
+        let part = Part::relayed(backend, prompt_of(&body), meter);
+        Ok(whole(answer, part, report, started))
     }
 }
 
 /// A whole relayed answer: `meta`, the backend's completion, `done`; charged at once.
-fn whole(answer: Value, mut part: Part, started: Instant) -> Answer {
+fn whole(answer: Value, mut part: Part, mut report: Report, started: Instant) -> Answer {
     let choices = answer["choices"]
         .as_array()
         .map(Vec::as_slice)
@@ -89,7 +89,6 @@ fn whole(answer: Value, mut part: Part, started: Instant) -> Answer {
             .push_str(choice["message"]["content"].as_str().unwrap_or_default());
     }
     take_usage(&mut part, &answer["usage"]);
-    let mut report = written_by(&part);
     report.record_time("llm", started);
     let usage = part.usage();
     drop(part); // charged
@@ -100,6 +99,8 @@ fn whole(answer: Value, mut part: Part, started: Instant) -> Answer {
 /// A relayed stream in progress.
 struct Relaying {
     part: Part,
+    /// What ran so far (the backends that failed before this one answered).
+    report: Report,
     started: Instant,
 }
 
@@ -112,7 +113,7 @@ impl Relaying {
         events: mpsc::Sender<AnswerEvent>,
         _permit: Option<StreamPermit>,
     ) {
-        let mut report = written_by(&self.part);
+        let mut report = std::mem::take(&mut self.report);
         if events.send(meta(&report)).await.is_err() {
             return;
         }
@@ -153,13 +154,6 @@ impl Relaying {
         let usage = self.part.usage();
         let _ = events.send(done(&report, usage)).await;
     }
-}
-
-/// The report of an answer `part`'s backend is writing: a plain chat's primary.
-fn written_by(part: &Part) -> Report {
-    let mut report = Report::bare_llm();
-    report.authorship = Some(Authorship::Primary(part.backend.clone()));
-    report
 }
 
 fn meta(report: &Report) -> AnswerEvent {
@@ -233,26 +227,6 @@ pub fn capped(mut body: Value, caps: ChatCaps) -> Result<Value, ApiError> {
     Ok(body)
 }
 
-/// The backend's own 4xx for the client's request keeps its status; anything else is a 503.
-fn refused(backend: &str, error: LlmError) -> ApiError {
-    let callers = error.blame() == Blame::Caller;
-    match error {
-        LlmError::Remote {
-            status: Some(status),
-            message,
-            ..
-        } if callers => ApiError::BackendRejected {
-            backend: backend.to_string(),
-            status,
-            message,
-        },
-        other => {
-            let message = format!("backend `{backend}` did not answer ({other})");
-            ApiError::unavailable_from(ErrorCode::LlmUnavailable, message, other)
-        }
-    }
-}
-
 impl Part {
     /// The part `backend` writes of a relayed answer to `prompt`.
     fn relayed(backend: &Backend, prompt: Vec<ChatMessage>, meter: crate::tenancy::Meter) -> Self {
@@ -299,26 +273,5 @@ mod tests {
         let texts: Vec<&str> = prompt.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(texts, ["be brief", "look", "42"]);
         assert_eq!(prompt[0].role, Role::System);
-    }
-
-    #[test]
-    fn a_callers_rejection_keeps_its_status_anything_else_is_unavailable() {
-        let rejected = LlmError::Remote {
-            backend: "r".into(),
-            status: Some(400),
-            message: "context_length_exceeded".into(),
-            retry: ragway_llm::Retry::Never,
-        };
-        assert!(matches!(
-            refused("r", rejected),
-            ApiError::BackendRejected { status: 400, .. }
-        ));
-        let down = LlmError::Remote {
-            backend: "r".into(),
-            status: Some(503),
-            message: "down".into(),
-            retry: ragway_llm::Retry::Backoff,
-        };
-        assert_eq!(refused("r", down).code(), ErrorCode::LlmUnavailable);
     }
 }

@@ -43,11 +43,14 @@ pub async fn models(State(state): State<AppState>, caller: Caller) -> Result<Jso
         .filter_map(|c| caller.public(&c.name))
         .map(|name| card(name, "collection"))
         .collect();
+    let pool = &state.pipeline.llm;
     data.extend(
-        state
-            .pipeline
-            .llm
-            .backends()
+        pool.groups()
+            .filter(|(_, route)| route.members().iter().any(|m| caller.may_use(&m.backend)))
+            .map(|(name, _)| card(name, "group")),
+    );
+    data.extend(
+        pool.backends()
             .iter()
             .filter(|b| caller.may_use(b.name()))
             .map(|b| card(b.name(), "llm")),
@@ -166,7 +169,7 @@ impl Chat {
         };
         let answer = self.answer(Source::Collection(grounding)).await?;
         if self.stream {
-            return shape::openai_chunks(answer.spawn(), self.model, false).await;
+            return shape::openai_chunks(answer.spawn(), self.model, false, |_| None).await;
         }
         let answer = answer.collect(Collected::from).await?;
         let info = RagwayAnswerInfo {
@@ -177,49 +180,58 @@ impl Chat {
             cache: answer.cache.clone(),
         };
         let mode = answer.mode;
-        Ok(answer_response(mode, completion(&self.model, answer, Some(info))))
+        let backend = answer.backend().map(str::to_string);
+        let mut response = answer_response(mode, completion(&self.model, answer, Some(info)));
+        shape::name_backend(&mut response, backend.as_deref());
+        Ok(response)
     }
 
-    /// Plain chat with one LLM backend the tenant may use; relayed as the client wrote it when it
-    /// carries what only the backend interprets (see `relay`). A spent LLM budget is a 429 even
-    /// under `degrade`: without passages there is nothing cheaper to give.
+    /// Plain chat with a model group or an LLM backend the tenant may use (through any of its
+    /// backends); relayed as the client wrote it when it carries what only a remote backend
+    /// interprets and one of them relays (see `relay`). The answer names the model and backend
+    /// that wrote it. A spent LLM budget is a 429 even under `degrade`: without passages there
+    /// is nothing cheaper to give.
     async fn plain(self, asked: &ChatCompletionRequest, body: Value) -> Result<Response, ApiError> {
         let pool = &self.state.pipeline.llm;
-        let Some(backend) = pool
-            .backend(&self.model)
-            .filter(|b| self.caller.may_use(b.name()))
-        else {
+        let Some(route) = pool.route(&self.model) else {
             return Err(ApiError::ModelNotFound(self.model));
         };
-        if backend.generator.relay().is_some() && relay::wanted(&body) {
+        let members = || route.members().iter().filter_map(|m| pool.backend(&m.backend));
+        if !members().any(|b| self.caller.may_use(b.name())) {
+            return Err(ApiError::ModelNotFound(self.model));
+        }
+        if members().any(|b| b.generator.relay().is_some()) && relay::wanted(&body) {
             let wants_usage = body["stream_options"]["include_usage"] == true;
-            let source = Source::Relay {
-                backend: backend.name().to_string(),
-                body,
-            };
-            let answer = self.answer(source).await?;
+            let model = self.model.clone();
+            let answer = self.answer(Source::Relay { model, body }).await?;
             return match self.stream {
-                true => Ok(relay::stream(answer.spawn(), self.model, wants_usage)),
-                false => relay::complete(answer, &self.model).await,
+                true => relay::stream(answer.spawn(), wants_usage).await,
+                false => relay::complete(answer).await,
             };
         }
         relay::refuse_capabilities(&body, "a local LLM backend")?;
         let source = Source::Chat {
-            backend: backend.name().to_string(),
+            model: self.model.clone(),
             messages: messages(asked)?,
         };
         let answer = self.answer(source).await?;
+        let state = self.state.clone();
+        let model_of = move |backend: &str| {
+            let found = state.pipeline.llm.backend(backend)?;
+            Some(found.generator.model().to_string())
+        };
         if self.stream {
-            return shape::openai_chunks(answer.spawn(), self.model, true).await;
+            return shape::openai_chunks(answer.spawn(), self.model, true, model_of).await;
         }
         let answer = answer.collect(Collected::from).await?;
         if answer.mode == Mode::Error {
             return Err(answer.unavailable(&self.model));
         }
-        Ok(answer_response(
-            answer.mode,
-            completion(&self.model, answer, None),
-        ))
+        let backend = answer.backend().map(str::to_string);
+        let model = backend.as_deref().and_then(model_of).unwrap_or(self.model);
+        let mut response = answer_response(answer.mode, completion(&model, answer, None));
+        shape::name_backend(&mut response, backend.as_deref());
+        Ok(response)
     }
 
     async fn answer(&self, source: Source) -> Result<Answer, ApiError> {

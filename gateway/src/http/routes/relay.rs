@@ -1,8 +1,8 @@
 //! Plain chat passed through to a remote OpenAI-compatible backend: a request that carries what
 //! ragway does not interpret itself (`tools`, `response_format`, `stop`, `seed`, tool results,
 //! image parts, ...) goes to the backend as the client wrote it, with only `model` replaced by the
-//! backend's own, and its answer comes back as the backend wrote it (tool calls included), with
-//! `model` set back to the name the client asked for. The engine relays it ([`Source::Relay`]:
+//! backend's own, and its answer comes back as the backend wrote it (tool calls included, and its
+//! own `model`, so the client sees which model answered). The engine relays it ([`Source::Relay`]:
 //! the backend's guard, retries, caps, the tenant's budget, charging, the mode); this module
 //! says which requests are relayed and shapes the relayed events. A 4xx the backend answers for
 //! the client's parameters is passed back with its status and does not count against the
@@ -108,19 +108,25 @@ fn asks_for(value: &Value, field: &str) -> bool {
     }
 }
 
-/// A relayed whole answer: the backend's completion, named as the client asked.
-pub async fn complete(answer: Answer, model: &str) -> Result<Response, ApiError> {
-    let (mut completion, mode) = answer.collect(whole).await?;
-    completion["model"] = Value::String(model.to_string());
-    Ok(answer_response(mode, completion))
+/// A relayed whole answer: the backend's completion as it wrote it (its own `model`), with the
+/// backend named in `x-ragway-backend`.
+pub async fn complete(answer: Answer) -> Result<Response, ApiError> {
+    let (completion, mode, backend) = answer.collect(whole).await?;
+    let mut response = answer_response(mode, completion);
+    shape::name_backend(&mut response, backend.as_deref());
+    Ok(response)
 }
 
-async fn whole(mut events: Answering) -> Result<(Value, Mode), ApiError> {
+async fn whole(mut events: Answering) -> Result<(Value, Mode, Option<String>), ApiError> {
     let mut completion = Value::Null;
     while let Some(event) = events.recv().await {
         match event {
             AnswerEvent::Relayed { chunk } => completion = chunk,
-            AnswerEvent::Done { mode, .. } => return Ok((completion, mode)),
+            AnswerEvent::Done { mode, stages, .. } => {
+                let backend = shape::written_by(&stages).map(str::to_string);
+                return Ok((completion, mode, backend));
+            }
+            AnswerEvent::Refused { refusal } => return Err(refusal.into()),
             _ => {}
         }
     }
@@ -129,12 +135,17 @@ async fn whole(mut events: Answering) -> Result<(Value, Mode), ApiError> {
     ))
 }
 
-/// A relayed stream: the backend's chunks as they come, named as the client asked, then
-/// `data: [DONE]`. Its usage chunk reaches the client only if the client asked
-/// (`stream_options.include_usage`). A backend that breaks off or stalls mid-stream ends it with
-/// an `{"error": ...}` chunk.
-pub fn stream(answering: Answering, model: String, wants_usage: bool) -> Response {
-    let shaped = Shaped { model, wants_usage };
+/// A relayed stream: the backend's chunks as they come (its own `model`), then `data: [DONE]`;
+/// the mode it began with and the backend are in the headers. Its usage chunk reaches the client
+/// only if the client asked (`stream_options.include_usage`). A backend that breaks off or
+/// stalls mid-stream ends it with an `{"error": ...}` chunk.
+pub async fn stream(answering: Answering, wants_usage: bool) -> Result<Response, ApiError> {
+    let (first, answering) = shape::first_event(answering).await?;
+    let (mode, backend) = match &first {
+        AnswerEvent::Meta { mode, stages, .. } => (*mode, shape::written_by(stages).map(str::to_string)),
+        _ => (Mode::Normal, None),
+    };
+    let shaped = Shaped { wants_usage };
     let events = futures::stream::unfold((answering, false), |(mut answering, ended)| async move {
         if ended {
             return None;
@@ -143,15 +154,17 @@ pub fn stream(answering: Answering, model: String, wants_usage: bool) -> Respons
         let ended = matches!(event, AnswerEvent::Degraded { .. } | AnswerEvent::Done { .. });
         Some((event, (answering, ended)))
     });
-    shape::respond(
-        Mode::Normal,
+    let events = futures::stream::once(async move { first }).chain(events);
+    let mut response = shape::respond(
+        mode,
         events.filter_map(move |event| futures::future::ready(shaped.of(event))),
-    )
+    );
+    shape::name_backend(&mut response, backend.as_deref());
+    Ok(response)
 }
 
 /// Makes the client's events of a relayed stream.
 struct Shaped {
-    model: String,
     wants_usage: bool,
 }
 
@@ -165,7 +178,6 @@ impl Shaped {
                     }
                     chunk["usage"] = Value::Null;
                 }
-                chunk["model"] = Value::String(self.model.clone());
                 Some(Event::default().data(chunk.to_string()))
             }
             AnswerEvent::Degraded { degradation, .. } => {
@@ -179,7 +191,7 @@ impl Shaped {
                 Some(Event::default().data(error.to_string()))
             }
             AnswerEvent::Done { .. } => Some(Event::default().data("[DONE]")),
-            AnswerEvent::Meta { .. } | AnswerEvent::Delta { .. } => None,
+            AnswerEvent::Meta { .. } | AnswerEvent::Delta { .. } | AnswerEvent::Refused { .. } => None,
         }
     }
 }
