@@ -13,11 +13,14 @@ pub use server::{models_dir, Server, ServerOptions};
 
 use serde_json::Value;
 
-/// A response's status, `x-ragway-mode` header and JSON body.
+/// A response's status, `x-ragway-mode`, `x-ragway-backend` and `Retry-After` headers and JSON
+/// body.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub mode_header: Option<String>,
+    /// The `x-ragway-backend` header: the LLM backend that wrote the answer.
+    pub backend_header: Option<String>,
     /// The `Retry-After` header, in seconds.
     pub retry_after: Option<u64>,
     pub body: Value,

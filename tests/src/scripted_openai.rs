@@ -1,6 +1,8 @@
 //! A scripted stand-in for an OpenAI-compatible chat server, named as such: it answers
 //! `/v1/chat/completions` the way its [`Script`] says, so that tests can make a remote LLM backend
 //! fail on cue. It is used only for failure shapes no real server here can be made to produce.
+//! Every response closes its connection, so each request arrives on a new one and a scripted
+//! reset ([`Script::ResetBeforeHeaders`]) meets the request it is meant for.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,8 +29,15 @@ pub enum Script {
     },
     /// Accept the request and never answer.
     Hang,
-    /// Answer after a pause.
+    /// Answer after a pause (a stream: its first chunk comes after the pause, the rest at once).
     Slow { text: String, delay_ms: u64 },
+    /// Fail with this status and this JSON body (an OpenAI-shaped error with its own code).
+    Error { status: u16, body: Value },
+    /// Reset the next `times` connections (TCP RST) once their request has arrived, before any
+    /// response header; then go on as `then`.
+    ResetBeforeHeaders { times: usize, then: Box<Script> },
+    /// Stream `text` word by word with one chunk that is not JSON after the first `after` words.
+    MalformedChunk { text: String, after: usize },
     /// Answer with this `chat.completion` body as is (a recorded answer, e.g. with tool calls).
     Json(Value),
     /// Stream these `chat.completion.chunk` bodies as they are, then `[DONE]`.
@@ -44,6 +53,8 @@ pub enum Script {
 #[derive(Clone, Copy)]
 enum End {
     Finish,
+    /// A chunk that is not JSON after this many words, then the rest.
+    Malformed(usize),
     Break(usize),
     Stall(usize),
 }
@@ -52,7 +63,72 @@ enum End {
 struct Shared {
     script: Arc<Mutex<Script>>,
     calls: Arc<AtomicUsize>,
+    resets: Arc<AtomicUsize>,
     last_request: Arc<Mutex<Option<Value>>>,
+    /// When each request arrived.
+    arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
+}
+
+impl Shared {
+    /// Whether the script resets this connection (counted down; `then` takes over at zero).
+    fn take_reset(&self) -> bool {
+        let Ok(mut script) = self.script.lock() else {
+            return false;
+        };
+        let Script::ResetBeforeHeaders { times, then } = &mut *script else {
+            return false;
+        };
+        *times = times.saturating_sub(1);
+        if *times == 0 {
+            let next = std::mem::replace(then.as_mut(), Script::Status(500));
+            *script = next;
+        }
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
+
+/// Accepts connections, resetting those the script says (see [`Shared::take_reset`]).
+struct Resetting {
+    inner: tokio::net::TcpListener,
+    shared: Shared,
+}
+
+impl axum::serve::Listener for Resetting {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.inner.accept().await else {
+                continue;
+            };
+            if self.shared.take_reset() {
+                tokio::spawn(reset(stream));
+                continue;
+            }
+            return (stream, addr);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Reads the request's head, then resets the connection (SO_LINGER 0: an RST, not a FIN).
+async fn reset(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 1 << 20 {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let _ = stream.set_zero_linger();
+    drop(stream);
 }
 
 pub struct ScriptedOpenAi {
@@ -66,13 +142,20 @@ impl ScriptedOpenAi {
         let shared = Shared {
             script: Arc::new(Mutex::new(script)),
             calls: Arc::new(AtomicUsize::new(0)),
+            resets: Arc::new(AtomicUsize::new(0)),
             last_request: Arc::new(Mutex::new(None)),
+            arrivals: Arc::new(Mutex::new(Vec::new())),
         };
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
+            .layer(axum::middleware::map_response(close_connection))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base_url = format!("http://{}/v1", listener.local_addr()?);
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}/v1", inner.local_addr()?);
+        let listener = Resetting {
+            inner,
+            shared: shared.clone(),
+        };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -89,8 +172,21 @@ impl ScriptedOpenAi {
         }
     }
 
+    /// Requests answered (resets not counted).
     pub fn calls(&self) -> usize {
         self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// The pauses between consecutive requests, from the `from`-th request on (0-based).
+    pub fn gaps_since(&self, from: usize) -> Vec<std::time::Duration> {
+        let arrivals = self.shared.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+        let later = arrivals.get(from..).unwrap_or_default();
+        later.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    /// Connections reset before their response.
+    pub fn resets(&self) -> usize {
+        self.shared.resets.load(Ordering::SeqCst)
     }
 
     /// The last request body the server received.
@@ -105,8 +201,19 @@ impl Drop for ScriptedOpenAi {
     }
 }
 
+async fn close_connection(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Response {
     shared.calls.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut arrivals) = shared.arrivals.lock() {
+        arrivals.push(std::time::Instant::now());
+    }
     if let Ok(mut last) = shared.last_request.lock() {
         *last = Some(request.clone());
     }
@@ -118,6 +225,21 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
         .unwrap_or(Script::Status(500));
     match script {
         Script::Hang => std::future::pending().await,
+        Script::Slow { text, delay_ms } if streamed => {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            sse(&request, &text, End::Finish)
+        }
+        Script::Error { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, Json(body)).into_response()
+        }
+        // Taken by the listener: a request that still gets here came on a reused connection.
+        Script::ResetBeforeHeaders { .. } => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "scripted reset missed: the connection was reused"}})),
+        )
+            .into_response(),
+        Script::MalformedChunk { text, after } => sse(&request, &text, End::Malformed(after)),
         Script::Slow { text, delay_ms } => {
             tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
             Json(json!({
@@ -202,16 +324,21 @@ fn sse(request: &Value, text: &str, end: End) -> Response {
     };
     let mut parts = Vec::new();
     let shown = match end {
-        End::Finish => usize::MAX,
+        End::Finish | End::Malformed(_) => usize::MAX,
         End::Break(n) | End::Stall(n) => n,
     };
-    for word in words.iter().take(shown) {
+    for (i, word) in words.iter().take(shown).enumerate() {
+        if matches!(end, End::Malformed(n) if n == i) {
+            parts.push(Ok(axum::body::Bytes::from(
+                "data: {\"choices\": [{\"delta\": \n\n",
+            )));
+        }
         parts.push(chunk(json!({"content": word}), Value::Null));
     }
     match end {
         End::Break(_) => parts.push(Err(std::io::Error::other("scripted connection break"))),
         End::Stall(_) => {}
-        End::Finish => {
+        End::Finish | End::Malformed(_) => {
             parts.push(chunk(Value::Null, json!({"prompt_tokens": 11, "completion_tokens": words.len(), "total_tokens": 11 + words.len()})));
             parts.push(Ok(axum::body::Bytes::from("data: [DONE]\n\n")));
         }

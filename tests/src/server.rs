@@ -219,6 +219,17 @@ impl Server {
         reply(request.send().await?).await
     }
 
+    /// Posts and reads the whole (SSE) body: status, headers and text.
+    pub async fn post_sse(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, String)> {
+        let response = self.http.post(self.url(path)).json(body).send().await?;
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        Ok((status, headers, response.text().await?))
+    }
+
     /// Posts and reads the whole (SSE) body: status, `x-ragway-mode`, content type and text.
     pub async fn post_stream(
         &self,
@@ -319,6 +330,11 @@ async fn reply(response: reqwest::Response) -> anyhow::Result<Reply> {
         .get("x-ragway-mode")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let backend_header = response
+        .headers()
+        .get("x-ragway-backend")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let retry_after = response
         .headers()
         .get("retry-after")
@@ -334,6 +350,7 @@ async fn reply(response: reqwest::Response) -> anyhow::Result<Reply> {
     Ok(Reply {
         status,
         mode_header,
+        backend_header,
         retry_after,
         body,
     })

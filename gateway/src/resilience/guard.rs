@@ -131,6 +131,11 @@ impl Guard {
         self.breaker.state()
     }
 
+    /// While its breaker is open: how long until the next call goes as its probe.
+    pub fn next_probe_in(&self) -> Option<std::time::Duration> {
+        self.breaker.next_probe_in()
+    }
+
     /// Healthy: its breaker is closed and no fault is injected into it.
     pub fn ready(&self) -> bool {
         self.breaker.state() == BreakerState::Closed && !self.faults.active(&self.name)

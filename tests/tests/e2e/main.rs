@@ -9,6 +9,7 @@ mod compose;
 mod durability;
 mod faults;
 mod fusion;
+mod llm_gateway;
 mod openai_sdk;
 mod overload;
 mod pool;

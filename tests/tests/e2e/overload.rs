@@ -183,10 +183,16 @@ async fn requests_that_cannot_succeed_never_open_a_shared_breaker() -> anyhow::R
             + usage["completion_tokens"].as_u64().unwrap_or(0);
         assert!(used <= 1024, "the prompt was fitted to the window: {usage:?}");
     }
-    // A remote backend answering 400 is the request's fault, not the backend's.
+    // A remote backend answering 400 is the request's fault, not the backend's: passed on.
     let chat = json!({"model": "refusing", "messages": [{"role": "user", "content": "hi"}]});
     for _ in 0..3 {
-        assert_eq!(server.post("/v1/chat/completions", &chat).await?.status, 503);
+        let refused = server.post("/v1/chat/completions", &chat).await?;
+        assert_eq!(
+            (refused.status, refused.error_code()),
+            (400, Some("backend_rejected_request")),
+            "{:?}",
+            refused.body
+        );
     }
     // A finite but absurd Retry-After is capped, not a panic: no retry fits the deadline.
     refusing.set(Script::RateLimited {

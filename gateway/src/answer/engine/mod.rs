@@ -642,3 +642,57 @@ fn primary(report: &Report) -> Option<&str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ragway_llm::{Retry, UpstreamError};
+
+    fn remote(status: u16, code: Option<&str>) -> LlmError {
+        let upstream = code.map(|code| UpstreamError {
+            message: "too long for me".into(),
+            kind: Some("invalid_request_error".into()),
+            param: Some("messages".into()),
+            code: Some(code.into()),
+        });
+        LlmError::Remote {
+            backend: "b".into(),
+            message: "refused".into(),
+            retry: Retry::Never,
+            status: Some(status),
+            upstream: upstream.map(Box::new),
+        }
+    }
+
+    #[test]
+    fn an_unanswered_chat_says_who_refused_what_or_that_nothing_could_answer() {
+        let mut report = Report::bare_llm();
+        report.degrade("llm:b", DegradationReason::Error);
+        let refused = Unanswered::Refused {
+            backend: "b".into(),
+            error: remote(400, Some("context_length_exceeded")),
+        };
+        let ApiError::BackendRejected {
+            status,
+            code,
+            kind,
+            param,
+            message,
+            ..
+        } = unanswered("m", refused, &report)
+        else {
+            panic!("a refusal is passed on");
+        };
+        assert_eq!((status, code.as_deref()), (400, Some("context_length_exceeded")));
+        assert_eq!(
+            (kind.as_deref(), param.as_deref()),
+            (Some("invalid_request_error"), Some("messages"))
+        );
+        assert_eq!(message, "too long for me", "the backend's own words");
+        let keys = unanswered("m", Unanswered::Failed { misconfigured: true }, &report);
+        assert_eq!(keys.code(), ErrorCode::LlmBackendMisconfigured, "{keys}");
+        assert!(keys.to_string().contains("llm:b"), "{keys}");
+        let down = unanswered("m", Unanswered::Failed { misconfigured: false }, &report);
+        assert_eq!(down.code(), ErrorCode::LlmUnavailable);
+    }
+}

@@ -24,17 +24,11 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
     validate::collection_name(&request.name)?;
     caller.check_collections(&state)?;
-    if state
-        .pipeline
-        .llm
-        .backends()
-        .iter()
-        .any(|b| b.name() == request.name)
-    {
+    if state.pipeline.llm.route(&request.name).is_some() {
         return Err(ApiError::invalid(
             ErrorCode::NameTakenByLlmBackend,
             format!(
-                "`{}` names an LLM backend; /v1/chat/completions could not tell them apart: choose another name",
+                "`{}` names an LLM backend or model group; /v1/chat/completions could not tell them apart: choose another name",
                 request.name
             ),
         ));

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::http::AppState;
 use crate::resilience::breaker::BreakerState;
+use crate::resilience::guard::Guard;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -30,6 +31,9 @@ pub struct Readiness {
     /// Breaker state per dependency: `embedder`, `dense`, `keyword`, `reranker`, `llm:<backend>`,
     /// and `redis` when the shared cache tier is configured.
     dependencies: BTreeMap<String, BreakerState>,
+    /// For each dependency whose breaker is open: milliseconds until its next probe (a call let
+    /// through to find out whether it is back).
+    next_probe_ms: BTreeMap<String, u64>,
     /// Collections that could not be opened at start-up, and why; they are not served, the
     /// others are.
     damaged_collections: BTreeMap<String, String>,
@@ -68,7 +72,19 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(redis) = pipeline.caches.redis_guard() {
         dependencies.insert(redis.name.clone(), redis.state());
     }
-    let usable = |g: &crate::resilience::guard::Guard| g.state() != BreakerState::Open;
+    let mut next_probe_ms = BTreeMap::new();
+    let mut probe = |name: String, guard: &Guard| {
+        if let Some(wait) = guard.next_probe_in() {
+            next_probe_ms.insert(name, wait.as_millis() as u64);
+        }
+    };
+    for guard in [&guards.embed, &guards.dense, &guards.keyword, &guards.rerank] {
+        probe(guard.name.clone(), guard);
+    }
+    for backend in pipeline.llm.backends() {
+        probe(format!("llm:{}", backend.name()), &backend.guard);
+    }
+    let usable = |g: &Guard| g.state() != BreakerState::Open;
     let dense_path = usable(&guards.embed) && usable(&guards.dense);
     // The extractive answer needs only retrieval, so retrieval decides readiness.
     let body = Readiness {
@@ -79,6 +95,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         reranker: pipeline.reranker.as_ref().map(|r| r.model_id().to_string()),
         reranker_backend: pipeline.reranker.as_ref().map(|r| r.backend().to_string()),
         dependencies,
+        next_probe_ms,
         damaged_collections: state.collections.damaged(),
         auth: match state.config.auth.mode {
             crate::config::AuthMode::Keys => "keys",

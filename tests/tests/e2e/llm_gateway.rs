@@ -1,0 +1,370 @@
+//! The LLM pool as a gateway for plain chat: model groups and their fallback, retries that fit
+//! each failure, breakers that come back with the backend, upstream errors passed on as they
+//! are, and answers that name who wrote them. The upstreams are scripted OpenAI-compatible
+//! stand-ins (ragway_e2e::ScriptedOpenAi) that misbehave on cue: no real provider here can.
+
+use std::time::{Duration, Instant};
+
+use ragway_e2e::{metric, parse_sse, Script, ScriptedOpenAi, Server, ServerOptions};
+use serde_json::{json, Value};
+
+fn remote(name: &str, upstream: &ScriptedOpenAi, max_retries: u32) -> String {
+    format!(
+        "[[llm]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"model-{name}\"\nmax_retries = {max_retries}\nttft_timeout_ms = 1000\n\n",
+        upstream.base_url
+    )
+}
+
+fn chat(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Say something."}]})
+}
+
+/// The `data:` payloads of an OpenAI stream, `[DONE]` left out.
+fn chunks(body: &str) -> Vec<Value> {
+    parse_sse(body)
+        .iter()
+        .filter(|e| e.data != "[DONE]")
+        .filter_map(|e| serde_json::from_str(&e.data).ok())
+        .collect()
+}
+
+fn streamed_text(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// An OpenAI-shaped error body.
+fn upstream_error(message: &str, kind: &str, param: Option<&str>, code: &str) -> Value {
+    json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyhow::Result<()> {
+    let primary = ScriptedOpenAi::start(Script::Answer("from the primary".into())).await?;
+    let backup = ScriptedOpenAi::start(Script::Answer("from the backup".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        // The breaker stays out of the way here (see the next test).
+        config_toml: format!(
+            "[resilience]\nbreaker_failures = 100\n\n{}{}[[model_groups]]\nname = \"chat-large\"\nbackends = [\"primary\", \"backup\"]\n",
+            remote("primary", &primary, 1),
+            remote("backup", &backup, 1)
+        ),
+        ..Default::default()
+    };
+    let server = Server::start(dir.path(), &options).await?;
+
+    let models = server.get("/v1/models").await?.body;
+    let kinds: Vec<(String, String)> = models["data"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap_or_default().into(),
+                m["ragway_kind"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    for expected in [("chat-large", "group"), ("primary", "llm"), ("backup", "llm")] {
+        assert!(
+            kinds.contains(&(expected.0.into(), expected.1.into())),
+            "{expected:?} in {models}"
+        );
+    }
+
+    // All well: the group's first member answers, and the answer names it and its model.
+    let answer = server
+        .post("/v1/chat/completions", &chat("chat-large", false))
+        .await?;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["model"], "model-primary");
+    assert_eq!(answer.backend_header.as_deref(), Some("primary"));
+    assert_eq!(answer.mode_header.as_deref(), Some("normal"));
+
+    // The primary fails (and fails its retry): the backup answers, and only its answer is billed.
+    primary.set(Script::Status(503));
+    let before = primary.calls();
+    let answer = server
+        .post("/v1/chat/completions", &chat("chat-large", false))
+        .await?;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["choices"][0]["message"]["content"], "from the backup");
+    assert_eq!(answer.body["model"], "model-backup");
+    assert_eq!(answer.backend_header.as_deref(), Some("backup"));
+    assert_eq!(answer.mode_header.as_deref(), Some("fallback_llm"));
+    assert_eq!(
+        answer.body["usage"]["total_tokens"], 18,
+        "the backup's counts alone"
+    );
+    assert_eq!(primary.calls() - before, 2, "one retry of the primary");
+    // Streamed alike, the usage in the last chunk.
+    let (status, headers, body) = server
+        .post_sse("/v1/chat/completions", &chat("chat-large", true))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "x-ragway-backend"), Some("backup"));
+    assert_eq!(header(&headers, "x-ragway-mode"), Some("fallback_llm"));
+    let streamed = chunks(&body);
+    assert_eq!(streamed_text(&streamed), "from the backup");
+    assert!(streamed.iter().all(|c| c["model"] == "model-backup"), "{body}");
+    let last = streamed.last().cloned().unwrap_or_default();
+    assert_eq!(last["usage"]["completion_tokens"], 3, "{body}");
+
+    // The operator's key is refused upstream: the group's backup answers; the backend alone is
+    // a 502 that says so, not the upstream's 401.
+    let key_refused = upstream_error(
+        "Incorrect API key provided",
+        "invalid_request_error",
+        None,
+        "invalid_api_key",
+    );
+    primary.set(Script::Error {
+        status: 401,
+        body: key_refused,
+    });
+    let rescued = server
+        .post("/v1/chat/completions", &chat("chat-large", false))
+        .await?;
+    assert_eq!(
+        (rescued.status, rescued.backend_header.as_deref()),
+        (200, Some("backup"))
+    );
+    let alone = server
+        .post("/v1/chat/completions", &chat("primary", false))
+        .await?;
+    assert_eq!(
+        (alone.status, alone.error_code()),
+        (502, Some("llm_backend_misconfigured")),
+        "{:?}",
+        alone.body
+    );
+
+    // Too long for the primary: a member with a larger window takes it; for every member, the
+    // upstream's 400 comes back as it was, code, type and param included, never retried.
+    let too_long = upstream_error(
+        "This model's maximum context length is 8192 tokens.",
+        "invalid_request_error",
+        Some("messages"),
+        "context_length_exceeded",
+    );
+    let refuse = |body: &Value| Script::Error {
+        status: 400,
+        body: body.clone(),
+    };
+    primary.set(refuse(&too_long));
+    let larger = server
+        .post("/v1/chat/completions", &chat("chat-large", false))
+        .await?;
+    assert_eq!(
+        (larger.status, larger.backend_header.as_deref()),
+        (200, Some("backup"))
+    );
+    backup.set(refuse(&too_long));
+    let (before_p, before_b) = (primary.calls(), backup.calls());
+    for stream in [false, true] {
+        let refused = server
+            .post("/v1/chat/completions", &chat("chat-large", stream))
+            .await?;
+        assert_eq!(refused.status, 400, "stream {stream}: {:?}", refused.body);
+        let error = &refused.body["error"];
+        assert_eq!(error["code"], "context_length_exceeded", "{error}");
+        assert_eq!(
+            (error["type"].as_str(), error["param"].as_str()),
+            (Some("invalid_request_error"), Some("messages"))
+        );
+    }
+    assert_eq!(
+        (primary.calls() - before_p, backup.calls() - before_b),
+        (2, 2),
+        "once each per request"
+    );
+
+    // A content filter's refusal is the caller's answer: a 400 with its reason, not retried and
+    // not asked of the backup.
+    backup.set(Script::Answer("from the backup".into()));
+    let filtered = upstream_error(
+        "The response was filtered by the content filter.",
+        "invalid_request_error",
+        Some("prompt"),
+        "content_filter",
+    );
+    primary.set(refuse(&filtered));
+    let (before_p, before_b) = (primary.calls(), backup.calls());
+    let refused = server
+        .post("/v1/chat/completions", &chat("chat-large", false))
+        .await?;
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (400, Some("content_filter")),
+        "{:?}",
+        refused.body
+    );
+    let message = refused.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("filtered by the content filter"), "{message}");
+    assert_eq!((primary.calls() - before_p, backup.calls() - before_b), (1, 0));
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_backend_is_retried_as_its_failure_deserves_and_its_breaker_comes_back() -> anyhow::Result<()> {
+    let solo = ScriptedOpenAi::start(Script::Answer("fine".into())).await?;
+    let flaky = ScriptedOpenAi::start(Script::Answer("fine".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        config_toml: format!(
+            "[resilience]\nbreaker_failures = 4\nbreaker_open_ms = 1500\ndefault_deadline_ms = 20000\n\n{}{}",
+            remote("solo", &solo, 3),
+            remote("flaky", &flaky, 0)
+        ),
+        ..Default::default()
+    };
+    let server = Server::start(dir.path(), &options).await?;
+
+    // Two connections reset before the response headers: retried, then answered.
+    solo.set(Script::ResetBeforeHeaders {
+        times: 2,
+        then: Box::new(Script::Answer("after two resets".into())),
+    });
+    let answer = server.post("/v1/chat/completions", &chat("solo", false)).await?;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(
+        answer.body["choices"][0]["message"]["content"],
+        "after two resets"
+    );
+    assert_eq!(solo.resets(), 2);
+
+    // A malformed chunk mid-stream is skipped and counted; the answer goes on.
+    solo.set(Script::MalformedChunk {
+        text: "one two three four".into(),
+        after: 2,
+    });
+    let (status, _, body) = server
+        .post_sse("/v1/chat/completions", &chat("solo", true))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(streamed_text(&chunks(&body)), "one two three four", "{body}");
+    assert!(!body.contains("\"error\""), "{body}");
+    let metrics = server.get_text("/metrics").await?;
+    assert_eq!(
+        metric(&metrics, "ragway_llm_malformed_chunks_total{backend=\"solo\"}"),
+        1.0
+    );
+
+    // A first token slower than the backend's limit (1 s), from the only backend there is: it
+    // is waited for within the request's deadline, not cut.
+    solo.set(Script::Slow {
+        text: "worth the wait".into(),
+        delay_ms: 2_500,
+    });
+    let (status, _, body) = server
+        .post_sse("/v1/chat/completions", &chat("solo", true))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(streamed_text(&chunks(&body)), "worth the wait", "{body}");
+
+    // 429 with Retry-After: waited out, then answered.
+    solo.set(Script::RateLimited {
+        retry_after_s: 1,
+        times: 2,
+        then: "let through".into(),
+    });
+    let from = solo.calls();
+    let answer = server.post("/v1/chat/completions", &chat("solo", false)).await?;
+    assert_eq!(
+        answer.body["choices"][0]["message"]["content"], "let through",
+        "{:?}",
+        answer.body
+    );
+    let gaps = solo.gaps_since(from);
+    assert!(
+        gaps.len() == 2 && gaps.iter().all(|g| *g >= Duration::from_secs(1)),
+        "{gaps:?}"
+    );
+
+    // Persistent 503: three retries, backing off (at least 125, 250, 500 ms: half of each
+    // doubling step is fixed), then a 503 of ragway's own with Retry-After.
+    solo.set(Script::Status(503));
+    let from = solo.calls();
+    let refused = server.post("/v1/chat/completions", &chat("solo", false)).await?;
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (503, Some("llm_unavailable")),
+        "{:?}",
+        refused.body
+    );
+    assert!(refused.retry_after.is_some(), "a 503 says when to retry");
+    let gaps = solo.gaps_since(from);
+    let floors = [125, 250, 500].map(Duration::from_millis);
+    assert!(
+        gaps.len() == 3 && gaps.iter().zip(floors).all(|(g, f)| *g >= f),
+        "{gaps:?}"
+    );
+
+    breaker_comes_back(&server, &flaky).await?;
+    server.stop().await
+}
+
+/// `flaky` (no retries) fails until its breaker opens, and keeps failing each probe: the open
+/// period stays `breaker_open_ms` (1.5 s), shown with the next probe in `/readyz`; once healthy,
+/// the next probe closes the breaker.
+async fn breaker_comes_back(server: &Server, flaky: &ScriptedOpenAi) -> anyhow::Result<()> {
+    flaky.set(Script::Status(500));
+    for _ in 0..4 {
+        server.post("/v1/chat/completions", &chat("flaky", false)).await?;
+    }
+    for round in 0..3 {
+        let ready = server.get("/readyz").await?.body;
+        assert_eq!(
+            ready["dependencies"]["llm:flaky"], "open",
+            "round {round}: {ready}"
+        );
+        let next = ready["next_probe_ms"]["llm:flaky"].as_u64();
+        assert!(
+            next.is_some_and(|ms| ms <= 1_500),
+            "round {round}: the period did not grow: {ready}"
+        );
+        let metrics = server.get_text("/metrics").await?;
+        let at = metric(
+            &metrics,
+            "ragway_breaker_next_probe_timestamp_seconds{dependency=\"llm:flaky\"}",
+        );
+        assert!(at > 0.0, "the next probe's time is a metric too");
+        tokio::time::sleep(Duration::from_millis(next.unwrap_or(0) + 50)).await;
+        let probe = server.post("/v1/chat/completions", &chat("flaky", false)).await?;
+        assert_eq!(
+            probe.status, 503,
+            "round {round}: the probe failed: {:?}",
+            probe.body
+        );
+    }
+    flaky.set(Script::Answer("back".into()));
+    let ready = server.get("/readyz").await?.body;
+    let next = ready["next_probe_ms"]["llm:flaky"].as_u64().unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(next + 50)).await;
+    // Not a speed claim: the bound only stops a test whose breaker never closes.
+    let started = Instant::now();
+    loop {
+        let answer = server.post("/v1/chat/completions", &chat("flaky", false)).await?;
+        if answer.status == 200 {
+            assert_eq!(answer.body["choices"][0]["message"]["content"], "back");
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the breaker never closed: {:?}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = server.get("/readyz").await?.body;
+    assert_eq!(ready["dependencies"]["llm:flaky"], "closed", "{ready}");
+    Ok(())
+}
