@@ -326,9 +326,32 @@ async fn load_backends(
         let limits = backend.limits(position, idle);
         let name = format!("llm:{}", backend.name);
         let guard = Guard::new(&name, limits.timeout, breaker, faults.clone());
-        backends.push(Backend::new(generator, guard, limits));
+        let mut loaded = Backend::new(generator, guard, limits);
+        for model in variant_models(config, &backend.name) {
+            let generator = load_generator(config, &with_model(backend, &model), device).await?;
+            loaded = loaded.with_variant(generator);
+        }
+        backends.push(loaded);
     }
     Ok(backends)
+}
+
+/// The other model ids model groups ask backend `name` for.
+fn variant_models(config: &Config, name: &str) -> std::collections::BTreeSet<String> {
+    let members = config.model_groups.iter().flat_map(|g| g.members());
+    members
+        .filter(|m| m.backend == name)
+        .filter_map(|m| m.model)
+        .collect()
+}
+
+/// `backend` asking for `model` (config validation allows it for remote backends only).
+fn with_model(backend: &LlmBackendConfig, model: &str) -> LlmBackendConfig {
+    let mut variant = backend.clone();
+    if let LlmBackendKind::Openai { model: own, .. } = &mut variant.kind {
+        *own = model.to_string();
+    }
+    variant
 }
 
 async fn load_generator(

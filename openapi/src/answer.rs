@@ -90,6 +90,9 @@ pub struct Stages {
     /// The LLM backend that wrote the answer; absent on `/search`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<String>,
+    /// The model id that backend was asked for (a model group's member may name its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_model: Option<String>,
     /// How a chat's search question was made from the conversation: `llm` (condensed by the LLM
     /// pool), `concat` (the last question, then earlier ones), `none` (a single question).
     /// Absent outside chats over a collection.

@@ -36,6 +36,9 @@ pub enum Script {
     /// Reset the next `times` connections (TCP RST) once their request has arrived, before any
     /// response header; then go on as `then`.
     ResetBeforeHeaders { times: usize, then: Box<Script> },
+    /// Refuse (400) a request whose last message is the assistant's (a prefill to continue);
+    /// answer any other with this text.
+    RefusePrefill(String),
     /// Stream `text` word by word with one chunk that is not JSON after the first `after` words.
     MalformedChunk { text: String, after: usize },
     /// Answer with this `chat.completion` body as is (a recorded answer, e.g. with tool calls).
@@ -240,6 +243,12 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
         )
             .into_response(),
         Script::MalformedChunk { text, after } => sse(&request, &text, End::Malformed(after)),
+        Script::RefusePrefill(_) if continues(&request) => {
+            let error = json!({"error": {"message": "assistant prefill is not supported", "type": "invalid_request_error", "code": "invalid_request"}});
+            (StatusCode::BAD_REQUEST, Json(error)).into_response()
+        }
+        Script::RefusePrefill(text) if streamed => sse(&request, &text, End::Finish),
+        Script::RefusePrefill(text) => completion(&request, &text),
         Script::Slow { text, delay_ms } => {
             tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
             Json(json!({
@@ -285,19 +294,7 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
         Script::Answer(text) if streamed => sse(&request, &text, End::Finish),
         Script::BreakAfter { text, words } => sse(&request, &text, End::Break(words)),
         Script::StallAfter { text, words } => sse(&request, &text, End::Stall(words)),
-        Script::Answer(text) => Json(json!({
-            "id": "chatcmpl-scripted",
-            "object": "chat.completion",
-            "created": 0,
-            "model": request.get("model").cloned().unwrap_or(Value::Null),
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop"
-            }],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-        }))
-        .into_response(),
+        Script::Answer(text) => completion(&request, &text),
         Script::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (
@@ -307,6 +304,29 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
                 .into_response()
         }
     }
+}
+
+/// Whether the request's last message is the assistant's: a partial answer to continue.
+fn continues(request: &Value) -> bool {
+    let last = request["messages"].as_array().and_then(|m| m.last());
+    last.is_some_and(|m| m["role"] == "assistant")
+}
+
+/// A whole `chat.completion` answering `text`.
+fn completion(request: &Value, text: &str) -> Response {
+    Json(json!({
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": 0,
+        "model": request.get("model").cloned().unwrap_or(Value::Null),
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    }))
+    .into_response()
 }
 
 /// An OpenAI streaming response: one chunk per word, a usage chunk, `[DONE]`; or some words and

@@ -37,6 +37,9 @@ pub struct Backend {
     pub generator: Arc<dyn Generator>,
     /// The same, for the calls only a guarded backend makes (a patient first token).
     guarded: Arc<Guarded<dyn Generator>>,
+    /// The same backend asked for other model ids (model groups' entries), behind the same guard.
+    variants: BTreeMap<String, Arc<Guarded<dyn Generator>>>,
+    streaming: StreamLimits,
     /// The guard's breaker, for health and readiness.
     pub guard: Arc<Guard>,
     pub priority: u32,
@@ -44,9 +47,10 @@ pub struct Backend {
     in_flight: AtomicUsize,
 }
 
-/// A stream that has produced its first text, and the backend it comes from.
+/// A stream that has produced its first text, and the backend (and model) it comes from.
 pub struct OpenedStream {
     pub backend: String,
+    pub model: String,
     pub stream: TokenStream,
 }
 
@@ -73,6 +77,8 @@ impl Backend {
         Self {
             generator: guarded.clone(),
             guarded,
+            variants: BTreeMap::new(),
+            streaming,
             guard,
             priority: limits.priority,
             max_retries: limits.max_retries,
@@ -88,16 +94,46 @@ impl Backend {
         self.guard.state()
     }
 
+    /// The same backend asking for another model (`generator`, its model id), behind its guard.
+    pub fn with_variant(mut self, generator: Arc<dyn Generator>) -> Self {
+        let model = generator.model().to_string();
+        let guarded = Guarded::new(generator, self.guard.clone()).with_stream_limits(self.streaming);
+        self.variants.insert(model, Arc::new(guarded));
+        self
+    }
+
+    /// What serves `model` (the backend's own when `None` or unknown).
+    fn serving(&self, model: Option<&str>) -> Pick<'_> {
+        let guarded = model.and_then(|m| self.variants.get(m)).unwrap_or(&self.guarded);
+        Pick {
+            backend: self,
+            guarded,
+        }
+    }
+}
+
+/// A backend as one route's member asks for it: itself, or its variant for another model.
+#[derive(Clone, Copy)]
+struct Pick<'a> {
+    backend: &'a Backend,
+    guarded: &'a Arc<Guarded<dyn Generator>>,
+}
+
+impl Pick<'_> {
+    fn model(&self) -> String {
+        self.guarded.model().to_string()
+    }
+
     /// A stream; the last backend a request can try waits for its first text until the deadline.
-    async fn stream(&self, request: &GenerationRequest, last: bool) -> Result<TokenStream, LlmError> {
+    async fn stream(self, request: &GenerationRequest, last: bool) -> Result<TokenStream, LlmError> {
         match last {
             true => self.guarded.stream_patiently(request.clone()).await,
-            false => self.generator.stream(request.clone()).await,
+            false => Generator::stream(self.guarded.as_ref(), request.clone()).await,
         }
     }
 
-    /// A relayed stream, as patient as [`Backend::stream`].
-    async fn relay_stream(&self, body: &Value, last: bool) -> Result<ChunkStream, LlmError> {
+    /// A relayed stream, as patient as [`Pick::stream`].
+    async fn relay_stream(self, body: &Value, last: bool) -> Result<ChunkStream, LlmError> {
         match last {
             true => self.guarded.relay_stream_patiently(body.clone()).await,
             false => Relay::stream(self.guarded.as_ref(), body.clone()).await,
@@ -122,9 +158,17 @@ pub struct LlmPool {
 
 /// The backend that answered, and whether it was the first one tried.
 struct Answered<'a, T> {
-    backend: &'a Backend,
+    pick: Pick<'a>,
     value: T,
     first: bool,
+}
+
+impl<T> Answered<'_, T> {
+    /// Records in `report` who wrote the answer (`first`: as the request's primary).
+    fn sign(&self, report: &mut Report, first: bool) {
+        report.authorship = Some(authorship(self.pick.backend, first));
+        report.model = Some(self.pick.model());
+    }
 }
 
 impl LlmPool {
@@ -204,7 +248,7 @@ impl LlmPool {
 
     /// The backends to try, in order (see [`route::order`]); the prompt prefix — every message
     /// but the last, for a grounded answer the passages — is what affinity hashes.
-    fn order(&self, route: &Route, choice: &Choice, request: Option<&GenerationRequest>) -> Vec<&Backend> {
+    fn order(&self, route: &Route, choice: &Choice, request: Option<&GenerationRequest>) -> Vec<Pick<'_>> {
         let prefix = request
             .and_then(|r| r.messages.split_last())
             .map_or(&[][..], |(_, earlier)| earlier);
@@ -220,7 +264,7 @@ impl LlmPool {
             .collect();
         route::order(&standings)
             .into_iter()
-            .map(|i| candidates[i].0)
+            .map(|i| candidates[i].0.serving(candidates[i].1.model.as_deref()))
             .collect()
     }
 
@@ -234,15 +278,12 @@ impl LlmPool {
         choice: &Choice,
     ) -> Result<Generation, Unanswered> {
         let order = self.order(route, choice, Some(request));
-        let call = |b: &'p Backend, _last| b.generator.generate(request.clone());
+        let call = |p: Pick<'p>, _last| p.guarded.generate(request.clone());
         let answered = self.walk(order, deadline, report, call).await?;
+        answered.sign(report, answered.first);
         let generation = answered.value;
-        count_tokens(
-            answered.backend.name(),
-            generation.prompt_tokens,
-            generation.completion_tokens,
-        );
-        report.authorship = Some(authorship(answered.backend, answered.first));
+        let backend = answered.pick.backend.name();
+        count_tokens(backend, generation.prompt_tokens, generation.completion_tokens);
         Ok(generation)
     }
 
@@ -258,18 +299,17 @@ impl LlmPool {
         skip: &[String],
     ) -> Result<OpenedStream, Unanswered> {
         let mut order = self.order(route, choice, Some(request));
-        order.retain(|b| !skip.iter().any(|s| s == b.name()));
-        let call = |b: &'p Backend, last| -> BoxFuture<'p, _> {
+        order.retain(|p| !skip.iter().any(|s| s == p.backend.name()));
+        let call = |p: Pick<'p>, last| -> BoxFuture<'p, _> {
             let request = request.clone();
-            Box::pin(async move { b.stream(&request, last).await })
+            Box::pin(async move { p.stream(&request, last).await })
         };
         let answered = self.walk(order, deadline, report, call).await?;
         // A continuation (`skip` not empty) is by definition a fallback.
-        let first = answered.first && skip.is_empty();
-        report.authorship = Some(authorship(answered.backend, first));
-        let backend = answered.backend.name().to_string();
+        answered.sign(report, answered.first && skip.is_empty());
         Ok(OpenedStream {
-            backend,
+            backend: answered.pick.backend.name().to_string(),
+            model: answered.pick.model(),
             stream: answered.value,
         })
     }
@@ -285,10 +325,10 @@ impl LlmPool {
         choice: &Choice,
     ) -> Result<(&'p Backend, Value), Unanswered> {
         let order = self.relays(route, choice);
-        let call = |b: &'p Backend, _last| Relay::complete(b.guarded.as_ref(), body.clone());
+        let call = |p: Pick<'p>, _last| Relay::complete(p.guarded.as_ref(), body.clone());
         let answered = self.walk(order, deadline, report, call).await?;
-        report.authorship = Some(authorship(answered.backend, answered.first));
-        Ok((answered.backend, answered.value))
+        answered.sign(report, answered.first);
+        Ok((answered.pick.backend, answered.value))
     }
 
     /// As [`LlmPool::relay`], streamed: the stream has produced its first chunk.
@@ -301,19 +341,19 @@ impl LlmPool {
         choice: &Choice,
     ) -> Result<(&'p Backend, ChunkStream), Unanswered> {
         let order = self.relays(route, choice);
-        let call = |b: &'p Backend, last| -> BoxFuture<'p, _> {
+        let call = |p: Pick<'p>, last| -> BoxFuture<'p, _> {
             let body = body.clone();
-            Box::pin(async move { b.relay_stream(&body, last).await })
+            Box::pin(async move { p.relay_stream(&body, last).await })
         };
         let answered = self.walk(order, deadline, report, call).await?;
-        report.authorship = Some(authorship(answered.backend, answered.first));
-        Ok((answered.backend, answered.value))
+        answered.sign(report, answered.first);
+        Ok((answered.pick.backend, answered.value))
     }
 
     /// The backends of `route` that relay requests, in order.
-    fn relays(&self, route: &Route, choice: &Choice) -> Vec<&Backend> {
+    fn relays(&self, route: &Route, choice: &Choice) -> Vec<Pick<'_>> {
         let mut order = self.order(route, choice, None);
-        order.retain(|b| b.generator.relay().is_some());
+        order.retain(|p| p.guarded.relay().is_some());
         order
     }
 
@@ -321,27 +361,21 @@ impl LlmPool {
     /// as `llm:<backend>`.
     async fn walk<'a, T>(
         &self,
-        order: Vec<&'a Backend>,
+        order: Vec<Pick<'a>>,
         deadline: &Deadline,
         report: &mut Report,
-        call: impl Fn(&'a Backend, bool) -> BoxFuture<'a, Result<T, LlmError>>,
+        call: impl Fn(Pick<'a>, bool) -> BoxFuture<'a, Result<T, LlmError>>,
     ) -> Result<Answered<'a, T>, Unanswered> {
         let mut misconfigured = !order.is_empty();
         let mut too_long = None;
         let count = order.len();
-        for (position, backend) in order.into_iter().enumerate() {
+        for (position, pick) in order.into_iter().enumerate() {
             let last = position + 1 == count;
-            let error = match self
-                .attempt(backend, deadline, last, || call(backend, last))
-                .await
-            {
+            let backend = pick.backend;
+            let error = match self.attempt(backend, deadline, last, || call(pick, last)).await {
                 Ok(value) => {
                     let first = position == 0;
-                    return Ok(Answered {
-                        backend,
-                        value,
-                        first,
-                    });
+                    return Ok(Answered { pick, value, first });
                 }
                 Err(error) => error,
             };
@@ -410,6 +444,7 @@ impl LlmPool {
 fn member(backend: &Backend) -> Member {
     Member {
         backend: backend.name().to_string(),
+        model: None,
         priority: backend.priority,
         weight: 1,
     }

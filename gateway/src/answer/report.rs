@@ -41,6 +41,8 @@ pub struct Report {
     pub keyword: StageStatus,
     pub rerank: StageStatus,
     pub authorship: Option<Authorship>,
+    /// The model id the writing backend was asked for.
+    pub model: Option<String>,
     /// The cache layer that served the answer or its retrieval, if one did.
     pub cache: Option<CacheInfo>,
     /// Served from a cache because the stage after it may not run (a spent budget): `cache_only`
@@ -65,6 +67,7 @@ impl Default for Report {
             keyword: StageStatus::Skipped,
             rerank: StageStatus::Skipped,
             authorship: None,
+            model: None,
             cache: None,
             cache_only: false,
             embedding_tokens: 0,
@@ -212,6 +215,7 @@ impl Report {
                 Authorship::Primary(name) | Authorship::Fallback(name) => name.clone(),
                 Authorship::Extractive => "extractive".to_string(),
             }),
+            llm_model: self.llm_backend().and(self.model.clone()),
             rewrite: self.rewrite.map(|r| r.as_str().to_string()),
         }
     }

@@ -4,12 +4,12 @@
 //! ```toml
 //! [[model_groups]]
 //! name = "chat-large"
-//! backends = ["openai-primary", { backend = "azure-backup", priority = 1, weight = 2 }, "local"]
+//! backends = ["openai-primary", { backend = "azure-backup", model = "gpt-4o", priority = 1, weight = 2 }, "local"]
 //! ```
 
 use serde::{Deserialize, Serialize};
 
-use super::LlmBackendConfig;
+use super::{LlmBackendConfig, LlmBackendKind};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +31,9 @@ pub enum GroupMember {
 #[serde(deny_unknown_fields)]
 pub struct MemberEntry {
     pub backend: String,
+    /// The model id to ask a remote (`openai`) backend for in this group. Default: its own.
+    #[serde(default)]
+    pub model: Option<String>,
     /// Lower is tried first. Default: the position in the group.
     #[serde(default)]
     pub priority: Option<u32>,
@@ -43,6 +46,8 @@ pub struct MemberEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub backend: String,
+    /// The model id asked for, when not the backend's own.
+    pub model: Option<String>,
     pub priority: u32,
     pub weight: u32,
 }
@@ -56,11 +61,13 @@ impl ModelGroupConfig {
             .map(|(position, member)| match member {
                 GroupMember::Name(backend) => Member {
                     backend: backend.clone(),
+                    model: None,
                     priority: position as u32,
                     weight: 1,
                 },
                 GroupMember::Entry(entry) => Member {
                     backend: entry.backend.clone(),
+                    model: entry.model.clone(),
                     priority: entry.priority.unwrap_or(position as u32),
                     weight: entry.weight.unwrap_or(1),
                 },
@@ -99,23 +106,36 @@ pub fn problems(groups: &[ModelGroupConfig], backends: &[LlmBackendConfig]) -> V
                 "{key}.backends is empty: name at least one [[llm]] backend"
             ));
         }
-        let members = group.members();
-        for (j, member) in members.iter().enumerate() {
-            if !backends.iter().any(|b| b.name == member.backend) {
+        problems.extend(member_problems(&key, &group.members(), backends));
+    }
+    problems
+}
+
+/// What is wrong with one group's members (`key` names the group).
+fn member_problems(key: &str, members: &[Member], backends: &[LlmBackendConfig]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (j, member) in members.iter().enumerate() {
+        let entry = format!("{key}.backends[{j}]");
+        match backends.iter().find(|b| b.name == member.backend) {
+            None => problems.push(format!(
+                "{entry} = {:?} is not a configured [[llm]] backend",
+                member.backend
+            )),
+            Some(b) if member.model.is_some() && !matches!(b.kind, LlmBackendKind::Openai { .. }) => {
                 problems.push(format!(
-                    "{key}.backends[{j}] = {:?} is not a configured [[llm]] backend",
-                    member.backend
-                ));
+                    "{entry}.model: only a remote (openai) backend can be asked for another model; add an [[llm]] for another local one"
+                ))
             }
-            if members[..j].iter().any(|m| m.backend == member.backend) {
-                problems.push(format!(
-                    "{key}.backends[{j}] = {:?} is listed twice",
-                    member.backend
-                ));
-            }
-            if member.weight == 0 {
-                problems.push(format!("{key}.backends[{j}].weight must be at least 1"));
-            }
+            Some(_) => {}
+        }
+        if members[..j]
+            .iter()
+            .any(|m| m.backend == member.backend && m.model == member.model)
+        {
+            problems.push(format!("{entry} = {:?} is listed twice", member.backend));
+        }
+        if member.weight == 0 {
+            problems.push(format!("{entry}.weight must be at least 1"));
         }
     }
     problems
@@ -153,18 +173,47 @@ mod tests {
         }
     }
 
+    fn remote(name: &str) -> LlmBackendConfig {
+        LlmBackendConfig {
+            kind: LlmBackendKind::Openai {
+                base_url: "http://127.0.0.1:1/v1".into(),
+                model: "m1".into(),
+                api_key_env: None,
+                max_retries: 0,
+            },
+            ..backend(name)
+        }
+    }
+
     #[test]
     fn members_are_names_or_entries_with_defaults_by_position() -> Result<(), String> {
         let groups = parse(
-            "[[model_groups]]\nname = \"chat-large\"\nbackends = [\"a\", { backend = \"b\", weight = 3 }, { backend = \"c\", priority = 0 }]\n",
+            "[[model_groups]]\nname = \"chat-large\"\nbackends = [\"a\", { backend = \"b\", weight = 3 }, { backend = \"c\", priority = 0 }, { backend = \"r\", model = \"m2\" }]\n",
         )?;
         let members = groups[0].members();
-        let summary: Vec<(&str, u32, u32)> = members
+        let summary: Vec<(&str, Option<&str>, u32, u32)> = members
             .iter()
-            .map(|m| (m.backend.as_str(), m.priority, m.weight))
+            .map(|m| (m.backend.as_str(), m.model.as_deref(), m.priority, m.weight))
             .collect();
-        assert_eq!(summary, [("a", 0, 1), ("b", 1, 3), ("c", 0, 1)]);
-        assert!(problems(&groups, &[backend("a"), backend("b"), backend("c")]).is_empty());
+        assert_eq!(
+            summary,
+            [
+                ("a", None, 0, 1),
+                ("b", None, 1, 3),
+                ("c", None, 0, 1),
+                ("r", Some("m2"), 3, 1)
+            ]
+        );
+        let backends = [backend("a"), backend("b"), backend("c"), remote("r")];
+        assert!(
+            problems(&groups, &backends).is_empty(),
+            "{:?}",
+            problems(&groups, &backends)
+        );
+        let local_model =
+            parse("[[model_groups]]\nname = \"g\"\nbackends = [{ backend = \"a\", model = \"x\" }]\n")?;
+        let found = problems(&local_model, &backends).join("\n");
+        assert!(found.contains("only a remote (openai) backend"), "{found}");
         Ok(())
     }
 

@@ -235,25 +235,26 @@ fn refused(first: &AnswerEvent, model: &str, bare_llm: bool) -> Option<Result<Re
 /// The OpenAI chunk rendering of an answer, with ragway's mode, stages and citations in a
 /// `ragway` field of the first chunk (and the mode in any chunk announcing a degradation), the
 /// cited documents in the first chunk's top-level `citations`, and the usage in the last chunk
-/// before `[DONE]`. A plain chat's chunks name the model of the backend that began the answer
-/// (`model_of` its name), else `model`; the `x-ragway-backend` header names the backend.
+/// before `[DONE]`. A plain chat's chunks name the model that began the answer, else `model`;
+/// the `x-ragway-backend` header names the backend.
 pub async fn openai_chunks(
     answering: Answering,
     model: String,
     bare_llm: bool,
-    model_of: impl FnOnce(&str) -> Option<String>,
 ) -> Result<Response, ApiError> {
     let (first, events) = first_event(answering).await?;
     if let Some(refusal) = refused(&first, &model, bare_llm) {
         return refusal;
     }
     let mode = mode_of(&first);
-    let backend = match &first {
-        AnswerEvent::Meta { stages, .. } => written_by(stages).map(str::to_string),
-        _ => None,
+    let (backend, written_with) = match &first {
+        AnswerEvent::Meta { stages, .. } => {
+            (written_by(stages).map(str::to_string), stages.llm_model.clone())
+        }
+        _ => (None, None),
     };
-    let model = match (&backend, bare_llm) {
-        (Some(backend), true) => model_of(backend).unwrap_or(model),
+    let model = match (written_with, bare_llm) {
+        (Some(answered), true) => answered,
         _ => model,
     };
     let chunks = Chunks::new(model, bare_llm);

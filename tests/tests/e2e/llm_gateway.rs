@@ -52,7 +52,7 @@ async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyho
     let options = ServerOptions {
         // The breaker stays out of the way here (see the next test).
         config_toml: format!(
-            "[resilience]\nbreaker_failures = 100\n\n{}{}[[model_groups]]\nname = \"chat-large\"\nbackends = [\"primary\", \"backup\"]\n",
+            "[resilience]\nbreaker_failures = 100\n\n{}{}[[model_groups]]\nname = \"chat-large\"\nbackends = [\"primary\", \"backup\"]\n\n[[model_groups]]\nname = \"chat-mini\"\nbackends = [{{ backend = \"backup\", model = \"mini-model\" }}]\n",
             remote("primary", &primary, 1),
             remote("backup", &backup, 1)
         ),
@@ -89,6 +89,18 @@ async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyho
     assert_eq!(answer.backend_header.as_deref(), Some("primary"));
     assert_eq!(answer.mode_header.as_deref(), Some("normal"));
 
+    // A group's entry may ask its backend for another model: the answer names that model.
+    let mini = server
+        .post("/v1/chat/completions", &chat("chat-mini", false))
+        .await?;
+    assert_eq!(mini.status, 200, "{:?}", mini.body);
+    assert_eq!(
+        (mini.body["model"].as_str(), mini.backend_header.as_deref()),
+        (Some("mini-model"), Some("backup"))
+    );
+    let sent = backup.last_request().unwrap_or_default();
+    assert_eq!(sent["model"], "mini-model");
+
     // The primary fails (and fails its retry): the backup answers, and only its answer is billed.
     primary.set(Script::Status(503));
     let before = primary.calls();
@@ -122,6 +134,28 @@ async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyho
     assert!(streamed.iter().all(|c| c["model"] == "model-backup"), "{body}");
     let last = streamed.last().cloned().unwrap_or_default();
     assert_eq!(last["usage"]["completion_tokens"], 3, "{body}");
+
+    // A dead connection (reset before the response headers) moves to the backup at once, where a
+    // 503 was retried first.
+    primary.set(Script::ResetBeforeHeaders {
+        times: 1,
+        then: Box::new(Script::Status(503)),
+    });
+    let (calls, resets) = (primary.calls(), primary.resets());
+    let moved = server
+        .post("/v1/chat/completions", &chat("chat-large", false))
+        .await?;
+    assert_eq!(
+        (moved.status, moved.backend_header.as_deref()),
+        (200, Some("backup")),
+        "{:?}",
+        moved.body
+    );
+    assert_eq!(
+        (primary.calls() - calls, primary.resets() - resets),
+        (0, 1),
+        "not retried"
+    );
 
     // The operator's key is refused upstream: the group's backup answers; the backend alone is
     // a 502 that says so, not the upstream's 401.
@@ -215,6 +249,34 @@ async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyho
     let message = refused.body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("filtered by the content filter"), "{message}");
     assert_eq!((primary.calls() - before_p, backup.calls() - before_b), (1, 0));
+
+    // The primary breaks off mid-stream; the backup refuses to continue the partial answer as an
+    // assistant prefill: it is asked again without it, and its whole answer follows.
+    primary.set(Script::BreakAfter {
+        text: "one two three".into(),
+        words: 2,
+    });
+    backup.set(Script::RefusePrefill("a fresh answer".into()));
+    let (status, headers, body) = server
+        .post_sse("/v1/chat/completions", &chat("chat-large", true))
+        .await?;
+    assert_eq!(
+        (status, header(&headers, "x-ragway-backend")),
+        (200, Some("primary")),
+        "{body}"
+    );
+    assert_eq!(
+        streamed_text(&chunks(&body)),
+        "one two \n\na fresh answer",
+        "{body}"
+    );
+    let restarted = backup.last_request().unwrap_or_default();
+    let last = restarted["messages"].as_array().and_then(|m| m.last()).cloned();
+    assert_eq!(
+        last.map(|m| m["role"].clone()),
+        Some(json!("user")),
+        "{restarted}"
+    );
     server.stop().await
 }
 

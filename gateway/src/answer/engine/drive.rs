@@ -1,7 +1,8 @@
 //! Generation, as events. The first event is sent once an LLM has produced its first token, so
 //! it carries the true mode: a primary that fails before that is replaced without the client
 //! noticing (mode `fallback_llm`). A backend that fails mid-answer is announced with a
-//! `degraded` event and the next backend continues the answer from where it stopped; when none
+//! `degraded` event and the next backend continues the answer from where it stopped (or, if it
+//! refuses the partial answer as a prefill, answers afresh without it); when none
 //! can, or the deadline cuts the answer short, the quoted passages follow (mode `extractive`).
 //! Every backend's part is charged when it ends — finished, broken off, or abandoned by the
 //! client — with the backend's own counts, or counted with its tokenizer when it sent none.
@@ -236,16 +237,15 @@ async fn fail_over(
     reason: DegradationReason,
     events: &mpsc::Sender<AnswerEvent>,
 ) -> Option<Option<OpenedStream>> {
-    let opened = match reason {
-        DegradationReason::Deadline => None,
-        _ => open(engine, job, &written.tried, Some(&written.answer))
-            .await
-            .ok(),
+    let (opened, restarted) = match reason {
+        DegradationReason::Deadline => (None, false),
+        _ => continue_or_restart(engine, job, written).await,
     };
     job.report.authorship = Some(match &opened {
         Some(next) => Authorship::Fallback(next.backend.clone()),
         None => Authorship::Extractive,
     });
+    job.report.model = opened.as_ref().map(|next| next.model.clone());
     let degradation = Degradation {
         stage: format!("llm:{backend}"),
         reason,
@@ -255,11 +255,33 @@ async fn fail_over(
         mode: job.report.mode(),
     };
     events.send(announce).await.ok()?;
+    if restarted {
+        let text = "\n\n".to_string();
+        events.send(AnswerEvent::Delta { text }).await.ok()?;
+    }
     if opened.is_none() && !job.fallback_text.is_empty() {
         let text = format!("\n\n{}", job.fallback_text);
         let _ = events.send(AnswerEvent::Delta { text }).await;
     }
     Some(opened)
+}
+
+/// The next backend continuing the answer from where it stopped; when it refuses the partial
+/// answer as an assistant prefill (a 4xx of the request's own), the answer is asked for again
+/// without it (`true`: a clean restart, which follows what was sent after a blank line).
+async fn continue_or_restart(
+    engine: &Engine,
+    job: &mut Job,
+    written: &Written,
+) -> (Option<OpenedStream>, bool) {
+    match open(engine, job, &written.tried, Some(&written.answer)).await {
+        Ok(next) => (Some(next), false),
+        Err(Unanswered::Refused { backend, error }) => {
+            tracing::info!(backend, %error, "the partial answer was refused as a prefill: restarting without it");
+            (open(engine, job, &written.tried, None).await.ok(), true)
+        }
+        Err(Unanswered::Failed { .. }) => (None, false),
+    }
 }
 
 /// How relaying one backend's stream ended.
@@ -274,7 +296,9 @@ enum Relayed {
 /// Forwards a backend's text to the client until it finishes, fails, stalls or runs out of
 /// time (its guard ends the stream then); and what it wrote.
 async fn relay(stream: OpenedStream, mut part: Part, events: &mpsc::Sender<AnswerEvent>) -> (Relayed, Part) {
-    let OpenedStream { backend, mut stream } = stream;
+    let OpenedStream {
+        backend, mut stream, ..
+    } = stream;
     while let Some(next) = stream.next().await {
         match next {
             Ok(StreamEvent::Text(text)) => {

@@ -61,13 +61,15 @@ pub async fn models(State(state): State<AppState>, caller: Caller) -> Result<Jso
     }))
 }
 
-/// `model` is a collection (RAG over it) or an LLM backend (plain chat); collections win a name
-/// clash. The mode is in the `x-ragway-mode` header and, for RAG, in the `ragway` field.
+/// `model` is a collection (RAG over it), a model group or an LLM backend (plain chat);
+/// collections win a clash (a new collection may not take a backend's or a group's name). The mode is in the `x-ragway-mode` header and, for RAG, in the `ragway` field.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatCompletionRequest,
     responses((status = 200, description = "OK; with `\"stream\": true`, Server-Sent Events of `chat.completion.chunk` objects ending with `data: [DONE]`",
             content((ChatCompletion = "application/json"), (serde_json::Value = "text/event-stream")), headers(("x-ragway-mode" = String))),
         (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
-        (status = 429, description = "Over a quota (with `Retry-After`)", body = ErrorBody), (status = 503, description = "Unavailable", body = ErrorBody)))]
+        (status = 429, description = "Over a quota (with `Retry-After`)", body = ErrorBody),
+        (status = 502, description = "Every LLM backend tried refused ragway's own credentials (upstream 401/403): `llm_backend_misconfigured`", body = ErrorBody),
+        (status = 503, description = "Nothing could answer (with `Retry-After`)", body = ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,
@@ -169,7 +171,7 @@ impl Chat {
         };
         let answer = self.answer(Source::Collection(grounding)).await?;
         if self.stream {
-            return shape::openai_chunks(answer.spawn(), self.model, false, |_| None).await;
+            return shape::openai_chunks(answer.spawn(), self.model, false).await;
         }
         let answer = answer.collect(Collected::from).await?;
         let info = RagwayAnswerInfo {
@@ -215,20 +217,15 @@ impl Chat {
             messages: messages(asked)?,
         };
         let answer = self.answer(source).await?;
-        let state = self.state.clone();
-        let model_of = move |backend: &str| {
-            let found = state.pipeline.llm.backend(backend)?;
-            Some(found.generator.model().to_string())
-        };
         if self.stream {
-            return shape::openai_chunks(answer.spawn(), self.model, true, model_of).await;
+            return shape::openai_chunks(answer.spawn(), self.model, true).await;
         }
         let answer = answer.collect(Collected::from).await?;
         if answer.mode == Mode::Error {
             return Err(answer.unavailable(&self.model));
         }
         let backend = answer.backend().map(str::to_string);
-        let model = backend.as_deref().and_then(model_of).unwrap_or(self.model);
+        let model = answer.stages.llm_model.clone().unwrap_or(self.model);
         let mut response = answer_response(answer.mode, completion(&model, answer, None));
         shape::name_backend(&mut response, backend.as_deref());
         Ok(response)
