@@ -209,6 +209,11 @@ impl LlmPool {
         Some(Route::new(vec![member(backend)]))
     }
 
+    /// Whether clients may ask for `model`: a group's name or a backend's.
+    pub fn serves(&self, model: &str) -> bool {
+        self.groups.contains_key(model) || self.backend(model).is_some()
+    }
+
     /// Every backend by its own priority: the route of an answer over a collection.
     pub fn everyone(&self) -> Route {
         Route::new(self.backends.iter().map(member).collect())

@@ -24,7 +24,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
     validate::collection_name(&request.name)?;
     caller.check_collections(&state)?;
-    if state.pipeline.llm.route(&request.name).is_some() {
+    if state.pipeline.llm.serves(&request.name) {
         return Err(ApiError::invalid(
             ErrorCode::NameTakenByLlmBackend,
             format!(

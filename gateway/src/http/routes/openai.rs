@@ -90,12 +90,12 @@ pub async fn chat_completions(
         state,
         caller,
     };
-    match chat.caller.collection(&chat.state, &chat.model).await {
-        Ok(collection) => {
+    match chat.collection().await {
+        Some(collection) => {
             relay::refuse_capabilities(&body, "a collection (RAG)")?;
             chat.grounded(collection, &messages(&request)?).await
         }
-        Err(_) => chat.plain(&request, body).await,
+        None => chat.plain(&request, body).await,
     }
 }
 
@@ -146,6 +146,17 @@ struct Chat {
 }
 
 impl Chat {
+    /// The collection `model` names, if it names one. A name the LLM pool serves is looked up
+    /// only among the collections open here (no new collection may take it, so only one older
+    /// than the name's configuration can have it), sparing plain chats the shared registry.
+    async fn collection(&self) -> Option<Arc<Collection>> {
+        if self.state.pipeline.llm.serves(&self.model) {
+            let internal = self.caller.internal(&self.model);
+            return self.state.collections.get(&internal).ok();
+        }
+        self.caller.collection(&self.state, &self.model).await.ok()
+    }
+
     /// RAG over a collection: the last user message is the question, searched for as the
     /// conversation makes it standalone (see `conversation`), answered with the recent turns.
     async fn grounded(
