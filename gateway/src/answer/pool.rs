@@ -385,6 +385,11 @@ impl LlmPool {
                 Err(error) => error,
             };
             tracing::warn!(backend = backend.name(), %error, "LLM backend failed");
+            if error.misconfigured() {
+                // The operator's to fix; clients are told only that credentials were refused.
+                let name = backend.name().to_string();
+                metrics::counter!("ragway_llm_credentials_refused_total", "backend" => name).increment(1);
+            }
             report.degrade(format!("llm:{}", backend.name()), error.reason());
             let refusal = error.refusal();
             let refused = Unanswered::Refused {

@@ -185,6 +185,17 @@ async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyho
         "{:?}",
         alone.body
     );
+    let message = alone.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        !message.contains("Incorrect API key"),
+        "the upstream's text stays in the log: {message}"
+    );
+    let metrics = server.get_text("/metrics").await?;
+    let refusals = metric(
+        &metrics,
+        "ragway_llm_credentials_refused_total{backend=\"primary\"}",
+    );
+    assert_eq!(refusals, 2.0, "counted for the operator: {metrics}");
 
     // Too long for the primary: a member with a larger window takes it; for every member, the
     // upstream's 400 comes back as it was, code, type and param included, never retried.

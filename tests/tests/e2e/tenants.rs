@@ -295,6 +295,12 @@ async fn a_burst_over_the_rate_gets_429_with_a_retry_after_that_works() -> anyho
     )
     .await?;
     let (_, calm) = tenant(&server, json!({"name": "calm"})).await?;
+    // A rate whose period no clock can hold is refused, not stored to panic later.
+    for absurd in [json!(1e-20), json!(0), json!(2e6)] {
+        let body = json!({"name": "absurd", "limits": {"requests_per_second": absurd}});
+        let refused = admin(&server, Method::POST, "/admin/tenants", Some(&body)).await?;
+        assert_eq!(refused.status, 400, "{absurd}: {:?}", refused.body);
+    }
     let mut statuses = Vec::new();
     let mut limited = None;
     for _ in 0..6 {

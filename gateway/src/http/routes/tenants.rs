@@ -49,10 +49,10 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 fn check_limits(limits: &Limits) -> Result<(), ApiError> {
     if limits
         .requests_per_second
-        .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1e6))
+        .is_some_and(|r| !(r.is_finite() && (0.001..=1e6).contains(&r)))
     {
         return Err(invalid(
-            "limits.requests_per_second must be above 0 and at most 1000000",
+            "limits.requests_per_second must be between 0.001 and 1000000",
         ));
     }
     if limits.burst.is_some_and(|b| b == 0) {

@@ -24,8 +24,13 @@ pub(super) struct LocalCounters {
     file: PathBuf,
 }
 
+/// The longest period between two requests a rate may mean (a record written before rates were
+/// bounded may hold a smaller one; the arithmetic must not overflow for it).
+const LONGEST_PERIOD_S: f64 = 1e6;
+
+/// `None` when the rate allows anything (an infinite rate: no period).
 fn limiter(rate: Rate) -> Option<DefaultDirectRateLimiter> {
-    let period = Duration::from_secs_f64(1.0 / rate.per_second);
+    let period = Duration::try_from_secs_f64((1.0 / rate.per_second).min(LONGEST_PERIOD_S)).ok()?;
     let burst = NonZeroU32::new(rate.burst.max(1))?;
     Some(RateLimiter::direct(
         Quota::with_period(period)?.allow_burst(burst),
@@ -130,5 +135,25 @@ impl LocalCounters {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_positive_rate_makes_a_limiter_without_overflowing() {
+        for per_second in [1e-20, 1e-6, 1.0, 1e6] {
+            let limiter = limiter(Rate { per_second, burst: 1 });
+            let limiter = limiter.map(|l| l.check().is_ok());
+            assert_eq!(limiter, Some(true), "{per_second}: the first request passes");
+        }
+        let slow = super::limiter(Rate {
+            per_second: 1e-20,
+            burst: 1,
+        });
+        let second = slow.map(|l| (l.check().is_ok(), l.check().is_ok()));
+        assert_eq!(second, Some((true, false)), "the second waits");
     }
 }
