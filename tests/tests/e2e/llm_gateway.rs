@@ -236,6 +236,25 @@ async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyho
         (2, 2),
         "once each per request"
     );
+    // Over a collection the prompt is ragway's own (the passages made it long): too long for every
+    // backend, the passages are quoted instead, and the answer says so.
+    server.seeded(None, "facts", &crate::common::corpus()).await?;
+    let question = json!({"query": "Which volcano is one of the most active in Europe?", "top_k": 2});
+    let quoted = server.post("/v1/collections/facts/query", &question).await?;
+    assert_eq!(
+        (quoted.status, quoted.body["mode"].as_str()),
+        (200, Some("extractive")),
+        "{:?}",
+        quoted.body
+    );
+    assert!(
+        quoted.body["answer"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Etna"),
+        "{:?}",
+        quoted.body
+    );
 
     // A content filter's refusal is the caller's answer: a 400 with its reason, not retried and
     // not asked of the backup.

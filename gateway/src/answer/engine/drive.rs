@@ -187,11 +187,19 @@ fn counted(generator: Option<&dyn Generator>, prompt: &[ChatMessage], text: &str
 
 /// Why the answer is refused when no backend began it: a backend refused the request as the
 /// caller's fault, or — with no passages to quote instead — every one refused the operator's
-/// credentials. `None` when the answer goes on without an LLM (quoted passages, or mode `error`).
+/// credentials. `None` when the answer goes on without an LLM (quoted passages, or mode `error`):
+/// a grounded prompt too long for every backend is ragway's to fit, not the caller's, so its
+/// passages are quoted instead.
 fn refusal(job: &Job, unanswered: Unanswered) -> Option<Refusal> {
+    let grounded = !job.fallback_text.is_empty();
     match unanswered {
+        Unanswered::Refused { error, .. }
+            if grounded && error.refusal() == Some(ragway_llm::Refusal::ContextLength) =>
+        {
+            None
+        }
         Unanswered::Refused { backend, error } => Some(Refusal::rejected(&backend, &error)),
-        Unanswered::Failed { misconfigured: true } if job.fallback_text.is_empty() => {
+        Unanswered::Failed { misconfigured: true } if !grounded => {
             let backends = job.report.degraded().into_iter().map(|d| d.stage).collect();
             Some(Refusal::Misconfigured { backends })
         }
