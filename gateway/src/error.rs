@@ -164,17 +164,9 @@ pub enum ApiError {
     Forbidden,
     #[error("request body is larger than the server's limit (server.max_body_bytes)")]
     BodyTooLarge,
-    /// An LLM backend refused the request as the caller's fault (its 4xx status, its message, and
-    /// its own error `code`, `type` and `param` when it sent them): passed on as the backend said.
-    #[error("backend `{backend}` refused the request: {message}")]
-    BackendRejected {
-        backend: String,
-        status: u16,
-        message: String,
-        code: Option<String>,
-        kind: Option<String>,
-        param: Option<String>,
-    },
+    /// An LLM backend refused the request as the caller's fault: passed on as the backend said.
+    #[error("backend `{}` refused the request: {}", .0.backend, .0.message)]
+    BackendRejected(Box<Rejection>),
     /// A dependency failed and nothing could be served instead; `source` is its own error, when
     /// there is one (logged with the chain of its causes).
     #[error("{message}")]
@@ -186,6 +178,19 @@ pub enum ApiError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// An LLM backend's refusal of a request as the caller's fault: its 4xx status, its message,
+/// and its own error `code`, `type` and `param` when it sent them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rejection {
+    pub backend: String,
+    pub status: u16,
+    pub message: String,
+    pub code: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub param: Option<String>,
 }
 
 impl ApiError {
@@ -237,7 +242,7 @@ impl ApiError {
             Self::Unauthorized => ErrorCode::Unauthorized,
             Self::Forbidden => ErrorCode::Forbidden,
             Self::BodyTooLarge => ErrorCode::BodyTooLarge,
-            Self::BackendRejected { .. } => ErrorCode::BackendRejectedRequest,
+            Self::BackendRejected(_) => ErrorCode::BackendRejectedRequest,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -251,13 +251,7 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
         Script::RefusePrefill(text) => completion(&request, &text),
         Script::Slow { text, delay_ms } => {
             tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-            Json(json!({
-                "id": "chatcmpl-scripted", "object": "chat.completion", "created": 0,
-                "model": request.get("model").cloned().unwrap_or(Value::Null),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-            }))
-            .into_response()
+            completion(&request, &text)
         }
         Script::RateLimited {
             retry_after_s,

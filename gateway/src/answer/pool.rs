@@ -33,10 +33,9 @@ use crate::tenancy::Choice;
 
 pub struct Backend {
     /// The backend behind its guard (see [`Guarded`]): a whole answer within its timeout, a
-    /// stream's first text within its time-to-first-token limit, and no stall after it.
-    pub generator: Arc<dyn Generator>,
-    /// The same, for the calls only a guarded backend makes (a patient first token).
-    guarded: Arc<Guarded<dyn Generator>>,
+    /// stream's first text within its time-to-first-token limit, and no stall after it (or, for
+    /// the last backend a request can try, a patient first token).
+    pub generator: Arc<Guarded<dyn Generator>>,
     /// The same backend asked for other model ids (model groups' entries), behind the same guard.
     variants: BTreeMap<String, Arc<Guarded<dyn Generator>>>,
     streaming: StreamLimits,
@@ -72,11 +71,9 @@ impl Backend {
             first_text: limits.time_to_first_token,
             idle: limits.idle,
         };
-        let guarded: Arc<Guarded<dyn Generator>> =
-            Arc::new(Guarded::new(generator, guard.clone()).with_stream_limits(streaming));
+        let guarded = Guarded::new(generator, guard.clone()).with_stream_limits(streaming);
         Self {
-            generator: guarded.clone(),
-            guarded,
+            generator: Arc::new(guarded),
             variants: BTreeMap::new(),
             streaming,
             guard,
@@ -104,7 +101,9 @@ impl Backend {
 
     /// What serves `model` (the backend's own when `None` or unknown).
     fn serving(&self, model: Option<&str>) -> Pick<'_> {
-        let guarded = model.and_then(|m| self.variants.get(m)).unwrap_or(&self.guarded);
+        let guarded = model
+            .and_then(|m| self.variants.get(m))
+            .unwrap_or(&self.generator);
         Pick {
             backend: self,
             guarded,
@@ -234,7 +233,10 @@ impl LlmPool {
     pub fn tightest_context(&self, route: &Route, choice: &Choice) -> Option<(&dyn Generator, usize)> {
         self.allowed(route, choice)
             .into_iter()
-            .filter_map(|(b, _)| b.generator.context_window().map(|w| (b.generator.as_ref(), w)))
+            .filter_map(|(b, _)| {
+                let generator: &dyn Generator = b.generator.as_ref();
+                generator.context_window().map(|w| (generator, w))
+            })
             .min_by_key(|(_, w)| *w)
     }
 
@@ -245,7 +247,7 @@ impl LlmPool {
         for (backend, _) in self.allowed(route, choice) {
             let window = backend.generator.context_window()?;
             if widest.is_none_or(|(_, w)| window > w) {
-                widest = Some((backend.generator.as_ref(), window));
+                widest = Some((backend.generator.as_ref() as &dyn Generator, window));
             }
         }
         widest

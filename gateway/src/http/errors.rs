@@ -105,8 +105,8 @@ impl ApiError {
     /// The code's status; a relayed backend's own refusal keeps the backend's 4xx.
     pub fn http_status(&self) -> StatusCode {
         match self {
-            Self::BackendRejected { status, .. } => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            Self::BackendRejected(rejection) => {
+                StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST)
             }
             other => status(other.code()),
         }
@@ -129,15 +129,12 @@ impl ApiError {
     /// (an OpenAI-shaped error, e.g. `context_length_exceeded`).
     fn body(&self) -> ErrorBody {
         let mut body = ErrorBody::new(self.code().as_str(), self.to_string());
-        if let Self::BackendRejected {
-            code, kind, param, ..
-        } = self
-        {
-            if let Some(code) = code {
+        if let Self::BackendRejected(rejection) = self {
+            if let Some(code) = &rejection.code {
                 body.error.code.clone_from(code);
             }
-            body.error.kind.clone_from(kind);
-            body.error.param.clone_from(param);
+            body.error.kind.clone_from(&rejection.kind);
+            body.error.param.clone_from(&rejection.param);
         }
         body
     }

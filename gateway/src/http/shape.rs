@@ -18,7 +18,7 @@ use ragway_openapi::{CacheInfo, Citation, Degradation, Mode, QueryResponse, Stag
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::answer::engine::{AnswerEvent, Answering};
+use crate::answer::engine::{no_backend_answered, AnswerEvent, Answering};
 use crate::error::{ApiError, ErrorCode};
 
 /// A whole answer, collected from its events.
@@ -63,7 +63,7 @@ impl Collected {
                     cache,
                     timings_ms,
                 } => {
-                    let generated = !matches!(stages.llm.as_deref(), None | Some("extractive"));
+                    let generated = written_by(&stages).is_some();
                     return Ok(Self {
                         citations: cited(&text, citations, generated),
                         text: trimmed(text),
@@ -98,11 +98,9 @@ impl Collected {
         written_by(&self.stages)
     }
 
-    /// Why a plain chat got no answer, for its 503.
-    pub fn unavailable(&self, backend: &str) -> ApiError {
-        let reasons: Vec<String> = self.degraded.iter().map(|d| format!("{:?}", d.reason)).collect();
-        let message = format!("backend `{backend}` did not answer ({})", reasons.join(", "));
-        ApiError::unavailable(ErrorCode::LlmUnavailable, message)
+    /// Why a plain chat with `model` got no answer, for its 503.
+    pub fn unavailable(&self, model: &str) -> ApiError {
+        no_backend_answered(model, &self.degraded)
     }
 }
 
@@ -217,13 +215,8 @@ fn refused(first: &AnswerEvent, model: &str, bare_llm: bool) -> Option<Result<Re
         return None;
     }
     if bare_llm {
-        // A plain chat whose backend never started has nothing to stream: a 503.
-        let reasons: Vec<String> = degraded
-            .iter()
-            .map(|d| format!("{}: {:?}", d.stage, d.reason))
-            .collect();
-        let message = format!("backend `{model}` did not answer ({})", reasons.join(", "));
-        return Some(Err(ApiError::unavailable(ErrorCode::LlmUnavailable, message)));
+        // A plain chat whose backends never started has nothing to stream: a 503.
+        return Some(Err(no_backend_answered(model, degraded)));
     }
     let body = json!({
         "error": {"code": ErrorCode::NoRetrievalPath.as_str(), "message": "neither retrieval engine is available (mode: error)"},

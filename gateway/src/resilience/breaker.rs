@@ -100,6 +100,7 @@ impl Instrument for StateMirror {
 
 /// The open periods: `open`, doubling after each failed probe up to `max_open`. failsafe's own
 /// backoffs count whole seconds and reject anything under one; this one keeps milliseconds.
+#[derive(Clone)]
 struct OpenPeriods {
     next: Duration,
     max: Duration,
@@ -115,16 +116,6 @@ impl Iterator for OpenPeriods {
         let ms = u64::try_from(current.as_millis()).unwrap_or(u64::MAX);
         self.clock.period_ms.store(ms, Ordering::Release);
         Some(current)
-    }
-}
-
-impl Clone for OpenPeriods {
-    fn clone(&self) -> Self {
-        Self {
-            next: self.next,
-            max: self.max,
-            clock: self.clock.clone(),
-        }
     }
 }
 

@@ -133,7 +133,11 @@ impl Part {
         if !before.is_empty() {
             prompt.push(ChatMessage::new(Role::Assistant, before.to_string()));
         }
-        let generator = engine.pipeline.llm.backend(backend).map(|b| b.generator.clone());
+        let generator = engine
+            .pipeline
+            .llm
+            .backend(backend)
+            .map(|b| b.generator.clone() as Arc<dyn Generator>);
         Self::of(backend, prompt, generator, job.meter.clone())
     }
 
@@ -199,10 +203,7 @@ fn refusal(job: &Job, unanswered: Unanswered) -> Option<Refusal> {
             None
         }
         Unanswered::Refused { backend, error } => Some(Refusal::rejected(&backend, &error)),
-        Unanswered::Failed { misconfigured: true } if !grounded => {
-            let backends = job.report.degraded().into_iter().map(|d| d.stage).collect();
-            Some(Refusal::Misconfigured { backends })
-        }
+        Unanswered::Failed { misconfigured: true } if !grounded => Some(Refusal::misconfigured(&job.report)),
         Unanswered::Failed { .. } => None,
     }
 }

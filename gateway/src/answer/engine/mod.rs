@@ -32,7 +32,7 @@ use super::prompt::{self, Sampling};
 use super::report::{Authorship, Report};
 use super::{Query, RequestContext};
 use crate::catalog::collections::Collection;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, Rejection};
 use crate::tenancy::quota::{budget_spent, StreamPermit};
 use crate::tenancy::{Allowance, Choice, Meter};
 
@@ -81,16 +81,8 @@ pub enum AnswerEvent {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Refusal {
-    /// A backend refused the request as the caller's fault: its status and its own error.
-    Rejected {
-        backend: String,
-        status: u16,
-        message: String,
-        code: Option<String>,
-        #[serde(rename = "type")]
-        kind: Option<String>,
-        param: Option<String>,
-    },
+    /// A backend refused the request as the caller's fault.
+    Rejected(Rejection),
     /// Every backend tried refused the operator's credentials (401/403 upstream).
     Misconfigured { backends: Vec<String> },
 }
@@ -100,7 +92,7 @@ impl Refusal {
     pub fn rejected(backend: &str, error: &LlmError) -> Self {
         let upstream = error.upstream().cloned().unwrap_or_default();
         let too_long = matches!(error, LlmError::PromptTooLong { .. });
-        Self::Rejected {
+        Self::Rejected(Rejection {
             backend: backend.to_string(),
             status: error.status().unwrap_or(400),
             message: match upstream.message.is_empty() {
@@ -112,28 +104,20 @@ impl Refusal {
                 .or_else(|| too_long.then(|| ErrorCode::ContextLengthExceeded.as_str().to_string())),
             kind: upstream.kind,
             param: upstream.param,
-        }
+        })
+    }
+
+    /// Every backend `report` says failed refused the operator's credentials.
+    fn misconfigured(report: &Report) -> Self {
+        let backends = report.degraded().into_iter().map(|d| d.stage).collect();
+        Self::Misconfigured { backends }
     }
 }
 
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
-            Refusal::Rejected {
-                backend,
-                status,
-                message,
-                code,
-                kind,
-                param,
-            } => ApiError::BackendRejected {
-                backend,
-                status,
-                message,
-                code,
-                kind,
-                param,
-            },
+            Refusal::Rejected(rejection) => ApiError::BackendRejected(Box::new(rejection)),
             Refusal::Misconfigured { backends } => ApiError::unavailable(
                 ErrorCode::LlmBackendMisconfigured,
                 format!(
@@ -150,20 +134,19 @@ impl From<Refusal> for ApiError {
 pub fn unanswered(model: &str, unanswered: Unanswered, report: &Report) -> ApiError {
     match unanswered {
         Unanswered::Refused { backend, error } => Refusal::rejected(&backend, &error).into(),
-        Unanswered::Failed { misconfigured: true } => Refusal::Misconfigured {
-            backends: report.degraded().into_iter().map(|d| d.stage).collect(),
-        }
-        .into(),
-        Unanswered::Failed { misconfigured: false } => {
-            let reasons: Vec<String> = report
-                .degraded()
-                .iter()
-                .map(|d| format!("{}: {:?}", d.stage, d.reason))
-                .collect();
-            let message = format!("`{model}`: no backend answered ({})", reasons.join(", "));
-            ApiError::unavailable(ErrorCode::LlmUnavailable, message)
-        }
+        Unanswered::Failed { misconfigured: true } => Refusal::misconfigured(report).into(),
+        Unanswered::Failed { misconfigured: false } => no_backend_answered(model, &report.degraded()),
     }
+}
+
+/// 503 `llm_unavailable`: no backend of `model` answered, and what each did (`degraded`).
+pub fn no_backend_answered(model: &str, degraded: &[Degradation]) -> ApiError {
+    let reasons: Vec<String> = degraded
+        .iter()
+        .map(|d| format!("{}: {:?}", d.stage, d.reason))
+        .collect();
+    let message = format!("`{model}`: no backend answered ({})", reasons.join(", "));
+    ApiError::unavailable(ErrorCode::LlmUnavailable, message)
 }
 
 impl AnswerEvent {
@@ -672,17 +655,17 @@ mod tests {
             backend: "b".into(),
             error: remote(400, Some("context_length_exceeded")),
         };
-        let ApiError::BackendRejected {
+        let ApiError::BackendRejected(rejection) = unanswered("m", refused, &report) else {
+            panic!("a refusal is passed on");
+        };
+        let Rejection {
             status,
             code,
             kind,
             param,
             message,
             ..
-        } = unanswered("m", refused, &report)
-        else {
-            panic!("a refusal is passed on");
-        };
+        } = *rejection;
         assert_eq!((status, code.as_deref()), (400, Some("context_length_exceeded")));
         assert_eq!(
             (kind.as_deref(), param.as_deref()),

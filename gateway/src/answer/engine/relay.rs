@@ -233,7 +233,7 @@ impl Part {
         Self::of(
             backend.name(),
             prompt,
-            Some(Arc::clone(&backend.generator)),
+            Some(Arc::clone(&backend.generator) as Arc<dyn ragway_llm::Generator>),
             meter,
         )
     }

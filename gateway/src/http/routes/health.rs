@@ -58,32 +58,19 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let collections = state.collections.list();
     let pipeline = &state.pipeline;
     let guards = &pipeline.guards;
-    let mut dependencies: BTreeMap<String, BreakerState> = [&guards.embed, &guards.dense, &guards.keyword]
-        .into_iter()
-        .map(|g| (g.name.clone(), g.state()))
-        .collect();
+    let mut watched: Vec<&Guard> = vec![&guards.embed, &guards.dense, &guards.keyword];
     if pipeline.reranker.is_some() {
-        dependencies.insert(guards.rerank.name.clone(), guards.rerank.state());
+        watched.push(&guards.rerank);
     }
-    for backend in pipeline.llm.backends() {
-        dependencies.insert(format!("llm:{}", backend.name()), backend.state());
-    }
+    // Each backend's guard is named `llm:<backend>`.
+    watched.extend(pipeline.llm.backends().iter().map(|b| b.guard.as_ref()));
     // Redis only shares caches: listed, never a reason to be unready.
-    if let Some(redis) = pipeline.caches.redis_guard() {
-        dependencies.insert(redis.name.clone(), redis.state());
-    }
-    let mut next_probe_ms = BTreeMap::new();
-    let mut probe = |name: String, guard: &Guard| {
-        if let Some(wait) = guard.next_probe_in() {
-            next_probe_ms.insert(name, wait.as_millis() as u64);
-        }
-    };
-    for guard in [&guards.embed, &guards.dense, &guards.keyword, &guards.rerank] {
-        probe(guard.name.clone(), guard);
-    }
-    for backend in pipeline.llm.backends() {
-        probe(format!("llm:{}", backend.name()), &backend.guard);
-    }
+    watched.extend(pipeline.caches.redis_guard());
+    let dependencies = watched.iter().map(|g| (g.name.clone(), g.state())).collect();
+    let next_probe_ms = watched
+        .iter()
+        .filter_map(|g| Some((g.name.clone(), g.next_probe_in()?.as_millis() as u64)))
+        .collect();
     let usable = |g: &Guard| g.state() != BreakerState::Open;
     let dense_path = usable(&guards.embed) && usable(&guards.dense);
     // The extractive answer needs only retrieval, so retrieval decides readiness.

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use ragway_llm::{ChatMessage, Role};
+use ragway_llm::{ChatMessage, Generator, Role};
 use ragway_openapi::{
     ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut, ChatUsage, ErrorBody, MessageContent,
     Mode, ModelCard, ModelList, RagwayAnswerInfo, TokenUsage,
