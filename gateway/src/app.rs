@@ -33,6 +33,7 @@ use crate::resilience::faults::Faults;
 use crate::resilience::guard::Guard;
 use crate::resilience::guarded::Guarded;
 use crate::resilience::rerank_cost::Costed;
+use crate::tenancy::quota::policy::JobQueueLimits;
 use crate::tenancy::quota::Quotas;
 use crate::tenancy::tenants::{FileStore, RedisStore, TenantStore, Tenants};
 use crate::tenancy::{Accounts, Budgeted, Metering};
@@ -83,6 +84,36 @@ fn stores(config: &Config, dimension: usize) -> anyhow::Result<Stores> {
             })
         }
     }
+}
+
+/// Takes `data_dir` for this process alone (an advisory lock on `<data_dir>/ragway.lock`, held
+/// while the returned file is open, released by the kernel when the process dies): two processes
+/// on one directory would both resume its jobs and write its stores.
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+    let path = dir.join("ragway.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if file.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        anyhow::bail!(
+            "data_dir {} is in use by another ragway process (pid {}): give each process its own \
+             data_dir (--data-dir), or stop the other one",
+            dir.display(),
+            holder.trim()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 /// Loads the models and opens the stores named by `config`.
@@ -151,6 +182,10 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
         batch_chunks: config.ingest.batch_chunks,
         max_concurrent: config.ingest.max_concurrent_jobs,
         keep_finished: config.ingest.keep_finished_jobs,
+        queue: JobQueueLimits {
+            total: config.ingest.max_queued_jobs,
+            per_tenant: config.ingest.max_queued_jobs_per_tenant,
+        },
     };
     let job_store = match shared {
         Some(redis) => JobStoreKind::Redis(redis),

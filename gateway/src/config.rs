@@ -12,6 +12,7 @@ use ragway_worker::onnx::Precision;
 use serde::{Deserialize, Serialize};
 
 mod model_groups;
+pub mod redact;
 
 pub use model_groups::{GroupMember, Member, MemberEntry, ModelGroupConfig};
 
@@ -99,6 +100,11 @@ pub struct IngestConfig {
     pub embed_timeout_ms: u64,
     /// Finished jobs kept for `GET /v1/jobs/{id}`; older ones are forgotten.
     pub keep_finished_jobs: usize,
+    /// Background jobs one process holds unfinished (queued or running), all tenants together;
+    /// one more is refused with `503 ingest_queue_full` and `Retry-After`, nothing stored.
+    pub max_queued_jobs: usize,
+    /// Of those, one tenant's share; one more is refused with `429 job_quota_exceeded`.
+    pub max_queued_jobs_per_tenant: usize,
 }
 
 /// Admission control: tasks that may wait for each model worker. A full queue answers at once.
@@ -247,6 +253,10 @@ pub struct ResilienceConfig {
     pub stream_idle_timeout_ms: u64,
 }
 
+/// The longest a server timeout may be: far beyond any sane setting, and far from where adding
+/// it to a clock reading could overflow.
+const MAX_SERVER_TIMEOUT_MS: u64 = 86_400_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -259,6 +269,17 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub max_query_chars: usize,
     pub max_documents_per_request: usize,
+    /// Connections open at once; a connection beyond them gets one `503 overloaded` and is
+    /// closed.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, counted from when the connection is ready
+    /// for one: it is also how long an idle keep-alive connection stays open.
+    pub header_timeout_ms: u64,
+    /// A request's whole body must arrive within this after its headers (`408` otherwise).
+    pub body_timeout_ms: u64,
+    /// On SIGTERM, how long open requests (streams included) get to finish before the process
+    /// exits anyway.
+    pub shutdown_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -494,6 +515,10 @@ impl Default for ServerConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_query_chars: 2_000,
             max_documents_per_request: 1_000,
+            max_connections: 4_096,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -572,6 +597,8 @@ impl Default for IngestConfig {
             max_concurrent_jobs: 1,
             embed_timeout_ms: 120_000,
             keep_finished_jobs: 1_000,
+            max_queued_jobs: 256,
+            max_queued_jobs_per_tenant: 32,
         }
     }
 }
@@ -636,6 +663,21 @@ impl Config {
                 self.server.listen
             ));
         }
+        let v = &self.server;
+        if v.max_connections == 0 {
+            problems.push("server.max_connections must be at least 1".to_string());
+        }
+        for (key, ms) in [
+            ("header_timeout_ms", v.header_timeout_ms),
+            ("body_timeout_ms", v.body_timeout_ms),
+            ("shutdown_grace_ms", v.shutdown_grace_ms),
+        ] {
+            if !(1..=MAX_SERVER_TIMEOUT_MS).contains(&ms) {
+                problems.push(format!(
+                    "server.{key} = {ms} must be between 1 and {MAX_SERVER_TIMEOUT_MS} (a day)"
+                ));
+            }
+        }
         let r = &self.retrieval;
         if r.chunk_words == 0 {
             problems.push("retrieval.chunk_words must be at least 1".to_string());
@@ -677,6 +719,11 @@ impl Config {
             problems.push("quotas.expected_replicas must be at least 1".to_string());
         }
         let i = &self.ingest;
+        if i.max_queued_jobs == 0 || i.max_queued_jobs_per_tenant == 0 {
+            problems.push(
+                "ingest.max_queued_jobs and ingest.max_queued_jobs_per_tenant must be at least 1".to_string(),
+            );
+        }
         if i.batch_chunks == 0 || i.max_concurrent_jobs == 0 {
             problems
                 .push("ingest.batch_chunks and ingest.max_concurrent_jobs must be at least 1".to_string());
@@ -784,6 +831,24 @@ mod tests {
             Ok(())
         });
         Ok(())
+    }
+
+    #[test]
+    fn server_limits_are_within_what_a_clock_can_hold() {
+        let with = |set: fn(&mut ServerConfig)| {
+            let mut config = Config::default();
+            set(&mut config.server);
+            config.validate()
+        };
+        let err = with(|s| s.header_timeout_ms = u64::MAX).err();
+        assert!(err.is_some_and(|e| e.contains("server.header_timeout_ms")));
+        let err = with(|s| s.body_timeout_ms = 0).err();
+        assert!(err.is_some_and(|e| e.contains("server.body_timeout_ms")));
+        let err = with(|s| s.shutdown_grace_ms = MAX_SERVER_TIMEOUT_MS + 1).err();
+        assert!(err.is_some_and(|e| e.contains("server.shutdown_grace_ms")));
+        let err = with(|s| s.max_connections = 0).err();
+        assert!(err.is_some_and(|e| e.contains("server.max_connections")));
+        assert_eq!(with(|s| s.shutdown_grace_ms = MAX_SERVER_TIMEOUT_MS), Ok(()));
     }
 
     #[test]

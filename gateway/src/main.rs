@@ -1,11 +1,13 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use ragway_gateway::app;
 use ragway_gateway::config::{Config, Overrides};
 use ragway_gateway::http::router;
+use ragway_gateway::http::serve::{serve, ConnectionLimits};
 use tracing_subscriber::EnvFilter;
 
 /// ragway: a RAG gateway. Configuration: defaults → --config file → RAGWAY__SECTION__KEY env → flags.
@@ -40,22 +42,29 @@ async fn main() -> anyhow::Result<()> {
     };
     let config = Config::load(cli.config.as_deref(), &overrides).map_err(anyhow::Error::msg)?;
     if cli.validate_and_exit {
-        // API keys are never in the config itself, only the names of their env variables.
-        let effective = format!("{:#}\n", serde_json::to_value(&config)?);
+        // API keys are never in the config itself, only the names of their env variables; a
+        // password or token written inside a URL is masked.
+        let shown = ragway_gateway::config::redact::redacted(serde_json::to_value(&config)?);
+        let effective = format!("{shown:#}\n");
         std::io::Write::write_all(&mut std::io::stdout(), effective.as_bytes())?;
         return Ok(());
     }
     let metrics = ragway_gateway::metrics::install()?;
     let listen = config.server.listen.clone();
+    let limits = ConnectionLimits {
+        max_connections: config.server.max_connections,
+        header_timeout: Duration::from_millis(config.server.header_timeout_ms),
+        shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+    };
+    // Held until the process ends.
+    let _data_dir = app::lock_data_dir(&config.server.data_dir)?;
     let state = app::load(config, metrics).await?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     // Tests and scripts read this line to find the port when listening on port 0.
     tracing::info!(address = %listener.local_addr()?, "ragway listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    serve(listener, router(state), limits, shutdown_signal()).await;
     tracing::info!("ragway stopped");
     Ok(())
 }

@@ -67,7 +67,8 @@ pub struct CollectionInfo {
     pub name: String,
     pub documents: usize,
     pub chunks: usize,
-    /// UTF-8 bytes of the documents' text.
+    /// What the documents take in the stores: each chunk's UTF-8 text and the metadata copied
+    /// into it (as JSON); what `limits.bytes` counts.
     #[serde(default)]
     pub bytes: u64,
     pub chunk_words: usize,

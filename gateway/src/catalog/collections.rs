@@ -232,8 +232,9 @@ impl Collection {
         let mut growth = (0i64, 0i64, 0i64);
         for doc in documents {
             let metadata = doc.metadata.clone().unwrap_or_default();
-            let chunks = chunk_document(&doc.id, &doc.text, &metadata, self.chunking).len() as i64;
-            let bytes = doc.text.len() as i64;
+            let chunked = chunk_document(&doc.id, &doc.text, &metadata, self.chunking);
+            let chunks = chunked.len() as i64;
+            let bytes = i64::try_from(stored_bytes(&chunked)).unwrap_or(i64::MAX);
             let (old_docs, old_chunks, old_bytes) = manifest
                 .documents
                 .get(&doc.id)
@@ -863,6 +864,22 @@ fn too_many(max_collections: usize) -> ApiError {
     }
 }
 
+/// What a document's chunks take in the stores, as counted against `limits.bytes`: each chunk's
+/// text and the metadata copied into it (as JSON). A document cut into many overlapping chunks
+/// costs what it stores, not only its text.
+pub fn stored_bytes(chunks: &[Chunk]) -> u64 {
+    chunks
+        .iter()
+        .map(|chunk| {
+            let metadata = match chunk.metadata.is_empty() {
+                true => 0,
+                false => serde_json::to_string(&chunk.metadata).map_or(0, |m| m.len()),
+            };
+            (chunk.text.len() + metadata) as u64
+        })
+        .sum()
+}
+
 /// The documents of a batch that are new or changed, chunked.
 fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOptions) -> Vec<Change> {
     documents
@@ -878,8 +895,8 @@ fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOp
             Some(Change {
                 id: doc.id,
                 hash,
+                bytes: stored_bytes(&chunks),
                 chunks,
-                bytes: doc.text.len() as u64,
             })
         })
         .collect()

@@ -21,6 +21,8 @@ use tokio::sync::{oneshot, Semaphore};
 use crate::catalog::collections::{BatchOutcome, Collection, Collections, Lookup};
 use crate::catalog::lease::Lease;
 use crate::error::{ApiError, ErrorCode};
+use crate::tenancy::owner;
+use crate::tenancy::quota::policy::{admit_job, JobQueueLimits, QueueFull};
 
 mod store;
 use store::{FileJobs, JobStore, Record, RedisJobs};
@@ -32,6 +34,8 @@ pub struct JobSettings {
     pub batch_chunks: usize,
     pub max_concurrent: usize,
     pub keep_finished: usize,
+    /// Background jobs held unfinished at most, in all and per tenant.
+    pub queue: JobQueueLimits,
 }
 
 /// Where jobs live.
@@ -81,6 +85,84 @@ impl Job {
     }
 }
 
+/// The background jobs this process holds unfinished, in all and per owner (a tenant's id, `""`
+/// in open mode).
+#[derive(Default)]
+struct QueueCounts {
+    total: usize,
+    per_owner: BTreeMap<String, usize>,
+}
+
+/// One background job's place in the queue, given back when the job ends however it ends.
+struct QueueSlot {
+    counts: Arc<Mutex<QueueCounts>>,
+    owner: String,
+}
+
+impl QueueSlot {
+    /// Takes a place for a job of `owner`, refused past `limits`; `None` limits take one anyway
+    /// (a job accepted before a restart).
+    fn take(
+        counts: &Arc<Mutex<QueueCounts>>,
+        owner: &str,
+        limits: Option<JobQueueLimits>,
+    ) -> Result<Self, QueueFull> {
+        let mut held = counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(limits) = limits {
+            let tenant = (!owner.is_empty()).then(|| held.per_owner.get(owner).copied().unwrap_or(0));
+            admit_job(limits, held.total, tenant)?;
+        }
+        held.total += 1;
+        *held.per_owner.entry(owner.to_string()).or_default() += 1;
+        Ok(Self {
+            counts: counts.clone(),
+            owner: owner.to_string(),
+        })
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.total = held.total.saturating_sub(1);
+        if let Some(n) = held.per_owner.get_mut(&self.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.per_owner.remove(&self.owner);
+            }
+        }
+    }
+}
+
+/// How long a client refused for a full queue should wait before trying again.
+const QUEUE_RETRY_AFTER_S: u64 = 5;
+
+fn queue_full(full: QueueFull, limits: JobQueueLimits) -> ApiError {
+    match full {
+        QueueFull::Tenant => ApiError::OverQuota {
+            code: ErrorCode::JobQuotaExceeded,
+            message: format!(
+                "this tenant has {} background jobs waiting or running (ingest.max_queued_jobs_per_tenant); \
+                 nothing was stored: retry when one has finished",
+                limits.per_tenant
+            ),
+            retry_after_s: Some(QUEUE_RETRY_AFTER_S),
+        },
+        QueueFull::Server => ApiError::Busy {
+            code: ErrorCode::IngestQueueFull,
+            message: format!(
+                "the server has {} background jobs waiting or running (ingest.max_queued_jobs); \
+                 nothing was stored: retry shortly",
+                limits.total
+            ),
+            retry_after_s: QUEUE_RETRY_AFTER_S,
+        },
+    }
+}
+
 /// What waits for a synchronous job's answer.
 pub type JobResult = oneshot::Receiver<Result<IngestResponse, ApiError>>;
 
@@ -101,6 +183,8 @@ pub struct Jobs {
     slots: Arc<Semaphore>,
     /// The jobs this process runs or is about to run.
     running: Mutex<BTreeMap<String, Arc<Job>>>,
+    /// Background jobs held unfinished, bounded by `settings.queue`.
+    queue: Arc<Mutex<QueueCounts>>,
 }
 
 impl Jobs {
@@ -121,6 +205,7 @@ impl Jobs {
             settings,
             slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
             running: Mutex::new(BTreeMap::new()),
+            queue: Arc::default(),
         });
         jobs.resume_unfinished().await;
         if jobs.store.shared() {
@@ -165,7 +250,9 @@ impl Jobs {
                     let done = job.status().documents_done;
                     tracing::info!(job = id, collection = name, done, "resuming ingestion job");
                     self.lock().insert(id, job.clone());
-                    self.clone().spawn(job, collection, documents, None, true, lease);
+                    // Accepted before: it counts, but is never refused now.
+                    let slot = QueueSlot::take(&self.queue, owner(&name), None).ok();
+                    self.clone().spawn(job, collection, documents, None, slot, lease);
                 }
                 Err(e) => {
                     self.finish(&job, Err(format!("the job's documents are unreadable: {e}")))
@@ -188,13 +275,22 @@ impl Jobs {
     }
 
     /// Records a job durably and starts it. A synchronous job (`background == false`) starts at
-    /// once and its result comes through the returned receiver.
+    /// once and its result comes through the returned receiver. A background job takes a place
+    /// in the bounded queue first: past it, it is refused and nothing is stored.
     pub async fn submit(
         self: &Arc<Self>,
         collection: Arc<Collection>,
         documents: Vec<DocumentInput>,
         background: bool,
     ) -> Result<(JobStatus, Option<JobResult>), ApiError> {
+        let limits = self.settings.queue;
+        let slot = match background {
+            true => Some(
+                QueueSlot::take(&self.queue, owner(&collection.name), Some(limits))
+                    .map_err(|full| queue_full(full, limits))?,
+            ),
+            false => None,
+        };
         let id = uuid::Uuid::new_v4().simple().to_string();
         let record = Record {
             status: JobStatus {
@@ -228,7 +324,7 @@ impl Jobs {
         self.lock().insert(id, job.clone());
         let (answer, result) = oneshot::channel();
         self.clone()
-            .spawn(job, collection, documents, Some(answer), background, lease);
+            .spawn(job, collection, documents, Some(answer), slot, lease);
         Ok((status, (!background).then_some(result)))
     }
 
@@ -246,12 +342,15 @@ impl Jobs {
         collection: Arc<Collection>,
         documents: Vec<DocumentInput>,
         answer: Option<oneshot::Sender<Result<IngestResponse, ApiError>>>,
-        background: bool,
+        // Background jobs hold a place in the queue until they end.
+        slot: Option<QueueSlot>,
         lease: Lease,
     ) {
+        let background = slot.is_some();
         tokio::spawn(async move {
+            let _queued = slot;
             // A closed semaphore never happens (it lives as long as `self`).
-            let _slot = match background {
+            let _running = match background {
                 true => self.slots.clone().acquire_owned().await.ok(),
                 false => None,
             };

@@ -79,6 +79,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The `/admin` layer: only a bearer token equal to the configured admin key passes; without a
 /// configured key the admin API is closed.
+/// Whether `headers` carry the admin key.
+pub fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
+    match (&state.admin_key, bearer(headers)) {
+        (Some(key), Some(token)) => constant_time_eq(key.as_bytes(), token.as_bytes()),
+        _ => false,
+    }
+}
+
 pub async fn admin_only(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(token) = bearer(request.headers()) else {
         return ApiError::Unauthorized.into_response();

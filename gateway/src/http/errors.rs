@@ -76,9 +76,11 @@ pub fn status(code: ErrorCode) -> StatusCode {
         }
         C::CollectionQuotaExceeded
         | C::EmbeddingTokenQuotaExceeded
+        | C::JobQuotaExceeded
         | C::LlmTokenQuotaExceeded
         | C::RateLimited
         | C::StreamQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+        C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         C::LlmBackendMisconfigured => StatusCode::BAD_GATEWAY,
         C::CollectionUnavailable
@@ -86,6 +88,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::EmbedderBusy
         | C::EmbedderFailed
         | C::EmbedderUnavailable
+        | C::IngestQueueFull
         | C::JobStoreUnavailable
         | C::KeywordStoreFailed
         | C::LlmBackendFailed

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod openapi_doc;
 pub mod router;
 pub mod routes;
+pub mod serve;
 pub mod shape;
 
 use std::sync::Arc;

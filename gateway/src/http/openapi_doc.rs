@@ -24,7 +24,7 @@ use crate::validate;
         tenants::create, tenants::list, tenants::get, tenants::update, tenants::delete,
         tenants::create_key, tenants::revoke_key, tenants::usage,
     ),
-    components(schemas(health::Health, health::Readiness)),
+    components(schemas(health::Health, health::Readiness, health::ReadinessDetail)),
     modifiers(&AdminKey, &TenantKey),
     tags(
         (name = "collections", description = "Create, list and drop collections"),

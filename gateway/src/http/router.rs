@@ -1,8 +1,9 @@
 //! The routes, in three parts: `/v1` behind the tenant layers (who is calling, within its request
 //! rate), `/admin` behind the admin key, and the open parts (health, metrics, the API document).
+//! Bodies are read (within their size and deadline) only once the caller is known.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
@@ -14,10 +15,15 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::auth::{admin_only, tenant_layer};
 use super::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank, tenants};
+use super::serve::{read_body_within, BodyLimits};
 use super::{openapi_doc, AppState};
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
+    let body = BodyLimits {
+        max_bytes: body_limit,
+        deadline: Duration::from_millis(state.config.server.body_timeout_ms),
+    };
     let document = Arc::new(openapi_doc::document(&state.config));
     let open = Router::new()
         .route("/healthz", get(health::healthz))
@@ -25,8 +31,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics));
     let api = Router::new()
         .merge(open)
-        .merge(tenant_routes(&state))
-        .merge(admin_routes(&state))
+        .merge(tenant_routes(&state, body))
+        .merge(admin_routes(&state, body))
         .route_layer(middleware::from_fn(count_request))
         .with_state(state);
     Router::new()
@@ -43,7 +49,7 @@ pub fn router(state: AppState) -> Router {
 /// `/v1`: every route knows its caller ([`super::auth::Caller`]), put there by the tenant layer
 /// (authentication, then the rate limit). Merged, not nested: the layers
 /// stay on these routes alone, and a request is matched once, against its whole path.
-fn tenant_routes(state: &AppState) -> Router<AppState> {
+fn tenant_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
     Router::new()
         .route(
             "/v1/collections",
@@ -68,11 +74,12 @@ fn tenant_routes(state: &AppState) -> Router<AppState> {
         .route("/v1/rerank", post(rerank::rerank))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route_layer(middleware::from_fn(move |r, n| read_body_within(body, r, n)))
         .route_layer(middleware::from_fn_with_state(state.clone(), tenant_layer))
 }
 
 /// `/admin`: only with the admin key.
-fn admin_routes(state: &AppState) -> Router<AppState> {
+fn admin_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
     Router::new()
         .route(
             "/admin/faults",
@@ -97,6 +104,7 @@ fn admin_routes(state: &AppState) -> Router<AppState> {
         .route("/admin/tenants/{id}/keys", post(tenants::create_key))
         .route("/admin/tenants/{id}/keys/{key_id}", delete(tenants::revoke_key))
         .route("/admin/tenants/{id}/usage", get(tenants::usage))
+        .route_layer(middleware::from_fn(move |r, n| read_body_within(body, r, n)))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_only))
 }
 

@@ -42,7 +42,8 @@ impl RerankCost {
         let mut sorted: Vec<f64> = samples.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
         let p95 = sorted[((sorted.len() - 1) as f64 * 0.95).round() as usize];
-        Some(Duration::from_secs_f64(p95 * candidates as f64 / 1e3))
+        // Never a panic: a cost past what a Duration holds is no estimate.
+        Duration::try_from_secs_f64(p95 * candidates as f64 / 1e3).ok()
     }
 }
 

@@ -1,5 +1,5 @@
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
@@ -7,6 +7,8 @@ use utoipa::ToSchema;
 
 use std::collections::BTreeMap;
 
+use crate::config::AuthMode;
+use crate::http::auth::is_admin;
 use crate::http::AppState;
 use crate::resilience::breaker::BreakerState;
 use crate::resilience::guard::Guard;
@@ -16,33 +18,51 @@ pub struct Health {
     status: &'static str,
 }
 
+/// What anyone may read: whether the process is ready and the state of each dependency. With
+/// `auth.mode = "keys"` the rest (model ids, which may be remote URLs, and collection names) is
+/// only shown to the admin key.
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
     /// At least one retrieval path (embedder + dense, or keyword) and one answer path (an LLM
     /// backend, or the extractive answer, which needs only retrieval) are available.
     ready: bool,
-    collections: usize,
-    embedder: String,
-    /// What runs the embedder: `onnx` or `candle`.
-    embedder_backend: String,
-    reranker: Option<String>,
-    /// What runs the reranker, when one is configured.
-    reranker_backend: Option<String>,
     /// Breaker state per dependency: `embedder`, `dense`, `keyword`, `reranker`, `llm:<backend>`,
     /// and `redis` when the shared cache tier is configured.
     dependencies: BTreeMap<String, BreakerState>,
     /// For each dependency whose breaker is open: milliseconds until its next probe (a call let
     /// through to find out whether it is back).
     next_probe_ms: BTreeMap<String, u64>,
-    /// Collections that could not be opened at start-up, and why; they are not served, the
-    /// others are.
-    damaged_collections: BTreeMap<String, String>,
     /// `keys` (every `/v1` call needs a tenant's key) or `open`.
     auth: &'static str,
     /// Where tenants' rate limits and token counters are enforced: `shared` (Redis, every
     /// replica together), `local_fallback` (Redis unreachable: each replica enforces
     /// `limit / quotas.expected_replicas`) or `local` (no Redis configured).
     quotas: &'static str,
+    /// The fields below: in open mode, or with the admin key.
+    #[serde(flatten)]
+    detail: ReadinessDetail,
+}
+
+/// Shown in open mode or to the admin key; each field is absent otherwise.
+#[derive(Serialize, ToSchema, Default)]
+pub struct ReadinessDetail {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedder: Option<String>,
+    /// What runs the embedder: `onnx` or `candle`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedder_backend: Option<String>,
+    /// The reranker, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reranker: Option<String>,
+    /// What runs the reranker, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reranker_backend: Option<String>,
+    /// Collections that could not be opened at start-up, and why; they are not served, the
+    /// others are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    damaged_collections: Option<BTreeMap<String, String>>,
 }
 
 /// Liveness: the process is up and serving HTTP.
@@ -54,7 +74,7 @@ pub async fn healthz() -> Json<Health> {
 /// Readiness: models are loaded and the collection catalog is readable.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "OK", body = Readiness), (status = 503, description = "Unavailable", body = Readiness)))]
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let collections = state.collections.list();
     let pipeline = &state.pipeline;
     let guards = &pipeline.guards;
@@ -69,26 +89,40 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let dependencies = watched.iter().map(|g| (g.name.clone(), g.state())).collect();
     let next_probe_ms = watched
         .iter()
-        .filter_map(|g| Some((g.name.clone(), g.next_probe_in()?.as_millis() as u64)))
+        .filter_map(|g| {
+            let ms = g.next_probe_in()?.as_millis();
+            Some((g.name.clone(), u64::try_from(ms).unwrap_or(u64::MAX)))
+        })
         .collect();
     let usable = |g: &Guard| g.state() != BreakerState::Open;
     let dense_path = usable(&guards.embed) && usable(&guards.dense);
     // The extractive answer needs only retrieval, so retrieval decides readiness.
+    let shown = match state.config.auth.mode {
+        AuthMode::Open => true,
+        AuthMode::Keys => is_admin(&state, &headers),
+    };
+    let detail = if shown {
+        ReadinessDetail {
+            collections: Some(collections.as_ref().map(Vec::len).unwrap_or(0)),
+            embedder: Some(pipeline.embedder.model_id().to_string()),
+            embedder_backend: Some(pipeline.embedder.backend().to_string()),
+            reranker: pipeline.reranker.as_ref().map(|r| r.model_id().to_string()),
+            reranker_backend: pipeline.reranker.as_ref().map(|r| r.backend().to_string()),
+            damaged_collections: Some(state.collections.damaged()),
+        }
+    } else {
+        ReadinessDetail::default()
+    };
     let body = Readiness {
         ready: collections.is_ok() && (dense_path || usable(&guards.keyword)),
-        collections: collections.map(|c| c.len()).unwrap_or(0),
-        embedder: pipeline.embedder.model_id().to_string(),
-        embedder_backend: pipeline.embedder.backend().to_string(),
-        reranker: pipeline.reranker.as_ref().map(|r| r.model_id().to_string()),
-        reranker_backend: pipeline.reranker.as_ref().map(|r| r.backend().to_string()),
         dependencies,
         next_probe_ms,
-        damaged_collections: state.collections.damaged(),
         auth: match state.config.auth.mode {
-            crate::config::AuthMode::Keys => "keys",
-            crate::config::AuthMode::Open => "open",
+            AuthMode::Keys => "keys",
+            AuthMode::Open => "open",
         },
         quotas: state.quotas.enforcement(),
+        detail,
     };
     let status = if body.ready {
         StatusCode::OK

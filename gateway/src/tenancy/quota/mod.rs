@@ -7,6 +7,7 @@
 //! never fails for it, and is never unlimited.
 
 mod local;
+pub mod policy;
 mod shared;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
