@@ -26,5 +26,6 @@ data="${RAGWAY_LOADTEST_DATA:-../shared/data/trec-dl-5k}"
 [ -f "$data/corpus.jsonl" ] || { echo "loadtest: no passages at $data (set RAGWAY_LOADTEST_DATA to a directory with corpus.jsonl and queries.jsonl)" >&2; exit 1; }
 
 scripts/fetch-models.sh
-cargo build --release --quiet -p ragway-gateway --bin ragway
+source scripts/lib.sh
+build_ragway
 exec python3 scripts/loadtest/loadtest.py --ragway "$CARGO_TARGET_DIR/release/ragway" --qdrant "$qdrant" --data "$data" "$@"

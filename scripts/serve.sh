@@ -6,20 +6,20 @@
 # binary (e.g. --config my.toml). Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 command -v cargo >/dev/null || { echo "cargo is needed: install Rust from https://rustup.rs" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 (with pip) is needed to fetch the models: apt-get install -y python3-pip" >&2; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}"
 
 scripts/fetch-models.sh
-echo "building ragway (release; the first build takes several minutes)"
-cargo build --release --quiet -p ragway-gateway --bin ragway
+build_ragway
 
 listen="${RAGWAY_LISTEN:-127.0.0.1:8080}"
 export RAGWAY_ADMIN_KEY="${RAGWAY_ADMIN_KEY:-$(python3 -c 'import secrets; print(secrets.token_hex(24))')}"
 "$CARGO_TARGET_DIR/release/ragway" --listen "$listen" "$@" &
 server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' EXIT INT TERM
+started "$server"
 
 loaded=$(python3 scripts/load-sample.py "http://$listen" "$server")
 echo "$loaded" | grep -v '^RAGWAY_KEY=' || true

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test from a fresh clone: fetches the models, then formatting, clippy, and
-# the unit, integration and end-to-end tests (which start the real binary) in release mode.
+# the unit, integration and end-to-end tests (which start the real binary) in release mode, each
+# test under cargo-nextest's bound (.config/nextest.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,8 +44,20 @@ else
 fi
 export RAGWAY_PYTHON="$venv/bin/python"
 export RAGWAY_SCHEMATHESIS="$venv/bin/schemathesis"
+# The test runner: every test in a process of its own, killed and named if it passes its bound
+# (.config/nextest.toml), so a hung test fails the run in minutes.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest (the test runner)"
+  cargo install --locked cargo-nextest || { echo "cargo install cargo-nextest failed: see https://nexte.st" >&2; exit 1; }
+fi
 cargo fmt --all -- --check
-cargo clippy --release --workspace --all-targets -- -D warnings
-# The end-to-end tests start the real binary; build it before they run.
-cargo build --release -p ragway-gateway --bin ragway
-cargo test --release --workspace
+# One compile for the lints, the binary and the tests: clippy lints the workspace's own crates
+# while they are built (clippy-driver as cargo's workspace wrapper with `-D warnings`, which is
+# how `cargo clippy` itself runs it), so the dependencies are compiled once instead of once for
+# `cargo clippy` and once for the build. nextest then finds everything built (same variables).
+clippy=$(command -v clippy-driver || true)
+[ -n "$clippy" ] || { echo "clippy is needed: rustup component add clippy" >&2; exit 1; }
+export RUSTC_WORKSPACE_WRAPPER="$clippy" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+# Every target (benches too): the end-to-end tests start the real binary built here.
+cargo build --release --workspace --all-targets
+cargo nextest run --release --workspace

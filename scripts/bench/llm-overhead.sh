@@ -8,21 +8,17 @@
 # embedder at start-up). Prints one line per round, path and concurrency: requests/s, p50, p99.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/lib.sh
 rounds=${1:-3}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}"
-cargo build --quiet --release -p ragway-gateway --bin ragway -p ragway-e2e --bin fast-openai
+build_ragway -p ragway-e2e --bin fast-openai
 bin="$CARGO_TARGET_DIR/release"
 here=$(pwd)/scripts/bench
-dir=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
+temp_dir dir llm-overhead
 
 "$bin/fast-openai" 127.0.0.1:0 2> "$dir/upstream.log" &
-for _ in $(seq 100); do
-  upstream=$(grep -o 'listening on [0-9.:]*' "$dir/upstream.log" | cut -d' ' -f3 || true)
-  [ -n "$upstream" ] && break
-  sleep 0.1
-done
+started $!
+upstream=$(wait_for_address "$dir/upstream.log" $! fast-openai 30)
 cat > "$dir/ragway.toml" <<TOML
 [[llm]]
 name = "fast"
@@ -32,17 +28,13 @@ model = "fast-model"
 TOML
 RAGWAY_MODELS="${RAGWAY_MODELS:-$HOME/.cache/ragway/models}" RAGWAY__AUTH__MODE=open RUST_LOG=warn,ragway=info \
   "$bin/ragway" --config "$dir/ragway.toml" --listen 127.0.0.1:0 --data-dir "$dir/data" 2> "$dir/ragway.log" &
-for _ in $(seq 600); do
-  gateway=$(grep -o 'address=[0-9.:]*' "$dir/ragway.log" | head -1 | cut -d= -f2 || true)
-  [ -n "$gateway" ] && break
-  sleep 0.2
-done
-[ -n "$gateway" ] || { echo "ragway did not start: see $dir/ragway.log" >&2; cat "$dir/ragway.log" >&2; exit 1; }
+started $!
+gateway=$(wait_for_address "$dir/ragway.log" $! ragway)
 
 measure() { # base connections → "req/s p50 p99"
   local threads=1
   [ "$2" -gt 1 ] && threads=2
-  wrk -t"$threads" -c"$2" -d10s --latency -s "$here/chat.lua" "$1/v1/chat/completions" 2>/dev/null | awk '
+  timeout 60 wrk -t"$threads" -c"$2" -d10s --latency -s "$here/chat.lua" "$1/v1/chat/completions" 2>/dev/null | awk '
     /Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
     END {printf "%s %s %s", rps, p50, p99}'
 }

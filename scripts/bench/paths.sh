@@ -6,6 +6,7 @@
 # binary and round: requests/s, p50 and p99 of each path.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/lib.sh
 old=$1 new=$2 rounds=${3:-3}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 here=$(pwd)/scripts/bench
@@ -15,16 +16,11 @@ start() { # binary data_dir → sets base, pid
   RAGWAY_MODELS="$models" RAGWAY__AUTH__MODE=open RUST_LOG=warn,ragway=info \
     RAGWAY__GENERATION__MAX_TOKENS=16 "$1" --listen 127.0.0.1:0 --data-dir "$2" 2> "$2/log" &
   pid=$!
-  for _ in $(seq 600); do
-    base=$(grep -o 'address=[0-9.:]*' "$2/log" | head -1 | cut -d= -f2 || true)
-    [ -n "$base" ] && break
-    sleep 0.2
-  done
-  [ -n "$base" ] || { echo "$1 did not start: see $2/log" >&2; exit 1; }
-  base="http://$base"
+  started "$pid"
+  base="http://$(wait_for_address "$2/log" "$pid" "$1")"
 }
 
-post() { curl -sf "$base$1" -H 'content-type: application/json' -d "$2" > /dev/null; }
+post() { curl -sf --max-time 600 "$base$1" -H 'content-type: application/json' -d "$2" > /dev/null; }
 
 seed() { # 200 passages: the paragraphs of this project's docs
   post /v1/collections '{"name": "bench"}'
@@ -39,7 +35,7 @@ PY
 }
 
 measure() { # lua connections → "req/s p50 p99"
-  wrk -t2 -c"$2" -d10s --latency -s "$here/$1" "$base" 2>/dev/null | awk '
+  timeout 60 wrk -t2 -c"$2" -d10s --latency -s "$here/$1" "$base" 2>/dev/null | awk '
     /Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
     END {printf "%s %s %s", rps, p50, p99}'
 }
@@ -47,7 +43,7 @@ measure() { # lua connections → "req/s p50 p99"
 for round in $(seq "$rounds"); do
   for which in old new; do
     bin=$old; [ "$which" = new ] && bin=$new
-    dir=$(mktemp -d)
+    temp_dir dir paths
     start "$bin" "$dir"
     seed
     l1=$(measure l1-query.lua 32)

@@ -64,19 +64,26 @@ def wait_until(what, check, seconds=180):
 
 
 class Process:
-    """A child process that can be SIGKILLed and started again the same way."""
+    """A child process that can be SIGKILLed and started again the same way. Each runs in a
+    process group of its own, and a kill reaches the whole group: nginx's workers die with their
+    master instead of being left behind."""
 
     def __init__(self, name, argv, env=None, log=None):
         self.name, self.argv, self.env, self.log, self.child = name, argv, env, log, None
 
     def start(self):
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.child = subprocess.Popen(self.argv, env={**os.environ, **(self.env or {})}, stdout=out, stderr=out)
+        self.child = subprocess.Popen(self.argv, env={**os.environ, **(self.env or {})}, stdout=out, stderr=out,
+                                      start_new_session=True)
 
     def kill(self):
-        if self.child and self.child.poll() is None:
-            self.child.send_signal(signal.SIGKILL)
-            self.child.wait()
+        if self.child is None:
+            return
+        try:
+            os.killpg(self.child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.child.wait()
 
 
 def ready(url):
@@ -200,9 +207,12 @@ def wrk_script(tmp):
 
 
 def run_phase(stack, script):
-    output = subprocess.run(
-        ["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--timeout", "10s", "-s", script,
-         stack.url("")], capture_output=True, text=True, check=False).stdout
+    try:
+        output = subprocess.run(
+            ["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--timeout", "10s", "-s", script,
+             stack.url("")], capture_output=True, text=True, check=False, timeout=args.seconds + 60).stdout
+    except subprocess.TimeoutExpired:
+        sys.exit(f"loadtest: wrk did not end within {args.seconds + 60} s")
     line = next((l for l in output.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"loadtest: wrk printed no result:\n{output}")
@@ -228,6 +238,9 @@ def heal(stack, process, check):
 
 
 def main():
+    # SIGTERM and SIGHUP end the run the way Ctrl-C does: through the clean-up below.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, lambda number, _: sys.exit(128 + number))
     tmp = tempfile.mkdtemp(prefix="ragway-loadtest-")
     stack = Stack(args, tmp)
     try:
@@ -236,7 +249,7 @@ def main():
         script = wrk_script(tmp)
         qdrant_ready = ready(f"http://127.0.0.1:{stack.qdrant_http}/readyz")
         redis_ready = lambda: subprocess.run(["redis-cli", "-p", str(stack.redis_port), "ping"],
-                                             capture_output=True, text=True).stdout.strip() == "PONG"
+                                             capture_output=True, text=True, timeout=10).stdout.strip() == "PONG"
         replica_two = stack.replicas[1]
         phases = [
             ("before: 2 replicas, Qdrant, Redis", None),

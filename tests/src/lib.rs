@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests: starts the real `ragway` binary on a free port with its own data
 //! directory, and stops it with SIGTERM like an operator would.
 
+pub mod bounded;
 mod qdrant;
 mod redis;
 mod scripted_openai;
@@ -9,7 +10,7 @@ mod server;
 pub use qdrant::{qdrant_binary, QdrantServer};
 pub use redis::RedisServer;
 pub use scripted_openai::{Script, ScriptedOpenAi};
-pub use server::{models_dir, Server, ServerOptions};
+pub use server::{binary, client, models_dir, Server, ServerOptions};
 
 use serde_json::Value;
 

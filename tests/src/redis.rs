@@ -57,11 +57,10 @@ impl RedisServer {
 
     /// Runs `redis-cli` against it and returns its output.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .context("redis-cli is missing: apt-get install redis-tools")?;
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]).args(args);
+        let output = crate::bounded::output(&mut command, Duration::from_secs(30))
+            .context("redis-cli (apt-get install redis-tools) did not answer")?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 

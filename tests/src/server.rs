@@ -9,6 +9,21 @@ use serde_json::Value;
 
 use crate::{Reply, ScriptedOpenAi};
 
+/// How long a request of the test client may take in all: past the longest deadline a test gives
+/// the server (a local generation of the schemathesis run, 20 s; the default 60 s), so a server
+/// that never answers fails the test in minutes instead of hanging it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long [`Server::stop`] waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// The test client: connect and whole-request timeouts.
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(REQUEST_TIMEOUT)
+        .build()?)
+}
+
 /// The model cache the set-up scripts fill (scripts/fetch-models.sh).
 pub fn models_dir() -> PathBuf {
     std::env::var_os("RAGWAY_MODELS")
@@ -18,7 +33,7 @@ pub fn models_dir() -> PathBuf {
 }
 
 /// The `ragway` binary of the same build profile as the running test.
-fn binary() -> anyhow::Result<PathBuf> {
+pub fn binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> → target/<profile>/ragway
     let profile_dir = exe
@@ -136,7 +151,7 @@ impl Server {
             child,
             base: format!("http://{address}"),
             data_dir: data_dir.to_path_buf(),
-            http: reqwest::Client::new(),
+            http: client()?,
         })
     }
 
@@ -299,7 +314,8 @@ impl Server {
         reply(self.http.delete(self.url(path)).send().await?).await
     }
 
-    /// SIGTERM, then wait for a clean exit.
+    /// SIGTERM, then wait for a clean exit; SIGKILL after [`STOP_GRACE`] (graceful shutdown
+    /// waits for open connections), which fails the test.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let status = Command::new("kill")
             .arg("-TERM")
@@ -308,7 +324,21 @@ impl Server {
         if !status.success() {
             bail!("kill -TERM failed");
         }
-        let exit = self.child.wait()?;
+        let started = std::time::Instant::now();
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait()? {
+                break exit;
+            }
+            if started.elapsed() >= STOP_GRACE {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "ragway did not exit within {} s of SIGTERM and was killed",
+                    STOP_GRACE.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         if !exit.success() {
             bail!("ragway exited with {exit} after SIGTERM");
         }

@@ -155,7 +155,7 @@ async fn a_stream_is_charged_for_what_it_wrote_however_it_ends() -> anyhow::Resu
         text: text.into(),
         words: 6,
     });
-    let response = reqwest::Client::new()
+    let response = ragway_e2e::client()?
         .post(server.url(path))
         .bearer_auth(&key)
         .json(&question)

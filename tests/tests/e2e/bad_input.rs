@@ -306,3 +306,32 @@ async fn bad_input_gets_a_json_4xx_and_stores_nothing() -> anyhow::Result<()> {
         .is_some_and(|m| m.contains("limits.max_collections")));
     server.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_effective_configuration_masks_secrets_inside_urls() -> anyhow::Result<()> {
+    let mut command = std::process::Command::new(ragway_e2e::binary()?);
+    command
+        .arg("--validate-and-exit")
+        .env(
+            "RAGWAY__CACHE__REDIS__URL",
+            "redis://:hunter2-redis@127.0.0.1:6379/0",
+        )
+        .env(
+            "RAGWAY__MODELS__EMBEDDER",
+            "openai:https://user:hunter2-embedder@tei.internal/v1?api_key=hunter2-query#bge",
+        );
+    let shown = ragway_e2e::bounded::output(&mut command, std::time::Duration::from_secs(60))?;
+    let printed = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(!printed.contains("hunter2"), "a secret was printed:\n{printed}");
+    assert!(printed.contains("redis://***@127.0.0.1:6379/0"), "{printed}");
+    assert!(
+        printed.contains("openai:https://***@tei.internal/v1?api_key=***#bge"),
+        "{printed}"
+    );
+    Ok(())
+}

@@ -16,13 +16,14 @@ fn docker() -> PathBuf {
 /// A YAML file as JSON, through PyYAML.
 fn yaml(path: &Path) -> anyhow::Result<Value> {
     let python = std::env::var("RAGWAY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = Command::new(&python)
+    let mut command = Command::new(&python);
+    command
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
         ])
-        .arg(path)
-        .output()?;
+        .arg(path);
+    let output = ragway_e2e::bounded::output(&mut command, std::time::Duration::from_secs(60))?;
     anyhow::ensure!(
         output.status.success(),
         "cannot read {} with PyYAML ({python}; run scripts/test.sh, or pip install pyyaml and set RAGWAY_PYTHON): {}",

@@ -65,7 +65,7 @@ async fn engines_finding(server: &Server, collection: &str, id: &str) -> anyhow:
 fn writer(server: &Server, round: usize, acked: Arc<Mutex<Vec<String>>>) -> tokio::task::JoinHandle<()> {
     let url = server.url("/v1/collections/crash/documents");
     tokio::spawn(async move {
-        let http = reqwest::Client::new();
+        let Ok(http) = ragway_e2e::client() else { return };
         for batch in 0.. {
             let ids: Vec<String> = (0..3).map(|i| format!("r{round}-{batch}-{i}")).collect();
             let body = json!({"documents": ids.iter().map(|id| document(id)).collect::<Vec<_>>()});
@@ -345,4 +345,25 @@ async fn damaged_manifests_drops_during_ingest_and_recreated_names_are_safe() ->
         (409, Some("collection_exists"))
     );
     server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_on_the_same_data_dir_refuses_to_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &ServerOptions::default()).await?;
+    let mut second = std::process::Command::new(ragway_e2e::binary()?);
+    second
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RAGWAY_MODELS", ragway_e2e::models_dir());
+    let second = ragway_e2e::bounded::output(&mut second, Duration::from_secs(120))?;
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "a second process started on the same data_dir: {said}"
+    );
+    assert!(said.contains("is in use by another ragway process"), "{said}");
+    // The first goes on serving.
+    assert_eq!(server.get("/healthz").await?.status, 200);
+    Ok(())
 }

@@ -21,6 +21,7 @@ mod replicas;
 mod rerank;
 mod schemathesis;
 mod slice;
+mod slow_clients;
 mod snapshots;
 mod stores;
 mod streaming;

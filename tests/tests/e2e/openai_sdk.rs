@@ -7,6 +7,7 @@
 use crate::common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::corpus;
 use ragway_e2e::{Script, ScriptedOpenAi, Server, ServerOptions, NO_ANSWER_CACHES};
@@ -27,7 +28,10 @@ fn options(llm: &ScriptedOpenAi) -> ServerOptions {
 
 fn python() -> String {
     let python = std::env::var("RAGWAY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let found = Command::new(&python).args(["-c", "import openai"]).output();
+    let found = ragway_e2e::bounded::output(
+        Command::new(&python).args(["-c", "import openai"]),
+        Duration::from_secs(60),
+    );
     assert!(
         found.is_ok_and(|o| o.status.success()),
         "the openai Python SDK is missing ({python}): run scripts/test.sh, or pip install openai and set RAGWAY_PYTHON"
@@ -53,10 +57,11 @@ async fn the_openai_sdk_works_unchanged() -> anyhow::Result<()> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openai_sdk/check.py");
     let base = server.url("/v1");
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
+        let mut command = Command::new(python);
+        command
             .arg(script)
-            .args([base.as_str(), "facts", "scripted", answer])
-            .output()
+            .args([base.as_str(), "facts", "scripted", answer]);
+        ragway_e2e::bounded::output(&mut command, Duration::from_secs(180))
     })
     .await??;
     assert!(

@@ -84,7 +84,7 @@ async fn a_full_bulk_queue_answers_503_with_retry_after_at_once() -> anyhow::Res
         ..Default::default()
     };
     let server = Server::start(dir.path(), &options).await?;
-    let http = reqwest::Client::new();
+    let http = ragway_e2e::client()?;
     let requests = (0..4).map(|_| {
         let (http, url) = (http.clone(), server.url("/v1/embeddings"));
         async move {

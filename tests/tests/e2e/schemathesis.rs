@@ -8,6 +8,7 @@ use crate::common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::corpus;
 use ragway_e2e::{Server, ServerOptions};
@@ -21,12 +22,15 @@ const DEADLINE_MS: u64 = 20_000;
 /// default of 10 s made a long generation a "Network Error").
 const REQUEST_TIMEOUT_S: u64 = DEADLINE_MS / 1_000 + 15;
 
+/// How long one schemathesis run may take before it is killed (a run here takes under a minute).
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
 const CHECKS: &str = "no_undocumented_server_error,status_code_conformance,content_type_conformance,\
                       response_schema_conformance";
 
 fn schemathesis() -> String {
     let program = std::env::var("RAGWAY_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
-    let found = Command::new(&program).arg("--version").output();
+    let found = ragway_e2e::bounded::output(Command::new(&program).arg("--version"), RUN_LIMIT);
     assert!(
         found.is_ok_and(|o| o.status.success()),
         "schemathesis is missing ({program}): run scripts/test.sh, or pip install schemathesis and set RAGWAY_SCHEMATHESIS"
@@ -37,7 +41,8 @@ fn schemathesis() -> String {
 /// One run over the operations `filter` selects, `examples` cases each; panics with the report
 /// when it finds a problem, and returns the report.
 fn run(program: &str, workdir: &Path, server: &Server, filter: &[&str], examples: u32) -> String {
-    let output = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .current_dir(workdir)
         .arg("run")
         .arg(server.url("/openapi.json"))
@@ -50,9 +55,8 @@ fn run(program: &str, workdir: &Path, server: &Server, filter: &[&str], examples
             "PYTHONPATH",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("schemathesis"),
         )
-        .env("SCHEMATHESIS_HOOKS", "hooks")
-        .output();
-    let output = match output {
+        .env("SCHEMATHESIS_HOOKS", "hooks");
+    let output = match ragway_e2e::bounded::output(&mut command, RUN_LIMIT) {
         Ok(output) => output,
         Err(e) => panic!("cannot run {program}: {e}"),
     };

@@ -179,10 +179,9 @@ fn validate_openapi(spec: &serde_json::Value) -> anyhow::Result<()> {
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), spec.to_string())?;
     let python = std::env::var("RAGWAY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = std::process::Command::new(&python)
-        .args(["-m", "openapi_spec_validator"])
-        .arg(file.path())
-        .output()?;
+    let mut command = std::process::Command::new(&python);
+    command.args(["-m", "openapi_spec_validator"]).arg(file.path());
+    let output = ragway_e2e::bounded::output(&mut command, std::time::Duration::from_secs(120))?;
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

@@ -279,8 +279,34 @@ async fn every_v1_route_keeps_tenants_apart() -> anyhow::Result<()> {
     );
     // Open routes stay open.
     assert_eq!(server.get("/healthz").await?.status, 200);
+    // Anyone sees readiness and the dependencies; model ids (a remote embedder's URL) and
+    // collection names only the admin key.
     let ready = server.get("/readyz").await?;
     assert_eq!(ready.body["auth"], "keys");
+    assert!(
+        ready.body["dependencies"]["embedder"].is_string(),
+        "{}",
+        ready.body
+    );
+    for hidden in [
+        "embedder",
+        "embedder_backend",
+        "collections",
+        "damaged_collections",
+    ] {
+        assert!(
+            ready.body.get(hidden).is_none(),
+            "{hidden} shown without the admin key: {}",
+            ready.body
+        );
+    }
+    let detailed = server.admin(Method::GET, "/readyz", ADMIN, None).await?;
+    assert!(detailed.body["embedder"].is_string(), "{}", detailed.body);
+    assert!(
+        detailed.body["damaged_collections"].is_object(),
+        "{}",
+        detailed.body
+    );
     Ok(())
 }
 
@@ -832,7 +858,7 @@ async fn streams_over_the_concurrent_limit_get_429_until_one_ends() -> anyhow::R
     .await?;
     notes(&server, &key, json!([])).await?;
     let body = json!({"query": "What pressure is used to brew coffee shots?", "stream": true});
-    let http = reqwest::Client::new();
+    let http = ragway_e2e::client()?;
     let open = || {
         http.post(server.url("/v1/collections/notes/query"))
             .bearer_auth(&key)
@@ -870,5 +896,154 @@ async fn streams_over_the_concurrent_limit_get_429_until_one_ends() -> anyhow::R
     assert!(text.contains("event: done"), "{text}");
     let third = open().await?;
     assert_eq!(third.status(), 200, "a new stream once the first ended");
+    Ok(())
+}
+
+/// Background jobs are bounded per tenant (429) and in all (503), each with `Retry-After`, and a
+/// refused one stores nothing; once jobs finish there is room again.
+#[tokio::test]
+async fn background_jobs_are_bounded_per_tenant_and_in_all() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let queue = "[ingest]\nmax_concurrent_jobs = 1\nmax_queued_jobs = 3\nmax_queued_jobs_per_tenant = 2";
+    let server = Server::start(dir.path(), &options(&llm, queue)).await?;
+    let (_, a) = tenant(&server, json!({"name": "flooder"})).await?;
+    let (_, b) = tenant(&server, json!({"name": "neighbour"})).await?;
+    for key in [&a, &b] {
+        let created = call(
+            &server,
+            Method::POST,
+            "/v1/collections",
+            key,
+            Some(json!({"name": "bulk"})),
+        )
+        .await?;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+    }
+    // Every job's embedding takes 3 s, so the jobs stay queued while we count them.
+    let slow = json!({"stage": "embedder", "kind": "delay", "delay_ms": 3000, "duration_s": 60});
+    assert_eq!(
+        admin(&server, Method::POST, "/admin/faults", Some(&slow))
+            .await?
+            .status,
+        200
+    );
+    let job = |n: usize| json!({"documents": [{"id": format!("d{n}"), "text": format!("Bulk note number {n}.")}], "wait": false});
+    let path = "/v1/collections/bulk/documents";
+    for n in 0..2 {
+        let accepted = call(&server, Method::POST, path, &a, Some(job(n))).await?;
+        assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+    }
+    let refused = call(&server, Method::POST, path, &a, Some(job(2))).await?;
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (429, Some("job_quota_exceeded")),
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(refused.retry_after, Some(5));
+    let listed = call(&server, Method::GET, "/v1/collections/bulk/jobs", &a, None).await?;
+    assert_eq!(
+        listed.body["jobs"].as_array().map(Vec::len),
+        Some(2),
+        "a refused job was recorded: {:?}",
+        listed.body
+    );
+    // The neighbour still gets its place; then the server is full for everyone.
+    let accepted = call(&server, Method::POST, path, &b, Some(job(0))).await?;
+    assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+    let full = call(&server, Method::POST, path, &b, Some(job(1))).await?;
+    assert_eq!(
+        (full.status, full.error_code(), full.retry_after),
+        (503, Some("ingest_queue_full"), Some(5)),
+        "{:?}",
+        full.body
+    );
+    // A synchronous ingest is not a queued job: it is still served.
+    let now = call(
+        &server,
+        Method::POST,
+        path,
+        &b,
+        Some(json!({"documents": [{"id": "sync", "text": "Now."}]})),
+    )
+    .await?;
+    assert_eq!(now.status, 200, "{:?}", now.body);
+
+    assert_eq!(
+        admin(&server, Method::DELETE, "/admin/faults", None)
+            .await?
+            .status,
+        204
+    );
+    let started = Instant::now();
+    loop {
+        let again = call(&server, Method::POST, path, &a, Some(job(3))).await?;
+        if again.status == 202 {
+            break;
+        }
+        assert_eq!(again.status, 429, "{:?}", again.body);
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "no room for a job 120 s after the queue drained"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+/// `limits.bytes` counts what the stores hold: metadata is copied into every chunk, so a small
+/// text with large metadata cut into many overlapping chunks costs what it stores.
+#[tokio::test]
+async fn metadata_copied_into_every_chunk_counts_against_the_byte_quota() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (_, key) = tenant(&server, json!({"name": "meta", "limits": {"bytes": 2000}})).await?;
+    let created = call(
+        &server,
+        Method::POST,
+        "/v1/collections",
+        &key,
+        Some(json!({"name": "tight", "chunk_words": 8, "chunk_overlap_words": 7})),
+    )
+    .await?;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    // 16 words (80 bytes of text) → 9 chunks of 8 words, each with ~300 bytes of metadata.
+    let text =
+        "alpha bravo charl delta echoo foxtr golfs hotel india julie kilos limas mikes novem oscar papas";
+    let document = json!({"documents": [{"id": "d", "text": text, "metadata": {"note": "m".repeat(290)}}]});
+    let refused = call(
+        &server,
+        Method::POST,
+        "/v1/collections/tight/documents",
+        &key,
+        Some(document),
+    )
+    .await?;
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (413, Some("byte_quota_exceeded")),
+        "{:?}",
+        refused.body
+    );
+    // Without the metadata it fits, and the collection reports what it stores.
+    let plain = json!({"documents": [{"id": "d", "text": text}]});
+    let stored = call(
+        &server,
+        Method::POST,
+        "/v1/collections/tight/documents",
+        &key,
+        Some(plain),
+    )
+    .await?;
+    assert_eq!(stored.status, 200, "{:?}", stored.body);
+    let info = call(&server, Method::GET, "/v1/collections/tight", &key, None).await?;
+    assert_eq!(
+        (info.body["chunks"].as_u64(), info.body["bytes"].as_u64()),
+        (Some(9), Some(9 * 47)),
+        "{:?}",
+        info.body
+    );
     Ok(())
 }
