@@ -157,7 +157,13 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     let batch_timeout = Duration::from_millis(config.ingest.embed_timeout_ms);
     let models = ModelStages {
         embedder: Arc::new(Guarded::new(embedder, guards.embed.clone()).with_bulk_timeout(batch_timeout)),
-        reranker: reranker.map(|r| Arc::new(Guarded::new(r, guards.rerank.clone())) as Arc<dyn Reranker>),
+        // A query reranks `rerank_candidates` passages within the stage timeout; a `/v1/rerank`
+        // of more is bulk work, bounded by its request's deadline and never charged a timeout.
+        reranker: reranker.map(|r| {
+            let guarded =
+                Guarded::new(r, guards.rerank.clone()).with_bulk_above(config.retrieval.rerank_candidates);
+            Arc::new(guarded) as Arc<dyn Reranker>
+        }),
     };
     let shared = shared_state(&config)?;
     let data = &config.server.data_dir;

@@ -11,6 +11,8 @@ use ragway_openapi::{FusionMethod, FusionSettings};
 use ragway_worker::onnx::Precision;
 use serde::{Deserialize, Serialize};
 
+use crate::tenancy::tenants::Limits;
+
 mod model_groups;
 pub mod redact;
 
@@ -212,6 +214,9 @@ pub struct QuotasConfig {
     pub expected_replicas: u32,
     /// Tenants with a label of their own on `ragway_tenant_*` metrics; later ones share `other`.
     pub metric_tenants: usize,
+    /// What a tenant gets for each limit its create (or update) request leaves out: a tenant is
+    /// never unlimited by omission. A limit set here to nothing stays unlimited.
+    pub default_limits: Limits,
 }
 
 impl Default for QuotasConfig {
@@ -219,6 +224,13 @@ impl Default for QuotasConfig {
         Self {
             expected_replicas: 1,
             metric_tenants: 50,
+            default_limits: Limits {
+                requests_per_second: Some(100.0),
+                burst: Some(200),
+                concurrent_streams: Some(32),
+                collections: Some(64),
+                ..Limits::default()
+            },
         }
     }
 }
@@ -677,6 +689,9 @@ impl Config {
                     "server.{key} = {ms} must be between 1 and {MAX_SERVER_TIMEOUT_MS} (a day)"
                 ));
             }
+        }
+        if let Err(problem) = self.quotas.default_limits.check() {
+            problems.push(format!("quotas.default_limits: {problem}"));
         }
         let r = &self.retrieval;
         if r.chunk_words == 0 {

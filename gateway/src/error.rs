@@ -97,6 +97,7 @@ error_codes! {
     RerankerFailed => "reranker_failed",
     RerankerUnavailable => "reranker_unavailable",
     StreamQuotaExceeded => "stream_quota_exceeded",
+    TenantDeletionUnfinished => "tenant_deletion_unfinished",
     TenantNotFound => "tenant_not_found",
     TenantStoreFailed => "tenant_store_failed",
     TooManyChunks => "too_many_chunks",

@@ -59,6 +59,9 @@ async fn main() -> anyhow::Result<()> {
     // Held until the process ends.
     let _data_dir = app::lock_data_dir(&config.server.data_dir)?;
     let state = app::load(config, metrics).await?;
+    tokio::spawn(ragway_gateway::http::routes::tenants::sweep_deletions(
+        state.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -648,10 +648,13 @@ impl Collections {
         let collection = self.get(name)?;
         // Wait for a change in flight to finish, and keep new ones out while the files go.
         let _writing = self.begin(&collection).await?;
-        self.registry.remove(name).await.map_err(registry_failed)?;
-        self.forget(name, &collection.generation);
+        // The stores first: a drop that fails (a store down) leaves the name recorded, so that a
+        // retry finds the collection and goes on (each store's drop is idempotent); only then is
+        // the name released. The other way round, a failed drop left data no one could reach.
         self.dense.drop_collection(name).await?;
         self.keyword.drop_collection(name).await?;
+        self.registry.remove(name).await.map_err(registry_failed)?;
+        self.forget(name, &collection.generation);
         self.changed(name, &collection.generation, u64::MAX);
         Ok(())
     }

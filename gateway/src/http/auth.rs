@@ -68,17 +68,14 @@ fn tenant_of(state: &AppState, headers: &HeaderMap) -> Result<Option<Arc<Tenant>
     }
 }
 
+/// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim_start();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The `/admin` layer: only a bearer token equal to the configured admin key passes; without a
-/// configured key the admin API is closed.
 /// Whether `headers` carry the admin key.
 pub fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
     match (&state.admin_key, bearer(headers)) {
@@ -87,6 +84,8 @@ pub fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
     }
 }
 
+/// The `/admin` layer: only a bearer token equal to the configured admin key passes; without a
+/// configured key the admin API is closed.
 pub async fn admin_only(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(token) = bearer(request.headers()) else {
         return ApiError::Unauthorized.into_response();
@@ -356,8 +355,9 @@ impl Caller {
         ];
         for (limit, current, growth, code, quota) in checks {
             let Some(limit) = limit else { continue };
-            let after = current as i64 + growth;
-            if growth > 0 && after > limit as i64 {
+            // In i128: a limit up to u64::MAX and any growth compare exactly.
+            let after = i128::from(current) + i128::from(growth);
+            if growth > 0 && after > i128::from(limit) {
                 state.quotas.rejected(tenant, quota);
                 return Err(ApiError::OverQuota {
                     code,
@@ -398,10 +398,29 @@ mod tests {
                     llm_backends: Some(vec!["cheap".into()]),
                     created_at: String::new(),
                     keys: Vec::new(),
+                    revision: 0,
+                    deleting: false,
                 })
             }),
             spent: Spent::default(),
         }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = axum::http::HeaderValue::from_str(value) {
+                headers.insert(AUTHORIZATION, value);
+            }
+            bearer(&headers).map(str::to_string)
+        };
+        assert_eq!(with("Bearer k1"), Some("k1".into()));
+        assert_eq!(with("bearer k1"), Some("k1".into()));
+        assert_eq!(with("BEARER  k1 "), Some("k1".into()));
+        assert_eq!(with("Basic k1"), None);
+        assert_eq!(with("Bearer "), None);
+        assert_eq!(with("Bearerk1"), None);
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::RerankerBusy
         | C::RerankerFailed
         | C::RerankerUnavailable
+        | C::TenantDeletionUnfinished
         | C::TenantStoreFailed => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

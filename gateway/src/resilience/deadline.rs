@@ -16,9 +16,12 @@ pub struct Deadline {
 }
 
 impl Deadline {
+    /// `budget` from now; a budget past what the clock holds (a configured timeout of years)
+    /// is [`Deadline::none`], never a panic.
     pub fn after(budget: Duration) -> Self {
-        Self {
-            at: Instant::now() + budget,
+        match Instant::now().checked_add(budget) {
+            Some(at) => Self { at },
+            None => Self::none(),
         }
     }
 

@@ -174,6 +174,38 @@ impl Guard {
         F: Future<Output = Result<T, E>>,
         E: Blamed,
     {
+        self.run_charging(deadline, timeout, Blame::Dependency, call)
+            .await
+    }
+
+    /// As [`Guard::run_within`], for bulk work whose size the caller chose (an ingestion batch, a
+    /// `/v1/rerank` of many documents): running past `timeout` is the caller's, never charged to
+    /// the breaker that other requests' answers depend on. The dependency's own errors still are.
+    pub async fn run_bulk<T, E, F>(
+        &self,
+        deadline: &Deadline,
+        timeout: Duration,
+        call: F,
+    ) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Blamed,
+    {
+        self.run_charging(deadline, timeout, Blame::Caller, call).await
+    }
+
+    /// The guarded call; `timed_out` says whose fault running past `timeout` is.
+    async fn run_charging<T, E, F>(
+        &self,
+        deadline: &Deadline,
+        timeout: Duration,
+        timed_out: Blame,
+        call: F,
+    ) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Blamed,
+    {
         let budget = deadline.remaining();
         if budget.is_zero() {
             return Err(Failure::Deadline);
@@ -200,7 +232,9 @@ impl Guard {
             }
             Err(_) if limited_by_deadline => Err(Failure::Deadline),
             Err(_) => {
-                permit.record(false);
+                if timed_out == Blame::Dependency {
+                    permit.record(false);
+                }
                 Err(Failure::Timeout)
             }
         }

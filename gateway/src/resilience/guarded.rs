@@ -30,8 +30,12 @@ pub struct Guarded<S: ?Sized> {
     pub(super) inner: Arc<S>,
     pub(super) guard: Arc<Guard>,
     /// The timeout of bulk work (an ingestion batch, a long `/v1/embeddings` request), when it is
-    /// not the guard's own.
+    /// not the guard's own. Bulk work running past its timeout is the caller's: never charged
+    /// to the breaker ([`Guard::run_bulk`]).
     bulk_timeout: Option<Duration>,
+    /// Rerankers: calls with more passages than this are bulk (a query reranks
+    /// `retrieval.rerank_candidates`; a `/v1/rerank` may send many more).
+    bulk_above: Option<usize>,
     /// How long a stream may wait for its first text and between pieces (LLM backends).
     pub(super) streaming: Option<StreamLimits>,
 }
@@ -50,6 +54,7 @@ impl<S: ?Sized> Guarded<S> {
             inner,
             guard,
             bulk_timeout: None,
+            bulk_above: None,
             streaming: None,
         }
     }
@@ -63,6 +68,12 @@ impl<S: ?Sized> Guarded<S> {
     /// Bulk calls get `timeout` instead of the guard's (a batch embeds many texts).
     pub fn with_bulk_timeout(mut self, timeout: Duration) -> Self {
         self.bulk_timeout = Some(timeout);
+        self
+    }
+
+    /// Calls with more than `passages` passages are bulk work (rerankers).
+    pub fn with_bulk_above(mut self, passages: usize) -> Self {
+        self.bulk_above = Some(passages);
         self
     }
 
@@ -80,11 +91,17 @@ impl<S: ?Sized> Guarded<S> {
         result.map_err(|failure| failure.into_error())
     }
 
-    fn timeout(&self, priority: Priority) -> Duration {
-        match priority {
-            Priority::Interactive => self.guard.timeout(),
-            Priority::Bulk => self.bulk_timeout.unwrap_or(self.guard.timeout()),
-        }
+    /// As `call`, for bulk work: within the bulk timeout (or only the request's deadline), and a
+    /// timeout is not charged to the breaker.
+    async fn call_bulk<T, E, F>(&self, call: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Blamed + From<Stopped>,
+    {
+        let deadline = Deadline::current();
+        let timeout = self.bulk_timeout.unwrap_or(Duration::MAX);
+        let result = self.guard.run_bulk(&deadline, timeout, call).await;
+        result.map_err(|failure| failure.into_error())
     }
 }
 
@@ -100,8 +117,11 @@ impl<E: Embedder + ?Sized> Embedder for Guarded<E> {
         self.inner.backend()
     }
     async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Embeddings, RetrievalError> {
-        let timeout = self.timeout(priority);
-        self.call(timeout, self.inner.embed(texts, priority)).await
+        let embed = self.inner.embed(texts, priority);
+        match priority {
+            Priority::Interactive => self.call(self.guard.timeout(), embed).await,
+            Priority::Bulk => self.call_bulk(embed).await,
+        }
     }
 }
 
@@ -183,8 +203,12 @@ impl<R: Reranker + ?Sized> Reranker for Guarded<R> {
         self.inner.backend()
     }
     async fn score(&self, query: String, passages: Vec<String>) -> Result<Scores, RerankError> {
-        self.call(self.guard.timeout(), self.inner.score(query, passages))
-            .await
+        let bulk = self.bulk_above.is_some_and(|above| passages.len() > above);
+        let score = self.inner.score(query, passages);
+        match bulk {
+            true => self.call_bulk(score).await,
+            false => self.call(self.guard.timeout(), score).await,
+        }
     }
 }
 
@@ -226,13 +250,18 @@ mod tests {
     }
 
     fn guarded(hang: bool) -> (Guarded<Flaky>, Arc<Flaky>) {
+        guarded_within(hang, Duration::from_secs(5))
+    }
+
+    /// As [`guarded`], with a stage timeout of `timeout`.
+    fn guarded_within(hang: bool, timeout: Duration) -> (Guarded<Flaky>, Arc<Flaky>) {
         let settings = BreakerSettings {
             failure_threshold: 2,
             open: Duration::from_secs(60),
             max_open: Duration::from_secs(60),
         };
         let faults = Arc::new(Faults::default());
-        let guard = Guard::new("reranker", Duration::from_secs(5), &settings, faults);
+        let guard = Guard::new("reranker", timeout, &settings, faults);
         let inner = Arc::new(Flaky {
             hang,
             calls: AtomicUsize::new(0),
@@ -258,6 +287,38 @@ mod tests {
             2,
             "an open breaker stops the call"
         );
+    }
+
+    #[tokio::test]
+    async fn a_bulk_call_that_runs_long_is_the_callers_and_never_opens_the_breaker() {
+        let (reranker, _) = guarded(true);
+        let reranker = reranker
+            .with_bulk_above(2)
+            .with_bulk_timeout(Duration::from_millis(20));
+        let many = || vec!["p".to_string(); 3];
+        for _ in 0..3 {
+            let cut = reranker.score("q".into(), many()).await;
+            assert!(
+                matches!(cut, Err(RerankError::Stopped(Stopped::Timeout))),
+                "{cut:?}"
+            );
+        }
+        assert_eq!(
+            reranker.guard().state(),
+            BreakerState::Closed,
+            "bulk timeouts were charged"
+        );
+        // A call of the size the stage timeout is meant for is still charged when it hangs.
+        let (small, _) = guarded_within(true, Duration::from_millis(20));
+        let small = small.with_bulk_above(2);
+        for _ in 0..2 {
+            let cut = small.score("q".into(), vec!["p".into()]).await;
+            assert!(
+                matches!(cut, Err(RerankError::Stopped(Stopped::Timeout))),
+                "{cut:?}"
+            );
+        }
+        assert_eq!(small.guard().state(), BreakerState::Open);
     }
 
     #[tokio::test]

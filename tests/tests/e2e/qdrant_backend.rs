@@ -225,3 +225,78 @@ async fn one_round_trip_while_healthy_and_each_engine_degrades_on_its_own() -> a
     assert_eq!(searches_by_path(&server, "per_engine").await?, 2.0);
     server.stop().await
 }
+
+/// Deleting a tenant while Qdrant is down: its keys stop at once, the answer is 503 with
+/// `Retry-After` and the tenant stays (`deleting`), and a retry once Qdrant is back drops its
+/// collections and only then forgets it: nothing is left stored and unreachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_deleted_while_qdrant_is_down_is_deleted_by_a_retry() -> anyhow::Result<()> {
+    let Some(mut qdrant) =
+        QdrantServer::start_or_skip("a_tenant_deleted_while_qdrant_is_down_is_deleted_by_a_retry")?
+    else {
+        return Ok(());
+    };
+    const ADMIN: &str = "qdrant-admin-key";
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &on(&qdrant).with_admin(ADMIN)).await?;
+    let (id, key) = server.tenant(ADMIN, &json!({"name": "leaving"})).await?;
+    server.seeded(Some(&key), "notes", &corpus()).await?;
+    let stored = |collections: &serde_json::Value| {
+        collections["result"]["collections"]
+            .as_array()
+            .is_some_and(|all| {
+                all.iter()
+                    .any(|c| c["name"].as_str().is_some_and(|n| n.contains(&id)))
+            })
+    };
+    assert!(
+        stored(&qdrant_rest(&qdrant, "/collections").await?),
+        "the tenant's collection is in Qdrant"
+    );
+
+    qdrant.kill();
+    let path = format!("/admin/tenants/{id}");
+    let cut = server.admin(Method::DELETE, &path, ADMIN, None).await?;
+    assert_eq!(
+        (cut.status, cut.error_code(), cut.retry_after),
+        (503, Some("tenant_deletion_unfinished"), Some(5)),
+        "{:?}",
+        cut.body
+    );
+    let refused = server
+        .call(Method::GET, "/v1/collections", Some(&key), None)
+        .await?;
+    assert_eq!(
+        refused.status, 401,
+        "the keys of a tenant being deleted still work"
+    );
+    let listed = server.admin(Method::GET, &path, ADMIN, None).await?;
+    assert_eq!(
+        (listed.status, &listed.body["deleting"]),
+        (200, &json!(true)),
+        "{:?}",
+        listed.body
+    );
+
+    qdrant.restart()?;
+    let started = std::time::Instant::now();
+    loop {
+        let retry = server.admin(Method::DELETE, &path, ADMIN, None).await?;
+        if retry.status == 204 {
+            break;
+        }
+        assert_eq!(retry.status, 503, "{:?}", retry.body);
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "never finished: {:?}",
+            retry.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(server.admin(Method::GET, &path, ADMIN, None).await?.status, 404);
+    assert!(
+        !stored(&qdrant_rest(&qdrant, "/collections").await?),
+        "the tenant's collection is still in Qdrant"
+    );
+    server.stop().await
+}

@@ -107,3 +107,104 @@ async fn rerank_scores_orders_and_refuses_bad_input() -> anyhow::Result<()> {
     assert_eq!((reply.status, reply.error_code()), (404, Some("not_configured")));
     server.stop().await
 }
+
+const ADMIN: &str = "rerank-admin-key";
+
+/// `/v1/rerank` is metered (its tokens against the tenant's embedding budget) and a large call
+/// that runs past the stage timeout is the caller's: it runs to its deadline and never opens the
+/// reranker's breaker, which a query-sized call that hangs still does.
+#[tokio::test(flavor = "multi_thread")]
+async fn rerank_is_metered_and_a_large_call_never_opens_the_shared_breaker() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions::default().with_admin(ADMIN).with_config(&format!(
+        "[models]\nreranker = \"{}\"\n\n[resilience]\nrerank_timeout_ms = 500\nbreaker_failures = 1\n",
+        fixture().display()
+    ));
+    let server = Server::start(dir.path(), &options).await?;
+    let budget = json!({"name": "ranker", "limits": {"embedding_tokens_per_day": 400}});
+    let (id, key) = server.tenant(ADMIN, &budget).await?;
+    let post = reqwest::Method::POST;
+    let many: Vec<String> = (0..25)
+        .map(|i| format!("passage number {i} about rivers"))
+        .collect();
+    let body = json!({"query": "which river", "documents": many});
+
+    // Every call of the reranker takes 1.5 s, three times its stage timeout.
+    let slow = json!({"stage": "reranker", "kind": "delay", "delay_ms": 1500, "duration_s": 60});
+    let set = server
+        .admin(post.clone(), "/admin/faults", ADMIN, Some(&slow))
+        .await?;
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    let large = server
+        .call(post.clone(), "/v1/rerank", Some(&key), Some(&body))
+        .await?;
+    assert_eq!(
+        large.status, 200,
+        "a large call runs to its deadline: {:?}",
+        large.body
+    );
+    let ready = server.admin(reqwest::Method::GET, "/readyz", ADMIN, None).await?;
+    assert_eq!(
+        ready.body["dependencies"]["reranker"], "closed",
+        "{:?}",
+        ready.body
+    );
+    let tokens = large.body["usage"]["total_tokens"].as_u64().unwrap_or(0);
+    assert!(tokens > 0, "{:?}", large.body);
+    let usage = server
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/tenants/{id}/usage"),
+            ADMIN,
+            None,
+        )
+        .await?;
+    assert_eq!(
+        usage.body["days"][0]["embedding_tokens"].as_u64(),
+        Some(tokens),
+        "{:?}",
+        usage.body
+    );
+
+    // A call of a query's size that runs past the stage timeout is the reranker's: it opens.
+    let small = json!({"query": "which river", "documents": ["the Nile", "the Rhine"]});
+    let cut = server
+        .call(post.clone(), "/v1/rerank", Some(&key), Some(&small))
+        .await?;
+    assert_eq!(cut.status, 503, "{:?}", cut.body);
+    let ready = server.admin(reqwest::Method::GET, "/readyz", ADMIN, None).await?;
+    assert_eq!(ready.body["dependencies"]["reranker"], "open", "{:?}", ready.body);
+
+    // Once the budget is spent, a rerank is refused before any work.
+    let cleared = server
+        .admin(reqwest::Method::DELETE, "/admin/faults", ADMIN, None)
+        .await?;
+    assert_eq!(cleared.status, 204);
+    let spent = json!({"limits": {"embedding_tokens_per_day": 1}});
+    let patched = server
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/tenants/{id}"),
+            ADMIN,
+            Some(&spent),
+        )
+        .await?;
+    assert_eq!(patched.status, 200, "{:?}", patched.body);
+    let started = std::time::Instant::now();
+    let refused = loop {
+        let reply = server
+            .call(post.clone(), "/v1/rerank", Some(&key), Some(&small))
+            .await?;
+        if reply.status == 429 || started.elapsed() > std::time::Duration::from_secs(10) {
+            break reply;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (429, Some("embedding_token_quota_exceeded")),
+        "{:?}",
+        refused.body
+    );
+    Ok(())
+}

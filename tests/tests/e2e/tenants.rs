@@ -786,7 +786,14 @@ async fn tenants_and_keys_survive_kill_9() -> anyhow::Result<()> {
     );
     assert_eq!(listed.body["collections"][0]["name"], "kept");
     let tenant = admin(&server, Method::GET, &format!("/admin/tenants/{id}"), None).await?;
-    assert_eq!(tenant.body["limits"], json!({"collections": 2}));
+    // The limit it was given, and the operator's defaults (quotas.default_limits) for the ones
+    // it was not: a tenant is never unlimited by omission.
+    assert_eq!(
+        tenant.body["limits"],
+        json!({"collections": 2, "requests_per_second": 100.0, "burst": 200, "concurrent_streams": 32}),
+        "{:?}",
+        tenant.body
+    );
     let stored = std::fs::read_to_string(dir.path().join("tenants.json"))?;
     assert!(!stored.contains(&key), "keys are stored only as hashes");
     Ok(())
@@ -1045,5 +1052,53 @@ async fn metadata_copied_into_every_chunk_counts_against_the_byte_quota() -> any
         "{:?}",
         info.body
     );
+    Ok(())
+}
+
+/// A key revoked on one replica while another replica creates a key for the same tenant stays
+/// revoked, and the new key works: each change is applied to the stored record and stored only
+/// over the revision it was made from (two processes, one real Redis).
+#[tokio::test]
+async fn key_changes_on_two_replicas_at_once_lose_nothing() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let extra = format!("[cache.redis]\nurl = \"{}\"\n", redis.url());
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = Server::start(dir_a.path(), &options(&llm, &extra)).await?;
+    let b = Server::start(dir_b.path(), &options(&llm, &extra)).await?;
+    let (id, _) = tenant(&a, json!({"name": "racy"})).await?;
+    let keys = format!("/admin/tenants/{id}/keys");
+    for round in 0..5 {
+        let old = a.admin(Method::POST, &keys, ADMIN, None).await?;
+        assert_eq!(old.status, 201, "{:?}", old.body);
+        let (old_id, old_key) = (
+            old.body["key_id"].as_str().unwrap_or_default().to_string(),
+            old.body["key"].as_str().unwrap_or_default().to_string(),
+        );
+        // Both replicas hold the old key now (each follows the store every 250 ms); then A
+        // revokes it while B adds a key. A copy-and-write-whole record either brings the old
+        // key back or loses the new one, whichever lands last.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let revoke = format!("{keys}/{old_id}");
+        let (revoked, created) = tokio::join!(
+            a.admin(Method::DELETE, &revoke, ADMIN, None),
+            b.admin(Method::POST, &keys, ADMIN, None),
+        );
+        let (revoked, created) = (revoked?, created?);
+        assert_eq!(revoked.status, 204, "round {round}: {:?}", revoked.body);
+        assert_eq!(created.status, 201, "round {round}: {:?}", created.body);
+        let new_key = created.body["key"].as_str().unwrap_or_default().to_string();
+        // Both replicas follow the store within 250 ms; give them a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (name, server) in [("a", &a), ("b", &b)] {
+            let gone = call(server, Method::GET, "/v1/models", &old_key, None).await?;
+            assert_eq!(
+                gone.status, 401,
+                "round {round}: the revoked key works on {name} again"
+            );
+            let works = call(server, Method::GET, "/v1/models", &new_key, None).await?;
+            assert_eq!(works.status, 200, "round {round}: the new key was lost on {name}");
+        }
+    }
     Ok(())
 }

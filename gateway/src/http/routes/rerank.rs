@@ -16,10 +16,11 @@ use crate::validate;
     responses((status = 200, description = "Documents by relevance, best first", body = RerankResponse),
         (status = 400, description = "Invalid input, or over a limit", body = ErrorBody),
         (status = 404, description = "No reranker is configured, or `model` names another", body = ErrorBody),
+        (status = 429, description = "The tenant's embedding token budget is spent", body = ErrorBody),
         (status = 503, description = "The reranker failed, or is busy (then with `Retry-After`)", body = ErrorBody)))]
 pub async fn rerank(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiJson(request): ApiJson<RerankRequest>,
 ) -> Result<Json<RerankResponse>, ApiError> {
     let Some(reranker) = state.models.reranker.clone() else {
@@ -39,12 +40,16 @@ pub async fn rerank(
             "top_n must be at least 1",
         ));
     }
+    // Metered like `/v1/embeddings`: the cross-encoder's tokens count against the tenant's
+    // `embedding_tokens_per_day` (model tokens outside the LLM).
+    caller.require_embedding_budget(&state)?;
     let deadline = deadline(&state, None)?;
     let score = reranker.score(request.query, request.documents.clone());
     let scored = deadline
         .scope(score)
         .await
         .map_err(|e| ApiError::from_stage(ModelStage::Reranker, e))?;
+    caller.meter(&state).embedding(scored.tokens as u64);
     let mut results: Vec<RerankResult> = scored
         .scores
         .iter()

@@ -1,5 +1,7 @@
 //! `/admin/tenants`: tenants, their keys and their usage (bearer admin key).
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -12,7 +14,9 @@ use crate::http::auth::{Caller, Storage};
 use crate::http::errors::{ApiJson, ApiQuery};
 use crate::http::AppState;
 use crate::tenancy::quota::DayUsage;
-use crate::tenancy::tenants::{CreateTenant, Limits, NewKey, TenantInfo, UpdateTenant};
+use crate::tenancy::tenants::{
+    CreateTenant, Limits, NewKey, Tenant, TenantInfo, UpdateTenant, DELETION_SWEEP_EVERY,
+};
 
 #[derive(Serialize, ToSchema)]
 pub struct TenantList {
@@ -47,18 +51,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 fn check_limits(limits: &Limits) -> Result<(), ApiError> {
-    if limits
-        .requests_per_second
-        .is_some_and(|r| !(r.is_finite() && (0.001..=1e6).contains(&r)))
-    {
-        return Err(invalid(
-            "limits.requests_per_second must be between 0.001 and 1000000",
-        ));
-    }
-    if limits.burst.is_some_and(|b| b == 0) {
-        return Err(invalid("limits.burst must be at least 1"));
-    }
-    Ok(())
+    limits.check().map_err(invalid)
 }
 
 fn check_backends(state: &AppState, backends: Option<&Vec<String>>) -> Result<(), ApiError> {
@@ -78,10 +71,12 @@ fn check_backends(state: &AppState, backends: Option<&Vec<String>>) -> Result<()
         (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<CreateTenant>,
+    ApiJson(mut request): ApiJson<CreateTenant>,
 ) -> Result<(StatusCode, Json<TenantInfo>), ApiError> {
     check_name(&request.name)?;
     check_limits(&request.limits)?;
+    // A limit left out is the operator's default (quotas.default_limits), never unlimited.
+    request.limits = request.limits.with_defaults(&state.config.quotas.default_limits);
     check_backends(&state, request.llm_backends.as_ref())?;
     let tenant = state.tenants.create(request).await?;
     Ok((StatusCode::CREATED, Json(tenant.info())))
@@ -117,41 +112,85 @@ pub async fn update(
     if let Some(limits) = &request.limits {
         check_limits(limits)?;
     }
+    let defaults = &state.config.quotas.default_limits;
+    let limits = request.limits.clone().map(|l| l.with_defaults(defaults));
     check_backends(&state, request.llm_backends.as_ref())?;
     let tenant = state
         .tenants
         .change(&id, |t| {
-            if let Some(name) = request.name {
-                t.name = name;
+            // Only the fields the request names: a change made meanwhile elsewhere stays.
+            if let Some(name) = &request.name {
+                t.name = name.clone();
             }
-            if let Some(limits) = request.limits {
-                t.limits = limits;
+            if let Some(limits) = &limits {
+                t.limits = limits.clone();
             }
             if let Some(over_quota) = request.over_quota {
                 t.over_quota = over_quota;
             }
             if request.llm_backends.is_some() {
-                t.llm_backends = request.llm_backends;
+                t.llm_backends = request.llm_backends.clone();
             }
         })
         .await?;
     Ok(Json(tenant.info()))
 }
 
-/// Deletes the tenant, its keys and its collections.
+/// Deletes the tenant: its keys stop working at once (on every replica within a second), then
+/// each of its collections is dropped, then its record goes. When a drop fails (a store down),
+/// the answer is 503 with `Retry-After` and the tenant stays `deleting`: a retry finishes it, as
+/// does every process's sweep (every 30 s), so nothing is left stored and counted nowhere.
 #[utoipa::path(delete, path = "/admin/tenants/{id}", operation_id = "delete_tenant", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 204, description = "No content"), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+    responses((status = 204, description = "No content"), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 503, description = "Not finished (a store is down): keys are refused already; retry after `Retry-After`", body = ErrorBody)))]
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let tenant = state.tenants.get(&id)?;
-    state.tenants.delete(&id).await?;
-    let owner = Caller::of(tenant);
-    for collection in owner.collections(&state)? {
-        let (collections, name) = (state.collections.clone(), collection.name.clone());
-        tokio::spawn(async move { collections.drop_collection(&name).await })
-            .await
-            .map_err(|e| ApiError::Internal(format!("dropping a collection failed: {e}")))??;
-    }
+    let tenant = state.tenants.change(&id, |t| t.deleting = true).await?;
+    finish_deletion(&state, tenant).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Drops every collection of `tenant` (one another process dropped already is done) and then
+/// forgets the tenant. Run again after a failure, it goes on where it stopped.
+async fn finish_deletion(state: &AppState, tenant: Arc<Tenant>) -> Result<(), ApiError> {
+    let id = tenant.id.clone();
+    let owner = Caller::of(tenant);
+    for collection in owner.collections(state)? {
+        let (collections, name) = (state.collections.clone(), collection.name.clone());
+        let dropped = tokio::spawn(async move { collections.drop_collection(&name).await })
+            .await
+            .map_err(|e| ApiError::Internal(format!("dropping a collection failed: {e}")))?;
+        match dropped {
+            Ok(()) => {}
+            Err(e) if e.code() == ErrorCode::CollectionNotFound => {}
+            Err(e) => {
+                tracing::warn!(tenant = id, error = %e, "a tenant's deletion is not finished");
+                return Err(ApiError::Busy {
+                    code: ErrorCode::TenantDeletionUnfinished,
+                    message: "the tenant's keys are revoked, but not all of its collections could be \
+                              dropped now; retry the DELETE (ragway also finishes it on its own)"
+                        .into(),
+                    retry_after_s: 5,
+                });
+            }
+        }
+    }
+    state.tenants.remove(&id).await
+}
+
+/// Finishes, every [`DELETION_SWEEP_EVERY`], the deletions of tenants that were cut short.
+pub async fn sweep_deletions(state: AppState) {
+    loop {
+        tokio::time::sleep(DELETION_SWEEP_EVERY).await;
+        for tenant in state.tenants.list() {
+            if tenant.deleting {
+                let id = tenant.id.clone();
+                match finish_deletion(&state, tenant).await {
+                    Ok(()) => tracing::info!(tenant = id, "finished a tenant's deletion"),
+                    Err(e) => tracing::debug!(tenant = id, error = %e, "a tenant's deletion waits"),
+                }
+            }
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/admin/tenants/{id}/keys", operation_id = "create_tenant_key", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path, description = "Tenant id")),

@@ -479,6 +479,8 @@ mod tests {
             llm_backends: None,
             created_at: String::new(),
             keys: Vec::new(),
+            revision: 0,
+            deleting: false,
         }
     }
 

@@ -14,12 +14,17 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-pub use store::{FileStore, RedisStore, TenantStore};
+pub use store::{FileStore, RedisStore, Stored, TenantStore};
 
 use crate::error::{ApiError, ErrorCode};
 
 /// How often a replica checks the store for changes made elsewhere.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// How many times a change is read and applied again when other processes keep changing the
+/// same tenant in between.
+const CHANGE_TRIES: usize = 16;
+/// How often a process finishes deletions that were cut short (a store down, a crash).
+pub const DELETION_SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// A tenant's quotas; each absent one is unlimited.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -33,7 +38,8 @@ pub struct Limits {
     /// Prompt plus completion tokens per UTC day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_tokens_per_day: Option<u64>,
-    /// Tokens embedded per UTC day (documents, queries, `/v1/embeddings`).
+    /// Tokens embedded per UTC day (documents, queries, `/v1/embeddings`), and the
+    /// cross-encoder's tokens of `/v1/rerank`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_tokens_per_day: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +55,40 @@ pub struct Limits {
     /// Answers streamed at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrent_streams: Option<u64>,
+}
+
+impl Limits {
+    /// `self` with each limit it leaves out taken from `defaults`.
+    pub fn with_defaults(self, defaults: &Limits) -> Limits {
+        Limits {
+            requests_per_second: self.requests_per_second.or(defaults.requests_per_second),
+            burst: self.burst.or(defaults.burst),
+            llm_tokens_per_day: self.llm_tokens_per_day.or(defaults.llm_tokens_per_day),
+            embedding_tokens_per_day: self
+                .embedding_tokens_per_day
+                .or(defaults.embedding_tokens_per_day),
+            collections: self.collections.or(defaults.collections),
+            documents: self.documents.or(defaults.documents),
+            chunks: self.chunks.or(defaults.chunks),
+            bytes: self.bytes.or(defaults.bytes),
+            concurrent_streams: self.concurrent_streams.or(defaults.concurrent_streams),
+        }
+    }
+
+    /// Limits the arithmetic can hold: a rate between 0.001 and 1e6 a second (a smaller one's
+    /// period overflows a clock), a burst of at least 1.
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .requests_per_second
+            .is_some_and(|r| !(r.is_finite() && (0.001..=1e6).contains(&r)))
+        {
+            return Err("limits.requests_per_second must be between 0.001 and 1000000".into());
+        }
+        if self.burst == Some(0) {
+            return Err("limits.burst must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// What a tenant over a token budget gets.
@@ -74,6 +114,15 @@ pub struct Tenant {
     pub llm_backends: Option<Vec<String>>,
     pub created_at: String,
     pub keys: Vec<StoredKey>,
+    /// Bumped by every change: a change is stored only over the revision it was made from
+    /// (compare-and-set), so two processes changing one tenant at once never lose either change.
+    #[serde(default)]
+    pub revision: u64,
+    /// Being deleted: its keys no longer authenticate, and its collections are being dropped;
+    /// the record goes once they all are (a deletion cut short is finished by a retry or by
+    /// the sweep every [`DELETION_SWEEP_EVERY`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +171,9 @@ pub struct TenantInfo {
     pub llm_backends: Option<Vec<String>>,
     pub created_at: String,
     pub keys: Vec<KeyInfo>,
+    /// Being deleted (`DELETE` answered 503 before it finished): keys refused, collections
+    /// being dropped; a retry of the `DELETE` finishes it.
+    pub deleting: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -154,6 +206,7 @@ impl Tenant {
                     created_at: k.created_at.clone(),
                 })
                 .collect(),
+            deleting: self.deleting,
         }
     }
 
@@ -176,13 +229,20 @@ impl Snapshot {
     fn of(tenants: Vec<Tenant>) -> Self {
         let mut snapshot = Self::default();
         for tenant in tenants {
-            let tenant = Arc::new(tenant);
-            for key in &tenant.keys {
-                snapshot.by_key.insert(key.hash.clone(), tenant.clone());
-            }
-            snapshot.by_id.insert(tenant.id.clone(), tenant);
+            snapshot.put(Arc::new(tenant));
         }
         snapshot
+    }
+
+    /// `tenant` as this copy knows it; the keys of a tenant being deleted authenticate nobody.
+    fn put(&mut self, tenant: Arc<Tenant>) {
+        self.by_key.retain(|_, t| t.id != tenant.id);
+        if !tenant.deleting {
+            for key in &tenant.keys {
+                self.by_key.insert(key.hash.clone(), tenant.clone());
+            }
+        }
+        self.by_id.insert(tenant.id.clone(), tenant);
     }
 }
 
@@ -279,29 +339,53 @@ impl Tenants {
             llm_backends: request.llm_backends,
             created_at: now(),
             keys: Vec::new(),
+            revision: 1,
+            deleting: false,
         };
         let _change = self.changes.lock().await;
-        self.save(tenant).await
+        match self.store.save_if(&tenant, None).await.map_err(unavailable)? {
+            Stored::Yes => Ok(self.publish(tenant)),
+            // A 48-bit random id taken already: vanishingly rare, and said as what it is.
+            Stored::Conflict | Stored::Gone => Err(unavailable("a tenant id was taken twice".into())),
+        }
     }
 
-    /// Applies `change` to tenant `id` and stores the result.
-    pub async fn change(&self, id: &str, change: impl FnOnce(&mut Tenant)) -> Result<Arc<Tenant>, ApiError> {
+    /// Applies `change` to the stored record of tenant `id` (read afresh, not from this process's
+    /// copy) and stores the result only over the revision it read; when another process changed
+    /// the tenant in between, reads and applies again. Each change of keys or limits therefore
+    /// keeps every other change, whichever replica made it.
+    pub async fn change(&self, id: &str, change: impl Fn(&mut Tenant)) -> Result<Arc<Tenant>, ApiError> {
         let _change = self.changes.lock().await;
-        let mut tenant = (*self.get(id)?).clone();
-        change(&mut tenant);
-        self.save(tenant).await
+        for _ in 0..CHANGE_TRIES {
+            let Some(stored) = self.store.fetch(id).await.map_err(unavailable)? else {
+                return Err(ApiError::TenantNotFound(id.to_string()));
+            };
+            let read = stored.revision;
+            let mut tenant = stored;
+            change(&mut tenant);
+            tenant.revision = read + 1;
+            match self
+                .store
+                .save_if(&tenant, Some(read))
+                .await
+                .map_err(unavailable)?
+            {
+                Stored::Yes => return Ok(self.publish(tenant)),
+                Stored::Gone => return Err(ApiError::TenantNotFound(id.to_string())),
+                Stored::Conflict => continue,
+            }
+        }
+        Err(unavailable(format!(
+            "tenant {id} kept changing under {CHANGE_TRIES} tries; try again"
+        )))
     }
 
-    async fn save(&self, tenant: Tenant) -> Result<Arc<Tenant>, ApiError> {
-        self.store.save(&tenant).await.map_err(unavailable)?;
+    /// This process's copy of `tenant`, as just stored.
+    fn publish(&self, tenant: Tenant) -> Arc<Tenant> {
         let tenant = Arc::new(tenant);
         let mut snapshot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
-        snapshot.by_key.retain(|_, t| t.id != tenant.id);
-        for key in &tenant.keys {
-            snapshot.by_key.insert(key.hash.clone(), tenant.clone());
-        }
-        snapshot.by_id.insert(tenant.id.clone(), tenant.clone());
-        Ok(tenant)
+        snapshot.put(tenant.clone());
+        tenant
     }
 
     /// A new key for tenant `id`: returned once, stored as a hash.
@@ -313,27 +397,84 @@ impl Tenants {
             hash: hash(&key),
             created_at: now(),
         };
-        self.change(id, |t| t.keys.push(stored)).await?;
+        self.change(id, |t| t.keys.push(stored.clone())).await?;
         Ok(NewKey { key_id, key })
     }
 
     /// Revokes a key at once (other replicas within [`FOLLOW_EVERY`]).
     pub async fn revoke_key(&self, id: &str, key_id: &str) -> Result<(), ApiError> {
-        let tenant = self.get(id)?;
-        if !tenant.keys.iter().any(|k| k.key_id == key_id) {
-            return Err(ApiError::KeyNotFound(key_id.to_string()));
+        let found = std::sync::atomic::AtomicBool::new(false);
+        self.change(id, |t| {
+            let before = t.keys.len();
+            t.keys.retain(|k| k.key_id != key_id);
+            found.store(t.keys.len() < before, std::sync::atomic::Ordering::Relaxed);
+        })
+        .await?;
+        match found.into_inner() {
+            true => Ok(()),
+            false => Err(ApiError::KeyNotFound(key_id.to_string())),
         }
-        self.change(id, |t| t.keys.retain(|k| k.key_id != key_id)).await?;
-        Ok(())
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
+    /// Forgets tenant `id`'s record: the last step of a deletion, once its collections are gone
+    /// (see [`Tenant::deleting`]).
+    pub async fn remove(&self, id: &str) -> Result<(), ApiError> {
         let _change = self.changes.lock().await;
-        self.get(id)?;
         self.store.remove(id).await.map_err(unavailable)?;
         let mut snapshot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
         snapshot.by_id.remove(id);
         snapshot.by_key.retain(|_, t| t.id != id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_left_out_is_the_default_and_one_given_is_kept() {
+        let defaults = Limits {
+            requests_per_second: Some(100.0),
+            burst: Some(200),
+            collections: Some(64),
+            ..Limits::default()
+        };
+        let given = Limits {
+            burst: Some(5),
+            llm_tokens_per_day: Some(1_000),
+            ..Limits::default()
+        };
+        assert_eq!(
+            given.with_defaults(&defaults),
+            Limits {
+                requests_per_second: Some(100.0),
+                burst: Some(5),
+                llm_tokens_per_day: Some(1_000),
+                collections: Some(64),
+                ..Limits::default()
+            }
+        );
+        assert_eq!(
+            Limits::default().with_defaults(&Limits::default()),
+            Limits::default()
+        );
+    }
+
+    #[test]
+    fn limits_the_arithmetic_cannot_hold_are_refused() {
+        let rate = |r: f64| Limits {
+            requests_per_second: Some(r),
+            ..Limits::default()
+        };
+        assert!(rate(1e-20).check().is_err());
+        assert!(rate(f64::NAN).check().is_err());
+        assert!(rate(2e6).check().is_err());
+        assert!(rate(0.5).check().is_ok());
+        let burst = Limits {
+            burst: Some(0),
+            ..Limits::default()
+        };
+        assert!(burst.check().is_err());
     }
 }

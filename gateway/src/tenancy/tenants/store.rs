@@ -9,12 +9,52 @@ use ragway_cache::redis::AsyncCommands;
 use ragway_cache::RedisTier;
 
 use super::Tenant;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_lands_only_over_the_revision_it_was_made_from() {
+        assert_eq!(decide(None, None), Stored::Yes, "a new record");
+        assert_eq!(decide(Some(1), None), Stored::Conflict, "an id taken");
+        assert_eq!(decide(Some(3), Some(3)), Stored::Yes);
+        assert_eq!(decide(Some(4), Some(3)), Stored::Conflict, "changed meanwhile");
+        assert_eq!(decide(None, Some(3)), Stored::Gone, "deleted meanwhile");
+    }
+}
 use crate::durable;
+
+/// What a conditional write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Yes,
+    /// The record's revision was not the one expected (or, for a new one, the id exists).
+    Conflict,
+    /// The record to change is gone.
+    Gone,
+}
+
+/// The decision of a conditional write, from the stored record's revision (`None`: no record)
+/// and the one expected (`None`: a new record). The Redis script makes the same one.
+fn decide(stored: Option<u64>, expected: Option<u64>) -> Stored {
+    match (stored, expected) {
+        (None, None) => Stored::Yes,
+        (Some(_), None) => Stored::Conflict,
+        (None, Some(_)) => Stored::Gone,
+        (Some(stored), Some(expected)) if stored == expected => Stored::Yes,
+        (Some(_), Some(_)) => Stored::Conflict,
+    }
+}
 
 #[async_trait]
 pub trait TenantStore: Send + Sync {
     async fn load(&self) -> Result<Vec<Tenant>, String>;
-    async fn save(&self, tenant: &Tenant) -> Result<(), String>;
+    /// The record as stored now (not a copy that may be old).
+    async fn fetch(&self, id: &str) -> Result<Option<Tenant>, String>;
+    /// Stores `tenant` only if the stored record's revision is `expected` (`None`: only if there
+    /// is no record with its id).
+    async fn save_if(&self, tenant: &Tenant, expected: Option<u64>) -> Result<Stored, String>;
     async fn remove(&self, id: &str) -> Result<(), String>;
     /// Changes whenever any process changes a tenant; `None` when the store cannot say now.
     async fn version(&self) -> Option<u64>;
@@ -52,6 +92,12 @@ impl FileStore {
         Ok(())
     }
 
+    fn save(&self, tenant: &Tenant) -> Result<(), String> {
+        self.write(|tenants| {
+            tenants.insert(tenant.id.clone(), tenant.clone());
+        })
+    }
+
     /// Replaces every record (a copy of what Redis holds).
     fn mirror(&self, all: &[Tenant]) -> Result<(), String> {
         self.write(|tenants| *tenants = all.iter().map(|t| (t.id.clone(), t.clone())).collect())
@@ -64,10 +110,17 @@ impl TenantStore for FileStore {
         let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         Ok(tenants.values().cloned().collect())
     }
-    async fn save(&self, tenant: &Tenant) -> Result<(), String> {
-        self.write(|tenants| {
-            tenants.insert(tenant.id.clone(), tenant.clone());
-        })
+    async fn fetch(&self, id: &str) -> Result<Option<Tenant>, String> {
+        let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(tenants.get(id).cloned())
+    }
+    async fn save_if(&self, tenant: &Tenant, expected: Option<u64>) -> Result<Stored, String> {
+        let stored = self.fetch(&tenant.id).await?.map(|t| t.revision);
+        let decided = decide(stored, expected);
+        if decided == Stored::Yes {
+            self.save(tenant)?;
+        }
+        Ok(decided)
     }
     async fn remove(&self, id: &str) -> Result<(), String> {
         self.write(|tenants| {
@@ -81,6 +134,20 @@ impl TenantStore for FileStore {
 
 const TENANTS: &str = "ragway:tenants";
 const VERSION: &str = "ragway:tenants:version";
+
+/// A conditional write in one step: KEYS = tenants hash, version counter; ARGV = id, expected
+/// revision (`""`: only if absent), record. Returns 1 stored, 0 conflict, 2 gone ([`decide`]).
+const SAVE_IF: &str = r"local current = redis.call('hget', KEYS[1], ARGV[1])
+if ARGV[2] == '' then
+  if current then return 0 end
+else
+  if not current then return 2 end
+  local revision = cjson.decode(current)['revision'] or 0
+  if revision ~= tonumber(ARGV[2]) then return 0 end
+end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[3])
+redis.call('incr', KEYS[2])
+return 1";
 
 /// Tenants in a Redis hash (`ragway:tenants`, id → record) with a version counter that every
 /// change bumps, so replicas notice; a file keeps the last copy read, to start from when Redis
@@ -155,15 +222,44 @@ impl TenantStore for RedisStore {
             }
         }
     }
-    async fn save(&self, tenant: &Tenant) -> Result<(), String> {
+    async fn fetch(&self, id: &str) -> Result<Option<Tenant>, String> {
+        let mut connection = self.redis.connection();
+        let record: Option<String> = self
+            .redis
+            .bounded(connection.hget(TENANTS, id))
+            .await
+            .map_err(|e| format!("redis: {}", e.0))?;
+        record
+            .map(|r| {
+                serde_json::from_str(&r).map_err(|e| format!("a tenant record in redis is damaged: {e}"))
+            })
+            .transpose()
+    }
+    async fn save_if(&self, tenant: &Tenant, expected: Option<u64>) -> Result<Stored, String> {
         let record = serde_json::to_string(tenant).map_err(|e| e.to_string())?;
-        self.changed(
-            ragway_cache::redis::pipe()
-                .hset(TENANTS, &tenant.id, record)
-                .ignore(),
-        )
-        .await?;
-        self.mirror.save(tenant).await
+        let expected_arg = expected.map(|r| r.to_string()).unwrap_or_default();
+        let mut connection = self.redis.connection();
+        let script = ragway_cache::redis::Script::new(SAVE_IF);
+        let mut invocation = script.key(TENANTS);
+        invocation
+            .key(VERSION)
+            .arg(&tenant.id)
+            .arg(expected_arg)
+            .arg(record);
+        let outcome: i64 = self
+            .redis
+            .bounded(invocation.invoke_async(&mut connection))
+            .await
+            .map_err(|e| format!("redis: {}", e.0))?;
+        let stored = match outcome {
+            1 => Stored::Yes,
+            2 => Stored::Gone,
+            _ => Stored::Conflict,
+        };
+        if stored == Stored::Yes {
+            self.mirror.save(tenant)?;
+        }
+        Ok(stored)
     }
     async fn remove(&self, id: &str) -> Result<(), String> {
         self.changed(ragway_cache::redis::pipe().hdel(TENANTS, id).ignore())
