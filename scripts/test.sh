@@ -60,4 +60,12 @@ clippy=$(command -v clippy-driver || true)
 export RUSTC_WORKSPACE_WRAPPER="$clippy" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 # Every target (benches too): the end-to-end tests start the real binary built here.
 cargo build --release --workspace --all-targets
+# The tests' temporary directories live under one directory removed when this script ends, so a
+# test killed at its bound (its processes go with it: nextest kills its process group) leaves
+# no data behind either.
+TMPDIR=$(mktemp -d -t ragway-tests-XXXXXX)
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 cargo nextest run --release --workspace
