@@ -50,18 +50,46 @@ const BUSY_TRIES: u32 = 600;
 /// How often a replica looks for jobs whose replica died (shared stores).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// What a background job will add to its tenant's storage when it has run: counted against the
+/// tenant's storage quota while it waits, so that queued work cannot slip past the quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    pub documents: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
+impl Reservation {
+    /// The part of `self` still to come when `done` of `total` documents are applied (those are
+    /// counted as stored by then).
+    fn remaining(self, done: usize, total: usize) -> Self {
+        let left = |n: u64| match total {
+            0 => 0,
+            _ => n.saturating_mul(total.saturating_sub(done) as u64) / total as u64,
+        };
+        Self {
+            documents: left(self.documents),
+            chunks: left(self.chunks),
+            bytes: left(self.bytes),
+        }
+    }
+}
+
 struct Job {
     status: Mutex<JobStatus>,
     generation: String,
     cancelled: AtomicBool,
+    /// What the job adds to its tenant's storage (background jobs accepted by this process).
+    reserved: Reservation,
 }
 
 impl Job {
-    fn new(record: Record) -> Arc<Self> {
+    fn new(record: Record, reserved: Reservation) -> Arc<Self> {
         Arc::new(Self {
             status: Mutex::new(record.status),
             generation: record.generation,
             cancelled: AtomicBool::new(false),
+            reserved,
         })
     }
 
@@ -243,7 +271,8 @@ impl Jobs {
     async fn resume(self: &Arc<Self>, record: Record, lease: Lease) {
         let (id, name) = (record.status.id.clone(), record.status.collection.clone());
         let lookup = self.collections.lookup(&name, &record.generation).await;
-        let job = Job::new(record);
+        // Accepted before this process started: what it will add is not known here.
+        let job = Job::new(record, Reservation::default());
         match lookup {
             Lookup::Open(collection) => match self.store.documents(&id).await {
                 Ok(documents) => {
@@ -282,6 +311,7 @@ impl Jobs {
         collection: Arc<Collection>,
         documents: Vec<DocumentInput>,
         background: bool,
+        reserve: Reservation,
     ) -> Result<(JobStatus, Option<JobResult>), ApiError> {
         let limits = self.settings.queue;
         let slot = match background {
@@ -320,12 +350,30 @@ impl Jobs {
             .await
             .map_err(|e| self.failed(e))?
             .ok_or_else(|| ApiError::Internal(format!("job {id} was claimed by another process")))?;
-        let job = Job::new(record);
+        let job = Job::new(record, reserve);
         self.lock().insert(id, job.clone());
         let (answer, result) = oneshot::channel();
         self.clone()
             .spawn(job, collection, documents, Some(answer), slot, lease);
         Ok((status, (!background).then_some(result)))
+    }
+
+    /// What the unfinished jobs of `owner` (a tenant's id) will still add to its storage.
+    pub fn pending(&self, owner_id: &str) -> Reservation {
+        self.lock()
+            .values()
+            .filter(|job| owner(&job.status().collection) == owner_id)
+            .fold(Reservation::default(), |sum, job| {
+                let status = job.status();
+                let left = job
+                    .reserved
+                    .remaining(status.documents_done, status.documents_total);
+                Reservation {
+                    documents: sum.documents.saturating_add(left.documents),
+                    chunks: sum.chunks.saturating_add(left.chunks),
+                    bytes: sum.bytes.saturating_add(left.bytes),
+                }
+            })
     }
 
     /// A store failure as the client sees it: worth retrying when the store is shared (Redis).
@@ -523,4 +571,33 @@ fn progress(status: &mut JobStatus, documents: usize, outcome: BatchOutcome) {
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reservation_shrinks_as_its_documents_are_applied() {
+        let whole = Reservation {
+            documents: 10,
+            chunks: 40,
+            bytes: 4_000,
+        };
+        assert_eq!(whole.remaining(0, 10), whole);
+        assert_eq!(
+            whole.remaining(5, 10),
+            Reservation {
+                documents: 5,
+                chunks: 20,
+                bytes: 2_000
+            }
+        );
+        assert_eq!(whole.remaining(10, 10), Reservation::default());
+        assert_eq!(
+            whole.remaining(0, 0),
+            Reservation::default(),
+            "an empty job adds nothing"
+        );
+    }
 }

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use ragway_openapi::DocumentInput;
 
 use crate::catalog::collections::Collection;
+use crate::catalog::jobs::Reservation;
 use crate::config::AuthMode;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::AppState;
@@ -322,20 +323,37 @@ impl Caller {
     }
 
     /// 413 when storing `documents` in `collection` would cross a storage quota (documents,
-    /// chunks, bytes); checked before anything is stored.
+    /// chunks, bytes); checked before anything is stored, against what is stored and what the
+    /// tenant's unfinished jobs will still add. Returns what this request will add, for its job
+    /// to hold while it waits.
     pub async fn check_storage(
         &self,
         state: &AppState,
         collection: &Collection,
         documents: &[DocumentInput],
-    ) -> Result<(), ApiError> {
-        let Some(tenant) = &self.tenant else { return Ok(()) };
+    ) -> Result<Reservation, ApiError> {
+        let Some(tenant) = &self.tenant else {
+            return Ok(Reservation::default());
+        };
         let l = &tenant.limits;
         if l.documents.is_none() && l.chunks.is_none() && l.bytes.is_none() {
-            return Ok(());
+            return Ok(Reservation::default());
         }
-        let now = self.storage(state)?;
+        let stored = self.storage(state)?;
+        let pending = state.jobs.pending(&tenant.id);
+        let now = Storage {
+            documents: stored.documents.saturating_add(pending.documents),
+            chunks: stored.chunks.saturating_add(pending.chunks),
+            bytes: stored.bytes.saturating_add(pending.bytes),
+            ..stored
+        };
         let (documents, chunks, bytes) = collection.growth(documents).await;
+        let adds = |n: i64| u64::try_from(n).unwrap_or(0);
+        let reservation = Reservation {
+            documents: adds(documents),
+            chunks: adds(chunks),
+            bytes: adds(bytes),
+        };
         let checks = [
             (
                 l.documents,
@@ -362,14 +380,14 @@ impl Caller {
                 return Err(ApiError::OverQuota {
                     code,
                     message: format!(
-                        "storing this would bring tenant `{}` to {after} {quota}, over its limit of {limit} (limits.{quota}); nothing was stored",
+                        "storing this would bring tenant `{}` to {after} {quota} (with what its unfinished jobs will add), over its limit of {limit} (limits.{quota}); nothing was stored",
                         tenant.name
                     ),
                     retry_after_s: None,
                 });
             }
         }
-        Ok(())
+        Ok(reservation)
     }
 
     /// The tenant's place for one more streamed answer (429 over `concurrent_streams`).

@@ -1102,3 +1102,69 @@ async fn key_changes_on_two_replicas_at_once_lose_nothing() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// What queued jobs will store counts against the storage quota while they wait: a tenant
+/// cannot slip past its quota by queueing many background ingests before any has run.
+#[tokio::test]
+async fn queued_documents_count_against_the_storage_quota() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "[ingest]\nmax_concurrent_jobs = 1")).await?;
+    let (_, key) = tenant(&server, json!({"name": "queuer", "limits": {"documents": 10}})).await?;
+    let created = call(
+        &server,
+        Method::POST,
+        "/v1/collections",
+        &key,
+        Some(json!({"name": "q"})),
+    )
+    .await?;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let slow = json!({"stage": "embedder", "kind": "delay", "delay_ms": 3000, "duration_s": 60});
+    assert_eq!(
+        admin(&server, Method::POST, "/admin/faults", Some(&slow))
+            .await?
+            .status,
+        200
+    );
+    let documents = |from: usize, n: usize| {
+        let docs: Vec<Value> = (from..from + n)
+            .map(|i| json!({"id": format!("d{i}"), "text": format!("Queued note {i}.")}))
+            .collect();
+        json!({"documents": docs, "wait": false})
+    };
+    let path = "/v1/collections/q/documents";
+    let first = call(&server, Method::POST, path, &key, Some(documents(0, 8))).await?;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    let over = call(&server, Method::POST, path, &key, Some(documents(8, 5))).await?;
+    assert_eq!(
+        (over.status, over.error_code()),
+        (413, Some("document_quota_exceeded")),
+        "8 queued + 5 > 10 while nothing is stored yet: {:?}",
+        over.body
+    );
+    let fits = call(&server, Method::POST, path, &key, Some(documents(8, 2))).await?;
+    assert_eq!(fits.status, 202, "8 queued + 2 = 10: {:?}", fits.body);
+    assert_eq!(
+        admin(&server, Method::DELETE, "/admin/faults", None)
+            .await?
+            .status,
+        204
+    );
+    let started = Instant::now();
+    loop {
+        let info = call(&server, Method::GET, "/v1/collections/q", &key, None).await?;
+        if info.body["documents"] == 10 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "the queued jobs never finished: {:?}",
+            info.body
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let full = call(&server, Method::POST, path, &key, Some(documents(20, 1))).await?;
+    assert_eq!(full.status, 413, "{:?}", full.body);
+    Ok(())
+}

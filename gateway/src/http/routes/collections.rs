@@ -142,14 +142,14 @@ pub async fn ingest(
     )?;
     state.collections.check_embedder(&collection)?;
     caller.require_embedding_budget(&state)?;
-    caller
+    let reserve = caller
         .check_storage(&state, &collection, &request.documents)
         .await?;
     let background =
         request.wait == Some(false) || request.documents.len() > config.ingest.sync_max_documents;
     let (job, result) = state
         .jobs
-        .submit(collection, request.documents, background)
+        .submit(collection, request.documents, background, reserve)
         .await?;
     match result {
         // The job runs on its own task: a client that leaves now does not stop the write.
