@@ -174,28 +174,14 @@ impl Guard {
         F: Future<Output = Result<T, E>>,
         E: Blamed,
     {
-        self.run_charging(deadline, timeout, Blame::Dependency, call)
-            .await
+        self.run_blaming(deadline, timeout, Blame::Dependency, call).await
     }
 
-    /// As [`Guard::run_within`], for bulk work whose size the caller chose (an ingestion batch, a
-    /// `/v1/rerank` of many documents): running past `timeout` is the caller's, never charged to
-    /// the breaker that other requests' answers depend on. The dependency's own errors still are.
-    pub async fn run_bulk<T, E, F>(
-        &self,
-        deadline: &Deadline,
-        timeout: Duration,
-        call: F,
-    ) -> Result<T, Failure<E>>
-    where
-        F: Future<Output = Result<T, E>>,
-        E: Blamed,
-    {
-        self.run_charging(deadline, timeout, Blame::Caller, call).await
-    }
-
-    /// The guarded call; `timed_out` says whose fault running past `timeout` is.
-    async fn run_charging<T, E, F>(
+    /// As [`Guard::run_within`], saying whose fault running past `timeout` is: the
+    /// dependency's (charged to its breaker), or the caller's for bulk work whose size the caller
+    /// chose (an ingestion batch, a `/v1/rerank` of many documents), never charged to the breaker
+    /// that other requests' answers depend on. The dependency's own errors are charged either way.
+    pub async fn run_blaming<T, E, F>(
         &self,
         deadline: &Deadline,
         timeout: Duration,

@@ -24,14 +24,14 @@ use ragway_retrieval::{
 use ragway_worker::Stopped;
 
 use super::deadline::Deadline;
-use super::guard::{Blamed, Guard};
+use super::guard::{Blame, Blamed, Guard};
 
 pub struct Guarded<S: ?Sized> {
     pub(super) inner: Arc<S>,
     pub(super) guard: Arc<Guard>,
     /// The timeout of bulk work (an ingestion batch, a long `/v1/embeddings` request), when it is
     /// not the guard's own. Bulk work running past its timeout is the caller's: never charged
-    /// to the breaker ([`Guard::run_bulk`]).
+    /// to the breaker ([`Guard::run_blaming`]).
     bulk_timeout: Option<Duration>,
     /// Rerankers: calls with more passages than this are bulk (a query reranks
     /// `retrieval.rerank_candidates`; a `/v1/rerank` may send many more).
@@ -100,7 +100,10 @@ impl<S: ?Sized> Guarded<S> {
     {
         let deadline = Deadline::current();
         let timeout = self.bulk_timeout.unwrap_or(Duration::MAX);
-        let result = self.guard.run_bulk(&deadline, timeout, call).await;
+        let result = self
+            .guard
+            .run_blaming(&deadline, timeout, Blame::Caller, call)
+            .await;
         result.map_err(|failure| failure.into_error())
     }
 }

@@ -44,6 +44,29 @@ async fn tenant(server: &Server, body: Value) -> anyhow::Result<(String, String)
     Ok((id, key.body["key"].as_str().unwrap_or_default().to_string()))
 }
 
+/// A new tenant with `body`'s fields, one key, and an empty collection made from `collection`
+/// (a create request's body): the key.
+async fn tenant_with_collection(server: &Server, body: Value, collection: Value) -> anyhow::Result<String> {
+    let (_, key) = tenant(server, body).await?;
+    let created = call(server, Method::POST, "/v1/collections", &key, Some(collection)).await?;
+    anyhow::ensure!(created.status == 201, "creating a collection: {:?}", created.body);
+    Ok(key)
+}
+
+/// Every embedding takes 3 s from now (a fault through the admin API), so jobs stay queued.
+async fn slow_embedder(server: &Server) -> anyhow::Result<()> {
+    let slow = json!({"stage": "embedder", "kind": "delay", "delay_ms": 3000, "duration_s": 60});
+    let set = admin(server, Method::POST, "/admin/faults", Some(&slow)).await?;
+    anyhow::ensure!(set.status == 200, "setting a fault: {:?}", set.body);
+    Ok(())
+}
+
+async fn clear_faults(server: &Server) -> anyhow::Result<()> {
+    let cleared = admin(server, Method::DELETE, "/admin/faults", None).await?;
+    anyhow::ensure!(cleared.status == 204, "clearing faults: {:?}", cleared.body);
+    Ok(())
+}
+
 async fn call(
     server: &Server,
     method: Method,
@@ -914,27 +937,11 @@ async fn background_jobs_are_bounded_per_tenant_and_in_all() -> anyhow::Result<(
     let dir = tempfile::tempdir()?;
     let queue = "[ingest]\nmax_concurrent_jobs = 1\nmax_queued_jobs = 3\nmax_queued_jobs_per_tenant = 2";
     let server = Server::start(dir.path(), &options(&llm, queue)).await?;
-    let (_, a) = tenant(&server, json!({"name": "flooder"})).await?;
-    let (_, b) = tenant(&server, json!({"name": "neighbour"})).await?;
-    for key in [&a, &b] {
-        let created = call(
-            &server,
-            Method::POST,
-            "/v1/collections",
-            key,
-            Some(json!({"name": "bulk"})),
-        )
-        .await?;
-        assert_eq!(created.status, 201, "{:?}", created.body);
-    }
+    let bulk = || json!({"name": "bulk"});
+    let a = tenant_with_collection(&server, json!({"name": "flooder"}), bulk()).await?;
+    let b = tenant_with_collection(&server, json!({"name": "neighbour"}), bulk()).await?;
     // Every job's embedding takes 3 s, so the jobs stay queued while we count them.
-    let slow = json!({"stage": "embedder", "kind": "delay", "delay_ms": 3000, "duration_s": 60});
-    assert_eq!(
-        admin(&server, Method::POST, "/admin/faults", Some(&slow))
-            .await?
-            .status,
-        200
-    );
+    slow_embedder(&server).await?;
     let job = |n: usize| json!({"documents": [{"id": format!("d{n}"), "text": format!("Bulk note number {n}.")}], "wait": false});
     let path = "/v1/collections/bulk/documents";
     for n in 0..2 {
@@ -977,12 +984,7 @@ async fn background_jobs_are_bounded_per_tenant_and_in_all() -> anyhow::Result<(
     .await?;
     assert_eq!(now.status, 200, "{:?}", now.body);
 
-    assert_eq!(
-        admin(&server, Method::DELETE, "/admin/faults", None)
-            .await?
-            .status,
-        204
-    );
+    clear_faults(&server).await?;
     let started = Instant::now();
     loop {
         let again = call(&server, Method::POST, path, &a, Some(job(3))).await?;
@@ -1006,16 +1008,9 @@ async fn metadata_copied_into_every_chunk_counts_against_the_byte_quota() -> any
     let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path(), &options(&llm, "")).await?;
-    let (_, key) = tenant(&server, json!({"name": "meta", "limits": {"bytes": 2000}})).await?;
-    let created = call(
-        &server,
-        Method::POST,
-        "/v1/collections",
-        &key,
-        Some(json!({"name": "tight", "chunk_words": 8, "chunk_overlap_words": 7})),
-    )
-    .await?;
-    assert_eq!(created.status, 201, "{:?}", created.body);
+    let tight = json!({"name": "tight", "chunk_words": 8, "chunk_overlap_words": 7});
+    let key =
+        tenant_with_collection(&server, json!({"name": "meta", "limits": {"bytes": 2000}}), tight).await?;
     // 16 words (80 bytes of text) → 9 chunks of 8 words, each with ~300 bytes of metadata.
     let text =
         "alpha bravo charl delta echoo foxtr golfs hotel india julie kilos limas mikes novem oscar papas";
@@ -1110,23 +1105,9 @@ async fn queued_documents_count_against_the_storage_quota() -> anyhow::Result<()
     let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path(), &options(&llm, "[ingest]\nmax_concurrent_jobs = 1")).await?;
-    let (_, key) = tenant(&server, json!({"name": "queuer", "limits": {"documents": 10}})).await?;
-    let created = call(
-        &server,
-        Method::POST,
-        "/v1/collections",
-        &key,
-        Some(json!({"name": "q"})),
-    )
-    .await?;
-    assert_eq!(created.status, 201, "{:?}", created.body);
-    let slow = json!({"stage": "embedder", "kind": "delay", "delay_ms": 3000, "duration_s": 60});
-    assert_eq!(
-        admin(&server, Method::POST, "/admin/faults", Some(&slow))
-            .await?
-            .status,
-        200
-    );
+    let limited = json!({"name": "queuer", "limits": {"documents": 10}});
+    let key = tenant_with_collection(&server, limited, json!({"name": "q"})).await?;
+    slow_embedder(&server).await?;
     let documents = |from: usize, n: usize| {
         let docs: Vec<Value> = (from..from + n)
             .map(|i| json!({"id": format!("d{i}"), "text": format!("Queued note {i}.")}))
@@ -1145,12 +1126,7 @@ async fn queued_documents_count_against_the_storage_quota() -> anyhow::Result<()
     );
     let fits = call(&server, Method::POST, path, &key, Some(documents(8, 2))).await?;
     assert_eq!(fits.status, 202, "8 queued + 2 = 10: {:?}", fits.body);
-    assert_eq!(
-        admin(&server, Method::DELETE, "/admin/faults", None)
-            .await?
-            .status,
-        204
-    );
+    clear_faults(&server).await?;
     let started = Instant::now();
     loop {
         let info = call(&server, Method::GET, "/v1/collections/q", &key, None).await?;
