@@ -252,6 +252,11 @@ impl ApiError {
     }
 }
 
+/// What a client is told of a dependency's own failure; the failure itself is logged.
+pub fn failed(what: &str) -> String {
+    format!("{what} failed (the server log has the details)")
+}
+
 impl From<RetrievalError> for ApiError {
     fn from(e: RetrievalError) -> Self {
         match e {
@@ -261,12 +266,16 @@ impl From<RetrievalError> for ApiError {
                 message: e.to_string(),
                 retry_after_s: 1,
             },
+            // What failed inside a model or store (file paths, a server's address) goes to the
+            // log as the source; the client is told which part failed.
             RetrievalError::Model(_) | RetrievalError::WorkerGone => {
-                Self::unavailable_from(ErrorCode::EmbedderFailed, e.to_string(), e)
+                Self::unavailable_from(ErrorCode::EmbedderFailed, failed("the embedder"), e)
             }
-            RetrievalError::Dense(_) => Self::unavailable_from(ErrorCode::DenseStoreFailed, e.to_string(), e),
+            RetrievalError::Dense(_) => {
+                Self::unavailable_from(ErrorCode::DenseStoreFailed, failed("the dense store"), e)
+            }
             RetrievalError::Keyword(_) => {
-                Self::unavailable_from(ErrorCode::KeywordStoreFailed, e.to_string(), e)
+                Self::unavailable_from(ErrorCode::KeywordStoreFailed, failed("the keyword store"), e)
             }
         }
     }
@@ -279,7 +288,7 @@ impl From<ragway_rerank::RerankError> for ApiError {
                 ErrorCode::Overloaded
             }
             ragway_rerank::RerankError::Model(_) | ragway_rerank::RerankError::WorkerGone => {
-                ErrorCode::RerankerFailed
+                return Self::unavailable_from(ErrorCode::RerankerFailed, failed("the reranker"), e);
             }
         };
         Self::unavailable_from(code, e.to_string(), e)

@@ -132,7 +132,12 @@ impl ApiError {
     /// ragway's error shape; a backend's refusal keeps the backend's own code, type and param
     /// (an OpenAI-shaped error, e.g. `context_length_exceeded`).
     fn body(&self) -> ErrorBody {
-        let mut body = ErrorBody::new(self.code().as_str(), self.to_string());
+        // An internal error's text (file paths, a store's words) is for the log, not the client.
+        let message = match self {
+            Self::Internal(_) => "internal error (the server log has the details)".to_string(),
+            other => other.to_string(),
+        };
+        let mut body = ErrorBody::new(self.code().as_str(), message);
         if let Self::BackendRejected(rejection) = self {
             if let Some(code) = &rejection.code {
                 body.error.code.clone_from(code);

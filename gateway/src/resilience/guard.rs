@@ -322,7 +322,11 @@ impl ApiError {
                 retry_after_s: 1,
             },
             _ => {
-                let message = format!("the {name} did not answer: {error}");
+                // ragway's own words for a stop; a failure's own text is only logged.
+                let message = match error.stopped() {
+                    Some(stopped) => format!("the {name} did not answer: {stopped}"),
+                    None => crate::error::failed(&format!("the {name}")),
+                };
                 Self::unavailable_from(unavailable, message, error)
             }
         }

@@ -255,6 +255,27 @@ async fn a_tenant_deleted_while_qdrant_is_down_is_deleted_by_a_retry() -> anyhow
     );
 
     qdrant.kill();
+    // A store's own failure is named, its words (addresses, paths) are only logged.
+    let late = json!({"documents": [{"id": "late", "text": "A note written while Qdrant is down."}]});
+    let failed = server
+        .call(
+            Method::POST,
+            "/v1/collections/notes/documents",
+            Some(&key),
+            Some(&late),
+        )
+        .await?;
+    assert_eq!(
+        (failed.status, failed.error_code()),
+        (503, Some("dense_store_failed")),
+        "{:?}",
+        failed.body
+    );
+    assert_eq!(
+        failed.body["error"]["message"], "the dense store failed (the server log has the details)",
+        "{:?}",
+        failed.body
+    );
     let path = format!("/admin/tenants/{id}");
     let cut = server.admin(Method::DELETE, &path, ADMIN, None).await?;
     assert_eq!(
