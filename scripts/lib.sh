@@ -13,10 +13,10 @@ _ragway_dirs=()
 started() { _ragway_pids+=("$1"); }
 
 temp_dir() {
-  local dir
-  dir=$(mktemp -d -t "ragway-$2-XXXXXX")
-  _ragway_dirs+=("$dir")
-  printf -v "$1" '%s' "$dir"
+  local _ragway_new
+  _ragway_new=$(mktemp -d -t "ragway-$2-XXXXXX")
+  _ragway_dirs+=("$_ragway_new")
+  printf -v "$1" '%s' "$_ragway_new"
 }
 
 _ragway_cleanup() {
