@@ -283,14 +283,13 @@ impl From<RetrievalError> for ApiError {
 
 impl From<ragway_rerank::RerankError> for ApiError {
     fn from(e: ragway_rerank::RerankError) -> Self {
-        let code = match e {
+        match e {
             ragway_rerank::RerankError::Overloaded(_) | ragway_rerank::RerankError::Stopped(_) => {
-                ErrorCode::Overloaded
+                Self::unavailable_from(ErrorCode::Overloaded, e.to_string(), e)
             }
             ragway_rerank::RerankError::Model(_) | ragway_rerank::RerankError::WorkerGone => {
-                return Self::unavailable_from(ErrorCode::RerankerFailed, failed("the reranker"), e);
+                Self::unavailable_from(ErrorCode::RerankerFailed, failed("the reranker"), e)
             }
-        };
-        Self::unavailable_from(code, e.to_string(), e)
+        }
     }
 }

@@ -234,7 +234,7 @@ impl Collection {
             let metadata = doc.metadata.clone().unwrap_or_default();
             let chunked = chunk_document(&doc.id, &doc.text, &metadata, self.chunking);
             let chunks = chunked.len() as i64;
-            let bytes = i64::try_from(stored_bytes(&chunked)).unwrap_or(i64::MAX);
+            let bytes = i64::try_from(stored_bytes(&chunked, &metadata)).unwrap_or(i64::MAX);
             let (old_docs, old_chunks, old_bytes) = manifest
                 .documents
                 .get(&doc.id)
@@ -868,18 +868,16 @@ fn too_many(max_collections: usize) -> ApiError {
 }
 
 /// What a document's chunks take in the stores, as counted against `limits.bytes`: each chunk's
-/// text and the metadata copied into it (as JSON). A document cut into many overlapping chunks
-/// costs what it stores, not only its text.
-pub fn stored_bytes(chunks: &[Chunk]) -> u64 {
+/// text and the document's `metadata`, copied into every chunk (as JSON). A document cut into many
+/// overlapping chunks costs what it stores, not only its text.
+pub fn stored_bytes(chunks: &[Chunk], metadata: &serde_json::Map<String, serde_json::Value>) -> u64 {
+    let metadata = match metadata.is_empty() {
+        true => 0,
+        false => serde_json::to_string(metadata).map_or(0, |m| m.len()),
+    };
     chunks
         .iter()
-        .map(|chunk| {
-            let metadata = match chunk.metadata.is_empty() {
-                true => 0,
-                false => serde_json::to_string(&chunk.metadata).map_or(0, |m| m.len()),
-            };
-            (chunk.text.len() + metadata) as u64
-        })
+        .map(|chunk| (chunk.text.len() + metadata) as u64)
         .sum()
 }
 
@@ -898,7 +896,7 @@ fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOp
             Some(Change {
                 id: doc.id,
                 hash,
-                bytes: stored_bytes(&chunks),
+                bytes: stored_bytes(&chunks, &metadata),
                 chunks,
             })
         })

@@ -113,11 +113,10 @@ impl Job {
     }
 }
 
-/// The background jobs this process holds unfinished, in all and per owner (a tenant's id, `""`
-/// in open mode).
+/// The background jobs this process holds unfinished, per owner (a tenant's id, `""` in open
+/// mode).
 #[derive(Default)]
 struct QueueCounts {
-    total: usize,
     per_owner: BTreeMap<String, usize>,
 }
 
@@ -138,9 +137,8 @@ impl QueueSlot {
         let mut held = counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(limits) = limits {
             let tenant = (!owner.is_empty()).then(|| held.per_owner.get(owner).copied().unwrap_or(0));
-            admit_job(limits, held.total, tenant)?;
+            admit_job(limits, held.per_owner.values().sum(), tenant)?;
         }
-        held.total += 1;
         *held.per_owner.entry(owner.to_string()).or_default() += 1;
         Ok(Self {
             counts: counts.clone(),
@@ -155,7 +153,6 @@ impl Drop for QueueSlot {
             .counts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        held.total = held.total.saturating_sub(1);
         if let Some(n) = held.per_owner.get_mut(&self.owner) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -362,17 +359,17 @@ impl Jobs {
     pub fn pending(&self, owner_id: &str) -> Reservation {
         self.lock()
             .values()
-            .filter(|job| owner(&job.status().collection) == owner_id)
-            .fold(Reservation::default(), |sum, job| {
+            .filter_map(|job| {
                 let status = job.status();
-                let left = job
-                    .reserved
-                    .remaining(status.documents_done, status.documents_total);
-                Reservation {
-                    documents: sum.documents.saturating_add(left.documents),
-                    chunks: sum.chunks.saturating_add(left.chunks),
-                    bytes: sum.bytes.saturating_add(left.bytes),
-                }
+                (owner(&status.collection) == owner_id).then(|| {
+                    job.reserved
+                        .remaining(status.documents_done, status.documents_total)
+                })
+            })
+            .fold(Reservation::default(), |sum, left| Reservation {
+                documents: sum.documents.saturating_add(left.documents),
+                chunks: sum.chunks.saturating_add(left.chunks),
+                bytes: sum.bytes.saturating_add(left.bytes),
             })
     }
 

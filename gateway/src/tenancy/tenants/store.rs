@@ -9,20 +9,6 @@ use ragway_cache::redis::AsyncCommands;
 use ragway_cache::RedisTier;
 
 use super::Tenant;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_write_lands_only_over_the_revision_it_was_made_from() {
-        assert_eq!(decide(None, None), Stored::Yes, "a new record");
-        assert_eq!(decide(Some(1), None), Stored::Conflict, "an id taken");
-        assert_eq!(decide(Some(3), Some(3)), Stored::Yes);
-        assert_eq!(decide(Some(4), Some(3)), Stored::Conflict, "changed meanwhile");
-        assert_eq!(decide(None, Some(3)), Stored::Gone, "deleted meanwhile");
-    }
-}
 use crate::durable;
 
 /// What a conditional write did.
@@ -273,5 +259,19 @@ impl TenantStore for RedisStore {
             .await
             .ok()
             .map(|v| v.unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_lands_only_over_the_revision_it_was_made_from() {
+        assert_eq!(decide(None, None), Stored::Yes, "a new record");
+        assert_eq!(decide(Some(1), None), Stored::Conflict, "an id taken");
+        assert_eq!(decide(Some(3), Some(3)), Stored::Yes);
+        assert_eq!(decide(Some(4), Some(3)), Stored::Conflict, "changed meanwhile");
+        assert_eq!(decide(None, Some(3)), Stored::Gone, "deleted meanwhile");
     }
 }
