@@ -168,7 +168,10 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     let shared = shared_state(&config)?;
     let data = &config.server.data_dir;
     let manifests = match &shared {
-        Some(redis) => ManifestStore::Redis(redis.clone()),
+        Some(redis) => ManifestStore::Redis {
+            redis: redis.clone(),
+            store_timeout: Duration::from_millis(config.store.timeout_ms),
+        },
         None => ManifestStore::Files(data.join("collections")),
     };
     let followers = Followers {

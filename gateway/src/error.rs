@@ -113,6 +113,7 @@ error_codes! {
     UnsupportedDimensions => "unsupported_dimensions",
     UnsupportedEncoding => "unsupported_encoding",
     UnsupportedParameter => "unsupported_parameter",
+    WriteFenced => "write_fenced",
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,11 +2,13 @@
 //! directory, and stops it with SIGTERM like an operator would.
 
 pub mod bounded;
+mod netns;
 mod qdrant;
 mod redis;
 mod scripted_openai;
 mod server;
 
+pub use netns::Namespace;
 pub use qdrant::{qdrant_binary, QdrantServer};
 pub use redis::RedisServer;
 pub use scripted_openai::{Script, ScriptedOpenAi};

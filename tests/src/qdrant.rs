@@ -16,6 +16,8 @@ pub struct QdrantServer {
     storage: tempfile::TempDir,
     http_port: u16,
     grpc_port: u16,
+    /// The address it listens on.
+    host: String,
 }
 
 /// Where the `qdrant` binary is, if anywhere.
@@ -36,6 +38,11 @@ pub fn qdrant_binary() -> Option<PathBuf> {
 impl QdrantServer {
     /// Starts a Qdrant server, or returns `None` after printing why the test skips.
     pub fn start_or_skip(test: &str) -> anyhow::Result<Option<Self>> {
+        Self::start_on_or_skip(test, "127.0.0.1")
+    }
+
+    /// As [`QdrantServer::start_or_skip`], listening on `host` (an address of this machine).
+    pub fn start_on_or_skip(test: &str, host: &str) -> anyhow::Result<Option<Self>> {
         let Some(binary) = qdrant_binary() else {
             eprintln!(
                 "SKIPPED {test}: no qdrant binary (set RAGWAY_QDRANT_BIN, or put Qdrant 1.18 at ../shared/bin/qdrant or on the PATH)"
@@ -49,6 +56,7 @@ impl QdrantServer {
             storage: tempfile::tempdir()?,
             http_port: free()?,
             grpc_port: free()?,
+            host: host.to_string(),
         };
         server.restart()?;
         Ok(Some(server))
@@ -56,12 +64,12 @@ impl QdrantServer {
 
     /// The gRPC address the store connects to.
     pub fn grpc_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("http://{}:{}", self.host, self.grpc_port)
     }
 
     /// The HTTP address (REST API).
     pub fn http_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("http://{}:{}", self.host, self.http_port)
     }
 
     /// Starts it again on the same ports and storage (after [`QdrantServer::kill`]).
@@ -75,7 +83,7 @@ impl QdrantServer {
                 "QDRANT__STORAGE__SNAPSHOTS_PATH",
                 self.storage.path().join("snapshots"),
             )
-            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+            .env("QDRANT__SERVICE__HOST", &self.host)
             .env("QDRANT__SERVICE__HTTP_PORT", self.http_port.to_string())
             .env("QDRANT__SERVICE__GRPC_PORT", self.grpc_port.to_string())
             .env("QDRANT__TELEMETRY_DISABLED", "true")
@@ -97,7 +105,7 @@ impl QdrantServer {
 
     /// Whether both its HTTP and gRPC ports accept connections.
     fn answers(&self) -> bool {
-        let open = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let open = |port: u16| std::net::TcpStream::connect((self.host.as_str(), port)).is_ok();
         open(self.http_port) && open(self.grpc_port)
     }
 

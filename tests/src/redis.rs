@@ -9,15 +9,36 @@ use anyhow::{bail, Context};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// Another address it listens on besides 127.0.0.1 (see [`RedisServer::start_also_on`]).
+    also_on: Option<String>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` (no persistence) on a free port and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Also listening on `address` (an address of this machine, on a link to a test's network
+    /// namespace), open to clients there.
+    pub fn start_also_on(address: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some(address.to_string()))
+    }
+
+    fn start_with(also_on: Option<String>) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut server = Self { child: None, port };
+        let mut server = Self {
+            child: None,
+            port,
+            also_on,
+        };
         server.restart()?;
         Ok(server)
+    }
+
+    /// Its URL from `address` (one it listens on).
+    pub fn url_on(&self, address: &str) -> String {
+        format!("redis://{address}:{}/0", self.port)
     }
 
     pub fn url(&self) -> String {
@@ -26,8 +47,13 @@ impl RedisServer {
 
     /// Starts it again on the same port (after [`RedisServer::kill`]).
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        let mut bind = vec!["--bind", "127.0.0.1"];
+        if let Some(address) = &self.also_on {
+            bind.extend([address.as_str(), "--protected-mode", "no"]);
+        }
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string()])
+            .args(&bind)
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

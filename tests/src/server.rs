@@ -103,6 +103,23 @@ pub struct Server {
 impl Server {
     /// Starts ragway on `data_dir` and waits until it listens.
     pub async fn start(data_dir: &Path, options: &ServerOptions) -> anyhow::Result<Self> {
+        Self::launch(data_dir, options, None).await
+    }
+
+    /// Starts ragway inside `namespace`, listening on its own address there.
+    pub async fn start_in(
+        namespace: &crate::Namespace,
+        data_dir: &Path,
+        options: &ServerOptions,
+    ) -> anyhow::Result<Self> {
+        Self::launch(data_dir, options, Some(namespace)).await
+    }
+
+    async fn launch(
+        data_dir: &Path,
+        options: &ServerOptions,
+        namespace: Option<&crate::Namespace>,
+    ) -> anyhow::Result<Self> {
         let models = models_dir();
         for needed in ["all-minilm-l6-v2/model.safetensors", "smollm2-135m-instruct"] {
             if !models.join(needed).exists() {
@@ -117,9 +134,18 @@ impl Server {
         // Short answers keep the tests quick; everything else is the shipped default.
         let config = format!("[generation]\nmax_tokens = 40\n\n{}", options.config_toml);
         std::fs::write(&config_path, config)?;
-        let mut child = Command::new(binary()?)
+        // `ip netns exec` execs ragway in the namespace: the child is ragway itself.
+        let (mut command, listen) = match namespace {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &namespace.name]).arg(binary()?);
+                (command, format!("{}:0", namespace.inside))
+            }
+            None => (Command::new(binary()?), "127.0.0.1:0".to_string()),
+        };
+        let mut child = command
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--config")

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::caches::{Caches, Target};
-use crate::catalog::lease::Lease;
+use crate::catalog::lease::{self, Lease};
 use crate::error::{ApiError, ErrorCode};
 use crate::resilience::guard::ModelStage;
 use crate::tenancy::Accounts;
@@ -35,15 +35,19 @@ mod follow;
 mod registry;
 mod snapshot;
 use file_registry::FileRegistry;
-use registry::{Created, RedisRegistry, Refreshed, Registry};
+use registry::{Created, RedisRegistry, Refreshed, Registry, WriteError};
 pub use snapshot::SnapshotInfo;
 
 /// Where manifests live.
 pub enum ManifestStore {
     /// `<dir>/<name>.json` (one process).
     Files(PathBuf),
-    /// Redis, shared by the replicas of a deployment.
-    Redis(ragway_cache::RedisTier),
+    /// Redis, shared by the replicas of a deployment, whose stores answer (or fail) each request
+    /// within `store_timeout`.
+    Redis {
+        redis: ragway_cache::RedisTier,
+        store_timeout: Duration,
+    },
 }
 
 /// A collection a job names, as this process finds it.
@@ -59,6 +63,8 @@ pub enum Lookup {
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// The longest a request for an unknown collection asks the shared registry about it.
 const FIND_WITHIN: Duration = Duration::from_millis(250);
+/// Chunks written to a store per request, each request fenced (see `Collections::fence`).
+const WRITE_PART: usize = 256;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
@@ -89,6 +95,10 @@ struct Manifest {
     /// How many changes have been recorded (the file registry's log replays those after it).
     #[serde(default)]
     changes: u64,
+    /// A change of it was not recorded (the registry failed, or refused a stale writer): what is
+    /// held here may differ from the registry's, so it is read whole again before it is used.
+    #[serde(skip)]
+    diverged: bool,
     /// The chunks and bytes of `documents`, kept as they change (counted once when read).
     #[serde(skip)]
     totals: Totals,
@@ -291,6 +301,8 @@ pub struct Collections {
     dense: Arc<dyn DenseStore>,
     keyword: Arc<dyn KeywordStore>,
     followers: Followers,
+    /// What a collection's lease must have left before each store write (see `fence`).
+    write_margin: Duration,
 }
 
 /// Who hears of what the catalog does: the caches drop what a change outdated (and tell the
@@ -313,7 +325,7 @@ struct Change {
 /// every process.
 struct Writing<'a> {
     manifest: tokio::sync::MutexGuard<'a, Manifest>,
-    _lease: Lease,
+    lease: Lease,
 }
 
 impl std::ops::Deref for Writing<'_> {
@@ -326,6 +338,20 @@ impl std::ops::Deref for Writing<'_> {
 impl std::ops::DerefMut for Writing<'_> {
     fn deref_mut(&mut self) -> &mut Manifest {
         &mut self.manifest
+    }
+}
+
+/// This process lost the collection's lease mid-change: the change was not recorded (what it
+/// wrote to the stores is removed by the lease's next holder), and trying again may work.
+fn fenced(why: String) -> ApiError {
+    tracing::warn!(
+        reason = why,
+        "a change was refused: this process no longer holds the collection's lease"
+    );
+    ApiError::Busy {
+        code: ErrorCode::WriteFenced,
+        message: "this server lost its hold on the collection while changing it (cut off from the registry, or paused), so the change was not recorded; try again".into(),
+        retry_after_s: 1,
     }
 }
 
@@ -348,12 +374,20 @@ impl Collections {
         keyword: Arc<dyn KeywordStore>,
         followers: Followers,
     ) -> anyhow::Result<Self> {
-        let registry: Box<dyn Registry> = match store {
+        let (registry, write_margin): (Box<dyn Registry>, _) = match store {
             ManifestStore::Files(dir) => {
                 std::fs::create_dir_all(&dir)?;
-                Box::new(FileRegistry::new(dir))
+                (Box::new(FileRegistry::new(dir)), Duration::ZERO)
             }
-            ManifestStore::Redis(redis) => Box::new(RedisRegistry { redis }),
+            ManifestStore::Redis { redis, store_timeout } => {
+                // One store request, and a second for the clocks and the scheduler.
+                let write_margin = store_timeout + Duration::from_secs(1);
+                let registry = RedisRegistry {
+                    redis,
+                    lease_ttl: lease::ttl_for(write_margin),
+                };
+                (Box::new(registry), write_margin)
+            }
         };
         let collections = Self {
             registry,
@@ -361,6 +395,7 @@ impl Collections {
             damaged: RwLock::new(BTreeMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             followed: Mutex::new(None),
+            write_margin,
             embedder,
             dense,
             keyword,
@@ -417,7 +452,10 @@ impl Collections {
     /// or in neither; the change is re-applied by its job (see `jobs`), which survives the crash.
     async fn reconcile(&self, collection: &Collection) -> anyhow::Result<()> {
         let name = &collection.name;
-        let mut manifest = collection.manifest.lock().await;
+        let mut manifest = Writing {
+            manifest: collection.manifest.lock().await,
+            lease: Lease::local(),
+        };
         let in_dense = self.dense.document_ids(name).await?;
         let in_keyword = self.keyword.document_ids(name).await?;
         let everywhere = |id: &String| in_dense.contains(id) && in_keyword.contains(id);
@@ -440,7 +478,11 @@ impl Collections {
 
     /// Removes the documents a change left half-written (`manifest.pending`) from both stores and
     /// the manifest, durably.
-    async fn undo_pending(&self, collection: &Collection, manifest: &mut Manifest) -> Result<(), ApiError> {
+    async fn undo_pending(
+        &self,
+        collection: &Collection,
+        manifest: &mut Writing<'_>,
+    ) -> Result<(), ApiError> {
         let stray = manifest.pending.clone();
         tracing::warn!(collection = %collection.name, documents = ?stray, "removing documents of an interrupted write (its job re-applies them)");
         self.remove_documents(collection, manifest, stray).await
@@ -451,7 +493,7 @@ impl Collections {
     async fn remove_documents(
         &self,
         collection: &Collection,
-        manifest: &mut Manifest,
+        manifest: &mut Writing<'_>,
         ids: Vec<String>,
     ) -> Result<(), ApiError> {
         let name = &collection.name;
@@ -459,8 +501,11 @@ impl Collections {
             manifest.pending = ids.clone();
             self.save(manifest, &[]).await?;
         }
+        self.fence(manifest)?;
         self.dense.delete_documents(name, ids.clone()).await?;
+        self.fence(manifest)?;
         self.keyword.delete_documents(name, ids.clone()).await?;
+        self.fence(manifest)?;
         self.dense.flush(name).await?;
         for id in &ids {
             manifest.remove(id);
@@ -485,10 +530,7 @@ impl Collections {
             .lock(&collection.name)
             .await
             .map_err(registry_failed)?;
-        let mut writing = Writing {
-            manifest,
-            _lease: lease,
-        };
+        let mut writing = Writing { manifest, lease };
         if self.registry.shared() {
             let refreshed = self
                 .registry
@@ -591,6 +633,7 @@ impl Collections {
             documents: BTreeMap::new(),
             pending: Vec::new(),
             changes: 0,
+            diverged: false,
             totals: Totals::default(),
         };
         self.establish(manifest, max_collections, async { Ok(()) }).await
@@ -647,13 +690,18 @@ impl Collections {
         let _guard = self.lifecycle.lock().await;
         let collection = self.get(name)?;
         // Wait for a change in flight to finish, and keep new ones out while the files go.
-        let _writing = self.begin(&collection).await?;
+        let writing = self.begin(&collection).await?;
         // The stores first: a drop that fails (a store down) leaves the name recorded, so that a
         // retry finds the collection and goes on (each store's drop is idempotent); only then is
         // the name released. The other way round, a failed drop left data no one could reach.
+        self.fence(&writing)?;
         self.dense.drop_collection(name).await?;
+        self.fence(&writing)?;
         self.keyword.drop_collection(name).await?;
-        self.registry.remove(name).await.map_err(registry_failed)?;
+        self.registry
+            .remove(name, &writing.lease)
+            .await
+            .map_err(|e| self.write_failed(e))?;
         self.forget(name, &collection.generation);
         self.changed(name, &collection.generation, u64::MAX);
         Ok(())
@@ -713,7 +761,7 @@ impl Collections {
         manifest.pending = doc_ids.clone();
         self.save(&mut manifest, &[]).await?;
         let written = self
-            .replace_in_stores(&collection.name, (&replaced, &doc_ids), embedded, chunks)
+            .replace_in_stores(&manifest, (&replaced, &doc_ids), embedded, chunks)
             .await;
         manifest.pending.clear();
         manifest.epoch += 1;
@@ -750,24 +798,41 @@ impl Collections {
     /// version the other lacks.
     async fn replace_in_stores(
         &self,
-        name: &str,
+        writing: &Writing<'_>,
         (replaced, doc_ids): (&[String], &[String]),
         embedded: Vec<EmbeddedChunk>,
         chunks: Vec<Chunk>,
     ) -> Result<(), ApiError> {
-        // The two stores are independent: each replaces its old version, and they run at once.
+        let name = writing.name.as_str();
+        // The two stores are independent: each replaces its old version, and they run at once,
+        // in parts of one request each, every one fenced.
         let dense = async {
+            self.fence(writing)?;
             self.dense.delete_documents(name, replaced.to_vec()).await?;
-            self.dense.upsert(name, embedded).await?;
-            self.dense.flush(name).await
+            for part in embedded.chunks(WRITE_PART) {
+                self.fence(writing)?;
+                self.dense.upsert(name, part.to_vec()).await?;
+            }
+            self.fence(writing)?;
+            Ok::<(), ApiError>(self.dense.flush(name).await?)
         };
         let keyword = async {
+            self.fence(writing)?;
             self.keyword.delete_documents(name, replaced.to_vec()).await?;
-            self.keyword.upsert(name, chunks).await
+            for part in chunks.chunks(WRITE_PART) {
+                self.fence(writing)?;
+                self.keyword.upsert(name, part.to_vec()).await?;
+            }
+            Ok::<(), ApiError>(())
         };
         let (dense, keyword) = tokio::join!(dense, keyword);
         let result = dense.and(keyword);
         if let Err(e) = result {
+            if self.fence(writing).is_err() {
+                // Another process may own these documents now: the change stays listed as
+                // pending, and whoever holds the lease next removes it.
+                return Err(e);
+            }
             tracing::error!(collection = name, error = %e, "write failed; removing the documents from both stores");
             let dense = self.dense.delete_documents(name, doc_ids.to_vec()).await;
             let keyword = self.keyword.delete_documents(name, doc_ids.to_vec()).await;
@@ -775,9 +840,20 @@ impl Collections {
             if let Err(undo) = dense.and(keyword).and(flushed) {
                 tracing::error!(collection = name, error = %undo, "undo failed: stores may disagree until restart");
             }
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
+    }
+
+    /// Refuses a store write that the collection's lease might not outlive: a process cut off
+    /// from Redis (or paused) stops writing before another can take the lease over. The stores
+    /// know nothing of leases, so this is the holder's own clock against the longest one request
+    /// to them may take; writes to the registry are fenced by Redis itself.
+    fn fence(&self, writing: &Writing<'_>) -> Result<(), ApiError> {
+        writing
+            .lease
+            .check(self.write_margin)
+            .map_err(|lost| fenced(lost.0))
     }
 
     /// Refuses work that would embed into `collection` with another embedder than its vectors
@@ -827,15 +903,26 @@ impl Collections {
 
     /// Records the change of `manifest` durably: its header (epoch, pending, fusion) and the
     /// records of the `touched` documents (written or removed).
-    async fn save(&self, manifest: &mut Manifest, touched: &[String]) -> Result<(), ApiError> {
-        manifest.changes += 1;
-        self.registry
-            .save(manifest, touched)
-            .await
-            .map_err(|e| match self.registry.shared() {
-                true => registry_failed(e),
-                false => ApiError::Internal(e),
-            })
+    /// A change that was not recorded leaves the manifest held here ahead of (or beside) the
+    /// registry's: it is marked `diverged`, and read whole again before it is used.
+    async fn save(&self, writing: &mut Writing<'_>, touched: &[String]) -> Result<(), ApiError> {
+        writing.changes += 1;
+        let saved = self
+            .registry
+            .save(&writing.manifest, touched, &writing.lease)
+            .await;
+        saved.map_err(|e| {
+            writing.diverged = true;
+            self.write_failed(e)
+        })
+    }
+
+    fn write_failed(&self, e: WriteError) -> ApiError {
+        match (e, self.registry.shared()) {
+            (WriteError::Fenced(e), _) => fenced(e),
+            (WriteError::Failed(e), true) => registry_failed(e),
+            (WriteError::Failed(e), false) => ApiError::Internal(e),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use ragway_openapi::{DocumentInput, IngestResponse, JobState, JobStatus};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::catalog::collections::{BatchOutcome, Collection, Collections, Lookup};
-use crate::catalog::lease::Lease;
+use crate::catalog::lease::{Lease, WriteError};
 use crate::error::{ApiError, ErrorCode};
 use crate::tenancy::owner;
 use crate::tenancy::quota::policy::{admit_job, JobQueueLimits, QueueFull};
@@ -281,13 +281,13 @@ impl Jobs {
                     self.clone().spawn(job, collection, documents, None, slot, lease);
                 }
                 Err(e) => {
-                    self.finish(&job, Err(format!("the job's documents are unreadable: {e}")))
-                        .await
+                    let why = format!("the job's documents are unreadable: {e}");
+                    self.finish(&job, Err(why), &lease).await
                 }
             },
             Lookup::Gone => {
                 let why = "the collection was deleted or could not be opened";
-                self.finish(&job, Err(why.into())).await;
+                self.finish(&job, Err(why.into()), &lease).await;
             }
             // Created by another replica an instant ago: the next sweep finds it here.
             Lookup::NotYet => {}
@@ -399,7 +399,10 @@ impl Jobs {
                 true => self.slots.clone().acquire_owned().await.ok(),
                 false => None,
             };
-            let result = self.run(&job, &collection, documents, background).await;
+            let result = self.run(&job, &collection, documents, background, &lease).await;
+            // Ended without being recorded as ended (its record could not be written, or
+            // another process runs it now): no longer this process's.
+            self.lock().remove(&job.status().id);
             drop(lease);
             if let Some(answer) = answer {
                 let _ = answer.send(result);
@@ -414,13 +417,15 @@ impl Jobs {
         collection: &Collection,
         documents: Vec<DocumentInput>,
         background: bool,
+        lease: &Lease,
     ) -> Result<IngestResponse, ApiError> {
         let start = job.status().documents_done.min(documents.len());
-        self.persist(&job.update(|s| s.state = JobState::Running)).await?;
+        self.persist(&job.update(|s| s.state = JobState::Running), lease)
+            .await?;
         let mut rest = documents.into_iter().skip(start).peekable();
         while rest.peek().is_some() {
             if self.cancelled(job).await {
-                self.finish(job, Ok(JobState::Cancelled)).await;
+                self.finish(job, Ok(JobState::Cancelled), lease).await;
                 return Err(ApiError::Conflict {
                     code: ErrorCode::JobCancelled,
                     message: "the ingestion job was cancelled".into(),
@@ -429,14 +434,25 @@ impl Jobs {
             let batch = self.next_batch(&mut rest, collection);
             let size = batch.len();
             match self.apply(collection, batch, background).await {
-                Ok(outcome) => self.persist(&job.update(|s| progress(s, size, outcome))).await?,
+                Ok(outcome) => {
+                    self.persist(&job.update(|s| progress(s, size, outcome)), lease)
+                        .await?
+                }
+                // Cut off from the registry mid-batch: the job is not failed; whichever process
+                // holds its lease next resumes it.
+                Err(
+                    e @ ApiError::Busy {
+                        code: ErrorCode::WriteFenced,
+                        ..
+                    },
+                ) => return Err(e),
                 Err(e) => {
-                    self.finish(job, Err(e.to_string())).await;
+                    self.finish(job, Err(e.to_string()), lease).await;
                     return Err(e);
                 }
             }
         }
-        self.finish(job, Ok(JobState::Done)).await;
+        self.finish(job, Ok(JobState::Done), lease).await;
         let status = job.status();
         Ok(IngestResponse {
             indexed: status.indexed,
@@ -493,7 +509,7 @@ impl Jobs {
 
     /// Marks a job finished (`Ok(state)`) or failed (`Err(why)`), durably, and forgets its
     /// documents and the oldest finished jobs beyond `keep_finished`.
-    async fn finish(&self, job: &Job, outcome: Result<JobState, String>) {
+    async fn finish(&self, job: &Job, outcome: Result<JobState, String>, lease: &Lease) {
         let record = job.update(|s| {
             match outcome {
                 Ok(state) => s.state = state,
@@ -505,14 +521,41 @@ impl Jobs {
             s.finished_at = Some(now());
         });
         let id = &record.status.id;
-        if let Err(e) = self.store.finish(&record, self.settings.keep_finished).await {
-            tracing::error!(job = id, error = %e, "cannot record the end of a job");
+        match self
+            .store
+            .finish(&record, self.settings.keep_finished, lease)
+            .await
+        {
+            Ok(()) => {}
+            Err(WriteError::Fenced(e)) => tracing::warn!(
+                job = id,
+                reason = e,
+                "another process runs this job now; its end is theirs to record"
+            ),
+            Err(WriteError::Failed(e)) => {
+                tracing::error!(job = id, error = %e, "cannot record the end of a job")
+            }
         }
         self.lock().remove(id);
     }
 
-    async fn persist(&self, record: &Record) -> Result<(), ApiError> {
-        self.store.save(record).await.map_err(|e| self.failed(e))
+    async fn persist(&self, record: &Record, lease: &Lease) -> Result<(), ApiError> {
+        match self.store.save(record, lease).await {
+            Ok(()) => Ok(()),
+            Err(WriteError::Failed(e)) => Err(self.failed(e)),
+            Err(WriteError::Fenced(e)) => {
+                tracing::warn!(
+                    job = record.status.id,
+                    reason = e,
+                    "stopping a job another process runs now"
+                );
+                Err(ApiError::Busy {
+                    code: ErrorCode::WriteFenced,
+                    message: "this server lost its hold on the ingestion job (cut off from the job store, or paused); another server goes on with it".into(),
+                    retry_after_s: 1,
+                })
+            }
+        }
     }
 
     pub async fn get(&self, id: &str) -> Result<JobStatus, ApiError> {

@@ -101,7 +101,8 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::RerankerFailed
         | C::RerankerUnavailable
         | C::TenantDeletionUnfinished
-        | C::TenantStoreFailed => StatusCode::SERVICE_UNAVAILABLE,
+        | C::TenantStoreFailed
+        | C::WriteFenced => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -363,3 +363,135 @@ async fn a_replica_started_while_qdrant_is_down_serves_once_it_is_back() -> anyh
     assert_eq!(first_hit(&b, "facts", question).await?.as_deref(), Some(expected));
     Ok(())
 }
+
+/// A document of `words` words, distinct per `id`.
+fn long_note(id: usize, words: usize) -> Value {
+    let text: Vec<String> = (0..words)
+        .map(|w| format!("w{}x{}", (id * 7919 + w * 104_729) % 5003, w % 17))
+        .collect();
+    json!({"id": format!("long-{id}"), "text": text.join(" ")})
+}
+
+/// Item 7 of issue 22, with a real partition: replica A, in a network namespace of its own,
+/// takes a collection's lease for a large batch; its link to Redis is cut (Qdrant stays
+/// reachable) for longer than the lease lives, while replica B takes the lease over and deletes
+/// a document (acknowledged). The link heals while A is still embedding. A's change, made from
+/// the manifest it read before, must be refused (503 `write_fenced`), not written over B's; the
+/// deleted document must not come back on either replica; and A's job, which B claimed when A's
+/// lease on it lapsed, is finished by B.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_cut_off_from_redis_cannot_overwrite_what_another_wrote() -> anyhow::Result<()> {
+    let test = "a_replica_cut_off_from_redis_cannot_overwrite_what_another_wrote";
+    let namespace = ragway_e2e::Namespace::create()?;
+    let [qdrant_host, redis_host] = namespace.host.clone();
+    let Some(qdrant) = QdrantServer::start_on_or_skip(test, &qdrant_host)? else {
+        return Ok(());
+    };
+    let redis = RedisServer::start_also_on(&redis_host)?;
+    let (dir_a, dir_b, snapshots) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    // Store requests of at most 2 s: a change's lease lives 10 s (see lease::ttl_for).
+    let base = replica(&qdrant, &redis, snapshots.path(), "[store]\ntimeout_ms = 2000");
+    let mut options_a = base.clone().with_config("[ingest]\nbatch_chunks = 100000");
+    options_a.env.retain(|(k, _)| k != "RAGWAY__CACHE__REDIS__URL");
+    options_a
+        .env
+        .push(("RAGWAY__CACHE__REDIS__URL".into(), redis.url_on(&redis_host)));
+    let a = Server::start_in(&namespace, dir_a.path(), &options_a).await?;
+    let b = Server::start(dir_b.path(), &base).await?;
+
+    let created = b
+        .post(
+            "/v1/collections",
+            &json!({"name": "fenced", "chunk_words": 40, "chunk_overlap_words": 8}),
+        )
+        .await?;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let seeded = b
+        .post(
+            "/v1/collections/fenced/documents",
+            &json!({"documents": [note("old")]}),
+        )
+        .await?;
+    assert_eq!(seeded.status, 200, "{:?}", seeded.body);
+    eventually(&a, "/v1/collections/fenced", 10, |r| r.body["documents"] == 1).await?;
+
+    // A's one batch: 40 documents of 800 words, ~1,000 chunks to embed under one lease (about
+    // 25 s here, with B busy too; the lease lapses 10 s after the cut).
+    const DOCUMENTS: usize = 40;
+    let documents: Vec<Value> = (0..DOCUMENTS).map(|i| long_note(i, 800)).collect();
+    let body = json!({ "documents": documents });
+    let started = Instant::now();
+    let ingest = {
+        let url = a.url("/v1/collections/fenced/documents");
+        let client = ragway_e2e::client()?;
+        tokio::spawn(async move {
+            let response = client.post(url).json(&body).send().await?;
+            let status = response.status().as_u16();
+            anyhow::Ok((status, response.json::<Value>().await?))
+        })
+    };
+    let lock = "ragway:collection:fenced:lock";
+    while redis.cli(&["EXISTS", lock])?.trim() != "1" {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "A never took the collection's lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    namespace.cut(&redis_host)?;
+    let cut = started.elapsed();
+
+    // B waits out A's lease, then deletes (acknowledged).
+    let deleted = b.delete("/v1/collections/fenced/documents/old").await?;
+    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    let acknowledged = started.elapsed();
+    namespace.heal(&redis_host)?;
+    assert!(
+        !ingest.is_finished(),
+        "A's batch ended before the link healed ({cut:?} cut, {acknowledged:?} healed): too small a batch to test fencing here"
+    );
+
+    let (status, reply) = ingest.await??;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (503, Some("write_fenced")),
+        "A's stale change (cut at {cut:?}, healed at {acknowledged:?}, answered at {:?}): {reply:?}",
+        started.elapsed()
+    );
+
+    // The job B claimed from A finishes there; the deleted document stays deleted everywhere.
+    let jobs = eventually(&b, "/v1/collections/fenced/jobs", 240, |r| {
+        r.body["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.len() == 2 && jobs.iter().all(|j| j["state"] == "done"))
+    })
+    .await?;
+    assert_eq!(
+        jobs.body["jobs"][1]["documents_done"], DOCUMENTS,
+        "{:?}",
+        jobs.body
+    );
+    for server in [&a, &b] {
+        // Not one more: `old` is not listed again by either.
+        let info = eventually(server, "/v1/collections/fenced", 10, |r| {
+            r.body["documents"] == DOCUMENTS
+        })
+        .await;
+        assert!(info.is_ok(), "{}: {info:?}", server.base);
+        assert_ne!(
+            first_hit(server, "fenced", "the lighthouse keeper tokenold")
+                .await?
+                .as_deref(),
+            Some("old")
+        );
+    }
+    // Every change recorded once, in order: none was written over another.
+    let changes = redis.cli(&["LRANGE", "ragway:collection:fenced:changes", "0", "-1"])?;
+    let numbers: Vec<u64> = changes
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|change| change["change"].as_u64())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    Ok(())
+}

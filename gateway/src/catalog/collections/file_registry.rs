@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use ragway_retrieval::Fusion;
 use serde::{Deserialize, Serialize};
 
-use super::registry::{parse, Created, Entry, Registry};
+use super::registry::{parse, Created, Entry, Registry, WriteError};
 use super::{serialise, DocumentRecord, Manifest};
 use crate::catalog::lease::Lease;
 use crate::durable;
@@ -217,7 +217,8 @@ impl Registry for FileRegistry {
         self.compact(manifest).await.map(|()| Created::Yes)
     }
 
-    async fn save(&self, manifest: &Manifest, touched: &[String]) -> Result<(), String> {
+    /// One process writes the data directory (it is locked): a local lease fences nothing.
+    async fn save(&self, manifest: &Manifest, touched: &[String], _lease: &Lease) -> Result<(), WriteError> {
         let sizes = self.sizes().get(&manifest.name).copied().unwrap_or_default();
         let line = Line {
             generation: &manifest.generation,
@@ -240,7 +241,7 @@ impl Registry for FileRegistry {
         bytes.push(b'\n');
         let grown = sizes.log + bytes.len() as u64;
         if grown > COMPACT_AFTER.max(sizes.snapshot) {
-            return self.compact(manifest).await;
+            return Ok(self.compact(manifest).await?);
         }
         let (_, log) = paths(&self.dir, &manifest.name);
         blocking(move || append(&log, &bytes).map_err(|e| format!("cannot write {}: {e}", log.display())))
@@ -249,7 +250,7 @@ impl Registry for FileRegistry {
         Ok(())
     }
 
-    async fn remove(&self, name: &str) -> Result<(), String> {
+    async fn remove(&self, name: &str, _lease: &Lease) -> Result<(), WriteError> {
         let (snapshot, log) = paths(&self.dir, name);
         blocking(move || {
             durable::remove(&snapshot).map_err(|e| e.to_string())?;
@@ -288,6 +289,7 @@ pub(super) mod tests {
             documents: BTreeMap::new(),
             pending: Vec::new(),
             changes: 0,
+            diverged: false,
             totals: Totals::default(),
         }
     }
@@ -318,7 +320,11 @@ pub(super) mod tests {
         }
         m.epoch += 1;
         m.changes += 1;
-        registry.save(m, &touched).await
+        let lease = registry.lock(&m.name).await?;
+        registry
+            .save(m, &touched, &lease)
+            .await
+            .map_err(|e| format!("{e:?}"))
     }
 
     fn log_len(dir: &Path) -> u64 {

@@ -86,13 +86,14 @@ impl Collections {
     /// again (it could not be opened, or a change of it is in progress here).
     async fn follow_one(&self, name: &str, head: &str) -> bool {
         let current = self.get(name).ok();
-        if current.as_ref().is_some_and(|c| c.head() == head) {
-            return true;
-        }
         if let Some(collection) = &current {
             let Ok(mut mine) = collection.manifest.try_lock() else {
-                return false; // a change here holds it, and refreshes it itself
+                // A change here holds it, and refreshes it itself.
+                return collection.head() == head;
             };
+            if collection.head() == head && !mine.diverged {
+                return true;
+            }
             match self.registry.refresh(&mut mine).await {
                 Ok(Refreshed::Current | Refreshed::Changed) => {
                     collection.publish(&mine);

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{DocumentRecord, Manifest};
 use crate::catalog::lease::Lease;
+pub(super) use crate::catalog::lease::WriteError;
 
 /// How a new collection was recorded.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,8 +52,11 @@ pub(super) trait Registry: Send + Sync {
     async fn create(&self, manifest: &Manifest, max: usize) -> Result<Created, String>;
     /// Records a change of `manifest`: its header and the `touched` documents' records (those
     /// no longer in it were removed). A registry may write only those, or the whole manifest.
-    async fn save(&self, manifest: &Manifest, touched: &[String]) -> Result<(), String>;
-    async fn remove(&self, name: &str) -> Result<(), String>;
+    /// A shared registry records it only while `lease` (the collection's, from
+    /// [`Registry::lock`]) is held and only over the change it followed (`manifest.changes - 1`).
+    async fn save(&self, manifest: &Manifest, touched: &[String], lease: &Lease) -> Result<(), WriteError>;
+    /// Forgets the collection, while `lease` is held.
+    async fn remove(&self, name: &str, lease: &Lease) -> Result<(), WriteError>;
     /// Brings `manifest` up to what the registry holds for its name and generation (`Gone`: it
     /// holds none of that generation). This default reads the manifest whole; a shared registry
     /// reads only what changed since.
@@ -110,9 +114,40 @@ redis.call('del', KEYS[4], KEYS[6])
 if redis.call('exists', KEYS[5]) == 1 then redis.call('rename', KEYS[5], KEYS[4]) end
 return 0";
 
+/// Records a change, unless the writer is stale: returns 1 when the lease (KEYS[6]) is not held
+/// with the writer's token (ARGV[1]), 2 when the collection is gone, 3 when its recorded change is
+/// not the one the writer followed (ARGV[2]); else writes the header (ARGV[3]), ARGV[8] records
+/// (id, record pairs from ARGV[9]), removes the ids after them, lists the change (ARGV[4]) among
+/// the last ARGV[7], and sets the head (ARGV[5]) of the name (ARGV[6]).
+const SAVE: &str = r"if redis.call('get', KEYS[6]) ~= ARGV[1] then return 1 end
+local current = redis.call('get', KEYS[1])
+if not current then return 2 end
+if tonumber(cjson.decode(current)['changes'] or 0) ~= tonumber(ARGV[2]) then return 3 end
+redis.call('set', KEYS[1], ARGV[3])
+local i = 9
+for _ = 1, tonumber(ARGV[8]) do redis.call('hset', KEYS[2], ARGV[i], ARGV[i + 1]) i = i + 2 end
+while i <= #ARGV do redis.call('hdel', KEYS[2], ARGV[i]) i = i + 1 end
+redis.call('rpush', KEYS[3], ARGV[4])
+redis.call('ltrim', KEYS[3], -tonumber(ARGV[7]), -1)
+redis.call('hset', KEYS[4], ARGV[6], ARGV[5])
+redis.call('incr', KEYS[5])
+return 0";
+
+/// Forgets a collection (its name ARGV[2]) unless the lease (KEYS[5]) is not held with ARGV[1].
+const REMOVE: &str = r"if redis.call('get', KEYS[5]) ~= ARGV[1] then return 1 end
+redis.call('hdel', KEYS[1], ARGV[2])
+redis.call('del', KEYS[2], KEYS[3], KEYS[4])
+redis.call('incr', KEYS[6])
+return 0";
+
 /// The manifest's header: everything but its documents.
 fn header_key(name: &str) -> String {
     format!("ragway:collection:{name}")
+}
+
+/// The lease a change of the collection holds.
+fn lock_key(name: &str) -> String {
+    format!("{}:lock", header_key(name))
 }
 
 /// Document id → its record.
@@ -177,6 +212,15 @@ fn record(id: &str, record: &[u8]) -> Result<DocumentRecord, String> {
 /// crash.
 pub(super) struct RedisRegistry {
     pub redis: RedisTier,
+    /// How long a collection's lease lives unrenewed (see [`crate::catalog::lease::ttl_for`]).
+    pub lease_ttl: Duration,
+}
+
+/// The key and token of `lease`, which a shared registry's writes need.
+fn fence(lease: &Lease) -> Result<(&str, &str), WriteError> {
+    lease
+        .token()
+        .ok_or_else(|| WriteError::Fenced("a shared registry is written under a collection's lease".into()))
 }
 
 impl RedisRegistry {
@@ -323,8 +367,9 @@ impl Registry for RedisRegistry {
     }
 
     /// The header, the `touched` records (written, or removed when no longer in the manifest)
-    /// and the change's entry, in one transaction.
-    async fn save(&self, manifest: &Manifest, touched: &[String]) -> Result<(), String> {
+    /// and the change's entry, in one script that refuses a stale writer.
+    async fn save(&self, manifest: &Manifest, touched: &[String], lease: &Lease) -> Result<(), WriteError> {
+        let (lock, token) = fence(lease)?;
         let name = &manifest.name;
         let mut written = Vec::new();
         let mut removed = Vec::new();
@@ -339,37 +384,64 @@ impl Registry for RedisRegistry {
             touched: touched.to_vec(),
         };
         let change = serde_json::to_string(&change).map_err(|e| e.to_string())?;
-        let mut pipe = ragway_cache::redis::pipe();
-        pipe.atomic().set(header_key(name), header(manifest)?).ignore();
-        if !written.is_empty() {
-            pipe.hset_multiple(documents_key(name), &written).ignore();
+        let script = Script::new(SAVE);
+        let mut invocation = script.key(header_key(name));
+        invocation
+            .key(documents_key(name))
+            .key(changes_key(name))
+            .key(HEADS)
+            .key(VERSION)
+            .key(lock)
+            .arg(token)
+            .arg(manifest.changes.saturating_sub(1))
+            .arg(header(manifest)?)
+            .arg(change)
+            .arg(head(manifest))
+            .arg(name)
+            .arg(KEEP_CHANGES)
+            .arg(written.len());
+        for (id, record) in &written {
+            invocation.arg(id).arg(record);
         }
-        if !removed.is_empty() {
-            pipe.hdel(documents_key(name), &removed).ignore();
+        for id in &removed {
+            invocation.arg(id);
         }
-        pipe.rpush(changes_key(name), change)
-            .ignore()
-            .ltrim(changes_key(name), -KEEP_CHANGES, -1)
-            .ignore()
-            .hset(HEADS, name, head(manifest))
-            .ignore()
-            .incr(VERSION, 1)
-            .ignore();
         let mut connection = self.redis.connection();
-        self.redis.call(pipe.query_async::<()>(&mut connection)).await
+        let saved: i64 = self.redis.call(invocation.invoke_async(&mut connection)).await?;
+        match saved {
+            0 => Ok(()),
+            1 => Err(WriteError::Fenced(format!(
+                "the lease on `{name}` was lost before its change was recorded"
+            ))),
+            2 => Err(WriteError::Fenced(format!(
+                "`{name}` was dropped by another process"
+            ))),
+            _ => Err(WriteError::Fenced(format!(
+                "`{name}` was changed by another process meanwhile"
+            ))),
+        }
     }
 
-    async fn remove(&self, name: &str) -> Result<(), String> {
+    async fn remove(&self, name: &str, lease: &Lease) -> Result<(), WriteError> {
+        let (lock, token) = fence(lease)?;
+        let script = Script::new(REMOVE);
+        let mut invocation = script.key(HEADS);
+        invocation
+            .key(header_key(name))
+            .key(documents_key(name))
+            .key(changes_key(name))
+            .key(lock)
+            .key(VERSION)
+            .arg(token)
+            .arg(name);
         let mut connection = self.redis.connection();
-        let mut pipe = ragway_cache::redis::pipe();
-        pipe.atomic()
-            .hdel(HEADS, name)
-            .ignore()
-            .del(&[header_key(name), documents_key(name), changes_key(name)])
-            .ignore()
-            .incr(VERSION, 1)
-            .ignore();
-        self.redis.call(pipe.query_async::<()>(&mut connection)).await
+        let removed: i64 = self.redis.call(invocation.invoke_async(&mut connection)).await?;
+        match removed {
+            0 => Ok(()),
+            _ => Err(WriteError::Fenced(format!(
+                "the lease on `{name}` was lost before it was dropped"
+            ))),
+        }
     }
 
     /// The header, then only the records the changes since `manifest`'s touched; the manifest is
@@ -381,6 +453,15 @@ impl Registry for RedisRegistry {
         };
         if current.generation != manifest.generation {
             return Ok(Refreshed::Gone);
+        }
+        if manifest.diverged {
+            return match self.get(&name).await? {
+                Some(whole) if whole.generation == manifest.generation => {
+                    *manifest = whole;
+                    Ok(Refreshed::Changed)
+                }
+                _ => Ok(Refreshed::Gone),
+            };
         }
         if current.changes == manifest.changes && current.documents.is_empty() {
             return Ok(Refreshed::Current);
@@ -412,7 +493,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn lock(&self, name: &str) -> Result<Lease, String> {
-        Lease::take(&self.redis, format!("{}:lock", header_key(name)), LOCK_WAIT).await
+        Lease::take(&self.redis, lock_key(name), self.lease_ttl, LOCK_WAIT).await
     }
 }
 
@@ -450,7 +531,10 @@ mod tests {
         fn registry(&self) -> Result<RedisRegistry, String> {
             let url = format!("redis://127.0.0.1:{}/0", self.1);
             let redis = RedisTier::new(&url, Duration::from_secs(2)).map_err(|e| e.0)?;
-            Ok(RedisRegistry { redis })
+            Ok(RedisRegistry {
+                redis,
+                lease_ttl: crate::catalog::lease::LEASE_TTL,
+            })
         }
     }
 
@@ -521,12 +605,60 @@ mod tests {
         assert_eq!(followed.totals.chunks, 15);
 
         // Dropped and created again: the old manifest is gone, and so are its records.
-        writer.remove("notes").await?;
+        let lease = writer.lock("notes").await?;
+        writer
+            .remove("notes", &lease)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        drop(lease);
         assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Gone);
         writer.create(&manifest("g2"), 10).await?;
         assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Gone);
         let fresh = follower.get("notes").await?.ok_or("re-created")?;
         assert!(fresh.documents.is_empty(), "{:?}", ids(&fresh));
+        Ok(())
+    }
+
+    /// A writer whose lease expired (cut off from Redis, or paused) while another took it over
+    /// and recorded a change: its own change is refused, and the registry keeps the other's.
+    #[tokio::test]
+    async fn a_stale_writer_is_refused() -> Result<(), String> {
+        let server = Server::start().await?;
+        let (stale, current) = (server.registry()?, server.registry()?);
+        let mut created = manifest("g1");
+        assert_eq!(stale.create(&created, 10).await?, Created::Yes);
+        change(&stale, &mut created, &[("keep", 1)], &[]).await?;
+        let mut old = stale.get("notes").await?.ok_or("created")?;
+        let old_lease = stale.lock("notes").await?;
+        // The lease lapses: Redis forgets it, as it would after its time to live.
+        let mut connection = stale.redis.connection();
+        let lapsed = connection.del::<_, ()>(lock_key("notes"));
+        stale.redis.call(lapsed).await?;
+        let mut newer = current.get("notes").await?.ok_or("created")?;
+        change(&current, &mut newer, &[("b", 2)], &["keep"]).await?;
+
+        old.put("a".into(), super::super::file_registry::tests::record(3));
+        old.changes += 1;
+        old.epoch += 1;
+        let refused = stale.save(&old, &["a".to_string()], &old_lease).await;
+        assert!(matches!(refused, Err(WriteError::Fenced(_))), "{refused:?}");
+        let refused = stale.remove("notes", &old_lease).await;
+        assert!(matches!(refused, Err(WriteError::Fenced(_))), "{refused:?}");
+        drop(old_lease);
+
+        // Holding the lease again, but over a manifest older than the registry's: refused too.
+        let lease = stale.lock("notes").await?;
+        let refused = stale.save(&old, &["a".to_string()], &lease).await;
+        assert!(matches!(refused, Err(WriteError::Fenced(_))), "{refused:?}");
+        drop(lease);
+
+        let kept = current.get("notes").await?.ok_or("kept")?;
+        assert_eq!((ids(&kept), kept.changes, kept.epoch), (vec!["b"], 2, 2));
+        let changes: Vec<Vec<u8>> = stale
+            .redis
+            .call(connection.lrange(changes_key("notes"), 0, -1))
+            .await?;
+        assert_eq!(changes.len(), 2, "only the two recorded changes are listed");
         Ok(())
     }
 

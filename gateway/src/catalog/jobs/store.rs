@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use ragway_cache::redis::AsyncCommands;
+use ragway_cache::redis::{AsyncCommands, Script};
 use ragway_cache::RedisTier;
 use ragway_openapi::{DocumentInput, JobStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::lease::Lease;
+use crate::catalog::lease::{Lease, WriteError};
 use crate::durable;
 
 /// A job as stored.
@@ -28,12 +28,15 @@ pub(super) trait JobStore: Send + Sync {
     fn shared(&self) -> bool;
     /// Records a new job and its documents, durably.
     async fn create(&self, record: &Record, documents: &[DocumentInput]) -> Result<(), String>;
-    async fn save(&self, record: &Record) -> Result<(), String>;
+    /// Records the progress of a job this process runs under `lease` (from [`JobStore::claim`]):
+    /// refused in a shared store once another process holds the job.
+    async fn save(&self, record: &Record, lease: &Lease) -> Result<(), WriteError>;
     async fn get(&self, id: &str) -> Result<Option<Record>, String>;
     async fn all(&self) -> Result<Vec<Record>, String>;
     async fn documents(&self, id: &str) -> Result<Vec<DocumentInput>, String>;
-    /// Records a finished job, forgets its documents and the oldest finished jobs beyond `keep`.
-    async fn finish(&self, record: &Record, keep: usize) -> Result<(), String>;
+    /// Records a finished job (fenced as [`JobStore::save`]), forgets its documents and the
+    /// oldest finished jobs beyond `keep`.
+    async fn finish(&self, record: &Record, keep: usize, lease: &Lease) -> Result<(), WriteError>;
     /// Claims an unfinished job for this process (`None`: another process runs it).
     async fn claim(&self, id: &str) -> Result<Option<Lease>, String>;
     /// Asks whichever process runs the job to stop it.
@@ -92,6 +95,15 @@ impl FileJobs {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The record, durably (one process runs the data directory's jobs: nothing to fence).
+    fn write(&self, record: &Record) -> Result<(), String> {
+        let id = &record.status.id;
+        durable::write(&self.record_path(id), &to_json(record)?)
+            .map_err(|e| format!("cannot record job {id}: {e}"))?;
+        self.records().insert(id.clone(), record.clone());
+        Ok(())
+    }
+
     fn record_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }
@@ -115,15 +127,11 @@ impl JobStore for FileJobs {
         let id = &record.status.id;
         durable::write(&self.documents_path(id), &to_json(&documents)?)
             .map_err(|e| format!("cannot record job {id}: {e}"))?;
-        self.save(record).await
+        self.write(record)
     }
 
-    async fn save(&self, record: &Record) -> Result<(), String> {
-        let id = &record.status.id;
-        durable::write(&self.record_path(id), &to_json(record)?)
-            .map_err(|e| format!("cannot record job {id}: {e}"))?;
-        self.records().insert(id.clone(), record.clone());
-        Ok(())
+    async fn save(&self, record: &Record, _lease: &Lease) -> Result<(), WriteError> {
+        Ok(self.write(record)?)
     }
 
     async fn get(&self, id: &str) -> Result<Option<Record>, String> {
@@ -139,8 +147,8 @@ impl JobStore for FileJobs {
         serde_json::from_slice(&bytes).map_err(|e| e.to_string())
     }
 
-    async fn finish(&self, record: &Record, keep: usize) -> Result<(), String> {
-        self.save(record).await?;
+    async fn finish(&self, record: &Record, keep: usize, _lease: &Lease) -> Result<(), WriteError> {
+        self.write(record)?;
         let id = &record.status.id;
         durable::remove(&self.documents_path(id)).map_err(|e| format!("{id}'s documents: {e}"))?;
         let mut records = self.records();
@@ -172,10 +180,48 @@ fn key(id: &str, part: &str) -> String {
     format!("ragway:job:{id}:{part}")
 }
 
+/// Writes a job's record (ARGV[2]) under its id (ARGV[1]) in the hash KEYS[1] while its lease
+/// (KEYS[2]) is held with ARGV[3]; with ARGV[4] = 1 (finished), also forgets its documents and its
+/// cancellation (KEYS[3], KEYS[4]). Returns 1, writing nothing, for a stale runner.
+const SAVE: &str = r"if redis.call('get', KEYS[2]) ~= ARGV[3] then return 1 end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] == '1' then redis.call('del', KEYS[3], KEYS[4]) end
+return 0";
+
 /// Records in one Redis hash, each job's documents under `ragway:job:<id>:documents`, its lease
 /// under `...:lease`, a cancellation under `...:cancel`. Durable as Redis is (see the registry).
+/// Only the process holding a job's lease writes its record.
 pub(super) struct RedisJobs {
     pub redis: RedisTier,
+}
+
+impl RedisJobs {
+    async fn fenced(&self, record: &Record, lease: &Lease, finished: bool) -> Result<(), WriteError> {
+        let id = &record.status.id;
+        let Some((lease_key, token)) = lease.token() else {
+            return Err(WriteError::Fenced(format!(
+                "job {id} is run under a lease in a shared store"
+            )));
+        };
+        let script = Script::new(SAVE);
+        let mut invocation = script.key(RECORDS);
+        invocation
+            .key(lease_key)
+            .key(key(id, "documents"))
+            .key(key(id, "cancel"))
+            .arg(id)
+            .arg(to_json(record)?)
+            .arg(token)
+            .arg(if finished { "1" } else { "0" });
+        let mut connection = self.redis.connection();
+        let saved: i64 = self.redis.call(invocation.invoke_async(&mut connection)).await?;
+        match saved {
+            0 => Ok(()),
+            _ => Err(WriteError::Fenced(format!(
+                "job {id} is run by another process now"
+            ))),
+        }
+    }
 }
 
 #[async_trait]
@@ -196,11 +242,8 @@ impl JobStore for RedisJobs {
         self.redis.call(pipe.query_async::<()>(&mut connection)).await
     }
 
-    async fn save(&self, record: &Record) -> Result<(), String> {
-        let mut connection = self.redis.connection();
-        self.redis
-            .call(connection.hset::<_, _, _, ()>(RECORDS, &record.status.id, to_json(record)?))
-            .await
+    async fn save(&self, record: &Record, lease: &Lease) -> Result<(), WriteError> {
+        self.fenced(record, lease, false).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<Record>, String> {
@@ -233,16 +276,9 @@ impl JobStore for RedisJobs {
         serde_json::from_slice(&bytes).map_err(|e| e.to_string())
     }
 
-    async fn finish(&self, record: &Record, keep: usize) -> Result<(), String> {
-        let id = &record.status.id;
+    async fn finish(&self, record: &Record, keep: usize, lease: &Lease) -> Result<(), WriteError> {
+        self.fenced(record, lease, true).await?;
         let mut connection = self.redis.connection();
-        let mut pipe = ragway_cache::redis::pipe();
-        pipe.atomic()
-            .hset(RECORDS, id, to_json(record)?)
-            .ignore()
-            .del(&[key(id, "documents"), key(id, "cancel")])
-            .ignore();
-        self.redis.call(pipe.query_async::<()>(&mut connection)).await?;
         let old = excess(self.all().await?.into_iter(), keep);
         if !old.is_empty() {
             self.redis.call(connection.hdel::<_, _, ()>(RECORDS, old)).await?;
