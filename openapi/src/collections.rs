@@ -133,7 +133,8 @@ pub struct JobStatus {
     pub documents_done: usize,
     /// Of `documents_done`: new or changed documents, now indexed.
     pub indexed: usize,
-    /// Of `documents_done`: documents already indexed with the same content.
+    /// Of `documents_done`: documents already indexed with the same content, or left alone
+    /// because a write accepted after this job's wrote or deleted them (last acknowledged wins).
     pub unchanged: usize,
     pub chunks_done: usize,
     /// The collection's epoch after the last finished batch.
@@ -166,7 +167,8 @@ pub struct DocumentInput {
 pub struct IngestResponse {
     /// Documents that were new or changed and are now indexed.
     pub indexed: usize,
-    /// Documents whose id and content hash were already indexed.
+    /// Documents whose id and content hash were already indexed, or that a write accepted after
+    /// this one wrote or deleted first (last acknowledged wins).
     pub unchanged: usize,
     /// Chunks written for the indexed documents.
     pub chunks: usize,

@@ -95,6 +95,11 @@ struct Manifest {
     /// How many changes have been recorded (the file registry's log replays those after it).
     #[serde(default)]
     changes: u64,
+    /// Documents deleted while a job accepted before the delete was unfinished, with the delete's
+    /// stamp: that job must not bring them back (last acknowledged wins). Forgotten once no
+    /// unfinished job is older (see [`Collections::delete_document`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    deleted: BTreeMap<String, u64>,
     /// A change of it was not recorded (the registry failed, or refused a stale writer): what is
     /// held here may differ from the registry's, so it is read whole again before it is used.
     #[serde(skip)]
@@ -113,6 +118,7 @@ struct Totals {
 impl Manifest {
     /// Records `id` as indexed with `record` (replacing what it had).
     fn put(&mut self, id: String, record: DocumentRecord) {
+        self.deleted.remove(&id);
         self.totals.chunks += record.chunks;
         self.totals.bytes += record.bytes;
         if let Some(old) = self.documents.insert(id, record) {
@@ -168,6 +174,9 @@ struct DocumentRecord {
     /// UTF-8 bytes of its text (0 in manifests written before it was recorded).
     #[serde(default)]
     bytes: u64,
+    /// When the write that made it was accepted (see [`Collections::stamp`]; 0 before stamps).
+    #[serde(default)]
+    stamp: u64,
 }
 
 pub struct Collection {
@@ -280,6 +289,8 @@ impl Collection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
     pub indexed: usize,
+    /// Already indexed with the same content, or superseded: written or deleted by a write
+    /// accepted after this one.
     pub unchanged: usize,
     pub chunks: usize,
     pub epoch: u64,
@@ -633,6 +644,7 @@ impl Collections {
             documents: BTreeMap::new(),
             pending: Vec::new(),
             changes: 0,
+            deleted: BTreeMap::new(),
             diverged: false,
             totals: Totals::default(),
         };
@@ -719,22 +731,34 @@ impl Collections {
         }
     }
 
-    /// Indexes the new and changed documents of one batch, durably; documents whose id and content
-    /// hash are already indexed are left alone. Fails with `CollectionNotFound` when the collection
-    /// was dropped (or dropped and re-created) meanwhile.
+    /// Indexes the new and changed documents of one batch, accepted at `stamp`, durably;
+    /// documents whose id and content hash are already indexed are left alone, and so are those
+    /// written or deleted by a write accepted later (last acknowledged wins, however late a queued
+    /// or resumed job runs). Fails with `CollectionNotFound` when the collection was dropped (or
+    /// dropped and re-created) meanwhile.
     pub async fn apply_batch(
         &self,
         collection: &Collection,
         documents: Vec<DocumentInput>,
+        stamp: u64,
     ) -> Result<BatchOutcome, ApiError> {
         let mut manifest = self.begin(collection).await?;
         let total = documents.len();
-        let changed = plan(&manifest, documents, collection.chunking);
+        let Plan { changed, restamped } = plan(&manifest, documents, collection.chunking, stamp);
         let mut outcome = BatchOutcome {
             unchanged: total - changed.len(),
             epoch: manifest.epoch,
             ..Default::default()
         };
+        if !restamped.is_empty() {
+            // The same content, acknowledged again: an older job must not replace it now.
+            for id in &restamped {
+                if let Some(record) = manifest.documents.get_mut(id) {
+                    record.stamp = stamp;
+                }
+            }
+            self.save(&mut manifest, &restamped).await?;
+        }
         if changed.is_empty() {
             return Ok(outcome);
         }
@@ -768,7 +792,7 @@ impl Collections {
         match &written {
             Ok(()) => {
                 outcome.indexed = changed.len();
-                outcome.chunks = record(&mut manifest, changed);
+                outcome.chunks = record(&mut manifest, changed, stamp);
             }
             // The old versions are gone from both stores too; record that.
             Err(_) => doc_ids.iter().for_each(|id| manifest.remove(id)),
@@ -887,7 +911,16 @@ impl Collections {
         Ok(info(&manifest))
     }
 
-    pub async fn delete_document(&self, name: &str, doc_id: &str) -> Result<(usize, u64), ApiError> {
+    /// Deletes a document. `oldest_job` is the stamp of the oldest unfinished job of the
+    /// collection (`None`: there is none): a job accepted before this delete must not bring the
+    /// document back, so while one is unfinished the delete is remembered (and what no unfinished
+    /// job needs any more is forgotten).
+    pub async fn delete_document(
+        &self,
+        name: &str,
+        doc_id: &str,
+        oldest_job: Option<u64>,
+    ) -> Result<(usize, u64), ApiError> {
         let collection = self.get(name)?;
         let mut manifest = self.begin(&collection).await?;
         let Some(record) = manifest.documents.get(doc_id).cloned() else {
@@ -896,6 +929,13 @@ impl Collections {
                 document: doc_id.to_string(),
             });
         };
+        let stamp = self.stamp().await?;
+        manifest
+            .deleted
+            .retain(|_, deleted| oldest_job.is_some_and(|oldest| *deleted > oldest));
+        if oldest_job.is_some_and(|oldest| oldest < stamp) {
+            manifest.deleted.insert(doc_id.to_string(), stamp);
+        }
         self.remove_documents(&collection, &mut manifest, vec![doc_id.to_string()])
             .await?;
         Ok((record.chunks, manifest.epoch))
@@ -917,6 +957,15 @@ impl Collections {
         })
     }
 
+    /// A stamp later than every one handed out before, in every process of the deployment: when
+    /// a write was accepted, to tell which of two writes of a document is the later.
+    pub async fn stamp(&self) -> Result<u64, ApiError> {
+        self.registry
+            .stamp()
+            .await
+            .map_err(|e| self.write_failed(WriteError::Failed(e)))
+    }
+
     fn write_failed(&self, e: WriteError) -> ApiError {
         match (e, self.registry.shared()) {
             (WriteError::Fenced(e), _) => fenced(e),
@@ -927,7 +976,7 @@ impl Collections {
 }
 
 /// Records the documents a batch indexed; returns their chunks.
-fn record(manifest: &mut Manifest, changed: Vec<Change>) -> usize {
+fn record(manifest: &mut Manifest, changed: Vec<Change>, stamp: u64) -> usize {
     let mut chunks = 0;
     for Change {
         id,
@@ -941,6 +990,7 @@ fn record(manifest: &mut Manifest, changed: Vec<Change>) -> usize {
             content_hash: hash,
             chunks: doc_chunks.len(),
             bytes,
+            stamp,
         };
         manifest.put(id, record);
     }
@@ -968,26 +1018,44 @@ pub fn stored_bytes(chunks: &[Chunk], metadata: &serde_json::Map<String, serde_j
         .sum()
 }
 
-/// The documents of a batch that are new or changed, chunked.
-fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOptions) -> Vec<Change> {
-    documents
-        .into_iter()
-        .filter_map(|doc| {
-            let metadata = doc.metadata.unwrap_or_default();
-            let hash = content_hash(&doc.text, &metadata);
-            let known = manifest.documents.get(&doc.id);
-            if known.is_some_and(|d| d.content_hash == hash) {
-                return None;
+/// What a batch changes.
+struct Plan {
+    /// New or changed documents, chunked.
+    changed: Vec<Change>,
+    /// Documents indexed with the same content by an earlier write: stamped anew.
+    restamped: Vec<String>,
+}
+
+/// The documents of a batch accepted at `stamp` that are new or changed, chunked; a document
+/// written or deleted by a later write is passed over.
+fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOptions, stamp: u64) -> Plan {
+    let mut plan = Plan {
+        changed: Vec::new(),
+        restamped: Vec::new(),
+    };
+    for doc in documents {
+        let known = manifest.documents.get(&doc.id);
+        let later = known.map(|d| d.stamp).or(manifest.deleted.get(&doc.id).copied());
+        if later.is_some_and(|later| later > stamp) {
+            continue;
+        }
+        let metadata = doc.metadata.unwrap_or_default();
+        let hash = content_hash(&doc.text, &metadata);
+        if let Some(known) = known.filter(|d| d.content_hash == hash) {
+            if known.stamp < stamp {
+                plan.restamped.push(doc.id);
             }
-            let chunks = chunk_document(&doc.id, &doc.text, &metadata, chunking);
-            Some(Change {
-                id: doc.id,
-                hash,
-                bytes: stored_bytes(&chunks, &metadata),
-                chunks,
-            })
-        })
-        .collect()
+            continue;
+        }
+        let chunks = chunk_document(&doc.id, &doc.text, &metadata, chunking);
+        plan.changed.push(Change {
+            id: doc.id,
+            hash,
+            bytes: stored_bytes(&chunks, &metadata),
+            chunks,
+        });
+    }
+    plan
 }
 
 fn read<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockReadGuard<'_, T>, ApiError> {

@@ -78,6 +78,7 @@ impl Reservation {
 struct Job {
     status: Mutex<JobStatus>,
     generation: String,
+    stamp: Option<u64>,
     cancelled: AtomicBool,
     /// What the job adds to its tenant's storage (background jobs accepted by this process).
     reserved: Reservation,
@@ -88,6 +89,7 @@ impl Job {
         Arc::new(Self {
             status: Mutex::new(record.status),
             generation: record.generation,
+            stamp: record.stamp,
             cancelled: AtomicBool::new(false),
             reserved,
         })
@@ -109,6 +111,7 @@ impl Job {
         Record {
             status: status.clone(),
             generation: self.generation.clone(),
+            stamp: self.stamp,
         }
     }
 }
@@ -319,6 +322,7 @@ impl Jobs {
             false => None,
         };
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let stamp = self.collections.stamp().await?;
         let record = Record {
             status: JobStatus {
                 id: id.clone(),
@@ -335,6 +339,7 @@ impl Jobs {
                 finished_at: None,
             },
             generation: collection.generation.clone(),
+            stamp: Some(stamp),
         };
         let status = record.status.clone();
         self.store
@@ -371,6 +376,17 @@ impl Jobs {
                 chunks: sum.chunks.saturating_add(left.chunks),
                 bytes: sum.bytes.saturating_add(left.bytes),
             })
+    }
+
+    /// The stamp of the oldest unfinished job of collection `name`, in any process (`None`:
+    /// none is unfinished).
+    pub async fn oldest_unfinished(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        let records = self.store.all().await.map_err(|e| self.failed(e))?;
+        Ok(records
+            .into_iter()
+            .filter(|r| r.status.collection == name && !r.status.state.is_finished())
+            .filter_map(|r| r.stamp)
+            .min())
     }
 
     /// A store failure as the client sees it: worth retrying when the store is shared (Redis).
@@ -433,7 +449,7 @@ impl Jobs {
             }
             let batch = self.next_batch(&mut rest, collection);
             let size = batch.len();
-            match self.apply(collection, batch, background).await {
+            match self.apply(collection, batch, background, job.stamp).await {
                 Ok(outcome) => {
                     self.persist(&job.update(|s| progress(s, size, outcome)), lease)
                         .await?
@@ -494,10 +510,17 @@ impl Jobs {
         collection: &Collection,
         batch: Vec<DocumentInput>,
         background: bool,
+        stamp: Option<u64>,
     ) -> Result<BatchOutcome, ApiError> {
         let mut tries = 0;
         loop {
-            match self.collections.apply_batch(collection, batch.clone()).await {
+            // A job from before stamps comes after every write it could meet.
+            let stamp = stamp.unwrap_or(u64::MAX);
+            match self
+                .collections
+                .apply_batch(collection, batch.clone(), stamp)
+                .await
+            {
                 Err(ApiError::Busy { .. }) if background && tries < BUSY_TRIES => {
                     tries += 1;
                     tokio::time::sleep(BUSY_WAIT).await;

@@ -367,3 +367,91 @@ async fn a_second_process_on_the_same_data_dir_refuses_to_start() -> anyhow::Res
     assert_eq!(server.get("/healthz").await?.status, 200);
     Ok(())
 }
+
+/// The texts of every hit of `query` in collection `name`.
+async fn hit_texts(server: &Server, name: &str, query: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let reply = server
+        .post(
+            &format!("/v1/collections/{name}/search"),
+            &json!({"query": query, "top_k": 10}),
+        )
+        .await?;
+    anyhow::ensure!(reply.status == 200, "search: {:?}", reply.body);
+    Ok(reply.body["hits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let field = |k: &str| h[k].as_str().unwrap_or_default().to_string();
+            (field("doc_id"), field("text"))
+        })
+        .collect())
+}
+
+/// Issue 22 item 10: a background job accepted before a synchronous ingest and a delete of the
+/// same documents, but run after them (it waited behind another job), does not bring back the
+/// old content or the deleted document: last acknowledged wins, per document.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_job_does_not_undo_later_writes_of_its_documents() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = options("[ingest]\nsync_max_documents = 5\nbatch_chunks = 2\nmax_concurrent_jobs = 1");
+    let server = Server::start(dir.path(), &options).await?;
+    server.post("/v1/collections", &json!({"name": "order"})).await?;
+    let text = |id: &str, token: &str| json!({"id": id, "text": format!("Entry {id} now says {token} about the harbour.")});
+    let first = json!({"documents": [text("x", "quartzfirst"), text("y", "quartzyfirst")]});
+    assert_eq!(
+        server
+            .post("/v1/collections/order/documents", &first)
+            .await?
+            .status,
+        200
+    );
+
+    // A long job holds the one job slot; the next one waits behind it.
+    let filler = server
+        .post("/v1/collections/order/documents", &docs("filler", 300))
+        .await?;
+    assert_eq!(filler.status, 202, "{:?}", filler.body);
+    let stale = json!({"documents": [text("x", "quartzstale"), text("y", "quartzystale")], "wait": false});
+    let queued = server.post("/v1/collections/order/documents", &stale).await?;
+    assert_eq!(queued.status, 202, "{:?}", queued.body);
+    let queued_url = queued.body["status_url"].as_str().unwrap_or_default().to_string();
+
+    // Acknowledged after the queued job was: a new `x`, and `y` deleted.
+    let newer = json!({"documents": [text("x", "quartznewest")]});
+    let written = server.post("/v1/collections/order/documents", &newer).await?;
+    assert_eq!(written.status, 200, "{:?}", written.body);
+    let deleted = server.delete("/v1/collections/order/documents/y").await?;
+    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    let still = server.get(&queued_url).await?;
+    assert_eq!(
+        still.body["state"], "queued",
+        "the stale job ran before the later writes: make the filler longer ({:?})",
+        still.body
+    );
+
+    let done = wait_for_job(&server, &queued_url).await?;
+    assert_eq!(done["state"], "done", "{done:?}");
+    assert_eq!(
+        (done["indexed"].clone(), done["unchanged"].clone()),
+        (json!(0), json!(2)),
+        "{done:?}"
+    );
+    let x = hit_texts(&server, "order", "quartznewest quartzstale harbour").await?;
+    let x: Vec<&String> = x.iter().filter(|(id, _)| id == "x").map(|(_, t)| t).collect();
+    assert!(
+        !x.is_empty() && x.iter().all(|t| t.contains("quartznewest")),
+        "x: {x:?}"
+    );
+    let y = hit_texts(&server, "order", "quartzystale quartzyfirst harbour").await?;
+    assert!(y.iter().all(|(id, _)| id != "y"), "y came back: {y:?}");
+    let info = server.get("/v1/collections/order").await?;
+    assert_eq!(info.body["documents"], 301, "{:?}", info.body);
+
+    // Restarted: the collection is as acknowledged.
+    server.stop().await?;
+    let server = Server::start(dir.path(), &options).await?;
+    let info = server.get("/v1/collections/order").await?;
+    assert_eq!(info.body["documents"], 301, "{:?}", info.body);
+    Ok(())
+}

@@ -47,6 +47,8 @@ struct Line<'a> {
     fusion: &'a Option<Fusion>,
     put: BTreeMap<&'a str, &'a DocumentRecord>,
     removed: Vec<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    deleted: &'a BTreeMap<String, u64>,
 }
 
 /// One change, as read back.
@@ -59,6 +61,8 @@ struct ReadLine {
     fusion: Option<Fusion>,
     put: BTreeMap<String, DocumentRecord>,
     removed: Vec<String>,
+    #[serde(default)]
+    deleted: BTreeMap<String, u64>,
 }
 
 impl FileRegistry {
@@ -165,6 +169,7 @@ fn replay(manifest: &mut Manifest, log: &[u8]) -> Result<usize, String> {
         manifest.epoch = change.epoch;
         manifest.pending = change.pending;
         manifest.fusion = change.fusion;
+        manifest.deleted = change.deleted;
     }
     Ok(whole)
 }
@@ -236,6 +241,7 @@ impl Registry for FileRegistry {
                 .filter(|id| !manifest.documents.contains_key(*id))
                 .map(String::as_str)
                 .collect(),
+            deleted: &manifest.deleted,
         };
         let mut bytes = serde_json::to_vec(&line).map_err(|e| e.to_string())?;
         bytes.push(b'\n');
@@ -268,6 +274,10 @@ impl Registry for FileRegistry {
     async fn lock(&self, _name: &str) -> Result<Lease, String> {
         Ok(Lease::local())
     }
+
+    async fn stamp(&self) -> Result<u64, String> {
+        Ok(super::registry::clock_stamp())
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +299,7 @@ pub(super) mod tests {
             documents: BTreeMap::new(),
             pending: Vec::new(),
             changes: 0,
+            deleted: BTreeMap::new(),
             diverged: false,
             totals: Totals::default(),
         }
@@ -299,6 +310,7 @@ pub(super) mod tests {
             content_hash: format!("h{chunks}"),
             chunks,
             bytes: 10 * chunks as u64,
+            stamp: 0,
         }
     }
 

@@ -79,6 +79,25 @@ pub(super) trait Registry: Send + Sync {
     async fn heads(&self) -> Result<Option<(u64, BTreeMap<String, String>)>, String>;
     /// Holds the collection's changes, in every process, until the lease is dropped.
     async fn lock(&self, name: &str) -> Result<Lease, String>;
+    /// A number larger than every one handed out before by any process sharing the registry:
+    /// microseconds of the clock, made unique.
+    async fn stamp(&self) -> Result<u64, String>;
+}
+
+/// [`Registry::stamp`] for one process: its clock's microseconds, one more than the last stamp
+/// where the clock has not moved (or went back).
+pub(super) fn clock_stamp() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let previous = LAST
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or(now);
+    now.max(previous.saturating_add(1))
 }
 
 pub(super) fn head(manifest: &Manifest) -> String {
@@ -133,6 +152,15 @@ redis.call('hset', KEYS[4], ARGV[6], ARGV[5])
 redis.call('incr', KEYS[5])
 return 0";
 
+/// Redis's clock in microseconds, one more than the last stamp (KEYS[1]) where it has not moved:
+/// one sequence for every replica. (Below 2^53, so Lua's numbers hold it exactly.)
+const STAMP: &str = r"local time = redis.call('time')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local last = tonumber(redis.call('get', KEYS[1]) or '0')
+if now <= last then now = last + 1 end
+redis.call('set', KEYS[1], string.format('%d', now))
+return now";
+
 /// Forgets a collection (its name ARGV[2]) unless the lease (KEYS[5]) is not held with ARGV[1].
 const REMOVE: &str = r"if redis.call('get', KEYS[5]) ~= ARGV[1] then return 1 end
 redis.call('hdel', KEYS[1], ARGV[2])
@@ -174,6 +202,8 @@ struct Header<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pending: &'a [String],
     changes: u64,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    deleted: &'a BTreeMap<String, u64>,
 }
 
 fn header(manifest: &Manifest) -> Result<String, String> {
@@ -188,6 +218,7 @@ fn header(manifest: &Manifest) -> Result<String, String> {
         epoch: manifest.epoch,
         pending: &manifest.pending,
         changes: manifest.changes,
+        deleted: &manifest.deleted,
     };
     serde_json::to_string(&header).map_err(|e| e.to_string())
 }
@@ -494,6 +525,13 @@ impl Registry for RedisRegistry {
 
     async fn lock(&self, name: &str) -> Result<Lease, String> {
         Lease::take(&self.redis, lock_key(name), self.lease_ttl, LOCK_WAIT).await
+    }
+
+    async fn stamp(&self) -> Result<u64, String> {
+        let mut connection = self.redis.connection();
+        let script = Script::new(STAMP);
+        let invocation = script.key("ragway:stamp");
+        self.redis.call(invocation.invoke_async(&mut connection)).await
     }
 }
 

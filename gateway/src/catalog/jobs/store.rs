@@ -20,6 +20,11 @@ pub(super) struct Record {
     pub status: JobStatus,
     /// The generation of the collection the job writes to.
     pub generation: String,
+    /// When it was accepted (see `Collections::stamp`); a document another write accepted later
+    /// has written or deleted is passed over. `None` in jobs accepted before stamps: applied as
+    /// they come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<u64>,
 }
 
 #[async_trait]

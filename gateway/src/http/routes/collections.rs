@@ -179,11 +179,13 @@ pub async fn delete_document(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<DeleteDocumentResponse>, ApiError> {
     let internal = caller.collection(&state, &name).await?.name.clone();
-    let (collections, doc) = (state.collections.clone(), id.clone());
-    let (chunks_removed, epoch) =
-        to_completion(async move { collections.delete_document(&internal, &doc).await })
-            .await
-            .map_err(|e| caller.public_error(e))?;
+    let (collections, jobs, doc) = (state.collections.clone(), state.jobs.clone(), id.clone());
+    let (chunks_removed, epoch) = to_completion(async move {
+        let oldest_job = jobs.oldest_unfinished(&internal).await?;
+        collections.delete_document(&internal, &doc, oldest_job).await
+    })
+    .await
+    .map_err(|e| caller.public_error(e))?;
     Ok(Json(DeleteDocumentResponse {
         id,
         chunks_removed,
