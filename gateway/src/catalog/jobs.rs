@@ -78,7 +78,8 @@ impl Reservation {
 struct Job {
     status: Mutex<JobStatus>,
     generation: String,
-    stamp: Option<u64>,
+    /// When it was accepted (see `Collections::stamp`).
+    stamp: u64,
     cancelled: AtomicBool,
     /// What the job adds to its tenant's storage (background jobs accepted by this process).
     reserved: Reservation,
@@ -89,7 +90,7 @@ impl Job {
         Arc::new(Self {
             status: Mutex::new(record.status),
             generation: record.generation,
-            stamp: record.stamp,
+            stamp: record.stamp.unwrap_or_default(),
             cancelled: AtomicBool::new(false),
             reserved,
         })
@@ -111,7 +112,7 @@ impl Job {
         Record {
             status: status.clone(),
             generation: self.generation.clone(),
-            stamp: self.stamp,
+            stamp: Some(self.stamp),
         }
     }
 }
@@ -268,8 +269,15 @@ impl Jobs {
         }
     }
 
-    async fn resume(self: &Arc<Self>, record: Record, lease: Lease) {
+    async fn resume(self: &Arc<Self>, mut record: Record, lease: Lease) {
         let (id, name) = (record.status.id.clone(), record.status.collection.clone());
+        if record.stamp.is_none() {
+            // Accepted before jobs were stamped: taken as accepted now.
+            match self.collections.stamp().await {
+                Ok(stamp) => record.stamp = Some(stamp),
+                Err(e) => return tracing::warn!(job = id, error = %e, "cannot resume job yet"),
+            }
+        }
         let lookup = self.collections.lookup(&name, &record.generation).await;
         // Accepted before this process started: what it will add is not known here.
         let job = Job::new(record, Reservation::default());
@@ -510,12 +518,10 @@ impl Jobs {
         collection: &Collection,
         batch: Vec<DocumentInput>,
         background: bool,
-        stamp: Option<u64>,
+        stamp: u64,
     ) -> Result<BatchOutcome, ApiError> {
         let mut tries = 0;
         loop {
-            // A job from before stamps comes after every write it could meet.
-            let stamp = stamp.unwrap_or(u64::MAX);
             match self
                 .collections
                 .apply_batch(collection, batch.clone(), stamp)

@@ -21,8 +21,8 @@ pub(super) struct Record {
     /// The generation of the collection the job writes to.
     pub generation: String,
     /// When it was accepted (see `Collections::stamp`); a document another write accepted later
-    /// has written or deleted is passed over. `None` in jobs accepted before stamps: applied as
-    /// they come.
+    /// has written or deleted is passed over. `None` in jobs accepted before stamps: stamped
+    /// when resumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<u64>,
 }
