@@ -98,6 +98,10 @@ pub struct Stages {
     /// Absent outside chats over a collection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<String>,
+    /// The tokens the rewrite's LLM call took, when it made one: part of the answer's `usage`
+    /// (which counts everything the request was charged for), listed here apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_usage: Option<TokenUsage>,
 }
 
 /// Equality filter on document metadata: every key must hold the given value.
@@ -206,7 +210,7 @@ pub struct QueryResponse {
     pub usage: TokenUsage,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenUsage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use ragway_openapi::{CacheInfo, Degradation, DegradationReason, Mode, StageStatus, Stages};
+use ragway_openapi::{CacheInfo, Degradation, DegradationReason, Mode, StageStatus, Stages, TokenUsage};
 
 /// How the search question was made: `llm`, `concat` or `none` (`stages.rewrite`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,9 @@ pub struct Report {
     pub embedding_tokens: u64,
     /// How a chat's search question was made (chats over a collection only).
     pub rewrite: Option<Rewrite>,
+    /// What the LLM call that rewrote it took (charged to the tenant, and reported in the
+    /// answer's usage beside what the answer took).
+    pub rewrite_usage: Option<TokenUsage>,
     /// False for a bare-LLM chat, which retrieves nothing: its mode depends on the LLM alone.
     retrieval: bool,
     degraded: Vec<Degradation>,
@@ -72,6 +75,7 @@ impl Default for Report {
             cache_only: false,
             embedding_tokens: 0,
             rewrite: None,
+            rewrite_usage: None,
             retrieval: true,
             degraded: Vec::new(),
             timings_ms: BTreeMap::new(),
@@ -217,6 +221,7 @@ impl Report {
             }),
             llm_model: self.llm_backend().and(self.model.clone()),
             rewrite: self.rewrite.map(|r| r.as_str().to_string()),
+            rewrite_usage: self.rewrite_usage,
         }
     }
 

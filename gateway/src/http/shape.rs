@@ -234,6 +234,7 @@ pub async fn openai_chunks(
     answering: Answering,
     model: String,
     bare_llm: bool,
+    max_tokens: usize,
 ) -> Result<Response, ApiError> {
     let (first, events) = first_event(answering).await?;
     if let Some(refusal) = refused(&first, &model, bare_llm) {
@@ -250,7 +251,7 @@ pub async fn openai_chunks(
         (Some(answered), true) => answered,
         _ => model,
     };
-    let chunks = Chunks::new(model, bare_llm);
+    let chunks = Chunks::new(model, bare_llm, max_tokens);
     let stream = futures::stream::once(async move { first })
         .chain(receiver_stream(events))
         .map(move |event| chunks.of(event))
@@ -266,10 +267,19 @@ struct Chunks {
     created: u64,
     model: String,
     bare_llm: bool,
+    max_tokens: usize,
+}
+
+/// OpenAI's `finish_reason`: `length` when the answer used every token `max_tokens` allowed.
+pub(crate) fn finish_reason(completion_tokens: usize, max_tokens: usize) -> &'static str {
+    match completion_tokens >= max_tokens {
+        true => "length",
+        false => "stop",
+    }
 }
 
 impl Chunks {
-    fn new(model: String, bare_llm: bool) -> Self {
+    fn new(model: String, bare_llm: bool, max_tokens: usize) -> Self {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -279,6 +289,7 @@ impl Chunks {
             created,
             model,
             bare_llm,
+            max_tokens,
         }
     }
 
@@ -336,6 +347,7 @@ impl Chunks {
                 vec![("ragway", json!({"mode": mode, "degraded": [degradation]}))],
             ),
             AnswerEvent::Done { usage, mode, .. } => {
+                let finish = finish_reason(usage.completion_tokens, self.max_tokens);
                 let usage = json!({
                     "prompt_tokens": usage.prompt_tokens,
                     "completion_tokens": usage.completion_tokens,
@@ -345,7 +357,7 @@ impl Chunks {
                 if !self.bare_llm {
                     extra.push(("ragway", json!({"mode": mode})));
                 }
-                self.chunk(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]), extra)
+                self.chunk(json!([{"index": 0, "delta": {}, "finish_reason": finish}]), extra)
             }
         }
     }

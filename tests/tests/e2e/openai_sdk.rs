@@ -116,6 +116,23 @@ async fn follow_up(server: &Server) -> anyhow::Result<(String, String)> {
         .as_str()
         .unwrap_or_default()
         .to_string();
+    if rewrite == "llm" {
+        // Two calls to the scripted backend, each reporting 11 prompt tokens: the rewrite (7
+        // completion tokens) and the answer (streamed, a token a word: 6). The usage counts
+        // both, as the tenant is charged, and names the rewrite's apart.
+        let stages = &reply.body["ragway"]["stages"];
+        assert_eq!(
+            stages["rewrite_usage"],
+            json!({"prompt_tokens": 11, "completion_tokens": 7}),
+            "{stages:?}"
+        );
+        assert_eq!(
+            reply.body["usage"],
+            json!({"prompt_tokens": 22, "completion_tokens": 13, "total_tokens": 35}),
+            "{:?}",
+            reply.body
+        );
+    }
     Ok((best, rewrite))
 }
 

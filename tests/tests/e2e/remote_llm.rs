@@ -43,6 +43,30 @@ async fn remote_backend_answers_and_local_model_takes_over_when_it_fails() -> an
     let asked = sent["messages"][1]["content"].as_str().unwrap_or_default();
     assert!(asked.starts_with("Question: What pressure"), "{asked}");
 
+    // The remote's answer takes 5 tokens (the stand-in streams a word a token): cut by
+    // `max_tokens` 5 it is `length`, as OpenAI says; with room to spare, `stop`; streamed, the
+    // last chunk says the same.
+    for (max_tokens, finish) in [(5, "length"), (6, "stop")] {
+        let chat = json!({"model": "remote", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "Pressure?"}]});
+        let reply = server.post("/v1/chat/completions", &chat).await?;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(
+            reply.body["choices"][0]["finish_reason"], finish,
+            "{:?}",
+            reply.body
+        );
+    }
+    let streamed = json!({"model": "remote", "max_tokens": 5, "stream": true, "messages": [{"role": "user", "content": "Pressure, streamed?"}]});
+    let (status, _, body) = server.post_sse("/v1/chat/completions", &streamed).await?;
+    assert_eq!(status, 200, "{body}");
+    let events = ragway_e2e::parse_sse(&body);
+    let finishes: Vec<String> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.data).ok())
+        .filter_map(|chunk| chunk["choices"][0]["finish_reason"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(finishes, ["length"], "{events:?}");
+
     remote.set(Script::Status(500));
     let fallback = server.post("/v1/collections/facts/query", &question).await?;
     assert_eq!(fallback.status, 200, "{:?}", fallback.body);

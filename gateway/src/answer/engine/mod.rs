@@ -439,6 +439,7 @@ impl Engine {
         let mut retrieved = self.retriever.retrieve(target, &query, ctx).await;
         if grounding.from_chat {
             retrieved.report.rewrite = Some(conversation.rewrite);
+            retrieved.report.rewrite_usage = conversation.rewritten_by.as_ref().map(|(_, usage)| *usage);
         }
         retrieved
     }
@@ -541,9 +542,15 @@ async fn no_retrieval(retrieved: Retrieved, events: &mpsc::Sender<AnswerEvent>) 
     }
 }
 
-/// The `done` event of `report`, counted by mode.
-fn done(report: &Report, usage: TokenUsage) -> AnswerEvent {
+/// The `done` event of `report`, counted by mode; its usage is the answer's and the rewrite's
+/// (all this request was charged for).
+fn done(report: &Report, answer: TokenUsage) -> AnswerEvent {
     let mode = report.mode();
+    let rewrite = report.rewrite_usage.unwrap_or_default();
+    let usage = TokenUsage {
+        prompt_tokens: answer.prompt_tokens + rewrite.prompt_tokens,
+        completion_tokens: answer.completion_tokens + rewrite.completion_tokens,
+    };
     metrics::counter!("ragway_answers_total", "mode" => mode.as_str()).increment(1);
     AnswerEvent::Done {
         mode,

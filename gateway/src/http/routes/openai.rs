@@ -182,7 +182,7 @@ impl Chat {
         };
         let answer = self.answer(Source::Collection(grounding)).await?;
         if self.stream {
-            return shape::openai_chunks(answer.spawn(), self.model, false).await;
+            return shape::openai_chunks(answer.spawn(), self.model, false, self.sampling.max_tokens).await;
         }
         let answer = answer.collect(Collected::from).await?;
         let info = RagwayAnswerInfo {
@@ -194,7 +194,8 @@ impl Chat {
         };
         let mode = answer.mode;
         let backend = answer.backend().map(str::to_string);
-        let mut response = answer_response(mode, completion(&self.model, answer, Some(info)));
+        let max_tokens = self.sampling.max_tokens;
+        let mut response = answer_response(mode, completion(&self.model, answer, Some(info), max_tokens));
         shape::name_backend(&mut response, backend.as_deref());
         Ok(response)
     }
@@ -229,7 +230,7 @@ impl Chat {
         };
         let answer = self.answer(source).await?;
         if self.stream {
-            return shape::openai_chunks(answer.spawn(), self.model, true).await;
+            return shape::openai_chunks(answer.spawn(), self.model, true, self.sampling.max_tokens).await;
         }
         let answer = answer.collect(Collected::from).await?;
         if answer.mode == Mode::Error {
@@ -237,7 +238,8 @@ impl Chat {
         }
         let backend = answer.backend().map(str::to_string);
         let model = answer.stages.llm_model.clone().unwrap_or(self.model);
-        let mut response = answer_response(answer.mode, completion(&model, answer, None));
+        let max_tokens = self.sampling.max_tokens;
+        let mut response = answer_response(answer.mode, completion(&model, answer, None, max_tokens));
         shape::name_backend(&mut response, backend.as_deref());
         Ok(response)
     }
@@ -308,7 +310,12 @@ fn text_of(content: Option<&MessageContent>) -> Result<String, ApiError> {
     }
 }
 
-fn completion(model: &str, answer: Collected, ragway: Option<RagwayAnswerInfo>) -> ChatCompletion {
+fn completion(
+    model: &str,
+    answer: Collected,
+    ragway: Option<RagwayAnswerInfo>,
+    max_tokens: usize,
+) -> ChatCompletion {
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -328,7 +335,7 @@ fn completion(model: &str, answer: Collected, ragway: Option<RagwayAnswerInfo>) 
                 role: "assistant".into(),
                 content: answer.text,
             },
-            finish_reason: "stop".into(),
+            finish_reason: shape::finish_reason(completion_tokens, max_tokens).into(),
         }],
         usage: ChatUsage {
             prompt_tokens,
