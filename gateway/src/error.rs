@@ -98,6 +98,7 @@ error_codes! {
     RerankerUnavailable => "reranker_unavailable",
     StreamQuotaExceeded => "stream_quota_exceeded",
     TenantDeletionUnfinished => "tenant_deletion_unfinished",
+    TenantNameTaken => "tenant_name_taken",
     TenantNotFound => "tenant_not_found",
     TenantStoreFailed => "tenant_store_failed",
     TooManyChunks => "too_many_chunks",

@@ -70,6 +70,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::EmbedderMismatch
         | C::JobCancelled
         | C::JobFinished
+        | C::TenantNameTaken
         | C::TooManyCollections => StatusCode::CONFLICT,
         C::BodyTooLarge | C::ByteQuotaExceeded | C::ChunkQuotaExceeded | C::DocumentQuotaExceeded => {
             StatusCode::PAYLOAD_TOO_LARGE

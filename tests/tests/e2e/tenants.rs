@@ -338,7 +338,7 @@ async fn a_burst_over_the_rate_gets_429_with_a_retry_after_that_works() -> anyho
     let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path(), &options(&llm, "")).await?;
-    let (_, key) = tenant(
+    let (rated, key) = tenant(
         &server,
         json!({"name": "rated", "limits": {"requests_per_second": 0.5, "burst": 3}}),
     )
@@ -384,13 +384,15 @@ async fn a_burst_over_the_rate_gets_429_with_a_retry_after_that_works() -> anyho
     let after = call(&server, Method::GET, "/v1/collections", &key, None).await?;
     assert_eq!(after.status, 200, "after honouring Retry-After: {:?}", after.body);
     let exposition = server.get_text("/metrics").await?;
+    // By tenant id: a tenant's name (its own choice) is not shown to whoever reads /metrics.
     assert!(
         metric(
             &exposition,
-            "ragway_quota_rejections_total{tenant=\"rated\",quota=\"requests_per_second\"}"
+            &format!("ragway_quota_rejections_total{{tenant=\"{rated}\",quota=\"requests_per_second\"}}")
         ) >= 1.0,
         "rejections are counted per tenant and quota"
     );
+    assert!(!exposition.contains("tenant=\"rated\""), "{exposition}");
     Ok(())
 }
 
@@ -546,16 +548,28 @@ async fn a_spent_token_budget_degrades_or_rejects() -> anyhow::Result<()> {
     let exposition = server.get_text("/metrics").await?;
     let sample = |name: &str| metric(&exposition, name);
     assert_eq!(
-        sample("ragway_tenant_tokens_total{tenant=\"thrifty\",kind=\"llm_in\"}"),
+        sample(&format!(
+            "ragway_tenant_tokens_total{{tenant=\"{id}\",kind=\"llm_in\"}}"
+        )),
         11.0,
         "{exposition}"
     );
     assert_eq!(
-        sample("ragway_tenant_tokens_total{tenant=\"thrifty\",kind=\"llm_out\"}"),
+        sample(&format!(
+            "ragway_tenant_tokens_total{{tenant=\"{id}\",kind=\"llm_out\"}}"
+        )),
         5.0
     );
-    assert!(sample("ragway_tenant_requests_total{tenant=\"thrifty\",outcome=\"admitted\"}") >= 8.0);
-    assert!(sample("ragway_quota_rejections_total{tenant=\"thrifty\",quota=\"llm_tokens_per_day\"}") >= 1.0);
+    assert!(
+        sample(&format!(
+            "ragway_tenant_requests_total{{tenant=\"{id}\",outcome=\"admitted\"}}"
+        )) >= 8.0
+    );
+    assert!(
+        sample(&format!(
+            "ragway_quota_rejections_total{{tenant=\"{id}\",quota=\"llm_tokens_per_day\"}}"
+        )) >= 1.0
+    );
     Ok(())
 }
 
@@ -1143,4 +1157,75 @@ async fn queued_documents_count_against_the_storage_quota() -> anyhow::Result<()
     let full = call(&server, Method::POST, path, &key, Some(documents(20, 1))).await?;
     assert_eq!(full.status, 413, "{:?}", full.body);
     Ok(())
+}
+
+/// Issue 40 item 5: tenant names are unique — on one server, and when two replicas create the
+/// same name at the same instant (one script in Redis decides); a rename onto a taken name is
+/// refused too.
+#[tokio::test]
+async fn tenant_names_are_unique_across_replicas() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let extra = format!("[cache.redis]\nurl = \"{}\"\n", redis.url());
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = Server::start(dir_a.path(), &options(&llm, &extra)).await?;
+    let b = Server::start(dir_b.path(), &options(&llm, &extra)).await?;
+    let create = |name: String| json!({ "name": name });
+    for round in 0..5 {
+        let body = create(format!("acme-{round}"));
+        let (on_a, on_b) = tokio::join!(
+            a.admin(Method::POST, "/admin/tenants", ADMIN, Some(&body)),
+            b.admin(Method::POST, "/admin/tenants", ADMIN, Some(&body)),
+        );
+        let mut statuses = [on_a?.status, on_b?.status];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "round {round}");
+    }
+    let again = b
+        .admin(
+            Method::POST,
+            "/admin/tenants",
+            ADMIN,
+            Some(&create("acme-0".into())),
+        )
+        .await?;
+    assert_eq!(
+        (again.status, again.error_code()),
+        (409, Some("tenant_name_taken")),
+        "{:?}",
+        again.body
+    );
+    let (id, _) = tenant(&a, json!({"name": "other"})).await?;
+    let rename = json!({"name": "acme-1"});
+    let renamed = a
+        .admin(
+            Method::PATCH,
+            &format!("/admin/tenants/{id}"),
+            ADMIN,
+            Some(&rename),
+        )
+        .await?;
+    assert_eq!(
+        (renamed.status, renamed.error_code()),
+        (409, Some("tenant_name_taken")),
+        "{:?}",
+        renamed.body
+    );
+    // Five acme tenants and `other`, once A has followed what B created (bounded).
+    let started = std::time::Instant::now();
+    loop {
+        let listed = a.admin(Method::GET, "/admin/tenants", ADMIN, None).await?;
+        let mut names: Vec<String> = listed.body["tenants"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        if names.len() == 6 || started.elapsed() > Duration::from_secs(5) {
+            assert_eq!(names, ["acme-0", "acme-1", "acme-2", "acme-3", "acme-4", "other"]);
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -174,7 +174,7 @@ impl Quotas {
     pub async fn admit(&self, tenant: &Tenant) -> Result<Spent, ApiError> {
         let rate = Rate::of(tenant);
         let day = today();
-        let label = self.labels.label(&tenant.name);
+        let label = self.labels.label(&tenant.id);
         let admitted = self.admit_counted(tenant, rate, &day).await;
         let outcome = if admitted.is_ok() {
             "admitted"
@@ -306,7 +306,7 @@ impl Quotas {
             Counter::TokensOut => "llm_out",
             Counter::EmbeddingTokens => "embedding",
         };
-        metrics::counter!("ragway_tenant_tokens_total", "tenant" => self.labels.label(&tenant.name), "kind" => kind)
+        metrics::counter!("ragway_tenant_tokens_total", "tenant" => self.labels.label(&tenant.id), "kind" => kind)
             .increment(n);
         let day = today();
         if let Some(shared) = self.shared_now() {
@@ -354,7 +354,7 @@ impl Quotas {
 
     /// A quota refusal, counted.
     pub fn rejected(&self, tenant: &Tenant, quota: &'static str) {
-        metrics::counter!("ragway_quota_rejections_total", "tenant" => self.labels.label(&tenant.name), "quota" => quota)
+        metrics::counter!("ragway_quota_rejections_total", "tenant" => self.labels.label(&tenant.id), "quota" => quota)
             .increment(1);
     }
 
@@ -440,8 +440,9 @@ pub fn budget_spent(tenant: &Tenant, code: ErrorCode, quota: &str, limit: u64) -
     }
 }
 
-/// Metric labels for tenants: the first `max` tenants seen get their own, later ones `other`,
-/// so a deployment with many tenants keeps a bounded number of series.
+/// Metric labels for tenants, by id (`/metrics` needs no key: names, which tenants choose, stay
+/// behind the admin key): the first `max` tenants seen get their own, later ones `other`, so a
+/// deployment with many tenants keeps a bounded number of series.
 struct TenantLabels {
     max: usize,
     named: Mutex<HashSet<String>>,

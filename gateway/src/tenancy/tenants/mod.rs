@@ -330,6 +330,8 @@ impl Tenants {
         all
     }
 
+    /// Creates a tenant; 409 `tenant_name_taken` when another tenant (on any replica) has its
+    /// name.
     pub async fn create(&self, request: CreateTenant) -> Result<Arc<Tenant>, ApiError> {
         let tenant = Tenant {
             id: format!("t{}", &random_hex()[..12]),
@@ -345,6 +347,7 @@ impl Tenants {
         let _change = self.changes.lock().await;
         match self.store.save_if(&tenant, None).await.map_err(unavailable)? {
             Stored::Yes => Ok(self.publish(tenant)),
+            Stored::NameTaken => Err(name_taken(&tenant.name)),
             // A 48-bit random id taken already: vanishingly rare, and said as what it is.
             Stored::Conflict | Stored::Gone => Err(unavailable("a tenant id was taken twice".into())),
         }
@@ -372,6 +375,7 @@ impl Tenants {
             {
                 Stored::Yes => return Ok(self.publish(tenant)),
                 Stored::Gone => return Err(ApiError::TenantNotFound(id.to_string())),
+                Stored::NameTaken => return Err(name_taken(&tenant.name)),
                 Stored::Conflict => continue,
             }
         }
@@ -425,6 +429,14 @@ impl Tenants {
         snapshot.by_id.remove(id);
         snapshot.by_key.retain(|_, t| t.id != id);
         Ok(())
+    }
+}
+
+/// 409: tenant names are unique.
+fn name_taken(name: &str) -> ApiError {
+    ApiError::Conflict {
+        code: ErrorCode::TenantNameTaken,
+        message: format!("a tenant named `{name}` exists already: names tell tenants apart, choose another"),
     }
 }
 

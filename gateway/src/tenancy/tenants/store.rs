@@ -19,6 +19,13 @@ pub enum Stored {
     Conflict,
     /// The record to change is gone.
     Gone,
+    /// Another tenant has its name (names are unique: an operator tells tenants apart by them).
+    NameTaken,
+}
+
+/// Whether a tenant other than `tenant` among `others` has its name.
+fn name_taken<'a>(mut others: impl Iterator<Item = &'a Tenant>, tenant: &Tenant) -> bool {
+    others.any(|other| other.id != tenant.id && other.name == tenant.name)
 }
 
 /// The decision of a conditional write, from the stored record's revision (`None`: no record)
@@ -101,8 +108,15 @@ impl TenantStore for FileStore {
         Ok(tenants.get(id).cloned())
     }
     async fn save_if(&self, tenant: &Tenant, expected: Option<u64>) -> Result<Stored, String> {
-        let stored = self.fetch(&tenant.id).await?.map(|t| t.revision);
-        let decided = decide(stored, expected);
+        let (stored, taken) = {
+            let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            let stored = tenants.get(&tenant.id).map(|t| t.revision);
+            (stored, name_taken(tenants.values(), tenant))
+        };
+        let decided = match decide(stored, expected) {
+            Stored::Yes if taken => Stored::NameTaken,
+            decided => decided,
+        };
         if decided == Stored::Yes {
             self.save(tenant)?;
         }
@@ -130,6 +144,10 @@ else
   if not current then return 2 end
   local revision = cjson.decode(current)['revision'] or 0
   if revision ~= tonumber(ARGV[2]) then return 0 end
+end
+local fields = redis.call('hgetall', KEYS[1])
+for i = 1, #fields, 2 do
+  if fields[i] ~= ARGV[1] and cjson.decode(fields[i + 1])['name'] == ARGV[4] then return 3 end
 end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[3])
 redis.call('incr', KEYS[2])
@@ -231,7 +249,8 @@ impl TenantStore for RedisStore {
             .key(VERSION)
             .arg(&tenant.id)
             .arg(expected_arg)
-            .arg(record);
+            .arg(record)
+            .arg(&tenant.name);
         let outcome: i64 = self
             .redis
             .bounded(invocation.invoke_async(&mut connection))
@@ -240,6 +259,7 @@ impl TenantStore for RedisStore {
         let stored = match outcome {
             1 => Stored::Yes,
             2 => Stored::Gone,
+            3 => Stored::NameTaken,
             _ => Stored::Conflict,
         };
         if stored == Stored::Yes {
