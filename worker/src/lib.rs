@@ -40,6 +40,32 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Instant;
 
+/// Where a task stands, for whoever awaits its answer: set through [`PROGRESS`] when the task
+/// is queued and when a worker takes it, so that a timeout can tell time spent waiting in the
+/// queue (the worker is busy: not its failure) from time spent running.
+#[derive(Debug, Default)]
+pub struct Progress(std::sync::atomic::AtomicU8);
+
+const QUEUED: u8 = 1;
+const TAKEN: u8 = 2;
+
+impl Progress {
+    /// Queued and not yet taken by the worker.
+    pub fn waiting(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == QUEUED
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, std::sync::atomic::Ordering::Release);
+    }
+}
+
+tokio::task_local! {
+    /// The progress of the tasks a future submits while it runs in this scope (see
+    /// [`Progress`]); without one, nothing is recorded.
+    pub static PROGRESS: std::sync::Arc<Progress>;
+}
+
 /// Which lane a task waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
@@ -113,6 +139,7 @@ pub struct Queued<T> {
     pub task: T,
     pub priority: Priority,
     enqueued: Instant,
+    progress: Option<std::sync::Arc<Progress>>,
 }
 
 struct Lanes<T> {
@@ -188,7 +215,12 @@ impl<T: Task> Queue<T> {
                 lane: priority.as_str(),
             });
         }
+        let progress = PROGRESS.try_with(std::sync::Arc::clone).ok();
+        if let Some(progress) = &progress {
+            progress.set(QUEUED);
+        }
         lanes.lane(priority).push_back(Queued {
+            progress,
             task,
             priority,
             enqueued: Instant::now(),
@@ -245,6 +277,9 @@ impl<T: Task> Queue<T> {
             }
             metrics::histogram!("ragway_worker_queue_wait_seconds", "worker" => self.name.clone(), "lane" => lane)
                 .record(queued.enqueued.elapsed().as_secs_f64());
+            if let Some(progress) = &queued.progress {
+                progress.set(TAKEN);
+            }
             return Some(queued);
         }
         None

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ragway_openapi::DegradationReason;
-use ragway_worker::Stopped;
+use ragway_worker::{Progress, Stopped, PROGRESS};
 
 use crate::resilience::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::resilience::deadline::Deadline;
@@ -37,6 +37,9 @@ pub enum Failure<E> {
     BreakerOpen,
     /// The stage's own timeout passed.
     Timeout,
+    /// The stage's timeout passed while the call still waited in its worker's queue: the
+    /// dependency is busy (admission control's matter), not broken; never charged to its breaker.
+    Queued,
     /// The request's deadline passed (or left no time to start).
     Deadline,
     /// An operator-injected error.
@@ -55,7 +58,7 @@ impl<E> Failure<E> {
             Self::BreakerOpen => DegradationReason::BreakerOpen,
             Self::Timeout => DegradationReason::Timeout,
             Self::Deadline => DegradationReason::Deadline,
-            Self::Overloaded(_) => DegradationReason::Overloaded,
+            Self::Queued | Self::Overloaded(_) => DegradationReason::Overloaded,
             Self::Injected(_) | Self::Error(_) | Self::Rejected(_) => DegradationReason::Error,
         }
     }
@@ -66,7 +69,7 @@ impl<E: From<Stopped>> Failure<E> {
     pub fn into_error(self) -> E {
         match self {
             Self::BreakerOpen => Stopped::BreakerOpen.into(),
-            Self::Timeout => Stopped::Timeout.into(),
+            Self::Timeout | Self::Queued => Stopped::Timeout.into(),
             Self::Deadline => Stopped::Deadline.into(),
             Self::Injected(message) => Stopped::Injected(message).into(),
             Self::Overloaded(error) | Self::Error(error) | Self::Rejected(error) => error,
@@ -102,6 +105,7 @@ impl<E: std::fmt::Display> std::fmt::Display for Failure<E> {
         match self {
             Self::BreakerOpen => write!(f, "breaker open"),
             Self::Timeout => write!(f, "timed out"),
+            Self::Queued => write!(f, "timed out waiting for the model's queue"),
             Self::Deadline => write!(f, "request deadline reached"),
             Self::Injected(e) => write!(f, "{e}"),
             Self::Overloaded(e) | Self::Error(e) | Self::Rejected(e) => write!(f, "{e}"),
@@ -198,7 +202,9 @@ impl Guard {
         }
         let permit = self.breaker.try_acquire().ok_or(Failure::BreakerOpen)?;
         let limited_by_deadline = budget < timeout;
-        match tokio::time::timeout(budget.min(timeout), self.faults.apply(&self.name, call)).await {
+        let progress = Arc::new(Progress::default());
+        let call = PROGRESS.scope(progress.clone(), self.faults.apply(&self.name, call));
+        match tokio::time::timeout(budget.min(timeout), call).await {
             Ok(Ok(Ok(value))) => {
                 permit.record(true);
                 Ok(value)
@@ -217,6 +223,8 @@ impl Guard {
                 Err(Failure::Injected(injected))
             }
             Err(_) if limited_by_deadline => Err(Failure::Deadline),
+            // A permit dropped unrecorded counts neither way.
+            Err(_) if progress.waiting() => Err(Failure::Queued),
             Err(_) => {
                 if timed_out == Blame::Dependency {
                     permit.record(false);
@@ -375,6 +383,73 @@ mod tests {
             let result: Result<(), _> = guard.run(&deadline, async { Err(error()) }).await;
             assert!(result.is_err());
         }
+    }
+
+    /// A task that holds the worker until the gate lets it go.
+    struct Hold;
+
+    impl ragway_worker::Task for Hold {
+        fn abandoned(&self) -> bool {
+            false
+        }
+    }
+
+    /// Submits a task to `worker` and waits for ever (the guard's timeout ends the wait).
+    async fn submit_and_wait(worker: &ragway_worker::Worker<Hold>) -> Result<(), LlmError> {
+        worker
+            .submit(Hold, ragway_worker::Priority::Interactive)
+            .map_err(LlmError::Overloaded)?;
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+
+    /// Issue 40 item 3: a call that times out while its task still waits in a busy worker's
+    /// queue is not the model's failure; one that times out while the model runs it is.
+    #[tokio::test]
+    async fn time_spent_waiting_in_the_queue_is_never_charged_to_the_breaker() -> std::io::Result<()> {
+        let settings = BreakerSettings {
+            failure_threshold: 2,
+            open: Duration::from_secs(60),
+            max_open: Duration::from_secs(60),
+        };
+        let guard = Guard::new(
+            "embedder",
+            Duration::from_millis(50),
+            &settings,
+            Arc::new(Faults::default()),
+        );
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let worker = ragway_worker::Worker::spawn(
+            "held",
+            ragway_worker::QueueLimits::default(),
+            gate,
+            |gate: &mut std::sync::mpsc::Receiver<()>, _task, _queue| {
+                let _ = gate.recv_timeout(Duration::from_secs(10));
+                None
+            },
+        )?;
+        let deadline = Deadline::after(Duration::from_secs(30));
+        // Taken by the worker, which then holds it past the timeout: the model's (1 of 2).
+        let first = guard.run(&deadline, submit_and_wait(&worker)).await;
+        assert!(matches!(first, Err(Failure::Timeout)), "{first:?}");
+        // Behind it, in the queue, five times: the worker is busy, not broken.
+        for _ in 0..5 {
+            let queued = guard.run(&deadline, submit_and_wait(&worker)).await;
+            assert!(matches!(queued, Err(Failure::Queued)), "{queued:?}");
+        }
+        assert_eq!(guard.state(), BreakerState::Closed);
+        // Drained; the next one is taken and held again: the second failure opens the breaker.
+        for _ in 0..6 {
+            let _ = release.send(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let held = guard.run(&deadline, submit_and_wait(&worker)).await;
+        assert!(matches!(held, Err(Failure::Timeout)), "{held:?}");
+        assert_eq!(guard.state(), BreakerState::Open);
+        for _ in 0..2 {
+            let _ = release.send(());
+        }
+        Ok(())
     }
 
     #[tokio::test]
