@@ -214,6 +214,8 @@ pub struct Jobs {
     running: Mutex<BTreeMap<String, Arc<Job>>>,
     /// Background jobs held unfinished, bounded by `settings.queue`.
     queue: Arc<Mutex<QueueCounts>>,
+    /// See [`Jobs::admission`].
+    admission: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Jobs {
@@ -235,6 +237,7 @@ impl Jobs {
             slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
             running: Mutex::new(BTreeMap::new()),
             queue: Arc::default(),
+            admission: Arc::default(),
         });
         jobs.resume_unfinished().await;
         if jobs.store.shared() {
@@ -384,6 +387,12 @@ impl Jobs {
                 chunks: sum.chunks.saturating_add(left.chunks),
                 bytes: sum.bytes.saturating_add(left.bytes),
             })
+    }
+
+    /// This process's turn at storage admission: held from a write's quota check until its job
+    /// (and so its reservation) is in [`Jobs::pending`].
+    pub async fn admission(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.admission.clone().lock_owned().await
     }
 
     /// The stamp of the oldest unfinished job of collection `name`, in any process (`None`:

@@ -19,6 +19,7 @@ use crate::catalog::jobs::Reservation;
 use crate::config::AuthMode;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::AppState;
+use crate::tenancy::quota::policy::{admit_storage, Amounts, StorageQuota};
 use crate::tenancy::quota::{budget_spent, over_budget, Spent, StreamPermit};
 use crate::tenancy::tenants::Tenant;
 use crate::tenancy::{Allowance, Choice, Meter};
@@ -183,6 +184,14 @@ impl Caller {
     }
 }
 
+/// A write admitted under the tenant's storage quotas: what its job will add, and (while it is
+/// being submitted) this process's turn at storage admission.
+#[derive(Default)]
+pub struct Admitted {
+    pub reservation: Reservation,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
 /// What a tenant stores, over all its collections.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct Storage {
@@ -324,70 +333,67 @@ impl Caller {
 
     /// 413 when storing `documents` in `collection` would cross a storage quota (documents,
     /// chunks, bytes); checked before anything is stored, against what is stored and what the
-    /// tenant's unfinished jobs will still add. Returns what this request will add, for its job
-    /// to hold while it waits.
+    /// tenant's unfinished jobs will still add. The check and the reservation are one step in this
+    /// process: the returned [`Admitted`] holds the turn until its job is submitted (and holds
+    /// what it will add), so that concurrent requests cannot all fit in the room one leaves.
     pub async fn check_storage(
         &self,
         state: &AppState,
         collection: &Collection,
         documents: &[DocumentInput],
-    ) -> Result<Reservation, ApiError> {
+    ) -> Result<Admitted, ApiError> {
         let Some(tenant) = &self.tenant else {
-            return Ok(Reservation::default());
+            return Ok(Admitted::default());
         };
         let l = &tenant.limits;
         if l.documents.is_none() && l.chunks.is_none() && l.bytes.is_none() {
-            return Ok(Reservation::default());
+            return Ok(Admitted::default());
         }
+        // Before the turn: it may wait for a change of the collection in progress.
+        let (documents, chunks, bytes) = collection.growth(documents).await;
+        let growth = Amounts {
+            documents,
+            chunks,
+            bytes,
+        };
+        let turn = state.jobs.admission().await;
         let stored = self.storage(state)?;
         let pending = state.jobs.pending(&tenant.id);
-        let now = Storage {
+        let holds = Amounts {
             documents: stored.documents.saturating_add(pending.documents),
             chunks: stored.chunks.saturating_add(pending.chunks),
             bytes: stored.bytes.saturating_add(pending.bytes),
-            ..stored
         };
-        let (documents, chunks, bytes) = collection.growth(documents).await;
-        let adds = |n: i64| u64::try_from(n).unwrap_or(0);
-        let reservation = Reservation {
-            documents: adds(documents),
-            chunks: adds(chunks),
-            bytes: adds(bytes),
+        let limits = Amounts {
+            documents: l.documents,
+            chunks: l.chunks,
+            bytes: l.bytes,
         };
-        let checks = [
-            (
-                l.documents,
-                now.documents,
-                documents,
-                ErrorCode::DocumentQuotaExceeded,
-                "documents",
-            ),
-            (
-                l.chunks,
-                now.chunks,
-                chunks,
-                ErrorCode::ChunkQuotaExceeded,
-                "chunks",
-            ),
-            (l.bytes, now.bytes, bytes, ErrorCode::ByteQuotaExceeded, "bytes"),
-        ];
-        for (limit, current, growth, code, quota) in checks {
-            let Some(limit) = limit else { continue };
-            // In i128: a limit up to u64::MAX and any growth compare exactly.
-            let after = i128::from(current) + i128::from(growth);
-            if growth > 0 && after > i128::from(limit) {
-                state.quotas.rejected(tenant, quota);
-                return Err(ApiError::OverQuota {
-                    code,
-                    message: format!(
-                        "storing this would bring tenant `{}` to {after} {quota} (with what its unfinished jobs will add), over its limit of {limit} (limits.{quota}); nothing was stored",
-                        tenant.name
-                    ),
-                    retry_after_s: None,
-                });
-            }
+        if let Err(over) = admit_storage(limits, holds, growth) {
+            let quota = over.quota.as_str();
+            state.quotas.rejected(tenant, quota);
+            return Err(ApiError::OverQuota {
+                code: match over.quota {
+                    StorageQuota::Documents => ErrorCode::DocumentQuotaExceeded,
+                    StorageQuota::Chunks => ErrorCode::ChunkQuotaExceeded,
+                    StorageQuota::Bytes => ErrorCode::ByteQuotaExceeded,
+                },
+                message: format!(
+                    "storing this would bring tenant `{}` to {} {quota} (with what its unfinished jobs will add), over its limit of {} (limits.{quota}); nothing was stored",
+                    tenant.name, over.after, over.limit
+                ),
+                retry_after_s: None,
+            });
         }
-        Ok(reservation)
+        let adds = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(Admitted {
+            reservation: Reservation {
+                documents: adds(documents),
+                chunks: adds(chunks),
+                bytes: adds(bytes),
+            },
+            _turn: Some(turn),
+        })
     }
 
     /// The tenant's place for one more streamed answer (429 over `concurrent_streams`).

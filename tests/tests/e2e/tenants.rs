@@ -1229,3 +1229,57 @@ async fn tenant_names_are_unique_across_replicas() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Issue 40 item 2: four 20-document ingests at once under a 40-document quota: the check and
+/// the reservation are one step, so two fit and two are refused (413), and never more than 40
+/// documents are stored. (Before, each checked against what was stored before any of them ran,
+/// and all four were stored.)
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_ingests_cannot_all_fit_in_the_room_one_leaves() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let limits = json!({"documents": 40});
+    let (_, key) = tenant(&server, json!({"name": "racer", "limits": limits})).await?;
+    // One collection each: nothing but the tenant's quota is shared between the four.
+    for lane in 1..=4 {
+        let body = json!({ "name": format!("lane{lane}") });
+        let created = call(&server, Method::POST, "/v1/collections", &key, Some(body)).await?;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+    }
+    let batch = |lane: usize| json!({"documents": (0..20).map(|i| json!({"id": format!("r{i}"), "text": format!("Runner {lane} lap {i} of the relay race.")})).collect::<Vec<_>>()});
+    let paths: Vec<String> = (1..=4)
+        .map(|lane| format!("/v1/collections/lane{lane}/documents"))
+        .collect();
+    let (one, two, three, four) = tokio::join!(
+        call(&server, Method::POST, &paths[0], &key, Some(batch(1))),
+        call(&server, Method::POST, &paths[1], &key, Some(batch(2))),
+        call(&server, Method::POST, &paths[2], &key, Some(batch(3))),
+        call(&server, Method::POST, &paths[3], &key, Some(batch(4))),
+    );
+    let mut outcomes: Vec<(u16, Option<String>)> = [one?, two?, three?, four?]
+        .iter()
+        .map(|r| (r.status, r.error_code().map(str::to_string)))
+        .collect();
+    outcomes.sort();
+    let refused = (413, Some("document_quota_exceeded".to_string()));
+    assert_eq!(
+        outcomes,
+        [(200, None), (200, None), refused.clone(), refused],
+        "{outcomes:?}"
+    );
+    let mut stored = 0;
+    for lane in 1..=4 {
+        let info = call(
+            &server,
+            Method::GET,
+            &format!("/v1/collections/lane{lane}"),
+            &key,
+            None,
+        )
+        .await?;
+        stored += info.body["documents"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(stored, 40);
+    Ok(())
+}

@@ -142,15 +142,18 @@ pub async fn ingest(
     )?;
     state.collections.check_embedder(&collection)?;
     caller.require_embedding_budget(&state)?;
-    let reserve = caller
+    let admitted = caller
         .check_storage(&state, &collection, &request.documents)
         .await?;
     let background =
         request.wait == Some(false) || request.documents.len() > config.ingest.sync_max_documents;
+    let reservation = admitted.reservation;
     let (job, result) = state
         .jobs
-        .submit(collection, request.documents, background, reserve)
+        .submit(collection, request.documents, background, reservation)
         .await?;
+    // Submitted: its reservation is counted now; the next request may be admitted.
+    drop(admitted);
     match result {
         // The job runs on its own task: a client that leaves now does not stop the write.
         Some(result) => {

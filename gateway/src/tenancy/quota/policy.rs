@@ -32,9 +32,132 @@ pub fn admit_job(limits: JobQueueLimits, total: usize, tenant: Option<usize>) ->
     Ok(())
 }
 
+/// Documents, chunks and bytes: what a tenant stores, what its unfinished work will add, or a
+/// tenant's storage limits (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Amounts<T> {
+    pub documents: T,
+    pub chunks: T,
+    pub bytes: T,
+}
+
+/// Which storage quota a request would cross.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageQuota {
+    Documents,
+    Chunks,
+    Bytes,
+}
+
+impl StorageQuota {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Documents => "documents",
+            Self::Chunks => "chunks",
+            Self::Bytes => "bytes",
+        }
+    }
+}
+
+/// A request that does not fit: the quota, where the tenant would be after it, and the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverStorage {
+    pub quota: StorageQuota,
+    pub after: i128,
+    pub limit: u64,
+}
+
+/// Whether a request that changes the tenant's storage by `growth` (negative where it replaces
+/// documents with smaller ones) fits under `limits`, given what the tenant `holds`: what it
+/// stores and what its unfinished work has reserved. A quota the request does not grow is never
+/// the reason to refuse it. Exact in i128 for any limit up to `u64::MAX` and any growth.
+pub fn admit_storage(
+    limits: Amounts<Option<u64>>,
+    holds: Amounts<u64>,
+    growth: Amounts<i64>,
+) -> Result<(), OverStorage> {
+    let checks = [
+        (
+            StorageQuota::Documents,
+            limits.documents,
+            holds.documents,
+            growth.documents,
+        ),
+        (StorageQuota::Chunks, limits.chunks, holds.chunks, growth.chunks),
+        (StorageQuota::Bytes, limits.bytes, holds.bytes, growth.bytes),
+    ];
+    for (quota, limit, held, grows) in checks {
+        let Some(limit) = limit else { continue };
+        let after = i128::from(held) + i128::from(grows);
+        if grows > 0 && after > i128::from(limit) {
+            return Err(OverStorage { quota, after, limit });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const STORAGE: Amounts<Option<u64>> = Amounts {
+        documents: Some(40),
+        chunks: None,
+        bytes: Some(1_000),
+    };
+
+    fn amounts<T>(documents: T, chunks: T, bytes: T) -> Amounts<T> {
+        Amounts {
+            documents,
+            chunks,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_request_fits_up_to_the_limit_counting_what_is_reserved() {
+        // 20 stored, 20 reserved by a request admitted a moment ago: nothing more fits.
+        assert_eq!(
+            admit_storage(STORAGE, amounts(20, 0, 0), amounts(20, 5, 100)),
+            Ok(())
+        );
+        assert_eq!(
+            admit_storage(STORAGE, amounts(40, 0, 0), amounts(1, 1, 10)),
+            Err(OverStorage {
+                quota: StorageQuota::Documents,
+                after: 41,
+                limit: 40
+            })
+        );
+        assert_eq!(
+            admit_storage(STORAGE, amounts(0, 0, 990), amounts(1, 1, 11)),
+            Err(OverStorage {
+                quota: StorageQuota::Bytes,
+                after: 1_001,
+                limit: 1_000
+            })
+        );
+    }
+
+    #[test]
+    fn shrinking_or_unlimited_quotas_never_refuse() {
+        // Over the bytes limit already (the limit was lowered), but this request shrinks it.
+        assert_eq!(
+            admit_storage(STORAGE, amounts(10, 0, 5_000), amounts(0, 3, -200)),
+            Ok(())
+        );
+        assert_eq!(
+            admit_storage(STORAGE, amounts(0, u64::MAX, 0), amounts(0, i64::MAX, 0)),
+            Ok(())
+        );
+        let unlimited = amounts(None, None, None);
+        assert_eq!(
+            admit_storage(unlimited, amounts(u64::MAX, u64::MAX, u64::MAX), amounts(1, 1, 1)),
+            Ok(())
+        );
+        let edge = amounts(Some(u64::MAX), None, None);
+        assert!(admit_storage(edge, amounts(u64::MAX, 0, 0), amounts(1, 0, 0)).is_err());
+    }
 
     const LIMITS: JobQueueLimits = JobQueueLimits {
         total: 10,
