@@ -28,10 +28,15 @@ struct Cli {
     validate_and_exit: bool,
 }
 
+/// `info`, but for Qdrant Edge's "Feature flags not initialized!": it warns each time a
+/// collection's shard is opened, and its crate offers no way to initialise them (the defaults it
+/// falls back to are Qdrant's own). `RUST_LOG` replaces this whole filter.
+const DEFAULT_LOG: &str = "info,qdrant_edge::common::flags=error,qdrant_edge::segment::common::flags=error";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

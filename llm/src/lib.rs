@@ -100,6 +100,12 @@ pub trait Generator: Send + Sync {
     fn count_tokens(&self, _messages: &[ChatMessage]) -> Option<usize> {
         None
     }
+    /// The most bytes of text one token of its tokenizer stands for, when known: a text of `n`
+    /// bytes takes at least `n / this` tokens, a bound that costs nothing to compute (a prompt
+    /// far too long is refused before it is counted).
+    fn longest_token_bytes(&self) -> Option<usize> {
+        None
+    }
     /// The relay, for a backend that passes OpenAI requests through unchanged.
     fn relay(&self) -> Option<&dyn Relay> {
         None

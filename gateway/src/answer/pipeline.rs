@@ -19,7 +19,7 @@ use super::pool::LlmPool;
 use super::report::Report;
 use super::{Query, RequestContext};
 use crate::caches::{Caches, Target};
-use crate::resilience::guard::{Guard, StageError};
+use crate::resilience::guard::{Blame, Guard, StageError};
 
 mod candidates;
 use candidates::Candidates;
@@ -100,7 +100,13 @@ fn settle<T, E: StageError>(
     match result {
         Ok(value) => (Some(value), StageStatus::Ok),
         Err(error) => {
-            tracing::warn!(stage, %error, "stage degraded");
+            // Only a dependency's own failure is worth an operator's attention: a request's own
+            // (a collection dropped under it), a busy worker or a spent deadline happen in the
+            // normal run of a shared server, and any client could flood the log with them.
+            match error.blame() {
+                Blame::Dependency if !error.skipped() => tracing::warn!(stage, %error, "stage degraded"),
+                _ => tracing::debug!(stage, %error, "stage degraded"),
+            }
             report.degrade(stage, error.reason());
             let status = match error.skipped() {
                 true => StageStatus::Skipped,

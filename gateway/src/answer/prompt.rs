@@ -88,8 +88,15 @@ pub fn check_question_fits(
     let Some((_, size)) = window else {
         return Ok(());
     };
-    if bound_without_passages(conversation) <= room(size, sampling.max_tokens)? {
+    let room = room(size, sampling.max_tokens)?;
+    if bound_without_passages(conversation) <= room {
         return Ok(());
+    }
+    let asked = conversation.question.len() + bytes(&conversation.history);
+    if let Some(least) = window.and_then(|(generator, _)| at_least_tokens(asked, generator)) {
+        if least > room {
+            return Err(too_long_at_least(least, sampling.max_tokens, size));
+        }
     }
     grounded(conversation, &[], sampling, window, &mut Report::default()).map(drop)
 }
@@ -112,6 +119,12 @@ pub fn check_fits(request: &GenerationRequest, generator: &dyn Generator) -> Res
     if at_most_tokens(&request.messages) <= budget {
         return Ok(());
     }
+    // Far too long to fit, by its length alone: refused without the cost of counting it.
+    if let Some(least) = at_least_tokens(bytes(&request.messages), generator) {
+        if least > budget {
+            return Err(too_long_at_least(least, request.max_tokens, window));
+        }
+    }
     match generator.count_tokens(&request.messages) {
         Some(used) if used > budget => Err(too_long(used, request.max_tokens, window)),
         _ => Ok(()),
@@ -125,6 +138,16 @@ fn at_most_tokens(messages: &[ChatMessage]) -> usize {
     const TEMPLATE_TOKENS: usize = 8;
     let text: usize = messages.iter().map(|m| m.content.len() + TEMPLATE_TOKENS).sum();
     text + TEMPLATE_TOKENS
+}
+
+/// No more tokens than a text of `bytes` takes in `generator`'s tokenizer, from the most bytes
+/// one of its tokens stands for (`None` when it does not say).
+fn at_least_tokens(bytes: usize, generator: &dyn Generator) -> Option<usize> {
+    Some(bytes / generator.longest_token_bytes()?.max(1))
+}
+
+fn bytes(messages: &[ChatMessage]) -> usize {
+    messages.iter().map(|m| m.content.len()).sum()
 }
 
 /// What the window leaves for the prompt once `max_tokens` are kept for the answer.
@@ -141,6 +164,13 @@ fn too_long(used: usize, max_tokens: usize, window: usize) -> ApiError {
     ApiError::invalid(
         ErrorCode::ContextLengthExceeded,
         format!("the prompt takes {used} tokens; with max_tokens = {max_tokens} it does not fit the model's {window}-token context window: send a shorter conversation or fewer max_tokens"),
+    )
+}
+
+fn too_long_at_least(least: usize, max_tokens: usize, window: usize) -> ApiError {
+    ApiError::invalid(
+        ErrorCode::ContextLengthExceeded,
+        format!("the prompt takes at least {least} tokens; with max_tokens = {max_tokens} it does not fit the model's {window}-token context window: send a shorter conversation or fewer max_tokens"),
     )
 }
 
@@ -202,6 +232,60 @@ mod tests {
         async fn stream(&self, _: GenerationRequest) -> Result<TokenStream, LlmError> {
             Err(LlmError::WorkerGone)
         }
+    }
+
+    /// A model whose tokens stand for at most 4 bytes, counting how often it is asked to count.
+    struct Counting {
+        counted: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Generator for Counting {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        fn model(&self) -> &str {
+            "counting"
+        }
+        fn context_window(&self) -> Option<usize> {
+            Some(1_000)
+        }
+        fn count_tokens(&self, messages: &[ChatMessage]) -> Option<usize> {
+            self.counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(bytes(messages).div_ceil(4))
+        }
+        fn longest_token_bytes(&self) -> Option<usize> {
+            Some(4)
+        }
+        async fn stream(&self, _: GenerationRequest) -> Result<TokenStream, LlmError> {
+            Err(LlmError::WorkerGone)
+        }
+    }
+
+    /// Issue 40 item 1: a prompt far too long for the window is refused by its length alone,
+    /// never counted (counting a 15 MB message cost seconds of CPU); one that may fit is counted.
+    #[test]
+    fn a_prompt_far_too_long_is_refused_without_counting_it() {
+        let model = Counting {
+            counted: std::sync::atomic::AtomicUsize::new(0),
+        };
+        let counted = || model.counted.load(std::sync::atomic::Ordering::Relaxed);
+        let request = |text: String| GenerationRequest {
+            messages: vec![ChatMessage::new(ragway_llm::Role::User, text)],
+            max_tokens: 10,
+            temperature: 0.0,
+        };
+        let huge = request("x".repeat(1_000_000));
+        let code = check_fits(&huge, &model).err().map(|e| e.code());
+        assert_eq!((code, counted()), (Some(ErrorCode::ContextLengthExceeded), 0));
+        // 2,000 bytes: at most ~2,016 tokens, at least 500, room for 990: only counting tells
+        // (500: it fits).
+        assert!(check_fits(&request("y".repeat(2_000)), &model).is_ok());
+        assert_eq!(counted(), 1);
+        let question = Conversation::single(&"why ".repeat(250_000));
+        let window = Some((&model as &dyn Generator, 1_000));
+        assert!(check_question_fits(&question, SAMPLING, window).is_err());
+        assert_eq!(counted(), 1);
     }
 
     fn hit(id: &str, words: usize) -> ScoredChunk {

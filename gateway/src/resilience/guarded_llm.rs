@@ -89,6 +89,9 @@ impl<G: Generator + ?Sized> Generator for Guarded<G> {
     fn count_tokens(&self, messages: &[ChatMessage]) -> Option<usize> {
         self.inner.count_tokens(messages)
     }
+    fn longest_token_bytes(&self) -> Option<usize> {
+        self.inner.longest_token_bytes()
+    }
     fn relay(&self) -> Option<&dyn Relay> {
         self.inner.relay().map(|_| self as &dyn Relay)
     }

@@ -130,6 +130,10 @@ impl Generator for LocalLlm {
         self.counter.count(messages)
     }
 
+    fn longest_token_bytes(&self) -> Option<usize> {
+        Some(self.counter.longest)
+    }
+
     async fn stream(&self, request: GenerationRequest) -> Result<TokenStream, LlmError> {
         let (events, receiver) = mpsc::unbounded_channel();
         let job = Job {

@@ -164,9 +164,19 @@ impl ChatModel {
 
     /// What counting a prompt's tokens needs, for use off the worker thread.
     pub(crate) fn counter(&self) -> PromptCounter {
+        // In a byte-level vocabulary each character of a token stands for one byte of text.
+        let longest = self
+            .tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(|token| token.chars().count())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         PromptCounter {
             tokenizer: self.tokenizer.clone(),
             context: self.context,
+            longest,
         }
     }
 
@@ -191,6 +201,8 @@ impl ChatModel {
 pub(crate) struct PromptCounter {
     tokenizer: Tokenizer,
     pub(crate) context: usize,
+    /// The most bytes of text one token stands for.
+    pub(crate) longest: usize,
 }
 
 impl PromptCounter {

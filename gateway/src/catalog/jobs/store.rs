@@ -49,15 +49,22 @@ pub(super) trait JobStore: Send + Sync {
     async fn cancelled(&self, id: &str) -> bool;
 }
 
-/// The finished jobs beyond the newest `keep`.
+/// The finished jobs beyond the newest `keep` of each tenant: one tenant's many small jobs never
+/// push another tenant's job records out.
 fn excess(records: impl Iterator<Item = Record>, keep: usize) -> Vec<String> {
-    let mut finished: Vec<(String, String)> = records
-        .filter(|r| r.status.state.is_finished())
-        .map(|r| (r.status.finished_at.unwrap_or_default(), r.status.id))
-        .collect();
-    finished.sort();
-    let excess = finished.len().saturating_sub(keep);
-    finished.into_iter().take(excess).map(|(_, id)| id).collect()
+    let mut finished: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for record in records.filter(|r| r.status.state.is_finished()) {
+        let tenant = crate::tenancy::owner(&record.status.collection).to_string();
+        let when = record.status.finished_at.unwrap_or_default();
+        finished.entry(tenant).or_default().push((when, record.status.id));
+    }
+    let mut excess = Vec::new();
+    for mut jobs in finished.into_values() {
+        jobs.sort();
+        let over = jobs.len().saturating_sub(keep);
+        excess.extend(jobs.into_iter().take(over).map(|(_, id)| id));
+    }
+    excess
 }
 
 /// `<dir>/<id>.json` (the record, rewritten after each batch) and `<id>.documents.json` (the
@@ -306,5 +313,52 @@ impl JobStore for RedisJobs {
         let mut connection = self.redis.connection();
         let cancel: Result<Option<u8>, String> = self.redis.call(connection.get(key(id, "cancel"))).await;
         matches!(cancel, Ok(Some(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ragway_openapi::JobState;
+
+    use super::*;
+
+    fn finished(id: &str, collection: &str, at: &str) -> Record {
+        Record {
+            status: JobStatus {
+                id: id.into(),
+                collection: collection.into(),
+                state: JobState::Done,
+                documents_total: 1,
+                documents_done: 1,
+                indexed: 1,
+                unchanged: 0,
+                chunks_done: 1,
+                epoch: 1,
+                errors: Vec::new(),
+                created_at: at.into(),
+                finished_at: Some(at.into()),
+            },
+            generation: "g".into(),
+            stamp: None,
+        }
+    }
+
+    /// Issue 40 item 4: the job history is kept per tenant.
+    #[test]
+    fn each_tenant_keeps_its_newest_finished_jobs() {
+        let mut records = vec![finished("quiet-1", "tq.notes", "2026-01-01T00:00:00Z")];
+        for i in 0..5 {
+            records.push(finished(
+                &format!("busy-{i}"),
+                "tb.notes",
+                &format!("2026-01-02T00:00:0{i}Z"),
+            ));
+        }
+        let mut running = finished("busy-running", "tb.notes", "2026-01-03T00:00:00Z");
+        running.status.state = JobState::Running;
+        records.push(running);
+        let mut gone = excess(records.into_iter(), 2);
+        gone.sort();
+        assert_eq!(gone, ["busy-0", "busy-1", "busy-2"]);
     }
 }
