@@ -1283,3 +1283,33 @@ async fn concurrent_ingests_cannot_all_fit_in_the_room_one_leaves() -> anyhow::R
     assert_eq!(stored, 40);
     Ok(())
 }
+
+/// Issue 40 item 2: a `/v1/embeddings` call that may take more tokens than the tenant's daily
+/// budget has left is refused before any work (it was run and charged 16,384 tokens of a 3,000
+/// budget); one that fits runs and is charged what it took.
+#[tokio::test]
+async fn embedding_work_is_bounded_by_the_budget_before_it_runs() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let limits = json!({"embedding_tokens_per_day": 3000});
+    let (id, key) = tenant(&server, json!({"name": "frugal", "limits": limits})).await?;
+    let huge = json!({"input": vec!["word ".repeat(1_638); 64], "model": "all-minilm-l6-v2"});
+    let refused = call(&server, Method::POST, "/v1/embeddings", &key, Some(huge)).await?;
+    // (Not the body in the message: a wrongly served answer is 64 vectors long.)
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (429, Some("embedding_token_quota_exceeded")),
+        "usage: {:?}",
+        refused.body["usage"]
+    );
+    let small = json!({"input": ["a short sentence"], "model": "all-minilm-l6-v2"});
+    let fits = call(&server, Method::POST, "/v1/embeddings", &key, Some(small)).await?;
+    assert_eq!(fits.status, 200, "{:?}", fits.body);
+    let charged = spent(&server, &id, "embedding_tokens", 1).await?;
+    assert!(
+        (1..=20).contains(&charged),
+        "only the small call was charged: {charged}"
+    );
+    Ok(())
+}

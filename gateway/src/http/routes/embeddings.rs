@@ -46,7 +46,9 @@ pub async fn embeddings(
     }
     let texts = request.input.into_vec();
     validate::embedding_inputs(&texts, &state.config.limits)?;
-    caller.require_embedding_budget(&state)?;
+    // A WordPiece token covers at least a byte of its input, and each input adds two markers.
+    let most = texts.iter().map(|t| t.len() as u64 + 2).sum();
+    let _reserved = caller.reserve_embedding(&state, most)?;
     let priority = if texts.len() <= INTERACTIVE_INPUTS {
         Priority::Interactive
     } else {

@@ -42,7 +42,14 @@ pub async fn rerank(
     }
     // Metered like `/v1/embeddings`: the cross-encoder's tokens count against the tenant's
     // `embedding_tokens_per_day` (model tokens outside the LLM).
-    caller.require_embedding_budget(&state)?;
+    // Reserved before scoring, from the most tokens the pairs can take (a token covers at least
+    // a byte; each pair adds three markers); charged what they took.
+    let most = request
+        .documents
+        .iter()
+        .map(|d| (request.query.len() + d.len()) as u64 + 3)
+        .sum();
+    let _reserved = caller.reserve_embedding(&state, most)?;
     let deadline = deadline(&state, None)?;
     let score = reranker.score(request.query, request.documents.clone());
     let scored = deadline

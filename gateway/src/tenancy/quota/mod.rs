@@ -123,6 +123,8 @@ pub struct Quotas {
     /// What Redis last said each tenant spent today, to go on from while it is unreachable.
     last_shared: Mutex<HashMap<String, (String, Spent)>>,
     streams: Arc<Mutex<HashMap<String, u64>>>,
+    /// Embedding tokens reserved by work in flight, per tenant (see [`Quotas::reserve_embedding`]).
+    reserved: Arc<Mutex<HashMap<String, u64>>>,
     labels: TenantLabels,
 }
 
@@ -152,6 +154,7 @@ impl Quotas {
             shared_ok: AtomicBool::new(true),
             last_shared: Mutex::new(HashMap::new()),
             streams: Arc::default(),
+            reserved: Arc::default(),
             labels: TenantLabels::new(metric_tenants),
         });
         quotas.local.flush_every(Duration::from_secs(2));
@@ -381,6 +384,61 @@ impl Quotas {
             streams: self.streams.clone(),
             tenant: tenant.id.clone(),
         })
+    }
+}
+
+impl Quotas {
+    /// Reserves up to `most` embedding tokens of `tenant`'s daily budget for work about to run,
+    /// against what it `spent` and what its other work in flight reserved: 429 before any work
+    /// when they cannot fit. The work is charged what it really took when it ends; the
+    /// reservation is released when dropped (after that charge). `None`: the tenant has no such
+    /// budget.
+    pub fn reserve_embedding(
+        &self,
+        tenant: &Tenant,
+        spent: u64,
+        most: u64,
+    ) -> Result<Option<TokenReservation>, ApiError> {
+        let Some(limit) = tenant.limits.embedding_tokens_per_day else {
+            return Ok(None);
+        };
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let held = reserved.entry(tenant.id.clone()).or_default();
+        if let Err(after) = policy::admit_tokens(limit, spent, *held, most) {
+            drop(reserved);
+            let quota = "embedding_tokens_per_day";
+            self.rejected(tenant, quota);
+            return Err(ApiError::OverQuota {
+                code: ErrorCode::EmbeddingTokenQuotaExceeded,
+                message: format!(
+                    "this request may take up to {most} embedding tokens; with what tenant `{}` spent today and has in flight that could reach {after}, over its {quota} of {limit}; send less, or wait for the day (UTC) to turn",
+                    tenant.name
+                ),
+                retry_after_s: Some(until_tomorrow()),
+            });
+        }
+        *held = held.saturating_add(most);
+        Ok(Some(TokenReservation {
+            reserved: self.reserved.clone(),
+            tenant: tenant.id.clone(),
+            amount: most,
+        }))
+    }
+}
+
+/// Tokens held for work in flight, given back when dropped.
+pub struct TokenReservation {
+    reserved: Arc<Mutex<HashMap<String, u64>>>,
+    tenant: String,
+    amount: u64,
+}
+
+impl Drop for TokenReservation {
+    fn drop(&mut self) {
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = reserved.get_mut(&self.tenant) {
+            *held = held.saturating_sub(self.amount);
+        }
     }
 }
 

@@ -96,9 +96,35 @@ pub fn admit_storage(
     Ok(())
 }
 
+/// Whether work that may take up to `most` tokens fits a daily budget of `limit`, given what the
+/// tenant `spent` today and what its work in flight has `reserved`: `Err(after)` — where the
+/// tenant could end up — when it does not. A budget not yet reached admits work of any size only
+/// when nothing is known of it (`most` 0).
+pub fn admit_tokens(limit: u64, spent: u64, reserved: u64, most: u64) -> Result<(), u128> {
+    let after = u128::from(spent) + u128::from(reserved) + u128::from(most);
+    match after <= u128::from(limit) {
+        true => Ok(()),
+        false => Err(after),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_work_is_admitted_while_its_most_fits_with_what_is_in_flight() {
+        assert_eq!(admit_tokens(3_000, 0, 0, 3_000), Ok(()));
+        // 64 inputs of 8,192 bytes may take 524,416 tokens: refused before any is embedded.
+        assert_eq!(admit_tokens(3_000, 0, 0, 64 * 8_194), Err(524_416));
+        // Three calls at once: the third finds the first two's reservations.
+        assert_eq!(admit_tokens(3_000, 0, 2_000, 1_000), Ok(()));
+        assert_eq!(admit_tokens(3_000, 100, 2_000, 1_000), Err(3_100));
+        assert_eq!(
+            admit_tokens(u64::MAX, u64::MAX, u64::MAX, 1),
+            Err(u128::from(u64::MAX) * 2 + 1)
+        );
+    }
 
     const STORAGE: Amounts<Option<u64>> = Amounts {
         documents: Some(40),
