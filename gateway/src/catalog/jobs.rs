@@ -60,6 +60,20 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The reservation of a job of `total` documents, `done` of them applied, whose other
+    /// documents will add `rest`: stated for the whole job, as [`Reservation::remaining`] reads it.
+    fn of_rest(rest: Self, done: usize, total: usize) -> Self {
+        let whole = |n: u64| match total.saturating_sub(done) {
+            0 => 0,
+            left => n.saturating_mul(total as u64).div_ceil(left as u64),
+        };
+        Self {
+            documents: whole(rest.documents),
+            chunks: whole(rest.chunks),
+            bytes: whole(rest.bytes),
+        }
+    }
+
     /// The part of `self` still to come when `done` of `total` documents are applied (those are
     /// counted as stored by then).
     fn remaining(self, done: usize, total: usize) -> Self {
@@ -282,12 +296,22 @@ impl Jobs {
             }
         }
         let lookup = self.collections.lookup(&name, &record.generation).await;
-        // Accepted before this process started: what it will add is not known here.
-        let job = Job::new(record, Reservation::default());
+        let (done, total) = (record.status.documents_done, record.status.documents_total);
+        let mut job = Job::new(record.clone(), Reservation::default());
         match lookup {
             Lookup::Open(collection) => match self.store.documents(&id).await {
                 Ok(documents) => {
-                    let done = job.status().documents_done;
+                    // What its documents still to come will add counts against its tenant's
+                    // storage quota again, as it did before the restart.
+                    let (documents_added, chunks, bytes) =
+                        collection.growth(documents.get(done..).unwrap_or_default()).await;
+                    let adds = |n: i64| u64::try_from(n).unwrap_or(0);
+                    let rest = Reservation {
+                        documents: adds(documents_added),
+                        chunks: adds(chunks),
+                        bytes: adds(bytes),
+                    };
+                    job = Job::new(record, Reservation::of_rest(rest, done, total));
                     tracing::info!(job = id, collection = name, done, "resuming ingestion job");
                     self.lock().insert(id, job.clone());
                     // Accepted before: it counts, but is never refused now.
@@ -654,6 +678,27 @@ fn now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_jobs_reservation_is_what_its_rest_adds() {
+        let rest = Reservation {
+            documents: 30,
+            chunks: 61,
+            bytes: 1_000,
+        };
+        // 40 of 100 done: stated for the whole job, it reads back as what the 60 others add.
+        let whole = Reservation::of_rest(rest, 40, 100);
+        let left = whole.remaining(40, 100);
+        assert!(
+            left.documents >= 30 && left.chunks >= 61 && left.bytes >= 1_000,
+            "{left:?}"
+        );
+        assert!(
+            left.documents <= 31 && left.chunks <= 62 && left.bytes <= 1_001,
+            "{left:?}"
+        );
+        assert_eq!(Reservation::of_rest(rest, 100, 100), Reservation::default());
+    }
 
     #[test]
     fn a_reservation_shrinks_as_its_documents_are_applied() {

@@ -30,6 +30,14 @@ fn options(llm: &ScriptedOpenAi, extra: &str) -> ServerOptions {
     }
 }
 
+/// A keys-mode server whose LLM (a scripted stand-in) answers "ok", with what must outlive it.
+async fn keyed(extra: &str) -> anyhow::Result<(Server, ScriptedOpenAi, tempfile::TempDir)> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, extra)).await?;
+    Ok((server, llm, dir))
+}
+
 async fn admin(server: &Server, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Reply> {
     server.admin(method, path, ADMIN, body).await
 }
@@ -335,9 +343,7 @@ async fn every_v1_route_keeps_tenants_apart() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_burst_over_the_rate_gets_429_with_a_retry_after_that_works() -> anyhow::Result<()> {
-    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
-    let dir = tempfile::tempdir()?;
-    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (server, _llm, _dir) = keyed("").await?;
     let (rated, key) = tenant(
         &server,
         json!({"name": "rated", "limits": {"requests_per_second": 0.5, "burst": 3}}),
@@ -632,9 +638,7 @@ async fn a_spent_embedding_budget_refuses_ingestion_and_answers_by_keyword() -> 
 
 #[tokio::test]
 async fn the_request_that_would_cross_a_storage_quota_stores_nothing() -> anyhow::Result<()> {
-    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
-    let dir = tempfile::tempdir()?;
-    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (server, _llm, _dir) = keyed("").await?;
     let limits = json!({"collections": 1, "documents": 3, "bytes": 300});
     let (id, key) = tenant(&server, json!({"name": "tiny", "limits": limits})).await?;
     let post = |path: &'static str, body: Value| {
@@ -1019,9 +1023,7 @@ async fn background_jobs_are_bounded_per_tenant_and_in_all() -> anyhow::Result<(
 /// text with large metadata cut into many overlapping chunks costs what it stores.
 #[tokio::test]
 async fn metadata_copied_into_every_chunk_counts_against_the_byte_quota() -> anyhow::Result<()> {
-    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
-    let dir = tempfile::tempdir()?;
-    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (server, _llm, _dir) = keyed("").await?;
     let tight = json!({"name": "tight", "chunk_words": 8, "chunk_overlap_words": 7});
     let key =
         tenant_with_collection(&server, json!({"name": "meta", "limits": {"bytes": 2000}}), tight).await?;
@@ -1236,9 +1238,7 @@ async fn tenant_names_are_unique_across_replicas() -> anyhow::Result<()> {
 /// and all four were stored.)
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_ingests_cannot_all_fit_in_the_room_one_leaves() -> anyhow::Result<()> {
-    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
-    let dir = tempfile::tempdir()?;
-    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (server, _llm, _dir) = keyed("").await?;
     let limits = json!({"documents": 40});
     let (_, key) = tenant(&server, json!({"name": "racer", "limits": limits})).await?;
     // One collection each: nothing but the tenant's quota is shared between the four.
@@ -1289,9 +1289,7 @@ async fn concurrent_ingests_cannot_all_fit_in_the_room_one_leaves() -> anyhow::R
 /// budget); one that fits runs and is charged what it took.
 #[tokio::test]
 async fn embedding_work_is_bounded_by_the_budget_before_it_runs() -> anyhow::Result<()> {
-    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
-    let dir = tempfile::tempdir()?;
-    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let (server, _llm, _dir) = keyed("").await?;
     let limits = json!({"embedding_tokens_per_day": 3000});
     let (id, key) = tenant(&server, json!({"name": "frugal", "limits": limits})).await?;
     let huge = json!({"input": vec!["word ".repeat(1_638); 64], "model": "all-minilm-l6-v2"});
