@@ -23,6 +23,13 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
     exit 1
   fi
 fi
+# The replicas' partition test puts a replica in a network namespace of its own (`ip netns`):
+# it needs root and iproute2, and says so when it cannot make one.
+if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing iproute2 (Debian package) for the partition test"
+  (apt-get install -y -qq iproute2 >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }) \
+    || { echo "apt-get install iproute2 failed" >&2; exit 1; }
+fi
 # The cross-encoder fixture's ONNX graph, written from its safetensors like the embedder's.
 models="${RAGWAY_MODELS:-$HOME/.cache/ragway/models}"
 "$models/.onnx-venv/bin/python" scripts/onnx/build_bert_onnx.py rerank/tests/fixtures/tiny-bert-classifier classifier
