@@ -217,6 +217,8 @@ pub struct QuotasConfig {
     /// What a tenant gets for each limit its create (or update) request leaves out: a tenant is
     /// never unlimited by omission. A limit set here to nothing stays unlimited.
     pub default_limits: Limits,
+    /// API keys one tenant may hold at once (its record holds them all, and is written whole).
+    pub max_keys_per_tenant: usize,
 }
 
 impl Default for QuotasConfig {
@@ -224,6 +226,7 @@ impl Default for QuotasConfig {
         Self {
             expected_replicas: 1,
             metric_tenants: 50,
+            max_keys_per_tenant: 100,
             default_limits: Limits {
                 requests_per_second: Some(100.0),
                 burst: Some(200),
@@ -689,6 +692,9 @@ impl Config {
                     "server.{key} = {ms} must be between 1 and {MAX_SERVER_TIMEOUT_MS} (a day)"
                 ));
             }
+        }
+        if self.quotas.max_keys_per_tenant == 0 {
+            problems.push("quotas.max_keys_per_tenant must be at least 1".to_string());
         }
         if let Err(problem) = self.quotas.default_limits.check() {
             problems.push(format!("quotas.default_limits: {problem}"));

@@ -103,6 +103,7 @@ error_codes! {
     TenantStoreFailed => "tenant_store_failed",
     TooManyChunks => "too_many_chunks",
     TooManyCollections => "too_many_collections",
+    TooManyKeys => "too_many_keys",
     TopKOutOfRange => "top_k_out_of_range",
     TopNOutOfRange => "top_n_out_of_range",
     Unauthorized => "unauthorized",

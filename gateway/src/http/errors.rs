@@ -71,7 +71,8 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::JobCancelled
         | C::JobFinished
         | C::TenantNameTaken
-        | C::TooManyCollections => StatusCode::CONFLICT,
+        | C::TooManyCollections
+        | C::TooManyKeys => StatusCode::CONFLICT,
         C::BodyTooLarge | C::ByteQuotaExceeded | C::ChunkQuotaExceeded | C::DocumentQuotaExceeded => {
             StatusCode::PAYLOAD_TOO_LARGE
         }

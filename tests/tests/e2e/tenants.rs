@@ -1311,3 +1311,39 @@ async fn embedding_work_is_bounded_by_the_budget_before_it_runs() -> anyhow::Res
     );
     Ok(())
 }
+
+/// Issue 40 item 4: a tenant holds at most `quotas.max_keys_per_tenant` keys (its record, written
+/// whole on every change, stays bounded); revoking one makes room.
+#[tokio::test]
+async fn a_tenant_holds_a_bounded_number_of_keys() -> anyhow::Result<()> {
+    let (server, _llm, _dir) = keyed("[quotas]\nmax_keys_per_tenant = 2").await?;
+    let (id, first) = tenant(&server, json!({"name": "keyring"})).await?;
+    let keys = format!("/admin/tenants/{id}/keys");
+    let second = admin(&server, Method::POST, &keys, None).await?;
+    assert_eq!(second.status, 201, "{:?}", second.body);
+    let third = admin(&server, Method::POST, &keys, None).await?;
+    assert_eq!(
+        (third.status, third.error_code()),
+        (409, Some("too_many_keys")),
+        "{:?}",
+        third.body
+    );
+    let second_id = second.body["key_id"].as_str().unwrap_or_default();
+    let revoked = admin(&server, Method::DELETE, &format!("{keys}/{second_id}"), None).await?;
+    assert_eq!(revoked.status, 204, "{:?}", revoked.body);
+    let again = admin(&server, Method::POST, &keys, None).await?;
+    assert_eq!(again.status, 201, "{:?}", again.body);
+    let unknown = admin(&server, Method::DELETE, &format!("{keys}/k0000000000"), None).await?;
+    assert_eq!(
+        (unknown.status, unknown.error_code()),
+        (404, Some("key_not_found"))
+    );
+    // The first key still works.
+    assert_eq!(
+        call(&server, Method::GET, "/v1/models", &first, None)
+            .await?
+            .status,
+        200
+    );
+    Ok(())
+}

@@ -131,6 +131,7 @@ pub async fn update(
             if request.llm_backends.is_some() {
                 t.llm_backends = request.llm_backends.clone();
             }
+            Ok(())
         })
         .await?;
     Ok(Json(tenant.info()))
@@ -144,7 +145,13 @@ pub async fn update(
     responses((status = 204, description = "No content"), (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 503, description = "Not finished (a store is down): keys are refused already; retry after `Retry-After`", body = ErrorBody)))]
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let tenant = state.tenants.change(&id, |t| t.deleting = true).await?;
+    let tenant = state
+        .tenants
+        .change(&id, |t| {
+            t.deleting = true;
+            Ok(())
+        })
+        .await?;
     finish_deletion(&state, tenant).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -199,7 +206,11 @@ pub async fn create_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<NewKey>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.tenants.add_key(&id).await?)))
+    let max_keys = state.config.quotas.max_keys_per_tenant;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.tenants.add_key(&id, max_keys).await?),
+    ))
 }
 
 /// Revokes a key at once (on every replica sharing Redis within a second).

@@ -357,7 +357,13 @@ impl Tenants {
     /// copy) and stores the result only over the revision it read; when another process changed
     /// the tenant in between, reads and applies again. Each change of keys or limits therefore
     /// keeps every other change, whichever replica made it.
-    pub async fn change(&self, id: &str, change: impl Fn(&mut Tenant)) -> Result<Arc<Tenant>, ApiError> {
+    /// A change that finds the tenant unable to take it (a limit of its own) refuses with its
+    /// error, and nothing is stored.
+    pub async fn change(
+        &self,
+        id: &str,
+        change: impl Fn(&mut Tenant) -> Result<(), ApiError>,
+    ) -> Result<Arc<Tenant>, ApiError> {
         let _change = self.changes.lock().await;
         for _ in 0..CHANGE_TRIES {
             let Some(stored) = self.store.fetch(id).await.map_err(unavailable)? else {
@@ -365,7 +371,7 @@ impl Tenants {
             };
             let read = stored.revision;
             let mut tenant = stored;
-            change(&mut tenant);
+            change(&mut tenant)?;
             tenant.revision = read + 1;
             match self
                 .store
@@ -392,8 +398,9 @@ impl Tenants {
         tenant
     }
 
-    /// A new key for tenant `id`: returned once, stored as a hash.
-    pub async fn add_key(&self, id: &str) -> Result<NewKey, ApiError> {
+    /// A new key for tenant `id`: returned once, stored as a hash; 409 `too_many_keys` when it
+    /// holds `max_keys` already.
+    pub async fn add_key(&self, id: &str, max_keys: usize) -> Result<NewKey, ApiError> {
         let key = format!("rgw_{}{}", random_hex(), random_hex());
         let key_id = format!("k{}", &random_hex()[..10]);
         let stored = StoredKey {
@@ -401,23 +408,35 @@ impl Tenants {
             hash: hash(&key),
             created_at: now(),
         };
-        self.change(id, |t| t.keys.push(stored.clone())).await?;
+        self.change(id, |t| {
+            if t.keys.len() >= max_keys {
+                return Err(ApiError::Conflict {
+                    code: ErrorCode::TooManyKeys,
+                    message: format!(
+                        "tenant `{}` holds {max_keys} keys (quotas.max_keys_per_tenant): revoke one first",
+                        t.name
+                    ),
+                });
+            }
+            t.keys.push(stored.clone());
+            Ok(())
+        })
+        .await?;
         Ok(NewKey { key_id, key })
     }
 
     /// Revokes a key at once (other replicas within [`FOLLOW_EVERY`]).
     pub async fn revoke_key(&self, id: &str, key_id: &str) -> Result<(), ApiError> {
-        let found = std::sync::atomic::AtomicBool::new(false);
         self.change(id, |t| {
             let before = t.keys.len();
             t.keys.retain(|k| k.key_id != key_id);
-            found.store(t.keys.len() < before, std::sync::atomic::Ordering::Relaxed);
+            match t.keys.len() < before {
+                true => Ok(()),
+                false => Err(ApiError::KeyNotFound(key_id.to_string())),
+            }
         })
-        .await?;
-        match found.into_inner() {
-            true => Ok(()),
-            false => Err(ApiError::KeyNotFound(key_id.to_string())),
-        }
+        .await
+        .map(drop)
     }
 
     /// Forgets tenant `id`'s record: the last step of a deletion, once its collections are gone
