@@ -35,6 +35,7 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 impl Namespace {
     pub fn create() -> anyhow::Result<Self> {
+        remove_orphans();
         let id = std::process::id();
         let net = id % 250 + 1;
         let name = format!("ragway{id}");
@@ -74,6 +75,26 @@ impl Namespace {
 
     pub fn heal(&self, host: &str) -> anyhow::Result<()> {
         self.exec(&["ip", "route", "del", "blackhole", &format!("{host}/32")])
+    }
+}
+
+/// Removes the namespaces of test processes that died without dropping theirs (killed past their
+/// bound): their addresses would otherwise stay on the host's side of their link.
+fn remove_orphans() {
+    let mut list = Command::new("ip");
+    list.args(["netns", "list"]);
+    let Ok(output) = crate::bounded::output(&mut list, Duration::from_secs(20)) else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = name.strip_prefix("ragway").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+            let _ = ip(&["link", "del", &format!("rwh{pid}")]);
+        }
     }
 }
 
