@@ -60,6 +60,17 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// What a write that changes its collection by `growth` (documents, chunks, bytes; negative
+    /// where it replaces larger documents) will add: none of it below zero.
+    pub fn of_growth((documents, chunks, bytes): (i64, i64, i64)) -> Self {
+        let adds = |n: i64| u64::try_from(n).unwrap_or(0);
+        Self {
+            documents: adds(documents),
+            chunks: adds(chunks),
+            bytes: adds(bytes),
+        }
+    }
+
     /// The reservation of a job of `total` documents, `done` of them applied, whose other
     /// documents will add `rest`: stated for the whole job, as [`Reservation::remaining`] reads it.
     fn of_rest(rest: Self, done: usize, total: usize) -> Self {
@@ -297,21 +308,14 @@ impl Jobs {
         }
         let lookup = self.collections.lookup(&name, &record.generation).await;
         let (done, total) = (record.status.documents_done, record.status.documents_total);
-        let mut job = Job::new(record.clone(), Reservation::default());
         match lookup {
             Lookup::Open(collection) => match self.store.documents(&id).await {
                 Ok(documents) => {
                     // What its documents still to come will add counts against its tenant's
                     // storage quota again, as it did before the restart.
-                    let (documents_added, chunks, bytes) =
-                        collection.growth(documents.get(done..).unwrap_or_default()).await;
-                    let adds = |n: i64| u64::try_from(n).unwrap_or(0);
-                    let rest = Reservation {
-                        documents: adds(documents_added),
-                        chunks: adds(chunks),
-                        bytes: adds(bytes),
-                    };
-                    job = Job::new(record, Reservation::of_rest(rest, done, total));
+                    let rest = documents.get(done..).unwrap_or_default();
+                    let rest = Reservation::of_growth(collection.growth(rest).await);
+                    let job = Job::new(record, Reservation::of_rest(rest, done, total));
                     tracing::info!(job = id, collection = name, done, "resuming ingestion job");
                     self.lock().insert(id, job.clone());
                     // Accepted before: it counts, but is never refused now.
@@ -320,11 +324,13 @@ impl Jobs {
                 }
                 Err(e) => {
                     let why = format!("the job's documents are unreadable: {e}");
+                    let job = Job::new(record, Reservation::default());
                     self.finish(&job, Err(why), &lease).await
                 }
             },
             Lookup::Gone => {
                 let why = "the collection was deleted or could not be opened";
+                let job = Job::new(record, Reservation::default());
                 self.finish(&job, Err(why.into()), &lease).await;
             }
             // Created by another replica an instant ago: the next sweep finds it here.
@@ -560,7 +566,10 @@ impl Jobs {
                 .apply_batch(collection, batch.clone(), stamp)
                 .await
             {
-                Err(ApiError::Busy { .. }) if background && tries < BUSY_TRIES => {
+                // A busy dependency, not a lost lease: a fenced batch is another process's now.
+                Err(ApiError::Busy { code, .. })
+                    if code != ErrorCode::WriteFenced && background && tries < BUSY_TRIES =>
+                {
                     tries += 1;
                     tokio::time::sleep(BUSY_WAIT).await;
                 }

@@ -123,10 +123,9 @@ impl Lease {
             return Ok(None);
         }
         let life = Arc::new(Life {
-            until_ms: AtomicU64::new(0),
+            until_ms: AtomicU64::new(millis_since_epoch(sent + ttl)),
             lost: AtomicBool::new(false),
         });
-        life.extend(sent, ttl);
         let renewer = tokio::spawn(renew(
             redis.clone(),
             key.clone(),

@@ -401,13 +401,8 @@ impl Caller {
                 retry_after_s: None,
             });
         }
-        let adds = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(Admitted {
-            reservation: Reservation {
-                documents: adds(documents),
-                chunks: adds(chunks),
-                bytes: adds(bytes),
-            },
+            reservation: Reservation::of_growth((documents, chunks, bytes)),
             _turn: Some(turn),
         })
     }

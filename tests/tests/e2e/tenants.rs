@@ -38,6 +38,34 @@ async fn keyed(extra: &str) -> anyhow::Result<(Server, ScriptedOpenAi, tempfile:
     Ok((server, llm, dir))
 }
 
+/// Two keys-mode replicas sharing one real Redis (tenants, keys, quotas), with what must outlive
+/// them.
+struct Replicas {
+    a: Server,
+    b: Server,
+    _llm: ScriptedOpenAi,
+    _dirs: [tempfile::TempDir; 2],
+    _redis: RedisServer,
+}
+
+impl Replicas {
+    async fn start() -> anyhow::Result<Self> {
+        let redis = RedisServer::start()?;
+        let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+        let extra = format!("[cache.redis]\nurl = \"{}\"\n", redis.url());
+        let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+        let a = Server::start(dirs[0].path(), &options(&llm, &extra)).await?;
+        let b = Server::start(dirs[1].path(), &options(&llm, &extra)).await?;
+        Ok(Self {
+            a,
+            b,
+            _llm: llm,
+            _dirs: dirs,
+            _redis: redis,
+        })
+    }
+}
+
 async fn admin(server: &Server, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Reply> {
     server.admin(method, path, ADMIN, body).await
 }
@@ -1071,13 +1099,8 @@ async fn metadata_copied_into_every_chunk_counts_against_the_byte_quota() -> any
 /// over the revision it was made from (two processes, one real Redis).
 #[tokio::test]
 async fn key_changes_on_two_replicas_at_once_lose_nothing() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
-    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
-    let extra = format!("[cache.redis]\nurl = \"{}\"\n", redis.url());
-    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = Server::start(dir_a.path(), &options(&llm, &extra)).await?;
-    let b = Server::start(dir_b.path(), &options(&llm, &extra)).await?;
-    let (id, _) = tenant(&a, json!({"name": "racy"})).await?;
+    let Replicas { a, b, .. } = &Replicas::start().await?;
+    let (id, _) = tenant(a, json!({"name": "racy"})).await?;
     let keys = format!("/admin/tenants/{id}/keys");
     for round in 0..5 {
         let old = a.admin(Method::POST, &keys, ADMIN, None).await?;
@@ -1101,7 +1124,7 @@ async fn key_changes_on_two_replicas_at_once_lose_nothing() -> anyhow::Result<()
         let new_key = created.body["key"].as_str().unwrap_or_default().to_string();
         // Both replicas follow the store within 250 ms; give them a second.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        for (name, server) in [("a", &a), ("b", &b)] {
+        for (name, server) in [("a", a), ("b", b)] {
             let gone = call(server, Method::GET, "/v1/models", &old_key, None).await?;
             assert_eq!(
                 gone.status, 401,
@@ -1166,12 +1189,7 @@ async fn queued_documents_count_against_the_storage_quota() -> anyhow::Result<()
 /// refused too.
 #[tokio::test]
 async fn tenant_names_are_unique_across_replicas() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
-    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
-    let extra = format!("[cache.redis]\nurl = \"{}\"\n", redis.url());
-    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = Server::start(dir_a.path(), &options(&llm, &extra)).await?;
-    let b = Server::start(dir_b.path(), &options(&llm, &extra)).await?;
+    let Replicas { a, b, .. } = &Replicas::start().await?;
     let create = |name: String| json!({ "name": name });
     for round in 0..5 {
         let body = create(format!("acme-{round}"));
@@ -1197,7 +1215,7 @@ async fn tenant_names_are_unique_across_replicas() -> anyhow::Result<()> {
         "{:?}",
         again.body
     );
-    let (id, _) = tenant(&a, json!({"name": "other"})).await?;
+    let (id, _) = tenant(a, json!({"name": "other"})).await?;
     let rename = json!({"name": "acme-1"});
     let renamed = a
         .admin(

@@ -122,9 +122,10 @@ pub struct Quotas {
     shared_ok: AtomicBool,
     /// What Redis last said each tenant spent today, to go on from while it is unreachable.
     last_shared: Mutex<HashMap<String, (String, Spent)>>,
-    streams: Arc<Mutex<HashMap<String, u64>>>,
+    /// Streams open now, per tenant (see [`Quotas::open_stream`]).
+    streams: Holds,
     /// Embedding tokens reserved by work in flight, per tenant (see [`Quotas::reserve_embedding`]).
-    reserved: Arc<Mutex<HashMap<String, u64>>>,
+    reserved: Holds,
     labels: TenantLabels,
 }
 
@@ -153,8 +154,8 @@ impl Quotas {
             expected_replicas,
             shared_ok: AtomicBool::new(true),
             last_shared: Mutex::new(HashMap::new()),
-            streams: Arc::default(),
-            reserved: Arc::default(),
+            streams: Holds::default(),
+            reserved: Holds::default(),
             labels: TenantLabels::new(metric_tenants),
         });
         quotas.local.flush_every(Duration::from_secs(2));
@@ -363,31 +364,24 @@ impl Quotas {
 
     /// A permit for one more stream of `tenant`, held until the stream ends.
     pub fn open_stream(&self, tenant: &Tenant) -> Result<StreamPermit, ApiError> {
-        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(tenant.id.clone()).or_default();
-        if let Some(limit) = tenant.limits.concurrent_streams {
-            if *count >= limit {
-                drop(open);
-                self.rejected(tenant, "concurrent_streams");
-                return Err(ApiError::OverQuota {
-                    code: ErrorCode::StreamQuotaExceeded,
-                    message: format!(
-                        "tenant `{}` already has {limit} answers streaming (limits.concurrent_streams)",
-                        tenant.name
-                    ),
-                    retry_after_s: Some(1),
-                });
+        let limit = tenant.limits.concurrent_streams;
+        let open = self.streams.take(&tenant.id, 1, |open| match limit {
+            Some(limit) if open >= limit => Err(limit),
+            _ => Ok(()),
+        });
+        open.map_err(|limit| {
+            self.rejected(tenant, "concurrent_streams");
+            ApiError::OverQuota {
+                code: ErrorCode::StreamQuotaExceeded,
+                message: format!(
+                    "tenant `{}` already has {limit} answers streaming (limits.concurrent_streams)",
+                    tenant.name
+                ),
+                retry_after_s: Some(1),
             }
-        }
-        *count += 1;
-        Ok(StreamPermit {
-            streams: self.streams.clone(),
-            tenant: tenant.id.clone(),
         })
     }
-}
 
-impl Quotas {
     /// Reserves up to `most` embedding tokens of `tenant`'s daily budget for work about to run,
     /// against what it `spent` and what its other work in flight reserved: 429 before any work
     /// when they cannot fit. The work is charged what it really took when it ends; the
@@ -402,45 +396,70 @@ impl Quotas {
         let Some(limit) = tenant.limits.embedding_tokens_per_day else {
             return Ok(None);
         };
-        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        let held = reserved.entry(tenant.id.clone()).or_default();
-        if let Err(after) = policy::admit_tokens(limit, spent, *held, most) {
-            drop(reserved);
+        let reserved = self.reserved.take(&tenant.id, most, |held| {
+            policy::admit_tokens(limit, spent, held, most)
+        });
+        reserved.map(Some).map_err(|after| {
             let quota = "embedding_tokens_per_day";
             self.rejected(tenant, quota);
-            return Err(ApiError::OverQuota {
+            ApiError::OverQuota {
                 code: ErrorCode::EmbeddingTokenQuotaExceeded,
                 message: format!(
                     "this request may take up to {most} embedding tokens; with what tenant `{}` spent today and has in flight that could reach {after}, over its {quota} of {limit}; send less, or wait for the day (UTC) to turn",
                     tenant.name
                 ),
                 retry_after_s: Some(until_tomorrow()),
-            });
-        }
-        *held = held.saturating_add(most);
-        Ok(Some(TokenReservation {
-            reserved: self.reserved.clone(),
-            tenant: tenant.id.clone(),
-            amount: most,
-        }))
+            }
+        })
     }
 }
 
-/// Tokens held for work in flight, given back when dropped.
-pub struct TokenReservation {
-    reserved: Arc<Mutex<HashMap<String, u64>>>,
+/// Amounts per tenant held by work in flight: streams open, tokens reserved.
+#[derive(Default)]
+struct Holds(Arc<Mutex<HashMap<String, u64>>>);
+
+impl Holds {
+    /// Adds `amount` to `tenant`'s hold when `admit` allows it, given what the tenant holds now
+    /// (checked and added under one lock); the [`Held`] gives it back when dropped.
+    fn take<E>(
+        &self,
+        tenant: &str,
+        amount: u64,
+        admit: impl FnOnce(u64) -> Result<(), E>,
+    ) -> Result<Held, E> {
+        let mut holds = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let held = holds.entry(tenant.to_string()).or_default();
+        admit(*held)?;
+        *held = held.saturating_add(amount);
+        Ok(Held {
+            holds: self.0.clone(),
+            tenant: tenant.to_string(),
+            amount,
+        })
+    }
+}
+
+/// Part of a tenant's hold, given back when dropped.
+pub struct Held {
+    holds: Arc<Mutex<HashMap<String, u64>>>,
     tenant: String,
     amount: u64,
 }
 
-impl Drop for TokenReservation {
+impl Drop for Held {
     fn drop(&mut self) {
-        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = reserved.get_mut(&self.tenant) {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = holds.get_mut(&self.tenant) {
             *held = held.saturating_sub(self.amount);
         }
     }
 }
+
+/// One open stream of a tenant; dropping it frees the place.
+pub type StreamPermit = Held;
+
+/// Embedding tokens held for a call in flight, given back when dropped.
+pub type TokenReservation = Held;
 
 /// The `days` most recent UTC days, today first.
 fn recent_days(days: usize) -> Vec<String> {
@@ -449,21 +468,6 @@ fn recent_days(days: usize) -> Vec<String> {
         .filter_map(|back| today.checked_sub_days(chrono::Days::new(back)))
         .map(|d| d.format("%Y-%m-%d").to_string())
         .collect()
-}
-
-/// One open stream of a tenant; dropping it frees the place.
-pub struct StreamPermit {
-    streams: Arc<Mutex<HashMap<String, u64>>>,
-    tenant: String,
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.tenant) {
-            *count = count.saturating_sub(1);
-        }
-    }
 }
 
 /// Whether a budget of `limit` is spent, and what that means for `tenant`: `Ok(false)` within
