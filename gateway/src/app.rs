@@ -515,6 +515,8 @@ async fn load_tenants(
         redis,
         q.expected_replicas,
         q.metric_tenants,
+        // No answer outlives its deadline; a minute more covers the charges that settle it.
+        Duration::from_millis(config.resilience.max_deadline_ms) + Duration::from_secs(60),
     )?;
     if config.auth.mode == AuthMode::Open {
         tracing::warn!("auth.mode = \"open\": every /v1 route is open to anyone who reaches this port, without tenants or quotas; use \"keys\" beyond a laptop");

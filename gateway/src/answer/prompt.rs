@@ -131,6 +131,15 @@ pub fn check_fits(request: &GenerationRequest, generator: &dyn Generator) -> Res
     }
 }
 
+/// The most tokens a generation of `request` can take of a budget: its prompt's ceiling (never
+/// more than the `window` leaves it, when every backend that may write it has one) and
+/// `max_tokens`; no tokenizer is asked.
+pub fn ceiling(request: &GenerationRequest, window: Option<usize>) -> u64 {
+    let prompt = at_most_tokens(&request.messages);
+    let prompt = window.map_or(prompt, |w| prompt.min(w.saturating_sub(request.max_tokens)));
+    (prompt + request.max_tokens) as u64
+}
+
 /// More tokens than `messages` can take in any byte-level tokenizer: each token covers at least
 /// one byte, and the chat template adds a few tokens a message. Counting with the tokenizer
 /// costs more than an L1 hit; a prompt under this bound needs no counting.
@@ -204,6 +213,24 @@ mod tests {
     use async_trait::async_trait;
     use ragway_llm::{LlmError, TokenStream};
     use ragway_retrieval::Chunk;
+
+    #[test]
+    fn a_generations_ceiling_is_its_prompt_in_bytes_within_the_window_and_its_limit() {
+        let request = GenerationRequest {
+            messages: vec![ChatMessage::new(ragway_llm::Role::User, "hi")],
+            max_tokens: 200,
+            temperature: 0.0,
+        };
+        // 2 bytes, 8 template tokens for the message and 8 for the conversation.
+        assert_eq!(ceiling(&request, None), 18 + 200);
+        assert_eq!(ceiling(&request, Some(4_096)), 218);
+        let long = GenerationRequest {
+            messages: vec![ChatMessage::new(ragway_llm::Role::User, "x".repeat(10_000))],
+            ..request
+        };
+        assert_eq!(ceiling(&long, None), 10_016 + 200);
+        assert_eq!(ceiling(&long, Some(2_048)), 2_048, "never more than the window");
+    }
 
     /// Counts one token per word, in a window of `window` tokens.
     struct Words {

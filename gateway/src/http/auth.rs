@@ -20,7 +20,7 @@ use crate::config::AuthMode;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::AppState;
 use crate::tenancy::quota::policy::{admit_storage, Amounts, StorageQuota};
-use crate::tenancy::quota::{budget_spent, over_budget, Spent, StreamPermit, TokenReservation};
+use crate::tenancy::quota::{budget_spent, over_budget, Spent, StreamPermit};
 use crate::tenancy::tenants::Tenant;
 use crate::tenancy::{Allowance, Choice, Meter};
 
@@ -269,33 +269,6 @@ impl Caller {
             quota,
             limit,
         ))
-    }
-
-    /// Holds up to `most` embedding tokens of the tenant's budget for work about to run (429
-    /// before any work when they cannot fit with what it spent and has in flight); hold the
-    /// reservation until the work is charged.
-    pub fn reserve_embedding(
-        &self,
-        state: &AppState,
-        most: u64,
-    ) -> Result<Option<TokenReservation>, ApiError> {
-        match &self.tenant {
-            Some(tenant) => state
-                .quotas
-                .reserve_embedding(tenant, self.spent.embedding_tokens, most),
-            None => Ok(None),
-        }
-    }
-
-    /// The 429 for a plain chat once the LLM budget is spent (nothing cheaper to give).
-    pub fn llm_budget_spent(&self, state: &AppState) -> ApiError {
-        let Some(tenant) = &self.tenant else {
-            return ApiError::Internal("a budget was spent without a tenant".into());
-        };
-        let quota = "llm_tokens_per_day";
-        state.quotas.rejected(tenant, quota);
-        let limit = tenant.limits.llm_tokens_per_day.unwrap_or(0);
-        budget_spent(tenant, ErrorCode::LlmTokenQuotaExceeded, quota, limit)
     }
 
     /// The caller of an operator's request about `tenant` (its usage, its deletion).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ragway_openapi::TokenUsage;
 
-use super::quota::{Counter, Quotas};
+use super::quota::{Budget, Counter, OverBudget, Quotas, TokenReservation};
 use super::tenants::Tenant;
 
 /// The quotas and which LLM backends are unmetered (`llm[].unmetered`): made once at start-up.
@@ -28,6 +28,7 @@ impl Metering {
         Meter {
             metering: self.clone(),
             tenant,
+            settles: None,
         }
     }
 }
@@ -37,6 +38,8 @@ impl Metering {
 pub struct Meter {
     metering: Metering,
     tenant: Option<Arc<Tenant>>,
+    /// The reservation the charges settle: given back once the last of them is counted.
+    settles: Option<Arc<TokenReservation>>,
 }
 
 impl Meter {
@@ -44,12 +47,36 @@ impl Meter {
         self.tenant.as_ref()
     }
 
+    /// Reserves `amount` tokens of the tenant's `budget` for the work this meter charges (see
+    /// [`Quotas::reserve`]); the meter it returns holds the reservation until the work's charges
+    /// are counted and it and its clones are gone.
+    pub async fn reserve(&self, budget: Budget, amount: u64) -> Result<Meter, OverBudget> {
+        let Some(tenant) = &self.tenant else {
+            return Ok(self.clone());
+        };
+        let reserved = self.metering.quotas.reserve(tenant, budget, amount).await?;
+        Ok(self.holding(reserved))
+    }
+
+    /// This meter, settling `reservation` with its charges.
+    pub fn holding(&self, reservation: Option<TokenReservation>) -> Meter {
+        Meter {
+            settles: reservation.map(Arc::new).or_else(|| self.settles.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether `backend`'s tokens count against the tenant's LLM budget (`llm[].unmetered`).
+    pub fn metered(&self, backend: &str) -> bool {
+        !self.metering.unmetered.contains(backend)
+    }
+
     /// Charges `n` to one of the tenant's day counters.
     pub fn charge(&self, counter: Counter, n: u64) {
         if let (Some(tenant), true) = (&self.tenant, n > 0) {
             self.metering
                 .quotas
-                .charge_later(tenant.clone(), vec![(counter, n)]);
+                .charge_later(tenant.clone(), vec![(counter, n)], self.settles.clone());
         }
     }
 

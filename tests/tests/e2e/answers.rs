@@ -271,7 +271,8 @@ async fn an_answer_served_over_budget_says_whether_it_is_stale() -> anyhow::Resu
         .with_admin(ADMIN)
         .with_config("[cache.l1]\nttl_s = 2");
     let (_remote, server, _dir) = with_remote(script, options).await?;
-    let limits = json!({"name": "thrifty", "limits": {"llm_tokens_per_day": 1}, "over_quota": "degrade"});
+    let limits =
+        json!({"name": "thrifty", "limits": {"llm_tokens_per_day": 100_000}, "over_quota": "degrade"});
     let (id, key) = server.tenant(ADMIN, &limits).await?;
     server.seeded(Some(&key), "facts", &corpus()).await?;
     let question = json!({"query": "What pressure brews an espresso?"});
@@ -282,8 +283,12 @@ async fn an_answer_served_over_budget_says_whether_it_is_stale() -> anyhow::Resu
     assert_eq!(first.body["mode"], "normal", "{:?}", first.body);
     assert!(
         usage(&server, &id, "tokens_out", 1).await? >= 1,
-        "the budget is spent"
+        "the answer was charged"
     );
+    let spent = json!({"limits": {"llm_tokens_per_day": 1}});
+    let tenant = format!("/admin/tenants/{id}");
+    let lowered = server.admin(Method::PATCH, &tenant, ADMIN, Some(&spent)).await?;
+    assert_eq!(lowered.status, 200, "the budget is spent: {:?}", lowered.body);
 
     let fresh = server
         .call(Method::POST, path, Some(&key), Some(&question))

@@ -50,8 +50,13 @@ struct Replicas {
 
 impl Replicas {
     async fn start() -> anyhow::Result<Self> {
+        Self::answering(Script::Answer("ok".into())).await
+    }
+
+    /// Two replicas whose LLM answers as `script` says.
+    async fn answering(script: Script) -> anyhow::Result<Self> {
         let redis = RedisServer::start()?;
-        let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+        let llm = ScriptedOpenAi::start(script).await?;
         let extra = format!("[cache.redis]\nurl = \"{}\"\n", redis.url());
         let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
         let a = Server::start(dirs[0].path(), &options(&llm, &extra)).await?;
@@ -64,6 +69,20 @@ impl Replicas {
             _redis: redis,
         })
     }
+}
+
+/// Waits (2 s at most) until `server` knows `key`, made on another replica. Takes one request of
+/// the tenant's rate.
+async fn known_to(server: &Server, key: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while call(server, Method::GET, "/v1/models", key, None).await?.status == 401 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(2),
+            "the key made on one replica never reached the other"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 async fn admin(server: &Server, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Reply> {
@@ -475,6 +494,20 @@ async fn spent(server: &Server, id: &str, field: &str, at_least: u64) -> anyhow:
     }
 }
 
+/// Lowers the LLM budget of tenant `id` to `limit` (under what it spent: the budget is spent).
+async fn lower_llm_budget(server: &Server, id: &str, limit: u64) -> anyhow::Result<()> {
+    let lowered = json!({"limits": {"llm_tokens_per_day": limit}});
+    let patched = admin(
+        server,
+        Method::PATCH,
+        &format!("/admin/tenants/{id}"),
+        Some(&lowered),
+    )
+    .await?;
+    anyhow::ensure!(patched.status == 200, "lowering the budget: {:?}", patched.body);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_spent_token_budget_degrades_or_rejects() -> anyhow::Result<()> {
     let llm = ScriptedOpenAi::start(Script::Answer("Espresso uses nine bars [1].".into())).await?;
@@ -482,7 +515,7 @@ async fn a_spent_token_budget_degrades_or_rejects() -> anyhow::Result<()> {
     let server = Server::start(dir.path(), &options(&llm, "")).await?;
     let (id, key) = tenant(
         &server,
-        json!({"name": "thrifty", "limits": {"llm_tokens_per_day": 10}}),
+        json!({"name": "thrifty", "limits": {"llm_tokens_per_day": 100_000}}),
     )
     .await?;
     notes(&server, &key, json!([])).await?;
@@ -493,6 +526,7 @@ async fn a_spent_token_budget_degrades_or_rejects() -> anyhow::Result<()> {
         "within budget: {:?}",
         first.body
     );
+    lower_llm_budget(&server, &id, 10).await?;
     assert_eq!(
         spent(&server, &id, "tokens_in", 11).await?,
         11,
@@ -765,14 +799,7 @@ async fn two_gateways_share_one_limit_through_redis_and_fall_back_to_their_share
         json!({"name": "shared", "limits": {"requests_per_second": 0.2, "burst": 6}}),
     )
     .await?;
-    let started = Instant::now();
-    while call(&b, Method::GET, "/v1/models", &key, None).await?.status == 401 {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(2),
-            "the key made on one replica never reached the other"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    known_to(&b, &key).await?;
     let started = Instant::now();
     let together = fire(&[&a, &b], &key, 30).await? + 1; // the probe above took one
     let earned = (started.elapsed().as_secs_f64() * 0.2).ceil() as usize;
@@ -880,7 +907,7 @@ async fn a_spent_budget_falls_back_to_a_cheaper_backend_the_tenant_may_use() -> 
     let server = Server::start(dir.path(), &options(&dear, &extra)).await?;
     let (id, key) = tenant(
         &server,
-        json!({"name": "frugal", "limits": {"llm_tokens_per_day": 10}}),
+        json!({"name": "frugal", "limits": {"llm_tokens_per_day": 100_000}}),
     )
     .await?;
     notes(&server, &key, json!([])).await?;
@@ -892,6 +919,7 @@ async fn a_spent_budget_falls_back_to_a_cheaper_backend_the_tenant_may_use() -> 
         ),
         ("normal", Some("scripted"))
     );
+    lower_llm_budget(&server, &id, 10).await?;
     assert_eq!(spent(&server, &id, "tokens_in", 11).await?, 11);
     let second = ask(&server, &key, "How do bees tell each other where flowers are?").await?;
     assert_eq!(
@@ -1327,6 +1355,147 @@ async fn embedding_work_is_bounded_by_the_budget_before_it_runs() -> anyhow::Res
         (1..=20).contains(&charged),
         "only the small call was charged: {charged}"
     );
+    Ok(())
+}
+
+/// A plain chat asking for up to `max_tokens`: its reservation is that and its prompt's ceiling
+/// ("hi": 2 bytes and the template's 16 tokens), 218 tokens for 200.
+fn small_chat(max_tokens: u64) -> Value {
+    json!({"model": "scripted", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// Two slow chats of 218 tokens' reservation each, on `servers` (one each, or both on one);
+/// `meanwhile` runs once their reservations are taken (the backend answers later than that):
+/// the chats' statuses, and what `meanwhile` returned.
+async fn beside_two_chats<T>(
+    servers: [&Server; 2],
+    key: &str,
+    meanwhile: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<([u16; 2], T)> {
+    let body = small_chat(200);
+    let path = "/v1/chat/completions";
+    let later = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        meanwhile.await
+    };
+    let (first, second, later) = tokio::join!(
+        servers[0].call(Method::POST, path, Some(key), Some(&body)),
+        servers[1].call(Method::POST, path, Some(key), Some(&body)),
+        later
+    );
+    Ok(([first?.status, second?.status], later?))
+}
+
+/// Issue 40 item 2: chats at once cannot spend past the LLM budget together (three under 500
+/// spent 1,174). Each reserves its prompt's ceiling and `max_tokens` before a backend is asked;
+/// one that cannot fit beside those in flight is refused before any work (a plain chat: 429), a
+/// question over a collection is answered by quoting its passages (`quota`), and the
+/// reservations are given back when their answers end.
+#[tokio::test]
+async fn chats_at_once_cannot_spend_past_the_budget_together() -> anyhow::Result<()> {
+    let slow = Script::Slow {
+        text: "ok".into(),
+        delay_ms: 1_500,
+    };
+    let llm = ScriptedOpenAi::start(slow).await?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, "")).await?;
+    let limits = json!({"llm_tokens_per_day": 500});
+    let (id, key) = tenant(&server, json!({"name": "chatty", "limits": limits})).await?;
+    notes(&server, &key, json!([])).await?;
+    let meanwhile = async {
+        let third = call(
+            &server,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(small_chat(200)),
+        )
+        .await?;
+        let question = ask(&server, &key, "How do bees tell each other where flowers are?").await?;
+        Ok((third, question))
+    };
+    let (chats, (third, question)) = beside_two_chats([&server, &server], &key, meanwhile).await?;
+    assert_eq!(
+        (third.status, third.error_code()),
+        (429, Some("llm_token_quota_exceeded")),
+        "two chats hold 436 of 500 tokens: {:?}",
+        third.body
+    );
+    assert_eq!(
+        mode_and_reasons(&question),
+        ("extractive".into(), vec!["llm:quota".into()]),
+        "{:?}",
+        question.body
+    );
+    assert_eq!(chats, [200, 200]);
+    let calls = llm.calls();
+    assert_eq!(calls, 2, "no backend was asked for the refused ones");
+    let charged = spent(&server, &id, "tokens_out", 1).await? + spent(&server, &id, "tokens_in", 1).await?;
+    assert!((1..=500).contains(&charged), "spent {charged} of 500");
+    let again = call(
+        &server,
+        Method::POST,
+        "/v1/chat/completions",
+        &key,
+        Some(small_chat(200)),
+    )
+    .await?;
+    assert_eq!(
+        again.status, 200,
+        "the reservations were given back: {:?}",
+        again.body
+    );
+    Ok(())
+}
+
+/// Issue 40 item 2, across replicas: reservations are held in Redis, so two replicas together
+/// admit no more than one would.
+#[tokio::test]
+async fn replicas_share_the_reservations_of_a_budget() -> anyhow::Result<()> {
+    let slow = Script::Slow {
+        text: "ok".into(),
+        delay_ms: 1_500,
+    };
+    let replicas = Replicas::answering(slow).await?;
+    let limits = json!({"llm_tokens_per_day": 500});
+    let (_, key) = tenant(&replicas.a, json!({"name": "spread", "limits": limits})).await?;
+    known_to(&replicas.b, &key).await?;
+    let meanwhile = async {
+        let mut more = Vec::new();
+        for server in [&replicas.a, &replicas.b] {
+            more.push(
+                call(
+                    server,
+                    Method::POST,
+                    "/v1/chat/completions",
+                    &key,
+                    Some(small_chat(200)),
+                )
+                .await?,
+            );
+        }
+        Ok(more)
+    };
+    let (chats, more) = beside_two_chats([&replicas.a, &replicas.b], &key, meanwhile).await?;
+    for refused in more {
+        assert_eq!(
+            (refused.status, refused.error_code()),
+            (429, Some("llm_token_quota_exceeded")),
+            "one chat on each replica holds 436 of 500 tokens: {:?}",
+            refused.body
+        );
+    }
+    assert_eq!(chats, [200, 200]);
+    let again = call(
+        &replicas.b,
+        Method::POST,
+        "/v1/chat/completions",
+        &key,
+        Some(small_chat(200)),
+    )
+    .await?;
+    assert_eq!(again.status, 200, "given back in Redis: {:?}", again.body);
     Ok(())
 }
 

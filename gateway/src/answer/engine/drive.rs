@@ -15,6 +15,7 @@ use ragway_llm::{ChatMessage, Generator, Role, StreamEvent};
 use ragway_openapi::{Degradation, DegradationReason, TokenUsage};
 use tokio::sync::mpsc;
 
+use super::budget::{self, Spend};
 use super::{done, primary, AnswerEvent, Engine, Job, Refusal};
 use crate::answer::pool::{count_tokens, OpenedStream, Unanswered};
 use crate::answer::report::Authorship;
@@ -29,6 +30,17 @@ pub(super) async fn drive(
     _permit: Option<StreamPermit>,
 ) {
     let started = Instant::now();
+    let pool = &engine.pipeline.llm;
+    let quotable = !job.fallback_text.is_empty();
+    match budget::reserve(pool, &job.meter, &job.route, &job.choice, &job.request, quotable).await {
+        Ok(Spend::Held(meter)) => job.meter = meter,
+        Ok(Spend::Cheaper(cheaper)) => job.narrow(cheaper),
+        Err(over) => {
+            let refusal = Refusal::OverBudget(over);
+            let _ = events.send(AnswerEvent::Refused { refusal }).await;
+            return;
+        }
+    }
     let mut opened = match open(&engine, &mut job, &[], None).await {
         Ok(stream) => Some(stream),
         Err(unanswered) => match refusal(&job, unanswered) {

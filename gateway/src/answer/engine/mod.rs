@@ -7,6 +7,7 @@
 //! to the model's window, fallback mid-stream, charging what was really produced and the mode
 //! are all decided here, once.
 
+mod budget;
 mod drive;
 mod l1;
 mod relay;
@@ -33,7 +34,7 @@ use super::report::{Authorship, Report};
 use super::{Query, RequestContext};
 use crate::catalog::collections::Collection;
 use crate::error::{ApiError, ErrorCode, Rejection};
-use crate::tenancy::quota::{budget_spent, StreamPermit};
+use crate::tenancy::quota::{budget_spent, OverBudget, StreamPermit};
 use crate::tenancy::{Allowance, Choice, Meter};
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +86,9 @@ pub enum Refusal {
     Rejected(Rejection),
     /// Every backend tried refused the operator's credentials (401/403 upstream).
     Misconfigured { backends: Vec<String> },
+    /// What it may take does not fit the rest of the tenant's budget, and `over_quota` leaves
+    /// nothing cheaper.
+    OverBudget(OverBudget),
 }
 
 impl Refusal {
@@ -125,6 +129,7 @@ impl From<Refusal> for ApiError {
                     backends.join(", ")
                 ),
             ),
+            Refusal::OverBudget(over) => over.refusal(),
         }
     }
 }
@@ -510,6 +515,16 @@ struct Job {
     cheaper_only: bool,
     /// Where a `normal` answer is kept (L1); `None` for a plain chat.
     remember: Option<l1::Remember>,
+}
+
+impl Job {
+    /// Only `cheaper` (unmetered) backends may write it, or none: the tenant's budget cannot
+    /// hold what it may take.
+    fn narrow(&mut self, cheaper: Vec<String>) {
+        self.cheaper_only = !cheaper.is_empty();
+        self.choice = Choice::Only(cheaper);
+        self.report.degrade("llm", DegradationReason::Quota);
+    }
 }
 
 fn prompt_without_passages(

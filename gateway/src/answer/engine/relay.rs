@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use ragway_llm::{ChatMessage, ChunkStream, Role};
-use ragway_openapi::{Degradation, TokenUsage};
+use ragway_llm::{ChatMessage, ChunkStream, GenerationRequest, Role};
+use ragway_openapi::{Degradation, DegradationReason, TokenUsage};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::budget::{self, Spend};
 use super::drive::Part;
 use super::{check_chat_budget, done, unanswered, Answer, AnswerEvent, Ask, Engine, Source};
 use crate::answer::pool::{count_tokens, Backend};
@@ -21,6 +22,7 @@ use crate::answer::report::{Authorship, Report};
 use crate::error::{ApiError, ErrorCode};
 use crate::resilience::guard::StageError;
 use crate::tenancy::quota::StreamPermit;
+use crate::tenancy::Choice;
 
 /// What a relayed request may ask of a backend: no more than any other chat may.
 #[derive(Debug, Clone, Copy)]
@@ -53,8 +55,22 @@ impl Engine {
             .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
         check_chat_budget(&ctx.allowance, &meter, &route)?;
         let body = capped(body, self.caps)?;
-        let choice = ctx.allowance.llm.clone();
+        let mut choice = ctx.allowance.llm.clone();
         let mut report = Report::bare_llm();
+        let most = GenerationRequest {
+            messages: prompt_of(&body),
+            max_tokens: completion_ceiling(&body, self.caps),
+            temperature: 0.0,
+        };
+        let meter = match budget::reserve(pool, &meter, &route, &choice, &most, false).await {
+            Ok(Spend::Held(meter)) => meter,
+            Ok(Spend::Cheaper(cheaper)) => {
+                choice = Choice::Only(cheaper);
+                report.degrade("llm", DegradationReason::Quota);
+                meter
+            }
+            Err(over) => return Err(over.refusal()),
+        };
         let started = Instant::now();
         if body["stream"] == true {
             let (backend, chunks) = pool
@@ -204,6 +220,17 @@ fn prompt_of(body: &Value) -> Vec<ChatMessage> {
         .collect()
 }
 
+/// The most tokens a relayed body lets the backend write: its limit for each of its `n` choices
+/// (as [`capped`] left it).
+fn completion_ceiling(body: &Value, caps: ChatCaps) -> usize {
+    let limit = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|field| body[*field].as_u64())
+        .map_or(caps.max_tokens, |n| n as usize);
+    let choices = body["n"].as_u64().unwrap_or(1).max(1) as usize;
+    limit.saturating_mul(choices)
+}
+
 /// The body as it may be relayed: at most `max_choices` choices (`n`), and `max_tokens` set to
 /// the configured default when the client set no limit (the limit it set was checked against
 /// `generation.max_tokens_cap` with the rest of the request).
@@ -259,6 +286,19 @@ mod tests {
             let refused = capped(json!({ "n": n }), CAPS).err().map(|e| e.code());
             assert_eq!(refused, Some(ErrorCode::NOutOfRange), "n = {n}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_relayed_body_may_write_its_limit_for_each_choice() -> Result<(), ApiError> {
+        let default = capped(json!({"model": "m"}), CAPS)?;
+        assert_eq!(completion_ceiling(&default, CAPS), 40);
+        let own = json!({"max_completion_tokens": 7, "max_tokens": 99, "n": 3});
+        assert_eq!(
+            completion_ceiling(&own, CAPS),
+            21,
+            "the newer field wins, for each of n"
+        );
         Ok(())
     }
 

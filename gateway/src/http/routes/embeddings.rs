@@ -11,6 +11,7 @@ use crate::http::errors::ApiJson;
 use crate::http::routes::answers::deadline;
 use crate::http::AppState;
 use crate::resilience::guard::ModelStage;
+use crate::tenancy::quota::Budget;
 use crate::validate;
 
 /// Requests of at most this many inputs wait in the embedder's interactive lane; larger ones are
@@ -48,7 +49,11 @@ pub async fn embeddings(
     validate::embedding_inputs(&texts, &state.config.limits)?;
     // A WordPiece token covers at least a byte of its input, and each input adds two markers.
     let most = texts.iter().map(|t| t.len() as u64 + 2).sum();
-    let _reserved = caller.reserve_embedding(&state, most)?;
+    let meter = caller
+        .meter(&state)
+        .reserve(Budget::Embedding, most)
+        .await
+        .map_err(|over| over.refusal())?;
     let priority = if texts.len() <= INTERACTIVE_INPUTS {
         Priority::Interactive
     } else {
@@ -62,7 +67,7 @@ pub async fn embeddings(
         .scope(embed)
         .await
         .map_err(|e| ApiError::from_stage(ModelStage::Embedder, e))?;
-    caller.meter(&state).embedding(embeddings.tokens as u64);
+    meter.embedding(embeddings.tokens as u64);
     Ok(Json(EmbeddingsResponse {
         object: "list".into(),
         data: embeddings

@@ -10,6 +10,7 @@ use crate::http::errors::ApiJson;
 use crate::http::routes::answers::deadline;
 use crate::http::AppState;
 use crate::resilience::guard::ModelStage;
+use crate::tenancy::quota::Budget;
 use crate::validate;
 
 #[utoipa::path(post, path = "/v1/rerank", tag = "openai", request_body = RerankRequest,
@@ -49,14 +50,18 @@ pub async fn rerank(
         .iter()
         .map(|d| (request.query.len() + d.len()) as u64 + 3)
         .sum();
-    let _reserved = caller.reserve_embedding(&state, most)?;
+    let meter = caller
+        .meter(&state)
+        .reserve(Budget::Embedding, most)
+        .await
+        .map_err(|over| over.refusal())?;
     let deadline = deadline(&state, None)?;
     let score = reranker.score(request.query, request.documents.clone());
     let scored = deadline
         .scope(score)
         .await
         .map_err(|e| ApiError::from_stage(ModelStage::Reranker, e))?;
-    caller.meter(&state).embedding(scored.tokens as u64);
+    meter.embedding(scored.tokens as u64);
     let mut results: Vec<RerankResult> = scored
         .scores
         .iter()

@@ -6,6 +6,7 @@
 //! `limit / quotas.expected_replicas` on its own ([`local`]) and says so in `/readyz`; a request
 //! never fails for it, and is never unlimited.
 
+mod hold;
 mod local;
 pub mod policy;
 mod shared;
@@ -22,6 +23,8 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::tenancy::tenants::{OverQuota, Tenant};
+use hold::Holds;
+pub use hold::{Held, StreamPermit, TokenReservation};
 use local::LocalCounters;
 use shared::SharedCounters;
 
@@ -79,6 +82,91 @@ impl Counter {
     }
 }
 
+/// A day's token budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// `llm_tokens_per_day`: prompt and completion tokens of metered backends.
+    Llm,
+    /// `embedding_tokens_per_day`.
+    Embedding,
+}
+
+impl Budget {
+    pub fn quota(self) -> &'static str {
+        match self {
+            Self::Llm => "llm_tokens_per_day",
+            Self::Embedding => "embedding_tokens_per_day",
+        }
+    }
+
+    pub fn code(self) -> ErrorCode {
+        match self {
+            Self::Llm => ErrorCode::LlmTokenQuotaExceeded,
+            Self::Embedding => ErrorCode::EmbeddingTokenQuotaExceeded,
+        }
+    }
+
+    fn limit(self, tenant: &Tenant) -> Option<u64> {
+        match self {
+            Self::Llm => tenant.limits.llm_tokens_per_day,
+            Self::Embedding => tenant.limits.embedding_tokens_per_day,
+        }
+    }
+
+    fn of(self, spent: Spent) -> u64 {
+        match self {
+            Self::Llm => spent.llm_tokens,
+            Self::Embedding => spent.embedding_tokens,
+        }
+    }
+
+    /// The day counters it sums.
+    fn counters(self) -> &'static [Counter] {
+        match self {
+            Self::Llm => &[Counter::TokensIn, Counter::TokensOut],
+            Self::Embedding => &[Counter::EmbeddingTokens],
+        }
+    }
+}
+
+/// A reservation asked of a budget: `amount` tokens against `limit`, with `unseen` tokens spent
+/// that the shared counters do not hold yet.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    limit: u64,
+    amount: u64,
+    unseen: u64,
+}
+
+/// Work that cannot fit the rest of a day's budget: the tenant could end up at `after`, over
+/// `limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OverBudget {
+    /// The tenant's name.
+    pub tenant: String,
+    pub budget: Budget,
+    pub limit: u64,
+    pub after: u128,
+    /// What the work asked for.
+    pub amount: u64,
+}
+
+impl OverBudget {
+    /// The 429, worth retrying when the day turns.
+    pub fn refusal(&self) -> ApiError {
+        let quota = self.budget.quota();
+        ApiError::OverQuota {
+            code: self.budget.code(),
+            message: format!(
+                "this request may take up to {} tokens; with what tenant `{}` spent today and has in flight that could reach {}, over its {quota} of {}; ask for less, or wait for the day (UTC) to turn",
+                self.amount, self.tenant, self.after, self.limit
+            ),
+            retry_after_s: Some(until_tomorrow()),
+        }
+    }
+}
+
 /// A tenant's token use today, as seen when its request was admitted.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Spent {
@@ -124,8 +212,11 @@ pub struct Quotas {
     last_shared: Mutex<HashMap<String, (String, Spent)>>,
     /// Streams open now, per tenant (see [`Quotas::open_stream`]).
     streams: Holds,
-    /// Embedding tokens reserved by work in flight, per tenant (see [`Quotas::reserve_embedding`]).
+    /// Tokens reserved by work in flight here while Redis is not used, per tenant and budget
+    /// (see [`Quotas::reserve`]).
     reserved: Holds,
+    /// How long a reservation in Redis outlives a replica that never gives it back.
+    lapse: Duration,
     labels: TenantLabels,
 }
 
@@ -147,6 +238,7 @@ impl Quotas {
         redis: Option<RedisTier>,
         expected_replicas: u32,
         metric_tenants: usize,
+        lapse: Duration,
     ) -> anyhow::Result<Arc<Self>> {
         let quotas = Arc::new(Self {
             shared: redis.map(SharedCounters::new),
@@ -156,6 +248,7 @@ impl Quotas {
             last_shared: Mutex::new(HashMap::new()),
             streams: Holds::default(),
             reserved: Holds::default(),
+            lapse,
             labels: TenantLabels::new(metric_tenants),
         });
         quotas.local.flush_every(Duration::from_secs(2));
@@ -323,13 +416,20 @@ impl Quotas {
     }
 
     /// Adds each `(counter, n)` to `tenant`'s day counters on a task of its own, off the
-    /// request's path.
-    pub fn charge_later(self: &Arc<Self>, tenant: Arc<Tenant>, charges: Vec<(Counter, u64)>) {
+    /// request's path; `settles` (the work's reservation) is given back only once they are added,
+    /// so that the tokens are never counted neither as spent nor as held.
+    pub fn charge_later(
+        self: &Arc<Self>,
+        tenant: Arc<Tenant>,
+        charges: Vec<(Counter, u64)>,
+        settles: Option<Arc<TokenReservation>>,
+    ) {
         let quotas = self.clone();
         tokio::spawn(async move {
             for (counter, n) in charges {
                 quotas.charge(&tenant, counter, n).await;
             }
+            drop(settles);
         });
     }
 
@@ -382,84 +482,67 @@ impl Quotas {
         })
     }
 
-    /// Reserves up to `most` embedding tokens of `tenant`'s daily budget for work about to run,
-    /// against what it `spent` and what its other work in flight reserved: 429 before any work
-    /// when they cannot fit. The work is charged what it really took when it ends; the
-    /// reservation is released when dropped (after that charge). `None`: the tenant has no such
-    /// budget.
-    pub fn reserve_embedding(
+    /// Reserves `amount` tokens of `tenant`'s `budget` for work about to run, against what it
+    /// spent today and what all its work in flight holds (every replica's, in Redis when it
+    /// answers): `Err` before any work when they cannot fit. The work is charged what it really
+    /// took ([`crate::tenancy::Meter::holding`]) and the reservation given back after that.
+    /// `Ok(None)`: the tenant has no such budget.
+    pub async fn reserve(
         &self,
         tenant: &Tenant,
-        spent: u64,
-        most: u64,
-    ) -> Result<Option<TokenReservation>, ApiError> {
-        let Some(limit) = tenant.limits.embedding_tokens_per_day else {
+        budget: Budget,
+        amount: u64,
+    ) -> Result<Option<TokenReservation>, OverBudget> {
+        let Some(limit) = budget.limit(tenant) else {
             return Ok(None);
         };
-        let reserved = self.reserved.take(&tenant.id, most, |held| {
-            policy::admit_tokens(limit, spent, held, most)
-        });
-        reserved.map(Some).map_err(|after| {
-            let quota = "embedding_tokens_per_day";
-            self.rejected(tenant, quota);
-            ApiError::OverQuota {
-                code: ErrorCode::EmbeddingTokenQuotaExceeded,
-                message: format!(
-                    "this request may take up to {most} embedding tokens; with what tenant `{}` spent today and has in flight that could reach {after}, over its {quota} of {limit}; send less, or wait for the day (UTC) to turn",
-                    tenant.name
-                ),
-                retry_after_s: Some(until_tomorrow()),
+        let over = |after| {
+            self.rejected(tenant, budget.quota());
+            OverBudget {
+                tenant: tenant.name.clone(),
+                budget,
+                limit,
+                after,
+                amount,
             }
-        })
-    }
-}
-
-/// Amounts per tenant held by work in flight: streams open, tokens reserved.
-#[derive(Default)]
-struct Holds(Arc<Mutex<HashMap<String, u64>>>);
-
-impl Holds {
-    /// Adds `amount` to `tenant`'s hold when `admit` allows it, given what the tenant holds now
-    /// (checked and added under one lock); the [`Held`] gives it back when dropped.
-    fn take<E>(
-        &self,
-        tenant: &str,
-        amount: u64,
-        admit: impl FnOnce(u64) -> Result<(), E>,
-    ) -> Result<Held, E> {
-        let mut holds = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let held = holds.entry(tenant.to_string()).or_default();
-        admit(*held)?;
-        *held = held.saturating_add(amount);
-        Ok(Held {
-            holds: self.0.clone(),
-            tenant: tenant.to_string(),
-            amount,
-        })
-    }
-}
-
-/// Part of a tenant's hold, given back when dropped.
-pub struct Held {
-    holds: Arc<Mutex<HashMap<String, u64>>>,
-    tenant: String,
-    amount: u64,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = holds.get_mut(&self.tenant) {
-            *held = held.saturating_sub(self.amount);
+        };
+        let day = today();
+        if let Some(shared) = self.shared_now() {
+            let unseen = budget.of(self.with_outage(&tenant.id, &day, Spent::default()));
+            let ask = Ask {
+                limit,
+                amount,
+                unseen,
+            };
+            match shared.reserve(&tenant.id, &day, budget, ask, self.lapse).await {
+                Ok(Ok(held)) => {
+                    return Ok(Some(TokenReservation {
+                        _local: None,
+                        _shared: Some(held),
+                    }))
+                }
+                Ok(Err(after)) => return Err(over(after)),
+                Err(e) => {
+                    if self.shared_ok.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(error = %e, "quotas: redis unreachable; reservations are held per replica");
+                    }
+                }
+            }
+        }
+        let spent = budget.of(self.spent_locally(&tenant.id, &day));
+        let who = format!("{}:{}", tenant.id, budget.quota());
+        let held = self.reserved.take(&who, amount, |held| {
+            policy::admit_tokens(limit, spent, held, amount)
+        });
+        match held {
+            Ok(held) => Ok(Some(TokenReservation {
+                _local: Some(held),
+                _shared: None,
+            })),
+            Err(after) => Err(over(after)),
         }
     }
 }
-
-/// One open stream of a tenant; dropping it frees the place.
-pub type StreamPermit = Held;
-
-/// Embedding tokens held for a call in flight, given back when dropped.
-pub type TokenReservation = Held;
 
 /// The `days` most recent UTC days, today first.
 fn recent_days(days: usize) -> Vec<String> {
@@ -580,6 +663,34 @@ mod tests {
             }) => assert!(c == code && (1..=86_400).contains(&s)),
             other => panic!("expected a 429 until tomorrow, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn reservations_fit_the_budget_together_and_are_given_back() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let lapse = Duration::from_secs(60);
+        let quotas = Quotas::new(dir.path().join("usage.json"), None, 1, 10, lapse)?;
+        let mut thrifty = tenant(OverQuota::Degrade);
+        thrifty.limits.llm_tokens_per_day = Some(500);
+        let first = quotas.reserve(&thrifty, Budget::Llm, 218).await;
+        let second = quotas.reserve(&thrifty, Budget::Llm, 218).await;
+        assert!(matches!((&first, &second), (Ok(Some(_)), Ok(Some(_)))));
+        let third = quotas.reserve(&thrifty, Budget::Llm, 218).await.err();
+        assert_eq!(third.map(|over| over.after), Some(654), "436 held, 218 more");
+        let unbudgeted = quotas.reserve(&thrifty, Budget::Embedding, 10_000).await;
+        assert!(
+            matches!(unbudgeted, Ok(None)),
+            "no embedding budget: nothing to hold"
+        );
+        // The first answer took 40 tokens: charged, then its reservation given back.
+        quotas.charge(&thrifty, Counter::TokensIn, 30).await;
+        quotas.charge(&thrifty, Counter::TokensOut, 10).await;
+        drop(first);
+        let fits = quotas.reserve(&thrifty, Budget::Llm, 218).await;
+        assert!(matches!(fits, Ok(Some(_))), "40 spent + 218 + 218 held");
+        let over = quotas.reserve(&thrifty, Budget::Llm, 25).await.err();
+        assert_eq!(over.map(|o| o.after), Some(40 + 436 + 25));
+        Ok(())
     }
 
     #[test]

@@ -4,7 +4,8 @@ use ragway_cache::redis::{AsyncCommands, Script};
 use ragway_cache::{RedisTier, TierError};
 use std::time::Duration;
 
-use super::{Counter, DayUsage, Rate, Spent};
+use super::hold::SharedHeld;
+use super::{Ask, Budget, Counter, DayUsage, Rate, Spent};
 
 /// Days a tenant's counters are kept in Redis.
 const KEEP_S: u64 = 62 * 86_400;
@@ -33,9 +34,33 @@ local used = redis.call('HMGET', KEYS[2], 'tokens_in', 'tokens_out', 'embedding_
 return {1, 0, (tonumber(used[1]) or 0) + (tonumber(used[2]) or 0), tonumber(used[3]) or 0}
 ";
 
+/// KEYS: the tenant's counters for today, its reservations of one budget (a sorted set of
+/// `amount:id` lapsing at their score, ms). ARGV: the limit, the amount, ms until it lapses, its
+/// id, tokens spent that Redis does not know of (counted here while it was unreachable), then the
+/// counters' fields the budget sums. Returns {1, 0} held, or {0, where the tenant could end up}.
+const RESERVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local after = tonumber(ARGV[2]) + tonumber(ARGV[5])
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  after = after + (tonumber(string.match(member, '^(%d+):')) or 0)
+end
+for i = 6, #ARGV do
+  after = after + (tonumber(redis.call('HGET', KEYS[1], ARGV[i])) or 0)
+end
+if after > tonumber(ARGV[1]) then
+  return {0, after}
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2] .. ':' .. ARGV[4])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]))
+return {1, 0}
+";
+
 pub(super) struct SharedCounters {
     redis: RedisTier,
     admit: Script,
+    reserve: Script,
 }
 
 fn usage_key(tenant: &str, day: &str) -> String {
@@ -47,6 +72,7 @@ impl SharedCounters {
         Self {
             redis,
             admit: Script::new(ADMIT),
+            reserve: Script::new(RESERVE),
         }
     }
 
@@ -77,6 +103,45 @@ impl SharedCounters {
             })
         } else {
             Err(Duration::from_micros(wait_us))
+        })
+    }
+
+    /// Holds `ask.amount` of `tenant`'s `budget` for `lapse` unless, with today's counters and
+    /// the reservations of every replica, it would cross `ask.limit`: `Ok(Err(after))` then.
+    pub(super) async fn reserve(
+        &self,
+        tenant: &str,
+        day: &str,
+        budget: Budget,
+        ask: Ask,
+        lapse: Duration,
+    ) -> Result<Result<SharedHeld, u128>, TierError> {
+        let key = format!("ragway:reserved:{tenant}:{}", budget.quota());
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut invocation = self.reserve.prepare_invoke();
+        invocation
+            .key(usage_key(tenant, day))
+            .key(&key)
+            .arg(ask.limit)
+            .arg(ask.amount)
+            .arg(lapse.as_millis().max(1) as u64)
+            .arg(&id)
+            .arg(ask.unseen);
+        for counter in budget.counters() {
+            invocation.arg(counter.field());
+        }
+        let mut connection = self.redis.connection();
+        let (held, after): (u64, u64) = self
+            .redis
+            .bounded(invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(match held {
+            1 => Ok(SharedHeld {
+                redis: self.redis.clone(),
+                key,
+                member: format!("{}:{id}", ask.amount),
+            }),
+            _ => Err(u128::from(after)),
         })
     }
 
