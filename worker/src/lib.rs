@@ -5,6 +5,9 @@
 //! may hand itself back after each slice so that a query never waits behind more than one slice.
 //! A full lane refuses at once ([`Overloaded`]) instead of letting the queue grow, and a task
 //! whose caller has gone (deadline passed, client disconnected) is dropped before it runs.
+//! Within a lane, tasks are served fairly between the parties they are for ([`PARTY`], a
+//! tenant): one task of each party with work waiting in turn, and no party may hold more than
+//! [`QueueLimits::share`] of a lane, so one tenant's flood lengthens its own wait, not another's.
 //!
 //! [`onnx`] holds what every ONNX Runtime model shares: the runtime, loaded once per process, and
 //! running a BERT-shaped graph on a tokenised batch; [`batch_tokenizer`] the tokenizer set-up the
@@ -64,6 +67,11 @@ tokio::task_local! {
     /// The progress of the tasks a future submits while it runs in this scope (see
     /// [`Progress`]); without one, nothing is recorded.
     pub static PROGRESS: std::sync::Arc<Progress>;
+    /// Whom the tasks a future submits while it runs in this scope are for (a tenant): each lane
+    /// serves the parties with work waiting in turn, and one party may hold at most
+    /// [`QueueLimits::share`] of a lane, so that a flood from one party lengthens only its own
+    /// wait. Without one, tasks are the anonymous party's.
+    pub static PARTY: Arc<str>;
 }
 
 /// Which lane a task waits in.
@@ -89,6 +97,14 @@ impl Priority {
 pub struct QueueLimits {
     pub interactive: usize,
     pub bulk: usize,
+}
+
+impl QueueLimits {
+    /// The most tasks one party may hold of a lane of `limit`: three quarters, so that a party
+    /// alone can use most of it and a quarter is always left to the others.
+    pub fn share(limit: usize) -> usize {
+        (limit - limit / 4).max(1)
+    }
 }
 
 impl Default for QueueLimits {
@@ -140,16 +156,84 @@ pub struct Queued<T> {
     pub priority: Priority,
     enqueued: Instant,
     progress: Option<std::sync::Arc<Progress>>,
+    party: Arc<str>,
+}
+
+/// One lane: each party's tasks in the order they came, and the parties with tasks waiting in
+/// the order they are served — one task each in turn.
+struct Lane<T> {
+    parties: VecDeque<(Arc<str>, VecDeque<Queued<T>>)>,
+    len: usize,
+}
+
+impl<T> Default for Lane<T> {
+    fn default() -> Self {
+        Self {
+            parties: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Lane<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The tasks `party` has waiting.
+    fn held_by(&self, party: &str) -> usize {
+        self.tasks_of(party).map_or(0, |tasks| tasks.len())
+    }
+
+    fn tasks_of(&self, party: &str) -> Option<&VecDeque<Queued<T>>> {
+        self.parties
+            .iter()
+            .find(|(p, _)| &**p == party)
+            .map(|(_, tasks)| tasks)
+    }
+
+    /// After the party's other tasks; a party new to the lane is served after those waiting.
+    fn push_back(&mut self, queued: Queued<T>) {
+        self.len += 1;
+        match self.parties.iter_mut().find(|(p, _)| *p == queued.party) {
+            Some((_, tasks)) => tasks.push_back(queued),
+            None => self
+                .parties
+                .push_back((queued.party.clone(), VecDeque::from([queued]))),
+        }
+    }
+
+    /// Before the party's other tasks (a task handed back to be continued), in its party's turn.
+    fn push_front(&mut self, queued: Queued<T>) {
+        self.len += 1;
+        match self.parties.iter_mut().find(|(p, _)| *p == queued.party) {
+            Some((_, tasks)) => tasks.push_front(queued),
+            None => self
+                .parties
+                .push_back((queued.party.clone(), VecDeque::from([queued]))),
+        }
+    }
+
+    /// The next party's first task; that party then waits for its next turn behind the others.
+    fn pop_front(&mut self) -> Option<Queued<T>> {
+        let (party, mut tasks) = self.parties.pop_front()?;
+        let queued = tasks.pop_front();
+        if !tasks.is_empty() {
+            self.parties.push_back((party, tasks));
+        }
+        self.len -= usize::from(queued.is_some());
+        queued
+    }
 }
 
 struct Lanes<T> {
-    interactive: VecDeque<Queued<T>>,
-    bulk: VecDeque<Queued<T>>,
+    interactive: Lane<T>,
+    bulk: Lane<T>,
     closed: bool,
 }
 
 impl<T> Lanes<T> {
-    fn lane(&mut self, priority: Priority) -> &mut VecDeque<Queued<T>> {
+    fn lane(&mut self, priority: Priority) -> &mut Lane<T> {
         match priority {
             Priority::Interactive => &mut self.interactive,
             Priority::Bulk => &mut self.bulk,
@@ -175,8 +259,8 @@ impl<T: Task> Queue<T> {
             name: name.to_string(),
             limits,
             lanes: Mutex::new(Lanes {
-                interactive: VecDeque::new(),
-                bulk: VecDeque::new(),
+                interactive: Lane::default(),
+                bulk: Lane::default(),
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -204,10 +288,14 @@ impl<T: Task> Queue<T> {
             .set(depth as f64);
     }
 
-    /// Queues `task`, or refuses at once when its lane is full.
+    /// Queues `task`, or refuses at once when its lane is full or its party holds its share.
     pub fn push(&self, task: T, priority: Priority) -> Result<(), Overloaded> {
+        let party = PARTY.try_with(Arc::clone).unwrap_or_else(|_| Arc::from(""));
         let mut lanes = self.lock();
-        if lanes.closed || lanes.lane(priority).len() >= self.limit(priority) {
+        let limit = self.limit(priority);
+        let lane = lanes.lane(priority);
+        let full = lane.len() >= limit || lane.held_by(&party) >= QueueLimits::share(limit);
+        if lanes.closed || full {
             metrics::counter!("ragway_worker_rejected_total", "worker" => self.name.clone(), "lane" => priority.as_str())
                 .increment(1);
             return Err(Overloaded {
@@ -224,6 +312,7 @@ impl<T: Task> Queue<T> {
             task,
             priority,
             enqueued: Instant::now(),
+            party,
         });
         self.publish_depth(&lanes, priority);
         drop(lanes);
@@ -231,7 +320,8 @@ impl<T: Task> Queue<T> {
         Ok(())
     }
 
-    /// Puts a partly done task back at the head of its lane (no limit: it was already admitted).
+    /// Puts a partly done task back at the head of its party's tasks, to be continued in its
+    /// party's next turn (no limit: it was already admitted).
     pub fn requeue(&self, queued: Queued<T>) {
         let mut lanes = self.lock();
         let priority = queued.priority;
@@ -402,6 +492,37 @@ mod tests {
         let rest = order(&results, 3);
         assert!(rest.contains(&"late query"), "{rest:?}");
         assert_eq!(rest.iter().filter(|l| **l == "bulk").count(), 2);
+        Ok(())
+    }
+
+    /// `task` submitted for `party`.
+    fn submit_for(worker: &Worker<Probe>, party: &str, task: Probe) -> Result<(), Overloaded> {
+        PARTY.sync_scope(Arc::from(party), || worker.submit(task, Priority::Interactive))
+    }
+
+    #[test]
+    fn parties_are_served_in_turn_and_none_holds_the_whole_lane() -> Result<(), Overloaded> {
+        let (done, results) = mpsc::channel();
+        let limits = QueueLimits {
+            interactive: 8,
+            bulk: 1,
+        };
+        let (worker, open) = gated_worker(limits);
+        submit_for(&worker, "flood", probe("running", &done, 1))?;
+        std::thread::sleep(Duration::from_millis(50)); // taken; the worker waits on the gate
+        for label in ["f1", "f2", "f3", "f4", "f5", "f6"] {
+            submit_for(&worker, "flood", probe(label, &done, 1))?;
+        }
+        let over = submit_for(&worker, "flood", probe("f7", &done, 1));
+        assert!(over.is_err(), "six of eight places are the flood's share");
+        submit_for(&worker, "calm", probe("c1", &done, 1))?;
+        submit_for(&worker, "calm", probe("c2", &done, 1))?;
+        let _ = open.send(());
+        assert_eq!(
+            order(&results, 9),
+            ["running", "f1", "c1", "f2", "c2", "f3", "f4", "f5", "f6"],
+            "one task of each party in turn"
+        );
         Ok(())
     }
 

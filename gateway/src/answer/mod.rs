@@ -24,10 +24,14 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// Runs `work` with this request's deadline and allowance in scope for the decorators of the
-    /// stages it calls (guards, costs, budgets, L2), which the stage traits do not carry.
+    /// stages it calls (guards, costs, budgets, L2), which the stage traits do not carry, and its
+    /// tenant as the party its model work is queued for ([`ragway_worker::PARTY`]).
     pub async fn scope<F: std::future::Future>(&self, work: F) -> F::Output {
         let allowance = self.allowance.clone();
-        self.deadline.scope(allowance.scope(work)).await
+        // Also on a task of its own (a streamed answer), its model work is its tenant's.
+        let party = std::sync::Arc::from(allowance.tenant.as_str());
+        let work = ragway_worker::PARTY.scope(party, allowance.scope(work));
+        self.deadline.scope(work).await
     }
 }
 

@@ -462,7 +462,10 @@ impl Jobs {
                 true => self.slots.clone().acquire_owned().await.ok(),
                 false => None,
             };
-            let result = self.run(&job, &collection, documents, background, &lease).await;
+            // Its model work waits in the model queues as its tenant's, beside the others'.
+            let party = Arc::from(owner(&collection.name));
+            let run = self.run(&job, &collection, documents, background, &lease);
+            let result = ragway_worker::PARTY.scope(party, run).await;
             // Ended without being recorded as ended (its record could not be written, or
             // another process runs it now): no longer this process's.
             self.lock().remove(&job.status().id);

@@ -41,8 +41,10 @@ pub async fn tenant_layer(State(state): State<AppState>, mut request: Request, n
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
+    // The model work the request queues is the tenant's (served in turn with other tenants').
+    let party = Arc::from(caller.tenant.as_ref().map_or("", |t| t.id.as_str()));
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    ragway_worker::PARTY.scope(party, next.run(request)).await
 }
 
 /// Authentication, then the rate limit.

@@ -1499,6 +1499,78 @@ async fn replicas_share_the_reservations_of_a_budget() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The mode of a search of the tenant of `key` in its `notes`.
+async fn search_mode(server: &Server, key: &str, query: String) -> anyhow::Result<String> {
+    let body = json!({"query": query, "top_k": 3});
+    let found = call(
+        server,
+        Method::POST,
+        "/v1/collections/notes/search",
+        key,
+        Some(body),
+    )
+    .await?;
+    Ok(found.body["mode"].as_str().unwrap_or("none").to_string())
+}
+
+/// Issue 40 item 3: one tenant's flood of searches (each a new query for the embedder) fills
+/// only its share of the embedder's queue, and its tasks take turns with another tenant's: the
+/// other tenant's searches meanwhile are answered in full (`normal`, embedded), not `keyword_only`
+/// for a queue the flood filled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_searches_leaves_another_tenant_its_place_at_the_embedder() -> anyhow::Result<()> {
+    let (server, _llm, _dir) = keyed("[queues]\nembedder_interactive = 8\n").await?;
+    let unlimited = json!({"requests_per_second": 100_000.0, "burst": 100_000});
+    let (_, flooder) = tenant(&server, json!({"name": "flooder", "limits": unlimited})).await?;
+    let (_, calm) = tenant(&server, json!({"name": "calm"})).await?;
+    notes(&server, &flooder, json!([])).await?;
+    notes(&server, &calm, json!([])).await?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let flood = async {
+        let mut modes = Vec::new();
+        for round in 0.. {
+            if stop.load(std::sync::atomic::Ordering::Acquire) || round == 200 {
+                break;
+            }
+            let wave = (0..48).map(|i| {
+                search_mode(
+                    &server,
+                    &flooder,
+                    format!("flood {round}-{i}: which volcano erupts?"),
+                )
+            });
+            for mode in futures::future::join_all(wave).await {
+                modes.push(mode?);
+            }
+        }
+        anyhow::Ok(modes)
+    };
+    let beside = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut modes = Vec::new();
+        for i in 0..8 {
+            modes.push(search_mode(&server, &calm, format!("calm {i}: how do bees find flowers?")).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        modes.into_iter().collect::<anyhow::Result<Vec<String>>>()
+    };
+    let (flooded, calm_modes) = tokio::join!(flood, beside);
+    let flooded = flooded?;
+    let overflowed = flooded.iter().filter(|m| *m != "normal").count();
+    assert!(
+        overflowed > 0,
+        "the flood never filled its share of the queue ({} searches): the test proves nothing",
+        flooded.len()
+    );
+    assert_eq!(
+        calm_modes?,
+        vec!["normal"; 8],
+        "the calm tenant's searches during the flood"
+    );
+    Ok(())
+}
+
 /// Issue 40 item 4: a tenant holds at most `quotas.max_keys_per_tenant` keys (its record, written
 /// whole on every change, stays bounded); revoking one makes room.
 #[tokio::test]

@@ -278,7 +278,11 @@ impl Answer {
     /// returned; a client that leaves stops it at the next event.
     pub fn spawn(self) -> Answering {
         if let Some(driver) = self.driver {
-            tokio::spawn(driver);
+            // Its model work stays the caller's tenant's on the task of its own.
+            match ragway_worker::PARTY.try_with(Arc::clone) {
+                Ok(party) => tokio::spawn(ragway_worker::PARTY.scope(party, driver)),
+                Err(_) => tokio::spawn(driver),
+            };
         }
         self.events
     }
