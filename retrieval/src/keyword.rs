@@ -1,10 +1,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value as JsonValue};
 use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::indexer::IndexWriterOptions;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
@@ -36,7 +38,10 @@ pub trait KeywordStore: Send + Sync {
     async fn document_ids(&self, collection: &str) -> Result<HashSet<String>, RetrievalError>;
 }
 
-/// tantivy on disk under `root/<collection>`, English stemming, BM25 scoring.
+/// tantivy on disk under `root/<collection>`, English stemming, BM25 scoring. A collection costs
+/// no thread while nobody writes to it: its writer (and the writer's indexing, segment-updating
+/// and merging threads) is opened by a write and closed once writes have stopped for
+/// [`WRITER_IDLE`].
 pub struct TantivyKeywordStore {
     indexes: Arc<KeywordIndexes>,
 }
@@ -49,9 +54,14 @@ struct KeywordIndexes {
 struct KeywordIndex {
     index: Index,
     reader: IndexReader,
-    /// tantivy allows one writer per index; writes are serialised here.
-    writer: Mutex<IndexWriter>,
+    /// tantivy allows one writer per index; writes are serialised here. Open while written to.
+    writer: Mutex<Option<OpenWriter>>,
     fields: Fields,
+}
+
+struct OpenWriter {
+    writer: IndexWriter,
+    last_write: Instant,
 }
 
 #[derive(Clone, Copy)]
@@ -65,19 +75,44 @@ struct Fields {
     filter_terms: Field,
 }
 
-// A single indexing thread with tantivy's minimum budget: ingest batches are small and the machine
-// is shared with model inference.
+// A single indexing thread and a single merging thread with tantivy's minimum budget: ingest
+// batches are small and the machine is shared with model inference.
 const WRITER_THREADS: usize = 1;
+const WRITER_MERGE_THREADS: usize = 1;
 const WRITER_MEMORY: usize = 15_000_000;
+/// How long a writer stays open after its last write (a burst of batches shares one).
+const WRITER_IDLE: Duration = Duration::from_secs(5);
 
 impl TantivyKeywordStore {
     pub fn new(root: &Path) -> Self {
-        Self {
-            indexes: Arc::new(KeywordIndexes {
-                root: root.to_path_buf(),
-                open: RwLock::new(HashMap::new()),
-            }),
-        }
+        let indexes = Arc::new(KeywordIndexes {
+            root: root.to_path_buf(),
+            open: RwLock::new(HashMap::new()),
+        });
+        close_idle_writers(Arc::downgrade(&indexes));
+        Self { indexes }
+    }
+}
+
+/// One thread for all collections: every second, closes the writers idle for [`WRITER_IDLE`]
+/// (their merges finish first); it ends with the store.
+fn close_idle_writers(indexes: Weak<KeywordIndexes>) {
+    let started = std::thread::Builder::new()
+        .name("tantivy-idle".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let Some(indexes) = indexes.upgrade() else { return };
+            let open: Vec<Arc<KeywordIndex>> = match indexes.open.read() {
+                Ok(open) => open.values().cloned().collect(),
+                Err(_) => return,
+            };
+            drop(indexes);
+            for index in open {
+                index.close_writer_if_idle();
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the keyword store's idle-writer sweeper: writers stay open");
     }
 }
 
@@ -117,7 +152,6 @@ impl KeywordIndexes {
         let dir = tantivy::directory::MmapDirectory::open(&path)
             .map_err(|e| RetrievalError::Keyword(e.to_string()))?;
         let index = Index::open_or_create(dir, schema)?;
-        let writer = index.writer_with_num_threads(WRITER_THREADS, WRITER_MEMORY)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -127,7 +161,7 @@ impl KeywordIndexes {
             Arc::new(KeywordIndex {
                 index,
                 reader,
-                writer: Mutex::new(writer),
+                writer: Mutex::new(None),
                 fields,
             }),
         );
@@ -151,14 +185,36 @@ impl KeywordIndex {
         &self,
         edit: impl FnOnce(&mut IndexWriter, &Fields) -> Result<(), RetrievalError>,
     ) -> Result<(), RetrievalError> {
-        let mut writer = self.writer.lock().map_err(|_| poisoned())?;
-        if let Err(e) = edit(&mut writer, &self.fields) {
-            writer.rollback()?;
+        let mut open = self.writer.lock().map_err(|_| poisoned())?;
+        let writer = match &mut *open {
+            Some(open) => open,
+            None => open.insert(OpenWriter {
+                writer: self.index.writer_with_options(writer_options())?,
+                last_write: Instant::now(),
+            }),
+        };
+        writer.last_write = Instant::now();
+        if let Err(e) = edit(&mut writer.writer, &self.fields) {
+            writer.writer.rollback()?;
             return Err(e);
         }
-        writer.commit()?;
+        writer.writer.commit()?;
         self.reader.reload()?;
         Ok(())
+    }
+
+    /// Closes the writer when nothing was written for [`WRITER_IDLE`]; the next write opens one.
+    fn close_writer_if_idle(&self) {
+        let Ok(mut open) = self.writer.lock() else { return };
+        if open.as_ref().is_none_or(|w| w.last_write.elapsed() < WRITER_IDLE) {
+            return;
+        }
+        if let Some(idle) = open.take() {
+            // Under the lock: the index's lock file is the writer's until its merges end.
+            if let Err(e) = idle.writer.wait_merging_threads() {
+                tracing::warn!(error = %e, "closing an idle keyword writer");
+            }
+        }
     }
 
     fn search(
@@ -333,6 +389,14 @@ impl KeywordStore for TantivyKeywordStore {
         let index = self.indexes.get(collection)?;
         run_blocking(RetrievalError::Keyword, move || index.document_ids()).await
     }
+}
+
+fn writer_options() -> IndexWriterOptions {
+    IndexWriterOptions::builder()
+        .memory_budget_per_thread(WRITER_MEMORY)
+        .num_worker_threads(WRITER_THREADS)
+        .num_merge_threads(WRITER_MERGE_THREADS)
+        .build()
 }
 
 fn poisoned() -> RetrievalError {
