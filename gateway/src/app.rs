@@ -212,7 +212,8 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
         max_choices: config.generation.max_choices,
         max_tokens: config.generation.max_tokens,
     };
-    let engine = Arc::new(Engine::new(pipeline.clone(), retriever, caps));
+    let stall = Duration::from_millis(config.resilience.client_stall_timeout_ms);
+    let engine = Arc::new(Engine::new(pipeline.clone(), retriever, caps, stall));
     let admin_key = std::env::var(&config.resilience.admin_key_env)
         .ok()
         .filter(|k| !k.is_empty())
@@ -366,8 +367,7 @@ async fn load_backends(
     let mut backends = Vec::new();
     for (position, backend) in config.llm.iter().enumerate() {
         let generator = load_generator(config, backend, device).await?;
-        let idle = Duration::from_millis(config.resilience.stream_idle_timeout_ms);
-        let limits = backend.limits(position, idle);
+        let limits = backend.limits(position, &config.resilience);
         let name = format!("llm:{}", backend.name);
         let guard = Guard::new(&name, limits.timeout, breaker, faults.clone());
         let mut loaded = Backend::new(generator, guard, limits);

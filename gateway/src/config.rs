@@ -266,6 +266,14 @@ pub struct ResilienceConfig {
     /// After a stream's first token, the longest wait for the next one; a stalled backend is
     /// charged to its breaker and the answer is continued by the next backend.
     pub stream_idle_timeout_ms: u64,
+    /// The longest the last backend a request can try waits for its first token when that is
+    /// longer than the backend's own `ttft_timeout_ms` (never past the request's deadline; the
+    /// breaker's probe always waits only its own).
+    pub max_patient_wait_ms: u64,
+    /// The longest a streamed answer waits for its client to take the next event (a client that
+    /// stops reading); past it the stream is cut, the backend's request dropped, what was
+    /// produced charged and the tenant's stream place freed.
+    pub client_stall_timeout_ms: u64,
 }
 
 /// The longest a server timeout may be: far beyond any sane setting, and far from where adding
@@ -441,13 +449,16 @@ pub struct BackendLimits {
     pub time_to_first_token: Duration,
     /// The longest wait between two pieces of a stream.
     pub idle: Duration,
+    /// How long it waits for a first token as the last backend a request can try.
+    pub patience: Duration,
     pub max_retries: u32,
 }
 
 impl LlmBackendConfig {
     /// The backend's limits; its priority defaults to its `position` in the list, its idle limit
-    /// to `idle`.
-    pub fn limits(&self, position: usize, idle: Duration) -> BackendLimits {
+    /// to `resilience.stream_idle_timeout_ms`.
+    pub fn limits(&self, position: usize, resilience: &ResilienceConfig) -> BackendLimits {
+        let idle = Duration::from_millis(resilience.stream_idle_timeout_ms);
         let (timeout_ms, ttft_ms, max_retries) = match &self.kind {
             LlmBackendKind::Local { .. } => (120_000, 60_000, 0),
             LlmBackendKind::Openai { max_retries, .. } => (30_000, 10_000, *max_retries),
@@ -457,6 +468,7 @@ impl LlmBackendConfig {
             timeout: Duration::from_millis(self.timeout_ms.unwrap_or(timeout_ms)),
             time_to_first_token: Duration::from_millis(self.ttft_timeout_ms.unwrap_or(ttft_ms)),
             idle: self.idle_timeout_ms.map_or(idle, Duration::from_millis),
+            patience: Duration::from_millis(resilience.max_patient_wait_ms),
             max_retries,
         }
     }
@@ -588,6 +600,8 @@ impl Default for ResilienceConfig {
             llm_retry_after_cap_ms: 5_000,
             admin_key_env: "RAGWAY_ADMIN_KEY".into(),
             stream_idle_timeout_ms: 15_000,
+            client_stall_timeout_ms: 10_000,
+            max_patient_wait_ms: 30_000,
         }
     }
 }
@@ -778,6 +792,11 @@ impl Config {
                 "resilience.breaker_failures and resilience.breaker_open_ms must be at least 1".to_string(),
             );
         }
+        if !(1..=MAX_SERVER_TIMEOUT_MS).contains(&z.client_stall_timeout_ms) {
+            problems.push(format!(
+                "resilience.client_stall_timeout_ms must be between 1 and {MAX_SERVER_TIMEOUT_MS}"
+            ));
+        }
         if self.llm.is_empty() {
             problems.push("llm: configure at least one backend ([[llm]] with name and kind)".to_string());
         }
@@ -900,12 +919,13 @@ mod tests {
             assert_eq!(config.llm.len(), 2);
             assert!(matches!(&config.llm[0].kind, LlmBackendKind::Openai { .. }));
             assert_eq!(
-                config.llm[0].limits(0, Duration::from_secs(15)),
+                config.llm[0].limits(0, &ResilienceConfig::default()),
                 BackendLimits {
                     priority: 0,
                     timeout: Duration::from_secs(30),
                     time_to_first_token: Duration::from_secs(10),
                     idle: Duration::from_secs(15),
+                    patience: Duration::from_secs(30),
                     max_retries: 2,
                 }
             );
@@ -914,12 +934,13 @@ mod tests {
                 LlmBackendKind::Local { dequantize: true, .. }
             ));
             assert_eq!(
-                config.llm[1].limits(1, Duration::from_secs(15)),
+                config.llm[1].limits(1, &ResilienceConfig::default()),
                 BackendLimits {
                     priority: 5,
                     timeout: Duration::from_millis(700),
                     time_to_first_token: Duration::from_secs(60),
                     idle: Duration::from_millis(900),
+                    patience: Duration::from_secs(30),
                     max_retries: 0,
                 }
             );

@@ -6,6 +6,7 @@ mod local;
 mod prompt;
 mod remote;
 mod retry_after;
+mod sse;
 
 pub use error::{LlmError, Refusal, Retry, UpstreamError};
 pub use local::{LocalLlm, LocalLlmOptions, PrefixCacheOptions};

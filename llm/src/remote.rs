@@ -6,13 +6,14 @@ use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, CreateChatCompletionRequest,
-    CreateChatCompletionRequestArgs,
+    CreateChatCompletionRequestArgs, CreateChatCompletionStreamResponse,
 };
 use async_openai::Client;
 use async_trait::async_trait;
 use futures::StreamExt;
 
 use crate::retry_after::{RateLimited, RetryAfterCapture};
+use crate::sse::Endpoint;
 use serde_json::Value;
 
 use crate::{
@@ -36,6 +37,8 @@ pub struct OpenAiBackendOptions {
 /// Any OpenAI-compatible chat completions server (vLLM, llama.cpp server, OpenAI, another ragway).
 pub struct OpenAiBackend {
     client: Client<OpenAIConfig>,
+    /// Streams are read here, as they are consumed ([`crate::sse`]).
+    endpoint: Endpoint,
     name: String,
     model: String,
 }
@@ -74,10 +77,12 @@ impl OpenAiBackend {
                 status: None,
                 upstream: None,
             })?;
+        let endpoint = Endpoint::new(http.clone(), &options.base_url, options.api_key.clone());
         let config = OpenAIConfig::new()
             .with_api_base(options.base_url)
             .with_api_key(options.api_key);
         Ok(Self {
+            endpoint,
             client: Client::with_config(config)
                 .with_http_service(RetryAfterCapture::new(ReqwestService::new(http))),
             name: options.name,
@@ -90,17 +95,12 @@ impl OpenAiBackend {
 impl Generator for OpenAiBackend {
     async fn stream(&self, request: GenerationRequest) -> Result<TokenStream, LlmError> {
         let body = self.body(request, true)?;
-        let chunks = self
-            .client
-            .chat()
-            .create_stream(body)
-            .await
-            .map_err(|e| remote_error(&self.name, e))?;
-        let backend = self.name.clone();
+        let data = self.endpoint.stream(&self.name, &body).await?;
+        let chunks = parsed::<CreateChatCompletionStreamResponse>(data, &self.name);
         let mut usage = (0, 0);
         let mut failed = false;
         // Text pieces as they come; `Done` once the server ends the stream cleanly.
-        let events = skip_malformed(chunks, &self.name)
+        let events = chunks
             .map(Some)
             .chain(futures::stream::once(async { None }))
             .filter_map(move |chunk| {
@@ -119,7 +119,7 @@ impl Generator for OpenAiBackend {
                     }
                     Some(Err(e)) => {
                         failed = true;
-                        Some(Err(remote_error(&backend, e)))
+                        Some(Err(e))
                     }
                     None if failed => None,
                     None => Some(Ok(StreamEvent::Done {
@@ -185,16 +185,8 @@ impl Relay for OpenAiBackend {
 
     async fn stream(&self, body: Value) -> Result<ChunkStream, LlmError> {
         let body = self.relayed(body, true);
-        let chunks = self
-            .client
-            .chat()
-            .create_stream_byot::<Value, Value>(body)
-            .await
-            .map_err(|e| remote_error(&self.name, e))?;
-        let backend = self.name.clone();
-        Ok(Box::pin(
-            skip_malformed(chunks, &self.name).map(move |chunk| chunk.map_err(|e| remote_error(&backend, e))),
-        ))
+        let data = self.endpoint.stream(&self.name, &body).await?;
+        Ok(Box::pin(parsed::<Value>(data, &self.name)))
     }
 }
 
@@ -219,20 +211,27 @@ impl OpenAiBackend {
     }
 }
 
-/// A stream without its malformed chunks: one that does not parse is skipped and counted
-/// (`ragway_llm_malformed_chunks_total{backend}`), and the stream goes on.
-fn skip_malformed<T: Send + 'static>(
-    chunks: impl futures::Stream<Item = Result<T, OpenAIError>> + Send + 'static,
+/// The chunks of a stream's event data, without the malformed ones: one that does not parse is
+/// skipped and counted (`ragway_llm_malformed_chunks_total{backend}`), and the stream goes on.
+fn parsed<T: serde::de::DeserializeOwned + Send + 'static>(
+    data: impl futures::Stream<Item = Result<String, LlmError>> + Send + 'static,
     backend: &str,
-) -> impl futures::Stream<Item = Result<T, OpenAIError>> + Send + 'static {
+) -> impl futures::Stream<Item = Result<T, LlmError>> + Send + 'static {
     let backend = backend.to_string();
-    chunks.filter(move |chunk| {
-        let malformed = matches!(chunk, Err(OpenAIError::JSONDeserialize(..)));
-        if let (true, Err(error)) = (malformed, chunk) {
-            tracing::warn!(backend, %error, "skipped a malformed stream chunk");
-            metrics::counter!("ragway_llm_malformed_chunks_total", "backend" => backend.clone()).increment(1);
-        }
-        futures::future::ready(!malformed)
+    data.filter_map(move |data| {
+        let chunk = match data {
+            Ok(data) => match serde_json::from_str::<T>(&data) {
+                Ok(chunk) => Some(Ok(chunk)),
+                Err(error) => {
+                    tracing::warn!(backend, %error, "skipped a malformed stream chunk");
+                    metrics::counter!("ragway_llm_malformed_chunks_total", "backend" => backend.clone())
+                        .increment(1);
+                    None
+                }
+            },
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(chunk)
     })
 }
 

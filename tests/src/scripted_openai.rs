@@ -50,6 +50,9 @@ pub enum Script {
     /// Stream the first `words` words of `text`, then send nothing more and keep the connection
     /// open (a stalled backend; streamed requests).
     StallAfter { text: String, words: usize },
+    /// Stream `words` words as fast as the connection takes them (a fast backend; streamed
+    /// requests), then the usage and `[DONE]`.
+    Flood { words: usize },
 }
 
 /// How a scripted stream ends.
@@ -288,6 +291,7 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
         Script::Answer(text) if streamed => sse(&request, &text, End::Finish),
         Script::BreakAfter { text, words } => sse(&request, &text, End::Break(words)),
         Script::StallAfter { text, words } => sse(&request, &text, End::Stall(words)),
+        Script::Flood { words } => flood(&request, words),
         Script::Answer(text) => completion(&request, &text),
         Script::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -298,6 +302,30 @@ async fn chat(State(shared): State<Shared>, Json(request): Json<Value>) -> Respo
                 .into_response()
         }
     }
+}
+
+/// `words` chunks of one word each, made as they are sent, with no pause between them.
+fn flood(request: &Value, words: usize) -> Response {
+    let model = request.get("model").cloned().unwrap_or(Value::Null);
+    let chunk = move |i: usize| {
+        let body = match i < words {
+            true => {
+                json!({"id": "chatcmpl-flood", "object": "chat.completion.chunk", "created": 0, "model": model,
+                "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": null}]})
+            }
+            false => {
+                json!({"id": "chatcmpl-flood", "object": "chat.completion.chunk", "created": 0, "model": model,
+                "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": words, "total_tokens": 11 + words}})
+            }
+        };
+        Ok::<_, std::io::Error>(axum::body::Bytes::from(format!("data: {body}\n\n")))
+    };
+    let done = futures::stream::once(async { Ok(axum::body::Bytes::from("data: [DONE]\n\n")) });
+    let body = futures::stream::iter(0..=words).map(chunk).chain(done);
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Whether the request's last message is the assistant's: a partial answer to continue.

@@ -70,6 +70,7 @@ impl Backend {
         let streaming = StreamLimits {
             first_text: limits.time_to_first_token,
             idle: limits.idle,
+            patience: limits.patience,
         };
         let guarded = Guarded::new(generator, guard.clone()).with_stream_limits(streaming);
         Self {

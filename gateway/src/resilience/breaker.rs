@@ -204,6 +204,11 @@ impl Breaker {
 }
 
 impl Permit<'_> {
+    /// This call is the half-open breaker's one probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
     pub fn record(self, success: bool) {
         if success {
             self.breaker.machine.on_success();

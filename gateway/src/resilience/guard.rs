@@ -196,12 +196,54 @@ impl Guard {
         F: Future<Output = Result<T, E>>,
         E: Blamed,
     {
+        let limit = Limit {
+            own: timeout,
+            patience: None,
+            timed_out,
+        };
+        self.run_limited(deadline, limit, call).await
+    }
+
+    /// As [`Guard::run_within`] with the dependency's own limit `own`, for a call that may wait
+    /// up to `patience` when it is longer (the last backend a request can try). The breaker's
+    /// probe waits `own` only — a client's deadline never holds it, and every other request
+    /// meanwhile would be refused — and a call cut after waiting past `own`, by its patience or
+    /// by the request's deadline, is the dependency's timeout.
+    pub async fn run_patiently<T, E, F>(
+        &self,
+        deadline: &Deadline,
+        own: Duration,
+        patience: Option<Duration>,
+        call: F,
+    ) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Blamed,
+    {
+        let limit = Limit {
+            own,
+            patience,
+            timed_out: Blame::Dependency,
+        };
+        self.run_limited(deadline, limit, call).await
+    }
+
+    async fn run_limited<T, E, F>(&self, deadline: &Deadline, limit: Limit, call: F) -> Result<T, Failure<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Blamed,
+    {
         let budget = deadline.remaining();
         if budget.is_zero() {
             return Err(Failure::Deadline);
         }
         let permit = self.breaker.try_acquire().ok_or(Failure::BreakerOpen)?;
+        let timeout = match (limit.patience, permit.is_probe()) {
+            (Some(patience), false) => patience.max(limit.own),
+            _ => limit.own,
+        };
         let limited_by_deadline = budget < timeout;
+        let started = std::time::Instant::now();
         let progress = Arc::new(Progress::default());
         let call = PROGRESS.scope(progress.clone(), self.faults.apply(&self.name, call));
         match tokio::time::timeout(budget.min(timeout), call).await {
@@ -222,17 +264,27 @@ impl Guard {
                 permit.record(false);
                 Err(Failure::Injected(injected))
             }
-            Err(_) if limited_by_deadline => Err(Failure::Deadline),
+            // Cut by the deadline before the dependency's own limit: the request ran out of time.
+            Err(_) if limited_by_deadline && started.elapsed() < limit.own => Err(Failure::Deadline),
             // A permit dropped unrecorded counts neither way.
             Err(_) if progress.waiting() => Err(Failure::Queued),
             Err(_) => {
-                if timed_out == Blame::Dependency {
+                if limit.timed_out == Blame::Dependency {
                     permit.record(false);
                 }
                 Err(Failure::Timeout)
             }
         }
     }
+}
+
+/// How long a guarded call may take: the dependency's `own` limit, or `patience` when that is
+/// longer and the call is not the probe; who a timeout is blamed on.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    own: Duration,
+    patience: Option<Duration>,
+    timed_out: Blame,
 }
 
 impl Blamed for ragway_retrieval::RetrievalError {
@@ -485,6 +537,59 @@ mod tests {
                 Err(Failure::Rejected(_))
             ));
         }
+        assert_eq!(guard.state(), BreakerState::Closed);
+    }
+
+    /// Issue 38 item 1: a patient wait (the last backend a request can try) is bounded by the
+    /// backend's own limit when it is the half-open breaker's probe, and a wait cut past that
+    /// limit by the request's deadline is the backend's slowness.
+    #[tokio::test]
+    async fn a_probe_is_never_patient_and_a_wait_past_the_own_limit_is_charged() {
+        let settings = BreakerSettings {
+            failure_threshold: 1,
+            open: Duration::from_millis(100),
+            max_open: Duration::from_millis(100),
+        };
+        let guard = Guard::new(
+            "llm:silent",
+            Duration::from_secs(5),
+            &settings,
+            Arc::new(Faults::default()),
+        );
+        let own = Duration::from_millis(300);
+        let patience = Some(Duration::from_secs(20));
+        let silent = || std::future::pending::<Result<(), LlmError>>();
+        // A client's 600 ms deadline cuts the patient wait past the backend's own 300 ms: charged.
+        let deadline = Deadline::after(Duration::from_millis(600));
+        let cut = guard.run_patiently(&deadline, own, patience, silent()).await;
+        assert!(matches!(cut, Err(Failure::Timeout)), "{cut:?}");
+        assert_eq!(guard.state(), BreakerState::Open);
+        // Half-open: the probe of a request with 300 s left (and 20 s of patience) waits the
+        // backend's own limit only.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let deadline = Deadline::after(Duration::from_secs(300));
+        let started = std::time::Instant::now();
+        let probe = guard.run_patiently(&deadline, own, patience, silent()).await;
+        assert!(matches!(probe, Err(Failure::Timeout)), "{probe:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the probe waited its own limit, not the patience"
+        );
+        assert_eq!(guard.state(), BreakerState::Open, "the failed probe is recorded");
+        // A deadline shorter than the own limit is the request's: nothing is recorded, and the
+        // probe slot is free for the next call.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let short = Deadline::after(Duration::from_millis(50));
+        let cut_short = guard.run_patiently(&short, own, None, silent()).await;
+        assert!(matches!(cut_short, Err(Failure::Deadline)), "{cut_short:?}");
+        let fresh = Deadline::after(Duration::from_secs(5));
+        let answered = guard
+            .run_patiently(&fresh, own, patience, async { Ok::<(), LlmError>(()) })
+            .await;
+        assert!(
+            answered.is_ok(),
+            "the probe slot was freed, not held: {answered:?}"
+        );
         assert_eq!(guard.state(), BreakerState::Closed);
     }
 

@@ -42,10 +42,13 @@ pub struct Guarded<S: ?Sized> {
 
 /// The limits on a stream: its first text within `first_text` (instead of the guard's timeout,
 /// which then bounds the whole answer from the first text on), each later piece within `idle`.
+/// The last backend a request can try waits for its first text up to `patience` (never past
+/// the request's deadline) when that is longer than `first_text`.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamLimits {
     pub first_text: Duration,
     pub idle: Duration,
+    pub patience: Duration,
 }
 
 impl<S: ?Sized> Guarded<S> {

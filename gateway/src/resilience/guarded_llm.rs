@@ -31,39 +31,41 @@ impl<G: Generator + ?Sized> Guarded<G> {
         self.streaming.unwrap_or(StreamLimits {
             first_text: self.guard.timeout(),
             idle: self.guard.timeout(),
+            patience: self.guard.timeout(),
         })
     }
 
-    /// As [`Generator::stream`], waiting for the first text until the request's deadline instead
-    /// of the first-text limit: for the last backend a request can try, where cutting a slow but
-    /// working answer would leave nothing (running out of the deadline is not held against it).
+    /// As [`Generator::stream`], waiting for the first text up to [`StreamLimits::patience`]
+    /// instead of the first-text limit: for the last backend a request can try, where cutting a
+    /// slow but working answer would leave nothing. The breaker's probe is never so patient (a
+    /// client's deadline must not hold it), and a wait cut past the first-text limit is the
+    /// backend's slowness, whatever cut it.
     pub async fn stream_patiently(&self, request: GenerationRequest) -> Result<TokenStream, LlmError> {
-        let first = self.patient_first_text();
-        self.open_watched(first, first_text(self.inner.as_ref(), request))
-            .await
+        let open = first_text(self.inner.as_ref(), request);
+        self.open_watched(true, open).await
     }
 
     /// As [`Relay::stream`], as patient as [`Guarded::stream_patiently`].
     pub async fn relay_stream_patiently(&self, body: Value) -> Result<ChunkStream, LlmError> {
         let relay = self.inner.relay().ok_or_else(|| not_a_relay(self.inner.name()))?;
-        let first = self.patient_first_text();
-        self.open_watched(first, first_chunk(self.inner.name(), relay, body))
-            .await
+        let open = first_chunk(self.inner.name(), relay, body);
+        self.open_watched(true, open).await
     }
 
-    fn patient_first_text(&self) -> Duration {
-        Deadline::current().remaining().max(self.limits().first_text)
-    }
-
-    /// `open` (a stream and its first item) within `first_limit`, and the rest watched.
-    async fn open_watched<T, F>(&self, first_limit: Duration, open: F) -> Result<Items<T>, LlmError>
+    /// `open` (a stream and its first item) within the first-text limit (`patient`: up to the
+    /// patience), and the rest watched.
+    async fn open_watched<T, F>(&self, patient: bool, open: F) -> Result<Items<T>, LlmError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<(T, Items<T>), LlmError>>,
     {
         let deadline = Deadline::current();
         let limits = self.limits();
-        let opened = self.guard.run_within(&deadline, first_limit, open).await;
+        let patience = patient.then_some(limits.patience);
+        let opened = self
+            .guard
+            .run_patiently(&deadline, limits.first_text, patience, open)
+            .await;
         let (first, rest) = opened.map_err(Failure::into_error)?;
         let watch = Watch {
             guard: self.guard.clone(),
@@ -96,9 +98,8 @@ impl<G: Generator + ?Sized> Generator for Guarded<G> {
         self.inner.relay().map(|_| self as &dyn Relay)
     }
     async fn stream(&self, request: GenerationRequest) -> Result<TokenStream, LlmError> {
-        let first = self.limits().first_text;
-        self.open_watched(first, first_text(self.inner.as_ref(), request))
-            .await
+        let open = first_text(self.inner.as_ref(), request);
+        self.open_watched(false, open).await
     }
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError> {
         self.call(self.guard.timeout(), self.inner.generate(request))
@@ -114,9 +115,8 @@ impl<G: Generator + ?Sized> Relay for Guarded<G> {
     }
     async fn stream(&self, body: Value) -> Result<ChunkStream, LlmError> {
         let relay = self.inner.relay().ok_or_else(|| not_a_relay(self.inner.name()))?;
-        let first = self.limits().first_text;
-        self.open_watched(first, first_chunk(self.inner.name(), relay, body))
-            .await
+        let open = first_chunk(self.inner.name(), relay, body);
+        self.open_watched(false, open).await
     }
 }
 
@@ -255,6 +255,7 @@ mod tests {
         Guarded::new(Arc::new(inner), Arc::new(guard)).with_stream_limits(StreamLimits {
             first_text: Duration::from_secs(1),
             idle: Duration::from_millis(30),
+            patience: Duration::from_secs(1),
         })
     }
 

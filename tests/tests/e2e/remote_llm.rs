@@ -259,3 +259,65 @@ async fn streamed_plain_chat_relays_the_backends_chunks() -> anyhow::Result<()> 
     }
     server.stop().await
 }
+
+/// Issue 38 item 1: a silent backend that is the last a request can try, its breaker half-open,
+/// and one client with a 300 s deadline: the probe waits only the backend's own first-token
+/// limit (1 s here), never the client's deadline, so the patient client gets its answer (quoted
+/// passages) within the backend's limits, and another client meanwhile is told the breaker's
+/// true state at once — not held behind a probe for 300 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_last_backend_cannot_hold_the_probe_for_a_clients_deadline() -> anyhow::Result<()> {
+    let silent = ScriptedOpenAi::start(Script::Hang).await?;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions::default()
+        .with_config(NO_ANSWER_CACHES)
+        .with_config(&format!(
+            "[resilience]\nbreaker_failures = 1\nbreaker_open_ms = 500\n\n[[llm]]\nname = \"silent\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nmax_retries = 0\nttft_timeout_ms = 1000\n",
+            silent.base_url
+        ));
+    let server = Server::start(dir.path(), &options).await?;
+    server.seeded(None, "facts", &corpus()).await?;
+    let ask = |n: usize, deadline_ms: u64| {
+        let question = json!({"query": format!("question {n}: which volcano erupts in Sicily?"), "deadline_ms": deadline_ms});
+        let server = &server;
+        async move {
+            let started = std::time::Instant::now();
+            let reply = server.post("/v1/collections/facts/query", &question).await?;
+            anyhow::Ok((reply, started.elapsed()))
+        }
+    };
+    // A 3 s deadline: the patient wait is cut by it past the backend's own 1 s — the backend's
+    // slowness, which opens its breaker (one failure).
+    let (first, _) = ask(0, 3_000).await?;
+    assert_eq!(first.body["mode"], "extractive", "{:?}", first.body);
+    let ready = server.get("/readyz").await?;
+    assert_eq!(
+        ready.body["dependencies"]["llm:silent"], "open",
+        "{:?}",
+        ready.body
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+
+    // Half-open: the patient client takes the probe; another asks 300 ms later.
+    let (patient, other) = tokio::join!(ask(1, 300_000), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        ask(2, 300_000).await
+    });
+    let ((patient, patient_took), (other, other_took)) = (patient?, other?);
+    assert_eq!(patient.body["mode"], "extractive", "{:?}", patient.body);
+    assert!(
+        patient_took < std::time::Duration::from_secs(10),
+        "the probe waited {patient_took:?}: longer than the backend's own limit allows"
+    );
+    assert_eq!(other.body["mode"], "extractive", "{:?}", other.body);
+    assert!(
+        other.body["degraded"].to_string().contains("breaker_open"),
+        "told the true state: {:?}",
+        other.body["degraded"]
+    );
+    assert!(
+        other_took < std::time::Duration::from_secs(10),
+        "refused at once, not after {other_took:?}"
+    );
+    server.stop().await
+}

@@ -150,3 +150,90 @@ async fn connections_beyond_the_cap_get_503_and_nobody_unauthenticated_is_waited
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     Ok(())
 }
+
+const ADMIN: &str = "slow-clients-admin-key";
+
+/// Issue 38 item 2: a client that opens a stream of a fast backend and stops reading (a socket
+/// with a tiny receive window) pins nothing. The backend is read only as the client takes the
+/// answer (ragway's memory stays flat: it grew 2.9 GiB in 40 s behind such a client), and once the
+/// client has taken nothing for `resilience.client_stall_timeout_ms` the stream is cut: the
+/// tenant's only stream place is free again and what was produced is charged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_its_stream_is_cut_and_pins_nothing() -> anyhow::Result<()> {
+    let llm = ragway_e2e::ScriptedOpenAi::start(ragway_e2e::Script::Flood { words: 20_000_000 }).await?;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions::default()
+        .with_admin(ADMIN)
+        .with_scripted_llm("flood", &llm)
+        .with_config("[resilience]\nclient_stall_timeout_ms = 5000");
+    let server = Server::start(dir.path(), &options).await?;
+    let limits = json!({"name": "reader", "limits": {"concurrent_streams": 1}});
+    let (id, key) = server.tenant(ADMIN, &limits).await?;
+    let before = server.resident_bytes()?;
+
+    let body = json!({"model": "flood", "stream": true, "messages": [{"role": "user", "content": "go"}]})
+        .to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(2048)?;
+    let mut stalled = socket
+        .connect(server.base.trim_start_matches("http://").parse()?)
+        .await?;
+    stalled.write_all(request.as_bytes()).await?;
+    let mut head = [0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut head)).await??;
+    assert!(
+        String::from_utf8_lossy(&head[..read]).starts_with("HTTP/1.1 200"),
+        "the stream began: {:?}",
+        String::from_utf8_lossy(&head[..read])
+    );
+    // The client reads nothing more. Meanwhile ragway holds no more than a bounded buffer.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = server.resident_bytes()?.saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "ragway grew {} MiB behind a client that reads nothing",
+        grown >> 20
+    );
+
+    // Cut after 5 s without reading: the tenant's one stream place is free again.
+    let http = ragway_e2e::client()?;
+    let started = std::time::Instant::now();
+    loop {
+        let next = http
+            .post(server.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .body(body.clone())
+            .header("content-type", "application/json")
+            .send()
+            .await?;
+        if next.status() == 200 {
+            break; // dropped unread: this stream ends with it
+        }
+        assert_eq!(next.status(), 429, "only the stream place is in the way");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the stalled stream still holds the tenant's place"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let usage = format!("/admin/tenants/{id}/usage");
+    let started = std::time::Instant::now();
+    loop {
+        let charged = server.admin(reqwest::Method::GET, &usage, ADMIN, None).await?;
+        if charged.body["days"][0]["tokens_out"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "what the cut stream produced was never charged: {:?}",
+            charged.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stalled);
+    server.stop().await
+}

@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::outbox::Outbox;
 use futures::StreamExt;
 use ragway_llm::{ChatMessage, Generator, Role, StreamEvent};
 use ragway_openapi::{Degradation, DegradationReason, TokenUsage};
-use tokio::sync::mpsc;
 
 use super::budget::{self, Spend};
 use super::{done, primary, AnswerEvent, Engine, Job, Refusal};
@@ -23,12 +23,7 @@ use crate::resilience::guard::StageError;
 use crate::tenancy::quota::StreamPermit;
 use crate::tenancy::Meter;
 
-pub(super) async fn drive(
-    engine: Arc<Engine>,
-    mut job: Job,
-    events: mpsc::Sender<AnswerEvent>,
-    _permit: Option<StreamPermit>,
-) {
+pub(super) async fn drive(engine: Arc<Engine>, mut job: Job, events: Outbox, _permit: Option<StreamPermit>) {
     let started = Instant::now();
     let pool = &engine.pipeline.llm;
     let quotable = !job.fallback_text.is_empty();
@@ -95,7 +90,7 @@ pub(super) async fn drive(
 }
 
 /// `done`, and the answer kept in L1 when it is `normal`.
-async fn finish(mut job: Job, written: Written, events: &mpsc::Sender<AnswerEvent>) {
+async fn finish(mut job: Job, written: Written, events: &Outbox) {
     job.report.finish();
     if let (Some(remember), Some(llm)) = (&job.remember, primary(&job.report)) {
         if job.report.mode() == ragway_openapi::Mode::Normal {
@@ -256,7 +251,7 @@ async fn fail_over(
     written: &Written,
     backend: &str,
     reason: DegradationReason,
-    events: &mpsc::Sender<AnswerEvent>,
+    events: &Outbox,
 ) -> Option<Option<OpenedStream>> {
     let (opened, restarted) = match reason {
         DegradationReason::Deadline => (None, false),
@@ -316,7 +311,7 @@ enum Relayed {
 
 /// Forwards a backend's text to the client until it finishes, fails, stalls or runs out of
 /// time (its guard ends the stream then); and what it wrote.
-async fn relay(stream: OpenedStream, mut part: Part, events: &mpsc::Sender<AnswerEvent>) -> (Relayed, Part) {
+async fn relay(stream: OpenedStream, mut part: Part, events: &Outbox) -> (Relayed, Part) {
     let OpenedStream {
         backend, mut stream, ..
     } = stream;

@@ -10,6 +10,7 @@
 mod budget;
 mod drive;
 mod l1;
+mod outbox;
 mod relay;
 
 pub use relay::ChatCaps;
@@ -17,6 +18,7 @@ pub use relay::ChatCaps;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ragway_llm::{ChatMessage, GenerationRequest, LlmError};
@@ -25,6 +27,8 @@ use ragway_retrieval::{Fusion, MetadataFilter, ScoredChunk};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
+
+use outbox::Outbox;
 
 use super::conversation::Conversation;
 use super::pipeline::{Pipeline, Retrieved, Retriever};
@@ -210,6 +214,8 @@ pub struct Engine {
     /// Retrieval as answers get it (the pipeline behind L3).
     retriever: Arc<dyn Retriever>,
     caps: ChatCaps,
+    /// How long a streamed answer waits for a client that takes none of its events.
+    stall: Duration,
 }
 
 /// The events of one answer; the first is always `Meta`, the last `Done` (unless the engine
@@ -242,15 +248,16 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// An answer `drive` makes, sending its events as they come.
-    fn driven<F>(drive: impl FnOnce(mpsc::Sender<AnswerEvent>) -> F) -> Self
+    /// An answer `drive` makes, sending its events as they come to a client that is gone once
+    /// it has taken none for `stall`.
+    fn driven<F>(stall: Duration, drive: impl FnOnce(Outbox) -> F) -> Self
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let (sender, receiver) = mpsc::channel(64);
+        let (outbox, receiver) = Outbox::new(stall);
         Self {
             events: Answering(Events::Live(receiver)),
-            driver: Some(Box::pin(drive(sender))),
+            driver: Some(Box::pin(drive(outbox))),
         }
     }
 
@@ -289,11 +296,17 @@ impl Answer {
 }
 
 impl Engine {
-    pub fn new(pipeline: Arc<Pipeline>, retriever: Arc<dyn Retriever>, caps: ChatCaps) -> Self {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        retriever: Arc<dyn Retriever>,
+        caps: ChatCaps,
+        stall: Duration,
+    ) -> Self {
         Self {
             pipeline,
             retriever,
             caps,
+            stall,
         }
     }
 
@@ -310,7 +323,7 @@ impl Engine {
             } => {
                 let job = self.chat_job(&ask, model, messages)?;
                 let engine = self.clone();
-                Ok(Answer::driven(|events| {
+                Ok(Answer::driven(self.stall, |events| {
                     drive::drive(engine, job, events, ask.permit)
                 }))
             }
@@ -406,7 +419,9 @@ impl Engine {
             cached,
         };
         let engine = self.clone();
-        Answer::driven(|events| engine.retrieve_and_generate(asked, events, permit))
+        Answer::driven(self.stall, |events| {
+            engine.retrieve_and_generate(asked, events, permit)
+        })
     }
 
     /// An answer L1 does not hold: retrieval, then generation; an entry past its TTL answers
@@ -414,7 +429,7 @@ impl Engine {
     async fn retrieve_and_generate(
         self: Arc<Self>,
         asked: Asked,
-        events: mpsc::Sender<AnswerEvent>,
+        events: Outbox,
         permit: Option<StreamPermit>,
     ) {
         let Asked {
@@ -546,7 +561,7 @@ fn prompt_without_passages(
 
 /// Neither retrieval engine could serve and no cache holds an answer: `meta` and `done` with
 /// mode `error` (the routes answer 503).
-async fn no_retrieval(retrieved: Retrieved, events: &mpsc::Sender<AnswerEvent>) {
+async fn no_retrieval(retrieved: Retrieved, events: &Outbox) {
     let mut report = retrieved.report;
     report.finish();
     let meta = AnswerEvent::Meta {
@@ -617,7 +632,7 @@ pub fn citation((index, h): (usize, ScoredChunk)) -> Citation {
 }
 
 /// Sends `all` until the client leaves.
-async fn send_all(all: Vec<AnswerEvent>, events: &mpsc::Sender<AnswerEvent>) {
+async fn send_all(all: Vec<AnswerEvent>, events: &Outbox) {
     for event in all {
         if events.send(event).await.is_err() {
             return;

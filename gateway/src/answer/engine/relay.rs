@@ -8,11 +8,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::outbox::Outbox;
 use futures::StreamExt;
 use ragway_llm::{ChatMessage, ChunkStream, GenerationRequest, Role};
 use ragway_openapi::{Degradation, DegradationReason, TokenUsage};
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use super::budget::{self, Spend};
 use super::drive::Part;
@@ -83,7 +83,9 @@ impl Engine {
                 report,
                 started,
             };
-            return Ok(Answer::driven(|events| relaying.drive(chunks, events, permit)));
+            return Ok(Answer::driven(self.stall, |events| {
+                relaying.drive(chunks, events, permit)
+            }));
         }
         let (backend, answer) = pool
             .relay(&route, &body, &ctx.deadline, &mut report, &choice)
@@ -123,12 +125,7 @@ struct Relaying {
 impl Relaying {
     /// The backend's chunks as they come; a backend that breaks off, stalls or runs out of time
     /// (its guard ends the chunks then) is announced with a `degraded` event and mode `error`.
-    async fn drive(
-        mut self,
-        mut chunks: ChunkStream,
-        events: mpsc::Sender<AnswerEvent>,
-        _permit: Option<StreamPermit>,
-    ) {
+    async fn drive(mut self, mut chunks: ChunkStream, events: Outbox, _permit: Option<StreamPermit>) {
         let mut report = std::mem::take(&mut self.report);
         if events.send(meta(&report)).await.is_err() {
             return;
