@@ -182,6 +182,8 @@ pub enum ApiError {
         message: String,
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        /// When it is worth trying again (a breaker's next probe), if known; else a second.
+        retry_after_s: Option<u64>,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -214,7 +216,16 @@ impl ApiError {
             code,
             message: message.into(),
             source: None,
+            retry_after_s: None,
         }
+    }
+
+    /// This error, saying it is worth trying again in `wait` (a 503's `Retry-After`).
+    pub fn retry_in(mut self, wait: std::time::Duration) -> Self {
+        if let Self::Unavailable { retry_after_s, .. } = &mut self {
+            *retry_after_s = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        self
     }
 
     /// As [`ApiError::unavailable`], keeping the dependency's own error as the source.
@@ -226,6 +237,7 @@ impl ApiError {
             code,
             message: message.into(),
             source: Some(Box::new(source)),
+            retry_after_s: None,
         }
     }
 

@@ -8,6 +8,7 @@
 mod retry;
 pub mod route;
 
+use ragway_worker::Stopped;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ragway_llm::{
-    ChunkStream, Generation, GenerationRequest, Generator, LlmError, Refusal, Relay, TokenStream,
+    ChunkStream, Generation, GenerationRequest, Generator, LlmError, Refusal, Relay, Retry, TokenStream,
 };
 use serde_json::Value;
 
@@ -44,6 +45,8 @@ pub struct Backend {
     pub priority: u32,
     pub max_retries: u32,
     in_flight: AtomicUsize,
+    /// Its retry budget (see [`retry::Throttle`]).
+    throttle: std::sync::Mutex<retry::Throttle>,
 }
 
 /// A stream that has produced its first text, and the backend (and model) it comes from.
@@ -64,6 +67,11 @@ pub enum Unanswered {
 }
 
 impl Backend {
+    /// `act` on the backend's retry budget.
+    fn throttle<T>(&self, act: impl FnOnce(&mut retry::Throttle) -> T) -> T {
+        act(&mut self.throttle.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// `generator` behind `guard`, with `limits`' stream limits.
     pub fn new(generator: Arc<dyn Generator>, guard: Guard, limits: BackendLimits) -> Self {
         let guard = Arc::new(guard);
@@ -81,6 +89,7 @@ impl Backend {
             priority: limits.priority,
             max_retries: limits.max_retries,
             in_flight: AtomicUsize::new(0),
+            throttle: Default::default(),
         }
     }
 
@@ -376,6 +385,8 @@ impl LlmPool {
     ) -> Result<Answered<'a, T>, Unanswered> {
         let mut misconfigured = !order.is_empty();
         let mut too_long = None;
+        // While every backend tried is refused by its open breaker: the soonest next probe.
+        let mut next_probe = (!order.is_empty()).then_some(Duration::MAX);
         let count = order.len();
         for (position, pick) in order.into_iter().enumerate() {
             let last = position + 1 == count;
@@ -388,6 +399,12 @@ impl LlmPool {
                 Err(error) => error,
             };
             tracing::warn!(backend = backend.name(), %error, "LLM backend failed");
+            next_probe = match (&error, next_probe) {
+                (LlmError::Stopped(Stopped::BreakerOpen), Some(soonest)) => {
+                    Some(soonest.min(backend.guard.next_probe_in().unwrap_or_default()))
+                }
+                _ => None,
+            };
             if error.misconfigured() {
                 // The operator's to fix; clients are told only that credentials were refused.
                 let name = backend.name().to_string();
@@ -410,6 +427,7 @@ impl LlmPool {
                 }
             }
         }
+        report.next_probe = next_probe;
         Err(too_long.unwrap_or(Unanswered::Failed { misconfigured }))
     }
 
@@ -431,7 +449,10 @@ impl LlmPool {
         let mut retries = 0;
         loop {
             let error = match deadline.scope(call()).await {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    backend.throttle(|t| t.succeeded());
+                    return Ok(value);
+                }
                 Err(error) => error,
             };
             let failed = Failed {
@@ -440,9 +461,17 @@ impl LlmPool {
                 last,
                 noise: retry::noise(),
             };
+            if error.retry() != Retry::Never {
+                backend.throttle(|t| t.failed());
+            }
             let Some(wait) = retry::retry_after(&error, policy, failed) else {
                 return Err(error);
             };
+            if !backend.throttle(|t| t.allows_retry()) {
+                metrics::counter!("ragway_llm_retries_throttled_total", "backend" => backend.name().to_string())
+                    .increment(1);
+                return Err(error);
+            }
             let wait_ms = wait.as_millis() as u64;
             tracing::info!(backend = backend.name(), retries, wait_ms, %error, "retrying");
             metrics::counter!("ragway_llm_retries_total", "backend" => backend.name().to_string())

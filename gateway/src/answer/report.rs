@@ -55,6 +55,8 @@ pub struct Report {
     /// What the LLM call that rewrote it took (charged to the tenant, and reported in the
     /// answer's usage beside what the answer took).
     pub rewrite_usage: Option<TokenUsage>,
+    /// Every LLM backend tried was refused by its open breaker: the soonest next probe among them.
+    pub next_probe: Option<std::time::Duration>,
     /// False for a bare-LLM chat, which retrieves nothing: its mode depends on the LLM alone.
     retrieval: bool,
     degraded: Vec<Degradation>,
@@ -76,6 +78,7 @@ impl Default for Report {
             embedding_tokens: 0,
             rewrite: None,
             rewrite_usage: None,
+            next_probe: None,
             retrieval: true,
             degraded: Vec::new(),
             timings_ms: BTreeMap::new(),

@@ -161,8 +161,10 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             Self::Busy { retry_after_s, .. } => Some(*retry_after_s),
             Self::OverQuota { retry_after_s, .. } => *retry_after_s,
-            // Nothing could serve it now; a breaker's next probe is about this far off.
-            Self::Unavailable { code, .. } if status(*code) == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            // Nothing could serve it now: when a breaker's next probe is, if known.
+            Self::Unavailable {
+                code, retry_after_s, ..
+            } if status(*code) == StatusCode::SERVICE_UNAVAILABLE => Some(retry_after_s.unwrap_or(1)),
             _ => None,
         };
         if let Some(seconds) = retry_after {

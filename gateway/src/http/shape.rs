@@ -33,6 +33,8 @@ pub struct Collected {
     pub usage: TokenUsage,
     pub cache: Option<CacheInfo>,
     pub timings_ms: BTreeMap<String, f64>,
+    /// No LLM could be asked: when the soonest breaker's next probe is.
+    pub next_probe: Option<std::time::Duration>,
 }
 
 impl Collected {
@@ -43,7 +45,12 @@ impl Collected {
 
     /// The answer that began with `first` (its `meta`).
     async fn after(first: AnswerEvent, mut events: Answering) -> Result<Self, ApiError> {
-        let AnswerEvent::Meta { citations, .. } = first else {
+        let AnswerEvent::Meta {
+            citations,
+            next_probe,
+            ..
+        } = first
+        else {
             return Err(ApiError::Internal("the answer did not begin with meta".into()));
         };
         let mut text = String::new();
@@ -73,6 +80,7 @@ impl Collected {
                         usage,
                         cache,
                         timings_ms,
+                        next_probe,
                     });
                 }
             }
@@ -100,7 +108,7 @@ impl Collected {
 
     /// Why a plain chat with `model` got no answer, for its 503.
     pub fn unavailable(&self, model: &str) -> ApiError {
-        no_backend_answered(model, &self.degraded)
+        no_backend_answered(model, &self.degraded, self.next_probe)
     }
 }
 
@@ -208,7 +216,13 @@ pub fn cited_documents(citations: &[Citation]) -> Vec<String> {
 
 /// What a chat stream starts with when it cannot answer at all: `None` to stream on.
 fn refused(first: &AnswerEvent, model: &str, bare_llm: bool) -> Option<Result<Response, ApiError>> {
-    let AnswerEvent::Meta { mode, degraded, .. } = first else {
+    let AnswerEvent::Meta {
+        mode,
+        degraded,
+        next_probe,
+        ..
+    } = first
+    else {
         return None;
     };
     if *mode != Mode::Error {
@@ -216,7 +230,7 @@ fn refused(first: &AnswerEvent, model: &str, bare_llm: bool) -> Option<Result<Re
     }
     if bare_llm {
         // A plain chat whose backends never started has nothing to stream: a 503.
-        return Some(Err(no_backend_answered(model, degraded)));
+        return Some(Err(no_backend_answered(model, degraded, *next_probe)));
     }
     let body = json!({
         "error": {"code": ErrorCode::NoRetrievalPath.as_str(), "message": "neither retrieval engine is available (mode: error)"},

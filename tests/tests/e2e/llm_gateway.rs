@@ -386,8 +386,9 @@ async fn one_backend_is_retried_as_its_failure_deserves_and_its_breaker_comes_ba
         "{gaps:?}"
     );
 
-    // Persistent 503: three retries, backing off (at least 125, 250, 500 ms: half of each
-    // doubling step is fixed), then a 503 of ragway's own with Retry-After.
+    // Persistent 503: retries backing off (at least 125, 250, 500 ms: half of each doubling
+    // step is fixed) — as many of its three as the backend's retry budget still allows after
+    // the four failures above (one) — then a 503 of ragway's own with Retry-After.
     solo.set(Script::Status(503));
     let from = solo.calls();
     let refused = server.post("/v1/chat/completions", &chat("solo", false)).await?;
@@ -401,7 +402,7 @@ async fn one_backend_is_retried_as_its_failure_deserves_and_its_breaker_comes_ba
     let gaps = solo.gaps_since(from);
     let floors = [125, 250, 500].map(Duration::from_millis);
     assert!(
-        gaps.len() == 3 && gaps.iter().zip(floors).all(|(g, f)| *g >= f),
+        gaps.len() == 1 && gaps.iter().zip(floors).all(|(g, f)| *g >= f),
         "{gaps:?}"
     );
 
@@ -464,4 +465,69 @@ async fn breaker_comes_back(server: &Server, flaky: &ScriptedOpenAi) -> anyhow::
     let ready = server.get("/readyz").await?.body;
     assert_eq!(ready["dependencies"]["llm:flaky"], "closed", "{ready}");
     Ok(())
+}
+
+/// Issue 38 item 3: retries are a budget of the backend, not of each request. Ten requests to
+/// a backend that always answers 503 (`max_retries = 3`, a breaker that never opens): the first
+/// retries three times, then the budget (ten tokens, retries while more than five are left) is
+/// spent and every later request tries once — 13 calls, where forty were made before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_backend_gets_retries_within_its_budget_not_a_storm() -> anyhow::Result<()> {
+    let failing = ScriptedOpenAi::start(Script::Status(503)).await?;
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[resilience]\nbreaker_failures = 1000\nllm_retry_after_cap_ms = 100\n\n{}",
+        remote("failing", &failing, 3)
+    );
+    let server = Server::start(dir.path(), &ServerOptions::default().with_config(&config)).await?;
+    for _ in 0..10 {
+        let reply = server
+            .post("/v1/chat/completions", &chat("failing", false))
+            .await?;
+        assert_eq!(reply.status, 503, "{:?}", reply.body);
+    }
+    assert_eq!(failing.calls(), 13, "4 for the first request, 1 for each other");
+    let exposition = server.get_text("/metrics").await?;
+    assert_eq!(
+        metric(
+            &exposition,
+            "ragway_llm_retries_throttled_total{backend=\"failing\"}"
+        ),
+        9.0,
+        "{exposition}"
+    );
+    server.stop().await
+}
+
+/// Issue 38 item 3: a 503 because every backend's breaker is open says when the soonest probe
+/// is (`Retry-After`), not always a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_503_for_open_breakers_says_when_the_next_probe_is() -> anyhow::Result<()> {
+    let failing = ScriptedOpenAi::start(Script::Status(500)).await?;
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[resilience]\nbreaker_failures = 1\nbreaker_open_ms = 7000\n\n{}",
+        remote("failing", &failing, 0)
+    );
+    let server = Server::start(dir.path(), &ServerOptions::default().with_config(&config)).await?;
+    let first = server
+        .post("/v1/chat/completions", &chat("failing", false))
+        .await?;
+    assert_eq!(
+        (first.status, first.retry_after),
+        (503, Some(1)),
+        "{:?}",
+        first.body
+    );
+    let refused = server
+        .post("/v1/chat/completions", &chat("failing", false))
+        .await?;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(
+        refused.retry_after.is_some_and(|s| (5..=7).contains(&s)),
+        "the probe is about 7 s off: Retry-After {:?}",
+        refused.retry_after
+    );
+    assert_eq!(failing.calls(), 1, "the open breaker was not passed");
+    server.stop().await
 }

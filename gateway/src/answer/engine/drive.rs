@@ -58,6 +58,7 @@ pub(super) async fn drive(engine: Arc<Engine>, mut job: Job, events: Outbox, _pe
         stages: job.report.stages(),
         citations: job.citations.clone(),
         cache: job.report.cache.clone(),
+        next_probe: job.report.next_probe,
     };
     if events.send(meta).await.is_err() {
         return;

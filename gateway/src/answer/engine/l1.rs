@@ -132,6 +132,7 @@ pub(super) fn replay(served: Served) -> Vec<AnswerEvent> {
         stages: report.stages(),
         citations: entry.citations.into_iter().map(super::citation).collect(),
         cache: report.cache.clone(),
+        next_probe: None,
     };
     let text = entry.text;
     // Served from the cache: nothing was generated for this request, nothing is charged.

@@ -52,6 +52,9 @@ pub enum AnswerEvent {
         citations: Vec<Citation>,
         /// The cache layer that served the answer (L1) or its passages (L3), if one did.
         cache: Option<CacheInfo>,
+        /// No LLM could be asked (every breaker open): when the soonest may be again.
+        #[serde(skip)]
+        next_probe: Option<Duration>,
     },
     Delta {
         text: String,
@@ -144,18 +147,25 @@ pub fn unanswered(model: &str, unanswered: Unanswered, report: &Report) -> ApiEr
     match unanswered {
         Unanswered::Refused { backend, error } => Refusal::rejected(&backend, &error).into(),
         Unanswered::Failed { misconfigured: true } => Refusal::misconfigured(report).into(),
-        Unanswered::Failed { misconfigured: false } => no_backend_answered(model, &report.degraded()),
+        Unanswered::Failed { misconfigured: false } => {
+            no_backend_answered(model, &report.degraded(), report.next_probe)
+        }
     }
 }
 
-/// 503 `llm_unavailable`: no backend of `model` answered, and what each did (`degraded`).
-pub fn no_backend_answered(model: &str, degraded: &[Degradation]) -> ApiError {
+/// 503 `llm_unavailable`: no backend of `model` answered, and what each did (`degraded`);
+/// worth retrying at the soonest next probe when every one was refused by its open breaker.
+pub fn no_backend_answered(model: &str, degraded: &[Degradation], next_probe: Option<Duration>) -> ApiError {
     let reasons: Vec<String> = degraded
         .iter()
         .map(|d| format!("{}: {:?}", d.stage, d.reason))
         .collect();
     let message = format!("`{model}`: no backend answered ({})", reasons.join(", "));
-    ApiError::unavailable(ErrorCode::LlmUnavailable, message)
+    let unavailable = ApiError::unavailable(ErrorCode::LlmUnavailable, message);
+    match next_probe {
+        Some(wait) => unavailable.retry_in(wait),
+        None => unavailable,
+    }
 }
 
 impl AnswerEvent {
@@ -570,6 +580,7 @@ async fn no_retrieval(retrieved: Retrieved, events: &Outbox) {
         stages: report.stages(),
         citations: Vec::new(),
         cache: None,
+        next_probe: None,
     };
     if events.send(meta).await.is_ok() {
         let _ = events.send(done(&report, TokenUsage::default())).await;

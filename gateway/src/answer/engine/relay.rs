@@ -176,6 +176,7 @@ fn meta(report: &Report) -> AnswerEvent {
         stages: report.stages(),
         citations: Vec::new(),
         cache: None,
+        next_probe: report.next_probe,
     }
 }
 

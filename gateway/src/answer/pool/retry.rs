@@ -7,7 +7,14 @@
 //!   random: retries spread out, yet never come back almost at once), the step doubling from
 //!   250 ms up to 5 s; a `Retry-After` is waited out when it is no longer than the cap, else the
 //!   request moves on.
-//! - No retry outlives the request's deadline or the backend's `max_retries`.
+//! - A `Retry-After` waited out gets up to a tenth more (at most a second) at random, so the
+//!   clients a backend told the same moment do not come back at once.
+//! - No retry outlives the request's deadline or the backend's `max_retries`, and no backend is
+//!   retried beyond its budget ([`Throttle`], gRPC's retry throttling): each failure takes a token
+//!   of ten, each success gives back a tenth of one, and retries stop while half or fewer are left
+//!   — so retries stay a small share of a backend's recent calls, and a failing backend gets
+//!   failed over at once instead of a storm of retries from every request (with a client SDK's
+//!   own retries, one user action could reach a failing backend nine times).
 
 use std::time::Duration;
 
@@ -45,7 +52,11 @@ pub fn retry_after(error: &LlmError, policy: RetryPolicy, failed: Failed) -> Opt
         Retry::Never => return None,
         Retry::Backoff => equal_jitter(failed.retries, failed.noise),
         Retry::After(wait) if wait > policy.retry_after_cap => return None,
-        Retry::After(wait) => wait,
+        Retry::After(wait) => {
+            wait + (wait / 10)
+                .min(Duration::from_secs(1))
+                .mul_f64(failed.noise.clamp(0.0, 1.0))
+        }
     };
     (failed.retries < policy.max_retries && wait < failed.left).then_some(wait)
 }
@@ -54,6 +65,38 @@ pub fn retry_after(error: &LlmError, policy: RetryPolicy, failed: Failed) -> Opt
 fn equal_jitter(retries: u32, noise: f64) -> Duration {
     let step = STEP.saturating_mul(1 << retries.min(10)).min(MAX_STEP);
     step / 2 + (step / 2).mul_f64(noise.clamp(0.0, 1.0))
+}
+
+/// A backend's retry budget: gRPC's retry throttling over a bucket of [`Throttle::MAX`] tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throttle {
+    tokens: f64,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self { tokens: Self::MAX }
+    }
+}
+
+impl Throttle {
+    const MAX: f64 = 10.0;
+    /// What a success gives back.
+    const RATIO: f64 = 0.1;
+
+    /// A call failed in a way worth retrying.
+    pub fn failed(&mut self) {
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
+
+    pub fn succeeded(&mut self) {
+        self.tokens = (self.tokens + Self::RATIO).min(Self::MAX);
+    }
+
+    /// Whether a retry is within the budget now.
+    pub fn allows_retry(&self) -> bool {
+        self.tokens > Self::MAX / 2.0
+    }
 }
 
 /// Sub-second clock noise: random enough to spread retries, no RNG needed.
@@ -131,15 +174,45 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_honoured_up_to_the_cap_and_refusals_are_never_retried() {
+    fn retry_after_is_honoured_up_to_the_cap_with_jitter_and_refusals_are_never_retried() {
         let soon = remote(Some(429), Retry::After(Duration::from_secs(2)));
         assert_eq!(
             retry_after(&soon, POLICY, failed(0, false)),
-            Some(Duration::from_secs(2))
+            Some(Duration::from_millis(2_100)),
+            "a tenth more at most (noise 0.5: half of it)"
         );
+        let calm = Failed {
+            noise: 0.0,
+            ..failed(0, false)
+        };
+        assert_eq!(retry_after(&soon, POLICY, calm), Some(Duration::from_secs(2)));
         let late = remote(Some(429), Retry::After(Duration::from_secs(60)));
         assert_eq!(retry_after(&late, POLICY, failed(0, true)), None);
         let refused = remote(Some(400), Retry::Never);
         assert_eq!(retry_after(&refused, POLICY, failed(0, true)), None);
+    }
+
+    #[test]
+    fn retries_stop_while_the_budget_is_half_spent_and_come_back_with_successes() {
+        let mut throttle = Throttle::default();
+        let mut allowed = 0;
+        for _ in 0..20 {
+            throttle.failed();
+            allowed += usize::from(throttle.allows_retry());
+        }
+        assert_eq!(allowed, 4, "ten tokens: retries while more than five are left");
+        for _ in 0..50 {
+            throttle.succeeded();
+        }
+        assert!(!throttle.allows_retry(), "five tokens back is not more than half");
+        throttle.succeeded();
+        assert!(
+            throttle.allows_retry(),
+            "a success more, and retries may go again"
+        );
+        for _ in 0..1_000 {
+            throttle.succeeded();
+        }
+        assert_eq!(throttle, Throttle::default(), "never more than the bucket");
     }
 }
