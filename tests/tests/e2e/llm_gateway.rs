@@ -531,3 +531,41 @@ async fn a_503_for_open_breakers_says_when_the_next_probe_is() -> anyhow::Result
     assert_eq!(failing.calls(), 1, "the open breaker was not passed");
     server.stop().await
 }
+
+/// Issue 38 item 7: the only backend is down for 12 s while clients keep asking, then healthy:
+/// the first answer comes within one probe period (1.5 s) of its recovery, with 2 s of margin
+/// for a loaded machine — the open period does not grow, and no retry backoff stands in the way.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_only_backend_is_answered_again_within_one_probe_period_of_its_recovery() -> anyhow::Result<()> {
+    let only = ScriptedOpenAi::start(Script::Status(503)).await?;
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[resilience]\nbreaker_failures = 3\nbreaker_open_ms = 1500\n\n{}",
+        remote("only", &only, 2)
+    );
+    let server = Server::start(dir.path(), &ServerOptions::default().with_config(&config)).await?;
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(12) {
+        let refused = server.post("/v1/chat/completions", &chat("only", false)).await?;
+        assert_eq!(refused.status, 503, "{:?}", refused.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    only.set(Script::Answer("back".into()));
+    let recovered = Instant::now();
+    loop {
+        let answer = server.post("/v1/chat/completions", &chat("only", false)).await?;
+        if answer.status == 200 {
+            break;
+        }
+        assert!(
+            recovered.elapsed() < Duration::from_millis(1_500 + 2_000),
+            "still refused {:?} after the backend recovered: {:?}",
+            recovered.elapsed(),
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = server.get("/readyz").await?.body;
+    assert_eq!(ready["dependencies"]["llm:only"], "closed", "{ready}");
+    server.stop().await
+}
