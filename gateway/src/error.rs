@@ -73,6 +73,7 @@ error_codes! {
     KeywordStoreFailed => "keyword_store_failed",
     LlmBackendFailed => "llm_backend_failed",
     LlmBackendMisconfigured => "llm_backend_misconfigured",
+    AnswerRestarted => "answer_restarted",
     LlmFailed => "llm_failed",
     LlmTokenQuotaExceeded => "llm_token_quota_exceeded",
     LlmUnavailable => "llm_unavailable",

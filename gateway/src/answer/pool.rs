@@ -467,6 +467,10 @@ impl LlmPool {
             let Some(wait) = retry::retry_after(&error, policy, failed) else {
                 return Err(error);
             };
+            // A failed probe re-opened the breaker: a retry would only be refused after the wait.
+            if backend.guard.state() == BreakerState::Open {
+                return Err(error);
+            }
             if !backend.throttle(|t| t.allows_retry()) {
                 metrics::counter!("ragway_llm_retries_throttled_total", "backend" => backend.name().to_string())
                     .increment(1);

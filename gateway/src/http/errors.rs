@@ -84,7 +84,8 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::StreamQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        C::LlmBackendMisconfigured => StatusCode::BAD_GATEWAY,
+        // Only ever in-band, in a stream whose status was sent: as a backend failure would be.
+        C::LlmBackendMisconfigured | C::AnswerRestarted => StatusCode::BAD_GATEWAY,
         C::CollectionUnavailable
         | C::DenseStoreFailed
         | C::EmbedderBusy

@@ -58,6 +58,8 @@ impl Collected {
             match event {
                 AnswerEvent::Delta { text: piece } if text.is_empty() => text = piece,
                 AnswerEvent::Delta { text: piece } => text.push_str(&piece),
+                // The text so far was withdrawn: the answer is what follows.
+                AnswerEvent::Restarted => text.clear(),
                 AnswerEvent::Meta { .. }
                 | AnswerEvent::Degraded { .. }
                 | AnswerEvent::Relayed { .. }
@@ -162,7 +164,7 @@ fn mode_of(event: &AnswerEvent) -> Mode {
         AnswerEvent::Meta { mode, .. }
         | AnswerEvent::Degraded { mode, .. }
         | AnswerEvent::Done { mode, .. } => *mode,
-        AnswerEvent::Delta { .. } | AnswerEvent::Relayed { .. } => Mode::Normal,
+        AnswerEvent::Delta { .. } | AnswerEvent::Relayed { .. } | AnswerEvent::Restarted => Mode::Normal,
         AnswerEvent::Refused { .. } => Mode::Error,
     }
 }
@@ -268,7 +270,14 @@ pub async fn openai_chunks(
     let chunks = Chunks::new(model, bare_llm, max_tokens);
     let stream = futures::stream::once(async move { first })
         .chain(receiver_stream(events))
-        .map(move |event| chunks.of(event))
+        // A restart cannot be shown to an OpenAI client (it cannot withdraw text): its error
+        // chunk is the stream's last; dropping the rest stops the answer.
+        .scan(false, move |ended, event| {
+            let last = matches!(event, AnswerEvent::Restarted);
+            let chunk = (!*ended).then(|| chunks.of(event));
+            *ended |= last;
+            futures::future::ready(chunk)
+        })
         .chain(futures::stream::once(async { Event::default().data("[DONE]") }));
     let mut response = respond(mode, stream);
     name_backend(&mut response, backend.as_deref());
@@ -342,6 +351,12 @@ impl Chunks {
                 let error = ApiError::from(refusal);
                 let body = json!({"error": {"code": error.code().as_str(), "message": error.to_string()}});
                 Event::default().data(body.to_string())
+            }
+            AnswerEvent::Restarted => {
+                let message = "the backend that took over could not continue the partial answer: what was streamed is incomplete; ask again";
+                let error =
+                    json!({"error": {"code": ErrorCode::AnswerRestarted.as_str(), "message": message}});
+                Event::default().data(error.to_string())
             }
             AnswerEvent::Delta { text } => self.chunk(
                 json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]),

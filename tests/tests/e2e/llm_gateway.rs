@@ -281,7 +281,9 @@ async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyho
     assert_eq!((primary.calls() - before_p, backup.calls() - before_b), (1, 0));
 
     // The primary breaks off mid-stream; the backup refuses to continue the partial answer as an
-    // assistant prefill: it is asked again without it, and its whole answer follows.
+    // assistant prefill and is asked again without it. Issue 38 item 6: its fresh answer is never
+    // glued to the partial one — a stream (whose client cannot withdraw text) ends with an
+    // in-band error after the partial text; a JSON answer is the fresh answer alone.
     primary.set(Script::BreakAfter {
         text: "one two three".into(),
         words: 2,
@@ -295,10 +297,12 @@ async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyho
         (200, Some("primary")),
         "{body}"
     );
+    let streamed = chunks(&body);
+    assert_eq!(streamed_text(&streamed), "one two ", "{body}");
     assert_eq!(
-        streamed_text(&chunks(&body)),
-        "one two \n\na fresh answer",
-        "{body}"
+        streamed.last().map(|c| c["error"]["code"].clone()),
+        Some(json!("answer_restarted")),
+        "the stream ends with an error: {body}"
     );
     let restarted = backup.last_request().unwrap_or_default();
     let last = restarted["messages"].as_array().and_then(|m| m.last()).cloned();
@@ -306,6 +310,14 @@ async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyho
         last.map(|m| m["role"].clone()),
         Some(json!("user")),
         "{restarted}"
+    );
+    let whole = server
+        .post("/v1/chat/completions", &chat("chat-large", false))
+        .await?;
+    assert_eq!(
+        whole.body["choices"][0]["message"]["content"], "a fresh answer",
+        "only the restarted text: {:?}",
+        whole.body
     );
     server.stop().await
 }
@@ -567,5 +579,44 @@ async fn the_only_backend_is_answered_again_within_one_probe_period_of_its_recov
     }
     let ready = server.get("/readyz").await?.body;
     assert_eq!(ready["dependencies"]["llm:only"], "closed", "{ready}");
+    server.stop().await
+}
+
+/// Issue 38 item 6: a connection reset before the response headers (a pooled connection the
+/// server had closed, most often) is retried once on the same backend before the request fails
+/// over; a second reset moves it on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_before_the_headers_is_retried_once_on_the_same_backend() -> anyhow::Result<()> {
+    let primary = ScriptedOpenAi::start(Script::ResetBeforeHeaders {
+        times: 1,
+        then: Box::new(Script::Answer("from the primary".into())),
+    })
+    .await?;
+    let backup = ScriptedOpenAi::start(Script::Answer("from the backup".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "{}{}[[model_groups]]\nname = \"pair\"\nbackends = [\"primary\", \"backup\"]\n",
+        remote("primary", &primary, 2),
+        remote("backup", &backup, 2)
+    );
+    let server = Server::start(dir.path(), &ServerOptions::default().with_config(&config)).await?;
+    let answer = server.post("/v1/chat/completions", &chat("pair", false)).await?;
+    assert_eq!(
+        answer.body["choices"][0]["message"]["content"], "from the primary",
+        "{:?}",
+        answer.body
+    );
+    assert_eq!((primary.resets(), backup.calls()), (1, 0));
+    primary.set(Script::ResetBeforeHeaders {
+        times: 2,
+        then: Box::new(Script::Answer("from the primary".into())),
+    });
+    let moved = server.post("/v1/chat/completions", &chat("pair", false)).await?;
+    assert_eq!(
+        moved.body["choices"][0]["message"]["content"], "from the backup",
+        "{:?}",
+        moved.body
+    );
+    assert_eq!(primary.resets(), 3, "one more reset, and one retry of it");
     server.stop().await
 }

@@ -273,8 +273,7 @@ async fn fail_over(
     };
     events.send(announce).await.ok()?;
     if restarted {
-        let text = "\n\n".to_string();
-        events.send(AnswerEvent::Delta { text }).await.ok()?;
+        events.send(AnswerEvent::Restarted).await.ok()?;
     }
     if opened.is_none() && !job.fallback_text.is_empty() {
         let text = format!("\n\n{}", job.fallback_text);
@@ -285,7 +284,7 @@ async fn fail_over(
 
 /// The next backend continuing the answer from where it stopped; when it refuses the partial
 /// answer as an assistant prefill (a 4xx of the request's own), the answer is asked for again
-/// without it (`true`: a clean restart, which follows what was sent after a blank line).
+/// without it (`true`: a clean restart, announced with [`AnswerEvent::Restarted`]).
 async fn continue_or_restart(
     engine: &Engine,
     job: &mut Job,

@@ -64,6 +64,11 @@ pub enum AnswerEvent {
     Relayed {
         chunk: Value,
     },
+    /// The backend that took over could not continue the partial answer (it refused it as a
+    /// prefill) and answers afresh: the text so far is withdrawn, and what follows is the whole
+    /// answer. A JSON answer keeps only the new text; an OpenAI stream ends with an error (its
+    /// client cannot withdraw text); `/query`'s own stream passes the mark on.
+    Restarted,
     /// Something changed mid-answer (a backend broke off, the deadline cut it short): the mode
     /// from here on.
     Degraded {
@@ -174,6 +179,7 @@ impl AnswerEvent {
             Self::Meta { .. } => "meta",
             Self::Delta { .. } => "delta",
             Self::Relayed { .. } => "relayed",
+            Self::Restarted => "restarted",
             Self::Degraded { .. } => "degraded",
             Self::Done { .. } => "done",
             Self::Refused { .. } => "refused",

@@ -1,8 +1,9 @@
 //! When to call a backend again after a failure, and when to move on: the pure rule the pool's
 //! attempts follow.
 //!
-//! - A dead connection (refused, reset before the response headers) moves to the next backend at
-//!   once; only the last backend a request can try retries it.
+//! - A dead connection (refused, reset before the response headers) is retried once on the same
+//!   backend (a pooled connection the server had closed is the usual cause), then the request
+//!   moves to the next backend; only the last backend a request can try retries it further.
 //! - 5xx, 429 and connection failures back off with equal jitter (half the step fixed, half
 //!   random: retries spread out, yet never come back almost at once), the step doubling from
 //!   250 ms up to 5 s; a `Retry-After` is waited out when it is no longer than the cap, else the
@@ -45,7 +46,7 @@ pub struct Failed {
 
 /// The wait before calling the same backend again, or `None` to move on.
 pub fn retry_after(error: &LlmError, policy: RetryPolicy, failed: Failed) -> Option<Duration> {
-    if error.connection_failed() && !failed.last {
+    if error.connection_failed() && !failed.last && failed.retries > 0 {
         return None;
     }
     let wait = match error.retry() {
@@ -137,10 +138,20 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_connection_moves_on_unless_nothing_else_is_left() {
+    fn a_dead_connection_is_retried_once_then_moves_on_unless_nothing_else_is_left() {
         let reset = remote(None, Retry::Backoff);
-        assert_eq!(retry_after(&reset, POLICY, failed(0, false)), None);
-        assert!(retry_after(&reset, POLICY, failed(0, true)).is_some());
+        assert!(retry_after(&reset, POLICY, failed(0, false)).is_some(), "once");
+        assert_eq!(retry_after(&reset, POLICY, failed(1, false)), None);
+        assert!(retry_after(&reset, POLICY, failed(1, true)).is_some());
+        let none = RetryPolicy {
+            max_retries: 0,
+            ..POLICY
+        };
+        assert_eq!(
+            retry_after(&reset, none, failed(0, false)),
+            None,
+            "max_retries = 0"
+        );
     }
 
     #[test]

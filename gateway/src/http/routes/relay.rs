@@ -191,7 +191,10 @@ impl Shaped {
                 Some(Event::default().data(error.to_string()))
             }
             AnswerEvent::Done { .. } => Some(Event::default().data("[DONE]")),
-            AnswerEvent::Meta { .. } | AnswerEvent::Delta { .. } | AnswerEvent::Refused { .. } => None,
+            AnswerEvent::Meta { .. }
+            | AnswerEvent::Delta { .. }
+            | AnswerEvent::Restarted
+            | AnswerEvent::Refused { .. } => None,
         }
     }
 }
