@@ -8,7 +8,7 @@ mod remote;
 mod retry_after;
 mod sse;
 
-pub use error::{LlmError, Refusal, Retry, UpstreamError};
+pub use error::{public_message, LlmError, Refusal, Retry, UpstreamError};
 pub use local::{LocalLlm, LocalLlmOptions, PrefixCacheOptions};
 pub use prompt::{cited_passages, fit_rag_messages, rag_messages, Fitted, Passage};
 pub use remote::{OpenAiBackend, OpenAiBackendOptions};

@@ -620,3 +620,91 @@ async fn a_reset_before_the_headers_is_retried_once_on_the_same_backend() -> any
     assert_eq!(primary.resets(), 3, "one more reset, and one retry of it");
     server.stop().await
 }
+
+/// Issue 38 item 4 (docs/CONFIGURATION.md, "Upstream errors"): 402 (billing) and 404 (the
+/// configured model unknown) are the operator's — the request fails over, the backend's breaker
+/// is charged, and a 502 answers when nothing else could; 422 is the caller's — passed on with
+/// its status, code and param, its message without URLs or key-like tokens.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_upstream_4xx_follows_its_rule() -> anyhow::Result<()> {
+    let primary = ScriptedOpenAi::start(Script::Answer("unused".into())).await?;
+    let backup = ScriptedOpenAi::start(Script::Answer("from the backup".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[resilience]\nbreaker_failures = 2\nbreaker_open_ms = 60000\n\n{}{}[[model_groups]]\nname = \"pair\"\nbackends = [\"primary\", \"backup\"]\n",
+        remote("primary", &primary, 0),
+        remote("backup", &backup, 0)
+    );
+    let server = Server::start(dir.path(), &ServerOptions::default().with_config(&config)).await?;
+    let error = |status: u16, message: &str, code: &str| Script::Error {
+        status,
+        body: upstream_error(message, "invalid_request_error", Some("model"), code),
+    };
+    primary.set(error(
+        402,
+        "You exceeded your current quota, check your plan and billing details.",
+        "insufficient_quota",
+    ));
+    let paid = server.post("/v1/chat/completions", &chat("pair", false)).await?;
+    assert_eq!(
+        (
+            paid.status,
+            paid.body["choices"][0]["message"]["content"].as_str()
+        ),
+        (200, Some("from the backup")),
+        "402 fails over: {:?}",
+        paid.body
+    );
+    primary.set(error(
+        404,
+        "The model `model-primary` does not exist.",
+        "model_not_found",
+    ));
+    let unknown = server.post("/v1/chat/completions", &chat("pair", false)).await?;
+    assert_eq!(unknown.status, 200, "404 fails over: {:?}", unknown.body);
+    let ready = server.get("/readyz").await?.body;
+    assert_eq!(
+        ready["dependencies"]["llm:primary"], "open",
+        "two of the operator's failures open its breaker: {ready}"
+    );
+    let alone = server
+        .post("/v1/chat/completions", &chat("backup", false))
+        .await?;
+    assert_eq!(alone.status, 200);
+    backup.set(error(
+        404,
+        "The model `model-backup` does not exist.",
+        "model_not_found",
+    ));
+    let nothing = server
+        .post("/v1/chat/completions", &chat("backup", false))
+        .await?;
+    assert_eq!(
+        (nothing.status, nothing.error_code()),
+        (502, Some("llm_backend_misconfigured")),
+        "{:?}",
+        nothing.body
+    );
+
+    backup.set(error(
+        422,
+        "Invalid value for temperature; see https://internal.example/docs (request key sk-live-abcdef123456).",
+        "invalid_value",
+    ));
+    let invalid = server
+        .post("/v1/chat/completions", &chat("backup", false))
+        .await?;
+    assert_eq!(
+        (invalid.status, invalid.error_code()),
+        (422, Some("invalid_value")),
+        "{:?}",
+        invalid.body
+    );
+    assert_eq!(invalid.body["error"]["param"], "model");
+    let message = invalid.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.ends_with("Invalid value for temperature; see [url] (request key [redacted])."),
+        "{message}"
+    );
+    server.stop().await
+}

@@ -96,7 +96,8 @@ pub enum AnswerEvent {
 pub enum Refusal {
     /// A backend refused the request as the caller's fault.
     Rejected(Rejection),
-    /// Every backend tried refused the operator's credentials (401/403 upstream).
+    /// Every backend tried refused the operator's configuration (credentials, billing, the
+    /// configured model: 401–404 upstream).
     Misconfigured { backends: Vec<String> },
     /// What it may take does not fit the rest of the tenant's budget, and `over_quota` leaves
     /// nothing cheaper.
@@ -112,8 +113,8 @@ impl Refusal {
             backend: backend.to_string(),
             status: error.status().unwrap_or(400),
             message: match upstream.message.is_empty() {
-                true => error.to_string(),
-                false => upstream.message,
+                true => ragway_llm::public_message(&error.to_string()),
+                false => ragway_llm::public_message(&upstream.message),
             },
             code: upstream
                 .code
@@ -137,7 +138,7 @@ impl From<Refusal> for ApiError {
             Refusal::Misconfigured { backends } => ApiError::unavailable(
                 ErrorCode::LlmBackendMisconfigured,
                 format!(
-                    "the LLM backends {} refused ragway's credentials (401/403): the operator must fix their keys",
+                    "the LLM backends {} refused ragway's configuration (credentials, billing or model: HTTP 401-404): the operator must fix it",
                     backends.join(", ")
                 ),
             ),
