@@ -184,6 +184,10 @@ pub struct QueryRequest {
     /// Fusion for this request only; the collection's when absent.
     #[serde(default)]
     pub fusion: Option<crate::FusionSettings>,
+    /// Who writes the answer: a model group or one LLM backend of the pool (its fallback as for
+    /// plain chat); every backend by priority when absent. An unknown name is a 404.
+    #[serde(default)]
+    pub llm: Option<String>,
 }
 
 /// A passage the answer was grounded on; `index` is the `[n]` used in the answer text.

@@ -708,3 +708,59 @@ async fn every_upstream_4xx_follows_its_rule() -> anyhow::Result<()> {
     );
     server.stop().await
 }
+
+/// Issue 38 item 5: a question over a collection can name who writes its answer (`llm`: a model
+/// group or a backend), with the group's fallback; an unknown name is a 404. (That answers asked
+/// of different models are different L1 entries is `l1::tests`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_question_over_a_collection_can_name_its_model_group() -> anyhow::Result<()> {
+    let first = ScriptedOpenAi::start(Script::Answer("from the first [1]".into())).await?;
+    let second = ScriptedOpenAi::start(Script::Answer("from the second [1]".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "{}{}[[model_groups]]\nname = \"second-first\"\nbackends = [\"second\", \"first\"]\n",
+        remote("first", &first, 0),
+        remote("second", &second, 0)
+    );
+    let options = ServerOptions::default()
+        .with_config(ragway_e2e::NO_ANSWER_CACHES)
+        .with_config(&config);
+    let server = Server::start(dir.path(), &options).await?;
+    server.seeded(None, "facts", &crate::common::corpus()).await?;
+    let ask = |llm: Option<&str>| {
+        let mut question = json!({"query": "What pressure brews an espresso?"});
+        if let Some(llm) = llm {
+            question["llm"] = json!(llm);
+        }
+        let server = &server;
+        async move { server.post("/v1/collections/facts/query", &question).await }
+    };
+    let by_priority = ask(None).await?;
+    assert_eq!(
+        by_priority.body["stages"]["llm"], "first",
+        "{:?}",
+        by_priority.body
+    );
+    let named = ask(Some("second-first")).await?;
+    assert_eq!(
+        (
+            named.body["stages"]["llm"].as_str(),
+            named.body["answer"].as_str()
+        ),
+        (Some("second"), Some("from the second [1]")),
+        "{:?}",
+        named.body
+    );
+    second.set(Script::Status(500));
+    let fallen = ask(Some("second-first")).await?;
+    assert_eq!(fallen.body["mode"], "fallback_llm", "{:?}", fallen.body);
+    assert_eq!(fallen.body["stages"]["llm"], "first");
+    let unknown = ask(Some("no-such-group")).await?;
+    assert_eq!(
+        (unknown.status, unknown.error_code()),
+        (404, Some("model_not_found")),
+        "{:?}",
+        unknown.body
+    );
+    server.stop().await
+}

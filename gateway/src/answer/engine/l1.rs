@@ -30,7 +30,7 @@ pub(super) struct Cached(Lookup<CachedAnswer>);
 impl Remember {
     pub(super) fn new(caches: &Arc<Caches>, grounding: &Grounding, sampling: Sampling) -> Self {
         let target = grounding.collection.target(grounding.fusion);
-        let asked = asked(&grounding.conversation, sampling);
+        let asked = asked(&grounding.conversation, sampling, grounding.llm.as_deref());
         let key = caches.key(
             "l1_answer",
             &target,
@@ -145,13 +145,19 @@ pub(super) fn replay(served: Served) -> Vec<AnswerEvent> {
 
 /// What an answer is an answer to, for its L1 key: the question, for a conversation the turns
 /// before it and what was searched for, and how it is to be written.
-fn asked(conversation: &Conversation, sampling: Sampling) -> String {
+/// What was asked, and of whom (`llm`: a group or backend the request named).
+fn asked(conversation: &Conversation, sampling: Sampling, llm: Option<&str>) -> String {
     let mut asked: Vec<&str> = conversation.history.iter().map(|m| m.content.as_str()).collect();
     asked.push(&conversation.question);
     if !conversation.history.is_empty() {
         asked.push(&conversation.search);
     }
-    let written = format!("{}\u{1f}{}", sampling.max_tokens, sampling.temperature);
+    let written = format!(
+        "{}\u{1f}{}\u{1f}{}",
+        sampling.max_tokens,
+        sampling.temperature,
+        llm.unwrap_or_default()
+    );
     asked.push(&written);
     asked.join("\u{1e}")
 }
@@ -187,8 +193,13 @@ mod tests {
             temperature: 0.7,
             ..short
         };
-        assert_eq!(asked(&question, short), asked(&question, short));
-        assert_ne!(asked(&question, short), asked(&question, long));
-        assert_ne!(asked(&question, short), asked(&question, warm));
+        assert_eq!(asked(&question, short, None), asked(&question, short, None));
+        assert_ne!(asked(&question, short, None), asked(&question, long, None));
+        assert_ne!(asked(&question, short, None), asked(&question, warm, None));
+        assert_ne!(
+            asked(&question, short, None),
+            asked(&question, short, Some("chat-mini")),
+            "an answer the request asked of another model is another answer"
+        );
     }
 }

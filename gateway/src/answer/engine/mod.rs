@@ -32,7 +32,7 @@ use outbox::Outbox;
 
 use super::conversation::Conversation;
 use super::pipeline::{Pipeline, Retrieved, Retriever};
-use super::pool::{Route, Unanswered};
+use super::pool::{LlmPool, Route, Unanswered};
 use super::prompt::{self, Sampling};
 use super::report::{Authorship, Report};
 use super::{Query, RequestContext};
@@ -213,6 +213,20 @@ pub struct Grounding {
     pub conversation: Conversation,
     /// A chat's answer says how its search question was made (`stages.rewrite`).
     pub from_chat: bool,
+    /// The model group or backend that writes the answer; every backend by priority when `None`.
+    pub llm: Option<String>,
+}
+
+impl Grounding {
+    /// The backends that may write its answer, in their order.
+    fn route(&self, pool: &LlmPool) -> Result<Route, ApiError> {
+        match &self.llm {
+            Some(name) => pool
+                .route(name)
+                .ok_or_else(|| ApiError::ModelNotFound(name.clone())),
+            None => Ok(pool.everyone()),
+        }
+    }
 }
 
 /// One request for an answer.
@@ -388,12 +402,13 @@ impl Engine {
         })
     }
 
-    /// A question that cannot fit the window even without passages is the caller's error.
+    /// A question that cannot fit the window even without passages is the caller's error, as is
+    /// an LLM that is not in the pool.
     fn check_question_fits(&self, grounding: &Grounding, ask: &Ask) -> Result<(), ApiError> {
         let choice = ask.ctx.allowance.generators();
         let pool = &self.pipeline.llm;
-        let everyone = pool.everyone();
-        let window = pool.tightest_context(&everyone, &choice);
+        let route = grounding.route(pool)?;
+        let window = pool.tightest_context(&route, &choice);
         prompt::check_question_fits(&grounding.conversation, ask.sampling, window)
     }
 
@@ -499,7 +514,10 @@ impl Engine {
         let mut report = retrieved.report;
         let allowance = &ctx.allowance;
         let choice = allowance.generators();
-        let route = self.pipeline.llm.everyone();
+        // Checked before the answer began (`check_question_fits`).
+        let route = grounding
+            .route(&self.pipeline.llm)
+            .unwrap_or_else(|_| self.pipeline.llm.everyone());
         let window = self.pipeline.llm.tightest_context(&route, &choice);
         let conversation = &grounding.conversation;
         // The question alone fits (checked at the start), so fitting can only drop passages.

@@ -105,6 +105,7 @@ pub async fn query(
         passages,
         conversation: Conversation::single(&request.query),
         from_chat: false,
+        llm: request.llm.clone(),
     };
     let ask = Ask {
         source: Source::Collection(grounding),

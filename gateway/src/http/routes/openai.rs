@@ -179,6 +179,7 @@ impl Chat {
             passages: self.state.config.generation.default_passages,
             conversation,
             from_chat: true,
+            llm: None,
         };
         let answer = self.answer(Source::Collection(grounding)).await?;
         if self.stream {
