@@ -30,6 +30,17 @@ impl std::fmt::Display for RateLimited {
 
 impl std::error::Error for RateLimited {}
 
+/// A response's `Retry-After` in seconds, at most an hour.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        // A finite but huge value would overflow a Duration: capped first.
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER_SECS)))
+}
+
 #[derive(Clone, Debug)]
 pub struct RetryAfterCapture {
     inner: ReqwestService,
@@ -58,14 +69,7 @@ impl tower::Service<HttpRequestFactory> for RetryAfterCapture {
             if status != 429 && status != 503 {
                 return Ok(response);
             }
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                // A finite but huge value would overflow a Duration: cap it at an hour.
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER_SECS)));
+            let retry_after = retry_after(response.headers());
             Err(OpenAIError::Boxed(Box::new(RateLimited { status, retry_after })))
         })
     }

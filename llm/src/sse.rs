@@ -4,15 +4,11 @@
 //! here instead, the response body is pulled chunk by chunk as events are asked for, so a slow
 //! consumer slows the backend through TCP, and dropping the stream closes the connection.
 
-use std::time::Duration;
-
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 
 use crate::{LlmError, Retry, UpstreamError};
 
-/// The longest `Retry-After` honoured; a larger one is read as this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
 /// The most of a failed response's body read for its error object.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -89,14 +85,7 @@ fn transport(backend: &str, error: &reqwest::Error) -> LlmError {
 /// (429 and 5xx; after the `Retry-After` of a 429 or 503 when it sent one).
 async fn refused(backend: &str, mut response: reqwest::Response) -> LlmError {
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        // A finite but huge value would overflow a Duration: capped first.
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())));
+    let retry_after = crate::retry_after::retry_after(response.headers());
     let mut body = Vec::new();
     while body.len() < MAX_ERROR_BODY {
         match response.chunk().await {

@@ -406,17 +406,17 @@ mod tests {
     use crate::resilience::faults::Faults;
 
     fn guard() -> Guard {
+        guard_of("llm:test", 2, Duration::from_secs(60), Duration::from_secs(5))
+    }
+
+    /// A guard of `dependency` whose breaker opens after `failures` for `open`.
+    fn guard_of(dependency: &str, failures: u32, open: Duration, timeout: Duration) -> Guard {
         let settings = BreakerSettings {
-            failure_threshold: 2,
-            open: Duration::from_secs(60),
-            max_open: Duration::from_secs(60),
+            failure_threshold: failures,
+            open,
+            max_open: open,
         };
-        Guard::new(
-            "llm:test",
-            Duration::from_secs(5),
-            &settings,
-            Arc::new(Faults::default()),
-        )
+        Guard::new(dependency, timeout, &settings, Arc::new(Faults::default()))
     }
 
     fn remote(status: Option<u16>) -> LlmError {
@@ -459,17 +459,7 @@ mod tests {
     /// queue is not the model's failure; one that times out while the model runs it is.
     #[tokio::test]
     async fn time_spent_waiting_in_the_queue_is_never_charged_to_the_breaker() -> std::io::Result<()> {
-        let settings = BreakerSettings {
-            failure_threshold: 2,
-            open: Duration::from_secs(60),
-            max_open: Duration::from_secs(60),
-        };
-        let guard = Guard::new(
-            "embedder",
-            Duration::from_millis(50),
-            &settings,
-            Arc::new(Faults::default()),
-        );
+        let guard = guard_of("embedder", 2, Duration::from_secs(60), Duration::from_millis(50));
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let worker = ragway_worker::Worker::spawn(
             "held",
@@ -514,7 +504,7 @@ mod tests {
         };
         fail_times(&guard, 5, too_long).await;
         fail_times(&guard, 5, || remote(Some(400))).await;
-        fail_times(&guard, 5, || remote(Some(404))).await;
+        fail_times(&guard, 5, || remote(Some(422))).await;
         let overloaded = || {
             LlmError::Overloaded(ragway_worker::Overloaded {
                 worker: "llm-local".into(),
@@ -545,16 +535,11 @@ mod tests {
     /// limit by the request's deadline is the backend's slowness.
     #[tokio::test]
     async fn a_probe_is_never_patient_and_a_wait_past_the_own_limit_is_charged() {
-        let settings = BreakerSettings {
-            failure_threshold: 1,
-            open: Duration::from_millis(100),
-            max_open: Duration::from_millis(100),
-        };
-        let guard = Guard::new(
+        let guard = guard_of(
             "llm:silent",
+            1,
+            Duration::from_millis(100),
             Duration::from_secs(5),
-            &settings,
-            Arc::new(Faults::default()),
         );
         let own = Duration::from_millis(300);
         let patience = Some(Duration::from_secs(20));
@@ -608,7 +593,18 @@ mod tests {
 
     #[tokio::test]
     async fn dependency_failures_open_it() {
-        for status in [None, Some(500), Some(429), Some(408), Some(401), Some(403)] {
+        // 401–404: the operator's configuration (credentials, billing, the model), the backend's
+        // failure for every request.
+        for status in [
+            None,
+            Some(500),
+            Some(429),
+            Some(408),
+            Some(401),
+            Some(402),
+            Some(403),
+            Some(404),
+        ] {
             let guard = guard();
             fail_times(&guard, 2, || remote(status)).await;
             assert_eq!(guard.state(), BreakerState::Open, "status {status:?}");

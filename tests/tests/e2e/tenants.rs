@@ -1364,6 +1364,18 @@ fn small_chat(max_tokens: u64) -> Value {
     json!({"model": "scripted", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]})
 }
 
+/// One [`small_chat`] of 200 tokens on `server`.
+async fn chat_on(server: &Server, key: &str) -> anyhow::Result<Reply> {
+    call(
+        server,
+        Method::POST,
+        "/v1/chat/completions",
+        key,
+        Some(small_chat(200)),
+    )
+    .await
+}
+
 /// Two slow chats of 218 tokens' reservation each, on `servers` (one each, or both on one);
 /// `meanwhile` runs once their reservations are taken (the backend answers later than that):
 /// the chats' statuses, and what `meanwhile` returned.
@@ -1404,14 +1416,7 @@ async fn chats_at_once_cannot_spend_past_the_budget_together() -> anyhow::Result
     let (id, key) = tenant(&server, json!({"name": "chatty", "limits": limits})).await?;
     notes(&server, &key, json!([])).await?;
     let meanwhile = async {
-        let third = call(
-            &server,
-            Method::POST,
-            "/v1/chat/completions",
-            &key,
-            Some(small_chat(200)),
-        )
-        .await?;
+        let third = chat_on(&server, &key).await?;
         let question = ask(&server, &key, "How do bees tell each other where flowers are?").await?;
         Ok((third, question))
     };
@@ -1433,14 +1438,7 @@ async fn chats_at_once_cannot_spend_past_the_budget_together() -> anyhow::Result
     assert_eq!(calls, 2, "no backend was asked for the refused ones");
     let charged = spent(&server, &id, "tokens_out", 1).await? + spent(&server, &id, "tokens_in", 1).await?;
     assert!((1..=500).contains(&charged), "spent {charged} of 500");
-    let again = call(
-        &server,
-        Method::POST,
-        "/v1/chat/completions",
-        &key,
-        Some(small_chat(200)),
-    )
-    .await?;
+    let again = chat_on(&server, &key).await?;
     assert_eq!(
         again.status, 200,
         "the reservations were given back: {:?}",
@@ -1464,16 +1462,7 @@ async fn replicas_share_the_reservations_of_a_budget() -> anyhow::Result<()> {
     let meanwhile = async {
         let mut more = Vec::new();
         for server in [&replicas.a, &replicas.b] {
-            more.push(
-                call(
-                    server,
-                    Method::POST,
-                    "/v1/chat/completions",
-                    &key,
-                    Some(small_chat(200)),
-                )
-                .await?,
-            );
+            more.push(chat_on(server, &key).await?);
         }
         Ok(more)
     };
@@ -1487,14 +1476,7 @@ async fn replicas_share_the_reservations_of_a_budget() -> anyhow::Result<()> {
         );
     }
     assert_eq!(chats, [200, 200]);
-    let again = call(
-        &replicas.b,
-        Method::POST,
-        "/v1/chat/completions",
-        &key,
-        Some(small_chat(200)),
-    )
-    .await?;
+    let again = chat_on(&replicas.b, &key).await?;
     assert_eq!(again.status, 200, "given back in Redis: {:?}", again.body);
     Ok(())
 }
