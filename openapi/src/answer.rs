@@ -93,6 +93,10 @@ pub struct Stages {
     /// The model id that backend was asked for (a model group's member may name its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_model: Option<String>,
+    /// Every backend that wrote a part of the answer, in order, when more than one did (one
+    /// broke off mid-answer and the next continued it); `llm` is the one that finished it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_parts: Option<Vec<String>>,
     /// How a chat's search question was made from the conversation: `llm` (condensed by the LLM
     /// pool), `concat` (the last question, then earlier ones), `none` (a single question).
     /// Absent outside chats over a collection.

@@ -55,6 +55,9 @@ pub struct Report {
     /// What the LLM call that rewrote it took (charged to the tenant, and reported in the
     /// answer's usage beside what the answer took).
     pub rewrite_usage: Option<TokenUsage>,
+    /// The backends that wrote the answer's parts, in order (more than one after a failover
+    /// mid-answer).
+    pub parts: Vec<String>,
     /// Every LLM backend tried was refused by its open breaker: the soonest next probe among them.
     pub next_probe: Option<std::time::Duration>,
     /// False for a bare-LLM chat, which retrieves nothing: its mode depends on the LLM alone.
@@ -78,6 +81,7 @@ impl Default for Report {
             embedding_tokens: 0,
             rewrite: None,
             rewrite_usage: None,
+            parts: Vec::new(),
             next_probe: None,
             retrieval: true,
             degraded: Vec::new(),
@@ -223,6 +227,7 @@ impl Report {
                 Authorship::Extractive => "extractive".to_string(),
             }),
             llm_model: self.llm_backend().and(self.model.clone()),
+            llm_parts: (self.parts.len() > 1).then(|| self.parts.clone()),
             rewrite: self.rewrite.map(|r| r.as_str().to_string()),
             rewrite_usage: self.rewrite_usage,
         }

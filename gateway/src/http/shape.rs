@@ -317,8 +317,13 @@ impl Chunks {
     }
 
     fn chunk(&self, choices: Value, extra: Vec<(&str, Value)>) -> Event {
+        self.chunk_of(&self.model, choices, extra)
+    }
+
+    /// A chunk naming `model`.
+    fn chunk_of(&self, model: &str, choices: Value, extra: Vec<(&str, Value)>) -> Event {
         let mut chunk = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": choices,
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": model, "choices": choices,
         });
         if let Some(map) = chunk.as_object_mut() {
             map.extend(extra.into_iter().map(|(key, value)| (key.to_string(), value)));
@@ -375,7 +380,9 @@ impl Chunks {
                 json!([]),
                 vec![("ragway", json!({"mode": mode, "degraded": [degradation]}))],
             ),
-            AnswerEvent::Done { usage, mode, .. } => {
+            AnswerEvent::Done {
+                usage, mode, stages, ..
+            } => {
                 let finish = finish_reason(usage.completion_tokens, self.max_tokens);
                 let usage = json!({
                     "prompt_tokens": usage.prompt_tokens,
@@ -386,7 +393,14 @@ impl Chunks {
                 if !self.bare_llm {
                     extra.push(("ragway", json!({"mode": mode})));
                 }
-                self.chunk(json!([{"index": 0, "delta": {}, "finish_reason": finish}]), extra)
+                // A plain chat's last chunk names the model that finished the answer (another
+                // backend's after a failover mid-answer).
+                let model = match (self.bare_llm, &stages.llm_model) {
+                    (true, Some(finished)) => finished.as_str(),
+                    _ => self.model.as_str(),
+                };
+                let last = json!([{"index": 0, "delta": {}, "finish_reason": finish}]);
+                self.chunk_of(model, last, extra)
             }
         }
     }

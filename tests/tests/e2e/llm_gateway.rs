@@ -319,6 +319,22 @@ async fn a_model_group_falls_back_and_passes_on_what_upstream_refused() -> anyho
         "only the restarted text: {:?}",
         whole.body
     );
+
+    // Issue 38 item 5: a backup that continues the partial answer finishes it, and the last
+    // chunk names its model (the first named the primary's).
+    backup.set(Script::Answer("three".into()));
+    let (status, _, body) = server
+        .post_sse("/v1/chat/completions", &chat("chat-large", true))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let streamed = chunks(&body);
+    assert_eq!(streamed_text(&streamed), "one two three", "{body}");
+    let models: Vec<&str> = streamed.iter().filter_map(|c| c["model"].as_str()).collect();
+    assert_eq!(
+        (models.first().copied(), models.last().copied()),
+        (Some("model-primary"), Some("model-backup")),
+        "{body}"
+    );
     server.stop().await
 }
 

@@ -119,6 +119,11 @@ async fn streamed_answers_carry_the_mode_and_survive_a_failing_backend() -> anyh
         (done["mode"].clone(), done["stages"]["llm"].clone()),
         (json!("fallback_llm"), json!("secondary"))
     );
+    assert_eq!(
+        done["stages"]["llm_parts"],
+        json!(["primary", "secondary"]),
+        "issue 38 item 5: both writers are named"
+    );
     // The fallback was asked to continue the primary's partial answer.
     let continued = secondary.last_request().unwrap_or_default();
     let last = &continued["messages"][continued["messages"].as_array().map(|m| m.len()).unwrap_or(1) - 1];

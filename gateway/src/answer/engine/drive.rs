@@ -71,6 +71,7 @@ pub(super) async fn drive(engine: Arc<Engine>, mut job: Job, events: Outbox, _pe
     while let Some(stream) = opened.take() {
         let backend = stream.backend.clone();
         written.tried.push(backend.clone());
+        job.report.parts.push(backend.clone());
         let part = Part::new(&engine, &job, &backend, &written.answer);
         let (ended, part) = relay(stream, part, &events).await;
         written.take(&part);
