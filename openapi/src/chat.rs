@@ -29,6 +29,11 @@ pub struct ChatCompletionRequest {
     pub max_completion_tokens: Option<usize>,
     #[serde(default)]
     pub temperature: Option<f64>,
+    /// ragway's own: for a chat over a collection (`model` names one), the model group or LLM
+    /// backend that writes the answer (every backend by priority when absent); ignored in plain
+    /// chat, and never sent to a backend.
+    #[serde(default)]
+    pub llm: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

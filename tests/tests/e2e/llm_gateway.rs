@@ -778,5 +778,14 @@ async fn a_question_over_a_collection_can_name_its_model_group() -> anyhow::Resu
         "{:?}",
         unknown.body
     );
+    // A chat over the collection names it with ragway's own `llm` field.
+    second.set(Script::Answer("from the second [1]".into()));
+    let chat = json!({"model": "facts", "llm": "second-first", "messages": [{"role": "user", "content": "What pressure brews an espresso?"}]});
+    let chatted = server.post("/v1/chat/completions", &chat).await?;
+    assert_eq!(
+        chatted.body["ragway"]["stages"]["llm"], "second",
+        "{:?}",
+        chatted.body
+    );
     server.stop().await
 }

@@ -243,6 +243,9 @@ pub fn capped(mut body: Value, caps: ChatCaps) -> Result<Value, ApiError> {
             ));
         }
     }
+    if let Some(fields) = body.as_object_mut() {
+        fields.remove("llm"); // ragway's own field, never a backend's
+    }
     let limited = ["max_tokens", "max_completion_tokens"]
         .iter()
         .any(|field| !body[*field].is_null());
@@ -278,7 +281,8 @@ mod tests {
     fn a_relayed_body_gets_the_default_limit_and_a_bounded_n() -> Result<(), ApiError> {
         let body = capped(json!({"model": "m", "n": 2}), CAPS)?;
         assert_eq!(body["max_tokens"], 40, "no limit set: the default is sent");
-        let own = capped(json!({"max_completion_tokens": 7}), CAPS)?;
+        let own = capped(json!({"max_completion_tokens": 7, "llm": "group"}), CAPS)?;
+        assert!(own["llm"].is_null(), "ragway's own field is not relayed: {own}");
         assert!(own["max_tokens"].is_null(), "the client's own limit stays: {own}");
         for n in [json!(0), json!(5), json!(64), json!("2")] {
             let refused = capped(json!({ "n": n }), CAPS).err().map(|e| e.code());

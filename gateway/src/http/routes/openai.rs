@@ -93,7 +93,8 @@ pub async fn chat_completions(
     match chat.collection().await {
         Some(collection) => {
             relay::refuse_capabilities(&body, "a collection (RAG)")?;
-            chat.grounded(collection, &messages(&request)?).await
+            let llm = request.llm.clone();
+            chat.grounded(collection, &messages(&request)?, llm).await
         }
         None => chat.plain(&request, body).await,
     }
@@ -163,6 +164,7 @@ impl Chat {
         self,
         collection: Arc<Collection>,
         messages: &[ChatMessage],
+        llm: Option<String>,
     ) -> Result<Response, ApiError> {
         let conversation = Conversation::of(messages).ok_or_else(|| {
             ApiError::invalid(
@@ -179,7 +181,7 @@ impl Chat {
             passages: self.state.config.generation.default_passages,
             conversation,
             from_chat: true,
-            llm: None,
+            llm,
         };
         let answer = self.answer(Source::Collection(grounding)).await?;
         if self.stream {

@@ -30,6 +30,7 @@ const OWN_FIELDS: &[&str] = &[
     "max_tokens",
     "max_completion_tokens",
     "temperature",
+    "llm",
 ];
 
 /// Fields that change what an answer is (tool calls, a JSON shape, log-probabilities): refused
