@@ -100,8 +100,9 @@ pub struct QueueLimits {
 }
 
 impl QueueLimits {
-    /// The most tasks one party may hold of a lane of `limit`: three quarters, so that a party
-    /// alone can use most of it and a quarter is always left to the others.
+    /// The most tasks one named party may hold of a lane of `limit`: three quarters, so that a
+    /// party alone can use most of it and a quarter is always left to the others (the anonymous
+    /// party — a server without tenants — may use all of it).
     pub fn share(limit: usize) -> usize {
         (limit - limit / 4).max(1)
     }
@@ -294,7 +295,9 @@ impl<T: Task> Queue<T> {
         let mut lanes = self.lock();
         let limit = self.limit(priority);
         let lane = lanes.lane(priority);
-        let full = lane.len() >= limit || lane.held_by(&party) >= QueueLimits::share(limit);
+        // The anonymous party (no tenants: everything is its) may use the whole lane.
+        let over_share = !party.is_empty() && lane.held_by(&party) >= QueueLimits::share(limit);
+        let full = lane.len() >= limit || over_share;
         if lanes.closed || full {
             metrics::counter!("ragway_worker_rejected_total", "worker" => self.name.clone(), "lane" => priority.as_str())
                 .increment(1);
@@ -522,6 +525,25 @@ mod tests {
             order(&results, 9),
             ["running", "f1", "c1", "f2", "c2", "f3", "f4", "f5", "f6"],
             "one task of each party in turn"
+        );
+        // Without tenants, everything is the anonymous party's: the whole lane is its.
+        let (worker, open) = gated_worker(limits);
+        worker.submit(probe("running", &done, 1), Priority::Interactive)?;
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..8 {
+            worker.submit(probe("anonymous", &done, 1), Priority::Interactive)?;
+        }
+        assert!(
+            worker
+                .submit(probe("ninth", &done, 1), Priority::Interactive)
+                .is_err(),
+            "full"
+        );
+        let _ = open.send(());
+        let ran = order(&results, 9);
+        assert!(
+            ran.iter().all(|label| *label != "timeout"),
+            "all nine ran: {ran:?}"
         );
         Ok(())
     }
