@@ -371,6 +371,9 @@ async fn load_backends(
         let name = format!("llm:{}", backend.name);
         let guard = Guard::new(&name, limits.timeout, breaker, faults.clone());
         let mut loaded = Backend::new(generator, guard, limits);
+        if !backend.accepts_prefill {
+            loaded = loaded.refusing_prefills();
+        }
         for model in variant_models(config, &backend.name) {
             let generator = load_generator(config, &with_model(backend, &model), device).await?;
             loaded = loaded.with_variant(generator);

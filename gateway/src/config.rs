@@ -397,7 +397,8 @@ pub struct LlmBackendConfig {
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// The first token of a streamed answer. Default: 60 s local, 10 s remote. The last backend
-    /// a request can try waits up to the request's deadline instead: nothing else could answer.
+    /// a request can try waits longer (`resilience.max_patient_wait_ms`, within the deadline):
+    /// nothing else could answer.
     #[serde(default)]
     pub ttft_timeout_ms: Option<u64>,
     /// The longest wait between two pieces of a streamed answer. Default:
@@ -409,6 +410,11 @@ pub struct LlmBackendConfig {
     /// extractive answer: the cheaper backend (e.g. the local model next to a paid API).
     #[serde(default)]
     pub unmetered: bool,
+    /// Whether it continues a partial answer given as the last (assistant) message. A backend
+    /// that does not is never asked to continue another's answer mid-stream (the continuation
+    /// goes to one that does first); it may still answer afresh. Default: true.
+    #[serde(default = "yes")]
+    pub accepts_prefill: bool,
     #[serde(flatten)]
     pub kind: LlmBackendKind,
 }
@@ -522,6 +528,7 @@ impl Default for Config {
                 ttft_timeout_ms: None,
                 idle_timeout_ms: None,
                 unmetered: false,
+                accepts_prefill: true,
                 kind: LlmBackendKind::Local {
                     model: models.join("smollm2-135m-instruct").display().to_string(),
                     dequantize: true,

@@ -47,6 +47,8 @@ pub struct Backend {
     in_flight: AtomicUsize,
     /// Its retry budget (see [`retry::Throttle`]).
     throttle: std::sync::Mutex<retry::Throttle>,
+    /// It continues a partial answer given as the last message (`llm[].accepts_prefill`).
+    accepts_prefill: bool,
 }
 
 /// A stream that has produced its first text, and the backend (and model) it comes from.
@@ -67,6 +69,12 @@ pub enum Unanswered {
 }
 
 impl Backend {
+    /// A backend that does not continue partial answers (`llm[].accepts_prefill = false`).
+    pub fn refusing_prefills(mut self) -> Self {
+        self.accepts_prefill = false;
+        self
+    }
+
     /// `act` on the backend's retry budget.
     fn throttle<T>(&self, act: impl FnOnce(&mut retry::Throttle) -> T) -> T {
         act(&mut self.throttle.lock().unwrap_or_else(|p| p.into_inner()))
@@ -90,6 +98,7 @@ impl Backend {
             max_retries: limits.max_retries,
             in_flight: AtomicUsize::new(0),
             throttle: Default::default(),
+            accepts_prefill: true,
         }
     }
 
@@ -201,6 +210,14 @@ impl LlmPool {
     /// The backend `name`, if the pool has it.
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.name() == name)
+    }
+
+    /// The backends that do not continue partial answers: a continuation skips them.
+    pub fn refusing_prefills(&self) -> impl Iterator<Item = &str> {
+        self.backends
+            .iter()
+            .filter(|b| !b.accepts_prefill)
+            .map(|b| b.name())
     }
 
     /// The model groups, by name.

@@ -165,6 +165,7 @@ mod tests {
             ttft_timeout_ms: None,
             idle_timeout_ms: None,
             unmetered: false,
+            accepts_prefill: true,
             kind: super::super::LlmBackendKind::Local {
                 model: "m".into(),
                 dequantize: true,

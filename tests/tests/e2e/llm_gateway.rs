@@ -789,3 +789,66 @@ async fn a_question_over_a_collection_can_name_its_model_group() -> anyhow::Resu
     );
     server.stop().await
 }
+
+/// Issue 38 item 6: a backend that does not continue partial answers (`accepts_prefill =
+/// false`) is passed over for a continuation, which goes to one that does; when none that does
+/// can answer, it answers afresh (a marked restart, never glued to the partial answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_continuation_goes_first_to_a_backend_that_takes_a_prefill() -> anyhow::Result<()> {
+    let primary = ScriptedOpenAi::start(Script::BreakAfter {
+        text: "one two three".into(),
+        words: 2,
+    })
+    .await?;
+    let fresh = ScriptedOpenAi::start(Script::Answer("a fresh answer".into())).await?;
+    let continuing = ScriptedOpenAi::start(Script::Answer("three".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[resilience]\nbreaker_failures = 100\n\n{}{}\naccepts_prefill = false\n\n{}[[model_groups]]\nname = \"trio\"\nbackends = [\"primary\", \"fresh\", \"continuing\"]\n",
+        remote("primary", &primary, 0),
+        remote("fresh", &fresh, 0).trim_end(),
+        remote("continuing", &continuing, 0)
+    );
+    let server = Server::start(dir.path(), &ServerOptions::default().with_config(&config)).await?;
+    let (status, _, body) = server
+        .post_sse("/v1/chat/completions", &chat("trio", true))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(streamed_text(&chunks(&body)), "one two three", "{body}");
+    assert_eq!(fresh.calls(), 0, "not asked to continue what it cannot");
+    let continued = continuing.last_request().unwrap_or_default();
+    let last = continued["messages"].as_array().and_then(|m| m.last()).cloned();
+    assert_eq!(
+        last.map(|m| m["role"].clone()),
+        Some(json!("assistant")),
+        "{continued}"
+    );
+
+    // The one that continues is down: the other answers afresh, marked as a restart.
+    continuing.set(Script::Status(500));
+    let (status, _, body) = server
+        .post_sse("/v1/chat/completions", &chat("trio", true))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let streamed = chunks(&body);
+    assert_eq!(streamed_text(&streamed), "one two ", "{body}");
+    assert_eq!(
+        streamed.last().map(|c| c["error"]["code"].clone()),
+        Some(json!("answer_restarted")),
+        "{body}"
+    );
+    let asked = fresh.last_request().unwrap_or_default();
+    let last = asked["messages"].as_array().and_then(|m| m.last()).cloned();
+    assert_eq!(
+        last.map(|m| m["role"].clone()),
+        Some(json!("user")),
+        "afresh: {asked}"
+    );
+    let whole = server.post("/v1/chat/completions", &chat("trio", false)).await?;
+    assert_eq!(
+        whole.body["choices"][0]["message"]["content"], "a fresh answer",
+        "{:?}",
+        whole.body
+    );
+    server.stop().await
+}

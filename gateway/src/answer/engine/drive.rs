@@ -283,18 +283,31 @@ async fn fail_over(
     Some(opened)
 }
 
-/// The next backend continuing the answer from where it stopped; when it refuses the partial
-/// answer as an assistant prefill (a 4xx of the request's own), the answer is asked for again
-/// without it (`true`: a clean restart, announced with [`AnswerEvent::Restarted`]).
+/// The next backend continuing the answer from where it stopped — among those that take a
+/// partial answer (`llm[].accepts_prefill`) — and when one refuses it as an assistant prefill (a
+/// 4xx of the request's own), or none that takes one could, the answer is asked for again
+/// without it, also of those that do not (`true`: a clean restart, announced with
+/// [`AnswerEvent::Restarted`]).
 async fn continue_or_restart(
     engine: &Engine,
     job: &mut Job,
     written: &Written,
 ) -> (Option<OpenedStream>, bool) {
-    match open(engine, job, &written.tried, Some(&written.answer)).await {
+    let mut skip = written.tried.clone();
+    let refusing = engine.pipeline.llm.refusing_prefills();
+    skip.extend(
+        refusing
+            .filter(|b| !written.tried.iter().any(|t| t == b))
+            .map(str::to_string),
+    );
+    let others_left = skip.len() > written.tried.len();
+    match open(engine, job, &skip, Some(&written.answer)).await {
         Ok(next) => (Some(next), false),
         Err(Unanswered::Refused { backend, error }) => {
             tracing::info!(backend, %error, "the partial answer was refused as a prefill: restarting without it");
+            (open(engine, job, &written.tried, None).await.ok(), true)
+        }
+        Err(Unanswered::Failed { .. }) if others_left => {
             (open(engine, job, &written.tried, None).await.ok(), true)
         }
         Err(Unanswered::Failed { .. }) => (None, false),
