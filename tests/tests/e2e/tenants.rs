@@ -1588,3 +1588,79 @@ async fn a_tenant_holds_a_bounded_number_of_keys() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Issue 40 item 1: a hostile tenant's 15 MB chats to the local model are refused (400) from
+/// their length before anything tokenizes them, so a well-behaved tenant's searches meanwhile
+/// stay `normal` and about as fast as before (they went from 0.01 s to 4 s). The bound is wide —
+/// the slowest calm search beside the chats within a second of the slowest before — and only
+/// catches work done on the runtime.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifteen_megabyte_chats_beside_a_calm_tenant_cost_it_nothing() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let dir = tempfile::tempdir()?;
+    let options = options(&llm, "").with_local_llm("local");
+    let server = Server::start(dir.path(), &options).await?;
+    let (_, hostile) = tenant(&server, json!({"name": "hostile"})).await?;
+    let unlimited = json!({"requests_per_second": 100_000.0, "burst": 100_000});
+    let (_, calm) = tenant(&server, json!({"name": "calm", "limits": unlimited})).await?;
+    notes(&server, &calm, json!([])).await?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // The calm tenant's searches, one after another — `at_least` of them, and while `beside` the
+    // hostile chats until they are done: the slowest one.
+    let slowest_search = |round: &'static str, at_least: usize, beside: bool| {
+        let (server, calm, done) = (&server, &calm, &done);
+        async move {
+            let mut slowest = Duration::ZERO;
+            let mut i = 0;
+            let going = || beside && !done.load(std::sync::atomic::Ordering::Acquire);
+            while i < at_least || going() {
+                let started = Instant::now();
+                let mode = search_mode(server, calm, format!("{round} {i}: which volcano erupts?")).await?;
+                slowest = slowest.max(started.elapsed());
+                anyhow::ensure!(mode == "normal", "{round} search {i}: {mode}");
+                anyhow::ensure!(i < 10_000, "the hostile chats never ended");
+                i += 1;
+            }
+            anyhow::Ok(slowest)
+        }
+    };
+    let before = slowest_search("before", 5, false).await?;
+    let huge =
+        json!({"model": "local", "messages": [{"role": "user", "content": "coffee ".repeat(15 << 20 >> 3)}]});
+    let hostile_chats = async {
+        let mut codes = Vec::new();
+        for _ in 0..3 {
+            let (a, b) = tokio::join!(
+                call(
+                    &server,
+                    Method::POST,
+                    "/v1/chat/completions",
+                    &hostile,
+                    Some(huge.clone())
+                ),
+                call(
+                    &server,
+                    Method::POST,
+                    "/v1/chat/completions",
+                    &hostile,
+                    Some(huge.clone())
+                )
+            );
+            for reply in [a?, b?] {
+                codes.push((reply.status, reply.error_code().map(str::to_string)));
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        anyhow::Ok(codes)
+    };
+    let (codes, beside) = tokio::join!(hostile_chats, slowest_search("beside", 1, true));
+    for code in codes? {
+        assert_eq!(code, (400, Some("context_length_exceeded".to_string())));
+    }
+    let beside = beside?;
+    assert!(
+        beside < before + Duration::from_secs(1),
+        "the calm tenant's slowest search took {beside:?} beside the chats, {before:?} before"
+    );
+    Ok(())
+}
