@@ -74,7 +74,6 @@ error_codes! {
     LlmBackendFailed => "llm_backend_failed",
     LlmBackendMisconfigured => "llm_backend_misconfigured",
     AnswerRestarted => "answer_restarted",
-    LlmFailed => "llm_failed",
     LlmTokenQuotaExceeded => "llm_token_quota_exceeded",
     LlmUnavailable => "llm_unavailable",
     MalformedJson => "malformed_json",

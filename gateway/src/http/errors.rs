@@ -95,7 +95,6 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::JobStoreUnavailable
         | C::KeywordStoreFailed
         | C::LlmBackendFailed
-        | C::LlmFailed
         | C::LlmUnavailable
         | C::NoRetrievalPath
         | C::Overloaded

@@ -284,6 +284,55 @@ pub async fn openai_chunks(
     Ok(response)
 }
 
+/// The one error an OpenAI stream carries once its status is sent (plain chat, chat over a
+/// collection and relay alike): `{"error": {"code", "message", "type"}}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct StreamError {
+    error: StreamErrorBody,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamErrorBody {
+    code: &'static str,
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl StreamError {
+    fn new(code: ErrorCode, message: String) -> Self {
+        Self {
+            error: StreamErrorBody {
+                code: code.as_str(),
+                message,
+                kind: "server_error",
+            },
+        }
+    }
+
+    /// A backend broke off the answer (`degradation`) and nothing continued it.
+    pub(crate) fn broke_off(degradation: &Degradation) -> Self {
+        let backend = degradation.stage.trim_start_matches("llm:");
+        let message = format!(
+            "backend `{backend}` broke off the answer ({:?})",
+            degradation.reason
+        );
+        Self::new(ErrorCode::LlmBackendFailed, message)
+    }
+
+    /// The backend that took over answered afresh: what was streamed cannot be completed.
+    fn restarted() -> Self {
+        let message = "the backend that took over could not continue the partial answer: what was streamed is incomplete; ask again";
+        Self::new(ErrorCode::AnswerRestarted, message.to_string())
+    }
+
+    pub(crate) fn event(&self) -> Event {
+        Event::default()
+            .json_data(self)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable error"))
+    }
+}
+
 /// Makes the `chat.completion.chunk` events of one answer.
 struct Chunks {
     id: String,
@@ -354,27 +403,16 @@ impl Chunks {
             // Only ever a first event, which is answered as an error instead.
             AnswerEvent::Refused { refusal } => {
                 let error = ApiError::from(refusal);
-                let body = json!({"error": {"code": error.code().as_str(), "message": error.to_string()}});
-                Event::default().data(body.to_string())
+                StreamError::new(error.code(), error.to_string()).event()
             }
-            AnswerEvent::Restarted => {
-                let message = "the backend that took over could not continue the partial answer: what was streamed is incomplete; ask again";
-                let error =
-                    json!({"error": {"code": ErrorCode::AnswerRestarted.as_str(), "message": message}});
-                Event::default().data(error.to_string())
-            }
+            AnswerEvent::Restarted => StreamError::restarted().event(),
             AnswerEvent::Delta { text } => self.chunk(
                 json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]),
                 Vec::new(),
             ),
             // A plain chat's only backend broke off: say so as OpenAI streams say errors.
             AnswerEvent::Degraded { degradation, mode } if self.bare_llm && mode == Mode::Error => {
-                let message = format!(
-                    "backend `{}` broke off the answer ({:?})",
-                    degradation.stage, degradation.reason
-                );
-                let error = json!({"error": {"code": ErrorCode::LlmFailed.as_str(), "message": message}});
-                Event::default().data(error.to_string())
+                StreamError::broke_off(&degradation).event()
             }
             AnswerEvent::Degraded { degradation, mode } => self.chunk(
                 json!([]),

@@ -209,7 +209,12 @@ async fn a_stream_is_charged_for_what_it_wrote_however_it_ends() -> anyhow::Resu
     assert_eq!(remote.last_request().unwrap_or_default()["seed"], 1, "relayed");
     let last = body.lines().rev().find_map(|l| l.strip_prefix("data: "));
     let error: Value = serde_json::from_str(last.unwrap_or("null"))?;
-    assert_eq!(error["error"]["code"], "llm_backend_failed", "{body}");
+    // The same error body as a plain chat's (streaming.rs): one shape for every stream.
+    assert_eq!(
+        (error["error"]["code"].as_str(), error["error"]["type"].as_str()),
+        (Some("llm_backend_failed"), Some("server_error")),
+        "{body}"
+    );
     let after_relay = usage(&server, &id, "tokens_out", after_json + 1).await?;
     assert!(
         after_relay > after_json,

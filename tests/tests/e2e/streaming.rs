@@ -168,7 +168,11 @@ async fn streamed_answers_carry_the_mode_and_survive_a_failing_backend() -> anyh
         .map(data)
         .find(|chunk| chunk.get("error").is_some())
         .ok_or_else(|| anyhow::anyhow!("no error chunk in {body}"))?;
-    assert_eq!(error["error"]["code"], "llm_failed");
+    // Issue 38 item 9: one error body for every stream, a relay's included.
+    assert_eq!(
+        (error["error"]["code"].as_str(), error["error"]["type"].as_str()),
+        (Some("llm_backend_failed"), Some("server_error"))
+    );
     // It fails before its first token: a 503, not an empty 200.
     secondary.set(Script::Status(500));
     let (status, mode, _, body) = server.post_stream("/v1/chat/completions", &bare).await?;

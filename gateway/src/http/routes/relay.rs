@@ -14,11 +14,11 @@ use axum::response::sse::Event;
 use axum::response::Response;
 use futures::StreamExt;
 use ragway_openapi::Mode;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::answer::engine::{Answer, AnswerEvent, Answering};
 use crate::error::{ApiError, ErrorCode};
-use crate::http::shape::{self, answer_response};
+use crate::http::shape::{self, answer_response, StreamError};
 
 /// Top-level fields ragway reads itself; any other field (`n` too: a backend may write several
 /// choices) asks for a relay.
@@ -181,16 +181,7 @@ impl Shaped {
                 }
                 Some(Event::default().data(chunk.to_string()))
             }
-            AnswerEvent::Degraded { degradation, .. } => {
-                let message = format!(
-                    "backend `{}` broke off the answer ({:?})",
-                    degradation.stage.trim_start_matches("llm:"),
-                    degradation.reason
-                );
-                let error =
-                    json!({"error": {"code": ErrorCode::LlmBackendFailed.as_str(), "message": message}});
-                Some(Event::default().data(error.to_string()))
-            }
+            AnswerEvent::Degraded { degradation, .. } => Some(StreamError::broke_off(&degradation).event()),
             AnswerEvent::Done { .. } => Some(Event::default().data("[DONE]")),
             AnswerEvent::Meta { .. }
             | AnswerEvent::Delta { .. }
