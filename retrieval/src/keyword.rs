@@ -49,6 +49,9 @@ pub struct TantivyKeywordStore {
 struct KeywordIndexes {
     root: PathBuf,
     open: RwLock<HashMap<String, Arc<KeywordIndex>>>,
+    /// The indexes whose writer is open: what the idle-writer sweeper visits, so that its cost
+    /// grows with the collections being written, not with those stored.
+    writing: Mutex<Vec<Weak<KeywordIndex>>>,
 }
 
 struct KeywordIndex {
@@ -88,27 +91,29 @@ impl TantivyKeywordStore {
         let indexes = Arc::new(KeywordIndexes {
             root: root.to_path_buf(),
             open: RwLock::new(HashMap::new()),
+            writing: Mutex::new(Vec::new()),
         });
         close_idle_writers(Arc::downgrade(&indexes));
         Self { indexes }
     }
 }
 
-/// One thread for all collections: every second, closes the writers idle for [`WRITER_IDLE`]
-/// (their merges finish first); it ends with the store.
+/// One thread for all collections: every second, closes the open writers idle for
+/// [`WRITER_IDLE`] (their merges finish first); it ends with the store.
 fn close_idle_writers(indexes: Weak<KeywordIndexes>) {
     let started = std::thread::Builder::new()
         .name("tantivy-idle".into())
         .spawn(move || loop {
             std::thread::sleep(Duration::from_secs(1));
             let Some(indexes) = indexes.upgrade() else { return };
-            let open: Vec<Arc<KeywordIndex>> = match indexes.open.read() {
-                Ok(open) => open.values().cloned().collect(),
-                Err(_) => return,
-            };
-            drop(indexes);
-            for index in open {
-                index.close_writer_if_idle();
+            let round = std::mem::take(&mut *indexes.lock_writing());
+            let still_open: Vec<Arc<KeywordIndex>> = round
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|index| index.close_writer_if_idle())
+                .collect();
+            for index in &still_open {
+                indexes.writing(index);
             }
         });
     if let Err(e) = started {
@@ -134,6 +139,33 @@ fn schema() -> (Schema, Fields) {
 }
 
 impl KeywordIndexes {
+    /// `edit` applied by `index`'s writer (see [`KeywordIndex::write`]), which the sweeper then
+    /// visits until it is closed.
+    fn write(
+        &self,
+        index: &Arc<KeywordIndex>,
+        edit: impl FnOnce(&mut IndexWriter, &Fields) -> Result<(), RetrievalError>,
+    ) -> Result<(), RetrievalError> {
+        let written = index.write(edit);
+        self.writing(index);
+        written
+    }
+
+    /// Adds `index` to the writers the sweeper visits, once.
+    fn writing(&self, index: &Arc<KeywordIndex>) {
+        let mut writing = self.lock_writing();
+        if !writing
+            .iter()
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(index)))
+        {
+            writing.push(Arc::downgrade(index));
+        }
+    }
+
+    fn lock_writing(&self) -> std::sync::MutexGuard<'_, Vec<Weak<KeywordIndex>>> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn get(&self, collection: &str) -> Result<Arc<KeywordIndex>, RetrievalError> {
         let open = self.open.read().map_err(|_| poisoned())?;
         open.get(collection)
@@ -203,11 +235,16 @@ impl KeywordIndex {
         Ok(())
     }
 
-    /// Closes the writer when nothing was written for [`WRITER_IDLE`]; the next write opens one.
-    fn close_writer_if_idle(&self) {
-        let Ok(mut open) = self.writer.lock() else { return };
+    /// Closes the writer when nothing was written for [`WRITER_IDLE`] (the next write opens one);
+    /// whether one is still open. A writer busy with a write is not idle.
+    fn close_writer_if_idle(&self) -> bool {
+        let mut open = match self.writer.try_lock() {
+            Ok(open) => open,
+            Err(std::sync::TryLockError::WouldBlock) => return true,
+            Err(std::sync::TryLockError::Poisoned(_)) => return false,
+        };
         if open.as_ref().is_none_or(|w| w.last_write.elapsed() < WRITER_IDLE) {
-            return;
+            return open.is_some();
         }
         if let Some(idle) = open.take() {
             // Under the lock: the index's lock file is the writer's until its merges end.
@@ -215,6 +252,7 @@ impl KeywordIndex {
                 tracing::warn!(error = %e, "closing an idle keyword writer");
             }
         }
+        false
     }
 
     fn search(
@@ -331,8 +369,9 @@ impl KeywordStore for TantivyKeywordStore {
             return Ok(());
         }
         let index = self.indexes.get(collection)?;
+        let indexes = self.indexes.clone();
         run_blocking(RetrievalError::Keyword, move || {
-            index.write(|writer, f| {
+            indexes.write(&index, |writer, f| {
                 for chunk in chunks {
                     // Upsert: a chunk id is written at most once.
                     writer.delete_term(Term::from_field_text(f.chunk_id, &chunk.chunk_id));
@@ -360,8 +399,9 @@ impl KeywordStore for TantivyKeywordStore {
             return Ok(());
         }
         let index = self.indexes.get(collection)?;
+        let indexes = self.indexes.clone();
         run_blocking(RetrievalError::Keyword, move || {
-            index.write(|writer, f| {
+            indexes.write(&index, |writer, f| {
                 for id in &doc_ids {
                     writer.delete_term(Term::from_field_text(f.doc_id, id));
                 }

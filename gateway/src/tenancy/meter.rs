@@ -58,6 +58,11 @@ impl Meter {
         Ok(self.holding(reserved))
     }
 
+    /// Whether the tenant has a `budget` to reserve from (none in open mode).
+    pub fn budgets(&self, budget: Budget) -> bool {
+        self.tenant.as_deref().and_then(|t| budget.limit(t)).is_some()
+    }
+
     /// This meter, settling `reservation` with its charges.
     pub fn holding(&self, reservation: Option<TokenReservation>) -> Meter {
         Meter {

@@ -34,6 +34,9 @@ pub(super) async fn reserve(
     request: &GenerationRequest,
     quotable: bool,
 ) -> Result<Spend, OverBudget> {
+    if !meter.budgets(Budget::Llm) {
+        return Ok(Spend::Held(meter.clone()));
+    }
     let allowed: Vec<&str> = route
         .members()
         .iter()

@@ -79,7 +79,7 @@ impl Engine {
                 .map_err(|u| unanswered(&model, u, &report))?;
             // A part is charged from when the backend took the request on.
             let relaying = Relaying {
-                part: Part::relayed(backend, prompt_of(&body), meter),
+                part: Part::relayed(backend, most.messages, meter),
                 report,
                 started,
             };
@@ -91,7 +91,7 @@ impl Engine {
             .relay(&route, &body, &ctx.deadline, &mut report, &choice)
             .await
             .map_err(|u| unanswered(&model, u, &report))?;
-        let part = Part::relayed(backend, prompt_of(&body), meter);
+        let part = Part::relayed(backend, most.messages, meter);
         Ok(whole(answer, part, report, started))
     }
 }

@@ -107,7 +107,7 @@ impl Budget {
         }
     }
 
-    fn limit(self, tenant: &Tenant) -> Option<u64> {
+    pub fn limit(self, tenant: &Tenant) -> Option<u64> {
         match self {
             Self::Llm => tenant.limits.llm_tokens_per_day,
             Self::Embedding => tenant.limits.embedding_tokens_per_day,
