@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ragway_gateway::caches::Caches;
-use ragway_gateway::catalog::collections::{Collections, Followers, ManifestStore};
+use ragway_gateway::catalog::collections::{Caps, Collections, Followers, ManifestStore};
 use ragway_gateway::config::Config;
 use ragway_gateway::resilience::breaker::BreakerSettings;
 use ragway_gateway::resilience::faults::Faults;
@@ -88,7 +88,7 @@ async fn half_indexed_documents_are_removed_from_both_stores_on_open() -> anyhow
     let epoch_before = {
         let (collections, dense, keyword) = open(data.path(), embedder.clone()).await?;
         collections
-            .create("c", ChunkingOptions::default(), None, 10)
+            .create("c", ChunkingOptions::default(), None, Caps::server(10))
             .await?;
         let c = collections.get("c")?;
         let indexed = collections

@@ -35,7 +35,9 @@ mod registry;
 mod snapshot;
 mod write;
 use file_registry::FileRegistry;
-use registry::{Created, RedisRegistry, Registry};
+pub(crate) use registry::storage_key;
+pub use registry::Caps;
+use registry::{Created, RedisRegistry, Refreshed, Registry};
 pub use snapshot::SnapshotInfo;
 pub use write::stored_bytes;
 use write::Writing;
@@ -160,7 +162,12 @@ impl Manifest {
 /// tasks off it first (the manifest is borrowed from the change holding it, so it cannot be sent
 /// to the blocking pool without copying it whole).
 fn serialise(manifest: &Manifest) -> Result<Vec<u8>, String> {
-    let run = || serde_json::to_vec(manifest).map_err(|e| e.to_string());
+    off_runtime(|| serde_json::to_vec(manifest).map_err(|e| e.to_string()))
+}
+
+/// Runs CPU work over borrowed data on this thread, with the runtime told to move its other
+/// tasks off it first (a current-thread runtime, in tests, just runs it).
+fn off_runtime<T>(run: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
         _ => run(),
@@ -244,27 +251,6 @@ impl Collection {
         }
     }
 
-    /// How much `documents` would add to what the collection stores (negative: shrink), as
-    /// `(documents, chunks, bytes)`; a document already stored replaces its old version.
-    pub async fn growth(&self, documents: &[DocumentInput]) -> (i64, i64, i64) {
-        let manifest = self.manifest.lock().await;
-        let mut growth = (0i64, 0i64, 0i64);
-        for doc in documents {
-            let metadata = doc.metadata.clone().unwrap_or_default();
-            let chunked = chunk_document(&doc.id, &doc.text, &metadata, self.chunking);
-            let chunks = chunked.len() as i64;
-            let bytes = i64::try_from(stored_bytes(&chunked, &metadata)).unwrap_or(i64::MAX);
-            let (old_docs, old_chunks, old_bytes) = manifest
-                .documents
-                .get(&doc.id)
-                .map_or((0, 0, 0), |d| (1, d.chunks as i64, d.bytes as i64));
-            growth.0 += 1 - old_docs;
-            growth.1 += chunks - old_chunks;
-            growth.2 += bytes - old_bytes;
-        }
-        growth
-    }
-
     pub fn info(&self) -> CollectionInfo {
         self.summary
             .read()
@@ -334,6 +320,51 @@ fn registry_failed(e: String) -> ApiError {
 }
 
 impl Collections {
+    /// How much `documents` would add to what the collection stores (negative: shrink), as
+    /// `(documents, chunks, bytes)`; a document already stored replaces its old version.
+    /// With a shared registry, the manifest is brought up to date first (another replica may
+    /// have written those documents).
+    pub async fn growth(
+        &self,
+        collection: &Collection,
+        documents: &[DocumentInput],
+    ) -> Result<(i64, i64, i64), ApiError> {
+        // Chunked off the runtime, before the manifest is locked (a change may hold it).
+        let sizes: Vec<(i64, i64)> = off_runtime(|| {
+            documents
+                .iter()
+                .map(|doc| {
+                    let metadata = doc.metadata.clone().unwrap_or_default();
+                    let chunked = chunk_document(&doc.id, &doc.text, &metadata, collection.chunking);
+                    let bytes = stored_bytes(&chunked, &metadata);
+                    (chunked.len() as i64, i64::try_from(bytes).unwrap_or(i64::MAX))
+                })
+                .collect()
+        });
+        let mut manifest = collection.manifest.lock().await;
+        if self.registry.shared() {
+            let refreshed = self
+                .registry
+                .refresh(&mut manifest)
+                .await
+                .map_err(registry_failed)?;
+            if refreshed == Refreshed::Changed {
+                collection.publish(&manifest);
+            }
+        }
+        let mut growth = (0i64, 0i64, 0i64);
+        for (doc, (chunks, bytes)) in documents.iter().zip(sizes) {
+            let (old_docs, old_chunks, old_bytes) = manifest
+                .documents
+                .get(&doc.id)
+                .map_or((0, 0, 0), |d| (1, d.chunks as i64, d.bytes as i64));
+            growth.0 += 1 - old_docs;
+            growth.1 += chunks - old_chunks;
+            growth.2 += bytes - old_bytes;
+        }
+        Ok(growth)
+    }
+
     /// Opens every collection `store` records. One that cannot be opened is reported in
     /// [`Collections::damaged`] and does not stop the others.
     pub async fn open(
@@ -512,7 +543,7 @@ impl Collections {
         name: &str,
         chunking: ChunkingOptions,
         fusion: Option<Fusion>,
-        max_collections: usize,
+        caps: Caps,
     ) -> Result<CollectionInfo, ApiError> {
         let manifest = Manifest {
             name: name.to_string(),
@@ -530,21 +561,22 @@ impl Collections {
             diverged: false,
             totals: Totals::default(),
         };
-        self.establish(manifest, max_collections, async { Ok(()) }).await
+        self.establish(manifest, caps, async { Ok(()) }).await
     }
 
     /// Makes `manifest` a new collection: clears what a crash may have left of an earlier one
     /// of its name in the stores, lets `fill` write its contents, then records it. 409 when the
-    /// name is taken (here or by another replica) or the registry is full.
+    /// name is taken (here or by another replica) or the registry is full, 429 when its tenant
+    /// holds as many as it may (counted here and, across replicas, in the registry's one step).
     async fn establish(
         &self,
         manifest: Manifest,
-        max_collections: usize,
+        caps: Caps,
         fill: impl std::future::Future<Output = Result<(), ApiError>>,
     ) -> Result<CollectionInfo, ApiError> {
         let name = manifest.name.clone();
         let _guard = self.lifecycle.lock().await;
-        self.check_new(&name, max_collections)?;
+        self.check_new(&name, caps)?;
         let _lease = self.registry.lock(&name).await.map_err(registry_failed)?;
         if self.registry.get(&name).await.map_err(registry_failed)?.is_some() {
             return Err(ApiError::CollectionExists(name));
@@ -556,13 +588,14 @@ impl Collections {
         fill.await?;
         let created = self
             .registry
-            .create(&manifest, max_collections)
+            .create(&manifest, caps)
             .await
             .map_err(registry_failed)?;
         match created {
             Created::Yes => {}
             Created::Taken => return Err(ApiError::CollectionExists(name)),
-            Created::Full => return Err(too_many(max_collections)),
+            Created::Full => return Err(too_many(caps.server)),
+            Created::OwnerFull => return Err(owner_full(caps.owner.unwrap_or_default())),
         }
         let created = info(&manifest);
         write(&self.open)?.insert(name, Arc::new(Collection::new(manifest)));
@@ -570,12 +603,20 @@ impl Collections {
     }
 
     /// 409 when `name` is taken (or damaged), or when the server holds all it may.
-    fn check_new(&self, name: &str, max_collections: usize) -> Result<(), ApiError> {
+    fn check_new(&self, name: &str, caps: Caps) -> Result<(), ApiError> {
         if self.get(name).is_ok() || read(&self.damaged)?.contains_key(name) {
             return Err(ApiError::CollectionExists(name.to_string()));
         }
-        if read(&self.open)?.len() >= max_collections {
-            return Err(too_many(max_collections));
+        let open = read(&self.open)?;
+        if open.len() >= caps.server {
+            return Err(too_many(caps.server));
+        }
+        if let Some(cap) = caps.owner {
+            let tenant = crate::tenancy::owner(name);
+            let held = open.keys().filter(|n| crate::tenancy::owner(n) == tenant).count();
+            if held as u64 >= cap {
+                return Err(owner_full(cap));
+            }
         }
         Ok(())
     }
@@ -630,6 +671,15 @@ impl Collections {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The tenant of a new collection holds `cap` already (its `limits.collections`).
+fn owner_full(cap: u64) -> ApiError {
+    ApiError::OverQuota {
+        code: ErrorCode::CollectionQuotaExceeded,
+        message: format!("the tenant may hold {cap} collections (limits.collections)"),
+        retry_after_s: None,
     }
 }
 

@@ -22,10 +22,12 @@ use crate::catalog::collections::{BatchOutcome, Collection, Collections, Lookup}
 use crate::catalog::lease::{Lease, WriteError};
 use crate::error::{ApiError, ErrorCode};
 use crate::tenancy::owner;
-use crate::tenancy::quota::policy::{admit_job, JobQueueLimits, QueueFull};
+use crate::tenancy::quota::policy::{
+    admit_job, admit_storage, Amounts, JobQueueLimits, OverStorage, QueueFull,
+};
 
 mod store;
-use store::{FileJobs, JobStore, Record, RedisJobs};
+use store::{FileJobs, Hold, JobStore, Record, RedisJobs};
 
 /// How jobs run.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +100,43 @@ impl Reservation {
             bytes: left(self.bytes),
         }
     }
+}
+
+impl From<Reservation> for Amounts<u64> {
+    fn from(r: Reservation) -> Self {
+        Amounts {
+            documents: r.documents,
+            chunks: r.chunks,
+            bytes: r.bytes,
+        }
+    }
+}
+
+/// A write admitted under its tenant's storage quotas, to be passed to [`Jobs::submit`]: the id
+/// its job will have and what the job will add. Held room is counted from admission: in this
+/// process by holding its turn at admission until the job is submitted, across replicas by a hold
+/// in the shared store under the job's id.
+#[derive(Default)]
+pub struct Admitted {
+    id: Option<String>,
+    reservation: Reservation,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// A write that may not be stored: over a quota, or the shared store could not be asked.
+pub enum NotAdmitted {
+    Over(OverStorage),
+    Store(ApiError),
+}
+
+/// What one tenant's write asks of storage admission.
+pub struct StorageRequest<'a> {
+    /// The collection written to (its internal name).
+    pub collection: &'a str,
+    pub limits: Amounts<Option<u64>>,
+    /// What the tenant stores, per collection, as this process knows it.
+    pub stored: Vec<(String, Amounts<u64>)>,
+    pub growth: Amounts<i64>,
 }
 
 struct Job {
@@ -314,7 +353,8 @@ impl Jobs {
                     // What its documents still to come will add counts against its tenant's
                     // storage quota again, as it did before the restart.
                     let rest = documents.get(done..).unwrap_or_default();
-                    let rest = Reservation::of_growth(collection.growth(rest).await);
+                    let growth = self.collections.growth(&collection, rest).await;
+                    let rest = Reservation::of_growth(growth.unwrap_or_default());
                     let job = Job::new(record, Reservation::of_rest(rest, done, total));
                     tracing::info!(job = id, collection = name, done, "resuming ingestion job");
                     self.lock().insert(id, job.clone());
@@ -352,7 +392,29 @@ impl Jobs {
         collection: Arc<Collection>,
         documents: Vec<DocumentInput>,
         background: bool,
-        reserve: Reservation,
+        admitted: Admitted,
+    ) -> Result<(JobStatus, Option<JobResult>), ApiError> {
+        let id = match &admitted.id {
+            Some(id) => id.clone(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let submitted = self
+            .submit_admitted(collection.clone(), documents, background, &id, admitted)
+            .await;
+        if submitted.is_err() {
+            // Never recorded: what it held is given back now, not when its hold lapses.
+            self.store.release(&collection.name, &id).await;
+        }
+        submitted
+    }
+
+    async fn submit_admitted(
+        self: &Arc<Self>,
+        collection: Arc<Collection>,
+        documents: Vec<DocumentInput>,
+        background: bool,
+        id: &str,
+        admitted: Admitted,
     ) -> Result<(JobStatus, Option<JobResult>), ApiError> {
         let limits = self.settings.queue;
         let slot = match background {
@@ -362,7 +424,7 @@ impl Jobs {
             ),
             false => None,
         };
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = id.to_string();
         let stamp = self.collections.stamp().await?;
         let record = Record {
             status: JobStatus {
@@ -393,8 +455,10 @@ impl Jobs {
             .await
             .map_err(|e| self.failed(e))?
             .ok_or_else(|| ApiError::Internal(format!("job {id} was claimed by another process")))?;
-        let job = Job::new(record, reserve);
+        let job = Job::new(record, admitted.reservation);
         self.lock().insert(id, job.clone());
+        // In `pending` now: the next write may be admitted.
+        drop(admitted);
         let (answer, result) = oneshot::channel();
         self.clone()
             .spawn(job, collection, documents, Some(answer), slot, lease);
@@ -419,10 +483,56 @@ impl Jobs {
             })
     }
 
-    /// This process's turn at storage admission: held from a write's quota check until its job
-    /// (and so its reservation) is in [`Jobs::pending`].
-    pub async fn admission(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.admission.clone().lock_owned().await
+    /// Admits a write whose tenant has storage quotas, or says which quota it would cross: what
+    /// the tenant stores, with what its unfinished jobs will still add and the write's growth,
+    /// must fit. Across replicas (a shared store) in one step in the store, which holds the
+    /// write's room under its job's id until the job ends; in one process under this process's
+    /// turn at admission, held until the job is in [`Jobs::pending`].
+    pub async fn admit_storage(&self, request: StorageRequest<'_>) -> Result<Admitted, NotAdmitted> {
+        let reservation = Reservation::of_growth((
+            request.growth.documents,
+            request.growth.chunks,
+            request.growth.bytes,
+        ));
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let hold = Hold {
+            collection: request.collection,
+            id: &id,
+            limits: request.limits,
+            known: &request.stored,
+            growth: request.growth,
+            reservation: reservation.into(),
+        };
+        if let Some(held) = self.store.hold(&hold).await {
+            held.map_err(|e| NotAdmitted::Store(store_failed(e)))?
+                .map_err(NotAdmitted::Over)?;
+            return Ok(Admitted {
+                id: Some(id),
+                reservation,
+                _turn: None,
+            });
+        }
+        let turn = self.admission.clone().lock_owned().await;
+        let stored = request
+            .stored
+            .iter()
+            .fold(Amounts::default(), |sum: Amounts<u64>, (_, a)| Amounts {
+                documents: sum.documents.saturating_add(a.documents),
+                chunks: sum.chunks.saturating_add(a.chunks),
+                bytes: sum.bytes.saturating_add(a.bytes),
+            });
+        let pending = self.pending(owner(request.collection));
+        let holds = Amounts {
+            documents: stored.documents.saturating_add(pending.documents),
+            chunks: stored.chunks.saturating_add(pending.chunks),
+            bytes: stored.bytes.saturating_add(pending.bytes),
+        };
+        admit_storage(request.limits, holds, request.growth).map_err(NotAdmitted::Over)?;
+        Ok(Admitted {
+            id: Some(id),
+            reservation,
+            _turn: Some(turn),
+        })
     }
 
     /// The stamp of the oldest unfinished job of collection `name`, in any process (`None`:
@@ -600,7 +710,7 @@ impl Jobs {
             .finish(&record, self.settings.keep_finished, lease)
             .await
         {
-            Ok(()) => {}
+            Ok(()) => self.store.release(&record.status.collection, id).await,
             Err(WriteError::Fenced(e)) => tracing::warn!(
                 job = id,
                 reason = e,

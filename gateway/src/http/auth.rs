@@ -15,11 +15,11 @@ use axum::response::{IntoResponse, Response};
 use ragway_openapi::DocumentInput;
 
 use crate::catalog::collections::Collection;
-use crate::catalog::jobs::Reservation;
+use crate::catalog::jobs::{Admitted, NotAdmitted, StorageRequest};
 use crate::config::AuthMode;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::AppState;
-use crate::tenancy::quota::policy::{admit_storage, Amounts, StorageQuota};
+use crate::tenancy::quota::policy::{Amounts, StorageQuota};
 use crate::tenancy::quota::{budget_spent, over_budget, Spent, StreamPermit};
 use crate::tenancy::tenants::Tenant;
 use crate::tenancy::{Allowance, Choice, Meter};
@@ -186,14 +186,6 @@ impl Caller {
     }
 }
 
-/// A write admitted under the tenant's storage quotas: what its job will add, and (while it is
-/// being submitted) this process's turn at storage admission.
-#[derive(Default)]
-pub struct Admitted {
-    pub reservation: Reservation,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
 /// What a tenant stores, over all its collections.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct Storage {
@@ -302,31 +294,11 @@ impl Caller {
         Ok(storage)
     }
 
-    /// 429 when one more collection would cross the tenant's `collections` quota.
-    pub fn check_collections(&self, state: &AppState) -> Result<(), ApiError> {
-        let Some(tenant) = &self.tenant else { return Ok(()) };
-        let Some(limit) = tenant.limits.collections else {
-            return Ok(());
-        };
-        if self.storage(state)?.collections < limit {
-            return Ok(());
-        }
-        state.quotas.rejected(tenant, "collections");
-        Err(ApiError::OverQuota {
-            code: ErrorCode::CollectionQuotaExceeded,
-            message: format!(
-                "tenant `{}` may hold {limit} collections (limits.collections)",
-                tenant.name
-            ),
-            retry_after_s: None,
-        })
-    }
-
     /// 413 when storing `documents` in `collection` would cross a storage quota (documents,
     /// chunks, bytes); checked before anything is stored, against what is stored and what the
-    /// tenant's unfinished jobs will still add. The check and the reservation are one step in this
-    /// process: the returned [`Admitted`] holds the turn until its job is submitted (and holds
-    /// what it will add), so that concurrent requests cannot all fit in the room one leaves.
+    /// tenant's unfinished jobs will still add, in one step with holding the write's room (see
+    /// [`Jobs::admit_storage`](crate::catalog::jobs::Jobs::admit_storage)), so that concurrent
+    /// requests, through any replica, cannot all fit in the room one leaves.
     pub async fn check_storage(
         &self,
         state: &AppState,
@@ -340,45 +312,52 @@ impl Caller {
         if l.documents.is_none() && l.chunks.is_none() && l.bytes.is_none() {
             return Ok(Admitted::default());
         }
-        // Before the turn: it may wait for a change of the collection in progress.
-        let (documents, chunks, bytes) = collection.growth(documents).await;
-        let growth = Amounts {
-            documents,
-            chunks,
-            bytes,
+        let (documents, chunks, bytes) = state.collections.growth(collection, documents).await?;
+        let stored = self
+            .collections(state)?
+            .into_iter()
+            .map(|c| {
+                let info = c.info();
+                let stores = Amounts {
+                    documents: info.documents as u64,
+                    chunks: info.chunks as u64,
+                    bytes: info.bytes,
+                };
+                (c.name.clone(), stores)
+            })
+            .collect();
+        let request = StorageRequest {
+            collection: &collection.name,
+            limits: Amounts {
+                documents: l.documents,
+                chunks: l.chunks,
+                bytes: l.bytes,
+            },
+            stored,
+            growth: Amounts {
+                documents,
+                chunks,
+                bytes,
+            },
         };
-        let turn = state.jobs.admission().await;
-        let stored = self.storage(state)?;
-        let pending = state.jobs.pending(&tenant.id);
-        let holds = Amounts {
-            documents: stored.documents.saturating_add(pending.documents),
-            chunks: stored.chunks.saturating_add(pending.chunks),
-            bytes: stored.bytes.saturating_add(pending.bytes),
+        let over = match state.jobs.admit_storage(request).await {
+            Ok(admitted) => return Ok(admitted),
+            Err(NotAdmitted::Store(e)) => return Err(e),
+            Err(NotAdmitted::Over(over)) => over,
         };
-        let limits = Amounts {
-            documents: l.documents,
-            chunks: l.chunks,
-            bytes: l.bytes,
-        };
-        if let Err(over) = admit_storage(limits, holds, growth) {
-            let quota = over.quota.as_str();
-            state.quotas.rejected(tenant, quota);
-            return Err(ApiError::OverQuota {
-                code: match over.quota {
-                    StorageQuota::Documents => ErrorCode::DocumentQuotaExceeded,
-                    StorageQuota::Chunks => ErrorCode::ChunkQuotaExceeded,
-                    StorageQuota::Bytes => ErrorCode::ByteQuotaExceeded,
-                },
-                message: format!(
-                    "storing this would bring tenant `{}` to {} {quota} (with what its unfinished jobs will add), over its limit of {} (limits.{quota}); nothing was stored",
-                    tenant.name, over.after, over.limit
-                ),
-                retry_after_s: None,
-            });
-        }
-        Ok(Admitted {
-            reservation: Reservation::of_growth((documents, chunks, bytes)),
-            _turn: Some(turn),
+        let quota = over.quota.as_str();
+        state.quotas.rejected(tenant, quota);
+        Err(ApiError::OverQuota {
+            code: match over.quota {
+                StorageQuota::Documents => ErrorCode::DocumentQuotaExceeded,
+                StorageQuota::Chunks => ErrorCode::ChunkQuotaExceeded,
+                StorageQuota::Bytes => ErrorCode::ByteQuotaExceeded,
+            },
+            message: format!(
+                "storing this would bring tenant `{}` to {} {quota} (with what its unfinished jobs will add), over its limit of {} (limits.{quota}); nothing was stored",
+                tenant.name, over.after, over.limit
+            ),
+            retry_after_s: None,
         })
     }
 

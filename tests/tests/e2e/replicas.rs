@@ -365,6 +365,136 @@ async fn a_replica_started_while_qdrant_is_down_serves_once_it_is_back() -> anyh
 }
 
 /// A document of `words` words, distinct per `id`.
+/// Issue 40 item 2, across replicas: four 20-document ingests at once under a 40-document quota,
+/// two through each replica. The check and the hold are one step in Redis (what the tenant's
+/// collections store, as the registry counts it with each change, plus every unfinished job's
+/// hold), so two fit and two are refused (413), whichever replica took them, and never more than
+/// 40 documents are stored. (With the check per process, each replica let two through: 80.)
+/// Afterwards the holds are gone (each job's ended), and a write that fits is admitted. The
+/// tenant's collection cap holds across replicas the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_quotas_hold_across_replicas() -> anyhow::Result<()> {
+    let Some(qdrant) = QdrantServer::start_or_skip("storage_quotas_hold_across_replicas")? else {
+        return Ok(());
+    };
+    let redis = RedisServer::start()?;
+    let (dir_a, dir_b, snapshots) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut options = replica(&qdrant, &redis, snapshots.path(), "");
+    options.env.push(("RAGWAY__AUTH__MODE".into(), "keys".into()));
+    let a = Server::start(dir_a.path(), &options).await?;
+    let b = Server::start(dir_b.path(), &options).await?;
+    let tenant = json!({"name": "racer", "limits": {"documents": 40, "collections": 5}});
+    let created = a
+        .admin(Method::POST, "/admin/tenants", ADMIN, Some(&tenant))
+        .await?;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().unwrap_or_default();
+    let key = a
+        .admin(Method::POST, &format!("/admin/tenants/{id}/keys"), ADMIN, None)
+        .await?;
+    let key = key.body["key"].as_str().unwrap_or_default().to_string();
+    for lane in 1..=4 {
+        let body = json!({ "name": format!("lane{lane}") });
+        let created = a
+            .call(Method::POST, "/v1/collections", Some(&key), Some(&body))
+            .await?;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+    }
+    // B knows the key and the four collections.
+    let started = Instant::now();
+    while b
+        .call(Method::GET, "/v1/collections/lane4", Some(&key), None)
+        .await?
+        .status
+        != 200
+    {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(5), "B never saw lane4");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let batch = |lane: usize| json!({"documents": (0..20).map(|i| note(&format!("r{lane}-{i}"))).collect::<Vec<_>>()});
+    let path = |lane: usize| format!("/v1/collections/lane{lane}/documents");
+    let (paths, batches): (Vec<String>, Vec<Value>) = (1..=4).map(|lane| (path(lane), batch(lane))).unzip();
+    let post = |lane: usize| {
+        let server = if lane.is_multiple_of(2) { &a } else { &b };
+        server.call(Method::POST, &paths[lane], Some(&key), Some(&batches[lane]))
+    };
+    let (one, two, three, four) = tokio::join!(post(0), post(1), post(2), post(3));
+    let mut outcomes: Vec<(u16, Option<String>)> = [one?, two?, three?, four?]
+        .iter()
+        .map(|r| (r.status, r.error_code().map(str::to_string)))
+        .collect();
+    outcomes.sort();
+    let refused = (413, Some("document_quota_exceeded".to_string()));
+    assert_eq!(
+        outcomes,
+        [(200, None), (200, None), refused.clone(), refused],
+        "{outcomes:?}"
+    );
+    // What B stores, once it has followed A's changes (within a second).
+    let started = Instant::now();
+    let (stored, written) = loop {
+        let (mut stored, mut written) = (0, 0);
+        for lane in 1..=4 {
+            let info = b
+                .call(
+                    Method::GET,
+                    &format!("/v1/collections/lane{lane}"),
+                    Some(&key),
+                    None,
+                )
+                .await?;
+            let documents = info.body["documents"].as_u64().unwrap_or(0);
+            stored += documents;
+            if documents > 0 {
+                written = lane;
+            }
+        }
+        if stored >= 40 || started.elapsed() > Duration::from_secs(5) {
+            break (stored, written);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(stored, 40);
+    let holds = redis.cli(&["HLEN", &format!("ragway:storage:{id}:holds")])?;
+    assert_eq!(holds.trim(), "0", "every job ended, so nothing is held");
+
+    // Replacing a stored document grows nothing: admitted at the limit, through either replica.
+    let lane = written;
+    let again = json!({"documents": [note(&format!("r{lane}-0"))]});
+    for server in [&a, &b] {
+        let replaced = server
+            .call(Method::POST, &path(lane), Some(&key), Some(&again))
+            .await?;
+        assert_eq!(replaced.status, 200, "{:?}", replaced.body);
+    }
+    let more = json!({"documents": [note("one-more")]});
+    let over = a.call(Method::POST, &path(lane), Some(&key), Some(&more)).await?;
+    assert_eq!(
+        over.error_code(),
+        Some("document_quota_exceeded"),
+        "{:?}",
+        over.body
+    );
+
+    // One more collection fits the tenant's five: of two created at once through both
+    // replicas, one is (the registry counts the tenant's collections in the same step).
+    let (five, six) = (json!({"name": "lane5"}), json!({"name": "lane6"}));
+    let (five, six) = tokio::join!(
+        a.call(Method::POST, "/v1/collections", Some(&key), Some(&five)),
+        b.call(Method::POST, "/v1/collections", Some(&key), Some(&six)),
+    );
+    let mut created: Vec<(u16, Option<String>)> = [five?, six?]
+        .iter()
+        .map(|r| (r.status, r.error_code().map(str::to_string)))
+        .collect();
+    created.sort();
+    assert_eq!(
+        created,
+        [(201, None), (429, Some("collection_quota_exceeded".to_string()))]
+    );
+    Ok(())
+}
+
 fn long_note(id: usize, words: usize) -> Value {
     let text: Vec<String> = (0..words)
         .map(|w| format!("w{}x{}", (id * 7919 + w * 104_729) % 5003, w % 17))

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use ragway_retrieval::Fusion;
 use serde::{Deserialize, Serialize};
 
-use super::registry::{parse, Created, Entry, Registry, WriteError};
+use super::registry::{parse, Caps, Created, Entry, Registry, WriteError};
 use super::{serialise, DocumentRecord, Manifest};
 use crate::catalog::lease::Lease;
 use crate::durable;
@@ -218,7 +218,7 @@ impl Registry for FileRegistry {
     }
 
     /// The caller has checked name and count (one process: nothing changes behind its back).
-    async fn create(&self, manifest: &Manifest, _max: usize) -> Result<Created, String> {
+    async fn create(&self, manifest: &Manifest, _caps: Caps) -> Result<Created, String> {
         self.compact(manifest).await.map(|()| Created::Yes)
     }
 
@@ -348,7 +348,7 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let registry = FileRegistry::new(dir.path().to_path_buf());
         let mut m = manifest("g1");
-        registry.create(&m, 10).await?;
+        registry.create(&m, Caps::server(10)).await?;
         let snapshot = std::fs::read(dir.path().join("notes.json")).map_err(|e| e.to_string())?;
         change(&registry, &mut m, &[("a", 2), ("b", 3)], &[]).await?;
         change(&registry, &mut m, &[("b", 4)], &["a"]).await?;
@@ -376,7 +376,7 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let registry = FileRegistry::new(dir.path().to_path_buf());
         let mut old = manifest("old");
-        registry.create(&old, 10).await?;
+        registry.create(&old, Caps::server(10)).await?;
         change(&registry, &mut old, &[("stale", 1)], &[]).await?;
         // Re-created under the same name while the old log is still there (a crash in drop).
         let mut m = manifest("new");

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::registry::Refreshed;
+use super::registry::{Caps, Refreshed};
 use super::{write, Collections, FOLLOW_EVERY};
 
 impl Collections {
@@ -72,7 +72,7 @@ impl Collections {
     async fn reseed(&self) {
         for collection in self.list().unwrap_or_default() {
             let manifest = collection.manifest.lock().await.clone();
-            match self.registry.create(&manifest, usize::MAX).await {
+            match self.registry.create(&manifest, Caps::server(usize::MAX)).await {
                 Ok(_) => tracing::warn!(
                     collection = collection.name,
                     "the registry had lost this collection; recorded it again"

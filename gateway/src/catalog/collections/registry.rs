@@ -16,6 +16,24 @@ use super::{DocumentRecord, Manifest};
 use crate::catalog::lease::Lease;
 pub(super) use crate::catalog::lease::WriteError;
 
+/// How many collections there may be: on the server (`limits.max_collections`) and of a new
+/// collection's tenant (its `limits.collections`; `None`: no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub server: usize,
+    pub owner: Option<u64>,
+}
+
+impl Caps {
+    /// The server's cap alone.
+    pub fn server(max: usize) -> Self {
+        Self {
+            server: max,
+            owner: None,
+        }
+    }
+}
+
 /// How a new collection was recorded.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Created {
@@ -24,6 +42,8 @@ pub(super) enum Created {
     Taken,
     /// The registry holds `limits.max_collections` already.
     Full,
+    /// The new collection's tenant holds as many as it may (`limits.collections`).
+    OwnerFull,
 }
 
 /// How a manifest held here stands against the registry's.
@@ -49,7 +69,7 @@ pub(super) trait Registry: Send + Sync {
     /// One collection as stored now (`None`: there is none of that name).
     async fn get(&self, name: &str) -> Result<Option<Manifest>, String>;
     /// Records a new collection unless its name is taken or `max` are recorded already.
-    async fn create(&self, manifest: &Manifest, max: usize) -> Result<Created, String>;
+    async fn create(&self, manifest: &Manifest, caps: Caps) -> Result<Created, String>;
     /// Records a change of `manifest`: its header and the `touched` documents' records (those
     /// no longer in it were removed). A registry may write only those, or the whole manifest.
     /// A shared registry records it only while `lease` (the collection's, from
@@ -121,13 +141,17 @@ const KEEP_CHANGES: isize = 1024;
 /// Records written per command when a manifest is written whole (a restore, a migration).
 const RECORDS_PER_WRITE: usize = 1000;
 
-/// Records a new collection unless its name is taken or the registry is full: its head, its
-/// header, and its records, moved from where they were staged (KEYS[5]) over whatever a crash left
-/// of a predecessor's records and changes; a refused collection's staged records are dropped.
+/// Records a new collection unless its name is taken (1), the registry is full (2) or its tenant
+/// holds ARGV[6] collections (3; `-1`: no limit): its head, its header, what it stores in its
+/// tenant's storage (KEYS[7], ARGV[5]), and its records, moved from where they were staged
+/// (KEYS[5]) over whatever a crash left of a predecessor's records and changes; a refused
+/// collection's staged records are dropped.
 const CREATE: &str = r"if redis.call('hexists', KEYS[1], ARGV[1]) == 1 then redis.call('del', KEYS[5]) return 1 end
 if redis.call('hlen', KEYS[1]) >= tonumber(ARGV[4]) then redis.call('del', KEYS[5]) return 2 end
+if tonumber(ARGV[6]) >= 0 and redis.call('hlen', KEYS[7]) >= tonumber(ARGV[6]) then redis.call('del', KEYS[5]) return 3 end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('set', KEYS[2], ARGV[3])
+redis.call('hset', KEYS[7], ARGV[1], ARGV[5])
 redis.call('incr', KEYS[3])
 redis.call('del', KEYS[4], KEYS[6])
 if redis.call('exists', KEYS[5]) == 1 then redis.call('rename', KEYS[5], KEYS[4]) end
@@ -135,15 +159,17 @@ return 0";
 
 /// Records a change, unless the writer is stale: returns 1 when the lease (KEYS[6]) is not held
 /// with the writer's token (ARGV[1]), 2 when the collection is gone, 3 when its recorded change is
-/// not the one the writer followed (ARGV[2]); else writes the header (ARGV[3]), ARGV[8] records
-/// (id, record pairs from ARGV[9]), removes the ids after them, lists the change (ARGV[4]) among
-/// the last ARGV[7], and sets the head (ARGV[5]) of the name (ARGV[6]).
+/// not the one the writer followed (ARGV[2]); else writes the header (ARGV[3]), what the
+/// collection stores now in its tenant's storage (KEYS[7], ARGV[9]), ARGV[8] records (id, record
+/// pairs from ARGV[10]), removes the ids after them, lists the change (ARGV[4]) among the last
+/// ARGV[7], and sets the head (ARGV[5]) of the name (ARGV[6]).
 const SAVE: &str = r"if redis.call('get', KEYS[6]) ~= ARGV[1] then return 1 end
 local current = redis.call('get', KEYS[1])
 if not current then return 2 end
 if tonumber(cjson.decode(current)['changes'] or 0) ~= tonumber(ARGV[2]) then return 3 end
 redis.call('set', KEYS[1], ARGV[3])
-local i = 9
+redis.call('hset', KEYS[7], ARGV[6], ARGV[9])
+local i = 10
 for _ = 1, tonumber(ARGV[8]) do redis.call('hset', KEYS[2], ARGV[i], ARGV[i + 1]) i = i + 2 end
 while i <= #ARGV do redis.call('hdel', KEYS[2], ARGV[i]) i = i + 1 end
 redis.call('rpush', KEYS[3], ARGV[4])
@@ -161,9 +187,11 @@ if now <= last then now = last + 1 end
 redis.call('set', KEYS[1], string.format('%d', now))
 return now";
 
-/// Forgets a collection (its name ARGV[2]) unless the lease (KEYS[5]) is not held with ARGV[1].
+/// Forgets a collection (its name ARGV[2]), and what it stored in its tenant's storage (KEYS[7]),
+/// unless the lease (KEYS[5]) is not held with ARGV[1].
 const REMOVE: &str = r"if redis.call('get', KEYS[5]) ~= ARGV[1] then return 1 end
 redis.call('hdel', KEYS[1], ARGV[2])
+redis.call('hdel', KEYS[7], ARGV[2])
 redis.call('del', KEYS[2], KEYS[3], KEYS[4])
 redis.call('incr', KEYS[6])
 return 0";
@@ -171,6 +199,23 @@ return 0";
 /// The manifest's header: everything but its documents.
 fn header_key(name: &str) -> String {
     format!("ragway:collection:{name}")
+}
+
+/// Collection name → what it stores (`<documents> <chunks> <bytes>`), one hash per tenant, written
+/// with every change of a collection in the same script: what storage admission across replicas
+/// counts (see `catalog::jobs`).
+pub(crate) fn storage_key(name: &str) -> String {
+    format!("ragway:storage:{}", crate::tenancy::owner(name))
+}
+
+/// What `manifest` stores, as [`storage_key`]'s hash holds it.
+fn stored(manifest: &Manifest) -> String {
+    format!(
+        "{} {} {}",
+        manifest.documents.len(),
+        manifest.totals.chunks,
+        manifest.totals.bytes
+    )
 }
 
 /// The lease a change of the collection holds.
@@ -372,7 +417,7 @@ impl Registry for RedisRegistry {
     /// Stages the records (a restored collection has some) under a key of its generation, then
     /// records the collection in one script, unless the name was taken meanwhile or `max` are
     /// recorded: an existing collection's records are never touched.
-    async fn create(&self, manifest: &Manifest, max: usize) -> Result<Created, String> {
+    async fn create(&self, manifest: &Manifest, caps: Caps) -> Result<Created, String> {
         let mut connection = self.redis.connection();
         let name = &manifest.name;
         let staged = format!("{}:staged:{}", documents_key(name), manifest.generation);
@@ -385,15 +430,19 @@ impl Registry for RedisRegistry {
             .key(documents_key(name))
             .key(staged)
             .key(changes_key(name))
+            .key(storage_key(name))
             .arg(name)
             .arg(head(manifest))
             .arg(header(manifest)?)
-            .arg(max);
+            .arg(caps.server)
+            .arg(stored(manifest))
+            .arg(caps.owner.map_or(-1, i128::from));
         let created: i64 = self.redis.call(invocation.invoke_async(&mut connection)).await?;
         Ok(match created {
             0 => Created::Yes,
             1 => Created::Taken,
-            _ => Created::Full,
+            2 => Created::Full,
+            _ => Created::OwnerFull,
         })
     }
 
@@ -423,6 +472,7 @@ impl Registry for RedisRegistry {
             .key(HEADS)
             .key(VERSION)
             .key(lock)
+            .key(storage_key(name))
             .arg(token)
             .arg(manifest.changes.saturating_sub(1))
             .arg(header(manifest)?)
@@ -430,7 +480,8 @@ impl Registry for RedisRegistry {
             .arg(head(manifest))
             .arg(name)
             .arg(KEEP_CHANGES)
-            .arg(written.len());
+            .arg(written.len())
+            .arg(stored(manifest));
         for (id, record) in &written {
             invocation.arg(id).arg(record);
         }
@@ -463,6 +514,7 @@ impl Registry for RedisRegistry {
             .key(changes_key(name))
             .key(lock)
             .key(VERSION)
+            .key(storage_key(name))
             .arg(token)
             .arg(name);
         let mut connection = self.redis.connection();
@@ -602,7 +654,7 @@ mod tests {
         let server = Server::start().await?;
         let (writer, follower) = (server.registry()?, server.registry()?);
         let mut written = manifest("g1");
-        assert_eq!(writer.create(&written, 10).await?, Created::Yes);
+        assert_eq!(writer.create(&written, Caps::server(10)).await?, Created::Yes);
         let mut followed = follower.get("notes").await?.ok_or("created")?;
         assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Current);
 
@@ -624,7 +676,7 @@ mod tests {
         // and leaves the collection's records as they are.
         let mut rival = manifest("g9");
         rival.put("x".into(), super::super::file_registry::tests::record(1));
-        assert_eq!(writer.create(&rival, 10).await?, Created::Taken);
+        assert_eq!(writer.create(&rival, Caps::server(10)).await?, Created::Taken);
         let kept = follower.get("notes").await?.ok_or("kept")?;
         assert_eq!(
             (ids(&kept), kept.generation.as_str()),
@@ -650,7 +702,7 @@ mod tests {
             .map_err(|e| format!("{e:?}"))?;
         drop(lease);
         assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Gone);
-        writer.create(&manifest("g2"), 10).await?;
+        writer.create(&manifest("g2"), Caps::server(10)).await?;
         assert_eq!(follower.refresh(&mut followed).await?, Refreshed::Gone);
         let fresh = follower.get("notes").await?.ok_or("re-created")?;
         assert!(fresh.documents.is_empty(), "{:?}", ids(&fresh));
@@ -664,7 +716,7 @@ mod tests {
         let server = Server::start().await?;
         let (stale, current) = (server.registry()?, server.registry()?);
         let mut created = manifest("g1");
-        assert_eq!(stale.create(&created, 10).await?, Created::Yes);
+        assert_eq!(stale.create(&created, Caps::server(10)).await?, Created::Yes);
         change(&stale, &mut created, &[("keep", 1)], &[]).await?;
         let mut old = stale.get("notes").await?.ok_or("created")?;
         let old_lease = stale.lock("notes").await?;

@@ -13,7 +13,7 @@ use ragway_openapi::CollectionInfo;
 use ragway_retrieval::{Chunk, EmbeddedChunk};
 use serde::{Deserialize, Serialize};
 
-use super::{serialise, Collection, Collections, Manifest};
+use super::{serialise, Caps, Collection, Collections, Manifest};
 use crate::error::{ApiError, ErrorCode};
 
 /// Chunks read from the store at a time for a snapshot, and written to the stores at a time on
@@ -99,7 +99,8 @@ impl Collections {
             reader.await.map_err(internal)?;
             Ok(self.dense.flush(name).await?)
         };
-        self.establish(manifest, max_collections, fill).await
+        self.establish(manifest, Caps::server(max_collections), fill)
+            .await
     }
 
     async fn restore_batch(&self, name: &str, batch: Vec<EmbeddedChunk>) -> Result<(), ApiError> {

@@ -11,8 +11,10 @@ use ragway_cache::RedisTier;
 use ragway_openapi::{DocumentInput, JobStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::collections::storage_key;
 use crate::catalog::lease::{Lease, WriteError};
 use crate::durable;
+use crate::tenancy::quota::policy::{Amounts, OverStorage, StorageQuota};
 
 /// A job as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +49,27 @@ pub(super) trait JobStore: Send + Sync {
     /// Asks whichever process runs the job to stop it.
     async fn cancel(&self, id: &str) -> Result<(), String>;
     async fn cancelled(&self, id: &str) -> bool;
+    /// Admits a write in one step across every process sharing the store: see [`Hold`]. `None`:
+    /// the store is not shared, and the caller decides in its own process.
+    async fn hold(&self, _hold: &Hold<'_>) -> Option<Result<Result<(), OverStorage>, String>> {
+        None
+    }
+    /// Gives back what job `id` of collection `collection` held (it ended, or was never recorded).
+    async fn release(&self, _collection: &str, _id: &str) {}
+}
+
+/// A write to hold room for in a shared store: it holds `reservation` under the job id `id` if
+/// what the tenant of `collection` stores, with what every unfinished job of it holds and the
+/// write's `growth`, fits `limits`. What a collection stores is the store's own count (written
+/// with each change of it); `known` (what this process knows of the tenant's collections) stands
+/// in only for a collection the store has no count of yet.
+pub(super) struct Hold<'a> {
+    pub collection: &'a str,
+    pub id: &'a str,
+    pub limits: Amounts<Option<u64>>,
+    pub known: &'a [(String, Amounts<u64>)],
+    pub growth: Amounts<i64>,
+    pub reservation: Amounts<u64>,
 }
 
 /// The finished jobs beyond the newest `keep` of each tenant: one tenant's many small jobs never
@@ -200,6 +223,60 @@ redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[4] == '1' then redis.call('del', KEYS[3], KEYS[4]) end
 return 0";
 
+/// The seconds a hold waits for its job's record (the write admitted, not yet submitted).
+const UNRECORDED_HOLD_S: u64 = 60;
+
+/// Storage admission across replicas. KEYS: the tenant's stored counts per collection (see
+/// [`storage_key`]), its holds (job id → `<documents> <chunks> <bytes> <until>`), the job records.
+/// ARGV: the limits (three, `-1`: none), the growth (three), the job id, its reservation, the
+/// seconds it may wait unrecorded, then a count of known collections and their name, counts pairs.
+/// A hold counts what its job has still to apply, from its record (as `Reservation::remaining`
+/// does); a hold whose job ended, or that was never recorded by its `until`, is dropped here.
+/// Returns `{0}` having held, or `{quota, after}` (1 documents, 2 chunks, 3 bytes), holding
+/// nothing. Counts stay below 2^53, where Lua's numbers are exact.
+const HOLD: &str = r"local function nums(s) local t = {} for n in string.gmatch(s, '%S+') do t[#t + 1] = tonumber(n) end return t end
+local held = {0, 0, 0}
+local function add(v, share) for q = 1, 3 do held[q] = held[q] + math.floor(v[q] * share) end end
+local stored = redis.call('hgetall', KEYS[1])
+local counted = {}
+for i = 1, #stored, 2 do counted[stored[i]] = true add(nums(stored[i + 1]), 1) end
+local i = 11
+for _ = 1, tonumber(ARGV[10]) do
+  if not counted[ARGV[i]] then add(nums(ARGV[i + 1]), 1) end
+  i = i + 2
+end
+local now = tonumber(redis.call('time')[1])
+local holds = redis.call('hgetall', KEYS[2])
+for h = 1, #holds, 2 do
+  local v = nums(holds[h + 1])
+  local record = redis.call('hget', KEYS[3], holds[h])
+  local keep = false
+  if record then
+    local s = cjson.decode(record)['status']
+    if s['state'] == 'queued' or s['state'] == 'running' then
+      keep = true
+      local total = tonumber(s['documents_total'])
+      if total > 0 then
+        for q = 1, 3 do v[q] = math.floor(v[q] * (total - tonumber(s['documents_done'])) / total) end
+      end
+    end
+  else
+    keep = v[4] > now
+  end
+  if keep then add(v, 1) else redis.call('hdel', KEYS[2], holds[h]) end
+end
+for q = 1, 3 do
+  local limit, grows = tonumber(ARGV[q]), tonumber(ARGV[q + 3])
+  if limit >= 0 and grows > 0 and held[q] + grows > limit then return {q, held[q] + grows} end
+end
+redis.call('hset', KEYS[2], ARGV[7], ARGV[8] .. ' ' .. (now + tonumber(ARGV[9])))
+return {0}";
+
+/// The tenant's holds on its storage (see [`HOLD`]).
+fn holds_key(collection: &str) -> String {
+    format!("{}:holds", storage_key(collection))
+}
+
 /// Records in one Redis hash, each job's documents under `ragway:job:<id>:documents`, its lease
 /// under `...:lease`, a cancellation under `...:cancel`. Durable as Redis is (see the registry).
 /// Only the process holding a job's lease writes its record.
@@ -313,6 +390,60 @@ impl JobStore for RedisJobs {
         let mut connection = self.redis.connection();
         let cancel: Result<Option<u8>, String> = self.redis.call(connection.get(key(id, "cancel"))).await;
         matches!(cancel, Ok(Some(_)))
+    }
+
+    async fn hold(&self, hold: &Hold<'_>) -> Option<Result<Result<(), OverStorage>, String>> {
+        let limit = |l: Option<u64>| l.map_or(-1, i128::from);
+        let counts = |a: Amounts<u64>| format!("{} {} {}", a.documents, a.chunks, a.bytes);
+        let script = Script::new(HOLD);
+        let mut invocation = script.key(storage_key(hold.collection));
+        invocation
+            .key(holds_key(hold.collection))
+            .key(RECORDS)
+            .arg(limit(hold.limits.documents))
+            .arg(limit(hold.limits.chunks))
+            .arg(limit(hold.limits.bytes))
+            .arg(hold.growth.documents)
+            .arg(hold.growth.chunks)
+            .arg(hold.growth.bytes)
+            .arg(hold.id)
+            .arg(counts(hold.reservation))
+            .arg(UNRECORDED_HOLD_S)
+            .arg(hold.known.len());
+        for (name, known) in hold.known {
+            invocation.arg(name).arg(counts(*known));
+        }
+        let mut connection = self.redis.connection();
+        let answer: Result<Vec<i64>, String> =
+            self.redis.call(invocation.invoke_async(&mut connection)).await;
+        let over = |quota| {
+            let (quota, limit) = match quota {
+                1 => (StorageQuota::Documents, hold.limits.documents),
+                2 => (StorageQuota::Chunks, hold.limits.chunks),
+                _ => (StorageQuota::Bytes, hold.limits.bytes),
+            };
+            (quota, limit.unwrap_or_default())
+        };
+        Some(answer.map(|answer| match answer[..] {
+            [quota, after] => {
+                let (quota, limit) = over(quota);
+                Err(OverStorage {
+                    quota,
+                    after: i128::from(after),
+                    limit,
+                })
+            }
+            _ => Ok(()),
+        }))
+    }
+
+    async fn release(&self, collection: &str, id: &str) {
+        let mut connection = self.redis.connection();
+        let released: Result<(), String> = self.redis.call(connection.hdel(holds_key(collection), id)).await;
+        if let Err(e) = released {
+            // Dropped by the next admission once the job's record says it ended.
+            tracing::debug!(job = id, error = %e, "cannot release a storage hold");
+        }
     }
 }
 

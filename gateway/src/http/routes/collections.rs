@@ -8,6 +8,7 @@ use ragway_openapi::{
 };
 use ragway_retrieval::ChunkingOptions;
 
+use crate::catalog::collections::Caps;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiJson;
@@ -23,7 +24,6 @@ pub async fn create(
     ApiJson(request): ApiJson<CreateCollectionRequest>,
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
     validate::collection_name(&request.name)?;
-    caller.check_collections(&state)?;
     if state.pipeline.llm.serves(&request.name) {
         return Err(ApiError::invalid(
             ErrorCode::NameTakenByLlmBackend,
@@ -42,11 +42,17 @@ pub async fn create(
     };
     validate::chunking(chunking, config.limits.min_chunk_words)?;
     let fusion = request.fusion.as_ref().map(validate::fusion).transpose()?;
-    let (collections, max) = (state.collections.clone(), config.limits.max_collections);
-    let internal = caller.internal(&request.name);
-    let info = to_completion(async move { collections.create(&internal, chunking, fusion, max).await })
-        .await
-        .map_err(|e| caller.public_error(e))?;
+    let caps = Caps {
+        server: config.limits.max_collections,
+        owner: caller.tenant.as_ref().and_then(|t| t.limits.collections),
+    };
+    let (collections, internal) = (state.collections.clone(), caller.internal(&request.name));
+    let created =
+        to_completion(async move { collections.create(&internal, chunking, fusion, caps).await }).await;
+    if let (Err(ApiError::OverQuota { .. }), Some(tenant)) = (&created, &caller.tenant) {
+        state.quotas.rejected(tenant, "collections");
+    }
+    let info = created.map_err(|e| caller.public_error(e))?;
     Ok((StatusCode::CREATED, Json(caller.present(info))))
 }
 
@@ -147,13 +153,10 @@ pub async fn ingest(
         .await?;
     let background =
         request.wait == Some(false) || request.documents.len() > config.ingest.sync_max_documents;
-    let reservation = admitted.reservation;
     let (job, result) = state
         .jobs
-        .submit(collection, request.documents, background, reservation)
+        .submit(collection, request.documents, background, admitted)
         .await?;
-    // Submitted: its reservation is counted now; the next request may be admitted.
-    drop(admitted);
     match result {
         // The job runs on its own task: a client that leaves now does not stop the write.
         Some(result) => {
