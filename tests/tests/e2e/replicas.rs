@@ -492,6 +492,89 @@ async fn storage_quotas_hold_across_replicas() -> anyhow::Result<()> {
         created,
         [(201, None), (429, Some("collection_quota_exceeded".to_string()))]
     );
+
+    // A background job's room is held while it waits and runs on one replica (its embedder
+    // slowed by a fault), against writes through the other.
+    let patient = json!({"name": "patient", "limits": {"documents": 30}});
+    let created = a
+        .admin(Method::POST, "/admin/tenants", ADMIN, Some(&patient))
+        .await?;
+    let id = created.body["id"].as_str().unwrap_or_default();
+    let key = a
+        .admin(Method::POST, &format!("/admin/tenants/{id}/keys"), ADMIN, None)
+        .await?;
+    let key = key.body["key"].as_str().unwrap_or_default().to_string();
+    let made = a
+        .call(
+            Method::POST,
+            "/v1/collections",
+            Some(&key),
+            Some(&json!({"name": "slow"})),
+        )
+        .await?;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let slow = json!({"stage": "embedder", "kind": "delay", "delay_ms": 3000, "duration_s": 60});
+    assert_eq!(
+        a.admin(Method::POST, "/admin/faults", ADMIN, Some(&slow))
+            .await?
+            .status,
+        200
+    );
+    let docs = |prefix: &str, n: usize| json!({"documents": (0..n).map(|i| note(&format!("{prefix}-{i}"))).collect::<Vec<_>>(), "wait": false});
+    let queued = a
+        .call(
+            Method::POST,
+            "/v1/collections/slow/documents",
+            Some(&key),
+            Some(&docs("q", 20)),
+        )
+        .await?;
+    assert_eq!(queued.status, 202, "{:?}", queued.body);
+    let started = Instant::now();
+    while b
+        .call(Method::GET, "/v1/collections/slow", Some(&key), None)
+        .await?
+        .status
+        != 200
+    {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(5), "B never saw `slow`");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let over = b
+        .call(
+            Method::POST,
+            "/v1/collections/slow/documents",
+            Some(&key),
+            Some(&docs("o", 11)),
+        )
+        .await?;
+    assert_eq!(
+        over.error_code(),
+        Some("document_quota_exceeded"),
+        "{:?}",
+        over.body
+    );
+    assert_eq!(
+        a.admin(Method::DELETE, "/admin/faults", ADMIN, None)
+            .await?
+            .status,
+        204
+    );
+    let status_url = queued.body["status_url"].as_str().unwrap_or_default().to_string();
+    let started = Instant::now();
+    while a.call(Method::GET, &status_url, Some(&key), None).await?.body["state"] != "done" {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the job never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fits = b
+        .call(
+            Method::POST,
+            "/v1/collections/slow/documents",
+            Some(&key),
+            Some(&docs("f", 10)),
+        )
+        .await?;
+    assert_eq!(fits.status, 202, "{:?}", fits.body);
     Ok(())
 }
 
