@@ -10,6 +10,9 @@ use ragway_gateway::http::router;
 use ragway_gateway::http::serve::{serve, ConnectionLimits};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// ragway: a RAG gateway. Configuration: defaults → --config file → RAGWAY__SECTION__KEY env → flags.
 #[derive(Parser)]
 #[command(version)]

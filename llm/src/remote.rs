@@ -67,8 +67,12 @@ impl OpenAiBackend {
     }
 
     pub fn new(options: OpenAiBackendOptions) -> Result<Self, LlmError> {
+        // No redirects (a chat completion is a POST to where it was configured) and no retries
+        // of reqwest's own: the pool decides when a backend is asked again.
         let http = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never())
             .build()
             .map_err(|e| LlmError::Remote {
                 backend: options.name.clone(),
@@ -77,7 +81,16 @@ impl OpenAiBackend {
                 status: None,
                 upstream: None,
             })?;
-        let endpoint = Endpoint::new(http.clone(), &options.base_url, options.api_key.clone());
+        let endpoint =
+            Endpoint::new(http.clone(), &options.base_url, options.api_key.clone()).map_err(|message| {
+                LlmError::Remote {
+                    backend: options.name.clone(),
+                    message,
+                    retry: Retry::Never,
+                    status: None,
+                    upstream: None,
+                }
+            })?;
         let config = OpenAIConfig::new()
             .with_api_base(options.base_url)
             .with_api_key(options.api_key);
@@ -176,11 +189,7 @@ impl Generator for OpenAiBackend {
 impl Relay for OpenAiBackend {
     async fn complete(&self, body: Value) -> Result<Value, LlmError> {
         let body = self.relayed(body, false);
-        self.client
-            .chat()
-            .create_byot(body)
-            .await
-            .map_err(|e| remote_error(&self.name, e))
+        self.endpoint.complete(&self.name, &body).await
     }
 
     async fn stream(&self, body: Value) -> Result<ChunkStream, LlmError> {

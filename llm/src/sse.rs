@@ -11,22 +11,62 @@ use crate::{LlmError, Retry, UpstreamError};
 
 /// The most of a failed response's body read for its error object.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The most of a whole answer read: a larger one is the backend's error.
+const MAX_ANSWER_BODY: usize = 16 * 1024 * 1024;
 
-/// Where a backend's chat completions are streamed from.
+/// Where a backend's chat completions are asked for: streamed, and whole when relayed (the
+/// client's body as it came, the backend's answer as it wrote it).
 pub(crate) struct Endpoint {
     pub(crate) http: reqwest::Client,
-    /// `<base_url>/chat/completions`.
-    pub(crate) url: String,
+    /// `<base_url>/chat/completions`, parsed once.
+    pub(crate) url: reqwest::Url,
     pub(crate) api_key: String,
 }
 
 impl Endpoint {
-    pub(crate) fn new(http: reqwest::Client, base_url: &str, api_key: String) -> Self {
-        Self {
-            http,
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
-            api_key,
+    pub(crate) fn new(http: reqwest::Client, base_url: &str, api_key: String) -> Result<Self, String> {
+        let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+        let url = reqwest::Url::parse(&url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        Ok(Self { http, url, api_key })
+    }
+
+    fn post(&self, body: &impl Serialize) -> reqwest::RequestBuilder {
+        let request = self.http.post(self.url.clone()).json(body);
+        match self.api_key.is_empty() {
+            true => request,
+            false => request.bearer_auth(&self.api_key),
         }
+    }
+
+    /// Sends `body` and reads the whole answer (at most [`MAX_ANSWER_BODY`]) as JSON.
+    pub(crate) async fn complete(
+        &self,
+        backend: &str,
+        body: &impl Serialize,
+    ) -> Result<serde_json::Value, LlmError> {
+        let mut response = self.post(body).send().await.map_err(|e| transport(backend, &e))?;
+        if !response.status().is_success() {
+            return Err(refused(backend, response).await);
+        }
+        let broke = |message: String| LlmError::Remote {
+            backend: backend.to_string(),
+            message,
+            retry: Retry::Never,
+            status: None,
+            upstream: None,
+        };
+        let mut answer = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| broke(format!("the answer broke off: {e}")))?
+        {
+            if answer.len() + chunk.len() > MAX_ANSWER_BODY {
+                return Err(broke(format!("the answer is over {MAX_ANSWER_BODY} bytes")));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&answer).map_err(|e| broke(format!("the answer is not JSON: {e}")))
     }
 
     /// Sends `body` and yields the data of each event of the answer as it is pulled (not the
@@ -36,11 +76,7 @@ impl Endpoint {
         backend: &str,
         body: &impl Serialize,
     ) -> Result<impl Stream<Item = Result<String, LlmError>> + Send + 'static, LlmError> {
-        let mut request = self.http.post(&self.url).json(body);
-        if !self.api_key.is_empty() {
-            request = request.bearer_auth(&self.api_key);
-        }
-        let response = request.send().await.map_err(|e| transport(backend, &e))?;
+        let response = self.post(body).send().await.map_err(|e| transport(backend, &e))?;
         if !response.status().is_success() {
             return Err(refused(backend, response).await);
         }
