@@ -202,18 +202,22 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     };
     let jobs = Jobs::open(job_store, collections.clone(), job_settings).await?;
 
-    let pipeline = Arc::new(pipeline(&config, stores, &models, guards, caches, backends));
+    let pipeline = Arc::new(pipeline(&config, stores, &models, guards, &caches));
     // The caches around retrieval, composed once: L3 around the pipeline for answers, and L1
     // around that for `/search`.
-    let caches = pipeline.caches.clone();
     let retriever: Arc<dyn Retriever> = Arc::new(Cached::retrievals(pipeline.clone(), caches.clone()));
-    let search: Arc<dyn Retriever> = Arc::new(Cached::searches(retriever.clone(), caches));
+    let search: Arc<dyn Retriever> = Arc::new(Cached::searches(retriever.clone(), caches.clone()));
+    let pool = LlmPool::new(
+        backends,
+        &config.model_groups,
+        Duration::from_millis(config.resilience.llm_retry_after_cap_ms),
+    );
     let caps = ChatCaps {
         max_choices: config.generation.max_choices,
         max_tokens: config.generation.max_tokens,
     };
     let stall = Duration::from_millis(config.resilience.client_stall_timeout_ms);
-    let engine = Arc::new(Engine::new(pipeline.clone(), retriever, caps, stall));
+    let engine = Arc::new(Engine::new(retriever, pool, caches.clone(), caps, stall));
     let admin_key = std::env::var(&config.resilience.admin_key_env)
         .ok()
         .filter(|k| !k.is_empty())
@@ -223,6 +227,7 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
         collections,
         jobs,
         pipeline,
+        caches,
         models,
         engine,
         search,
@@ -243,8 +248,7 @@ fn pipeline(
     stores: Stores,
     models: &ModelStages,
     guards: StageGuards,
-    caches: Arc<Caches>,
-    backends: Vec<Backend>,
+    caches: &Arc<Caches>,
 ) -> Pipeline {
     let budgeted: Arc<dyn Embedder> = Arc::new(Budgeted::new(models.embedder.clone()));
     Pipeline {
@@ -254,12 +258,6 @@ fn pipeline(
         both: stores.both,
         reranker: (models.reranker.clone()).map(|r| Arc::new(Costed::new(r)) as Arc<dyn Reranker>),
         guards,
-        llm: LlmPool::new(
-            backends,
-            &config.model_groups,
-            Duration::from_millis(config.resilience.llm_retry_after_cap_ms),
-        ),
-        caches,
         settings: pipeline_settings(config),
     }
 }

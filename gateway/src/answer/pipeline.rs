@@ -15,10 +15,9 @@ use ragway_retrieval::{
     fuse, DenseStore, Embedder, Fusion, HybridStore, KeywordStore, MetadataFilter, Priority, ScoredChunk,
 };
 
-use super::pool::LlmPool;
 use super::report::Report;
 use super::{Query, RequestContext};
-use crate::caches::{Caches, Target};
+use crate::caches::Target;
 use crate::resilience::guard::{Blame, Guard, StageError};
 
 mod candidates;
@@ -55,9 +54,6 @@ pub struct Pipeline {
     /// Its cost (skipped when it cannot fit the time left) → guard → the model.
     pub reranker: Option<Arc<dyn Reranker>>,
     pub guards: StageGuards,
-    pub llm: LlmPool,
-    /// The cache layers wrapped around the stages (see `caching`).
-    pub caches: Arc<Caches>,
     pub settings: PipelineSettings,
 }
 

@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::answer::engine::Engine;
 use crate::answer::pipeline::{Pipeline, Retriever};
+use crate::caches::Caches;
 use crate::catalog::collections::Collections;
 use crate::catalog::jobs::Jobs;
 use crate::config::Config;
@@ -54,7 +55,10 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub collections: Arc<Collections>,
     pub jobs: Arc<Jobs>,
+    /// Retrieval: the stages behind their decorators, and their guards.
     pub pipeline: Arc<Pipeline>,
+    /// The cache layers, for invalidation and the health of their shared tier.
+    pub caches: Arc<Caches>,
     pub models: ModelStages,
     pub engine: Arc<Engine>,
     /// `/search`: the pipeline behind L3, behind L1.

@@ -25,7 +25,7 @@ use crate::tenancy::Meter;
 
 pub(super) async fn drive(engine: Arc<Engine>, mut job: Job, events: Outbox, _permit: Option<StreamPermit>) {
     let started = Instant::now();
-    let pool = &engine.pipeline.llm;
+    let pool = &engine.llm;
     let quotable = !job.fallback_text.is_empty();
     match budget::reserve(pool, &job.meter, &job.route, &job.choice, &job.request, quotable).await {
         Ok(Spend::Held(meter)) => job.meter = meter,
@@ -143,7 +143,6 @@ impl Part {
             prompt.push(ChatMessage::new(Role::Assistant, before.to_string()));
         }
         let generator = engine
-            .pipeline
             .llm
             .backend(backend)
             .map(|b| b.generator.clone() as Arc<dyn Generator>);
@@ -231,7 +230,7 @@ async fn open(
             .messages
             .push(ChatMessage::new(Role::Assistant, partial.to_string()));
     }
-    let pool = &engine.pipeline.llm;
+    let pool = &engine.llm;
     let deadline = &job.ctx.deadline;
     pool.open_stream(
         &job.route,
@@ -294,7 +293,7 @@ async fn continue_or_restart(
     written: &Written,
 ) -> (Option<OpenedStream>, bool) {
     let mut skip = written.tried.clone();
-    let refusing = engine.pipeline.llm.refusing_prefills();
+    let refusing = engine.llm.refusing_prefills();
     skip.extend(
         refusing
             .filter(|b| !written.tried.iter().any(|t| t == b))

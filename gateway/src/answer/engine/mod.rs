@@ -31,11 +31,12 @@ use tokio::sync::mpsc;
 use outbox::Outbox;
 
 use super::conversation::Conversation;
-use super::pipeline::{Pipeline, Retrieved, Retriever};
+use super::pipeline::{Retrieved, Retriever};
 use super::pool::{LlmPool, Route, Unanswered};
 use super::prompt::{self, Sampling};
 use super::report::{Authorship, Report};
 use super::{Query, RequestContext};
+use crate::caches::Caches;
 use crate::catalog::collections::Collection;
 use crate::error::{ApiError, ErrorCode, Rejection};
 use crate::tenancy::quota::{budget_spent, OverBudget, StreamPermit};
@@ -241,9 +242,12 @@ pub struct Ask {
 }
 
 pub struct Engine {
-    pipeline: Arc<Pipeline>,
     /// Retrieval as answers get it (the pipeline behind L3).
     retriever: Arc<dyn Retriever>,
+    /// The LLM backends and model groups that write answers.
+    llm: LlmPool,
+    /// L1 (whole answers) is kept here.
+    caches: Arc<Caches>,
     caps: ChatCaps,
     /// How long a streamed answer waits for a client that takes none of its events.
     stall: Duration,
@@ -328,17 +332,25 @@ impl Answer {
 
 impl Engine {
     pub fn new(
-        pipeline: Arc<Pipeline>,
         retriever: Arc<dyn Retriever>,
+        llm: LlmPool,
+        caches: Arc<Caches>,
         caps: ChatCaps,
         stall: Duration,
     ) -> Self {
         Self {
-            pipeline,
             retriever,
+            llm,
+            caches,
             caps,
             stall,
         }
+    }
+
+    /// The LLM backends and model groups answers are written by (what `/v1/models` lists and
+    /// health watches).
+    pub fn llm(&self) -> &LlmPool {
+        &self.llm
     }
 
     /// Prepares the answer. What can be refused before any work is (a plain chat over its
@@ -369,7 +381,7 @@ impl Engine {
     /// A plain chat: `model`'s route (a group's fallback, or the backend alone) among the
     /// backends the tenant may use; refused when the prompt fits none of their windows.
     fn chat_job(&self, ask: &Ask, model: &str, messages: &[ChatMessage]) -> Result<Job, ApiError> {
-        let pool = &self.pipeline.llm;
+        let pool = &self.llm;
         let route = pool
             .route(model)
             .ok_or_else(|| ApiError::ModelNotFound(model.to_string()))?;
@@ -406,7 +418,7 @@ impl Engine {
     /// an LLM that is not in the pool.
     fn check_question_fits(&self, grounding: &Grounding, ask: &Ask) -> Result<(), ApiError> {
         let choice = ask.ctx.allowance.generators();
-        let pool = &self.pipeline.llm;
+        let pool = &self.llm;
         let route = grounding.route(pool)?;
         let window = pool.tightest_context(&route, &choice);
         prompt::check_question_fits(&grounding.conversation, ask.sampling, window)
@@ -428,7 +440,7 @@ impl Engine {
         };
         if !grounding.conversation.history.is_empty() {
             // Boxed: a rewrite's future is large, and most questions have no history.
-            let pool = &self.pipeline.llm;
+            let pool = &self.llm;
             let rewrite = grounding
                 .conversation
                 .condense(pool, &ctx.deadline, &ctx.allowance);
@@ -437,7 +449,7 @@ impl Engine {
         if let Some((backend, usage)) = &grounding.conversation.rewritten_by {
             meter.llm(backend, usage);
         }
-        let remember = l1::Remember::new(&self.pipeline.caches, &grounding, sampling);
+        let remember = l1::Remember::new(&self.caches, &grounding, sampling);
         let mut cached = remember.lookup().await;
         if let Some(answer) = cached.take_fresh(ctx.allowance.budget_spent()) {
             return Answer::ready(l1::replay(answer));
@@ -515,10 +527,8 @@ impl Engine {
         let allowance = &ctx.allowance;
         let choice = allowance.generators();
         // Checked before the answer began (`check_question_fits`).
-        let route = grounding
-            .route(&self.pipeline.llm)
-            .unwrap_or_else(|_| self.pipeline.llm.everyone());
-        let window = self.pipeline.llm.tightest_context(&route, &choice);
+        let route = grounding.route(&self.llm).unwrap_or_else(|_| self.llm.everyone());
+        let window = self.llm.tightest_context(&route, &choice);
         let conversation = &grounding.conversation;
         // The question alone fits (checked at the start), so fitting can only drop passages.
         let (request, given) = prompt::grounded(conversation, &retrieved.hits, sampling, window, &mut report)

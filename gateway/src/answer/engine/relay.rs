@@ -49,7 +49,7 @@ impl Engine {
         else {
             return Err(ApiError::Internal("only a relay is relayed".into()));
         };
-        let pool = &self.pipeline.llm;
+        let pool = &self.llm;
         let route = pool
             .route(&model)
             .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;

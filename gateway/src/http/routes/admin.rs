@@ -17,8 +17,8 @@ pub struct FaultList {
 
 fn known_stage(state: &AppState, stage: &str) -> bool {
     match stage.strip_prefix("llm:") {
-        Some(backend) => state.pipeline.llm.backends().iter().any(|b| b.name() == backend),
-        None if stage == "redis" => state.pipeline.caches.redis_guard().is_some(),
+        Some(backend) => state.engine.llm().backends().iter().any(|b| b.name() == backend),
+        None if stage == "redis" => state.caches.redis_guard().is_some(),
         None => matches!(stage, "embedder" | "dense" | "keyword" | "reranker"),
     }
 }
@@ -102,7 +102,6 @@ pub async fn invalidate_cache(
         }
     }
     let invalidated = state
-        .pipeline
         .caches
         .invalidate(request.collection.as_deref(), request.layer.as_deref())
         .await;

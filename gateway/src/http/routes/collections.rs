@@ -24,7 +24,7 @@ pub async fn create(
     ApiJson(request): ApiJson<CreateCollectionRequest>,
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
     validate::collection_name(&request.name)?;
-    if state.pipeline.llm.serves(&request.name) {
+    if state.engine.llm().serves(&request.name) {
         return Err(ApiError::invalid(
             ErrorCode::NameTakenByLlmBackend,
             format!(

@@ -83,9 +83,9 @@ pub async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> impl I
         watched.push(&guards.rerank);
     }
     // Each backend's guard is named `llm:<backend>`.
-    watched.extend(pipeline.llm.backends().iter().map(|b| b.guard.as_ref()));
+    watched.extend(state.engine.llm().backends().iter().map(|b| b.guard.as_ref()));
     // Redis only shares caches: listed, never a reason to be unready.
-    watched.extend(pipeline.caches.redis_guard());
+    watched.extend(state.caches.redis_guard());
     let dependencies = watched.iter().map(|g| (g.name.clone(), g.state())).collect();
     let next_probe_ms = watched
         .iter()

@@ -43,7 +43,7 @@ pub async fn models(State(state): State<AppState>, caller: Caller) -> Result<Jso
         .filter_map(|c| caller.public(&c.name))
         .map(|name| card(name, "collection"))
         .collect();
-    let pool = &state.pipeline.llm;
+    let pool = state.engine.llm();
     data.extend(
         pool.groups()
             .filter(|(_, route)| route.members().iter().any(|m| caller.may_use(&m.backend)))
@@ -151,7 +151,7 @@ impl Chat {
     /// only among the collections open here (no new collection may take it, so only one older
     /// than the name's configuration can have it), sparing plain chats the shared registry.
     async fn collection(&self) -> Option<Arc<Collection>> {
-        if self.state.pipeline.llm.serves(&self.model) {
+        if self.state.engine.llm().serves(&self.model) {
             let internal = self.caller.internal(&self.model);
             return self.state.collections.get(&internal).ok();
         }
@@ -209,7 +209,7 @@ impl Chat {
     /// that wrote it. A spent LLM budget is a 429 even under `degrade`: without passages there
     /// is nothing cheaper to give.
     async fn plain(self, asked: &ChatCompletionRequest, body: Value) -> Result<Response, ApiError> {
-        let pool = &self.state.pipeline.llm;
+        let pool = self.state.engine.llm();
         let Some(route) = pool.route(&self.model) else {
             return Err(ApiError::ModelNotFound(self.model));
         };

@@ -55,7 +55,7 @@ fn check_limits(limits: &Limits) -> Result<(), ApiError> {
 }
 
 fn check_backends(state: &AppState, backends: Option<&Vec<String>>) -> Result<(), ApiError> {
-    let pool = state.pipeline.llm.backends();
+    let pool = state.engine.llm().backends();
     for name in backends.into_iter().flatten() {
         if !pool.iter().any(|b| b.name() == name) {
             return Err(invalid(format!(
