@@ -226,18 +226,21 @@ impl Caller {
             .filter(|b| b.unmetered && tenant.may_use(&b.name))
             .map(|b| b.name.clone())
             .collect();
-        Ok(match (llm_spent, tenant.llm_backends.clone()) {
+        let allowed = tenant.llm_backends.clone().map_or(Choice::Any, Choice::Only);
+        Ok(match (llm_spent, allowed.clone()) {
             // Spent: only the cheaper backends it may use, if there are any.
             (true, _) if !cheaper.is_empty() => Allowance {
                 tenant: tenant.id.clone(),
                 llm: Choice::Only(cheaper),
+                allowed,
                 llm_spent: false,
                 cheaper_only: true,
                 embed_spent,
             },
-            (llm_spent, allowed) => Allowance {
+            (llm_spent, choice) => Allowance {
                 tenant: tenant.id.clone(),
-                llm: allowed.map_or(Choice::Any, Choice::Only),
+                llm: choice,
+                allowed,
                 llm_spent,
                 cheaper_only: false,
                 embed_spent,

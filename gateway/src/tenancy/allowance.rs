@@ -33,6 +33,9 @@ pub struct Allowance {
     pub tenant: String,
     /// The LLM backends it may use.
     pub llm: Choice,
+    /// The LLM backends its tenant may name at all, whatever its budget: a model none of whose
+    /// backends is among them is not found.
+    pub allowed: Choice,
     /// Its LLM token budget is spent (`over_quota = "degrade"`): no LLM runs, the answer comes
     /// from L1 (`cache_only`) or quotes passages (`extractive`).
     pub llm_spent: bool,

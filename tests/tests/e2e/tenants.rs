@@ -1664,3 +1664,58 @@ async fn fifteen_megabyte_chats_beside_a_calm_tenant_cost_it_nothing() -> anyhow
     );
     Ok(())
 }
+
+/// A tenant's `llm_backends` bound what it may name: a backend (or a group) none of whose
+/// backends it may use is not found, for a chat ragway generates and for one it would relay
+/// (`seed`), and `/v1/models` does not list it; the backend it may use answers.
+#[tokio::test]
+async fn a_tenant_names_only_the_llm_backends_it_may_use() -> anyhow::Result<()> {
+    let llm = ScriptedOpenAi::start(Script::Answer("ok".into())).await?;
+    let private = format!(
+        "[[llm]]\nname = \"private\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n",
+        llm.base_url
+    );
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &options(&llm, &private)).await?;
+    let body = json!({"name": "narrow", "llm_backends": ["scripted"]});
+    let (_, key) = tenant(&server, body).await?;
+    let chat = |model: &str, seed: bool| {
+        let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        if seed {
+            body["seed"] = json!(7);
+        }
+        body
+    };
+    for seed in [false, true] {
+        let refused = call(
+            &server,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("private", seed)),
+        )
+        .await?;
+        assert_eq!(
+            (refused.status, refused.error_code()),
+            (404, Some("model_not_found")),
+            "seed: {seed}: {:?}",
+            refused.body
+        );
+        let answered = call(
+            &server,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("scripted", seed)),
+        )
+        .await?;
+        assert_eq!(answered.status, 200, "seed: {seed}: {:?}", answered.body);
+    }
+    let models = call(&server, Method::GET, "/v1/models", &key, None).await?;
+    let ids: Vec<&str> = models.body["data"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|m| m["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(ids.contains(&"scripted") && !ids.contains(&"private"), "{ids:?}");
+    Ok(())
+}

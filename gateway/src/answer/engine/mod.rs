@@ -13,7 +13,7 @@ mod l1;
 mod outbox;
 mod relay;
 
-pub use relay::ChatCaps;
+pub use relay::{refuse_capabilities, ChatCaps};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use ragway_llm::{ChatMessage, GenerationRequest, LlmError};
+use ragway_llm::{ChatMessage, GenerationRequest, Generator, LlmError};
 use ragway_openapi::{CacheInfo, Citation, Degradation, DegradationReason, Mode, Stages, TokenUsage};
 use ragway_retrieval::{Fusion, MetadataFilter, ScoredChunk};
 use serde::Serialize;
@@ -193,16 +193,18 @@ impl AnswerEvent {
 pub enum Source {
     /// A question over a collection (RAG).
     Collection(Grounding),
-    /// A plain chat with `model` (a model group, or one LLM backend by its name), its messages as
-    /// the client wrote them.
+    /// A plain chat with `model` (a model group, or one LLM backend by its name), as the client
+    /// wrote it (`body`). One lookup of `model`'s route decides how it is answered: when it
+    /// carries what only a remote backend interprets (tools, response formats, images, `n`...)
+    /// and a backend of the route relays, it is relayed as written to the first that relays and
+    /// answers, each getting its own model id (its `stream` field says whether it is streamed;
+    /// [`Answer::is_relayed`]); else it is generated from `messages`, as ragway reads them (or
+    /// the reason it cannot: a relay reads none of them).
     Chat {
         model: String,
-        messages: Vec<ChatMessage>,
+        body: Value,
+        messages: Result<Vec<ChatMessage>, ApiError>,
     },
-    /// A chat only a remote backend can interpret (tools, response formats, images, `n`...),
-    /// relayed as the client wrote it (`body`) to the first of `model`'s backends that relays
-    /// and answers, each getting its own model id; its `stream` field says whether it is streamed.
-    Relay { model: String, body: Value },
 }
 
 /// A question about a collection.
@@ -280,6 +282,8 @@ impl Answering {
 pub struct Answer {
     events: Answering,
     driver: Option<BoxFuture<'static, ()>>,
+    /// Relayed: its events carry the backend's own chunks ([`AnswerEvent::Relayed`]).
+    relayed: bool,
 }
 
 impl Answer {
@@ -293,6 +297,7 @@ impl Answer {
         Self {
             events: Answering(Events::Live(receiver)),
             driver: Some(Box::pin(drive(outbox))),
+            relayed: false,
         }
     }
 
@@ -301,7 +306,22 @@ impl Answer {
         Self {
             events: Answering(Events::Ready(events.into_iter())),
             driver: None,
+            relayed: false,
         }
+    }
+
+    /// The same answer, marked as relayed.
+    fn relay(self) -> Self {
+        Self {
+            relayed: true,
+            ..self
+        }
+    }
+
+    /// Whether a plain chat was relayed as the client wrote it (its events carry the backend's
+    /// own chunks) rather than generated.
+    pub fn is_relayed(&self) -> bool {
+        self.relayed
     }
 
     /// Runs the answer in this task while `consume` reads its events (a JSON answer: no task
@@ -360,31 +380,50 @@ impl Engine {
     /// caller's task, or [`Answer::spawn`] for a stream that outlives it).
     pub async fn answer(self: &Arc<Self>, ask: Ask) -> Result<Answer, ApiError> {
         match ask.source {
-            Source::Chat {
-                ref model,
-                ref messages,
-            } => {
-                let job = self.chat_job(&ask, model, messages)?;
-                let engine = self.clone();
-                Ok(Answer::driven(self.stall, |events| {
-                    drive::drive(engine, job, events, ask.permit)
-                }))
-            }
+            Source::Chat { .. } => self.chat(ask).await,
             Source::Collection(ref grounding) => {
                 self.check_question_fits(grounding, &ask)?;
                 Ok(self.grounded(ask).await)
             }
-            Source::Relay { .. } => self.relayed(ask).await,
         }
     }
 
-    /// A plain chat: `model`'s route (a group's fallback, or the backend alone) among the
-    /// backends the tenant may use; refused when the prompt fits none of their windows.
-    fn chat_job(&self, ask: &Ask, model: &str, messages: &[ChatMessage]) -> Result<Job, ApiError> {
+    /// A plain chat: relayed or generated, decided from one lookup of its model's route (see
+    /// [`Source::Chat`]); a model none of whose backends the tenant may use is not found.
+    async fn chat(self: &Arc<Self>, mut ask: Ask) -> Result<Answer, ApiError> {
+        let Source::Chat {
+            model,
+            body,
+            messages,
+        } = &mut ask.source
+        else {
+            return Err(ApiError::Internal("only a plain chat is chatted".into()));
+        };
         let pool = &self.llm;
         let route = pool
             .route(model)
-            .ok_or_else(|| ApiError::ModelNotFound(model.to_string()))?;
+            .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
+        let members = || route.members().iter().filter_map(|m| pool.backend(&m.backend));
+        if !members().any(|b| ask.ctx.allowance.allowed.allows(b.name())) {
+            return Err(ApiError::ModelNotFound(model.clone()));
+        }
+        if members().any(|b| b.generator.relay().is_some()) && relay::wanted(body) {
+            let body = std::mem::take(body);
+            return Ok(self.relayed(ask, route, body).await?.relay());
+        }
+        refuse_capabilities(body, "a local LLM backend")?;
+        let messages = std::mem::replace(messages, Ok(Vec::new()))?;
+        let job = self.chat_job(&ask, route, &messages)?;
+        let engine = self.clone();
+        Ok(Answer::driven(self.stall, |events| {
+            drive::drive(engine, job, events, ask.permit)
+        }))
+    }
+
+    /// A generated plain chat: its `route` (a group's fallback, or the backend alone) among the
+    /// backends the tenant may use; refused when the prompt fits none of their windows.
+    fn chat_job(&self, ask: &Ask, route: Route, messages: &[ChatMessage]) -> Result<Job, ApiError> {
+        let pool = &self.llm;
         let allowance = &ask.ctx.allowance;
         check_chat_budget(allowance, &ask.meter, &route)?;
         let request = GenerationRequest {

@@ -17,12 +17,101 @@ use serde_json::Value;
 use super::budget::{self, Spend};
 use super::drive::Part;
 use super::{check_chat_budget, done, unanswered, Answer, AnswerEvent, Ask, Engine, Source};
-use crate::answer::pool::{count_tokens, Backend};
+use crate::answer::pool::{count_tokens, Backend, Route};
 use crate::answer::report::{Authorship, Report};
 use crate::error::{ApiError, ErrorCode};
 use crate::resilience::guard::StageError;
 use crate::tenancy::quota::StreamPermit;
 use crate::tenancy::Choice;
+
+/// Top-level fields ragway reads itself; any other field (`n` too: a backend may write several
+/// choices) asks for a relay.
+const OWN_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "llm",
+];
+
+/// Fields that change what an answer is (tool calls, a JSON shape, log-probabilities): refused
+/// where they cannot be honoured (RAG over a collection, the local model) instead of ignored.
+const CAPABILITIES: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "logprobs",
+    "audio",
+    "modalities",
+    "prediction",
+];
+
+/// Whether `body` carries anything only a relay passes on: a field ragway does not read, or a
+/// message with more than a role and text content (tool calls, tool results, images, names).
+pub(super) fn wanted(body: &Value) -> bool {
+    let Some(fields) = body.as_object() else {
+        return false;
+    };
+    let extra_field = fields.keys().any(|k| !OWN_FIELDS.contains(&k.as_str()));
+    let rich_message = fields
+        .get("messages")
+        .and_then(Value::as_array)
+        .is_some_and(|messages| messages.iter().any(rich));
+    extra_field || rich_message
+}
+
+fn rich(message: &Value) -> bool {
+    let Some(fields) = message.as_object() else {
+        return false;
+    };
+    let extra = fields.keys().any(|k| k != "role" && k != "content");
+    let non_text = fields
+        .get("content")
+        .and_then(Value::as_array)
+        .is_some_and(|parts| parts.iter().any(|p| p["type"] != "text"));
+    extra
+        || non_text
+        || !matches!(
+            fields.get("role").and_then(Value::as_str),
+            Some("system" | "developer" | "user" | "assistant")
+        )
+}
+
+/// 400 `unsupported_parameter` when `body` asks for something only a relaying backend can do;
+/// `model_kind` says what `model` named (for the message).
+pub fn refuse_capabilities(body: &Value, model_kind: &str) -> Result<(), ApiError> {
+    let asked: Vec<&str> = CAPABILITIES
+        .iter()
+        .copied()
+        .filter(|field| asks_for(&body[*field], field))
+        .collect();
+    if asked.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        ErrorCode::UnsupportedParameter,
+        format!(
+            "{}: not supported for {model_kind}; they are passed through only to remote (OpenAI-compatible) LLM backends named as `model`",
+            asked.join(", ")
+        ),
+    ))
+}
+
+/// Whether a capability field's value asks for anything (`null`, `[]`, `false` and a `text`
+/// response format are the defaults).
+fn asks_for(value: &Value, field: &str) -> bool {
+    match value {
+        Value::Null | Value::Bool(false) => false,
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(_) if field == "response_format" => value["type"] != "text",
+        _ => true,
+    }
+}
 
 /// What a relayed request may ask of a backend: no more than any other chat may.
 #[derive(Debug, Clone, Copy)]
@@ -34,25 +123,23 @@ pub struct ChatCaps {
 }
 
 impl Engine {
-    /// A relayed chat with `model` (a group or one backend): refused before any work when the
-    /// tenant's LLM budget is spent or `n` is out of range; then the first of its backends that
-    /// relays and takes it (a backend's own refusal of the request keeps its status and code).
-    /// A whole answer is all there once it returns, a stream's first chunk has come.
-    pub(super) async fn relayed(&self, ask: Ask) -> Result<Answer, ApiError> {
+    /// A relayed chat (`body`) with the model of `route` (a group or one backend): refused
+    /// before any work when the tenant's LLM budget is spent or `n` is out of range; then the
+    /// first of its backends that relays and takes it (a backend's own refusal of the request
+    /// keeps its status and code). A whole answer is all there once it returns, a stream's first
+    /// chunk has come.
+    pub(super) async fn relayed(&self, ask: Ask, route: Route, body: Value) -> Result<Answer, ApiError> {
         let Ask {
-            source: Source::Relay { model, body },
+            source: Source::Chat { model, .. },
             ctx,
             meter,
             permit,
             ..
         } = ask
         else {
-            return Err(ApiError::Internal("only a relay is relayed".into()));
+            return Err(ApiError::Internal("only a plain chat is relayed".into()));
         };
         let pool = &self.llm;
-        let route = pool
-            .route(&model)
-            .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
         check_chat_budget(&ctx.allowance, &meter, &route)?;
         let body = capped(body, self.caps)?;
         let mut choice = ctx.allowance.llm.clone();

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use ragway_llm::{ChatMessage, Generator, Role};
+use ragway_llm::{ChatMessage, Role};
 use ragway_openapi::{
     ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut, ChatUsage, ErrorBody, MessageContent,
     Mode, ModelCard, ModelList, RagwayAnswerInfo, TokenUsage,
@@ -15,7 +15,7 @@ use ragway_openapi::{
 use serde_json::Value;
 
 use crate::answer::conversation::Conversation;
-use crate::answer::engine::{Answer, Ask, Grounding, Source};
+use crate::answer::engine::{refuse_capabilities, Answer, Ask, Grounding, Source};
 use crate::answer::prompt::Sampling;
 use crate::answer::RequestContext;
 use crate::catalog::collections::Collection;
@@ -92,7 +92,7 @@ pub async fn chat_completions(
     };
     match chat.collection().await {
         Some(collection) => {
-            relay::refuse_capabilities(&body, "a collection (RAG)")?;
+            refuse_capabilities(&body, "a collection (RAG)")?;
             let llm = request.llm.clone();
             chat.grounded(collection, &messages(&request)?, llm).await
         }
@@ -209,29 +209,19 @@ impl Chat {
     /// that wrote it. A spent LLM budget is a 429 even under `degrade`: without passages there
     /// is nothing cheaper to give.
     async fn plain(self, asked: &ChatCompletionRequest, body: Value) -> Result<Response, ApiError> {
-        let pool = self.state.engine.llm();
-        let Some(route) = pool.route(&self.model) else {
-            return Err(ApiError::ModelNotFound(self.model));
+        let wants_usage = body["stream_options"]["include_usage"] == true;
+        let source = Source::Chat {
+            model: self.model.clone(),
+            body,
+            messages: messages(asked),
         };
-        let members = || route.members().iter().filter_map(|m| pool.backend(&m.backend));
-        if !members().any(|b| self.caller.may_use(b.name())) {
-            return Err(ApiError::ModelNotFound(self.model));
-        }
-        if members().any(|b| b.generator.relay().is_some()) && relay::wanted(&body) {
-            let wants_usage = body["stream_options"]["include_usage"] == true;
-            let model = self.model.clone();
-            let answer = self.answer(Source::Relay { model, body }).await?;
+        let answer = self.answer(source).await?;
+        if answer.is_relayed() {
             return match self.stream {
                 true => relay::stream(answer.spawn(), wants_usage).await,
                 false => relay::complete(answer).await,
             };
         }
-        relay::refuse_capabilities(&body, "a local LLM backend")?;
-        let source = Source::Chat {
-            model: self.model.clone(),
-            messages: messages(asked)?,
-        };
-        let answer = self.answer(source).await?;
         if self.stream {
             return shape::openai_chunks(answer.spawn(), self.model, true, self.sampling.max_tokens).await;
         }
