@@ -365,6 +365,18 @@ async fn a_replica_started_while_qdrant_is_down_serves_once_it_is_back() -> anyh
 }
 
 /// A document of `words` words, distinct per `id`.
+/// Waits (5 s at most) until `server` serves collection `name` to the tenant of `key` (made
+/// through another replica).
+async fn sees(server: &Server, key: &str, name: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let path = format!("/v1/collections/{name}");
+    while server.call(Method::GET, &path, Some(key), None).await?.status != 200 {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(5), "never saw `{name}`");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Issue 40 item 2, across replicas: four 20-document ingests at once under a 40-document quota,
 /// two through each replica. The check and the hold are one step in Redis (what the tenant's
 /// collections store, as the registry counts it with each change, plus every unfinished job's
@@ -401,16 +413,7 @@ async fn storage_quotas_hold_across_replicas() -> anyhow::Result<()> {
         assert_eq!(created.status, 201, "{:?}", created.body);
     }
     // B knows the key and the four collections.
-    let started = Instant::now();
-    while b
-        .call(Method::GET, "/v1/collections/lane4", Some(&key), None)
-        .await?
-        .status
-        != 200
-    {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(5), "B never saw lane4");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sees(&b, &key, "lane4").await?;
     let batch = |lane: usize| json!({"documents": (0..20).map(|i| note(&format!("r{lane}-{i}"))).collect::<Vec<_>>()});
     let path = |lane: usize| format!("/v1/collections/lane{lane}/documents");
     let (paths, batches): (Vec<String>, Vec<Value>) = (1..=4).map(|lane| (path(lane), batch(lane))).unzip();
@@ -530,16 +533,7 @@ async fn storage_quotas_hold_across_replicas() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(queued.status, 202, "{:?}", queued.body);
-    let started = Instant::now();
-    while b
-        .call(Method::GET, "/v1/collections/slow", Some(&key), None)
-        .await?
-        .status
-        != 200
-    {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(5), "B never saw `slow`");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sees(&b, &key, "slow").await?;
     let over = b
         .call(
             Method::POST,
