@@ -466,7 +466,7 @@ impl Jobs {
     }
 
     /// What the unfinished jobs of `owner` (a tenant's id) will still add to its storage.
-    pub fn pending(&self, owner_id: &str) -> Reservation {
+    pub fn pending(&self, owner_id: &str) -> Amounts<u64> {
         self.lock()
             .values()
             .filter_map(|job| {
@@ -474,13 +474,10 @@ impl Jobs {
                 (owner(&status.collection) == owner_id).then(|| {
                     job.reserved
                         .remaining(status.documents_done, status.documents_total)
+                        .into()
                 })
             })
-            .fold(Reservation::default(), |sum, left| Reservation {
-                documents: sum.documents.saturating_add(left.documents),
-                chunks: sum.chunks.saturating_add(left.chunks),
-                bytes: sum.bytes.saturating_add(left.bytes),
-            })
+            .fold(Amounts::default(), Amounts::plus)
     }
 
     /// Admits a write whose tenant has storage quotas, or says which quota it would cross: what
@@ -516,17 +513,9 @@ impl Jobs {
         let stored = request
             .stored
             .iter()
-            .fold(Amounts::default(), |sum: Amounts<u64>, (_, a)| Amounts {
-                documents: sum.documents.saturating_add(a.documents),
-                chunks: sum.chunks.saturating_add(a.chunks),
-                bytes: sum.bytes.saturating_add(a.bytes),
-            });
-        let pending = self.pending(owner(request.collection));
-        let holds = Amounts {
-            documents: stored.documents.saturating_add(pending.documents),
-            chunks: stored.chunks.saturating_add(pending.chunks),
-            bytes: stored.bytes.saturating_add(pending.bytes),
-        };
+            .map(|(_, a)| *a)
+            .fold(Amounts::default(), Amounts::plus);
+        let holds = stored.plus(self.pending(owner(request.collection)));
         admit_storage(request.limits, holds, request.growth).map_err(NotAdmitted::Over)?;
         Ok(Admitted {
             id: Some(id),

@@ -41,6 +41,17 @@ pub struct Amounts<T> {
     pub bytes: T,
 }
 
+impl Amounts<u64> {
+    /// Both together, each at most `u64::MAX`.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            documents: self.documents.saturating_add(other.documents),
+            chunks: self.chunks.saturating_add(other.chunks),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+}
+
 /// Which storage quota a request would cross.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageQuota {
