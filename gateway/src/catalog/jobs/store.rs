@@ -236,13 +236,13 @@ const UNRECORDED_HOLD_S: u64 = 60;
 /// nothing. Counts stay below 2^53, where Lua's numbers are exact.
 const HOLD: &str = r"local function nums(s) local t = {} for n in string.gmatch(s, '%S+') do t[#t + 1] = tonumber(n) end return t end
 local held = {0, 0, 0}
-local function add(v, share) for q = 1, 3 do held[q] = held[q] + math.floor(v[q] * share) end end
+local function add(v) for q = 1, 3 do held[q] = held[q] + v[q] end end
 local stored = redis.call('hgetall', KEYS[1])
 local counted = {}
-for i = 1, #stored, 2 do counted[stored[i]] = true add(nums(stored[i + 1]), 1) end
+for i = 1, #stored, 2 do counted[stored[i]] = true add(nums(stored[i + 1])) end
 local i = 11
 for _ = 1, tonumber(ARGV[10]) do
-  if not counted[ARGV[i]] then add(nums(ARGV[i + 1]), 1) end
+  if not counted[ARGV[i]] then add(nums(ARGV[i + 1])) end
   i = i + 2
 end
 local now = tonumber(redis.call('time')[1])
@@ -263,7 +263,7 @@ for h = 1, #holds, 2 do
   else
     keep = v[4] > now
   end
-  if keep then add(v, 1) else redis.call('hdel', KEYS[2], holds[h]) end
+  if keep then add(v) else redis.call('hdel', KEYS[2], holds[h]) end
 end
 for q = 1, 3 do
   local limit, grows = tonumber(ARGV[q]), tonumber(ARGV[q + 3])
