@@ -100,6 +100,18 @@ pub enum Refusal {
 }
 
 impl LlmError {
+    /// `backend` failed without an answer worth retrying (a broken-off or malformed answer, a
+    /// client that cannot be built).
+    pub fn failed(backend: &str, message: String) -> Self {
+        Self::Remote {
+            backend: backend.to_string(),
+            message,
+            retry: Retry::Never,
+            status: None,
+            upstream: None,
+        }
+    }
+
     /// The HTTP status the backend answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -74,23 +74,9 @@ impl OpenAiBackend {
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())
             .build()
-            .map_err(|e| LlmError::Remote {
-                backend: options.name.clone(),
-                message: format!("cannot build HTTP client: {e}"),
-                retry: Retry::Never,
-                status: None,
-                upstream: None,
-            })?;
-        let endpoint =
-            Endpoint::new(http.clone(), &options.base_url, options.api_key.clone()).map_err(|message| {
-                LlmError::Remote {
-                    backend: options.name.clone(),
-                    message,
-                    retry: Retry::Never,
-                    status: None,
-                    upstream: None,
-                }
-            })?;
+            .map_err(|e| LlmError::failed(&options.name, format!("cannot build HTTP client: {e}")))?;
+        let endpoint = Endpoint::new(http.clone(), &options.base_url, options.api_key.clone())
+            .map_err(|message| LlmError::failed(&options.name, message))?;
         let config = OpenAIConfig::new()
             .with_api_base(options.base_url)
             .with_api_key(options.api_key);

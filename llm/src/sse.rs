@@ -48,13 +48,7 @@ impl Endpoint {
         if !response.status().is_success() {
             return Err(refused(backend, response).await);
         }
-        let broke = |message: String| LlmError::Remote {
-            backend: backend.to_string(),
-            message,
-            retry: Retry::Never,
-            status: None,
-            upstream: None,
-        };
+        let broke = |message: String| LlmError::failed(backend, message);
         let mut answer = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -88,13 +82,7 @@ impl Endpoint {
                 futures::future::ready(match event {
                     Ok(event) if event.event == "keepalive" => None,
                     Ok(event) => Some(Ok(event.data)),
-                    Err(e) => Some(Err(LlmError::Remote {
-                        backend: name.clone(),
-                        message: format!("the stream broke off: {e}"),
-                        retry: Retry::Never,
-                        status: None,
-                        upstream: None,
-                    })),
+                    Err(e) => Some(Err(LlmError::failed(&name, format!("the stream broke off: {e}")))),
                 })
             }))
     }
