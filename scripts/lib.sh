@@ -6,6 +6,8 @@
 #                           prints the address a ragway (or fast-openai) writes to LOG, or fails
 #                           after SECONDS (default 180) with the last lines of LOG
 #   build_ragway [CARGO ARGS]  the release build, its progress shown (a lock wait is visible)
+#   need_build_tools        cmake, a C++ compiler and libclang (llama.cpp is built from source by
+#                           the llama-cpp-2 crate), installed with apt-get as root, else a message
 
 _ragway_pids=()
 _ragway_dirs=()
@@ -61,8 +63,25 @@ wait_for_address() {
   return 1
 }
 
+need_build_tools() {
+  local missing=()
+  command -v cmake >/dev/null || missing+=(cmake)
+  command -v g++ >/dev/null || missing+=(g++)
+  ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${missing[*]} (Debian packages): llama.cpp is built from source" >&2
+    (apt-get install -y -qq "${missing[@]}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }) \
+      || { echo "apt-get install ${missing[*]} failed" >&2; return 1; }
+  else
+    echo "${missing[*]} needed to build llama.cpp: apt-get install -y ${missing[*]}" >&2
+    return 1
+  fi
+}
+
 build_ragway() {
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}"
+  need_build_tools
   echo "building ragway (release; the first build takes several minutes)" >&2
   cargo build --release -p ragway-gateway --bin ragway "$@"
 }

@@ -9,6 +9,8 @@ command -v cargo >/dev/null || { echo "cargo is needed: install Rust from https:
 command -v python3 >/dev/null || { echo "python3 (with pip) is needed to fetch the models: apt-get install -y python3-pip" >&2; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}"
 
+source scripts/lib.sh
+need_build_tools
 scripts/fetch-models.sh
 # The shared cache tier's tests start a real redis-server (Debian's package) on a free port.
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then

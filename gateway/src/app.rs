@@ -409,13 +409,21 @@ async fn load_generator(
             model,
             dequantize,
             context_tokens,
+            kv_tokens,
         } => {
+            if dequantize.is_some() {
+                tracing::warn!(
+                    backend = backend.name,
+                    "`dequantize` no longer applies (llama.cpp runs the quantized weights) and is ignored"
+                );
+            }
             let started = Instant::now();
             let path = models::gguf_file(model, &config.models.cache_dir).await?;
             let options = LocalLlmOptions {
-                device: device.clone(),
-                dequantize: *dequantize,
+                gpu: device.is_cuda(),
                 context_tokens: *context_tokens,
+                kv_tokens: *kv_tokens,
+                parallel: config.queues.local_llm,
                 queue: QueueLimits {
                     interactive: config.queues.local_llm,
                     bulk: 1,
@@ -426,8 +434,14 @@ async fn load_generator(
                 },
                 ..Default::default()
             };
-            let llm = LocalLlm::load(&path, &backend.name, options)?;
-            tracing::info!(backend = backend.name, path = %path.display(), seconds = started.elapsed().as_secs_f32(), "local LLM loaded");
+            let name = backend.name.clone();
+            let llm = tokio::task::spawn_blocking(move || LocalLlm::load(&path, &name, options)).await??;
+            tracing::info!(
+                backend = backend.name,
+                model = llm.model(),
+                seconds = started.elapsed().as_secs_f32(),
+                "local LLM loaded"
+            );
             Arc::new(llm)
         }
         LlmBackendKind::Openai {

@@ -426,12 +426,19 @@ pub enum LlmBackendKind {
     Local {
         /// A `.gguf` file, a directory holding one, or `hf:<repo>/<file>.gguf`.
         model: String,
-        #[serde(default = "yes")]
-        dequantize: bool,
+        /// No longer applies: llama.cpp runs the quantized weights as they are. Accepted (and
+        /// ignored, with a warning) so that older config files still load.
+        #[serde(default, skip_serializing)]
+        dequantize: Option<bool>,
         /// Use at most this many tokens of the model's context window (prompt and answer); bounds
-        /// the prefill cost of one request on a CPU. Default: the model's whole window.
+        /// the prefill cost of one request on a CPU. Default: the model's whole window, as far as
+        /// the KV cache holds it.
         #[serde(default)]
         context_tokens: Option<usize>,
+        /// The KV cache's size in tokens (about 23 KB each for SmolLM2-135M), shared by the
+        /// answers being written together (`queues.local_llm` of them) and L4's kept prompts.
+        #[serde(default = "default_kv_tokens")]
+        kv_tokens: usize,
     },
     /// An OpenAI-compatible chat completions server.
     Openai {
@@ -488,6 +495,10 @@ fn default_retries() -> u32 {
     2
 }
 
+fn default_kv_tokens() -> usize {
+    16_384
+}
+
 pub fn default_models_dir() -> PathBuf {
     std::env::var_os("RAGWAY_MODELS")
         .map(PathBuf::from)
@@ -531,8 +542,9 @@ impl Default for Config {
                 accepts_prefill: true,
                 kind: LlmBackendKind::Local {
                     model: models.join("smollm2-135m-instruct").display().to_string(),
-                    dequantize: true,
+                    dequantize: None,
                     context_tokens: None,
+                    kv_tokens: default_kv_tokens(),
                 },
             }],
             model_groups: Vec::new(),
@@ -938,7 +950,10 @@ mod tests {
             );
             assert!(matches!(
                 &config.llm[1].kind,
-                LlmBackendKind::Local { dequantize: true, .. }
+                LlmBackendKind::Local {
+                    kv_tokens: 16_384,
+                    ..
+                }
             ));
             assert_eq!(
                 config.llm[1].limits(1, &ResilienceConfig::default()),

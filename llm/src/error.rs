@@ -206,12 +206,6 @@ impl LlmError {
     }
 }
 
-impl From<candle_core::Error> for LlmError {
-    fn from(e: candle_core::Error) -> Self {
-        Self::Model(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

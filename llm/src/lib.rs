@@ -1,4 +1,4 @@
-//! Generation: a local candle LLM (SmolLM2 GGUF) and remote OpenAI-compatible backends, behind one
+//! Generation: a local LLM (a GGUF chat model on llama.cpp) and remote OpenAI-compatible backends, behind one
 //! [`Generator`] trait, plus the RAG prompt and its citation markers.
 
 mod error;
@@ -9,7 +9,7 @@ mod retry_after;
 mod sse;
 
 pub use error::{public_message, LlmError, Refusal, Retry, UpstreamError};
-pub use local::{LocalLlm, LocalLlmOptions, PrefixCacheOptions};
+pub use local::{LocalLlm, LocalLlmOptions, LocalLlmStats, PrefixCacheOptions};
 pub use prompt::{cited_passages, fit_rag_messages, rag_messages, Fitted, Passage};
 pub use remote::{OpenAiBackend, OpenAiBackendOptions};
 
@@ -46,6 +46,17 @@ pub struct GenerationRequest {
     pub max_tokens: usize,
     /// 0 means greedy decoding.
     pub temperature: f64,
+    /// The collection whose passages the prompt holds, if any: a local model's kept prompt
+    /// states (L4) of an earlier epoch of it are dropped when a newer one is asked about.
+    pub prefix_scope: Option<PrefixScope>,
+}
+
+/// A collection as it was when a prompt was made of its passages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixScope {
+    /// Names the collection and its generation (a recreated collection is another).
+    pub collection: String,
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

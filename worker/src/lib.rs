@@ -340,7 +340,7 @@ impl<T: Task> Queue<T> {
     }
 
     /// Blocks until a task is ready (interactive first) or the queue is closed and empty.
-    fn pop(&self) -> Option<Queued<T>> {
+    pub fn pop(&self) -> Option<Queued<T>> {
         let mut lanes = self.lock();
         loop {
             for priority in [Priority::Interactive, Priority::Bulk] {
@@ -408,6 +408,23 @@ impl<T: Task> Worker<T> {
                     worker_queue.requeue(rest);
                 }
             }
+            tracing::debug!(worker = worker_queue.name, "worker stopped");
+        })?;
+        Ok(Self { queue })
+    }
+
+    /// Starts a thread named `name` that runs `body` with the queue, for a worker whose state
+    /// cannot move between threads or borrows from itself (a model and the context that reads
+    /// it) and is therefore built on the thread. `body` takes tasks with [`Queue::pop`] until it
+    /// answers `None`.
+    pub fn spawn_with<F>(name: &str, limits: QueueLimits, body: F) -> std::io::Result<Self>
+    where
+        F: FnOnce(&Queue<T>) + Send + 'static,
+    {
+        let queue = Arc::new(Queue::new(name, limits));
+        let worker_queue = queue.clone();
+        thread::Builder::new().name(name.to_string()).spawn(move || {
+            body(&worker_queue);
             tracing::debug!(worker = worker_queue.name, "worker stopped");
         })?;
         Ok(Self { queue })

@@ -3,7 +3,7 @@
 //!
 //! - embed: sentences/s of the candle MiniLM embedder at batch 32
 //! - rerank: pairs/s of a MiniLM-L6-sized cross-encoder (random weights: speed does not depend on them)
-//! - llm: SmolLM2 prefill and decode tokens/s, quantized and dequantized weights side by side
+//! - llm: SmolLM2 prefill and decode tokens/s on llama.cpp, and aggregate tokens/s of 1-8 answers at once
 //! - search: ingest trec-dl-5k through HTTP, `/search` p50/p99, and retrieval quality
 //!   (nDCG@10, Recall@100, MRR@10) of BM25, dense and hybrid RRF
 //! - resilience: the guard's cost on the normal path, and time to detect a hanging dependency and

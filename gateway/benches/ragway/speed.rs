@@ -172,58 +172,72 @@ pub async fn rerank() -> anyhow::Result<()> {
 pub async fn llm() -> anyhow::Result<()> {
     let gguf = models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     let docs = passages(6);
-    let passages: Vec<Passage> = docs
-        .iter()
-        .enumerate()
-        .map(|(i, t)| Passage {
-            doc_id: if i % 2 == 0 { "a" } else { "b" },
-            text: t,
-        })
-        .collect();
-    let messages = rag_messages("What does the first passage say? Answer in detail.", &passages);
-    println!("\n### Local LLM (SmolLM2-135M-Instruct Q4_1 GGUF, candle, CPU)\n");
-    println!("| weights | prompt tokens | median prefill ms | prefill tokens/s | decode tokens/s |\n|---|---|---|---|---|");
-    for dequantize in [false, true] {
-        let options = LocalLlmOptions {
-            dequantize,
-            ..Default::default()
-        };
-        let llm = LocalLlm::load(&gguf, "local", options)?;
-        let request = |max_tokens| GenerationRequest {
-            messages: messages.clone(),
-            max_tokens,
-            temperature: 0.0,
-        };
-        llm.generate(request(1)).await?; // warm-up
-        let mut prefill = Vec::new();
-        let mut decode = Vec::new();
-        let mut prompt_tokens = 0;
-        for _ in 0..3 {
-            let started = Instant::now();
-            let first = llm.generate(request(1)).await?;
-            let t1 = started.elapsed().as_secs_f64();
-            prompt_tokens = first.prompt_tokens;
-            let started = Instant::now();
-            let long = llm.generate(request(64)).await?;
-            let tn = started.elapsed().as_secs_f64();
-            prefill.push(t1);
-            if long.completion_tokens > 1 {
-                decode.push((long.completion_tokens - 1) as f64 / (tn - t1).max(1e-9));
-            }
+    // Each prompt its own passages' order, so that no prompt starts like another (no L4 reuse).
+    let prompt = |round: usize| {
+        let mut shown: Vec<Passage> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Passage {
+                doc_id: if i % 2 == 0 { "a" } else { "b" },
+                text: t,
+            })
+            .collect();
+        let turn = round % shown.len();
+        shown.rotate_left(turn);
+        let mut messages = rag_messages("What does the first passage say? Answer in detail.", &shown);
+        messages[0].content = format!("Request {round}. {}", messages[0].content);
+        messages
+    };
+    let request = |round, max_tokens| GenerationRequest {
+        messages: prompt(round),
+        max_tokens,
+        temperature: 0.0,
+        prefix_scope: None,
+    };
+    println!("\n### Local LLM (SmolLM2-135M-Instruct Q4_1 GGUF, llama.cpp, CPU)\n");
+    println!("| prompt tokens | median prefill ms | prefill tokens/s | decode tokens/s |\n|---|---|---|---|");
+    let llm = LocalLlm::load(&gguf, "local", LocalLlmOptions::default())?;
+    llm.generate(request(100, 1)).await?; // warm-up
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    let mut prompt_tokens = 0;
+    for round in 0..6 {
+        let started = Instant::now();
+        let first = llm.generate(request(2 * round, 1)).await?;
+        let t1 = started.elapsed().as_secs_f64();
+        prompt_tokens = first.prompt_tokens;
+        let started = Instant::now();
+        let long = llm.generate(request(2 * round + 1, 64)).await?;
+        let tn = started.elapsed().as_secs_f64();
+        prefill.push(t1);
+        if long.completion_tokens > 1 {
+            decode.push((long.completion_tokens - 1) as f64 / (tn - t1).max(1e-9));
         }
-        let p = median(prefill);
-        println!(
-            "| {} | {} | {:.0} | {:.0} | {:.1} |",
-            if dequantize {
-                "dequantized f32"
-            } else {
-                "Q4_1 (quantized)"
-            },
-            prompt_tokens,
-            p * 1e3,
-            prompt_tokens as f64 / p,
-            median(decode)
-        );
+    }
+    let p = median(prefill);
+    println!(
+        "| {} | {:.0} | {:.0} | {:.1} |",
+        prompt_tokens,
+        p * 1e3,
+        prompt_tokens as f64 / p,
+        median(decode)
+    );
+
+    println!("\n#### Answers written together (64 tokens each, distinct prompts)\n");
+    println!("| concurrent answers | wall s | completion tokens | aggregate tokens/s |\n|---|---|---|---|");
+    let mut round = 1000;
+    for n in [1usize, 2, 4, 8] {
+        let requests: Vec<_> = (0..n)
+            .map(|_| {
+                round += 1;
+                request(round, 64)
+            })
+            .collect();
+        let started = Instant::now();
+        let answers = futures::future::try_join_all(requests.into_iter().map(|r| llm.generate(r))).await?;
+        let wall = started.elapsed().as_secs_f64();
+        let tokens: usize = answers.iter().map(|a| a.completion_tokens).sum();
+        println!("| {n} | {wall:.2} | {tokens} | {:.1} |", tokens as f64 / wall);
     }
     Ok(())
 }

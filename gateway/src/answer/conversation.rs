@@ -122,6 +122,7 @@ impl Conversation {
             ],
             max_tokens: 48,
             temperature: 0.0,
+            prefix_scope: None,
         }
     }
 }

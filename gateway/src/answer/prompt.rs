@@ -39,6 +39,7 @@ pub fn grounded(
         messages: with_history(messages, history),
         max_tokens: sampling.max_tokens,
         temperature: sampling.temperature,
+        prefix_scope: None,
     };
     let Some((generator, window)) = window else {
         let given = canonical(hits);
@@ -220,6 +221,7 @@ mod tests {
             messages: vec![ChatMessage::new(ragway_llm::Role::User, "hi")],
             max_tokens: 200,
             temperature: 0.0,
+            prefix_scope: None,
         };
         // 2 bytes, 8 template tokens for the message and 8 for the conversation.
         assert_eq!(ceiling(&request, None), 18 + 200);
@@ -301,6 +303,7 @@ mod tests {
             messages: vec![ChatMessage::new(ragway_llm::Role::User, text)],
             max_tokens: 10,
             temperature: 0.0,
+            prefix_scope: None,
         };
         let huge = request("x".repeat(1_000_000));
         let code = check_fits(&huge, &model).err().map(|e| e.code());
@@ -383,6 +386,7 @@ mod tests {
             messages: vec![ChatMessage::new(ragway_llm::Role::User, long)],
             max_tokens: 10,
             temperature: 0.0,
+            prefix_scope: None,
         };
         let code = check_fits(&request, &model).err().map(|e| e.code());
         assert_eq!(code, Some(ErrorCode::ContextLengthExceeded));

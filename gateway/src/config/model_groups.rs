@@ -168,8 +168,9 @@ mod tests {
             accepts_prefill: true,
             kind: super::super::LlmBackendKind::Local {
                 model: "m".into(),
-                dequantize: true,
+                dequantize: None,
                 context_tokens: None,
+                kv_tokens: 16_384,
             },
         }
     }

@@ -264,6 +264,7 @@ mod tests {
             messages: vec![ChatMessage::new(Role::User, "hi")],
             max_tokens: 8,
             temperature: 0.0,
+            prefix_scope: None,
         }
     }
 

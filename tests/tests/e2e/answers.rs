@@ -367,7 +367,7 @@ async fn long_passages_are_fitted_to_the_local_models_window() -> anyhow::Result
     );
 
     // A plain chat that cannot fit the window is the caller's error, not the model's.
-    let huge = vec!["coffee"; 6000].join(" ");
+    let huge = vec!["coffee"; 9000].join(" ");
     let chat = json!({"model": "local", "messages": [{"role": "user", "content": huge}]});
     let refused = server.post("/v1/chat/completions", &chat).await?;
     assert_eq!(refused.status, 400, "{:?}", refused.body);

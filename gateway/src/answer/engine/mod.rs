@@ -430,6 +430,7 @@ impl Engine {
             messages: messages.to_vec(),
             max_tokens: ask.sampling.max_tokens,
             temperature: ask.sampling.temperature,
+            prefix_scope: None,
         };
         let choice = allowance.llm.clone();
         if let Some((widest, _)) = pool.widest_context(&route, &choice) {
@@ -570,8 +571,15 @@ impl Engine {
         let window = self.llm.tightest_context(&route, &choice);
         let conversation = &grounding.conversation;
         // The question alone fits (checked at the start), so fitting can only drop passages.
-        let (request, given) = prompt::grounded(conversation, &retrieved.hits, sampling, window, &mut report)
-            .unwrap_or_else(|_| prompt_without_passages(conversation, sampling));
+        let (mut request, given) =
+            prompt::grounded(conversation, &retrieved.hits, sampling, window, &mut report)
+                .unwrap_or_else(|_| prompt_without_passages(conversation, sampling));
+        // A local model's kept prompts over an earlier epoch of this collection go (L4).
+        let target = grounding.collection.target(grounding.fusion);
+        request.prefix_scope = Some(ragway_llm::PrefixScope {
+            collection: format!("{}@{}", target.name, target.generation),
+            epoch: target.epoch,
+        });
         if allowance.budget_spent() {
             report.degrade("llm", DegradationReason::Quota);
         }
@@ -639,6 +647,7 @@ fn prompt_without_passages(
         messages,
         max_tokens: sampling.max_tokens,
         temperature: sampling.temperature,
+        prefix_scope: None,
     };
     (request, Vec::new())
 }

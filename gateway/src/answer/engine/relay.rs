@@ -148,6 +148,7 @@ impl Engine {
             messages: prompt_of(&body),
             max_tokens: completion_ceiling(&body, self.caps),
             temperature: 0.0,
+            prefix_scope: None,
         };
         let meter = match budget::reserve(pool, &meter, &route, &choice, &most, false).await {
             Ok(Spend::Held(meter)) => meter,

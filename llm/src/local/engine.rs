@@ -1,0 +1,484 @@
+//! The model's thread: llama.cpp with one context whose unified KV cache holds every answer being
+//! written (one sequence each) and L4's kept prompts (one sequence each). Each step decodes one
+//! batch: the next token of every answer under way and as much of the waiting prompts as the
+//! batch has room for (continuous batching). A new answer joins at the next step; one whose
+//! caller is gone leaves it, and its cells are freed at once.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::DecodeError;
+use ragway_worker::Queue;
+
+use super::chatml::chatml;
+use super::prefix::{Logits, PrefixCache, PrefixCacheOptions};
+use super::text::Utf8Pieces;
+use super::{backend, tokenize, Counts, Job};
+use crate::{LlmError, StreamEvent};
+
+// Small models loop without a mild penalty on recently generated tokens.
+const REPEAT_PENALTY: f32 = 1.1;
+const REPEAT_WINDOW: i32 = 64;
+
+/// How the context is built and shared.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub threads: i32,
+    /// The most tokens one answer may take, prompt and completion.
+    pub window: usize,
+    /// The KV cache's size in tokens, shared by every answer under way and the kept prompts.
+    pub kv_tokens: usize,
+    /// Answers written together.
+    pub parallel: usize,
+    /// Tokens one step decodes at most.
+    pub batch: usize,
+    pub seed: u32,
+    pub prefixes: PrefixCacheOptions,
+    /// The backend's name, for metrics.
+    pub name: String,
+}
+
+/// Builds the context and serves `queue` until it closes. `ready` hears whether the context
+/// could be built.
+pub(crate) fn run(
+    model: &LlamaModel,
+    settings: Settings,
+    counts: &Counts,
+    queue: &Queue<Job>,
+    ready: std::sync::mpsc::Sender<Result<(), LlmError>>,
+) {
+    let mut engine = match Engine::new(model, settings, counts) {
+        Ok(engine) => {
+            let _ = ready.send(Ok(()));
+            engine
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    loop {
+        if engine.idle() {
+            match queue.pop() {
+                Some(queued) => engine.waiting.push_back(queued.task),
+                None => return,
+            }
+        }
+        engine.admit_waiting(queue);
+        engine.step();
+    }
+}
+
+struct Slot {
+    job: Job,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens in the KV cache.
+    fed: usize,
+    /// Of those, the ones copied from a kept prompt.
+    reused: usize,
+    generated: usize,
+    /// The token sampled last, to be decoded next.
+    next: Option<LlamaToken>,
+    sampler: LlamaSampler,
+    text: Utf8Pieces,
+    /// Where this step's batch has its logits.
+    logits: Option<i32>,
+    /// The logits after the whole prompt: kept with it (L4), or taken from the kept prompt
+    /// when this is that prompt again (then nothing is prefilled).
+    first_logits: Option<Logits>,
+}
+
+impl Slot {
+    /// The KV cells it may come to hold, at most.
+    fn cells(&self) -> usize {
+        self.prompt.len() + self.job.request.max_tokens
+    }
+
+    fn send(&self, event: Result<StreamEvent, LlmError>) -> bool {
+        self.job.events.send(event).is_ok()
+    }
+}
+
+struct Engine<'m> {
+    model: &'m LlamaModel,
+    counts: &'m Counts,
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    /// Index = the answer's sequence id.
+    slots: Vec<Option<Slot>>,
+    /// Taken from the queue, waiting for a slot or for room in the KV cache.
+    waiting: VecDeque<Job>,
+    prefixes: PrefixCache,
+    /// The KV cache ran out of cells under the answers under way: none joins until one ends.
+    full: bool,
+    settings: Settings,
+}
+
+impl<'m> Engine<'m> {
+    fn new(model: &'m LlamaModel, settings: Settings, counts: &'m Counts) -> Result<Self, LlmError> {
+        let sequences = settings.parallel + settings.prefixes.entries;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(settings.kv_tokens as u32))
+            .with_n_batch(settings.batch as u32)
+            .with_n_seq_max(sequences as u32)
+            .with_kv_unified(true)
+            .with_n_threads(settings.threads)
+            .with_n_threads_batch(settings.threads);
+        let ctx = model
+            .new_context(backend()?, params)
+            .map_err(|e| LlmError::Model(format!("cannot create the llama.cpp context: {e}")))?;
+        let first_prefix = settings.parallel as i32;
+        Ok(Self {
+            model,
+            counts,
+            ctx,
+            batch: LlamaBatch::new(settings.batch, 1),
+            slots: (0..settings.parallel).map(|_| None).collect(),
+            waiting: VecDeque::new(),
+            prefixes: PrefixCache::new(settings.prefixes, first_prefix..sequences as i32),
+            full: false,
+            settings,
+        })
+    }
+
+    fn idle(&self) -> bool {
+        self.waiting.is_empty() && self.slots.iter().all(Option::is_none)
+    }
+
+    fn active(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+
+    /// Starts the answers that wait, taking more from the queue while slots are free.
+    fn admit_waiting(&mut self, queue: &Queue<Job>) {
+        if self.full && self.active() > 0 {
+            return;
+        }
+        self.full = false;
+        while self.active() < self.settings.parallel {
+            let job = match self.waiting.pop_front() {
+                Some(job) => job,
+                None => match queue.try_pop_interactive() {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            if let Some(unplaced) = self.admit(job) {
+                self.waiting.push_front(unplaced);
+                return;
+            }
+        }
+    }
+
+    /// Gives `job` a sequence, starting from the kept prompt that shares most of its prompt;
+    /// hands it back when the KV cache has no room for it until an answer under way finishes.
+    fn admit(&mut self, job: Job) -> Option<Job> {
+        if job.events.is_closed() {
+            return None;
+        }
+        let _entered = job.span.clone().entered();
+        let request = &job.request;
+        let prompt = tokenize(self.model, &chatml(&request.messages));
+        if prompt.len() + request.max_tokens > self.settings.window {
+            let _ = job.events.send(Err(LlmError::PromptTooLong {
+                prompt: prompt.len(),
+                max_tokens: request.max_tokens,
+                context: self.settings.window,
+            }));
+            return None;
+        }
+        let now = Instant::now();
+        for seq in self.prefixes.expire(now, request.prefix_scope.as_ref()) {
+            self.clear(seq);
+        }
+        let ids: Vec<i32> = prompt.iter().map(|t| t.0).collect();
+        let mut hit = self.prefixes.best(&ids, now);
+        let need = prompt.len() + request.max_tokens;
+        while self.cells_held() + need > self.settings.kv_tokens {
+            match self.prefixes.evict_oldest(hit.as_ref().map(|h| h.seq)) {
+                Some(seq) => self.clear(seq),
+                None if self.active() > 0 => return Some(job),
+                None => match hit.take() {
+                    // Alone and still too big: the kept prompt it would start from goes too.
+                    Some(h) => {
+                        self.prefixes.evict_oldest(None);
+                        self.clear(h.seq);
+                    }
+                    None => break,
+                },
+            }
+        }
+        let Some(seq) = self.slots.iter().position(Option::is_none) else {
+            return Some(job);
+        };
+        let (reused, first_logits) = match hit {
+            Some(h) => match self
+                .ctx
+                .copy_kv_cache_seq(h.seq, seq as i32, Some(0), Some(h.len as u32))
+            {
+                Ok(()) => (h.len, h.logits),
+                Err(_) => (0, None),
+            },
+            None => (0, None),
+        };
+        let sampler = sampler(self.model, request.temperature, self.settings.seed);
+        self.slots[seq] = Some(Slot {
+            job,
+            prompt,
+            fed: reused,
+            reused,
+            generated: 0,
+            next: None,
+            sampler,
+            text: Utf8Pieces::default(),
+            logits: None,
+            first_logits,
+        });
+        None
+    }
+
+    /// The cells the answers under way and the kept prompts may hold, at most.
+    fn cells_held(&self) -> usize {
+        let answers: usize = self.slots.iter().flatten().map(Slot::cells).sum();
+        answers + self.prefixes.tokens_held()
+    }
+
+    /// One batch: each answer's next token, then prompts as far as the batch has room.
+    fn step(&mut self) {
+        self.drop_abandoned();
+        // The same prompt again: its first token comes from the kept logits, nothing to prefill.
+        for seq in 0..self.slots.len() {
+            let known = |s: &Slot| s.generated == 0 && s.next.is_none() && s.fed == s.prompt.len();
+            if self.slots[seq].as_ref().is_some_and(known) {
+                self.sample(seq);
+            }
+        }
+        self.batch.clear();
+        let mut planned: Vec<(usize, usize)> = Vec::new();
+        let mut n = 0i32;
+        for (seq, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            slot.logits = None;
+            if let Some(token) = slot.next {
+                let position = (slot.prompt.len() + slot.generated - 1) as i32;
+                if self.batch.add(token, position, &[seq as i32], true).is_ok() {
+                    slot.logits = Some(n);
+                    n += 1;
+                }
+            }
+        }
+        for (seq, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            let room = self.settings.batch.saturating_sub(n as usize);
+            if slot.next.is_some() || slot.fed == slot.prompt.len() || room == 0 {
+                continue;
+            }
+            let mut end = slot.fed;
+            for &token in slot.prompt[slot.fed..].iter().take(room) {
+                let last = end + 1 == slot.prompt.len();
+                if self.batch.add(token, end as i32, &[seq as i32], last).is_err() {
+                    break;
+                }
+                if last {
+                    slot.logits = Some(n);
+                }
+                n += 1;
+                end += 1;
+            }
+            planned.push((seq, end));
+        }
+        if n == 0 {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            self.decode_failed(e);
+            return;
+        }
+        for (seq, end) in planned {
+            if let Some(slot) = &mut self.slots[seq] {
+                slot.fed = end;
+            }
+        }
+        for seq in 0..self.slots.len() {
+            self.sample(seq);
+        }
+    }
+
+    /// Takes the next token of answer `seq`: where this step computed its logits, or for the first
+    /// token of a prompt seen whole before, from the logits kept with it.
+    fn sample(&mut self, seq: usize) {
+        let model = self.model;
+        let vocab = model.vocab();
+        let keeping = self.settings.prefixes.entries > 0;
+        let Some(slot) = &mut self.slots[seq] else { return };
+        let token = match (slot.logits.take(), slot.generated) {
+            (None, 0) => match slot.first_logits.clone() {
+                Some(logits) => sample_from(&mut slot.sampler, &logits),
+                None => return,
+            },
+            (None, _) => return,
+            (Some(index), 0) if keeping => {
+                let logits: Logits = self.ctx.get_logits_ith(index).into();
+                slot.first_logits = Some(logits.clone());
+                sample_from(&mut slot.sampler, &logits)
+            }
+            (Some(index), _) => slot.sampler.sample(&self.ctx, index),
+        };
+        if slot.generated == 0 {
+            record_prefix_use(&self.settings.name, slot.reused);
+            self.counts
+                .prefix_tokens_reused
+                .fetch_add(slot.reused as u64, Ordering::Relaxed);
+        }
+        if vocab.is_eog(token) {
+            return self.finish(seq);
+        }
+        slot.generated += 1;
+        let piece = vocab.token_to_piece(token, false, None);
+        let heard = slot
+            .text
+            .push(&piece)
+            .is_none_or(|text| slot.send(Ok(StreamEvent::Text(text))));
+        if !heard {
+            return self.abandon(seq);
+        }
+        if slot.generated >= slot.job.request.max_tokens {
+            return self.finish(seq);
+        }
+        slot.next = Some(token);
+    }
+
+    /// The answer is complete: its counts go out, its prompt is kept for the next one (L4).
+    fn finish(&mut self, seq: usize) {
+        let Some(slot) = &mut self.slots[seq] else { return };
+        if let Some(rest) = slot.text.flush() {
+            slot.send(Ok(StreamEvent::Text(rest)));
+        }
+        slot.send(Ok(StreamEvent::Done {
+            prompt_tokens: slot.prompt.len(),
+            completion_tokens: slot.generated,
+        }));
+        self.release(seq);
+    }
+
+    /// Frees answer `seq`'s sequence, keeping its prompt's state when all of it was decoded.
+    fn release(&mut self, seq: usize) {
+        let Some(slot) = self.slots[seq].take() else {
+            return;
+        };
+        self.full = false;
+        if slot.fed == slot.prompt.len() {
+            let ids: Vec<i32> = slot.prompt.iter().map(|t| t.0).collect();
+            let scope = slot.job.request.prefix_scope.clone();
+            let keep = self.prefixes.keep(&ids, slot.first_logits, scope, Instant::now());
+            for dropped in keep.dropped {
+                self.clear(dropped);
+            }
+            if let Some(kept) = keep.seq {
+                let copied = self
+                    .ctx
+                    .copy_kv_cache_seq(seq as i32, kept, Some(0), Some(ids.len() as u32));
+                if copied.is_err() {
+                    self.prefixes.evict_oldest(None);
+                }
+            }
+        }
+        self.clear(seq as i32);
+    }
+
+    /// Answers whose caller is gone (deadline, disconnect) stop now.
+    fn drop_abandoned(&mut self) {
+        for seq in 0..self.slots.len() {
+            if self.slots[seq].as_ref().is_some_and(|s| s.job.events.is_closed()) {
+                self.abandon(seq);
+            }
+        }
+    }
+
+    fn abandon(&mut self, seq: usize) {
+        metrics::counter!("ragway_llm_answers_abandoned_total", "backend" => self.settings.name.clone())
+            .increment(1);
+        self.counts.answers_abandoned.fetch_add(1, Ordering::Relaxed);
+        self.release(seq);
+    }
+
+    /// A batch that did not decode: with the KV cache full, a kept prompt makes room (or, with
+    /// none left, the newest answer waits again); any other failure ends the answers in it.
+    fn decode_failed(&mut self, error: DecodeError) {
+        if error == DecodeError::NoKvCacheSlot {
+            if let Some(seq) = self.prefixes.evict_oldest(None) {
+                self.clear(seq);
+                return;
+            }
+            let newest = self
+                .slots
+                .iter()
+                .rposition(|s| s.as_ref().is_some_and(|s| s.next.is_none()));
+            if let Some(seq) = newest.filter(|_| self.active() > 1) {
+                if let Some(slot) = self.slots[seq].take() {
+                    self.clear(seq as i32);
+                    self.full = true;
+                    self.waiting.push_front(slot.job);
+                    return;
+                }
+            }
+        }
+        tracing::error!(backend = self.settings.name, error = %error, "llama.cpp could not decode a batch");
+        for seq in 0..self.slots.len() {
+            if let Some(slot) = self.slots[seq].take() {
+                slot.send(Err(LlmError::Model(format!("decode failed: {error}"))));
+                self.clear(seq as i32);
+            }
+        }
+    }
+
+    fn clear(&mut self, seq: i32) {
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+    }
+}
+
+/// Greedy at temperature 0, else sampled from the temperature-scaled distribution; both with a
+/// mild penalty on the tokens just generated.
+fn sampler(model: &LlamaModel, temperature: f64, seed: u32) -> LlamaSampler {
+    let penalty = LlamaSampler::penalties(model.n_vocab(), REPEAT_WINDOW, REPEAT_PENALTY, 0.0, 0.0);
+    if temperature <= 0.0 {
+        LlamaSampler::chain_simple([penalty, LlamaSampler::greedy()])
+    } else {
+        LlamaSampler::chain_simple([
+            penalty,
+            LlamaSampler::temp(temperature as f32),
+            LlamaSampler::dist(seed),
+        ])
+    }
+}
+
+/// Samples (and accepts) a token from `logits`, as `LlamaSampler::sample` does from the context's.
+fn sample_from(sampler: &mut LlamaSampler, logits: &[f32]) -> LlamaToken {
+    let candidates = logits
+        .iter()
+        .enumerate()
+        .map(|(id, &logit)| LlamaTokenData::new(LlamaToken(id as i32), logit, 0.0));
+    let mut candidates = LlamaTokenDataArray::from_iter(candidates, false);
+    sampler.apply(&mut candidates);
+    let token = candidates.selected_token().unwrap_or(LlamaToken(0));
+    sampler.accept(token);
+    token
+}
+
+/// L4's counters: a hit or a miss, and the prompt tokens whose prefill the cache saved.
+fn record_prefix_use(backend: &str, reused: usize) {
+    let result = if reused > 0 { "hit" } else { "miss" };
+    metrics::counter!("ragway_cache_requests_total", "layer" => "l4", "result" => result).increment(1);
+    metrics::counter!("ragway_llm_prefix_tokens_reused_total", "backend" => backend.to_string())
+        .increment(reused as u64);
+}
