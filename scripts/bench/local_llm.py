@@ -4,6 +4,10 @@
                        server): time to first token and decode tokens/s of RAG prompts no server
                        has seen (prefill), and of a second question over passages seen before
                        (warm: L4 on ragway, the slot's prompt cache on llama-server).
+  replay URL           ragway only: a replay of grounded prompts where each shares 3 of its 5
+                       passages with the one before (passages in canonical order, as ragway
+                       gives them): L4's hit rate (requests, and prompt tokens not prefilled)
+                       from /metrics, and TTFT against the same prompts' cold TTFT above.
   query URL [URL ...]  grounded POST /v1/collections/{c}/query p50/p90 on each ragway (the same
                        collection loaded into each first).
 
@@ -32,7 +36,9 @@ def corpus():
 
 
 def messages(tag, passages, question):
-    shown = "".join(f"\n\n[{i + 1}] (from d{i}) {p.strip()}" for i, p in enumerate(passages))
+    """ragway's grounded prompt (llm/src/prompt.rs) over `passages`: texts, or (doc id, text)."""
+    pairs = [p if isinstance(p, tuple) else (f"d{i}", p) for i, p in enumerate(passages)]
+    shown = "".join(f"\n\n[{i + 1}] (from {d}) {p.strip()}" for i, (d, p) in enumerate(pairs))
     return [{"role": "system", "content": f"{tag}{SYSTEM}\n\nPassages:{shown}"},
             {"role": "user", "content": f"Question: {question}"}]
 
@@ -97,11 +103,48 @@ def chat(args):
               f"{med(decode):.1f} | {med(warm) * 1e3:.0f} |", flush=True)
 
 
+def metric(base, name):
+    u = urllib.parse.urlparse(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def replay(args):
+    passages, queries = corpus()
+    url = args.urls[0]
+    model = "local"
+    # Passage ids: each step keeps 3 of the last 5 (random ones) and adds 2 new.
+    import random
+    rng = random.Random(7)
+    current = list(range(5))
+    fresh = 5
+    reused_before = metric(url, 'ragway_llm_prefix_tokens_reused_total')
+    hits_before = metric(url, 'ragway_cache_requests_total{layer="l4",result="hit"}')
+    ttfts, prompt_tokens = [], 0
+    for r in range(args.rounds):
+        ids = sorted(current)
+        ttft, _, prompt, _ = streamed(url, model, messages("", [(f"p{400 + i}", passages[400 + i]) for i in ids], queries[r % len(queries)]), 8)
+        ttfts.append(ttft)
+        prompt_tokens += prompt
+        kept = rng.sample(current, 3)
+        current = kept + [fresh, fresh + 1]
+        fresh += 2
+    reused = metric(url, 'ragway_llm_prefix_tokens_reused_total') - reused_before
+    hits = metric(url, 'ragway_cache_requests_total{layer="l4",result="hit"}') - hits_before
+    print("| prompts | L4 hits | prompt tokens reused | median TTFT ms |")
+    print("|---|---|---|---|")
+    print(f"| {args.rounds} | {hits:.0f} ({hits / args.rounds:.0%}) | {reused:.0f} of {prompt_tokens} "
+          f"({reused / prompt_tokens:.0%}) | {statistics.median(ttfts) * 1e3:.0f} |", flush=True)
+
+
 def query(args):
     passages, queries = corpus()
     docs = [{"id": f"p{i}", "text": t} for i, t in enumerate(passages[: args.docs])]
-    print("| server | queries | p50 ms | p90 ms | modes |")
-    print("|---|---|---|---|---|")
+    print("| server | queries | p50 ms | p90 ms | median completion tokens | modes |")
+    print("|---|---|---|---|---|---|")
     for url in args.urls:
         conn, r = post(url, "/v1/collections", {"name": "bench"})
         r.read()
@@ -112,31 +155,34 @@ def query(args):
                 raise SystemExit(f"{url}: ingest HTTP {r.status}: {r.read()[:300]!r}")
             r.read()
             conn.close()
-        times, modes = [], {}
-        for q in queries[100: 100 + args.rounds]:
+        times, modes, tokens = [], {}, []
+        # Questions the chat rounds do not use, each once (L1 stays on: none is asked twice).
+        for q in queries[20:][: args.rounds]:
             started = time.perf_counter()
             conn, r = post(url, "/v1/collections/bench/query", {"query": q, "top_k": 5})
             body = json.loads(r.read())
             conn.close()
             times.append(time.perf_counter() - started)
+            tokens.append(body.get("usage", {}).get("completion_tokens", 0))
             mode = body.get("mode", f"HTTP {r.status}")
             modes[mode] = modes.get(mode, 0) + 1
         times.sort()
         p = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1e3
-        print(f"| {url} | {len(times)} | {p(0.5):.0f} | {p(0.9):.0f} | {modes} |", flush=True)
+        print(f"| {url} | {len(times)} | {p(0.5):.0f} | {p(0.9):.0f} | {statistics.median(tokens):.0f} | {modes} |",
+              flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["chat", "query"])
+    parser.add_argument("what", choices=["chat", "replay", "query"])
     parser.add_argument("urls", nargs="+", help="base URLs; for chat URL=MODEL names the model")
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=8, help="chat: at most 16; query: at most 30")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--docs", type=int, default=500)
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} is missing")
-    {"chat": chat, "query": query}[args.what](args)
+    {"chat": chat, "replay": replay, "query": query}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 //! The model's thread: llama.cpp with one context whose unified KV cache holds every answer being
-//! written (one sequence each) and L4's kept prompts (one sequence each). Each step decodes one
+//! written (one sequence each), and L4's kept prompt states beside it in memory. Each step decodes one
 //! batch: the next token of every answer under way and as much of the waiting prompts as the
 //! batch has room for (continuous batching). A new answer joins at the next step; one whose
 //! caller is gone leaves it, and its cells are freed at once.
@@ -13,22 +13,16 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
-use llama_cpp_2::token::data::LlamaTokenData;
-use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::DecodeError;
+use llama_cpp_2::{DecodeError, LlamaStateSeqFlags, SeqState};
 use ragway_worker::Queue;
 
 use super::chatml::chatml;
 use super::prefix::{Logits, PrefixCache, PrefixCacheOptions};
+use super::sample::Sampler;
 use super::text::Utf8Pieces;
 use super::{backend, tokenize, Counts, Job};
 use crate::{LlmError, StreamEvent};
-
-// Small models loop without a mild penalty on recently generated tokens.
-const REPEAT_PENALTY: f32 = 1.1;
-const REPEAT_WINDOW: i32 = 64;
 
 /// How the context is built and shared.
 #[derive(Debug, Clone)]
@@ -42,7 +36,7 @@ pub(crate) struct Settings {
     pub parallel: usize,
     /// Tokens one step decodes at most.
     pub batch: usize,
-    pub seed: u32,
+    pub seed: u64,
     pub prefixes: PrefixCacheOptions,
     /// The backend's name, for metrics.
     pub name: String,
@@ -89,7 +83,7 @@ struct Slot {
     generated: usize,
     /// The token sampled last, to be decoded next.
     next: Option<LlamaToken>,
-    sampler: LlamaSampler,
+    sampler: Sampler,
     text: Utf8Pieces,
     /// Where this step's batch has its logits.
     logits: Option<i32>,
@@ -119,6 +113,8 @@ struct Engine<'m> {
     /// Taken from the queue, waiting for a slot or for room in the KV cache.
     waiting: VecDeque<Job>,
     prefixes: PrefixCache,
+    /// The kept prompts' states, by the prefix cache's ids.
+    states: Vec<Option<SeqState>>,
     /// The KV cache ran out of cells under the answers under way: none joins until one ends.
     full: bool,
     settings: Settings,
@@ -126,7 +122,7 @@ struct Engine<'m> {
 
 impl<'m> Engine<'m> {
     fn new(model: &'m LlamaModel, settings: Settings, counts: &'m Counts) -> Result<Self, LlmError> {
-        let sequences = settings.parallel + settings.prefixes.entries;
+        let sequences = settings.parallel;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(settings.kv_tokens as u32))
             .with_n_batch(settings.batch as u32)
@@ -137,7 +133,6 @@ impl<'m> Engine<'m> {
         let ctx = model
             .new_context(backend()?, params)
             .map_err(|e| LlmError::Model(format!("cannot create the llama.cpp context: {e}")))?;
-        let first_prefix = settings.parallel as i32;
         Ok(Self {
             model,
             counts,
@@ -145,7 +140,8 @@ impl<'m> Engine<'m> {
             batch: LlamaBatch::new(settings.batch, 1),
             slots: (0..settings.parallel).map(|_| None).collect(),
             waiting: VecDeque::new(),
-            prefixes: PrefixCache::new(settings.prefixes, first_prefix..sequences as i32),
+            prefixes: PrefixCache::new(settings.prefixes, 0..settings.prefixes.entries as i32),
+            states: (0..settings.prefixes.entries).map(|_| None).collect(),
             full: false,
             settings,
         })
@@ -198,40 +194,24 @@ impl<'m> Engine<'m> {
             return None;
         }
         let now = Instant::now();
-        for seq in self.prefixes.expire(now, request.prefix_scope.as_ref()) {
-            self.clear(seq);
+        for id in self.prefixes.expire(now, request.prefix_scope.as_ref()) {
+            self.states[id as usize] = None;
         }
         let ids: Vec<i32> = prompt.iter().map(|t| t.0).collect();
-        let mut hit = self.prefixes.best(&ids, now);
-        let need = prompt.len() + request.max_tokens;
-        while self.cells_held() + need > self.settings.kv_tokens {
-            match self.prefixes.evict_oldest(hit.as_ref().map(|h| h.seq)) {
-                Some(seq) => self.clear(seq),
-                None if self.active() > 0 => return Some(job),
-                None => match hit.take() {
-                    // Alone and still too big: the kept prompt it would start from goes too.
-                    Some(h) => {
-                        self.prefixes.evict_oldest(None);
-                        self.clear(h.seq);
-                    }
-                    None => break,
-                },
-            }
+        let hit = self.prefixes.best(&ids, now);
+        // A kept prompt is restored whole, then cut back to what this prompt shares with it.
+        let need = prompt.len().max(hit.as_ref().map_or(0, |h| h.kept)) + request.max_tokens;
+        if self.active() > 0 && self.cells_held() + need > self.settings.kv_tokens {
+            return Some(job);
         }
         let Some(seq) = self.slots.iter().position(Option::is_none) else {
             return Some(job);
         };
         let (reused, first_logits) = match hit {
-            Some(h) => match self
-                .ctx
-                .copy_kv_cache_seq(h.seq, seq as i32, Some(0), Some(h.len as u32))
-            {
-                Ok(()) => (h.len, h.logits),
-                Err(_) => (0, None),
-            },
-            None => (0, None),
+            Some(h) if self.restore(h.seq, seq as i32, h.len) => (h.len, h.logits),
+            _ => (0, None),
         };
-        let sampler = sampler(self.model, request.temperature, self.settings.seed);
+        let sampler = Sampler::new(request.temperature, self.settings.seed);
         self.slots[seq] = Some(Slot {
             job,
             prompt,
@@ -247,10 +227,29 @@ impl<'m> Engine<'m> {
         None
     }
 
-    /// The cells the answers under way and the kept prompts may hold, at most.
+    /// The cells the answers under way may hold, at most.
     fn cells_held(&self) -> usize {
-        let answers: usize = self.slots.iter().flatten().map(Slot::cells).sum();
-        answers + self.prefixes.tokens_held()
+        self.slots.iter().flatten().map(Slot::cells).sum()
+    }
+
+    /// Puts the first `len` tokens of kept prompt `id` into sequence `seq`.
+    fn restore(&mut self, id: i32, seq: i32, len: usize) -> bool {
+        let Some(state) = &self.states[id as usize] else {
+            return false;
+        };
+        let restored = self.ctx.state_seq_set(state, seq).is_ok()
+            && self
+                .ctx
+                .clear_kv_cache_seq(Some(seq as u32), Some(len as u32), None)
+                == Ok(true);
+        if !restored {
+            tracing::warn!(
+                backend = self.settings.name,
+                "a kept prompt state could not be restored"
+            );
+            self.clear(seq);
+        }
+        restored
     }
 
     /// One batch: each answer's next token, then prompts as far as the batch has room.
@@ -322,18 +321,20 @@ impl<'m> Engine<'m> {
         let keeping = self.settings.prefixes.entries > 0;
         let Some(slot) = &mut self.slots[seq] else { return };
         let token = match (slot.logits.take(), slot.generated) {
-            (None, 0) => match slot.first_logits.clone() {
-                Some(logits) => sample_from(&mut slot.sampler, &logits),
+            (None, 0) => match &slot.first_logits {
+                Some(logits) => slot.sampler.sample(logits),
                 None => return,
             },
             (None, _) => return,
             (Some(index), 0) if keeping => {
                 let logits: Logits = self.ctx.get_logits_ith(index).into();
-                slot.first_logits = Some(logits.clone());
-                sample_from(&mut slot.sampler, &logits)
+                let token = slot.sampler.sample(&logits);
+                slot.first_logits = Some(logits);
+                token
             }
-            (Some(index), _) => slot.sampler.sample(&self.ctx, index),
+            (Some(index), _) => slot.sampler.sample(self.ctx.get_logits_ith(index)),
         };
+        let token = LlamaToken(token);
         if slot.generated == 0 {
             record_prefix_use(&self.settings.name, slot.reused);
             self.counts
@@ -378,22 +379,39 @@ impl<'m> Engine<'m> {
         };
         self.full = false;
         if slot.fed == slot.prompt.len() {
-            let ids: Vec<i32> = slot.prompt.iter().map(|t| t.0).collect();
-            let scope = slot.job.request.prefix_scope.clone();
-            let keep = self.prefixes.keep(&ids, slot.first_logits, scope, Instant::now());
-            for dropped in keep.dropped {
-                self.clear(dropped);
-            }
-            if let Some(kept) = keep.seq {
-                let copied = self
-                    .ctx
-                    .copy_kv_cache_seq(seq as i32, kept, Some(0), Some(ids.len() as u32));
-                if copied.is_err() {
-                    self.prefixes.evict_oldest(None);
-                }
-            }
+            self.keep_prompt(seq as i32, slot);
         }
         self.clear(seq as i32);
+    }
+
+    /// Keeps the state of `slot`'s prompt (in sequence `seq`) for the prompts to come (L4):
+    /// at most `cache.l4.max_entries` of them, and at most `kv_tokens` tokens in all.
+    fn keep_prompt(&mut self, seq: i32, slot: Slot) {
+        let ids: Vec<i32> = slot.prompt.iter().map(|t| t.0).collect();
+        let scope = slot.job.request.prefix_scope.clone();
+        let keep = self.prefixes.keep(&ids, slot.first_logits, scope, Instant::now());
+        for dropped in keep.dropped {
+            self.states[dropped as usize] = None;
+        }
+        let Some(id) = keep.seq else { return };
+        // The answer's own cells are not part of the prompt.
+        let cut = self
+            .ctx
+            .clear_kv_cache_seq(Some(seq as u32), Some(ids.len() as u32), None);
+        let state = match cut {
+            Ok(true) => self.ctx.state_seq_get(seq, LlamaStateSeqFlags::empty()).ok(),
+            _ => None,
+        };
+        self.states[id as usize] = state;
+        if self.states[id as usize].is_none() {
+            self.prefixes.forget(id);
+        }
+        while self.prefixes.tokens_held() > self.settings.kv_tokens {
+            match self.prefixes.evict_oldest(None) {
+                Some(old) => self.states[old as usize] = None,
+                None => break,
+            }
+        }
     }
 
     /// Answers whose caller is gone (deadline, disconnect) stop now.
@@ -412,14 +430,10 @@ impl<'m> Engine<'m> {
         self.release(seq);
     }
 
-    /// A batch that did not decode: with the KV cache full, a kept prompt makes room (or, with
-    /// none left, the newest answer waits again); any other failure ends the answers in it.
+    /// A batch that did not decode: with the KV cache full, the newest answer waits again; any
+    /// other failure ends the answers in it.
     fn decode_failed(&mut self, error: DecodeError) {
         if error == DecodeError::NoKvCacheSlot {
-            if let Some(seq) = self.prefixes.evict_oldest(None) {
-                self.clear(seq);
-                return;
-            }
             let newest = self
                 .slots
                 .iter()
@@ -445,34 +459,6 @@ impl<'m> Engine<'m> {
     fn clear(&mut self, seq: i32) {
         let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
     }
-}
-
-/// Greedy at temperature 0, else sampled from the temperature-scaled distribution; both with a
-/// mild penalty on the tokens just generated.
-fn sampler(model: &LlamaModel, temperature: f64, seed: u32) -> LlamaSampler {
-    let penalty = LlamaSampler::penalties(model.n_vocab(), REPEAT_WINDOW, REPEAT_PENALTY, 0.0, 0.0);
-    if temperature <= 0.0 {
-        LlamaSampler::chain_simple([penalty, LlamaSampler::greedy()])
-    } else {
-        LlamaSampler::chain_simple([
-            penalty,
-            LlamaSampler::temp(temperature as f32),
-            LlamaSampler::dist(seed),
-        ])
-    }
-}
-
-/// Samples (and accepts) a token from `logits`, as `LlamaSampler::sample` does from the context's.
-fn sample_from(sampler: &mut LlamaSampler, logits: &[f32]) -> LlamaToken {
-    let candidates = logits
-        .iter()
-        .enumerate()
-        .map(|(id, &logit)| LlamaTokenData::new(LlamaToken(id as i32), logit, 0.0));
-    let mut candidates = LlamaTokenDataArray::from_iter(candidates, false);
-    sampler.apply(&mut candidates);
-    let token = candidates.selected_token().unwrap_or(LlamaToken(0));
-    sampler.accept(token);
-    token
 }
 
 /// L4's counters: a hit or a miss, and the prompt tokens whose prefill the cache saved.

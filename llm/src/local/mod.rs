@@ -4,6 +4,7 @@
 mod chatml;
 mod engine;
 mod prefix;
+mod sample;
 mod text;
 
 use std::path::Path;
@@ -134,7 +135,7 @@ impl LocalLlm {
             kv_tokens,
             parallel: options.parallel.max(1),
             batch: 2048.min(kv_tokens),
-            seed: options.seed as u32,
+            seed: options.seed,
             prefixes: options.prefix_cache,
             name: name.to_string(),
         };

@@ -1,11 +1,12 @@
-//! L4 for the local model: the KV states of recent prompts, kept as sequences of llama.cpp's
-//! unified KV cache. A new prompt starts from the kept prompt that shares the longest common
-//! prefix with it — the instructions and the passages before the first one that differs, given in
-//! a canonical order by the caller — copied into its sequence (the cells are shared, not
-//! duplicated), and pays prefill only for the rest.
+//! L4 for the local model: the KV states of recent prompts, kept in memory beside llama.cpp's KV
+//! cache (so that they take no cells from the answers being written, and the attention of those
+//! answers runs over their own cells only). A new prompt starts from the kept prompt that shares
+//! the longest common prefix with it — the instructions and the passages before the first one
+//! that differs, given in a canonical order by the caller — restored into its sequence and cut
+//! back to that prefix, and pays prefill only for the rest.
 //!
-//! This is the bookkeeping alone: which sequence holds which tokens, which to reuse, which to
-//! drop. The engine does what it says to the KV cache.
+//! This is the bookkeeping alone: which kept state (by id) holds which tokens, which to reuse,
+//! which to drop. The engine holds the states and does what it says.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,11 +42,12 @@ struct Entry {
 
 pub(crate) type Logits = Arc<[f32]>;
 
-/// The kept prompt to start from, how many of its tokens the new prompt shares, and — when the
-/// new prompt is that whole prompt — the logits of its last token.
+/// The kept prompt to start from (its id and length), how many of its tokens the new prompt
+/// shares, and — when the new prompt is that whole prompt — the logits of its last token.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Hit {
     pub seq: i32,
+    pub kept: usize,
     pub len: usize,
     pub logits: Option<Logits>,
 }
@@ -53,12 +55,12 @@ pub(crate) struct Hit {
 pub(crate) struct PrefixCache {
     options: PrefixCacheOptions,
     entries: Vec<Entry>,
-    /// Sequence ids reserved for kept prompts and holding none now.
+    /// Ids for kept states, holding none now.
     free: Vec<i32>,
 }
 
 impl PrefixCache {
-    /// A cache that keeps prompts in the sequences `seqs` (one per entry).
+    /// A cache that keeps prompts under the ids `seqs` (one per entry).
     pub(crate) fn new(options: PrefixCacheOptions, seqs: std::ops::Range<i32>) -> Self {
         Self {
             options,
@@ -67,14 +69,14 @@ impl PrefixCache {
         }
     }
 
-    /// The tokens the kept prompts hold, at most (they may share cells).
+    /// The tokens the kept prompts hold.
     pub(crate) fn tokens_held(&self) -> usize {
         self.entries.iter().map(|e| e.tokens.len()).sum()
     }
 
     /// Drops the prompts kept longer than the TTL allows, and those of an earlier epoch of
     /// `scope`'s collection (that collection changed: they will not be asked for again). Returns
-    /// their sequences, to be cleared.
+    /// their ids, whose states are to be dropped.
     pub(crate) fn expire(&mut self, now: Instant, scope: Option<&PrefixScope>) -> Vec<i32> {
         let ttl = self.options.ttl;
         let stale = |e: &Entry| {
@@ -108,12 +110,13 @@ impl PrefixCache {
         let logits = entry.logits.clone().filter(|_| len == prompt.len());
         Some(Hit {
             seq: entry.seq,
+            kept: entry.tokens.len(),
             len,
             logits,
         })
     }
 
-    /// Forgets the least recently used prompt other than `keep`; returns its sequence.
+    /// Forgets the least recently used prompt other than `keep`; returns its id.
     pub(crate) fn evict_oldest(&mut self, keep: Option<i32>) -> Option<i32> {
         let oldest = self
             .entries
@@ -127,10 +130,15 @@ impl PrefixCache {
         Some(entry.seq)
     }
 
-    /// Where to keep the state after `tokens`: a sequence to copy it into, or `None` when it is
-    /// already kept (or the cache is off). Prompts that `tokens` extends are dropped (the new one
-    /// serves every prompt they served), and the least recently used when all entries are taken;
-    /// their sequences are in `dropped`, to be cleared first.
+    /// Forgets kept prompt `id` (its state could not be taken).
+    pub(crate) fn forget(&mut self, id: i32) {
+        self.remove_where(|e| e.seq == id);
+    }
+
+    /// Where to keep the state after `tokens`: an id for it, or `None` when it is already kept
+    /// (or the cache is off). Prompts that `tokens` extends are dropped (the new one serves every
+    /// prompt they served), and the least recently used when all entries are taken; their ids
+    /// are in `dropped`.
     pub(crate) fn keep(
         &mut self,
         tokens: &[i32],
@@ -228,17 +236,18 @@ mod tests {
         let b = seq(c.keep(&[1, 2, 9, 9], None, None, now));
         assert_ne!(a, b);
         // Shares 4 tokens with the first, 2 with the second: not only whole kept prompts count.
-        let hit = |seq, len| {
+        let hit = |seq, kept, len| {
             Some(Hit {
                 seq,
+                kept,
                 len,
                 logits: None,
             })
         };
-        assert_eq!(c.best(&[1, 2, 3, 4, 7, 7], now), hit(a, 4));
-        assert_eq!(c.best(&[1, 2, 9, 8], now), hit(b, 3));
+        assert_eq!(c.best(&[1, 2, 3, 4, 7, 7], now), hit(a, 5, 4));
+        assert_eq!(c.best(&[1, 2, 9, 8], now), hit(b, 4, 3));
         // The same prompt again reuses all but its last token, without its logits.
-        assert_eq!(c.best(&[1, 2, 3, 4, 5], now), hit(a, 4));
+        assert_eq!(c.best(&[1, 2, 3, 4, 5], now), hit(a, 5, 4));
         assert_eq!(c.best(&[7, 1, 2], now), None);
         assert_eq!(c.best(&[1], now), None, "one token: nothing may be reused");
     }
@@ -254,6 +263,7 @@ mod tests {
             whole,
             Some(Hit {
                 seq: a,
+                kept: 3,
                 len: 3,
                 logits: Some(logits)
             })
