@@ -223,21 +223,42 @@ pub async fn llm() -> anyhow::Result<()> {
         median(decode)
     );
 
-    println!("\n#### Answers written together (64 tokens each, distinct prompts)\n");
-    println!("| concurrent answers | wall s | completion tokens | aggregate tokens/s |\n|---|---|---|---|");
+    println!("\n#### Answers written together (64 tokens each, distinct prompts, one sitting)\n");
+    println!("| prompt | concurrent answers | wall s | prompt tokens | completion tokens | aggregate completion tokens/s |\n|---|---|---|---|---|---|");
+    let short = |round: usize| GenerationRequest {
+        messages: vec![ragway_llm::ChatMessage::new(
+            ragway_llm::Role::User,
+            format!("Story {round}: write a long story about a lighthouse keeper."),
+        )],
+        max_tokens: 64,
+        temperature: 0.0,
+        prefix_scope: None,
+    };
     let mut round = 1000;
-    for n in [1usize, 2, 4, 8] {
-        let requests: Vec<_> = (0..n)
-            .map(|_| {
-                round += 1;
-                request(round, 64)
-            })
-            .collect();
-        let started = Instant::now();
-        let answers = futures::future::try_join_all(requests.into_iter().map(|r| llm.generate(r))).await?;
-        let wall = started.elapsed().as_secs_f64();
-        let tokens: usize = answers.iter().map(|a| a.completion_tokens).sum();
-        println!("| {n} | {wall:.2} | {tokens} | {:.1} |", tokens as f64 / wall);
+    for grounded in [false, true] {
+        for n in [1usize, 2, 4, 8] {
+            let requests: Vec<_> = (0..n)
+                .map(|_| {
+                    round += 1;
+                    if grounded {
+                        request(round, 64)
+                    } else {
+                        short(round)
+                    }
+                })
+                .collect();
+            let started = Instant::now();
+            let answers =
+                futures::future::try_join_all(requests.into_iter().map(|r| llm.generate(r))).await?;
+            let wall = started.elapsed().as_secs_f64();
+            let prompt: usize = answers.iter().map(|a| a.prompt_tokens).sum();
+            let tokens: usize = answers.iter().map(|a| a.completion_tokens).sum();
+            let kind = if grounded { "RAG (6 passages)" } else { "short" };
+            println!(
+                "| {kind} | {n} | {wall:.2} | {prompt} | {tokens} | {:.1} |",
+                tokens as f64 / wall
+            );
+        }
     }
     Ok(())
 }
