@@ -386,7 +386,8 @@ async fn a_redis_crash_never_fails_an_answer_and_sharing_resumes() -> anyhow::Re
 }
 
 /// L4: the local model keeps its state after the passages, so another question over the same
-/// passages prefills only the question, and the answer is exactly what a cold prefill gives.
+/// passages prefills only the question, and the answer is exactly what a cold prefill gives; a new
+/// epoch of the collection drops what was kept over it.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_local_model_reuses_the_passages_prefix() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -440,6 +441,25 @@ async fn the_local_model_reuses_the_passages_prefix() -> anyhow::Result<()> {
             "ragway_cache_requests_total{layer=\"l4\",result=\"hit\"}"
         ),
         2.0
+    );
+
+    // A change to the collection (a new epoch) drops the prompts kept over it: the same
+    // question over the same six passages is prefilled afresh.
+    let patched = server
+        .admin(
+            Method::PATCH,
+            "/v1/collections/facts",
+            ADMIN,
+            Some(&json!({"fusion": {"method": "rrf"}})),
+        )
+        .await?;
+    assert_eq!(patched.status, 200, "{:?}", patched.body);
+    let fresh = ask(QUESTION).await?;
+    assert_eq!(fresh.body["mode"], "normal", "{:?}", fresh.body);
+    let after_change = reused(&server.get_text("/metrics").await?);
+    assert_eq!(
+        after_change, again,
+        "nothing kept from the earlier epoch was reused"
     );
     server.stop().await
 }
