@@ -436,7 +436,8 @@ pub enum LlmBackendKind {
         #[serde(default)]
         context_tokens: Option<usize>,
         /// The KV cache's size in tokens (about 23 KB each for SmolLM2-135M), shared by the
-        /// answers being written together (`queues.local_llm` of them) and L4's kept prompts.
+        /// answers being written together (`queues.local_llm` of them); L4's kept prompt states, in
+        /// memory beside it, hold at most as many tokens again.
         #[serde(default = "default_kv_tokens")]
         kv_tokens: usize,
     },

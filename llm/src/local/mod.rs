@@ -34,7 +34,8 @@ pub struct LocalLlmOptions {
     /// Use at most this many tokens of the model's context window per answer; `None`: all of it
     /// (as far as the KV cache holds).
     pub context_tokens: Option<usize>,
-    /// The KV cache's size in tokens, shared by the answers being written and L4's kept prompts.
+    /// The KV cache's size in tokens, shared by the answers being written; L4's kept prompt
+    /// states (in memory) hold at most as many tokens again.
     pub kv_tokens: usize,
     /// Answers written together, in one batch per step.
     pub parallel: usize,
