@@ -33,8 +33,12 @@ struct Cli {
 
 /// `info`, but for Qdrant Edge's "Feature flags not initialized!": it warns each time a
 /// collection's shard is opened, and its crate offers no way to initialise them (the defaults it
-/// falls back to are Qdrant's own). `RUST_LOG` replaces this whole filter.
-const DEFAULT_LOG: &str = "info,qdrant_edge::common::flags=error,qdrant_edge::segment::common::flags=error";
+/// falls back to are Qdrant's own); and llama.cpp below `warn` (~140 lines of model metadata at
+/// every load). Its one warning at start, `n_ctx_seq (16384) > n_ctx_train (8192)`, is the unified
+/// KV cache shared by all answers; no single answer is given more than the model's window.
+/// `RUST_LOG` replaces this whole filter.
+const DEFAULT_LOG: &str =
+    "info,qdrant_edge::common::flags=error,qdrant_edge::segment::common::flags=error,llama-cpp-2=warn";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
