@@ -106,6 +106,8 @@ async fn grounded_prompt_is_answered_from_the_passage_and_max_tokens_is_respecte
 
     let cut = llm.generate(question(3)).await?;
     assert_eq!(cut.completion_tokens, 3);
+    let none = llm.generate(question(0)).await?;
+    assert_eq!((none.completion_tokens, none.text.as_str()), (0, ""));
 
     // A prompt longer than the context window is refused, not truncated silently.
     let huge = ask(vec![ChatMessage::new(Role::User, "word ".repeat(9_000))], 10);

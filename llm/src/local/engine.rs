@@ -193,6 +193,14 @@ impl<'m> Engine<'m> {
             }));
             return None;
         }
+        if request.max_tokens == 0 {
+            let done = StreamEvent::Done {
+                prompt_tokens: prompt.len(),
+                completion_tokens: 0,
+            };
+            let _ = job.events.send(Ok(done));
+            return None;
+        }
         let now = Instant::now();
         for id in self.prefixes.expire(now, request.prefix_scope.as_ref()) {
             self.states[id as usize] = None;
