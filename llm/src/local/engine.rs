@@ -75,7 +75,8 @@ pub(crate) fn run(
 
 struct Slot {
     job: Job,
-    prompt: Vec<LlamaToken>,
+    /// The prompt's token ids.
+    prompt: Vec<i32>,
     /// Prompt tokens in the KV cache.
     fed: usize,
     /// Of those, the ones copied from a kept prompt.
@@ -184,7 +185,10 @@ impl<'m> Engine<'m> {
         }
         let _entered = job.span.clone().entered();
         let request = &job.request;
-        let prompt = tokenize(self.model, &chatml(&request.messages));
+        let prompt: Vec<i32> = tokenize(self.model, &chatml(&request.messages))
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
         if prompt.len() + request.max_tokens > self.settings.window {
             let _ = job.events.send(Err(LlmError::PromptTooLong {
                 prompt: prompt.len(),
@@ -205,8 +209,7 @@ impl<'m> Engine<'m> {
         for id in self.prefixes.expire(now, request.prefix_scope.as_ref()) {
             self.states[id as usize] = None;
         }
-        let ids: Vec<i32> = prompt.iter().map(|t| t.0).collect();
-        let hit = self.prefixes.best(&ids, now);
+        let hit = self.prefixes.best(&prompt, now);
         // A kept prompt is restored whole, then cut back to what this prompt shares with it.
         let need = prompt.len().max(hit.as_ref().map_or(0, |h| h.kept)) + request.max_tokens;
         if self.active() > 0 && self.cells_held() + need > self.settings.kv_tokens {
@@ -293,7 +296,11 @@ impl<'m> Engine<'m> {
             let mut end = slot.fed;
             for &token in slot.prompt[slot.fed..].iter().take(room) {
                 let last = end + 1 == slot.prompt.len();
-                if self.batch.add(token, end as i32, &[seq as i32], last).is_err() {
+                if self
+                    .batch
+                    .add(LlamaToken(token), end as i32, &[seq as i32], last)
+                    .is_err()
+                {
                     break;
                 }
                 if last {
@@ -344,10 +351,7 @@ impl<'m> Engine<'m> {
         };
         let token = LlamaToken(token);
         if slot.generated == 0 {
-            record_prefix_use(&self.settings.name, slot.reused);
-            self.counts
-                .prefix_tokens_reused
-                .fetch_add(slot.reused as u64, Ordering::Relaxed);
+            record_prefix_use(&self.settings.name, self.counts, slot.reused);
         }
         if vocab.is_eog(token) {
             return self.finish(seq);
@@ -395,9 +399,9 @@ impl<'m> Engine<'m> {
     /// Keeps the state of `slot`'s prompt (in sequence `seq`) for the prompts to come (L4):
     /// at most `cache.l4.max_entries` of them, and at most `kv_tokens` tokens in all.
     fn keep_prompt(&mut self, seq: i32, slot: Slot) {
-        let ids: Vec<i32> = slot.prompt.iter().map(|t| t.0).collect();
+        let ids = &slot.prompt;
         let scope = slot.job.request.prefix_scope.clone();
-        let keep = self.prefixes.keep(&ids, slot.first_logits, scope, Instant::now());
+        let keep = self.prefixes.keep(ids, slot.first_logits, scope, Instant::now());
         for dropped in keep.dropped {
             self.states[dropped as usize] = None;
         }
@@ -470,7 +474,10 @@ impl<'m> Engine<'m> {
 }
 
 /// L4's counters: a hit or a miss, and the prompt tokens whose prefill the cache saved.
-fn record_prefix_use(backend: &str, reused: usize) {
+fn record_prefix_use(backend: &str, counts: &Counts, reused: usize) {
+    counts
+        .prefix_tokens_reused
+        .fetch_add(reused as u64, Ordering::Relaxed);
     let result = if reused > 0 { "hit" } else { "miss" };
     metrics::counter!("ragway_cache_requests_total", "layer" => "l4", "result" => result).increment(1);
     metrics::counter!("ragway_llm_prefix_tokens_reused_total", "backend" => backend.to_string())
