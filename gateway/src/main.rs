@@ -40,8 +40,48 @@ struct Cli {
 const DEFAULT_LOG: &str =
     "info,qdrant_edge::common::flags=error,qdrant_edge::segment::common::flags=error,llama-cpp-2=warn";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// How long llama.cpp's threads spin at a barrier before they sleep (libgomp's rounds).
+const OPENMP_SPIN_ROUNDS: &str = "3000";
+
+fn main() -> anyhow::Result<()> {
+    bound_openmp_spinning();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+/// The local model's threads meet at an OpenMP barrier after each operation of each token
+/// (hundreds a token), and libgomp spins 300,000 rounds there before it sleeps. Where cores are
+/// shared (the embedder in this process, other processes on the machine) a spinning thread holds
+/// the core that the thread it waits for needs: three ragways answering on two cores took 13×
+/// as long as one (a test 4.4 s alone, 58 s three at a time). 3,000 rounds decode as fast alone
+/// and three at a time took 14 s (docs/BENCHMARKS.md, "Local LLM"). libgomp reads its settings
+/// once, as it is loaded, before `main`: so ragway starts itself again with `GOMP_SPINCOUNT` set
+/// (the same process, its arguments unchanged), unless the operator set it or `OMP_WAIT_POLICY`.
+fn bound_openmp_spinning() {
+    use std::os::unix::process::CommandExt;
+    if ["GOMP_SPINCOUNT", "OMP_WAIT_POLICY"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some())
+    {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let error = command
+        .args(args)
+        .env("GOMP_SPINCOUNT", OPENMP_SPIN_ROUNDS)
+        .exec();
+    // Only reached when the restart failed; ragway runs on, its threads spinning longer.
+    eprintln!("ragway: could not restart itself with GOMP_SPINCOUNT={OPENMP_SPIN_ROUNDS}: {error}");
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)))
         .with_writer(std::io::stderr)

@@ -380,3 +380,35 @@ async fn long_passages_are_fitted_to_the_local_models_window() -> anyhow::Result
     );
     server.stop().await
 }
+
+/// The local model's threads sleep soon at their barriers instead of holding a shared core
+/// (gateway/src/main.rs): ragway restarts itself, the same process, with `GOMP_SPINCOUNT` set,
+/// and leaves an operator's own setting alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_models_threads_do_not_hold_shared_cores() -> anyhow::Result<()> {
+    let environment = |server: &Server| -> anyhow::Result<Vec<String>> {
+        let raw = std::fs::read(format!("/proc/{}/environ", server.pid()))?;
+        Ok(raw
+            .split(|&b| b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect())
+    };
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &ServerOptions::default()).await?;
+    assert!(
+        environment(&server)?.contains(&"GOMP_SPINCOUNT=3000".to_string()),
+        "ragway runs with libgomp's default spinning"
+    );
+    let health = server.get("/healthz").await?;
+    assert_eq!(health.status, 200, "{:?}", health.body);
+    server.stop().await?;
+
+    let options = ServerOptions {
+        env: vec![("GOMP_SPINCOUNT".into(), "100".into())],
+        ..Default::default()
+    };
+    let server = Server::start(dir.path(), &options).await?;
+    let env = environment(&server)?;
+    assert!(env.contains(&"GOMP_SPINCOUNT=100".to_string()), "{env:?}");
+    server.stop().await
+}
