@@ -67,16 +67,22 @@ fn stores(config: &Config, dimension: usize) -> anyhow::Result<Stores> {
                 None => None,
             };
             let qdrant = Arc::new(QdrantStore::new(QdrantOptions {
-                url: store.url.clone(),
+                urls: store.nodes(),
                 api_key,
                 dimension,
                 prefix: store.collection_prefix.clone(),
-                shards: store.shards,
-                replication_factor: store.replication_factor,
+                shards: store.shard_count(),
+                replication_factor: store.replicas(),
+                write_consistency_factor: store.write_consistency_factor,
                 average_terms: config.retrieval.chunk_words as f32,
                 timeout: Duration::from_millis(store.timeout_ms),
             })?);
-            tracing::info!(url = store.url, "store: Qdrant server");
+            tracing::info!(
+                nodes = ?store.nodes(),
+                shards = store.shard_count(),
+                replication_factor = store.replicas(),
+                "store: Qdrant"
+            );
             Ok(Stores {
                 dense: qdrant.clone(),
                 keyword: qdrant.clone(),

@@ -48,19 +48,52 @@ pub struct StoreConfig {
     /// default); `qdrant`: a Qdrant server, dense and BM25 sparse vectors in one collection, shared
     /// by every replica.
     pub kind: StoreKind,
-    /// The Qdrant server's gRPC address (`kind = "qdrant"`).
+    /// The Qdrant server's gRPC address (`kind = "qdrant"`), when `urls` is empty.
     pub url: String,
+    /// The gRPC addresses of the nodes of a Qdrant cluster (`kind = "qdrant"`): requests are
+    /// spread over the healthy ones, and a node that fails is skipped until it answers again.
+    pub urls: Vec<String>,
     /// Name of the environment variable holding Qdrant's API key, if it needs one.
     pub api_key_env: Option<String>,
     /// Qdrant collection names are `<prefix><tenant>.<collection>`.
     pub collection_prefix: String,
-    /// For new collections.
-    pub shards: u32,
-    pub replication_factor: u32,
+    /// Shards of a new collection; default 2 with several `urls` (a cluster), else 1.
+    pub shards: Option<u32>,
+    /// Replicas of each shard of a new collection; default 2 with several `urls`, else 1.
+    pub replication_factor: Option<u32>,
+    /// The replicas of a shard that must have applied a write before Qdrant answers. Qdrant
+    /// applies each write to every active replica first (and marks one that failed it dead
+    /// through consensus), so 1 keeps writes going while a node is down; more refuses writes
+    /// to a shard with fewer live replicas.
+    pub write_consistency_factor: u32,
     pub timeout_ms: u64,
     /// `kind = "qdrant"`: search both engines in one request (fused in Qdrant where it fuses as
     /// ragway does) while both are healthy; `false`: one request per engine, concurrently.
     pub one_round_trip: bool,
+}
+
+impl StoreConfig {
+    /// The Qdrant nodes to talk to: `urls`, or `url` alone.
+    pub fn nodes(&self) -> Vec<String> {
+        match self.urls.is_empty() {
+            true => vec![self.url.clone()],
+            false => self.urls.clone(),
+        }
+    }
+
+    /// Several nodes: a cluster, whose collections are sharded and replicated by default.
+    fn cluster(&self) -> bool {
+        self.nodes().len() > 1
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shards.unwrap_or(if self.cluster() { 2 } else { 1 })
+    }
+
+    pub fn replicas(&self) -> u32 {
+        self.replication_factor
+            .unwrap_or(if self.cluster() { 2 } else { 1 })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -75,10 +108,12 @@ impl Default for StoreConfig {
         Self {
             kind: StoreKind::Edge,
             url: "http://127.0.0.1:6334".into(),
+            urls: Vec::new(),
             api_key_env: None,
             collection_prefix: "ragway_".into(),
-            shards: 1,
-            replication_factor: 1,
+            shards: None,
+            replication_factor: None,
+            write_consistency_factor: 1,
             timeout_ms: 5_000,
             one_round_trip: true,
         }
@@ -710,6 +745,17 @@ impl Config {
             problems.push(format!(
                 "server.listen = {:?} is not an address: use host:port, e.g. 127.0.0.1:8080",
                 self.server.listen
+            ));
+        }
+        let store = &self.store;
+        if store.shard_count() == 0 || store.replicas() == 0 || store.write_consistency_factor == 0 {
+            problems.push("store.shards, store.replication_factor and store.write_consistency_factor must be at least 1".to_string());
+        }
+        if store.write_consistency_factor > store.replicas() {
+            problems.push(format!(
+                "store.write_consistency_factor = {} is more than the {} replicas of a shard: no write could be acknowledged",
+                store.write_consistency_factor,
+                store.replicas()
             ));
         }
         let v = &self.server;

@@ -9,7 +9,7 @@ mod scripted_openai;
 mod server;
 
 pub use netns::Namespace;
-pub use qdrant::{qdrant_binary, QdrantServer};
+pub use qdrant::{qdrant_binary, QdrantCluster, QdrantServer};
 pub use redis::RedisServer;
 pub use scripted_openai::{Script, ScriptedOpenAi};
 pub use server::{binary, client, models_dir, Server, ServerOptions};

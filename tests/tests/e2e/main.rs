@@ -9,6 +9,7 @@ mod compose;
 mod durability;
 mod faults;
 mod fusion;
+mod ha;
 mod llm_gateway;
 mod openai_sdk;
 mod overload;

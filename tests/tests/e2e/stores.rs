@@ -155,12 +155,13 @@ impl Backend {
 
 fn qdrant_store(url: &str) -> anyhow::Result<QdrantStore> {
     Ok(QdrantStore::new(QdrantOptions {
-        url: url.to_string(),
+        urls: vec![url.to_string()],
         api_key: None,
         dimension: 4,
         prefix: "test_".into(),
         shards: 1,
         replication_factor: 1,
+        write_consistency_factor: 1,
         average_terms: 6.0,
         timeout: Duration::from_secs(10),
     })?)

@@ -10,6 +10,14 @@
 //! One [`QdrantStore`] is both the [`DenseStore`] and the [`KeywordStore`]: writes go through the
 //! dense side (which has the embeddings and the text, and writes each point whole); the keyword
 //! side's writes are no-ops, and it only searches.
+//!
+//! It talks to one Qdrant server or to any number of the nodes of one cluster ([`nodes`]: spread
+//! over the healthy ones, a failed one skipped at once). A collection of a cluster is created with
+//! `shards` shards of `replication_factor` replicas each; Qdrant applies a write to every active
+//! replica of its shard before it answers (a replica that failed it is first marked dead through
+//! the cluster's consensus), so with two replicas an acknowledged write outlives any one node.
+
+mod nodes;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -48,8 +56,9 @@ const BATCH: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct QdrantOptions {
-    /// The gRPC address, e.g. `http://127.0.0.1:6334`.
-    pub url: String,
+    /// The gRPC addresses of the nodes, e.g. `http://127.0.0.1:6334`: one server, or nodes of
+    /// one cluster.
+    pub urls: Vec<String>,
     pub api_key: Option<String>,
     /// The embedding dimension of new collections.
     pub dimension: usize,
@@ -58,36 +67,42 @@ pub struct QdrantOptions {
     /// For new collections.
     pub shards: u32,
     pub replication_factor: u32,
+    /// The replicas of a shard that must have applied a write before Qdrant acknowledges it.
+    pub write_consistency_factor: u32,
     /// BM25's average document length in terms: the chunk size, which bounds every chunk.
     pub average_terms: f32,
     pub timeout: Duration,
 }
 
 pub struct QdrantStore {
-    client: Qdrant,
+    nodes: nodes::Nodes,
     options: QdrantOptions,
     analyzer: TextAnalyzer,
 }
 
 impl QdrantStore {
     pub fn new(options: QdrantOptions) -> Result<Self, RetrievalError> {
-        let client = Qdrant::from_url(&options.url)
-            .api_key(options.api_key.clone())
-            .timeout(options.timeout)
-            .skip_compatibility_check()
-            .build()
-            .map_err(|e| RetrievalError::Dense(format!("cannot reach Qdrant at {}: {e}", options.url)))?;
+        let build = |url: &str| {
+            Qdrant::from_url(url)
+                .api_key(options.api_key.clone())
+                .timeout(options.timeout)
+                .connect_timeout(options.timeout)
+                .skip_compatibility_check()
+                .build()
+                .map_err(|e| format!("cannot reach Qdrant at {url}: {e}"))
+        };
+        let nodes = nodes::Nodes::new(&options.urls, build).map_err(RetrievalError::Dense)?;
         Ok(Self {
-            client,
+            nodes,
             options,
             analyzer: english_analyzer(),
         })
     }
 
-    /// Whether the server answers (for readiness).
-    pub async fn health(&self) -> Result<String, RetrievalError> {
-        let reply = self.client.health_check().await.map_err(dense_error)?;
-        Ok(reply.version)
+    /// Each node's address and whether requests go to it (a failed node is out until it answers
+    /// again).
+    pub fn nodes(&self) -> Vec<(String, bool)> {
+        self.nodes.health()
     }
 
     fn name(&self, collection: &str) -> String {
@@ -135,10 +150,18 @@ impl QdrantStore {
             .vectors_config(vectors)
             .sparse_vectors_config(sparse)
             .shard_number(self.options.shards)
-            .replication_factor(self.options.replication_factor);
-        self.client.create_collection(create).await?;
-        let index = CreateFieldIndexCollectionBuilder::new(name, "doc_id", FieldType::Keyword).wait(true);
-        self.client.create_field_index(index).await?;
+            .replication_factor(self.options.replication_factor)
+            .write_consistency_factor(self.options.write_consistency_factor)
+            .build();
+        self.nodes
+            .send(&create, |c, r| async move { c.create_collection(r).await })
+            .await?;
+        let index = CreateFieldIndexCollectionBuilder::new(name, "doc_id", FieldType::Keyword)
+            .wait(true)
+            .build();
+        self.nodes
+            .send(&index, |c, r| async move { c.create_field_index(r).await })
+            .await?;
         Ok(())
     }
 
@@ -148,9 +171,10 @@ impl QdrantStore {
         request: QueryPointsBuilder,
         error: fn(QdrantError) -> RetrievalError,
     ) -> Result<Vec<ScoredChunk>, RetrievalError> {
+        let request = request.build();
         let reply = self
-            .client
-            .query(request)
+            .nodes
+            .send(&request, |c, r| async move { c.query(r).await })
             .await
             .map_err(|e| failed(collection, e, error))?;
         reply.result.into_iter().map(scored_chunk).collect()
@@ -186,9 +210,10 @@ impl QdrantStore {
         if let Some(offset) = offset {
             scroll = scroll.offset(offset);
         }
+        let scroll = scroll.build();
         let page = self
-            .client
-            .scroll(scroll)
+            .nodes
+            .send(&scroll, |c, r| async move { c.scroll(r).await })
             .await
             .map_err(|e| failed(collection, e, dense_error))?;
         let next = page
@@ -269,9 +294,10 @@ impl HybridStore for QdrantStore {
                 batch.push(request.build());
             }
         }
+        let batch = QueryBatchPointsBuilder::new(self.name(collection), batch).build();
         let reply = self
-            .client
-            .query_batch(QueryBatchPointsBuilder::new(self.name(collection), batch))
+            .nodes
+            .send(&batch, |c, r| async move { c.query_batch(r).await })
             .await
             .map_err(|e| failed(collection, e, dense_error))?;
         let mut lists = reply.result.into_iter().map(|list| {
@@ -377,20 +403,25 @@ fn keyword_error(error: QdrantError) -> RetrievalError {
 impl DenseStore for QdrantStore {
     async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError> {
         let name = self.name(collection);
-        if self.client.collection_exists(&name).await.map_err(dense_error)? {
+        let exists = || {
+            self.nodes
+                .send(&name, |c, name| async move { c.collection_exists(name).await })
+        };
+        if exists().await.map_err(dense_error)? {
             return Ok(());
         }
         match self.create(&name).await {
             Ok(()) => Ok(()),
             // Another replica created it first.
-            Err(_) if self.client.collection_exists(&name).await.unwrap_or(false) => Ok(()),
+            Err(_) if exists().await.unwrap_or(false) => Ok(()),
             Err(e) => Err(dense_error(e)),
         }
     }
 
     async fn drop_collection(&self, collection: &str) -> Result<(), RetrievalError> {
-        self.client
-            .delete_collection(self.name(collection))
+        let name = self.name(collection);
+        self.nodes
+            .send(&name, |c, name| async move { c.delete_collection(name).await })
             .await
             .map_err(dense_error)?;
         Ok(())
@@ -413,9 +444,11 @@ impl DenseStore for QdrantStore {
                 })
                 .collect::<Result<Vec<_>, RetrievalError>>()?;
             // `wait`: applied (and in Qdrant's WAL) before this returns.
-            let upsert = UpsertPointsBuilder::new(self.name(collection), points).wait(true);
-            self.client
-                .upsert_points(upsert)
+            let upsert = UpsertPointsBuilder::new(self.name(collection), points)
+                .wait(true)
+                .build();
+            self.nodes
+                .send(&upsert, |c, r| async move { c.upsert_points(r).await })
                 .await
                 .map_err(|e| failed(collection, e, dense_error))?;
         }
@@ -428,9 +461,10 @@ impl DenseStore for QdrantStore {
         }
         let delete = DeletePointsBuilder::new(self.name(collection))
             .points(doc_filter(doc_ids))
-            .wait(true);
-        self.client
-            .delete_points(delete)
+            .wait(true)
+            .build();
+        self.nodes
+            .send(&delete, |c, r| async move { c.delete_points(r).await })
             .await
             .map_err(|e| failed(collection, e, dense_error))?;
         Ok(())
