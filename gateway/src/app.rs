@@ -138,7 +138,7 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
         Guard::new(name, Duration::from_millis(timeout_ms), &breaker, faults.clone())
     };
     let backends = load_backends(&config, &device, &breaker, &faults).await?;
-    let redis = redis_tier(&config)?;
+    let redis = redis_tier(&config).await?;
     let caches = Caches::new(
         &config,
         redis
@@ -171,7 +171,7 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
             Arc::new(guarded) as Arc<dyn Reranker>
         }),
     };
-    let shared = shared_state(&config)?;
+    let shared = shared_state(&config).await?;
     let data = &config.server.data_dir;
     let manifests = match &shared {
         Some(redis) => ManifestStore::Redis {
@@ -468,33 +468,46 @@ async fn load_generator(
     })
 }
 
-/// The Redis `cache.redis.url` names (shared caches, tenants, quota counters); `None` without one.
-fn redis_tier(config: &Config) -> anyhow::Result<Option<RedisTier>> {
+/// The Redis `cache.redis` names (shared caches, tenants, quota counters); `None` without one.
+async fn redis_tier(config: &Config) -> anyhow::Result<Option<RedisTier>> {
     let redis = &config.cache.redis;
-    if redis.url.is_empty() {
+    let Some(target) = redis.target() else {
         return Ok(None);
-    }
-    let tier = RedisTier::new(&redis.url, Duration::from_millis(redis.timeout_ms))
-        .map_err(|e| anyhow::anyhow!("cache.redis.url = {:?}: {e}", redis.url))?;
-    tracing::info!("shared caches, tenants and quotas: redis (cache.redis.url)");
+    };
+    let tier = RedisTier::connect(
+        &target,
+        Duration::from_millis(redis.timeout_ms),
+        redis.durability(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}: {e}", redis.describe()))?;
+    tracing::info!(
+        redis = redis.describe(),
+        "shared caches, tenants and quotas: redis"
+    );
     Ok(Some(tier))
 }
 
 /// With a Qdrant server and Redis, collection manifests and ingestion jobs live in Redis, so
 /// every replica serves every collection; otherwise in this process's data directory.
-fn shared_state(config: &Config) -> anyhow::Result<Option<RedisTier>> {
-    let url = &config.cache.redis.url;
-    match (config.store.kind, url.is_empty()) {
-        (StoreKind::Qdrant, false) => {
+async fn shared_state(config: &Config) -> anyhow::Result<Option<RedisTier>> {
+    let redis = &config.cache.redis;
+    match (config.store.kind, redis.target()) {
+        (StoreKind::Qdrant, Some(target)) => {
             // Manifests can be large: the store's timeout, not the cache's.
-            let tier = RedisTier::new(url, Duration::from_millis(config.store.timeout_ms))
-                .map_err(|e| anyhow::anyhow!("cache.redis.url = {url:?}: {e}"))?;
+            let tier = RedisTier::connect(
+                &target,
+                Duration::from_millis(config.store.timeout_ms),
+                redis.durability(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", redis.describe()))?;
             tracing::info!("collections and ingestion jobs: redis (shared by every replica)");
             tokio::spawn(warn_unless_durable(tier.clone()));
             Ok(Some(tier))
         }
-        (StoreKind::Qdrant, true) => {
-            tracing::warn!("collections and ingestion jobs stay in this replica's data directory: replicas on one Qdrant server also need cache.redis.url");
+        (StoreKind::Qdrant, None) => {
+            tracing::warn!("collections and ingestion jobs stay in this replica's data directory: replicas on one Qdrant server also need cache.redis.url or cache.redis.sentinels");
             Ok(None)
         }
         (StoreKind::Edge, _) => Ok(None),
@@ -503,6 +516,13 @@ fn shared_state(config: &Config) -> anyhow::Result<Option<RedisTier>> {
 
 /// Acknowledged writes survive a crash of Redis only when it fsyncs every write.
 async fn warn_unless_durable(redis: RedisTier) {
+    if redis.durability().replicas > 0 {
+        tracing::info!(
+            replicas = redis.durability().replicas,
+            "collection changes, jobs, tenants and leases wait for the Redis replicas (WAIT) before they are acknowledged"
+        );
+        return;
+    }
     let mut connection = redis.connection();
     let mut command = ragway_cache::redis::cmd("CONFIG");
     command.arg("GET").arg("append*");

@@ -122,7 +122,7 @@ fn settings(cache: &CacheConfig, layer: &CacheLayerConfig, stale_for: Duration) 
         stale_for,
         max_entries: layer.max_entries,
         // Without a shared tier, the local one is the cache.
-        local: cache.local_tier || cache.redis.url.is_empty(),
+        local: cache.local_tier || !cache.redis.enabled(),
     }
 }
 

@@ -183,14 +183,62 @@ pub struct CacheLayerConfig {
     pub max_entries: u64,
 }
 
-/// The shared cache tier; empty `url`: in-process caches only.
+/// The shared cache tier; neither `url` nor `sentinels`: in-process caches only.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// e.g. `redis://127.0.0.1:6379/0`.
     pub url: String,
+    /// Redis Sentinel addresses (`host:port`), instead of `url`: ragway talks to the primary they
+    /// name for `master` and follows a failover without a restart.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the primary under.
+    pub master: String,
+    /// Replicas a write that must outlive the primary (collections, jobs, tenants and keys,
+    /// leases) waits for (`WAIT`) before it is acknowledged; default 1 with `sentinels`, else 0.
+    pub replicas_to_wait: Option<usize>,
+    /// The longest such a write waits for them.
+    pub replica_wait_ms: u64,
     /// The longest any Redis call may take before the answer goes on without it.
     pub timeout_ms: u64,
+}
+
+impl RedisConfig {
+    /// Where Redis is, if it is configured.
+    pub fn target(&self) -> Option<ragway_cache::RedisTarget> {
+        if !self.sentinels.is_empty() {
+            return Some(ragway_cache::RedisTarget::Sentinel {
+                sentinels: self.sentinels.clone(),
+                master: self.master.clone(),
+            });
+        }
+        (!self.url.is_empty()).then(|| ragway_cache::RedisTarget::Url(self.url.clone()))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.target().is_some()
+    }
+
+    /// How writes that must outlive the primary wait for its replicas.
+    pub fn durability(&self) -> ragway_cache::Durability {
+        ragway_cache::Durability {
+            replicas: self
+                .replicas_to_wait
+                .unwrap_or(usize::from(!self.sentinels.is_empty())),
+            wait: Duration::from_millis(self.replica_wait_ms),
+        }
+    }
+
+    /// `url`, or the sentinels and master, for messages.
+    pub fn describe(&self) -> String {
+        match self.sentinels.is_empty() {
+            true => format!("cache.redis.url = {:?}", self.url),
+            false => format!(
+                "cache.redis.sentinels = {:?} (master {:?})",
+                self.sentinels, self.master
+            ),
+        }
+    }
 }
 
 impl Default for CacheConfig {
@@ -212,6 +260,10 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            sentinels: Vec::new(),
+            master: "mymaster".into(),
+            replicas_to_wait: None,
+            replica_wait_ms: 500,
             timeout_ms: 50,
         }
     }
@@ -813,7 +865,14 @@ impl Config {
             problems
                 .push("cache.l*.ttl_s must be at least 1 (max_entries = 0 turns a layer off)".to_string());
         }
-        if !c.redis.url.is_empty() && c.redis.timeout_ms == 0 {
+        if !c.redis.url.is_empty() && !c.redis.sentinels.is_empty() {
+            problems
+                .push("cache.redis: give url (one server) or sentinels (and master), not both".to_string());
+        }
+        if !c.redis.sentinels.is_empty() && c.redis.master.is_empty() {
+            problems.push("cache.redis.master must name the primary the sentinels monitor".to_string());
+        }
+        if c.redis.enabled() && c.redis.timeout_ms == 0 {
             problems.push("cache.redis.timeout_ms must be at least 1".to_string());
         }
         if self.quotas.expected_replicas == 0 {

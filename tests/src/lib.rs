@@ -10,7 +10,7 @@ mod server;
 
 pub use netns::Namespace;
 pub use qdrant::{qdrant_binary, QdrantCluster, QdrantServer};
-pub use redis::RedisServer;
+pub use redis::{RedisSentinels, RedisServer, SENTINEL_MASTER};
 pub use scripted_openai::{Script, ScriptedOpenAi};
 pub use server::{binary, client, models_dir, Server, ServerOptions};
 

@@ -445,16 +445,18 @@ impl Jobs {
             stamp: Some(stamp),
         };
         let status = record.status.clone();
-        self.store
-            .create(&record, &documents)
-            .await
-            .map_err(|e| self.failed(e))?;
+        // Held before the record exists, so that no process resuming unfinished jobs can take a
+        // job that is only being started.
         let lease = self
             .store
             .claim(&id)
             .await
             .map_err(|e| self.failed(e))?
             .ok_or_else(|| ApiError::Internal(format!("job {id} was claimed by another process")))?;
+        self.store
+            .create(&record, &documents)
+            .await
+            .map_err(|e| self.failed(e))?;
         let job = Job::new(record, admitted.reservation);
         self.lock().insert(id, job.clone());
         // In `pending` now: the next write may be admitted.

@@ -106,7 +106,7 @@ impl Lease {
     /// Takes `key` for `ttl` (renewed while held) if no process holds it.
     pub async fn try_take_for(redis: &RedisTier, key: String, ttl: Duration) -> Result<Option<Self>, String> {
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut connection = redis.connection();
+        let mut connection = redis.durable_connection();
         let sent = Instant::now();
         let taken: Option<String> = redis
             .call(
@@ -121,6 +121,18 @@ impl Lease {
             .await?;
         if taken.is_none() {
             return Ok(None);
+        }
+        // A lease a promoted replica does not know of could be taken again after a failover:
+        // it counts only once the replicas have it.
+        if !redis.replicated().await {
+            let mut connection = redis.connection();
+            let script = Script::new(RELEASE);
+            let mut release = script.key(&key);
+            release.arg(&token);
+            let _ = redis.bounded(release.invoke_async::<i64>(&mut connection)).await;
+            return Err(format!(
+                "`{key}` was taken on the Redis primary, but no replica confirmed it in time"
+            ));
         }
         let life = Arc::new(Life {
             until_ms: AtomicU64::new(millis_since_epoch(sent + ttl)),
@@ -188,6 +200,9 @@ impl Lease {
     }
 }
 
+/// How soon a release that failed is tried again.
+const RELEASE_RETRY: Duration = Duration::from_millis(250);
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -197,7 +212,7 @@ async fn renew(redis: RedisTier, key: String, token: String, ttl: Duration, life
     let script = Script::new(RENEW);
     loop {
         tokio::time::sleep(ttl / 3).await;
-        let mut connection = redis.connection();
+        let mut connection = redis.durable_connection();
         let sent = Instant::now();
         let renewed = redis
             .bounded(
@@ -208,6 +223,14 @@ async fn renew(redis: RedisTier, key: String, token: String, ttl: Duration, life
                     .invoke_async::<i64>(&mut connection),
             )
             .await;
+        // A renewal the replicas do not have would leave a promoted one with an earlier expiry
+        // than this holder counts on: it extends nothing.
+        let renewed = match renewed {
+            Ok(n) if n > 0 && !redis.replicated().await => Err(ragway_cache::TierError(
+                "renewed on the primary, but no replica confirmed it in time".into(),
+            )),
+            other => other,
+        };
         match renewed {
             Ok(0) => {
                 life.lost.store(true, Ordering::Release);
@@ -229,19 +252,29 @@ impl Drop for Lease {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // shutting down: the lease expires by itself
         };
+        // Released as long as it would still be held: when Redis is out of reach for a moment
+        // (a failover), released on the primary that comes after, so that the next writer need
+        // not wait out the lease.
         runtime.spawn(async move {
-            let mut connection = held.redis.connection();
-            let released = held
-                .redis
-                .bounded(
-                    Script::new(RELEASE)
-                        .key(&held.key)
-                        .arg(&held.token)
-                        .invoke_async::<i64>(&mut connection),
-                )
-                .await;
-            if let Err(e) = released {
-                tracing::warn!(key = held.key, error = %e.0, "lease not released; it expires by itself");
+            let script = Script::new(RELEASE);
+            loop {
+                let mut connection = held.redis.connection();
+                let released = held
+                    .redis
+                    .bounded(
+                        script
+                            .key(&held.key)
+                            .arg(&held.token)
+                            .invoke_async::<i64>(&mut connection),
+                    )
+                    .await;
+                let Err(e) = released else { return };
+                let left = held.life.until_ms.load(Ordering::Acquire);
+                if millis_since_epoch(Instant::now() + RELEASE_RETRY) >= left {
+                    tracing::warn!(key = held.key, error = %e.0, "lease not released; it expires by itself");
+                    return;
+                }
+                tokio::time::sleep(RELEASE_RETRY).await;
             }
         });
     }

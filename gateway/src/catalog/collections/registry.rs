@@ -309,10 +309,10 @@ impl RedisRegistry {
             .map(|(id, r)| serde_json::to_string(r).map(|r| (id.as_str(), r)))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
-        let mut connection = self.redis.connection();
+        let mut connection = self.redis.durable_connection();
         for part in records.chunks(RECORDS_PER_WRITE) {
             let write = connection.hset_multiple::<_, _, _, ()>(key, part);
-            self.redis.call(write).await?;
+            self.redis.durable(write).await?;
         }
         Ok(())
     }
@@ -418,7 +418,7 @@ impl Registry for RedisRegistry {
     /// records the collection in one script, unless the name was taken meanwhile or `max` are
     /// recorded: an existing collection's records are never touched.
     async fn create(&self, manifest: &Manifest, caps: Caps) -> Result<Created, String> {
-        let mut connection = self.redis.connection();
+        let mut connection = self.redis.durable_connection();
         let name = &manifest.name;
         let staged = format!("{}:staged:{}", documents_key(name), manifest.generation);
         self.write_records(manifest, &staged).await?;
@@ -437,7 +437,10 @@ impl Registry for RedisRegistry {
             .arg(caps.server)
             .arg(stored(manifest))
             .arg(caps.owner.map_or(-1, i128::from));
-        let created: i64 = self.redis.call(invocation.invoke_async(&mut connection)).await?;
+        let created: i64 = self
+            .redis
+            .durable(invocation.invoke_async(&mut connection))
+            .await?;
         Ok(match created {
             0 => Created::Yes,
             1 => Created::Taken,
@@ -488,8 +491,11 @@ impl Registry for RedisRegistry {
         for id in &removed {
             invocation.arg(id);
         }
-        let mut connection = self.redis.connection();
-        let saved: i64 = self.redis.call(invocation.invoke_async(&mut connection)).await?;
+        let mut connection = self.redis.durable_connection();
+        let saved: i64 = self
+            .redis
+            .durable(invocation.invoke_async(&mut connection))
+            .await?;
         match saved {
             0 => Ok(()),
             1 => Err(WriteError::Fenced(format!(
@@ -517,8 +523,11 @@ impl Registry for RedisRegistry {
             .key(storage_key(name))
             .arg(token)
             .arg(name);
-        let mut connection = self.redis.connection();
-        let removed: i64 = self.redis.call(invocation.invoke_async(&mut connection)).await?;
+        let mut connection = self.redis.durable_connection();
+        let removed: i64 = self
+            .redis
+            .durable(invocation.invoke_async(&mut connection))
+            .await?;
         match removed {
             0 => Ok(()),
             _ => Err(WriteError::Fenced(format!(
@@ -580,10 +589,10 @@ impl Registry for RedisRegistry {
     }
 
     async fn stamp(&self) -> Result<u64, String> {
-        let mut connection = self.redis.connection();
+        let mut connection = self.redis.durable_connection();
         let script = Script::new(STAMP);
         let invocation = script.key("ragway:stamp");
-        self.redis.call(invocation.invoke_async(&mut connection)).await
+        self.redis.durable(invocation.invoke_async(&mut connection)).await
     }
 }
 

@@ -302,8 +302,11 @@ impl RedisJobs {
             .arg(to_json(record)?)
             .arg(token)
             .arg(if finished { "1" } else { "0" });
-        let mut connection = self.redis.connection();
-        let saved: i64 = self.redis.call(invocation.invoke_async(&mut connection)).await?;
+        let mut connection = self.redis.durable_connection();
+        let saved: i64 = self
+            .redis
+            .durable(invocation.invoke_async(&mut connection))
+            .await?;
         match saved {
             0 => Ok(()),
             _ => Err(WriteError::Fenced(format!(
@@ -321,14 +324,14 @@ impl JobStore for RedisJobs {
 
     async fn create(&self, record: &Record, documents: &[DocumentInput]) -> Result<(), String> {
         let id = &record.status.id;
-        let mut connection = self.redis.connection();
+        let mut connection = self.redis.durable_connection();
         let mut pipe = ragway_cache::redis::pipe();
         pipe.atomic()
             .set(key(id, "documents"), to_json(&documents)?)
             .ignore()
             .hset(RECORDS, id, to_json(record)?)
             .ignore();
-        self.redis.call(pipe.query_async::<()>(&mut connection)).await
+        self.redis.durable(pipe.query_async::<()>(&mut connection)).await
     }
 
     async fn save(&self, record: &Record, lease: &Lease) -> Result<(), WriteError> {
@@ -380,9 +383,9 @@ impl JobStore for RedisJobs {
     }
 
     async fn cancel(&self, id: &str) -> Result<(), String> {
-        let mut connection = self.redis.connection();
+        let mut connection = self.redis.durable_connection();
         self.redis
-            .call(connection.set_ex::<_, _, ()>(key(id, "cancel"), 1, 86_400))
+            .durable(connection.set_ex::<_, _, ()>(key(id, "cancel"), 1, 86_400))
             .await
     }
 

@@ -167,7 +167,7 @@ impl RedisStore {
     }
 
     async fn read_all(&self) -> Result<Vec<Tenant>, String> {
-        let mut connection = self.redis.connection();
+        let mut connection = self.redis.durable_connection();
         let records: BTreeMap<String, String> = self
             .redis
             .bounded(connection.hgetall(TENANTS))
@@ -200,12 +200,9 @@ impl RedisStore {
     }
 
     async fn changed(&self, pipe: &mut ragway_cache::redis::Pipeline) -> Result<(), String> {
-        let mut connection = self.redis.connection();
+        let mut connection = self.redis.durable_connection();
         pipe.atomic().incr(VERSION, 1).ignore();
-        self.redis
-            .bounded(pipe.query_async::<()>(&mut connection))
-            .await
-            .map_err(|e| format!("redis: {}", e.0))
+        self.redis.durable(pipe.query_async::<()>(&mut connection)).await
     }
 }
 
@@ -227,7 +224,7 @@ impl TenantStore for RedisStore {
         }
     }
     async fn fetch(&self, id: &str) -> Result<Option<Tenant>, String> {
-        let mut connection = self.redis.connection();
+        let mut connection = self.redis.durable_connection();
         let record: Option<String> = self
             .redis
             .bounded(connection.hget(TENANTS, id))
@@ -242,7 +239,7 @@ impl TenantStore for RedisStore {
     async fn save_if(&self, tenant: &Tenant, expected: Option<u64>) -> Result<Stored, String> {
         let record = serde_json::to_string(tenant).map_err(|e| e.to_string())?;
         let expected_arg = expected.map(|r| r.to_string()).unwrap_or_default();
-        let mut connection = self.redis.connection();
+        let mut connection = self.redis.durable_connection();
         let script = ragway_cache::redis::Script::new(SAVE_IF);
         let mut invocation = script.key(TENANTS);
         invocation
@@ -253,9 +250,8 @@ impl TenantStore for RedisStore {
             .arg(&tenant.name);
         let outcome: i64 = self
             .redis
-            .bounded(invocation.invoke_async(&mut connection))
-            .await
-            .map_err(|e| format!("redis: {}", e.0))?;
+            .durable(invocation.invoke_async(&mut connection))
+            .await?;
         let stored = match outcome {
             1 => Stored::Yes,
             2 => Stored::Gone,
