@@ -2,7 +2,9 @@
 # Load and fault harness: 2 ragway replicas on one Qdrant server and one Redis behind nginx, a mixed
 # workload from wrk, one replica and then each dependency SIGKILLed and restarted between phases;
 # prints QPS, p50/p99, error rate, cache hit rate and mode mix per phase (about 2 minutes, loopback
-# only). Arguments go to scripts/loadtest/loadtest.py (--seconds, --connections, --passages, --keep).
+# only). Arguments go to scripts/loadtest/loadtest.py (--seconds, --connections, --passages, --keep;
+# --ha: a three-node Qdrant cluster and Redis with Sentinel, each killed in turn, and a verifier that
+# reads every acknowledged document back by id).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragway/target}"

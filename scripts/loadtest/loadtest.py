@@ -8,6 +8,14 @@ workload (scripts/loadtest/mixed.lua: search, grounded answers, small ingests) t
 phases of equal length; between phases one replica is SIGKILLed and restarted, then Redis, then
 Qdrant. Prints one row per phase: QPS, p50/p99, error rate, cache hit rate and mode mix.
 
+With --ha, the same workload runs on what nothing single may fail needs: the two replicas on a
+three-node Qdrant cluster (distributed mode; collections of 2 shards × 2 replicas) and Redis with
+failover (a primary and its replica, both fsyncing every write, watched by three sentinels);
+between phases a replica, one Qdrant node and the Redis primary are in turn SIGKILLed and brought
+back. Beside wrk, a verifier writes documents one at a time (and deletes every fifth one it wrote)
+and, at the end, reads each back by id (a search filtered on its own metadata): every acknowledged
+document must be found, and no deleted one.
+
 Run through scripts/loadtest.sh, which builds ragway and checks the tools.
 """
 
@@ -20,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -90,31 +99,38 @@ def ready(url):
     return lambda: call("GET", url, timeout=2)[0] == 200
 
 
+def redis_cli(port, *command):
+    try:
+        return subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, text=True,
+                              timeout=10).stdout
+    except subprocess.TimeoutExpired:
+        return ""
+
+
+def redis_ready(port):
+    return lambda: redis_cli(port, "ping").strip() == "PONG"
+
+
+def parse_peers(qdrant):
+    status, body = call("GET", f"http://127.0.0.1:{qdrant.http}/cluster", timeout=2)
+    return (body.get("result", {}).get("peers") or {}) if status == 200 and isinstance(body, dict) else {}
+
+
 class Stack:
     def __init__(self, args, tmp):
-        self.tmp, self.processes = tmp, []
-        self.qdrant_http, self.qdrant_grpc, self.redis_port = free_port(), free_port(), free_port()
+        self.tmp, self.processes, self.ha = tmp, [], args.ha
         self.ports = [free_port(), free_port()]
         self.front = free_port()
-        self.qdrant = self.spawn("qdrant", [args.qdrant], {
-            "QDRANT__STORAGE__STORAGE_PATH": f"{tmp}/qdrant",
-            "QDRANT__SERVICE__HTTP_PORT": str(self.qdrant_http),
-            "QDRANT__SERVICE__GRPC_PORT": str(self.qdrant_grpc),
-            "QDRANT__TELEMETRY_DISABLED": "true",
-        })
-        os.makedirs(f"{tmp}/redis")
-        self.redis = self.spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                          "--dir", f"{tmp}/redis", "--appendonly", "yes", "--appendfsync", "always"])
+        env = {"RAGWAY__AUTH__MODE": "open", "RUST_LOG": "warn"}
+        if self.ha:
+            env.update(self.qdrant_cluster(args))
+            env.update(self.redis_sentinels())
+        else:
+            env.update(self.qdrant_server(args))
+            env.update(self.redis_server())
         config = f"{tmp}/ragway.toml"
         with open(config, "w") as f:
             f.write("[generation]\nmax_tokens = 8\n")
-        env = {
-            "RAGWAY__STORE__KIND": "qdrant",
-            "RAGWAY__STORE__URL": f"http://127.0.0.1:{self.qdrant_grpc}",
-            "RAGWAY__CACHE__REDIS__URL": f"redis://127.0.0.1:{self.redis_port}/0",
-            "RAGWAY__AUTH__MODE": "open",
-            "RUST_LOG": "warn",
-        }
         self.replicas = [
             self.spawn(f"ragway-{i + 1}", [args.ragway, "--listen", f"127.0.0.1:{port}", "--data-dir",
                                            f"{tmp}/ragway-{i + 1}", "--config", config], env)
@@ -122,6 +138,78 @@ class Stack:
         ]
         self.nginx = self.spawn("nginx", ["nginx", "-p", f"{tmp}/nginx", "-c", self.nginx_conf(),
                                           "-g", "daemon off;"])
+
+    def qdrant_node(self, args, name, extra_env=None, argv=()):
+        http, grpc = free_port(), free_port()
+        process = self.spawn(name, [args.qdrant, *argv], {
+            "QDRANT__STORAGE__STORAGE_PATH": f"{self.tmp}/{name}",
+            "QDRANT__SERVICE__HTTP_PORT": str(http),
+            "QDRANT__SERVICE__GRPC_PORT": str(grpc),
+            "QDRANT__TELEMETRY_DISABLED": "true",
+            **(extra_env or {}),
+        })
+        process.http, process.grpc = http, grpc
+        return process
+
+    def qdrant_server(self, args):
+        self.qdrants = [self.qdrant_node(args, "qdrant")]
+        return {"RAGWAY__STORE__KIND": "qdrant", "RAGWAY__STORE__URL": f"http://127.0.0.1:{self.qdrants[0].grpc}"}
+
+    def qdrant_cluster(self, args):
+        """Three nodes in distributed mode: the first with its peer URI, the others joining it."""
+        p2p = [free_port() for _ in range(3)]
+        self.qdrants = []
+        for i, port in enumerate(p2p):
+            argv = ["--uri", f"http://127.0.0.1:{port}"]
+            if i > 0:
+                argv += ["--bootstrap", f"http://127.0.0.1:{p2p[0]}"]
+            self.qdrants.append(self.qdrant_node(args, f"qdrant-{i + 1}", {
+                "QDRANT__CLUSTER__ENABLED": "true", "QDRANT__CLUSTER__P2P__PORT": str(port)}, argv))
+        urls = ", ".join(f'"http://127.0.0.1:{q.grpc}"' for q in self.qdrants)
+        return {"RAGWAY__STORE__KIND": "qdrant", "RAGWAY__STORE__URLS": f"[{urls}]"}
+
+    def redis_node(self, name, port, extra=()):
+        os.makedirs(f"{self.tmp}/{name}")
+        process = self.spawn(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                    "--dir", f"{self.tmp}/{name}", "--appendonly", "yes",
+                                    "--appendfsync", "always", *extra])
+        process.port = port
+        return process
+
+    def redis_server(self):
+        self.redises = [self.redis_node("redis", free_port())]
+        self.sentinels = []
+        return {"RAGWAY__CACHE__REDIS__URL": f"redis://127.0.0.1:{self.redises[0].port}/0"}
+
+    def redis_sentinels(self):
+        """A primary and its replica, and three sentinels (quorum 2) that fail the primary over
+        once it has not answered for a second."""
+        primary = free_port()
+        self.redises = [self.redis_node("redis-1", primary),
+                        self.redis_node("redis-2", free_port(), ["--replicaof", "127.0.0.1", str(primary)])]
+        self.sentinels = []
+        for i in range(3):
+            port = free_port()
+            conf = f"{self.tmp}/sentinel-{i + 1}.conf"
+            with open(conf, "w") as f:
+                f.write(f"port {port}\nbind 127.0.0.1\ndir {self.tmp}\n"
+                        f"sentinel monitor mymaster 127.0.0.1 {primary} 2\n"
+                        "sentinel down-after-milliseconds mymaster 1000\n"
+                        "sentinel failover-timeout mymaster 5000\n")
+            sentinel = self.spawn(f"sentinel-{i + 1}", ["redis-server", conf, "--sentinel"])
+            sentinel.port = port
+            self.sentinels.append(sentinel)
+        sentinels = ", ".join(f'"127.0.0.1:{s.port}"' for s in self.sentinels)
+        return {"RAGWAY__CACHE__REDIS__SENTINELS": f"[{sentinels}]", "RAGWAY__CACHE__REDIS__MASTER": "mymaster"}
+
+    def redis_primary(self):
+        """The Redis process that is the primary now (as the first sentinel that answers says)."""
+        for sentinel in self.sentinels:
+            out = subprocess.run(["redis-cli", "-p", str(sentinel.port), "SENTINEL", "get-master-addr-by-name",
+                                  "mymaster"], capture_output=True, text=True, timeout=10).stdout.split()
+            if len(out) == 2:
+                return next(r for r in self.redises if r.port == int(out[1]))
+        return self.redises[0]
 
     def spawn(self, name, argv, env=None):
         process = Process(name, argv, env, f"{self.tmp}/{name}.log")
@@ -166,9 +254,17 @@ http {{
         return f"http://127.0.0.1:{self.front}{path}"
 
     def start(self):
-        self.qdrant.start()
-        self.redis.start()
-        wait_until("qdrant", ready(f"http://127.0.0.1:{self.qdrant_http}/readyz"))
+        for qdrant in self.qdrants:
+            qdrant.start()
+            wait_until(qdrant.name, ready(f"http://127.0.0.1:{qdrant.http}/readyz"))
+        for process in self.redises + self.sentinels:
+            process.start()
+        for process in self.redises + self.sentinels:
+            wait_until(process.name, redis_ready(process.port))
+        if self.ha:
+            wait_until("the Qdrant cluster", lambda: len(parse_peers(self.qdrants[0])) == 3)
+            wait_until("the Redis replica", lambda: "master_link_status:up" in redis_cli(
+                self.redises[1].port, "INFO", "replication"))
         for replica, port in zip(self.replicas, self.ports):
             replica.start()
             wait_until(replica.name, ready(f"http://127.0.0.1:{port}/healthz"))
@@ -237,6 +333,96 @@ def heal(stack, process, check):
     wait_until(process.name, check)
 
 
+class Verifier(threading.Thread):
+    """Beside wrk, through nginx: writes one document at a time (its id also in its metadata, so
+    that it can be read back by id), deletes every fifth one it wrote, and counts what was
+    acknowledged and refused in the phase now running."""
+
+    def __init__(self, stack):
+        super().__init__(daemon=True)
+        self.stack, self.running, self.phase = stack, True, None
+        self.acknowledged, self.deleted, self.refused = [], [], {}
+
+    def run(self):
+        base = self.stack.url(f"/v1/collections/{COLLECTION}")
+        n = 0
+        while self.running:
+            n += 1
+            doc = f"v-{n}"
+            body = {"documents": [{"id": doc, "text": f"Verifier note {doc} about the lighthouse tide tables.",
+                                   "metadata": {"vid": doc}}]}
+            status, _ = call("POST", f"{base}/documents", body, timeout=30)
+            if status == 200:
+                self.acknowledged.append(doc)
+            else:
+                self.refused[self.phase] = self.refused.get(self.phase, 0) + 1
+            if n % 5 == 0 and self.acknowledged:
+                victim = self.acknowledged[len(self.acknowledged) // 2]
+                status, _ = call("DELETE", f"{base}/documents/{victim}", timeout=30)
+                if status in (200, 204):
+                    self.acknowledged.remove(victim)
+                    self.deleted.append(victim)
+                else:
+                    self.refused[self.phase] = self.refused.get(self.phase, 0) + 1
+            time.sleep(0.05)
+
+    def read_back(self):
+        """(acknowledged ones not found, deleted ones found) — each read by id."""
+        def found(doc):
+            for _ in range(3):
+                status, body = call("POST", self.stack.url(f"/v1/collections/{COLLECTION}/search"),
+                                    {"query": "lighthouse tide tables", "top_k": 1, "filter": {"vid": doc}})
+                if status == 200:
+                    return any(h.get("doc_id") == doc for h in body.get("hits", []))
+                time.sleep(1)
+            return None
+        missing = [d for d in self.acknowledged if found(d) is not True]
+        back = [d for d in self.deleted if found(d) is not False]
+        return missing, back
+
+
+def phases(stack):
+    """Each fault and its recovery, in order: (name, what to do before the phase runs)."""
+    replica_two = stack.replicas[1]
+    replica_back = ("ragway-2 restarted",
+                    lambda: heal(stack, replica_two, ready(f"http://127.0.0.1:{stack.ports[1]}/healthz")))
+    if not stack.ha:
+        redis, qdrant = stack.redises[0], stack.qdrants[0]
+        return [
+            ("before: 2 replicas, Qdrant, Redis", None),
+            ("ragway-2 SIGKILLed", replica_two.kill),
+            replica_back,
+            ("Redis SIGKILLed", redis.kill),
+            ("Redis restarted", lambda: heal(stack, redis, redis_ready(redis.port))),
+            ("Qdrant SIGKILLed", qdrant.kill),
+            ("Qdrant restarted", lambda: heal(stack, qdrant, ready(f"http://127.0.0.1:{qdrant.http}/readyz"))),
+            ("Qdrant restarted, next phase", None),
+        ]
+    node = stack.qdrants[1]
+    killed = {}
+
+    def kill_primary():
+        killed["redis"] = stack.redis_primary()
+        killed["redis"].kill()
+
+    def primary_back():
+        old = killed["redis"]
+        heal(stack, old, redis_ready(old.port))
+        wait_until("the old primary as a replica", lambda: "master_link_status:up" in redis_cli(
+            old.port, "INFO", "replication"))
+
+    return [
+        ("before: 2 replicas, 3 Qdrant nodes, Redis + replica + 3 sentinels", None),
+        ("ragway-2 SIGKILLed", replica_two.kill),
+        replica_back,
+        ("Qdrant node 2 SIGKILLed", node.kill),
+        ("Qdrant node 2 restarted", lambda: heal(stack, node, ready(f"http://127.0.0.1:{node.http}/readyz"))),
+        ("Redis primary SIGKILLed", kill_primary),
+        ("old Redis primary back (as a replica)", primary_back),
+        ("all back, next phase", None),
+    ]
+
+
 def main():
     # SIGTERM and SIGHUP end the run the way Ctrl-C does: through the clean-up below.
     for stop in (signal.SIGTERM, signal.SIGHUP):
@@ -247,31 +433,34 @@ def main():
         stack.start()
         seed(stack, args.passages)
         script = wrk_script(tmp)
-        qdrant_ready = ready(f"http://127.0.0.1:{stack.qdrant_http}/readyz")
-        redis_ready = lambda: subprocess.run(["redis-cli", "-p", str(stack.redis_port), "ping"],
-                                             capture_output=True, text=True, timeout=10).stdout.strip() == "PONG"
-        replica_two = stack.replicas[1]
-        phases = [
-            ("before: 2 replicas, Qdrant, Redis", None),
-            ("ragway-2 SIGKILLed", replica_two.kill),
-            ("ragway-2 restarted", lambda: heal(stack, replica_two, ready(f"http://127.0.0.1:{stack.ports[1]}/healthz"))),
-            ("Redis SIGKILLed", stack.redis.kill),
-            ("Redis restarted", lambda: heal(stack, stack.redis, redis_ready)),
-            ("Qdrant SIGKILLed", stack.qdrant.kill),
-            ("Qdrant restarted", lambda: heal(stack, stack.qdrant, qdrant_ready)),
-            ("Qdrant restarted, next phase", None),
-        ]
+        verifier = Verifier(stack) if stack.ha else None
+        if verifier:
+            verifier.start()
         rows = []
-        for phase, action in phases:
+        for phase, action in phases(stack):
             if action:
                 action()
+            if verifier:
+                verifier.phase = phase
             print(f"loadtest: {phase} ({args.seconds} s)", file=sys.stderr)
+            refused_before = dict(verifier.refused) if verifier else {}
             rows.append(row(phase, run_phase(stack, script)))
+            if verifier:
+                rows[-1] += f" {verifier.refused.get(phase, 0) - refused_before.get(phase, 0)} |"
         print(f"\n{args.passages} passages, wrk -t2 -c{args.connections}, {args.seconds} s per phase, through nginx; "
               f"of 20 requests {19 - args.ingests} search, 1 query, {args.ingests} ingest:\n")
-        print("| phase | QPS | p50 ms | p99 ms | errors | cache hits | modes |")
-        print("|---|---|---|---|---|---|---|")
+        extra = (" verifier writes refused |", "---|") if verifier else ("", "")
+        print(f"| phase | QPS | p50 ms | p99 ms | errors | cache hits | modes |{extra[0]}")
+        print(f"|---|---|---|---|---|---|---|{extra[1]}")
         print("\n".join(rows))
+        if verifier:
+            verifier.running = False
+            verifier.join(60)
+            missing, back = verifier.read_back()
+            print(f"\nverifier: {len(verifier.acknowledged)} documents acknowledged and not deleted, "
+                  f"{len(missing)} of them not found{': ' + ', '.join(missing[:10]) if missing else ''}; "
+                  f"{len(verifier.deleted)} deleted, {len(back)} of them found again"
+                  f"{': ' + ', '.join(back[:10]) if back else ''} (each read back by id)")
     finally:
         stack.stop()
         if args.keep:
@@ -291,5 +480,7 @@ if __name__ == "__main__":
     parser.add_argument("--ingests", type=int, default=3, choices=range(0, 20),
                         help="of every 20 requests, how many ingest a document (one is /query, the rest /search)")
     parser.add_argument("--keep", action="store_true", help="keep the logs")
+    parser.add_argument("--ha", action="store_true",
+                        help="a three-node Qdrant cluster and Redis with Sentinel, a verifier beside wrk")
     args = parser.parse_args()
     main()

@@ -1,7 +1,8 @@
-//! `docker/compose.yaml` and its files, checked without a container engine (none runs here): the
-//! stack names every service it needs and wires them together, every file it mounts exists, nginx
-//! balances over both replicas, Prometheus scrapes both, and the Grafana dashboard parses and
-//! queries only metrics ragway exports. YAML is read by PyYAML from the test venv.
+//! `docker/compose.yaml` and `docker/compose.ha.yaml` and their files, checked without a container
+//! engine (none runs here): each stack names every service it needs and wires them together, every
+//! file it mounts exists, nginx balances over both replicas, Prometheus scrapes both, the HA stack
+//! has no single Qdrant or Redis process, and the Grafana dashboard parses and queries only metrics
+//! ragway exports. YAML is read by PyYAML from the test venv.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -126,6 +127,123 @@ fn the_compose_stack_names_and_wires_every_service() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_ha_stack_has_no_single_qdrant_or_redis() -> anyhow::Result<()> {
+    let compose = yaml(&docker().join("compose.ha.yaml"))?;
+    let services = &compose["services"];
+    let names: BTreeSet<&str> = services
+        .as_object()
+        .map(|s| s.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let nodes = ["qdrant-1", "qdrant-2", "qdrant-3"];
+    let sentinels = ["sentinel-1", "sentinel-2", "sentinel-3"];
+    let mut expected: BTreeSet<&str> = [
+        "nginx",
+        "ragway-1",
+        "ragway-2",
+        "redis-1",
+        "redis-2",
+        "llm",
+        "prometheus",
+        "grafana",
+    ]
+    .into_iter()
+    .collect();
+    expected.extend(nodes);
+    expected.extend(sentinels);
+    assert_eq!(names, expected, "services");
+    let as_list =
+        |v: &Value| -> anyhow::Result<Vec<String>> { Ok(serde_json::from_str(v.as_str().unwrap_or("[]"))?) };
+    for gateway in GATEWAYS {
+        let env = &services[gateway]["environment"];
+        assert_eq!(env["RAGWAY__STORE__KIND"], "qdrant", "{gateway}");
+        let urls = as_list(&env["RAGWAY__STORE__URLS"])?;
+        assert_eq!(
+            urls,
+            nodes.map(|n| format!("http://{n}:6334")),
+            "{gateway}: every Qdrant node"
+        );
+        let watched = as_list(&env["RAGWAY__CACHE__REDIS__SENTINELS"])?;
+        assert_eq!(
+            watched,
+            sentinels.map(|s| format!("{s}:26379")),
+            "{gateway}: every sentinel"
+        );
+        assert!(
+            env.get("RAGWAY__CACHE__REDIS__URL").is_none(),
+            "{gateway}: no single Redis address"
+        );
+        let master = env["RAGWAY__CACHE__REDIS__MASTER"].as_str().unwrap_or_default();
+        for sentinel in sentinels {
+            let script = services[sentinel]["command"].to_string();
+            assert!(
+                script.contains(&format!("sentinel monitor {master} redis-1 6379 2")),
+                "{sentinel} watches the primary under {master} with quorum 2: {script}"
+            );
+        }
+        for node in nodes {
+            assert!(
+                services[gateway]["depends_on"].get(node).is_some(),
+                "{gateway} needs {node}"
+            );
+        }
+    }
+    // One cluster: every node in distributed mode, the others joining the first.
+    for (i, node) in nodes.iter().enumerate() {
+        let service = &services[*node];
+        assert_eq!(
+            service["environment"]["QDRANT__CLUSTER__ENABLED"], "true",
+            "{node}"
+        );
+        let command = service["command"].to_string();
+        assert!(
+            command.contains(&format!("http://{node}:6335")),
+            "{node}: {command}"
+        );
+        assert_eq!(
+            command.contains("--bootstrap\",\"http://qdrant-1:6335"),
+            i > 0,
+            "{node}: {command}"
+        );
+        assert!(
+            service["volumes"][0]
+                .as_str()
+                .is_some_and(|v| v.starts_with(&format!("{node}:"))),
+            "{node} keeps its own storage"
+        );
+    }
+    // Both Redis servers fsync every write; the second replicates the first.
+    for redis in ["redis-1", "redis-2"] {
+        let command = services[redis]["command"].to_string();
+        assert!(
+            command.contains("\"--appendfsync\",\"always\""),
+            "{redis}: {command}"
+        );
+    }
+    assert!(services["redis-2"]["command"]
+        .to_string()
+        .contains("\"--replicaof\",\"redis-1\""));
+    for (name, service) in services.as_object().into_iter().flatten() {
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let source = volume
+                .as_str()
+                .and_then(|v| v.split(':').next())
+                .unwrap_or_default();
+            match source.starts_with("./") {
+                true => assert!(
+                    docker().join(source).exists(),
+                    "{name} mounts {source}, which is missing"
+                ),
+                false => assert!(
+                    compose["volumes"].get(source).is_some(),
+                    "{name} mounts the undeclared volume {source}"
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every `ragway_*` metric name the code declares (`counter!`, `gauge!`, `histogram!`).
 fn exported_metrics() -> anyhow::Result<BTreeSet<String>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -186,6 +304,8 @@ fn the_dashboard_shows_what_the_issue_asks_from_metrics_ragway_exports() -> anyh
         "queue",
         "tokens by tenant",
         "quota rejections",
+        "qdrant nodes up",
+        "redis failovers",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(wanted)),
