@@ -41,7 +41,7 @@ pub fn batch_tokenizer(json: &[u8], max_tokens: usize) -> Result<tokenizers::Tok
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Where a task stands, for whoever awaits its answer: set through [`PROGRESS`] when the task
 /// is queued and when a worker takes it, so that a timeout can tell time spent waiting in the
@@ -388,10 +388,17 @@ impl<T: Task> Queue<T> {
 /// after any interactive work that arrived meanwhile (`Some`).
 pub type Step<T> = Option<Queued<T>>;
 
-/// The handle to a worker thread; dropping it lets the thread finish its queue and stop.
+/// The handle to a worker thread; dropping it lets the thread finish its queue (tasks nobody
+/// waits for any more are dropped unrun) and waits for it to stop, at most [`STOP_WAIT`]: a model
+/// thread still running while the process exits would meet its libraries' teardown (llama.cpp's
+/// and OpenMP's static state) and crash the process on its way out.
 pub struct Worker<T: Task> {
     queue: Arc<Queue<T>>,
+    thread: Option<thread::JoinHandle<()>>,
 }
+
+/// The longest dropping a [`Worker`] waits for its thread.
+pub const STOP_WAIT: Duration = Duration::from_secs(30);
 
 impl<T: Task> Worker<T> {
     /// Starts a thread named `name` that owns `state` (the model) and runs `handle` on each task.
@@ -400,17 +407,13 @@ impl<T: Task> Worker<T> {
         S: Send + 'static,
         F: FnMut(&mut S, Queued<T>, &Queue<T>) -> Step<T> + Send + 'static,
     {
-        let queue = Arc::new(Queue::new(name, limits));
-        let worker_queue = queue.clone();
-        thread::Builder::new().name(name.to_string()).spawn(move || {
-            while let Some(queued) = worker_queue.pop() {
-                if let Some(rest) = handle(&mut state, queued, &worker_queue) {
-                    worker_queue.requeue(rest);
+        Self::spawn_with(name, limits, move |queue| {
+            while let Some(queued) = queue.pop() {
+                if let Some(rest) = handle(&mut state, queued, queue) {
+                    queue.requeue(rest);
                 }
             }
-            tracing::debug!(worker = worker_queue.name, "worker stopped");
-        })?;
-        Ok(Self { queue })
+        })
     }
 
     /// Starts a thread named `name` that runs `body` with the queue, for a worker whose state
@@ -423,11 +426,14 @@ impl<T: Task> Worker<T> {
     {
         let queue = Arc::new(Queue::new(name, limits));
         let worker_queue = queue.clone();
-        thread::Builder::new().name(name.to_string()).spawn(move || {
+        let thread = thread::Builder::new().name(name.to_string()).spawn(move || {
             body(&worker_queue);
             tracing::debug!(worker = worker_queue.name, "worker stopped");
         })?;
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            thread: Some(thread),
+        })
     }
 
     /// Queues a task, or refuses at once when its lane is full.
@@ -439,6 +445,19 @@ impl<T: Task> Worker<T> {
 impl<T: Task> Drop for Worker<T> {
     fn drop(&mut self) {
         self.queue.close();
+        let Some(thread) = self.thread.take() else { return };
+        let started = Instant::now();
+        while !thread.is_finished() {
+            if started.elapsed() > STOP_WAIT {
+                tracing::warn!(
+                    worker = self.queue.name,
+                    "worker thread still busy after {STOP_WAIT:?}; left running"
+                );
+                return;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let _ = thread.join();
     }
 }
 
