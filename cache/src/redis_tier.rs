@@ -1,5 +1,5 @@
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -55,13 +55,21 @@ pub struct RedisTier {
 }
 
 /// How often the watcher asks the sentinels for the primary (and the primary for its replicas).
-pub const WATCH_EVERY: Duration = Duration::from_millis(250);
+pub const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// The longest a call waits, with Sentinel, for a primary that does not answer to be failed over
+/// (Sentinel's `down-after-milliseconds` and an election fit well within it).
+pub const FAILOVER_WAIT: Duration = Duration::from_secs(10);
 
 struct Link {
     primary: RwLock<Primary>,
     config: ConnectionManagerConfig,
     /// Replicas connected to the primary, as it said last ([`WATCH_EVERY`]).
     replicas: AtomicUsize,
+    /// Whether the primary answered last time it was asked, or a call found it gone since.
+    reachable: AtomicBool,
+    /// With Sentinel: a failover may be under way while the primary does not answer.
+    follows_failover: bool,
 }
 
 /// The connections to one server: shared by most calls, and one for durable writes (whose `WAIT`
@@ -136,6 +144,8 @@ impl RedisTier {
             primary: RwLock::new(Primary::open(first, &config)?),
             config,
             replicas: AtomicUsize::new(0),
+            reachable: AtomicBool::new(true),
+            follows_failover: sentinels.is_some(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(watch(Arc::downgrade(&link), sentinels, timeout));
@@ -188,8 +198,34 @@ impl RedisTier {
     }
 
     /// As [`RedisTier::bounded`], its failure as text (`redis: ...`), for callers that report it.
+    ///
+    /// With Sentinel, a call made while the primary does not answer first waits for the one the
+    /// sentinels name next (at most [`FAILOVER_WAIT`]), so that a write arriving during a
+    /// failover goes through once it is done instead of failing.
     pub async fn call<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
-        self.bounded(call).await.map_err(|e| format!("redis: {}", e.0))
+        self.settled().await;
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.is_connection_refusal() || e.is_connection_dropped() {
+                    self.link.reachable.store(false, Ordering::Relaxed);
+                }
+                Err(format!("redis: {e}"))
+            }
+            Err(_) => Err(format!("redis: no answer within {:?}", self.timeout)),
+        }
+    }
+
+    /// Waits while a failover may be under way (Sentinel, and the primary not answering), at
+    /// most [`FAILOVER_WAIT`].
+    async fn settled(&self) {
+        if !self.link.follows_failover {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        while !self.link.reachable.load(Ordering::Relaxed) && started.elapsed() < FAILOVER_WAIT {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A write that must survive the primary's loss, sent on [`RedisTier::durable_connection`]:
@@ -330,6 +366,7 @@ async fn watch(link: Weak<Link>, sentinels: Option<(Vec<redis::Client>, String)>
             redis::cmd("ROLE").query_async::<redis::Value>(&mut connection),
         )
         .await;
+        let reachable = matches!(role, Ok(Ok(_)));
         let replicas = match role {
             Ok(Ok(redis::Value::Array(parts))) => match parts.get(2) {
                 Some(redis::Value::Array(replicas)) => replicas.len(),
@@ -338,6 +375,7 @@ async fn watch(link: Weak<Link>, sentinels: Option<(Vec<redis::Client>, String)>
             _ => 0,
         };
         link.replicas.store(replicas, Ordering::Relaxed);
+        link.reachable.store(reachable, Ordering::Relaxed);
         drop(link);
         tokio::time::sleep(WATCH_EVERY).await;
     }
