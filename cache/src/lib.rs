@@ -10,7 +10,7 @@ mod shared;
 
 pub use key::{normalize_query, CacheKey};
 pub use layer::{Layer, LayerSettings, Lookup};
-pub use redis_tier::{Durability, RedisTarget, RedisTier};
+pub use redis_tier::{Durability, PrimaryConnection, RedisTarget, RedisTier};
 pub use shared::{SharedTier, TierError};
 
 /// The Redis client this crate uses, for callers that run commands of their own on [`RedisTier`].

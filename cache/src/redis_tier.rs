@@ -176,14 +176,20 @@ impl RedisTier {
 
     /// A handle on the shared connection, for callers with commands of their own (tenants,
     /// quota counters); bound each call with [`RedisTier::bounded`].
-    pub fn connection(&self) -> ConnectionManager {
-        self.primary().connection
+    pub fn connection(&self) -> PrimaryConnection {
+        PrimaryConnection {
+            link: self.link.clone(),
+            durable: false,
+        }
     }
 
     /// The connection for writes that must outlive the primary: make them with
     /// [`RedisTier::durable`].
-    pub fn durable_connection(&self) -> ConnectionManager {
-        self.primary().durable
+    pub fn durable_connection(&self) -> PrimaryConnection {
+        PrimaryConnection {
+            link: self.link.clone(),
+            durable: true,
+        }
     }
 
     /// `call`, failed after this tier's timeout.
@@ -203,29 +209,8 @@ impl RedisTier {
     /// sentinels name next (at most [`FAILOVER_WAIT`]), so that a write arriving during a
     /// failover goes through once it is done instead of failing.
     pub async fn call<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
-        self.settled().await;
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                if e.is_connection_refusal() || e.is_connection_dropped() {
-                    self.link.reachable.store(false, Ordering::Relaxed);
-                }
-                Err(format!("redis: {e}"))
-            }
-            Err(_) => Err(format!("redis: no answer within {:?}", self.timeout)),
-        }
-    }
-
-    /// Waits while a failover may be under way (Sentinel, and the primary not answering), at
-    /// most [`FAILOVER_WAIT`].
-    async fn settled(&self) {
-        if !self.link.follows_failover {
-            return;
-        }
-        let started = tokio::time::Instant::now();
-        while !self.link.reachable.load(Ordering::Relaxed) && started.elapsed() < FAILOVER_WAIT {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        settled(&self.link).await;
+        self.bounded(call).await.map_err(|e| format!("redis: {}", e.0))
     }
 
     /// A write that must survive the primary's loss, sent on [`RedisTier::durable_connection`]:
@@ -301,6 +286,75 @@ impl RedisTier {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
+    }
+}
+
+/// Waits while a failover may be under way (Sentinel, and the primary not answering), at most
+/// [`FAILOVER_WAIT`].
+async fn settled(link: &Link) {
+    if !link.follows_failover {
+        return;
+    }
+    let started = tokio::time::Instant::now();
+    while !link.reachable.load(Ordering::Relaxed) && started.elapsed() < FAILOVER_WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connection to whichever server is the primary when a command is sent (so a command made
+/// ready before a failover goes to the new primary), waiting first while one may be under way.
+/// Commands that find the primary gone mark it unreachable until the watcher hears from one.
+#[derive(Clone)]
+pub struct PrimaryConnection {
+    link: Arc<Link>,
+    durable: bool,
+}
+
+impl PrimaryConnection {
+    async fn current(&self) -> ConnectionManager {
+        settled(&self.link).await;
+        let primary = self.link.primary.read().unwrap_or_else(|e| e.into_inner());
+        match self.durable {
+            true => primary.durable.clone(),
+            false => primary.connection.clone(),
+        }
+    }
+
+    fn seen<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(e) = &result {
+            if e.is_connection_refusal() || e.is_connection_dropped() {
+                self.link.reachable.store(false, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+}
+
+impl redis::aio::ConnectionLike for PrimaryConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let mut connection = self.current().await;
+            let result = connection.req_packed_command(cmd).await;
+            self.seen(result)
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let mut connection = self.current().await;
+            let result = connection.req_packed_commands(pipeline, offset, count).await;
+            self.seen(result)
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        let primary = self.link.primary.read().unwrap_or_else(|e| e.into_inner());
+        primary.connection.get_db()
     }
 }
 
