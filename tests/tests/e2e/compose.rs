@@ -34,16 +34,45 @@ fn yaml(path: &Path) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
+/// The names of a compose file's services.
+fn service_names(services: &Value) -> BTreeSet<&str> {
+    services
+        .as_object()
+        .map(|s| s.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Every file a service mounts from the repository exists, and every volume it mounts is
+/// declared.
+fn mounts_exist(compose: &Value) {
+    for (name, service) in compose["services"].as_object().into_iter().flatten() {
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let source = volume
+                .as_str()
+                .and_then(|v| v.split(':').next())
+                .unwrap_or_default();
+            if source.starts_with("./") {
+                assert!(
+                    docker().join(source).exists(),
+                    "{name} mounts {source}, which is missing"
+                );
+            } else if !source.starts_with('/') {
+                assert!(
+                    compose["volumes"].get(source).is_some(),
+                    "{name} mounts the volume {source}, which the file does not declare"
+                );
+            }
+        }
+    }
+}
+
 const GATEWAYS: [&str; 2] = ["ragway-1", "ragway-2"];
 
 #[test]
 fn the_compose_stack_names_and_wires_every_service() -> anyhow::Result<()> {
     let compose = yaml(&docker().join("compose.yaml"))?;
     let services = &compose["services"];
-    let names: BTreeSet<&str> = services
-        .as_object()
-        .map(|s| s.keys().map(String::as_str).collect())
-        .unwrap_or_default();
+    let names = service_names(services);
     let expected = [
         "nginx",
         "ragway-1",
@@ -76,25 +105,8 @@ fn the_compose_stack_names_and_wires_every_service() -> anyhow::Result<()> {
             );
         }
     }
-    // Every file mounted from the repository exists.
+    mounts_exist(&compose);
     for (name, service) in services.as_object().into_iter().flatten() {
-        for volume in service["volumes"].as_array().into_iter().flatten() {
-            let source = volume
-                .as_str()
-                .and_then(|v| v.split(':').next())
-                .unwrap_or_default();
-            if source.starts_with("./") {
-                assert!(
-                    docker().join(source).exists(),
-                    "{name} mounts {source}, which is missing"
-                );
-            } else if !source.starts_with('/') {
-                assert!(
-                    compose["volumes"].get(source).is_some(),
-                    "{name} mounts the volume {source}, which the file does not declare"
-                );
-            }
-        }
         if let Some(file) = service["build"]["dockerfile"].as_str() {
             assert!(
                 docker().join("..").join(file).is_file(),
@@ -131,10 +143,7 @@ fn the_compose_stack_names_and_wires_every_service() -> anyhow::Result<()> {
 fn the_ha_stack_has_no_single_qdrant_or_redis() -> anyhow::Result<()> {
     let compose = yaml(&docker().join("compose.ha.yaml"))?;
     let services = &compose["services"];
-    let names: BTreeSet<&str> = services
-        .as_object()
-        .map(|s| s.keys().map(String::as_str).collect())
-        .unwrap_or_default();
+    let names = service_names(services);
     let nodes = ["qdrant-1", "qdrant-2", "qdrant-3"];
     let sentinels = ["sentinel-1", "sentinel-2", "sentinel-3"];
     let mut expected: BTreeSet<&str> = [
@@ -223,24 +232,7 @@ fn the_ha_stack_has_no_single_qdrant_or_redis() -> anyhow::Result<()> {
     assert!(services["redis-2"]["command"]
         .to_string()
         .contains("\"--replicaof\",\"redis-1\""));
-    for (name, service) in services.as_object().into_iter().flatten() {
-        for volume in service["volumes"].as_array().into_iter().flatten() {
-            let source = volume
-                .as_str()
-                .and_then(|v| v.split(':').next())
-                .unwrap_or_default();
-            match source.starts_with("./") {
-                true => assert!(
-                    docker().join(source).exists(),
-                    "{name} mounts {source}, which is missing"
-                ),
-                false => assert!(
-                    compose["volumes"].get(source).is_some(),
-                    "{name} mounts the undeclared volume {source}"
-                ),
-            }
-        }
-    }
+    mounts_exist(&compose);
     Ok(())
 }
 

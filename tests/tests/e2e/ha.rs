@@ -51,6 +51,40 @@ async fn node_up(server: &Server, url: &str) -> anyhow::Result<f64> {
     ))
 }
 
+/// What a writer saw: the documents acknowledged (and when), and the refusals (status, body).
+type Writes = (Vec<(String, Instant)>, Vec<(u16, Value)>);
+
+/// Writes one document at a time (`<prefix>-<n>`) until `running` is false.
+fn writer(
+    server: &Arc<Server>,
+    running: &Arc<AtomicBool>,
+    prefix: &'static str,
+) -> tokio::task::JoinHandle<anyhow::Result<Writes>> {
+    let (server, running) = (server.clone(), running.clone());
+    tokio::spawn(async move {
+        let (mut written, mut refused) = (Vec::new(), Vec::new());
+        let mut i = 0;
+        while running.load(Ordering::Relaxed) {
+            let id = format!("{prefix}-{i}");
+            i += 1;
+            let reply = server
+                .post(
+                    "/v1/collections/facts/documents",
+                    &json!({"documents": [note(&id)]}),
+                )
+                .await?;
+            match reply.status {
+                200 => written.push((id, Instant::now())),
+                status => {
+                    refused.push((status, reply.body));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Ok((written, refused))
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_qdrant_cluster_loses_a_node_under_reads_and_writes() -> anyhow::Result<()> {
     let test = "a_qdrant_cluster_loses_a_node_under_reads_and_writes";
@@ -114,28 +148,7 @@ async fn a_qdrant_cluster_loses_a_node_under_reads_and_writes() -> anyhow::Resul
             anyhow::Ok((answered, failed))
         }
     });
-    let writer = tokio::spawn({
-        let (server, running) = (server.clone(), running.clone());
-        async move {
-            let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
-            let mut i = 0;
-            while running.load(Ordering::Relaxed) {
-                let id = format!("w-{i}");
-                i += 1;
-                let reply = server
-                    .post(
-                        "/v1/collections/facts/documents",
-                        &json!({"documents": [note(&id)]}),
-                    )
-                    .await?;
-                match reply.status {
-                    200 => acknowledged.push(id),
-                    _ => refused.push(reply.body),
-                }
-            }
-            anyhow::Ok((acknowledged, refused))
-        }
-    });
+    let writer = writer(&server, &running, "w");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed = cluster.nodes[0].grpc_url();
     cluster.nodes[0].kill();
@@ -150,7 +163,8 @@ async fn a_qdrant_cluster_loses_a_node_under_reads_and_writes() -> anyhow::Resul
     tokio::time::sleep(Duration::from_secs(4)).await;
     running.store(false, Ordering::Relaxed);
     let (answered, failed) = reader.await??;
-    let (acknowledged, refused) = writer.await??;
+    let (written, refused) = writer.await??;
+    let acknowledged: Vec<String> = written.into_iter().map(|(id, _)| id).collect();
     eprintln!(
         "reads: {answered} answered, {} not; writes: {} acknowledged, {} refused",
         failed.len(),
@@ -225,32 +239,7 @@ async fn redis_fails_over_under_writes_and_keeps_what_was_acknowledged() -> anyh
     assert_eq!(created.status, 201, "{:?}", created.body);
 
     let running = Arc::new(AtomicBool::new(true));
-    let writer = tokio::spawn({
-        let (server, running) = (server.clone(), running.clone());
-        async move {
-            let mut written: Vec<(String, Instant)> = Vec::new();
-            let mut refused = Vec::new();
-            let mut i = 0;
-            while running.load(Ordering::Relaxed) {
-                let id = format!("r-{i}");
-                i += 1;
-                let reply = server
-                    .post(
-                        "/v1/collections/facts/documents",
-                        &json!({"documents": [note(&id)]}),
-                    )
-                    .await?;
-                match reply.status {
-                    200 => written.push((id, Instant::now())),
-                    _ => {
-                        refused.push((reply.status, reply.body));
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            anyhow::Ok((written, refused))
-        }
-    });
+    let writer = writer(&server, &running, "r");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let old = redis.primary()?;
     redis.servers[old].kill();
