@@ -57,6 +57,9 @@ pub struct RedisTier {
 /// How often the watcher asks the sentinels for the primary (and the primary for its replicas).
 pub const WATCH_EVERY: Duration = Duration::from_millis(100);
 
+/// The longest the watcher waits for a sentinel's or the primary's answer.
+const WATCH_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// The longest a call waits, with Sentinel, for a primary that does not answer to be failed over
 /// (Sentinel's `down-after-milliseconds` and an election fit well within it).
 pub const FAILOVER_WAIT: Duration = Duration::from_secs(10);
@@ -121,8 +124,7 @@ impl RedisTier {
                     .map(|s| redis::Client::open(sentinel_url(s)).map_err(failed))
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut open = vec![None; clients.len()];
-                let named =
-                    ask_sentinels(&clients, &mut open, master, timeout.max(Duration::from_secs(1))).await;
+                let named = ask_sentinels(&clients, &mut open, master, timeout.max(WATCH_TIMEOUT)).await;
                 let first = named.unwrap_or_else(|| UNKNOWN_PRIMARY.to_string());
                 Self::open(&first, timeout, durability, Some((clients, master.clone())))
             }
@@ -373,6 +375,8 @@ fn sentinel_url(address: &str) -> String {
 /// primary and moves to it when that changed; asks the primary how many replicas it has, and
 /// pings the durable connection.
 async fn watch(link: Weak<Link>, sentinels: Option<(Vec<redis::Client>, String)>, timeout: Duration) {
+    // Not the callers' bound (50 ms for the cache tier): a slow answer is no sign of a failover.
+    let timeout = timeout.max(WATCH_TIMEOUT);
     let mut open: Vec<Option<MultiplexedConnection>> = Vec::new();
     open.resize_with(sentinels.as_ref().map_or(0, |(c, _)| c.len()), || None);
     loop {
