@@ -1,6 +1,6 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -89,6 +89,13 @@ fn failed(e: impl std::fmt::Display) -> TierError {
     TierError(e.to_string())
 }
 
+impl Link {
+    /// The primary as the watcher last named it.
+    fn primary(&self) -> RwLockReadGuard<'_, Primary> {
+        self.primary.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Primary {
     fn open(address: &str, config: &ConnectionManagerConfig) -> Result<Self, TierError> {
         let client = redis::Client::open(address).map_err(failed)?;
@@ -159,21 +166,8 @@ impl RedisTier {
         })
     }
 
-    fn primary(&self) -> Primary {
-        self.link
-            .primary
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     pub fn durability(&self) -> Durability {
         self.durability
-    }
-
-    /// The primary's address now (`redis://host:port/0`).
-    pub fn primary_address(&self) -> String {
-        self.primary().address
     }
 
     /// A handle on the shared connection, for callers with commands of their own (tenants,
@@ -224,7 +218,7 @@ impl RedisTier {
         let value = self.call(call).await?;
         if !self.replicated().await {
             tracing::warn!(
-                primary = self.primary_address(),
+                primary = %self.link.primary().address,
                 "a write that must outlive the Redis primary is on the primary alone (no replica confirmed it in time)"
             );
         }
@@ -264,10 +258,7 @@ impl RedisTier {
         let link = Arc::downgrade(&self.link);
         tokio::spawn(async move {
             loop {
-                let Some(client) = link
-                    .upgrade()
-                    .map(|l| l.primary.read().unwrap_or_else(|e| e.into_inner()).client.clone())
-                else {
+                let Some(client) = link.upgrade().map(|l| l.primary().client.clone()) else {
                     return;
                 };
                 match client.get_async_pubsub().await {
@@ -315,7 +306,7 @@ pub struct PrimaryConnection {
 impl PrimaryConnection {
     async fn current(&self) -> ConnectionManager {
         settled(&self.link).await;
-        let primary = self.link.primary.read().unwrap_or_else(|e| e.into_inner());
+        let primary = self.link.primary();
         match self.durable {
             true => primary.durable.clone(),
             false => primary.connection.clone(),
@@ -355,8 +346,7 @@ impl redis::aio::ConnectionLike for PrimaryConnection {
     }
 
     fn get_db(&self) -> i64 {
-        let primary = self.link.primary.read().unwrap_or_else(|e| e.into_inner());
-        primary.connection.get_db()
+        self.link.primary().connection.get_db()
     }
 }
 
@@ -383,12 +373,7 @@ async fn watch(link: Weak<Link>, sentinels: Option<(Vec<redis::Client>, String)>
         let Some(link) = link.upgrade() else { return };
         if let Some((clients, master)) = &sentinels {
             if let Some(address) = ask_sentinels(clients, &mut open, master, timeout).await {
-                let current = link
-                    .primary
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .address
-                    .clone();
+                let current = link.primary().address.clone();
                 if address != current {
                     match Primary::open(&address, &link.config) {
                         Ok(primary) => {
@@ -414,7 +399,7 @@ async fn watch(link: Weak<Link>, sentinels: Option<(Vec<redis::Client>, String)>
             mut connection,
             mut durable,
             ..
-        } = link.primary.read().unwrap_or_else(|e| e.into_inner()).clone();
+        } = link.primary().clone();
         // The durable connection carries few calls: kept tested, so that after Redis restarts it
         // is this ping, not a client's write, that finds the old connection broken.
         let ping = redis::cmd("PING");

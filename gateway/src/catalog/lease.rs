@@ -125,11 +125,7 @@ impl Lease {
         // A lease a promoted replica does not know of could be taken again after a failover:
         // it counts only once the replicas have it.
         if !redis.replicated().await {
-            let mut connection = redis.connection();
-            let script = Script::new(RELEASE);
-            let mut release = script.key(&key);
-            release.arg(&token);
-            let _ = redis.bounded(release.invoke_async::<i64>(&mut connection)).await;
+            let _ = release(redis, &key, &token).await;
             return Err(format!(
                 "`{key}` was taken on the Redis primary, but no replica confirmed it in time"
             ));
@@ -200,6 +196,17 @@ impl Lease {
     }
 }
 
+/// Deletes `key` if it still holds `token` (compare-and-delete).
+async fn release(redis: &RedisTier, key: &str, token: &str) -> Result<i64, ragway_cache::TierError> {
+    let mut connection = redis.connection();
+    let script = Script::new(RELEASE);
+    let mut invocation = script.key(key);
+    invocation.arg(token);
+    redis
+        .bounded(invocation.invoke_async::<i64>(&mut connection))
+        .await
+}
+
 /// How soon a release that failed is tried again.
 const RELEASE_RETRY: Duration = Duration::from_millis(250);
 
@@ -256,18 +263,8 @@ impl Drop for Lease {
         // (a failover), released on the primary that comes after, so that the next writer need
         // not wait out the lease.
         runtime.spawn(async move {
-            let script = Script::new(RELEASE);
             loop {
-                let mut connection = held.redis.connection();
-                let released = held
-                    .redis
-                    .bounded(
-                        script
-                            .key(&held.key)
-                            .arg(&held.token)
-                            .invoke_async::<i64>(&mut connection),
-                    )
-                    .await;
+                let released = release(&held.redis, &held.key, &held.token).await;
                 let Err(e) = released else { return };
                 let left = held.life.until_ms.load(Ordering::Acquire);
                 if millis_since_epoch(Instant::now() + RELEASE_RETRY) >= left {

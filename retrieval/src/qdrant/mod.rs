@@ -99,12 +99,6 @@ impl QdrantStore {
         })
     }
 
-    /// Each node's address and whether requests go to it (a failed node is out until it answers
-    /// again).
-    pub fn nodes(&self) -> Vec<(String, bool)> {
-        self.nodes.health()
-    }
-
     fn name(&self, collection: &str) -> String {
         format!("{}{collection}", self.options.prefix)
     }

@@ -89,7 +89,8 @@ impl Nodes {
     }
 
     /// Each node's address and whether it is in use.
-    pub(crate) fn health(&self) -> Vec<(String, bool)> {
+    #[cfg(test)]
+    fn health(&self) -> Vec<(String, bool)> {
         self.nodes
             .iter()
             .map(|n| (n.url.clone(), n.up.load(Ordering::Relaxed)))
