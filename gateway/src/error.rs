@@ -59,6 +59,7 @@ error_codes! {
     InvalidFilter => "invalid_filter",
     InvalidFusion => "invalid_fusion",
     InvalidInput => "invalid_input",
+    InvalidQueries => "invalid_queries",
     InvalidQueryString => "invalid_query_string",
     InvalidRole => "invalid_role",
     InvalidTemperature => "invalid_temperature",
@@ -207,6 +208,17 @@ impl ApiError {
         Self::Invalid {
             code,
             message: message.into(),
+        }
+    }
+
+    /// An input rule broken by the `index`th `item` of a list: says which one.
+    pub fn for_item(self, item: &str, index: usize) -> Self {
+        match self {
+            Self::Invalid { code, message } => Self::Invalid {
+                code,
+                message: format!("{item} {index}: {message}"),
+            },
+            other => other,
         }
     }
 

@@ -32,6 +32,8 @@ pub struct LimitsConfig {
     pub max_rerank_documents: usize,
     /// Characters of one `/v1/rerank` document.
     pub max_rerank_document_chars: usize,
+    /// Searches of one `/search/batch` request.
+    pub max_batch_queries: usize,
 }
 
 impl Default for LimitsConfig {
@@ -47,6 +49,7 @@ impl Default for LimitsConfig {
             max_embedding_input_chars: 8_192,
             max_rerank_documents: 256,
             max_rerank_document_chars: 8_192,
+            max_batch_queries: 32,
         }
     }
 }
@@ -253,6 +256,17 @@ pub fn rerank_documents(documents: &[String], limits: &LimitsConfig) -> Result<(
         }
     }
     Ok(())
+}
+
+/// A batch search's size: 1 to `limits.max_batch_queries`.
+pub fn batch_size(queries: usize, max: usize) -> Result<(), ApiError> {
+    match (1..=max).contains(&queries) {
+        true => Ok(()),
+        false => Err(ApiError::invalid(
+            ErrorCode::InvalidQueries,
+            format!("send 1 to {max} queries (limits.max_batch_queries); got {queries}"),
+        )),
+    }
 }
 
 pub fn query_text(query: &str, max_chars: usize) -> Result<(), ApiError> {

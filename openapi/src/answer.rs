@@ -132,6 +132,40 @@ pub struct SearchRequest {
     pub fusion: Option<crate::FusionSettings>,
 }
 
+/// `POST /v1/collections/{name}/search/batch`: several searches of one collection in one request,
+/// their queries embedded as one batch and searched concurrently.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSearchRequest {
+    /// 1 to `limits.max_batch_queries` searches, answered in this order.
+    pub queries: Vec<BatchQuery>,
+    /// Time budget for the whole batch in ms; at most the server's maximum.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Fusion for every search of the batch; the collection's when absent.
+    #[serde(default)]
+    pub fusion: Option<crate::FusionSettings>,
+}
+
+/// One search of a batch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchQuery {
+    pub query: String,
+    /// 1–100; the server default applies when absent.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<MetadataFilter>,
+}
+
+/// Each search's result, in the order asked, each with its own `mode`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchSearchResponse {
+    pub results: Vec<SearchResponse>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Hit {
     pub doc_id: String,

@@ -10,6 +10,8 @@ pub mod pool;
 pub mod prompt;
 pub mod report;
 
+use std::sync::Arc;
+
 use ragway_retrieval::MetadataFilter;
 
 use crate::resilience::deadline::Deadline;
@@ -41,4 +43,7 @@ pub struct Query<'a> {
     pub text: &'a str,
     pub filter: MetadataFilter,
     pub top_k: usize,
+    /// The text's embedding, when it was made beforehand (a batch search embeds its queries as
+    /// one batch); else the search embeds it.
+    pub vector: Option<Arc<Vec<f32>>>,
 }

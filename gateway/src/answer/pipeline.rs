@@ -148,7 +148,7 @@ impl Pipeline {
 
     /// Embeds the query (through the L2 cache) and searches the dense store.
     async fn dense_hits(&self, collection: &str, query: &Query<'_>) -> (Option<Vec<ScoredChunk>>, Report) {
-        let (vector, mut report) = self.embed_query(query.text).await;
+        let (vector, mut report) = self.embed_query(query).await;
         let Some(vector) = vector else {
             return (None, report);
         };
@@ -157,10 +157,15 @@ impl Pipeline {
         (hits, report)
     }
 
-    /// The query's vector (from L2, or embedded within the tenant's budget), or `None` with why
-    /// in the report.
-    pub(super) async fn embed_query(&self, query: &str) -> (Option<Arc<Vec<f32>>>, Report) {
+    /// The query's vector (made beforehand, from L2, or embedded within the tenant's budget), or
+    /// `None` with why in the report.
+    pub(super) async fn embed_query(&self, query: &Query<'_>) -> (Option<Arc<Vec<f32>>>, Report) {
         let mut report = Report::default();
+        if let Some(vector) = &query.vector {
+            report.embed = StageStatus::Ok;
+            return (Some(vector.clone()), report);
+        }
+        let query = query.text;
         let started = Instant::now();
         let embedded = self
             .embedder

@@ -32,6 +32,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::InvalidFilter
         | C::InvalidFusion
         | C::InvalidInput
+        | C::InvalidQueries
         | C::InvalidQueryString
         | C::InvalidRole
         | C::InvalidTemperature

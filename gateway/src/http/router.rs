@@ -69,6 +69,7 @@ fn tenant_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
         .route("/v1/collections/{name}/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
         .route("/v1/collections/{name}/search", post(answers::search))
+        .route("/v1/collections/{name}/search/batch", post(answers::search_batch))
         .route("/v1/collections/{name}/query", post(answers::query))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/rerank", post(rerank::rerank))

@@ -3,6 +3,7 @@
 
 mod answers;
 mod bad_input;
+mod batch_search;
 mod cache;
 mod common;
 mod compose;

@@ -542,6 +542,7 @@ impl Engine {
             text: &conversation.search,
             filter: grounding.filter.clone(),
             top_k: grounding.passages,
+            vector: None,
         };
         let target = grounding.collection.target(grounding.fusion);
         let mut retrieved = self.retriever.retrieve(target, &query, ctx).await;

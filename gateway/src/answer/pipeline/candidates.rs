@@ -52,7 +52,7 @@ impl Pipeline {
                 report,
             );
         };
-        let (vector, mut report) = self.embed_query(query.text).await;
+        let (vector, mut report) = self.embed_query(query).await;
         let Some(vector) = vector else {
             let (keyword, keyword_report) = self.keyword_hits(collection, query).await;
             report.merge(keyword_report);

@@ -1,11 +1,17 @@
 //! `/search` (retrieval alone) and `/query` (a grounded answer, as JSON or as Server-Sent Events).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::response::Response;
-use ragway_openapi::{ErrorBody, Hit, QueryRequest, QueryResponse, SearchRequest, SearchResponse};
-use ragway_retrieval::{Fusion, ScoredChunk};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ragway_openapi::{
+    BatchSearchRequest, BatchSearchResponse, ErrorBody, Hit, Mode, QueryRequest, QueryResponse,
+    SearchRequest, SearchResponse,
+};
+use ragway_retrieval::{Fusion, Priority, ScoredChunk};
 
 use crate::answer::conversation::Conversation;
 use crate::answer::engine::{Ask, Grounding, Source};
@@ -43,21 +49,91 @@ pub async fn search(
         text: &request.query,
         filter: validate::filter(request.filter.as_ref())?,
         top_k,
+        vector: None,
     };
     let ctx = context(&state, &caller, request.deadline_ms)?;
     let collection = caller.collection(&state, &name).await?;
     state.collections.check_embedder(&collection)?;
     let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
-    let retrieved = state
-        .search
-        .retrieve(collection.target(fusion), &query, &ctx)
-        .await;
-    caller.meter(&state).embedding(retrieved.report.embedding_tokens);
+    let body = search_one(&state, &caller, &collection, fusion, &query, &ctx).await;
+    Ok(answer_response(body.mode, body))
+}
+
+#[utoipa::path(post, path = "/v1/collections/{name}/search/batch", tag = "answers", request_body = BatchSearchRequest,
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, description = "Each search's result in the order asked, each with its own `mode`", body = BatchSearchResponse),
+        (status = 400, description = "Invalid input (the message names the query)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 503, body = BatchSearchResponse, description = "No retrieval path for any of them: every `mode` is `error`")))]
+pub async fn search_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<BatchSearchRequest>,
+) -> Result<Response, ApiError> {
+    let limits = &state.config;
+    validate::batch_size(request.queries.len(), limits.limits.max_batch_queries)?;
+    let mut queries = Vec::with_capacity(request.queries.len());
+    for (i, asked) in request.queries.iter().enumerate() {
+        let named = |e: ApiError| e.for_item("query", i);
+        validate::query_text(&asked.query, limits.server.max_query_chars).map_err(named)?;
+        let top_k = validate::top_k(
+            asked.top_k,
+            limits.retrieval.default_top_k,
+            limits.retrieval.max_top_k,
+        )
+        .map_err(named)?;
+        let filter = validate::filter(asked.filter.as_ref()).map_err(named)?;
+        queries.push(Query {
+            text: &asked.query,
+            filter,
+            top_k,
+            vector: None,
+        });
+    }
+    let ctx = context(&state, &caller, request.deadline_ms)?;
+    let collection = caller.collection(&state, &name).await?;
+    state.collections.check_embedder(&collection)?;
+    let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
+    // One batch for the model (through L2 and the tenant's budget); a query it could not embed
+    // is embedded again on its own by its search, which then degrades as a single search would.
+    let texts = queries.iter().map(|q| q.text.to_string()).collect();
+    let embedder = &state.pipeline.embedder;
+    if let Ok(embedded) = ctx.scope(embedder.embed(texts, Priority::Interactive)).await {
+        caller.meter(&state).embedding(embedded.tokens as u64);
+        if embedded.vectors.len() == queries.len() {
+            for (query, vector) in queries.iter_mut().zip(embedded.vectors) {
+                query.vector = Some(Arc::new(vector));
+            }
+        }
+    }
+    let searches = queries
+        .iter()
+        .map(|query| search_one(&state, &caller, &collection, fusion, query, &ctx));
+    let results = futures::future::join_all(searches).await;
+    let status = match results.iter().all(|r| r.mode == Mode::Error) {
+        true => StatusCode::SERVICE_UNAVAILABLE,
+        false => StatusCode::OK,
+    };
+    Ok((status, Json(BatchSearchResponse { results })).into_response())
+}
+
+/// One search of `collection`, its embedding tokens charged to the caller.
+async fn search_one(
+    state: &AppState,
+    caller: &Caller,
+    collection: &Collection,
+    fusion: Fusion,
+    query: &Query<'_>,
+    ctx: &RequestContext,
+) -> SearchResponse {
+    let retrieved = state.search.retrieve(collection.target(fusion), query, ctx).await;
+    caller.meter(state).embedding(retrieved.report.embedding_tokens);
     let mut report = retrieved.report;
     report.finish();
     let mode = report.mode();
     let (dense, keyword) = (&retrieved.dense_ids, &retrieved.keyword_ids);
-    let body = SearchResponse {
+    metrics::counter!("ragway_answers_total", "mode" => mode.as_str()).increment(1);
+    SearchResponse {
         hits: retrieved
             .hits
             .into_iter()
@@ -68,9 +144,7 @@ pub async fn search(
         stages: report.stages(),
         cache: report.cache.clone(),
         timings_ms: report.timings_ms,
-    };
-    metrics::counter!("ragway_answers_total", "mode" => mode.as_str()).increment(1);
-    Ok(answer_response(mode, body))
+    }
 }
 
 #[utoipa::path(post, path = "/v1/collections/{name}/query", tag = "answers", request_body = QueryRequest,
