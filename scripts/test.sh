@@ -36,11 +36,14 @@ fi
 models="${RAGWAY_MODELS:-$HOME/.cache/ragway/models}"
 "$models/.onnx-venv/bin/python" scripts/onnx/build_bert_onnx.py rerank/tests/fixtures/tiny-bert-classifier classifier
 # The end-to-end tests validate /openapi.json with openapi-spec-validator, fuzz the API with
-# schemathesis and drive it with the official openai SDK, all kept in their own venv.
+# schemathesis and drive it with the official openai and MCP SDKs and the RAG frameworks' clients,
+# all kept in their own venv (tests/requirements.txt, installed again whenever it changes).
 venv="$HOME/.cache/ragway/venv"
-if ! "$venv/bin/python" -c "import openapi_spec_validator, openai, yaml" 2>/dev/null || ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
+wanted=$(sha256sum < tests/requirements.txt)
+if [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$wanted" ] || ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "openapi-spec-validator==0.7.*" "schemathesis==4.32.5" "openai==1.109.1" "pyyaml==6.0.3"
+  timeout 1200 "$venv/bin/pip" install --quiet -r tests/requirements.txt
+  echo "$wanted" > "$venv/.requirements"
 fi
 # The Qdrant server backend's tests need a `qdrant` binary (no registry here ships one); without
 # one they pass after printing why they skipped (cargo captures that, so it is said here too).

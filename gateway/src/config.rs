@@ -390,6 +390,9 @@ pub struct ServerConfig {
     /// On SIGTERM, how long open requests (streams included) get to finish before the process
     /// exits anyway.
     pub shutdown_grace_ms: u64,
+    /// The `Host` names `/mcp` answers (DNS-rebinding protection); `None`: any host while keys
+    /// are required, only loopback names with `auth.mode = "open"`.
+    pub mcp_allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -653,6 +656,7 @@ impl Default for ServerConfig {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
+            mcp_allowed_hosts: None,
         }
     }
 }

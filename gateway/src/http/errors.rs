@@ -66,7 +66,9 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::KeyNotFound
         | C::ModelNotFound
         | C::NotConfigured
-        | C::TenantNotFound => StatusCode::NOT_FOUND,
+        | C::TenantNotFound
+        | C::RouteNotFound => StatusCode::NOT_FOUND,
+        C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::CollectionExists
         | C::EmbedderMismatch
         | C::JobCancelled
@@ -133,9 +135,22 @@ fn causes(error: &dyn std::error::Error) -> String {
 }
 
 impl ApiError {
+    /// When trying again is worth it (`Retry-After`), if it is.
+    pub(crate) fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            Self::Busy { retry_after_s, .. } => Some(*retry_after_s),
+            Self::OverQuota { retry_after_s, .. } => *retry_after_s,
+            // Nothing could serve it now: when a breaker's next probe is, if known.
+            Self::Unavailable {
+                code, retry_after_s, ..
+            } if status(*code) == StatusCode::SERVICE_UNAVAILABLE => Some(retry_after_s.unwrap_or(1)),
+            _ => None,
+        }
+    }
+
     /// ragway's error shape; a backend's refusal keeps the backend's own code, type and param
     /// (an OpenAI-shaped error, e.g. `context_length_exceeded`).
-    fn body(&self) -> ErrorBody {
+    pub(crate) fn body(&self) -> ErrorBody {
         // An internal error's text (file paths, a store's words) is for the log, not the client.
         let message = match self {
             Self::Internal(_) => "internal error (the server log has the details)".to_string(),
@@ -159,16 +174,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, causes = %causes(&self), "request failed");
         }
         let mut response = (self.http_status(), Json(self.body())).into_response();
-        let retry_after = match &self {
-            Self::Busy { retry_after_s, .. } => Some(*retry_after_s),
-            Self::OverQuota { retry_after_s, .. } => *retry_after_s,
-            // Nothing could serve it now: when a breaker's next probe is, if known.
-            Self::Unavailable {
-                code, retry_after_s, ..
-            } if status(*code) == StatusCode::SERVICE_UNAVAILABLE => Some(retry_after_s.unwrap_or(1)),
-            _ => None,
-        };
-        if let Some(seconds) = retry_after {
+        if let Some(seconds) = self.retry_after_s() {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(seconds));

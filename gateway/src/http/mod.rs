@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod errors;
+pub mod mcp;
 pub mod openapi_doc;
 pub mod router;
 pub mod routes;

@@ -17,7 +17,7 @@ use crate::validate;
         collections::ingest, collections::delete_document,
         jobs::get_job, jobs::cancel_job, jobs::list_jobs,
         answers::search, answers::search_batch, answers::query,
-        embeddings::embeddings, rerank::rerank, openai::chat_completions, openai::models,
+        embeddings::embeddings, rerank::rerank, rerank::rerank_v2, openai::chat_completions, openai::models,
         health::healthz, health::readyz, health::metrics,
         admin::set_fault, admin::list_faults, admin::clear_faults, admin::invalidate_cache,
         admin::snapshot_collection, admin::restore_collection,

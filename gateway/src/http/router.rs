@@ -17,6 +17,7 @@ use super::auth::{admin_only, tenant_layer};
 use super::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank, tenants};
 use super::serve::{read_body_within, BodyLimits};
 use super::{openapi_doc, AppState};
+use crate::error::{ApiError, ErrorCode};
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
@@ -42,6 +43,8 @@ pub fn router(state: AppState) -> Router {
             get(move || async move { axum::Json(document.as_ref().clone()) }),
         )
         .merge(api)
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
 }
@@ -73,8 +76,10 @@ fn tenant_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
         .route("/v1/collections/{name}/query", post(answers::query))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/rerank", post(rerank::rerank))
+        .route("/v2/rerank", post(rerank::rerank_v2))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route_service("/mcp", super::mcp::service(state))
         .route_layer(middleware::from_fn(move |r, n| read_body_within(body, r, n)))
         .route_layer(middleware::from_fn_with_state(state.clone(), tenant_layer))
 }
@@ -107,6 +112,24 @@ fn admin_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
         .route("/admin/tenants/{id}/usage", get(tenants::usage))
         .route_layer(middleware::from_fn(move |r, n| read_body_within(body, r, n)))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_only))
+}
+
+/// A path no route has: ragway's error shape, like every other refusal.
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::invalid(
+        ErrorCode::RouteNotFound,
+        format!("no route {} (the API is at /openapi.json)", uri.path()),
+    )
+}
+
+async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::invalid(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} does not take {method} (the API is at /openapi.json)",
+            uri.path()
+        ),
+    )
 }
 
 /// `ragway_requests_total{route,status}` and `ragway_request_duration_seconds{route}` (until the

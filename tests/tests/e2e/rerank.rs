@@ -85,17 +85,26 @@ async fn rerank_scores_orders_and_refuses_bad_input() -> anyhow::Result<()> {
             400,
             "top_n_out_of_range",
         ),
-        (
-            json!({"query": "q", "documents": ["a"], "model": "other"}),
-            404,
-            "model_not_found",
-        ),
         (json!({"query": "q", "docs": ["a"]}), 400, "invalid_body"),
     ];
     for (body, status, code) in cases {
         let reply = server.post("/v1/rerank", &body).await?;
         assert_eq!((reply.status, reply.error_code()), (status, Some(code)), "{body}");
     }
+    // Cohere's and Jina's clients keep their model names and Cohere's v1 document objects: the
+    // configured reranker serves them, and says so; Cohere's v2 client posts to /v2/rerank.
+    let named = json!({"model": "rerank-v3.5", "query": query, "documents": [{"text": documents[0]}, documents[1]], "max_tokens_per_doc": 512});
+    let served = server.post("/v1/rerank", &named).await?;
+    assert_eq!(served.status, 200, "{:?}", served.body);
+    assert_eq!(served.body["model"], ready["reranker"], "{:?}", served.body);
+    let v2 = server.post("/v2/rerank", &named).await?;
+    assert_eq!(v2.status, 200, "{:?}", v2.body);
+    assert_eq!(v2.body["results"], served.body["results"]);
+    let nowhere = server.post("/v3/rerank", &named).await?;
+    assert_eq!(
+        (nowhere.status, nowhere.error_code()),
+        (404, Some("route_not_found"))
+    );
     server.stop().await?;
 
     // Without a reranker the route says so.

@@ -38,6 +38,17 @@ pub async fn search(
     Path(name): Path<String>,
     ApiJson(request): ApiJson<SearchRequest>,
 ) -> Result<Response, ApiError> {
+    let body = searched(&state, &caller, &name, &request).await?;
+    Ok(answer_response(body.mode, body))
+}
+
+/// One `/search` of the caller's collection `name` (also an MCP tool's).
+pub(crate) async fn searched(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    request: &SearchRequest,
+) -> Result<SearchResponse, ApiError> {
     let limits = &state.config;
     validate::query_text(&request.query, limits.server.max_query_chars)?;
     let top_k = validate::top_k(
@@ -51,12 +62,11 @@ pub async fn search(
         top_k,
         vector: None,
     };
-    let ctx = context(&state, &caller, request.deadline_ms)?;
-    let collection = caller.collection(&state, &name).await?;
+    let ctx = context(state, caller, request.deadline_ms)?;
+    let collection = caller.collection(state, name).await?;
     state.collections.check_embedder(&collection)?;
-    let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
-    let body = search_one(&state, &caller, &collection, fusion, &query, &ctx).await;
-    Ok(answer_response(body.mode, body))
+    let fusion = fusion_for(state, &collection, request.fusion.as_ref())?;
+    Ok(search_one(state, caller, &collection, fusion, &query, &ctx).await)
 }
 
 #[utoipa::path(post, path = "/v1/collections/{name}/search/batch", tag = "answers", request_body = BatchSearchRequest,
@@ -159,6 +169,35 @@ pub async fn query(
     Path(name): Path<String>,
     ApiJson(request): ApiJson<QueryRequest>,
 ) -> Result<Response, ApiError> {
+    let streamed = request.stream == Some(true);
+    let ask = asking(&state, &caller, &name, &request).await?;
+    let answer = state.engine.answer(ask).await?;
+    if streamed {
+        return shape::ragway_events(answer.spawn()).await;
+    }
+    let answer = answer.collect(Collected::from).await?;
+    Ok(answer_response(answer.mode, answer.into_query_response()))
+}
+
+/// The answer to one `/query` of the caller's collection `name`, whole (an MCP tool's).
+pub(crate) async fn answered(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    request: &QueryRequest,
+) -> Result<QueryResponse, ApiError> {
+    let ask = asking(state, caller, name, request).await?;
+    let answer = state.engine.answer(ask).await?;
+    Ok(answer.collect(Collected::from).await?.into_query_response())
+}
+
+/// What the engine is asked for a `/query`.
+async fn asking(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    request: &QueryRequest,
+) -> Result<Ask, ApiError> {
     let limits = &state.config;
     validate::query_text(&request.query, limits.server.max_query_chars)?;
     let passages = validate::top_k(
@@ -167,10 +206,10 @@ pub async fn query(
         limits.retrieval.max_top_k,
     )?;
     let filter = validate::filter(request.filter.as_ref())?;
-    let ctx = context(&state, &caller, request.deadline_ms)?;
-    let collection = caller.collection(&state, &name).await?;
+    let ctx = context(state, caller, request.deadline_ms)?;
+    let collection = caller.collection(state, name).await?;
     state.collections.check_embedder(&collection)?;
-    let fusion = fusion_for(&state, &collection, request.fusion.as_ref())?;
+    let fusion = fusion_for(state, &collection, request.fusion.as_ref())?;
     let streamed = request.stream == Some(true);
     let grounding = Grounding {
         collection,
@@ -181,19 +220,13 @@ pub async fn query(
         from_chat: false,
         llm: request.llm.clone(),
     };
-    let ask = Ask {
+    Ok(Ask {
         source: Source::Collection(grounding),
-        sampling: default_sampling(&state),
+        sampling: default_sampling(state),
         ctx,
-        meter: caller.meter(&state),
-        permit: if streamed { caller.stream(&state)? } else { None },
-    };
-    let answer = state.engine.answer(ask).await?;
-    if streamed {
-        return shape::ragway_events(answer.spawn()).await;
-    }
-    let answer = answer.collect(Collected::from).await?;
-    Ok(answer_response(answer.mode, answer.into_query_response()))
+        meter: caller.meter(state),
+        permit: if streamed { caller.stream(state)? } else { None },
+    })
 }
 
 /// The request's deadline and what its tenant may use.

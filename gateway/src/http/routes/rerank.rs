@@ -1,8 +1,11 @@
-//! `POST /v1/rerank`: the cross-encoder on its own, as chat stacks call it (Cohere / Jina / TEI).
+//! `POST /v1/rerank` (and `/v2/rerank`, where Cohere's v2 client sends it): the cross-encoder on its
+//! own, as chat stacks call it (Cohere / Jina / TEI).
 
 use axum::extract::State;
 use axum::Json;
-use ragway_openapi::{ErrorBody, RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage};
+use ragway_openapi::{
+    ErrorBody, RerankDocument, RerankInput, RerankRequest, RerankResponse, RerankResult, RerankUsage,
+};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::http::auth::Caller;
@@ -16,7 +19,7 @@ use crate::validate;
 #[utoipa::path(post, path = "/v1/rerank", tag = "openai", request_body = RerankRequest,
     responses((status = 200, description = "Documents by relevance, best first", body = RerankResponse),
         (status = 400, description = "Invalid input, or over a limit", body = ErrorBody),
-        (status = 404, description = "No reranker is configured, or `model` names another", body = ErrorBody),
+        (status = 404, description = "No reranker is configured", body = ErrorBody),
         (status = 429, description = "The tenant's embedding token budget is spent", body = ErrorBody),
         (status = 503, description = "The reranker failed, or is busy (then with `Retry-After`)", body = ErrorBody)))]
 pub async fn rerank(
@@ -29,12 +32,16 @@ pub async fn rerank(
             "no reranker is configured (models.reranker)".into(),
         ));
     };
-    if request.model.as_deref().is_some_and(|m| m != reranker.model_id()) {
-        return Err(ApiError::ModelNotFound(request.model.unwrap_or_default()));
-    }
+    // Like `/v1/embeddings`, whatever `model` a client names is served by the one configured: a
+    // Cohere or Jina client keeps its model name and changes only its base URL and key.
+    let documents: Vec<String> = request
+        .documents
+        .into_iter()
+        .map(RerankInput::into_text)
+        .collect();
     validate::query_text(&request.query, state.config.server.max_query_chars)?;
-    validate::rerank_documents(&request.documents, &state.config.limits)?;
-    let top_n = request.top_n.unwrap_or(request.documents.len());
+    validate::rerank_documents(&documents, &state.config.limits)?;
+    let top_n = request.top_n.unwrap_or(documents.len());
     if top_n == 0 {
         return Err(ApiError::invalid(
             ErrorCode::TopNOutOfRange,
@@ -45,8 +52,7 @@ pub async fn rerank(
     // `embedding_tokens_per_day` (model tokens outside the LLM).
     // Reserved before scoring, from the most tokens the pairs can take (a token covers at least
     // a byte; each pair adds three markers); charged what they took.
-    let most = request
-        .documents
+    let most = documents
         .iter()
         .map(|d| (request.query.len() + d.len()) as u64 + 3)
         .sum();
@@ -56,7 +62,7 @@ pub async fn rerank(
         .await
         .map_err(|over| over.refusal())?;
     let deadline = deadline(&state, None)?;
-    let score = reranker.score(request.query, request.documents.clone());
+    let score = reranker.score(request.query, documents.clone());
     let scored = deadline
         .scope(score)
         .await
@@ -76,7 +82,7 @@ pub async fn rerank(
     results.truncate(top_n);
     if request.return_documents == Some(true) {
         for result in &mut results {
-            let text = request.documents[result.index].clone();
+            let text = documents[result.index].clone();
             result.document = Some(RerankDocument { text });
         }
     }
@@ -87,4 +93,18 @@ pub async fn rerank(
             total_tokens: scored.tokens,
         },
     }))
+}
+
+#[utoipa::path(post, path = "/v2/rerank", tag = "openai", request_body = RerankRequest,
+    responses((status = 200, description = "As `/v1/rerank`: where Cohere's v2 client sends it", body = RerankResponse),
+        (status = 400, description = "Invalid input, or over a limit", body = ErrorBody),
+        (status = 404, description = "No reranker is configured", body = ErrorBody),
+        (status = 429, description = "The tenant's embedding token budget is spent", body = ErrorBody),
+        (status = 503, description = "The reranker failed, or is busy (then with `Retry-After`)", body = ErrorBody)))]
+pub async fn rerank_v2(
+    state: State<AppState>,
+    caller: Caller,
+    request: ApiJson<RerankRequest>,
+) -> Result<Json<RerankResponse>, ApiError> {
+    rerank(state, caller, request).await
 }
