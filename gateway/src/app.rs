@@ -9,6 +9,7 @@ use anyhow::Context;
 use candle_core::Device;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ragway_cache::RedisTier;
+use ragway_files::TokenCounter;
 use ragway_llm::{
     Generator, LocalLlm, LocalLlmOptions, OpenAiBackend, OpenAiBackendOptions, PrefixCacheOptions,
 };
@@ -24,6 +25,7 @@ use crate::answer::pipeline::{Pipeline, PipelineSettings, Retriever, StageGuards
 use crate::answer::pool::{Backend, LlmPool};
 use crate::caches::Caches;
 use crate::catalog::collections::{Collections, Followers, ManifestStore};
+use crate::catalog::files::{FileReader, FileSettings};
 use crate::catalog::jobs::{JobSettings, JobStoreKind, Jobs};
 use crate::config::{AuthMode, Config, LlmBackendConfig, LlmBackendKind, ModelBackend, StoreKind};
 use crate::http::{AppState, ModelStages, Shared};
@@ -228,10 +230,12 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
         .ok()
         .filter(|k| !k.is_empty())
         .map(Arc::from);
+    let files = Arc::new(file_reader(&config).await);
     Ok(AppState::new(Shared {
         config: Arc::new(config),
         collections,
         jobs,
+        files,
         pipeline,
         caches,
         models,
@@ -275,6 +279,31 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
         candidates: config.retrieval.candidates,
         rerank_candidates: config.retrieval.rerank_candidates,
     }
+}
+
+/// Files are cut by the embedder's own tokens: its `tokenizer.json` when the model is local,
+/// else an estimate (a token per four bytes).
+async fn file_reader(config: &Config) -> FileReader {
+    let (models, ingest, limits) = (&config.models, &config.ingest, &config.limits);
+    let counter = match models.embedder.starts_with("openai:") {
+        true => TokenCounter::Estimate,
+        false => match models::model_dir(&models.embedder, &models.cache_dir, &MODEL_FILES).await {
+            Ok(dir) => TokenCounter::from_model_dir(&dir).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "files are cut by estimated tokens: the embedder's tokenizer could not be read");
+                TokenCounter::Estimate
+            }),
+            Err(_) => TokenCounter::Estimate,
+        },
+    };
+    let settings = FileSettings {
+        max_file_bytes: limits.max_file_bytes,
+        chunk_tokens: ingest.file_chunk_tokens,
+        overlap_tokens: ingest.file_chunk_overlap_tokens,
+        max_concurrent_reads: ingest.max_concurrent_file_reads,
+        allow_url_fetch: ingest.allow_url_fetch,
+        url_fetch_timeout: Duration::from_millis(ingest.url_fetch_timeout_ms),
+    };
+    FileReader::new(counter, settings)
 }
 
 async fn load_embedder(config: &Config, device: &Device) -> anyhow::Result<Arc<dyn Embedder>> {

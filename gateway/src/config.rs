@@ -142,6 +142,18 @@ pub struct IngestConfig {
     pub max_queued_jobs: usize,
     /// Of those, one tenant's share; one more is refused with `429 job_quota_exceeded`.
     pub max_queued_jobs_per_tenant: usize,
+    /// A file's chunks: at most this many of the embedder's tokens, heading included.
+    pub file_chunk_tokens: usize,
+    /// Tokens a file's chunk shares with the one before it (within a section).
+    pub file_chunk_overlap_tokens: usize,
+    /// Files read at once (text extraction, off the runtime), all uploads together; one more
+    /// upload waits for a turn.
+    pub max_concurrent_file_reads: usize,
+    /// Whether `/files` may fetch URLs (`url` fields): the server then makes requests where its
+    /// callers say, so it is off unless the operator turns it on.
+    pub allow_url_fetch: bool,
+    /// One URL's fetch, whole.
+    pub url_fetch_timeout_ms: u64,
 }
 
 /// Admission control: tasks that may wait for each model worker. A full queue answers at once.
@@ -739,6 +751,11 @@ impl Default for IngestConfig {
             keep_finished_jobs: 1_000,
             max_queued_jobs: 256,
             max_queued_jobs_per_tenant: 32,
+            file_chunk_tokens: 200,
+            file_chunk_overlap_tokens: 20,
+            max_concurrent_file_reads: 2,
+            allow_url_fetch: false,
+            url_fetch_timeout_ms: 30_000,
         }
     }
 }

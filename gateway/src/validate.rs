@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use ragway_openapi::{
-    DocumentInput, FusionMethod, FusionNormalization, FusionSettings, MetadataFilter as JsonFilter,
+    ChunkInput, DocumentInput, FusionMethod, FusionNormalization, FusionSettings,
+    MetadataFilter as JsonFilter,
 };
 use ragway_retrieval::{ChunkingOptions, FilterValue, Fusion, MetadataFilter, Normalization};
 
@@ -34,6 +35,12 @@ pub struct LimitsConfig {
     pub max_rerank_document_chars: usize,
     /// Searches of one `/search/batch` request.
     pub max_batch_queries: usize,
+    /// One file's bytes (`/files`), and the most its compressed parts may expand to.
+    pub max_file_bytes: usize,
+    /// Files (and URLs) of one `/files` request.
+    pub max_files_per_request: usize,
+    /// A whole `/files` request body (multipart), read before any file is.
+    pub max_upload_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -50,6 +57,9 @@ impl Default for LimitsConfig {
             max_rerank_documents: 256,
             max_rerank_document_chars: 8_192,
             max_batch_queries: 32,
+            max_file_bytes: 32 << 20,
+            max_files_per_request: 16,
+            max_upload_bytes: 64 << 20,
         }
     }
 }
@@ -141,7 +151,10 @@ pub fn documents(
             ));
         }
         document(doc, limits)?;
-        chunks += chunking.chunks_for(doc.text.split_whitespace().count());
+        chunks += match &doc.chunks {
+            Some(given) => given_chunks(doc, given, limits)?,
+            None => chunking.chunks_for(doc.text.split_whitespace().count()),
+        };
     }
     if chunks > limits.max_chunks_per_request {
         return Err(ApiError::invalid(
@@ -153,6 +166,27 @@ pub fn documents(
         ));
     }
     Ok(())
+}
+
+/// A document's own chunks: at least one, none blank or larger than a document may be, each's
+/// metadata within the metadata limits. Their count.
+fn given_chunks(doc: &DocumentInput, given: &[ChunkInput], limits: &LimitsConfig) -> Result<usize, ApiError> {
+    if given.is_empty() {
+        return Err(ApiError::invalid(
+            ErrorCode::InvalidDocuments,
+            format!("document {:?} has `chunks` but none in it", doc.id),
+        ));
+    }
+    for (i, chunk) in given.iter().enumerate() {
+        let as_document = DocumentInput {
+            id: format!("{}#{i}", doc.id),
+            text: chunk.text.clone(),
+            metadata: chunk.metadata.clone(),
+            chunks: None,
+        };
+        document(&as_document, limits)?;
+    }
+    Ok(given.len())
 }
 
 fn document(doc: &DocumentInput, limits: &LimitsConfig) -> Result<(), ApiError> {
@@ -406,6 +440,37 @@ mod tests {
         for bad in ["", "Docs", "-x", "a/b", "..", "a b", &"x".repeat(65)] {
             assert!(collection_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn documents_cut_by_their_sender_count_their_chunks_and_each_is_checked() {
+        let limits = LimitsConfig {
+            max_chunks_per_request: 3,
+            ..LimitsConfig::default()
+        };
+        let cut = |chunks: Vec<&str>| DocumentInput {
+            id: "d".into(),
+            text: "whole text".into(),
+            metadata: None,
+            chunks: Some(
+                chunks
+                    .into_iter()
+                    .map(|t| ChunkInput {
+                        text: t.into(),
+                        metadata: None,
+                    })
+                    .collect(),
+            ),
+        };
+        let check = |doc: DocumentInput| documents(&[doc], 10, &limits, ChunkingOptions::default());
+        assert!(check(cut(vec!["a", "b", "c"])).is_ok());
+        let code = |doc| check(doc).err().map(|e| e.code());
+        assert_eq!(
+            code(cut(vec!["a", "b", "c", "d"])),
+            Some(ErrorCode::TooManyChunks)
+        );
+        assert_eq!(code(cut(vec![])), Some(ErrorCode::InvalidDocuments));
+        assert_eq!(code(cut(vec!["a", "  "])), Some(ErrorCode::EmptyDocument));
     }
 
     #[test]

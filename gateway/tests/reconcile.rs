@@ -33,6 +33,7 @@ fn doc(id: &str, text: &str) -> DocumentInput {
         id: id.into(),
         text: text.into(),
         metadata: None,
+        chunks: None,
     }
 }
 

@@ -236,6 +236,10 @@ pub struct Citation {
     pub chunk_id: String,
     pub text: String,
     pub score: f32,
+    /// The chunk's metadata (its document's, and for a file its `source`, `page` or `heading`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

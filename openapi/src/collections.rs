@@ -106,6 +106,43 @@ pub struct JobAccepted {
     pub status_url: String,
 }
 
+/// `202` for `POST /v1/collections/{name}/files`: the job that indexes them, and what was read.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FilesAccepted {
+    pub job_id: String,
+    pub status_url: String,
+    /// One per file, in the order sent.
+    pub files: Vec<FileRead>,
+}
+
+/// What was read from one file: the document it became.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileRead {
+    /// The document's id: the file's name.
+    pub id: String,
+    /// `pdf`, `docx`, `html`, `markdown` or `text`.
+    pub format: String,
+    pub bytes: usize,
+    /// For formats with pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<u32>,
+    pub chunks: usize,
+    /// Of the file's bytes: the same file sent again changes nothing.
+    pub sha256: String,
+}
+
+/// `POST /v1/collections/{name}/files` (multipart/form-data), described for OpenAPI.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FilesUpload {
+    /// One or more files (PDF, DOCX, HTML, Markdown, plain text); each becomes the document
+    /// named by its file name.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    pub file: Vec<String>,
+    /// URLs to fetch instead (only where `ingest.allow_url_fetch` is on).
+    #[serde(default)]
+    pub url: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -159,6 +196,22 @@ pub struct DocumentInput {
     pub text: String,
     /// Flat JSON object; string, integer and boolean values can be used in search filters.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    /// The document already cut into chunks (as the files route cuts a file): each is stored and
+    /// searched as one chunk, its metadata over the document's; the collection's own chunking is
+    /// not applied. `text` is then the whole document, kept for its content hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<ChunkInput>>,
+}
+
+/// One chunk of a document cut by its sender.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkInput {
+    pub text: String,
+    /// This chunk's own metadata (e.g. `page`, `heading`), over the document's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
 }

@@ -223,6 +223,24 @@ impl Server {
         reply(request.send().await?).await
     }
 
+    /// Posts `files` (name, bytes) as `file` parts of a multipart form, and `urls` as `url` parts.
+    pub async fn upload(
+        &self,
+        path: &str,
+        files: &[(&str, Vec<u8>)],
+        urls: &[&str],
+    ) -> anyhow::Result<Reply> {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, bytes) in files {
+            let part = reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string());
+            form = form.part("file", part);
+        }
+        for url in urls {
+            form = form.text("url", url.to_string());
+        }
+        reply(self.http.post(self.url(path)).multipart(form).send().await?).await
+    }
+
     /// Sends `body` with `Authorization: Bearer <key>` when `key` is given (a tenant's key).
     pub async fn call(
         &self,

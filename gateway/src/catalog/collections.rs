@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ragway_openapi::{CollectionInfo, DocumentInput};
-use ragway_retrieval::{chunk_document, ChunkingOptions, DenseStore, Embedder, Fusion, KeywordStore};
+use ragway_retrieval::{ChunkingOptions, DenseStore, Embedder, Fusion, KeywordStore};
 use serde::{Deserialize, Serialize};
 
 use crate::caches::{Caches, Target};
@@ -335,7 +335,7 @@ impl Collections {
                 .iter()
                 .map(|doc| {
                     let metadata = doc.metadata.clone().unwrap_or_default();
-                    let chunked = chunk_document(&doc.id, &doc.text, &metadata, collection.chunking);
+                    let chunked = write::chunks_of(doc, &metadata, collection.chunking);
                     let bytes = stored_bytes(&chunked, &metadata);
                     (chunked.len() as i64, i64::try_from(bytes).unwrap_or(i64::MAX))
                 })

@@ -643,9 +643,12 @@ impl Jobs {
         let mut batch = Vec::new();
         let mut chunks = 0;
         while let Some(doc) = rest.peek() {
-            let cost = collection
-                .chunking
-                .chunks_for(doc.text.split_whitespace().count());
+            let cost = match &doc.chunks {
+                Some(given) => given.len(),
+                None => collection
+                    .chunking
+                    .chunks_for(doc.text.split_whitespace().count()),
+            };
             if !batch.is_empty() && chunks + cost > self.settings.batch_chunks {
                 break;
             }

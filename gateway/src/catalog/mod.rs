@@ -2,5 +2,6 @@
 //! snapshots), ingestion jobs, and the leases that let replicas take turns writing.
 
 pub mod collections;
+pub mod files;
 pub mod jobs;
 pub mod lease;

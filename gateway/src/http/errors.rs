@@ -34,6 +34,10 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::InvalidInput
         | C::InvalidQueries
         | C::InvalidQueryString
+        | C::InvalidUrl
+        | C::EmptyFile
+        | C::NoFiles
+        | C::TooManyFiles
         | C::InvalidRole
         | C::InvalidTemperature
         | C::InvalidTenant
@@ -69,6 +73,12 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::TenantNotFound
         | C::RouteNotFound => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        C::UrlFetchDisabled => StatusCode::FORBIDDEN,
+        C::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::UnsupportedFileType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        C::EncryptedFile | C::UnreadableFile | C::NoTextInFile | C::UrlFetchFailed => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         C::CollectionExists
         | C::EmbedderMismatch
         | C::JobCancelled

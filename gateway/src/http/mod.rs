@@ -18,6 +18,7 @@ use crate::answer::engine::Engine;
 use crate::answer::pipeline::{Pipeline, Retriever};
 use crate::caches::Caches;
 use crate::catalog::collections::Collections;
+use crate::catalog::files::FileReader;
 use crate::catalog::jobs::Jobs;
 use crate::config::Config;
 use crate::resilience::faults::Faults;
@@ -56,6 +57,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub collections: Arc<Collections>,
     pub jobs: Arc<Jobs>,
+    /// Reads uploaded files into documents (`/files`).
+    pub files: Arc<FileReader>,
     /// Retrieval: the stages behind their decorators, and their guards.
     pub pipeline: Arc<Pipeline>,
     /// The cache layers, for invalidation and the health of their shared tier.

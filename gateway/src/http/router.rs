@@ -14,7 +14,7 @@ use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::auth::{admin_only, tenant_layer};
-use super::routes::{admin, answers, collections, embeddings, health, jobs, openai, rerank, tenants};
+use super::routes::{admin, answers, collections, embeddings, files, health, jobs, openai, rerank, tenants};
 use super::serve::{read_body_within, BodyLimits};
 use super::{openapi_doc, AppState};
 use crate::error::{ApiError, ErrorCode};
@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(open)
         .merge(tenant_routes(&state, body))
+        .merge(file_routes(&state, body))
         .merge(admin_routes(&state, body))
         .route_layer(middleware::from_fn(count_request))
         .with_state(state);
@@ -81,6 +82,20 @@ fn tenant_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
         .route("/v1/models", get(openai::models))
         .route_service("/mcp", super::mcp::service(state))
         .route_layer(middleware::from_fn(move |r, n| read_body_within(body, r, n)))
+        .route_layer(middleware::from_fn_with_state(state.clone(), tenant_layer))
+}
+
+/// `/v1/collections/{name}/files`: as [`tenant_routes`], with room for files in the body
+/// (`limits.max_upload_bytes`).
+fn file_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
+    let upload = BodyLimits {
+        max_bytes: state.config.limits.max_upload_bytes,
+        ..body
+    };
+    Router::new()
+        .route("/v1/collections/{name}/files", post(files::upload))
+        .route_layer(DefaultBodyLimit::max(upload.max_bytes))
+        .route_layer(middleware::from_fn(move |r, n| read_body_within(upload, r, n)))
         .route_layer(middleware::from_fn_with_state(state.clone(), tenant_layer))
 }
 

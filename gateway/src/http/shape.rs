@@ -470,6 +470,7 @@ mod tests {
             chunk_id: format!("d{index}#0"),
             text: String::new(),
             score: 1.0,
+            metadata: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ mod common;
 mod compose;
 mod durability;
 mod faults;
+mod files;
 mod frameworks;
 mod fusion;
 mod ha;

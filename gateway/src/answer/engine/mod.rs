@@ -723,6 +723,7 @@ pub fn citation((index, h): (usize, ScoredChunk)) -> Citation {
         chunk_id: h.chunk.chunk_id,
         text: h.chunk.text,
         score: h.score,
+        metadata: h.chunk.metadata,
     }
 }
 

@@ -118,15 +118,15 @@ fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOp
         if later.is_some_and(|later| later > stamp) {
             continue;
         }
-        let metadata = doc.metadata.unwrap_or_default();
-        let hash = content_hash(&doc.text, &metadata);
+        let metadata = doc.metadata.clone().unwrap_or_default();
+        let hash = content_hash(&doc, &metadata);
         if let Some(known) = known.filter(|d| d.content_hash == hash) {
             if known.stamp < stamp {
                 plan.restamped.push(doc.id);
             }
             continue;
         }
-        let chunks = chunk_document(&doc.id, &doc.text, &metadata, chunking);
+        let chunks = chunks_of(&doc, &metadata, chunking);
         plan.changed.push(Change {
             id: doc.id,
             hash,
@@ -137,12 +137,50 @@ fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOp
     plan
 }
 
-fn content_hash(text: &str, metadata: &serde_json::Map<String, serde_json::Value>) -> String {
+/// A document's content hash: its text and metadata, and the chunks it came cut into.
+fn content_hash(doc: &DocumentInput, metadata: &serde_json::Map<String, serde_json::Value>) -> String {
     let mut hasher = Sha256::new();
-    hasher.update((text.len() as u64).to_le_bytes());
-    hasher.update(text.as_bytes());
+    hasher.update((doc.text.len() as u64).to_le_bytes());
+    hasher.update(doc.text.as_bytes());
     hasher.update(serde_json::Value::Object(metadata.clone()).to_string().as_bytes());
+    if let Some(chunks) = &doc.chunks {
+        // Absent and given chunks hash apart even when they would cut the same.
+        hasher.update(b"chunks");
+        for chunk in chunks {
+            hasher.update((chunk.text.len() as u64).to_le_bytes());
+            hasher.update(chunk.text.as_bytes());
+            let own = chunk.metadata.clone().unwrap_or_default();
+            hasher.update(serde_json::Value::Object(own).to_string().as_bytes());
+        }
+    }
     hex::encode(hasher.finalize())
+}
+
+/// A document's chunks: as its sender cut them (`chunks`: the files route, or a client that
+/// chunks for itself), each with its own metadata over the document's; else by the collection's
+/// chunking.
+pub(super) fn chunks_of(
+    doc: &DocumentInput,
+    metadata: &serde_json::Map<String, serde_json::Value>,
+    chunking: ChunkingOptions,
+) -> Vec<Chunk> {
+    let Some(given) = &doc.chunks else {
+        return chunk_document(&doc.id, &doc.text, metadata, chunking);
+    };
+    given
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut merged = metadata.clone();
+            merged.extend(chunk.metadata.clone().unwrap_or_default());
+            Chunk {
+                chunk_id: format!("{}#{i}", doc.id),
+                doc_id: doc.id.clone(),
+                text: chunk.text.clone(),
+                metadata: merged,
+            }
+        })
+        .collect()
 }
 
 impl Collections {

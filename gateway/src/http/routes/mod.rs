@@ -2,6 +2,7 @@ pub mod admin;
 pub mod answers;
 pub mod collections;
 pub mod embeddings;
+pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod openai;

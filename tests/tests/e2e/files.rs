@@ -1,0 +1,287 @@
+//! `/files` through the real binary, with files LibreOffice made (tests/fixtures/files,
+//! scripts/fixtures/make_files.sh): a PDF, a DOCX, HTML and Markdown in one upload become four
+//! documents indexed by a job; a search finds the passage on the PDF's third page and under the
+//! DOCX's heading, with `source`, `page` and `heading`, and citations carry them; the same file
+//! again changes nothing; bad files are refused whole with their code, nothing stored; URLs are
+//! fetched only where allowed. The LLM is the scripted stand-in (ragway_e2e::ScriptedOpenAi).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ragway_e2e::{Reply, Script, ScriptedOpenAi, Server, ServerOptions, NO_ANSWER_CACHES};
+use serde_json::{json, Value};
+
+const FILES: &str = "/v1/collections/staff/files";
+
+fn fixture(name: &str) -> anyhow::Result<Vec<u8>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/files")
+        .join(name);
+    Ok(std::fs::read(path)?)
+}
+
+/// The job's status once it is no longer queued or running (at most 120 s).
+async fn finished(server: &Server, accepted: &Reply) -> anyhow::Result<Value> {
+    let url = accepted.body["status_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let started = Instant::now();
+    loop {
+        let status = server.get(&url).await?.body;
+        if !matches!(status["state"].as_str(), Some("queued" | "running")) {
+            return Ok(status);
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "job still {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const NOTES: &str = "# Closing\n\nThe last one out locks the back door and sets the alarm code.\n\n## Waste\n\n| Bin | Collected |\n|---|---|\n| Glass | Tuesday |\n| Compost | Friday |\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_become_searchable_documents_with_their_pages_and_headings() -> anyhow::Result<()> {
+    let answer = "Every twenty-one days.";
+    let llm = ScriptedOpenAi::start(Script::Answer(answer.into())).await?;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions::default()
+        .with_config(NO_ANSWER_CACHES)
+        .with_scripted_llm("scripted", &llm);
+    let server = Server::start(dir.path(), &options).await?;
+    server.post("/v1/collections", &json!({"name": "staff"})).await?;
+
+    let files = [
+        ("handbook.pdf", fixture("handbook.pdf")?),
+        ("handbook.docx", fixture("handbook.docx")?),
+        ("handbook.html", fixture("handbook.html")?),
+        ("notes.md", NOTES.as_bytes().to_vec()),
+    ];
+    let accepted = server.upload(FILES, &files, &[]).await?;
+    assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+    let read = accepted.body["files"].as_array().cloned().unwrap_or_default();
+    let formats: Vec<&str> = read.iter().filter_map(|f| f["format"].as_str()).collect();
+    assert_eq!(formats, ["pdf", "docx", "html", "markdown"]);
+    assert_eq!(read[0]["pages"], 3);
+    let job = finished(&server, &accepted).await?;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(
+        (job["documents_done"].clone(), job["indexed"].clone()),
+        (json!(4), json!(4)),
+        "{job}"
+    );
+    let chunks: u64 = read.iter().filter_map(|f| f["chunks"].as_u64()).sum();
+    assert_eq!(job["chunks_done"], chunks, "{job}");
+
+    let found = server
+        .post(
+            "/v1/collections/staff/search",
+            &json!({"query": "How often is the espresso machine descaled?", "top_k": 6}),
+        )
+        .await?;
+    assert_eq!(found.body["mode"], "normal", "{:?}", found.body);
+    let hits = found.body["hits"].as_array().cloned().unwrap_or_default();
+    let hit_of = |doc: &str| hits.iter().find(|h| h["doc_id"] == doc).cloned();
+    let pdf = hit_of("handbook.pdf").unwrap_or_default();
+    assert!(
+        pdf["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("twenty-one days")),
+        "{pdf}"
+    );
+    assert_eq!(pdf["metadata"]["page"], 3, "{pdf}");
+    assert_eq!(pdf["metadata"]["source"], "handbook.pdf");
+    assert_eq!(pdf["metadata"]["format"], "pdf");
+    let docx = hit_of("handbook.docx").unwrap_or_default();
+    assert_eq!(docx["metadata"]["heading"], "Espresso machine care", "{docx}");
+    assert!(
+        docx["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Espresso machine care\n")),
+        "{docx}"
+    );
+
+    // A table row is a line of cells; a filter finds a page.
+    let price = server
+        .post(
+            "/v1/collections/staff/search",
+            &json!({"query": "price of a large flat white", "top_k": 3, "filter": {"source": "handbook.docx"}}),
+        )
+        .await?;
+    let top = &price.body["hits"][0];
+    assert!(
+        top["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Flat white | 3.20 | 3.80")),
+        "{top}"
+    );
+    let page_one = server
+        .post(
+            "/v1/collections/staff/search",
+            &json!({"query": "descaled", "filter": {"source": "handbook.pdf", "page": 1}}),
+        )
+        .await?;
+    let pages: Vec<&Value> = page_one.body["hits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| &h["metadata"]["page"])
+        .collect();
+    assert!(
+        !pages.is_empty() && pages.iter().all(|p| **p == json!(1)),
+        "{pages:?}"
+    );
+
+    let asked = server
+        .post(
+            "/v1/collections/staff/query",
+            &json!({"query": "How often is the espresso machine descaled?", "filter": {"source": "handbook.pdf"}}),
+        )
+        .await?;
+    let cited = asked.body["citations"].as_array().cloned().unwrap_or_default();
+    assert!(
+        cited
+            .iter()
+            .any(|c| c["metadata"]["source"] == "handbook.pdf" && c["metadata"]["page"] == 3),
+        "{:?}",
+        asked.body
+    );
+
+    // The same file again: nothing changes.
+    let epoch = job["epoch"].clone();
+    let again = server.upload(FILES, &files[..1], &[]).await?;
+    assert_eq!(again.status, 202, "{:?}", again.body);
+    let job = finished(&server, &again).await?;
+    assert_eq!(
+        (job["indexed"].clone(), job["unchanged"].clone()),
+        (json!(0), json!(1)),
+        "{job}"
+    );
+    assert_eq!(job["epoch"], epoch, "{job}");
+    let info = server.get("/v1/collections/staff").await?.body;
+    assert_eq!(info["documents"], 4, "{info}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_files_are_refused_whole_and_nothing_is_stored() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options =
+        ServerOptions::default().with_config("[limits]\nmax_file_bytes = 100000\nmax_files_per_request = 3");
+    let server = Server::start(dir.path(), &options).await?;
+    server.post("/v1/collections", &json!({"name": "staff"})).await?;
+    let good = ("notes.md", NOTES.as_bytes().to_vec());
+    let bomb = {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        zip.start_file("word/document.xml", zip::write::SimpleFileOptions::default())?;
+        zip.write_all(&vec![b' '; 8 << 20])?;
+        zip.finish()?.into_inner()
+    };
+    type File = (&'static str, Vec<u8>);
+    let cases: Vec<(File, u16, &str)> = vec![
+        (("empty.txt", Vec::new()), 400, "empty_file"),
+        (("large.txt", vec![b'a'; 200_000]), 413, "file_too_large"),
+        (
+            ("fake.pdf", b"this is not a PDF".to_vec()),
+            415,
+            "unsupported_file_type",
+        ),
+        (
+            (
+                "image.bin",
+                vec![0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0xff, 0x00],
+            ),
+            415,
+            "unsupported_file_type",
+        ),
+        (
+            ("encrypted.pdf", fixture("encrypted.pdf")?),
+            422,
+            "encrypted_file",
+        ),
+        (
+            ("broken.pdf", b"%PDF-1.7\n1 0 obj << /Type /Catalog".to_vec()),
+            422,
+            "unreadable_file",
+        ),
+        (
+            (
+                "blank.html",
+                b"<html><body><script>x()</script></body></html>".to_vec(),
+            ),
+            422,
+            "no_text_in_file",
+        ),
+        (("bomb.docx", bomb), 413, "file_too_large"),
+    ];
+    for (bad, status, code) in cases {
+        let name = bad.0;
+        // The good file first: it is read, but the request fails whole.
+        let refused = server.upload(FILES, &[good.clone(), bad], &[]).await?;
+        assert_eq!(
+            (refused.status, refused.error_code()),
+            (status, Some(code)),
+            "{name}: {:?}",
+            refused.body
+        );
+        let message = refused.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(name),
+            "{name}: the message names the file: {message}"
+        );
+    }
+    let none = server.upload(FILES, &[], &[]).await?;
+    assert_eq!(none.error_code(), Some("no_files"), "{:?}", none.body);
+    let four: Vec<(&str, Vec<u8>)> = ["a.md", "b.md", "c.md", "d.md"]
+        .iter()
+        .map(|n| (*n, NOTES.as_bytes().to_vec()))
+        .collect();
+    let many = server.upload(FILES, &four, &[]).await?;
+    assert_eq!(many.error_code(), Some("too_many_files"), "{:?}", many.body);
+    let url = server.upload(FILES, &[], &[&server.url("/openapi.json")]).await?;
+    assert_eq!(
+        (url.status, url.error_code()),
+        (403, Some("url_fetch_disabled")),
+        "{:?}",
+        url.body
+    );
+    let missing = server.upload("/v1/collections/nope/files", &[good], &[]).await?;
+    assert_eq!(missing.status, 404);
+
+    let info = server.get("/v1/collections/staff").await?.body;
+    assert_eq!(
+        (info["documents"].clone(), info["chunks"].clone()),
+        (json!(0), json!(0)),
+        "nothing stored: {info}"
+    );
+    let jobs = server.get("/v1/collections/staff/jobs").await?.body;
+    assert_eq!(jobs["jobs"], json!([]), "no job started: {jobs}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn urls_are_fetched_where_the_operator_allows() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions::default().with_config("[ingest]\nallow_url_fetch = true");
+    let server = Server::start(dir.path(), &options).await?;
+    server.post("/v1/collections", &json!({"name": "staff"})).await?;
+    // ragway's own health answer, over real HTTP: a small JSON file read as text.
+    let accepted = server.upload(FILES, &[], &[&server.url("/healthz")]).await?;
+    assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+    assert_eq!(accepted.body["files"][0]["id"], "healthz");
+    assert_eq!(accepted.body["files"][0]["format"], "text");
+    let job = finished(&server, &accepted).await?;
+    assert_eq!(job["state"], "done", "{job}");
+    let refused = server.upload(FILES, &[], &["ftp://example.com/a.pdf"]).await?;
+    assert_eq!(refused.error_code(), Some("invalid_url"), "{:?}", refused.body);
+    let gone = server
+        .upload(FILES, &[], &[&server.url("/no/such/file.pdf")])
+        .await?;
+    assert_eq!(
+        (gone.status, gone.error_code()),
+        (422, Some("url_fetch_failed")),
+        "{:?}",
+        gone.body
+    );
+    Ok(())
+}
