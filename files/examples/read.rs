@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
     let limits = Limits { max_bytes: 256 << 20 };
     for file in files {
         let bytes = std::fs::read(file)?;
-        let name = Path::new(file).file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let name = Path::new(file)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("file");
         let (mut read_ms, mut cut_ms) = (Vec::new(), Vec::new());
         let mut last = None;
         for _ in 0..rounds {

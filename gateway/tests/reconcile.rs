@@ -100,6 +100,7 @@ async fn half_indexed_documents_are_removed_from_both_stores_on_open() -> anyhow
                     doc("torn", "loses its keyword side"),
                 ],
                 collections.stamp().await?,
+                &std::sync::atomic::AtomicUsize::new(0),
             )
             .await?;
         // What an interrupted write can leave: a chunk in one store only, outside the manifest,

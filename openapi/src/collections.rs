@@ -173,7 +173,13 @@ pub struct JobStatus {
     /// Of `documents_done`: documents already indexed with the same content, or left alone
     /// because a write accepted after this job's wrote or deleted them (last acknowledged wins).
     pub unchanged: usize,
+    /// Chunks embedded and written so far (counted while a batch is embedded, so a large file
+    /// shows progress too); documents already indexed with the same content are not rewritten,
+    /// so a finished job may have done fewer than `chunks_total`.
     pub chunks_done: usize,
+    /// Chunks of all the job's documents.
+    #[serde(default)]
+    pub chunks_total: usize,
     /// The collection's epoch after the last finished batch.
     pub epoch: u64,
     pub errors: Vec<String>,

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +49,8 @@ pub enum JobStoreKind {
 /// A background job whose embedder is busy waits this long between tries, this many times.
 const BUSY_WAIT: Duration = Duration::from_secs(1);
 const BUSY_TRIES: u32 = 600;
+/// How often a running batch's progress is written.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How often a replica looks for jobs whose replica died (shared stores).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -436,6 +438,7 @@ impl Jobs {
                 indexed: 0,
                 unchanged: 0,
                 chunks_done: 0,
+                chunks_total: documents.iter().map(|d| chunks_of(d, &collection)).sum(),
                 epoch: collection.epoch(),
                 errors: Vec::new(),
                 created_at: now(),
@@ -600,10 +603,31 @@ impl Jobs {
             }
             let batch = self.next_batch(&mut rest, collection);
             let size = batch.len();
-            match self.apply(collection, batch, background, job.stamp).await {
+            let before = job.status().chunks_done;
+            let embedded = AtomicUsize::new(0);
+            let applying = self.apply(collection, batch, background, job.stamp, &embedded);
+            tokio::pin!(applying);
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            tick.tick().await;
+            // While a large batch (a file of many chunks) is embedded, its progress is written
+            // every PROGRESS_EVERY, best effort; the batch's outcome is what counts.
+            let applied = loop {
+                tokio::select! {
+                    applied = &mut applying => break applied,
+                    _ = tick.tick() => {
+                        let so_far = embedded.load(Ordering::Relaxed);
+                        let update = job.update(|s| s.chunks_done = before + so_far);
+                        let _ = self.persist(&update, lease).await;
+                    }
+                }
+            };
+            match applied {
                 Ok(outcome) => {
-                    self.persist(&job.update(|s| progress(s, size, outcome)), lease)
-                        .await?
+                    let update = job.update(|s| {
+                        s.chunks_done = before;
+                        progress(s, size, outcome);
+                    });
+                    self.persist(&update, lease).await?
                 }
                 // Cut off from the registry mid-batch: the job is not failed; whichever process
                 // holds its lease next resumes it.
@@ -643,12 +667,7 @@ impl Jobs {
         let mut batch = Vec::new();
         let mut chunks = 0;
         while let Some(doc) = rest.peek() {
-            let cost = match &doc.chunks {
-                Some(given) => given.len(),
-                None => collection
-                    .chunking
-                    .chunks_for(doc.text.split_whitespace().count()),
-            };
+            let cost = chunks_of(doc, collection);
             if !batch.is_empty() && chunks + cost > self.settings.batch_chunks {
                 break;
             }
@@ -665,12 +684,13 @@ impl Jobs {
         batch: Vec<DocumentInput>,
         background: bool,
         stamp: u64,
+        embedded: &AtomicUsize,
     ) -> Result<BatchOutcome, ApiError> {
         let mut tries = 0;
         loop {
             match self
                 .collections
-                .apply_batch(collection, batch.clone(), stamp)
+                .apply_batch(collection, batch.clone(), stamp, embedded)
                 .await
             {
                 // A busy dependency, not a lost lease: a fenced batch is another process's now.
@@ -838,5 +858,15 @@ mod tests {
             Reservation::default(),
             "an empty job adds nothing"
         );
+    }
+}
+
+/// The chunks `doc` makes in `collection`: as its sender cut it, else by the collection's chunking.
+fn chunks_of(doc: &DocumentInput, collection: &Collection) -> usize {
+    match &doc.chunks {
+        Some(given) => given.len(),
+        None => collection
+            .chunking
+            .chunks_for(doc.text.split_whitespace().count()),
     }
 }

@@ -71,6 +71,7 @@ async fn files_become_searchable_documents_with_their_pages_and_headings() -> an
     );
     let chunks: u64 = read.iter().filter_map(|f| f["chunks"].as_u64()).sum();
     assert_eq!(job["chunks_done"], chunks, "{job}");
+    assert_eq!(job["chunks_total"], chunks, "{job}");
 
     let found = server
         .post(
@@ -282,6 +283,51 @@ async fn urls_are_fetched_where_the_operator_allows() -> anyhow::Result<()> {
         (422, Some("url_fetch_failed")),
         "{:?}",
         gone.body
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_files_progress_shows_while_it_is_indexed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &ServerOptions::default()).await?;
+    server.post("/v1/collections", &json!({"name": "staff"})).await?;
+    // One document of some 240 chunks: one batch, embedded in parts.
+    let paragraph = |i: usize| {
+        format!("Paragraph {i}: the grinder burrs are checked, the hopper is filled and the shot is timed at twenty-eight seconds before service begins on the morning shift number {i}.")
+    };
+    let text: String = (0..1_200).map(paragraph).collect::<Vec<_>>().join("\n\n");
+    let accepted = server
+        .upload(FILES, &[("manual.txt", text.into_bytes())], &[])
+        .await?;
+    assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+    let total = accepted.body["files"][0]["chunks"].as_u64().unwrap_or(0);
+    assert!(total > 150, "{total} chunks");
+    let url = accepted.body["status_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let status = loop {
+        let status = server.get(&url).await?.body;
+        if status["state"] == "running" {
+            seen.push(status["chunks_done"].as_u64().unwrap_or(0));
+        }
+        if !matches!(status["state"].as_str(), Some("queued" | "running")) {
+            break status;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "job still {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(
+        (status["chunks_done"].as_u64(), status["chunks_total"].as_u64()),
+        (Some(total), Some(total))
+    );
+    assert!(
+        seen.iter().any(|&done| done > 0 && done < total),
+        "the job's chunks_done moved while its one document was embedded: {seen:?} of {total}"
     );
     Ok(())
 }

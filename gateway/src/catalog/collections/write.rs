@@ -4,7 +4,7 @@
 //! first (see `catalog::lease`). Which documents a batch changes, and what they cost in the stores,
 //! are decided here by pure functions (`plan`, `stored_bytes`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ragway_openapi::{CollectionInfo, DocumentInput};
 use ragway_retrieval::{chunk_document, Chunk, ChunkingOptions, EmbeddedChunk, Fusion, Priority};
@@ -18,6 +18,8 @@ use crate::resilience::guard::ModelStage;
 
 /// Chunks written to a store per request, each request fenced (see `Collections::fence`).
 const WRITE_PART: usize = 256;
+/// Chunks embedded per call while a batch is applied.
+const EMBED_PART: usize = 64;
 
 /// A new or changed document of a batch: its id, content hash and chunks.
 struct Change {
@@ -270,6 +272,7 @@ impl Collections {
         collection: &Collection,
         documents: Vec<DocumentInput>,
         stamp: u64,
+        embedded: &AtomicUsize,
     ) -> Result<BatchOutcome, ApiError> {
         let mut manifest = self.begin(collection).await?;
         let total = documents.len();
@@ -293,9 +296,13 @@ impl Collections {
         }
         // Embed first: it touches no store, so a failure here leaves everything as it was.
         let chunks: Vec<Chunk> = changed.iter().flat_map(|c| c.chunks.iter().cloned()).collect();
-        let vectors = self
-            .embed(&collection.name, chunks.iter().map(|c| c.text.clone()).collect())
-            .await?;
+        // In parts, so that a large document's progress shows (`embedded`) while it is embedded.
+        let mut vectors = Vec::with_capacity(chunks.len());
+        for part in chunks.chunks(EMBED_PART) {
+            let texts = part.iter().map(|c| c.text.clone()).collect();
+            vectors.extend(self.embed(&collection.name, texts).await?);
+            embedded.fetch_add(part.len(), Ordering::Relaxed);
+        }
         let embedded = chunks
             .iter()
             .cloned()

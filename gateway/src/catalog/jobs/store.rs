@@ -467,6 +467,7 @@ mod tests {
                 indexed: 1,
                 unchanged: 0,
                 chunks_done: 1,
+                chunks_total: 1,
                 epoch: 1,
                 errors: Vec::new(),
                 created_at: at.into(),
