@@ -811,6 +811,16 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The chunks `doc` makes in `collection`: as its sender cut it, else by the collection's chunking.
+fn chunks_of(doc: &DocumentInput, collection: &Collection) -> usize {
+    match &doc.chunks {
+        Some(given) => given.len(),
+        None => collection
+            .chunking
+            .chunks_for(doc.text.split_whitespace().count()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -858,15 +868,5 @@ mod tests {
             Reservation::default(),
             "an empty job adds nothing"
         );
-    }
-}
-
-/// The chunks `doc` makes in `collection`: as its sender cut it, else by the collection's chunking.
-fn chunks_of(doc: &DocumentInput, collection: &Collection) -> usize {
-    match &doc.chunks {
-        Some(given) => given.len(),
-        None => collection
-            .chunking
-            .chunks_for(doc.text.split_whitespace().count()),
     }
 }
