@@ -33,11 +33,38 @@ pub struct Config {
     pub auth: AuthConfig,
     pub quotas: QuotasConfig,
     pub store: StoreConfig,
+    pub snapshots: SnapshotsConfig,
     /// Tried in order of `priority` (default: position in this list); backends of equal priority
     /// share load, the lowest priority is the primary.
     pub llm: Vec<LlmBackendConfig>,
     /// Names clients may ask for as `model`, each an ordered fallback over `llm` backends.
     pub model_groups: Vec<ModelGroupConfig>,
+}
+
+/// Scheduled snapshots of every collection (an operator's backup).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotsConfig {
+    /// Seconds between a collection's snapshots; 0: none are scheduled.
+    pub every_s: u64,
+    /// Snapshots of each collection kept; older ones are removed.
+    pub keep: usize,
+}
+
+impl Default for SnapshotsConfig {
+    fn default() -> Self {
+        Self { every_s: 0, keep: 7 }
+    }
+}
+
+impl ServerConfig {
+    /// Where snapshots are written and restored from: `snapshot_dir`, or `<data_dir>/snapshots`.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        match self.snapshot_dir.as_os_str().is_empty() {
+            true => self.data_dir.join("snapshots"),
+            false => self.snapshot_dir.clone(),
+        }
+    }
 }
 
 /// Where chunks are stored and searched.
@@ -635,6 +662,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             quotas: QuotasConfig::default(),
             store: StoreConfig::default(),
+            snapshots: SnapshotsConfig::default(),
             llm: vec![LlmBackendConfig {
                 name: "local".into(),
                 priority: None,

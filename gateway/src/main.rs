@@ -114,6 +114,19 @@ async fn run() -> anyhow::Result<()> {
     tokio::spawn(ragway_gateway::http::routes::tenants::sweep_deletions(
         state.clone(),
     ));
+    let scheduled = &state.config.snapshots;
+    if scheduled.every_s > 0 {
+        let schedule = ragway_gateway::catalog::snapshots::Schedule {
+            every: Duration::from_secs(scheduled.every_s),
+            keep: scheduled.keep.max(1),
+        };
+        let dir = state.config.server.snapshots_dir();
+        tokio::spawn(ragway_gateway::catalog::snapshots::run(
+            state.collections.clone(),
+            dir,
+            schedule,
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

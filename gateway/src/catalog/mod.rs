@@ -5,3 +5,4 @@ pub mod collections;
 pub mod files;
 pub mod jobs;
 pub mod lease;
+pub mod snapshots;

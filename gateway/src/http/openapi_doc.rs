@@ -22,7 +22,7 @@ use crate::validate;
         embeddings::embeddings, rerank::rerank, rerank::rerank_v2, openai::chat_completions, openai::models,
         health::healthz, health::readyz, health::metrics,
         admin::set_fault, admin::list_faults, admin::clear_faults, admin::invalidate_cache,
-        admin::snapshot_collection, admin::restore_collection,
+        admin::snapshot_collection, admin::restore_collection, admin::list_snapshots,
         tenants::create, tenants::list, tenants::get, tenants::update, tenants::delete,
         tenants::create_key, tenants::revoke_key, tenants::usage,
     ),

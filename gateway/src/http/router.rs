@@ -109,6 +109,7 @@ fn admin_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
                 .delete(admin::clear_faults),
         )
         .route("/admin/cache/invalidate", post(admin::invalidate_cache))
+        .route("/admin/snapshots", get(admin::list_snapshots))
         .route(
             "/admin/collections/{name}/snapshot",
             post(admin::snapshot_collection),

@@ -1,6 +1,8 @@
 //! Snapshots: a collection written to one file and restored into a fresh data directory answers
 //! the same queries with the same hits; across store kinds too (embedded → Qdrant server, when a
-//! `qdrant` binary exists). Restore refuses an existing name and a bad file name.
+//! `qdrant` binary exists). Restore refuses an existing name and a bad file name. Scheduled
+//! snapshots keep the newest `keep` of each collection, listed and restorable; a failing one is
+//! counted and serving goes on.
 
 use crate::common;
 
@@ -146,4 +148,106 @@ async fn a_restored_snapshot_answers_the_same_queries_with_the_same_hits() -> an
     );
     third.stop().await?;
     first.stop().await
+}
+
+/// The scheduled snapshots of `collection` listed now.
+async fn listed(server: &Server, collection: &str) -> anyhow::Result<Vec<Value>> {
+    let list = server.admin(Method::GET, "/admin/snapshots", ADMIN, None).await?;
+    anyhow::ensure!(list.status == 200, "{:?}", list.body);
+    Ok(list.body["snapshots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["collection"] == collection)
+        .cloned()
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_snapshots_keep_the_newest_and_restore() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = options(Vec::new()).with_config("[snapshots]\nevery_s = 1\nkeep = 2");
+    let server = Server::start(dir.path(), &options).await?;
+    server.seeded(None, "facts", &corpus()).await?;
+    let started = std::time::Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 4 {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "snapshots seen: {seen:?}"
+        );
+        for snapshot in listed(&server, "facts").await? {
+            seen.insert(snapshot["snapshot"].as_str().unwrap_or_default().to_string());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let kept = listed(&server, "facts").await?;
+    assert!(kept.len() <= 2, "keep = 2: {kept:?} (of {seen:?})");
+    let newest = kept
+        .last()
+        .and_then(|s| s["snapshot"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        kept.iter().all(|s| s["bytes"].as_u64().is_some_and(|b| b > 0)),
+        "{kept:?}"
+    );
+    let restored = server
+        .admin(
+            Method::POST,
+            "/admin/collections/copy/restore",
+            ADMIN,
+            Some(&json!({"snapshot": newest})),
+        )
+        .await?;
+    assert_eq!(restored.status, 201, "{:?}", restored.body);
+    assert_eq!(
+        restored.body["documents"],
+        corpus()["documents"].as_array().map(Vec::len).unwrap_or(0)
+    );
+    let found = server
+        .post(
+            "/v1/collections/copy/search",
+            &json!({"query": QUESTIONS[0].0, "top_k": 1}),
+        )
+        .await?;
+    assert_eq!(
+        found.body["hits"][0]["doc_id"], QUESTIONS[0].1,
+        "{:?}",
+        found.body
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_scheduled_snapshot_is_counted_and_serving_goes_on() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The snapshot directory is a file: every snapshot fails.
+    let blocked = dir.path().join("not-a-directory");
+    std::fs::write(&blocked, b"x")?;
+    let env = vec![(
+        "RAGWAY__SERVER__SNAPSHOT_DIR".to_string(),
+        blocked.display().to_string(),
+    )];
+    let options = options(env).with_config("[snapshots]\nevery_s = 1");
+    let server = Server::start(&dir.path().join("data"), &options).await?;
+    server.seeded(None, "facts", &corpus()).await?;
+    let failed = "ragway_snapshots_total{outcome=\"failed\"}";
+    let started = std::time::Instant::now();
+    while ragway_e2e::metric(&server.get_text("/metrics").await?, failed) < 2.0 {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no failed snapshot counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let found = server
+        .post(
+            "/v1/collections/facts/search",
+            &json!({"query": QUESTIONS[0].0, "top_k": 1}),
+        )
+        .await?;
+    assert_eq!(found.body["mode"], "normal", "{:?}", found.body);
+    assert_eq!(found.body["hits"][0]["doc_id"], QUESTIONS[0].1);
+    Ok(())
 }

@@ -119,11 +119,24 @@ pub struct RestoreRequest {
 
 /// `server.snapshot_dir`, or `<data_dir>/snapshots`.
 fn snapshots_dir(state: &AppState) -> std::path::PathBuf {
-    let server = &state.config.server;
-    match server.snapshot_dir.as_os_str().is_empty() {
-        true => server.data_dir.join("snapshots"),
-        false => server.snapshot_dir.clone(),
-    }
+    state.config.server.snapshots_dir()
+}
+
+/// The snapshots in the snapshot directory (taken on request or by the schedule), oldest first.
+#[derive(serde::Serialize, ToSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<crate::catalog::snapshots::SnapshotFile>,
+}
+
+/// Lists the snapshot files in the snapshot directory (`server.snapshot_dir`), oldest first:
+/// what `restore` can take.
+#[utoipa::path(get, path = "/admin/snapshots", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, description = "Oldest first", body = SnapshotList),
+        (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
+pub async fn list_snapshots(State(state): State<AppState>) -> Json<SnapshotList> {
+    Json(SnapshotList {
+        snapshots: crate::catalog::snapshots::list(&snapshots_dir(&state)).await,
+    })
 }
 
 /// A collection's full name as stored: `<tenant id>.<name>` with keys, `<name>` when open.
