@@ -127,32 +127,31 @@ async fn run() -> anyhow::Result<()> {
             schedule,
         ));
     }
+    let stop = shutdown_signal().context("cannot install the SIGTERM handler")?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     // Tests and scripts read this line to find the port when listening on port 0.
     tracing::info!(address = %listener.local_addr()?, "ragway listening");
-    serve(listener, router(state), limits, shutdown_signal()).await;
+    serve(listener, router(state), limits, stop).await;
     tracing::info!("ragway stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM or Ctrl-C. The handlers are installed here, before the caller says it listens: a
+/// signal sent as soon as the log says so (a test, an orchestrator) stops ragway gracefully
+/// instead of killing it.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    })
 }

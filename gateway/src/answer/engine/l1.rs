@@ -168,7 +168,7 @@ fn scored(citation: &Citation) -> ScoredChunk {
             chunk_id: citation.chunk_id.clone(),
             doc_id: citation.doc_id.clone(),
             text: citation.text.clone(),
-            metadata: Default::default(),
+            metadata: citation.metadata.clone(),
         },
         score: citation.score,
     }

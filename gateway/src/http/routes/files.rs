@@ -4,6 +4,7 @@
 //! stored: one that cannot be (empty, too large, not a supported format, encrypted, no text) fails
 //! the whole request with a 4xx naming it.
 
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -31,8 +32,14 @@ pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let multipart = multipart.map_err(|e| {
+        ApiError::invalid(
+            ErrorCode::InvalidBody,
+            format!("send multipart/form-data with `file` parts: {}", e.body_text()),
+        )
+    })?;
     let collection = caller.collection(&state, &name).await?;
     state.collections.check_embedder(&collection)?;
     caller.require_embedding_budget(&state)?;
