@@ -39,7 +39,7 @@ cargo build --release -q -p ragway-gateway
 # End to end: upload the PDF, wait for its job.
 bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/ragway"
 mkdir -p "$work/data"
-RAGWAY_MODELS="$models" RAGWAY__AUTH__MODE=open RUST_LOG=warn "$bin" --listen 127.0.0.1:0 --data-dir "$work/data" 2> "$work/data/log" &
+RAGWAY_MODELS="$models" RAGWAY__AUTH__MODE=open RUST_LOG=warn,ragway=info "$bin" --listen 127.0.0.1:0 --data-dir "$work/data" 2> "$work/data/log" &
 pid=$!
 started "$pid"
 base="http://$(wait_for_address "$work/data/log" "$pid" "$bin")"
@@ -57,5 +57,5 @@ for round in $(seq 1 3); do
   done
   [ "$state" = done ] || { echo "job $job not done within 240 s" >&2; exit 1; }
   t2=$(date +%s.%N)
-  python3 -c "import sys; a,b,c=map(float,sys.argv[1:]); print(f'upload {round}: 202 after {(b-a)*1e3:.0f} ms, indexed after {c-a:.1f} s: {60/(c-a):.1f} pages/s end to end')" "$t0" "$t1" "$t2"
+  python3 -c "import sys; n=sys.argv[1]; a,b,c=map(float,sys.argv[2:]); print(f'upload {n}: 202 after {(b-a)*1e3:.0f} ms, indexed after {c-a:.1f} s: {60/(c-a):.1f} pages/s end to end')" "$round" "$t0" "$t1" "$t2"
 done
