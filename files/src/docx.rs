@@ -8,7 +8,7 @@ use std::io::{Cursor, Read};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
-use crate::{Extracted, FileError, Format, Limits, Section};
+use crate::{Extracted, FileError, Format, Limits, Section, Sections};
 
 const DOCUMENT: &str = "word/document.xml";
 
@@ -51,8 +51,7 @@ pub fn extract(bytes: &[u8], limits: Limits) -> Result<Extracted, FileError> {
 /// Where the reader is inside the body.
 #[derive(Default)]
 struct State {
-    sections: Vec<Section>,
-    current: Section,
+    sections: Sections,
     /// The paragraph being read, and whether its style is a heading.
     paragraph: String,
     heading: bool,
@@ -77,34 +76,18 @@ impl State {
             return;
         }
         if heading && !text.trim().is_empty() {
-            self.flush();
-            self.current.heading = Some(text.trim().to_string());
+            self.sections.heading(text.trim().to_string());
             return;
         }
-        self.current.text.push_str(&text);
-        self.current.text.push_str("\n\n");
+        self.sections.text().push_str(&text);
+        self.sections.text().push_str("\n\n");
     }
 
     fn end_row(&mut self) {
         let cells: Vec<String> = std::mem::take(&mut self.row);
         if cells.iter().any(|c| !c.is_empty()) {
-            self.current.text.push_str(&cells.join(" | "));
-            self.current.text.push('\n');
-        }
-    }
-
-    /// Closes the current section (if it has text); the next keeps its heading until a new one.
-    fn flush(&mut self) {
-        let heading = self.current.heading.clone();
-        let done = std::mem::replace(
-            &mut self.current,
-            Section {
-                heading,
-                ..Section::default()
-            },
-        );
-        if !done.text.trim().is_empty() {
-            self.sections.push(done);
+            self.sections.text().push_str(&cells.join(" | "));
+            self.sections.text().push('\n');
         }
     }
 }
@@ -152,7 +135,7 @@ fn sections(xml: &[u8]) -> Result<Vec<Section>, quick_xml::Error> {
                 "tr" => state.end_row(),
                 "tbl" => {
                     state.table_depth = state.table_depth.saturating_sub(1);
-                    state.current.text.push('\n');
+                    state.sections.text().push('\n');
                 }
                 _ => {}
             },
@@ -161,8 +144,7 @@ fn sections(xml: &[u8]) -> Result<Vec<Section>, quick_xml::Error> {
         }
         buffer.clear();
     }
-    state.flush();
-    Ok(state.sections)
+    Ok(state.sections.finish())
 }
 
 #[cfg(test)]

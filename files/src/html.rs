@@ -4,7 +4,7 @@
 
 use scraper::{ElementRef, Html, Node};
 
-use crate::{Extracted, Format, Section};
+use crate::{Extracted, Format, Sections};
 
 const SKIPPED: [&str; 8] = [
     "script", "style", "noscript", "template", "head", "svg", "iframe", "button",
@@ -38,18 +38,16 @@ pub fn extract(text: &str) -> Extracted {
     let document = Html::parse_document(text);
     let mut walker = Walker::default();
     walker.element(document.root_element());
-    walker.flush();
     Extracted {
         format: Format::Html,
         pages: None,
-        sections: walker.sections,
+        sections: walker.sections.finish(),
     }
 }
 
 #[derive(Default)]
 struct Walker {
-    sections: Vec<Section>,
-    current: Section,
+    sections: Sections,
 }
 
 impl Walker {
@@ -61,8 +59,7 @@ impl Walker {
         if let Some(_level) = name.strip_prefix('h').and_then(|l| l.parse::<u8>().ok()) {
             let heading = inline_text(element);
             if !heading.is_empty() {
-                self.flush();
-                self.current.heading = Some(heading);
+                self.sections.heading(heading);
             }
             return;
         }
@@ -80,14 +77,14 @@ impl Walker {
                 return;
             }
             "br" => {
-                self.current.text.push('\n');
+                self.sections.text().push('\n');
                 return;
             }
             _ => {}
         }
         for child in element.children() {
             match child.value() {
-                Node::Text(text) => self.current.text.push_str(&collapse(text)),
+                Node::Text(text) => self.sections.text().push_str(&collapse(text)),
                 Node::Element(_) => {
                     if let Some(child) = ElementRef::wrap(child) {
                         self.element(child);
@@ -97,27 +94,13 @@ impl Walker {
             }
         }
         if BLOCKS.contains(&name) {
-            self.current.text.push_str("\n\n");
+            self.sections.text().push_str("\n\n");
         }
     }
 
     fn line(&mut self, line: &str) {
-        self.current.text.push_str(line);
-        self.current.text.push('\n');
-    }
-
-    fn flush(&mut self) {
-        let heading = self.current.heading.clone();
-        let done = std::mem::replace(
-            &mut self.current,
-            Section {
-                heading,
-                ..Section::default()
-            },
-        );
-        if !done.text.trim().is_empty() {
-            self.sections.push(done);
-        }
+        self.sections.text().push_str(line);
+        self.sections.text().push('\n');
     }
 }
 

@@ -51,6 +51,42 @@ pub struct Section {
     pub heading: Option<String>,
 }
 
+/// Sections as a reader meets them: text goes into the current one; a heading closes it (when it
+/// has text) and opens the next under it.
+#[derive(Default)]
+struct Sections {
+    done: Vec<Section>,
+    current: Section,
+}
+
+impl Sections {
+    fn text(&mut self) -> &mut String {
+        &mut self.current.text
+    }
+
+    fn heading(&mut self, title: String) {
+        self.flush();
+        self.current.heading = Some(title);
+    }
+
+    /// Closes the current section; the next keeps its heading until a new one.
+    fn flush(&mut self) {
+        let next = Section {
+            heading: self.current.heading.clone(),
+            ..Section::default()
+        };
+        let done = std::mem::replace(&mut self.current, next);
+        if !done.text.trim().is_empty() {
+            self.done.push(done);
+        }
+    }
+
+    fn finish(mut self) -> Vec<Section> {
+        self.flush();
+        self.done
+    }
+}
+
 /// A file's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extracted {

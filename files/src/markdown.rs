@@ -3,39 +3,32 @@
 
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
-use crate::{Extracted, Format, Section};
+use crate::{Extracted, Format, Sections};
 
 pub fn extract(text: &str) -> Extracted {
-    let mut sections = Vec::new();
-    let mut current = Section::default();
+    let mut sections = Sections::default();
     let mut heading: Option<String> = None;
     let mut row: Option<Vec<String>> = None;
-    let push =
-        |current: &mut Section, heading: &mut Option<String>, row: &mut Option<Vec<String>>, s: &str| {
-            if let Some(h) = heading.as_mut() {
-                h.push_str(s);
-            } else if let Some(cells) = row.as_mut() {
+    for event in Parser::new_ext(text, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH) {
+        // Where inline text goes: a heading being read, a table cell, or the section.
+        let mut push = |s: &str| match (heading.as_mut(), row.as_mut()) {
+            (Some(h), _) => h.push_str(s),
+            (None, Some(cells)) => {
                 if let Some(cell) = cells.last_mut() {
                     cell.push_str(s);
                 }
-            } else {
-                current.text.push_str(s);
             }
+            (None, None) => sections.text().push_str(s),
         };
-    for event in Parser::new_ext(text, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH) {
         match event {
+            Event::Text(t) | Event::Code(t) => push(&t),
+            Event::SoftBreak => push(" "),
+            Event::HardBreak => push("\n"),
             Event::Start(Tag::Heading { .. }) => heading = Some(String::new()),
             Event::End(TagEnd::Heading(_)) => {
                 let title = heading.take().unwrap_or_default().trim().to_string();
                 if !title.is_empty() {
-                    let next = Section {
-                        heading: Some(title),
-                        ..Section::default()
-                    };
-                    let done = std::mem::replace(&mut current, next);
-                    if !done.text.trim().is_empty() {
-                        sections.push(done);
-                    }
+                    sections.heading(title);
                 }
             }
             Event::Start(Tag::TableHead | Tag::TableRow) => row = Some(Vec::new()),
@@ -47,26 +40,20 @@ pub fn extract(text: &str) -> Extracted {
             Event::End(TagEnd::TableHead | TagEnd::TableRow) => {
                 if let Some(cells) = row.take() {
                     let cells: Vec<&str> = cells.iter().map(|c| c.trim()).collect();
-                    current.text.push_str(&cells.join(" | "));
-                    current.text.push('\n');
+                    sections.text().push_str(&cells.join(" | "));
+                    sections.text().push('\n');
                 }
             }
             Event::End(TagEnd::Paragraph | TagEnd::Item | TagEnd::CodeBlock | TagEnd::Table) => {
-                current.text.push_str("\n\n");
+                sections.text().push_str("\n\n");
             }
-            Event::Text(t) | Event::Code(t) => push(&mut current, &mut heading, &mut row, &t),
-            Event::SoftBreak => push(&mut current, &mut heading, &mut row, " "),
-            Event::HardBreak => push(&mut current, &mut heading, &mut row, "\n"),
             _ => {}
         }
-    }
-    if !current.text.trim().is_empty() {
-        sections.push(current);
     }
     Extracted {
         format: Format::Markdown,
         pages: None,
-        sections,
+        sections: sections.finish(),
     }
 }
 

@@ -1,8 +1,9 @@
 //! `/mcp` as an agent sees it, through the official MCP Python SDK (PyPI `mcp`, in the test venv):
 //! the tools and their schemas, a search and an answer with citations and `mode`, ragway's
 //! refusals as tool errors, arguments outside a schema refused naming the argument, one tenant's key
-//! blind to another's collections, no key no service; and a dense-store fault showing in the
-//! mode of a search made through MCP. The LLM is the scripted stand-in (ragway_e2e::ScriptedOpenAi).
+//! blind to another's collections, no key no service, the tenant's request rate; and a dense-store
+//! fault showing in the mode of a search made through MCP. The LLM is the scripted stand-in
+//! (ragway_e2e::ScriptedOpenAi).
 
 use std::process::Command;
 use std::time::Duration;
@@ -75,6 +76,29 @@ async fn the_mcp_sdk_lists_searches_and_asks_with_a_tenant_key() -> anyhow::Resu
         "{:?}",
         unknown.body
     );
+
+    // The tenant's request rate holds on /mcp as on /v1: over it, 429 with Retry-After.
+    let (_, slow) = server
+        .tenant(
+            ADMIN,
+            &json!({"name": "slow", "limits": {"requests_per_second": 0.01, "burst": 1}}),
+        )
+        .await?;
+    let http = ragway_e2e::client()?;
+    let post = || {
+        http.post(server.url("/mcp"))
+            .bearer_auth(&slow)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize)
+            .send()
+    };
+    let first = post().await?;
+    assert_eq!(first.status(), 200, "{:?}", first.text().await);
+    let second = post().await?;
+    assert_eq!(second.status(), 429);
+    assert!(second.headers().contains_key("retry-after"));
+    let body: serde_json::Value = second.json().await?;
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
 
     let args = vec![
         server.url("/mcp"),

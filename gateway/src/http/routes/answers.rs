@@ -49,19 +49,7 @@ pub(crate) async fn searched(
     name: &str,
     request: &SearchRequest,
 ) -> Result<SearchResponse, ApiError> {
-    let limits = &state.config;
-    validate::query_text(&request.query, limits.server.max_query_chars)?;
-    let top_k = validate::top_k(
-        request.top_k,
-        limits.retrieval.default_top_k,
-        limits.retrieval.max_top_k,
-    )?;
-    let query = Query {
-        text: &request.query,
-        filter: validate::filter(request.filter.as_ref())?,
-        top_k,
-        vector: None,
-    };
+    let query = search_query(state, &request.query, request.top_k, request.filter.as_ref())?;
     let ctx = context(state, caller, request.deadline_ms)?;
     let collection = caller.collection(state, name).await?;
     state.collections.check_embedder(&collection)?;
@@ -80,25 +68,11 @@ pub async fn search_batch(
     Path(name): Path<String>,
     ApiJson(request): ApiJson<BatchSearchRequest>,
 ) -> Result<Response, ApiError> {
-    let limits = &state.config;
-    validate::batch_size(request.queries.len(), limits.limits.max_batch_queries)?;
+    validate::batch_size(request.queries.len(), state.config.limits.max_batch_queries)?;
     let mut queries = Vec::with_capacity(request.queries.len());
     for (i, asked) in request.queries.iter().enumerate() {
-        let named = |e: ApiError| e.for_item("query", i);
-        validate::query_text(&asked.query, limits.server.max_query_chars).map_err(named)?;
-        let top_k = validate::top_k(
-            asked.top_k,
-            limits.retrieval.default_top_k,
-            limits.retrieval.max_top_k,
-        )
-        .map_err(named)?;
-        let filter = validate::filter(asked.filter.as_ref()).map_err(named)?;
-        queries.push(Query {
-            text: &asked.query,
-            filter,
-            top_k,
-            vector: None,
-        });
+        let query = search_query(&state, &asked.query, asked.top_k, asked.filter.as_ref());
+        queries.push(query.map_err(|e| e.for_item("query", i))?);
     }
     let ctx = context(&state, &caller, request.deadline_ms)?;
     let collection = caller.collection(&state, &name).await?;
@@ -125,6 +99,24 @@ pub async fn search_batch(
         false => StatusCode::OK,
     };
     Ok((status, Json(BatchSearchResponse { results })).into_response())
+}
+
+/// A search's text, `top_k` and filter, checked.
+fn search_query<'a>(
+    state: &AppState,
+    text: &'a str,
+    top_k: Option<usize>,
+    filter: Option<&ragway_openapi::MetadataFilter>,
+) -> Result<Query<'a>, ApiError> {
+    let limits = &state.config;
+    validate::query_text(text, limits.server.max_query_chars)?;
+    let top_k = validate::top_k(top_k, limits.retrieval.default_top_k, limits.retrieval.max_top_k)?;
+    Ok(Query {
+        text,
+        filter: validate::filter(filter)?,
+        top_k,
+        vector: None,
+    })
 }
 
 /// One search of `collection`, its embedding tokens charged to the caller.
