@@ -41,6 +41,9 @@ pub struct LimitsConfig {
     pub max_files_per_request: usize,
     /// A whole `/files` request body (multipart), read before any file is.
     pub max_upload_bytes: usize,
+    /// `/files` requests at once, all tenants (each holds its body while it is read); one more
+    /// gets `503 overloaded` with `Retry-After`.
+    pub max_concurrent_uploads: usize,
 }
 
 impl Default for LimitsConfig {
@@ -60,6 +63,7 @@ impl Default for LimitsConfig {
             max_file_bytes: 32 << 20,
             max_files_per_request: 16,
             max_upload_bytes: 64 << 20,
+            max_concurrent_uploads: 4,
         }
     }
 }

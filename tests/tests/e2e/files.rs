@@ -331,3 +331,41 @@ async fn a_large_files_progress_shows_while_it_is_indexed() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_at_once_are_bounded() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions::default().with_config("[limits]\nmax_concurrent_uploads = 1");
+    let server = Server::start(dir.path(), &options).await?;
+    server.post("/v1/collections", &json!({"name": "staff"})).await?;
+    // An upload whose body is still arriving holds the one turn.
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&address).await?;
+    let head = format!(
+        "POST {FILES} HTTP/1.1\r\nhost: {address}\r\ncontent-type: multipart/form-data; boundary=b\r\ncontent-length: 100000\r\n\r\n--b\r\n"
+    );
+    slow.write_all(head.as_bytes()).await?;
+    slow.flush().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let good = ("notes.md", NOTES.as_bytes().to_vec());
+    let busy = server.upload(FILES, std::slice::from_ref(&good), &[]).await?;
+    assert_eq!(
+        (busy.status, busy.error_code()),
+        (503, Some("overloaded")),
+        "{:?}",
+        busy.body
+    );
+    // The slow client leaves: the turn is free again.
+    drop(slow);
+    let started = Instant::now();
+    loop {
+        let accepted = server.upload(FILES, std::slice::from_ref(&good), &[]).await?;
+        if accepted.status == 202 {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "{:?}", accepted.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
