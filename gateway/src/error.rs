@@ -126,6 +126,7 @@ error_codes! {
     UnsupportedDimensions => "unsupported_dimensions",
     UnsupportedEncoding => "unsupported_encoding",
     UnsupportedFileType => "unsupported_file_type",
+    UploadQuotaExceeded => "upload_quota_exceeded",
     UrlFetchDisabled => "url_fetch_disabled",
     UrlFetchFailed => "url_fetch_failed",
     UnsupportedParameter => "unsupported_parameter",

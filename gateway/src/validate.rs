@@ -44,6 +44,8 @@ pub struct LimitsConfig {
     /// `/files` requests at once, all tenants (each holds its body while it is read); one more
     /// gets `503 overloaded` with `Retry-After`.
     pub max_concurrent_uploads: usize,
+    /// Of those, one tenant's share; one more gets `429 upload_quota_exceeded`.
+    pub max_concurrent_uploads_per_tenant: usize,
 }
 
 impl Default for LimitsConfig {
@@ -64,6 +66,7 @@ impl Default for LimitsConfig {
             max_files_per_request: 16,
             max_upload_bytes: 64 << 20,
             max_concurrent_uploads: 4,
+            max_concurrent_uploads_per_tenant: 2,
         }
     }
 }

@@ -92,6 +92,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         C::CollectionQuotaExceeded
         | C::EmbeddingTokenQuotaExceeded
         | C::JobQuotaExceeded
+        | C::UploadQuotaExceeded
         | C::LlmTokenQuotaExceeded
         | C::RateLimited
         | C::StreamQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,

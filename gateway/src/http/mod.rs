@@ -9,6 +9,7 @@ pub mod router;
 pub mod routes;
 pub mod serve;
 pub mod shape;
+pub mod uploads;
 
 use std::sync::Arc;
 

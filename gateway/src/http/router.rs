@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
@@ -16,6 +16,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use super::auth::{admin_only, tenant_layer};
 use super::routes::{admin, answers, collections, embeddings, files, health, jobs, openai, rerank, tenants};
 use super::serve::{read_body_within, BodyLimits};
+use super::uploads::{with_a_turn, Uploads};
 use super::{openapi_doc, AppState};
 use crate::error::{ApiError, ErrorCode};
 
@@ -92,15 +93,19 @@ fn file_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
         max_bytes: state.config.limits.max_upload_bytes,
         ..body
     };
-    // Each upload's body is held whole while it is read: only so many at once (503 beyond).
-    let turns = Arc::new(tokio::sync::Semaphore::new(
-        state.config.limits.max_concurrent_uploads.max(1),
-    ));
+    // Each upload's body is held whole while it is read: only so many at once.
+    let limits = &state.config.limits;
+    let uploads = Uploads::new(
+        limits.max_concurrent_uploads,
+        limits.max_concurrent_uploads_per_tenant,
+    );
     Router::new()
         .route("/v1/collections/{name}/files", post(files::upload))
         .route_layer(DefaultBodyLimit::max(upload.max_bytes))
         .route_layer(middleware::from_fn(move |r, n| read_body_within(upload, r, n)))
-        .route_layer(middleware::from_fn(move |r, n| one_of(turns.clone(), r, n)))
+        .route_layer(middleware::from_fn(move |r, n| {
+            with_a_turn(uploads.clone(), r, n)
+        }))
         .route_layer(middleware::from_fn_with_state(state.clone(), tenant_layer))
 }
 
@@ -133,19 +138,6 @@ fn admin_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
         .route("/admin/tenants/{id}/usage", get(tenants::usage))
         .route_layer(middleware::from_fn(move |r, n| read_body_within(body, r, n)))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_only))
-}
-
-/// Runs the request while one of `turns` is free, else `503 overloaded` with `Retry-After`.
-async fn one_of(turns: Arc<tokio::sync::Semaphore>, request: Request, next: Next) -> Response {
-    let Ok(_turn) = turns.try_acquire_owned() else {
-        let busy = ApiError::Busy {
-            code: ErrorCode::Overloaded,
-            message: "too many uploads at once (limits.max_concurrent_uploads): try again shortly".into(),
-            retry_after_s: 1,
-        };
-        return busy.into_response();
-    };
-    next.run(request).await
 }
 
 /// A path no route has: ragway's error shape, like every other refusal.

@@ -332,39 +332,76 @@ async fn a_large_files_progress_shows_while_it_is_indexed() -> anyhow::Result<()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn uploads_at_once_are_bounded() -> anyhow::Result<()> {
+/// Starts an upload whose body never finishes arriving, with `key`: it holds an upload turn.
+async fn trickling(server: &Server, key: &str) -> anyhow::Result<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt;
-    let dir = tempfile::tempdir()?;
-    let options = ServerOptions::default().with_config("[limits]\nmax_concurrent_uploads = 1");
-    let server = Server::start(dir.path(), &options).await?;
-    server.post("/v1/collections", &json!({"name": "staff"})).await?;
-    // An upload whose body is still arriving holds the one turn.
     let address = server.base.trim_start_matches("http://").to_string();
     let mut slow = tokio::net::TcpStream::connect(&address).await?;
     let head = format!(
-        "POST {FILES} HTTP/1.1\r\nhost: {address}\r\ncontent-type: multipart/form-data; boundary=b\r\ncontent-length: 100000\r\n\r\n--b\r\n"
+        "POST {FILES} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {key}\r\ncontent-type: multipart/form-data; boundary=b\r\ncontent-length: 100000\r\n\r\n--b\r\n"
     );
     slow.write_all(head.as_bytes()).await?;
     slow.flush().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(slow)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_at_once_are_bounded_in_all_and_per_tenant() -> anyhow::Result<()> {
+    const ADMIN: &str = "files-admin";
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions::default()
+        .with_config("[limits]\nmax_concurrent_uploads = 2\nmax_concurrent_uploads_per_tenant = 1")
+        .with_admin(ADMIN);
+    let server = Server::start(dir.path(), &options).await?;
+    let mut keys = Vec::new();
+    for name in ["acme", "globex", "initech"] {
+        let (_, key) = server.tenant(ADMIN, &json!({ "name": name })).await?;
+        let created = server
+            .call(
+                reqwest::Method::POST,
+                "/v1/collections",
+                Some(&key),
+                Some(&json!({"name": "staff"})),
+            )
+            .await?;
+        anyhow::ensure!(created.status == 201, "{:?}", created.body);
+        keys.push(key);
+    }
     let good = ("notes.md", NOTES.as_bytes().to_vec());
-    let busy = server.upload(FILES, std::slice::from_ref(&good), &[]).await?;
-    assert_eq!(
-        (busy.status, busy.error_code()),
-        (503, Some("overloaded")),
-        "{:?}",
-        busy.body
-    );
-    // The slow client leaves: the turn is free again.
-    drop(slow);
-    let started = Instant::now();
-    loop {
-        let accepted = server.upload(FILES, std::slice::from_ref(&good), &[]).await?;
-        if accepted.status == 202 {
-            break;
+    let upload = |key: String| {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(good.1.clone()).file_name(good.0),
+        );
+        let http = ragway_e2e::client();
+        let url = server.url(FILES);
+        async move {
+            let response = http?.post(url).bearer_auth(key).multipart(form).send().await?;
+            let status = response.status().as_u16();
+            let retry = response.headers().contains_key("retry-after");
+            let body: Value = response.json().await?;
+            anyhow::Ok((status, body["error"]["code"].as_str().map(str::to_string), retry))
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "{:?}", accepted.body);
+    };
+    // acme's one upload is still arriving: its next waits its turn, globex's does not.
+    let acme_slow = trickling(&server, &keys[0]).await?;
+    assert_eq!(
+        upload(keys[0].clone()).await?,
+        (429, Some("upload_quota_exceeded".into()), true)
+    );
+    assert_eq!(upload(keys[1].clone()).await?.0, 202);
+    // globex holds the server's second turn: initech is told the server is busy.
+    let globex_slow = trickling(&server, &keys[1]).await?;
+    assert_eq!(
+        upload(keys[2].clone()).await?,
+        (503, Some("overloaded".into()), true)
+    );
+    // They leave: the turns are free again.
+    drop((acme_slow, globex_slow));
+    let started = Instant::now();
+    while upload(keys[2].clone()).await?.0 != 202 {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "turns not freed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
