@@ -9,8 +9,6 @@
 //! panics on its own account, but the PDF reader may on a malformed file, so callers run
 //! [`extract`] where a panic is caught.
 
-use std::sync::Arc;
-
 mod docx;
 mod html;
 mod markdown;
@@ -231,9 +229,6 @@ fn tidy(text: &str) -> String {
     }
     out
 }
-
-/// Shared, so one tokenizer serves every upload.
-pub type SharedCounter = Arc<TokenCounter>;
 
 #[cfg(test)]
 mod tests {

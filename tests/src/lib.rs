@@ -3,6 +3,7 @@
 
 pub mod bounded;
 mod netns;
+pub mod python;
 mod qdrant;
 mod redis;
 mod scripted_openai;

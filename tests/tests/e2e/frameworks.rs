@@ -5,7 +5,6 @@
 //! stand-in (ragway_e2e::ScriptedOpenAi); the reranker is the tiny cross-encoder fixture.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::corpus;
@@ -14,23 +13,11 @@ use serde_json::json;
 
 const ADMIN: &str = "frameworks-admin-key";
 
-fn python() -> String {
-    let python = std::env::var("RAGWAY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let imports = "import langchain_openai, llama_index.llms.openai_like, haystack, cohere, llama_index.postprocessor.jinaai_rerank";
-    let found = ragway_e2e::bounded::output(
-        Command::new(&python).args(["-c", imports]),
-        Duration::from_secs(120),
-    );
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "the frameworks' packages are missing ({python}): run scripts/test.sh, which installs them in its venv, and set RAGWAY_PYTHON"
-    );
-    python
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_frameworks_clients_work_with_a_base_url_and_key() -> anyhow::Result<()> {
-    let python = python();
+    let python = ragway_e2e::python::with(
+        "langchain_openai, llama_index.llms.openai_like, haystack, cohere, llama_index.postprocessor.jinaai_rerank",
+    );
     let answer = "Mount Etna erupts often.";
     let llm = ScriptedOpenAi::start(Script::Answer(answer.into())).await?;
     let dir = tempfile::tempdir()?;
@@ -49,20 +36,8 @@ async fn the_frameworks_clients_work_with_a_base_url_and_key() -> anyhow::Result
         .unwrap_or("all-minilm-l6-v2")
         .to_string();
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("frameworks/check.py");
-    let args = [server.url(""), key, "facts".into(), answer.into(), embedder];
-    let output = tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(python);
-        command.arg(script).args(args);
-        ragway_e2e::bounded::output(&mut command, Duration::from_secs(300))
-    })
-    .await??;
-    assert!(
-        output.status.success(),
-        "a framework's client failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let args = vec![server.url(""), key, "facts".into(), answer.into(), embedder];
+    ragway_e2e::python::check(python, "frameworks/check.py", args, Duration::from_secs(300)).await?;
     assert!(llm.calls() >= 5, "each chat reached the LLM: {}", llm.calls());
     Ok(())
 }

@@ -15,40 +15,9 @@ use serde_json::json;
 
 const ADMIN: &str = "mcp-admin-key";
 
-fn python() -> String {
-    let python = std::env::var("RAGWAY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let found = ragway_e2e::bounded::output(
-        Command::new(&python).args(["-c", "import mcp, httpx2"]),
-        Duration::from_secs(60),
-    );
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "the MCP Python SDK is missing ({python}): run scripts/test.sh, or pip install mcp and set RAGWAY_PYTHON"
-    );
-    python
-}
-
-/// Runs tests/mcp_client/check.py with `args`; fails with its output unless it passes.
-async fn check(python: String, args: Vec<String>) -> anyhow::Result<()> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp_client/check.py");
-    let output = tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(python);
-        command.arg(script).args(args);
-        ragway_e2e::bounded::output(&mut command, Duration::from_secs(180))
-    })
-    .await??;
-    assert!(
-        output.status.success(),
-        "the MCP SDK checks failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_mcp_sdk_lists_searches_and_asks_with_a_tenant_key() -> anyhow::Result<()> {
-    let python = python();
+    let python = ragway_e2e::python::with("mcp, httpx2");
     let answer = "Mount Etna erupts often.";
     let llm = ScriptedOpenAi::start(Script::Answer(answer.into())).await?;
     let dir = tempfile::tempdir()?;
@@ -107,7 +76,8 @@ async fn the_mcp_sdk_lists_searches_and_asks_with_a_tenant_key() -> anyhow::Resu
         answer.into(),
         other,
     ];
-    check(python.clone(), args).await?;
+    let bound = Duration::from_secs(180);
+    ragway_e2e::python::check(python.clone(), "mcp_client/check.py", args, bound).await?;
     assert!(llm.calls() >= 2, "each `ask` reached the LLM");
 
     // Through MCP as through /v1, an answer says how it was made.

@@ -6,7 +6,6 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::corpus;
@@ -26,22 +25,9 @@ fn options(llm: &ScriptedOpenAi) -> ServerOptions {
     }
 }
 
-fn python() -> String {
-    let python = std::env::var("RAGWAY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let found = ragway_e2e::bounded::output(
-        Command::new(&python).args(["-c", "import openai"]),
-        Duration::from_secs(60),
-    );
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "the openai Python SDK is missing ({python}): run scripts/test.sh, or pip install openai and set RAGWAY_PYTHON"
-    );
-    python
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openai_sdk_works_unchanged() -> anyhow::Result<()> {
-    let python = python();
+    let python = ragway_e2e::python::with("openai");
     let answer = "Etna erupts often [1].";
     let llm = ScriptedOpenAi::start(Script::Answer(answer.into())).await?;
     let dir = tempfile::tempdir()?;
@@ -54,22 +40,19 @@ async fn the_openai_sdk_works_unchanged() -> anyhow::Result<()> {
             .status,
         200
     );
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openai_sdk/check.py");
-    let base = server.url("/v1");
-    let output = tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(python);
-        command
-            .arg(script)
-            .args([base.as_str(), "facts", "scripted", answer]);
-        ragway_e2e::bounded::output(&mut command, Duration::from_secs(180))
-    })
-    .await??;
-    assert!(
-        output.status.success(),
-        "the openai SDK checks failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let args = [
+        server.url("/v1"),
+        "facts".into(),
+        "scripted".into(),
+        answer.into(),
+    ];
+    ragway_e2e::python::check(
+        python,
+        "openai_sdk/check.py",
+        args.to_vec(),
+        Duration::from_secs(180),
+    )
+    .await?;
     Ok(())
 }
 
