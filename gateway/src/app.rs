@@ -197,6 +197,7 @@ pub async fn load(config: Config, metrics: PrometheusHandle) -> anyhow::Result<A
     collections.follow();
     let job_settings = JobSettings {
         batch_chunks: config.ingest.batch_chunks,
+        import_batch_chunks: config.ingest.import_batch_chunks,
         max_concurrent: config.ingest.max_concurrent_jobs,
         keep_finished: config.ingest.keep_finished_jobs,
         queue: JobQueueLimits {

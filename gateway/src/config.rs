@@ -158,6 +158,9 @@ pub struct IngestConfig {
     pub sync_max_documents: usize,
     /// Chunks embedded and written per batch; each batch is durable before the next starts.
     pub batch_chunks: usize,
+    /// The same for an import (`/import`), whose lines often come with their vectors: larger
+    /// batches write faster.
+    pub import_batch_chunks: usize,
     /// Background jobs running at once.
     pub max_concurrent_jobs: usize,
     /// Time one batch may take to embed.
@@ -774,6 +777,7 @@ impl Default for IngestConfig {
         Self {
             sync_max_documents: 256,
             batch_chunks: 64,
+            import_batch_chunks: 1_024,
             max_concurrent_jobs: 1,
             embed_timeout_ms: 120_000,
             keep_finished_jobs: 1_000,
@@ -933,9 +937,11 @@ impl Config {
                 "ingest.max_queued_jobs and ingest.max_queued_jobs_per_tenant must be at least 1".to_string(),
             );
         }
-        if i.batch_chunks == 0 || i.max_concurrent_jobs == 0 {
-            problems
-                .push("ingest.batch_chunks and ingest.max_concurrent_jobs must be at least 1".to_string());
+        if i.batch_chunks == 0 || i.import_batch_chunks == 0 || i.max_concurrent_jobs == 0 {
+            problems.push(
+                "ingest.batch_chunks, ingest.import_batch_chunks and ingest.max_concurrent_jobs must be at least 1"
+                    .to_string(),
+            );
         }
         let q = &self.queues;
         if q.embedder_interactive == 0 || q.embedder_bulk == 0 || q.reranker == 0 || q.local_llm == 0 {

@@ -46,6 +46,10 @@ pub struct LimitsConfig {
     pub max_concurrent_uploads: usize,
     /// Of those, one tenant's share; one more gets `429 upload_quota_exceeded`.
     pub max_concurrent_uploads_per_tenant: usize,
+    /// A whole `/import` body (NDJSON, streamed to the job store as it is read, never held).
+    pub max_import_bytes: u64,
+    /// One line of an `/import` body: a document with its metadata and vector.
+    pub max_import_line_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -67,6 +71,8 @@ impl Default for LimitsConfig {
             max_upload_bytes: 64 << 20,
             max_concurrent_uploads: 4,
             max_concurrent_uploads_per_tenant: 2,
+            max_import_bytes: 16 << 30,
+            max_import_line_bytes: 2 << 20,
         }
     }
 }
@@ -134,12 +140,14 @@ pub fn chunking(chunking: ChunkingOptions, min_chunk_words: usize) -> Result<(),
     Ok(())
 }
 
-/// An ingest request's documents: count, ids, sizes, metadata, and the chunks they would make.
+/// An ingest request's documents: count, ids, sizes, metadata, vectors (of `dimension`), and the
+/// chunks they would make.
 pub fn documents(
     documents: &[DocumentInput],
     max_documents: usize,
     limits: &LimitsConfig,
     chunking: ChunkingOptions,
+    dimension: usize,
 ) -> Result<(), ApiError> {
     if documents.is_empty() || documents.len() > max_documents {
         return Err(ApiError::invalid(
@@ -150,18 +158,13 @@ pub fn documents(
     let mut seen = HashSet::new();
     let mut chunks = 0;
     for doc in documents {
-        document_id(&doc.id)?;
         if !seen.insert(doc.id.as_str()) {
             return Err(ApiError::invalid(
                 ErrorCode::DuplicateDocumentId,
                 format!("document id {:?} appears twice in this request", doc.id),
             ));
         }
-        document(doc, limits)?;
-        chunks += match &doc.chunks {
-            Some(given) => given_chunks(doc, given, limits)?,
-            None => chunking.chunks_for(doc.text.split_whitespace().count()),
-        };
+        chunks += one_document(doc, limits, chunking, dimension)?;
     }
     if chunks > limits.max_chunks_per_request {
         return Err(ApiError::invalid(
@@ -170,6 +173,55 @@ pub fn documents(
                 "these documents make {chunks} chunks; the limit is {} per request (limits.max_chunks_per_request): send fewer per request",
                 limits.max_chunks_per_request
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// One document (of a request, or a line of an import): its id, size, metadata, vector; the
+/// chunks it makes.
+pub fn one_document(
+    doc: &DocumentInput,
+    limits: &LimitsConfig,
+    chunking: ChunkingOptions,
+    dimension: usize,
+) -> Result<usize, ApiError> {
+    document_id(&doc.id)?;
+    document(doc, limits)?;
+    let chunks = match &doc.chunks {
+        Some(given) => given_chunks(doc, given, limits)?,
+        None => chunking.chunks_for(doc.text.split_whitespace().count()),
+    };
+    if let Some(vector) = &doc.vector {
+        given_vector(&doc.id, vector, dimension, chunks)?;
+    }
+    Ok(chunks)
+}
+
+/// A vector sent with a document: the collection's dimension, finite, not zero (cosine has no
+/// direction for it), for a document of one chunk.
+fn given_vector(id: &str, vector: &[f32], dimension: usize, chunks: usize) -> Result<(), ApiError> {
+    let refuse = |why: String| {
+        Err(ApiError::invalid(
+            ErrorCode::InvalidVector,
+            format!("document {id:?}: {why}"),
+        ))
+    };
+    if vector.len() != dimension {
+        return refuse(format!(
+            "its vector has {} values; this collection's embedder makes {dimension}",
+            vector.len()
+        ));
+    }
+    if let Some(i) = vector.iter().position(|v| !v.is_finite()) {
+        return refuse(format!("value {i} of its vector is not a finite number"));
+    }
+    if vector.iter().all(|v| *v == 0.0) {
+        return refuse("its vector is all zeros".into());
+    }
+    if chunks != 1 {
+        return refuse(format!(
+            "it makes {chunks} chunks, and a vector can stand for one: send shorter texts, or no vector"
         ));
     }
     Ok(())
@@ -190,6 +242,7 @@ fn given_chunks(doc: &DocumentInput, given: &[ChunkInput], limits: &LimitsConfig
             text: chunk.text.clone(),
             metadata: chunk.metadata.clone(),
             chunks: None,
+            vector: None,
         };
         document(&as_document, limits)?;
     }
@@ -468,8 +521,9 @@ mod tests {
                     })
                     .collect(),
             ),
+            vector: None,
         };
-        let check = |doc: DocumentInput| documents(&[doc], 10, &limits, ChunkingOptions::default());
+        let check = |doc: DocumentInput| documents(&[doc], 10, &limits, ChunkingOptions::default(), 3);
         assert!(check(cut(vec!["a", "b", "c"])).is_ok());
         let code = |doc| check(doc).err().map(|e| e.code());
         assert_eq!(
@@ -478,6 +532,33 @@ mod tests {
         );
         assert_eq!(code(cut(vec![])), Some(ErrorCode::InvalidDocuments));
         assert_eq!(code(cut(vec!["a", "  "])), Some(ErrorCode::EmptyDocument));
+    }
+
+    #[test]
+    fn a_vector_is_of_the_collections_dimension_finite_and_for_one_chunk() {
+        let limits = LimitsConfig::default();
+        let doc = |text: &str, vector: Vec<f32>| DocumentInput {
+            id: "d".into(),
+            text: text.into(),
+            metadata: None,
+            chunks: None,
+            vector: Some(vector),
+        };
+        let chunking = ChunkingOptions {
+            chunk_words: 4,
+            overlap_words: 0,
+        };
+        let check = |doc: DocumentInput| one_document(&doc, &limits, chunking, 3).map_err(|e| e.code());
+        assert_eq!(check(doc("short text", vec![0.1, 0.2, 0.3])), Ok(1));
+        let invalid = Err(ErrorCode::InvalidVector);
+        assert_eq!(check(doc("short text", vec![0.1, 0.2])), invalid);
+        assert_eq!(check(doc("short text", vec![0.1, f32::NAN, 0.3])), invalid);
+        assert_eq!(check(doc("short text", vec![0.1, f32::INFINITY, 0.3])), invalid);
+        assert_eq!(check(doc("short text", vec![0.0, 0.0, 0.0])), invalid);
+        assert_eq!(
+            check(doc("one two three four five six", vec![0.1, 0.2, 0.3])),
+            invalid
+        );
     }
 
     #[test]

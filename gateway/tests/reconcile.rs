@@ -34,6 +34,7 @@ fn doc(id: &str, text: &str) -> DocumentInput {
         text: text.into(),
         metadata: None,
         chunks: None,
+        vector: None,
     }
 }
 

@@ -106,6 +106,18 @@ pub struct JobAccepted {
     pub status_url: String,
 }
 
+/// `202` for `POST /v1/collections/{name}/import`: the whole body was read, checked and recorded
+/// durably; the job indexes it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportAccepted {
+    pub job_id: String,
+    pub status_url: String,
+    /// Lines (documents) read.
+    pub documents: usize,
+    /// Of them, lines that came with a vector (the embedder skips them).
+    pub with_vectors: usize,
+}
+
 /// `202` for `POST /v1/collections/{name}/files`: the job that indexes them, and what was read.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FilesAccepted {
@@ -209,6 +221,11 @@ pub struct DocumentInput {
     /// not applied. `text` is then the whole document, kept for its content hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<Vec<ChunkInput>>,
+    /// The document's one chunk, already embedded (by the collection's own embedder, elsewhere):
+    /// stored as given, the embedder skipped. Its length must be the collection's dimension, every
+    /// value finite, and the document must make exactly one chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
 }
 
 /// One chunk of a document cut by its sender.

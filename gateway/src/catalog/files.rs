@@ -195,6 +195,7 @@ fn document(
         text,
         metadata: Some(metadata),
         chunks: Some(chunks),
+        vector: None,
     };
     Ok((document, read))
 }

@@ -26,7 +26,9 @@ use crate::tenancy::quota::policy::{
     admit_job, admit_storage, Amounts, JobQueueLimits, OverStorage, QueueFull,
 };
 
+mod parts;
 mod store;
+pub use parts::PART_DOCUMENTS;
 use store::{FileJobs, Hold, JobStore, Record, RedisJobs};
 
 /// How jobs run.
@@ -34,6 +36,8 @@ use store::{FileJobs, Hold, JobStore, Record, RedisJobs};
 pub struct JobSettings {
     /// Chunks per batch (estimated from word counts before chunking).
     pub batch_chunks: usize,
+    /// Chunks per batch of an import (larger: its lines often come embedded).
+    pub import_batch_chunks: usize,
     pub max_concurrent: usize,
     pub keep_finished: usize,
     /// Background jobs held unfinished at most, in all and per tenant.
@@ -56,7 +60,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// What a background job will add to its tenant's storage when it has run: counted against the
 /// tenant's storage quota while it waits, so that queued work cannot slip past the quota.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
     pub documents: u64,
     pub chunks: u64,
@@ -133,6 +137,8 @@ pub enum NotAdmitted {
 
 /// What one tenant's write asks of storage admission.
 pub struct StorageRequest<'a> {
+    /// The id of the job the write becomes, when known already (an import's); else a new one.
+    pub job: Option<&'a str>,
     /// The collection written to (its internal name).
     pub collection: &'a str,
     pub limits: Amounts<Option<u64>>,
@@ -144,6 +150,8 @@ pub struct StorageRequest<'a> {
 struct Job {
     status: Mutex<JobStatus>,
     generation: String,
+    /// An import's parts.
+    parts: Option<usize>,
     /// When it was accepted (see `Collections::stamp`).
     stamp: u64,
     cancelled: AtomicBool,
@@ -156,6 +164,7 @@ impl Job {
         Arc::new(Self {
             status: Mutex::new(record.status),
             generation: record.generation,
+            parts: record.parts,
             stamp: record.stamp.unwrap_or_default(),
             cancelled: AtomicBool::new(false),
             reserved,
@@ -179,7 +188,94 @@ impl Job {
             status: status.clone(),
             generation: self.generation.clone(),
             stamp: Some(self.stamp),
+            parts: self.parts,
+            reserved: self.parts.map(|_| self.reserved),
         }
+    }
+}
+
+/// What a job indexes.
+enum Input {
+    /// A request's documents, recorded with the job.
+    Documents(Vec<DocumentInput>),
+    /// An import's parts, recorded in the store before the job (see [`parts`]).
+    Parts(usize),
+    /// An import just read: its parts, and the documents and chunks they hold.
+    Import {
+        count: usize,
+        documents: usize,
+        chunks: usize,
+    },
+}
+
+impl Input {
+    fn documents(&self) -> usize {
+        match self {
+            Self::Documents(documents) => documents.len(),
+            Self::Import { documents, .. } => *documents,
+            Self::Parts(_) => 0,
+        }
+    }
+
+    fn chunks(&self, collection: &Collection) -> usize {
+        match self {
+            Self::Documents(documents) => documents.iter().map(|d| chunks_of(d, collection)).sum(),
+            Self::Import { chunks, .. } => *chunks,
+            Self::Parts(_) => 0,
+        }
+    }
+
+    fn parts(&self) -> Option<usize> {
+        match self {
+            Self::Documents(_) => None,
+            Self::Parts(count) | Self::Import { count, .. } => Some(*count),
+        }
+    }
+}
+
+/// An import being read: its documents recorded part by part as they come; forgotten unless it
+/// becomes a job ([`Jobs::submit_import`]).
+pub struct ImportSpool {
+    jobs: Arc<Jobs>,
+    pub id: String,
+    parts: usize,
+    documents: usize,
+    chunks: usize,
+    submitted: bool,
+}
+
+impl ImportSpool {
+    /// Records the next part: `documents` (at most [`PART_DOCUMENTS`]; only the last part may hold
+    /// fewer) making `chunks` chunks.
+    pub async fn push(&mut self, documents: Vec<DocumentInput>, chunks: usize) -> Result<(), ApiError> {
+        let count = documents.len();
+        let bytes = tokio::task::spawn_blocking(move || parts::encode(&documents))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(ApiError::Internal)?;
+        self.jobs
+            .store
+            .put_part(&self.id, self.parts, bytes)
+            .await
+            .map_err(|e| self.jobs.failed(e))?;
+        self.parts += 1;
+        self.documents += count;
+        self.chunks += chunks;
+        Ok(())
+    }
+
+    pub fn documents(&self) -> usize {
+        self.documents
+    }
+}
+
+impl Drop for ImportSpool {
+    fn drop(&mut self) {
+        if self.submitted || self.parts == 0 {
+            return;
+        }
+        let (jobs, id, parts) = (self.jobs.clone(), self.id.clone(), self.parts);
+        tokio::spawn(async move { jobs.store.drop_parts(&id, parts).await });
     }
 }
 
@@ -350,6 +446,16 @@ impl Jobs {
         let lookup = self.collections.lookup(&name, &record.generation).await;
         let (done, total) = (record.status.documents_done, record.status.documents_total);
         match lookup {
+            Lookup::Open(collection) if record.parts.is_some() => {
+                let parts = record.parts.unwrap_or_default();
+                let reserved = record.reserved.unwrap_or_default();
+                let job = Job::new(record, reserved);
+                tracing::info!(job = id, collection = name, done, "resuming import job");
+                self.lock().insert(id, job.clone());
+                let slot = QueueSlot::take(&self.queue, owner(&name), None).ok();
+                self.clone()
+                    .spawn(job, collection, Input::Parts(parts), None, slot, lease);
+            }
             Lookup::Open(collection) => match self.store.documents(&id).await {
                 Ok(documents) => {
                     // What its documents still to come will add counts against its tenant's
@@ -362,7 +468,8 @@ impl Jobs {
                     self.lock().insert(id, job.clone());
                     // Accepted before: it counts, but is never refused now.
                     let slot = QueueSlot::take(&self.queue, owner(&name), None).ok();
-                    self.clone().spawn(job, collection, documents, None, slot, lease);
+                    self.clone()
+                        .spawn(job, collection, Input::Documents(documents), None, slot, lease);
                 }
                 Err(e) => {
                     let why = format!("the job's documents are unreadable: {e}");
@@ -401,7 +508,13 @@ impl Jobs {
             None => uuid::Uuid::new_v4().simple().to_string(),
         };
         let submitted = self
-            .submit_admitted(collection.clone(), documents, background, &id, admitted)
+            .submit_admitted(
+                collection.clone(),
+                Input::Documents(documents),
+                background,
+                &id,
+                admitted,
+            )
             .await;
         if submitted.is_err() {
             // Never recorded: what it held is given back now, not when its hold lapses.
@@ -413,7 +526,7 @@ impl Jobs {
     async fn submit_admitted(
         self: &Arc<Self>,
         collection: Arc<Collection>,
-        documents: Vec<DocumentInput>,
+        input: Input,
         background: bool,
         id: &str,
         admitted: Admitted,
@@ -433,12 +546,12 @@ impl Jobs {
                 id: id.clone(),
                 collection: collection.name.clone(),
                 state: JobState::Queued,
-                documents_total: documents.len(),
+                documents_total: input.documents(),
                 documents_done: 0,
                 indexed: 0,
                 unchanged: 0,
                 chunks_done: 0,
-                chunks_total: documents.iter().map(|d| chunks_of(d, &collection)).sum(),
+                chunks_total: input.chunks(&collection),
                 epoch: collection.epoch(),
                 errors: Vec::new(),
                 created_at: now(),
@@ -446,6 +559,8 @@ impl Jobs {
             },
             generation: collection.generation.clone(),
             stamp: Some(stamp),
+            parts: input.parts(),
+            reserved: input.parts().map(|_| admitted.reservation),
         };
         let status = record.status.clone();
         // Held before the record exists, so that no process resuming unfinished jobs can take a
@@ -456,8 +571,12 @@ impl Jobs {
             .await
             .map_err(|e| self.failed(e))?
             .ok_or_else(|| ApiError::Internal(format!("job {id} was claimed by another process")))?;
+        let documents = match &input {
+            Input::Documents(documents) => documents.as_slice(),
+            Input::Parts(_) | Input::Import { .. } => &[],
+        };
         self.store
-            .create(&record, &documents)
+            .create(&record, documents)
             .await
             .map_err(|e| self.failed(e))?;
         let job = Job::new(record, admitted.reservation);
@@ -466,8 +585,43 @@ impl Jobs {
         drop(admitted);
         let (answer, result) = oneshot::channel();
         self.clone()
-            .spawn(job, collection, documents, Some(answer), slot, lease);
+            .spawn(job, collection, input, Some(answer), slot, lease);
         Ok((status, (!background).then_some(result)))
+    }
+
+    /// Starts reading an import (see [`ImportSpool`]).
+    pub fn import(self: &Arc<Self>) -> ImportSpool {
+        ImportSpool {
+            jobs: self.clone(),
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            parts: 0,
+            documents: 0,
+            chunks: 0,
+            submitted: false,
+        }
+    }
+
+    /// Records an import read whole as a background job (its id is the spool's) and starts it.
+    pub async fn submit_import(
+        self: &Arc<Self>,
+        collection: Arc<Collection>,
+        mut spool: ImportSpool,
+        admitted: Admitted,
+    ) -> Result<JobStatus, ApiError> {
+        let input = Input::Import {
+            count: spool.parts,
+            documents: spool.documents,
+            chunks: spool.chunks,
+        };
+        let id = spool.id.clone();
+        let submitted = self
+            .submit_admitted(collection.clone(), input, true, &id, admitted)
+            .await;
+        match &submitted {
+            Ok(_) => spool.submitted = true,
+            Err(_) => self.store.release(&collection.name, &id).await,
+        }
+        submitted.map(|(status, _)| status)
     }
 
     /// What the unfinished jobs of `owner` (a tenant's id) will still add to its storage.
@@ -496,7 +650,10 @@ impl Jobs {
             request.growth.chunks,
             request.growth.bytes,
         ));
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = match request.job {
+            Some(id) => id.to_string(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
         let hold = Hold {
             collection: request.collection,
             id: &id,
@@ -552,7 +709,7 @@ impl Jobs {
         self: Arc<Self>,
         job: Arc<Job>,
         collection: Arc<Collection>,
-        documents: Vec<DocumentInput>,
+        input: Input,
         answer: Option<oneshot::Sender<Result<IngestResponse, ApiError>>>,
         // Background jobs hold a place in the queue until they end.
         slot: Option<QueueSlot>,
@@ -568,7 +725,7 @@ impl Jobs {
             };
             // Its model work waits in the model queues as its tenant's, beside the others'.
             let party = Arc::from(owner(&collection.name));
-            let run = self.run(&job, &collection, documents, background, &lease);
+            let run = self.run(&job, &collection, input, background, &lease);
             let result = ragway_worker::PARTY.scope(party, run).await;
             // Ended without being recorded as ended (its record could not be written, or
             // another process runs it now): no longer this process's.
@@ -580,19 +737,76 @@ impl Jobs {
         });
     }
 
-    /// Applies the documents not yet done, batch by batch.
+    /// Applies the documents not yet done, batch by batch (an import's, part by part).
     async fn run(
         &self,
         job: &Job,
         collection: &Collection,
-        documents: Vec<DocumentInput>,
+        input: Input,
         background: bool,
         lease: &Lease,
     ) -> Result<IngestResponse, ApiError> {
-        let start = job.status().documents_done.min(documents.len());
+        let done = job.status().documents_done;
         self.persist(&job.update(|s| s.state = JobState::Running), lease)
             .await?;
-        let mut rest = documents.into_iter().skip(start).peekable();
+        match input {
+            Input::Documents(documents) => {
+                let rest = documents.into_iter().skip(done);
+                let batch = self.settings.batch_chunks;
+                self.apply_all(job, collection, rest, batch, background, lease)
+                    .await?
+            }
+            Input::Parts(count) | Input::Import { count, .. } => {
+                let batch = self.settings.import_batch_chunks;
+                for n in done / PART_DOCUMENTS..count {
+                    let documents = match self.read_part(&job.status().id, n).await {
+                        Ok(documents) => documents,
+                        Err(why) => {
+                            self.finish(job, Err(why.clone()), lease).await;
+                            return Err(ApiError::Internal(why));
+                        }
+                    };
+                    let skip = match n == done / PART_DOCUMENTS {
+                        true => done % PART_DOCUMENTS,
+                        false => 0,
+                    };
+                    let rest = documents.into_iter().skip(skip);
+                    self.apply_all(job, collection, rest, batch, background, lease)
+                        .await?;
+                }
+            }
+        }
+        self.finish(job, Ok(JobState::Done), lease).await;
+        let status = job.status();
+        Ok(IngestResponse {
+            indexed: status.indexed,
+            unchanged: status.unchanged,
+            chunks: status.chunks_done,
+            epoch: status.epoch,
+        })
+    }
+
+    /// Part `n` of import `id`, decoded off the runtime.
+    async fn read_part(&self, id: &str, n: usize) -> Result<Vec<DocumentInput>, String> {
+        let bytes = self.store.part(id, n).await?;
+        tokio::task::spawn_blocking(move || parts::decode(&bytes))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("part {n} of the import is unreadable: {e}"))
+    }
+
+    /// Applies `documents` in batches of about `batch_chunks` chunks, each recorded as done when
+    /// applied; stops at a cancellation, or the first batch that fails (the job then failed).
+    async fn apply_all(
+        &self,
+        job: &Job,
+        collection: &Collection,
+        documents: impl Iterator<Item = DocumentInput>,
+        batch_chunks: usize,
+        background: bool,
+        lease: &Lease,
+    ) -> Result<(), ApiError> {
+        let mut rest = documents.peekable();
         while rest.peek().is_some() {
             if self.cancelled(job).await {
                 self.finish(job, Ok(JobState::Cancelled), lease).await;
@@ -601,7 +815,7 @@ impl Jobs {
                     message: "the ingestion job was cancelled".into(),
                 });
             }
-            let batch = self.next_batch(&mut rest, collection);
+            let batch = next_batch(&mut rest, collection, batch_chunks);
             let size = batch.len();
             let before = job.status().chunks_done;
             let embedded = AtomicUsize::new(0);
@@ -643,38 +857,12 @@ impl Jobs {
                 }
             }
         }
-        self.finish(job, Ok(JobState::Done), lease).await;
-        let status = job.status();
-        Ok(IngestResponse {
-            indexed: status.indexed,
-            unchanged: status.unchanged,
-            chunks: status.chunks_done,
-            epoch: status.epoch,
-        })
+        Ok(())
     }
 
     /// Cancelled here, or (shared store) through another replica.
     async fn cancelled(&self, job: &Job) -> bool {
         job.cancelled.load(Ordering::Acquire) || self.store.cancelled(&job.status().id).await
-    }
-
-    /// Documents up to about `batch_chunks` chunks (at least one document).
-    fn next_batch(
-        &self,
-        rest: &mut std::iter::Peekable<impl Iterator<Item = DocumentInput>>,
-        collection: &Collection,
-    ) -> Vec<DocumentInput> {
-        let mut batch = Vec::new();
-        let mut chunks = 0;
-        while let Some(doc) = rest.peek() {
-            let cost = chunks_of(doc, collection);
-            if !batch.is_empty() && chunks + cost > self.settings.batch_chunks {
-                break;
-            }
-            chunks += cost;
-            batch.extend(rest.next());
-        }
-        batch
     }
 
     /// One batch; a background job waits out a busy embedder instead of failing.
@@ -797,6 +985,25 @@ impl Jobs {
         self.store.cancel(id).await.map_err(|e| self.failed(e))?;
         Ok(status)
     }
+}
+
+/// Documents up to about `batch_chunks` chunks (at least one document).
+fn next_batch(
+    rest: &mut std::iter::Peekable<impl Iterator<Item = DocumentInput>>,
+    collection: &Collection,
+    batch_chunks: usize,
+) -> Vec<DocumentInput> {
+    let mut batch = Vec::new();
+    let mut chunks = 0;
+    while let Some(doc) = rest.peek() {
+        let cost = chunks_of(doc, collection);
+        if !batch.is_empty() && chunks + cost > batch_chunks {
+            break;
+        }
+        chunks += cost;
+        batch.extend(rest.next());
+    }
+    batch
 }
 
 fn progress(status: &mut JobStatus, documents: usize, outcome: BatchOutcome) {

@@ -308,14 +308,34 @@ impl Caller {
         collection: &Collection,
         documents: &[DocumentInput],
     ) -> Result<Admitted, ApiError> {
+        if !self.has_storage_limits() {
+            return Ok(Admitted::default());
+        }
+        let growth = state.collections.growth(collection, documents).await?;
+        self.admit_growth(state, collection, growth, None).await
+    }
+
+    /// True when the caller is a tenant with a storage quota.
+    pub fn has_storage_limits(&self) -> bool {
+        self.tenant.as_ref().is_some_and(|tenant| {
+            let l = &tenant.limits;
+            l.documents.is_some() || l.chunks.is_some() || l.bytes.is_some()
+        })
+    }
+
+    /// As [`Caller::check_storage`], for a write that changes `collection` by `growth`
+    /// (documents, chunks, bytes), to be run as job `job` when its id is known already.
+    pub async fn admit_growth(
+        &self,
+        state: &AppState,
+        collection: &Collection,
+        (documents, chunks, bytes): (i64, i64, i64),
+        job: Option<&str>,
+    ) -> Result<Admitted, ApiError> {
         let Some(tenant) = &self.tenant else {
             return Ok(Admitted::default());
         };
         let l = &tenant.limits;
-        if l.documents.is_none() && l.chunks.is_none() && l.bytes.is_none() {
-            return Ok(Admitted::default());
-        }
-        let (documents, chunks, bytes) = state.collections.growth(collection, documents).await?;
         let stored = self
             .collections(state)?
             .into_iter()
@@ -331,6 +351,7 @@ impl Caller {
             .collect();
         let request = StorageRequest {
             collection: &collection.name,
+            job,
             limits: Amounts {
                 documents: l.documents,
                 chunks: l.chunks,

@@ -58,6 +58,8 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::SnapshotNotFound
         | C::InvalidSnapshot
         | C::UnsupportedContentPart
+        | C::InvalidImportLine
+        | C::InvalidVector
         | C::UnsupportedDimensions
         | C::UnsupportedEncoding
         | C::UnsupportedParameter

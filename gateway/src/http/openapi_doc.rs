@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::http::routes::{
-    admin, answers, collections, embeddings, files, health, jobs, openai, rerank, tenants,
+    admin, answers, collections, embeddings, files, health, import, jobs, openai, rerank, tenants,
 };
 use crate::validate;
 
@@ -16,7 +16,7 @@ use crate::validate;
     info(title = "ragway", description = "A RAG gateway: hybrid retrieval, reranking and pooled LLM generation, with an honest `mode` on every answer."),
     paths(
         collections::create, collections::list, collections::get, collections::update, collections::delete,
-        collections::ingest, collections::delete_document, files::upload,
+        collections::ingest, collections::delete_document, files::upload, import::import,
         jobs::get_job, jobs::cancel_job, jobs::list_jobs,
         answers::search, answers::search_batch, answers::query,
         embeddings::embeddings, rerank::rerank, rerank::rerank_v2, openai::chat_completions, openai::models,

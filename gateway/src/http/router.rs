@@ -14,7 +14,9 @@ use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::auth::{admin_only, tenant_layer};
-use super::routes::{admin, answers, collections, embeddings, files, health, jobs, openai, rerank, tenants};
+use super::routes::{
+    admin, answers, collections, embeddings, files, health, import, jobs, openai, rerank, tenants,
+};
 use super::serve::{read_body_within, BodyLimits};
 use super::uploads::{with_a_turn, Uploads};
 use super::{openapi_doc, AppState};
@@ -87,7 +89,8 @@ fn tenant_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
 }
 
 /// `/v1/collections/{name}/files`: as [`tenant_routes`], with room for files in the body
-/// (`limits.max_upload_bytes`).
+/// (`limits.max_upload_bytes`); and `/import`, whose body the route streams itself (never read
+/// whole: see `routes::import`). Both take a turn among the uploads at once.
 fn file_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
     let upload = BodyLimits {
         max_bytes: state.config.limits.max_upload_bytes,
@@ -99,13 +102,15 @@ fn file_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
         limits.max_concurrent_uploads,
         limits.max_concurrent_uploads_per_tenant,
     );
-    Router::new()
+    let turns = uploads.clone();
+    let files = Router::new()
         .route("/v1/collections/{name}/files", post(files::upload))
         .route_layer(DefaultBodyLimit::max(upload.max_bytes))
-        .route_layer(middleware::from_fn(move |r, n| read_body_within(upload, r, n)))
-        .route_layer(middleware::from_fn(move |r, n| {
-            with_a_turn(uploads.clone(), r, n)
-        }))
+        .route_layer(middleware::from_fn(move |r, n| read_body_within(upload, r, n)));
+    Router::new()
+        .route("/v1/collections/{name}/import", post(import::import))
+        .merge(files)
+        .route_layer(middleware::from_fn(move |r, n| with_a_turn(turns.clone(), r, n)))
         .route_layer(middleware::from_fn_with_state(state.clone(), tenant_layer))
 }
 

@@ -21,12 +21,14 @@ const WRITE_PART: usize = 256;
 /// Chunks embedded per call while a batch is applied.
 const EMBED_PART: usize = 64;
 
-/// A new or changed document of a batch: its id, content hash and chunks.
+/// A new or changed document of a batch: its id, content hash and chunks (and its one chunk's
+/// vector, when its sender embedded it).
 struct Change {
     id: String,
     hash: String,
     chunks: Vec<Chunk>,
     bytes: u64,
+    vector: Option<Vec<f32>>,
 }
 
 /// A change of one collection in progress: its manifest held in this process, its lease held in
@@ -71,6 +73,7 @@ fn record(manifest: &mut Manifest, changed: Vec<Change>, stamp: u64) -> usize {
         hash,
         chunks: doc_chunks,
         bytes,
+        ..
     } in changed
     {
         chunks += doc_chunks.len();
@@ -134,12 +137,14 @@ fn plan(manifest: &Manifest, documents: Vec<DocumentInput>, chunking: ChunkingOp
             hash,
             bytes: stored_bytes(&chunks, &metadata),
             chunks,
+            vector: doc.vector,
         });
     }
     plan
 }
 
-/// A document's content hash: its text and metadata, and the chunks it came cut into.
+/// A document's content hash: its text and metadata, the chunks it came cut into, and the vector
+/// it came with.
 fn content_hash(doc: &DocumentInput, metadata: &serde_json::Map<String, serde_json::Value>) -> String {
     let mut hasher = Sha256::new();
     hasher.update((doc.text.len() as u64).to_le_bytes());
@@ -154,6 +159,10 @@ fn content_hash(doc: &DocumentInput, metadata: &serde_json::Map<String, serde_js
             let own = chunk.metadata.clone().unwrap_or_default();
             hasher.update(serde_json::Value::Object(own).to_string().as_bytes());
         }
+    }
+    if let Some(vector) = &doc.vector {
+        hasher.update(b"vector");
+        vector.iter().for_each(|v| hasher.update(v.to_le_bytes()));
     }
     hex::encode(hasher.finalize())
 }
@@ -294,20 +303,43 @@ impl Collections {
         if changed.is_empty() {
             return Ok(outcome);
         }
-        // Embed first: it touches no store, so a failure here leaves everything as it was.
+        // Embed first (what came without a vector): it touches no store, so a failure here
+        // leaves everything as it was.
         let chunks: Vec<Chunk> = changed.iter().flat_map(|c| c.chunks.iter().cloned()).collect();
+        let given: Vec<Option<&Vec<f32>>> = changed
+            .iter()
+            .flat_map(|c| c.chunks.iter().map(|_| c.vector.as_ref()))
+            .collect();
+        let to_embed: Vec<&Chunk> = chunks
+            .iter()
+            .zip(&given)
+            .filter(|(_, given)| given.is_none())
+            .map(|(chunk, _)| chunk)
+            .collect();
         // In parts, so that a large document's progress shows (`embedded`) while it is embedded.
-        let mut vectors = Vec::with_capacity(chunks.len());
-        for part in chunks.chunks(EMBED_PART) {
+        let mut vectors = Vec::with_capacity(to_embed.len());
+        for part in to_embed.chunks(EMBED_PART) {
             let texts = part.iter().map(|c| c.text.clone()).collect();
             vectors.extend(self.embed(&collection.name, texts).await?);
             embedded.fetch_add(part.len(), Ordering::Relaxed);
         }
+        embedded.fetch_add(chunks.len() - to_embed.len(), Ordering::Relaxed);
+        if vectors.len() != to_embed.len() {
+            return Err(ApiError::Internal(format!(
+                "the embedder made {} vectors for {} texts",
+                vectors.len(),
+                to_embed.len()
+            )));
+        }
+        let mut made = vectors.into_iter();
         let embedded = chunks
             .iter()
             .cloned()
-            .zip(vectors)
-            .map(|(chunk, vector)| EmbeddedChunk { chunk, vector })
+            .zip(given)
+            .map(|(chunk, given)| {
+                let vector = given.cloned().or_else(|| made.next()).unwrap_or_default();
+                EmbeddedChunk { chunk, vector }
+            })
             .collect();
         let doc_ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
         // Only a document the manifest has can have chunks in the stores (an interrupted write's

@@ -27,6 +27,13 @@ pub(super) struct Record {
     /// when resumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<u64>,
+    /// An import's documents come in this many parts (see [`super::parts`]), not in one list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<usize>,
+    /// What an import adds to its tenant's storage (a resumed import's documents are not read
+    /// whole again to know it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<super::Reservation>,
 }
 
 #[async_trait]
@@ -41,6 +48,11 @@ pub(super) trait JobStore: Send + Sync {
     async fn get(&self, id: &str) -> Result<Option<Record>, String>;
     async fn all(&self) -> Result<Vec<Record>, String>;
     async fn documents(&self, id: &str) -> Result<Vec<DocumentInput>, String>;
+    /// Writes part `n` of import `id` (see [`super::parts`]), durably, before its job is created.
+    async fn put_part(&self, id: &str, n: usize, bytes: Vec<u8>) -> Result<(), String>;
+    async fn part(&self, id: &str, n: usize) -> Result<Vec<u8>, String>;
+    /// Forgets the first `count` parts of import `id` (it ended, or its body was refused).
+    async fn drop_parts(&self, id: &str, count: usize);
     /// Records a finished job (fenced as [`JobStore::save`]), forgets its documents and the
     /// oldest finished jobs beyond `keep`.
     async fn finish(&self, record: &Record, keep: usize, lease: &Lease) -> Result<(), WriteError>;
@@ -120,6 +132,17 @@ impl FileJobs {
                 }
             }
         }
+        // Parts of an import whose body never ended (the process died while reading it).
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let stem = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".parts"));
+            if stem.is_some_and(|id| !records.contains_key(id)) {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
         Ok(Self {
             dir,
             records: Mutex::new(records),
@@ -145,6 +168,10 @@ impl FileJobs {
 
     fn documents_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.documents.json"))
+    }
+
+    fn parts_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.parts"))
     }
 }
 
@@ -182,10 +209,47 @@ impl JobStore for FileJobs {
         serde_json::from_slice(&bytes).map_err(|e| e.to_string())
     }
 
+    async fn put_part(&self, id: &str, n: usize, bytes: Vec<u8>) -> Result<(), String> {
+        let dir = self.parts_dir(id);
+        let written = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            durable::write(&dir.join(format!("{n}.part")), &bytes)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot record part {n} of import {id}: {e}")),
+            Err(e) => Err(format!("cannot record part {n} of import {id}: {e}")),
+        }
+    }
+
+    async fn part(&self, id: &str, n: usize) -> Result<Vec<u8>, String> {
+        let path = self.parts_dir(id).join(format!("{n}.part"));
+        tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("part {n} of import {id}: {e}"))
+    }
+
+    async fn drop_parts(&self, id: &str, _count: usize) {
+        let dir = self.parts_dir(id);
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await;
+        if !matches!(removed, Ok(Ok(()))) {
+            tracing::warn!(job = id, "cannot remove an import's parts");
+        }
+    }
+
     async fn finish(&self, record: &Record, keep: usize, _lease: &Lease) -> Result<(), WriteError> {
         self.write(record)?;
         let id = &record.status.id;
         durable::remove(&self.documents_path(id)).map_err(|e| format!("{id}'s documents: {e}"))?;
+        if let Some(parts) = record.parts {
+            self.drop_parts(id, parts).await;
+        }
         let mut records = self.records();
         for old in excess(records.values().cloned(), keep) {
             records.remove(&old);
@@ -210,6 +274,10 @@ impl JobStore for FileJobs {
 
 /// Id → record.
 const RECORDS: &str = "ragway:jobs";
+
+/// An import's parts expire after a week: those of a body that never became a job (its replica
+/// died while reading it) go by themselves; a job still queued then fails, saying so.
+const PART_TTL_S: u64 = 7 * 86_400;
 
 fn key(id: &str, part: &str) -> String {
     format!("ragway:job:{id}:{part}")
@@ -368,8 +436,38 @@ impl JobStore for RedisJobs {
         serde_json::from_slice(&bytes).map_err(|e| e.to_string())
     }
 
+    async fn put_part(&self, id: &str, n: usize, bytes: Vec<u8>) -> Result<(), String> {
+        let mut connection = self.redis.durable_connection();
+        self.redis
+            .durable(connection.set_ex::<_, _, ()>(key(id, &format!("part:{n}")), bytes, PART_TTL_S))
+            .await
+    }
+
+    async fn part(&self, id: &str, n: usize) -> Result<Vec<u8>, String> {
+        let mut connection = self.redis.connection();
+        let bytes: Option<Vec<u8>> = self
+            .redis
+            .call(connection.get(key(id, &format!("part:{n}"))))
+            .await?;
+        bytes.ok_or_else(|| format!("part {n} of import {id} is not in redis"))
+    }
+
+    async fn drop_parts(&self, id: &str, count: usize) {
+        let mut connection = self.redis.connection();
+        let keys: Vec<String> = (0..count).map(|n| key(id, &format!("part:{n}"))).collect();
+        for keys in keys.chunks(512) {
+            let dropped: Result<(), String> = self.redis.call(connection.del(keys)).await;
+            if let Err(e) = dropped {
+                tracing::warn!(job = id, error = %e, "cannot remove an import's parts");
+            }
+        }
+    }
+
     async fn finish(&self, record: &Record, keep: usize, lease: &Lease) -> Result<(), WriteError> {
         self.fenced(record, lease, true).await?;
+        if let Some(parts) = record.parts {
+            self.drop_parts(&record.status.id, parts).await;
+        }
         let mut connection = self.redis.connection();
         let old = excess(self.all().await?.into_iter(), keep);
         if !old.is_empty() {
@@ -475,6 +573,8 @@ mod tests {
             },
             generation: "g".into(),
             stamp: None,
+            parts: None,
+            reserved: None,
         }
     }
 

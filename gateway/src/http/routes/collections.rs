@@ -145,6 +145,7 @@ pub async fn ingest(
         config.server.max_documents_per_request,
         &config.limits,
         collection.chunking,
+        state.collections.dimension(),
     )?;
     state.collections.check_embedder(&collection)?;
     caller.require_embedding_budget(&state)?;

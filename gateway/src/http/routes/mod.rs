@@ -4,6 +4,7 @@ pub mod collections;
 pub mod embeddings;
 pub mod files;
 pub mod health;
+pub mod import;
 pub mod jobs;
 pub mod openai;
 pub mod relay;
