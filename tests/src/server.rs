@@ -223,6 +223,21 @@ impl Server {
         reply(request.send().await?).await
     }
 
+    /// Posts `body` (bytes, or a stream) as `content_type`.
+    pub async fn post_body(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> anyhow::Result<Reply> {
+        let request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        reply(request.send().await?).await
+    }
+
     /// Posts `files` (name, bytes) as `file` parts of a multipart form, and `urls` as `url` parts.
     pub async fn upload(
         &self,

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -50,7 +51,20 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(TraceLayer::new_for_http())
+}
+
+/// A handler that panicked answers `500 internal` in ragway's error shape (the panic is logged),
+/// not a dropped connection.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = what, "a request's handler panicked");
+    ApiError::Internal("the request failed inside the server".into()).into_response()
 }
 
 /// `/v1`: every route knows its caller ([`super::auth::Caller`]), put there by the tenant layer

@@ -13,6 +13,7 @@ mod files;
 mod frameworks;
 mod fusion;
 mod ha;
+mod import;
 mod llm_gateway;
 mod mcp;
 mod openai_sdk;

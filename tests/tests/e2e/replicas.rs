@@ -315,6 +315,70 @@ async fn a_job_of_a_killed_replica_finishes_on_the_other() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Issue 39: an import's parts live in Redis, so the import one replica acknowledged and then
+/// died with is finished by the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_of_a_killed_replica_finishes_on_the_other() -> anyhow::Result<()> {
+    let Some(qdrant) = QdrantServer::start_or_skip("an_import_of_a_killed_replica_finishes_on_the_other")?
+    else {
+        return Ok(());
+    };
+    let redis = RedisServer::start()?;
+    let (dir_a, dir_b, snapshots) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let options = replica(
+        &qdrant,
+        &redis,
+        snapshots.path(),
+        "[ingest]\nimport_batch_chunks = 8",
+    );
+    let a = Server::start(dir_a.path(), &options).await?;
+    let b = Server::start(dir_b.path(), &options).await?;
+    assert_eq!(
+        a.post("/v1/collections", &json!({"name": "bulk"})).await?.status,
+        201
+    );
+    // Lines without vectors (embedded in batches of 8): the job takes long enough to be cut.
+    let body: Vec<String> = (0..1_100).map(|i| note(&format!("n-{i}")).to_string()).collect();
+    let accepted = a
+        .post_body(
+            "/v1/collections/bulk/import",
+            "application/x-ndjson",
+            body.join("\n"),
+        )
+        .await?;
+    assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+    let parts = redis.keys(&format!(
+        "ragway:job:{}:part:*",
+        accepted.body["job_id"].as_str().unwrap_or_default()
+    ))?;
+    assert_eq!(parts.len(), 2, "1,100 lines in parts of 1,024: {parts:?}");
+    let status_url = accepted.body["status_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let midway = eventually(&a, &status_url, 60, |r| {
+        r.body["documents_done"].as_u64() >= Some(8)
+    })
+    .await?;
+    assert_ne!(
+        midway.body["state"], "done",
+        "finished before A could be killed: {:?}",
+        midway.body
+    );
+    drop(a); // SIGKILL, mid-import
+
+    let done = eventually(&b, &status_url, 240, |r| r.body["state"] == "done").await?;
+    assert_eq!(done.body["documents_done"], 1_100, "{:?}", done.body);
+    eventually(&b, "/v1/collections/bulk", 5, |r| r.body["documents"] == 1_100).await?;
+    for id in ["n-0", "n-1050"] {
+        let text = note(id)["text"].as_str().unwrap_or_default().to_string();
+        assert_eq!(first_hit(&b, "bulk", &text).await?.as_deref(), Some(id));
+    }
+    let left = redis.keys("ragway:job:*:part:*")?;
+    assert!(left.is_empty(), "a finished import's parts are removed: {left:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_started_while_qdrant_is_down_serves_once_it_is_back() -> anyhow::Result<()> {
     let Some(mut qdrant) =

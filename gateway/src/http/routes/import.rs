@@ -221,6 +221,7 @@ impl<S: Stream<Item = Result<Bytes, axum::Error>> + Unpin> Lines<S> {
             self.scanned = self.buffer.len();
             if self.ended {
                 let rest = self.buffer.split().freeze();
+                self.scanned = 0;
                 if rest.is_empty() {
                     return Ok(None);
                 }
@@ -341,6 +342,17 @@ mod tests {
         .await?;
         let want = [(1, "{\"a\":1}"), (4, "{\"b\":2}"), (5, "{\"c\":3}")];
         assert_eq!(read, want.map(|(n, l)| (n, l.to_string())));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_body_without_a_last_newline_ends_with_its_last_line() -> Result<(), ApiError> {
+        let limits = LimitsConfig::default();
+        let mut lines = lines_of(&["{\"a\":1}\n{\"b\":2}"], &limits);
+        assert_eq!(lines.next().await?.map(|(n, _)| n), Some(1));
+        assert_eq!(lines.next().await?.map(|(n, _)| n), Some(2));
+        assert!(lines.next().await?.is_none());
+        assert!(lines.next().await?.is_none());
         Ok(())
     }
 
