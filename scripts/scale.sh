@@ -12,6 +12,9 @@
 #   snapshot seconds, file size and the process's peak memory growth while writing it; restore:
 #            seconds to a second collection from that file, and the peak growth
 #   scripts/scale.sh BINARY [--data DIR] [--load-limit SECONDS] [SIZE ...]   (default 10000 100000)
+#   scripts/scale.sh BINARY --import [SIZE ...]: the import rows instead (POST /import of vectors
+#            derived from 20,000 embedded passages; scripts/bench/scale_import.py says how and what
+#            each column is). ~2 min at 100k, ~40 min at 1,000,000 (in the background, under timeout).
 # Each row is printed as it completes. With --data DIR the run can be cut off (Ctrl-C, a time
 # limit) and started again with the same arguments: finished rows are kept in DIR/rows.md, and a
 # load cut off half-way goes on from what DIR holds. Without it everything lives in a temporary
@@ -25,8 +28,15 @@
 # in slices of at most 20 minutes (e.g. `timeout 1200 scripts/scale.sh BIN --data D 1000000`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { sed -n 2,24p "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,28p "$0" >&2; exit 2; }
 binary=$(readlink -f "$1"); shift
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 export RAGWAY_MODELS="${RAGWAY_MODELS:-$HOME/.cache/ragway/models}"
-exec python3 scripts/bench/scale.py "$binary" "$(pwd)/scripts/bench/fresh-search.lua" "$@"
+extra=()
+if [[ " $* " == *" --import "* ]]; then
+  command -v curl >/dev/null || { echo "curl is needed: apt-get install -y curl" >&2; exit 1; }
+  target="${CARGO_TARGET_DIR:-$(pwd)/target}"
+  cargo build --release -q -p ragway-e2e --bin scale-lines
+  extra=(--lines-bin "$target/release/scale-lines")
+fi
+exec python3 scripts/bench/scale.py "$binary" "$(pwd)/scripts/bench/fresh-search.lua" "${extra[@]}" "$@"

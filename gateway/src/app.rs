@@ -15,8 +15,9 @@ use ragway_llm::{
 };
 use ragway_rerank::{CrossEncoder, CrossEncoderOptions, Reranker};
 use ragway_retrieval::{
-    BertEmbedder, BertEmbedderOptions, DenseStore, EdgeDenseStore, Embedder, HybridStore, KeywordStore,
-    QdrantOptions, QdrantStore, QueueLimits, RemoteEmbedder, RemoteEmbedderOptions, TantivyKeywordStore,
+    BertEmbedder, BertEmbedderOptions, DenseStorage, DenseStore, EdgeDenseStore, Embedder, HybridStore,
+    KeywordStore, QdrantOptions, QdrantStore, QueueLimits, RemoteEmbedder, RemoteEmbedderOptions,
+    TantivyKeywordStore,
 };
 
 use crate::answer::cached::Cached;
@@ -27,7 +28,9 @@ use crate::caches::Caches;
 use crate::catalog::collections::{Collections, Followers, ManifestStore};
 use crate::catalog::files::{FileReader, FileSettings};
 use crate::catalog::jobs::{JobSettings, JobStoreKind, Jobs};
-use crate::config::{AuthMode, Config, LlmBackendConfig, LlmBackendKind, ModelBackend, StoreKind};
+use crate::config::{
+    AuthMode, Config, LlmBackendConfig, LlmBackendKind, ModelBackend, Quantization, StoreKind,
+};
 use crate::http::{AppState, ModelStages, Shared};
 use crate::models;
 use crate::resilience::breaker::BreakerSettings;
@@ -56,7 +59,14 @@ fn stores(config: &Config, dimension: usize) -> anyhow::Result<Stores> {
     let store = &config.store;
     match store.kind {
         StoreKind::Edge => Ok(Stores {
-            dense: Arc::new(EdgeDenseStore::new(&data.join("dense"), dimension)),
+            dense: Arc::new(EdgeDenseStore::with_storage(
+                &data.join("dense"),
+                dimension,
+                DenseStorage {
+                    quantized: config.store.quantization == Quantization::Int8,
+                    vectors_on_disk: config.store.vectors_on_disk,
+                },
+            )),
             keyword: Arc::new(TantivyKeywordStore::new(&data.join("keyword"))),
             both: None,
         }),

@@ -97,6 +97,20 @@ pub struct StoreConfig {
     /// `kind = "qdrant"`: search both engines in one request (fused in Qdrant where it fuses as
     /// ragway does) while both are healthy; `false`: one request per engine, concurrently.
     pub one_round_trip: bool,
+    /// `kind = "edge"`, collections created from now on: `int8` keeps an int8 copy of each vector
+    /// in memory for the HNSW search and rescores the best candidates on the originals; `none`
+    /// searches the originals. Applied to a segment when it is indexed (past 20,000 points).
+    pub quantization: Quantization,
+    /// `kind = "edge"`, collections created from now on: the original vectors memory-mapped from
+    /// disk (the page cache holds what searches read) rather than in the process's memory.
+    pub vectors_on_disk: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantization {
+    Int8,
+    None,
 }
 
 impl StoreConfig {
@@ -143,6 +157,8 @@ impl Default for StoreConfig {
             write_consistency_factor: 1,
             timeout_ms: 5_000,
             one_round_trip: true,
+            quantization: Quantization::Int8,
+            vectors_on_disk: true,
         }
     }
 }

@@ -5,11 +5,12 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use qdrant_edge::external::uuid::Uuid;
 use qdrant_edge::{
-    Condition, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition,
-    FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, Match, MatchValue, NamedQuery,
-    PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct,
-    QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, ValueVariants, VectorInternal,
-    VectorStructInternal, WithPayloadInterface, WithVector,
+    Condition, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard,
+    EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, Match,
+    MatchValue, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStruct, QuantizationSearchParams, QueryEnum, QueryRequest,
+    ScalarQuantizationConfig, ScalarType, ScoringQuery, ScrollRequest, SearchParams, UpdateOperation,
+    ValueVariants, VectorInternal, VectorStructInternal, WithPayloadInterface, WithVector,
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -53,6 +54,34 @@ pub trait DenseStore: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportCursor(pub String);
 
+/// How the embedded dense store keeps the vectors of the collections it creates. Both apply to a
+/// segment when Qdrant's optimizers index it, past [`UNINDEXED_BEFORE_OPTIMIZING`] points: a small
+/// collection is scanned exactly, a large one is searched through an HNSW index over int8 copies
+/// (a quarter of the memory) and the best candidates rescored on the original vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenseStorage {
+    /// Scalar (int8) quantization, kept in memory; searches oversample 2× and rescore.
+    pub quantized: bool,
+    /// The original `f32` vectors memory-mapped from disk (only the rescored ones are read),
+    /// rather than held in memory.
+    pub vectors_on_disk: bool,
+}
+
+impl Default for DenseStorage {
+    fn default() -> Self {
+        Self {
+            quantized: true,
+            vectors_on_disk: true,
+        }
+    }
+}
+
+/// Candidates a quantized search takes per hit asked for, rescored on the originals.
+const OVERSAMPLING: f64 = 2.0;
+/// The most points one segment grows to: the optimizers index a segment once it is full and
+/// leave it alone after (a larger collection gets more segments, not a re-index of everything).
+const SEGMENT_POINTS: usize = 250_000;
+
 /// Qdrant's engine in process (Qdrant Edge): one shard per collection under `root/<collection>`.
 pub struct EdgeDenseStore {
     shards: Arc<EdgeShards>,
@@ -61,6 +90,7 @@ pub struct EdgeDenseStore {
 struct EdgeShards {
     root: PathBuf,
     dimension: usize,
+    storage: DenseStorage,
     /// Unindexed points that start the optimizers ([`UNINDEXED_BEFORE_OPTIMIZING`]).
     optimize_after: usize,
     shards: RwLock<HashMap<String, Arc<Shard>>>,
@@ -132,6 +162,7 @@ impl Shard {
             return;
         };
         let started = std::time::Instant::now();
+        tracing::info!(collection, "dense store optimizing");
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.edge.optimize()));
         let seconds = started.elapsed().as_secs_f64();
         match run {
@@ -160,19 +191,38 @@ impl Shard {
 
 impl EdgeDenseStore {
     pub fn new(root: &Path, dimension: usize) -> Self {
-        Self::optimizing_after(root, dimension, UNINDEXED_BEFORE_OPTIMIZING)
+        Self::with_storage(root, dimension, DenseStorage::default())
     }
 
-    /// The optimizers start after `points` unindexed points (tests use fewer than the default).
-    fn optimizing_after(root: &Path, dimension: usize, points: usize) -> Self {
+    /// Collections created from now on keep their vectors as `storage` says (those made before
+    /// keep what they were made with).
+    pub fn with_storage(root: &Path, dimension: usize, storage: DenseStorage) -> Self {
+        Self::optimizing_after(root, dimension, storage, UNINDEXED_BEFORE_OPTIMIZING)
+    }
+
+    /// The optimizers start after `points` unindexed points (tests and benchmarks use fewer than
+    /// the default).
+    pub fn optimizing_after(root: &Path, dimension: usize, storage: DenseStorage, points: usize) -> Self {
         Self {
             shards: Arc::new(EdgeShards {
                 root: root.to_path_buf(),
                 dimension,
+                storage,
                 optimize_after: points,
                 shards: RwLock::new(HashMap::new()),
             }),
         }
+    }
+}
+
+impl EdgeDenseStore {
+    /// Runs Qdrant's optimizers on `collection` now, to the end (benchmarks: an index built
+    /// whatever the collection's size); `(points, indexed vectors)` after.
+    pub fn optimize_now(&self, collection: &str) -> Result<(usize, usize), RetrievalError> {
+        let shard = self.shards.shard(collection)?;
+        shard.edge.optimize()?;
+        let info = shard.edge.info();
+        Ok((info.points_count, info.indexed_vectors_count))
     }
 }
 
@@ -200,8 +250,30 @@ impl EdgeShards {
                 max_indexing_threads: 1,
                 ..HnswIndexConfig::default()
             };
-            let vectors = EdgeVectorParamsBuilder::new(self.dimension, Distance::Cosine).hnsw_config(hnsw);
-            let config = EdgeConfigBuilder::new().vector("", vectors.build()).build();
+            let mut vectors = EdgeVectorParamsBuilder::new(self.dimension, Distance::Cosine)
+                .hnsw_config(hnsw)
+                .on_disk(self.storage.vectors_on_disk);
+            if self.storage.quantized {
+                let int8 = ScalarQuantizationConfig {
+                    r#type: ScalarType::Int8,
+                    quantile: Some(0.99),
+                    always_ram: Some(true),
+                };
+                vectors = vectors.quantization_config(int8.into());
+            }
+            // In KiB of vectors, as Qdrant counts a segment's size.
+            let kib = |points: usize| points * self.dimension * 4 / 1024;
+            let optimizers = EdgeOptimizersConfig {
+                max_segment_size: Some(kib(SEGMENT_POINTS)),
+                // Qdrant's default (10 MB of vectors), or less where the optimizers are to run
+                // sooner (benchmarks, tests).
+                indexing_threshold: Some(kib(self.optimize_after).clamp(1, 10_000)),
+                ..EdgeOptimizersConfig::default()
+            };
+            let config = EdgeConfigBuilder::new()
+                .vector("", vectors.build())
+                .optimizers(optimizers)
+                .build();
             EdgeShard::new(&path, config)?
         };
         index_doc_ids(&shard)?;
@@ -326,7 +398,15 @@ impl DenseStore for EdgeDenseStore {
                 score_threshold: None,
                 limit,
                 offset: 0,
-                params: None,
+                // Used where a segment is quantized; ignored elsewhere.
+                params: Some(SearchParams {
+                    quantization: Some(QuantizationSearchParams {
+                        ignore: false,
+                        rescore: Some(true),
+                        oversampling: Some(OVERSAMPLING),
+                    }),
+                    ..SearchParams::default()
+                }),
                 with_vector: WithVector::Bool(false),
                 with_payload: WithPayloadInterface::Bool(true),
             };
@@ -586,7 +666,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_grown_shard_is_indexed_in_the_background_and_still_found() -> Result<(), RetrievalError> {
         let dir = tempfile::tempdir().map_err(|e| RetrievalError::Dense(e.to_string()))?;
-        let store = EdgeDenseStore::optimizing_after(dir.path(), 384, 4_000);
+        let store = EdgeDenseStore::optimizing_after(dir.path(), 384, DenseStorage::default(), 4_000);
         store.open_collection("big").await?;
         for first in (0..9_000).step_by(1_000) {
             store

@@ -17,7 +17,7 @@ mod qdrant;
 mod types;
 
 pub use chunk::{chunk_document, ChunkingOptions};
-pub use dense::{DenseStore, EdgeDenseStore, ExportCursor};
+pub use dense::{DenseStorage, DenseStore, EdgeDenseStore, ExportCursor};
 pub use embed::{
     BertEmbedder, BertEmbedderOptions, Embedder, Embeddings, RemoteEmbedder, RemoteEmbedderOptions,
 };

@@ -158,7 +158,14 @@ def main():
     parser.add_argument("--data", help="keep each size's data and finished rows here, and resume from them")
     parser.add_argument("--load-limit", type=int, help="seconds a load may take (default: 600 or 20 chunks/s)")
     parser.add_argument("--start-limit", type=int, default=600, help="seconds until /readyz answers")
+    parser.add_argument("--import", dest="bulk", action="store_true",
+                        help="import vectors derived from 20,000 embedded ones (scale_import.py) instead of embedding")
+    parser.add_argument("--lines-bin", help="tests' scale-lines binary (--import)")
     args = parser.parse_intermixed_args()
+    if args.bulk:
+        import scale_import
+        args.load_limit = args.load_limit or 2400
+        return scale_import.main(args)
     keep = args.data is not None
     root = os.path.abspath(args.data) if keep else tempfile.mkdtemp(prefix="ragway-scale-")
     os.makedirs(root, exist_ok=True)

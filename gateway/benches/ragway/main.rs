@@ -9,6 +9,7 @@
 //! - resilience: the guard's cost on the normal path, and time to detect a hanging dependency and
 //!   to recover
 //! - load: the real binary under wrk and a mixed load with a fault (needs `wrk`)
+//! - storage: dense nDCG@10 on trec-dl-5k and vaswani by storage setting (exact, HNSW, int8)
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,6 +19,7 @@ mod load;
 mod quality;
 mod resilience;
 mod speed;
+mod storage;
 mod tenants;
 
 /// Serves `config` in process on a free port; returns the state and the base URL.
@@ -70,6 +72,9 @@ fn main() -> anyhow::Result<()> {
         }
         if what == "cache" || what == "all" {
             cache::run().await?;
+        }
+        if what == "storage" {
+            storage::run().await?;
         }
         if what == "tenants" || what == "all" {
             tenants::run().await?;

@@ -16,15 +16,19 @@ pub fn data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/trec-dl-5k"))
 }
 
-struct Dataset {
-    corpus: Vec<(String, String)>,
-    queries: Vec<(String, String)>,
+pub struct Dataset {
+    pub corpus: Vec<(String, String)>,
+    pub queries: Vec<(String, String)>,
     /// query id → doc id → grade
-    qrels: HashMap<String, HashMap<String, u32>>,
+    pub qrels: HashMap<String, HashMap<String, u32>>,
 }
 
 fn load() -> anyhow::Result<Dataset> {
-    let dir = data_dir();
+    load_from(&data_dir())
+}
+
+/// A judged set in BEIR's layout (corpus.jsonl, queries.jsonl, qrels.tsv) under `dir`.
+pub fn load_from(dir: &std::path::Path) -> anyhow::Result<Dataset> {
     let jsonl = |name: &str| -> anyhow::Result<Vec<Value>> {
         let text = std::fs::read_to_string(dir.join(name))
             .map_err(|e| anyhow::anyhow!("{}: {e} (set RAGWAY_TREC_DL)", dir.join(name).display()))?;
