@@ -94,6 +94,9 @@ struct EdgeShards {
     /// Unindexed points that start the optimizers ([`UNINDEXED_BEFORE_OPTIMIZING`]).
     optimize_after: usize,
     shards: RwLock<HashMap<String, Arc<Shard>>>,
+    /// Dropped collections whose files go once an optimizer run on them has ended: a collection
+    /// of the same name cannot be made until then.
+    dropping: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 /// A shard and the lock that orders its writes and flushes: Qdrant Edge's `flush` panics when an
@@ -210,6 +213,7 @@ impl EdgeDenseStore {
                 storage,
                 optimize_after: points,
                 shards: RwLock::new(HashMap::new()),
+                dropping: Arc::default(),
             }),
         }
     }
@@ -236,6 +240,11 @@ impl EdgeShards {
     }
 
     fn open_blocking(&self, collection: &str) -> Result<(), RetrievalError> {
+        if self.dropping.lock().map_err(|_| poisoned())?.contains(collection) {
+            return Err(RetrievalError::Dense(format!(
+                "a dropped collection named {collection:?} is still being removed (its index build ends first): try again in a few seconds"
+            )));
+        }
         let mut shards = self.shards.write().map_err(|_| poisoned())?;
         if shards.contains_key(collection) {
             return Ok(());
@@ -283,24 +292,58 @@ impl EdgeShards {
         Ok(())
     }
 
+    /// Forgets the collection at once; its files go now, or — while an optimizer run (an index
+    /// build, minutes on a large collection) holds them — on a thread of their own when it ends.
     fn drop_blocking(&self, collection: &str) -> Result<(), RetrievalError> {
         let removed = self.shards.write().map_err(|_| poisoned())?.remove(collection);
-        // An optimizer run and the searches still holding the shard end before its files go (the
-        // last holder flushes it on drop).
-        if let Some(shard) = removed {
-            drop(shard.optimizing.lock().map_err(|_| poisoned())?);
-            let waiting = std::time::Instant::now();
-            while Arc::strong_count(&shard) > 1 && waiting.elapsed() < std::time::Duration::from_secs(10) {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            drop(shard);
-        }
         let path = self.root.join(collection);
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(|e| RetrievalError::Dense(e.to_string()))?;
+        let Some(shard) = removed else {
+            return remove_files(&path);
+        };
+        if shard.optimizing.try_lock().is_ok() {
+            return release(shard, &path);
         }
-        Ok(())
+        let dropping = self.dropping.clone();
+        dropping
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(collection.to_string());
+        let name = collection.to_string();
+        let removing = std::thread::Builder::new()
+            .name(format!("drop-{collection}"))
+            .spawn(move || {
+                // The run ends first (Qdrant's optimizers cannot be stopped from outside).
+                let ended = shard.optimizing.lock().map(drop);
+                let removed = ended.map_err(|_| poisoned()).and_then(|()| release(shard, &path));
+                if let Err(e) = removed {
+                    tracing::error!(collection = name, error = %e, "cannot remove a dropped collection's files");
+                }
+                if let Ok(mut dropping) = dropping.lock() {
+                    dropping.remove(&name);
+                }
+            });
+        removing
+            .map(drop)
+            .map_err(|e| RetrievalError::Dense(e.to_string()))
     }
+}
+
+/// Waits (at most 10 s) for the searches still holding `shard` to end (the last holder flushes
+/// it on drop), then removes its files.
+fn release(shard: Arc<Shard>, path: &Path) -> Result<(), RetrievalError> {
+    let waiting = std::time::Instant::now();
+    while Arc::strong_count(&shard) > 1 && waiting.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(shard);
+    remove_files(path)
+}
+
+fn remove_files(path: &Path) -> Result<(), RetrievalError> {
+    if path.exists() {
+        std::fs::remove_dir_all(path).map_err(|e| RetrievalError::Dense(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// A keyword index on `doc_id`, so that deleting a document's chunks (`delete_documents`) finds
@@ -685,12 +728,52 @@ mod tests {
         }
         let hits = store.search("big", spread(8_003).vector, Vec::new(), 5).await?;
         assert_eq!(hits.first().map(|h| h.chunk.doc_id.as_str()), Some("d8003"));
+        // A drop while an optimizer run holds the shard (held here as a run holds it) does not
+        // wait for the run: the name stays taken until the run ends and the files are gone.
+        let (go_on, ended) = std::sync::mpsc::channel::<()>();
+        let (held, holding) = std::sync::mpsc::channel::<()>();
+        let run = {
+            let shard = shard.clone();
+            std::thread::spawn(move || {
+                let _running = shard.optimizing.lock();
+                let _ = held.send(());
+                let _ = ended.recv();
+            })
+        };
+        holding.recv().map_err(|e| RetrievalError::Dense(e.to_string()))?;
         drop(shard);
         store.drop_collection("big").await?;
+        assert!(store
+            .search("big", spread(1).vector, Vec::new(), 1)
+            .await
+            .is_err());
         assert!(
-            !dir.path().join("big").exists(),
-            "dropped after the optimizer's run"
+            dir.path().join("big").exists(),
+            "the run's files stay while it runs"
         );
+        let remade = store.open_collection("big").await;
+        assert!(
+            matches!(&remade, Err(RetrievalError::Dense(why)) if why.contains("still being removed")),
+            "re-made while its files stay: {remade:?}"
+        );
+        let _ = go_on.send(());
+        run.join()
+            .map_err(|_| RetrievalError::Dense("the run panicked".into()))?;
+        let started = std::time::Instant::now();
+        while dir.path().join("big").exists() {
+            assert!(started.elapsed().as_secs() < 300, "the dropped files stay");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let mut opened = store.open_collection("big").await;
+        while opened.is_err() && started.elapsed().as_secs() < 300 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            opened = store.open_collection("big").await;
+        }
+        opened?;
+        assert!(store
+            .search("big", spread(1).vector, Vec::new(), 1)
+            .await?
+            .is_empty());
         Ok(())
     }
 }
