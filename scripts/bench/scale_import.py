@@ -8,8 +8,8 @@ is document d<j> with a generated text and base vector j mod 20,000 plus Gaussia
 import reads it). Per size, on a fresh embedded ragway with default settings:
   import    chunks/s from the request's start until its job is done; seconds until 202
   indexed   seconds from the job's end until Qdrant's optimizers have finished (the log's
-            `dense store optimizing`/`optimized` lines balance and stay so for 20 s), with the
-            points and indexed vectors the last run reported
+            `dense store optimizing`/`optimized` lines balance and stay so for 20 s; the last
+            run's end by the log's clock), with the points and indexed vectors it reported
   search    fresh /search p50/p99 (wrk, one client, 15 s) right after the import (optimizers
             running) and again once indexed
   rss       after the searches; restart: kill -9 until /readyz is 200, every document still there
@@ -18,6 +18,7 @@ import reads it). Per size, on a fresh embedded ragway with default settings:
 """
 
 import array
+import datetime
 import glob
 import json
 import os
@@ -103,17 +104,24 @@ def row(args, total, data, lines_bin):
     wait_for_jobs(server, "scale", args.load_limit, every=0.5)
     done = time.time()
     rate = total / (done - started)
-    print(f"scale: {total:,}: imported at {rate:,.0f} chunks/s (202 after {accepted:.1f} s)", file=sys.stderr, flush=True)
+    print(f"scale: {total:,}: imported at {rate:,.0f} chunks/s (202 after {accepted:.1f} s, RSS "
+          f"{server.memory('VmRSS'):,.0f} MiB)", file=sys.stderr, flush=True)
     optimizing = search(server, args.lua)
     last = indexed(server, 2400)
-    indexed_after = max(0.0, time.time() - 20 - done)
-    points = f"{int(last[1]):,} / {int(last[2]):,}" if last else "no run"
+    if last:  # the last run's end, by the log's clock
+        ended = datetime.datetime.fromisoformat(last[0].replace("Z", "+00:00")).timestamp()
+        indexed_after, points = max(0.0, ended - done), f"{int(last[1]):,} / {int(last[2]):,}"
+    else:
+        indexed_after, points = 0.0, "no run (below 20,000)"
     print(f"scale: {total:,}: indexed {indexed_after:.0f} s after the import ({points})", file=sys.stderr, flush=True)
     p50, p99 = search(server, args.lua)
     rss = server.memory("VmRSS")
+    print(f"scale: {total:,}: /search {optimizing[0]:.1f}/{optimizing[1]:.1f} ms while optimizing, {p50:.1f}/{p99:.1f} ms "
+          f"indexed; RSS {rss:,.0f} MiB (peak {server.memory('VmHWM'):,.0f})", file=sys.stderr, flush=True)
     server.kill()
     server = Server(args.binary, os.path.join(data, "ragway"), f"ragway ({total:,} imported) after kill -9")
     restart = server.wait_ready(args.start_limit)
+    print(f"scale: {total:,}: ready {restart:.1f} s after kill -9", file=sys.stderr, flush=True)
     kept = server.call("GET", "/v1/collections/scale")["documents"]
     if kept != total:
         fail(f"{kept:,} of {total:,} documents after kill -9")

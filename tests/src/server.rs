@@ -230,11 +230,25 @@ impl Server {
         content_type: &str,
         body: impl Into<reqwest::Body>,
     ) -> anyhow::Result<Reply> {
-        let request = self
+        self.post_body_as(None, path, content_type, body).await
+    }
+
+    /// [`Server::post_body`] with `Authorization: Bearer <key>` when `key` is given.
+    pub async fn post_body_as(
+        &self,
+        key: Option<&str>,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> anyhow::Result<Reply> {
+        let mut request = self
             .http
             .post(self.url(path))
             .header("content-type", content_type)
             .body(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
         reply(request.send().await?).await
     }
 

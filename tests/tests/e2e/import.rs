@@ -206,6 +206,76 @@ async fn an_import_stores_given_vectors_as_given_and_refuses_a_bad_line_whole() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_import_over_a_storage_quota_is_refused_whole() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions::default()
+        .with_config(NO_ANSWER_CACHES)
+        .with_admin(ADMIN);
+    let server = Server::start(dir.path(), &options).await?;
+    let body = json!({"name": "capped", "limits": {"documents": 1_500}});
+    let created = server
+        .admin(Method::POST, "/admin/tenants", ADMIN, Some(&body))
+        .await?;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().unwrap_or_default().to_string();
+    let key = server
+        .admin(Method::POST, &format!("/admin/tenants/{id}/keys"), ADMIN, None)
+        .await?;
+    let key = key.body["key"].as_str().unwrap_or_default().to_string();
+    let made = server
+        .call(
+            Method::POST,
+            "/v1/collections",
+            Some(&key),
+            Some(&json!({"name": "bulk"})),
+        )
+        .await?;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let vector = embed_as(&server, Some(&key)).await?;
+    let over = server
+        .post_body_as(
+            Some(&key),
+            IMPORT,
+            "application/x-ndjson",
+            lines(2_000, 1_000_000, &vector),
+        )
+        .await?;
+    assert_eq!(over.status, 413, "{:?}", over.body);
+    assert_eq!(over.error_code(), Some("document_quota_exceeded"));
+    let info = server
+        .call(Method::GET, "/v1/collections/bulk", Some(&key), None)
+        .await?;
+    assert_eq!(info.body["documents"], 0, "{:?}", info.body);
+    let started = Instant::now();
+    while leftover_parts(&server)? > 0 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "a refused import's parts stay"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let within = server
+        .post_body_as(
+            Some(&key),
+            IMPORT,
+            "application/x-ndjson",
+            lines(1_500, 1_000_000, &vector),
+        )
+        .await?;
+    assert_eq!(within.status, 202, "{:?}", within.body);
+    Ok(())
+}
+
+async fn embed_as(server: &Server, key: Option<&str>) -> anyhow::Result<Value> {
+    let body = json!({"input": ["an inventory of the warehouse"]});
+    let reply = server
+        .call(Method::POST, "/v1/embeddings", key, Some(&body))
+        .await?;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    Ok(reply.body["data"][0]["embedding"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_acknowledged_import_finishes_after_kill_9() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let options = ServerOptions::default().with_config(NO_ANSWER_CACHES);
