@@ -108,6 +108,8 @@ struct Shard {
     optimizing: std::sync::Mutex<()>,
     /// The shard's point count when the optimizers last ran.
     optimized_at: std::sync::atomic::AtomicUsize,
+    /// Dropped: no further optimizer run starts.
+    dropped: std::sync::atomic::AtomicBool,
 }
 
 /// Points a shard may hold outside its HNSW index before the optimizers run: searches scan those
@@ -127,6 +129,7 @@ impl Shard {
             writes: std::sync::Mutex::new(()),
             optimizing: std::sync::Mutex::new(()),
             optimized_at: std::sync::atomic::AtomicUsize::new(0),
+            dropped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -137,33 +140,51 @@ impl Shard {
     /// (Qdrant swaps the optimized segments in), and the run's threads are bounded by the shard's
     /// HNSW settings (one for shards made here).
     fn optimize_when_due(self: &Arc<Self>, collection: &str, after: usize) {
+        if !self.due(after) {
+            return;
+        }
+        let Ok(running) = self.optimizing.try_lock() else {
+            return; // a run is on; it takes these points too, or runs again after (see `due`)
+        };
+        drop(running);
+        let (shard, name) = (self.clone(), collection.to_string());
+        let started = std::thread::Builder::new()
+            .name(format!("optimize-{collection}"))
+            .spawn(move || {
+                // Runs again while what was written during a run is due itself: a load that
+                // ends mid-run is indexed without waiting for another write.
+                while shard.due(after) && !shard.dropped.load(std::sync::atomic::Ordering::Acquire) {
+                    if !shard.optimize(&name) {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(collection, error = %e, "cannot start the dense store's optimizer");
+        }
+    }
+
+    /// At least `after` points are not in the HNSW index, and at least `after` were written since
+    /// the optimizers last started.
+    fn due(&self, after: usize) -> bool {
         use std::sync::atomic::Ordering;
         let info = self.edge.info();
         let unindexed = info.points_count.saturating_sub(info.indexed_vectors_count);
         let since = info
             .points_count
             .saturating_sub(self.optimized_at.load(Ordering::Acquire));
-        if unindexed < after || since < after {
-            return;
-        }
-        let Ok(running) = self.optimizing.try_lock() else {
-            return; // a run is on; it takes these points too, or the next write starts one
-        };
-        drop(running);
-        self.optimized_at.store(info.points_count, Ordering::Release);
-        let (shard, name) = (self.clone(), collection.to_string());
-        let started = std::thread::Builder::new()
-            .name(format!("optimize-{collection}"))
-            .spawn(move || shard.optimize(&name));
-        if let Err(e) = started {
-            tracing::warn!(collection, error = %e, "cannot start the dense store's optimizer");
-        }
+        unindexed >= after && since >= after
     }
 
-    fn optimize(&self, collection: &str) {
+    /// One run of the optimizers (none while another runs); true when it ran to its end.
+    fn optimize(&self, collection: &str) -> bool {
         let Ok(_running) = self.optimizing.try_lock() else {
-            return;
+            return false;
         };
+        self.optimized_at.store(
+            self.edge.info().points_count,
+            std::sync::atomic::Ordering::Release,
+        );
         let started = std::time::Instant::now();
         tracing::info!(collection, "dense store optimizing");
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.edge.optimize()));
@@ -178,9 +199,16 @@ impl Shard {
                     indexed = info.indexed_vectors_count,
                     "dense store optimized"
                 );
+                true
             }
-            Ok(Err(e)) => tracing::warn!(collection, error = %e, "the dense store's optimizer failed"),
-            Err(_) => tracing::warn!(collection, "the dense store's optimizer panicked"),
+            Ok(Err(e)) => {
+                tracing::warn!(collection, error = %e, "the dense store's optimizer failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(collection, "the dense store's optimizer panicked");
+                false
+            }
         }
     }
 
@@ -300,6 +328,7 @@ impl EdgeShards {
         let Some(shard) = removed else {
             return remove_files(&path);
         };
+        shard.dropped.store(true, std::sync::atomic::Ordering::Release);
         if shard.optimizing.try_lock().is_ok() {
             return release(shard, &path);
         }

@@ -9,11 +9,13 @@
 //! - resilience: the guard's cost on the normal path, and time to detect a hanging dependency and
 //!   to recover
 //! - load: the real binary under wrk and a mixed load with a fault (needs `wrk`)
+//! - fusion: every fusion method on trec-dl-5k and vaswani, by fold (after `storage`, whose vectors it uses)
 //! - storage: dense nDCG@10 on trec-dl-5k and vaswani by storage setting (exact, HNSW, int8)
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 mod cache;
+mod fusion_carry;
 mod fusion_grid;
 mod load;
 mod quality;
@@ -72,6 +74,9 @@ fn main() -> anyhow::Result<()> {
         }
         if what == "cache" || what == "all" {
             cache::run().await?;
+        }
+        if what == "fusion" {
+            fusion_carry::run().await?;
         }
         if what == "storage" {
             storage::run().await?;
