@@ -12,14 +12,14 @@ import reads it). Per size, on a fresh embedded ragway with default settings:
             run's end by the log's clock), with the points and indexed vectors it reported
   search    fresh /search p50/p99 (wrk, one client, 15 s) right after the import (optimizers
             running) and again once indexed
-  rss       after the searches; restart: kill -9 until /readyz is 200, every document still there
-  snapshot  seconds, size, peak memory growth; restore likewise (skipped, saying so, where the
-            disk has not room for a second copy); drop: DELETE of the restored collection
+  rss       after the searches (of it anonymous memory; the rest is mapped files: vectors, WAL),
+            and the peak over the whole run; restart: kill -9 until /readyz is 200, every document still there
+  snapshot  seconds, size, peak memory growth; then drop: DELETE of the collection; then restore
+            from the snapshot under the same name: seconds, peak memory growth (every document back)
 """
 
 import array
 import datetime
-import glob
 import json
 import os
 import re
@@ -31,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Server, fail, passage, stop_all, wait_for_jobs  # noqa: E402
-from scale import search, snapshot_and_restore  # noqa: E402
+from scale import search  # noqa: E402
 
 HEADER = ("| chunks | import chunks/s | 202 after | indexed after | points/indexed | /search p50 / p99 (optimizing) "
           "| p50 / p99 (indexed) | RSS | restart | snapshot | size | peak growth | restore | peak growth | drop |\n"
@@ -115,9 +115,9 @@ def row(args, total, data, lines_bin):
         indexed_after, points = 0.0, "no run (below 20,000)"
     print(f"scale: {total:,}: indexed {indexed_after:.0f} s after the import ({points})", file=sys.stderr, flush=True)
     p50, p99 = search(server, args.lua)
-    rss = server.memory("VmRSS")
+    rss, anon, peak = server.memory("VmRSS"), server.memory("RssAnon"), server.memory("VmHWM")
     print(f"scale: {total:,}: /search {optimizing[0]:.1f}/{optimizing[1]:.1f} ms while optimizing, {p50:.1f}/{p99:.1f} ms "
-          f"indexed; RSS {rss:,.0f} MiB (peak {server.memory('VmHWM'):,.0f})", file=sys.stderr, flush=True)
+          f"indexed; RSS {rss:,.0f} MiB ({anon:,.0f} anonymous; peak {peak:,.0f})", file=sys.stderr, flush=True)
     server.kill()
     server = Server(args.binary, os.path.join(data, "ragway"), f"ragway ({total:,} imported) after kill -9")
     restart = server.wait_ready(args.start_limit)
@@ -125,22 +125,33 @@ def row(args, total, data, lines_bin):
     kept = server.call("GET", "/v1/collections/scale")["documents"]
     if kept != total:
         fail(f"{kept:,} of {total:,} documents after kill -9")
-    used = sum(os.path.getsize(f) for f in glob.glob(os.path.join(data, "**"), recursive=True) if os.path.isfile(f))
-    if shutil.disk_usage(data).free > 3 * used:
-        snap, size, snap_peak, restore, restore_peak = snapshot_and_restore(server)
-        started = time.time()
-        server.call("DELETE", "/v1/collections/again", timeout=600)
-        dropped = f"{time.time() - started:.1f} s"
-        restored = f"{snap:.1f} s | {size:,.0f} MiB | {snap_peak:,.0f} MiB | {restore:.1f} s | {restore_peak:,.0f} MiB"
-    else:
-        started = time.time()
-        server.call("DELETE", "/v1/collections/scale", timeout=600)
-        dropped = f"{time.time() - started:.1f} s"
-        restored = "no room on disk for a copy | | | |"
+    # Snapshot, drop, restore from the snapshot: a machine's disk holds the collection and its
+    # snapshot, not two collections as well.
+    before = server.memory("VmRSS")
+    server.reset_peak()
+    started = time.time()
+    taken = server.call("POST", "/admin/collections/scale/snapshot", timeout=3600)
+    snap, size, snap_peak = time.time() - started, taken["bytes"] / 2**20, server.memory("VmHWM") - before
+    print(f"scale: {total:,}: snapshot {snap:.1f} s, {size:,.0f} MiB", file=sys.stderr, flush=True)
+    started = time.time()
+    server.call("DELETE", "/v1/collections/scale", timeout=600)
+    dropped = time.time() - started
+    before = server.memory("VmRSS")
+    server.reset_peak()
+    started = time.time()
+    server.call("POST", "/admin/collections/scale/restore", {"snapshot": taken["snapshot"]}, timeout=3600)
+    restore, restore_peak = time.time() - started, server.memory("VmHWM") - before
+    restored = server.call("GET", "/v1/collections/scale")["documents"]
+    if restored != total:
+        fail(f"{restored:,} of {total:,} documents after the restore")
+    print(f"scale: {total:,}: drop {dropped:.1f} s, restore {restore:.1f} s", file=sys.stderr, flush=True)
+    restored = f"{snap:.1f} s | {size:,.0f} MiB | {snap_peak:,.0f} MiB | {restore:.1f} s | {restore_peak:,.0f} MiB"
+    dropped = f"{dropped:.1f} s"
     server.kill()
     shutil.rmtree(data, ignore_errors=True)
     return (f"| {total:,} | {rate:,.0f} | {accepted:.1f} s | {indexed_after:.0f} s | {points} "
-            f"| {optimizing[0]:.1f} / {optimizing[1]:.1f} ms | {p50:.1f} / {p99:.1f} ms | {rss:,.0f} MiB | {restart:.1f} s "
+            f"| {optimizing[0]:.1f} / {optimizing[1]:.1f} ms | {p50:.1f} / {p99:.1f} ms "
+            f"| {rss:,.0f} MiB ({anon:,.0f} anonymous; peak {peak:,.0f}) | {restart:.1f} s "
             f"| {restored} | {dropped} |")
 
 
