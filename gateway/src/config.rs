@@ -505,7 +505,7 @@ pub struct RetrievalConfig {
     pub chunk_words: usize,
     pub chunk_overlap_words: usize,
     /// How a collection's dense and keyword lists are fused unless it (or a request) says
-    /// otherwise: `{method = "rrf" | "convex" | "dbsf", k?, alpha?, normalization?}`.
+    /// otherwise: `{method = "adaptive" | "rrf" | "convex" | "dbsf", k?, alpha?, normalization?}`.
     pub fusion: FusionSettings,
     pub default_top_k: usize,
     pub max_top_k: usize,
@@ -655,12 +655,13 @@ pub fn default_models_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("models"))
 }
 
-/// The default fusion, chosen on trec-dl-5k (docs/BENCHMARKS.md, "Fusion").
+/// The default fusion: weighted per query, holding on a dense-led collection (trec-dl-5k) and a
+/// level one (vaswani) alike (docs/BENCHMARKS.md, "Fusion that carries").
 fn default_fusion() -> FusionSettings {
     FusionSettings {
-        method: FusionMethod::Rrf,
-        k: Some(60.0),
-        alpha: Some(0.9),
+        method: FusionMethod::Adaptive,
+        k: None,
+        alpha: None,
         normalization: None,
     }
 }

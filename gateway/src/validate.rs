@@ -399,6 +399,11 @@ pub fn fusion(settings: &FusionSettings) -> Result<Fusion, ApiError> {
         )));
     }
     let method = settings.method;
+    if settings.alpha.is_some() && method == FusionMethod::Adaptive {
+        return Err(invalid(
+            "fusion.alpha does not apply to method \"adaptive\" (it sets the weights per query)".into(),
+        ));
+    }
     if settings.k.is_some() && method != FusionMethod::Rrf {
         return Err(invalid("fusion.k applies to method \"rrf\" only".into()));
     }
@@ -423,26 +428,28 @@ pub fn fusion(settings: &FusionSettings) -> Result<Fusion, ApiError> {
             },
         },
         FusionMethod::Dbsf => Fusion::Dbsf { alpha },
+        FusionMethod::Adaptive => Fusion::Adaptive,
     })
 }
 
 /// A fusion as the API shows it (every parameter its method uses, spelled out).
 pub fn fusion_settings(fusion: &Fusion) -> FusionSettings {
     let (method, k, alpha, normalization) = match *fusion {
-        Fusion::Rrf { k, alpha } => (FusionMethod::Rrf, Some(k), alpha, None),
+        Fusion::Rrf { k, alpha } => (FusionMethod::Rrf, Some(k), Some(alpha), None),
         Fusion::Convex { alpha, normalization } => {
             let normalization = match normalization {
                 Normalization::MinMax => FusionNormalization::MinMax,
                 Normalization::ZScore => FusionNormalization::ZScore,
             };
-            (FusionMethod::Convex, None, alpha, Some(normalization))
+            (FusionMethod::Convex, None, Some(alpha), Some(normalization))
         }
-        Fusion::Dbsf { alpha } => (FusionMethod::Dbsf, None, alpha, None),
+        Fusion::Dbsf { alpha } => (FusionMethod::Dbsf, None, Some(alpha), None),
+        Fusion::Adaptive => (FusionMethod::Adaptive, None, None, None),
     };
     FusionSettings {
         method,
         k,
-        alpha: Some(alpha),
+        alpha,
         normalization,
     }
 }

@@ -27,6 +27,9 @@ pub enum FusionMethod {
     Convex,
     /// Distribution-based score fusion (as Qdrant's): scores scaled by mean ± 3σ of their list.
     Dbsf,
+    /// Min-max convex combination weighted per query: equal weights, more on dense the closer its
+    /// best hit is to the query (no parameters). The default.
+    Adaptive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -15,6 +15,15 @@
 //!   its own distribution, `(s − (μ − 3σ)) / 6σ` clamped to [0, 1]. Floor 0, the bottom of that
 //!   range (Qdrant scores an absent point as 0 too).
 //!
+//! - [`adaptive`]: [`convex`] with min-max normalisation whose dense weight is set per query by
+//!   how close the dense engine's best hit is to the query (its cosine similarity `s₁`):
+//!   `alpha = clamp(0.5 + slope · (s₁ − anchor), 0.5, 1)`. An embedder that finds a passage very
+//!   close to the question is usually right about it (dense leads), and one whose best match is
+//!   middling is no better a guide than the words (equal weights, where fusing gains most). The
+//!   constants ([`ADAPTIVE_ANCHOR`], [`ADAPTIVE_SLOPE`]) were chosen on two judged collections of
+//!   the two kinds (docs/BENCHMARKS.md, "Fusion that carries"); they assume cosine similarities
+//!   on the scale of the shipped MiniLM embedder.
+//!
 //! A list whose scores are all equal (or a single hit) has no spread to normalise by: its chunks
 //! get the top of the range (1 for min-max, 0 for z-score, 0.5 for DBSF, the middle of its range).
 //! Ties keep the order in which chunks were first seen, dense list first, so results are
@@ -51,7 +60,15 @@ pub enum Fusion {
     Dbsf {
         alpha: f32,
     },
+    /// See [`adaptive`].
+    Adaptive,
 }
+
+/// [`adaptive`]: the dense engine's best similarity at which both engines weigh the same.
+pub const ADAPTIVE_ANCHOR: f32 = 0.75;
+/// [`adaptive`]: how fast the dense weight grows with the best similarity above the anchor (it
+/// reaches 1 at `anchor + 0.5 / slope`).
+pub const ADAPTIVE_SLOPE: f32 = 8.0;
 
 impl Default for Fusion {
     /// Reciprocal rank fusion with k = 60 and equal weights.
@@ -67,6 +84,7 @@ impl std::fmt::Display for Fusion {
             Self::Rrf { k, alpha } => write!(f, "rrf(k={k},alpha={alpha})"),
             Self::Convex { alpha, normalization } => write!(f, "convex(alpha={alpha},{normalization:?})"),
             Self::Dbsf { alpha } => write!(f, "dbsf(alpha={alpha})"),
+            Self::Adaptive => write!(f, "adaptive(anchor={ADAPTIVE_ANCHOR},slope={ADAPTIVE_SLOPE})"),
         }
     }
 }
@@ -89,7 +107,25 @@ pub fn fuse(
         Fusion::Rrf { k, alpha } => rrf(dense, keyword, k, alpha, limit),
         Fusion::Convex { alpha, normalization } => convex(dense, keyword, alpha, normalization, limit),
         Fusion::Dbsf { alpha } => dbsf(dense, keyword, alpha, limit),
+        Fusion::Adaptive => adaptive(dense, keyword, limit),
     }
+}
+
+/// The dense weight [`adaptive`] gives a query whose best dense hit scored `best`.
+pub fn adaptive_alpha(best: f32) -> f32 {
+    (0.5 + ADAPTIVE_SLOPE * (best - ADAPTIVE_ANCHOR)).clamp(0.5, 1.0)
+}
+
+/// Min-max convex combination weighted per query by the dense engine's best score (see the
+/// module's documentation); with no dense hit, equal weights.
+pub fn adaptive(dense: &[ScoredChunk], keyword: &[ScoredChunk], limit: usize) -> Vec<ScoredChunk> {
+    let best = dense.iter().map(|h| h.score).fold(f32::NEG_INFINITY, f32::max);
+    let alpha = if best.is_finite() {
+        adaptive_alpha(best)
+    } else {
+        0.5
+    };
+    convex(dense, keyword, alpha, Normalization::MinMax, limit)
 }
 
 /// Reciprocal rank fusion: a chunk at rank `r` (from 1) of a list gets `1 / (k + r)` from it,
@@ -289,6 +325,31 @@ mod tests {
         normalization: Normalization::ZScore,
     };
     const DBSF: Fusion = Fusion::Dbsf { alpha: 0.5 };
+
+    #[test]
+    fn adaptive_weighs_the_words_equally_unless_the_embedder_is_sure() {
+        assert_eq!(adaptive_alpha(0.40), 0.5);
+        assert_eq!(adaptive_alpha(ADAPTIVE_ANCHOR), 0.5);
+        assert!((adaptive_alpha(ADAPTIVE_ANCHOR + 0.025) - 0.7).abs() < 1e-6);
+        assert_eq!(adaptive_alpha(0.95), 1.0);
+        // Dense barely prefers `a`; keyword is sure of `b`.
+        let keyword = hits(&[("b", 20.0), ("a", 5.0), ("d", 1.0)]);
+        let middling = hits(&[("a", 0.60), ("b", 0.59), ("c", 0.20)]);
+        // Best dense similarity 0.60: equal weights, the keyword engine's certainty carries `b`.
+        assert_eq!(
+            ids(&fuse(&Fusion::Adaptive, Some(&middling), Some(&keyword), 10))[0],
+            "b"
+        );
+        // The same lists, the embedder now very close to `a` (0.95 and 0.94): dense alone orders.
+        let sure = hits(&[("a", 0.95), ("b", 0.94), ("c", 0.20)]);
+        let fused = fuse(&Fusion::Adaptive, Some(&sure), Some(&keyword), 10);
+        assert_eq!(ids(&fused)[..3], ["a", "b", "c"]);
+        // No dense hit at all: keyword's order, as equal weights give it.
+        assert_eq!(
+            ids(&fuse(&Fusion::Adaptive, Some(&[]), Some(&keyword), 10)),
+            ["b", "a", "d"]
+        );
+    }
 
     #[test]
     fn rrf_rewards_a_chunk_both_engines_found() {

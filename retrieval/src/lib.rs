@@ -23,7 +23,7 @@ pub use embed::{
 };
 pub use error::RetrievalError;
 pub use filter::{FilterValue, MetadataFilter};
-pub use fusion::{convex, dbsf, fuse, rrf, Fusion, Normalization};
+pub use fusion::{adaptive, convex, dbsf, fuse, rrf, Fusion, Normalization};
 pub use hybrid::{HybridHits, HybridQuery, HybridStore};
 pub use keyword::{KeywordStore, TantivyKeywordStore};
 pub use qdrant::{QdrantOptions, QdrantStore};

@@ -1,5 +1,5 @@
 //! Issue 27: fusion on two kinds of judged collection — trec-dl-5k (dense leads BM25) and vaswani
-//! (BM25 and dense level) — from the same two engine lists per query (300 hits each, from the
+//! (BM25 and dense level) — from the same two engine lists per query (100 hits each, as the pipeline takes them, from the
 //! stores the gateway uses: Qdrant Edge searched exactly, tantivy), each passage cut by the
 //! default chunking and embedded by the shipped embedder (the vectors cached by the `storage`
 //! benchmark under ~/.cache/ragway/bench). Every method, on both sets and on each of 4 folds of
@@ -19,7 +19,8 @@ use serde_json::{json, Map};
 use crate::quality::{doc_ranking, load_from, mean, Scores};
 
 const FOLDS: usize = 4;
-const DEPTH: usize = 300;
+/// Hits per engine, as the pipeline takes them (`retrieval.candidates`).
+const DEPTH: usize = 100;
 
 struct Lists {
     dense: Vec<ScoredChunk>,
@@ -134,6 +135,7 @@ fn methods() -> Vec<(String, Option<Fusion>)> {
             normalization: Normalization::ZScore,
         },
         Fusion::Dbsf { alpha: 0.5 },
+        Fusion::Adaptive,
     ];
     methods.extend(fixed.into_iter().map(|f| (f.to_string(), Some(f))));
     methods

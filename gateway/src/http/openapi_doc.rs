@@ -231,6 +231,9 @@ fn fusion_settings() -> Value {
                 "description": "A hit at rank r adds 1 / (k + r); default 60."}})),
             method("convex", json!({"normalization": {"type": ["string", "null"], "enum": ["min_max", "z_score", null]}})),
             method("dbsf", json!({})),
+            json!({"type": "object", "required": ["method"], "additionalProperties": false,
+                "description": "Weights set per query (the default): equal, more on dense the closer its best hit is to the query.",
+                "properties": {"method": {"type": "string", "enum": ["adaptive"]}}}),
         ],
     })
 }

@@ -80,6 +80,7 @@ async fn fusion_settings_round_trip_and_every_method_serves() -> anyhow::Result<
         json!({"method": "convex"}),
         json!({"method": "convex", "normalization": "z_score", "alpha": 0.3}),
         json!({"method": "dbsf", "alpha": 0.6}),
+        json!({"method": "adaptive"}),
     ] {
         let reply = search(&server, json!({"query": question, "top_k": 3, "fusion": fusion})).await?;
         assert_eq!(reply.status, 200, "{fusion}: {:?}", reply.body);
@@ -131,6 +132,10 @@ async fn fusion_settings_round_trip_and_every_method_serves() -> anyhow::Result<
         ),
         (json!({"method": "borda"}), "no such method"),
         (json!({"method": "rrf", "weights": [1, 2]}), "unknown field"),
+        (
+            json!({"method": "adaptive", "alpha": 0.5}),
+            "adaptive sets its own weights",
+        ),
     ] {
         let reply = search(&server, json!({"query": question, "fusion": bad})).await?;
         assert_eq!(reply.status, 400, "{why}: {:?}", reply.body);
@@ -151,8 +156,15 @@ async fn fusion_settings_round_trip_and_every_method_serves() -> anyhow::Result<
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(variants.len(), 3, "{}", schemas["FusionSettings"]);
-    assert!(variants.iter().all(|v| v["properties"]["alpha"]["maximum"] == 1));
+    assert_eq!(variants.len(), 4, "{}", schemas["FusionSettings"]);
+    let with_alpha: Vec<&Value> = variants
+        .iter()
+        .filter(|v| v["properties"]["alpha"].is_object())
+        .collect();
+    assert_eq!(with_alpha.len(), 3, "adaptive takes no alpha");
+    assert!(with_alpha
+        .iter()
+        .all(|v| v["properties"]["alpha"]["maximum"] == 1));
     let with_k: Vec<&Value> = variants
         .iter()
         .filter(|v| v["properties"]["k"].is_object())
@@ -174,6 +186,7 @@ async fn a_failed_engine_leaves_the_others_list_whatever_the_method() -> anyhow:
         json!({"method": "rrf"}),
         json!({"method": "convex"}),
         json!({"method": "dbsf"}),
+        json!({"method": "adaptive"}),
     ];
     let fault = json!({"stage": "dense", "kind": "error", "duration_s": 60});
     assert_eq!(
