@@ -49,12 +49,29 @@ pub struct SnapshotsConfig {
     pub every_s: u64,
     /// Snapshots of each collection kept; older ones are removed.
     pub keep: usize,
+    /// Collections (by full name, as `GET /admin/snapshots` lists them: `<tenant>.<name>`, or the
+    /// name alone in open mode) with a schedule of their own, over the one above.
+    pub collections: std::collections::BTreeMap<String, CollectionSnapshots>,
 }
 
 impl Default for SnapshotsConfig {
     fn default() -> Self {
-        Self { every_s: 0, keep: 7 }
+        Self {
+            every_s: 0,
+            keep: 7,
+            collections: Default::default(),
+        }
     }
+}
+
+/// `[snapshots.collections."<name>"]`: one collection's schedule; what it leaves out is the
+/// global one's.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionSnapshots {
+    /// 0: this collection is not snapshotted.
+    pub every_s: Option<u64>,
+    pub keep: Option<usize>,
 }
 
 impl ServerConfig {

@@ -66,6 +66,7 @@ error_codes! {
     InvalidQueries => "invalid_queries",
     InvalidQueryString => "invalid_query_string",
     InvalidRole => "invalid_role",
+    InvalidStorage => "invalid_storage",
     InvalidTemperature => "invalid_temperature",
     IngestQueueFull => "ingest_queue_full",
     InvalidTenant => "invalid_tenant",

@@ -114,12 +114,8 @@ async fn run() -> anyhow::Result<()> {
     tokio::spawn(ragway_gateway::http::routes::tenants::sweep_deletions(
         state.clone(),
     ));
-    let scheduled = &state.config.snapshots;
-    if scheduled.every_s > 0 {
-        let schedule = ragway_gateway::catalog::snapshots::Schedule {
-            every: Duration::from_secs(scheduled.every_s),
-            keep: scheduled.keep.max(1),
-        };
+    let schedule = ragway_gateway::catalog::snapshots::Schedule::of(&state.config.snapshots);
+    if schedule.shortest().is_some() {
         let dir = state.config.server.snapshots_dir();
         tokio::spawn(ragway_gateway::catalog::snapshots::run(
             state.collections.clone(),

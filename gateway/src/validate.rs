@@ -432,6 +432,35 @@ pub fn fusion(settings: &FusionSettings) -> Result<Fusion, ApiError> {
     })
 }
 
+/// A new collection's storage: the request's, the rest from `[store]`; `None` (the server's own)
+/// for a Qdrant server, where asking for one is refused.
+pub fn storage(
+    requested: Option<ragway_openapi::StorageSettings>,
+    store: &crate::config::StoreConfig,
+) -> Result<Option<ragway_retrieval::DenseStorage>, ApiError> {
+    if store.kind == crate::config::StoreKind::Qdrant {
+        return match requested {
+            Some(_) => Err(ApiError::invalid(
+                ErrorCode::InvalidStorage,
+                "`storage` applies to the embedded store (store.kind = \"edge\"); a Qdrant server keeps vectors as it is configured",
+            )),
+            None => Ok(None),
+        };
+    }
+    let requested = requested.unwrap_or(ragway_openapi::StorageSettings {
+        quantization: None,
+        vectors_on_disk: None,
+    });
+    let quantized = match requested.quantization {
+        Some(q) => q == ragway_openapi::StorageQuantization::Int8,
+        None => store.quantization == crate::config::Quantization::Int8,
+    };
+    Ok(Some(ragway_retrieval::DenseStorage {
+        quantized,
+        vectors_on_disk: requested.vectors_on_disk.unwrap_or(store.vectors_on_disk),
+    }))
+}
+
 /// A fusion as the API shows it (every parameter its method uses, spelled out).
 pub fn fusion_settings(fusion: &Fusion) -> FusionSettings {
     let (method, k, alpha, normalization) = match *fusion {
@@ -565,6 +594,47 @@ mod tests {
         assert_eq!(
             check(doc("one two three four five six", vec![0.1, 0.2, 0.3])),
             invalid
+        );
+    }
+
+    #[test]
+    fn storage_is_the_requests_over_the_stores_defaults_and_only_for_the_embedded_store() {
+        use crate::config::{Quantization, StoreConfig, StoreKind};
+        use ragway_openapi::{StorageQuantization, StorageSettings};
+        use ragway_retrieval::DenseStorage;
+        let edge = StoreConfig {
+            quantization: Quantization::None,
+            ..StoreConfig::default()
+        };
+        let asked = |quantization, vectors_on_disk| {
+            Some(StorageSettings {
+                quantization,
+                vectors_on_disk,
+            })
+        };
+        let kept = |quantized, vectors_on_disk| {
+            Some(DenseStorage {
+                quantized,
+                vectors_on_disk,
+            })
+        };
+        assert_eq!(storage(None, &edge).ok(), Some(kept(false, true)));
+        assert_eq!(
+            storage(asked(Some(StorageQuantization::Int8), None), &edge).ok(),
+            Some(kept(true, true))
+        );
+        assert_eq!(
+            storage(asked(None, Some(false)), &edge).ok(),
+            Some(kept(false, false))
+        );
+        let qdrant = StoreConfig {
+            kind: StoreKind::Qdrant,
+            ..StoreConfig::default()
+        };
+        assert_eq!(storage(None, &qdrant).ok(), Some(None));
+        assert_eq!(
+            storage(asked(None, Some(true)), &qdrant).err().map(|e| e.code()),
+            Some(ErrorCode::InvalidStorage)
         );
     }
 

@@ -90,7 +90,7 @@ async fn half_indexed_documents_are_removed_from_both_stores_on_open() -> anyhow
     let epoch_before = {
         let (collections, dense, keyword) = open(data.path(), embedder.clone()).await?;
         collections
-            .create("c", ChunkingOptions::default(), None, Caps::server(10))
+            .create("c", ChunkingOptions::default(), None, None, Caps::server(10))
             .await?;
         let c = collections.get("c")?;
         let indexed = collections

@@ -63,6 +63,31 @@ pub struct CreateCollectionRequest {
     /// How its hybrid lists are fused; the server default (`retrieval.fusion`) when absent.
     #[serde(default)]
     pub fusion: Option<FusionSettings>,
+    /// How its vectors are kept (the embedded store only); the server's `[store]` defaults for
+    /// what is absent. Fixed for the collection's life.
+    #[serde(default)]
+    pub storage: Option<StorageSettings>,
+}
+
+/// How the embedded dense store keeps a collection's vectors. Both apply to a segment when it is
+/// indexed (past 20,000 points): a smaller collection is scanned exactly whatever they say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `int8`: an int8 copy of each vector in memory for the search, the best candidates
+    /// rescored on the originals; `none`: the originals only.
+    #[serde(default)]
+    pub quantization: Option<StorageQuantization>,
+    /// The original vectors memory-mapped from disk rather than held in memory.
+    #[serde(default)]
+    pub vectors_on_disk: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageQuantization {
+    Int8,
+    None,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -84,6 +109,10 @@ pub struct CollectionInfo {
     /// The embedder its vectors are made with; ingest and search through another are refused.
     #[serde(default)]
     pub embedder: Option<String>,
+    /// How its vectors are kept (`null`: a Qdrant server's own settings, or a collection made
+    /// before this was recorded).
+    #[serde(default)]
+    pub storage: Option<StorageSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

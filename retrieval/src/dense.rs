@@ -25,6 +25,15 @@ use crate::types::{Chunk, EmbeddedChunk, ScoredChunk};
 pub trait DenseStore: Send + Sync {
     /// Creates the collection's index, or opens it if it already exists.
     async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError>;
+    /// As [`DenseStore::open_collection`]; a collection it creates keeps its vectors as `storage`
+    /// says (`None`: the store's default). Stores that choose no storage ignore it.
+    async fn open_collection_with(
+        &self,
+        collection: &str,
+        _storage: Option<DenseStorage>,
+    ) -> Result<(), RetrievalError> {
+        self.open_collection(collection).await
+    }
     async fn drop_collection(&self, collection: &str) -> Result<(), RetrievalError>;
     async fn upsert(&self, collection: &str, chunks: Vec<EmbeddedChunk>) -> Result<(), RetrievalError>;
     async fn delete_documents(&self, collection: &str, doc_ids: Vec<String>) -> Result<(), RetrievalError>;
@@ -58,7 +67,7 @@ pub struct ExportCursor(pub String);
 /// segment when Qdrant's optimizers index it, past [`UNINDEXED_BEFORE_OPTIMIZING`] points: a small
 /// collection is scanned exactly, a large one is searched through an HNSW index over int8 copies
 /// (a quarter of the memory) and the best candidates rescored on the original vectors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DenseStorage {
     /// Scalar (int8) quantization, kept in memory; searches oversample 2× and rescore.
     pub quantized: bool,
@@ -267,7 +276,7 @@ impl EdgeShards {
             .ok_or_else(|| RetrievalError::UnknownCollection(collection.to_string()))
     }
 
-    fn open_blocking(&self, collection: &str) -> Result<(), RetrievalError> {
+    fn open_blocking(&self, collection: &str, storage: DenseStorage) -> Result<(), RetrievalError> {
         if self.dropping.lock().map_err(|_| poisoned())?.contains(collection) {
             return Err(RetrievalError::Dense(format!(
                 "a dropped collection named {collection:?} is still being removed (its index build ends first): try again in a few seconds"
@@ -289,8 +298,8 @@ impl EdgeShards {
             };
             let mut vectors = EdgeVectorParamsBuilder::new(self.dimension, Distance::Cosine)
                 .hnsw_config(hnsw)
-                .on_disk(self.storage.vectors_on_disk);
-            if self.storage.quantized {
+                .on_disk(storage.vectors_on_disk);
+            if storage.quantized {
                 let int8 = ScalarQuantizationConfig {
                     r#type: ScalarType::Int8,
                     quantile: Some(0.99),
@@ -398,7 +407,25 @@ impl DenseStore for EdgeDenseStore {
     async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError> {
         let shards = self.shards.clone();
         let collection = collection.to_string();
-        run_blocking(RetrievalError::Dense, move || shards.open_blocking(&collection)).await
+        let storage = shards.storage;
+        run_blocking(RetrievalError::Dense, move || {
+            shards.open_blocking(&collection, storage)
+        })
+        .await
+    }
+
+    async fn open_collection_with(
+        &self,
+        collection: &str,
+        storage: Option<DenseStorage>,
+    ) -> Result<(), RetrievalError> {
+        let shards = self.shards.clone();
+        let collection = collection.to_string();
+        let storage = storage.unwrap_or(shards.storage);
+        run_blocking(RetrievalError::Dense, move || {
+            shards.open_blocking(&collection, storage)
+        })
+        .await
     }
 
     async fn drop_collection(&self, collection: &str) -> Result<(), RetrievalError> {

@@ -155,3 +155,20 @@ def passage(i, salt=""):
     """Passage `i`: 24 words from a 5,000-word vocabulary in Zipf-like frequencies, the same on
     every run and independent of any other passage (so a resumed load writes the same text)."""
     return " ".join(random.Random(f"{salt}{i}").choices(VOCABULARY, cum_weights=_CUMULATIVE, k=24))
+
+
+def fresh_search(server, lua, collection="scale"):
+    """p50 and p99 (ms) of a fresh /search (scripts/bench/fresh-search.lua), one client for 15 s."""
+    try:
+        out = subprocess.run(["wrk", "-t1", "-c1", "-d15s", "--latency", "-s", lua, server.base],
+                             env=dict(os.environ, COLLECTION=collection), capture_output=True, text=True, check=True,
+                             timeout=75).stdout
+    except subprocess.TimeoutExpired:
+        fail("wrk did not end within 75 s")
+
+    def ms(label):
+        value = re.search(rf"^\s+{label}%\s+([0-9.]+)(us|ms|s)", out, re.M)
+        number, unit = float(value.group(1)), value.group(2)
+        return number / 1000 if unit == "us" else number * 1000 if unit == "s" else number
+
+    return ms("50"), ms("99")

@@ -7,15 +7,13 @@ off half-way goes on from what its data directory holds.
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, fail, passage, stop_all, wait_for_jobs  # noqa: E402
+from harness import Server, fail, fresh_search as search, passage, stop_all, wait_for_jobs  # noqa: E402
 
 HEADER = ("| chunks | load chunks/s | last/first tenth | load/embedder | replace chunks/s | /search p50 | p99 | RSS "
           "| restart | snapshot | size | peak growth | restore | peak growth |\n"
@@ -79,22 +77,6 @@ def replace(server, total, within):
     server.call("POST", "/v1/collections/scale/documents", {"documents": documents, "wait": False})
     wait_for_jobs(server, "scale", within, every=0.2)
     return len(documents) / (time.time() - started)
-
-
-def search(server, lua):
-    try:
-        out = subprocess.run(["wrk", "-t1", "-c1", "-d15s", "--latency", "-s", lua, server.base],
-                             env=dict(os.environ, COLLECTION="scale"), capture_output=True, text=True, check=True,
-                             timeout=75).stdout
-    except subprocess.TimeoutExpired:
-        fail("wrk did not end within 75 s")
-
-    def ms(label):
-        value = re.search(rf"^\s+{label}%\s+([0-9.]+)(us|ms|s)", out, re.M)
-        number, unit = float(value.group(1)), value.group(2)
-        return number / 1000 if unit == "us" else number * 1000 if unit == "s" else number
-
-    return ms("50"), ms("99")
 
 
 def snapshot_and_restore(server):

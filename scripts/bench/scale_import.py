@@ -30,8 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, fail, passage, stop_all, wait_for_jobs  # noqa: E402
-from scale import search  # noqa: E402
+from harness import Server, fail, fresh_search as search, passage, stop_all, wait_for_jobs  # noqa: E402
 
 HEADER = ("| chunks | import chunks/s | 202 after | indexed after | points/indexed | /search p50 / p99 (optimizing) "
           "| p50 / p99 (indexed) | RSS | restart | snapshot | size | peak growth | restore | peak growth | drop |\n"

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ragway_openapi::{CollectionInfo, DocumentInput};
-use ragway_retrieval::{ChunkingOptions, DenseStore, Embedder, Fusion, KeywordStore};
+use ragway_retrieval::{ChunkingOptions, DenseStorage, DenseStore, Embedder, Fusion, KeywordStore};
 use serde::{Deserialize, Serialize};
 
 use crate::caches::{Caches, Target};
@@ -86,6 +86,10 @@ struct Manifest {
     embedder: Option<String>,
     #[serde(default)]
     dimension: Option<usize>,
+    /// How the embedded dense store keeps its vectors (`None`: the store's default, or a Qdrant
+    /// server's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    storage: Option<DenseStorage>,
     epoch: u64,
     /// (Absent from a shared registry's header, which keeps the records apart.)
     #[serde(default)]
@@ -422,7 +426,9 @@ impl Collections {
     }
 
     async fn open_one(&self, manifest: Manifest, reconcile: bool) -> anyhow::Result<()> {
-        self.dense.open_collection(&manifest.name).await?;
+        self.dense
+            .open_collection_with(&manifest.name, manifest.storage)
+            .await?;
         self.keyword.open_collection(&manifest.name).await?;
         let collection = Arc::new(Collection::new(manifest));
         if reconcile {
@@ -543,6 +549,7 @@ impl Collections {
         name: &str,
         chunking: ChunkingOptions,
         fusion: Option<Fusion>,
+        storage: Option<DenseStorage>,
         caps: Caps,
     ) -> Result<CollectionInfo, ApiError> {
         let manifest = Manifest {
@@ -551,6 +558,7 @@ impl Collections {
             chunk_words: chunking.chunk_words,
             chunk_overlap_words: chunking.overlap_words,
             fusion,
+            storage,
             embedder: Some(self.embedder.model_id().to_string()),
             dimension: Some(self.embedder.dimension()),
             epoch: 0,
@@ -583,7 +591,7 @@ impl Collections {
         }
         self.dense.drop_collection(&name).await?;
         self.keyword.drop_collection(&name).await?;
-        self.dense.open_collection(&name).await?;
+        self.dense.open_collection_with(&name, manifest.storage).await?;
         self.keyword.open_collection(&name).await?;
         fill.await?;
         let created = self
@@ -716,5 +724,12 @@ fn info(manifest: &Manifest) -> CollectionInfo {
         epoch: manifest.epoch,
         fusion: manifest.fusion.as_ref().map(crate::validate::fusion_settings),
         embedder: manifest.embedder.clone(),
+        storage: manifest.storage.map(|s| ragway_openapi::StorageSettings {
+            quantization: Some(match s.quantized {
+                true => ragway_openapi::StorageQuantization::Int8,
+                false => ragway_openapi::StorageQuantization::None,
+            }),
+            vectors_on_disk: Some(s.vectors_on_disk),
+        }),
     }
 }

@@ -60,7 +60,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// What a background job will add to its tenant's storage when it has run: counted against the
 /// tenant's storage quota while it waits, so that queued work cannot slip past the quota.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reservation {
     pub documents: u64,
     pub chunks: u64,
@@ -76,6 +76,19 @@ impl Reservation {
             documents: adds(documents),
             chunks: adds(chunks),
             bytes: adds(bytes),
+        }
+    }
+
+    /// Documents, chunks, bytes (as a job's record keeps them).
+    fn as_array(self) -> [u64; 3] {
+        [self.documents, self.chunks, self.bytes]
+    }
+
+    fn from_array([documents, chunks, bytes]: [u64; 3]) -> Self {
+        Self {
+            documents,
+            chunks,
+            bytes,
         }
     }
 
@@ -189,7 +202,7 @@ impl Job {
             generation: self.generation.clone(),
             stamp: Some(self.stamp),
             parts: self.parts,
-            reserved: self.parts.map(|_| self.reserved),
+            reserved: self.parts.map(|_| self.reserved.as_array()),
         }
     }
 }
@@ -448,7 +461,7 @@ impl Jobs {
         match lookup {
             Lookup::Open(collection) if record.parts.is_some() => {
                 let parts = record.parts.unwrap_or_default();
-                let reserved = record.reserved.unwrap_or_default();
+                let reserved = record.reserved.map(Reservation::from_array).unwrap_or_default();
                 let job = Job::new(record, reserved);
                 tracing::info!(job = id, collection = name, done, "resuming import job");
                 self.lock().insert(id, job.clone());
@@ -560,7 +573,7 @@ impl Jobs {
             generation: collection.generation.clone(),
             stamp: Some(stamp),
             parts: input.parts(),
-            reserved: input.parts().map(|_| admitted.reservation),
+            reserved: input.parts().map(|_| admitted.reservation.as_array()),
         };
         let status = record.status.clone();
         // Held before the record exists, so that no process resuming unfinished jobs can take a

@@ -1,5 +1,6 @@
 //! Scheduled snapshots, an operator's backup: every collection written to the snapshot
-//! directory once per `snapshots.every_s`, the newest `snapshots.keep` of each kept. The schedule
+//! directory once per `snapshots.every_s`, the newest `snapshots.keep` of each kept; a collection
+//! listed under `snapshots.collections` on its own schedule. The schedule
 //! reads the directory, not a clock of its own: a collection whose newest snapshot is younger than
 //! the interval is passed over, so a restart does not snapshot again, and replicas that share the
 //! directory do not snapshot the same collection each (the collection's lease orders those that
@@ -14,11 +15,46 @@ use serde::Serialize;
 
 use crate::catalog::collections::Collections;
 
-/// `[snapshots]`.
-#[derive(Debug, Clone, Copy)]
+/// `[snapshots]`: every collection's schedule, and those of the collections with their own.
+#[derive(Debug, Clone)]
 pub struct Schedule {
-    pub every: Duration,
+    /// `None`: collections without a schedule of their own are not snapshotted.
+    pub every: Option<Duration>,
     pub keep: usize,
+    pub collections: std::collections::BTreeMap<String, (Option<Duration>, usize)>,
+}
+
+impl Schedule {
+    /// From `[snapshots]`: 0 seconds is no schedule; at least one snapshot is kept.
+    pub fn of(config: &crate::config::SnapshotsConfig) -> Self {
+        let every = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        Self {
+            every: every(config.every_s),
+            keep: config.keep.max(1),
+            collections: config
+                .collections
+                .iter()
+                .map(|(name, own)| {
+                    let interval = own.every_s.map_or(every(config.every_s), every);
+                    (name.clone(), (interval, own.keep.unwrap_or(config.keep).max(1)))
+                })
+                .collect(),
+        }
+    }
+
+    /// How often collection `name` is snapshotted and how many are kept (`None`: never).
+    pub fn of_collection(&self, name: &str) -> Option<(Duration, usize)> {
+        match self.collections.get(name) {
+            Some(&(every, keep)) => every.map(|every| (every, keep)),
+            None => self.every.map(|every| (every, self.keep)),
+        }
+    }
+
+    /// The shortest interval of any collection (`None`: nothing is ever snapshotted).
+    pub fn shortest(&self) -> Option<Duration> {
+        let own = self.collections.values().filter_map(|(every, _)| *every);
+        self.every.into_iter().chain(own).min()
+    }
 }
 
 /// One snapshot file in the directory.
@@ -38,26 +74,32 @@ const LOOK_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs the schedule until the process ends.
 pub async fn run(collections: Arc<Collections>, dir: PathBuf, schedule: Schedule) {
-    let look = (schedule.every / 2).clamp(Duration::from_millis(200), LOOK_EVERY);
+    let Some(shortest) = schedule.shortest() else {
+        return;
+    };
+    let look = (shortest / 2).clamp(Duration::from_millis(200), LOOK_EVERY);
     loop {
         tokio::time::sleep(look).await;
         let Ok(open) = collections.list() else { continue };
         for collection in open {
             let name = collection.name.clone();
+            let Some((every, keep)) = schedule.of_collection(&name) else {
+                continue;
+            };
             let listed = list(&dir).await;
             let newest = listed
                 .iter()
                 .filter(|f| f.collection == name)
                 .map(|f| f.taken_at.clone())
                 .max();
-            if newest.is_some_and(|taken| age(&taken) < schedule.every) {
+            if newest.is_some_and(|taken| age(&taken) < every) {
                 continue;
             }
             match collections.snapshot(&name, &dir).await {
                 Ok(info) => {
                     metrics::counter!("ragway_snapshots_total", "outcome" => "ok").increment(1);
                     tracing::info!(collection = %name, snapshot = %info.snapshot, chunks = info.chunks, "scheduled snapshot written");
-                    prune(&dir, &name, schedule.keep).await;
+                    prune(&dir, &name, keep).await;
                 }
                 Err(e) => {
                     metrics::counter!("ragway_snapshots_total", "outcome" => "failed").increment(1);
@@ -134,6 +176,41 @@ async fn prune(dir: &Path, collection: &str, keep: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_collection_of_its_own_keeps_its_schedule_and_takes_the_rest_from_the_global_one() {
+        use crate::config::{CollectionSnapshots, SnapshotsConfig};
+        let own = |every_s, keep| CollectionSnapshots { every_s, keep };
+        let config = SnapshotsConfig {
+            every_s: 3600,
+            keep: 5,
+            collections: [
+                ("t1.hot".to_string(), own(Some(60), None)),
+                ("t1.cold".to_string(), own(Some(0), None)),
+                ("t1.few".to_string(), own(None, Some(1))),
+            ]
+            .into(),
+        };
+        let schedule = Schedule::of(&config);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            schedule.of_collection("t1.hot"),
+            Some((Duration::from_secs(60), 5))
+        );
+        assert_eq!(schedule.of_collection("t1.cold"), None);
+        assert_eq!(schedule.of_collection("t1.few"), Some((hour, 1)));
+        assert_eq!(schedule.of_collection("t2.other"), Some((hour, 5)));
+        assert_eq!(schedule.shortest(), Some(Duration::from_secs(60)));
+        // No global schedule: only the collections with one of their own.
+        let only = SnapshotsConfig {
+            collections: [("hot".to_string(), own(Some(10), None))].into(),
+            ..SnapshotsConfig::default()
+        };
+        let schedule = Schedule::of(&only);
+        assert_eq!(schedule.of_collection("hot"), Some((Duration::from_secs(10), 7)));
+        assert_eq!(schedule.of_collection("other"), None);
+        assert_eq!(Schedule::of(&SnapshotsConfig::default()).shortest(), None);
+    }
 
     #[test]
     fn names_say_the_collection_and_when() {

@@ -59,6 +59,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::InvalidSnapshot
         | C::UnsupportedContentPart
         | C::InvalidImportLine
+        | C::InvalidStorage
         | C::InvalidVector
         | C::UnsupportedDimensions
         | C::UnsupportedEncoding

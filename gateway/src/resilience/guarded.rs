@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ragway_rerank::{RerankError, Reranker, Scores};
 use ragway_retrieval::{
-    Chunk, DenseStore, EmbeddedChunk, Embedder, Embeddings, ExportCursor, KeywordStore, MetadataFilter,
-    Priority, RetrievalError, ScoredChunk,
+    Chunk, DenseStorage, DenseStore, EmbeddedChunk, Embedder, Embeddings, ExportCursor, KeywordStore,
+    MetadataFilter, Priority, RetrievalError, ScoredChunk,
 };
 use ragway_worker::Stopped;
 
@@ -135,6 +135,13 @@ impl<E: Embedder + ?Sized> Embedder for Guarded<E> {
 impl<D: DenseStore + ?Sized> DenseStore for Guarded<D> {
     async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError> {
         self.inner.open_collection(collection).await
+    }
+    async fn open_collection_with(
+        &self,
+        collection: &str,
+        storage: Option<DenseStorage>,
+    ) -> Result<(), RetrievalError> {
+        self.inner.open_collection_with(collection, storage).await
     }
     async fn drop_collection(&self, collection: &str) -> Result<(), RetrievalError> {
         self.inner.drop_collection(collection).await

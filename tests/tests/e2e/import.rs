@@ -205,6 +205,47 @@ async fn an_import_stores_given_vectors_as_given_and_refuses_a_bad_line_whole() 
     Ok(())
 }
 
+/// Issue 39 item 2: storage is a collection setting, defaulting to `[store]`'s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_keeps_the_storage_it_was_made_with() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions::default().with_config(NO_ANSWER_CACHES);
+    let server = Server::start(dir.path(), &options).await?;
+    let default = server.post("/v1/collections", &json!({"name": "bulk"})).await?;
+    assert_eq!(
+        default.body["storage"],
+        json!({"quantization": "int8", "vectors_on_disk": true}),
+        "{:?}",
+        default.body
+    );
+    let exact = json!({"name": "exact", "storage": {"quantization": "none"}});
+    let made = server.post("/v1/collections", &exact).await?;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    assert_eq!(
+        made.body["storage"],
+        json!({"quantization": "none", "vectors_on_disk": true})
+    );
+    // What the shard was made with is on disk (Qdrant Edge's own config), and survives a restart.
+    let config: Value = serde_json::from_slice(&std::fs::read(
+        server.data_dir.join("dense/exact/edge_config.json"),
+    )?)?;
+    assert!(config["vectors"][""]["quantization_config"].is_null(), "{config}");
+    let quantized: Value = serde_json::from_slice(&std::fs::read(
+        server.data_dir.join("dense/bulk/edge_config.json"),
+    )?)?;
+    assert!(
+        quantized["vectors"][""]["quantization_config"]["scalar"].is_object(),
+        "{quantized}"
+    );
+    drop(server);
+    let server = Server::start(dir.path(), &options).await?;
+    let info = server.get("/v1/collections/exact").await?;
+    assert_eq!(info.body["storage"]["quantization"], "none", "{:?}", info.body);
+    let bad = json!({"name": "bad", "storage": {"quantization": "int4"}});
+    assert_eq!(server.post("/v1/collections", &bad).await?.status, 400);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_import_over_a_storage_quota_is_refused_whole() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

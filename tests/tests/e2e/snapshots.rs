@@ -219,6 +219,34 @@ async fn scheduled_snapshots_keep_the_newest_and_restore() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Issue 39 item 4: a collection on a schedule of its own, none for the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_can_have_a_snapshot_schedule_of_its_own() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = options(Vec::new()).with_config("[snapshots.collections.facts]\nevery_s = 1\nkeep = 1");
+    let server = Server::start(dir.path(), &options).await?;
+    server.seeded(None, "facts", &corpus()).await?;
+    server.seeded(None, "other", &corpus()).await?;
+    let started = std::time::Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 3 {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "snapshots of facts seen: {seen:?}"
+        );
+        for snapshot in listed(&server, "facts").await? {
+            seen.insert(snapshot["snapshot"].as_str().unwrap_or_default().to_string());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(listed(&server, "facts").await?.len() <= 1, "keep = 1");
+    assert!(
+        listed(&server, "other").await?.is_empty(),
+        "no schedule for the others"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_scheduled_snapshot_is_counted_and_serving_goes_on() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -295,6 +295,7 @@ pub(super) mod tests {
             fusion: None,
             embedder: None,
             dimension: None,
+            storage: None,
             epoch: 0,
             documents: BTreeMap::new(),
             pending: Vec::new(),

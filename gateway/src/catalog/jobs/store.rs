@@ -30,10 +30,10 @@ pub(super) struct Record {
     /// An import's documents come in this many parts (see [`super::parts`]), not in one list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<usize>,
-    /// What an import adds to its tenant's storage (a resumed import's documents are not read
-    /// whole again to know it).
+    /// What an import adds to its tenant's storage: documents, chunks, bytes (a resumed import's
+    /// documents are not read whole again to know it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reserved: Option<super::Reservation>,
+    pub reserved: Option<[u64; 3]>,
 }
 
 #[async_trait]

@@ -42,13 +42,18 @@ pub async fn create(
     };
     validate::chunking(chunking, config.limits.min_chunk_words)?;
     let fusion = request.fusion.as_ref().map(validate::fusion).transpose()?;
+    let storage = validate::storage(request.storage, &config.store)?;
     let caps = Caps {
         server: config.limits.max_collections,
         owner: caller.tenant.as_ref().and_then(|t| t.limits.collections),
     };
     let (collections, internal) = (state.collections.clone(), caller.internal(&request.name));
-    let created =
-        to_completion(async move { collections.create(&internal, chunking, fusion, caps).await }).await;
+    let created = to_completion(async move {
+        collections
+            .create(&internal, chunking, fusion, storage, caps)
+            .await
+    })
+    .await;
     if let (Err(ApiError::OverQuota { .. }), Some(tenant)) = (&created, &caller.tenant) {
         state.quotas.rejected(tenant, "collections");
     }
