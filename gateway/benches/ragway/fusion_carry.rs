@@ -17,6 +17,7 @@ use ragway_retrieval::{
 use serde_json::{json, Map};
 
 use crate::quality::{doc_ranking, load_from, mean, Scores};
+use crate::storage::cache_dir;
 
 const FOLDS: usize = 4;
 /// Hits per engine, as the pipeline takes them (`retrieval.candidates`).
@@ -26,13 +27,6 @@ struct Lists {
     dense: Vec<ScoredChunk>,
     keyword: Vec<ScoredChunk>,
     judged: HashMap<String, u32>,
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-        .join(".cache/ragway/bench")
 }
 
 fn cached(name: &str) -> anyhow::Result<Vec<Vec<f32>>> {

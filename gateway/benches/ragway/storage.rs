@@ -16,7 +16,8 @@ use serde_json::Map;
 
 use crate::quality::{doc_ranking, load_from, mean, Scores};
 
-fn cache_dir() -> PathBuf {
+/// Where the benchmarks keep what they embedded once (never in the repository).
+pub fn cache_dir() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_default()

@@ -39,3 +39,24 @@ pub fn doc_ids(body: &Value, list: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The status of the job a `202` names once it is no longer queued or running (at most `limit`).
+pub async fn job_finished(
+    server: &ragway_e2e::Server,
+    accepted: &ragway_e2e::Reply,
+    limit: std::time::Duration,
+) -> anyhow::Result<Value> {
+    let url = accepted.body["status_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let started = std::time::Instant::now();
+    loop {
+        let status = server.get(&url).await?.body;
+        if !matches!(status["state"].as_str(), Some("queued" | "running")) {
+            return Ok(status);
+        }
+        anyhow::ensure!(started.elapsed() < limit, "job still {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

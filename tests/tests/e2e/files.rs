@@ -22,19 +22,7 @@ fn fixture(name: &str) -> anyhow::Result<Vec<u8>> {
 
 /// The job's status once it is no longer queued or running (at most 120 s).
 async fn finished(server: &Server, accepted: &Reply) -> anyhow::Result<Value> {
-    let url = accepted.body["status_url"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let started = Instant::now();
-    loop {
-        let status = server.get(&url).await?.body;
-        if !matches!(status["state"].as_str(), Some("queued" | "running")) {
-            return Ok(status);
-        }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "job still {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::job_finished(server, accepted, Duration::from_secs(120)).await
 }
 
 const NOTES: &str = "# Closing\n\nThe last one out locks the back door and sets the alarm code.\n\n## Waste\n\n| Bin | Collected |\n|---|---|\n| Glass | Tuesday |\n| Compost | Friday |\n";

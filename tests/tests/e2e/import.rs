@@ -16,19 +16,7 @@ const ADMIN: &str = "import-admin-key";
 
 /// The job's status once it is no longer queued or running (at most 180 s).
 async fn finished(server: &Server, accepted: &Reply) -> anyhow::Result<Value> {
-    let url = accepted.body["status_url"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let started = Instant::now();
-    loop {
-        let status = server.get(&url).await?.body;
-        if !matches!(status["state"].as_str(), Some("queued" | "running")) {
-            return Ok(status);
-        }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(180), "job still {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::job_finished(server, accepted, Duration::from_secs(180)).await
 }
 
 /// Posts `body` as NDJSON in pieces of `piece` bytes (a client streaming a large file).
@@ -71,6 +59,19 @@ async fn documents(server: &Server) -> anyhow::Result<u64> {
     Ok(server.get("/v1/collections/bulk").await?.body["documents"]
         .as_u64()
         .unwrap_or(0))
+}
+
+/// Waits (at most 10 s) until a refused import's parts are gone.
+async fn parts_removed(server: &Server) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while leftover_parts(server)? > 0 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "a refused import's parts stay"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 fn leftover_parts(server: &Server) -> anyhow::Result<usize> {
@@ -194,14 +195,7 @@ async fn an_import_stores_given_vectors_as_given_and_refuses_a_bad_line_whole() 
         .as_array()
         .map_or(0, Vec::len);
     assert_eq!(jobs_after, jobs_before, "a refused import makes no job");
-    let started = Instant::now();
-    while leftover_parts(&server)? > 0 {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(10),
-            "a refused import's parts stay"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    parts_removed(&server).await?;
     Ok(())
 }
 
@@ -287,14 +281,7 @@ async fn an_import_over_a_storage_quota_is_refused_whole() -> anyhow::Result<()>
         .call(Method::GET, "/v1/collections/bulk", Some(&key), None)
         .await?;
     assert_eq!(info.body["documents"], 0, "{:?}", info.body);
-    let started = Instant::now();
-    while leftover_parts(&server)? > 0 {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(10),
-            "a refused import's parts stay"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    parts_removed(&server).await?;
     let within = server
         .post_body_as(
             Some(&key),
