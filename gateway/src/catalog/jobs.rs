@@ -22,13 +22,15 @@ use crate::catalog::collections::{BatchOutcome, Collection, Collections, Lookup}
 use crate::catalog::lease::{Lease, WriteError};
 use crate::error::{ApiError, ErrorCode};
 use crate::tenancy::owner;
-use crate::tenancy::quota::policy::{
-    admit_job, admit_storage, Amounts, JobQueueLimits, OverStorage, QueueFull,
-};
+use crate::tenancy::quota::policy::{admit_storage, Amounts, JobQueueLimits, OverStorage};
 
+mod import;
 mod parts;
+mod queue;
 mod store;
+pub use import::ImportSpool;
 pub use parts::PART_DOCUMENTS;
+use queue::{queue_full, QueueCounts, QueueSlot};
 use store::{FileJobs, Hold, JobStore, Record, RedisJobs};
 
 /// How jobs run.
@@ -243,127 +245,6 @@ impl Input {
             Self::Documents(_) => None,
             Self::Parts(count) | Self::Import { count, .. } => Some(*count),
         }
-    }
-}
-
-/// An import being read: its documents recorded part by part as they come; forgotten unless it
-/// becomes a job ([`Jobs::submit_import`]).
-pub struct ImportSpool {
-    jobs: Arc<Jobs>,
-    pub id: String,
-    parts: usize,
-    documents: usize,
-    chunks: usize,
-    submitted: bool,
-}
-
-impl ImportSpool {
-    /// Records the next part: `documents` (at most [`PART_DOCUMENTS`]; only the last part may hold
-    /// fewer) making `chunks` chunks.
-    pub async fn push(&mut self, documents: Vec<DocumentInput>, chunks: usize) -> Result<(), ApiError> {
-        let count = documents.len();
-        let bytes = tokio::task::spawn_blocking(move || parts::encode(&documents))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(ApiError::Internal)?;
-        self.jobs
-            .store
-            .put_part(&self.id, self.parts, bytes)
-            .await
-            .map_err(|e| self.jobs.failed(e))?;
-        self.parts += 1;
-        self.documents += count;
-        self.chunks += chunks;
-        Ok(())
-    }
-
-    pub fn documents(&self) -> usize {
-        self.documents
-    }
-}
-
-impl Drop for ImportSpool {
-    fn drop(&mut self) {
-        if self.submitted || self.parts == 0 {
-            return;
-        }
-        let (jobs, id, parts) = (self.jobs.clone(), self.id.clone(), self.parts);
-        tokio::spawn(async move { jobs.store.drop_parts(&id, parts).await });
-    }
-}
-
-/// The background jobs this process holds unfinished, per owner (a tenant's id, `""` in open
-/// mode).
-#[derive(Default)]
-struct QueueCounts {
-    per_owner: BTreeMap<String, usize>,
-}
-
-/// One background job's place in the queue, given back when the job ends however it ends.
-struct QueueSlot {
-    counts: Arc<Mutex<QueueCounts>>,
-    owner: String,
-}
-
-impl QueueSlot {
-    /// Takes a place for a job of `owner`, refused past `limits`; `None` limits take one anyway
-    /// (a job accepted before a restart).
-    fn take(
-        counts: &Arc<Mutex<QueueCounts>>,
-        owner: &str,
-        limits: Option<JobQueueLimits>,
-    ) -> Result<Self, QueueFull> {
-        let mut held = counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(limits) = limits {
-            let tenant = (!owner.is_empty()).then(|| held.per_owner.get(owner).copied().unwrap_or(0));
-            admit_job(limits, held.per_owner.values().sum(), tenant)?;
-        }
-        *held.per_owner.entry(owner.to_string()).or_default() += 1;
-        Ok(Self {
-            counts: counts.clone(),
-            owner: owner.to_string(),
-        })
-    }
-}
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        let mut held = self
-            .counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(n) = held.per_owner.get_mut(&self.owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.per_owner.remove(&self.owner);
-            }
-        }
-    }
-}
-
-/// How long a client refused for a full queue should wait before trying again.
-const QUEUE_RETRY_AFTER_S: u64 = 5;
-
-fn queue_full(full: QueueFull, limits: JobQueueLimits) -> ApiError {
-    match full {
-        QueueFull::Tenant => ApiError::OverQuota {
-            code: ErrorCode::JobQuotaExceeded,
-            message: format!(
-                "this tenant has {} background jobs waiting or running (ingest.max_queued_jobs_per_tenant); \
-                 nothing was stored: retry when one has finished",
-                limits.per_tenant
-            ),
-            retry_after_s: Some(QUEUE_RETRY_AFTER_S),
-        },
-        QueueFull::Server => ApiError::Busy {
-            code: ErrorCode::IngestQueueFull,
-            message: format!(
-                "the server has {} background jobs waiting or running (ingest.max_queued_jobs); \
-                 nothing was stored: retry shortly",
-                limits.total
-            ),
-            retry_after_s: QUEUE_RETRY_AFTER_S,
-        },
     }
 }
 
@@ -602,41 +483,6 @@ impl Jobs {
         Ok((status, (!background).then_some(result)))
     }
 
-    /// Starts reading an import (see [`ImportSpool`]).
-    pub fn import(self: &Arc<Self>) -> ImportSpool {
-        ImportSpool {
-            jobs: self.clone(),
-            id: uuid::Uuid::new_v4().simple().to_string(),
-            parts: 0,
-            documents: 0,
-            chunks: 0,
-            submitted: false,
-        }
-    }
-
-    /// Records an import read whole as a background job (its id is the spool's) and starts it.
-    pub async fn submit_import(
-        self: &Arc<Self>,
-        collection: Arc<Collection>,
-        mut spool: ImportSpool,
-        admitted: Admitted,
-    ) -> Result<JobStatus, ApiError> {
-        let input = Input::Import {
-            count: spool.parts,
-            documents: spool.documents,
-            chunks: spool.chunks,
-        };
-        let id = spool.id.clone();
-        let submitted = self
-            .submit_admitted(collection.clone(), input, true, &id, admitted)
-            .await;
-        match &submitted {
-            Ok(_) => spool.submitted = true,
-            Err(_) => self.store.release(&collection.name, &id).await,
-        }
-        submitted.map(|(status, _)| status)
-    }
-
     /// What the unfinished jobs of `owner` (a tenant's id) will still add to its storage.
     pub fn pending(&self, owner_id: &str) -> Amounts<u64> {
         self.lock()
@@ -797,15 +643,6 @@ impl Jobs {
             chunks: status.chunks_done,
             epoch: status.epoch,
         })
-    }
-
-    /// Part `n` of import `id`, decoded off the runtime.
-    async fn read_part(&self, id: &str, n: usize) -> Result<Vec<DocumentInput>, String> {
-        let bytes = self.store.part(id, n).await?;
-        tokio::task::spawn_blocking(move || parts::decode(&bytes))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("part {n} of the import is unreadable: {e}"))
     }
 
     /// Applies `documents` in batches of about `batch_chunks` chunks, each recorded as done when
