@@ -432,13 +432,13 @@ pub fn fusion(settings: &FusionSettings) -> Result<Fusion, ApiError> {
     })
 }
 
-/// A new collection's storage: the request's, the rest from `[store]`; `None` (the server's own)
-/// for a Qdrant server, where asking for one is refused.
+/// A new collection's storage: the request's, the rest from `defaults` (the server's `[store]`);
+/// `None` (a Qdrant server, which keeps vectors as it is configured) refuses a request for one.
 pub fn storage(
     requested: Option<ragway_openapi::StorageSettings>,
-    store: &crate::config::StoreConfig,
+    defaults: Option<ragway_retrieval::DenseStorage>,
 ) -> Result<Option<ragway_retrieval::DenseStorage>, ApiError> {
-    if store.kind == crate::config::StoreKind::Qdrant {
+    let Some(defaults) = defaults else {
         return match requested {
             Some(_) => Err(ApiError::invalid(
                 ErrorCode::InvalidStorage,
@@ -446,18 +446,15 @@ pub fn storage(
             )),
             None => Ok(None),
         };
-    }
-    let requested = requested.unwrap_or(ragway_openapi::StorageSettings {
-        quantization: None,
-        vectors_on_disk: None,
-    });
-    let quantized = match requested.quantization {
-        Some(q) => q == ragway_openapi::StorageQuantization::Int8,
-        None => store.quantization == crate::config::Quantization::Int8,
+    };
+    let Some(requested) = requested else {
+        return Ok(Some(defaults));
     };
     Ok(Some(ragway_retrieval::DenseStorage {
-        quantized,
-        vectors_on_disk: requested.vectors_on_disk.unwrap_or(store.vectors_on_disk),
+        quantized: requested.quantization.map_or(defaults.quantized, |q| {
+            q == ragway_openapi::StorageQuantization::Int8
+        }),
+        vectors_on_disk: requested.vectors_on_disk.unwrap_or(defaults.vectors_on_disk),
     }))
 }
 
@@ -599,41 +596,31 @@ mod tests {
 
     #[test]
     fn storage_is_the_requests_over_the_stores_defaults_and_only_for_the_embedded_store() {
-        use crate::config::{Quantization, StoreConfig, StoreKind};
         use ragway_openapi::{StorageQuantization, StorageSettings};
         use ragway_retrieval::DenseStorage;
-        let edge = StoreConfig {
-            quantization: Quantization::None,
-            ..StoreConfig::default()
+        let kept = |quantized, vectors_on_disk| DenseStorage {
+            quantized,
+            vectors_on_disk,
         };
+        let edge = Some(kept(false, true));
         let asked = |quantization, vectors_on_disk| {
             Some(StorageSettings {
                 quantization,
                 vectors_on_disk,
             })
         };
-        let kept = |quantized, vectors_on_disk| {
-            Some(DenseStorage {
-                quantized,
-                vectors_on_disk,
-            })
-        };
-        assert_eq!(storage(None, &edge).ok(), Some(kept(false, true)));
+        assert_eq!(storage(None, edge).ok(), Some(edge));
         assert_eq!(
-            storage(asked(Some(StorageQuantization::Int8), None), &edge).ok(),
-            Some(kept(true, true))
+            storage(asked(Some(StorageQuantization::Int8), None), edge).ok(),
+            Some(Some(kept(true, true)))
         );
         assert_eq!(
-            storage(asked(None, Some(false)), &edge).ok(),
-            Some(kept(false, false))
+            storage(asked(None, Some(false)), edge).ok(),
+            Some(Some(kept(false, false)))
         );
-        let qdrant = StoreConfig {
-            kind: StoreKind::Qdrant,
-            ..StoreConfig::default()
-        };
-        assert_eq!(storage(None, &qdrant).ok(), Some(None));
+        assert_eq!(storage(None, None).ok(), Some(None));
         assert_eq!(
-            storage(asked(None, Some(true)), &qdrant).err().map(|e| e.code()),
+            storage(asked(None, Some(true)), None).err().map(|e| e.code()),
             Some(ErrorCode::InvalidStorage)
         );
     }

@@ -6,9 +6,10 @@ use ragway_openapi::{
     CollectionInfo, CollectionList, CreateCollectionRequest, DeleteDocumentResponse, ErrorBody,
     IngestRequest, IngestResponse, JobAccepted, UpdateCollectionRequest,
 };
-use ragway_retrieval::ChunkingOptions;
+use ragway_retrieval::{ChunkingOptions, DenseStorage};
 
 use crate::catalog::collections::Caps;
+use crate::config::{Quantization, StoreKind};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiJson;
@@ -42,7 +43,12 @@ pub async fn create(
     };
     validate::chunking(chunking, config.limits.min_chunk_words)?;
     let fusion = request.fusion.as_ref().map(validate::fusion).transpose()?;
-    let storage = validate::storage(request.storage, &config.store)?;
+    // The embedded store's defaults (`[store]`); a Qdrant server chooses its own.
+    let defaults = (config.store.kind == StoreKind::Edge).then_some(DenseStorage {
+        quantized: config.store.quantization == Quantization::Int8,
+        vectors_on_disk: config.store.vectors_on_disk,
+    });
+    let storage = validate::storage(request.storage, defaults)?;
     let caps = Caps {
         server: config.limits.max_collections,
         owner: caller.tenant.as_ref().and_then(|t| t.limits.collections),
