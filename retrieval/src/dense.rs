@@ -254,14 +254,18 @@ impl EdgeDenseStore {
             }),
         }
     }
-}
 
-impl EdgeDenseStore {
-    /// Runs Qdrant's optimizers on `collection` now, to the end (benchmarks: an index built
-    /// whatever the collection's size); `(points, indexed vectors)` after.
+    /// Runs Qdrant's optimizers on `collection` now, to the end, as its background runs do (one
+    /// at a time); benchmarks: an index built whatever the collection's size. `(points, indexed
+    /// vectors)` after.
     pub fn optimize_now(&self, collection: &str) -> Result<(usize, usize), RetrievalError> {
         let shard = self.shards.shard(collection)?;
-        shard.edge.optimize()?;
+        drop(shard.optimizing.lock().map_err(|_| poisoned())?);
+        if !shard.optimize(collection) {
+            return Err(RetrievalError::Dense(
+                "the optimizers did not run to their end".into(),
+            ));
+        }
         let info = shard.edge.info();
         Ok((info.points_count, info.indexed_vectors_count))
     }
@@ -405,13 +409,7 @@ fn index_doc_ids(shard: &EdgeShard) -> Result<(), RetrievalError> {
 #[async_trait]
 impl DenseStore for EdgeDenseStore {
     async fn open_collection(&self, collection: &str) -> Result<(), RetrievalError> {
-        let shards = self.shards.clone();
-        let collection = collection.to_string();
-        let storage = shards.storage;
-        run_blocking(RetrievalError::Dense, move || {
-            shards.open_blocking(&collection, storage)
-        })
-        .await
+        self.open_collection_with(collection, None).await
     }
 
     async fn open_collection_with(

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use ragway_retrieval::{
-    chunk_document, fuse, ChunkingOptions, DenseStorage, DenseStore, EdgeDenseStore, EmbeddedChunk, Fusion,
-    KeywordStore, Normalization, ScoredChunk, TantivyKeywordStore,
+    fuse, DenseStorage, DenseStore, EdgeDenseStore, EmbeddedChunk, Fusion, KeywordStore, Normalization,
+    ScoredChunk, TantivyKeywordStore,
 };
-use serde_json::{json, Map};
+use serde_json::json;
 
 use crate::quality::{doc_ranking, load_from, mean, Scores};
 use crate::storage::cache_dir;
@@ -43,11 +43,7 @@ fn cached(name: &str) -> anyhow::Result<Vec<Vec<f32>>> {
 async fn lists(name: &str, scratch: &std::path::Path) -> anyhow::Result<Vec<Lists>> {
     let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
     let data = load_from(&shared.join(name))?;
-    let chunks: Vec<_> = data
-        .corpus
-        .iter()
-        .flat_map(|(id, text)| chunk_document(id, text, &Map::new(), ChunkingOptions::default()))
-        .collect();
+    let chunks = data.chunks();
     let vectors = cached(name)?;
     anyhow::ensure!(
         vectors.len() == chunks.len(),

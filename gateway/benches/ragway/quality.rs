@@ -62,6 +62,19 @@ pub fn trec_queries() -> anyhow::Result<Vec<(String, String)>> {
     Ok(load()?.queries)
 }
 
+impl Dataset {
+    /// Its passages cut by a collection's default chunking, in corpus order.
+    pub fn chunks(&self) -> Vec<ragway_retrieval::Chunk> {
+        self.corpus
+            .iter()
+            .flat_map(|(id, text)| {
+                let options = ragway_retrieval::ChunkingOptions::default();
+                ragway_retrieval::chunk_document(id, text, &serde_json::Map::new(), options)
+            })
+            .collect()
+    }
+}
+
 /// The first `n` passages of trec-dl-5k.
 pub fn trec_passages(n: usize) -> anyhow::Result<Vec<String>> {
     Ok(load()?.corpus.into_iter().take(n).map(|(_, text)| text).collect())

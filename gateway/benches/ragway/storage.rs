@@ -9,10 +9,7 @@
 use std::path::PathBuf;
 
 use ragway_gateway::config::Config;
-use ragway_retrieval::{
-    chunk_document, ChunkingOptions, DenseStorage, DenseStore, EdgeDenseStore, EmbeddedChunk, Priority,
-};
-use serde_json::Map;
+use ragway_retrieval::{DenseStorage, DenseStore, EdgeDenseStore, EmbeddedChunk, Priority};
 
 use crate::quality::{doc_ranking, load_from, mean, Scores};
 
@@ -65,11 +62,7 @@ pub async fn run() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     for name in ["trec-dl-5k", "vaswani"] {
         let data = load_from(&shared.join(name))?;
-        let chunks: Vec<_> = data
-            .corpus
-            .iter()
-            .flat_map(|(id, text)| chunk_document(id, text, &Map::new(), ChunkingOptions::default()))
-            .collect();
+        let chunks = data.chunks();
         let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
         let vectors = embedded(&state, name, &texts).await?;
         let judged: Vec<_> = data

@@ -662,13 +662,13 @@ impl Collections {
         }
     }
 
-    /// Refuses work that would embed into `collection` with another embedder than its vectors
-    /// were made with (vector spaces must not mix).
     /// The dimension of the vectors this server's embedder makes (and a document may come with).
     pub fn dimension(&self) -> usize {
         self.embedder.dimension()
     }
 
+    /// Refuses work that would embed into `collection` with another embedder than its vectors
+    /// were made with (vector spaces must not mix).
     pub fn check_embedder(&self, collection: &Collection) -> Result<(), ApiError> {
         let current = &self.embedder;
         match &collection.embedder {

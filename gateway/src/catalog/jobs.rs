@@ -213,10 +213,9 @@ impl Job {
 enum Input {
     /// A request's documents, recorded with the job.
     Documents(Vec<DocumentInput>),
-    /// An import's parts, recorded in the store before the job (see [`parts`]).
-    Parts(usize),
-    /// An import just read: its parts, and the documents and chunks they hold.
-    Import {
+    /// An import's `count` parts, recorded in the store before the job (see [`parts`]), holding
+    /// `documents` documents that make `chunks` chunks.
+    Parts {
         count: usize,
         documents: usize,
         chunks: usize,
@@ -227,23 +226,21 @@ impl Input {
     fn documents(&self) -> usize {
         match self {
             Self::Documents(documents) => documents.len(),
-            Self::Import { documents, .. } => *documents,
-            Self::Parts(_) => 0,
+            Self::Parts { documents, .. } => *documents,
         }
     }
 
     fn chunks(&self, collection: &Collection) -> usize {
         match self {
             Self::Documents(documents) => documents.iter().map(|d| chunks_of(d, collection)).sum(),
-            Self::Import { chunks, .. } => *chunks,
-            Self::Parts(_) => 0,
+            Self::Parts { chunks, .. } => *chunks,
         }
     }
 
     fn parts(&self) -> Option<usize> {
         match self {
             Self::Documents(_) => None,
-            Self::Parts(count) | Self::Import { count, .. } => Some(*count),
+            Self::Parts { count, .. } => Some(*count),
         }
     }
 }
@@ -341,14 +338,17 @@ impl Jobs {
         let (done, total) = (record.status.documents_done, record.status.documents_total);
         match lookup {
             Lookup::Open(collection) if record.parts.is_some() => {
-                let parts = record.parts.unwrap_or_default();
+                let input = Input::Parts {
+                    count: record.parts.unwrap_or_default(),
+                    documents: total,
+                    chunks: record.status.chunks_total,
+                };
                 let reserved = record.reserved.map(Reservation::from_array).unwrap_or_default();
                 let job = Job::new(record, reserved);
                 tracing::info!(job = id, collection = name, done, "resuming import job");
                 self.lock().insert(id, job.clone());
                 let slot = QueueSlot::take(&self.queue, owner(&name), None).ok();
-                self.clone()
-                    .spawn(job, collection, Input::Parts(parts), None, slot, lease);
+                self.clone().spawn(job, collection, input, None, slot, lease);
             }
             Lookup::Open(collection) => match self.store.documents(&id).await {
                 Ok(documents) => {
@@ -401,18 +401,25 @@ impl Jobs {
             Some(id) => id.clone(),
             None => uuid::Uuid::new_v4().simple().to_string(),
         };
+        self.submit_input(collection, Input::Documents(documents), background, &id, admitted)
+            .await
+    }
+
+    /// [`Jobs::submit_admitted`]; what a job that was never recorded held is given back now, not
+    /// when its hold lapses.
+    async fn submit_input(
+        self: &Arc<Self>,
+        collection: Arc<Collection>,
+        input: Input,
+        background: bool,
+        id: &str,
+        admitted: Admitted,
+    ) -> Result<(JobStatus, Option<JobResult>), ApiError> {
         let submitted = self
-            .submit_admitted(
-                collection.clone(),
-                Input::Documents(documents),
-                background,
-                &id,
-                admitted,
-            )
+            .submit_admitted(collection.clone(), input, background, id, admitted)
             .await;
         if submitted.is_err() {
-            // Never recorded: what it held is given back now, not when its hold lapses.
-            self.store.release(&collection.name, &id).await;
+            self.store.release(&collection.name, id).await;
         }
         submitted
     }
@@ -467,7 +474,7 @@ impl Jobs {
             .ok_or_else(|| ApiError::Internal(format!("job {id} was claimed by another process")))?;
         let documents = match &input {
             Input::Documents(documents) => documents.as_slice(),
-            Input::Parts(_) | Input::Import { .. } => &[],
+            Input::Parts { .. } => &[],
         };
         self.store
             .create(&record, documents)
@@ -615,7 +622,7 @@ impl Jobs {
                 self.apply_all(job, collection, rest, batch, background, lease)
                     .await?
             }
-            Input::Parts(count) | Input::Import { count, .. } => {
+            Input::Parts { count, .. } => {
                 let batch = self.settings.import_batch_chunks;
                 for n in done / PART_DOCUMENTS..count {
                     let documents = match self.read_part(&job.status().id, n).await {

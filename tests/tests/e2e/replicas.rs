@@ -57,6 +57,26 @@ async fn eventually(
     }
 }
 
+/// Waits until the job `accepted` names has applied a few documents on replica `a`, checks it is
+/// not done yet, and kills `a` (SIGKILL, mid-job); the job's status URL.
+async fn killed_mid_job(a: Server, accepted: &Reply) -> anyhow::Result<String> {
+    let status_url = accepted.body["status_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let midway = eventually(&a, &status_url, 60, |r| {
+        r.body["documents_done"].as_u64() >= Some(8)
+    })
+    .await?;
+    assert_ne!(
+        midway.body["state"], "done",
+        "the job finished before A could be killed: {:?}",
+        midway.body
+    );
+    drop(a);
+    Ok(status_url)
+}
+
 async fn first_hit(server: &Server, collection: &str, query: &str) -> anyhow::Result<Option<String>> {
     let reply = server
         .post(
@@ -237,20 +257,7 @@ async fn a_job_of_a_killed_replica_finishes_on_the_other() -> anyhow::Result<()>
         )
         .await?;
     assert_eq!(accepted.status, 202, "{:?}", accepted.body);
-    let status_url = accepted.body["status_url"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let midway = eventually(&a, &status_url, 60, |r| {
-        r.body["documents_done"].as_u64() >= Some(8)
-    })
-    .await?;
-    assert_ne!(
-        midway.body["state"], "done",
-        "the job finished before A could be killed: {:?}",
-        midway.body
-    );
-    drop(a); // SIGKILL, mid-job
+    let status_url = killed_mid_job(a, &accepted).await?;
 
     // B claims the job once A's lease expires, and finishes it.
     let done = eventually(&b, &status_url, 120, |r| r.body["state"] == "done").await?;
@@ -352,20 +359,7 @@ async fn an_import_of_a_killed_replica_finishes_on_the_other() -> anyhow::Result
         accepted.body["job_id"].as_str().unwrap_or_default()
     ))?;
     assert_eq!(parts.len(), 2, "1,100 lines in parts of 1,024: {parts:?}");
-    let status_url = accepted.body["status_url"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let midway = eventually(&a, &status_url, 60, |r| {
-        r.body["documents_done"].as_u64() >= Some(8)
-    })
-    .await?;
-    assert_ne!(
-        midway.body["state"], "done",
-        "finished before A could be killed: {:?}",
-        midway.body
-    );
-    drop(a); // SIGKILL, mid-import
+    let status_url = killed_mid_job(a, &accepted).await?;
 
     let done = eventually(&b, &status_url, 240, |r| r.body["state"] == "done").await?;
     assert_eq!(done.body["documents_done"], 1_100, "{:?}", done.body);

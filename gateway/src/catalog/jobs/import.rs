@@ -75,20 +75,15 @@ impl Jobs {
         mut spool: ImportSpool,
         admitted: Admitted,
     ) -> Result<JobStatus, ApiError> {
-        let input = Input::Import {
+        let input = Input::Parts {
             count: spool.parts,
             documents: spool.documents,
             chunks: spool.chunks,
         };
         let id = spool.id.clone();
-        let submitted = self
-            .submit_admitted(collection.clone(), input, true, &id, admitted)
-            .await;
-        match &submitted {
-            Ok(_) => spool.submitted = true,
-            Err(_) => self.store.release(&collection.name, &id).await,
-        }
-        submitted.map(|(status, _)| status)
+        let (status, _) = self.submit_input(collection, input, true, &id, admitted).await?;
+        spool.submitted = true;
+        Ok(status)
     }
 
     /// Part `n` of import `id`, decoded off the runtime.

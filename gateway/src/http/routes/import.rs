@@ -97,13 +97,13 @@ async fn read_all<S: Stream<Item = Result<Bytes, axum::Error>> + Unpin>(
         let end = line.is_none();
         part.extend(line);
         if part.len() == PART_DOCUMENTS || (end && !part.is_empty()) {
-            let documents;
-            (documents, read) = check_part(state, collection, std::mem::take(&mut part), read).await?;
+            let (documents, chunks);
+            (documents, chunks, read) =
+                check_part(state, collection, std::mem::take(&mut part), read).await?;
             if caller.has_storage_limits() {
                 let (d, c, b) = state.collections.growth(collection, &documents).await?;
                 read.growth = (read.growth.0 + d, read.growth.1 + c, read.growth.2 + b);
             }
-            let chunks = std::mem::take(&mut read.part_chunks);
             spool.push(documents, chunks).await?;
         }
         if end {
@@ -118,24 +118,24 @@ struct Read {
     /// Every id so far: one may come only once.
     ids: HashSet<Box<str>>,
     with_vectors: usize,
-    /// The chunks of the part being checked.
-    part_chunks: usize,
     /// Documents, chunks, bytes the import adds (with a storage quota only).
     growth: (i64, i64, i64),
 }
 
-/// Parses and checks one part's lines (numbered), off the runtime.
+/// Parses and checks one part's lines (numbered), off the runtime: its documents and the chunks
+/// they make.
 async fn check_part(
     state: &AppState,
     collection: &Collection,
     lines: Vec<(usize, Bytes)>,
     mut read: Read,
-) -> Result<(Vec<DocumentInput>, Read), ApiError> {
+) -> Result<(Vec<DocumentInput>, usize, Read), ApiError> {
     let limits = state.config.limits.clone();
     let chunking = collection.chunking;
     let dimension = state.collections.dimension();
     tokio::task::spawn_blocking(move || {
         let mut documents = Vec::with_capacity(lines.len());
+        let mut chunks = 0;
         for (number, line) in lines {
             let doc: DocumentInput = serde_json::from_slice(&line).map_err(|e| {
                 ApiError::invalid(
@@ -143,7 +143,7 @@ async fn check_part(
                     format!("line {number}: not a document ({e}); send one JSON object a line"),
                 )
             })?;
-            let chunks =
+            let made =
                 validate::one_document(&doc, &limits, chunking, dimension).map_err(|e| at_line(number, e))?;
             if !read.ids.insert(doc.id.as_str().into()) {
                 return Err(ApiError::invalid(
@@ -154,11 +154,11 @@ async fn check_part(
                     ),
                 ));
             }
-            read.part_chunks += chunks;
+            chunks += made;
             read.with_vectors += usize::from(doc.vector.is_some());
             documents.push(doc);
         }
-        Ok((documents, read))
+        Ok((documents, chunks, read))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("checking an import's lines failed: {e}")))?
@@ -226,10 +226,7 @@ impl<S: Stream<Item = Result<Bytes, axum::Error>> + Unpin> Lines<S> {
                     return Ok(None);
                 }
                 self.number += 1;
-                match self.line(rest)? {
-                    Some(line) => return Ok(Some(line)),
-                    None => return Ok(None),
-                }
+                return self.line(rest);
             }
             self.fill().await?;
         }
@@ -238,23 +235,16 @@ impl<S: Stream<Item = Result<Bytes, axum::Error>> + Unpin> Lines<S> {
     /// A line as read (its newline included), or `None` for a blank one.
     fn line(&self, line: Bytes) -> Result<Option<(usize, Bytes)>, ApiError> {
         if line.len() > self.max_line + 2 {
-            return Err(ApiError::invalid(
-                ErrorCode::InvalidImportLine,
-                format!(
-                    "line {} is longer than {} bytes (limits.max_import_line_bytes)",
-                    self.number, self.max_line
-                ),
-            ));
+            return Err(self.too_long(self.number));
         }
         Ok((!line.trim_ascii().is_empty()).then_some((self.number, line)))
     }
 
-    fn too_long(&self) -> ApiError {
+    fn too_long(&self, number: usize) -> ApiError {
         ApiError::invalid(
             ErrorCode::InvalidImportLine,
             format!(
-                "line {} is longer than {} bytes (limits.max_import_line_bytes)",
-                self.number + 1,
+                "line {number} is longer than {} bytes (limits.max_import_line_bytes)",
                 self.max_line
             ),
         )
@@ -301,7 +291,9 @@ impl<S: Stream<Item = Result<Bytes, axum::Error>> + Unpin> Lines<S> {
                     None => self.buffer.len(),
                 };
                 if unfinished > self.max_line + 2 {
-                    return Err(self.too_long());
+                    // After the lines the buffer holds whole, not yet taken.
+                    let whole = self.buffer.iter().filter(|b| **b == b'\n').count();
+                    return Err(self.too_long(self.number + whole + 1));
                 }
             }
         }
