@@ -26,11 +26,12 @@ echo "$loaded" | grep -v '^RAGWAY_KEY=' || true
 key=$(echo "$loaded" | sed -n 's/^RAGWAY_KEY=//p')
 auth=""
 echo
-echo "ragway is serving on http://$listen  (API docs: http://$listen/docs)"
+echo "ragway is serving on http://$listen  (console: http://$listen/console, API docs: http://$listen/docs)"
 if [ -n "$key" ]; then
   auth=" -H 'authorization: Bearer $key'"
   echo "Your API key (tenant 'local'): $key"
   echo "Admin key (/admin/*: more tenants, keys, usage): $RAGWAY_ADMIN_KEY"
+  echo "Sign in to the console with either key."
 fi
 cat <<MSG
 Ask it about itself:

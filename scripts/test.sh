@@ -32,6 +32,17 @@ if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   (apt-get install -y -qq iproute2 >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }) \
     || { echo "apt-get install iproute2 failed" >&2; exit 1; }
 fi
+# The console's test drives Debian's Chromium (with Playwright, from the venv below).
+if [ -z "${RAGWAY_CHROMIUM:-}" ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium (Debian package) for the console's browser test"
+    (apt-get install -y -qq chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }) \
+      || { echo "apt-get install chromium failed" >&2; exit 1; }
+  else
+    echo "chromium is needed by the console's browser test: apt-get install -y chromium (or set RAGWAY_CHROMIUM)" >&2
+    exit 1
+  fi
+fi
 # The cross-encoder fixture's ONNX graph, written from its safetensors like the embedder's.
 models="${RAGWAY_MODELS:-$HOME/.cache/ragway/models}"
 "$models/.onnx-venv/bin/python" scripts/onnx/build_bert_onnx.py rerank/tests/fixtures/tiny-bert-classifier classifier

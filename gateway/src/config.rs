@@ -468,6 +468,9 @@ pub struct ServerConfig {
     /// The `Host` names `/mcp` answers (DNS-rebinding protection); `None`: any host while keys
     /// are required, only loopback names with `auth.mode = "open"`.
     pub mcp_allowed_hosts: Option<Vec<String>>,
+    /// Serve the web console at `/console` (its pages are public; everything it shows is read
+    /// with the key a person signs in with).
+    pub console: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -734,6 +737,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             mcp_allowed_hosts: None,
+            console: true,
         }
     }
 }

@@ -289,3 +289,24 @@ pub struct DeleteDocumentResponse {
     pub chunks_removed: usize,
     pub epoch: u64,
 }
+
+/// One stored document, as `GET /v1/collections/{name}/documents` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DocumentSummary {
+    pub id: String,
+    pub chunks: usize,
+    /// UTF-8 bytes of its text (what counts against the tenant's `limits.bytes`).
+    pub bytes: u64,
+    /// SHA-256 of what was indexed (text, metadata, and a given vector): the same id sent with
+    /// the same content again changes nothing.
+    pub content_hash: String,
+}
+
+/// A page of a collection's documents, in id order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DocumentList {
+    pub documents: Vec<DocumentSummary>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use ragway_openapi::{CollectionInfo, DocumentInput};
+use ragway_openapi::{CollectionInfo, DocumentInput, DocumentSummary};
 use ragway_retrieval::{ChunkingOptions, DenseStorage, DenseStore, Embedder, Fusion, KeywordStore};
 use serde::{Deserialize, Serialize};
 
@@ -275,6 +275,14 @@ impl Collection {
     }
 }
 
+/// Which of a collection's documents to list (see [`Collections::documents`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentPage<'a> {
+    pub prefix: &'a str,
+    pub after: Option<&'a str>,
+    pub limit: usize,
+}
+
 /// What one applied batch of documents did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -367,6 +375,48 @@ impl Collections {
             growth.2 += bytes - old_bytes;
         }
         Ok(growth)
+    }
+
+    /// A page of `collection`'s documents in id order: at most `limit` whose id starts with
+    /// `prefix`, after `after`; and whether more follow. Costs the page, not the collection (the
+    /// manifest's records are ordered by id). Waits for a change in progress, as a write does;
+    /// with a shared registry, the manifest is brought up to date first.
+    pub async fn documents(
+        &self,
+        collection: &Collection,
+        page: DocumentPage<'_>,
+    ) -> Result<(Vec<DocumentSummary>, bool), ApiError> {
+        use std::ops::Bound;
+        let mut manifest = collection.manifest.lock().await;
+        if self.registry.shared() {
+            let refreshed = self
+                .registry
+                .refresh(&mut manifest)
+                .await
+                .map_err(registry_failed)?;
+            if refreshed == Refreshed::Changed {
+                collection.publish(&manifest);
+            }
+        }
+        let start = match page.after {
+            Some(after) if after >= page.prefix => Bound::Excluded(after),
+            _ => Bound::Included(page.prefix),
+        };
+        let mut listed: Vec<DocumentSummary> = manifest
+            .documents
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(id, _)| id.starts_with(page.prefix))
+            .take(page.limit + 1)
+            .map(|(id, record)| DocumentSummary {
+                id: id.clone(),
+                chunks: record.chunks,
+                bytes: record.bytes,
+                content_hash: record.content_hash.clone(),
+            })
+            .collect();
+        let more = listed.len() > page.limit;
+        listed.truncate(page.limit);
+        Ok((listed, more))
     }
 
     /// Opens every collection `store` records. One that cannot be opened is reported in

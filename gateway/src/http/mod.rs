@@ -2,6 +2,7 @@
 //! on the wire. Only this module (and start-up) sees [`AppState`].
 
 pub mod auth;
+pub mod console;
 pub mod errors;
 pub mod mcp;
 pub mod openapi_doc;

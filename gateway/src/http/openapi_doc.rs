@@ -16,7 +16,7 @@ use crate::validate;
     info(title = "ragway", description = "A RAG gateway: hybrid retrieval, reranking and pooled LLM generation, with an honest `mode` on every answer."),
     paths(
         collections::create, collections::list, collections::get, collections::update, collections::delete,
-        collections::ingest, collections::delete_document, files::upload, import::import,
+        collections::ingest, collections::list_documents, collections::delete_document, files::upload, import::import,
         jobs::get_job, jobs::cancel_job, jobs::list_jobs,
         answers::search, answers::search_batch, answers::query,
         embeddings::embeddings, rerank::rerank, rerank::rerank_v2, openai::chat_completions, openai::models,
@@ -24,7 +24,8 @@ use crate::validate;
         admin::set_fault, admin::list_faults, admin::clear_faults, admin::invalidate_cache,
         admin::snapshot_collection, admin::restore_collection, admin::list_snapshots,
         tenants::create, tenants::list, tenants::get, tenants::update, tenants::delete,
-        tenants::create_key, tenants::revoke_key, tenants::usage,
+        tenants::create_key, tenants::revoke_key, tenants::usage, tenants::own_usage,
+        admin::list_collections,
     ),
     components(schemas(health::Health, health::Readiness, health::ReadinessDetail)),
     modifiers(&AdminKey, &TenantKey),

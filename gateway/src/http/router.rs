@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         deadline: Duration::from_millis(state.config.server.body_timeout_ms),
     };
     let document = Arc::new(openapi_doc::document(&state.config));
+    let console = state.config.server.console;
     let open = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -41,7 +42,12 @@ pub fn router(state: AppState) -> Router {
         .merge(admin_routes(&state, body))
         .route_layer(middleware::from_fn(count_request))
         .with_state(state);
+    let pages = match console {
+        true => super::console::routes(),
+        false => Router::new(),
+    };
     Router::new()
+        .merge(pages)
         .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
         .route(
             "/openapi.json",
@@ -82,7 +88,10 @@ fn tenant_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
                 .patch(collections::update)
                 .delete(collections::delete),
         )
-        .route("/v1/collections/{name}/documents", post(collections::ingest))
+        .route(
+            "/v1/collections/{name}/documents",
+            post(collections::ingest).get(collections::list_documents),
+        )
         .route(
             "/v1/collections/{name}/documents/{id}",
             delete(collections::delete_document),
@@ -97,6 +106,7 @@ fn tenant_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
         .route("/v2/rerank", post(rerank::rerank_v2))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/usage", get(tenants::own_usage))
         .route_service("/mcp", super::mcp::service(state))
         .route_layer(middleware::from_fn(move |r, n| read_body_within(body, r, n)))
         .route_layer(middleware::from_fn_with_state(state.clone(), tenant_layer))
@@ -139,6 +149,7 @@ fn admin_routes(state: &AppState, body: BodyLimits) -> Router<AppState> {
         )
         .route("/admin/cache/invalidate", post(admin::invalidate_cache))
         .route("/admin/snapshots", get(admin::list_snapshots))
+        .route("/admin/collections", get(admin::list_collections))
         .route(
             "/admin/collections/{name}/snapshot",
             post(admin::snapshot_collection),

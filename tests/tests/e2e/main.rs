@@ -7,6 +7,7 @@ mod batch_search;
 mod cache;
 mod common;
 mod compose;
+mod console;
 mod durability;
 mod faults;
 mod files;

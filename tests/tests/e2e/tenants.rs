@@ -171,8 +171,10 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>)> {
             "/v1/collections/notes/documents",
             Some(json!({"documents": [{"id": "late", "text": "A late note about tides."}]})),
         ),
+        (Method::GET, "/v1/collections/notes/documents?prefix=sec", None),
         (Method::GET, "/v1/collections/notes/jobs", None),
         (Method::GET, "/v1/jobs/{job}", None),
+        (Method::GET, "/v1/usage", None),
         (
             Method::POST,
             "/v1/collections/notes/search",

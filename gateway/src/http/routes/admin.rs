@@ -108,6 +108,18 @@ pub async fn invalidate_cache(
     Ok(Json(Invalidated { invalidated }))
 }
 
+/// Every collection of every tenant, by its full name (`<tenant id>.<name>` with keys): what
+/// `snapshot` and `restore` take.
+#[utoipa::path(get, path = "/admin/collections", tag = "admin", security(("admin_key" = [])),
+    responses((status = 200, description = "By full name", body = ragway_openapi::CollectionList),
+        (status = 401, description = "No admin key", body = ErrorBody), (status = 403, description = "Wrong admin key", body = ErrorBody)))]
+pub async fn list_collections(
+    State(state): State<AppState>,
+) -> Result<Json<ragway_openapi::CollectionList>, ApiError> {
+    let collections = state.collections.list()?.iter().map(|c| c.info()).collect();
+    Ok(Json(ragway_openapi::CollectionList { collections }))
+}
+
 /// `restore`'s body.
 #[derive(Deserialize, ToSchema)]
 pub struct RestoreRequest {

@@ -3,16 +3,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ragway_openapi::{
-    CollectionInfo, CollectionList, CreateCollectionRequest, DeleteDocumentResponse, ErrorBody,
-    IngestRequest, IngestResponse, JobAccepted, UpdateCollectionRequest,
+    CollectionInfo, CollectionList, CreateCollectionRequest, DeleteDocumentResponse, DocumentList,
+    ErrorBody, IngestRequest, IngestResponse, JobAccepted, UpdateCollectionRequest,
 };
+use serde::Deserialize;
+use utoipa::IntoParams;
 use ragway_retrieval::{ChunkingOptions, DenseStorage};
 
-use crate::catalog::collections::Caps;
+use crate::catalog::collections::{Caps, DocumentPage};
 use crate::config::{Quantization, StoreKind};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::auth::Caller;
-use crate::http::errors::ApiJson;
+use crate::http::errors::{ApiJson, ApiQuery};
 use crate::http::AppState;
 use crate::validate;
 
@@ -186,6 +188,57 @@ pub async fn ingest(
             Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
         }
     }
+}
+
+/// The most documents one page lists.
+const MAX_DOCUMENT_PAGE: usize = 1000;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DocumentParams {
+    /// Only documents whose id starts with this.
+    prefix: Option<String>,
+    /// The last id of the previous page (its `next_after`).
+    after: Option<String>,
+    /// How many at most (1-1000; default 100).
+    limit: Option<usize>,
+}
+
+/// Lists a collection's documents in id order, a page at a time (`next_after` names the next).
+#[utoipa::path(get, path = "/v1/collections/{name}/documents", tag = "documents",
+    params(("name" = String, Path, description = "Collection name"), DocumentParams),
+    responses((status = 200, description = "OK", body = DocumentList), (status = 400, description = "Invalid input", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn list_documents(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiQuery(params): ApiQuery<DocumentParams>,
+) -> Result<Json<DocumentList>, ApiError> {
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=MAX_DOCUMENT_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            ErrorCode::InvalidQueryString,
+            format!("limit must be 1-{MAX_DOCUMENT_PAGE}"),
+        ));
+    }
+    let collection = caller.collection(&state, &name).await?;
+    let page = DocumentPage {
+        prefix: params.prefix.as_deref().unwrap_or(""),
+        after: params.after.as_deref(),
+        limit,
+    };
+    let (documents, more) = state
+        .collections
+        .documents(&collection, page)
+        .await
+        .map_err(|e| caller.public_error(e))?;
+    let next_after = more
+        .then(|| documents.last().map(|d| d.id.clone()))
+        .flatten();
+    Ok(Json(DocumentList {
+        documents,
+        next_after,
+    }))
 }
 
 #[utoipa::path(delete, path = "/v1/collections/{name}/documents/{id}", tag = "documents",

@@ -25,7 +25,11 @@ pub struct TenantList {
 
 #[derive(Serialize, ToSchema)]
 pub struct Usage {
+    /// The tenant's id (`""` in open mode, where nothing is counted).
     tenant: String,
+    /// Its limits, each one it leaves out the server's default (absent in open mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<Limits>,
     /// Per UTC day, newest first (days without use are left out).
     days: Vec<DayUsage>,
     /// What it stores now.
@@ -37,6 +41,16 @@ pub struct Usage {
 pub struct UsageParams {
     /// How many days back, today included (1-62; default 7).
     days: Option<usize>,
+}
+
+impl UsageParams {
+    fn days(&self) -> Result<usize, ApiError> {
+        let days = self.days.unwrap_or(7);
+        match (1..=62).contains(&days) {
+            true => Ok(days),
+            false => Err(invalid("days must be 1-62")),
+        }
+    }
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -233,15 +247,39 @@ pub async fn usage(
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<UsageParams>,
 ) -> Result<Json<Usage>, ApiError> {
-    let days = params.days.unwrap_or(7);
-    if !(1..=62).contains(&days) {
-        return Err(invalid("days must be 1-62"));
-    }
+    let days = params.days()?;
     let tenant = state.tenants.get(&id)?;
-    let owner = Caller::of(tenant);
-    Ok(Json(Usage {
-        tenant: id.clone(),
-        days: state.quotas.usage(&id, days).await,
-        storage: owner.storage(&state)?,
+    usage_of(&state, Caller::of(tenant), days).await
+}
+
+/// The calling tenant's own use per day, limits and storage: what `/admin/tenants/{id}/usage`
+/// shows its operator.
+#[utoipa::path(get, path = "/v1/usage", operation_id = "own_usage", tag = "collections",
+    params(UsageParams),
+    responses((status = 200, description = "OK", body = Usage), (status = 400, description = "Invalid input", body = ErrorBody)))]
+pub async fn own_usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<UsageParams>,
+) -> Result<Json<Usage>, ApiError> {
+    let days = params.days()?;
+    usage_of(&state, caller, days).await
+}
+
+async fn usage_of(state: &AppState, owner: Caller, days: usize) -> Result<Json<Usage>, ApiError> {
+    let storage = owner.storage(state)?;
+    Ok(Json(match &owner.tenant {
+        Some(tenant) => Usage {
+            tenant: tenant.id.clone(),
+            limits: Some(tenant.limits.clone()),
+            days: state.quotas.usage(&tenant.id, days).await,
+            storage,
+        },
+        None => Usage {
+            tenant: String::new(),
+            limits: None,
+            days: Vec::new(),
+            storage,
+        },
     }))
 }
