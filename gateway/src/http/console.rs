@@ -19,10 +19,19 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; i
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/console") }))
-        .route("/console", get(|| async { asset(INDEX, "text/html; charset=utf-8") }))
+        .route(
+            "/console",
+            get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
+        )
         .route("/console/", get(|| async { Redirect::to("/console") }))
-        .route("/console/console.js", get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }))
-        .route("/console/console.css", get(|| async { asset(STYLE, "text/css; charset=utf-8") }))
+        .route(
+            "/console/console.js",
+            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/console/console.css",
+            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
+        )
 }
 
 fn asset(body: &'static str, kind: &'static str) -> Response {
@@ -31,7 +40,10 @@ fn asset(body: &'static str, kind: &'static str) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     response
 }

@@ -3,12 +3,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ragway_openapi::{
-    CollectionInfo, CollectionList, CreateCollectionRequest, DeleteDocumentResponse, DocumentList,
-    ErrorBody, IngestRequest, IngestResponse, JobAccepted, UpdateCollectionRequest,
+    CollectionInfo, CollectionList, CreateCollectionRequest, DeleteDocumentResponse, DocumentList, ErrorBody,
+    IngestRequest, IngestResponse, JobAccepted, UpdateCollectionRequest,
 };
+use ragway_retrieval::{ChunkingOptions, DenseStorage};
 use serde::Deserialize;
 use utoipa::IntoParams;
-use ragway_retrieval::{ChunkingOptions, DenseStorage};
 
 use crate::catalog::collections::{Caps, DocumentPage};
 use crate::config::{Quantization, StoreKind};
@@ -232,9 +232,7 @@ pub async fn list_documents(
         .documents(&collection, page)
         .await
         .map_err(|e| caller.public_error(e))?;
-    let next_after = more
-        .then(|| documents.last().map(|d| d.id.clone()))
-        .flatten();
+    let next_after = more.then(|| documents.last().map(|d| d.id.clone())).flatten();
     Ok(Json(DocumentList {
         documents,
         next_after,
