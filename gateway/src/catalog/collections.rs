@@ -353,17 +353,7 @@ impl Collections {
                 })
                 .collect()
         });
-        let mut manifest = collection.manifest.lock().await;
-        if self.registry.shared() {
-            let refreshed = self
-                .registry
-                .refresh(&mut manifest)
-                .await
-                .map_err(registry_failed)?;
-            if refreshed == Refreshed::Changed {
-                collection.publish(&manifest);
-            }
-        }
+        let manifest = self.current_manifest(collection).await?;
         let mut growth = (0i64, 0i64, 0i64);
         for (doc, (chunks, bytes)) in documents.iter().zip(sizes) {
             let (old_docs, old_chunks, old_bytes) = manifest
@@ -377,16 +367,12 @@ impl Collections {
         Ok(growth)
     }
 
-    /// A page of `collection`'s documents in id order: at most `limit` whose id starts with
-    /// `prefix`, after `after`; and whether more follow. Costs the page, not the collection (the
-    /// manifest's records are ordered by id). Waits for a change in progress, as a write does;
-    /// with a shared registry, the manifest is brought up to date first.
-    pub async fn documents(
+    /// `collection`'s manifest, held (a change in progress is waited for) and, with a shared
+    /// registry, brought up to date first (another replica may have changed it).
+    async fn current_manifest<'a>(
         &self,
-        collection: &Collection,
-        page: DocumentPage<'_>,
-    ) -> Result<(Vec<DocumentSummary>, bool), ApiError> {
-        use std::ops::Bound;
+        collection: &'a Collection,
+    ) -> Result<tokio::sync::MutexGuard<'a, Manifest>, ApiError> {
         let mut manifest = collection.manifest.lock().await;
         if self.registry.shared() {
             let refreshed = self
@@ -398,6 +384,20 @@ impl Collections {
                 collection.publish(&manifest);
             }
         }
+        Ok(manifest)
+    }
+
+    /// A page of `collection`'s documents in id order: at most `limit` whose id starts with
+    /// `prefix`, after `after`; and whether more follow. Costs the page, not the collection (the
+    /// manifest's records are ordered by id). Waits for a change in progress, as a write does;
+    /// with a shared registry, the manifest is brought up to date first.
+    pub async fn documents(
+        &self,
+        collection: &Collection,
+        page: DocumentPage<'_>,
+    ) -> Result<(Vec<DocumentSummary>, bool), ApiError> {
+        use std::ops::Bound;
+        let manifest = self.current_manifest(collection).await?;
         let start = match page.after {
             Some(after) if after >= page.prefix => Bound::Excluded(after),
             _ => Bound::Included(page.prefix),

@@ -1,6 +1,7 @@
-//! The web console at `/console`: three files compiled into the binary (`gateway/console/`), no
-//! build step, nothing fetched from elsewhere. It has no routes of its own: the page calls the
-//! public API with the key a person signs in with, so what it does, a script can do.
+//! The web console at `/console`: its files compiled into the binary (`gateway/console/`: a page,
+//! ES modules, a style sheet), no build step, nothing fetched from elsewhere. It has no routes of
+//! its own: the page calls the public API with the key a person signs in with, so what it does, a
+//! script can do.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -8,8 +9,23 @@ use axum::routing::get;
 use axum::Router;
 
 const INDEX: &str = include_str!("../../console/index.html");
-const SCRIPT: &str = include_str!("../../console/console.js");
-const STYLE: &str = include_str!("../../console/console.css");
+
+const SCRIPT: &str = "text/javascript; charset=utf-8";
+
+/// The page's files, by name under `/console/`: the entry module, its modules, the style.
+const FILES: [(&str, &str, &str); 7] = [
+    ("console.js", include_str!("../../console/console.js"), SCRIPT),
+    ("api.js", include_str!("../../console/api.js"), SCRIPT),
+    ("page.js", include_str!("../../console/page.js"), SCRIPT),
+    ("tenant.js", include_str!("../../console/tenant.js"), SCRIPT),
+    ("operator.js", include_str!("../../console/operator.js"), SCRIPT),
+    ("metrics.js", include_str!("../../console/metrics.js"), SCRIPT),
+    (
+        "console.css",
+        include_str!("../../console/console.css"),
+        "text/css; charset=utf-8",
+    ),
+];
 
 /// Scripts and styles from this origin only, no inline code, no frames: a document's text shown
 /// in the page can never run.
@@ -17,21 +33,19 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; i
     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
+    let pages = Router::new()
         .route("/", get(|| async { Redirect::to("/console") }))
         .route(
             "/console",
             get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
         )
-        .route("/console/", get(|| async { Redirect::to("/console") }))
-        .route(
-            "/console/console.js",
-            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        .route("/console/", get(|| async { Redirect::to("/console") }));
+    FILES.iter().fold(pages, |pages, &(name, body, kind)| {
+        pages.route(
+            &format!("/console/{name}"),
+            get(move || async move { asset(body, kind) }),
         )
-        .route(
-            "/console/console.css",
-            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
-        )
+    })
 }
 
 fn asset(body: &'static str, kind: &'static str) -> Response {

@@ -45,6 +45,11 @@ async fn the_console_is_served_from_the_binary_and_can_be_turned_off() -> anyhow
     for (path, kind, holds) in [
         ("/console", "text/html", "/console/console.js"),
         ("/console/console.js", "text/javascript", "function render()"),
+        (
+            "/console/metrics.js",
+            "text/javascript",
+            "export function quantile",
+        ),
         ("/console/console.css", "text/css", ".badge"),
     ] {
         let page = http.get(server.url(path)).send().await?;
