@@ -106,7 +106,13 @@ function render() {
   for (const [href, text] of links) {
     const current = location.hash.startsWith(href) || (page === "collection" && href === "#/collections")
       || (page === "tenant" && href === "#/tenants");
-    nav.append(h("a", { href, text, "aria-current": current ? "page" : null }));
+    // The page shown, chosen again, is read again (a hash that does not change renders nothing).
+    const again = (event) => {
+      if (location.hash !== href) return;
+      event.preventDefault();
+      render();
+    };
+    nav.append(h("a", { href, text, "aria-current": current ? "page" : null, onclick: again }));
   }
   who.append(h("span", { text: session.label }),
     h("button", { type: "button", class: "secondary", text: "Sign out", onclick: () => signOut("") }));

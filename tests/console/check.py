@@ -87,6 +87,15 @@ CONTRAST = """() => {
 }"""
 
 
+def fits(page, name):
+    """The page, once its data came, does not scroll sideways; screenshotted."""
+    page.wait_for_timeout(500)
+    wide = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    if wide > 1:
+        problems.append(f"{name}: scrolls sideways by {wide}px")
+    shot(page, name)
+
+
 def sign_in(page, key):
     page.goto(base + "/console")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
@@ -141,6 +150,11 @@ with sync_playwright() as playwright:
     key = op.locator("#key-value").inner_text()
     assert re.fullmatch(r"rgw_\S+", key), key
     shot(op, "02-operator-tenant-key")
+    op.get_by_label("Documents", exact=True).fill("500")
+    op.get_by_role("button", name="Save limits").click()
+    expect(op.locator("#status")).to_contain_text("Limits saved")
+    nav(op, "Tenants")
+    expect(op.get_by_role("row", name=re.compile("acme")).first).to_contain_text("documents 500")
     # The live view stays open while the tenant works, and must show that work as it happens.
     nav(op, "Health")
     expect(op.locator("#breakers tr[data-dependency=dense]")).to_contain_text("closed")
@@ -181,6 +195,15 @@ with sync_playwright() as playwright:
     expect(jobs.get_by_role("cell", name="done", exact=True)).to_be_visible()
     expect(tenant.locator("#summary")).to_contain_text(f"{len(files)} documents")
     shot(tenant, "03-tenant-collection")
+    # A setting saved, then read back by the page.
+    tenant.get_by_label("Fusion").select_option("rrf")
+    tenant.get_by_role("button", name="Save", exact=True).click()
+    expect(tenant.locator("#status")).to_contain_text("Fusion saved")
+    tenant.reload()
+    expect(tenant.get_by_label("Fusion")).to_have_value("rrf")
+    tenant.get_by_label("Fusion").select_option("")
+    tenant.get_by_role("button", name="Save", exact=True).click()
+    expect(tenant.locator("#status")).to_contain_text("Fusion saved")
 
     # A question: the streamed answer, its citations, `normal`, the stages' timings.
     citations = ask(tenant, "handbook", "How often is the espresso machine descaled?", "normal")
@@ -227,28 +250,52 @@ with sync_playwright() as playwright:
     expect(op.locator("#status")).to_contain_text("cached entries")
     shot(op, "09-operator-cache-and-snapshots")
 
+    # The tenant's pages on a phone: each fits the screen's width.
+    phone = watch(browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                      has_touch=True).new_page(), "phone")
+    sign_in(phone, key)
+    expect(phone.get_by_role("heading", name="Collections", level=1)).to_be_visible()
+    pages = [("Collections", "Collections"), ("Playground", "Playground"), ("Usage", "Usage")]
+    for page, heading in pages:
+        nav(phone, page)
+        expect(phone.get_by_role("heading", name=heading, level=1)).to_be_visible()
+        fits(phone, f"12-phone-tenant-{page.lower()}")
+    nav(phone, "Collections")
+    phone.get_by_role("link", name="handbook", exact=True).click()
+    expect(phone.get_by_role("heading", name="handbook", level=1)).to_be_visible()
+    fits(phone, "12-phone-tenant-collection")
+
+    # A document deleted, and the restored copy dropped, from the tenant's pages.
+    nav(tenant, "Collections")
+    tenant.get_by_role("link", name="handbook", exact=True).click()
+    tenant.get_by_role("button", name=f"Delete {names[-1]}").click()
+    expect(tenant.locator("#summary")).to_contain_text(f"{len(files) - 1} documents")
+    nav(tenant, "Collections")
+    tenant.get_by_role("link", name="handbook-copy", exact=True).click()
+    tenant.get_by_role("button", name="Drop collection…").click()
+    tenant.get_by_label("Type handbook-copy to confirm").fill("handbook-copy")
+    tenant.get_by_role("button", name="Drop for good").click()
+    expect(tenant.get_by_role("heading", name="Collections", level=1)).to_be_visible()
+    expect(tenant.get_by_role("link", name="handbook-copy", exact=True)).to_have_count(0)
+    expect(tenant.get_by_role("link", name="handbook", exact=True)).to_be_visible()
+
     # The key revoked: the tenant's next step signs it out.
     op.goto(tenant_url)
     op.get_by_role("button", name=re.compile(r"^Revoke key ")).click()
     expect(op.locator("#status")).to_contain_text("Revoked")
-    nav(tenant, "Collections")
+    nav(tenant, "Usage")
     expect(tenant.get_by_role("heading", name="Sign in")).to_be_visible()
     expect(tenant.locator("#status")).to_contain_text("no longer accepted")
     shot(tenant, "10-tenant-signed-out")
 
-    # A phone: every operator page fits its width.
-    phone = watch(browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
-                                      has_touch=True).new_page(), "phone")
+    # The operator's pages on a phone (the phone's tenant key is gone: it signs in again).
+    nav(phone, "Usage")
+    expect(phone.get_by_role("heading", name="Sign in")).to_be_visible()
     sign_in(phone, admin_key)
-    for page, heading in [("Tenants", "Tenants"), ("Health", "Health"), ("Faults", "Faults"),
-                          ("Cache & snapshots", "Cache & snapshots")]:
+    for page in ["Tenants", "Health", "Faults", "Cache & snapshots"]:
         nav(phone, page)
-        expect(phone.get_by_role("heading", name=heading, level=1)).to_be_visible()
-        phone.wait_for_timeout(500)
-        wide = phone.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-        if wide > 1:
-            problems.append(f"phone: {page} scrolls sideways by {wide}px")
-        shot(phone, f"11-phone-{page.split()[0].lower()}")
+        expect(phone.get_by_role("heading", name=page, level=1)).to_be_visible()
+        fits(phone, f"11-phone-{page.split()[0].lower()}")
     browser.close()
 
 if problems:
