@@ -10,9 +10,10 @@
 //! starts from the manifest as the registry has it, and each process follows the registry's
 //! changes (see [`Collections::follow`]).
 //!
-//! Here: the manifest, the collections a process serves, their lifecycle (open, create, drop,
-//! reconcile). Children: `write` (the write path, fenced), `registry`/`file_registry` (where
-//! manifests live), `follow` (other replicas' changes), `snapshot`.
+//! Here: the collections a process serves, their lifecycle (open, create, drop, reconcile), and
+//! what reads them. Children: `manifest` (the record itself), `write` (the write path, fenced),
+//! `registry`/`file_registry` (where manifests live), `follow` (other replicas' changes),
+//! `snapshot`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -22,7 +23,6 @@ use std::time::Duration;
 
 use ragway_openapi::{CollectionInfo, DocumentInput, DocumentSummary};
 use ragway_retrieval::{ChunkingOptions, DenseStorage, DenseStore, Embedder, Fusion, KeywordStore};
-use serde::{Deserialize, Serialize};
 
 use crate::caches::{Caches, Target};
 use crate::catalog::lease::{self, Lease};
@@ -31,10 +31,12 @@ use crate::tenancy::Accounts;
 
 mod file_registry;
 mod follow;
+mod manifest;
 mod registry;
 mod snapshot;
 mod write;
 use file_registry::FileRegistry;
+use manifest::{info, off_runtime, Manifest, Totals};
 pub(crate) use registry::storage_key;
 pub use registry::Caps;
 use registry::{Created, RedisRegistry, Refreshed, Registry};
@@ -67,128 +69,6 @@ pub enum Lookup {
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// The longest a request for an unknown collection asks the shared registry about it.
 const FIND_WITHIN: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    name: String,
-    /// New for every collection created: a job or write for a dropped collection of the same
-    /// name can never land in its successor.
-    #[serde(default)]
-    generation: String,
-    chunk_words: usize,
-    chunk_overlap_words: usize,
-    /// Its own fusion; `None`: the server default.
-    #[serde(default)]
-    fusion: Option<Fusion>,
-    /// The embedder its vectors were made with, and their dimension (`None` in manifests written
-    /// before they were recorded: taken as the current embedder's).
-    #[serde(default)]
-    embedder: Option<String>,
-    #[serde(default)]
-    dimension: Option<usize>,
-    /// How the embedded dense store keeps its vectors (`None`: the store's default, or a Qdrant
-    /// server's own).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    storage: Option<DenseStorage>,
-    epoch: u64,
-    /// (Absent from a shared registry's header, which keeps the records apart.)
-    #[serde(default)]
-    documents: BTreeMap<String, DocumentRecord>,
-    /// Documents a change is writing to the stores now: if its process dies, the next change
-    /// removes them from both stores (they were never acknowledged; their job re-applies them).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pending: Vec<String>,
-    /// How many changes have been recorded (the file registry's log replays those after it).
-    #[serde(default)]
-    changes: u64,
-    /// Documents deleted while a job accepted before the delete was unfinished, with the delete's
-    /// stamp: that job must not bring them back (last acknowledged wins). Forgotten once no
-    /// unfinished job is older (see [`Collections::delete_document`]).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    deleted: BTreeMap<String, u64>,
-    /// A change of it was not recorded (the registry failed, or refused a stale writer): what is
-    /// held here may differ from the registry's, so it is read whole again before it is used.
-    #[serde(skip)]
-    diverged: bool,
-    /// The chunks and bytes of `documents`, kept as they change (counted once when read).
-    #[serde(skip)]
-    totals: Totals,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Totals {
-    chunks: usize,
-    bytes: u64,
-}
-
-impl Manifest {
-    /// Records `id` as indexed with `record` (replacing what it had).
-    fn put(&mut self, id: String, record: DocumentRecord) {
-        self.deleted.remove(&id);
-        self.totals.chunks += record.chunks;
-        self.totals.bytes += record.bytes;
-        if let Some(old) = self.documents.insert(id, record) {
-            self.forget_totals(&old);
-        }
-    }
-
-    fn remove(&mut self, id: &str) {
-        if let Some(old) = self.documents.remove(id) {
-            self.forget_totals(&old);
-        }
-    }
-
-    fn forget_totals(&mut self, old: &DocumentRecord) {
-        self.totals.chunks -= old.chunks;
-        self.totals.bytes -= old.bytes;
-    }
-
-    /// Takes every field of `header` but the documents (and their totals), which stay.
-    fn adopt_header(&mut self, header: Manifest) {
-        let documents = std::mem::take(&mut self.documents);
-        *self = Manifest {
-            documents,
-            totals: self.totals,
-            ..header
-        };
-    }
-
-    /// Counts `totals` from the documents (once, when a manifest is read).
-    fn recount(mut self) -> Self {
-        let chunks = self.documents.values().map(|d| d.chunks).sum();
-        let bytes = self.documents.values().map(|d| d.bytes).sum();
-        self.totals = Totals { chunks, bytes };
-        self
-    }
-}
-
-/// `manifest` whole, as JSON: on this thread, but with the runtime told to move its other
-/// tasks off it first (the manifest is borrowed from the change holding it, so it cannot be sent
-/// to the blocking pool without copying it whole).
-fn serialise(manifest: &Manifest) -> Result<Vec<u8>, String> {
-    off_runtime(|| serde_json::to_vec(manifest).map_err(|e| e.to_string()))
-}
-
-/// Runs CPU work over borrowed data on this thread, with the runtime told to move its other
-/// tasks off it first (a current-thread runtime, in tests, just runs it).
-fn off_runtime<T>(run: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
-        _ => run(),
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct DocumentRecord {
-    content_hash: String,
-    chunks: usize,
-    /// UTF-8 bytes of its text (0 in manifests written before it was recorded).
-    #[serde(default)]
-    bytes: u64,
-    /// When the write that made it was accepted (see [`Collections::stamp`]; 0 before stamps).
-    #[serde(default)]
-    stamp: u64,
-}
 
 pub struct Collection {
     pub name: String,
@@ -761,25 +641,4 @@ fn read<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockReadGuard<'_, T>, ApiErr
 fn write<T>(lock: &RwLock<T>) -> Result<std::sync::RwLockWriteGuard<'_, T>, ApiError> {
     lock.write()
         .map_err(|_| ApiError::Internal("collection map lock poisoned".into()))
-}
-
-fn info(manifest: &Manifest) -> CollectionInfo {
-    CollectionInfo {
-        name: manifest.name.clone(),
-        documents: manifest.documents.len(),
-        chunks: manifest.totals.chunks,
-        bytes: manifest.totals.bytes,
-        chunk_words: manifest.chunk_words,
-        chunk_overlap_words: manifest.chunk_overlap_words,
-        epoch: manifest.epoch,
-        fusion: manifest.fusion.as_ref().map(crate::validate::fusion_settings),
-        embedder: manifest.embedder.clone(),
-        storage: manifest.storage.map(|s| ragway_openapi::StorageSettings {
-            quantization: Some(match s.quantized {
-                true => ragway_openapi::StorageQuantization::Int8,
-                false => ragway_openapi::StorageQuantization::None,
-            }),
-            vectors_on_disk: Some(s.vectors_on_disk),
-        }),
-    }
 }

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use ragway_retrieval::Fusion;
 use serde::{Deserialize, Serialize};
 
+use super::manifest::{serialise, DocumentRecord, Manifest};
 use super::registry::{parse, Caps, Created, Entry, Registry, WriteError};
-use super::{serialise, DocumentRecord, Manifest};
 use crate::catalog::lease::Lease;
 use crate::durable;
 
@@ -282,7 +282,7 @@ impl Registry for FileRegistry {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::super::Totals;
+    use super::super::manifest::Totals;
     use super::*;
 
     /// An empty manifest of `notes`.

@@ -12,7 +12,7 @@ use ragway_cache::RedisTier;
 use ragway_retrieval::Fusion;
 use serde::{Deserialize, Serialize};
 
-use super::{DocumentRecord, Manifest};
+use super::manifest::{DocumentRecord, Manifest};
 use crate::catalog::lease::Lease;
 pub(super) use crate::catalog::lease::WriteError;
 

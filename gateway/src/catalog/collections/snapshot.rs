@@ -13,7 +13,8 @@ use ragway_openapi::CollectionInfo;
 use ragway_retrieval::{Chunk, EmbeddedChunk};
 use serde::{Deserialize, Serialize};
 
-use super::{serialise, Caps, Collection, Collections, Manifest};
+use super::manifest::{serialise, Manifest};
+use super::{Caps, Collection, Collections};
 use crate::error::{ApiError, ErrorCode};
 
 /// Chunks read from the store at a time for a snapshot, and written to the stores at a time on

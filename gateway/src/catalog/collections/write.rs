@@ -10,8 +10,9 @@ use ragway_openapi::{CollectionInfo, DocumentInput};
 use ragway_retrieval::{chunk_document, Chunk, ChunkingOptions, EmbeddedChunk, Fusion, Priority};
 use sha2::{Digest, Sha256};
 
+use super::manifest::{info, DocumentRecord, Manifest};
 use super::registry::{Refreshed, WriteError};
-use super::{info, registry_failed, BatchOutcome, Collection, Collections, DocumentRecord, Manifest};
+use super::{registry_failed, BatchOutcome, Collection, Collections};
 use crate::catalog::lease::Lease;
 use crate::error::{ApiError, ErrorCode};
 use crate::resilience::guard::ModelStage;
