@@ -16,7 +16,7 @@ async function identify(key) {
   const own = await fetch("/v1/usage?days=1", { headers: authHeaders(key) });
   if (own.ok) {
     const usage = await own.json();
-    return { role: "tenant", label: usage.tenant ? `tenant ${usage.tenant}` : "open mode (no keys)" };
+    return { role: "tenant", label: usage.tenant ? `tenant ${usage.name} (${usage.tenant})` : "open mode (no keys)" };
   }
   return null;
 }

@@ -163,6 +163,7 @@ with sync_playwright() as playwright:
     tenant = watch(browser.new_context(**laptop).new_page(), "tenant")
     sign_in(tenant, key)
     expect(tenant.get_by_role("heading", name="Collections", level=1)).to_be_visible()
+    expect(tenant.get_by_role("banner")).to_contain_text(f"tenant acme ({tenant_id})")
     tenant.get_by_label("Name", exact=True).fill("handbook")
     tenant.get_by_role("button", name="Create", exact=True).click()
     tenant.get_by_role("link", name="handbook", exact=True).click()

@@ -200,6 +200,7 @@ async fn a_collections_documents_list_by_page_and_a_tenant_reads_its_own_usage()
     .await?;
     assert_eq!(own.body, operators.body);
     assert_eq!(own.body["tenant"], id.as_str());
+    assert_eq!(own.body["name"], "acme");
     assert_eq!(own.body["limits"]["documents"], 50);
     assert_eq!(own.body["limits"]["llm_tokens_per_day"], 1000);
     assert_eq!(own.body["storage"]["documents"], 4);

@@ -27,6 +27,8 @@ pub struct TenantList {
 pub struct Usage {
     /// The tenant's id (`""` in open mode, where nothing is counted).
     tenant: String,
+    /// The tenant's name (`""` in open mode).
+    name: String,
     /// Its limits, each one it leaves out the server's default (absent in open mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<Limits>,
@@ -271,12 +273,14 @@ async fn usage_of(state: &AppState, owner: Caller, days: usize) -> Result<Json<U
     Ok(Json(match &owner.tenant {
         Some(tenant) => Usage {
             tenant: tenant.id.clone(),
+            name: tenant.name.clone(),
             limits: Some(tenant.limits.clone()),
             days: state.quotas.usage(&tenant.id, days).await,
             storage,
         },
         None => Usage {
             tenant: String::new(),
+            name: String::new(),
             limits: None,
             days: Vec::new(),
             storage,
